@@ -1,0 +1,42 @@
+# Every target runs `make deps` first: a fresh Debian machine needs nothing else.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+CWH   := $(VENV)/bin/cwh
+export CWH_BASE_PORT ?= 17000
+
+.PHONY: deps up status down test lint typecheck bench-failover load clean
+
+deps:
+	@./tools/deps.sh
+
+up: deps
+	@$(CWH) env up
+
+status: deps
+	@$(CWH) env status
+
+down: deps
+	@$(CWH) env down
+
+test: deps
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: deps
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+typecheck: deps
+	@$(VENV)/bin/mypy env cwh reference_impl slo
+
+# Kills the PostgreSQL primary (postgres, then Patroni) under a steady write loop and prints RTO.
+KILLS ?= 3
+bench-failover: deps
+	@$(PY) -m bench.failover --kills $(KILLS)
+
+# The device fleet arrives with the fleet issue; until then `make load` brings the environment up
+# and checks it end to end.
+load: deps
+	@$(CWH) load
+
+clean: down
+	@rm -rf $(VENV) .deps-stamp

@@ -1,0 +1,139 @@
+"""`cwh`: the one command of the harness. Subcommands wrap the roles (env, load, slo, chaos)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from env.local import EnvironmentStartError, LocalEnvironment
+from env.settings import EnvSettings, SettingsError
+
+console = Console(stderr=True)
+
+
+def _settings() -> EnvSettings:
+    try:
+        return EnvSettings.from_environ()
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+def env_up(args: argparse.Namespace) -> int:
+    settings = _settings()
+    with console.status("starting the local environment…") as spinner:
+
+        def progress(event: str, status: dict[str, Any]) -> None:
+            if event == "stage" and status.get("stage"):
+                spinner.update(f"starting the local environment: [bold]{status['stage']}[/bold]")
+                console.log(f"stage {status['stage']}")
+
+        env = LocalEnvironment(settings, progress=progress)
+        try:
+            env.up(timeout_s=args.timeout)
+        except EnvironmentStartError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 1
+    console.print(f"[green]up[/green]: run directory {settings.run_dir}")
+    return _print_status(env, as_json=False)
+
+
+def env_down(_: argparse.Namespace) -> int:
+    settings = _settings()
+    env = LocalEnvironment(settings)
+    with console.status("stopping the local environment…"):
+        swept = env.down()
+    if swept:
+        console.print(f"stopped {len(swept)} leftover process(es): {swept}")
+    console.print("[green]down[/green]")
+    return 0
+
+
+def env_status(args: argparse.Namespace) -> int:
+    return _print_status(LocalEnvironment(_settings()), as_json=args.json)
+
+
+def _print_status(env: LocalEnvironment, as_json: bool) -> int:
+    status = env.status()
+    if as_json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0 if status["healthy"] else 1
+    table = Table(title=f"local environment ({status['phase']}, {status['run_dir']})")
+    for col in ("component", "role", "pid", "port", "health", "lag"):
+        table.add_column(col)
+    for row in status["components"]:
+        ports = row["ports"]
+        port = ", ".join(f"{k} {v}" for k, v in ports.items()) if ports else ""
+        pid = row["pid"]
+        if row["kind"] == "postgresql":
+            pid = f"patroni {row['patroni_pid']} / postgres {row['postgres_pid']}"
+        lag = ""
+        if row.get("replay_lag_s") is not None or row.get("lag_bytes") is not None:
+            secs = row.get("replay_lag_s")
+            lag = f"{row.get('lag_bytes') or 0} B" + (f", {secs:.3f} s" if secs is not None else "")
+        health = "[green]ok[/green]" if row["healthy"] else f"[red]{row['state']}[/red]"
+        table.add_row(row["component"], row["role"], str(pid or "-"), port, health, lag)
+    Console().print(table)
+    urls = status["urls"]
+    for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):
+        Console().print(f"  {key:10} {urls[key]}")
+    return 0 if status["healthy"] else 1
+
+
+def env_hold(args: argparse.Namespace) -> int:
+    print(json.dumps(LocalEnvironment(_settings()).hold(args.component, args.seconds)))
+    return 0
+
+
+def env_release(args: argparse.Namespace) -> int:
+    print(json.dumps(LocalEnvironment(_settings()).release(args.component)))
+    return 0
+
+
+def load(args: argparse.Namespace) -> int:
+    from cwh.smoke import run_smoke_load
+
+    return run_smoke_load(_settings(), duration_s=args.duration, console=console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cwh", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    env = sub.add_parser("env", help="the local environment: up, status, down")
+    env_sub = env.add_subparsers(dest="env_command", required=True)
+    up = env_sub.add_parser("up", help="start everything (idempotent) and wait until ready")
+    up.add_argument("--timeout", type=float, default=240.0, help="seconds to wait (scaled)")
+    up.set_defaults(func=env_up)
+    env_sub.add_parser("down", help="stop everything; leaves no process").set_defaults(
+        func=env_down
+    )
+    st = env_sub.add_parser("status", help="roles, pids, ports, health, lag")
+    st.add_argument("--json", action="store_true", help="machine-readable, with URLs")
+    st.set_defaults(func=env_status)
+    hold = env_sub.add_parser("hold", help="keep a component from being restarted")
+    hold.add_argument("component")
+    hold.add_argument("--seconds", type=float, default=300.0)
+    hold.set_defaults(func=env_hold)
+    rel = env_sub.add_parser("release", help="let a held component restart")
+    rel.add_argument("component")
+    rel.set_defaults(func=env_release)
+
+    ld = sub.add_parser("load", help="bring the environment up and run a bounded load")
+    ld.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    ld.set_defaults(func=load)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

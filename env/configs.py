@@ -1,0 +1,380 @@
+"""Configuration files of the local environment's components, rendered as text.
+
+Pure functions of the settings, the layout and the secrets: a test can render and inspect them
+without starting anything.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from typing import Any
+
+import yaml
+
+from env.layout import Layout
+from env.secrets import Secrets
+from env.settings import EnvSettings
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+#: Patroni's timing, chosen for fast failover (see README, "Failover time").
+#: Patroni requires loop_wait + 2 * retry_timeout <= ttl.
+PATRONI_TTL_S = 10
+PATRONI_LOOP_WAIT_S = 2
+PATRONI_RETRY_TIMEOUT_S = 4
+#: HAProxy's checks of Patroni's REST API on the write and read paths.
+HAPROXY_PG_CHECK_INTER_S = 1
+HAPROXY_PG_FALL = 2
+HAPROXY_PG_RISE = 1
+#: The HTTPS frontend's checks of API and hub servers: the seed's "health checks every 5 s".
+HAPROXY_HTTP_CHECK_INTER_S = 5
+#: Slots for run-time servers behind the HTTPS frontend (server-template).
+HAPROXY_API_SLOTS = 10
+HAPROXY_HUB_SLOTS = 6
+REDIS_NODE_TIMEOUT_MS = 2000
+
+
+def worst_case_failover_s() -> float:
+    """Worst-case time from losing the primary node to writes flowing through HAProxy again.
+
+    The leader key may have just been renewed when the node dies (ttl), replicas may have just
+    finished a loop (loop_wait), promotion takes about a second, and HAProxy needs `rise` checks at
+    `inter` to mark the new primary up.
+    """
+    promote_s = 1.0
+    return (
+        PATRONI_TTL_S
+        + PATRONI_LOOP_WAIT_S
+        + promote_s
+        + HAPROXY_PG_RISE * HAPROXY_PG_CHECK_INTER_S
+    )
+
+
+def cluster_name(settings: EnvSettings) -> str:
+    return f"cwh{settings.base_port}"
+
+
+def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, member: int) -> str:
+    """Patroni's YAML for one member (Patroni 3.0, etcd v3 as DCS)."""
+    ports = settings.ports
+    conf: dict[str, Any] = {
+        "scope": cluster_name(settings),
+        "namespace": "/service/",
+        "name": f"pg{member}",
+        "log": {"level": "INFO", "format": "%(asctime)s %(levelname)s: %(message)s"},
+        "restapi": {
+            "listen": f"127.0.0.1:{ports.patroni(member)}",
+            "connect_address": f"127.0.0.1:{ports.patroni(member)}",
+        },
+        "etcd3": {"hosts": [f"127.0.0.1:{ports.etcd_client}"]},
+        "bootstrap": {
+            "dcs": {
+                "ttl": PATRONI_TTL_S,
+                "loop_wait": PATRONI_LOOP_WAIT_S,
+                "retry_timeout": PATRONI_RETRY_TIMEOUT_S,
+                "maximum_lag_on_failover": 1048576,
+                # 0: a crashed primary fails over to its synchronous standby (which has every
+                # acknowledged commit) instead of being restarted in place for up to 300 s.
+                "primary_start_timeout": 0,
+                "synchronous_mode": True,
+                "synchronous_mode_strict": settings.pg_sync_strict,
+                "postgresql": {
+                    "use_pg_rewind": True,
+                    "use_slots": True,
+                    "parameters": {
+                        "wal_level": "replica",
+                        "hot_standby": "on",
+                        "wal_log_hints": "on",
+                        "max_connections": 300,
+                        "max_wal_senders": 10,
+                        "max_replication_slots": 10,
+                        "wal_keep_size": "256MB",
+                        "hot_standby_feedback": "on",
+                        # Replicas report their replay position every second, so replay lag in
+                        # pg_stat_replication is fresh enough to compare with a 1 s objective.
+                        "wal_receiver_status_interval": "1s",
+                        "shared_buffers": "128MB",
+                        "track_commit_timestamp": "on",
+                    },
+                },
+            },
+            "initdb": [{"encoding": "UTF8"}, "data-checksums"],
+        },
+        "postgresql": {
+            "listen": f"127.0.0.1:{ports.postgres(member)}",
+            "connect_address": f"127.0.0.1:{ports.postgres(member)}",
+            "data_dir": str(layout.pg_data(member)),
+            "bin_dir": PG_BIN,
+            "pgpass": str(layout.pg_member(member) / "pgpass"),
+            "authentication": {
+                "superuser": {"username": "postgres", "password": secrets.pg_superuser},
+                "replication": {"username": "replicator", "password": secrets.pg_replication},
+                "rewind": {"username": "rewinder", "password": secrets.pg_rewind},
+            },
+            "parameters": {
+                "unix_socket_directories": str(layout.pg_member(member)),
+                "log_line_prefix": "%m [%p] %q%u@%d ",
+            },
+            "pg_hba": [
+                "local all all trust",
+                "host replication replicator 127.0.0.1/32 scram-sha-256",
+                "host all all 127.0.0.1/32 scram-sha-256",
+            ],
+        },
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
+    }
+    return yaml.safe_dump(conf, sort_keys=False)
+
+
+def haproxy_maxconn() -> int:
+    """The most connections HAProxy can hold under this process's open-file hard limit.
+
+    HAProxy needs about two descriptors per proxied connection and refuses to start when
+    `maxconn` would need more than it may open.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    return max(256, min(50000, (hard - 256) // 2))
+
+
+def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> str:
+    """HAProxy 2.6: PostgreSQL write and read paths, the HTTPS frontend, stats and metrics."""
+    ports = settings.ports
+    pg_check = (
+        f"inter {HAPROXY_PG_CHECK_INTER_S}s fall {HAPROXY_PG_FALL} rise {HAPROXY_PG_RISE} "
+        "on-marked-down shutdown-sessions"
+    )
+    members = range(settings.pg_members)
+    write_servers = "\n".join(
+        f"    server pg{m} 127.0.0.1:{ports.postgres(m)} check port {ports.patroni(m)}"
+        for m in members
+    )
+    read_servers = "\n".join(
+        f"    server pg{m} 127.0.0.1:{ports.postgres(m)} check port {ports.patroni(m)}"
+        for m in members
+    )
+    return f"""# Rendered by env/configs.py; edits are overwritten at the next `cwh env up`.
+global
+    log stderr format raw local0 notice
+    maxconn {haproxy_maxconn()}
+    stats socket {layout.haproxy_socket} mode 600 level admin expose-fd listeners
+    stats timeout 30s
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    tune.ssl.default-dh-param 2048
+
+defaults
+    log global
+    option dontlognull
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+    timeout check 1s
+    timeout tunnel 1h
+
+# Writes go to whichever member Patroni says is the primary.
+listen pg_write
+    mode tcp
+    bind 127.0.0.1:{ports.haproxy_write}
+    option httpchk GET /primary
+    http-check expect status 200
+    default-server {pg_check}
+{write_servers}
+
+# Reads go to streaming replicas; the primary answers only when no replica does.
+listen pg_read
+    mode tcp
+    bind 127.0.0.1:{ports.haproxy_read}
+    balance roundrobin
+    option httpchk GET /replica
+    http-check expect status 200
+    default-server {pg_check}
+{read_servers}
+    server pg_primary_fallback 127.0.0.1:{ports.haproxy_write} backup
+
+# The phone's entry point: TLS 1.3 only, API and hub servers added at run time.
+frontend https
+    mode http
+    bind 127.0.0.1:{ports.haproxy_https} ssl crt {layout.tls_pem} ssl-min-ver TLSv1.3 alpn http/1.1
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    http-response set-header Strict-Transport-Security "max-age=31536000"
+    acl is_updates path_beg /v1/updates
+    use_backend hub if is_updates
+    default_backend api
+
+backend api
+    mode http
+    balance roundrobin
+    option httpchk GET /health/ready
+    http-check expect status 200
+    cookie CWSRV insert indirect nocache dynamic
+    dynamic-cookie-key {secrets.haproxy_cookie_key}
+    default-server inter {HAPROXY_HTTP_CHECK_INTER_S}s fastinter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    server-template api 1-{HAPROXY_API_SLOTS} 127.0.0.1:1 check disabled
+
+# WebSockets stick to one hub through the cookie, the seed's "sticky sessions".
+backend hub
+    mode http
+    balance leastconn
+    option httpchk GET /health/ready
+    http-check expect status 200
+    cookie CWHUB insert indirect nocache dynamic
+    dynamic-cookie-key {secrets.haproxy_cookie_key}
+    timeout tunnel 1h
+    default-server inter {HAPROXY_HTTP_CHECK_INTER_S}s fastinter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    server-template hub 1-{HAPROXY_HUB_SLOTS} 127.0.0.1:1 check disabled
+
+frontend stats
+    mode http
+    bind 127.0.0.1:{ports.haproxy_stats}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+    stats enable
+    stats uri /stats
+    stats refresh 5s
+"""
+
+
+def pgbouncer_config(settings: EnvSettings, layout: Layout) -> str:
+    """pgBouncer in transaction pooling mode in front of HAProxy's write path.
+
+    Transaction pooling hands a server connection to another client after each transaction, so
+    named prepared statements do not survive: asyncpg needs `statement_cache_size=0`, psycopg
+    `prepare_threshold=None`.
+    """
+    ports = settings.ports
+    return f"""[databases]
+* = host=127.0.0.1 port={ports.haproxy_write}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {ports.pgbouncer}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {layout.pgbouncer_dir / "userlist.txt"}
+admin_users = postgres
+stats_users = postgres
+pool_mode = transaction
+max_client_conn = 2000
+default_pool_size = 40
+reserve_pool_size = 10
+server_lifetime = 300
+server_idle_timeout = 30
+server_connect_timeout = 3
+server_login_retry = 1
+query_wait_timeout = 30
+ignore_startup_parameters = extra_float_digits,options
+logfile =
+pidfile =
+log_connections = 0
+log_disconnections = 0
+"""
+
+
+def pgbouncer_userlist(secrets: Secrets) -> str:
+    return (
+        f'"postgres" "{secrets.pg_superuser}"\n'
+        f'"cloudwatcher" "{secrets.pg_app}"\n'
+    )
+
+
+def redis_config(settings: EnvSettings, layout: Layout, node: int) -> str:
+    """One Redis Cluster node: AOF and RDB on, LRU eviction, fast failure detection."""
+    port = settings.ports.redis(node)
+    d = layout.redis_dir(node)
+    return f"""bind 127.0.0.1
+port {port}
+protected-mode no
+daemonize no
+dir {d}
+cluster-enabled yes
+cluster-config-file nodes.conf
+cluster-node-timeout {REDIS_NODE_TIMEOUT_MS}
+cluster-replica-validity-factor 0
+cluster-require-full-coverage no
+appendonly yes
+appendfsync everysec
+save 60 1000
+save 300 10
+maxmemory 128mb
+maxmemory-policy allkeys-lru
+loglevel notice
+logfile ""
+"""
+
+
+def prometheus_config(settings: EnvSettings, layout: Layout) -> str:
+    """Prometheus scraping everything the environment runs, plus file_sd for services."""
+    ports = settings.ports
+    interval = f"{settings.scrape_interval_s:g}s"
+    redis_targets = [f"redis://127.0.0.1:{ports.redis(n)}" for n in range(settings.redis_nodes)]
+    conf: dict[str, Any] = {
+        "global": {
+            "scrape_interval": interval,
+            "evaluation_interval": interval,
+            "scrape_timeout": interval,
+            "external_labels": {"environment": f"local-{settings.base_port}"},
+        },
+        "rule_files": [str(layout.prometheus_dir / "rules" / "*.yml")],
+        "scrape_configs": [
+            {
+                "job_name": "prometheus",
+                "static_configs": [{"targets": [f"127.0.0.1:{ports.prometheus}"]}],
+            },
+            {
+                "job_name": "patroni",
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{ports.patroni(m)}"],
+                        "labels": {"member": f"pg{m}"},
+                    }
+                    for m in range(settings.pg_members)
+                ],
+            },
+            {
+                "job_name": "haproxy",
+                "static_configs": [{"targets": [f"127.0.0.1:{ports.haproxy_stats}"]}],
+            },
+            {
+                "job_name": "postgres",
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{ports.postgres_exporter(m)}"],
+                        "labels": {"member": f"pg{m}"},
+                    }
+                    for m in range(settings.pg_members)
+                ],
+            },
+            {
+                # redis_exporter's multi-target mode: one exporter, one scrape per node.
+                "job_name": "redis",
+                "metrics_path": "/scrape",
+                "static_configs": [{"targets": redis_targets}],
+                "relabel_configs": [
+                    {"source_labels": ["__address__"], "target_label": "__param_target"},
+                    {"source_labels": ["__param_target"], "target_label": "instance"},
+                    {
+                        "target_label": "__address__",
+                        "replacement": f"127.0.0.1:{ports.redis_exporter}",
+                    },
+                ],
+            },
+            {
+                # Services of the reference implementation register here as they start.
+                "job_name": "services",
+                "file_sd_configs": [
+                    {
+                        "files": [str(layout.prometheus_targets / "*.json")],
+                        "refresh_interval": interval,
+                    }
+                ],
+            },
+        ],
+    }
+    return yaml.safe_dump(conf, sort_keys=False)
+
+
+def prometheus_target_file(targets: list[str], labels: dict[str, str]) -> str:
+    """A file_sd entry: drop it into `Layout.prometheus_targets` to get scraped."""
+    return json.dumps([{"targets": targets, "labels": labels}], indent=2)

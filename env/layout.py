@@ -1,0 +1,86 @@
+"""Where each component keeps its files below the run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths below one run directory. Nothing of the environment lives outside it."""
+
+    run_dir: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    def log(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+    @property
+    def secrets(self) -> Path:
+        return self.run_dir / "secrets.json"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.run_dir / "supervisor.pid"
+
+    @property
+    def startup_error(self) -> Path:
+        """Written by a supervisor whose start-up failed, for the CLI to report."""
+        return self.run_dir / "startup-error.json"
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.run_dir / "etcd"
+
+    @property
+    def pg_root(self) -> Path:
+        """Owned by the PostgreSQL OS user: Patroni configs, data directories, pgpass files."""
+        return self.run_dir / "pg"
+
+    def pg_member(self, member: int) -> Path:
+        return self.pg_root / f"pg{member}"
+
+    def pg_data(self, member: int) -> Path:
+        return self.pg_member(member) / "data"
+
+    def patroni_config(self, member: int) -> Path:
+        return self.pg_member(member) / "patroni.yml"
+
+    @property
+    def pgbouncer_dir(self) -> Path:
+        return self.pg_root / "pgbouncer"
+
+    @property
+    def haproxy_dir(self) -> Path:
+        return self.run_dir / "haproxy"
+
+    @property
+    def haproxy_socket(self) -> Path:
+        """HAProxy's runtime API (admin level)."""
+        return self.haproxy_dir / "admin.sock"
+
+    @property
+    def tls_pem(self) -> Path:
+        """Certificate and key of the HTTPS frontend, generated at first start."""
+        return self.haproxy_dir / "tls.pem"
+
+    @property
+    def tls_cert(self) -> Path:
+        """The certificate alone, for clients to trust."""
+        return self.haproxy_dir / "tls.crt"
+
+    def redis_dir(self, node: int) -> Path:
+        return self.run_dir / "redis" / f"node{node}"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.run_dir / "prometheus"
+
+    @property
+    def prometheus_targets(self) -> Path:
+        """file_sd folder: a service adds a JSON file here to be scraped."""
+        return self.prometheus_dir / "targets"

@@ -1,0 +1,249 @@
+"""The local environment as a context manager: native processes under one supervisor.
+
+    with LocalEnvironment(settings) as env:
+        status = env.status()
+
+`__enter__` brings everything up (or finds it already up) and stops what it started when start-up
+fails; `__exit__` brings it down. `up()` and `down()` are the same steps for the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import requests
+
+from env.layout import Layout
+from env.process import (
+    MARKER,
+    DeadlineExceeded,
+    check_traversable,
+    pid_alive,
+    processes_of,
+    terminate_then_kill,
+)
+from env.settings import EnvSettings
+
+ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
+class EnvironmentStartError(RuntimeError):
+    """Start-up failed. `component` names what did not come up, `log` where its log is."""
+
+    def __init__(self, component: str, log: str, reason: str) -> None:
+        where = f" (log: {log})" if log else ""
+        super().__init__(f"{component} did not come up: {reason}{where}")
+        self.component = component
+        self.log = log
+        self.reason = reason
+
+
+class LocalEnvironment:
+    """Starts, inspects and stops the local environment described by `settings`."""
+
+    def __init__(self, settings: EnvSettings, progress: ProgressFn | None = None) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.run_dir)
+        self.progress = progress
+        self._admin = f"http://127.0.0.1:{settings.ports.supervisor}"
+
+    # ---- the supervisor --------------------------------------------------------------------
+
+    def supervisor_pid(self) -> int | None:
+        try:
+            pid = int(self.layout.supervisor_pid.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def supervisor_status(self) -> dict[str, Any] | None:
+        """The supervisor's `/status`, or None when it does not answer."""
+        try:
+            resp = requests.get(self._admin + "/status", timeout=2)
+        except requests.RequestException:
+            return None
+        return resp.json() if resp.ok else None
+
+    def _admin_post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        resp = requests.post(self._admin + path, json=body or {}, timeout=5)
+        if not resp.ok:
+            raise RuntimeError(f"supervisor {path}: {resp.status_code} {resp.text}")
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def hold(self, component: str, seconds: float) -> dict[str, Any]:
+        """Keep `component` from being restarted for `seconds` (so a kill stays a kill)."""
+        return self._admin_post(f"/components/{component}/hold", {"seconds": seconds})
+
+    def release(self, component: str) -> dict[str, Any]:
+        """Let the supervisor restart `component` again (at once if it is down)."""
+        return self._admin_post(f"/components/{component}/release")
+
+    def component(self, name: str) -> dict[str, Any]:
+        status = self.supervisor_status()
+        if status is None:
+            raise RuntimeError("the supervisor does not answer: is the environment up?")
+        for comp in status["components"]:
+            if comp["name"] == name:
+                result: dict[str, Any] = comp
+                return result
+        raise KeyError(name)
+
+    # ---- up --------------------------------------------------------------------------------
+
+    def up(self, timeout_s: float = 240.0) -> dict[str, Any]:
+        """Bring the environment up, or wait for the one already starting; return its status.
+
+        Raises:
+            EnvironmentStartError: a component did not come up; what was started is stopped.
+        """
+        self._preflight()
+        status = self.supervisor_status()
+        if status is None or status.get("phase") == "stopping":
+            if status is not None or self.supervisor_pid() is not None:
+                self.down()
+            self._spawn_supervisor()
+        deadline = time.monotonic() + self.settings.timeout(timeout_s)
+        last_stage = None
+        while True:
+            status = self.supervisor_status()
+            if status is not None:
+                if status["stage"] != last_stage and self.progress:
+                    self.progress("stage", status)
+                last_stage = status["stage"]
+                if status["phase"] == "ready":
+                    if self.progress:
+                        self.progress("ready", status)
+                    return status
+                if status["phase"] == "failed":
+                    break
+            elif self.supervisor_pid() is None:
+                break  # exited: start-up failed, or it could not even start
+            if time.monotonic() >= deadline:
+                self.down()
+                raise EnvironmentStartError(
+                    (status or {}).get("stage") or "supervisor",
+                    str(self.layout.log("supervisor")),
+                    f"not ready after {self.settings.timeout(timeout_s):.0f} s",
+                )
+            time.sleep(0.25)
+        self._wait_supervisor_exit(self.settings.timeout(120))
+        self.down()
+        raise self._startup_error()
+
+    def _startup_error(self) -> EnvironmentStartError:
+        try:
+            err = json.loads(self.layout.startup_error.read_text())
+            return EnvironmentStartError(err["component"], err["log"], err["reason"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return EnvironmentStartError(
+                "supervisor", str(self.layout.log("supervisor")), "exited during start-up"
+            )
+
+    def _preflight(self) -> None:
+        self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+        check_traversable(self.layout.run_dir, self.settings.pg_os_user)
+
+    def _spawn_supervisor(self) -> None:
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.startup_error.unlink()
+        env = {**os.environ, **self.settings.to_environ(), MARKER: str(self.settings.run_dir)}
+        # The supervisor imports this project: make sure it can, installed or not.
+        project_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
+        with open(self.layout.log("supervisor"), "ab") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "env.supervisor"],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=project_root,
+                start_new_session=True,
+            )
+        # It writes its pid file itself; wait for it, or for its early death.
+        deadline = time.monotonic() + self.settings.timeout(15)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise EnvironmentStartError(
+                    "supervisor", str(self.layout.log("supervisor")),
+                    f"exited at start with code {proc.returncode}",
+                )
+            if self.supervisor_status() is not None:
+                return
+            time.sleep(0.1)
+        raise EnvironmentStartError(
+            "supervisor", str(self.layout.log("supervisor")), "admin API did not answer"
+        )
+
+    # ---- down ------------------------------------------------------------------------------
+
+    def down(self, timeout_s: float = 120.0) -> list[int]:
+        """Stop everything this run directory's environment runs; return pids swept at the end.
+
+        Asks the supervisor to stop the components in order; then whatever still carries the
+        environment's marker (orphans of a killed supervisor, detached postmasters) gets SIGTERM,
+        then SIGKILL.
+        """
+        timeout = self.settings.timeout(timeout_s)
+        if self.supervisor_status() is not None:
+            with contextlib.suppress(requests.RequestException, RuntimeError):
+                self._admin_post("/shutdown")
+        pid = self.supervisor_pid()
+        if pid is not None:
+            with contextlib.suppress(DeadlineExceeded):
+                self._wait_supervisor_exit(timeout)
+            if pid_alive(pid):
+                terminate_then_kill([pid], 5)
+        leftovers = [p.pid for p in processes_of(self.settings.run_dir)]
+        if leftovers:
+            terminate_then_kill(leftovers, self.settings.timeout(10))
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.supervisor_pid.unlink()
+        return leftovers
+
+    def _wait_supervisor_exit(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.supervisor_pid() is not None:
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"supervisor still running after {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+    # ---- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Every component with role, pid, ports, health and lag, and the connection URLs."""
+        from env.status import collect_status  # status pulls in asyncpg; keep `down` light
+
+        return collect_status(self.settings, self.supervisor_status())
+
+    # ---- context manager -------------------------------------------------------------------
+
+    def __enter__(self) -> LocalEnvironment:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+
+__all__ = ["EnvironmentStartError", "LocalEnvironment"]

@@ -1,0 +1,198 @@
+"""Settings of the local environment: one frozen object, built at the edge from `CWH_*` variables.
+
+Every port derives from `base_port`, so two environments (a developer's and a test session's) run
+side by side on one machine by choosing two bases at least `PORT_SPAN` apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: Ports used above `base_port`. Redis Cluster also uses each node's port + 10000 for its bus.
+PORT_SPAN = 200
+PREFIX = "CWH_"
+
+
+class SettingsError(ValueError):
+    """A `CWH_*` variable has a value the environment cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every TCP port of the local environment, all on 127.0.0.1."""
+
+    base: int
+
+    @property
+    def supervisor(self) -> int:
+        return self.base
+
+    @property
+    def etcd_client(self) -> int:
+        return self.base + 1
+
+    @property
+    def etcd_peer(self) -> int:
+        return self.base + 2
+
+    def postgres(self, member: int) -> int:
+        return self.base + 10 + member
+
+    def patroni(self, member: int) -> int:
+        return self.base + 20 + member
+
+    @property
+    def haproxy_write(self) -> int:
+        return self.base + 30
+
+    @property
+    def haproxy_read(self) -> int:
+        return self.base + 31
+
+    @property
+    def haproxy_https(self) -> int:
+        return self.base + 32
+
+    @property
+    def haproxy_stats(self) -> int:
+        """HAProxy's stats page and Prometheus endpoint (`/metrics`)."""
+        return self.base + 33
+
+    @property
+    def pgbouncer(self) -> int:
+        return self.base + 40
+
+    def redis(self, node: int) -> int:
+        return self.base + 50 + node
+
+    def postgres_exporter(self, member: int) -> int:
+        return self.base + 60 + member
+
+    @property
+    def redis_exporter(self) -> int:
+        return self.base + 65
+
+    @property
+    def prometheus(self) -> int:
+        return self.base + 70
+
+    def service(self, index: int) -> int:
+        """Ports handed to the reference implementation's services (base+100 onwards)."""
+        return self.base + 100 + index
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """What the local environment is made of and where it lives.
+
+    Attributes:
+        base_port: first port of the block of `PORT_SPAN` ports this environment uses.
+        run_dir: all state (data directories, configs, logs, pid files) lives below it. It must be
+            reachable by the `postgres` user, so it defaults to /var/tmp rather than a home folder.
+        timeout_scale: multiplies every deadline, for slow machines (2.0 doubles them).
+        pg_members: PostgreSQL members managed by Patroni (one primary, the rest replicas).
+        redis_masters: Redis Cluster masters; each gets `redis_replicas_per_master` replicas.
+        pg_sync_strict: Patroni's `synchronous_mode_strict`: the primary refuses to commit without a
+            synchronous standby. Off by default (the seed's topology), which is what lets cascading
+            failures lose acknowledged writes: the harness must be able to show that.
+        scrape_interval_s: Prometheus scrape and evaluation interval, in seconds.
+        pg_os_user: the account PostgreSQL, Patroni and pgBouncer run as (they refuse root).
+    """
+
+    base_port: int = 17000
+    run_dir: Path = field(default_factory=lambda: Path("/var/tmp/cwh-17000"))
+    timeout_scale: float = 1.0
+    pg_members: int = 3
+    redis_masters: int = 3
+    redis_replicas_per_master: int = 1
+    pg_sync_strict: bool = False
+    scrape_interval_s: float = 2.0
+    pg_os_user: str = "postgres"
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
+            raise SettingsError(
+                f"{PREFIX}BASE_PORT={self.base_port}: must be between 1024 and "
+                f"{65535 - 10000 - PORT_SPAN} (Redis Cluster uses port + 10000 for its bus)"
+            )
+        if self.timeout_scale <= 0:
+            raise SettingsError(f"{PREFIX}TIMEOUT_SCALE={self.timeout_scale}: must be > 0")
+        if not 1 <= self.pg_members <= 9:
+            raise SettingsError(f"{PREFIX}PG_MEMBERS={self.pg_members}: must be 1 to 9")
+        if not 3 <= self.redis_masters <= 5:
+            raise SettingsError(
+                f"{PREFIX}REDIS_MASTERS={self.redis_masters}: must be 3 to 5 "
+                "(Redis Cluster needs 3 masters to elect)"
+            )
+        if not 0 <= self.redis_replicas_per_master <= 1:
+            raise SettingsError(f"{PREFIX}REDIS_REPLICAS_PER_MASTER: must be 0 or 1")
+        if not self.run_dir.is_absolute():
+            raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
+
+    @property
+    def ports(self) -> Ports:
+        return Ports(self.base_port)
+
+    @property
+    def redis_nodes(self) -> int:
+        return self.redis_masters * (1 + self.redis_replicas_per_master)
+
+    def timeout(self, seconds: float) -> float:
+        """A deadline of `seconds`, scaled for this machine."""
+        return seconds * self.timeout_scale
+
+    def to_environ(self) -> dict[str, str]:
+        """The `CWH_*` variables that rebuild these settings in another process."""
+        out = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, bool):
+                value = "1" if value else "0"
+            out[PREFIX + key.upper()] = str(value)
+        return out
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> EnvSettings:
+        """Build from `CWH_*` variables; unset ones take their defaults.
+
+        `CWH_RUN_DIR` defaults to `/var/tmp/cwh-<base port>`.
+
+        Raises:
+            SettingsError: a variable does not parse or is out of range; the message names it.
+        """
+        env = os.environ if environ is None else environ
+
+        def get(name: str, conv: type, default: object) -> object:
+            raw = env.get(PREFIX + name)
+            if raw is None or raw == "":
+                return default
+            try:
+                if conv is bool:
+                    if raw.lower() in ("1", "true", "yes", "on"):
+                        return True
+                    if raw.lower() in ("0", "false", "no", "off"):
+                        return False
+                    raise ValueError(raw)
+                return conv(raw)
+            except ValueError:
+                raise SettingsError(
+                    f"{PREFIX}{name}={raw!r}: expected {conv.__name__}"
+                ) from None
+
+        base = int(str(get("BASE_PORT", int, cls.base_port)))
+        run_dir = Path(str(get("RUN_DIR", str, f"/var/tmp/cwh-{base}")))
+        return cls(
+            base_port=base,
+            run_dir=run_dir,
+            timeout_scale=float(str(get("TIMEOUT_SCALE", float, cls.timeout_scale))),
+            pg_members=int(str(get("PG_MEMBERS", int, cls.pg_members))),
+            redis_masters=int(str(get("REDIS_MASTERS", int, cls.redis_masters))),
+            redis_replicas_per_master=int(
+                str(get("REDIS_REPLICAS_PER_MASTER", int, cls.redis_replicas_per_master))
+            ),
+            pg_sync_strict=bool(get("PG_SYNC_STRICT", bool, cls.pg_sync_strict)),
+            scrape_interval_s=float(str(get("SCRAPE_INTERVAL_S", float, cls.scrape_interval_s))),
+            pg_os_user=str(get("PG_OS_USER", str, cls.pg_os_user)),
+        )

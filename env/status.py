@@ -1,0 +1,179 @@
+"""`cwh env status`: every component's role, pids, ports, health and lag, plus connection URLs.
+
+The JSON form is the interface scripts and tests use to find the environment: nothing needs to
+know port arithmetic or read config files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from env import probes
+from env.layout import Layout
+from env.secrets import Secrets
+from env.settings import EnvSettings
+
+
+def _postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _pgbouncer_ok(port: int, password: str) -> bool:
+    try:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=port, user="cloudwatcher", password=password,
+            database="cloudwatcher", statement_cache_size=0, timeout=2,
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    try:
+        return bool(await conn.fetchval("SELECT 1") == 1)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    finally:
+        await conn.close()
+
+
+def connection_urls(settings: EnvSettings, secrets: Secrets | None) -> dict[str, Any]:
+    ports = settings.ports
+    app_pw = secrets.pg_app if secrets else "<unknown>"
+    return {
+        "write": f"postgresql://cloudwatcher:{app_pw}@127.0.0.1:{ports.haproxy_write}/cloudwatcher",
+        "read": f"postgresql://cloudwatcher:{app_pw}@127.0.0.1:{ports.haproxy_read}/cloudwatcher",
+        "pgbouncer": (
+            f"postgresql://cloudwatcher:{app_pw}@127.0.0.1:{ports.pgbouncer}/cloudwatcher"
+        ),
+        "redis": f"redis://127.0.0.1:{ports.redis(0)}",
+        "redis_nodes": [
+            f"redis://127.0.0.1:{ports.redis(n)}" for n in range(settings.redis_nodes)
+        ],
+        "prometheus": f"http://127.0.0.1:{ports.prometheus}",
+        "https": f"https://127.0.0.1:{ports.haproxy_https}",
+        "haproxy_stats": f"http://127.0.0.1:{ports.haproxy_stats}/stats",
+        "haproxy_runtime_api": str(Layout(settings.run_dir).haproxy_socket),
+        "supervisor": f"http://127.0.0.1:{ports.supervisor}",
+        "etcd": f"http://127.0.0.1:{ports.etcd_client}",
+    }
+
+
+async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[str, Any]:
+    layout = Layout(settings.run_dir)
+    ports = settings.ports
+    secrets = Secrets(**json.loads(layout.secrets.read_text())) if layout.secrets.exists() else None
+    comps = {c["name"]: c for c in (sup or {}).get("components", [])}
+    patroni_ports = [ports.patroni(m) for m in range(settings.pg_members)]
+    redis_ports = [ports.redis(n) for n in range(settings.redis_nodes)]
+
+    async def safe(coro: Any, default: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, 5)
+        except Exception:
+            return default
+
+    members, redis_view, etcd_ok, haproxy_rows = await asyncio.gather(
+        safe(probes.patroni_cluster(patroni_ports), []),
+        safe(probes.redis_cluster_view(redis_ports), ({}, [])),
+        safe(probes.etcd_healthy(ports.etcd_client), False),
+        safe(probes.haproxy_stat(layout), []),
+    )
+    by_name = {m.name: m for m in members}
+    leader = next((m for m in members if m.role == "leader"), None)
+    replication: list[dict[str, Any]] = []
+    if leader is not None and secrets is not None:
+        replication = await safe(
+            probes.pg_replication(ports.postgres(int(leader.name[2:])), secrets.pg_superuser), []
+        )
+    repl_by_name = {r["application_name"]: r for r in replication}
+
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, kind: str, role: str, healthy: bool, **extra: Any) -> None:
+        comp = comps.get(name, {})
+        rows.append({
+            "component": name,
+            "kind": kind,
+            "role": role,
+            "pid": comp.get("pid"),
+            "state": comp.get("state", "absent"),
+            "restarts": comp.get("restarts", 0),
+            "ports": comp.get("ports", {}),
+            "healthy": healthy,
+            "log": comp.get("log"),
+            **extra,
+        })
+
+    row("etcd", "etcd", "dcs", bool(etcd_ok))
+    for m in range(settings.pg_members):
+        name = f"pg{m}"
+        member = by_name.get(name)
+        role = {"leader": "primary", "sync_standby": "sync replica", "replica": "replica"}.get(
+            member.role if member else "", member.role if member else "down"
+        )
+        repl = repl_by_name.get(name, {})
+        running = member is not None and member.state in ("running", "streaming")
+        row(
+            name, "postgresql", role, running,
+            postgres_pid=_postmaster_pid(layout.pg_data(m)),
+            patroni_pid=comps.get(name, {}).get("pid"),
+            pg_state=member.state if member else None,
+            timeline=member.timeline if member else None,
+            lag_bytes=member.lag_bytes if member else None,
+            replay_lag_s=repl.get("replay_lag_s"),
+            sync_state=repl.get("sync_state"),
+        )
+    write_up = probes.haproxy_servers_up(haproxy_rows, "pg_write") if haproxy_rows else []
+    read_up = probes.haproxy_servers_up(haproxy_rows, "pg_read") if haproxy_rows else []
+    row(
+        "haproxy", "haproxy", "load balancer",
+        bool(haproxy_rows) and len(write_up) == 1,
+        write_servers=write_up, read_servers=read_up,
+    )
+    pgb_ok = await safe(_pgbouncer_ok(ports.pgbouncer, secrets.pg_app), False) if secrets else False
+    row("pgbouncer", "pgbouncer", "pool (transaction)", bool(pgb_ok))
+    info, rnodes = redis_view
+    by_port = {n.port: n for n in rnodes}
+    for n in range(settings.redis_nodes):
+        node = by_port.get(ports.redis(n))
+        alive = comps.get(f"redis{n}", {}).get("pid") is not None
+        row(
+            f"redis{n}", "redis",
+            ("master" if node.role == "master" else "replica") if node else "down",
+            bool(node and not node.failed and alive),
+            slots=node.slots if node else 0,
+            node_id=node.node_id if node else None,
+        )
+    exporter_urls = {
+        f"postgres-exporter{m}": f"http://127.0.0.1:{ports.postgres_exporter(m)}/metrics"
+        for m in range(settings.pg_members)
+    }
+    exporter_urls["redis-exporter"] = f"http://127.0.0.1:{ports.redis_exporter}/metrics"
+    exporter_urls["prometheus"] = f"http://127.0.0.1:{ports.prometheus}/-/ready"
+    oks = await asyncio.gather(*(probes.http_ok(u) for u in exporter_urls.values()))
+    for (name, _), ok in zip(exporter_urls.items(), oks, strict=True):
+        row(name, name.rstrip("0123456789").replace("-", "_"), "metrics", ok)
+
+    return {
+        "phase": (sup or {}).get("phase", "down"),
+        "error": (sup or {}).get("error"),
+        "supervisor_pid": (sup or {}).get("pid"),
+        "run_dir": str(settings.run_dir),
+        "base_port": settings.base_port,
+        "healthy": bool(sup) and all(r["healthy"] for r in rows),
+        "redis_cluster_state": info.get("cluster_state"),
+        "primary": leader.name if leader else None,
+        "components": rows,
+        "urls": connection_urls(settings, secrets),
+        "tls_certificate": str(layout.tls_cert),
+    }
+
+
+def collect_status(settings: EnvSettings, supervisor: dict[str, Any] | None) -> dict[str, Any]:
+    return asyncio.run(_collect(settings, supervisor))

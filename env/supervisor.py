@@ -1,0 +1,684 @@
+"""The local environment's supervisor: starts every component in order, restarts what crashes.
+
+It plays the kubelet's part for processes on one machine. `cwh env up` starts it detached; it
+renders configs, starts the components stage by stage (each stage must be ready before the next
+starts), then watches them: a component that exits is restarted with exponential backoff, the way
+Kubernetes restarts a crashed container. Fault injection needs a crashed process to *stay* down for
+a while (so that a failover really happens), so restarts can be held through the admin API.
+
+Admin API (HTTP on 127.0.0.1, `Ports.supervisor`):
+    GET  /status                       phase, error, and every component (pid, state, restarts)
+    POST /components/{name}/hold       body {"seconds": float}: no restart until released or timed out
+    POST /components/{name}/release    allow restarts again (a dead component restarts at once)
+    POST /shutdown                     stop everything in reverse order and exit
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from env import configs, probes
+from env.layout import Layout
+from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
+from env.secrets import Secrets, ensure_tls_certificate
+from env.settings import EnvSettings
+
+log = logging.getLogger("cwh.supervisor")
+
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+#: A component that stayed up this long starts again from the first backoff step.
+BACKOFF_RESET_AFTER_S = 60.0
+
+
+class StartupError(RuntimeError):
+    """A component did not become ready; names it and its log."""
+
+    def __init__(self, component: str, log_path: Path, reason: str) -> None:
+        super().__init__(f"{component} did not become ready: {reason} (log: {log_path})")
+        self.component = component
+        self.log_path = log_path
+        self.reason = reason
+
+
+@dataclass
+class Component:
+    """One supervised process.
+
+    Attributes:
+        name: unique name (`etcd`, `pg0`, `redis3`, ...), also its log file's name.
+        kind: what it is (`patroni`, `redis`, ...), for status and grouping.
+        argv: command line.
+        ports: named ports it listens on.
+        as_user: (uid, gid) to run as, or None to run as the supervisor's user.
+        grace_s: how long SIGTERM may take before SIGKILL.
+    """
+
+    name: str
+    kind: str
+    argv: list[str]
+    ports: dict[str, int]
+    log_path: Path
+    as_user: tuple[int, int] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    grace_s: float = 10.0
+    proc: asyncio.subprocess.Process | None = None
+    state: str = "new"  # new | running | exited | held | stopped
+    restarts: int = 0
+    started_at: float = 0.0  # monotonic
+    started_wall: float = 0.0
+    exit_code: int | None = None
+    held_until: float = 0.0  # monotonic; restarts wait while now < held_until
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc and self.proc.returncode is None else None
+
+    def describe(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "pid": self.pid,
+            "state": self.state,
+            "restarts": self.restarts,
+            "exit_code": self.exit_code,
+            "ports": self.ports,
+            "log": str(self.log_path),
+            "uptime_s": round(now - self.started_at, 1) if self.pid else None,
+            "held_for_s": round(self.held_until - now, 1) if self.held_until > now else 0,
+        }
+
+
+class Supervisor:
+    """Starts, watches and stops the components of one local environment."""
+
+    def __init__(self, settings: EnvSettings) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.run_dir)
+        self.components: dict[str, Component] = {}
+        self.phase = "starting"  # starting | ready | failed | stopping
+        self.stage = ""
+        self.error: dict[str, str] | None = None
+        self.stopping = False
+        self.done = asyncio.Event()
+        self.pg_ids = user_ids(settings.pg_os_user)
+
+    # ---- preparing the run directory -------------------------------------------------------
+
+    def prepare(self) -> Secrets:
+        lay = self.layout
+        for d in (lay.run_dir, lay.logs, lay.haproxy_dir, lay.prometheus_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(lay.run_dir, 0o755)
+        (lay.prometheus_dir / "rules").mkdir(exist_ok=True)
+        lay.prometheus_targets.mkdir(exist_ok=True)
+        secrets = Secrets.load_or_create(lay.secrets)
+        ensure_tls_certificate(lay.tls_pem, lay.tls_cert)
+
+        # PostgreSQL's side: owned by the PostgreSQL OS user, which refuses to run as root.
+        lay.pg_root.mkdir(exist_ok=True)
+        os.chmod(lay.pg_root, 0o755)
+        for m in range(self.settings.pg_members):
+            lay.pg_member(m).mkdir(exist_ok=True)
+            os.chmod(lay.pg_member(m), 0o700)
+            cfg = lay.patroni_config(m)
+            cfg.write_text(configs.patroni_config(self.settings, lay, secrets, m))
+            os.chmod(cfg, 0o600)
+        lay.pgbouncer_dir.mkdir(exist_ok=True)
+        (lay.pgbouncer_dir / "pgbouncer.ini").write_text(
+            configs.pgbouncer_config(self.settings, lay)
+        )
+        userlist = lay.pgbouncer_dir / "userlist.txt"
+        userlist.write_text(configs.pgbouncer_userlist(secrets))
+        os.chmod(userlist, 0o600)
+        chown_tree(lay.pg_root, self.pg_ids)
+
+        (lay.haproxy_dir / "haproxy.cfg").write_text(
+            configs.haproxy_config(self.settings, lay, secrets)
+        )
+        for n in range(self.settings.redis_nodes):
+            lay.redis_dir(n).mkdir(parents=True, exist_ok=True)
+            (lay.redis_dir(n) / "redis.conf").write_text(
+                configs.redis_config(self.settings, lay, n)
+            )
+        (lay.prometheus_dir / "prometheus.yml").write_text(
+            configs.prometheus_config(self.settings, lay)
+        )
+        lay.etcd_data.mkdir(exist_ok=True)
+        os.chmod(lay.etcd_data, 0o700)
+        return secrets
+
+    # ---- component definitions -------------------------------------------------------------
+
+    def _component(self, name: str, kind: str, argv: list[str], **kw: Any) -> Component:
+        binary = argv[0]
+        if shutil.which(binary) is None and not Path(binary).exists():
+            raise StartupError(name, self.layout.log(name), f"{binary} not found: run `make deps`")
+        comp = Component(name=name, kind=kind, argv=argv, log_path=self.layout.log(name), **kw)
+        self.components[name] = comp
+        return comp
+
+    def define(self, secrets: Secrets) -> list[tuple[str, list[Component]]]:
+        """The stages, in start order; each stage's components start together."""
+        s, lay, ports = self.settings, self.layout, self.settings.ports
+        c = self._component
+        etcd = c(
+            "etcd",
+            "etcd",
+            [
+                "etcd",
+                "--name", "cwh",
+                "--data-dir", str(lay.etcd_data),
+                "--listen-client-urls", f"http://127.0.0.1:{ports.etcd_client}",
+                "--advertise-client-urls", f"http://127.0.0.1:{ports.etcd_client}",
+                "--listen-peer-urls", f"http://127.0.0.1:{ports.etcd_peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports.etcd_peer}",
+                "--initial-cluster", f"cwh=http://127.0.0.1:{ports.etcd_peer}",
+                "--listen-metrics-urls", "",
+                "--log-level", "warn",
+            ],
+            ports={"client": ports.etcd_client, "peer": ports.etcd_peer},
+        )
+        pg_env = {"HOME": str(lay.pg_root), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        patronis = [
+            c(
+                f"pg{m}",
+                "patroni",
+                ["/usr/bin/patroni", str(lay.patroni_config(m))],
+                ports={"postgres": ports.postgres(m), "patroni": ports.patroni(m)},
+                as_user=self.pg_ids,
+                env=pg_env,
+                cwd=lay.pg_member(m),
+                grace_s=30.0,
+            )
+            for m in range(s.pg_members)
+        ]
+        haproxy = c(
+            "haproxy",
+            "haproxy",
+            ["haproxy", "-W", "-db", "-f", str(lay.haproxy_dir / "haproxy.cfg")],
+            ports={
+                "write": ports.haproxy_write,
+                "read": ports.haproxy_read,
+                "https": ports.haproxy_https,
+                "stats": ports.haproxy_stats,
+            },
+        )
+        pgbouncer = c(
+            "pgbouncer",
+            "pgbouncer",
+            ["pgbouncer", str(lay.pgbouncer_dir / "pgbouncer.ini")],
+            ports={"pgbouncer": ports.pgbouncer},
+            as_user=self.pg_ids,
+            env=pg_env,
+            cwd=lay.pgbouncer_dir,
+        )
+        redis_nodes = [
+            c(
+                f"redis{n}",
+                "redis",
+                ["redis-server", str(lay.redis_dir(n) / "redis.conf")],
+                ports={"redis": ports.redis(n), "bus": ports.redis(n) + 10000},
+                cwd=lay.redis_dir(n),
+            )
+            for n in range(s.redis_nodes)
+        ]
+        pg_exporters = [
+            c(
+                f"postgres-exporter{m}",
+                "postgres_exporter",
+                [
+                    "prometheus-postgres-exporter",
+                    f"--web.listen-address=127.0.0.1:{ports.postgres_exporter(m)}",
+                    "--log.level=warn",
+                ],
+                ports={"metrics": ports.postgres_exporter(m)},
+                env={
+                    "DATA_SOURCE_NAME": (
+                        f"postgresql://postgres:{secrets.pg_superuser}@127.0.0.1:"
+                        f"{ports.postgres(m)}/postgres?sslmode=disable"
+                    )
+                },
+            )
+            for m in range(s.pg_members)
+        ]
+        redis_exporter = c(
+            "redis-exporter",
+            "redis_exporter",
+            [
+                "prometheus-redis-exporter",
+                f"-web.listen-address=127.0.0.1:{ports.redis_exporter}",
+                "-redis.addr=",
+                "-is-cluster=false",
+            ],
+            ports={"metrics": ports.redis_exporter},
+        )
+        prometheus = c(
+            "prometheus",
+            "prometheus",
+            [
+                "prometheus",
+                f"--config.file={lay.prometheus_dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={lay.prometheus_dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{ports.prometheus}",
+                "--web.enable-lifecycle",
+                "--web.enable-admin-api",
+                "--storage.tsdb.retention.time=7d",
+                "--log.level=warn",
+            ],
+            ports={"http": ports.prometheus},
+        )
+        return [
+            ("etcd", [etcd]),
+            ("postgresql", patronis),
+            ("haproxy", [haproxy]),
+            ("pgbouncer", [pgbouncer]),
+            ("redis", redis_nodes),
+            ("exporters", [*pg_exporters, redis_exporter]),
+            ("prometheus", [prometheus]),
+        ]
+
+    # ---- running processes -----------------------------------------------------------------
+
+    async def spawn(self, comp: Component) -> None:
+        comp.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            MARKER: str(self.settings.run_dir),
+            **comp.env,
+        }
+        kwargs: dict[str, Any] = {}
+        if comp.as_user is not None:
+            kwargs.update(user=comp.as_user[0], group=comp.as_user[1], extra_groups=[])
+        with open(comp.log_path, "ab") as logf:
+            logf.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                       f"supervisor: starting {' '.join(comp.argv)}\n".encode())
+            logf.flush()
+            comp.proc = await asyncio.create_subprocess_exec(
+                *comp.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                cwd=str(comp.cwd) if comp.cwd else None,
+                start_new_session=True,
+                **kwargs,
+            )
+        comp.state = "running"
+        comp.exit_code = None
+        comp.started_at = time.monotonic()
+        comp.started_wall = time.time()
+        log.info("started %s (pid %s)", comp.name, comp.proc.pid)
+        comp.watcher = asyncio.create_task(self.watch(comp), name=f"watch-{comp.name}")
+
+    async def watch(self, comp: Component) -> None:
+        """Wait for the process to exit, then restart it with backoff unless held or stopping."""
+        assert comp.proc is not None
+        code = await comp.proc.wait()
+        comp.exit_code = code
+        if self.stopping or comp.state == "stopped":
+            comp.state = "stopped"
+            return
+        comp.state = "exited"
+        uptime = time.monotonic() - comp.started_at
+        if uptime > BACKOFF_RESET_AFTER_S:
+            comp.restarts = 0
+        delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(comp.restarts, 10))
+        log.warning("%s exited with %s after %.1f s; restart in %.1f s",
+                    comp.name, code, uptime, delay)
+        restart_at = time.monotonic() + delay
+        while not self.stopping:
+            now = time.monotonic()
+            if comp.held_until > now:
+                comp.state = "held"
+                await asyncio.sleep(min(0.2, comp.held_until - now))
+                continue
+            if now >= restart_at:
+                break
+            comp.state = "exited"
+            await asyncio.sleep(min(0.2, restart_at - now))
+        if self.stopping:
+            comp.state = "stopped"
+            return
+        comp.restarts += 1
+        await self.spawn(comp)
+
+    async def stop(self, comps: list[Component]) -> None:
+        """SIGTERM, then SIGKILL after each component's grace period."""
+        for comp in comps:
+            comp.state = "stopped"
+            if comp.proc and comp.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    comp.proc.send_signal(signal.SIGTERM)
+
+        async def reap(comp: Component) -> None:
+            if not comp.proc or comp.proc.returncode is not None:
+                return
+            try:
+                await asyncio.wait_for(comp.proc.wait(), comp.grace_s * self.settings.timeout_scale)
+            except TimeoutError:
+                log.warning("%s did not stop in time: SIGKILL", comp.name)
+                with contextlib.suppress(ProcessLookupError):
+                    comp.proc.kill()
+                await comp.proc.wait()
+
+        await asyncio.gather(*(reap(c) for c in comps))
+
+    # ---- readiness -------------------------------------------------------------------------
+
+    async def wait_ready(
+        self,
+        stage: str,
+        comps: list[Component],
+        check: Callable[[], Awaitable[bool]],
+        timeout_s: float,
+    ) -> None:
+        """Poll `check` until it holds; fail naming the first component that died or the stage."""
+        deadline = time.monotonic() + self.settings.timeout(timeout_s)
+        last_error = "not ready"
+        while True:
+            for comp in comps:
+                if comp.proc is not None and comp.proc.returncode is not None and comp.restarts > 2:
+                    raise StartupError(
+                        comp.name, comp.log_path, f"keeps exiting (last exit code {comp.exit_code})"
+                    )
+            try:
+                if await check():
+                    return
+            except Exception as exc:
+                last_error = repr(exc)
+            if time.monotonic() >= deadline:
+                culprit = next(
+                    (c for c in comps if c.proc is None or c.proc.returncode is not None), comps[0]
+                )
+                raise StartupError(culprit.name, culprit.log_path, f"{stage}: {last_error}")
+            await asyncio.sleep(0.2)
+
+    async def start_all(self) -> None:
+        secrets = self.prepare()
+        stages = self.define(secrets)
+        s, ports = self.settings, self.settings.ports
+        patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
+        redis_ports = [ports.redis(n) for n in range(s.redis_nodes)]
+
+        async def pg_ready() -> bool:
+            members = await probes.patroni_cluster(patroni_ports)
+            if not probes.pg_cluster_ready(members, s.pg_members):
+                return False
+            leader = next(m for m in members if m.role == "leader")
+            rows = await probes.pg_replication(
+                ports.postgres(int(leader.name[2:])), secrets.pg_superuser
+            )
+            return probes.pg_streaming_ready(rows, s.pg_members - 1)
+
+        async def haproxy_ready() -> bool:
+            rows = await probes.haproxy_stat(self.layout)
+            members = await probes.patroni_cluster(patroni_ports)
+            leader = [m.name for m in members if m.role == "leader"]
+            replicas = sorted(m.name for m in members if m.role != "leader")
+            return (
+                probes.haproxy_servers_up(rows, "pg_write") == leader
+                and sorted(probes.haproxy_servers_up(rows, "pg_read")) == replicas
+            )
+
+        async def pgbouncer_ready() -> bool:
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=ports.pgbouncer, user="cloudwatcher",
+                password=secrets.pg_app, database="cloudwatcher",
+                statement_cache_size=0, timeout=2,
+            )
+            try:
+                return bool(await conn.fetchval("SELECT 1") == 1)
+            finally:
+                await conn.close()
+
+        async def redis_ready() -> bool:
+            info, nodes = await probes.redis_cluster_view(redis_ports)
+            return probes.redis_cluster_ready(
+                info, nodes, s.redis_masters, s.redis_replicas_per_master
+            )
+
+        async def all_http(urls: list[str]) -> bool:
+            return all(await asyncio.gather(*(probes.http_ok(u) for u in urls)))
+
+        checks: dict[str, tuple[Callable[[], Awaitable[bool]], float]] = {
+            "etcd": (lambda: probes.etcd_healthy(ports.etcd_client), 20),
+            "postgresql": (pg_ready, 90),
+            "haproxy": (haproxy_ready, 20),
+            "pgbouncer": (pgbouncer_ready, 20),
+            "redis": (redis_ready, 30),
+            "exporters": (
+                lambda: all_http(
+                    [f"http://127.0.0.1:{ports.postgres_exporter(m)}/metrics"
+                     for m in range(s.pg_members)]
+                    + [f"http://127.0.0.1:{ports.redis_exporter}/metrics"]
+                ),
+                20,
+            ),
+            "prometheus": (
+                lambda: probes.http_ok(f"http://127.0.0.1:{ports.prometheus}/-/ready"), 30
+            ),
+        }
+        for stage, comps in stages:
+            if self.stopping:
+                return
+            self.stage = stage
+            log.info("stage %s: starting %s", stage, ", ".join(c.name for c in comps))
+            for comp in comps:
+                await self.spawn(comp)
+            if stage == "redis":
+                await self.form_redis_cluster(comps, redis_ports)
+            check, timeout_s = checks[stage]
+            await self.wait_ready(stage, comps, check, timeout_s)
+            if stage == "postgresql":
+                await self.create_app_database(secrets, patroni_ports)
+        self.stage = ""
+        self.phase = "ready"
+        log.info("environment ready")
+
+    async def form_redis_cluster(self, comps: list[Component], ports: list[int]) -> None:
+        """Create the cluster the first time; later starts find it in each node's nodes.conf."""
+
+        async def all_answer() -> bool:
+            answers = await asyncio.gather(
+                *(probes.redis_call(p, "PING") for p in ports), return_exceptions=True
+            )
+            return all(a is True or a == b"PONG" for a in answers)
+
+        await self.wait_ready("redis", comps, all_answer, 20)
+        info, _ = await probes.redis_cluster_view(ports[:1])
+        if info.get("cluster_known_nodes") != "1" or info.get("cluster_slots_assigned") != "0":
+            return  # formed at an earlier start
+        replicas = str(self.settings.redis_replicas_per_master)
+        argv = [
+            "redis-cli", "--cluster", "create",
+            *(f"127.0.0.1:{p}" for p in ports),
+            "--cluster-replicas", replicas, "--cluster-yes",
+        ]
+        log_path = self.layout.log("redis-cluster-create")
+        with open(log_path, "ab") as logf:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=logf, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            code = await asyncio.wait_for(proc.wait(), self.settings.timeout(60))
+        if code != 0:
+            raise StartupError("redis-cluster-create", log_path, f"exit code {code}")
+
+    async def create_app_database(self, secrets: Secrets, patroni_ports: list[int]) -> None:
+        """The application's role and database, created once on the primary (idempotent)."""
+        ports = self.settings.ports
+        members = await probes.patroni_cluster(patroni_ports)
+        leader = next(m for m in members if m.role == "leader")
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=ports.postgres(int(leader.name[2:])), user="postgres",
+            password=secrets.pg_superuser, database="postgres", timeout=5,
+        )
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'cloudwatcher'"):
+                await conn.execute(
+                    f"CREATE ROLE cloudwatcher LOGIN PASSWORD '{secrets.pg_app}'"
+                )
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = 'cloudwatcher'"
+            ):
+                await conn.execute("CREATE DATABASE cloudwatcher OWNER cloudwatcher")
+        finally:
+            await conn.close()
+
+    # ---- shutdown --------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.phase = "stopping"
+        order = ["prometheus", "exporters", "pgbouncer", "haproxy", "redis", "postgresql", "etcd"]
+        by_kind = {
+            "prometheus": ["prometheus"],
+            "exporters": ["postgres_exporter", "redis_exporter"],
+            "pgbouncer": ["pgbouncer"],
+            "haproxy": ["haproxy"],
+            "redis": ["redis"],
+            "postgresql": ["patroni"],
+            "etcd": ["etcd"],
+        }
+        for group in order:
+            comps = [c for c in self.components.values() if c.kind in by_kind[group]]
+            if comps:
+                log.info("stopping %s", ", ".join(c.name for c in comps))
+                await self.stop(comps)
+        # Postmasters detach from Patroni (setsid) and outlive a killed Patroni: sweep them.
+        leftovers = [p.pid for p in processes_of(self.settings.run_dir)]
+        if leftovers:
+            log.warning("stopping %d leftover processes: %s", len(leftovers), leftovers)
+            await asyncio.to_thread(
+                terminate_then_kill, leftovers, self.settings.timeout(10), signal.SIGTERM
+            )
+        self.done.set()
+
+    # ---- admin API -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "stage": self.stage,
+            "error": self.error,
+            "pid": os.getpid(),
+            "run_dir": str(self.settings.run_dir),
+            "base_port": self.settings.base_port,
+            "components": [c.describe() for c in self.components.values()],
+        }
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+
+        async def get_status(_: web.Request) -> web.Response:
+            return web.json_response(self.status())
+
+        def find(request: web.Request) -> Component:
+            name = request.match_info["name"]
+            if name not in self.components:
+                raise web.HTTPNotFound(
+                    text=f'{{"error": "not_found", "detail": "no component {name}"}}',
+                    content_type="application/json",
+                )
+            return self.components[name]
+
+        async def hold(request: web.Request) -> web.Response:
+            comp = find(request)
+            body = await request.json() if request.can_read_body else {}
+            seconds = float(body.get("seconds", 300))
+            if not 0 < seconds <= 3600:
+                return web.json_response(
+                    {"error": "bad_request", "detail": "seconds must be in (0, 3600]"}, status=400
+                )
+            comp.held_until = time.monotonic() + seconds
+            return web.json_response(comp.describe())
+
+        async def release(request: web.Request) -> web.Response:
+            comp = find(request)
+            comp.held_until = 0.0
+            return web.json_response(comp.describe())
+
+        async def do_shutdown(_: web.Request) -> web.Response:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.shutdown()))
+            return web.json_response({"phase": "stopping"})
+
+        app.router.add_get("/status", get_status)
+        app.router.add_post("/components/{name}/hold", hold)
+        app.router.add_post("/components/{name}/release", release)
+        app.router.add_post("/shutdown", do_shutdown)
+        return app
+
+
+async def run(settings: EnvSettings) -> int:
+    sup = Supervisor(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(sup.shutdown()))
+    runner = web.AppRunner(sup.admin_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", settings.ports.supervisor)
+    await site.start()
+    try:
+        await sup.start_all()
+    except StartupError as exc:
+        log.error("%s", exc)
+        sup.phase = "failed"
+        sup.error = {"component": exc.component, "log": str(exc.log_path), "reason": exc.reason}
+    except Exception as exc:
+        log.exception("start-up failed")
+        sup.phase = "failed"
+        sup.error = {"component": sup.stage or "supervisor", "log": "", "reason": repr(exc)}
+    if sup.phase == "failed":
+        # The CLI may only look after we are gone: leave the error where it will find it.
+        Layout(settings.run_dir).startup_error.write_text(json.dumps(sup.error))
+        await sup.shutdown()
+    await sup.done.wait()
+    await runner.cleanup()
+    return 0 if sup.phase != "failed" else 1
+
+
+def main() -> None:
+    settings = EnvSettings.from_environ()
+    layout = Layout(settings.run_dir)
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    layout.supervisor_pid.write_text(str(os.getpid()))
+    with contextlib.suppress(FileNotFoundError):
+        layout.startup_error.unlink()
+    try:
+        code = asyncio.run(run(settings))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            layout.supervisor_pid.unlink()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

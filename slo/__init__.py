@@ -1,0 +1,1 @@
+"""slo: see ARCHITECTURE.md."""

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what the harness needs on a Debian 12 machine, and nothing twice.
+# Idempotent: when every package is present and the venv is current it only checks (a few seconds),
+# and it never runs `apt-get update` then.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+# Debian packages: the system under test, and what starts it.
+PKGS=(
+  postgresql-15 postgresql-client-15
+  patroni python3-psycopg2 python3-etcd
+  etcd-server
+  redis-server redis-tools
+  haproxy
+  pgbouncer
+  prometheus
+  prometheus-postgres-exporter
+  prometheus-redis-exporter
+  python3-venv
+  procps
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "deps: installing Debian packages: ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "deps: installing packages needs root (apt-get); run 'sudo make deps' once" >&2
+    exit 1
+  fi
+  # Packages would start their own system services (redis on 6379, prometheus on 9090, ...) on
+  # machines with an init system; the harness runs its own instances, so keep those from starting.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+  fi
+  trap '[[ $created_policy == 1 ]] && rm -f "$policy"' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's postgresql package creates and starts a 'main' cluster on 5432 where it can; the
+  # harness does not use it.
+  if command -v pg_lsclusters >/dev/null; then
+    pg_lsclusters -h 2>/dev/null | awk '$4=="online"{print $1, $2}' | while read -r v c; do
+      pg_ctlcluster "$v" "$c" stop || true
+    done
+  fi
+fi
+
+# The virtual environment, reinstalled only when pyproject.toml changed.
+if [[ ! -x $VENV/bin/python ]]; then
+  echo "deps: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp=.deps-stamp
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  echo "deps: installing the project into $VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -e '.[dev]'
+  touch "$stamp"
+fi
