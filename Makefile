@@ -35,8 +35,10 @@ bench-failover: deps
 
 # The device fleet arrives with the fleet issue; until then `make load` brings the environment up
 # and checks it end to end.
+DURATION ?= 60
+RATE ?= 50
 load: deps
-	@$(CWH) load
+	@$(CWH) load --duration $(DURATION) --rate $(RATE)
 
 clean: down
 	@rm -rf $(VENV) .deps-stamp

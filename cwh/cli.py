@@ -96,9 +96,9 @@ def env_release(args: argparse.Namespace) -> int:
 
 
 def load(args: argparse.Namespace) -> int:
-    from cwh.smoke import run_smoke_load
+    from cwh.load import run_load
 
-    return run_smoke_load(_settings(), duration_s=args.duration, console=console)
+    return run_load(_settings(), args.duration, args.rate, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     rel.set_defaults(func=env_release)
 
     ld = sub.add_parser("load", help="bring the environment up and run a bounded load")
-    ld.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    ld.add_argument("--duration", type=float, default=60.0, help="seconds of load (1-3600)")
+    ld.add_argument("--rate", type=float, default=50.0, help="writes per second (1-2000)")
     ld.set_defaults(func=load)
     return parser
 

@@ -44,10 +44,7 @@ def worst_case_failover_s() -> float:
     """
     promote_s = 1.0
     return (
-        PATRONI_TTL_S
-        + PATRONI_LOOP_WAIT_S
-        + promote_s
-        + HAPROXY_PG_RISE * HAPROXY_PG_CHECK_INTER_S
+        PATRONI_TTL_S + PATRONI_LOOP_WAIT_S + promote_s + HAPROXY_PG_RISE * HAPROXY_PG_CHECK_INTER_S
     )
 
 
@@ -146,6 +143,10 @@ def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> s
         f"inter {HAPROXY_PG_CHECK_INTER_S}s fall {HAPROXY_PG_FALL} rise {HAPROXY_PG_RISE} "
         "on-marked-down shutdown-sessions"
     )
+    http_check = (
+        f"inter {HAPROXY_HTTP_CHECK_INTER_S}s fastinter 1s fall 2 rise 2 "
+        "on-marked-down shutdown-sessions"
+    )
     members = range(settings.pg_members)
     write_servers = "\n".join(
         f"    server pg{m} 127.0.0.1:{ports.postgres(m)} check port {ports.patroni(m)}"
@@ -211,7 +212,7 @@ backend api
     http-check expect status 200
     cookie CWSRV insert indirect nocache dynamic
     dynamic-cookie-key {secrets.haproxy_cookie_key}
-    default-server inter {HAPROXY_HTTP_CHECK_INTER_S}s fastinter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    default-server {http_check}
     server-template api 1-{HAPROXY_API_SLOTS} 127.0.0.1:1 check disabled
 
 # WebSockets stick to one hub through the cookie, the seed's "sticky sessions".
@@ -223,7 +224,7 @@ backend hub
     cookie CWHUB insert indirect nocache dynamic
     dynamic-cookie-key {secrets.haproxy_cookie_key}
     timeout tunnel 1h
-    default-server inter {HAPROXY_HTTP_CHECK_INTER_S}s fastinter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    default-server {http_check}
     server-template hub 1-{HAPROXY_HUB_SLOTS} 127.0.0.1:1 check disabled
 
 frontend stats
@@ -273,10 +274,7 @@ log_disconnections = 0
 
 
 def pgbouncer_userlist(secrets: Secrets) -> str:
-    return (
-        f'"postgres" "{secrets.pg_superuser}"\n'
-        f'"cloudwatcher" "{secrets.pg_app}"\n'
-    )
+    return f'"postgres" "{secrets.pg_superuser}"\n"cloudwatcher" "{secrets.pg_app}"\n'
 
 
 def redis_config(settings: EnvSettings, layout: Layout, node: int) -> str:

@@ -55,6 +55,8 @@ class LocalEnvironment:
         self.layout = Layout(settings.run_dir)
         self.progress = progress
         self._admin = f"http://127.0.0.1:{settings.ports.supervisor}"
+        # Kept so that the supervisor, our child when we started it, is reaped in `down`.
+        self._supervisor_proc: subprocess.Popen[bytes] | None = None
 
     # ---- the supervisor --------------------------------------------------------------------
 
@@ -171,12 +173,14 @@ class LocalEnvironment:
                 cwd=project_root,
                 start_new_session=True,
             )
+        self._supervisor_proc = proc
         # It writes its pid file itself; wait for it, or for its early death.
         deadline = time.monotonic() + self.settings.timeout(15)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise EnvironmentStartError(
-                    "supervisor", str(self.layout.log("supervisor")),
+                    "supervisor",
+                    str(self.layout.log("supervisor")),
                     f"exited at start with code {proc.returncode}",
                 )
             if self.supervisor_status() is not None:
@@ -210,6 +214,10 @@ class LocalEnvironment:
             terminate_then_kill(leftovers, self.settings.timeout(10))
         with contextlib.suppress(FileNotFoundError):
             self.layout.supervisor_pid.unlink()
+        if self._supervisor_proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._supervisor_proc.wait(timeout=5)
+            self._supervisor_proc = None
         return leftovers
 
     def _wait_supervisor_exit(self, timeout_s: float) -> None:

@@ -101,8 +101,12 @@ def pg_cluster_ready(members: list[PgMember], expected: int) -> bool:
 async def pg_replication(port: int, password: str) -> list[dict[str, Any]]:
     """`pg_stat_replication` on the primary at `port`: who streams, sync state, replay lag."""
     conn = await asyncpg.connect(
-        host="127.0.0.1", port=port, user="postgres", password=password,
-        database="postgres", timeout=2,
+        host="127.0.0.1",
+        port=port,
+        user="postgres",
+        password=password,
+        database="postgres",
+        timeout=2,
     )
     try:
         rows = await conn.fetch(
@@ -202,7 +206,7 @@ async def redis_call(port: int, *args: Any) -> Any:
     """One command to one node (not cluster-routed)."""
     client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
     try:
-        return await client.execute_command(*args)
+        return await client.execute_command(*args)  # type: ignore[no-untyped-call]
     finally:
         await client.aclose()
 
@@ -218,9 +222,7 @@ async def redis_cluster_view(ports: list[int]) -> tuple[dict[str, str], list[Red
             last = exc
             continue
         info_text = info_raw.decode() if isinstance(info_raw, bytes) else str(info_raw)
-        info = dict(
-            line.split(":", 1) for line in info_text.strip().splitlines() if ":" in line
-        )
+        info = dict(line.split(":", 1) for line in info_text.strip().splitlines() if ":" in line)
         nodes_text = nodes_raw.decode() if isinstance(nodes_raw, bytes) else str(nodes_raw)
         return info, parse_cluster_nodes(nodes_text)
     raise ConnectionError(f"no Redis node answered: {last!r}")

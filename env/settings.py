@@ -177,9 +177,7 @@ class EnvSettings:
                     raise ValueError(raw)
                 return conv(raw)
             except ValueError:
-                raise SettingsError(
-                    f"{PREFIX}{name}={raw!r}: expected {conv.__name__}"
-                ) from None
+                raise SettingsError(f"{PREFIX}{name}={raw!r}: expected {conv.__name__}") from None
 
         base = int(str(get("BASE_PORT", int, cls.base_port)))
         run_dir = Path(str(get("RUN_DIR", str, f"/var/tmp/cwh-{base}")))

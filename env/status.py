@@ -29,8 +29,13 @@ def _postmaster_pid(data_dir: Path) -> int | None:
 async def _pgbouncer_ok(port: int, password: str) -> bool:
     try:
         conn = await asyncpg.connect(
-            host="127.0.0.1", port=port, user="cloudwatcher", password=password,
-            database="cloudwatcher", statement_cache_size=0, timeout=2,
+            host="127.0.0.1",
+            port=port,
+            user="cloudwatcher",
+            password=password,
+            database="cloudwatcher",
+            statement_cache_size=0,
+            timeout=2,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError):
         return False
@@ -52,15 +57,21 @@ def connection_urls(settings: EnvSettings, secrets: Secrets | None) -> dict[str,
             f"postgresql://cloudwatcher:{app_pw}@127.0.0.1:{ports.pgbouncer}/cloudwatcher"
         ),
         "redis": f"redis://127.0.0.1:{ports.redis(0)}",
-        "redis_nodes": [
-            f"redis://127.0.0.1:{ports.redis(n)}" for n in range(settings.redis_nodes)
-        ],
+        "redis_nodes": [f"redis://127.0.0.1:{ports.redis(n)}" for n in range(settings.redis_nodes)],
         "prometheus": f"http://127.0.0.1:{ports.prometheus}",
         "https": f"https://127.0.0.1:{ports.haproxy_https}",
         "haproxy_stats": f"http://127.0.0.1:{ports.haproxy_stats}/stats",
         "haproxy_runtime_api": str(Layout(settings.run_dir).haproxy_socket),
         "supervisor": f"http://127.0.0.1:{ports.supervisor}",
         "etcd": f"http://127.0.0.1:{ports.etcd_client}",
+        # Each member directly, as the superuser: for checks that must bypass HAProxy.
+        "members": {
+            f"pg{m}": (
+                f"postgresql://postgres:{secrets.pg_superuser if secrets else '<unknown>'}"
+                f"@127.0.0.1:{ports.postgres(m)}/cloudwatcher"
+            )
+            for m in range(settings.pg_members)
+        },
     }
 
 
@@ -97,18 +108,20 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
 
     def row(name: str, kind: str, role: str, healthy: bool, **extra: Any) -> None:
         comp = comps.get(name, {})
-        rows.append({
-            "component": name,
-            "kind": kind,
-            "role": role,
-            "pid": comp.get("pid"),
-            "state": comp.get("state", "absent"),
-            "restarts": comp.get("restarts", 0),
-            "ports": comp.get("ports", {}),
-            "healthy": healthy,
-            "log": comp.get("log"),
-            **extra,
-        })
+        rows.append(
+            {
+                "component": name,
+                "kind": kind,
+                "role": role,
+                "pid": comp.get("pid"),
+                "state": comp.get("state", "absent"),
+                "restarts": comp.get("restarts", 0),
+                "ports": comp.get("ports", {}),
+                "healthy": healthy,
+                "log": comp.get("log"),
+                **extra,
+            }
+        )
 
     row("etcd", "etcd", "dcs", bool(etcd_ok))
     for m in range(settings.pg_members):
@@ -119,8 +132,14 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         )
         repl = repl_by_name.get(name, {})
         running = member is not None and member.state in ("running", "streaming")
+        if member is not None and member.role != "leader":
+            # A replica counts only once the primary sees it streaming.
+            running = running and repl.get("state") == "streaming"
         row(
-            name, "postgresql", role, running,
+            name,
+            "postgresql",
+            role,
+            running,
             postgres_pid=_postmaster_pid(layout.pg_data(m)),
             patroni_pid=comps.get(name, {}).get("pid"),
             pg_state=member.state if member else None,
@@ -132,9 +151,12 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     write_up = probes.haproxy_servers_up(haproxy_rows, "pg_write") if haproxy_rows else []
     read_up = probes.haproxy_servers_up(haproxy_rows, "pg_read") if haproxy_rows else []
     row(
-        "haproxy", "haproxy", "load balancer",
+        "haproxy",
+        "haproxy",
+        "load balancer",
         bool(haproxy_rows) and len(write_up) == 1,
-        write_servers=write_up, read_servers=read_up,
+        write_servers=write_up,
+        read_servers=read_up,
     )
     pgb_ok = await safe(_pgbouncer_ok(ports.pgbouncer, secrets.pg_app), False) if secrets else False
     row("pgbouncer", "pgbouncer", "pool (transaction)", bool(pgb_ok))
@@ -144,7 +166,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         node = by_port.get(ports.redis(n))
         alive = comps.get(f"redis{n}", {}).get("pid") is not None
         row(
-            f"redis{n}", "redis",
+            f"redis{n}",
+            "redis",
             ("master" if node.role == "master" else "replica") if node else "down",
             bool(node and not node.failed and alive),
             slots=node.slots if node else 0,
@@ -160,13 +183,27 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     for (name, _), ok in zip(exporter_urls.items(), oks, strict=True):
         row(name, name.rstrip("0123456789").replace("-", "_"), "metrics", ok)
 
+    # The failover safety net is in place only when Patroni's /sync key (what /cluster reports as
+    # sync_standby) names a replica that the primary really replicates to synchronously. Right
+    # after a failover the primary sets synchronous_standby_names a loop before it writes /sync;
+    # a second failure in that window leaves no member Patroni will promote.
+    sync_standbys = [
+        r
+        for r in rows
+        if r["kind"] == "postgresql"
+        and r["role"] == "sync replica"
+        and r["healthy"]
+        and r.get("sync_state") == "sync"
+    ]
+    pg_sync_ok = settings.pg_members == 1 or len(sync_standbys) == 1
     return {
         "phase": (sup or {}).get("phase", "down"),
         "error": (sup or {}).get("error"),
         "supervisor_pid": (sup or {}).get("pid"),
         "run_dir": str(settings.run_dir),
         "base_port": settings.base_port,
-        "healthy": bool(sup) and all(r["healthy"] for r in rows),
+        "healthy": bool(sup) and pg_sync_ok and all(r["healthy"] for r in rows),
+        "pg_sync_standby": sync_standbys[0]["component"] if sync_standbys else None,
         "redis_cluster_state": info.get("cluster_state"),
         "primary": leader.name if leader else None,
         "components": rows,

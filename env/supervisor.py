@@ -8,7 +8,8 @@ a while (so that a failover really happens), so restarts can be held through the
 
 Admin API (HTTP on 127.0.0.1, `Ports.supervisor`):
     GET  /status                       phase, error, and every component (pid, state, restarts)
-    POST /components/{name}/hold       body {"seconds": float}: no restart until released or timed out
+    POST /components/{name}/hold       body {"seconds": float}: no restart until released or
+                                       timed out
     POST /components/{name}/release    allow restarts again (a dead component restarts at once)
     POST /shutdown                     stop everything in reverse order and exit
 """
@@ -186,15 +187,24 @@ class Supervisor:
             "etcd",
             [
                 "etcd",
-                "--name", "cwh",
-                "--data-dir", str(lay.etcd_data),
-                "--listen-client-urls", f"http://127.0.0.1:{ports.etcd_client}",
-                "--advertise-client-urls", f"http://127.0.0.1:{ports.etcd_client}",
-                "--listen-peer-urls", f"http://127.0.0.1:{ports.etcd_peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports.etcd_peer}",
-                "--initial-cluster", f"cwh=http://127.0.0.1:{ports.etcd_peer}",
-                "--listen-metrics-urls", "",
-                "--log-level", "warn",
+                "--name",
+                "cwh",
+                "--data-dir",
+                str(lay.etcd_data),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{ports.etcd_client}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{ports.etcd_client}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{ports.etcd_peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{ports.etcd_peer}",
+                "--initial-cluster",
+                f"cwh=http://127.0.0.1:{ports.etcd_peer}",
+                "--listen-metrics-urls",
+                "",
+                "--log-level",
+                "warn",
             ],
             ports={"client": ports.etcd_client, "peer": ports.etcd_peer},
         )
@@ -311,8 +321,10 @@ class Supervisor:
         if comp.as_user is not None:
             kwargs.update(user=comp.as_user[0], group=comp.as_user[1], extra_groups=[])
         with open(comp.log_path, "ab") as logf:
-            logf.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
-                       f"supervisor: starting {' '.join(comp.argv)}\n".encode())
+            logf.write(
+                f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                f"supervisor: starting {' '.join(comp.argv)}\n".encode()
+            )
             logf.flush()
             comp.proc = await asyncio.create_subprocess_exec(
                 *comp.argv,
@@ -344,8 +356,9 @@ class Supervisor:
         if uptime > BACKOFF_RESET_AFTER_S:
             comp.restarts = 0
         delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(comp.restarts, 10))
-        log.warning("%s exited with %s after %.1f s; restart in %.1f s",
-                    comp.name, code, uptime, delay)
+        log.warning(
+            "%s exited with %s after %.1f s; restart in %.1f s", comp.name, code, uptime, delay
+        )
         restart_at = time.monotonic() + delay
         while not self.stopping:
             now = time.monotonic()
@@ -443,9 +456,13 @@ class Supervisor:
 
         async def pgbouncer_ready() -> bool:
             conn = await asyncpg.connect(
-                host="127.0.0.1", port=ports.pgbouncer, user="cloudwatcher",
-                password=secrets.pg_app, database="cloudwatcher",
-                statement_cache_size=0, timeout=2,
+                host="127.0.0.1",
+                port=ports.pgbouncer,
+                user="cloudwatcher",
+                password=secrets.pg_app,
+                database="cloudwatcher",
+                statement_cache_size=0,
+                timeout=2,
             )
             try:
                 return bool(await conn.fetchval("SELECT 1") == 1)
@@ -469,14 +486,17 @@ class Supervisor:
             "redis": (redis_ready, 30),
             "exporters": (
                 lambda: all_http(
-                    [f"http://127.0.0.1:{ports.postgres_exporter(m)}/metrics"
-                     for m in range(s.pg_members)]
+                    [
+                        f"http://127.0.0.1:{ports.postgres_exporter(m)}/metrics"
+                        for m in range(s.pg_members)
+                    ]
                     + [f"http://127.0.0.1:{ports.redis_exporter}/metrics"]
                 ),
                 20,
             ),
             "prometheus": (
-                lambda: probes.http_ok(f"http://127.0.0.1:{ports.prometheus}/-/ready"), 30
+                lambda: probes.http_ok(f"http://127.0.0.1:{ports.prometheus}/-/ready"),
+                30,
             ),
         }
         for stage, comps in stages:
@@ -511,14 +531,20 @@ class Supervisor:
             return  # formed at an earlier start
         replicas = str(self.settings.redis_replicas_per_master)
         argv = [
-            "redis-cli", "--cluster", "create",
+            "redis-cli",
+            "--cluster",
+            "create",
             *(f"127.0.0.1:{p}" for p in ports),
-            "--cluster-replicas", replicas, "--cluster-yes",
+            "--cluster-replicas",
+            replicas,
+            "--cluster-yes",
         ]
         log_path = self.layout.log("redis-cluster-create")
         with open(log_path, "ab") as logf:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=logf, stderr=asyncio.subprocess.STDOUT,
+                *argv,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
             )
             code = await asyncio.wait_for(proc.wait(), self.settings.timeout(60))
@@ -531,17 +557,17 @@ class Supervisor:
         members = await probes.patroni_cluster(patroni_ports)
         leader = next(m for m in members if m.role == "leader")
         conn = await asyncpg.connect(
-            host="127.0.0.1", port=ports.postgres(int(leader.name[2:])), user="postgres",
-            password=secrets.pg_superuser, database="postgres", timeout=5,
+            host="127.0.0.1",
+            port=ports.postgres(int(leader.name[2:])),
+            user="postgres",
+            password=secrets.pg_superuser,
+            database="postgres",
+            timeout=5,
         )
         try:
             if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'cloudwatcher'"):
-                await conn.execute(
-                    f"CREATE ROLE cloudwatcher LOGIN PASSWORD '{secrets.pg_app}'"
-                )
-            if not await conn.fetchval(
-                "SELECT 1 FROM pg_database WHERE datname = 'cloudwatcher'"
-            ):
+                await conn.execute(f"CREATE ROLE cloudwatcher LOGIN PASSWORD '{secrets.pg_app}'")
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'cloudwatcher'"):
                 await conn.execute("CREATE DATABASE cloudwatcher OWNER cloudwatcher")
         finally:
             await conn.close()

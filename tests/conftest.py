@@ -1,0 +1,59 @@
+"""Test session set-up: one real local environment for the whole session, always torn down.
+
+It runs on its own base port and run directory (`CWH_TEST_BASE_PORT`, default 19000), so a
+developer's environment on the default ports is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from env.local import LocalEnvironment
+from env.settings import EnvSettings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `teardown` stop the shared environment: run them last."""
+    items.sort(key=lambda item: item.get_closest_marker("teardown") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "teardown: stops the session's environment; runs last")
+
+
+@pytest.fixture(scope="session")
+def env_settings() -> EnvSettings:
+    base = int(os.environ.get("CWH_TEST_BASE_PORT", "19000"))
+    return EnvSettings(
+        base_port=base,
+        run_dir=Path(os.environ.get("CWH_TEST_RUN_DIR", f"/var/tmp/cwh-test-{base}")),
+        timeout_scale=float(os.environ.get("CWH_TIMEOUT_SCALE", "1.0")),
+    )
+
+
+@pytest.fixture(scope="session")
+def local_env(
+    env_settings: EnvSettings, request: pytest.FixtureRequest
+) -> Iterator[LocalEnvironment]:
+    env = LocalEnvironment(env_settings)
+    # A leftover from an interrupted session would make results depend on history.
+    env.down()
+    shutil.rmtree(env_settings.run_dir, ignore_errors=True)
+    with env:
+        yield env
+    # Logs and data directories are what explains a failure: keep them then.
+    if request.session.testsfailed:
+        print(f"\nkept {env_settings.run_dir} for post-mortem (logs in logs/)")
+    else:
+        shutil.rmtree(env_settings.run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def status(local_env: LocalEnvironment) -> dict:
+    """`cwh env status --json` as the environment was when the session started."""
+    return local_env.status()

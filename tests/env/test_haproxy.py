@@ -1,0 +1,128 @@
+"""HAProxy: TLS 1.3 on the HTTPS frontend, servers added at run time, sticky cookies."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+
+import pytest
+import requests
+from aiohttp import web
+
+from env.layout import Layout
+from env.local import LocalEnvironment
+from tests.helpers import poll, wait_healthy
+
+pytestmark = pytest.mark.env
+
+
+def test_https_frontend_negotiates_tls13_only(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+    port = local_env.settings.ports.haproxy_https
+    ctx = ssl.create_default_context(cafile=status["tls_certificate"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.version() == "TLSv1.3"
+
+    old = ssl.create_default_context(cafile=status["tls_certificate"])
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        pytest.raises(ssl.SSLError),
+    ):
+        old.wrap_socket(sock, server_hostname="127.0.0.1")
+
+
+def runtime(layout: Layout, command: str) -> str:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(layout.haproxy_socket))
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+@pytest.fixture
+def tiny_servers() -> Iterator[list[int]]:
+    """Two aiohttp servers on free ports, each answering with its own name."""
+    loop = asyncio.new_event_loop()
+    runners: list[web.AppRunner] = []
+    ports: list[int] = []
+
+    async def start(name: str) -> None:
+        async def ready(_: web.Request) -> web.Response:
+            return web.json_response({"ok": True})
+
+        async def whoami(_: web.Request) -> web.Response:
+            return web.json_response({"server": name})
+
+        app = web.Application()
+        app.router.add_get("/health/ready", ready)
+        app.router.add_get("/whoami", whoami)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    for name in ("a", "b"):
+        asyncio.run_coroutine_threadsafe(start(name), loop).result(10)
+    yield ports
+    for runner in runners:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def test_servers_added_at_run_time_serve_with_sticky_cookie(
+    local_env: LocalEnvironment, tiny_servers: list[int]
+):
+    status = wait_healthy(local_env)
+    layout = Layout(local_env.settings.run_dir)
+    slots = ["api/api1", "api/api2"]
+    try:
+        for slot, port in zip(slots, tiny_servers, strict=True):
+            answer = runtime(layout, f"set server {slot} addr 127.0.0.1 port {port}")
+            assert "port changed" in answer, answer
+            assert runtime(layout, f"set server {slot} state ready").strip() == ""
+
+        def both_up() -> bool:
+            text = runtime(layout, "show stat")
+            up = [
+                ln.split(",")[1]
+                for ln in text.splitlines()
+                if ln.startswith("api,api") and ",UP," in ln
+            ]
+            return sorted(up) == ["api1", "api2"]
+
+        # Health checks run every 5 s and need 2 successes (rise 2).
+        poll(both_up, local_env.settings.timeout(30), "run-time servers marked UP", 0.5)
+
+        base = status["urls"]["https"]
+        cert = status["tls_certificate"]
+        seen = {
+            requests.get(f"{base}/whoami", verify=cert, timeout=5).json()["server"]
+            for _ in range(6)
+        }
+        assert seen == {"a", "b"}, "round robin over both run-time servers"
+
+        with requests.Session() as s:
+            first = s.get(f"{base}/whoami", verify=cert, timeout=5)
+            assert "CWSRV" in s.cookies, first.headers
+            pinned = first.json()["server"]
+            for _ in range(6):
+                assert s.get(f"{base}/whoami", verify=cert, timeout=5).json()["server"] == pinned
+    finally:
+        for slot in slots:
+            runtime(layout, f"set server {slot} state maint")

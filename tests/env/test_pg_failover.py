@@ -1,0 +1,51 @@
+"""PostgreSQL primary failures under a steady write loop: RTO within the promise, nothing lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from env.configs import worst_case_failover_s
+from env.local import LocalEnvironment
+from env.process import pid_alive
+from experiments.pg_failover import KILL_PATRONI, KILL_POSTGRES, measure_failover, pg_members
+
+pytestmark = [pytest.mark.env, pytest.mark.fault]
+
+
+def test_sigkill_primary_postgres(local_env: LocalEnvironment, record_property):
+    result = measure_failover(local_env, KILL_POSTGRES)
+    record_property("failover", result)
+    print(result)
+    killed = result["killed"]
+    # The fault happened: that postmaster is gone, and a promotion moved the timeline on.
+    assert not pid_alive(killed["pid"])
+    assert result["timeline_after"] > killed["timeline"]
+    # Writes stopped for a while (the fault hurt) and came back within the promise.
+    assert result["not_ok_after_fault"] > 0
+    assert result["rto_s"] <= worst_case_failover_s(), result
+    rec = result["reconciliation"]
+    assert rec["acknowledged"] > 0
+    assert rec["lost"] == 0, rec
+
+
+def test_sigkill_primary_patroni(local_env: LocalEnvironment, record_property):
+    """The primary's Patroni dies and stays down: its leader key expires, a replica takes over.
+
+    Its orphaned postmaster keeps running, but HAProxy checks Patroni's REST API, so clients are
+    cut off from it; when Patroni returns it demotes and rewinds it into a replica.
+    """
+    result = measure_failover(local_env, KILL_PATRONI)
+    record_property("failover", result)
+    print(result)
+    killed = result["killed"]
+    assert result["primary_before"] == killed["name"]
+    assert result["primary_after"] != killed["name"], "the primary did not change"
+    assert result["not_ok_after_fault"] > 0
+    assert result["rto_s"] <= worst_case_failover_s(), result
+    rec = result["reconciliation"]
+    assert rec["acknowledged"] > 0
+    assert rec["lost"] == 0, rec
+    # measure_failover restored it: the old primary is back, as a replica.
+    final = local_env.status()
+    assert final["healthy"]
+    assert pg_members(final)[killed["name"]]["role"] in ("replica", "sync replica")

@@ -1,0 +1,54 @@
+"""Prometheus scrapes every component of the environment."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_api_client import PrometheusConnect
+
+from env.local import LocalEnvironment
+from tests.helpers import poll, wait_healthy
+
+pytestmark = pytest.mark.env
+
+EXPECTED_JOBS = {"prometheus", "patroni", "haproxy", "postgres", "redis"}
+
+
+def test_every_target_is_up(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+    prom = PrometheusConnect(url=status["urls"]["prometheus"], disable_ssl=True)
+    settings = local_env.settings
+    expected = 1 + settings.pg_members + 1 + settings.pg_members + settings.redis_nodes
+
+    def all_up() -> list[dict] | None:
+        series = prom.custom_query("up")
+        if len(series) == expected and all(s["value"][1] == "1" for s in series):
+            return series
+        return None
+
+    series = poll(all_up, settings.timeout(60), f"{expected} targets with up == 1", 1.0)
+    assert {s["metric"]["job"] for s in series} == EXPECTED_JOBS
+
+
+def test_replication_and_cluster_metrics_are_scraped(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+    prom = PrometheusConnect(url=status["urls"]["prometheus"], disable_ssl=True)
+    settings = local_env.settings
+    # Patroni says who leads; redis_exporter sees the cluster state of every node.
+    leaders = poll(
+        lambda: prom.custom_query("patroni_master == 1") or None,
+        settings.timeout(30),
+        "patroni_master series",
+        1.0,
+    )
+    assert len(leaders) == 1
+    ok_nodes = poll(
+        lambda: (
+            r
+            if len(r := prom.custom_query("redis_cluster_state == 1")) == settings.redis_nodes
+            else None
+        ),
+        settings.timeout(30),
+        "redis_cluster_state on every node",
+        1.0,
+    )
+    assert len(ok_nodes) == settings.redis_nodes

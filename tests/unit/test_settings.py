@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from env.settings import PORT_SPAN, EnvSettings, SettingsError
+
+
+def test_defaults_and_derived_ports_do_not_collide():
+    s = EnvSettings.from_environ({})
+    assert s.base_port == 17000
+    assert s.run_dir == Path("/var/tmp/cwh-17000")
+    p = s.ports
+    used = [
+        p.supervisor,
+        p.etcd_client,
+        p.etcd_peer,
+        p.haproxy_write,
+        p.haproxy_read,
+        p.haproxy_https,
+        p.haproxy_stats,
+        p.pgbouncer,
+        p.redis_exporter,
+        p.prometheus,
+    ]
+    used += [p.postgres(m) for m in range(s.pg_members)]
+    used += [p.patroni(m) for m in range(s.pg_members)]
+    used += [p.postgres_exporter(m) for m in range(s.pg_members)]
+    used += [p.redis(n) for n in range(s.redis_nodes)]
+    assert len(used) == len(set(used))
+    assert all(s.base_port <= port < s.base_port + PORT_SPAN for port in used)
+
+
+def test_two_bases_a_span_apart_share_no_port():
+    a, b = EnvSettings(base_port=17000), EnvSettings(base_port=17000 + PORT_SPAN)
+    assert a.ports.prometheus < b.ports.supervisor
+
+
+def test_roundtrip_through_environment_variables():
+    s = EnvSettings(
+        base_port=18000, run_dir=Path("/var/tmp/x"), timeout_scale=2.5, pg_sync_strict=True
+    )
+    assert EnvSettings.from_environ(s.to_environ()) == s
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"CWH_BASE_PORT": "abc"}, "CWH_BASE_PORT"),
+        ({"CWH_BASE_PORT": "80"}, "CWH_BASE_PORT"),
+        ({"CWH_BASE_PORT": "60000"}, "CWH_BASE_PORT"),
+        ({"CWH_TIMEOUT_SCALE": "0"}, "CWH_TIMEOUT_SCALE"),
+        ({"CWH_PG_SYNC_STRICT": "maybe"}, "CWH_PG_SYNC_STRICT"),
+        ({"CWH_RUN_DIR": "relative/dir"}, "CWH_RUN_DIR"),
+        ({"CWH_REDIS_MASTERS": "2"}, "CWH_REDIS_MASTERS"),
+    ],
+)
+def test_bad_values_name_the_variable(env, names):
+    with pytest.raises(SettingsError, match=names):
+        EnvSettings.from_environ(env)
+
+
+def test_timeouts_scale():
+    assert EnvSettings(timeout_scale=3).timeout(10) == 30
