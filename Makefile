@@ -19,7 +19,8 @@ status: deps
 down: deps
 	@$(CWH) env down
 
-test: deps
+# Lint and types first: they take seconds, the environment tests take minutes.
+test: deps lint typecheck
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps

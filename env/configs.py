@@ -59,7 +59,13 @@ def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, memb
         "scope": cluster_name(settings),
         "namespace": "/service/",
         "name": f"pg{member}",
-        "log": {"level": "INFO", "format": "%(asctime)s %(levelname)s: %(message)s"},
+        "log": {
+            "level": "INFO",
+            "format": "%(asctime)s %(levelname)s: %(message)s",
+            # HAProxy resets each check connection once it has the status line; Patroni's REST
+            # server logs a traceback for every one of them (one a second per member).
+            "loggers": {"patroni.api": "ERROR"},
+        },
         "restapi": {
             "listen": f"127.0.0.1:{ports.patroni(member)}",
             "connect_address": f"127.0.0.1:{ports.patroni(member)}",

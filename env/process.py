@@ -89,23 +89,57 @@ def _read_proc(pid: int) -> ProcInfo | None:
     return ProcInfo(pid=pid, ppid=ppid, cmdline=cmd)
 
 
+#: Server binaries the environment runs. PostgreSQL and Redis rewrite their process titles over
+#: the memory that held their environment, so the marker is gone from /proc/<pid>/environ; such a
+#: process belongs to the run directory when its working directory or command line is inside it.
+#: Only these binaries are matched that way, so a user's shell sitting in the run directory is safe.
+SERVER_BINARIES = frozenset(
+    {
+        "postgres",
+        "redis-server",
+        # Debian's redis-server is a link to redis-check-rdb: /proc/<pid>/exe names the target.
+        "redis-check-rdb",
+        "haproxy",
+        "pgbouncer",
+        "etcd",
+        "prometheus",
+        "prometheus-postgres-exporter",
+        "prometheus-redis-exporter",
+    }
+)
+
+
+def _belongs(pid: int, marker: bytes, prefix: str, cmdline: str) -> bool:
+    try:
+        if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return True
+        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return False
+    if exe not in SERVER_BINARIES:
+        return False
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd") + "/"
+    except OSError:
+        cwd = ""
+    return cwd.startswith(prefix) or prefix in cmdline
+
+
 def processes_of(run_dir: Path) -> list[ProcInfo]:
-    """Live processes that carry `run_dir`'s marker in their environment (the caller excluded)."""
+    """Live processes of the environment in `run_dir` (the caller excluded): those carrying its
+    marker, and server binaries working inside it (see `SERVER_BINARIES`)."""
     marker = f"{MARKER}={run_dir}".encode()
+    prefix = str(run_dir).rstrip("/") + "/"
     found = []
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
         pid = int(entry)
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            environ = []
         info = _read_proc(pid)
         if info is None or not pid_alive(pid):
             continue
-        if marker in environ:
+        if _belongs(pid, marker, prefix, info.cmdline):
             found.append(info)
     return found
 

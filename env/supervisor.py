@@ -332,7 +332,9 @@ class Supervisor:
                 stdout=logf,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
-                cwd=str(comp.cwd) if comp.cwd else None,
+                # Inside the run directory, so `processes_of` finds it even with its title
+                # rewritten over its environment.
+                cwd=str(comp.cwd or self.settings.run_dir),
                 start_new_session=True,
                 **kwargs,
             )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from env.local import LocalEnvironment
+from env.process import processes_of
 from env.settings import EnvSettings
 
 
@@ -46,6 +47,8 @@ def local_env(
     shutil.rmtree(env_settings.run_dir, ignore_errors=True)
     with env:
         yield env
+    # The ordinary `down` (the context manager's exit) left nothing behind.
+    assert processes_of(env_settings.run_dir) == [], "processes left after down"
     # Logs and data directories are what explains a failure: keep them then.
     if request.session.testsfailed:
         print(f"\nkept {env_settings.run_dir} for post-mortem (logs in logs/)")

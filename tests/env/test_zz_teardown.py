@@ -1,35 +1,44 @@
-"""`down` stops everything: no process of the environment is left, and its ports are free."""
+"""`down` stops everything, even after the supervisor itself crashed and left orphans behind."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 
 import pytest
 
 from env.local import LocalEnvironment
-from env.process import processes_of
+from env.process import pid_alive, processes_of
+from tests.helpers import members, poll, wait_healthy
 
 pytestmark = [pytest.mark.env, pytest.mark.teardown]
 
 
-def test_down_leaves_no_process_and_frees_ports(local_env: LocalEnvironment):
-    status = local_env.status()
+def test_down_after_a_supervisor_crash_leaves_no_process_and_frees_ports(
+    local_env: LocalEnvironment,
+):
+    status = wait_healthy(local_env)
     pids = [c["pid"] for c in status["components"] if c["pid"]]
-    pids += [c.get("postgres_pid") for c in status["components"] if c.get("postgres_pid")]
-    before = processes_of(local_env.settings.run_dir)
-    # Precondition: the check below would pass vacuously on an environment already down.
-    assert len(before) >= len(pids) >= 15
+    postmasters = [m["postgres_pid"] for m in members(status).values()]
+    sup = local_env.supervisor_pid()
+    assert sup is not None
+    found = {p.pid for p in processes_of(local_env.settings.run_dir)}
+    # The sweep sees every component, postmasters included (their titles hide the marker).
+    assert {sup, *pids, *postmasters} <= found
+
+    # The worst case: the supervisor dies, and a Patroni dies, orphaning its postmaster.
+    os.kill(sup, signal.SIGKILL)
+    victim = next(iter(members(status).values()))
+    os.kill(victim["patroni_pid"], signal.SIGKILL)
+    poll(lambda: not pid_alive(sup) and not pid_alive(victim["patroni_pid"]), 5, "both dead")
+    assert pid_alive(victim["postgres_pid"]), "the orphaned postmaster is still running"
 
     local_env.down()
 
     assert processes_of(local_env.settings.run_dir) == []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-            assert state == "Z", f"pid {pid} still alive"
-        except FileNotFoundError:
-            pass
+    for pid in [*pids, *postmasters]:
+        assert not pid_alive(pid), f"pid {pid} still alive"
     for comp in status["components"]:
         for port in comp["ports"].values():
             with socket.socket() as s:

@@ -1,0 +1,62 @@
+"""`up` is idempotent; a component that cannot start is named, and what was started is stopped."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from env.local import EnvironmentStartError, LocalEnvironment
+from env.process import processes_of
+from env.settings import EnvSettings
+
+pytestmark = pytest.mark.env
+
+
+def test_up_again_finds_it_up(local_env: LocalEnvironment):
+    pid = local_env.supervisor_pid()
+    assert pid is not None
+    started = time.monotonic()
+    status = local_env.up()
+    assert status["phase"] == "ready"
+    assert status["pid"] == pid, "a second up must not start another supervisor"
+    # Nothing was restarted: every component still runs its first process.
+    assert all(
+        c["restarts"] == 0 or c["kind"] in ("patroni", "redis") for c in status["components"]
+    )
+    assert time.monotonic() - started < 5
+
+
+def test_a_component_that_cannot_start_is_named_and_everything_is_stopped(
+    env_settings: EnvSettings,
+):
+    base = env_settings.base_port + 400
+    settings = EnvSettings(
+        base_port=base,
+        run_dir=Path(f"/var/tmp/cwh-test-{base}"),
+        timeout_scale=env_settings.timeout_scale,
+    )
+    shutil.rmtree(settings.run_dir, ignore_errors=True)
+    env = LocalEnvironment(settings)
+    # Redis starts after etcd, PostgreSQL, HAProxy and pgBouncer: take one of its ports.
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", settings.ports.redis(2)))
+    blocker.listen()
+    try:
+        with pytest.raises(EnvironmentStartError) as info:
+            env.up(timeout_s=120)
+        err = info.value
+        assert err.component == "redis2"
+        assert err.log.endswith("logs/redis2.log")
+        assert "Address already in use" in Path(err.log).read_text()
+        # Everything started before it (etcd, Patroni, postgres, HAProxy, pgBouncer) is gone.
+        assert processes_of(settings.run_dir) == []
+        assert env.supervisor_status() is None
+    finally:
+        blocker.close()
+        env.down()
+        shutil.rmtree(settings.run_dir, ignore_errors=True)
