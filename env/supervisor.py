@@ -82,7 +82,8 @@ class Component:
     grace_s: float = 10.0
     proc: asyncio.subprocess.Process | None = None
     state: str = "new"  # new | running | exited | held | stopped
-    restarts: int = 0
+    restarts: int = 0  # since the supervisor started
+    crash_streak: int = 0  # restarts without a long enough run in between: drives the backoff
     started_at: float = 0.0  # monotonic
     started_wall: float = 0.0
     exit_code: int | None = None
@@ -356,8 +357,8 @@ class Supervisor:
         comp.state = "exited"
         uptime = time.monotonic() - comp.started_at
         if uptime > BACKOFF_RESET_AFTER_S:
-            comp.restarts = 0
-        delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(comp.restarts, 10))
+            comp.crash_streak = 0
+        delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(comp.crash_streak, 10))
         log.warning(
             "%s exited with %s after %.1f s; restart in %.1f s", comp.name, code, uptime, delay
         )
@@ -376,6 +377,7 @@ class Supervisor:
             comp.state = "stopped"
             return
         comp.restarts += 1
+        comp.crash_streak += 1
         await self.spawn(comp)
 
     async def stop(self, comps: list[Component]) -> None:
@@ -413,7 +415,8 @@ class Supervisor:
         last_error = "not ready"
         while True:
             for comp in comps:
-                if comp.proc is not None and comp.proc.returncode is not None and comp.restarts > 2:
+                exited = comp.proc is not None and comp.proc.returncode is not None
+                if exited and comp.crash_streak > 2:
                     raise StartupError(
                         comp.name, comp.log_path, f"keeps exiting (last exit code {comp.exit_code})"
                     )
