@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         title=f"PostgreSQL failover, {args.kills} kills each, {args.rate:g} writes/s "
         f"(promised worst case {worst_case_failover_s():.0f} s)"
     )
-    for col in ("fault", "RTO min s", "RTO median s", "RTO max s", "acknowledged", "lost", "info"):
-        table.add_column(col)
+    table.add_column("fault")
+    for col in ("RTO min s", "median s", "max s", "acked", "lost", "info"):
+        table.add_column(col, justify="right")
     summary = {}
     for fault in ("kill-primary-postgres", "kill-primary-patroni"):
         rows = [r for r in results if r["fault"] == fault]
