@@ -216,6 +216,7 @@ backend api
     balance roundrobin
     option httpchk GET /health/ready
     http-check expect status 200
+    option redispatch
     cookie CWSRV insert indirect nocache dynamic
     dynamic-cookie-key {secrets.haproxy_cookie_key}
     default-server {http_check}
@@ -227,6 +228,7 @@ backend hub
     balance leastconn
     option httpchk GET /health/ready
     http-check expect status 200
+    option redispatch
     cookie CWHUB insert indirect nocache dynamic
     dynamic-cookie-key {secrets.haproxy_cookie_key}
     timeout tunnel 1h

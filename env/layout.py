@@ -77,6 +77,14 @@ class Layout:
         return self.run_dir / "redis" / f"node{node}"
 
     @property
+    def services_dir(self) -> Path:
+        """Keys and the document corpus of the reference implementation."""
+        return self.run_dir / "services"
+
+    def trace_file(self, component: str) -> Path:
+        return self.run_dir / "traces" / f"{component}.jsonl"
+
+    @property
     def prometheus_dir(self) -> Path:
         return self.run_dir / "prometheus"
 

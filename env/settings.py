@@ -83,6 +83,37 @@ class Ports:
         """Ports handed to the reference implementation's services (base+100 onwards)."""
         return self.base + 100 + index
 
+    @property
+    def llm(self) -> int:
+        return self.service(0)
+
+    @property
+    def sharepoint(self) -> int:
+        return self.service(1)
+
+    @property
+    def gdrive(self) -> int:
+        return self.service(2)
+
+    @property
+    def gateway(self) -> int:
+        return self.service(3)
+
+    def api(self, replica: int) -> int:
+        """API replica 1..10."""
+        return self.service(9 + replica)
+
+    def hub(self, replica: int) -> int:
+        """Hub replica 1..6."""
+        return self.service(19 + replica)
+
+    def worker(self, replica: int) -> int:
+        """Worker replica 1..20."""
+        return self.service(29 + replica)
+
+    def scheduler(self, replica: int) -> int:
+        return self.service(49 + replica)
+
 
 @dataclass(frozen=True)
 class EnvSettings:
@@ -100,6 +131,8 @@ class EnvSettings:
             failures lose acknowledged writes: the harness must be able to show that.
         scrape_interval_s: Prometheus scrape and evaluation interval, in seconds.
         pg_os_user: the account PostgreSQL, Patroni and pgBouncer run as (they refuse root).
+        services: start the reference implementation's services (off: the data tier alone).
+        api_replicas, hub_replicas, worker_replicas, scheduler_replicas: instances of each.
     """
 
     base_port: int = 17000
@@ -111,6 +144,11 @@ class EnvSettings:
     pg_sync_strict: bool = False
     scrape_interval_s: float = 2.0
     pg_os_user: str = "postgres"
+    services: bool = True
+    api_replicas: int = 3
+    hub_replicas: int = 2
+    worker_replicas: int = 3
+    scheduler_replicas: int = 2
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -129,6 +167,14 @@ class EnvSettings:
             )
         if not 0 <= self.redis_replicas_per_master <= 1:
             raise SettingsError(f"{PREFIX}REDIS_REPLICAS_PER_MASTER: must be 0 or 1")
+        for name, value, top in (
+            ("API_REPLICAS", self.api_replicas, 10),
+            ("HUB_REPLICAS", self.hub_replicas, 6),
+            ("WORKER_REPLICAS", self.worker_replicas, 20),
+            ("SCHEDULER_REPLICAS", self.scheduler_replicas, 2),
+        ):
+            if not 1 <= value <= top:
+                raise SettingsError(f"{PREFIX}{name}={value}: must be 1 to {top}")
         if not self.run_dir.is_absolute():
             raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
 
@@ -193,4 +239,9 @@ class EnvSettings:
             pg_sync_strict=bool(get("PG_SYNC_STRICT", bool, cls.pg_sync_strict)),
             scrape_interval_s=float(str(get("SCRAPE_INTERVAL_S", float, cls.scrape_interval_s))),
             pg_os_user=str(get("PG_OS_USER", str, cls.pg_os_user)),
+            services=bool(get("SERVICES", bool, cls.services)),
+            api_replicas=int(str(get("API_REPLICAS", int, cls.api_replicas))),
+            hub_replicas=int(str(get("HUB_REPLICAS", int, cls.hub_replicas))),
+            worker_replicas=int(str(get("WORKER_REPLICAS", int, cls.worker_replicas))),
+            scheduler_replicas=int(str(get("SCHEDULER_REPLICAS", int, cls.scheduler_replicas))),
         )

@@ -17,6 +17,7 @@ from env import probes
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
+from env.supervisor import SERVICE_ROLES
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
@@ -45,6 +46,21 @@ async def _pgbouncer_ok(port: int, password: str) -> bool:
         return False
     finally:
         await conn.close()
+
+
+async def _none() -> None:
+    return None
+
+
+async def _scheduler_leads(port: int) -> bool | None:
+    """Whether the scheduler on `port` holds the lease, from its own metric."""
+    status, text = await probes.http_get(f"http://127.0.0.1:{port}/metrics")
+    if status != 200:
+        return None
+    for line in text.splitlines():
+        if line.startswith("cw_scheduler_leader "):
+            return float(line.split()[1]) == 1.0
+    return None
 
 
 def connection_urls(settings: EnvSettings, secrets: Secrets | None) -> dict[str, Any]:
@@ -182,6 +198,33 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     oks = await asyncio.gather(*(probes.http_ok(u) for u in exporter_urls.values()))
     for (name, _), ok in zip(exporter_urls.items(), oks, strict=True):
         row(name, name.rstrip("0123456789").replace("-", "_"), "metrics", ok)
+
+    services = [c for c in comps.values() if c["kind"] in SERVICE_ROLES]
+    ready = await asyncio.gather(
+        *(probes.http_ok(f"http://127.0.0.1:{c['ports']['http']}/health/ready") for c in services)
+    )
+    leaders = await asyncio.gather(
+        *(
+            safe(_scheduler_leads(c["ports"]["http"]), None)
+            if c["kind"] == "scheduler"
+            else _none()
+            for c in services
+        )
+    )
+    behind_lb = (
+        set(probes.haproxy_servers_up(haproxy_rows, "api"))
+        | set(probes.haproxy_servers_up(haproxy_rows, "hub"))
+        if haproxy_rows
+        else set()
+    )
+    for comp, ok, leads in zip(services, ready, leaders, strict=True):
+        role = comp["kind"]
+        if leads is not None:
+            role = "scheduler (leader)" if leads else "scheduler (standby)"
+        extra: dict[str, Any] = {}
+        if comp["kind"] in ("api", "hub"):
+            extra["in_load_balancer"] = comp["name"] in behind_lb
+        row(comp["name"], comp["kind"], role, ok, **extra)
 
     # The failover safety net is in place only when Patroni's /sync key (what /cluster reports as
     # sync_standby) names a replica that the primary really replicates to synchronously. Right

@@ -38,9 +38,14 @@ from env.layout import Layout
 from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
 from env.secrets import Secrets, ensure_tls_certificate
 from env.settings import EnvSettings
+from reference_impl.corpus import ensure_corpus
+from reference_impl.keys import ensure_keys
 
 log = logging.getLogger("cwh.supervisor")
 
+
+#: Component kinds of the reference implementation's services.
+SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -167,6 +172,12 @@ class Supervisor:
         )
         lay.etcd_data.mkdir(exist_ok=True)
         os.chmod(lay.etcd_data, 0o700)
+        if self.settings.services:
+            # Keys and corpus of the reference implementation: made here, once, so every
+            # replica shares them; never in the repository.
+            ensure_keys(lay.services_dir)
+            ensure_corpus(lay.services_dir / "corpus")
+            (lay.run_dir / "traces").mkdir(exist_ok=True)
         return secrets
 
     # ---- component definitions -------------------------------------------------------------
@@ -298,7 +309,7 @@ class Supervisor:
             ],
             ports={"http": ports.prometheus},
         )
-        return [
+        stages = [
             ("etcd", [etcd]),
             ("postgresql", patronis),
             ("haproxy", [haproxy]),
@@ -306,6 +317,66 @@ class Supervisor:
             ("redis", redis_nodes),
             ("exporters", [*pg_exporters, redis_exporter]),
             ("prometheus", [prometheus]),
+        ]
+        if s.services:
+            stages.append(("services", self.define_services(secrets)))
+        return stages
+
+    def define_services(self, secrets: Secrets) -> list[Component]:
+        """The reference implementation: each service its own process, `python -m
+        reference_impl`, configured by `CW_*` variables."""
+        s, lay, ports = self.settings, self.layout, self.settings.ports
+        project_root = str(Path(__file__).resolve().parent.parent)
+        common = {
+            "CW_STATE_DIR": str(lay.services_dir),
+            "CW_PG_WRITE_URL": (
+                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{ports.pgbouncer}"
+                "/cloudwatcher"
+            ),
+            "CW_PG_READ_URL": (
+                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{ports.haproxy_read}"
+                "/cloudwatcher"
+            ),
+            "CW_REDIS_NODES": ",".join(f"127.0.0.1:{ports.redis(n)}" for n in range(s.redis_nodes)),
+            "CW_LLM_URL": f"http://127.0.0.1:{ports.llm}",
+            "CW_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
+            "CW_SHAREPOINT_URL": f"http://127.0.0.1:{ports.sharepoint}",
+            "CW_GDRIVE_URL": f"http://127.0.0.1:{ports.gdrive}",
+            "PYTHONPATH": project_root,
+            "PYTHONUNBUFFERED": "1",
+            # Short, so a job of a killed worker reappears soon; live workers extend their claim.
+            "CW_VISIBILITY_TIMEOUT_S": "10",
+        }
+        instances: list[tuple[str, str, int]] = [
+            ("llm", "llm", ports.llm),
+            ("sharepoint", "sharepoint", ports.sharepoint),
+            ("gdrive", "gdrive", ports.gdrive),
+            ("gateway", "gateway", ports.gateway),
+            *((f"api{i}", "api", ports.api(i)) for i in range(1, s.api_replicas + 1)),
+            *((f"hub{i}", "hub", ports.hub(i)) for i in range(1, s.hub_replicas + 1)),
+            *((f"worker{i}", "worker", ports.worker(i)) for i in range(1, s.worker_replicas + 1)),
+            *(
+                (f"scheduler{i}", "scheduler", ports.scheduler(i))
+                for i in range(1, s.scheduler_replicas + 1)
+            ),
+        ]
+        return [
+            self._component(
+                name,
+                role,
+                [sys.executable, "-m", "reference_impl"],
+                ports={"http": port},
+                env={
+                    **common,
+                    "CW_ROLE": role,
+                    "CW_NAME": name,
+                    "CW_PORT": str(port),
+                    "CW_TRACE_FILE": str(lay.trace_file(name)),
+                },
+                cwd=lay.run_dir,
+                grace_s=30.0,
+            )
+            for name, role, port in instances
         ]
 
     # ---- running processes -----------------------------------------------------------------
@@ -503,6 +574,7 @@ class Supervisor:
                 lambda: probes.http_ok(f"http://127.0.0.1:{ports.prometheus}/-/ready"),
                 30,
             ),
+            "services": (self.services_ready, 90),
         }
         for stage, comps in stages:
             if self.stopping:
@@ -513,6 +585,8 @@ class Supervisor:
                 await self.spawn(comp)
             if stage == "redis":
                 await self.form_redis_cluster(comps, redis_ports)
+            if stage == "services":
+                await self.register_services()
             check, timeout_s = checks[stage]
             await self.wait_ready(stage, comps, check, timeout_s)
             if stage == "postgresql":
@@ -520,6 +594,47 @@ class Supervisor:
         self.stage = ""
         self.phase = "ready"
         log.info("environment ready")
+
+    def service_components(self, *roles: str) -> list[Component]:
+        return [c for c in self.components.values() if c.kind in roles]
+
+    async def services_ready(self) -> bool:
+        comps = self.service_components(*SERVICE_ROLES)
+        oks = await asyncio.gather(
+            *(probes.http_ok(f"http://127.0.0.1:{c.ports['http']}/health/ready") for c in comps)
+        )
+        if not all(oks):
+            return False
+        # Behind HAProxy, every API and hub replica must be marked UP (checks every 5 s).
+        rows = await probes.haproxy_stat(self.layout)
+        want_api = {c.name for c in self.service_components("api")}
+        want_hub = {c.name for c in self.service_components("hub")}
+        return (
+            set(probes.haproxy_servers_up(rows, "api")) == want_api
+            and set(probes.haproxy_servers_up(rows, "hub")) == want_hub
+        )
+
+    async def register_services(self) -> None:
+        """Put API and hub replicas into HAProxy's server-template slots, and tell Prometheus.
+
+        Slots are named like the replicas (api1 is the api1 slot), so a restarted replica, on
+        the same port, needs nothing new.
+        """
+        for comp in self.service_components("api", "hub"):
+            slot = f"{comp.kind}/{comp.name}"
+            port = comp.ports["http"]
+            await probes.haproxy_command(
+                self.layout, f"set server {slot} addr 127.0.0.1 port {port}"
+            )
+            await probes.haproxy_command(self.layout, f"set server {slot} state ready")
+        for role in SERVICE_ROLES:
+            comps = self.service_components(role)
+            if comps:
+                (self.layout.prometheus_targets / f"{role}.json").write_text(
+                    configs.prometheus_target_file(
+                        [f"127.0.0.1:{c.ports['http']}" for c in comps], {"role": role}
+                    )
+                )
 
     async def form_redis_cluster(self, comps: list[Component], ports: list[int]) -> None:
         """Create the cluster the first time; later starts find it in each node's nodes.conf."""
@@ -584,8 +699,19 @@ class Supervisor:
             return
         self.stopping = True
         self.phase = "stopping"
-        order = ["prometheus", "exporters", "pgbouncer", "haproxy", "redis", "postgresql", "etcd"]
+        order = [
+            "services",
+            "prometheus",
+            "exporters",
+            "pgbouncer",
+            "haproxy",
+            "redis",
+            "postgresql",
+            "etcd",
+        ]
         by_kind = {
+            # Services first: a draining worker still needs the database.
+            "services": list(SERVICE_ROLES),
             "prometheus": ["prometheus"],
             "exporters": ["postgres_exporter", "redis_exporter"],
             "pgbouncer": ["pgbouncer"],

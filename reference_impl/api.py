@@ -1,0 +1,386 @@
+"""The public API the phone speaks (see `/openapi.json`).
+
+Requests are stored encrypted in PostgreSQL, queued in the same transaction, and answered 202.
+Reads go to a replica and fall back to the primary when the replica has not seen the request yet
+(read-your-writes). Redis caches only what never changes again (requests in a final state, and
+responses) and counts the rate limit; when Redis is down the API still answers, uncached and
+unlimited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import Counter
+
+from reference_impl import observability
+from reference_impl.auth import (
+    Claims,
+    InvalidToken,
+    TokenIssuer,
+    bearer,
+    new_client_credentials,
+    secret_matches,
+)
+from reference_impl.crypto import FieldCipher
+from reference_impl.errors import ApiError, error_middleware
+from reference_impl.openapi import OPENAPI
+from reference_impl.schema import ensure_schema
+from reference_impl.settings import ServiceSettings
+from reference_impl.stores import create_pool, create_redis, redis_or_none
+
+log = logging.getLogger("cw.api")
+
+SETTINGS = web.AppKey("settings", ServiceSettings)
+WRITE_POOL = web.AppKey("write_pool", asyncpg.Pool)
+READ_POOL = web.AppKey("read_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", object)
+ISSUER = web.AppKey("issuer", TokenIssuer)
+CIPHER = web.AppKey("cipher", FieldCipher)
+SUBMITS = web.AppKey("submits", Counter)
+
+PROVIDERS = ("sharepoint", "gdrive")
+FINAL = ("completed", "failed", "dead_lettered")
+REQUEST_TTL_S = 300  # the seed's "Request: 5 min"
+RESPONSE_TTL_S = 1800  # the seed's "Response: 30 min"
+#: /v1/sync's cursor stops before events younger than this: event ids come from a sequence, and
+#: a transaction that took id 10 may commit after one that took 11. Events past the cursor are
+#: still returned (phones de-duplicate by id); the cursor just never skips an uncommitted id.
+SYNC_SETTLE_S = 2.0
+SYNC_PAGE = 200
+MAX_BODY_BYTES = 64 * 1024
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _served(resp: web.StreamResponse, request: web.Request) -> web.StreamResponse:
+    resp.headers["X-Served-By"] = request.app[SETTINGS].name
+    return resp
+
+
+def json_reply(request: web.Request, body: Any, status: int = 200) -> web.StreamResponse:
+    return _served(web.json_response(body, status=status), request)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    raw = await request.read()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "body must be a JSON object")
+    return body
+
+
+def text_field(body: dict[str, Any], name: str, max_len: int) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(422, {"field": name, "problem": "required, a non-empty string"})
+    if len(value) > max_len or "\x00" in value:
+        raise ApiError(422, {"field": name, "problem": f"at most {max_len} characters, no NUL"})
+    return value
+
+
+def authenticate(request: web.Request) -> Claims:
+    try:
+        return request.app[ISSUER].verify(bearer(request.headers.get("Authorization")))
+    except InvalidToken as exc:
+        raise ApiError(
+            401, str(exc), headers={"WWW-Authenticate": 'Bearer realm="cloudwatcher"'}
+        ) from None
+
+
+async def rate_limit(request: web.Request, device_id: uuid.UUID) -> None:
+    """A fixed one-second window per device; fails open when Redis is down."""
+    settings = request.app[SETTINGS]
+    redis = request.app[REDIS]
+    window = int(time.time())
+    key = f"rl:{{{device_id}}}:{window}"
+
+    async def count() -> int:
+        async with redis.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+            pipe.incr(key)
+            pipe.expire(key, 2)
+            n, _ = await pipe.execute()
+        return int(n)
+
+    n = await redis_or_none("rate limit", count)
+    if n is not None and n > settings.rate_limit_per_s:
+        raise ApiError(
+            429,
+            f"more than {settings.rate_limit_per_s} requests per second",
+            headers={"Retry-After": "1"},
+        )
+
+
+def iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def request_view(row: asyncpg.Record, response: str | None) -> dict[str, Any]:
+    return {
+        "request_id": str(row["request_id"]),
+        "status": row["status"],
+        "provider": row["provider"],
+        "response": response,
+        "error": row["error"],
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+    }
+
+
+# ---- handlers ------------------------------------------------------------------------------
+
+
+async def register_device(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    if settings.registration_secret and (
+        request.headers.get("X-Registration-Secret") != settings.registration_secret
+    ):
+        raise ApiError(403, "a valid X-Registration-Secret header is required to register")
+    body = await read_json_object(request)
+    platform = body.get("platform")
+    if platform not in ("ios", "android"):
+        raise ApiError(422, {"field": "platform", "problem": "one of ios, android"})
+    name = text_field(body, "name", 200)
+    device_id = uuid.uuid4()
+    client_id, secret, secret_hash = new_client_credentials()
+    await request.app[WRITE_POOL].execute(
+        "INSERT INTO devices (device_id, platform, name, client_id, secret_hash)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        device_id,
+        platform,
+        name,
+        client_id,
+        secret_hash,
+    )
+    log.info("registered device %s (%s)", device_id, platform)
+    return json_reply(
+        request,
+        {"device_id": str(device_id), "client_id": client_id, "client_secret": secret},
+        status=201,
+    )
+
+
+async def token(request: web.Request) -> web.StreamResponse:
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise ApiError(415, "expected application/x-www-form-urlencoded")
+    form = await request.post()
+    if form.get("grant_type") != "client_credentials":
+        raise ApiError(400, "grant_type must be client_credentials", code="unsupported_grant_type")
+    client_id, secret = form.get("client_id"), form.get("client_secret")
+    if not isinstance(client_id, str) or not isinstance(secret, str) or not client_id or not secret:
+        raise ApiError(400, "client_id and client_secret are required", code="invalid_request")
+    query = "SELECT device_id, secret_hash FROM devices WHERE client_id = $1"
+    row = await request.app[READ_POOL].fetchrow(query, client_id)
+    if row is None:  # registered a moment ago, not replicated yet
+        row = await request.app[WRITE_POOL].fetchrow(query, client_id)
+    if row is None or not secret_matches(secret, bytes(row["secret_hash"])):
+        raise ApiError(401, "unknown client or wrong secret", code="invalid_client")
+    access, ttl = request.app[ISSUER].issue(row["device_id"], client_id)
+    return json_reply(request, {"access_token": access, "token_type": "Bearer", "expires_in": ttl})
+
+
+async def jwks(request: web.Request) -> web.StreamResponse:
+    return json_reply(request, {"keys": [request.app[ISSUER].jwk]})
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return json_reply(request, OPENAPI)
+
+
+async def submit(request: web.Request) -> web.StreamResponse:
+    claims = authenticate(request)
+    await rate_limit(request, claims.device_id)
+    key = request.headers.get("Idempotency-Key", "")
+    if not key or len(key) > 128 or not key.isprintable():
+        raise ApiError(400, "an Idempotency-Key header (1-128 printable characters) is required")
+    body = await read_json_object(request)
+    provider = body.get("provider")
+    if provider not in PROVIDERS:
+        raise ApiError(422, {"field": "provider", "problem": "one of sharepoint, gdrive"})
+    document = text_field(body, "document", 512)
+    instruction = text_field(body, "instruction", 4000)
+    body_hash = hashlib.sha256(
+        json.dumps([provider, document, instruction], separators=(",", ":")).encode()
+    ).digest()
+    cipher = request.app[CIPHER]
+    request_id = uuid.uuid4()
+    cid = observability.correlation_id.get()
+    ctx = f"{claims.device_id}/{request_id}"
+    settings = request.app[SETTINGS]
+    async with request.app[WRITE_POOL].acquire() as conn, conn.transaction():
+        inserted = await conn.fetchval(
+            "INSERT INTO requests (device_id, request_id, idempotency_key, body_hash, provider,"
+            " document_enc, instruction_enc, status, correlation_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8)"
+            " ON CONFLICT (device_id, idempotency_key) DO NOTHING RETURNING request_id",
+            claims.device_id,
+            request_id,
+            key,
+            body_hash,
+            provider,
+            cipher.encrypt(document, ctx + "/document"),
+            cipher.encrypt(instruction, ctx + "/instruction"),
+            cid,
+        )
+        if inserted is not None:
+            await conn.execute(
+                "INSERT INTO jobs (device_id, request_id, correlation_id, max_attempts)"
+                " VALUES ($1, $2, $3, $4)",
+                claims.device_id,
+                request_id,
+                cid,
+                settings.max_attempts,
+            )
+            request.app[SUBMITS].labels("created").inc()
+            log.info("accepted request %s", request_id)
+            return json_reply(request, {"request_id": str(request_id), "status": "queued"}, 202)
+        existing = await conn.fetchrow(
+            "SELECT request_id, body_hash, status FROM requests"
+            " WHERE device_id = $1 AND idempotency_key = $2",
+            claims.device_id,
+            key,
+        )
+    assert existing is not None
+    if bytes(existing["body_hash"]) != body_hash:
+        request.app[SUBMITS].labels("conflict").inc()
+        raise ApiError(409, "this Idempotency-Key was used with a different body")
+    request.app[SUBMITS].labels("replayed").inc()
+    return json_reply(
+        request, {"request_id": str(existing["request_id"]), "status": existing["status"]}, 202
+    )
+
+
+async def get_request(request: web.Request) -> web.StreamResponse:
+    claims = authenticate(request)
+    await rate_limit(request, claims.device_id)
+    try:
+        request_id = uuid.UUID(request.match_info["request_id"])
+    except ValueError:
+        raise ApiError(404, "no such request") from None
+    redis = request.app[REDIS]
+    cached = await redis_or_none("request cache", lambda: redis.get(f"req:{request_id}"))  # type: ignore[attr-defined]
+    if cached:
+        view = json.loads(cached)
+        if view.pop("device_id") != str(claims.device_id):
+            raise ApiError(404, "no such request")
+        return json_reply(request, view)
+    query = (
+        "SELECT request_id, status, provider, response_enc, error, created_at, updated_at"
+        " FROM requests WHERE device_id = $1 AND request_id = $2"
+    )
+    row = await request.app[READ_POOL].fetchrow(query, claims.device_id, request_id)
+    if row is None:
+        # Read-your-writes: the replica may not have the request the primary just accepted.
+        row = await request.app[WRITE_POOL].fetchrow(query, claims.device_id, request_id)
+    if row is None:
+        raise ApiError(404, "no such request")
+    response = None
+    if row["response_enc"] is not None:
+        response = request.app[CIPHER].decrypt(
+            bytes(row["response_enc"]), f"{claims.device_id}/{request_id}/response"
+        )
+    view = request_view(row, response)
+    if row["status"] in FINAL:
+        # Final states never change again: safe to cache.
+        payload = json.dumps({**view, "device_id": str(claims.device_id)})
+        await redis_or_none(
+            "request cache",
+            lambda: redis.set(  # type: ignore[attr-defined]
+                f"req:{request_id}", payload, ex=REQUEST_TTL_S
+            ),
+        )
+    return json_reply(request, view)
+
+
+async def sync(request: web.Request) -> web.StreamResponse:
+    claims = authenticate(request)
+    await rate_limit(request, claims.device_id)
+    raw = request.query.get("since", "0")
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "since must be a cursor returned by /v1/sync (a non-negative integer)")
+    since = int(raw)
+    rows = await request.app[WRITE_POOL].fetch(
+        "SELECT event_id, request_id, type, payload, created_at,"
+        " created_at < clock_timestamp() - make_interval(secs => $3) AS settled"
+        " FROM events WHERE device_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $4",
+        claims.device_id,
+        since,
+        SYNC_SETTLE_S,
+        SYNC_PAGE,
+    )
+    cursor = since
+    for row in rows:
+        if not row["settled"]:
+            break
+        cursor = row["event_id"]
+    events = [
+        {
+            "event_id": r["event_id"],
+            "type": r["type"],
+            "request_id": str(r["request_id"]),
+            "created_at": iso(r["created_at"]),
+            **json.loads(r["payload"]),
+        }
+        for r in rows
+    ]
+    return json_reply(
+        request, {"events": events, "next_cursor": str(cursor), "more": len(rows) == SYNC_PAGE}
+    )
+
+
+# ---- the app -------------------------------------------------------------------------------
+
+
+async def _stores(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[WRITE_POOL] = await create_pool(settings.pg_write_url, max_size=20)
+    app[READ_POOL] = await create_pool(settings.pg_read_url, max_size=20)
+    await ensure_schema(app[WRITE_POOL])
+    app[REDIS] = create_redis(settings)
+    checks = app[observability.READY_CHECKS_KEY]
+
+    async def pg() -> bool:
+        return bool(await app[WRITE_POOL].fetchval("SELECT 1", timeout=2) == 1)
+
+    checks["postgres"] = pg
+    yield
+    await app[REDIS].aclose()  # type: ignore[attr-defined]
+    await app[READ_POOL].close()
+    await app[WRITE_POOL].close()
+
+
+def create_app(settings: ServiceSettings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    metrics = observability.install(app, "api", settings.trace_file)
+    app[SUBMITS] = Counter(
+        "cw_submits_total", "Submits by outcome", ["outcome"], registry=metrics.registry
+    )
+    app[ISSUER] = TokenIssuer(settings.jwt_key_path, settings.token_ttl_s)
+    app[CIPHER] = FieldCipher(settings.field_key_path)
+    app.cleanup_ctx.append(_stores)
+    app.router.add_post("/v1/devices", register_device)
+    app.router.add_post("/oauth/token", token)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/v1/requests", submit)
+    app.router.add_get("/v1/requests/{request_id}", get_request)
+    app.router.add_get("/v1/sync", sync)
+    return app

@@ -1,0 +1,95 @@
+"""Errors as JSON: `{"error": code, "detail": ...}` with the right status, for every route.
+
+No input a client sends yields a 5xx: aiohttp's own HTTP errors (413, 405, 404 ...) are turned into
+JSON here too, and an unexpected exception is logged and answered 500 only when it is ours.
+Dependencies being down answer 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+from aiohttp import web
+
+log = logging.getLogger("cw.errors")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+class ApiError(web.HTTPException):
+    """An error the API means to send: status, machine-readable code and a human detail."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: Any,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status_code = status
+        super().__init__(headers=headers)
+        self.code = code or CODES.get(status, "error")
+        self.detail = detail
+
+
+def error_response(
+    status: int, code: str, detail: Any, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+#: Headers of an HTTP error worth passing on; the rest (Content-Type...) is the JSON body's.
+KEPT_HEADERS = ("allow", "retry-after", "www-authenticate")
+
+
+def _kept(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k.lower() in KEPT_HEADERS}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status_code, exc.code, exc.detail, _kept(exc))
+    except web.HTTPException as exc:
+        if exc.status_code < 400:
+            raise
+        return error_response(
+            exc.status_code, CODES.get(exc.status_code, "error"), exc.reason, _kept(exc)
+        )
+    except (
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.ReadOnlySQLTransactionError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.AdminShutdownError,
+        ConnectionError,
+        TimeoutError,
+        OSError,
+        redis.exceptions.ConnectionError,
+    ) as exc:
+        log.warning("dependency unavailable: %r", exc)
+        return error_response(
+            503, "unavailable", "a dependency is unavailable, retry", {"Retry-After": "1"}
+        )
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error")

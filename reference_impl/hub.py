@@ -1,0 +1,211 @@
+"""Notification hub: WebSockets of phones, fed from Redis pub/sub, resumable from the event log.
+
+A connection registers its queue before it replays the events after `last_event_id` from
+PostgreSQL, so nothing published during the replay is lost; events already sent are skipped by
+id. Under load the sender drains its queue in one batch message. On shutdown every socket is
+closed with 1001 (going away) so phones reconnect through HAProxy to another hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from aiohttp import WSCloseCode, web
+from prometheus_client import Counter, Gauge
+
+from reference_impl import observability
+from reference_impl.auth import InvalidToken, TokenIssuer, bearer
+from reference_impl.errors import ApiError, error_middleware
+from reference_impl.schema import ensure_schema
+from reference_impl.settings import ServiceSettings
+from reference_impl.stores import NOTIFY_CHANNEL, create_pool, single_node_pubsub
+
+log = logging.getLogger("cw.hub")
+
+SETTINGS = web.AppKey("settings", ServiceSettings)
+ISSUER = web.AppKey("issuer", TokenIssuer)
+POOL = web.AppKey("pool", asyncpg.Pool)
+CONNS = web.AppKey("conns", defaultdict)
+METRIC = web.AppKey("metric", dict)
+
+REPLAY_LIMIT = 1000
+QUEUE_LIMIT = 1000
+BATCH_AT = 2  # more than one message waiting: send them as one batch
+
+
+class Connection:
+    def __init__(self, device_id: uuid.UUID, ws: web.WebSocketResponse) -> None:
+        self.device_id = device_id
+        self.ws = ws
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
+        self.last_sent = 0
+
+
+async def updates(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    try:
+        token = request.query.get("access_token") or bearer(request.headers.get("Authorization"))
+        claims = app[ISSUER].verify(token)
+    except InvalidToken as exc:
+        raise ApiError(401, str(exc)) from None
+    raw_last = request.query.get("last_event_id", "")
+    if raw_last and (not raw_last.isdigit() or len(raw_last) > 18):
+        raise ApiError(400, "last_event_id must be a non-negative integer")
+    ws = web.WebSocketResponse(heartbeat=settings.heartbeat_s, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    conn = Connection(claims.device_id, ws)
+    conns: defaultdict[uuid.UUID, set[Connection]] = app[CONNS]
+    conns[claims.device_id].add(conn)  # before the replay: nothing published meanwhile is lost
+    metrics = app[METRIC]
+    metrics["connections"].inc()
+    metrics["connects"].inc()
+    try:
+        await ws.send_json(
+            {"type": "hello", "server": settings.name, "heartbeat_s": settings.heartbeat_s}
+        )
+        if raw_last:
+            rows = await app[POOL].fetch(
+                "SELECT event_id, request_id, type, payload FROM events"
+                " WHERE device_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $3",
+                claims.device_id,
+                int(raw_last),
+                REPLAY_LIMIT,
+            )
+            conn.last_sent = int(raw_last)
+            for r in rows:
+                await ws.send_json(
+                    {
+                        "event_id": r["event_id"],
+                        "type": r["type"],
+                        "request_id": str(r["request_id"]),
+                        "replayed": True,
+                        **json.loads(r["payload"]),
+                    }
+                )
+                conn.last_sent = r["event_id"]
+                metrics["sent"].inc()
+        sender = asyncio.create_task(send_loop(conn, metrics))
+        try:
+            async for msg in ws:  # phones may send pings or acks; we only need to read them
+                if msg.type == web.WSMsgType.TEXT and msg.data == "ping":
+                    await ws.send_str("pong")
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+    finally:
+        conns[claims.device_id].discard(conn)
+        if not conns[claims.device_id]:
+            conns.pop(claims.device_id, None)
+        metrics["connections"].dec()
+    return ws
+
+
+async def send_loop(conn: Connection, metrics: dict[str, Any]) -> None:
+    while True:
+        first = await conn.queue.get()
+        batch = [first]
+        while not conn.queue.empty() and len(batch) < 100:
+            batch.append(conn.queue.get_nowait())
+        fresh = [e for e in batch if e["event_id"] > conn.last_sent]
+        if not fresh:
+            continue
+        if len(fresh) >= BATCH_AT:
+            await conn.ws.send_json({"type": "batch", "events": fresh})
+        else:
+            await conn.ws.send_json(fresh[0])
+        conn.last_sent = max(e["event_id"] for e in fresh)
+        metrics["sent"].inc(len(fresh))
+
+
+async def listen(app: web.Application) -> None:
+    """Deliver published events to the connections of their device; reconnect on failure."""
+    conns: defaultdict[uuid.UUID, set[Connection]] = app[CONNS]
+    while True:
+        try:
+            client, pubsub = await single_node_pubsub(app[SETTINGS])
+        except ConnectionError as exc:
+            log.warning("pub/sub unavailable: %s", exc)
+            observability.tick(app, "pubsub")
+            await asyncio.sleep(1)
+            continue
+        try:
+            await pubsub.subscribe(NOTIFY_CHANNEL)
+            while True:
+                msg = await pubsub.get_message(timeout=1.0)
+                observability.tick(app, "pubsub")
+                if msg is None:
+                    continue
+                event = json.loads(msg["data"])
+                device = uuid.UUID(event.pop("device_id"))
+                for conn in list(conns.get(device, ())):
+                    try:
+                        conn.queue.put_nowait(event)
+                    except asyncio.QueueFull:
+                        # A phone that cannot keep up resumes from the event log instead.
+                        await conn.ws.close(
+                            code=WSCloseCode.TRY_AGAIN_LATER,
+                            message=b"too slow, resume with last_event_id",
+                        )
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            log.warning("pub/sub connection lost: %r", exc)
+        except Exception:
+            log.exception("pub/sub listener failed")
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+                await client.aclose()
+        await asyncio.sleep(0.2)
+
+
+async def _run(app: web.Application) -> AsyncIterator[None]:
+    app[POOL] = await create_pool(app[SETTINGS].pg_write_url, max_size=10)
+    await ensure_schema(app[POOL])
+
+    async def pg() -> bool:
+        return bool(await app[POOL].fetchval("SELECT 1", timeout=2) == 1)
+
+    app[observability.READY_CHECKS_KEY]["postgres"] = pg
+    listener = asyncio.create_task(listen(app))
+    yield
+    listener.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listener
+    await app[POOL].close()
+
+
+async def _going_away(app: web.Application) -> None:
+    """On shutdown, tell every phone to reconnect elsewhere."""
+    for conns in list(app[CONNS].values()):
+        for conn in list(conns):
+            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"hub shutting down")
+
+
+def create_app(settings: ServiceSettings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    metrics = observability.install(app, "hub", settings.trace_file)
+    app[ISSUER] = TokenIssuer(settings.jwt_key_path, settings.token_ttl_s)
+    app[CONNS] = defaultdict(set)
+    app[METRIC] = {
+        "connections": Gauge("cw_ws_connections", "Open WebSockets", registry=metrics.registry),
+        "connects": Counter(
+            "cw_ws_connects_total", "WebSocket connections accepted", registry=metrics.registry
+        ),
+        "sent": Counter(
+            "cw_notifications_sent_total", "Events sent to phones", registry=metrics.registry
+        ),
+    }
+    app.cleanup_ctx.append(_run)
+    app.on_shutdown.append(_going_away)
+    app.router.add_get("/v1/updates", updates)
+    return app

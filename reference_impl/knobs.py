@@ -1,0 +1,114 @@
+"""Fault knobs shared by the emulators: latency, errors, 429s and outages, set at run time.
+
+`GET /admin/knobs` shows them, `POST /admin/knobs` with a JSON object changes the ones it names
+(unknown names or wrong types are a 422). Experiments turn them; nothing restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from aiohttp import web
+
+from reference_impl.errors import ApiError
+
+
+@dataclass
+class Knobs:
+    """Attributes:
+    latency_ms: mean added latency.
+    latency_dist: fixed | exponential | lognormal (sigma 1, same mean).
+    error_rate: share of calls answered 500 (0..1).
+    rate_429: share of calls answered 429 with Retry-After.
+    retry_after_s: the Retry-After of those 429s.
+    outage: when true, connections are dropped without an answer (a network error).
+    """
+
+    latency_ms: float = 0.0
+    latency_dist: str = "fixed"
+    error_rate: float = 0.0
+    rate_429: float = 0.0
+    retry_after_s: float = 1.0
+    outage: bool = False
+
+    def update(self, changes: dict[str, Any]) -> None:
+        known = {f.name: f.type for f in fields(self)}
+        for name, value in changes.items():
+            if name not in known:
+                raise ApiError(422, {"field": name, "problem": "unknown knob"})
+            kind = known[name]
+            if kind == "bool" and not isinstance(value, bool):
+                raise ApiError(422, {"field": name, "problem": "a boolean"})
+            if kind == "float" and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ApiError(422, {"field": name, "problem": "a finite number >= 0"})
+            if name in ("error_rate", "rate_429") and value > 1:
+                raise ApiError(422, {"field": name, "problem": "a share between 0 and 1"})
+            if name == "latency_dist" and value not in ("fixed", "exponential", "lognormal"):
+                raise ApiError(422, {"field": name, "problem": "fixed, exponential or lognormal"})
+        for name, value in changes.items():
+            setattr(self, name, float(value) if known[name] == "float" else value)
+
+    def delay_s(self) -> float:
+        mean = self.latency_ms / 1000
+        if mean <= 0:
+            return 0.0
+        if self.latency_dist == "exponential":
+            return random.expovariate(1 / mean)
+        if self.latency_dist == "lognormal":
+            sigma = 1.0
+            return random.lognormvariate(math.log(mean) - sigma**2 / 2, sigma)
+        return mean
+
+    async def apply(self, request: web.Request) -> web.Response | None:
+        """Play the knobs for one call: a response to send instead, or None to answer normally."""
+        if self.outage:
+            if request.transport is not None:
+                request.transport.close()
+            raise asyncio.CancelledError  # the connection is gone; nothing to answer
+        if delay := self.delay_s():
+            await asyncio.sleep(delay)
+        draw = random.random()
+        if draw < self.rate_429:
+            return web.json_response(
+                {"error": "too_many_requests", "detail": "rate limited (knob)"},
+                status=429,
+                headers={"Retry-After": f"{self.retry_after_s:g}"},
+            )
+        if draw < self.rate_429 + self.error_rate:
+            return web.json_response(
+                {"error": "internal", "detail": "injected error (knob)"}, status=500
+            )
+        return None
+
+
+KNOBS = web.AppKey("knobs", Knobs)
+
+
+def install_knobs(app: web.Application) -> Knobs:
+    knobs = app[KNOBS] = Knobs()
+
+    async def get(_: web.Request) -> web.Response:
+        return web.json_response(asdict(knobs))
+
+    async def post(request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+        except ValueError:
+            raise ApiError(400, "body is not valid JSON") from None
+        if not isinstance(changes, dict):
+            raise ApiError(422, "body must be a JSON object of knobs")
+        knobs.update(changes)
+        return web.json_response(asdict(knobs))
+
+    app.router.add_get("/admin/knobs", get)
+    app.router.add_post("/admin/knobs", post)
+    return knobs

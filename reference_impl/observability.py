@@ -1,0 +1,212 @@
+"""Metrics, health, JSON logs with correlation ids, and spans: the same for every service.
+
+Liveness means "my loop ticked recently"; readiness means "my dependencies answer" (Patroni's
+split). Each app gets its own Prometheus registry, so in-process tests build several apps side by
+side without duplicate-metric errors.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
+
+Check = Callable[[], Awaitable[bool]]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the service, instance and the current correlation id."""
+
+    def __init__(self, service: str, instance: str) -> None:
+        super().__init__()
+        self.service = service
+        self.instance = instance
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "instance": self.instance,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if cid := correlation_id.get():
+            out["correlation_id"] = cid
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(service: str, instance: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service, instance))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Tracer:
+    """Minimal OpenTelemetry-shaped spans (trace id = correlation id), appended as JSON lines.
+
+    A file exporter by default: traces are there to read after a run, not to run a collector for.
+    """
+
+    def __init__(self, service: str, path: str) -> None:
+        self.service = service
+        self.path = Path(path) if path else None
+
+    def span(self, name: str, **attrs: Any) -> _Span:
+        return _Span(self, name, attrs)
+
+    def export(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class _Span:
+    def __init__(self, tracer: Tracer, name: str, attrs: dict[str, Any]) -> None:
+        self.tracer, self.name, self.attrs = tracer, name, attrs
+        self.start = 0.0
+
+    def __enter__(self) -> _Span:
+        self.start = time.time()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.tracer.export(
+            {
+                "trace_id": correlation_id.get(),
+                "span_id": uuid.uuid4().hex[:16],
+                "service": self.tracer.service,
+                "name": self.name,
+                "start": self.start,
+                "duration_ms": round((time.time() - self.start) * 1000, 3),
+                "status": "error" if exc_type else "ok",
+                "attributes": self.attrs,
+            }
+        )
+
+
+class Metrics:
+    """The metrics every service exposes, plus room for its own in `registry`."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.http_latency = Histogram(
+            "cw_http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            ["service", "method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.loop_ticks = Counter(
+            "cw_loop_ticks_total",
+            "Background loop cycles",
+            ["service", "loop"],
+            registry=self.registry,
+        )
+        self.up = Gauge(
+            "cw_service_up", "1 while the service runs", ["service"], registry=self.registry
+        )
+        self.up.labels(service).set(1)
+        self.service = service
+
+
+METRICS_KEY = web.AppKey("metrics", Metrics)
+TRACER_KEY = web.AppKey("tracer", Tracer)
+READY_CHECKS_KEY = web.AppKey("ready_checks", dict)
+LAST_TICK_KEY = web.AppKey("last_tick", dict)
+
+#: A loop that has not ticked for this long makes the service not live.
+LIVENESS_STALE_S = 30.0
+
+
+def install(app: web.Application, service: str, trace_file: str = "") -> Metrics:
+    """Add metrics, the correlation-id and latency middleware, and health routes to `app`."""
+    metrics = Metrics(service)
+    app[METRICS_KEY] = metrics
+    app[TRACER_KEY] = Tracer(service, trace_file)
+    app[READY_CHECKS_KEY] = {}
+    app[LAST_TICK_KEY] = {}
+
+    @web.middleware
+    async def observe(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        cid = request.headers.get("X-Correlation-Id") or uuid.uuid4().hex
+        token = correlation_id.set(cid[:64])
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            if not response.prepared:
+                response.headers["X-Correlation-Id"] = correlation_id.get()
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = request.match_info.route.resource
+            name = route.canonical if route is not None else "unmatched"
+            metrics.http_latency.labels(service, request.method, name, str(status)).observe(
+                time.perf_counter() - started
+            )
+            correlation_id.reset(token)
+
+    app.middlewares.insert(0, observe)
+
+    async def live(_: web.Request) -> web.Response:
+        now = time.monotonic()
+        stale = {
+            k: round(now - t, 1)
+            for k, t in app[LAST_TICK_KEY].items()
+            if now - t > LIVENESS_STALE_S
+        }
+        if stale:
+            return web.json_response({"live": False, "stale_loops_s": stale}, status=503)
+        return web.json_response({"live": True})
+
+    async def ready(_: web.Request) -> web.Response:
+        results = {}
+        for name, check in app[READY_CHECKS_KEY].items():
+            try:
+                results[name] = bool(await check())
+            except Exception:
+                results[name] = False
+        ok = all(results.values())
+        return web.json_response({"ready": ok, "checks": results}, status=200 if ok else 503)
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics_view)
+    return metrics
+
+
+def tick(app: web.Application, loop: str) -> None:
+    """Record that background loop `loop` completed a cycle (liveness)."""
+    app[LAST_TICK_KEY][loop] = time.monotonic()
+    app[METRICS_KEY].loop_ticks.labels(app[METRICS_KEY].service, loop).inc()

@@ -1,0 +1,106 @@
+"""The database schema, applied idempotently by every service at start-up.
+
+Requests are hash-partitioned by device, as the seed plans for sharding. Durable state (requests,
+the job queue, dead letters, the per-device event log, scheduler leases) lives here; Redis holds
+only what may be lost (caches, rate-limit counters, notification fan-out).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+PARTITIONS = 8
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS devices (
+        device_id uuid PRIMARY KEY,
+        platform text NOT NULL CHECK (platform IN ('ios', 'android')),
+        name text NOT NULL,
+        client_id text NOT NULL UNIQUE,
+        secret_hash bytea NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    """CREATE TABLE IF NOT EXISTS requests (
+        device_id uuid NOT NULL,
+        request_id uuid NOT NULL,
+        idempotency_key text NOT NULL,
+        body_hash bytea NOT NULL,
+        provider text NOT NULL,
+        document_enc bytea NOT NULL,
+        instruction_enc bytea NOT NULL,
+        status text NOT NULL,
+        response_enc bytea,
+        error text,
+        correlation_id text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (device_id, request_id),
+        UNIQUE (device_id, idempotency_key)
+    ) PARTITION BY HASH (device_id)""",
+    *(
+        f"CREATE TABLE IF NOT EXISTS requests_p{i} PARTITION OF requests"
+        f" FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i})"
+        for i in range(PARTITIONS)
+    ),
+    "CREATE INDEX IF NOT EXISTS requests_created ON requests (created_at)",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        job_id bigserial PRIMARY KEY,
+        device_id uuid NOT NULL,
+        request_id uuid NOT NULL UNIQUE,
+        correlation_id text NOT NULL,
+        attempts int NOT NULL DEFAULT 0,
+        max_attempts int NOT NULL,
+        visible_at timestamptz NOT NULL DEFAULT now(),
+        claimed_by text,
+        claimed_at timestamptz,
+        last_error text,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_visible ON jobs (visible_at, job_id)",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        request_id uuid PRIMARY KEY,
+        device_id uuid NOT NULL,
+        attempts int NOT NULL,
+        last_error text,
+        dead_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    """CREATE TABLE IF NOT EXISTS events (
+        event_id bigserial PRIMARY KEY,
+        device_id uuid NOT NULL,
+        request_id uuid NOT NULL,
+        type text NOT NULL,
+        payload jsonb NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_device ON events (device_id, event_id)",
+    """CREATE TABLE IF NOT EXISTS leases (
+        name text PRIMARY KEY,
+        holder text,
+        token bigint NOT NULL DEFAULT 0,
+        expires_at timestamptz NOT NULL DEFAULT '-infinity'
+    )""",
+    """CREATE TABLE IF NOT EXISTS periodic_runs (
+        run_id bigserial PRIMARY KEY,
+        job text NOT NULL,
+        holder text NOT NULL,
+        token bigint NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        detail jsonb
+    )""",
+    """CREATE TABLE IF NOT EXISTS replication_heartbeat (
+        id int PRIMARY KEY,
+        beat bigint NOT NULL,
+        written_at timestamptz NOT NULL
+    )""",
+]
+
+#: Serializes schema changes between services starting together; a transaction-level lock,
+#: because session locks do not survive pgBouncer's transaction pooling.
+LOCK_ID = 0x6377_0001
+
+
+async def ensure_schema(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
+        for statement in DDL:
+            await conn.execute(statement)

@@ -1,0 +1,441 @@
+"""Agent worker: claims jobs, fetches the document, calls the LLM, stores the result, notifies.
+
+Exactly-once effect with at-least-once execution: a claim increments the job's `attempts`, and
+completion deletes the job only if it still carries *this* claim (same holder, same attempt).
+A worker killed mid-job leaves its claim to expire (the visibility timeout); another worker
+claims it again, and the first one, were it only slow, can no longer complete it. The response
+and its event are written in the same transaction as the job's deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from prometheus_client import Counter, Gauge
+
+from reference_impl import observability
+from reference_impl.crypto import FieldCipher
+from reference_impl.errors import error_middleware
+from reference_impl.schema import ensure_schema
+from reference_impl.settings import ServiceSettings
+from reference_impl.stores import NOTIFY_CHANNEL, create_pool, create_redis, redis_or_none
+
+log = logging.getLogger("cw.worker")
+
+SETTINGS = web.AppKey("settings", ServiceSettings)
+STATE = web.AppKey("state", object)
+
+CONCURRENCY = 4
+IDLE_POLL_S = 0.2
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+DRAIN_TIMEOUT_S = 20.0
+RESPONSE_TTL_S = 1800
+
+
+class PermanentError(Exception):
+    """Retrying cannot help (the document does not exist): the request fails at once."""
+
+
+class TransientError(Exception):
+    """Retrying later may help: the job goes back to the queue with backoff."""
+
+
+def backoff_s(attempt: int) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random, capped."""
+    step: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, attempt - 1))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+class CircuitBreaker:
+    """Open after `threshold` consecutive failures; one trial call after `cooldown_s`."""
+
+    def __init__(self, threshold: int = 5, cooldown_s: float = 10.0) -> None:
+        self.threshold, self.cooldown_s = threshold, cooldown_s
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if time.monotonic() - self.opened_at >= self.cooldown_s else "open"
+
+    def allow(self) -> bool:
+        return self.state != "open"
+
+    def record(self, ok: bool) -> None:
+        if ok:
+            self.failures, self.opened_at = 0, None
+            return
+        self.failures += 1
+        if self.failures >= self.threshold or self.state == "half_open":
+            self.opened_at = time.monotonic()
+
+
+@dataclass
+class Job:
+    job_id: int
+    device_id: uuid.UUID
+    request_id: uuid.UUID
+    correlation_id: str
+    attempts: int
+    max_attempts: int
+
+
+class WorkerState:
+    def __init__(self, app: web.Application, settings: ServiceSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.cipher = FieldCipher(settings.field_key_path)
+        self.breaker = CircuitBreaker()
+        self.stopping = asyncio.Event()
+        self.in_flight = 0
+        registry = app[observability.METRICS_KEY].registry
+        self.jobs = Counter("cw_jobs_total", "Jobs by outcome", ["outcome"], registry=registry)
+        self.llm_calls = Counter(
+            "cw_llm_calls_total", "LLM calls by outcome", ["outcome"], registry=registry
+        )
+        self.queue_depth = Gauge("cw_queue_depth", "Jobs waiting or in flight", registry=registry)
+        self.oldest_age = Gauge(
+            "cw_queue_oldest_age_seconds", "Age of the oldest job", registry=registry
+        )
+        self.breaker_open = Gauge(
+            "cw_llm_circuit_open", "1 while the LLM breaker is open", registry=registry
+        )
+        self.pool: asyncpg.Pool
+        self.redis: Any
+        self.http: aiohttp.ClientSession
+
+    # ---- the queue -------------------------------------------------------------------------
+
+    async def claim(self) -> Job | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE jobs SET attempts = attempts + 1, claimed_by = $1, claimed_at = now(),"
+                " visible_at = now() + make_interval(secs => $2)"
+                " WHERE job_id = (SELECT job_id FROM jobs WHERE visible_at <= now()"
+                "   ORDER BY visible_at, job_id FOR UPDATE SKIP LOCKED LIMIT 1)"
+                " RETURNING job_id, device_id, request_id, correlation_id, attempts, max_attempts",
+                self.settings.name,
+                self.settings.visibility_timeout_s,
+            )
+            if row is None:
+                return None
+            await conn.execute(
+                "UPDATE requests SET status = 'processing', updated_at = now()"
+                " WHERE device_id = $1 AND request_id = $2 AND status = 'queued'",
+                row["device_id"],
+                row["request_id"],
+            )
+        return Job(**dict(row))
+
+    async def _finish(self, conn: asyncpg.Connection, job: Job) -> bool:
+        """Delete the job if it still carries this claim (the fence); False when it does not."""
+        return (
+            await conn.fetchval(
+                "DELETE FROM jobs WHERE job_id = $1 AND claimed_by = $2 AND attempts = $3"
+                " RETURNING true",
+                job.job_id,
+                self.settings.name,
+                job.attempts,
+            )
+            is not None
+        )
+
+    async def _event(
+        self, conn: asyncpg.Connection, job: Job, kind: str, status: str
+    ) -> dict[str, Any]:
+        payload = {"status": status}
+        event_id = await conn.fetchval(
+            "INSERT INTO events (device_id, request_id, type, payload) VALUES ($1, $2, $3, $4)"
+            " RETURNING event_id",
+            job.device_id,
+            job.request_id,
+            kind,
+            json.dumps(payload),
+        )
+        return {
+            "event_id": event_id,
+            "type": kind,
+            "request_id": str(job.request_id),
+            "device_id": str(job.device_id),
+            **payload,
+        }
+
+    async def complete(self, job: Job, response: str) -> dict[str, Any] | None:
+        ctx = f"{job.device_id}/{job.request_id}/response"
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await self._finish(conn, job):
+                log.warning("job %s was claimed again meanwhile: not completing", job.job_id)
+                return None
+            await conn.execute(
+                "UPDATE requests SET status = 'completed', response_enc = $3, error = NULL,"
+                " updated_at = now() WHERE device_id = $1 AND request_id = $2",
+                job.device_id,
+                job.request_id,
+                self.cipher.encrypt(response, ctx),
+            )
+            event = await self._event(conn, job, "completed", "completed")
+        await redis_or_none(
+            "response cache",
+            lambda: self.redis.set(f"resp:{job.request_id}", response, ex=RESPONSE_TTL_S),
+        )
+        return event
+
+    async def fail(self, job: Job, error: str, permanent: bool) -> dict[str, Any] | None:
+        """Back to the queue with backoff, or out of it (failed, or dead-lettered)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not permanent and job.attempts < job.max_attempts:
+                await conn.execute(
+                    "UPDATE jobs SET visible_at = now() + make_interval(secs => $4),"
+                    " claimed_by = NULL, last_error = $5"
+                    " WHERE job_id = $1 AND claimed_by = $2 AND attempts = $3",
+                    job.job_id,
+                    self.settings.name,
+                    job.attempts,
+                    backoff_s(job.attempts),
+                    error[:500],
+                )
+                return None
+            if not await self._finish(conn, job):
+                return None
+            status = "failed" if permanent else "dead_lettered"
+            if not permanent:
+                await conn.execute(
+                    "INSERT INTO dead_letters (request_id, device_id, attempts, last_error)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
+                    job.request_id,
+                    job.device_id,
+                    job.attempts,
+                    error[:500],
+                )
+            await conn.execute(
+                "UPDATE requests SET status = $3, error = $4, updated_at = now()"
+                " WHERE device_id = $1 AND request_id = $2",
+                job.device_id,
+                job.request_id,
+                status,
+                error[:500],
+            )
+            return await self._event(conn, job, status, status)
+
+    async def publish(self, event: dict[str, Any]) -> None:
+        """Fan-out is best effort: a phone that misses it catches up from the event log."""
+        await redis_or_none("notify", lambda: self.redis.publish(NOTIFY_CHANNEL, json.dumps(event)))
+
+    # ---- the work --------------------------------------------------------------------------
+
+    async def load_request(self, job: Job) -> tuple[str, str, str]:
+        row = await self.pool.fetchrow(
+            "SELECT provider, document_enc, instruction_enc FROM requests"
+            " WHERE device_id = $1 AND request_id = $2",
+            job.device_id,
+            job.request_id,
+        )
+        if row is None:
+            raise PermanentError("request row missing")
+        ctx = f"{job.device_id}/{job.request_id}"
+        return (
+            row["provider"],
+            self.cipher.decrypt(bytes(row["document_enc"]), ctx + "/document"),
+            self.cipher.decrypt(bytes(row["instruction_enc"]), ctx + "/instruction"),
+        )
+
+    async def fetch_document(self, provider: str, name: str) -> str:
+        url = f"{self.settings.gateway_url}/v1/documents/{provider}/{name}"
+        headers = {"X-Correlation-Id": observability.correlation_id.get()}
+        try:
+            async with self.http.get(url, headers=headers) as resp:
+                if resp.status == 404:
+                    raise PermanentError(f"document {name!r} not found")
+                if resp.status != 200:
+                    raise TransientError(f"storage gateway answered {resp.status}")
+                body = await resp.json()
+                return str(body["content"])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"storage gateway unreachable: {type(exc).__name__}") from exc
+
+    async def call_llm(self, document: str, instruction: str) -> str:
+        """Up to 3 tries with backoff, honouring Retry-After, behind the circuit breaker."""
+        payload = {
+            "model": "stub-1",
+            "messages": [
+                {"role": "system", "content": "You process documents for CloudWatcher."},
+                {"role": "user", "content": f"{instruction}\n\n---\n{document[:8000]}"},
+            ],
+        }
+        last = "no attempt"
+        for attempt in range(1, 4):
+            if not self.breaker.allow():
+                self.llm_calls.labels("circuit_open").inc()
+                raise TransientError("LLM circuit open")
+            try:
+                async with self.http.post(
+                    f"{self.settings.llm_url}/v1/chat/completions",
+                    json=payload,
+                    timeout=aiohttp.ClientTimeout(total=15, connect=1),
+                    headers={"X-Correlation-Id": observability.correlation_id.get()},
+                ) as resp:
+                    if resp.status == 200:
+                        body = await resp.json()
+                        self.breaker.record(True)
+                        self.llm_calls.labels("ok").inc()
+                        return str(body["choices"][0]["message"]["content"])
+                    self.breaker.record(False)
+                    self.llm_calls.labels(str(resp.status)).inc()
+                    last = f"LLM answered {resp.status}"
+                    wait = backoff_s(attempt)
+                    if resp.status == 429:
+                        with contextlib.suppress(ValueError):
+                            wait = max(wait, float(resp.headers.get("Retry-After", "0")))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.breaker.record(False)
+                self.llm_calls.labels("network").inc()
+                last = f"LLM unreachable: {type(exc).__name__}"
+                wait = backoff_s(attempt)
+            finally:
+                self.breaker_open.set(1 if self.breaker.state == "open" else 0)
+            if attempt < 3:
+                await asyncio.sleep(min(wait, 5.0))
+        raise TransientError(last)
+
+    async def keep_claim(self, job: Job) -> None:
+        """Extend the claim's visibility while the job runs, fenced like completion.
+
+        A live worker, however slow its LLM, keeps its job; a dead one stops extending, and the
+        job reappears one visibility timeout later.
+        """
+        every = self.settings.visibility_timeout_s / 3
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
+                await self.pool.execute(
+                    "UPDATE jobs SET visible_at = now() + make_interval(secs => $4)"
+                    " WHERE job_id = $1 AND claimed_by = $2 AND attempts = $3",
+                    job.job_id,
+                    self.settings.name,
+                    job.attempts,
+                    self.settings.visibility_timeout_s,
+                )
+
+    async def process(self, job: Job) -> None:
+        keeper = asyncio.create_task(self.keep_claim(job))
+        try:
+            await self._process(job)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _process(self, job: Job) -> None:
+        token = observability.correlation_id.set(job.correlation_id)
+        tracer = self.app[observability.TRACER_KEY]
+        try:
+            with tracer.span("process_job", job_id=job.job_id, attempt=job.attempts):
+                try:
+                    if job.attempts > job.max_attempts:
+                        # Claimed again and again by workers that died mid-job.
+                        raise TransientError(f"gave up after {job.max_attempts} attempts")
+                    provider, document, instruction = await self.load_request(job)
+                    text = await self.fetch_document(provider, document)
+                    response = await self.call_llm(text, instruction)
+                    event = await self.complete(job, response)
+                    outcome = "completed" if event else "fenced"
+                except PermanentError as exc:
+                    event = await self.fail(job, str(exc), permanent=True)
+                    outcome = "failed"
+                except TransientError as exc:
+                    event = await self.fail(job, str(exc), permanent=False)
+                    outcome = "dead_lettered" if event else "retry"
+                    log.info("job %s attempt %d: %s", job.job_id, job.attempts, exc)
+            self.jobs.labels(outcome).inc()
+            if event:
+                await self.publish(event)
+                log.info("job %s: %s", job.job_id, outcome)
+        finally:
+            observability.correlation_id.reset(token)
+
+    async def run_cycle(self) -> str:
+        """Claim and process one job; say what happened."""
+        job = await self.claim()
+        if job is None:
+            return "idle"
+        self.in_flight += 1
+        try:
+            await self.process(job)
+        finally:
+            self.in_flight -= 1
+        return "processed"
+
+    async def loop(self, index: int) -> None:
+        while not self.stopping.is_set():
+            try:
+                outcome = await self.run_cycle()
+            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+                log.warning("loop %d: database unavailable: %r", index, exc)
+                outcome = "error"
+            observability.tick(self.app, f"claim{index}")
+            if outcome != "processed":
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), IDLE_POLL_S)
+
+    async def watch_queue(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
+                depth, age = await self.pool.fetchrow(
+                    "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)"
+                    " FROM jobs"
+                )
+                self.queue_depth.set(depth)
+                self.oldest_age.set(float(age))
+            observability.tick(self.app, "queue_metrics")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 2.0)
+
+
+async def _run(app: web.Application) -> AsyncIterator[None]:
+    state: WorkerState = app[STATE]  # type: ignore[assignment]
+    settings = app[SETTINGS]
+    state.pool = await create_pool(settings.pg_write_url, max_size=CONCURRENCY + 2)
+    await ensure_schema(state.pool)
+    state.redis = create_redis(settings)
+    state.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20, connect=1))
+
+    async def pg() -> bool:
+        return bool(await state.pool.fetchval("SELECT 1", timeout=2) == 1)
+
+    app[observability.READY_CHECKS_KEY]["postgres"] = pg
+    tasks = [asyncio.create_task(state.loop(i)) for i in range(CONCURRENCY)]
+    tasks.append(asyncio.create_task(state.watch_queue()))
+    yield
+    # SIGTERM: claim nothing new, let jobs in flight finish (bounded), then go.
+    state.stopping.set()
+    log.info("draining: %d job(s) in flight", state.in_flight)
+    _, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
+    for task in pending:
+        task.cancel()
+    await state.http.close()
+    await state.redis.aclose()
+    await state.pool.close()
+
+
+def create_app(settings: ServiceSettings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    observability.install(app, "worker", settings.trace_file)
+    app[STATE] = WorkerState(app, settings)
+    app.cleanup_ctx.append(_run)
+    return app

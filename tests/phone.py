@@ -1,0 +1,108 @@
+"""A minimal phone for the tests: the public API over HAProxy's HTTPS frontend."""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+from typing import Any
+
+import aiohttp
+
+
+class Phone:
+    def __init__(self, status: dict[str, Any], platform: str = "ios") -> None:
+        self.base = status["urls"]["https"]
+        self.ssl = ssl.create_default_context(cafile=status["tls_certificate"])
+        self.platform = platform
+        self.session: aiohttp.ClientSession
+        self.device: dict[str, str] = {}
+        self.token = ""
+        self.sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def __aenter__(self) -> Phone:
+        # Cookies are kept per phone: the sticky-session cookies of HAProxy live here.
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.ssl),
+            timeout=aiohttp.ClientTimeout(total=20),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # Sockets broken by a fault still hold their transport until closed.
+        for ws in self.sockets:
+            await ws.close()
+        await self.session.close()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def register(self) -> Phone:
+        async with self.session.post(
+            f"{self.base}/v1/devices", json={"platform": self.platform, "name": "test"}
+        ) as r:
+            assert r.status == 201, await r.text()
+            self.device = await r.json()
+        async with self.session.post(
+            f"{self.base}/oauth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.device["client_id"],
+                "client_secret": self.device["client_secret"],
+            },
+        ) as r:
+            assert r.status == 200, await r.text()
+            self.token = (await r.json())["access_token"]
+        return self
+
+    async def submit(
+        self,
+        document: str = "doc-001.txt",
+        key: str | None = None,
+        provider: str = "sharepoint",
+        instruction: str = "summarize",
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {**self.auth, "Idempotency-Key": key or uuid.uuid4().hex}
+        async with self.session.post(
+            f"{self.base}/v1/requests",
+            headers=headers,
+            json={
+                "provider": provider,
+                "document": document,
+                "instruction": instruction,
+            },
+        ) as r:
+            return r.status, await r.json()
+
+    async def get(self, request_id: str) -> tuple[int, dict[str, Any]]:
+        async with self.session.get(
+            f"{self.base}/v1/requests/{request_id}", headers=self.auth
+        ) as r:
+            return r.status, await r.json()
+
+    async def sync(self, since: str = "0") -> dict[str, Any]:
+        async with self.session.get(
+            f"{self.base}/v1/sync", params={"since": since}, headers=self.auth
+        ) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def updates(self, last_event_id: int | None = None) -> aiohttp.ClientWebSocketResponse:
+        params = {"last_event_id": str(last_event_id)} if last_event_id is not None else {}
+        ws = await self.session.ws_connect(
+            f"{self.base}/v1/updates", headers=self.auth, params=params, heartbeat=30
+        )
+        self.sockets.append(ws)
+        return ws
+
+
+async def next_event(ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -> dict[str, Any]:
+    """The next event (a batch counts as its first event), skipping hello messages."""
+    while True:
+        msg = await ws.receive_json(timeout=timeout_s)
+        if msg.get("type") == "hello":
+            continue
+        if msg.get("type") == "batch":
+            return msg["events"][0]
+        return msg

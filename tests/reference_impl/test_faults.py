@@ -1,0 +1,249 @@
+"""The reference implementation under failure: every fault is shown to have happened."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from env.local import LocalEnvironment
+from env.process import pid_alive
+from tests.helpers import poll, query, wait_healthy
+from tests.phone import Phone, next_event
+from tests.reference_impl.test_flow import run, until_status
+
+pytestmark = [pytest.mark.env, pytest.mark.fault]
+
+
+def component(status: dict, name: str) -> dict:
+    return next(c for c in status["components"] if c["component"] == name)
+
+
+def port_of(status: dict, name: str) -> int:
+    return int(component(status, name)["ports"]["http"])
+
+
+@contextlib.contextmanager
+def knobs(status: dict, service: str, **values: Any) -> Iterator[None]:
+    """Turn a service's fault knobs for the block; always turn them back."""
+    url = f"http://127.0.0.1:{port_of(status, service)}/admin/knobs"
+    before = requests.get(url, timeout=5).json()
+    resp = requests.post(url, json=values, timeout=5)
+    assert resp.status_code == 200, resp.text
+    try:
+        yield
+    finally:
+        requests.post(url, json=before, timeout=5)
+
+
+def metric(env_status: dict, service: str, name: str, /, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`, from a service's /metrics."""
+    port = port_of(env_status, service)
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def kill(env: LocalEnvironment, name: str, hold_s: float = 120) -> int:
+    """SIGKILL a service and keep it down until released; returns the dead pid."""
+    pid = env.component(name)["pid"]
+    env.hold(name, hold_s)
+    os.kill(pid, signal.SIGKILL)
+    poll(lambda: not pid_alive(pid), 5, f"{name} ({pid}) dead")
+    return pid
+
+
+def test_worker_killed_mid_job_leaves_it_to_another_and_it_completes_once(
+    local_env: LocalEnvironment,
+):
+    status = wait_healthy(local_env)
+    primary = status["urls"]["members"][status["primary"]]
+
+    async def flow() -> None:
+        async with Phone(status) as phone:
+            await phone.register()
+            with knobs(status, "llm", latency_ms=4000, latency_dist="fixed"):
+                _, accepted = await phone.submit()
+                rid = accepted["request_id"]
+                claimed = poll(
+                    lambda: query(
+                        primary,
+                        "SELECT claimed_by FROM jobs"
+                        " WHERE request_id = %s AND claimed_by IS NOT NULL",
+                        (rid,),
+                    ),
+                    10,
+                    "job claimed",
+                )
+                victim = claimed[0][0]
+                kill(local_env, victim)
+                try:
+                    done = await until_status(phone, rid, {"completed", "dead_lettered"}, 60)
+                finally:
+                    local_env.release(victim)
+            assert done["status"] == "completed"
+            rows = query(primary, "SELECT type FROM events WHERE request_id = %s", (rid,))
+            assert rows == [("completed",)], "completed exactly once"
+
+    run(flow())
+    wait_healthy(local_env)
+
+
+def test_storage_provider_outage_fails_over_to_the_other(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+    network_errors = metric(
+        status, "gateway", "cw_storage_calls_total", provider="sharepoint", outcome="network"
+    )
+
+    async def flow() -> None:
+        async with Phone(status) as phone:
+            await phone.register()
+            with knobs(status, "sharepoint", outage=True):
+                # Documents not fetched before, so the gateway's cache cannot answer.
+                ids = [
+                    (await phone.submit(document=f"doc-{n:03d}.txt"))[1]["request_id"]
+                    for n in (41, 42, 43)
+                ]
+                for rid in ids:
+                    done = await until_status(
+                        phone, rid, {"completed", "dead_lettered", "failed"}, 30
+                    )
+                    assert done["status"] == "completed", done
+
+    run(flow())
+    # The outage really happened: the gateway met network errors at SharePoint.
+    assert (
+        metric(
+            status, "gateway", "cw_storage_calls_total", provider="sharepoint", outcome="network"
+        )
+        >= network_errors + 3
+    )
+
+
+def test_llm_429s_are_retried_and_then_dead_lettered(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+    primary = status["urls"]["members"][status["primary"]]
+
+    async def flow() -> None:
+        async with Phone(status) as phone:
+            await phone.register()
+            with knobs(status, "llm", rate_429=0.5, retry_after_s=0.1):
+                _, flaky = await phone.submit(document="doc-010.txt")
+                assert (
+                    await until_status(
+                        phone, flaky["request_id"], {"completed", "dead_lettered"}, 60
+                    )
+                )["status"] == "completed", "retries ride out a partial 429 storm"
+            with knobs(status, "llm", rate_429=1.0, retry_after_s=0.1):
+                _, doomed = await phone.submit(document="doc-011.txt")
+                done = await until_status(
+                    phone, doomed["request_id"], {"completed", "dead_lettered"}, 90
+                )
+            assert done["status"] == "dead_lettered"
+            rows = query(
+                primary,
+                "SELECT attempts FROM dead_letters WHERE request_id = %s",
+                (doomed["request_id"],),
+            )
+            assert rows == [(5,)], rows
+
+    run(flow())
+    assert metric(status, "llm", "cw_llm_stub_calls_total", status="429") > 0
+
+
+def test_scheduler_leader_killed_the_other_takes_over_and_fencing_holds(
+    local_env: LocalEnvironment,
+    record_property,
+):
+    status = wait_healthy(local_env)
+    primary = status["urls"]["members"][status["primary"]]
+    leader = next(c["component"] for c in status["components"] if c["role"] == "scheduler (leader)")
+    (old_token,) = query(primary, "SELECT token FROM leases WHERE name = 'scheduler'")[0]
+    killed_at = time.monotonic()
+    kill(local_env, leader)
+    try:
+        new = poll(
+            lambda: query(
+                primary,
+                "SELECT holder, token FROM leases WHERE name ="
+                " 'scheduler' AND holder <> %s AND expires_at > now()",
+                (leader,),
+            ),
+            15,
+            "another scheduler leads",
+        )
+        took_over_s = time.monotonic() - killed_at
+        record_property("scheduler_takeover_s", round(took_over_s, 2))
+        _, token = new[0]
+        assert token > old_token, "a takeover must raise the fencing token"
+        assert took_over_s < 5 + 2, "lease TTL (5 s) plus one tick and a margin"
+        poll(
+            lambda: query(primary, "SELECT 1 FROM periodic_runs WHERE token = %s", (token,)),
+            5,
+            "the new leader runs jobs",
+        )
+    finally:
+        local_env.release(leader)
+    # No run twice: each heartbeat run belongs to exactly one holder and token, and tokens
+    # only grow with time (a deposed leader never committed after its successor).
+    runs = query(
+        primary,
+        "SELECT holder, token FROM periodic_runs"
+        " WHERE job = 'replication_heartbeat' ORDER BY run_id",
+    )
+    tokens = [t for _, t in runs]
+    assert tokens == sorted(tokens)
+    assert all(len({h for h, t2 in runs if t2 == t}) == 1 for t in set(tokens))
+    wait_healthy(local_env)
+
+
+def test_hub_killed_phone_reconnects_elsewhere_and_misses_nothing(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+
+    async def flow() -> None:
+        async with Phone(status) as phone:
+            await phone.register()
+            ws = await phone.updates()
+            hub = (await ws.receive_json(timeout=5))["server"]
+            _, first = await phone.submit()
+            seen = await next_event(ws, 20)
+            assert seen["request_id"] == first["request_id"]
+            kill(local_env, hub)
+            try:
+                # The socket breaks with its hub.
+                msg = await ws.receive(timeout=10)
+                assert msg.type.name in ("CLOSE", "CLOSED", "ERROR"), msg
+                # Offline: a request goes in while the phone has no socket.
+                _, missed = await phone.submit(document="doc-003.txt")
+                await until_status(phone, missed["request_id"], {"completed"}, 30)
+                # Reconnect (HAProxy redispatches: the cookie's hub is down) and resume.
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        ws = await phone.updates(last_event_id=seen["event_id"])
+                        hello = await ws.receive_json(timeout=5)
+                        break
+                    except Exception:
+                        assert time.monotonic() < deadline, "no hub took the phone back"
+                        await asyncio.sleep(0.5)
+                assert hello["server"] != hub
+                resumed = await next_event(ws, 10)
+                assert resumed["request_id"] == missed["request_id"]
+                await ws.close()
+            finally:
+                local_env.release(hub)
+
+    run(flow())
+    wait_healthy(local_env)

@@ -1,0 +1,176 @@
+"""The request lifecycle end to end, through HAProxy over TLS, on the real environment."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from env.local import LocalEnvironment
+from tests.helpers import query, wait_healthy
+from tests.phone import Phone, next_event
+
+pytestmark = pytest.mark.env
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def until_status(phone: Phone, request_id: str, wanted: set[str], timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = await phone.get(request_id)
+        assert status == 200, body
+        if body["status"] in wanted:
+            return body
+        assert time.monotonic() < deadline, f"still {body['status']} after {timeout_s} s"
+        await asyncio.sleep(0.1)
+
+
+def test_submit_is_notified_on_the_websocket_and_reads_back_completed(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+
+    async def flow() -> None:
+        async with Phone(status) as phone:
+            await phone.register()
+            ws = await phone.updates()
+            hello = await ws.receive_json(timeout=5)
+            assert hello["type"] == "hello"
+            assert hello["heartbeat_s"] == 30
+            code, accepted = await phone.submit()
+            assert code == 202, accepted
+            assert accepted["status"] == "queued"
+            event = await next_event(ws, timeout_s=20)
+            assert event["request_id"] == accepted["request_id"]
+            assert event["type"] == "completed"
+            code, body = await phone.get(accepted["request_id"])
+            assert code == 200
+            assert body["status"] == "completed"
+            assert body["response"].startswith("[stub ")
+            # The hub connection is sticky: HAProxy set its cookie.
+            assert any(c.key == "CWHUB" for c in phone.session.cookie_jar)
+            await ws.close()
+
+    run(flow())
+
+
+def test_offline_phone_catches_up_by_sync_and_by_last_event_id(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+
+    async def flow() -> None:
+        async with Phone(status, platform="android") as phone:
+            await phone.register()
+            ids = []
+            for _ in range(3):  # submitted while no socket is open
+                code, body = await phone.submit()
+                assert code == 202
+                ids.append(body["request_id"])
+            for rid in ids:
+                await until_status(phone, rid, {"completed"}, 30)
+            # Background sync: every event, and a cursor that moves on once they settle.
+            synced = await phone.sync("0")
+            assert {e["request_id"] for e in synced["events"]} == set(ids)
+            await asyncio.sleep(2.1)  # the cursor holds back events younger than 2 s (by design)
+            settled = await phone.sync("0")
+            assert int(settled["next_cursor"]) == max(e["event_id"] for e in settled["events"])
+            assert (await phone.sync(settled["next_cursor"]))["events"] == []
+            # Resume on the socket: everything after the given id is replayed.
+            first = min(e["event_id"] for e in settled["events"])
+            ws = await phone.updates(last_event_id=first)
+            replayed = [await next_event(ws, 5) for _ in range(2)]
+            assert all(e["replayed"] for e in replayed)
+            assert {e["event_id"] for e in replayed} == {
+                e["event_id"] for e in settled["events"] if e["event_id"] > first
+            }
+            await ws.close()
+
+    run(flow())
+
+
+def test_idempotent_resubmission_creates_one_request_and_one_job(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+    key = uuid.uuid4().hex
+
+    async def flow() -> tuple[str, str]:
+        async with Phone(status) as phone:
+            await phone.register()
+            first = await phone.submit(key=key)
+            again = await phone.submit(key=key)
+            assert first[0] == again[0] == 202
+            assert first[1]["request_id"] == again[1]["request_id"]
+            conflict = await phone.submit(key=key, document="doc-002.txt")
+            assert conflict[0] == 409
+            assert conflict[1]["error"] == "conflict"
+            await until_status(phone, first[1]["request_id"], {"completed"}, 30)
+            return phone.device["device_id"], first[1]["request_id"]
+
+    device_id, request_id = run(flow())
+    primary = status["urls"]["members"][status["primary"]]
+    assert query(
+        primary,
+        "SELECT count(*) FROM requests WHERE device_id = %s AND idempotency_key = %s",
+        (device_id, key),
+    ) == [(1,)]
+    assert query(primary, "SELECT count(*) FROM events WHERE request_id = %s", (request_id,)) == [
+        (1,)
+    ], "exactly one completion"
+
+
+def test_another_devices_request_is_404_and_bad_tokens_are_401(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+    key_path = Path(status["run_dir"]) / "services" / "jwt-signing-key.pem"
+
+    async def flow() -> None:
+        async with Phone(status) as a, Phone(status) as b:
+            await a.register()
+            await b.register()
+            _, accepted = await a.submit()
+            code, body = await b.get(accepted["request_id"])
+            assert code == 404
+            assert body["error"] == "not_found"
+            real_key = key_path.read_bytes()
+            now = int(time.time())
+            claims = {
+                "iss": "cloudwatcher-local",
+                "aud": "cloudwatcher-api",
+                "sub": a.device["device_id"],
+                "iat": now - 100,
+            }
+            expired = jwt.encode({**claims, "exp": now - 60}, real_key, algorithm="RS256")
+            other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            forged = jwt.encode({**claims, "exp": now + 600}, other, algorithm="RS256")
+            for token, why in ((expired, "expired"), (forged, "invalid"), ("", "missing")):
+                a.token = token
+                code, body = await a.get(accepted["request_id"])
+                assert code == 401, (why, body)
+                assert body["error"] == "unauthorized"
+
+    run(flow())
+
+
+def test_openapi_is_served_and_describes_the_api(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+
+    async def flow() -> dict:
+        async with Phone(status) as phone, phone.session.get(f"{phone.base}/openapi.json") as r:
+            assert r.status == 200
+            return await r.json()
+
+    doc = run(flow())
+    assert doc["openapi"].startswith("3.")
+    for path in (
+        "/v1/devices",
+        "/oauth/token",
+        "/v1/requests",
+        "/v1/requests/{request_id}",
+        "/v1/sync",
+        "/v1/updates",
+        "/health/ready",
+    ):
+        assert path in doc["paths"]
