@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 CWH   := $(VENV)/bin/cwh
 export CWH_BASE_PORT ?= 17000
 
-.PHONY: deps up status down test lint typecheck bench-failover load clean
+.PHONY: deps up status down test lint typecheck bench-failover bench-api load clean
 
 deps:
 	@./tools/deps.sh
@@ -33,6 +33,11 @@ typecheck: deps
 KILLS ?= 3
 bench-failover: deps
 	@$(PY) -m bench.failover --kills $(KILLS)
+
+# The API's accepted requests/s against a bare aiohttp baseline behind the same HAProxy, and
+# time to result at a fixed arrival rate.
+bench-api: deps
+	@$(PY) -m bench.api
 
 # The device fleet arrives with the fleet issue; until then `make load` brings the environment up
 # and checks it end to end.

@@ -180,7 +180,12 @@ async def register_device(request: web.Request) -> web.StreamResponse:
 async def token(request: web.Request) -> web.StreamResponse:
     if request.content_type != "application/x-www-form-urlencoded":
         raise ApiError(415, "expected application/x-www-form-urlencoded")
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(
+            400, "the form body is not valid UTF-8 url-encoding", code="invalid_request"
+        ) from None
     if form.get("grant_type") != "client_credentials":
         raise ApiError(400, "grant_type must be client_credentials", code="unsupported_grant_type")
     client_id, secret = form.get("client_id"), form.get("client_secret")

@@ -90,8 +90,13 @@ def test_servers_added_at_run_time_serve_with_sticky_cookie(
 ):
     status = wait_healthy(local_env)
     layout = Layout(local_env.settings.run_dir)
-    slots = ["api/api1", "api/api2"]
+    # Spare slots; the environment's own API replicas (api1..) step aside meanwhile (drain:
+    # no new sessions) so that only the run-time servers take traffic, and come back after.
+    slots = ["api/api9", "api/api10"]
+    replicas = [f"api/api{i}" for i in range(1, local_env.settings.api_replicas + 1)]
     try:
+        for slot in replicas:
+            assert runtime(layout, f"set server {slot} state drain").strip() == ""
         for slot, port in zip(slots, tiny_servers, strict=True):
             answer = runtime(layout, f"set server {slot} addr 127.0.0.1 port {port}")
             assert "port changed" in answer, answer
@@ -102,9 +107,9 @@ def test_servers_added_at_run_time_serve_with_sticky_cookie(
             up = [
                 ln.split(",")[1]
                 for ln in text.splitlines()
-                if ln.startswith("api,api") and ",UP," in ln
+                if ln.startswith(("api,api9,", "api,api10,")) and ",UP," in ln
             ]
-            return sorted(up) == ["api1", "api2"]
+            return sorted(up) == ["api10", "api9"]
 
         # Health checks run every 5 s and need 2 successes (rise 2).
         poll(both_up, local_env.settings.timeout(30), "run-time servers marked UP", 0.5)
@@ -126,3 +131,10 @@ def test_servers_added_at_run_time_serve_with_sticky_cookie(
     finally:
         for slot in slots:
             runtime(layout, f"set server {slot} state maint")
+        for slot in replicas:
+            runtime(layout, f"set server {slot} state ready")
+    # Removed again: the run-time servers are out of the backend.
+    assert not any(
+        ln.startswith(("api,api9,", "api,api10,")) and ",UP," in ln
+        for ln in runtime(layout, "show stat").splitlines()
+    )

@@ -18,6 +18,12 @@ def test_every_target_is_up(local_env: LocalEnvironment):
     prom = PrometheusConnect(url=status["urls"]["prometheus"], disable_ssl=True)
     settings = local_env.settings
     expected = 1 + settings.pg_members + 1 + settings.pg_members + settings.redis_nodes
+    jobs = set(EXPECTED_JOBS)
+    if settings.services:
+        # llm, two storage emulators, gateway, and the replicas, registered through file_sd.
+        expected += 4 + settings.api_replicas + settings.hub_replicas
+        expected += settings.worker_replicas + settings.scheduler_replicas
+        jobs.add("services")
 
     def all_up() -> list[dict] | None:
         series = prom.custom_query("up")
@@ -26,7 +32,7 @@ def test_every_target_is_up(local_env: LocalEnvironment):
         return None
 
     series = poll(all_up, settings.timeout(60), f"{expected} targets with up == 1", 1.0)
-    assert {s["metric"]["job"] for s in series} == EXPECTED_JOBS
+    assert {s["metric"]["job"] for s in series} == jobs
 
 
 def test_replication_and_cluster_metrics_are_scraped(local_env: LocalEnvironment):

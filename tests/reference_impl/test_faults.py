@@ -247,3 +247,53 @@ def test_hub_killed_phone_reconnects_elsewhere_and_misses_nothing(local_env: Loc
 
     run(flow())
     wait_healthy(local_env)
+
+
+def test_killed_api_replica_is_restarted_like_a_pod_and_rejoins_haproxy(
+    local_env: LocalEnvironment,
+):
+    status = wait_healthy(local_env)
+    before = local_env.component("api1")
+    os.kill(before["pid"], signal.SIGKILL)
+    poll(lambda: not pid_alive(before["pid"]), 5, "api1 dead")
+
+    async def flow() -> None:
+        # The other replicas keep serving while api1 is down.
+        async with Phone(status) as phone:
+            await phone.register()
+            for _ in range(5):
+                code, _ = await phone.submit()
+                assert code == 202
+
+    run(flow())
+    after = poll(
+        lambda: (
+            c if (c := local_env.component("api1"))["pid"] not in (None, before["pid"]) else None
+        ),
+        15,
+        "api1 restarted by the supervisor",
+    )
+    assert after["restarts"] == before["restarts"] + 1
+    final = wait_healthy(local_env)
+    assert component(final, "api1")["in_load_balancer"]
+
+
+def test_rate_limit_answers_429_with_retry_after(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+
+    async def flow() -> list[tuple[int, str | None]]:
+        async with Phone(status) as phone:
+            await phone.register()
+            url = f"{phone.base}/v1/sync"
+
+            async def one() -> tuple[int, str | None]:
+                async with phone.session.get(url, headers=phone.auth) as r:
+                    return r.status, r.headers.get("Retry-After")
+
+            return list(await asyncio.gather(*(one() for _ in range(60))))
+
+    answers = run(flow())
+    limited = [a for a in answers if a[0] == 429]
+    assert limited, "60 calls in well under a second must exceed 20 per second"
+    assert all(retry == "1" for _, retry in limited)
+    assert all(code in (200, 429) for code, _ in answers)

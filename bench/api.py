@@ -1,0 +1,261 @@
+"""`make bench-api`: the API's accepted requests per second against a bare aiohttp baseline.
+
+Both run behind the same HAProxy frontend (TLS 1.3, same backend): first the three API replicas,
+then a hello-world aiohttp server swapped into the backend's slot, driven by the same closed-loop
+load generator for the same time. The ratio is what to read: absolute numbers on this machine are
+noise (the generator shares its two cores with everything it measures). Then time to result at a
+fixed open-loop arrival rate, with the LLM stub at zero latency: acknowledgement to notification
+on the phone's WebSocket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+from env.layout import Layout
+from env.local import LocalEnvironment
+from env.settings import EnvSettings
+from experiments.pg_failover import wait_healthy
+
+HELLO = """
+import sys
+from aiohttp import web
+async def ready(_): return web.json_response({"ready": True})
+async def accept(_): return web.json_response({"request_id": "x", "status": "queued"}, status=202)
+app = web.Application()
+app.router.add_get("/health/ready", ready)
+app.router.add_post("/v1/requests", accept)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def runtime(layout: Layout, command: str) -> str:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(layout.haproxy_socket))
+        s.sendall(command.encode() + b"\n")
+        return b"".join(iter(lambda: s.recv(65536), b"")).decode()
+
+
+def backend_up(layout: Layout, server: str) -> bool:
+    return any(
+        line.startswith(f"api,{server},") and ",UP," in line
+        for line in runtime(layout, "show stat").splitlines()
+    )
+
+
+async def devices(base: str, ctx: ssl.SSLContext, count: int) -> list[str]:
+    tokens = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+        for _ in range(count):
+            async with s.post(f"{base}/v1/devices", json={"platform": "ios", "name": "b"}) as r:
+                dev = await r.json()
+            async with s.post(
+                f"{base}/oauth/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": dev["client_id"],
+                    "client_secret": dev["client_secret"],
+                },
+            ) as r:
+                tokens.append((await r.json())["access_token"])
+    return tokens
+
+
+async def closed_loop(
+    base: str, ctx: ssl.SSLContext, tokens: list[str], seconds: float, concurrency: int
+) -> dict[str, float]:
+    """`concurrency` clients submit back to back for `seconds`; count the 202s."""
+    accepted = other = 0
+    deadline = time.monotonic() + seconds
+    body = {"provider": "gdrive", "document": "doc-001.txt", "instruction": "bench"}
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        nonlocal accepted, other
+        n = 0
+        while time.monotonic() < deadline:
+            token = tokens[(i + n) % len(tokens)]
+            n += 1
+            headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex}
+            try:
+                async with session.post(f"{base}/v1/requests", json=body, headers=headers) as r:
+                    await r.read()
+                    if r.status == 202:
+                        accepted += 1
+                    else:
+                        other += 1
+            except aiohttp.ClientError:
+                other += 1
+
+    connector = aiohttp.TCPConnector(ssl=ctx, limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.monotonic()
+        await asyncio.gather(*(client(i, session) for i in range(concurrency)))
+        elapsed = time.monotonic() - started
+    return {"accepted_per_s": accepted / elapsed, "other": other, "seconds": elapsed}
+
+
+async def time_to_result(
+    base: str, ctx: ssl.SSLContext, tokens: list[str], rate: float, seconds: float
+) -> dict[str, Any]:
+    """Open loop: a submit every 1/rate s regardless of answers; ack to notification."""
+    pending: dict[str, float] = {}
+    results: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+        sockets = [
+            await s.ws_connect(f"{base}/v1/updates", headers={"Authorization": f"Bearer {t}"})
+            for t in tokens
+        ]
+
+        async def listen(ws: aiohttp.ClientWebSocketResponse) -> None:
+            async for msg in ws:
+                data = json.loads(msg.data)
+                events = data["events"] if data.get("type") == "batch" else [data]
+                for e in events:
+                    if (acked := pending.pop(e.get("request_id", ""), None)) is not None:
+                        results.append(time.monotonic() - acked)
+
+        listeners = [asyncio.create_task(listen(ws)) for ws in sockets]
+
+        async def submit(token: str) -> None:
+            headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex}
+            async with s.post(
+                f"{base}/v1/requests",
+                headers=headers,
+                json={"provider": "gdrive", "document": "doc-002.txt", "instruction": "bench"},
+            ) as r:
+                body = await r.json()
+                if r.status == 202:
+                    pending[body["request_id"]] = time.monotonic()
+
+        tasks = []
+        start = time.monotonic()
+        n = 0
+        while (now := time.monotonic()) - start < seconds:
+            due = start + n / rate
+            if now < due:
+                await asyncio.sleep(due - now)
+            tasks.append(asyncio.create_task(submit(tokens[n % len(tokens)])))
+            n += 1
+        await asyncio.gather(*tasks)
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for task in listeners:
+            task.cancel()
+        for ws in sockets:
+            await ws.close()
+    results.sort()
+
+    def pct(q: float) -> float:
+        return results[min(len(results) - 1, int(q / 100 * len(results)))] * 1000
+
+    return {
+        "submitted": n,
+        "notified": len(results),
+        "missing": len(pending),
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+        "mean_ms": statistics.fmean(results) * 1000,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=20.0, help="arrivals/s for time to result")
+    args = parser.parse_args(argv)
+    console = Console()
+    base_port = int(os.environ.get("CWH_BENCH_BASE_PORT", "21000"))
+    settings = EnvSettings(base_port=base_port, run_dir=Path(f"/var/tmp/cwh-bench-{base_port}"))
+    env = LocalEnvironment(settings)
+    env.down()
+    shutil.rmtree(settings.run_dir, ignore_errors=True)
+    layout = Layout(settings.run_dir)
+    hello_port = settings.ports.service(90)
+    with env:
+        status = wait_healthy(env)
+        base = status["urls"]["https"]
+        ctx = ssl.create_default_context(cafile=status["tls_certificate"])
+        # Enough devices that the per-device rate limit (20/s) does not cap the API.
+        tokens = asyncio.run(devices(base, ctx, 64))
+        console.log("API replicas behind HAProxy…")
+        api = asyncio.run(closed_loop(base, ctx, tokens, args.seconds, args.concurrency))
+        hello = subprocess.Popen([sys.executable, "-c", HELLO, str(hello_port)])
+        try:
+            for i in range(1, settings.api_replicas + 1):
+                runtime(layout, f"set server api/api{i} state drain")
+            runtime(layout, f"set server api/api10 addr 127.0.0.1 port {hello_port}")
+            runtime(layout, "set server api/api10 state ready")
+            deadline = time.monotonic() + 30
+            while not backend_up(layout, "api10"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("hello-world never marked UP")
+                time.sleep(0.5)
+            console.log("bare aiohttp hello-world behind the same HAProxy…")
+            base_line = asyncio.run(closed_loop(base, ctx, tokens, args.seconds, args.concurrency))
+        finally:
+            runtime(layout, "set server api/api10 state maint")
+            for i in range(1, settings.api_replicas + 1):
+                runtime(layout, f"set server api/api{i} state ready")
+            hello.terminate()
+            hello.wait(10)
+        wait_healthy(env)
+        console.log(f"time to result at {args.rate:g} arrivals/s…")
+        ttr = asyncio.run(time_to_result(base, ctx, tokens[:16], args.rate, args.seconds))
+    table = Table(
+        title="API throughput through HAProxy (closed loop, "
+        f"{args.concurrency} clients, {args.seconds:g} s each)"
+    )
+    for col in ("target", "accepted/s", "non-202", "ratio"):
+        table.add_column(col)
+    ratio = api["accepted_per_s"] / base_line["accepted_per_s"]
+    table.add_row(
+        "CloudWatcher API (3 replicas)",
+        f"{api['accepted_per_s']:.0f}",
+        str(api["other"]),
+        f"{ratio:.2f}",
+    )
+    table.add_row(
+        "bare aiohttp hello-world",
+        f"{base_line['accepted_per_s']:.0f}",
+        str(base_line["other"]),
+        "1.00",
+    )
+    console.print(table)
+    console.print(
+        f"time to result at {args.rate:g}/s (zero-latency LLM): "
+        f"p50 {ttr['p50_ms']:.0f} ms, p99 {ttr['p99_ms']:.0f} ms "
+        f"({ttr['notified']}/{ttr['submitted']} notified)"
+    )
+    out = Path("reports") / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-bench-api"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(
+        json.dumps(
+            {"api": api, "baseline": base_line, "ratio": ratio, "time_to_result": ttr}, indent=2
+        )
+    )
+    console.print(f"results: {out / 'results.json'}")
+    return 0 if ttr["missing"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
