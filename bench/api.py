@@ -26,13 +26,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
 from env.layout import Layout
 from env.local import LocalEnvironment
+from env.process import wait_until
 from env.settings import EnvSettings
 from experiments.pg_failover import wait_healthy
+
+
+def query_one(url: str, sql: str) -> Any:
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute(sql).fetchone()
+    return row[0] if row else None
+
 
 HELLO = """
 import sys
@@ -219,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
             hello.terminate()
             hello.wait(10)
         wait_healthy(env)
+        # The throughput phase queued thousands of jobs: measuring time to result before the
+        # workers drained them would measure the backlog, not the pipeline.
+        console.log("waiting for the workers to drain the queue…")
+        wait_until(
+            lambda: query_one(status["urls"]["write"], "SELECT count(*) FROM jobs") == 0,
+            300,
+            "job queue drained",
+            interval_s=1.0,
+        )
         console.log(f"time to result at {args.rate:g} arrivals/s…")
         ttr = asyncio.run(time_to_result(base, ctx, tokens[:16], args.rate, args.seconds))
     table = Table(

@@ -346,6 +346,11 @@ class Supervisor:
             "PYTHONUNBUFFERED": "1",
             # Short, so a job of a killed worker reappears soon; live workers extend their claim.
             "CW_VISIBILITY_TIMEOUT_S": "10",
+            # The scheduler's base backups go through the write path, as the replication user.
+            "CW_BACKUP_DSN": (
+                f"postgresql://replicator:{secrets.pg_replication}@127.0.0.1:"
+                f"{ports.haproxy_write}/?application_name=cwh_base_backup"
+            ),
         }
         instances: list[tuple[str, str, int]] = [
             ("llm", "llm", ports.llm),

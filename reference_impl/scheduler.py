@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ log = logging.getLogger("cw.scheduler")
 SETTINGS = web.AppKey("settings", ServiceSettings)
 STATE = web.AppKey("state", object)
 
+BACKUP_RETENTION_S = 7 * 24 * 3600  # the seed's daily backups, kept 7 days
+BACKUP_TIMEOUT_S = 600.0
+
 LEASE = "scheduler"
 LEASE_TTL_S = 5.0
 TICK_S = 1.0
@@ -51,6 +55,15 @@ class Periodic:
     last_s: float = 0.0
 
 
+def _recorded(detail: dict[str, Any]) -> Callable[[asyncpg.Connection], Awaitable[dict[str, Any]]]:
+    """A job body that only records what was done outside the transaction."""
+
+    async def run(_: asyncpg.Connection) -> dict[str, Any]:
+        return detail
+
+    return run
+
+
 class SchedulerState:
     def __init__(self, app: web.Application, settings: ServiceSettings) -> None:
         self.app, self.settings = app, settings
@@ -66,6 +79,9 @@ class SchedulerState:
         self.runs = Counter(
             "cw_scheduler_runs_total", "Periodic runs", ["job", "outcome"], registry=registry
         )
+        self.backup: asyncio.Task[dict[str, Any]] | None = None
+        self.backup_token = 0
+        self.last_backup_s = -float("inf")
         self.jobs = [
             Periodic("replication_heartbeat", 1.0, self.heartbeat),
             Periodic("requeue_expired", 5.0, self.requeue_expired),
@@ -161,6 +177,78 @@ class SchedulerState:
         )
         return {"purged": len(purged)}
 
+    async def take_base_backup(self) -> dict[str, Any]:
+        """`pg_basebackup` through the write path into `<state>/backups/<UTC time>/`, then drop
+        backups older than the retention. Runs outside any transaction: it takes seconds."""
+        root = self.settings.state_dir / "backups"
+        root.mkdir(parents=True, exist_ok=True)
+        name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        partial = root / f"{name}.partial"
+        proc = await asyncio.create_subprocess_exec(
+            "pg_basebackup",
+            "-d",
+            self.settings.backup_dsn,
+            "-D",
+            str(partial),
+            "-Ft",
+            "-z",
+            "-X",
+            "fetch",
+            "--checkpoint=fast",
+            "--no-password",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), BACKUP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(f"pg_basebackup took over {BACKUP_TIMEOUT_S:.0f} s") from None
+        except asyncio.CancelledError:
+            proc.kill()  # shutting down: no orphaned pg_basebackup
+            await proc.wait()
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if proc.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise RuntimeError(f"pg_basebackup failed: {out.decode(errors='replace')[-500:]}")
+        final = root / name
+        partial.rename(final)
+        size = sum(f.stat().st_size for f in final.iterdir())
+        expired = [
+            d
+            for d in root.iterdir()
+            if d != final and time.time() - d.stat().st_mtime > BACKUP_RETENTION_S
+        ]
+        for d in expired:
+            shutil.rmtree(d, ignore_errors=True)
+        return {"path": str(final), "bytes": size, "expired": len(expired)}
+
+    async def tend_backup(self, token: int) -> None:
+        """Start a base backup when one is due; record a finished one, fenced."""
+        if self.backup is not None and self.backup.done():
+            task, self.backup = self.backup, None
+            try:
+                detail = task.result()
+            except Exception as exc:
+                self.runs.labels("base_backup", "error").inc()
+                log.error("base backup failed: %s", exc)
+                return
+            job = Periodic("base_backup", self.settings.backup_interval_s, _recorded(detail))
+            try:
+                await self.fenced(job, self.backup_token)
+                self.runs.labels("base_backup", "ok").inc()
+                log.info("base backup %s (%d bytes)", detail["path"], detail["bytes"])
+            except Fenced as exc:
+                self.runs.labels("base_backup", "fenced").inc()
+                log.warning("base backup taken but not recorded: %s", exc)
+        due = time.monotonic() - self.last_backup_s >= self.settings.backup_interval_s
+        if self.backup is None and due and self.settings.backup_dsn:
+            self.last_backup_s = time.monotonic()
+            self.backup_token = token
+            self.backup = asyncio.create_task(self.take_base_backup())
+
     # ---- the loop --------------------------------------------------------------------------
 
     async def run_cycle(self) -> str:
@@ -188,6 +276,7 @@ class SchedulerState:
                 log.warning("%s not run: %s", job.name, exc)
                 self.token = None
                 return "deposed"
+        await self.tend_backup(token)
         return "leader" + (f": ran {', '.join(ran)}" if ran else "")
 
     async def loop(self) -> None:
@@ -220,6 +309,9 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
     yield
     state.stopping.set()
     await asyncio.wait([task], timeout=5)
+    if state.backup is not None:
+        state.backup.cancel()
+        await asyncio.gather(state.backup, return_exceptions=True)
     if state.token is not None:
         # Hand over at once rather than after the lease expires.
         with contextlib.suppress(asyncpg.PostgresError, OSError):

@@ -41,6 +41,8 @@ class ServiceSettings:
         max_attempts: attempts before a job goes to the dead-letter table.
         registration_secret: when set, `POST /v1/devices` needs it in `X-Registration-Secret`.
         trace_file: OpenTelemetry-style spans are appended here as JSON lines ("" = off).
+        backup_dsn: replication connection for the scheduler's base backups ("" = none).
+        backup_interval_s: how often the leading scheduler takes a base backup.
     """
 
     role: str
@@ -61,6 +63,8 @@ class ServiceSettings:
     max_attempts: int = 5
     registration_secret: str = ""
     trace_file: str = ""
+    backup_dsn: str = ""
+    backup_interval_s: float = 3600.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

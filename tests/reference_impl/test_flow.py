@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from env.local import LocalEnvironment
-from tests.helpers import query, wait_healthy
+from tests.helpers import poll, query, wait_healthy
 from tests.phone import Phone, next_event
 
 pytestmark = pytest.mark.env
@@ -174,3 +174,37 @@ def test_openapi_is_served_and_describes_the_api(local_env: LocalEnvironment):
         "/health/ready",
     ):
         assert path in doc["paths"]
+
+
+def test_scheduler_writes_the_heartbeat_and_takes_a_base_backup(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+    urls = status["urls"]
+    primary = urls["members"][status["primary"]]
+    (beat,) = query(primary, "SELECT beat FROM replication_heartbeat WHERE id = 1")[0]
+    poll(
+        lambda: query(primary, "SELECT 1 FROM replication_heartbeat WHERE beat >= %s", (beat + 2,)),
+        5,
+        "the heartbeat advances every second",
+    )
+    # Replicas see it less than a second old: the lag as applications see it.
+    for name, url in urls["members"].items():
+        if name == status["primary"]:
+            continue
+        (age,) = query(
+            url,
+            "SELECT EXTRACT(EPOCH FROM clock_timestamp() - written_at)::float8"
+            " FROM replication_heartbeat WHERE id = 1",
+        )[0]
+        assert age < 1.5, f"{name}: heartbeat {age:.2f} s old"  # 1 s beat + < 0.5 s lag
+    runs = poll(
+        lambda: query(
+            primary,
+            "SELECT detail FROM periodic_runs"
+            " WHERE job = 'base_backup' ORDER BY run_id DESC LIMIT 1",
+        ),
+        60,
+        "a base backup recorded",
+    )
+    backup = Path(runs[0][0]["path"])
+    assert (backup / "base.tar.gz").stat().st_size > 1_000_000
+    assert runs[0][0]["bytes"] > 1_000_000
