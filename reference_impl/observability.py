@@ -10,14 +10,18 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import random
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -61,47 +65,41 @@ def setup_logging(service: str, instance: str, level: int = logging.INFO) -> Non
 
 
 class Tracer:
-    """Minimal OpenTelemetry-shaped spans (trace id = correlation id), appended as JSON lines.
+    """OpenTelemetry spans, exported as JSON lines to a file (no collector needed to read them).
 
-    A file exporter by default: traces are there to read after a run, not to run a collector for.
+    The trace id is the correlation id when that is 32 hex digits (ours are), so the API's span
+    of a submit and the worker's span of its job land in one trace. Each app has its own
+    provider: in-process tests build several apps side by side.
     """
 
     def __init__(self, service: str, path: str) -> None:
-        self.service = service
-        self.path = Path(path) if path else None
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        self._file = open(path, "a") if path else None  # noqa: SIM115 - closed in shutdown()
+        if self._file is not None:
+            exporter = ConsoleSpanExporter(
+                out=self._file, formatter=lambda span: span.to_json(indent=None) + "\n"
+            )
+            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("cloudwatcher")
 
-    def span(self, name: str, **attrs: Any) -> _Span:
-        return _Span(self, name, attrs)
+    def span(self, name: str, **attrs: Any) -> Any:
+        """A context manager: a span, child of the current correlation id's trace."""
+        parent = None
+        cid = correlation_id.get()
+        if len(cid) == 32 and all(c in "0123456789abcdef" for c in cid):
+            remote = SpanContext(
+                trace_id=int(cid, 16),
+                span_id=random.getrandbits(64) or 1,
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+            parent = set_span_in_context(NonRecordingSpan(remote))
+        return self.tracer.start_as_current_span(name, context=parent, attributes=attrs)
 
-    def export(self, record: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-class _Span:
-    def __init__(self, tracer: Tracer, name: str, attrs: dict[str, Any]) -> None:
-        self.tracer, self.name, self.attrs = tracer, name, attrs
-        self.start = 0.0
-
-    def __enter__(self) -> _Span:
-        self.start = time.time()
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.tracer.export(
-            {
-                "trace_id": correlation_id.get(),
-                "span_id": uuid.uuid4().hex[:16],
-                "service": self.tracer.service,
-                "name": self.name,
-                "start": self.start,
-                "duration_ms": round((time.time() - self.start) * 1000, 3),
-                "status": "error" if exc_type else "ok",
-                "attributes": self.attrs,
-            }
-        )
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+        if self._file is not None:
+            self._file.close()
 
 
 class Metrics:
@@ -142,7 +140,12 @@ def install(app: web.Application, service: str, trace_file: str = "") -> Metrics
     """Add metrics, the correlation-id and latency middleware, and health routes to `app`."""
     metrics = Metrics(service)
     app[METRICS_KEY] = metrics
-    app[TRACER_KEY] = Tracer(service, trace_file)
+    tracer = app[TRACER_KEY] = Tracer(service, trace_file)
+
+    async def flush_traces(_: web.Application) -> None:
+        tracer.shutdown()
+
+    app.on_cleanup.append(flush_traces)
     app[READY_CHECKS_KEY] = {}
     app[LAST_TICK_KEY] = {}
 
@@ -154,8 +157,17 @@ def install(app: web.Application, service: str, trace_file: str = "") -> Metrics
         token = correlation_id.set(cid[:64])
         started = time.perf_counter()
         status = 500
+        resource = request.match_info.route.resource
+        route_name = resource.canonical if resource is not None else "unmatched"
         try:
-            response = await handler(request)
+            with tracer.span(
+                f"{request.method} {route_name}",
+                **{
+                    "http.request.method": request.method,
+                    "url.path": request.path,
+                },
+            ):
+                response = await handler(request)
             status = response.status
             if not response.prepared:
                 response.headers["X-Correlation-Id"] = correlation_id.get()
@@ -164,9 +176,7 @@ def install(app: web.Application, service: str, trace_file: str = "") -> Metrics
             status = exc.status
             raise
         finally:
-            route = request.match_info.route.resource
-            name = route.canonical if route is not None else "unmatched"
-            metrics.http_latency.labels(service, request.method, name, str(status)).observe(
+            metrics.http_latency.labels(service, request.method, route_name, str(status)).observe(
                 time.perf_counter() - started
             )
             correlation_id.reset(token)

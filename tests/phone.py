@@ -62,16 +62,13 @@ class Phone:
         key: str | None = None,
         provider: str = "sharepoint",
         instruction: str = "summarize",
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        headers = {**self.auth, "Idempotency-Key": key or uuid.uuid4().hex}
+        headers = {**self.auth, "Idempotency-Key": key or uuid.uuid4().hex, **(headers or {})}
         async with self.session.post(
             f"{self.base}/v1/requests",
             headers=headers,
-            json={
-                "provider": provider,
-                "document": document,
-                "instruction": instruction,
-            },
+            json={"provider": provider, "document": document, "instruction": instruction},
         ) as r:
             return r.status, await r.json()
 

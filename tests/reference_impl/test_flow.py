@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from pathlib import Path
@@ -208,3 +209,42 @@ def test_scheduler_writes_the_heartbeat_and_takes_a_base_backup(local_env: Local
     backup = Path(runs[0][0]["path"])
     assert (backup / "base.tar.gz").stat().st_size > 1_000_000
     assert runs[0][0]["bytes"] > 1_000_000
+
+
+def test_a_request_is_one_trace_and_one_correlation_id_from_api_to_worker(
+    local_env: LocalEnvironment,
+):
+    status = wait_healthy(local_env)
+    cid = uuid.uuid4().hex
+
+    async def flow() -> None:
+        async with Phone(status) as phone:
+            await phone.register()
+            _, accepted = await phone.submit(headers={"X-Correlation-Id": cid})
+            await until_status(phone, accepted["request_id"], {"completed"}, 30)
+
+    run(flow())
+    run_dir = Path(status["run_dir"])
+
+    def spans_of(prefix: str) -> list[dict]:
+        found = []
+        for path in (run_dir / "traces").glob(f"{prefix}*.jsonl"):
+            for line in path.read_text().splitlines():
+                span = json.loads(line)
+                if span["context"]["trace_id"] == f"0x{cid}":
+                    found.append(span)
+        return found
+
+    # Spans are exported in batches (every 5 s).
+    api_spans = poll(lambda: spans_of("api"), 20, "the API's span of the submit")
+    worker_spans = poll(lambda: spans_of("worker"), 20, "the worker's span of the job")
+    assert api_spans[0]["name"] == "POST /v1/requests"
+    assert any(s["name"] == "process_job" for s in worker_spans)
+    logged = [
+        json.loads(line)
+        for path in (run_dir / "logs").glob("*.log")
+        if path.name.startswith(("api", "worker"))
+        for line in path.read_text().splitlines()
+        if line.startswith("{") and cid in line
+    ]
+    assert {entry["service"] for entry in logged} == {"api", "worker"}
