@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import socket
 import ssl
 import statistics
@@ -196,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     base_port = int(os.environ.get("CWH_BENCH_BASE_PORT", "21000"))
     settings = EnvSettings(base_port=base_port, run_dir=Path(f"/var/tmp/cwh-bench-{base_port}"))
     env = LocalEnvironment(settings)
-    env.down()
-    shutil.rmtree(settings.run_dir, ignore_errors=True)
+    env.reset()
     layout = Layout(settings.run_dir)
     hello_port = settings.ports.service(90)
     with env:

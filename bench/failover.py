@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     base = int(os.environ.get("CWH_BENCH_BASE_PORT", "21000"))
     settings = EnvSettings(base_port=base, run_dir=Path(f"/var/tmp/cwh-bench-{base}"))
     env = LocalEnvironment(settings)
-    env.down()
-    shutil.rmtree(settings.run_dir, ignore_errors=True)
+    env.reset()
     results: list[dict] = []
     with env:
         faults = [KILL_POSTGRES, KILL_PATRONI]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -219,6 +220,14 @@ class LocalEnvironment:
                 self._supervisor_proc.wait(timeout=5)
             self._supervisor_proc = None
         return leftovers
+
+    def reset(self) -> None:
+        """Stop whatever runs in the run directory and delete it: the next `up` starts afresh.
+
+        For tests and benchmarks, whose results must not depend on an earlier run's state.
+        """
+        self.down()
+        shutil.rmtree(self.settings.run_dir, ignore_errors=True)
 
     def _wait_supervisor_exit(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

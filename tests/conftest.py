@@ -43,8 +43,7 @@ def local_env(
 ) -> Iterator[LocalEnvironment]:
     env = LocalEnvironment(env_settings)
     # A leftover from an interrupted session would make results depend on history.
-    env.down()
-    shutil.rmtree(env_settings.run_dir, ignore_errors=True)
+    env.reset()
     with env:
         yield env
     # The ordinary `down` (the context manager's exit) left nothing behind.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -43,8 +42,8 @@ def test_a_component_that_cannot_start_is_named_and_everything_is_stopped(
         run_dir=Path(f"/var/tmp/cwh-test-{base}"),
         timeout_scale=env_settings.timeout_scale,
     )
-    shutil.rmtree(settings.run_dir, ignore_errors=True)
     env = LocalEnvironment(settings)
+    env.reset()
     # Redis starts after etcd, PostgreSQL, HAProxy and pgBouncer: take one of its ports.
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -62,5 +61,4 @@ def test_a_component_that_cannot_start_is_named_and_everything_is_stopped(
         assert env.supervisor_status() is None
     finally:
         blocker.close()
-        env.down()
-        shutil.rmtree(settings.run_dir, ignore_errors=True)
+        env.reset()

@@ -56,6 +56,21 @@ def metric(env_status: dict, service: str, name: str, /, **labels: str) -> float
     )
 
 
+def claimant(primary: str, request_id: str) -> tuple[str, int]:
+    """(worker, attempt) of the claim on a request's job, once a worker has claimed it."""
+    rows = poll(
+        lambda: query(
+            primary,
+            "SELECT claimed_by, attempts FROM jobs"
+            " WHERE request_id = %s AND claimed_by IS NOT NULL",
+            (request_id,),
+        ),
+        10,
+        "job claimed",
+    )
+    return rows[0][0], rows[0][1]
+
+
 def kill(env: LocalEnvironment, name: str, hold_s: float = 120) -> int:
     """SIGKILL a service and keep it down until released; returns the dead pid."""
     pid = env.component(name)["pid"]
@@ -77,17 +92,7 @@ def test_worker_killed_mid_job_leaves_it_to_another_and_it_completes_once(
             with knobs(status, "llm", latency_ms=4000, latency_dist="fixed"):
                 _, accepted = await phone.submit()
                 rid = accepted["request_id"]
-                claimed = poll(
-                    lambda: query(
-                        primary,
-                        "SELECT claimed_by FROM jobs"
-                        " WHERE request_id = %s AND claimed_by IS NOT NULL",
-                        (rid,),
-                    ),
-                    10,
-                    "job claimed",
-                )
-                victim = claimed[0][0]
+                victim, _ = claimant(primary, rid)
                 kill(local_env, victim)
                 try:
                     done = await until_status(phone, rid, {"completed", "dead_lettered"}, 60)
@@ -297,3 +302,56 @@ def test_rate_limit_answers_429_with_retry_after(local_env: LocalEnvironment):
     assert limited, "60 calls in well under a second must exceed 20 per second"
     assert all(retry == "1" for _, retry in limited)
     assert all(code in (200, 429) for code, _ in answers)
+
+
+def test_worker_drains_its_job_on_sigterm(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+    primary = status["urls"]["members"][status["primary"]]
+
+    async def flow() -> None:
+        async with Phone(status) as phone:
+            await phone.register()
+            with knobs(status, "llm", latency_ms=3000, latency_dist="fixed"):
+                _, accepted = await phone.submit()
+                rid = accepted["request_id"]
+                worker, attempts = claimant(primary, rid)
+                pid = local_env.component(worker)["pid"]
+                local_env.hold(worker, 120)
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                    done = await until_status(phone, rid, {"completed", "dead_lettered"}, 30)
+                    # It finished the job it had, on its first claim, then exited.
+                    assert done["status"] == "completed"
+                    poll(lambda: not pid_alive(pid), 30, f"{worker} exited after draining")
+                finally:
+                    local_env.release(worker)
+            assert attempts == 1
+            assert query(primary, "SELECT count(*) FROM events WHERE request_id = %s", (rid,)) == [
+                (1,)
+            ]
+
+    run(flow())
+    wait_healthy(local_env)
+
+
+def test_hub_shutdown_closes_sockets_with_going_away(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+
+    async def flow() -> None:
+        async with Phone(status) as phone:
+            await phone.register()
+            ws = await phone.updates()
+            hub = (await ws.receive_json(timeout=5))["server"]
+            pid = local_env.component(hub)["pid"]
+            local_env.hold(hub, 60)
+            try:
+                os.kill(pid, signal.SIGTERM)
+                msg = await ws.receive(timeout=15)
+                assert msg.type.name == "CLOSE", msg
+                assert msg.data == 1001, "going away: reconnect elsewhere"
+                poll(lambda: not pid_alive(pid), 30, f"{hub} exited")
+            finally:
+                local_env.release(hub)
+
+    run(flow())
+    wait_healthy(local_env)

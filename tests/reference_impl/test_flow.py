@@ -248,3 +248,16 @@ def test_a_request_is_one_trace_and_one_correlation_id_from_api_to_worker(
         if line.startswith("{") and cid in line
     ]
     assert {entry["service"] for entry in logged} == {"api", "worker"}
+
+
+def test_oversized_body_is_413_json(local_env: LocalEnvironment):
+    status = wait_healthy(local_env)
+
+    async def flow() -> tuple[int, dict]:
+        async with Phone(status) as phone:
+            await phone.register()
+            return await phone.submit(instruction="x" * 70_000)
+
+    code, body = run(flow())
+    assert code == 413
+    assert body["error"] == "payload_too_large"
