@@ -6,7 +6,10 @@ a timeout or a connection lost mid-commit). Lost-write accounting is sound only 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 Outcome = Literal["ok", "fail", "info"]
@@ -42,3 +45,47 @@ class Operation:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def merge(ledgers: Iterable[Iterable[Operation]]) -> list[Operation]:
+    """One ledger from the ledgers of several load workers, in invocation order (wall clock:
+    monotonic clocks of different processes do not compare).
+
+    Raises:
+        ValueError: an operation id appears twice (two workers must never share ids).
+    """
+    out: list[Operation] = []
+    seen: set[tuple[str, str]] = set()
+    for ledger in ledgers:
+        for op in ledger:
+            key = (op.kind, op.op_id)
+            if key in seen:
+                raise ValueError(f"operation {op.kind} {op.op_id} is in two ledgers")
+            seen.add(key)
+            out.append(op)
+    out.sort(key=lambda o: (o.invoked_wall, o.op_id))
+    return out
+
+
+def write_jsonl(path: Path, ops: Iterable[Operation]) -> int:
+    """Write a ledger as JSON lines; returns how many operations."""
+    n = 0
+    with open(path, "w") as f:
+        for op in ops:
+            f.write(json.dumps(op.to_json()) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> list[Operation]:
+    """Read a ledger written by `write_jsonl`; a malformed line is an error naming it."""
+    ops = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                ops.append(Operation(**json.loads(line)))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a ledger operation ({exc})") from None
+    return ops

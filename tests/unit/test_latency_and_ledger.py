@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scenarios.latency import LatencyRecorder, merged
+from slo.ledger import Operation, merge, read_jsonl, write_jsonl
+
+latencies = st.lists(st.floats(min_value=0.000_001, max_value=120.0), min_size=1, max_size=300)
+
+
+@given(latencies, st.integers(min_value=1, max_value=8), st.integers(min_value=0, max_value=99))
+def test_merging_worker_histograms_equals_recording_in_one_process(values, workers, seed):
+    rng = random.Random(seed)
+    single, parts = LatencyRecorder(), [LatencyRecorder() for _ in range(workers)]
+    for v in values:
+        single.record("submit", v)
+        rng.choice(parts).record("submit", v)
+    assert merged(parts).summary() == single.summary()
+
+
+def test_open_arrivals_count_from_the_intended_start():
+    r = LatencyRecorder()
+    # Intended at t=10.0, sent at t=12.0 (the generator stalled), answered in 5 ms.
+    r.record("submit", 0.005, intended_start_s=10.0, started_s=12.0)
+    assert r.summary()["submit"]["max_ms"] == pytest.approx(2005, rel=1e-3)
+
+
+def op(i: int, wall: float, kind: str = "submit") -> Operation:
+    return Operation(f"id{i}", kind, wall, wall + 0.1, wall, "ok", "api1")
+
+
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e9), min_size=1, max_size=100),
+    st.integers(min_value=1, max_value=6),
+    st.integers(min_value=0, max_value=99),
+)
+def test_ledger_merge_is_the_whole_in_invocation_order(walls, workers, seed):
+    rng = random.Random(seed)
+    ops = [op(i, w) for i, w in enumerate(walls)]
+    parts: list[list[Operation]] = [[] for _ in range(workers)]
+    for o in ops:
+        rng.choice(parts).append(o)
+    assert merge(parts) == sorted(ops, key=lambda o: (o.invoked_wall, o.op_id))
+
+
+def test_ledger_merge_refuses_an_id_in_two_ledgers():
+    with pytest.raises(ValueError, match="in two ledgers"):
+        merge([[op(1, 1.0)], [op(1, 2.0)]])
+
+
+def test_ledger_roundtrip_and_a_bad_line_is_named(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    ops = [op(i, float(i)) for i in range(5)]
+    assert write_jsonl(path, ops) == 5
+    assert read_jsonl(path) == ops
+    with open(path, "a") as f:
+        f.write(json.dumps({"op_id": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"ledger.jsonl:6"):
+        read_jsonl(path)
