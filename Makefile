@@ -39,12 +39,16 @@ bench-failover: deps
 bench-api: deps
 	@$(PY) -m bench.api
 
-# The device fleet arrives with the fleet issue; until then `make load` brings the environment up
-# and checks it end to end.
-DURATION ?= 60
-RATE ?= 50
+# The main job: a fleet of phones. With no TARGET the local environment is brought up first.
+USERS ?= 50
+DURATION ?= 120
+SHAPE ?= steady
+WORKERS ?= 1
+MIX ?= ios=60,android=40
+SPAWN_RATE ?= 10
 load: deps
-	@$(CWH) load --duration $(DURATION) --rate $(RATE)
+	@$(CWH) load --users $(USERS) --duration $(DURATION) --shape $(SHAPE) \
+		--workers $(WORKERS) --mix $(MIX) --spawn-rate $(SPAWN_RATE)
 
 clean: down
 	@rm -rf $(VENV) .deps-stamp

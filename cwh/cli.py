@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
@@ -96,9 +98,39 @@ def env_release(args: argparse.Namespace) -> int:
 
 
 def load(args: argparse.Namespace) -> int:
-    from cwh.load import run_load
+    from cwh.fleet import FleetOptions, run_fleet
 
-    return run_load(_settings(), args.duration, args.rate, console)
+    target, ca_file = args.target, args.ca_file
+    opts = FleetOptions(
+        target=target.rstrip("/") or "https://local",
+        users=args.users,
+        duration_s=args.duration,
+        spawn_rate=args.spawn_rate,
+        shape=args.shape,
+        workers=args.workers,
+        mix=args.mix,
+        ca_file=ca_file,
+        registration_secret=args.registration_secret,
+    )
+    if problems := opts.problems():  # before anything starts
+        for problem in problems:
+            console.print(f"[red]error:[/red] {problem}")
+        return 2
+    if not target:  # the local environment: bring it up if it is not
+        env = LocalEnvironment(_settings())
+        with console.status("bringing the local environment up…"):
+            try:
+                env.up()
+            except EnvironmentStartError as exc:
+                console.print(f"[red]error:[/red] {exc}")
+                return 1
+        status = env.status()
+        target, ca_file = status["urls"]["https"], status["tls_certificate"]
+    opts = dataclasses.replace(opts, target=target.rstrip("/"), ca_file=ca_file)
+    code, out, _ = run_fleet(opts, console)
+    console.print((out / "summary.md").read_text())
+    console.print(f"report: {out}")
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,10 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("component")
     rel.set_defaults(func=env_release)
 
-    ld = sub.add_parser("load", help="bring the environment up and run a bounded load")
-    ld.add_argument("--duration", type=float, default=60.0, help="seconds of load (1-3600)")
-    ld.add_argument("--rate", type=float, default=50.0, help="writes per second (1-2000)")
-    ld.set_defaults(func=load)
+    fl = sub.add_parser(
+        "load", help="a fleet of phones against the local environment or TARGET, reconciled"
+    )
+    fl.add_argument(
+        "--target",
+        default=os.environ.get("TARGET", ""),
+        help="API base URL (default: the local environment, brought up)",
+    )
+    fl.add_argument(
+        "--ca-file",
+        default=os.environ.get("CA_FILE", ""),
+        help="certificate to trust for --target (default: the system's)",
+    )
+    fl.add_argument("--registration-secret", default=os.environ.get("REGISTRATION_SECRET", ""))
+    fl.add_argument("--users", type=int, default=20)
+    fl.add_argument("--duration", type=float, default=60.0, help="seconds")
+    fl.add_argument("--spawn-rate", type=float, default=10.0)
+    fl.add_argument("--shape", default="steady")
+    fl.add_argument("--workers", type=int, default=1)
+    fl.add_argument("--mix", default="ios=60,android=40")
+    fl.set_defaults(func=load)
     return parser
 
 

@@ -150,7 +150,9 @@ def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> s
         "on-marked-down shutdown-sessions"
     )
     http_check = (
-        f"inter {HAPROXY_HTTP_CHECK_INTER_S}s fastinter 1s fall 2 rise 2 "
+        # Up servers are checked every 5 s (the seed's); a server that is down is checked every
+        # second, so a restarted replica is back in rotation within ~2 s of being ready.
+        f"inter {HAPROXY_HTTP_CHECK_INTER_S}s fastinter 1s downinter 1s fall 2 rise 2 "
         "on-marked-down shutdown-sessions"
     )
     members = range(settings.pg_members)

@@ -223,7 +223,9 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
             role = "scheduler (leader)" if leads else "scheduler (standby)"
         extra: dict[str, Any] = {}
         if comp["kind"] in ("api", "hub"):
+            # A replica the load balancer does not route to serves no phone.
             extra["in_load_balancer"] = comp["name"] in behind_lb
+            ok = ok and extra["in_load_balancer"]
         row(comp["name"], comp["kind"], role, ok, **extra)
 
     # The failover safety net is in place only when Patroni's /sync key (what /cluster reports as

@@ -28,6 +28,8 @@ class Operation:
         outcome: ok, fail or info.
         server: which server answered (e.g. the PostgreSQL member), when known.
         error: the error's text for fail and info.
+        detail: what reconciliation needs to know of it (for a submit: device, request id and
+            idempotency key; for a notification: request id, event id, socket or sync).
     """
 
     op_id: str
@@ -38,6 +40,7 @@ class Operation:
     outcome: Outcome
     server: str | None = None
     error: str | None = None
+    detail: dict[str, Any] | None = None
 
     @property
     def latency_s(self) -> float:

@@ -1,0 +1,520 @@
+"""The simulated phone: a Locust user speaking CloudWatcher's public API over HTTPS and a
+WebSocket, offline-first.
+
+Every operation goes to Locust's request event (so its stats, CSV and web UI show it) and to the
+operation ledger (for reconciliation). The WebSocket is `websocket-client` on sockets that gevent
+has patched, read by a greenlet of the user's own. Imported only by the locustfile: Locust
+monkey-patches the process it runs in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.ssl
+import websocket
+from locust import FastHttpUser, events, task
+
+from scenarios.backoff import Backoff
+from scenarios.latency import LatencyRecorder
+from slo.ledger import Operation, Outcome, write_jsonl
+
+#: Per process: every user of this worker records here; written out when the worker stops.
+LEDGER: list[Operation] = []
+LATENCY = LatencyRecorder()
+_LOCK = threading.Lock()
+
+FLEET_DIR = Path(os.environ.get("CWH_FLEET_DIR", "."))
+CA_FILE = os.environ.get("CWH_CA_FILE") or None
+REGISTRATION_SECRET = os.environ.get("CWH_REGISTRATION_SECRET", "")
+DOCUMENTS = [f"doc-{i:03d}.txt" for i in range(50)]
+
+
+def think_time_s(mean_s: float = 2.0, cap_s: float = 10.0) -> float:
+    """Truncated exponential: mostly short pauses, a few long ones, never over the cap."""
+    while True:
+        t = random.expovariate(1 / mean_s)
+        if t <= cap_s:
+            return t
+
+
+class PhoneStore:
+    """The phone's own SQLite: identities to reuse, and the outbox of requests made offline."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.executescript(
+            "CREATE TABLE IF NOT EXISTS identities (device_id TEXT PRIMARY KEY, platform TEXT,"
+            " client_id TEXT, client_secret TEXT, in_use INTEGER DEFAULT 0);"
+            "CREATE TABLE IF NOT EXISTS outbox (key TEXT PRIMARY KEY, device_id TEXT,"
+            " body TEXT, queued_at REAL);"
+            "UPDATE identities SET in_use = 0;"
+        )
+
+    def take_identity(self, platform: str) -> dict[str, str] | None:
+        row = self.db.execute(
+            "SELECT device_id, client_id, client_secret FROM identities"
+            " WHERE platform = ? AND in_use = 0 LIMIT 1",
+            (platform,),
+        ).fetchone()
+        if row is None:
+            return None
+        self.db.execute("UPDATE identities SET in_use = 1 WHERE device_id = ?", (row[0],))
+        return {"device_id": row[0], "client_id": row[1], "client_secret": row[2]}
+
+    def keep_identity(self, platform: str, ident: dict[str, str]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO identities VALUES (?, ?, ?, ?, 1)",
+            (ident["device_id"], platform, ident["client_id"], ident["client_secret"]),
+        )
+
+    def queue(self, device_id: str, key: str, body: dict[str, str]) -> None:
+        self.db.execute(
+            "INSERT INTO outbox VALUES (?, ?, ?, ?)",
+            (key, device_id, json.dumps(body), time.time()),
+        )
+
+    def outbox(self, device_id: str) -> list[tuple[str, dict[str, str]]]:
+        rows = self.db.execute(
+            "SELECT key, body FROM outbox WHERE device_id = ? ORDER BY queued_at", (device_id,)
+        ).fetchall()
+        return [(k, json.loads(b)) for k, b in rows]
+
+    def sent(self, key: str) -> None:
+        self.db.execute("DELETE FROM outbox WHERE key = ?", (key,))
+
+
+_STORE: PhoneStore | None = None
+
+
+def store() -> PhoneStore:
+    global _STORE
+    if _STORE is None:
+        FLEET_DIR.mkdir(parents=True, exist_ok=True)
+        _STORE = PhoneStore(FLEET_DIR / f"phones-{os.getpid()}.sqlite")
+    return _STORE
+
+
+def record(
+    env: Any, op: Operation, request_type: str, name: str, length: int = 0, measured: bool = True
+) -> None:
+    """One operation: to the ledger, the HDR histograms (when it has a duration worth
+    measuring), and Locust's request event."""
+    with _LOCK:
+        LEDGER.append(op)
+    if op.outcome == "ok" and measured:
+        LATENCY.record(name, op.latency_s)
+    env.events.request.fire(
+        request_type=request_type,
+        name=name,
+        response_time=op.latency_s * 1000,
+        response_length=length,
+        context={"server": op.server},
+        exception=None if op.outcome == "ok" else RuntimeError(op.error or op.outcome),
+    )
+
+
+class PhoneUser(FastHttpUser):
+    """A phone. Subclasses set the platform and its differences."""
+
+    abstract = True
+    platform = "ios"
+    backoff = Backoff("full", base_s=0.5, cap_s=30.0)
+    #: How long the OS lets the app keep its socket in the background before it is cut.
+    background_limit_s = 30.0
+    #: Chance that a go_offline task really takes the phone offline (CWH_OFFLINE_CHANCE).
+    offline_chance = float(os.environ.get("CWH_OFFLINE_CHANCE", "0.3"))
+    insecure = False
+    # Read when the HTTP client is built (in __init__): trust the target's certificate.
+    ssl_context_factory = staticmethod(lambda: gevent.ssl.create_default_context(cafile=CA_FILE))
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return think_time_s()
+
+    # ---- set-up ----------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.rng = random.Random()
+        self.offline = False
+        self.acked: dict[str, float] = {}  # request id -> monotonic time of the acknowledgement
+        self.notified: set[str] = set()
+        self.cursor = "0"
+        self.last_event_id = 0
+        self.token, self.token_expires = "", 0.0
+        self.hub_cookie = ""
+        self.ws: websocket.WebSocket | None = None
+        self.stormed = False
+        ident = store().take_identity(self.platform)
+        if ident is None:
+            ident = self.register()
+        self.ident = ident
+        self.renew_token()
+        self.ws_greenlet = gevent.spawn(self.ws_loop)
+
+    def on_stop(self) -> None:
+        self.ws_greenlet.kill(block=False)
+        if self.ws is not None:
+            self.ws.close()
+
+    def register(self) -> dict[str, str]:
+        headers = {"X-Registration-Secret": REGISTRATION_SECRET} if REGISTRATION_SECRET else {}
+        with self.client.post(
+            "/v1/devices",
+            json={"platform": self.platform, "name": "fleet"},
+            headers=headers,
+            name="register",
+            catch_response=True,
+        ) as r:
+            if r.status_code != 201:
+                r.failure(f"register: {r.status_code}")
+                raise RuntimeError(f"cannot register: {r.status_code} {r.text}")
+            ident = r.json()
+        store().keep_identity(self.platform, ident)
+        return ident
+
+    def renew_token(self) -> None:
+        with self.client.post(
+            "/oauth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.ident["client_id"],
+                "client_secret": self.ident["client_secret"],
+            },
+            name="token",
+            catch_response=True,
+        ) as r:
+            if r.status_code != 200:
+                r.failure(f"token: {r.status_code}")
+                return
+            body = r.json()
+            self.token = body["access_token"]
+            self.token_expires = time.monotonic() + body["expires_in"]
+
+    def auth(self) -> dict[str, str]:
+        if time.monotonic() > self.token_expires - 60:  # renew before it expires
+            self.renew_token()
+        return {"Authorization": f"Bearer {self.token}"}
+
+    # ---- the socket ------------------------------------------------------------------------
+
+    def ws_url(self) -> str:
+        base = self.host.replace("https://", "wss://").replace("http://", "ws://")
+        return f"{base}/v1/updates?last_event_id={self.last_event_id}"
+
+    def ws_connect(self) -> None:
+        started, wall = time.monotonic(), time.time()
+        headers = [f"Authorization: Bearer {self.token}"]
+        if self.hub_cookie:
+            headers.append(f"Cookie: {self.hub_cookie}")  # stick to our hub
+        try:
+            ws = websocket.create_connection(
+                self.ws_url(),
+                header=headers,
+                timeout=10,
+                sslopt={"ca_certs": CA_FILE} if CA_FILE else {},
+            )
+            for name, value in (ws.getheaders() or {}).items():
+                if name.lower() == "set-cookie" and value.startswith("CWHUB="):
+                    self.hub_cookie = value.split(";", 1)[0]
+            hello = json.loads(ws.recv())
+            self.ws = ws
+            record(
+                self.environment,
+                Operation(
+                    uuid.uuid4().hex,
+                    "connect",
+                    started,
+                    time.monotonic(),
+                    wall,
+                    "ok",
+                    hello.get("server"),
+                ),
+                "WS",
+                "connect",
+            )
+            # The first heartbeat is jittered so reconnecting phones do not beat in lockstep.
+            self.heartbeat_s = float(hello.get("heartbeat_s", 30))
+            self.next_beat = time.monotonic() + self.rng.uniform(0, self.heartbeat_s)
+        except (OSError, websocket.WebSocketException, ValueError) as exc:
+            record(
+                self.environment,
+                Operation(
+                    uuid.uuid4().hex,
+                    "connect",
+                    started,
+                    time.monotonic(),
+                    wall,
+                    "fail",
+                    None,
+                    repr(exc)[:200],
+                ),
+                "WS",
+                "connect",
+            )
+            raise
+
+    def ws_loop(self) -> None:
+        attempt, delay = 0, self.backoff.base_s
+        while True:
+            if self.offline:
+                gevent.sleep(0.5)
+                continue
+            try:
+                self.ws_connect()
+                attempt, delay = 0, self.backoff.base_s
+                self.ws_read()
+            except (OSError, websocket.WebSocketException, ValueError):
+                pass
+            finally:
+                if self.ws is not None:
+                    self.ws.close()
+                    self.ws = None
+            attempt += 1
+            delay = self.backoff.delay_s(attempt, delay, self.rng)
+            gevent.sleep(delay)
+
+    def ws_read(self) -> None:
+        assert self.ws is not None
+        self.ws.settimeout(1.0)
+        while not self.offline:
+            if self.storm_due():
+                return  # drop the socket: the whole fleet at once
+            if time.monotonic() >= self.next_beat:
+                self.ws.send("ping")
+                self.next_beat = time.monotonic() + self.heartbeat_s
+            try:
+                raw = self.ws.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            if not raw:
+                return
+            if raw == "pong":
+                continue
+            msg = json.loads(raw)
+            events_ = msg["events"] if msg.get("type") == "batch" else [msg]
+            for event in events_:
+                if "event_id" in event:
+                    self.on_event(event, "socket")
+
+    def storm_due(self) -> bool:
+        shape = self.environment.shape_class
+        if self.stormed or shape is None or not hasattr(shape, "storm_due"):
+            return False
+        if shape.storm_due():
+            self.stormed = True
+            return True
+        return False
+
+    def on_event(self, event: dict[str, Any], via: str) -> None:
+        self.last_event_id = max(self.last_event_id, int(event["event_id"]))
+        rid = event.get("request_id", "")
+        if rid in self.notified:
+            return
+        self.notified.add(rid)
+        now, wall = time.monotonic(), time.time()
+        record(
+            self.environment,
+            Operation(
+                f"{rid}:{event['event_id']}",
+                "notification",
+                now,
+                now,
+                wall,
+                "ok",
+                None,
+                None,
+                {"request_id": rid, "via": via, "event_id": event["event_id"]},
+            ),
+            "WS",
+            f"notification ({via})",
+            measured=False,
+        )
+        acked = self.acked.get(rid)
+        if acked is not None:
+            record(
+                self.environment,
+                Operation(
+                    f"ttr:{rid}",
+                    "time_to_result",
+                    acked,
+                    now,
+                    wall - (now - acked),
+                    "ok",
+                    None,
+                    None,
+                    {"request_id": rid, "via": via},
+                ),
+                "TTR",
+                "time to result",
+            )
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def send_submit(self, key: str, body: dict[str, str], replayed: bool = False) -> None:
+        name = "submit (replayed)" if replayed else "submit"
+        started, wall = time.monotonic(), time.time()
+        outcome: Outcome = "info"
+        detail, error, server = None, None, None
+        with self.client.post(
+            "/v1/requests",
+            json=body,
+            headers={**self.auth(), "Idempotency-Key": key},
+            name=name,
+            catch_response=True,
+        ) as r:
+            server = r.headers.get("X-Served-By") if r.headers else None
+            if r.status_code == 202:
+                rid = r.json()["request_id"]
+                outcome = "ok"
+                detail = {
+                    "device_id": self.ident["device_id"],
+                    "request_id": rid,
+                    "replayed": replayed,
+                }
+                self.acked.setdefault(rid, time.monotonic())
+                r.success()
+            elif 400 <= r.status_code < 500:
+                outcome, error = "fail", f"{r.status_code}"  # certainly not created
+                r.failure(error)
+            else:
+                error = f"{r.status_code}"  # 5xx or no answer: it may or may not exist
+                r.failure(error)
+        with _LOCK:
+            LEDGER.append(
+                Operation(
+                    key, "submit", started, time.monotonic(), wall, outcome, server, error, detail
+                )
+            )
+        if outcome == "ok":
+            LATENCY.record("submit", time.monotonic() - started)
+            store().sent(key)
+        elif outcome == "fail" and r.status_code != 429:
+            store().sent(key)  # refused for good: do not replay
+
+    @task(6)
+    def submit(self) -> None:
+        key = uuid.uuid4().hex
+        body = {
+            "provider": self.rng.choice(["sharepoint", "gdrive"]),
+            "document": self.rng.choice(DOCUMENTS),
+            "instruction": "summarize",
+        }
+        store().queue(self.ident["device_id"], key, body)  # offline-first: outbox first
+        if not self.offline:
+            self.send_submit(key, body)
+
+    @task(2)
+    def read(self) -> None:
+        if self.offline or not self.acked:
+            return
+        rid = self.rng.choice(list(self.acked))
+        started, wall = time.monotonic(), time.time()
+        with self.client.get(
+            f"/v1/requests/{rid}", headers=self.auth(), name="read", catch_response=True
+        ) as r:
+            outcome: Outcome = "ok" if r.status_code == 200 else "fail"
+            if outcome == "fail":
+                r.failure(str(r.status_code))
+        with _LOCK:
+            LEDGER.append(
+                Operation(
+                    uuid.uuid4().hex,
+                    "read",
+                    started,
+                    time.monotonic(),
+                    wall,
+                    outcome,
+                    None,
+                    None,
+                    {"request_id": rid},
+                )
+            )
+
+    @task(1)
+    def sync(self) -> None:
+        if self.offline:
+            return
+        started, wall = time.monotonic(), time.time()
+        with self.client.get(
+            f"/v1/sync?since={self.cursor}", headers=self.auth(), name="sync", catch_response=True
+        ) as r:
+            if r.status_code != 200:
+                r.failure(str(r.status_code))
+                outcome: Outcome = "fail"
+                body: dict[str, Any] = {}
+            else:
+                outcome, body = "ok", r.json()
+        with _LOCK:
+            LEDGER.append(
+                Operation(uuid.uuid4().hex, "sync", started, time.monotonic(), wall, outcome)
+            )
+        for event in body.get("events", []):
+            self.on_event(event, "sync")
+        self.cursor = body.get("next_cursor", self.cursor)
+
+    @task(1)
+    def go_offline(self) -> None:
+        """Now and then the phone loses the network: socket gone, requests queue locally."""
+        if self.rng.random() >= self.offline_chance:
+            return
+        self.offline = True
+        if self.ws is not None:
+            self.ws.close()
+        gevent.sleep(self.rng.uniform(5, min(15, self.background_limit_s)))
+        for _ in range(self.rng.randint(1, 3)):
+            key = uuid.uuid4().hex
+            store().queue(
+                self.ident["device_id"],
+                key,
+                {
+                    "provider": "gdrive",
+                    "document": self.rng.choice(DOCUMENTS),
+                    "instruction": "summarize (queued offline)",
+                },
+            )
+        self.offline = False
+        # Back online: replay the outbox with the original keys, then catch up.
+        for key, body in store().outbox(self.ident["device_id"]):
+            self.send_submit(key, body, replayed=True)
+        self.sync()
+
+
+class IOSPhone(PhoneUser):
+    """iOS cuts background sockets early and its apps back off with full jitter."""
+
+    platform = "ios"
+    backoff = Backoff("full", base_s=0.5, cap_s=30.0)
+    background_limit_s = 30.0
+    weight = 60
+
+
+class AndroidPhone(PhoneUser):
+    """Android keeps background work longer; its apps use decorrelated jitter."""
+
+    platform = "android"
+    backoff = Backoff("decorrelated", base_s=0.5, cap_s=60.0)
+    background_limit_s = 60.0
+    weight = 40
+
+
+def write_records() -> None:
+    """This process's ledger and histograms, for the fleet runner to merge."""
+    FLEET_DIR.mkdir(parents=True, exist_ok=True)
+    with _LOCK:
+        ops = list(LEDGER)
+    write_jsonl(FLEET_DIR / f"ledger-{os.getpid()}.jsonl", ops)
+    (FLEET_DIR / f"hdr-{os.getpid()}.json").write_text(json.dumps(LATENCY.encode()))
+
+
+@events.quitting.add_listener
+def _on_quitting(environment: Any, **_: Any) -> None:
+    write_records()

@@ -1,0 +1,72 @@
+"""Reconciliation of a load run: what the phones were told against what the system holds.
+
+Pure: the ledger and the read-back statuses in, counts out. Definitions (ARCHITECTURE.md):
+- lost: a submit was acknowledged (`ok`), and its request is now missing;
+- duplicated: one idempotency key acknowledged with two different request ids;
+- completed: the request reached `completed`;
+- never notified: completed, but no notification for it reached the phone, by socket or sync.
+`info` submits (outcome unknown) are counted apart: present or absent, both are correct.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from slo.ledger import Operation
+
+
+def acknowledged(ops: Iterable[Operation]) -> dict[str, dict[str, Any]]:
+    """request id -> {device_id, key, acked_wall} of every acknowledged submit."""
+    out: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        if op.kind == "submit" and op.outcome == "ok" and op.detail:
+            out.setdefault(
+                op.detail["request_id"],
+                {
+                    "device_id": op.detail["device_id"],
+                    "key": op.op_id,
+                    "acked_wall": op.invoked_wall,
+                },
+            )
+    return out
+
+
+def reconcile(ops: list[Operation], statuses: Mapping[str, str | None]) -> dict[str, Any]:
+    """Args:
+        ops: the merged ledger.
+        statuses: request id -> status read back after the run (None: not found).
+
+    Returns `valid` (nothing lost, nothing duplicated) and the counts.
+    """
+    acked = acknowledged(ops)
+    ids_by_key: dict[str, set[str]] = defaultdict(set)
+    for op in ops:
+        if op.kind == "submit" and op.outcome == "ok" and op.detail:
+            ids_by_key[op.op_id].add(op.detail["request_id"])
+    duplicated = sorted(k for k, ids in ids_by_key.items() if len(ids) > 1)
+    notified = {
+        op.detail["request_id"]
+        for op in ops
+        if op.kind == "notification" and op.outcome == "ok" and op.detail
+    }
+    lost = sorted(rid for rid in acked if statuses.get(rid) is None)
+    completed = [rid for rid in acked if statuses.get(rid) == "completed"]
+    never_notified = sorted(rid for rid in completed if rid not in notified)
+    by_status: dict[str, int] = defaultdict(int)
+    for rid in acked:
+        by_status[statuses.get(rid) or "missing"] += 1
+    return {
+        "valid": not lost and not duplicated,
+        "acknowledged": len(acked),
+        "lost": len(lost),
+        "lost_ids": lost[:20],
+        "duplicated": len(duplicated),
+        "duplicated_keys": duplicated[:20],
+        "completed": len(completed),
+        "never_notified": len(never_notified),
+        "never_notified_ids": never_notified[:20],
+        "info_submits": sum(1 for o in ops if o.kind == "submit" and o.outcome == "info"),
+        "by_status": dict(by_status),
+    }

@@ -1,0 +1,115 @@
+"""A short, bounded fleet run against the local environment: the ledger, reconciliation,
+offline replays, the reconnect storm, and HDR percentiles against the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import requests
+from rich.console import Console
+
+from cwh.fleet import FleetOptions, run_fleet
+from env.local import LocalEnvironment
+from slo.ledger import read_jsonl
+from tests.helpers import wait_healthy
+
+pytestmark = pytest.mark.env
+
+USERS = 10
+
+
+def hub_connects(status: dict) -> float:
+    total = 0.0
+    for comp in status["components"]:
+        if comp["kind"] == "hub":
+            text = requests.get(f"http://127.0.0.1:{comp['ports']['http']}/metrics", timeout=5).text
+            total += sum(
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("cw_ws_connects_total ")
+            )
+    return total
+
+
+@pytest.fixture(scope="module")
+def fleet_run(local_env: LocalEnvironment, tmp_path_factory):
+    status = wait_healthy(local_env)
+    before = hub_connects(status)
+    # Every go_offline task takes the phone offline: replays are certain to happen.
+    os.environ["CWH_OFFLINE_CHANCE"] = "1.0"
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("fleet"))  # its report folder lands here
+    try:
+        opts = FleetOptions(
+            target=status["urls"]["https"],
+            users=USERS,
+            duration_s=40,
+            spawn_rate=10,
+            shape="storm",
+            ca_file=status["tls_certificate"],
+        )
+        code, out, summary = run_fleet(opts, Console(quiet=True))
+        yield code, out, summary, before, hub_connects(local_env.status())
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("CWH_OFFLINE_CHANCE", None)
+
+
+def test_every_kind_of_operation_completed(fleet_run):
+    code, out, summary, *_ = fleet_run
+    assert code == 0, summary
+    ops = summary["operations"]
+    for kind in ("connect", "submit", "read", "sync", "notification", "time_to_result"):
+        assert ops.get(kind, {}).get("ok", 0) > 0, (kind, ops)
+    for name in (
+        "locust.html",
+        "locust_stats.csv",
+        "ledger.jsonl",
+        "hdr-percentiles.json",
+        "summary.json",
+        "summary.md",
+    ):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_reconciliation_finds_nothing_lost_or_duplicated(fleet_run):
+    _, _, summary, *_ = fleet_run
+    rec = summary["reconciliation"]
+    assert rec["acknowledged"] > 20
+    assert rec["lost"] == 0
+    assert rec["duplicated"] == 0
+    assert rec["completed"] == rec["acknowledged"]
+
+
+def test_offline_replays_were_acknowledged_without_duplicates(fleet_run):
+    _, out, summary, *_ = fleet_run
+    replayed = [
+        o
+        for o in read_jsonl(out / "ledger.jsonl")
+        if o.kind == "submit" and o.outcome == "ok" and (o.detail or {}).get("replayed")
+    ]
+    assert replayed, "no phone went offline and replayed its outbox"
+    assert summary["reconciliation"]["duplicated"] == 0
+
+
+def test_reconnect_storm_shows_in_the_hubs_connection_metric(fleet_run):
+    *_, before, after = fleet_run
+    # Every phone connects once, then again after the storm (and after its offline spells).
+    assert after - before >= 2 * USERS
+
+
+def test_hdr_percentiles_agree_with_the_ledger(fleet_run):
+    _, out, *_ = fleet_run
+    hdr = json.loads((out / "hdr-percentiles.json").read_text())["submit"]
+    latencies = sorted(
+        o.latency_s * 1000
+        for o in read_jsonl(out / "ledger.jsonl")
+        if o.kind == "submit" and o.outcome == "ok"
+    )
+    assert hdr["count"] == len(latencies)
+    for q in (50, 99):
+        exact = latencies[min(len(latencies) - 1, max(0, -(-q * len(latencies) // 100) - 1))]
+        # HDR keeps 3 significant digits; the ledger's clock read is a few microseconds apart.
+        assert hdr[f"p{q}_ms"] == pytest.approx(exact, rel=0.01, abs=0.05), q

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from slo.ledger import Operation
+from slo.reconcile import reconcile
+
+
+def submit(key: str, rid: str, outcome: str = "ok") -> Operation:
+    return Operation(
+        key,
+        "submit",
+        0,
+        0.1,
+        1000.0,
+        outcome,  # type: ignore[arg-type]
+        "api1",
+        None,
+        {"device_id": "d1", "request_id": rid},
+    )
+
+
+def note(rid: str) -> Operation:
+    return Operation(
+        f"n-{rid}",
+        "notification",
+        1,
+        1,
+        1001.0,
+        "ok",
+        "hub1",
+        None,
+        {"request_id": rid, "via": "socket"},
+    )
+
+
+def test_counts_lost_duplicated_completed_and_never_notified():
+    ops = [
+        submit("k1", "r1"),
+        note("r1"),  # completed and notified
+        submit("k2", "r2"),  # completed, never notified
+        submit("k3", "r3"),  # lost
+        submit("k4", "r4"),
+        submit("k4", "r4"),  # replayed offline: same request, fine
+        submit("k5", "r5"),
+        submit("k5", "r6"),  # one key, two requests: duplicated
+        submit("k7", "r7", outcome="info"),  # unknown: apart
+    ]
+    statuses = {
+        "r1": "completed",
+        "r2": "completed",
+        "r3": None,
+        "r4": "queued",
+        "r5": "completed",
+        "r6": "completed",
+        "r7": None,
+    }
+    result = reconcile(ops, statuses)
+    assert result["valid"] is False
+    assert result["acknowledged"] == 6
+    assert result["lost"] == 1
+    assert result["lost_ids"] == ["r3"]
+    assert result["duplicated"] == 1
+    assert result["duplicated_keys"] == ["k5"]
+    assert result["completed"] == 4
+    assert result["never_notified"] == 3
+    assert result["info_submits"] == 1
+
+
+def test_a_clean_run_is_valid():
+    ops = [submit("k1", "r1"), note("r1")]
+    assert reconcile(ops, {"r1": "completed"})["valid"] is True
