@@ -190,6 +190,16 @@ def run_fleet(opts: FleetOptions, console: Console) -> tuple[int, Path, dict[str
     out.mkdir(parents=True, exist_ok=True)
     code = run_locust(opts, out, console)
     fleet_dir = out / "fleet"
+    # Every process that ran phones must have left its ledger, or the reconciliation would
+    # quietly count less than was done.
+    ran = {p.stem.removeprefix("phones-") for p in fleet_dir.glob("phones-*.sqlite")}
+    wrote = {p.stem.removeprefix("ledger-") for p in fleet_dir.glob("ledger-*.jsonl")}
+    if missing := sorted(ran - wrote):
+        console.print(
+            f"[red]error:[/red] Locust process(es) {', '.join(missing)} ran phones "
+            "but left no ledger: the run cannot be reconciled"
+        )
+        code = code or 1
     ledgers = [read_jsonl(p) for p in sorted(fleet_dir.glob("ledger-*.jsonl"))]
     ops = merge(ledgers)
     write_jsonl(out / "ledger.jsonl", ops)

@@ -26,7 +26,7 @@ from locust import FastHttpUser, events, task
 
 from scenarios.backoff import Backoff
 from scenarios.latency import LatencyRecorder
-from slo.ledger import Operation, Outcome, write_jsonl
+from slo.ledger import Operation, Outcome
 
 #: Per process: every user of this worker records here; written out when the worker stops.
 LEDGER: list[Operation] = []
@@ -37,6 +37,11 @@ FLEET_DIR = Path(os.environ.get("CWH_FLEET_DIR", "."))
 CA_FILE = os.environ.get("CWH_CA_FILE") or None
 REGISTRATION_SECRET = os.environ.get("CWH_REGISTRATION_SECRET", "")
 DOCUMENTS = [f"doc-{i:03d}.txt" for i in range(50)]
+#: At the end of the run, how long a phone waits for outstanding results. Locust's master gives
+#: worker processes 3 s to finish before it interrupts them.
+STOP_DRAIN_S = 2.0
+#: The ledger is appended to disk this often, so an interrupted worker loses at most this much.
+FLUSH_EVERY_S = 1.0
 
 
 def think_time_s(mean_s: float = 2.0, cap_s: float = 10.0) -> float:
@@ -153,6 +158,7 @@ class PhoneUser(FastHttpUser):
         self.hub_cookie = ""
         self.ws: websocket.WebSocket | None = None
         self.stormed = False
+        start_flusher()
         ident = store().take_identity(self.platform)
         if ident is None:
             ident = self.register()
@@ -161,6 +167,13 @@ class PhoneUser(FastHttpUser):
         self.ws_greenlet = gevent.spawn(self.ws_loop)
 
     def on_stop(self) -> None:
+        # Like an app resuming: wait a little for results still on their way, then sync once,
+        # so "never notified" counts notifications that were really lost, not cut off.
+        deadline = time.monotonic() + STOP_DRAIN_S
+        while set(self.acked) - self.notified and time.monotonic() < deadline:
+            gevent.sleep(0.25)
+        self.offline = False
+        self.sync()
         self.ws_greenlet.kill(block=False)
         if self.ws is not None:
             self.ws.close()
@@ -506,13 +519,42 @@ class AndroidPhone(PhoneUser):
     weight = 40
 
 
+_written = 0
+_flusher: gevent.Greenlet | None = None
+
+
 def write_records() -> None:
-    """This process's ledger and histograms, for the fleet runner to merge."""
+    """Append this process's new ledger entries, and rewrite its histograms, for the fleet
+    runner to merge. Safe to call again and again: each entry is written once."""
+    global _written
     FLEET_DIR.mkdir(parents=True, exist_ok=True)
     with _LOCK:
-        ops = list(LEDGER)
-    write_jsonl(FLEET_DIR / f"ledger-{os.getpid()}.jsonl", ops)
-    (FLEET_DIR / f"hdr-{os.getpid()}.json").write_text(json.dumps(LATENCY.encode()))
+        new, _written = LEDGER[_written:], len(LEDGER)
+        encoded = LATENCY.encode()
+    with open(FLEET_DIR / f"ledger-{os.getpid()}.jsonl", "a") as f:
+        for op in new:
+            f.write(json.dumps(op.to_json()) + "\n")
+    tmp = FLEET_DIR / f"hdr-{os.getpid()}.json.tmp"
+    tmp.write_text(json.dumps(encoded))
+    tmp.replace(FLEET_DIR / f"hdr-{os.getpid()}.json")
+
+
+def _flush_forever() -> None:
+    while True:
+        gevent.sleep(FLUSH_EVERY_S)
+        write_records()
+
+
+def start_flusher() -> None:
+    global _flusher
+    if _flusher is None:
+        _flusher = gevent.spawn(_flush_forever)
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Any, **_: Any) -> None:
+    # A worker process may be ended right after the test stops, before `quitting`: write now.
+    write_records()
 
 
 @events.quitting.add_listener

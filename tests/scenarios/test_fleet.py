@@ -49,6 +49,7 @@ def fleet_run(local_env: LocalEnvironment, tmp_path_factory):
             spawn_rate=10,
             shape="storm",
             ca_file=status["tls_certificate"],
+            workers=2,  # distributed: per-worker ledgers and histograms are merged
         )
         code, out, summary = run_fleet(opts, Console(quiet=True))
         yield code, out, summary, before, hub_connects(local_env.status())
