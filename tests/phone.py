@@ -29,9 +29,12 @@ class Phone:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # Sockets broken by a fault still hold their transport until closed.
         for ws in self.sockets:
             await ws.close()
+            # When the connection was lost (a hub killed), aiohttp's receive() marks the socket
+            # closed without closing its response, and close() then returns early: release the
+            # transport ourselves, or it leaks until garbage collection.
+            ws._response.close()
         await self.session.close()
 
     @property
