@@ -108,6 +108,10 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
         "CWH_SHAPE": opts.shape,
         "CWH_MIX": opts.mix,
         "CWH_REGISTRATION_SECRET": opts.registration_secret,
+        # Workers lack Locust's --run-time; the shapes read these instead (storm timing).
+        "CWH_USERS": str(opts.users),
+        "CWH_DURATION_S": f"{opts.duration_s:g}",
+        "CWH_SPAWN_RATE": f"{opts.spawn_rate:g}",
         "PYTHONPATH": str(root),
     }
     console.print(f"[bold]fleet[/bold]: {' '.join(cmd[3:])}")

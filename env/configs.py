@@ -218,7 +218,12 @@ backend api
     balance roundrobin
     option httpchk GET /health/ready
     http-check expect status 200
-    option redispatch
+    # A replica killed before the checks mark it down: a refused connection goes to another
+    # server at once, and so does a request sent on a pooled connection that the dead replica
+    # never answered (without L7 retries that is a 502 to the phone; the harness saw it).
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
     cookie CWSRV insert indirect nocache dynamic
     dynamic-cookie-key {secrets.haproxy_cookie_key}
     default-server {http_check}
@@ -230,7 +235,12 @@ backend hub
     balance leastconn
     option httpchk GET /health/ready
     http-check expect status 200
-    option redispatch
+    # A replica killed before the checks mark it down: a refused connection goes to another
+    # server at once, and so does a request sent on a pooled connection that the dead replica
+    # never answered (without L7 retries that is a 502 to the phone; the harness saw it).
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
     cookie CWHUB insert indirect nocache dynamic
     dynamic-cookie-key {secrets.haproxy_cookie_key}
     timeout tunnel 1h

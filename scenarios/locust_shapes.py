@@ -6,6 +6,8 @@ They read users, run time and spawn rate from Locust's options (`--users`, `--ru
 
 from __future__ import annotations
 
+import os
+
 from locust import LoadTestShape
 
 from scenarios.profiles import Profile, Tick, diurnal, ramp, spike, steady, storm_due
@@ -21,7 +23,12 @@ class _Shape(LoadTestShape):
     spawn_rate = 50.0
 
     def profile(self) -> Profile:
-        users, duration, rate = self.users, self.duration_s, self.spawn_rate
+        # On a worker process Locust's --run-time is not set (only the master runs the clock),
+        # yet phones ask the shape when the storm is due: the fleet runner passes the run's
+        # parameters in the environment too.
+        users = float(os.environ.get("CWH_USERS", self.users))
+        duration = float(os.environ.get("CWH_DURATION_S", self.duration_s))
+        rate = float(os.environ.get("CWH_SPAWN_RATE", self.spawn_rate))
         options = getattr(getattr(self.runner, "environment", None), "parsed_options", None)
         if options is not None:
             users = getattr(options, "num_users", None) or users
