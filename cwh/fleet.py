@@ -23,10 +23,9 @@ import aiohttp
 from rich.console import Console
 
 from scenarios.latency import LatencyRecorder
+from scenarios.profiles import SHAPE_NAMES
 from slo.ledger import merge, read_jsonl, write_jsonl
 from slo.reconcile import acknowledged, reconcile
-
-SHAPES = ("steady", "ramp", "spike", "soak", "diurnal", "storm")
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class FleetOptions:
     """Attributes:
     target: base URL of the API (HAProxy's HTTPS frontend).
     users: phones at the peak; duration_s: run length; spawn_rate: phones started per second.
-    shape: one of SHAPES; workers: Locust worker processes (1: a single process);
+    shape: one of SHAPE_NAMES; workers: Locust worker processes (1: a single process);
     mix: e.g. "ios=60,android=40"; ca_file: certificate to trust ("" = the system's).
     registration_secret: for staging systems that require one to register devices.
     """
@@ -57,8 +56,8 @@ class FleetOptions:
             out.append(f"USERS={self.users}: 1 to 100000")
         if not 5 <= self.duration_s <= 86_400:
             out.append(f"DURATION={self.duration_s:g}: 5 to 86400 seconds")
-        if self.shape not in SHAPES:
-            out.append(f"SHAPE={self.shape!r}: one of {', '.join(SHAPES)}")
+        if self.shape not in SHAPE_NAMES:
+            out.append(f"SHAPE={self.shape!r}: one of {', '.join(SHAPE_NAMES)}")
         if not 1 <= self.workers <= 64:
             out.append(f"WORKERS={self.workers}: 1 to 64")
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 PREFIX = "CW_"
@@ -65,7 +65,6 @@ class ServiceSettings:
     trace_file: str = ""
     backup_dsn: str = ""
     backup_interval_s: float = 3600.0
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -98,8 +97,6 @@ class ServiceSettings:
         env = os.environ if environ is None else environ
         kwargs: dict[str, object] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             raw = env.get(PREFIX + f.name.upper())
             if raw is None:
                 if f.name in ("role", "name", "port", "state_dir"):

@@ -8,7 +8,6 @@ source, so a reconnect storm is reproducible from a seed and the strategies can 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 STRATEGIES = ("none", "full", "equal", "decorrelated")
@@ -55,7 +54,3 @@ class Backoff:
             prev = self.delay_s(n, prev, rng)
             out.append(prev)
         return out
-
-
-def strategy(name: str, base_s: float = 0.5, cap_s: float = 30.0) -> Callable[..., float]:
-    return Backoff(name, base_s, cap_s).delay_s

@@ -223,6 +223,19 @@ class PhoneUser(FastHttpUser):
         base = self.host.replace("https://", "wss://").replace("http://", "ws://")
         return f"{base}/v1/updates?last_event_id={self.last_event_id}"
 
+    def _connected(
+        self,
+        started: float,
+        wall: float,
+        outcome: Outcome,
+        server: str | None,
+        error: str | None = None,
+    ) -> None:
+        op = Operation(
+            uuid.uuid4().hex, "connect", started, time.monotonic(), wall, outcome, server, error
+        )
+        record(self.environment, op, "WS", "connect")
+
     def ws_connect(self) -> None:
         started, wall = time.monotonic(), time.time()
         headers = [f"Authorization: Bearer {self.token}"]
@@ -240,39 +253,12 @@ class PhoneUser(FastHttpUser):
                     self.hub_cookie = value.split(";", 1)[0]
             hello = json.loads(ws.recv())
             self.ws = ws
-            record(
-                self.environment,
-                Operation(
-                    uuid.uuid4().hex,
-                    "connect",
-                    started,
-                    time.monotonic(),
-                    wall,
-                    "ok",
-                    hello.get("server"),
-                ),
-                "WS",
-                "connect",
-            )
+            self._connected(started, wall, "ok", hello.get("server"))
             # The first heartbeat is jittered so reconnecting phones do not beat in lockstep.
             self.heartbeat_s = float(hello.get("heartbeat_s", 30))
             self.next_beat = time.monotonic() + self.rng.uniform(0, self.heartbeat_s)
         except (OSError, websocket.WebSocketException, ValueError) as exc:
-            record(
-                self.environment,
-                Operation(
-                    uuid.uuid4().hex,
-                    "connect",
-                    started,
-                    time.monotonic(),
-                    wall,
-                    "fail",
-                    None,
-                    repr(exc)[:200],
-                ),
-                "WS",
-                "connect",
-            )
+            self._connected(started, wall, "fail", None, repr(exc)[:200])
             raise
 
     def ws_loop(self) -> None:

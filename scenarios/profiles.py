@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 Tick = tuple[int, float] | None
 
+#: The shapes a run can take; `scenarios/locust_shapes.py` maps each to a Locust shape. Kept here,
+#: free of Locust, so the fleet runner can validate a name without being monkey-patched.
+SHAPE_NAMES = ("steady", "ramp", "spike", "soak", "diurnal", "storm")
+
 
 @dataclass(frozen=True)
 class Profile:
