@@ -111,6 +111,8 @@ def load(args: argparse.Namespace) -> int:
         mix=args.mix,
         ca_file=ca_file,
         registration_secret=args.registration_secret,
+        arrival_rate=args.arrival_rate,
+        prometheus_url=args.prometheus.rstrip("/"),
     )
     if problems := opts.problems():  # before anything starts
         for problem in problems:
@@ -176,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--shape", default="steady")
     fl.add_argument("--workers", type=int, default=1)
     fl.add_argument("--mix", default="ios=60,android=40")
+    fl.add_argument(
+        "--arrival-rate",
+        type=float,
+        default=0.0,
+        help="sessions/s, open model (latency from the intended start); 0: closed model",
+    )
+    fl.add_argument(
+        "--prometheus",
+        default=os.environ.get("PROMETHEUS_URL", ""),
+        help="the target's Prometheus, for the SLO gate (default: the local environment's)",
+    )
     fl.set_defaults(func=load)
     return parser
 

@@ -24,6 +24,7 @@ import gevent.ssl
 import websocket
 from locust import FastHttpUser, events, task
 
+from scenarios.arrivals import ArrivalSchedule, per_process_rate
 from scenarios.backoff import Backoff
 from scenarios.latency import LatencyRecorder
 from slo.ledger import Operation, Outcome
@@ -42,9 +43,17 @@ DOCUMENTS = [f"doc-{i:03d}.txt" for i in range(50)]
 STOP_DRAIN_S = 2.0
 #: The ledger is appended to disk this often, so an interrupted worker loses at most this much.
 FLUSH_EVERY_S = 1.0
+#: Think times between a phone's actions (the benchmark idles phones with a long mean).
+THINK_MEAN_S = float(os.environ.get("CWH_THINK_MEAN_S", "2.0"))
+THINK_CAP_S = float(os.environ.get("CWH_THINK_CAP_S", "10.0"))
+#: Open arrivals: sessions per second over the whole fleet (0: the closed model), split over
+#: CWH_WORKERS processes; a session not notified within SESSION_TIMEOUT_S counts as failed.
+ARRIVAL_RATE = float(os.environ.get("CWH_ARRIVAL_RATE", "0"))
+WORKERS = int(os.environ.get("CWH_WORKERS", "1"))
+SESSION_TIMEOUT_S = 60.0
 
 
-def think_time_s(mean_s: float = 2.0, cap_s: float = 10.0) -> float:
+def think_time_s(mean_s: float = THINK_MEAN_S, cap_s: float = THINK_CAP_S) -> float:
     """Truncated exponential: mostly short pauses, a few long ones, never over the cap."""
     while True:
         t = random.expovariate(1 / mean_s)
@@ -129,7 +138,8 @@ def record(
 
 
 class PhoneUser(FastHttpUser):
-    """A phone. Subclasses set the platform and its differences."""
+    """A phone: identity, token, socket and the requests it can make. Its subclasses choose
+    how it is driven (closed or open model) and the platform's differences."""
 
     abstract = True
     platform = "ios"
@@ -283,8 +293,10 @@ class PhoneUser(FastHttpUser):
 
     def ws_read(self) -> None:
         assert self.ws is not None
-        self.ws.settimeout(1.0)
         while not self.offline:
+            # Wake for the next heartbeat, and at least every 2 s to notice a storm: not every
+            # second, which with thousands of idle phones is most of the generator's CPU.
+            self.ws.settimeout(max(0.05, min(2.0, self.next_beat - time.monotonic())))
             if self.storm_due():
                 return  # drop the socket: the whole fleet at once
             if time.monotonic() >= self.next_beat:
@@ -358,11 +370,27 @@ class PhoneUser(FastHttpUser):
 
     # ---- requests --------------------------------------------------------------------------
 
-    def send_submit(self, key: str, body: dict[str, str], replayed: bool = False) -> None:
+    def send_submit(
+        self,
+        key: str,
+        body: dict[str, str],
+        replayed: bool = False,
+        intended_s: float | None = None,
+    ) -> str | None:
+        """Submit; the request id when acknowledged. `intended_s`: the session's intended start
+        (open arrivals), recorded as well as the service time."""
         name = "submit (replayed)" if replayed else "submit"
         started, wall = time.monotonic(), time.time()
+        rid = None
         outcome: Outcome = "info"
-        detail, error, server = None, None, None
+        error, server = None, None
+        # One ledger entry per attempt; the idempotency key (shared by a request's retries and
+        # replays) is in the detail, where reconciliation looks for duplicates.
+        detail: dict[str, Any] = {
+            "device_id": self.ident["device_id"],
+            "key": key,
+            "replayed": replayed,
+        }
         with self.client.post(
             "/v1/requests",
             json=body,
@@ -374,11 +402,7 @@ class PhoneUser(FastHttpUser):
             if r.status_code == 202:
                 rid = r.json()["request_id"]
                 outcome = "ok"
-                detail = {
-                    "device_id": self.ident["device_id"],
-                    "request_id": rid,
-                    "replayed": replayed,
-                }
+                detail["request_id"] = rid
                 self.acked.setdefault(rid, time.monotonic())
                 r.success()
             elif 400 <= r.status_code < 500:
@@ -390,16 +414,26 @@ class PhoneUser(FastHttpUser):
         with _LOCK:
             LEDGER.append(
                 Operation(
-                    key, "submit", started, time.monotonic(), wall, outcome, server, error, detail
+                    uuid.uuid4().hex,
+                    "submit",
+                    started,
+                    time.monotonic(),
+                    wall,
+                    outcome,
+                    server,
+                    error,
+                    detail,
                 )
             )
         if outcome == "ok":
             LATENCY.record("submit", time.monotonic() - started)
+            if intended_s is not None:
+                LATENCY.record("submit (from intended start)", time.monotonic() - intended_s)
             store().sent(key)
         elif outcome == "fail" and r.status_code != 429:
             store().sent(key)  # refused for good: do not replay
+        return rid
 
-    @task(6)
     def submit(self) -> None:
         key = uuid.uuid4().hex
         body = {
@@ -411,7 +445,6 @@ class PhoneUser(FastHttpUser):
         if not self.offline:
             self.send_submit(key, body)
 
-    @task(2)
     def read(self) -> None:
         if self.offline or not self.acked:
             return
@@ -438,7 +471,6 @@ class PhoneUser(FastHttpUser):
                 )
             )
 
-    @task(1)
     def sync(self) -> None:
         if self.offline:
             return
@@ -460,7 +492,6 @@ class PhoneUser(FastHttpUser):
             self.on_event(event, "sync")
         self.cursor = body.get("next_cursor", self.cursor)
 
-    @task(1)
     def go_offline(self) -> None:
         """Now and then the phone loses the network: socket gone, requests queue locally."""
         if self.rng.random() >= self.offline_chance:
@@ -487,7 +518,80 @@ class PhoneUser(FastHttpUser):
         self.sync()
 
 
-class IOSPhone(PhoneUser):
+_SCHEDULE: ArrivalSchedule | None = None
+
+
+def schedule() -> ArrivalSchedule:
+    """This process's share of the fleet's arrivals, started with its first phone."""
+    global _SCHEDULE
+    if _SCHEDULE is None:
+        _SCHEDULE = ArrivalSchedule(per_process_rate(ARRIVAL_RATE, WORKERS), time.monotonic())
+    return _SCHEDULE
+
+
+class ClosedPhone(PhoneUser):
+    """A phone of the closed model: it acts, thinks, acts again."""
+
+    abstract = True
+    # Locust's own attribute (it reads the weights once, when the class is made).
+    tasks = {  # noqa: RUF012
+        PhoneUser.submit: 6,
+        PhoneUser.read: 2,
+        PhoneUser.sync: 1,
+        PhoneUser.go_offline: 1,
+    }
+
+
+class ArrivalPhone(PhoneUser):
+    """A phone of the open arrival model: a pool member that runs sessions (submit, then wait
+    for the result on its socket) when the schedule says, never paced by the system's answers.
+
+    A session's latency counts from its intended start, so when every phone of the pool is busy
+    (the system stalled) the wait shows in the percentiles. The pool (USERS) bounds the
+    sessions in flight; a pool too small shows as a growing start lag in the ledger.
+    """
+
+    abstract = True
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return 0.0  # the schedule paces, not think times
+
+    @task
+    def session(self) -> None:
+        intended = schedule().take()
+        gevent.sleep(max(0.0, intended - time.monotonic()))
+        started, wall = time.monotonic(), time.time()
+        key = uuid.uuid4().hex
+        body = {
+            "provider": self.rng.choice(["sharepoint", "gdrive"]),
+            "document": self.rng.choice(DOCUMENTS),
+            "instruction": "summarize",
+        }
+        store().queue(self.ident["device_id"], key, body)
+        rid = self.send_submit(key, body, intended_s=intended)
+        outcome: Outcome = "info"
+        if rid is not None:
+            deadline = time.monotonic() + SESSION_TIMEOUT_S
+            while rid not in self.notified and time.monotonic() < deadline:
+                gevent.sleep(0.02)
+            outcome = "ok" if rid in self.notified else "fail"
+        op = Operation(
+            f"session:{key}",
+            "session",
+            intended,
+            time.monotonic(),
+            wall - (started - intended),
+            outcome,
+            None,
+            None
+            if outcome == "ok"
+            else f"no result ({'not acknowledged' if rid is None else 'timeout'})",
+            {"request_id": rid, "start_lag_s": round(started - intended, 6)},
+        )
+        record(self.environment, op, "SESSION", "session (from intended start)")
+
+
+class IOS:
     """iOS cuts background sockets early and its apps back off with full jitter."""
 
     platform = "ios"
@@ -496,13 +600,29 @@ class IOSPhone(PhoneUser):
     weight = 60
 
 
-class AndroidPhone(PhoneUser):
+class Android:
     """Android keeps background work longer; its apps use decorrelated jitter."""
 
     platform = "android"
     backoff = Backoff("decorrelated", base_s=0.5, cap_s=60.0)
     background_limit_s = 60.0
     weight = 40
+
+
+class IOSPhone(IOS, ClosedPhone):
+    pass
+
+
+class AndroidPhone(Android, ClosedPhone):
+    pass
+
+
+class IOSArrivalPhone(IOS, ArrivalPhone):
+    pass
+
+
+class AndroidArrivalPhone(Android, ArrivalPhone):
+    pass
 
 
 _written = 0

@@ -17,6 +17,11 @@ from typing import Any
 from slo.ledger import Operation
 
 
+def submit_key(op: Operation) -> str:
+    """A submit's idempotency key: in its detail (one entry per attempt), else its id."""
+    return str((op.detail or {}).get("key", op.op_id))
+
+
 def acknowledged(ops: Iterable[Operation]) -> dict[str, dict[str, Any]]:
     """request id -> {device_id, key, acked_wall} of every acknowledged submit."""
     out: dict[str, dict[str, Any]] = {}
@@ -26,7 +31,7 @@ def acknowledged(ops: Iterable[Operation]) -> dict[str, dict[str, Any]]:
                 op.detail["request_id"],
                 {
                     "device_id": op.detail["device_id"],
-                    "key": op.op_id,
+                    "key": submit_key(op),
                     "acked_wall": op.invoked_wall,
                 },
             )
@@ -44,7 +49,7 @@ def reconcile(ops: list[Operation], statuses: Mapping[str, str | None]) -> dict[
     ids_by_key: dict[str, set[str]] = defaultdict(set)
     for op in ops:
         if op.kind == "submit" and op.outcome == "ok" and op.detail:
-            ids_by_key[op.op_id].add(op.detail["request_id"])
+            ids_by_key[submit_key(op)].add(op.detail["request_id"])
     duplicated = sorted(k for k, ids in ids_by_key.items() if len(ids) > 1)
     notified = {
         op.detail["request_id"]

@@ -124,3 +124,35 @@ def test_hdr_percentiles_agree_with_the_ledger(fleet_run):
         exact = latencies[min(len(latencies) - 1, max(0, -(-q * len(latencies) // 100) - 1))]
         # HDR keeps 3 significant digits; the ledger's clock read is a few microseconds apart.
         assert hdr[f"p{q}_ms"] == pytest.approx(exact, rel=0.01, abs=0.05), q
+
+
+def test_open_arrivals_keep_their_schedule_and_show_a_saturated_pool(local_env, tmp_path):
+    """Sessions scheduled faster than a pool of two phones can serve: the closed-model latency
+    (service time) stays small while the latency from the intended start grows with the
+    backlog: the stall is measured, not hidden (coordinated omission)."""
+    status = wait_healthy(local_env)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        opts = FleetOptions(
+            target=status["urls"]["https"],
+            users=2,
+            duration_s=20,
+            spawn_rate=10,
+            arrival_rate=40,
+            ca_file=status["tls_certificate"],
+        )
+        code, out, summary = run_fleet(opts, Console(quiet=True))
+    finally:
+        os.chdir(cwd)
+    assert code == 0, summary
+    sessions = [o for o in read_jsonl(out / "ledger.jsonl") if o.kind == "session"]
+    assert sessions and all(o.outcome == "ok" for o in sessions)
+    lags = sorted(o.detail["start_lag_s"] for o in sessions)
+    # 40/s asked, two phones answering: the backlog grows during the run.
+    assert lags[-1] > 2.0, lags[-5:]
+    hdr = summary["latency"]
+    assert hdr["submit (from intended start)"]["p99_ms"] > hdr["submit"]["p99_ms"] + 1000, hdr
+    # A session's latency includes its start lag: no session is shorter than its own lag.
+    assert all(o.latency_s >= o.detail["start_lag_s"] for o in sessions)
+    assert summary["reconciliation"]["valid"]

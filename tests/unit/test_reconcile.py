@@ -68,3 +68,34 @@ def test_counts_lost_duplicated_completed_and_never_notified():
 def test_a_clean_run_is_valid():
     ops = [submit("k1", "r1"), note("r1")]
     assert reconcile(ops, {"r1": "completed"})["valid"] is True
+
+
+def attempt(key: str, rid: str | None, outcome: str = "ok") -> Operation:
+    """The phone's form: one entry per attempt, the idempotency key in the detail."""
+    detail = {"device_id": "d1", "key": key}
+    if rid is not None:
+        detail["request_id"] = rid
+    return Operation(
+        f"attempt-{key}-{rid}-{outcome}",
+        "submit",
+        0,
+        0.1,
+        1000.0,
+        outcome,  # type: ignore[arg-type]
+        "api1",
+        None,
+        detail,
+    )
+
+
+def test_attempts_of_one_key_are_one_request_unless_acknowledged_twice_differently():
+    ops = [
+        attempt("k1", None, outcome="fail"),  # 429, then replayed with the same key
+        attempt("k1", "r1"),
+        attempt("k2", "r2"),
+        attempt("k2", "r3", outcome="ok"),  # the server made a second request: duplicated
+    ]
+    rec = reconcile(ops, {"r1": "completed", "r2": "completed", "r3": "completed"})
+    assert rec["duplicated"] == 1 and rec["duplicated_keys"] == ["k2"]
+    assert rec["acknowledged"] == 3 and rec["lost"] == 0
+    assert not rec["valid"]
