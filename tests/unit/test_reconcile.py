@@ -96,6 +96,8 @@ def test_attempts_of_one_key_are_one_request_unless_acknowledged_twice_different
         attempt("k2", "r3", outcome="ok"),  # the server made a second request: duplicated
     ]
     rec = reconcile(ops, {"r1": "completed", "r2": "completed", "r3": "completed"})
-    assert rec["duplicated"] == 1 and rec["duplicated_keys"] == ["k2"]
-    assert rec["acknowledged"] == 3 and rec["lost"] == 0
+    assert rec["duplicated"] == 1
+    assert rec["duplicated_keys"] == ["k2"]
+    assert rec["acknowledged"] == 3
+    assert rec["lost"] == 0
     assert not rec["valid"]
