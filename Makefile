@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 CWH   := $(VENV)/bin/cwh
 export CWH_BASE_PORT ?= 17000
 
-.PHONY: deps up status down test lint typecheck bench-failover bench-api load clean
+.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load load clean
 
 deps:
 	@./tools/deps.sh
@@ -38,6 +38,12 @@ bench-failover: deps
 # time to result at a fixed arrival rate.
 bench-api: deps
 	@$(PY) -m bench.api
+
+# The load generator itself against a trivial sink: our phone's requests per core against a plain
+# FastHttpUser (ratio), and the most connected phones one machine holds (goal PHONES).
+PHONES ?= 10000
+bench-load: deps
+	@$(PY) -m bench.load --phones $(PHONES)
 
 # The main job: a fleet of phones. With no TARGET the local environment is brought up first.
 USERS ?= 50
