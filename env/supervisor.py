@@ -44,6 +44,8 @@ from reference_impl.keys import ensure_keys
 log = logging.getLogger("cwh.supervisor")
 
 
+#: Extra postgres-exporter queries (replay lag per standby, for the replication-lag SLO).
+EXPORTER_QUERIES = Path(__file__).resolve().parent / "postgres_exporter_queries.yaml"
 #: Component kinds of the reference implementation's services.
 SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
 
@@ -272,6 +274,7 @@ class Supervisor:
                     "prometheus-postgres-exporter",
                     f"--web.listen-address=127.0.0.1:{ports.postgres_exporter(m)}",
                     "--log.level=warn",
+                    f"--extend.query-path={EXPORTER_QUERIES}",
                 ],
                 ports={"metrics": ports.postgres_exporter(m)},
                 env={

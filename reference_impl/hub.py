@@ -194,6 +194,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     metrics = observability.install(app, "hub", settings.trace_file)
+    metrics.declare("websocket_heartbeat", settings.heartbeat_s)
     app[ISSUER] = TokenIssuer(settings.jwt_key_path, settings.token_ttl_s)
     app[CONNS] = defaultdict(set)
     app[METRIC] = {

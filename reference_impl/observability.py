@@ -22,7 +22,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
@@ -125,6 +132,18 @@ class Metrics:
         )
         self.up.labels(service).set(1)
         self.service = service
+        # CPU and memory of the process: the autoscaling SLO's CPU utilisation.
+        ProcessCollector(registry=self.registry)
+        self.config = Gauge(
+            "cw_config",
+            "Settings the SLOs check (heartbeat, TTLs, retention), in seconds",
+            ["service", "setting"],
+            registry=self.registry,
+        )
+
+    def declare(self, setting: str, seconds: float) -> None:
+        """Expose a setting an SLO checks, so a misconfigured deployment fails the gate."""
+        self.config.labels(self.service, setting).set(seconds)
 
 
 METRICS_KEY = web.AppKey("metrics", Metrics)

@@ -40,7 +40,9 @@ LEASE = "scheduler"
 LEASE_TTL_S = 5.0
 TICK_S = 1.0
 ARCHIVE_AFTER = "6 months"
+ARCHIVE_AFTER_S = 183 * 24 * 3600  # what the gate is told: 6 months, to the day
 DEAD_LETTER_RETENTION = "14 days"
+DEAD_LETTER_RETENTION_S = 14 * 24 * 3600
 
 
 class Fenced(Exception):
@@ -328,7 +330,10 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
-    observability.install(app, "scheduler", settings.trace_file)
+    metrics = observability.install(app, "scheduler", settings.trace_file)
+    metrics.declare("backup_retention", BACKUP_RETENTION_S)
+    metrics.declare("dead_letter_retention", DEAD_LETTER_RETENTION_S)
+    metrics.declare("archive_after", ARCHIVE_AFTER_S)
     app[STATE] = SchedulerState(app, settings)
     app.cleanup_ctx.append(_run)
     return app
