@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 CWH   := $(VENV)/bin/cwh
 export CWH_BASE_PORT ?= 17000
 
-.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load load clean
+.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load load slo slo-rules clean
 
 deps:
 	@./tools/deps.sh
@@ -44,6 +44,15 @@ bench-api: deps
 PHONES ?= 10000
 bench-load: deps
 	@$(PY) -m bench.load --phones $(PHONES)
+
+# The SLO gate over the last run (RUN=reports/... for another, PROMETHEUS_URL for staging's).
+RUN ?= reports/latest
+slo: deps
+	@$(CWH) slo check --run $(RUN)
+
+# Prometheus recording and burn-rate alert rules from the same SLO definitions.
+slo-rules: deps
+	@$(CWH) slo rules --output slo-rules.yml
 
 # The main job: a fleet of phones. With no TARGET the local environment is brought up first.
 USERS ?= 50

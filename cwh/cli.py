@@ -7,13 +7,19 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
+import requests
 from rich.console import Console
 from rich.table import Table
 
+from cwh.gate import GateOptions, check
+from env.layout import Layout
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.settings import EnvSettings, SettingsError
+from slo.definitions import DEFAULT_DIR
+from slo.sources import Window, parse_time
 
 console = Console(stderr=True)
 
@@ -129,10 +135,84 @@ def load(args: argparse.Namespace) -> int:
         status = env.status()
         target, ca_file = status["urls"]["https"], status["tls_certificate"]
     opts = dataclasses.replace(opts, target=target.rstrip("/"), ca_file=ca_file)
-    code, out, _ = run_fleet(opts, console)
+    _, out, summary = run_fleet(opts, console)
     console.print((out / "summary.md").read_text())
+    if summary["locust_exit_code"] != 0 or not summary["operations"]:
+        console.print(f"[red]the load run itself failed[/red]; report: {out}")
+        return 1
+    # The gate decides (lost and duplicated requests are among its key objectives).
+    prometheus = opts.prometheus_url or ("" if args.target else _local_prometheus())
+    gate_code = check(
+        GateOptions(run=out, prometheus_url=prometheus, definitions=Path(args.definitions)),
+        console,
+    )
     console.print(f"report: {out}")
-    return code
+    return gate_code
+
+
+def _local_prometheus() -> str:
+    return f"http://127.0.0.1:{_settings().ports.prometheus}"
+
+
+def _time(text: str) -> float:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def slo_check(args: argparse.Namespace) -> int:
+    window = None
+    if args.start or args.end:
+        if not (args.start and args.end) or args.end <= args.start:
+            console.print("[red]error:[/red] --from and --to go together, --from before --to")
+            return 2
+        window = Window(args.start, args.end)
+    run = Path(args.run).resolve() if args.run else None
+    if run is None and window is None:
+        run = Path("reports/latest").resolve()
+    if run is not None and not (run / "summary.json").exists():
+        console.print(f"[red]error:[/red] {run} is not a run folder (no summary.json)")
+        return 2
+    prometheus = args.prometheus or os.environ.get("PROMETHEUS_URL") or _local_prometheus()
+    opts = GateOptions(
+        run=run,
+        window=window,
+        prometheus_url=prometheus.rstrip("/"),
+        definitions=Path(args.definitions),
+        baseline=Path(args.baseline) if args.baseline else None,
+        out=Path(args.out) if args.out else None,
+        on_inconclusive=args.on_inconclusive,
+    )
+    return check(opts, console)
+
+
+def slo_rules(args: argparse.Namespace) -> int:
+    from slo.definitions import DefinitionError, load
+    from slo.rules import render
+
+    try:
+        text = render(load(Path(args.definitions)))
+    except DefinitionError as exc:
+        console.print(f"[red]error:[/red] SLO definition: {exc}")
+        return 2
+    if args.install:  # into the local environment's Prometheus, which loads rules/*.yml
+        settings = _settings()
+        target = Layout(settings.run_dir).prometheus_dir / "rules" / "slo.yml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        try:
+            requests.post(f"{_local_prometheus()}/-/reload", timeout=10).raise_for_status()
+        except requests.RequestException as exc:
+            console.print(f"[red]error:[/red] wrote {target}, but Prometheus did not reload: {exc}")
+            return 2
+        console.print(f"installed {target} and reloaded Prometheus")
+    elif args.output == "-":
+        print(text, end="")
+    else:
+        Path(args.output).write_text(text)
+        console.print(f"wrote {args.output}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +269,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PROMETHEUS_URL", ""),
         help="the target's Prometheus, for the SLO gate (default: the local environment's)",
     )
+    fl.add_argument("--definitions", default=str(DEFAULT_DIR), help="SLO definitions for the gate")
     fl.set_defaults(func=load)
+
+    slo = sub.add_parser("slo", help="the SLO gate and the Prometheus rules from the same SLOs")
+    slo_sub = slo.add_subparsers(dest="slo_command", required=True)
+    ck = slo_sub.add_parser(
+        "check", help="verdicts for a run or a window; exit 0 pass, 1 fail, 2 error/inconclusive"
+    )
+    ck.add_argument("--run", help="a run folder (default: reports/latest unless --from/--to)")
+    ck.add_argument("--from", dest="start", type=_time, help="RFC 3339 start of the window")
+    ck.add_argument("--to", dest="end", type=_time, help="RFC 3339 end of the window")
+    ck.add_argument("--prometheus", help="URL (default: PROMETHEUS_URL, else the local one)")
+    ck.add_argument("--definitions", default=str(DEFAULT_DIR), help="a file or a folder")
+    ck.add_argument("--baseline", help="a previous run folder with slo.json, to compare with")
+    ck.add_argument("--out", help="where the outputs go (default: the run folder)")
+    ck.add_argument(
+        "--on-inconclusive", type=int, default=2, choices=(0, 1, 2), help="exit code (default 2)"
+    )
+    ck.set_defaults(func=slo_check)
+    rl = slo_sub.add_parser("rules", help="recording and burn-rate alert rules for Prometheus")
+    rl.add_argument("--definitions", default=str(DEFAULT_DIR))
+    rl.add_argument("--output", default="-", help="a file, or - for standard output")
+    rl.add_argument(
+        "--install", action="store_true", help="into the local Prometheus, and reload it"
+    )
+    rl.set_defaults(func=slo_rules)
     return parser
 
 

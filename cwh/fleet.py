@@ -203,7 +203,9 @@ def run_fleet(opts: FleetOptions, console: Console) -> tuple[int, Path, dict[str
     # Absolute: Locust runs from the project root, whatever the caller's directory.
     out = (Path("reports") / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     code = run_locust(opts, out, console)
+    ended = time.time()
     fleet_dir = out / "fleet"
     # Every process that ran phones must have left its ledger, or the reconciliation would
     # quietly count less than was done.
@@ -231,6 +233,8 @@ def run_fleet(opts: FleetOptions, console: Console) -> tuple[int, Path, dict[str
         kinds.setdefault(op.kind, {"ok": 0, "fail": 0, "info": 0})[op.outcome] += 1
     summary = {
         "options": opts.__dict__,
+        # The SLO gate evaluates Prometheus over exactly this window.
+        "window": {"start": started, "end": ended},
         "locust_exit_code": code,
         "operations": kinds,
         "latency": hdr,
