@@ -67,7 +67,13 @@ def align_window(start: float, end: float, step: float) -> tuple[float, float]:
     [start, end]: slices then mean the same thing in every run and in Prometheus' rules."""
     if step <= 0 or end < start:
         raise ValueError("align_window needs step > 0 and end >= start")
-    return math.floor(start / step) * step, math.ceil(end / step) * step
+    lo, hi = math.floor(start / step) * step, math.ceil(end / step) * step
+    # Division can round (or underflow) across a slice boundary: never end before `end`.
+    while hi < end:
+        hi += step
+    while lo > start:
+        lo -= step
+    return lo, hi
 
 
 def quantile_from_buckets(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:

@@ -33,7 +33,8 @@ def _is_ratio(v: Verdict) -> bool:
 
 def table(verdicts: list[Verdict], title: str) -> Table:
     t = Table(title=title, show_lines=False)
-    for col in ("SLO", "status", "measured", "objective", "margin", "budget used", "key"):
+    t.add_column("SLO", no_wrap=True)  # names are what people search for: never cut them
+    for col in ("status", "measured", "objective", "margin", "budget used", "key"):
         t.add_column(col)
     for v in verdicts:
         r = _is_ratio(v)
