@@ -664,8 +664,25 @@ def _storm_watch(environment: Any) -> None:
         return
     while not shape.storm_due():
         gevent.sleep(0.2)
-    for phone in list(PHONES):
+    online = [phone for phone in list(PHONES) if phone.ws is not None]
+    now, wall = time.monotonic(), time.time()
+    for phone in online:
         phone.drop_socket()
+    # How many sockets the storm cut here: what to expect back as reconnections.
+    with _LOCK:
+        LEDGER.append(
+            Operation(
+                uuid.uuid4().hex,
+                "storm",
+                now,
+                now,
+                wall,
+                "ok",
+                None,
+                None,
+                {"dropped": len(online)},
+            )
+        )
 
 
 def start_background(environment: Any) -> None:

@@ -101,12 +101,15 @@ def test_reconnect_storm_shows_in_the_hubs_connection_metric(fleet_run):
     _, out, _, before, after = fleet_run
     ops = read_jsonl(out / "ledger.jsonl")
     connects = sorted(o.invoked_wall for o in ops if o.kind == "connect" and o.outcome == "ok")
-    start = min(o.invoked_wall for o in ops)
-    storm = start + DURATION_S / 2  # the storm shape drops every socket half-way
-    # The phones online at that instant (not those in an offline spell) reconnect at once,
-    # within their first backoff steps.
-    burst = [t for t in connects if storm - 1 <= t <= storm + 6]
-    assert len(burst) >= USERS // 2, (len(burst), connects)
+    storms = [o for o in ops if o.kind == "storm"]
+    assert storms, "no worker process saw the storm"
+    dropped = sum(o.detail["dropped"] for o in storms)
+    # The phones online at that instant (not those in an offline spell) lost their socket.
+    assert dropped >= USERS // 4, storms
+    storm = min(o.invoked_wall for o in storms)
+    # They reconnect at once, within their first backoff steps (a few may go offline first).
+    burst = [t for t in connects if storm <= t <= storm + 6]
+    assert len(burst) >= 0.6 * dropped, (len(burst), dropped, connects)
     # The hubs saw it: at least the first connection of every phone, plus the burst.
     assert after - before >= USERS + len(burst)
 
