@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import resource
@@ -244,7 +245,15 @@ def connected(
         "workers": workers,
         "max_live_phones": best.get("live_phones", 0),
         "reached_goal_at_s": full_at,
-        "held_goal_for_s": round(sum(2 for p in series if p["live_phones"] >= phones), 1),
+        # From the samples' own times, not an assumed sampling period.
+        "held_goal_for_s": round(
+            sum(
+                b["t_s"] - a["t_s"]
+                for a, b in itertools.pairwise(series)
+                if a["live_phones"] >= phones and b["live_phones"] >= phones
+            ),
+            1,
+        ),
         "connect_failures": connect_fail,
         "peak_generator_cpu_percent": max((p["generator_cpu_percent"] for p in series), default=0),
         "peak_generator_fds": max((p["generator_fds"] for p in series), default=0),

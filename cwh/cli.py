@@ -18,7 +18,9 @@ from cwh.gate import GateOptions, check
 from env.layout import Layout
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.settings import EnvSettings, SettingsError
-from slo.definitions import DEFAULT_DIR
+from slo.definitions import DEFAULT_DIR, DefinitionError
+from slo.definitions import load as load_definitions
+from slo.rules import render
 from slo.sources import Window, parse_time
 
 console = Console(stderr=True)
@@ -188,11 +190,8 @@ def slo_check(args: argparse.Namespace) -> int:
 
 
 def slo_rules(args: argparse.Namespace) -> int:
-    from slo.definitions import DefinitionError, load
-    from slo.rules import render
-
     try:
-        text = render(load(Path(args.definitions)))
+        text = render(load_definitions(Path(args.definitions)))
     except DefinitionError as exc:
         console.print(f"[red]error:[/red] SLO definition: {exc}")
         return 2

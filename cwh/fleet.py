@@ -198,10 +198,12 @@ async def settle(
         await asyncio.sleep(2)
 
 
-def run_fleet(opts: FleetOptions, console: Console) -> tuple[int, Path, dict[str, Any]]:
-    """Returns (exit code, report folder, summary)."""
+def run_fleet(
+    opts: FleetOptions, console: Console, reports: Path = Path("reports")
+) -> tuple[int, Path, dict[str, Any]]:
+    """Returns (exit code, report folder, summary); the folder is made under `reports`."""
     # Absolute: Locust runs from the project root, whatever the caller's directory.
-    out = (Path("reports") / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
+    out = (reports / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     code = run_locust(opts, out, console)

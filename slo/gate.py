@@ -48,6 +48,8 @@ class Verdict:
     baseline: float | None = None
     regression_pct: float | None = None
     no_data_policy: str = "inconclusive"
+    #: The measured value is a fraction of good events or slices (shown as a percentage).
+    fraction: bool = False
 
 
 @dataclass
@@ -99,6 +101,7 @@ def evaluate(slo: SLO, ctx: Context) -> Verdict:
         queries=_resolved(slo, slo.timeslice_s if slo.budgeting == "Timeslices" else w),  # type: ignore[arg-type]
         reason="",
         no_data_policy=slo.gate.no_data,
+        fraction=slo.kind == "ratio" or slo.budgeting == "Timeslices",
     )
     try:
         if slo.kind == "ratio":

@@ -27,17 +27,13 @@ def fmt(x: float | None, ratio: bool = False) -> str:
     return f"{x:.4g}"
 
 
-def _is_ratio(v: Verdict) -> bool:
-    return v.objective.endswith("good") or "slices" in v.objective
-
-
 def table(verdicts: list[Verdict], title: str) -> Table:
     t = Table(title=title, show_lines=False)
     t.add_column("SLO", no_wrap=True)  # names are what people search for: never cut them
     for col in ("status", "measured", "objective", "margin", "budget used", "key"):
         t.add_column(col)
     for v in verdicts:
-        r = _is_ratio(v)
+        r = v.fraction
         t.add_row(
             v.name,
             f"[{STYLE[v.status]}]{v.status.replace('_', ' ')}[/{STYLE[v.status]}]",
@@ -93,7 +89,7 @@ def markdown(verdicts: list[Verdict], result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for v in verdicts:
-        r = _is_ratio(v)
+        r = v.fraction
         lines.append(
             f"| {v.name} | {v.status.replace('_', ' ')} | {fmt(v.measured, r)} | {v.objective} "
             f"| {fmt(v.margin, r)} | {fmt(v.budget_consumed, True)} | {'yes' if v.key else 'no'} |"

@@ -50,10 +50,11 @@ class Window:
         return self.end - self.start
 
     def iso(self) -> tuple[str, str]:
-        return tuple(  # type: ignore[return-value]
-            datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
-            for t in (self.start, self.end)
-        )
+        return _iso(self.start), _iso(self.end)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_time(text: str) -> float:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+import requests
+from rich.console import Console
 
+from cwh.fleet import FleetOptions, run_fleet
 from env.process import wait_until
 from experiments.pg_failover import pg_members, wait_healthy
 
 T = TypeVar("T")
 
-__all__ = ["members", "poll", "primary_of", "query", "wait_healthy"]
+__all__ = ["fleet", "knobs", "members", "poll", "primary_of", "query", "wait_healthy"]
 
 members = pg_members
 
@@ -31,3 +36,34 @@ def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
 
 def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
     return wait_until(check, timeout_s, what, interval_s)
+
+
+def port_of(status: dict[str, Any], name: str) -> int:
+    comp = next(c for c in status["components"] if c["component"] == name)
+    return int(comp["ports"]["http"])
+
+
+@contextlib.contextmanager
+def knobs(status: dict[str, Any], service: str, **values: Any) -> Iterator[None]:
+    """Turn a service's fault knobs for the block; always turn them back."""
+    url = f"http://127.0.0.1:{port_of(status, service)}/admin/knobs"
+    before = requests.get(url, timeout=5).json()
+    resp = requests.post(url, json=values, timeout=5)
+    assert resp.status_code == 200, resp.text
+    try:
+        yield
+    finally:
+        requests.post(url, json=before, timeout=5)
+
+
+def fleet(
+    status: dict[str, Any], reports: Path, **options: Any
+) -> tuple[int, Path, dict[str, Any]]:
+    """A bounded fleet run against the environment whose status is given, reported under
+    `reports`; `options` are FleetOptions fields (spawn rate 10 unless given)."""
+    opts = FleetOptions(
+        target=status["urls"]["https"],
+        ca_file=status["tls_certificate"],
+        **{"spawn_rate": 10, **options},
+    )
+    return run_fleet(opts, Console(quiet=True), reports)

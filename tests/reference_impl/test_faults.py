@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import requests
@@ -16,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from env.local import LocalEnvironment
 from env.process import pid_alive
-from tests.helpers import poll, query, wait_healthy
+from tests.helpers import knobs, poll, port_of, query, wait_healthy
 from tests.phone import Phone, next_event
 from tests.reference_impl.test_flow import run, until_status
 
@@ -25,23 +22,6 @@ pytestmark = [pytest.mark.env, pytest.mark.fault]
 
 def component(status: dict, name: str) -> dict:
     return next(c for c in status["components"] if c["component"] == name)
-
-
-def port_of(status: dict, name: str) -> int:
-    return int(component(status, name)["ports"]["http"])
-
-
-@contextlib.contextmanager
-def knobs(status: dict, service: str, **values: Any) -> Iterator[None]:
-    """Turn a service's fault knobs for the block; always turn them back."""
-    url = f"http://127.0.0.1:{port_of(status, service)}/admin/knobs"
-    before = requests.get(url, timeout=5).json()
-    resp = requests.post(url, json=values, timeout=5)
-    assert resp.status_code == 200, resp.text
-    try:
-        yield
-    finally:
-        requests.post(url, json=before, timeout=5)
 
 
 def metric(env_status: dict, service: str, name: str, /, **labels: str) -> float:

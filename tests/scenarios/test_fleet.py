@@ -8,12 +8,10 @@ import os
 
 import pytest
 import requests
-from rich.console import Console
 
-from cwh.fleet import FleetOptions, run_fleet
 from env.local import LocalEnvironment
 from slo.ledger import read_jsonl
-from tests.helpers import wait_healthy
+from tests.helpers import fleet, wait_healthy
 
 pytestmark = pytest.mark.env
 
@@ -41,22 +39,17 @@ def fleet_run(local_env: LocalEnvironment, tmp_path_factory):
     # Half the go_offline tasks take the phone offline: replays are all but certain, and most
     # phones are online when the storm comes.
     os.environ["CWH_OFFLINE_CHANCE"] = "0.5"
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("fleet"))  # its report folder lands here
     try:
-        opts = FleetOptions(
-            target=status["urls"]["https"],
+        code, out, summary = fleet(
+            status,
+            tmp_path_factory.mktemp("fleet"),
             users=USERS,
             duration_s=DURATION_S,
-            spawn_rate=10,
             shape="storm",
-            ca_file=status["tls_certificate"],
             workers=2,  # distributed: per-worker ledgers and histograms are merged
         )
-        code, out, summary = run_fleet(opts, Console(quiet=True))
         yield code, out, summary, before, hub_connects(local_env.status())
     finally:
-        os.chdir(cwd)
         os.environ.pop("CWH_OFFLINE_CHANCE", None)
 
 
@@ -133,21 +126,9 @@ def test_open_arrivals_keep_their_schedule_and_show_a_saturated_pool(local_env, 
     """Sessions scheduled faster than a pool of two phones can serve: the closed-model latency
     (service time) stays small while the latency from the intended start grows with the
     backlog: the stall is measured, not hidden (coordinated omission)."""
-    status = wait_healthy(local_env)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        opts = FleetOptions(
-            target=status["urls"]["https"],
-            users=2,
-            duration_s=20,
-            spawn_rate=10,
-            arrival_rate=40,
-            ca_file=status["tls_certificate"],
-        )
-        code, out, summary = run_fleet(opts, Console(quiet=True))
-    finally:
-        os.chdir(cwd)
+    code, out, summary = fleet(
+        wait_healthy(local_env), tmp_path, users=2, duration_s=20, arrival_rate=40
+    )
     assert code == 0, summary
     sessions = [o for o in read_jsonl(out / "ledger.jsonl") if o.kind == "session"]
     assert sessions

@@ -5,40 +5,25 @@ rules the gate generates load into the environment's own Prometheus."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import requests
 from rich.console import Console
 
-from cwh.fleet import FleetOptions, run_fleet
 from cwh.gate import GateOptions, check
 from env.layout import Layout
 from env.local import LocalEnvironment
 from slo.definitions import load
 from slo.rules import render
-from tests.helpers import poll, wait_healthy
-from tests.reference_impl.test_faults import knobs
+from tests.helpers import fleet, knobs, poll, wait_healthy
 
 pytestmark = pytest.mark.env
 
 
 def load_and_gate(env: LocalEnvironment, where: Path, users: int) -> tuple[int, Path, dict]:
     status = wait_healthy(env)
-    cwd = os.getcwd()
-    os.chdir(where)
-    try:
-        opts = FleetOptions(
-            target=status["urls"]["https"],
-            users=users,
-            duration_s=40,
-            spawn_rate=10,
-            ca_file=status["tls_certificate"],
-        )
-        _, out, _ = run_fleet(opts, Console(quiet=True))
-    finally:
-        os.chdir(cwd)
+    _, out, _ = fleet(status, where, users=users, duration_s=40)
     console = Console(record=True, width=200)
     code = check(GateOptions(run=out, prometheus_url=status["urls"]["prometheus"]), console)
     result = json.loads((out / "slo.json").read_text())

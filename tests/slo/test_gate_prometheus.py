@@ -49,7 +49,8 @@ def openmetrics(start: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def threshold(name: str, query: str, op: str, value: float, extra: str = "") -> str:
+def document(name: str, indicator: str, budgeting: str, objective: str) -> str:
+    """One OpenSLO SLO document; `indicator` is the indented body of `indicator.spec`."""
     return f"""---
 apiVersion: openslo/v1
 kind: SLO
@@ -58,32 +59,36 @@ spec:
   indicator:
     metadata: {{name: {name}}}
     spec:
-      thresholdMetric:
-        metricSource: {{type: Prometheus, spec: {{query: '{query}'}}}}
+{indicator}
   timeWindow: [{{duration: 28d}}]
-  budgetingMethod: {"Timeslices" if "timeSlice" in extra else "Occurrences"}
-  objectives:
-    - {{op: {op}, value: {value}, target: {0.99 if "timeSlice" in extra else 1}{extra}}}
+  budgetingMethod: {budgeting}
+  objectives: [{objective}]
 """
+
+
+def source(query: str) -> str:
+    return f"{{metricSource: {{type: Prometheus, spec: {{query: '{query}'}}}}}}"
+
+
+def threshold(name: str, query: str, op: str, value: float, extra: str = "") -> str:
+    sliced = "timeSlice" in extra
+    return document(
+        name,
+        f"      thresholdMetric: {source(query)}",
+        "Timeslices" if sliced else "Occurrences",
+        f"{{op: {op}, value: {value}, target: {0.99 if sliced else 1}{extra}}}",
+    )
 
 
 def ratio(name: str, case: str) -> str:
     q = f'sum(increase(t_requests_total{{case="{case}",kind="%s"}}[{{{{window}}}}]))'
-    return f"""---
-apiVersion: openslo/v1
-kind: SLO
-metadata: {{name: {name}}}
-spec:
-  indicator:
-    metadata: {{name: {name}}}
-    spec:
-      ratioMetric:
-        good: {{metricSource: {{type: Prometheus, spec: {{query: '{q % "good"}'}}}}}}
-        total: {{metricSource: {{type: Prometheus, spec: {{query: '{q % "all"}'}}}}}}
-  timeWindow: [{{duration: 28d}}]
-  budgetingMethod: Occurrences
-  objectives: [{{target: 0.999}}]
-"""
+    return document(
+        name,
+        f"      ratioMetric:\n        good: {source(q % 'good')}\n"
+        f"        total: {source(q % 'all')}",
+        "Occurrences",
+        "{target: 0.999}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,22 +114,22 @@ def known_prometheus(tmp_path_factory, env_settings) -> Iterator[tuple[str, Wind
     try:
 
         def loaded() -> bool:
+            # The data is hours old: ask at a time inside it.
             try:
-                r = requests.get(f"{url}/api/v1/query", params={"query": "t_value"}, timeout=2)
-                return (r.ok and bool(r.json()["data"]["result"])) or _at(url, start)
+                r = requests.get(
+                    f"{url}/api/v1/query",
+                    params={"query": "t_value", "time": start + 600},
+                    timeout=2,
+                )
             except requests.RequestException:
                 return False
+            return r.ok and bool(r.json()["data"]["result"])
 
         wait_until(loaded, timeout_s=60, what="the test Prometheus to serve the blocks")
         yield url, Window(start + 60, start + HOUR - 60)
     finally:
         terminate_then_kill([proc.pid], grace_s=10)
         proc.wait(timeout=10)
-
-
-def _at(url: str, t: int) -> bool:
-    r = requests.get(f"{url}/api/v1/query", params={"query": "t_value", "time": t + 600}, timeout=2)
-    return r.ok and bool(r.json()["data"]["result"])
 
 
 def gate(tmp_path: Path, url: str, window: Window, text: str) -> tuple[int, dict]:
