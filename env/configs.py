@@ -106,7 +106,13 @@ def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, memb
         },
         "postgresql": {
             "listen": f"127.0.0.1:{ports.postgres(member)}",
-            "connect_address": f"127.0.0.1:{ports.postgres(member)}",
+            # Where the other members stream from when this one is primary: through the fault
+            # proxy when there is one, so a replication link can be slowed or cut.
+            "connect_address": (
+                f"127.0.0.1:{ports.proxy_pg_link(member)}"
+                if settings.fault_proxy
+                else f"127.0.0.1:{ports.postgres(member)}"
+            ),
             "data_dir": str(layout.pg_data(member)),
             "bin_dir": PG_BIN,
             "pgpass": str(layout.pg_member(member) / "pgpass"),
@@ -301,6 +307,15 @@ def redis_config(settings: EnvSettings, layout: Layout, node: int) -> str:
     """One Redis Cluster node: AOF and RDB on, LRU eviction, fast failure detection."""
     port = settings.ports.redis(node)
     d = layout.redis_dir(node)
+    # Cluster clients (and replicas) learn a node's address from the node itself: announcing the
+    # fault proxy's port routes them through it; the cluster bus stays direct, so a partition
+    # between a master and its clients is not also one between the nodes.
+    announce = (
+        f"cluster-announce-ip 127.0.0.1\ncluster-announce-port {settings.ports.proxy_redis(node)}\n"
+        f"cluster-announce-bus-port {port + 10000}\n"
+        if settings.fault_proxy
+        else ""
+    )
     return f"""bind 127.0.0.1
 port {port}
 protected-mode no
@@ -308,7 +323,7 @@ daemonize no
 dir {d}
 cluster-enabled yes
 cluster-config-file nodes.conf
-cluster-node-timeout {REDIS_NODE_TIMEOUT_MS}
+{announce}cluster-node-timeout {REDIS_NODE_TIMEOUT_MS}
 cluster-replica-validity-factor 0
 cluster-require-full-coverage no
 appendonly yes
@@ -396,3 +411,32 @@ def prometheus_config(settings: EnvSettings, layout: Layout) -> str:
 def prometheus_target_file(targets: list[str], labels: dict[str, str]) -> str:
     """A file_sd entry: drop it into `Layout.prometheus_targets` to get scraped."""
     return json.dumps([{"targets": targets, "labels": labels}], indent=2)
+
+
+def fault_proxies(settings: EnvSettings) -> list[dict[str, Any]]:
+    """The fault proxy's proxies, in Toxiproxy's config format (`toxiproxy-server -config`)."""
+    ports = settings.ports
+
+    def proxy(name: str, listen: int, upstream: int) -> dict[str, Any]:
+        return {
+            "name": name,
+            "listen": f"127.0.0.1:{listen}",
+            "upstream": f"127.0.0.1:{upstream}",
+            "enabled": True,
+        }
+
+    return [
+        proxy("postgres-write", ports.proxy_pg_write, ports.pgbouncer),
+        proxy("postgres-read", ports.proxy_pg_read, ports.haproxy_read),
+        proxy("llm", ports.proxy_llm, ports.llm),
+        proxy("sharepoint", ports.proxy_sharepoint, ports.sharepoint),
+        proxy("gdrive", ports.proxy_gdrive, ports.gdrive),
+        *(
+            proxy(f"pg{m}-replication", ports.proxy_pg_link(m), ports.postgres(m))
+            for m in range(settings.pg_members)
+        ),
+        *(
+            proxy(f"redis{n}", ports.proxy_redis(n), ports.redis(n))
+            for n in range(settings.redis_nodes)
+        ),
+    ]

@@ -85,6 +85,11 @@ class Layout:
         return self.run_dir / "traces" / f"{component}.jsonl"
 
     @property
+    def fault_proxy_config(self) -> Path:
+        """The fault proxy's proxies (Toxiproxy's config format), read at every start."""
+        return self.run_dir / "faultproxy" / "proxies.json"
+
+    @property
     def prometheus_dir(self) -> Path:
         return self.run_dir / "prometheus"
 

@@ -31,6 +31,14 @@ async def http_get(url: str, timeout: aiohttp.ClientTimeout = HTTP_TIMEOUT) -> t
         return resp.status, await resp.text()
 
 
+async def http_json(url: str) -> Any:
+    """The JSON body of a GET that must answer 200."""
+    status, body = await http_get(url)
+    if status != 200:
+        raise ConnectionError(f"{url} answered {status}")
+    return json.loads(body)
+
+
 async def http_ok(url: str) -> bool:
     try:
         status, _ = await http_get(url)

@@ -79,6 +79,40 @@ class Ports:
     def prometheus(self) -> int:
         return self.base + 70
 
+    @property
+    def fault_api(self) -> int:
+        """The fault proxy's Toxiproxy-compatible API (Toxiproxy's own default is 8474)."""
+        return self.base + 75
+
+    # Fault-proxy listeners: what the services (and the replicas) connect to instead.
+    @property
+    def proxy_pg_write(self) -> int:
+        return self.base + 170
+
+    @property
+    def proxy_pg_read(self) -> int:
+        return self.base + 171
+
+    @property
+    def proxy_llm(self) -> int:
+        return self.base + 172
+
+    @property
+    def proxy_sharepoint(self) -> int:
+        return self.base + 173
+
+    @property
+    def proxy_gdrive(self) -> int:
+        return self.base + 174
+
+    def proxy_pg_link(self, member: int) -> int:
+        """Member `member`'s replication link: the address the other members stream from."""
+        return self.base + 175 + member
+
+    def proxy_redis(self, node: int) -> int:
+        """The address Redis node `node` announces to cluster clients (and its replicas)."""
+        return self.base + 184 + node
+
     def service(self, index: int) -> int:
         """Ports handed to the reference implementation's services (base+100 onwards)."""
         return self.base + 100 + index
@@ -133,6 +167,10 @@ class EnvSettings:
         pg_os_user: the account PostgreSQL, Patroni and pgBouncer run as (they refuse root).
         services: start the reference implementation's services (off: the data tier alone).
         api_replicas, hub_replicas, worker_replicas, scheduler_replicas: instances of each.
+        fault_proxy: put the fault proxy between the services and PostgreSQL, Redis, the storage
+            providers and the LLM stub, and on the replication links (off: direct connections).
+        toxiproxy_url: a Toxiproxy server to use instead of starting one ("" = start one:
+            `toxiproxy-server` when it is on the PATH, else the project's `env.faultproxy`).
     """
 
     base_port: int = 17000
@@ -149,6 +187,8 @@ class EnvSettings:
     hub_replicas: int = 2
     worker_replicas: int = 3
     scheduler_replicas: int = 2
+    fault_proxy: bool = True
+    toxiproxy_url: str = ""
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -175,6 +215,8 @@ class EnvSettings:
         ):
             if not 1 <= value <= top:
                 raise SettingsError(f"{PREFIX}{name}={value}: must be 1 to {top}")
+        if self.toxiproxy_url and not self.toxiproxy_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{PREFIX}TOXIPROXY_URL={self.toxiproxy_url!r}: an http(s) URL")
         if not self.run_dir.is_absolute():
             raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
 
@@ -185,6 +227,11 @@ class EnvSettings:
     @property
     def redis_nodes(self) -> int:
         return self.redis_masters * (1 + self.redis_replicas_per_master)
+
+    @property
+    def fault_api_url(self) -> str:
+        """The Toxiproxy API experiments drive: a configured server, else the local one."""
+        return self.toxiproxy_url.rstrip("/") or f"http://127.0.0.1:{self.ports.fault_api}"
 
     def timeout(self, seconds: float) -> float:
         """A deadline of `seconds`, scaled for this machine."""
@@ -244,4 +291,6 @@ class EnvSettings:
             hub_replicas=int(str(get("HUB_REPLICAS", int, cls.hub_replicas))),
             worker_replicas=int(str(get("WORKER_REPLICAS", int, cls.worker_replicas))),
             scheduler_replicas=int(str(get("SCHEDULER_REPLICAS", int, cls.scheduler_replicas))),
+            fault_proxy=bool(get("FAULT_PROXY", bool, cls.fault_proxy)),
+            toxiproxy_url=str(get("TOXIPROXY_URL", str, cls.toxiproxy_url)),
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from env import probes
+from env import configs, probes
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
@@ -80,6 +80,7 @@ def connection_urls(settings: EnvSettings, secrets: Secrets | None) -> dict[str,
         "haproxy_runtime_api": str(Layout(settings.run_dir).haproxy_socket),
         "supervisor": f"http://127.0.0.1:{ports.supervisor}",
         "etcd": f"http://127.0.0.1:{ports.etcd_client}",
+        "fault_api": settings.fault_api_url if settings.fault_proxy else None,
         # Each member directly, as the superuser: for checks that must bypass HAProxy.
         "members": {
             f"pg{m}": (
@@ -179,7 +180,7 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     info, rnodes = redis_view
     by_port = {n.port: n for n in rnodes}
     for n in range(settings.redis_nodes):
-        node = by_port.get(ports.redis(n))
+        node = by_port.get(ports.proxy_redis(n) if settings.fault_proxy else ports.redis(n))
         alive = comps.get(f"redis{n}", {}).get("pid") is not None
         row(
             f"redis{n}",
@@ -188,6 +189,23 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
             bool(node and not node.failed and alive),
             slots=node.slots if node else 0,
             node_id=node.node_id if node else None,
+        )
+    if settings.fault_proxy:
+        proxies = await safe(probes.http_json(f"{settings.fault_api_url}/proxies"), None)
+        wanted = [p["name"] for p in configs.fault_proxies(settings)]
+        toxics = {n: [t["name"] for t in p["toxics"]] for n, p in (proxies or {}).items()}
+        disabled = sorted(n for n, p in (proxies or {}).items() if not p["enabled"])
+        # Healthy means transparent: every proxy there and enabled, no toxic left injected.
+        row(
+            "faultproxy",
+            "faultproxy",
+            "fault proxy (Toxiproxy API)",
+            proxies is not None
+            and all(n in proxies for n in wanted)
+            and not disabled
+            and not any(toxics.values()),
+            toxics={n: t for n, t in toxics.items() if t},
+            disabled=disabled,
         )
     exporter_urls = {
         f"postgres-exporter{m}": f"http://127.0.0.1:{ports.postgres_exporter(m)}/metrics"

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 
@@ -174,6 +175,11 @@ class Supervisor:
         )
         lay.etcd_data.mkdir(exist_ok=True)
         os.chmod(lay.etcd_data, 0o700)
+        if self.settings.fault_proxy:
+            lay.fault_proxy_config.parent.mkdir(exist_ok=True)
+            lay.fault_proxy_config.write_text(
+                json.dumps(configs.fault_proxies(self.settings), indent=2)
+            )
         if self.settings.services:
             # Keys and corpus of the reference implementation: made here, once, so every
             # replica shares them; never in the repository.
@@ -312,8 +318,11 @@ class Supervisor:
             ],
             ports={"http": ports.prometheus},
         )
-        stages = [
-            ("etcd", [etcd]),
+        stages = [("etcd", [etcd])]
+        if s.fault_proxy:
+            # Before PostgreSQL and Redis: replicas stream through it from their first start.
+            stages.append(("faultproxy", self.define_fault_proxy()))
+        stages += [
             ("postgresql", patronis),
             ("haproxy", [haproxy]),
             ("pgbouncer", [pgbouncer]),
@@ -325,26 +334,71 @@ class Supervisor:
             stages.append(("services", self.define_services(secrets)))
         return stages
 
+    def define_fault_proxy(self) -> list[Component]:
+        """A real `toxiproxy-server` when one is on the PATH, else our compatible one; none when
+        a Toxiproxy URL is configured (its proxies are created through the API instead)."""
+        s, lay = self.settings, self.layout
+        if s.toxiproxy_url:
+            return []
+        port, config = str(s.ports.fault_api), str(lay.fault_proxy_config)
+        if shutil.which("toxiproxy-server"):
+            argv = ["toxiproxy-server", "-host", "127.0.0.1", "-port", port, "-config", config]
+        else:
+            argv = [sys.executable, "-m", "env.faultproxy", "--port", port, "--config", config]
+        return [
+            self._component(
+                "faultproxy",
+                "faultproxy",
+                argv,
+                ports={"api": s.ports.fault_api},
+                env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+                cwd=lay.run_dir,
+            )
+        ]
+
+    async def fault_proxy_ready(self) -> bool:
+        """Every proxy of the configuration exists (created now on a configured Toxiproxy)."""
+        url = self.settings.fault_api_url
+        wanted = configs.fault_proxies(self.settings)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            if self.settings.toxiproxy_url:
+                async with http.post(f"{url}/populate", json=wanted) as resp:
+                    resp.raise_for_status()
+            async with http.get(f"{url}/proxies") as resp:
+                have = await resp.json()
+        return all(p["name"] in have for p in wanted)
+
     def define_services(self, secrets: Secrets) -> list[Component]:
         """The reference implementation: each service its own process, `python -m
         reference_impl`, configured by `CW_*` variables."""
         s, lay, ports = self.settings, self.layout, self.settings.ports
         project_root = str(Path(__file__).resolve().parent.parent)
+        # With the fault proxy, services reach their dependencies through it.
+        through = {
+            int(p["upstream"].rsplit(":", 1)[1]): int(p["listen"].rsplit(":", 1)[1])
+            for p in configs.fault_proxies(s)
+        }
+
+        def via(port: int) -> int:
+            return through[port] if s.fault_proxy else port
+
         common = {
             "CW_STATE_DIR": str(lay.services_dir),
             "CW_PG_WRITE_URL": (
-                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{ports.pgbouncer}"
+                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{via(ports.pgbouncer)}"
                 "/cloudwatcher"
             ),
             "CW_PG_READ_URL": (
-                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{ports.haproxy_read}"
+                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{via(ports.haproxy_read)}"
                 "/cloudwatcher"
             ),
-            "CW_REDIS_NODES": ",".join(f"127.0.0.1:{ports.redis(n)}" for n in range(s.redis_nodes)),
-            "CW_LLM_URL": f"http://127.0.0.1:{ports.llm}",
+            "CW_REDIS_NODES": ",".join(
+                f"127.0.0.1:{via(ports.redis(n))}" for n in range(s.redis_nodes)
+            ),
+            "CW_LLM_URL": f"http://127.0.0.1:{via(ports.llm)}",
             "CW_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
-            "CW_SHAREPOINT_URL": f"http://127.0.0.1:{ports.sharepoint}",
-            "CW_GDRIVE_URL": f"http://127.0.0.1:{ports.gdrive}",
+            "CW_SHAREPOINT_URL": f"http://127.0.0.1:{via(ports.sharepoint)}",
+            "CW_GDRIVE_URL": f"http://127.0.0.1:{via(ports.gdrive)}",
             "PYTHONPATH": project_root,
             "PYTHONUNBUFFERED": "1",
             # Short, so a job of a killed worker reappears soon; live workers extend their claim.
@@ -506,8 +560,11 @@ class Supervisor:
                 last_error = repr(exc)
             if time.monotonic() >= deadline:
                 culprit = next(
-                    (c for c in comps if c.proc is None or c.proc.returncode is not None), comps[0]
+                    (c for c in comps if c.proc is None or c.proc.returncode is not None),
+                    comps[0] if comps else None,
                 )
+                if culprit is None:  # nothing of ours: an external server (Toxiproxy's URL)
+                    raise StartupError(stage, self.layout.log(stage), f"{stage}: {last_error}")
                 raise StartupError(culprit.name, culprit.log_path, f"{stage}: {last_error}")
             await asyncio.sleep(0.2)
 
@@ -568,6 +625,7 @@ class Supervisor:
             "haproxy": (haproxy_ready, 20),
             "pgbouncer": (pgbouncer_ready, 20),
             "redis": (redis_ready, 30),
+            "faultproxy": (self.fault_proxy_ready, 20),
             "exporters": (
                 lambda: all_http(
                     [

@@ -28,6 +28,11 @@ def test_defaults_and_derived_ports_do_not_collide():
     used += [p.patroni(m) for m in range(s.pg_members)]
     used += [p.postgres_exporter(m) for m in range(s.pg_members)]
     used += [p.redis(n) for n in range(s.redis_nodes)]
+    used += [p.fault_api, p.proxy_pg_write, p.proxy_pg_read, p.proxy_llm]
+    used += [p.proxy_sharepoint, p.proxy_gdrive]
+    used += [p.proxy_pg_link(m) for m in range(9)]  # the most members
+    used += [p.proxy_redis(n) for n in range(10)]  # the most nodes
+    used += [p.service(i) for i in range(70)]  # services: base+100 .. base+169
     assert len(used) == len(set(used))
     assert all(s.base_port <= port < s.base_port + PORT_SPAN for port in used)
 
