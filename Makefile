@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 CWH   := $(VENV)/bin/cwh
 export CWH_BASE_PORT ?= 17000
 
-.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load load slo slo-rules clean
+.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load bench-chaos load slo slo-rules chaos gameday chaos-stop clean
 
 deps:
 	@./tools/deps.sh
@@ -27,7 +27,7 @@ lint: deps
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 typecheck: deps
-	@$(VENV)/bin/mypy env cwh reference_impl slo
+	@$(VENV)/bin/mypy env cwh reference_impl slo experiments
 
 # Kills the PostgreSQL primary (postgres, then Patroni) under a steady write loop and prints RTO.
 KILLS ?= 3
@@ -68,3 +68,18 @@ load: deps
 
 clean: down
 	@rm -rf $(VENV) .deps-stamp
+
+# Chaos experiments (experiments/*.yaml) with a fleet in the background: no EXPERIMENT lists
+# them. Each run writes reports/<UTC>-chaos-<name>/ (journal, ledger, chaos.json with RTO and
+# RPO, the SLO gate's outputs, chaos.md, chaos.png).
+EXPERIMENT ?=
+chaos: deps
+	@if [ -z "$(EXPERIMENT)" ]; then $(CWH) chaos list; else $(CWH) chaos run $(EXPERIMENT); fi
+
+# A game day: one experiment of each kind in turn (EXPERIMENTS="a b" for others), one report.
+EXPERIMENTS ?=
+gameday: deps
+	@$(CWH) chaos gameday $(EXPERIMENTS)
+
+chaos-stop: deps
+	@$(CWH) chaos stop

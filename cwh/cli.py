@@ -294,7 +294,63 @@ def build_parser() -> argparse.ArgumentParser:
         "--install", action="store_true", help="into the local Prometheus, and reload it"
     )
     rl.set_defaults(func=slo_rules)
+
+    ch = sub.add_parser("chaos", help="chaos experiments with a fleet in the background")
+    ch_sub = ch.add_subparsers(dest="chaos_command", required=True)
+    ch_sub.add_parser("list", help="the experiments, one line each").set_defaults(func=chaos_list)
+    cr = ch_sub.add_parser("run", help="run one experiment, measure RTO and RPO, gate it")
+    cr.add_argument("experiment", help="a name from `cwh chaos list`")
+    for p in (cr,):
+        p.add_argument(
+            "--users", type=int, default=0, help="fleet size (default: the experiment's)"
+        )
+        p.add_argument("--fleet-s", type=int, default=0, help="fleet duration in seconds")
+        p.add_argument("--no-gate", action="store_true", help="skip the SLO gate")
+    cr.set_defaults(func=chaos_run)
+    gd = ch_sub.add_parser("gameday", help="several experiments in turn, one report")
+    gd.add_argument(
+        "experiments", nargs="*", help="names (default: one of each kind, see cwh.chaos.GAMEDAY)"
+    )
+    gd.add_argument("--users", type=int, default=0)
+    gd.add_argument("--fleet-s", type=int, default=0)
+    gd.add_argument("--no-gate", action="store_true")
+    gd.set_defaults(func=chaos_gameday)
+    ch_sub.add_parser(
+        "stop", help="interrupt running experiments (rollbacks play) and restore the system"
+    ).set_defaults(func=chaos_stop)
     return parser
+
+
+def chaos_list(_: argparse.Namespace) -> int:
+    from cwh.chaos import list_experiments
+
+    return list_experiments(console)
+
+
+def _chaos_options(args: argparse.Namespace, name: str) -> Any:
+    from cwh.chaos import ChaosOptions
+
+    return ChaosOptions(name, users=args.users, fleet_s=args.fleet_s, gate=not args.no_gate)
+
+
+def chaos_run(args: argparse.Namespace) -> int:
+    from cwh.chaos import run
+
+    code, _ = run(_chaos_options(args, args.experiment), console, _settings())
+    return code
+
+
+def chaos_gameday(args: argparse.Namespace) -> int:
+    from cwh.chaos import GAMEDAY, gameday
+
+    names = args.experiments or GAMEDAY
+    return gameday(names, _chaos_options(args, names[0]), console, _settings())
+
+
+def chaos_stop(_: argparse.Namespace) -> int:
+    from cwh.chaos import stop
+
+    return stop(_settings(), console)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -199,11 +199,16 @@ async def settle(
 
 
 def run_fleet(
-    opts: FleetOptions, console: Console, reports: Path = Path("reports")
+    opts: FleetOptions,
+    console: Console,
+    reports: Path = Path("reports"),
+    out: Path | None = None,
 ) -> tuple[int, Path, dict[str, Any]]:
-    """Returns (exit code, report folder, summary); the folder is made under `reports`."""
+    """Returns (exit code, report folder, summary); the folder is `out`, else a new one under
+    `reports` that `reports/latest` then points at."""
     # Absolute: Locust runs from the project root, whatever the caller's directory.
-    out = (reports / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
+    own_folder = out is None
+    out = (out or reports / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     code = run_locust(opts, out, console)
@@ -274,9 +279,15 @@ def run_fleet(
         f"{rec['never_notified']} never notified, {rec['info_submits']} unknown.",
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    latest = out.parent / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(out.name)
+    if own_folder:
+        point_latest(out)
     exit_code = 0 if verdict == "PASS" else 1
     return exit_code, out, summary
+
+
+def point_latest(folder: Path) -> None:
+    """`latest` beside `folder` points at it."""
+    latest = folder.parent / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(folder.name)

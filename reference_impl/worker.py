@@ -115,6 +115,10 @@ class WorkerState:
         self.breaker_open = Gauge(
             "cw_llm_circuit_open", "1 while the LLM breaker is open", registry=registry
         )
+        # What "kill a worker mid-job" waits for before it kills.
+        self.jobs_in_flight = Gauge(
+            "cw_jobs_in_flight", "Jobs this worker is processing now", registry=registry
+        )
         self.pool: asyncpg.Pool
         self.redis: Any
         self.http: aiohttp.ClientSession
@@ -333,9 +337,11 @@ class WorkerState:
 
     async def process(self, job: Job) -> None:
         keeper = asyncio.create_task(self.keep_claim(job))
+        self.jobs_in_flight.inc()
         try:
             await self._process(job)
         finally:
+            self.jobs_in_flight.dec()
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper

@@ -11,6 +11,7 @@ Definitions (ARCHITECTURE.md):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from slo.ledger import Operation
@@ -77,4 +78,86 @@ def reconcile_writes(
         "info_present": sum(1 for o in info if o.op_id in have),
         "failed": sum(1 for o in ops if o.outcome == "fail"),
         "rpo_s": rpo,
+    }
+
+
+#: The paths a phone depends on, and the ledger kinds each is made of.
+PATH_KINDS = {"write": ("submit",), "read": ("read", "sync")}
+
+
+def _on_wall_clock(op: Operation) -> Operation:
+    """The operation with wall-clock times in its monotonic fields: ledgers of several processes
+    (Locust workers) compare only on the wall clock."""
+    return replace(op, invoked_s=op.invoked_wall, completed_s=op.invoked_wall + op.latency_s)
+
+
+def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, list[Operation]]:
+    """The ledger split by path, on the wall clock.
+
+    write: submits; read: reads and syncs; notification: one entry per result that reached a
+    phone, from its acknowledgement to its arrival, `ok` when it came over the socket within
+    `ttr_bound_s` and `fail` when it came late or only through a background sync.
+    """
+    out: dict[str, list[Operation]] = {"write": [], "read": [], "notification": []}
+    for op in ops:
+        for path, kinds in PATH_KINDS.items():
+            if op.kind in kinds:
+                out[path].append(_on_wall_clock(op))
+        if op.kind == "time_to_result":
+            good = (op.detail or {}).get("via") == "socket" and op.latency_s <= ttr_bound_s
+            out["notification"].append(
+                replace(_on_wall_clock(op), outcome="ok" if good else "fail")
+            )
+    return out
+
+
+def recovery_report(
+    ops: Sequence[Operation],
+    fault_wall: float,
+    reconciliation: dict[str, Any],
+    consecutive: int = 5,
+    ttr_bound_s: float = 5.0,
+) -> dict[str, Any]:
+    """RTO per path and RPO of one fault, as `chaos.json` records them (the SLO gate reads
+    `rto_s.max` and `rpo_s.max`).
+
+    A path with fewer than `consecutive` operations after the fault has no RTO (no data). A path
+    that had them but never recovered gets, as RTO, the time it was observed after the fault (a
+    lower bound) and counts in `unrecovered_paths`: never a pass by omission.
+    RPO is the fault time minus the acknowledgement of the oldest lost request (0 when nothing
+    acknowledged was lost); lost, duplicated and never-notified counts come with it.
+    """
+    by_path = path_ops(ops, ttr_bound_s)
+    rto: dict[str, float | None] = {}
+    recovered: dict[str, bool | None] = {}
+    for path, path_ops_ in by_path.items():
+        after = [o for o in path_ops_ if o.invoked_s >= fault_wall]
+        value = rto_s(path_ops_, fault_wall, consecutive=consecutive)
+        if value is not None:
+            rto[path], recovered[path] = round(value, 3), True
+        elif len(after) >= consecutive:
+            rto[path] = round(max(o.completed_s for o in after) - fault_wall, 3)
+            recovered[path] = False
+        else:
+            rto[path], recovered[path] = None, None
+    measured = [v for v in rto.values() if v is not None]
+    oldest = reconciliation.get("oldest_lost_acked_wall")
+    rpo = max(0.0, fault_wall - oldest) if reconciliation.get("lost") and oldest else 0.0
+    return {
+        "fault_wall": fault_wall,
+        "consecutive": consecutive,
+        "rto_s": {**rto, "max": max(measured) if measured else None},
+        "recovered": recovered,
+        "unrecovered_paths": sum(1 for v in recovered.values() if v is False),
+        "rpo_s": {"write": round(rpo, 3), "max": round(rpo, 3)},
+        "lost": reconciliation.get("lost", 0),
+        "lost_ids": reconciliation.get("lost_ids", []),
+        "duplicated": reconciliation.get("duplicated", 0),
+        "never_notified": reconciliation.get("never_notified", 0),
+        "info": reconciliation.get("info_submits", 0),
+        "acknowledged": reconciliation.get("acknowledged", 0),
+        "not_ok_after_fault": {
+            path: sum(1 for o in p if o.invoked_s >= fault_wall and o.outcome != "ok")
+            for path, p in by_path.items()
+        },
     }

@@ -69,7 +69,11 @@ def test_killed_master_is_replaced_by_its_replica(local_env: LocalEnvironment, r
         victim = next(
             c for c in status["components"] if c["kind"] == "redis" and c["role"] == "master"
         )
-        victim_port = victim["ports"]["redis"]
+        # Clients know a node by the address it announces: its fault-proxy port.
+        node = int(victim["component"].removeprefix("redis"))
+        victim_port = (
+            settings.ports.proxy_redis(node) if settings.fault_proxy else victim["ports"]["redis"]
+        )
         view = nodes_view(rc)
         victim_id = next(n["node_id"] for n in view if n["addr"].endswith(f":{victim_port}"))
         replica = next(n for n in view if n.get("master_id") == victim_id)

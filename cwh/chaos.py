@@ -1,0 +1,340 @@
+"""`cwh chaos`: run a Chaos Toolkit experiment against the local environment with a fleet of
+phones in the background, then measure and gate it; list the experiments; stop a running one.
+
+A run writes `reports/<UTC>-chaos-<name>/`: Chaos Toolkit's journal and log, the fleet's ledger
+and summary, the fault journal, `chaos.json` (RTO per path, RPO), the SLO gate's outputs,
+`chaos.md` and a timeline plot, and points `reports/latest` at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from cwh.fleet import point_latest
+from cwh.gate import GateOptions, check
+from env.local import EnvironmentStartError, LocalEnvironment
+from env.process import wait_until
+from env.settings import EnvSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = ROOT / "experiments"
+#: `make gameday`: one experiment of each kind, the cheapest first.
+GAMEDAY = [
+    "kill-api",
+    "kill-worker",
+    "storage-outage",
+    "redis-kill-master",
+    "net-pg-latency",
+    "pg-kill-primary",
+]
+#: How long an interrupted experiment may take to play its rollbacks before we stop waiting.
+ROLLBACK_GRACE_S = 300.0
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    """Attributes:
+    experiment: a name from `experiments/` (kill-api, pg-kill-primary, ...).
+    users: phones in the background fleet (0: the experiment's default).
+    fleet_s: the fleet's duration in seconds (0: the experiment's default).
+    gate: run the SLO gate on the run.
+    reports: where the run folder is made.
+    """
+
+    experiment: str
+    users: int = 0
+    fleet_s: int = 0
+    gate: bool = True
+    reports: Path = Path("reports")
+
+
+def catalogue() -> dict[str, dict[str, Any]]:
+    """name -> {path, title, summary, tags} of every experiment under `experiments/`."""
+    out = {}
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        cwh = [e for e in doc.get("extensions", []) if e.get("name") == "cwh"]
+        ext: dict[str, Any] = cwh[0] if cwh else {}
+        out[path.stem] = {
+            "path": path,
+            "title": doc["title"],
+            "summary": ext.get("summary", doc["title"]),
+            "tags": doc.get("tags", []),
+        }
+    return out
+
+
+def list_experiments(console: Console) -> int:
+    for name, exp in catalogue().items():
+        console.print(f"[bold]{name:<24}[/bold] {exp['summary']}")
+    return 0
+
+
+def _chaos_binary() -> str:
+    return str(Path(sys.executable).with_name("chaos"))
+
+
+def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[int, Path | None]:
+    """Returns (exit code, run folder). Exit code: 0 when the experiment completed without
+    deviating and the gate passed; 1 when it deviated, failed or the gate failed; 2 when it
+    could not run or the gate was inconclusive."""
+    exps = catalogue()
+    if opts.experiment not in exps:
+        console.print(
+            f"[red]error:[/red] no experiment {opts.experiment!r}; one of: {', '.join(exps)}"
+        )
+        return 2, None
+    exp = exps[opts.experiment]
+    env = LocalEnvironment(settings)
+    with console.status("bringing the local environment up…"):
+        try:
+            env.up()
+        except EnvironmentStartError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 2, None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = (opts.reports / f"{stamp}-chaos-{opts.experiment}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    child_env = {**os.environ, **settings.to_environ(), "CWH_CHAOS_RUN_DIR": str(out)}
+    if opts.users:
+        child_env["CWH_CHAOS_USERS"] = str(opts.users)
+    if opts.fleet_s:
+        child_env["CWH_CHAOS_FLEET_S"] = str(opts.fleet_s)
+    child_env["PYTHONPATH"] = str(ROOT)
+    cmd = [
+        _chaos_binary(),
+        "--log-file",
+        str(out / "chaostoolkit.log"),
+        "run",
+        "--journal-path",
+        str(out / "journal.json"),
+        str(exp["path"]),
+    ]
+    console.print(f"[bold]chaos[/bold] {opts.experiment}: {exp['summary']}")
+    console.print(f"  run folder {out}")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env)
+    _wait_through_interrupts(proc, console)
+    os.environ["CWH_CHAOS_RUN_DIR"] = str(out)
+    os.environ.update(settings.to_environ())
+    from experiments import harness
+    from experiments.activities.fleet.actions import stop_fleet
+
+    # Whatever happened inside (even a second Ctrl-C during the rollbacks): nothing stays on.
+    stop_fleet(interrupt=True, timeout_s=120)
+    with console.status("restoring the environment…"):
+        restored = harness.restore_all(wait_s=180)
+    (out / "restored-after.json").write_text(json.dumps(restored))
+    chaos = _measurement(out, console)
+    gate_code = 2
+    if opts.gate and (out / "summary.json").exists():
+        gate_code = check(
+            GateOptions(run=out, prometheus_url=env.status()["urls"]["prometheus"]), console
+        )
+    journal = (
+        json.loads((out / "journal.json").read_text()) if (out / "journal.json").exists() else {}
+    )
+    write_report(out, opts.experiment, exp, journal, chaos, gate_code)
+    from cwh.chaos_plot import plot_timeline
+
+    plot_timeline(out)
+    point_latest(out)
+    status = journal.get("status", "missing")
+    deviated = bool(journal.get("deviated"))
+    console.print(
+        f"experiment {opts.experiment}: [bold]{status}[/bold]"
+        + (" ([red]deviated[/red])" if deviated else "")
+        + f"; report {out / 'chaos.md'}"
+    )
+    if status != "completed" or deviated:
+        return 1, out
+    return gate_code if opts.gate else 0, out
+
+
+def _wait_through_interrupts(proc: subprocess.Popen[bytes], console: Console) -> None:
+    """Wait for the experiment; Ctrl-C reaches it too (same process group) and it plays its
+    rollbacks: wait for those rather than leave the system broken."""
+    while True:
+        try:
+            proc.wait()
+            return
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: the experiment is playing its rollbacks…[/yellow]")
+            try:
+                proc.wait(ROLLBACK_GRACE_S)
+                return
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)
+            except KeyboardInterrupt:
+                continue
+
+
+def _measurement(out: Path, console: Console) -> dict[str, Any] | None:
+    """`chaos.json`; measured now when the experiment was interrupted before its measure probe
+    but the fleet ran and a fault was injected (what users saw still counts)."""
+    path = out / "chaos.json"
+    if not path.exists() and (out / "summary.json").exists() and (out / "faults.jsonl").exists():
+        from experiments.activities.measure.probes import recovery
+
+        try:
+            recovery()
+        except RuntimeError as exc:
+            console.print(f"[yellow]no measurement:[/yellow] {exc}")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(v: Any, unit: str = " s") -> str:
+    return "no data" if v is None else f"{v:g}{unit}"
+
+
+def write_report(
+    out: Path,
+    name: str,
+    exp: dict[str, Any],
+    journal: dict[str, Any],
+    chaos: dict[str, Any] | None,
+    gate_code: int,
+) -> None:
+    lines = [
+        f"# Chaos experiment {name}: {journal.get('status', 'did not run')}"
+        + (" (deviated)" if journal.get("deviated") else ""),
+        "",
+        exp["summary"],
+        "",
+    ]
+    safety = out / "safety.json"
+    if safety.exists():
+        lines += [
+            f"**Interrupted by the stop condition**: {json.loads(safety.read_text())['reason']}",
+            "",
+        ]
+    for key, title in (("steady_states", "Steady state"),):
+        states = journal.get(key) or {}
+        for when in ("before", "after"):
+            st = states.get(when)
+            if st:
+                lines.append(
+                    f"- {title} {when}: {'met' if st.get('steady_state_met') else 'NOT met'}"
+                )
+    lines.append("")
+    if chaos:
+        rto, rec = chaos["rto_s"], chaos["recovered"]
+        lines += ["| path | RTO | recovered | not ok after the fault |", "|---|---|---|---|"]
+        for path in ("write", "read", "notification"):
+            lines.append(
+                f"| {path} | {_fmt(rto.get(path))} | "
+                f"{ {True: 'yes', False: 'NO', None: 'no data'}[rec.get(path)] } | "
+                f"{chaos['not_ok_after_fault'].get(path, 0)} |"
+            )
+        lines += [
+            "",
+            f"RPO {chaos['rpo_s']['max']:g} s: {chaos['acknowledged']} acknowledged, "
+            f"{chaos['lost']} lost, {chaos['duplicated']} duplicated, "
+            f"{chaos['never_notified']} never notified, {chaos['info']} unknown (info).",
+            "",
+            "Faults (UTC):",
+            "",
+        ]
+        t0 = chaos["fault_wall"]
+        for f in chaos["faults"]:
+            lines.append(
+                f"- {time.strftime('%H:%M:%S', time.gmtime(f['wall']))} "
+                f"(+{f['wall'] - t0:.1f} s) {f['event']} {f['fault']}"
+            )
+    else:
+        lines.append(
+            "No measurement: the fleet or the fault did not happen (see chaostoolkit.log)."
+        )
+    verdict = {0: "PASS", 1: "FAIL", 2: "INCONCLUSIVE"}.get(gate_code, str(gate_code))
+    lines += ["", f"SLO gate: {verdict} (slo.md)", ""]
+    (out / "chaos.md").write_text("\n".join(lines))
+
+
+def stop(settings: EnvSettings, console: Console, timeout_s: float = ROLLBACK_GRACE_S) -> int:
+    """Interrupt every running experiment (the stop file its safety control watches), wait for
+    their rollbacks, then restore whatever is left."""
+    os.environ.update(settings.to_environ())
+    from experiments import harness
+
+    running = settings.run_dir / "chaos-running"
+    pids = [p.name for p in running.iterdir()] if running.exists() else []
+    harness.stop_file().parent.mkdir(parents=True, exist_ok=True)
+    harness.stop_file().write_text(str(time.time()))
+    try:
+        if pids:
+            console.print(f"stopping experiment process(es) {', '.join(pids)}…")
+            wait_until(
+                lambda: not any(running.iterdir()),
+                timeout_s,
+                "running experiments ended (rollbacks played)",
+                interval_s=0.5,
+            )
+        else:
+            console.print("no experiment is running")
+    finally:
+        harness.stop_file().unlink(missing_ok=True)
+    if LocalEnvironment(settings).supervisor_status() is not None:
+        with console.status("restoring the environment…"):
+            harness.restore_all(wait_s=180)
+        console.print("[green]restored[/green]: no fault injected, every component healthy")
+    return 0
+
+
+def gameday(names: list[str], opts: ChaosOptions, console: Console, settings: EnvSettings) -> int:
+    """Run experiments one after another; stop at the first that leaves the system unhealthy.
+    Writes `reports/<UTC>-gameday/gameday.md` with one line per experiment."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    folder = (opts.reports / f"{stamp}-gameday").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    worst = 0
+    for name in names:
+        code, out = run(
+            ChaosOptions(name, opts.users, opts.fleet_s, opts.gate, opts.reports), console, settings
+        )
+        chaos = (
+            json.loads((out / "chaos.json").read_text())
+            if out and (out / "chaos.json").exists()
+            else None
+        )
+        rows.append((name, code, out, chaos))
+        worst = max(worst, code)
+        if out is None:
+            break
+    table = Table(title="game day")
+    for col in ("experiment", "result", "RTO write", "RTO read", "RTO notify", "RPO", "lost"):
+        table.add_column(col)
+    lines = [
+        "# Game day",
+        "",
+        "| experiment | result | RTO write | RTO read | RTO notification | RPO | lost | report |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, code, out, chaos in rows:
+        result = {0: "pass", 1: "FAIL", 2: "inconclusive"}.get(code, str(code))
+        rto = (chaos or {}).get("rto_s", {})
+        cells = [
+            _fmt(rto.get("write")),
+            _fmt(rto.get("read")),
+            _fmt(rto.get("notification")),
+            _fmt((chaos or {}).get("rpo_s", {}).get("max")),
+            str((chaos or {}).get("lost", "-")),
+        ]
+        table.add_row(name, result, *cells)
+        rel = os.path.relpath(out / "chaos.md", folder) if out else "-"
+        lines.append(f"| {name} | {result} | {' | '.join(cells)} | {rel} |")
+    console.print(table)
+    (folder / "gameday.md").write_text("\n".join(lines) + "\n")
+    console.print(f"game day report: {folder / 'gameday.md'}")
+    return worst

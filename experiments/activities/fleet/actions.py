@@ -1,0 +1,97 @@
+"""The device fleet that uses the system while faults hit it: started in the background before
+the fault, stopped (and reconciled) after recovery."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from env.process import pid_alive, wait_until
+from experiments import harness
+from experiments.activities.fleet.probes import ledger_ops
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _pid_file() -> Path:
+    return harness.run_dir() / "fleet.pid"
+
+
+def start_fleet(
+    users: int = 20, duration_s: float = 90, spawn_rate: float = 10, min_ok: int = 20
+) -> dict[str, Any]:
+    """Start the fleet (Locust, in its own process group) and return once `min_ok` submits
+    were acknowledged: the fault must hit a system in use."""
+    out = harness.run_dir()
+    status = harness.environment().status()
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.activities.fleet.runner",
+        str(out),
+        "--target",
+        status["urls"]["https"],
+        "--ca-file",
+        status["tls_certificate"],
+        "--users",
+        str(users),
+        "--duration",
+        f"{duration_s:g}",
+        "--spawn-rate",
+        f"{spawn_rate:g}",
+    ]
+    with open(out / "fleet.log", "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Its own group: Ctrl-C on the experiment must not kill the fleet before the
+            # rollbacks; stop_fleet ends it (and every Locust process of it) on purpose.
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    _pid_file().write_text(str(proc.pid))
+    wait_until(
+        lambda: (
+            sum(o.kind == "submit" and o.outcome == "ok" for o in ledger_ops()) >= min_ok
+            or proc.poll() is not None
+        ),
+        60,
+        f"{min_ok} submits acknowledged by the fleet",
+        interval_s=0.5,
+    )
+    if proc.poll() is not None:
+        raise RuntimeError(f"the fleet exited early (code {proc.returncode}): see {out}/fleet.log")
+    return {"pid": proc.pid, "users": users, "duration_s": duration_s}
+
+
+def stop_fleet(timeout_s: float = 240, interrupt: bool = False) -> dict[str, Any]:
+    """Wait for the fleet to finish its run and reconcile (or interrupt it at once); always
+    leaves no fleet process behind. Returns its summary's reconciliation."""
+    path = _pid_file()
+    if not path.exists():
+        return {"running": False}
+    pid = int(path.read_text())
+    if interrupt and pid_alive(pid):
+        os.killpg(pid, signal.SIGINT)
+    try:
+        wait_until(lambda: not pid_alive(pid), timeout_s, "the fleet finished", interval_s=0.5)
+    except TimeoutError:
+        os.killpg(pid, signal.SIGKILL)
+    finally:
+        # Reap it when this process started it; a fleet of another process is only waited for.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        path.unlink(missing_ok=True)
+    summary = harness.run_dir() / "summary.json"
+    if not summary.exists():
+        return {"running": False, "summary": None}
+    return {"running": False, "reconciliation": json.loads(summary.read_text())["reconciliation"]}

@@ -1,0 +1,98 @@
+"""Network faults through the Toxiproxy API (the local fault proxy, or a real Toxiproxy at
+`CWH_TOXIPROXY_URL`): toxics and disabled proxies, each recorded in the fault journal.
+
+Proxies of the local environment: postgres-write, postgres-read, redis0..N, llm, sharepoint,
+gdrive, and pg<m>-replication (the link the standbys stream from when pg<m> is primary).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from experiments import harness
+
+
+def _api() -> str:
+    return harness.settings().fault_api_url
+
+
+def _check(resp: requests.Response, what: str) -> Any:
+    if not resp.ok:
+        raise RuntimeError(f"{what}: Toxiproxy answered {resp.status_code} {resp.text.strip()}")
+    return resp.json() if resp.content else None
+
+
+def add_toxic(
+    proxy: str,
+    toxic_type: str,
+    attributes: dict[str, int] | None = None,
+    stream: str = "downstream",
+    toxicity: float = 1.0,
+    name: str = "",
+) -> dict[str, Any]:
+    """Add a toxic (latency, bandwidth, timeout, reset_peer, slow_close, slicer, limit_data)."""
+    body: dict[str, Any] = {
+        "name": name or f"{toxic_type}_{stream}",
+        "type": toxic_type,
+        "stream": stream,
+        "toxicity": toxicity,
+        "attributes": attributes or {},
+    }
+    toxic = _check(requests.post(f"{_api()}/proxies/{proxy}/toxics", json=body, timeout=5), proxy)
+    harness.mark("inject", f"toxic-{proxy}-{body['name']}", proxy=proxy, toxic=toxic)
+    return {"proxy": proxy, **toxic}
+
+
+def remove_toxic(proxy: str, name: str) -> bool:
+    """Remove a toxic; true when it was there."""
+    resp = requests.delete(f"{_api()}/proxies/{proxy}/toxics/{name}", timeout=5)
+    harness.mark("restore", f"toxic-{proxy}-{name}")
+    return resp.status_code == 204
+
+
+def disable_proxy(proxy: str) -> dict[str, Any]:
+    """Stop the proxy: every connection through it dropped, new ones refused (a partition)."""
+    out = _check(
+        requests.post(f"{_api()}/proxies/{proxy}", json={"enabled": False}, timeout=5), proxy
+    )
+    harness.mark("inject", f"partition-{proxy}", proxy=proxy)
+    return dict(out)
+
+
+def enable_proxy(proxy: str) -> dict[str, Any]:
+    out = _check(
+        requests.post(f"{_api()}/proxies/{proxy}", json={"enabled": True}, timeout=5), proxy
+    )
+    harness.mark("restore", f"partition-{proxy}")
+    return dict(out)
+
+
+def reset() -> bool:
+    """Every proxy enabled, every toxic removed."""
+    ok = requests.post(f"{_api()}/reset", timeout=5).status_code == 204
+    for fault in harness.open_faults():
+        if fault["fault"].startswith(("toxic-", "partition-")):
+            harness.mark("restore", fault["fault"], by="reset")
+    return ok
+
+
+def heal_partitions() -> list[str]:
+    """Enable every proxy this run disabled (storage outages, Redis partitions)."""
+    healed = []
+    for fault in harness.open_faults():
+        if fault["fault"].startswith("partition-"):
+            enable_proxy(fault["proxy"])
+            healed.append(fault["proxy"])
+    return healed
+
+
+def remove_toxics() -> list[str]:
+    """Remove every toxic this run added."""
+    removed = []
+    for fault in harness.open_faults():
+        if fault["fault"].startswith("toxic-"):
+            remove_toxic(fault["proxy"], fault["toxic"]["name"])
+            removed.append(f"{fault['proxy']}/{fault['toxic']['name']}")
+    return removed

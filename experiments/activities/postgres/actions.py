@@ -1,0 +1,109 @@
+"""PostgreSQL faults: the primary's postmaster killed, the primary node lost, a planned
+switchover, latency on the replication link, and two primaries lost in turn.
+
+The kills reuse `experiments.pg_failover` (the failover tests and `make bench-failover` use the
+same steps); every injection is recorded in the run's fault journal.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+from env.process import wait_until
+from experiments import harness
+from experiments.activities.network.actions import add_toxic
+from experiments.pg_failover import KILL_PATRONI, KILL_POSTGRES, Fault, primary_of
+
+
+def _kill(fault: Fault, timeout_s: float) -> dict[str, Any]:
+    env = harness.environment()
+    before = env.status()
+    killed = fault.inject(env, before)
+    entry = harness.mark("inject", f"{fault.name}-{killed['name']}", **killed)
+    # The fault took effect only when a new primary serves (a different member, or the same
+    # one on a higher timeline after Patroni restarted it).
+    wait_until(
+        lambda: fault.took_effect(killed, env.status()),
+        env.settings.timeout(timeout_s),
+        f"{fault.name}: a new primary serves",
+        interval_s=0.2,
+    )
+    after = primary_of(env.status())
+    return {**killed, "injected_wall": entry["wall"], "new_primary": after}
+
+
+def kill_primary_postgres(timeout_s: float = 60) -> dict[str, Any]:
+    """SIGKILL the primary's postmaster; Patroni lives on. Returns once a primary serves."""
+    return _kill(KILL_POSTGRES, timeout_s)
+
+
+def lose_primary_node(down_s: float = 60, timeout_s: float = 60) -> dict[str, Any]:
+    """Lose the primary node: SIGKILL its Patroni (and so its postgres) and keep it down for
+    `down_s` (bounded by the supervisor's hold); the leader key must expire first."""
+    env = harness.environment()
+    name = primary_of(env.status())
+    assert name is not None, "no primary"
+    env.hold(name, down_s)  # set before the kill: KILL_PATRONI holds 300 s, we shorten it
+    result = _kill(KILL_PATRONI, timeout_s)
+    env.hold(name, down_s)
+    return result
+
+
+def lose_primaries_in_turn(
+    times: int = 2, gap_s: float = 0.0, down_s: float = 90, timeout_s: float = 60
+) -> list[dict[str, Any]]:
+    """A cascading failure: lose the primary node, wait for the new primary to serve (plus
+    `gap_s`), lose that one too. With asynchronous replication (or before the new primary has
+    a synchronous standby) acknowledged writes can be lost: the measurement must show it."""
+    out = []
+    for i in range(times):
+        if i and gap_s:
+            time.sleep(gap_s)  # the fault schedule itself, not a synchronization
+        out.append(lose_primary_node(down_s=down_s, timeout_s=timeout_s))
+    return out
+
+
+def switchover(candidate: str = "", timeout_s: float = 60) -> dict[str, Any]:
+    """A planned switchover through Patroni's REST API, to `candidate` (default: the sync
+    standby). Returns once the candidate serves as primary."""
+    env = harness.environment()
+    status = env.status()
+    leader = primary_of(status)
+    target = candidate or status["pg_sync_standby"]
+    if not leader or not target:
+        raise RuntimeError(f"no switchover possible: leader {leader}, candidate {target}")
+    port = next(c for c in status["components"] if c["component"] == leader)["ports"]["patroni"]
+    resp = requests.post(
+        f"http://127.0.0.1:{port}/switchover",
+        json={"leader": leader, "candidate": target},
+        timeout=30,
+    )
+    if resp.status_code != 200:
+        raise RuntimeError(f"Patroni refused the switchover: {resp.status_code} {resp.text}")
+    entry = harness.mark("inject", f"switchover-{leader}-{target}", leader=leader, candidate=target)
+    wait_until(
+        lambda: primary_of(env.status()) == target,
+        env.settings.timeout(timeout_s),
+        f"{target} serves as primary",
+        interval_s=0.2,
+    )
+    harness.mark("restore", f"switchover-{leader}-{target}")
+    return {"leader": leader, "candidate": target, "injected_wall": entry["wall"]}
+
+
+def replication_link_latency(latency_ms: int = 1500, jitter_ms: int = 0) -> dict[str, Any]:
+    """Latency on the current primary's replication link (WAL to both standbys): replay lag
+    grows past the 1 s objective; with a synchronous standby, commits wait for it too."""
+    primary = primary_of(harness.environment().status())
+    if primary is None:
+        raise RuntimeError("no primary")
+    return add_toxic(
+        f"{primary}-replication",
+        "latency",
+        {"latency": latency_ms, "jitter": jitter_ms},
+        stream="downstream",
+        name="replication-latency",
+    )

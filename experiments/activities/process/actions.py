@@ -1,0 +1,99 @@
+"""Pod kill: SIGKILL a service replica; the supervisor restarts it, as Kubernetes would.
+
+Each kill waits until the process is really dead and records the fault (the clock RTO counts
+from) in the run's fault journal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import requests
+
+from env.process import pid_alive, wait_until
+from experiments import harness
+from experiments.activities.process.probes import leader_scheduler, service_rows
+
+
+def _metric(port: int, name: str) -> float:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def kill_service(
+    role: str, which: str = "first", mid_job: bool = False, wait_busy_s: float = 30
+) -> dict[str, Any]:
+    """SIGKILL one replica of `role` (api, hub, worker, scheduler).
+
+    Args:
+        which: "first" (the first healthy replica by name), "leader" (the scheduler that leads),
+            or a component name such as "api2".
+        mid_job: for workers: wait (up to `wait_busy_s`) until the replica is processing a job,
+            so the kill interrupts one (its claim must expire and another worker finish it).
+
+    Returns what was killed: component, pid, and when.
+    """
+    rows = [r for r in service_rows(role) if r["healthy"]]
+    if which == "leader":
+        name = leader_scheduler()
+        target = next(r for r in rows if r["component"] == name)
+    elif which == "first":
+        if not rows:
+            raise RuntimeError(f"no healthy {role} replica to kill")
+        target = rows[0]
+    else:
+        target = next(r for r in rows if r["component"] == which)
+    if mid_job:
+        port = target["ports"]["http"]
+        wait_until(
+            lambda: _metric(port, "cw_jobs_in_flight") >= 1,
+            wait_busy_s,
+            f"{target['component']} processing a job",
+            interval_s=0.05,
+        )
+    pid = int(target["pid"])
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(pid), 5, f"{target['component']} (pid {pid}) dead")
+    entry = harness.mark(
+        "inject", f"kill-{target['component']}", component=target["component"], pid=pid
+    )
+    return {"component": target["component"], "pid": pid, "killed_wall": entry["wall"]}
+
+
+def wait_restarted(timeout_s: float = 60) -> list[dict[str, Any]]:
+    """Wait until the supervisor restarted every killed service (the open `kill-` faults of the
+    run) and each is healthy again (api and hub: back in the load balancer); marks them
+    restored."""
+    env = harness.environment()
+    out = []
+    for fault in harness.open_faults():
+        if not fault["fault"].startswith("kill-") or "component" not in fault:
+            continue
+        name, old_pid = fault["component"], fault["pid"]
+
+        def back(name: str = name, old_pid: int = old_pid) -> dict[str, Any] | None:
+            row = next(r for r in env.status()["components"] if r["component"] == name)
+            fresh = row["pid"] is not None and row["pid"] != old_pid
+            return row if fresh and row["healthy"] else None
+
+        row = wait_until(back, env.settings.timeout(timeout_s), f"{name} restarted and healthy")
+        entry = harness.mark("restore", fault["fault"], pid=row["pid"])
+        out.append(
+            {
+                "component": name,
+                "pid": row["pid"],
+                "restarts": row["restarts"],
+                "down_s": round(entry["wall"] - fault["wall"], 3),
+            }
+        )
+    return out
+
+
+def restore_everything(wait_s: float = 180) -> dict[str, Any]:
+    """Release every held component, remove every toxic, clean every knob; wait for health."""
+    return harness.restore_all(wait_s=wait_s)

@@ -1,0 +1,51 @@
+"""Redis Cluster faults: SIGKILL a master (its replica must take over), or partition a master
+from its clients (its proxy disabled; the cluster bus stays up, so no failover happens and
+requests for its slots fail until the partition heals)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from env.process import pid_alive, wait_until
+from experiments import harness
+from experiments.activities.network.actions import disable_proxy
+from experiments.activities.redis.probes import masters
+
+
+def kill_master(node: str = "", down_s: float = 30, timeout_s: float = 30) -> dict[str, Any]:
+    """SIGKILL a master (`node` like "redis0", default the first master) and keep it down for
+    `down_s`; returns once its replica is master and the cluster state is ok."""
+    env = harness.environment()
+    before = masters()
+    name = node or sorted(before)[0]
+    if name not in before:
+        raise RuntimeError(f"{name} is not a master (masters: {sorted(before)})")
+    comp = env.component(name)
+    env.hold(name, down_s)
+    pid = int(comp["pid"])
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(pid), 5, f"{name} (pid {pid}) dead")
+    entry = harness.mark("inject", f"kill-{name}", component=name, pid=pid)
+
+    def promoted() -> dict[str, Any] | None:
+        status = env.status()
+        now = masters(status)
+        ok = status["redis_cluster_state"] == "ok" and len(now) == len(before) and name not in now
+        return now if ok else None
+
+    now = wait_until(promoted, env.settings.timeout(timeout_s), f"a replica of {name} promoted")
+    return {
+        "killed": name,
+        "pid": pid,
+        "masters_after": sorted(now),
+        "injected_wall": entry["wall"],
+    }
+
+
+def partition_master(node: str = "") -> dict[str, Any]:
+    """Cut a master (default the first) off from its clients: its proxy disabled."""
+    name = node or sorted(masters())[0]
+    disable_proxy(name)
+    return {"partitioned": name}

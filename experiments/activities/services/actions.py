@@ -1,0 +1,41 @@
+"""Faults of the outside services the system depends on: a storage provider's outage (the
+gateway must fail over to the other provider) and an LLM 429 storm (workers retry, then dead-
+letter). Outages cut the provider's proxy; the storm turns the LLM stub's knobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from experiments import harness
+from experiments.activities.network.actions import disable_proxy
+
+
+def _knobs_url(service: str) -> str:
+    comp = harness.environment().component(service)
+    return f"http://127.0.0.1:{comp['ports']['http']}/admin/knobs"
+
+
+def storage_outage(provider: str = "sharepoint") -> dict[str, Any]:
+    """The provider unreachable: connections dropped and refused."""
+    if provider not in ("sharepoint", "gdrive"):
+        raise ValueError(f"provider {provider!r}: sharepoint or gdrive")
+    return disable_proxy(provider)
+
+
+def llm_429_storm(share: float = 1.0, retry_after_s: float = 1.0) -> dict[str, Any]:
+    """`share` of LLM calls answered 429 with Retry-After."""
+    resp = requests.post(
+        _knobs_url("llm"), json={"rate_429": share, "retry_after_s": retry_after_s}, timeout=5
+    )
+    resp.raise_for_status()
+    harness.mark("inject", "llm-429-storm", share=share, retry_after_s=retry_after_s)
+    return dict(resp.json())
+
+
+def end_llm_429_storm() -> dict[str, Any]:
+    resp = requests.post(_knobs_url("llm"), json=harness.CLEAN_KNOBS, timeout=5)
+    resp.raise_for_status()
+    harness.mark("restore", "llm-429-storm")
+    return dict(resp.json())

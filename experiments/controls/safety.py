@@ -1,0 +1,128 @@
+"""The harness's Chaos Toolkit control: the run folder, the stop conditions, and the restore
+that runs after everything else, whatever happened.
+
+Declared in every experiment (`controls`), with arguments:
+    max_failed_share, max_hurt_s: interrupt when at least this share of the phones' operations
+        failed over the last 10 s, for longer than `max_hurt_s` (users badly hurt);
+    max_fault_s: interrupt when a fault has been injected for longer than this;
+and always interrupts when the stop file exists (`cwh chaos stop`).
+
+Interrupting sends the experiment's process SIGUSR1, which Chaos Toolkit turns into an
+interruption that still plays the rollbacks; after them, `after_experiment_control` restores
+whatever a rollback could not (toxics, held components, knobs) and waits for full health.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from chaoslib.exit import exit_gracefully
+
+from experiments import harness
+from experiments.activities.fleet.actions import stop_fleet
+from experiments.activities.fleet.probes import failed_share
+
+log = logging.getLogger("cwh.chaos.safety")
+
+HURT_WINDOW_S = 10.0
+CHECK_EVERY_S = 1.0
+
+_watcher: Watcher | None = None
+
+
+class Watcher(threading.Thread):
+    def __init__(self, max_failed_share: float, max_hurt_s: float, max_fault_s: float) -> None:
+        super().__init__(name="cwh-safety", daemon=True)
+        self.max_failed_share = max_failed_share
+        self.max_hurt_s = max_hurt_s
+        self.max_fault_s = max_fault_s
+        self.done = threading.Event()
+        self.reason: str | None = None
+
+    def check(self, hurt_since: float | None) -> tuple[str | None, float | None]:
+        now = time.time()
+        if harness.stop_file().exists():
+            return "stopped from outside (cwh chaos stop)", hurt_since
+        for fault in harness.open_faults():
+            if now - fault["wall"] > self.max_fault_s:
+                return f"fault {fault['fault']} injected for over {self.max_fault_s:g} s", None
+        hurt = failed_share(HURT_WINDOW_S, now)
+        if hurt["operations"] >= 5 and hurt["share"] >= self.max_failed_share:
+            hurt_since = hurt_since or now
+            if now - hurt_since > self.max_hurt_s:
+                return (
+                    f"{hurt['share']:.0%} of the phones' operations failing for over "
+                    f"{self.max_hurt_s:g} s",
+                    hurt_since,
+                )
+            return None, hurt_since
+        return None, None
+
+    def run(self) -> None:
+        hurt_since: float | None = None
+        while not self.done.wait(CHECK_EVERY_S):
+            try:
+                self.reason, hurt_since = self.check(hurt_since)
+            except Exception as exc:  # a probe's hiccup must not kill the guard
+                log.warning("safety check failed: %s", exc)
+                continue
+            if self.reason:
+                log.error("stop condition: %s: interrupting, rollbacks will play", self.reason)
+                (harness.run_dir() / "safety.json").write_text(
+                    json.dumps({"stopped_wall": time.time(), "reason": self.reason})
+                )
+                exit_gracefully()
+                return
+
+
+def _running_dir() -> Path:
+    path = harness.settings().run_dir / "chaos-running"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def before_experiment_control(
+    context: dict[str, Any],
+    max_failed_share: float = 0.9,
+    max_hurt_s: float = 120.0,
+    max_fault_s: float = 300.0,
+    **_: Any,
+) -> None:
+    global _watcher
+    name = next(
+        (e.get("experiment") for e in context.get("extensions", []) if e.get("name") == "cwh"),
+        None,
+    )
+    if not os.environ.get(harness.RUN_DIR_VAR):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        os.environ[harness.RUN_DIR_VAR] = str(
+            Path("reports", f"{stamp}-chaos-{name or 'experiment'}").resolve()
+        )
+    running = _running_dir()
+    if not any(running.iterdir()):
+        harness.stop_file().unlink(missing_ok=True)  # left by a stop when nothing ran
+    (running / str(os.getpid())).write_text(str(harness.run_dir()))
+    _watcher = Watcher(max_failed_share, max_hurt_s, max_fault_s)
+    _watcher.start()
+
+
+def after_experiment_control(context: dict[str, Any], state: Any = None, **_: Any) -> None:
+    """After the rollbacks: nothing may stay injected, whatever happened before."""
+    global _watcher
+    if _watcher is not None:
+        _watcher.done.set()
+    stop_fleet(interrupt=True, timeout_s=120)
+    restored = harness.restore_all(wait_s=180)
+    (harness.run_dir() / "restored.json").write_text(json.dumps(restored))
+
+
+def cleanup_control() -> None:
+    if _watcher is not None:
+        _watcher.done.set()
+    (_running_dir() / str(os.getpid())).unlink(missing_ok=True)

@@ -1,0 +1,122 @@
+"""What every chaos activity shares: the run folder, the environment, the fault journal, and the
+one restore that puts everything back.
+
+Chaos Toolkit runs an experiment's activities in one Python process, but the state an activity
+leaves (a fault injected, the fleet started) is also written to the run folder, so `cwh chaos`,
+the safety control and a later `cwh chaos stop` see it from other processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from env.local import LocalEnvironment
+from env.process import wait_until
+from env.settings import EnvSettings
+
+log = logging.getLogger("cwh.chaos")
+
+RUN_DIR_VAR = "CWH_CHAOS_RUN_DIR"
+#: Knob values of a service that injects nothing (reference_impl.knobs.Knobs' defaults).
+CLEAN_KNOBS = {"latency_ms": 0, "error_rate": 0, "rate_429": 0, "outage": False}
+KNOB_SERVICES = ("llm", "sharepoint", "gdrive")
+
+
+def settings() -> EnvSettings:
+    return EnvSettings.from_environ()
+
+
+def environment() -> LocalEnvironment:
+    return LocalEnvironment(settings())
+
+
+def stop_file() -> Path:
+    """`cwh chaos stop` creates it; the safety control of any running experiment sees it."""
+    return settings().run_dir / "chaos-stop"
+
+
+def run_dir() -> Path:
+    """The run folder: `CWH_CHAOS_RUN_DIR` (set by `cwh chaos run` or the harness control),
+    else a new `reports/<UTC>-chaos` folder for a bare `chaos run`."""
+    if not os.environ.get(RUN_DIR_VAR):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        os.environ[RUN_DIR_VAR] = str(Path("reports", f"{stamp}-chaos").resolve())
+    path = Path(os.environ[RUN_DIR_VAR])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def faults_path() -> Path:
+    return run_dir() / "faults.jsonl"
+
+
+def mark(event: str, fault: str, **detail: Any) -> dict[str, Any]:
+    """Append to the fault journal: `inject` (the clock RTO counts from) or `restore`."""
+    entry = {"event": event, "fault": fault, "wall": time.time(), **detail}
+    with open(faults_path(), "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    log.info("fault %s: %s %s", event, fault, detail)
+    return entry
+
+
+def fault_journal() -> list[dict[str, Any]]:
+    path = faults_path()
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def open_faults() -> list[dict[str, Any]]:
+    """Faults injected and not yet restored, oldest first."""
+    restored = {e["fault"] for e in fault_journal() if e["event"] == "restore"}
+    return [e for e in fault_journal() if e["event"] == "inject" and e["fault"] not in restored]
+
+
+def wait_healthy(timeout_s: float = 120) -> dict[str, Any]:
+    env = environment()
+    return wait_until(
+        lambda: s if (s := env.status())["healthy"] else None,
+        env.settings.timeout(timeout_s),
+        "environment healthy (every component, no fault left injected)",
+        interval_s=0.5,
+    )
+
+
+def restore_all(wait_s: float = 120) -> dict[str, Any]:
+    """Undo every fault this harness can inject, whatever happened: toxics removed and proxies
+    enabled, held components released, service knobs clean; then wait for full health.
+    Idempotent, and safe to call when nothing was injected."""
+    env = environment()
+    s = env.settings
+    done: dict[str, Any] = {"toxics_reset": False, "released": [], "knobs_reset": []}
+    if s.fault_proxy:
+        try:
+            done["toxics_reset"] = requests.post(f"{s.fault_api_url}/reset", timeout=5).ok
+        except requests.RequestException as exc:
+            log.warning("fault proxy reset failed: %s", exc)
+    sup = env.supervisor_status() or {}
+    for comp in sup.get("components", []):
+        if comp.get("held_for_s"):
+            env.release(comp["name"])
+            done["released"].append(comp["name"])
+    status = env.status()
+    for comp in status["components"]:
+        if comp["component"] in KNOB_SERVICES and comp["ports"].get("http"):
+            url = f"http://127.0.0.1:{comp['ports']['http']}/admin/knobs"
+            try:
+                requests.post(url, json=CLEAN_KNOBS, timeout=5)
+                done["knobs_reset"].append(comp["component"])
+            except requests.RequestException as exc:
+                log.warning("knobs of %s not reset: %s", comp["component"], exc)
+    for fault in open_faults():
+        mark("restore", fault["fault"], by="restore_all")
+    if wait_s > 0:
+        done["healthy"] = bool(wait_healthy(wait_s)["healthy"])
+    return done

@@ -1,0 +1,70 @@
+"""RTO per path and RPO of a chaos run, from a ledger: pure, known answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slo.ledger import Operation
+from slo.recovery import path_ops, recovery_report
+
+FAULT = 1_000.0
+
+
+def op(
+    kind: str, wall: float, outcome: str = "ok", latency: float = 0.05, **detail: Any
+) -> Operation:
+    # Monotonic times from another process's clock: the report must use the wall clock.
+    return Operation(f"{kind}{wall}", kind, 5.0, 5.0 + latency, wall, outcome, detail=detail)  # type: ignore[arg-type]
+
+
+def ledger() -> list[Operation]:
+    ops = [op("submit", FAULT - 5 + i * 0.5) for i in range(8)]
+    ops += [op("submit", FAULT + 0.5, "fail"), op("submit", FAULT + 1.0, "info")]
+    ops += [op("submit", FAULT + 2 + i) for i in range(5)]  # recovered: first done at +2.05
+    ops += [op("read", FAULT + 0.2 + i) for i in range(6)]  # never failed: RTO 0
+    # notifications: one through sync (late by definition), one slow, then five good ones
+    ops += [op("time_to_result", FAULT + 0.1, latency=0.3, via="sync")]
+    ops += [op("time_to_result", FAULT + 0.5, latency=9.0, via="socket")]
+    ops += [op("time_to_result", FAULT + 3 + i, latency=0.2, via="socket") for i in range(5)]
+    return ops
+
+
+def test_paths_use_the_wall_clock_and_judge_notifications():
+    paths = path_ops(ledger(), ttr_bound_s=5.0)
+    assert {p: len(v) for p, v in paths.items()} == {"write": 15, "read": 6, "notification": 7}
+    assert paths["write"][0].invoked_s == FAULT - 5
+    outcomes = [o.outcome for o in paths["notification"]]
+    assert outcomes == ["fail", "fail", "ok", "ok", "ok", "ok", "ok"]
+
+
+def test_rto_per_path_and_no_loss():
+    rec = {"lost": 0, "acknowledged": 13, "duplicated": 0, "never_notified": 0, "info_submits": 1}
+    r = recovery_report(ledger(), FAULT, rec, consecutive=5)
+    assert r["rto_s"]["write"] == 2.05
+    assert r["rto_s"]["read"] == 0.0
+    assert r["rto_s"]["notification"] == 3.2
+    assert r["rto_s"]["max"] == 3.2
+    assert r["recovered"] == {"write": True, "read": True, "notification": True}
+    assert r["unrecovered_paths"] == 0
+    assert r["rpo_s"]["max"] == 0.0
+    assert r["not_ok_after_fault"] == {"write": 2, "read": 0, "notification": 2}
+
+
+def test_a_path_that_never_recovers_is_a_lower_bound_and_counted():
+    ops = [op("submit", FAULT + i, "fail") for i in range(6)] + [op("read", FAULT + 1)]
+    r = recovery_report(ops, FAULT, {"lost": 0}, consecutive=5)
+    assert r["recovered"]["write"] is False
+    assert r["rto_s"]["write"] == 5.05  # observed until the last failure completed
+    assert r["recovered"]["read"] is None  # one read: too few to say
+    assert r["rto_s"]["read"] is None
+    assert r["unrecovered_paths"] == 1
+
+
+def test_rpo_is_the_age_of_the_oldest_lost_acknowledgement():
+    rec = {"lost": 2, "oldest_lost_acked_wall": FAULT - 3.5, "lost_ids": ["a", "b"]}
+    r = recovery_report(ledger(), FAULT, rec)
+    assert r["rpo_s"] == {"write": 3.5, "max": 3.5}
+    assert r["lost"] == 2
+    # a loss acknowledged after the fault (a write to a doomed primary) is still reported
+    r = recovery_report(ledger(), FAULT, {"lost": 1, "oldest_lost_acked_wall": FAULT + 1})
+    assert (r["rpo_s"]["max"], r["lost"]) == (0.0, 1)
