@@ -25,6 +25,7 @@ class GateOptions:
     baseline: a previous run folder with an slo.json, for the baseline comparisons.
     out: where slo.json, slo-junit.xml and slo.md go (default: the run folder).
     on_inconclusive: the exit code when the gate is inconclusive (2 by default).
+    only: evaluate these SLOs (by name) and no others; empty: every definition.
     """
 
     run: Path | None = None
@@ -34,6 +35,7 @@ class GateOptions:
     baseline: Path | None = None
     out: Path | None = None
     on_inconclusive: int = EXIT_INCONCLUSIVE
+    only: tuple[str, ...] = ()
 
 
 def check(opts: GateOptions, console: Console) -> int:
@@ -42,6 +44,11 @@ def check(opts: GateOptions, console: Console) -> int:
     except DefinitionError as exc:
         console.print(f"[red]error:[/red] SLO definition: {exc}")
         return EXIT_INCONCLUSIVE
+    if opts.only:
+        if missing := sorted(set(opts.only) - {s.name for s in slos}):
+            console.print(f"[red]error:[/red] no such SLO: {', '.join(missing)}")
+            return EXIT_INCONCLUSIVE
+        slos = [s for s in slos if s.name in opts.only]
     try:
         run = RunData(opts.run)
         window = opts.window or run.window()

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import redis.exceptions
 from aiohttp import WSCloseCode, web
 from prometheus_client import Counter, Gauge
 
@@ -47,6 +48,9 @@ class Connection:
         self.ws = ws
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
         self.last_sent = 0
+        #: Events up to this id predate the connection: a catch-up after a pub/sub outage
+        #: starts above it (the phone did not ask for them).
+        self.floor = 0
 
 
 async def updates(request: web.Request) -> web.StreamResponse:
@@ -93,6 +97,11 @@ async def updates(request: web.Request) -> web.StreamResponse:
                 )
                 conn.last_sent = r["event_id"]
                 metrics["sent"].inc()
+        else:
+            conn.floor = await app[POOL].fetchval(
+                "SELECT COALESCE(max(event_id), 0) FROM events WHERE device_id = $1",
+                claims.device_id,
+            )
         sender = asyncio.create_task(send_loop(conn, metrics))
         try:
             async for msg in ws:  # phones may send pings or acks; we only need to read them
@@ -130,16 +139,22 @@ async def send_loop(conn: Connection, metrics: dict[str, Any]) -> None:
 async def listen(app: web.Application) -> None:
     """Deliver published events to the connections of their device; reconnect on failure."""
     conns: defaultdict[uuid.UUID, set[Connection]] = app[CONNS]
+    failed: tuple[str, int] | None = None
     while True:
         try:
-            client, pubsub = await single_node_pubsub(app[SETTINGS])
+            client, pubsub = await single_node_pubsub(app[SETTINGS], avoid=failed)
         except ConnectionError as exc:
             log.warning("pub/sub unavailable: %s", exc)
             observability.tick(app, "pubsub")
             await asyncio.sleep(1)
             continue
+        node = client.connection_pool.connection_kwargs
         try:
             await pubsub.subscribe(NOTIFY_CHANNEL)
+            if failed is not None:
+                # Events published while no node was listening: from the log, not lost.
+                await catch_up(app)
+            failed = None
             while True:
                 msg = await pubsub.get_message(timeout=1.0)
                 observability.tick(app, "pubsub")
@@ -156,15 +171,45 @@ async def listen(app: web.Application) -> None:
                             code=WSCloseCode.TRY_AGAIN_LATER,
                             message=b"too slow, resume with last_event_id",
                         )
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            log.warning("pub/sub connection lost: %r", exc)
+        except (OSError, ConnectionError, TimeoutError, redis.exceptions.RedisError) as exc:
+            log.warning("pub/sub connection to %s:%s lost: %r", node["host"], node["port"], exc)
+            failed = (node["host"], node["port"])
         except Exception:
             log.exception("pub/sub listener failed")
+            failed = (node["host"], node["port"])
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
                 await client.aclose()
         await asyncio.sleep(0.2)
+
+
+async def catch_up(app: web.Application) -> int:
+    """Queue, for every connected phone, the events logged after the last one it was sent
+    (the sender skips any it already has). Returns how many were queued."""
+    queued = 0
+    for device, device_conns in list(app[CONNS].items()):
+        for conn in list(device_conns):
+            rows = await app[POOL].fetch(
+                "SELECT event_id, request_id, type, payload FROM events"
+                " WHERE device_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $3",
+                device,
+                max(conn.last_sent, conn.floor),
+                REPLAY_LIMIT,
+            )
+            for r in rows:
+                with contextlib.suppress(asyncio.QueueFull):
+                    conn.queue.put_nowait(
+                        {
+                            "event_id": r["event_id"],
+                            "type": r["type"],
+                            "request_id": str(r["request_id"]),
+                            **json.loads(r["payload"]),
+                        }
+                    )
+                    queued += 1
+    log.info("pub/sub back: %d missed event(s) queued from the log", queued)
+    return queued
 
 
 async def _run(app: web.Application) -> AsyncIterator[None]:

@@ -22,10 +22,11 @@ def ledger() -> list[Operation]:
     ops += [op("submit", FAULT + 0.5, "fail"), op("submit", FAULT + 1.0, "info")]
     ops += [op("submit", FAULT + 2 + i) for i in range(5)]  # recovered: first done at +2.05
     ops += [op("read", FAULT + 0.2 + i) for i in range(6)]  # never failed: RTO 0
-    # notifications: one through sync (late by definition), one slow, then five good ones
-    ops += [op("time_to_result", FAULT + 0.1, latency=0.3, via="sync")]
+    # notifications: one late through a sync, one slow, then five good ones (one by a sync)
+    ops += [op("time_to_result", FAULT + 0.1, latency=6.0, via="sync")]
     ops += [op("time_to_result", FAULT + 0.5, latency=9.0, via="socket")]
-    ops += [op("time_to_result", FAULT + 3 + i, latency=0.2, via="socket") for i in range(5)]
+    ops += [op("time_to_result", FAULT + 3 + i, latency=0.2, via="socket") for i in range(4)]
+    ops += [op("time_to_result", FAULT + 7, latency=0.2, via="sync")]
     return ops
 
 

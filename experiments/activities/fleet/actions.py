@@ -56,7 +56,13 @@ def start_fleet(
             # Its own group: Ctrl-C on the experiment must not kill the fleet before the
             # rollbacks; stop_fleet ends it (and every Locust process of it) on purpose.
             start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            # No offline spells unless asked: a phone back from one gets its results late by
+            # its own doing, which the notification path's RTO must not blame on the fault.
+            env={
+                "CWH_OFFLINE_CHANCE": "0",
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+            },
         )
     _pid_file().write_text(str(proc.pid))
     wait_until(
