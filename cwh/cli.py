@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr = ch_sub.add_parser("run", help="run one experiment, measure RTO and RPO, gate it")
     cr.add_argument("experiment", help="a name from `cwh chaos list`")
     for p in (cr,):
+        p.add_argument("--reports", default="reports", help="where the run folder is made")
         p.add_argument(
             "--users", type=int, default=0, help="fleet size (default: the experiment's)"
         )
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--users", type=int, default=0)
     gd.add_argument("--fleet-s", type=int, default=0)
     gd.add_argument("--no-gate", action="store_true")
+    gd.add_argument("--reports", default="reports")
     gd.set_defaults(func=chaos_gameday)
     ch_sub.add_parser(
         "stop", help="interrupt running experiments (rollbacks play) and restore the system"
@@ -330,7 +332,13 @@ def chaos_list(_: argparse.Namespace) -> int:
 def _chaos_options(args: argparse.Namespace, name: str) -> Any:
     from cwh.chaos import ChaosOptions
 
-    return ChaosOptions(name, users=args.users, fleet_s=args.fleet_s, gate=not args.no_gate)
+    return ChaosOptions(
+        name,
+        users=args.users,
+        fleet_s=args.fleet_s,
+        gate=not args.no_gate,
+        reports=Path(args.reports),
+    )
 
 
 def chaos_run(args: argparse.Namespace) -> int:

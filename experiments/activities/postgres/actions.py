@@ -15,7 +15,7 @@ import requests
 from env.process import wait_until
 from experiments import harness
 from experiments.activities.network.actions import add_toxic
-from experiments.pg_failover import KILL_PATRONI, KILL_POSTGRES, Fault, primary_of
+from experiments.pg_failover import KILL_PATRONI, KILL_POSTGRES, Fault, pg_members, primary_of
 
 
 def _kill(fault: Fault, timeout_s: float) -> dict[str, Any]:
@@ -31,8 +31,15 @@ def _kill(fault: Fault, timeout_s: float) -> dict[str, Any]:
         f"{fault.name}: a new primary serves",
         interval_s=0.2,
     )
-    after = primary_of(env.status())
-    return {**killed, "injected_wall": entry["wall"], "new_primary": after}
+    now = env.status()
+    after = primary_of(now)
+    timeline = pg_members(now)[after]["timeline"] if after else None
+    return {
+        **killed,
+        "injected_wall": entry["wall"],
+        "new_primary": after,
+        "new_timeline": timeline,
+    }
 
 
 def kill_primary_postgres(timeout_s: float = 60) -> dict[str, Any]:

@@ -12,16 +12,41 @@ from slo.definitions import DEFAULT_DIR, load
 from slo.gate import Context, evaluate
 from slo.sources import Prometheus, RunData, Window
 
+#: After recovery, seconds before the SLOs are expected to hold again (retries settle).
+SETTLE_S = 3.0
 
-def slo_verdicts(names: list[str], window_s: float = 30.0) -> dict[str, dict[str, Any]]:
+
+def recovered_at() -> float | None:
+    """When the run's faults were over: the last restoration, or the fault plus the measured
+    RTO, whichever is later; None before any fault."""
+    journal = harness.fault_journal()
+    if not journal:
+        return None
+    ends: list[float] = [float(e["wall"]) for e in journal]
+    chaos = harness.run_dir() / "chaos.json"
+    if chaos.exists():
+        measured = json.loads(chaos.read_text())
+        if measured["rto_s"]["max"] is not None:
+            ends.append(measured["fault_wall"] + measured["rto_s"]["max"])
+    return max(ends)
+
+
+def slo_verdicts(
+    names: list[str], window_s: float = 30.0, after_recovery: bool = False
+) -> dict[str, dict[str, Any]]:
     """name -> {status, measured, objective, reason} of the named SLOs over the last
-    `window_s` seconds (Prometheus SLOs only: a run's own data exists only after the run)."""
+    `window_s` seconds (Prometheus SLOs only: a run's own data exists only after the run).
+    With `after_recovery`, the window starts no earlier than the faults' end (plus a few
+    seconds): "holds again" is judged on what came after, not on the fault itself."""
     by_name = {s.name: s for s in load(DEFAULT_DIR)}
     if missing := sorted(set(names) - set(by_name)):
         raise ValueError(f"no such SLO: {', '.join(missing)} (see slo/definitions/)")
     prometheus = Prometheus(harness.environment().status()["urls"]["prometheus"])
     now = time.time()
-    ctx = Context(window=Window(now - window_s, now), prometheus=prometheus, run=RunData(None))
+    start = now - window_s
+    if after_recovery and (end := recovered_at()) is not None:
+        start = max(start, min(now - 1.0, end + SETTLE_S))
+    ctx = Context(window=Window(start, now), prometheus=prometheus, run=RunData(None))
     out = {}
     for name in names:
         v = evaluate(by_name[name], ctx)
@@ -35,11 +60,11 @@ def slo_verdicts(names: list[str], window_s: float = 30.0) -> dict[str, dict[str
 
 
 def slos_hold(names: list[str], window_s: float = 30.0) -> bool:
-    """True when none of the named SLOs fails over the last `window_s` seconds ("no data", as
-    before any traffic, is not a failure). Each evaluation is kept in the run folder."""
-    verdicts = slo_verdicts(names, window_s)
+    """True when none of the named SLOs fails over the last `window_s` seconds, after the
+    faults' end when there were faults ("no data", as before any traffic, is not a failure).
+    Each evaluation is kept in the run folder."""
+    verdicts = slo_verdicts(names, window_s, after_recovery=True)
+    entry = {"wall": time.time(), "window_s": window_s, "verdicts": verdicts}
     with open(harness.run_dir() / "slo-probes.jsonl", "a") as f:
-        f.write(
-            json.dumps({"wall": time.time(), "window_s": window_s, "verdicts": verdicts}) + "\n"
-        )
+        f.write(json.dumps(entry) + "\n")
     return not any(v["status"] == "fail" for v in verdicts.values())

@@ -1,0 +1,237 @@
+"""Chaos experiments run as users run them (`cwh chaos run`, plain `chaos run`) against the
+session's environment, each showing that its fault really happened, what users saw, and that
+nothing stayed injected afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cwh.chaos import catalogue
+from env.configs import worst_case_failover_s
+from env.local import LocalEnvironment
+from env.process import pid_alive
+from tests.helpers import poll, wait_healthy
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAOS = str(Path(sys.executable).with_name("chaos"))
+CWH = str(Path(sys.executable).with_name("cwh"))
+#: Short runs: a small fleet, short faults; the defaults are for game days.
+QUICK = {
+    "CWH_CHAOS_USERS": "10",
+    "CWH_CHAOS_BASELINE_S": "8",
+    "CWH_CHAOS_FAULT_S": "15",
+    "CWH_CHAOS_RECOVER_S": "15",
+}
+
+
+def child_env(local_env: LocalEnvironment, **extra: str) -> dict[str, str]:
+    return {**os.environ, **local_env.settings.to_environ(), **QUICK, **extra}
+
+
+def cwh_chaos(local_env: LocalEnvironment, tmp_path: Path, name: str, fleet_s: int) -> Path:
+    """`cwh chaos run` as a user runs it; returns its run folder, after checking its exit code
+    and that nothing stayed injected."""
+    proc = subprocess.run(
+        [CWH, "chaos", "run", name, "--fleet-s", str(fleet_s), "--reports", str(tmp_path)],
+        cwd=ROOT,
+        env=child_env(local_env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    (out,) = tmp_path.glob(f"*-chaos-{name}")
+    assert proc.returncode == 0, (proc.stdout[-3000:], (out / "chaos.md").read_text())
+    assert_restored(local_env)
+    return out
+
+
+def assert_restored(local_env: LocalEnvironment) -> None:
+    status = wait_healthy(local_env, timeout_s=60)
+    proxy = next(c for c in status["components"] if c["component"] == "faultproxy")
+    assert proxy["healthy"], proxy
+    assert proxy["toxics"] == {}
+    assert proxy["disabled"] == []
+    assert all(not c.get("held_for_s") for c in local_env.supervisor_status()["components"])
+
+
+def load(out: Path, name: str) -> Any:
+    return json.loads((out / name).read_text())
+
+
+def injected(out: Path) -> list[dict[str, Any]]:
+    return [f for f in load_lines(out / "faults.jsonl") if f["event"] == "inject"]
+
+
+def load_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_every_experiment_passes_chaos_validate():
+    names = catalogue()
+    assert len(names) >= 15
+    for name, exp in names.items():
+        proc = subprocess.run(
+            [CHAOS, "--no-log-file", "validate", str(exp["path"])],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, (name, proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def test_api_replica_kill(local_env, tmp_path):
+    before = wait_healthy(local_env)
+    out = cwh_chaos(local_env, tmp_path, "kill-api", fleet_s=35)
+    (kill,) = injected(out)
+    # The replica really died, and came back as a new process.
+    assert not pid_alive(kill["pid"])
+    was = next(c for c in before["components"] if c["component"] == kill["component"])
+    now = next(c for c in local_env.status()["components"] if c["component"] == kill["component"])
+    assert now["pid"] != was["pid"]
+    assert now["restarts"] > was["restarts"]
+    chaos = load(out, "chaos.json")
+    # HAProxy redispatched: no failed read, no failed submit; every submit exactly once.
+    ops = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
+    after = [o for o in ops if o["invoked_wall"] >= kill["wall"]]
+    assert [o for o in after if o["kind"] == "read" and o["outcome"] != "ok"] == []
+    assert chaos["not_ok_after_fault"]["read"] == 0
+    assert chaos["acknowledged"] > 50
+    assert (chaos["lost"], chaos["duplicated"]) == (0, 0)
+    assert chaos["recovered"]["write"]
+    assert chaos["recovered"]["read"]
+    gate = load(out, "slo.json")
+    assert {v["name"] for v in gate["verdicts"]} >= {"rto", "rpo", "requests-lost"}
+
+
+def test_postgres_primary_kill(local_env, tmp_path):
+    out = cwh_chaos(local_env, tmp_path, "pg-kill-primary", fleet_s=45)
+    journal = load(out, "journal.json")
+    kill = next(r for r in journal["run"] if r["activity"]["name"] == "kill-primary-postgres")
+    # The primary really changed: a promotion, onto a new timeline (Patroni may restart the
+    # killed member fast enough to be promoted itself).
+    assert kill["output"]["new_timeline"] > kill["output"]["timeline"]
+    assert not pid_alive(kill["output"]["pid"])
+    chaos = load(out, "chaos.json")
+    assert chaos["not_ok_after_fault"]["write"] > 0, "the fault never reached the phones"
+    assert chaos["recovered"]["write"] is True
+    assert chaos["rto_s"]["write"] <= worst_case_failover_s(), chaos["rto_s"]
+    assert (chaos["lost"], chaos["duplicated"], chaos["rpo_s"]["max"]) == (0, 0, 0.0)
+
+
+def test_redis_master_kill(local_env, tmp_path):
+    masters_before = {
+        c["component"]
+        for c in wait_healthy(local_env)["components"]
+        if c["kind"] == "redis" and c["role"] == "master"
+    }
+    out = cwh_chaos(local_env, tmp_path, "redis-kill-master", fleet_s=40)
+    journal = load(out, "journal.json")
+    kill = next(r for r in journal["run"] if r["activity"]["name"] == "kill-redis-master")
+    assert kill["output"]["killed"] in masters_before
+    assert kill["output"]["killed"] not in kill["output"]["masters_after"]
+    chaos = load(out, "chaos.json")
+    assert chaos["rto_s"]["max"] is not None
+    assert all(chaos["recovered"].values())
+    assert (chaos["lost"], chaos["duplicated"]) == (0, 0)
+
+
+def test_latency_toxic_breaches_the_latency_slo_then_it_holds(local_env, tmp_path):
+    out = cwh_chaos(local_env, tmp_path, "net-pg-latency", fleet_s=50)
+    journal = load(out, "journal.json")
+    during = next(r for r in journal["run"] if r["activity"]["name"] == "latency-slo-during-fault")
+    verdict = during["output"]["api-submit-latency-p95"]
+    assert verdict["status"] == "fail", verdict
+    assert verdict["measured"] > 0.3  # at least the toxic's latency, once per round trip
+    after = journal["steady_states"]["after"]
+    assert after["steady_state_met"], after
+    slo_probe = next(p for p in after["probes"] if p["activity"]["name"] == "slos-hold")
+    assert slo_probe["output"] is True
+
+
+def _start_plain_chaos(local_env: LocalEnvironment, run_dir: Path, name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            CHAOS,
+            "--log-file",
+            str(run_dir / "chaostoolkit.log"),
+            "run",
+            "--journal-path",
+            str(run_dir / "journal.json"),
+            str(ROOT / "experiments" / f"{name}.yaml"),
+        ],
+        cwd=ROOT,
+        env=child_env(
+            local_env, CWH_CHAOS_RUN_DIR=str(run_dir), CWH_CHAOS_FLEET_S="60", PYTHONPATH=str(ROOT)
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait_for_fault(run_dir: Path, proc: subprocess.Popen) -> dict[str, Any]:
+    def fault() -> dict[str, Any] | None:
+        assert proc.poll() is None, "the experiment ended before its fault"
+        path = run_dir / "faults.jsonl"
+        return next(iter(injected(run_dir)), None) if path.exists() else None
+
+    return poll(fault, 120, "the fault injected", interval_s=0.2)
+
+
+def _assert_interrupted_and_restored(local_env: LocalEnvironment, run_dir: Path) -> None:
+    journal = load(run_dir, "journal.json")
+    assert journal["status"] == "interrupted"
+    assert [r["activity"]["name"] for r in journal["rollbacks"]][:1] == ["stop-fleet"]
+    assert all(r["status"] == "succeeded" for r in journal["rollbacks"])
+    assert load(run_dir, "restored.json")["healthy"] is True
+    assert_restored(local_env)
+    # `cwh env status` says so too, as a user would check.
+    proc = subprocess.run(
+        [CWH, "env", "status", "--json"],
+        env=child_env(local_env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(proc.stdout)["healthy"] is True
+
+
+def test_sigint_midway_plays_the_rollbacks(local_env, tmp_path):
+    wait_healthy(local_env)
+    proc = _start_plain_chaos(local_env, tmp_path, "net-pg-latency")
+    try:
+        fault = _wait_for_fault(tmp_path, proc)
+        assert fault["toxic"]["attributes"]["latency"] == 300
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C does
+        assert proc.wait(300) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _assert_interrupted_and_restored(local_env, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["storage-outage"])
+def test_cwh_chaos_stop_interrupts_from_outside(local_env, tmp_path, name):
+    wait_healthy(local_env)
+    proc = _start_plain_chaos(local_env, tmp_path, name)
+    try:
+        fault = _wait_for_fault(tmp_path, proc)
+        assert fault["proxy"] == "sharepoint"
+        stop = subprocess.run(
+            [CWH, "chaos", "stop"], env=child_env(local_env), capture_output=True, timeout=400
+        )
+        assert stop.returncode == 0, stop.stdout
+        assert proc.wait(60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "cwh chaos stop" in load(tmp_path, "safety.json")["reason"]
+    _assert_interrupted_and_restored(local_env, tmp_path)
