@@ -83,3 +83,9 @@ gameday: deps
 
 chaos-stop: deps
 	@$(CWH) chaos stop
+
+# Each failover experiment REPEATS times with jittered timing, on an environment of its own:
+# p50 / p95 / max of RTO per path and of RPO (reports/<UTC>-bench-chaos/).
+REPEATS ?= 3
+bench-chaos: deps
+	@$(PY) -m bench.chaos --repeats $(REPEATS)

@@ -82,7 +82,7 @@ def catalogue() -> dict[str, dict[str, Any]]:
 
 def list_experiments(console: Console) -> int:
     for name, exp in catalogue().items():
-        console.print(f"[bold]{name:<24}[/bold] {exp['summary']}")
+        console.print(f"[bold]{name:<24}[/bold] {exp['summary']}", soft_wrap=True)
     return 0
 
 
@@ -108,6 +108,8 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         except EnvironmentStartError as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 2, None
+    if not _wait_steady(exp, settings, console):
+        return 2, None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = (opts.reports / f"{stamp}-chaos-{opts.experiment}").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,13 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     point_latest(out)
     status = journal.get("status", "missing")
     deviated = bool(journal.get("deviated"))
+    before = (journal.get("steady_states") or {}).get("before") or {}
+    if status == "completed" and not before.get("steady_state_met", False):
+        console.print(
+            "[yellow]inconclusive[/yellow]: the system was not in its steady state before the "
+            f"fault, so nothing was tested; see {out / 'chaostoolkit.log'}"
+        )
+        return 2, out
     console.print(
         f"experiment {opts.experiment}: [bold]{status}[/bold]"
         + (" ([red]deviated[/red])" if deviated else "")
@@ -167,6 +176,38 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     if status != "completed" or deviated:
         return 1, out
     return gate_code if opts.gate else 0, out
+
+
+def _steady_probe(exp: dict[str, Any]) -> dict[str, Any] | None:
+    """The arguments of the experiment's `slos_hold` steady-state probe, if it has one."""
+    doc = yaml.safe_load(exp["path"].read_text())
+    for probe in doc.get("steady-state-hypothesis", {}).get("probes", []):
+        if probe["provider"].get("func") == "slos_hold":
+            return dict(probe["provider"].get("arguments", {}))
+    return None
+
+
+def _wait_steady(exp: dict[str, Any], settings: EnvSettings, console: Console) -> bool:
+    """Wait (bounded) until the SLOs of the experiment's hypothesis hold: right after `up`,
+    Prometheus has yet to see every replica for a whole window, and an experiment started then
+    would be refused by its own hypothesis."""
+    args = _steady_probe(exp)
+    if args is None:
+        return True
+    os.environ.update(settings.to_environ())
+    from experiments.activities.slo.probes import slo_verdicts
+
+    def holds() -> bool:
+        verdicts = slo_verdicts(args["names"], args.get("window_s", 30))
+        return not any(v["status"] == "fail" for v in verdicts.values())
+
+    with console.status("waiting for the steady state (the hypothesis's SLOs holding)…"):
+        try:
+            wait_until(holds, settings.timeout(120), "the steady state", interval_s=2)
+        except TimeoutError as exc:
+            console.print(f"[red]error:[/red] {exc}: the system is not steady, nothing to test")
+            return False
+    return True
 
 
 def _wait_through_interrupts(proc: subprocess.Popen[bytes], console: Console) -> None:

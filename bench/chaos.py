@@ -1,0 +1,184 @@
+"""`make bench-chaos`: each failover experiment repeated with jittered timing, reporting the
+distribution (p50 / p95 / max) of RTO per path and of RPO: not a single run.
+
+Runs on an environment of its own (base port 21000 unless CWH_BENCH_BASE_PORT says otherwise),
+torn down at the end, also on Ctrl-C. Each repetition waits a random 5 to 15 s of steady load
+before its fault (CWH_CHAOS_BASELINE_S), so the fault lands at different points of the system's
+cycles (Patroni's loop, HAProxy's checks, the Redis node timeout). Writes
+`reports/<UTC>-bench-chaos/` with every run's folder, `bench-chaos.json`, `bench-chaos.md` and
+`bench-chaos.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from env.local import LocalEnvironment
+from env.settings import EnvSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+FAILOVERS = ["pg-kill-primary", "pg-switchover", "pg-lose-primary-node", "redis-kill-master"]
+PATHS = ("write", "read", "notification")
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """Nearest-rank quantile (q in 0..1); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def distribution(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50": quantile(values, 0.5),
+        "p95": quantile(values, 0.95),
+        "max": max(values) if values else None,
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """experiment -> {rto_<path>: distribution, rpo: distribution, lost, unrecovered, runs}."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["experiment"] for r in runs):
+        mine = [r["chaos"] for r in runs if r["experiment"] == name and r["chaos"]]
+        entry: dict[str, Any] = {
+            f"rto_{p}": distribution([c["rto_s"][p] for c in mine if c["rto_s"][p] is not None])
+            for p in PATHS
+        }
+        entry["rpo"] = distribution([c["rpo_s"]["max"] for c in mine])
+        entry["lost"] = sum(c["lost"] for c in mine)
+        entry["unrecovered"] = sum(c["unrecovered_paths"] for c in mine)
+        entry["runs"] = len(mine)
+        entry["failed_runs"] = sum(1 for r in runs if r["experiment"] == name and r["code"] != 0)
+        out[name] = entry
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each experiment (1-20)")
+    parser.add_argument("--experiments", default=",".join(FAILOVERS))
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=None, help="for the jitter")
+    args = parser.parse_args(argv)
+    if not 1 <= args.repeats <= 20:
+        parser.error("--repeats must be between 1 and 20")
+    names = [n for n in args.experiments.split(",") if n]
+    console = Console()
+    rng = random.Random(args.seed)
+    base = int(os.environ.get("CWH_BENCH_BASE_PORT", "21000"))
+    settings = EnvSettings(base_port=base, run_dir=Path(f"/var/tmp/cwh-bench-{base}"))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = (ROOT / "reports" / f"{stamp}-bench-chaos").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = LocalEnvironment(settings)
+    env.reset()
+    runs: list[dict[str, Any]] = []
+    with env:
+        env.up()
+        plan = [(n, i) for i in range(args.repeats) for n in names]
+        with Progress(console=console) as progress:
+            task = progress.add_task("chaos", total=len(plan))
+            for name, i in plan:
+                baseline = rng.randint(5, 15)
+                progress.update(task, description=f"{name} #{i + 1} (fault after {baseline} s)")
+                folder = out / f"{name}-{i + 1}"
+                folder.mkdir()
+                proc = subprocess.run(
+                    [
+                        str(Path(sys.executable).with_name("cwh")),
+                        "chaos",
+                        "run",
+                        name,
+                        "--no-gate",
+                        "--users",
+                        str(args.users),
+                        "--reports",
+                        str(folder),
+                    ],
+                    cwd=ROOT,
+                    env={
+                        **os.environ,
+                        **settings.to_environ(),
+                        "CWH_CHAOS_BASELINE_S": str(baseline),
+                    },
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=900,
+                )
+                chaos_files = list(folder.glob("*/chaos.json"))
+                chaos = json.loads(chaos_files[0].read_text()) if chaos_files else None
+                runs.append(
+                    {"experiment": name, "repeat": i + 1, "baseline_s": baseline,
+                     "code": proc.returncode, "chaos": chaos}
+                )  # fmt: skip
+                rto = (chaos or {}).get("rto_s", {})
+                progress.console.log(
+                    f"{name} #{i + 1}: exit {proc.returncode}, RTO write "
+                    f"{_fmt(rto.get('write'))} s, read {_fmt(rto.get('read'))} s, notification "
+                    f"{_fmt(rto.get('notification'))} s, lost {(chaos or {}).get('lost')}"
+                )
+                progress.advance(task)
+    summary = summarize(runs)
+    (out / "bench-chaos.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+    table = Table(title=f"RTO and RPO over {args.repeats} jittered runs each (seconds)")
+    cols = ["experiment"] + [f"RTO {p} p50/p95/max" for p in PATHS] + ["RPO max", "lost"]
+    for c in cols:
+        table.add_column(c)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name, s in summary.items():
+        cells = ["/".join(_fmt(s[f"rto_{p}"][k]) for k in ("p50", "p95", "max")) for p in PATHS] + [
+            _fmt(s["rpo"]["max"]),
+            str(s["lost"]),
+        ]
+        table.add_row(name, *cells)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    console.print(table)
+    (out / "bench-chaos.md").write_text("\n".join(lines) + "\n")
+    _plot(summary, runs, out / "bench-chaos.png")
+    console.print(f"bench-chaos: {out}")
+    return 0 if all(s["failed_runs"] == 0 for s in summary.values()) else 1
+
+
+def _plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(PATHS), figsize=(13, 4), sharey=True)
+    for ax, p in zip(axes, PATHS, strict=True):
+        data = [
+            [r["chaos"]["rto_s"][p] for r in runs
+             if r["experiment"] == name and r["chaos"] and r["chaos"]["rto_s"][p] is not None]
+            for name in summary
+        ]  # fmt: skip
+        ax.boxplot(data, showfliers=True)
+        ax.set_xticks(range(1, len(summary) + 1), list(summary), rotation=30, ha="right")
+        ax.set_title(f"RTO, {p} path")
+    axes[0].set_ylabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

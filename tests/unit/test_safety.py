@@ -1,0 +1,69 @@
+"""The safety control's stop conditions, on a run folder written by hand."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import harness
+from experiments.controls.safety import Watcher
+from slo.ledger import Operation
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CWH_RUN_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv(harness.RUN_DIR_VAR, str(tmp_path / "run"))
+    (tmp_path / "env").mkdir()
+    (tmp_path / "run" / "fleet").mkdir(parents=True)
+    return tmp_path / "run"
+
+
+def ledger(run: Path, outcomes: list[str], now: float) -> None:
+    with open(run / "fleet" / "ledger-1.jsonl", "w") as f:
+        for i, outcome in enumerate(outcomes):
+            wall = now - 9 + i * 0.5
+            op = Operation(f"op{i}", "submit", 0.0, 0.1, wall, outcome)  # type: ignore[arg-type]
+            f.write(json.dumps(op.to_json()) + "\n")
+        f.write('{"op_id": "half a li')  # a line being written right now: skipped
+
+
+def test_nothing_wrong_nothing_stops(run: Path):
+    ledger(run, ["ok"] * 10, time.time())
+    assert Watcher(0.9, 5, 300).check(None) == (None, None)
+
+
+def test_the_stop_file_stops(run: Path):
+    harness.stop_file().write_text("now")
+    reason, _ = Watcher(0.9, 5, 300).check(None)
+    assert reason is not None
+    assert "cwh chaos stop" in reason
+
+
+def test_users_hurt_for_too_long_stops_and_not_before(run: Path):
+    now = time.time()
+    ledger(run, ["fail"] * 9 + ["ok"], now)
+    w = Watcher(0.9, 5, 300)
+    reason, since = w.check(None)
+    assert reason is None  # hurt, but only since now
+    assert since is not None
+    reason, _ = w.check(since - 6)  # hurt for 6 s already, bound 5 s
+    assert reason is not None
+    assert "90%" in reason
+    # Below the share, the clock resets.
+    ledger(run, ["fail"] * 5 + ["ok"] * 5, now)
+    assert w.check(now - 60) == (None, None)
+
+
+def test_a_fault_held_too_long_stops(run: Path):
+    harness.mark("inject", "toxic-x-y", proxy="x")
+    with open(harness.faults_path(), "a") as f:
+        f.write(json.dumps({"event": "inject", "fault": "old", "wall": time.time() - 400}) + "\n")
+    reason, _ = Watcher(0.9, 5, 300).check(None)
+    assert reason is not None
+    assert "old" in reason
+    harness.mark("restore", "old")
+    assert Watcher(0.9, 5, 300).check(None)[0] is None
