@@ -4,6 +4,7 @@ environment's Prometheus over the last seconds."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -44,12 +45,30 @@ def slo_verdicts(
     prometheus = Prometheus(harness.environment().status()["urls"]["prometheus"])
     now = time.time()
     start = now - window_s
-    if after_recovery and (end := recovered_at()) is not None:
-        start = max(start, min(now - 1.0, end + SETTLE_S))
-    ctx = Context(window=Window(start, now), prometheus=prometheus, run=RunData(None))
-    out = {}
+    recovered = recovered_at() if after_recovery else None
+    if recovered is not None:
+        start = max(start, min(now - 1.0, recovered + SETTLE_S))
+    out: dict[str, dict[str, Any]] = {}
     for name in names:
-        v = evaluate(by_name[name], ctx)
+        slo = by_name[name]
+        window = Window(start, now)
+        if recovered is not None and slo.timeslice_s:
+            # Whole slices only, and none that began before the recovery: the gate widens a
+            # window to whole slices, which would bring the fault back in.
+            step = slo.timeslice_s
+            first = math.ceil((recovered + SETTLE_S) / step) * step
+            last = math.floor(now / step) * step
+            if last <= first:
+                out[name] = {
+                    "status": "no_data",
+                    "measured": None,
+                    "objective": "",
+                    "reason": f"no whole {step:g} s slice since the recovery yet",
+                }
+                continue
+            window = Window(first, last)
+        ctx = Context(window=window, prometheus=prometheus, run=RunData(None))
+        v = evaluate(slo, ctx)
         out[name] = {
             "status": v.status,
             "measured": v.measured,

@@ -1,0 +1,36 @@
+"""PostgreSQL as `cwh env status` sees it: the primary, and each standby's replay lag."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from env.process import wait_until
+from experiments import harness
+from experiments.pg_failover import pg_members, primary_of
+
+
+def primary() -> str | None:
+    return primary_of(harness.environment().status())
+
+
+def replay_lag_s() -> dict[str, float | None]:
+    """Replay lag of each standby, in seconds, from the primary's `pg_stat_replication`."""
+    status = harness.environment().status()
+    return {
+        name: m.get("replay_lag_s")
+        for name, m in pg_members(status).items()
+        if m["role"] != "primary"
+    }
+
+
+def replay_lag_below(max_s: float = 1.0, timeout_s: float = 60) -> dict[str, Any]:
+    """Wait (bounded) until every standby replays within `max_s`; returns the lags then."""
+    env = harness.environment()
+
+    def under() -> dict[str, float | None] | None:
+        lags = replay_lag_s()
+        ok = lags and all(v is not None and v < max_s for v in lags.values())
+        return lags if ok else None
+
+    lags = wait_until(under, env.settings.timeout(timeout_s), f"every replay lag under {max_s} s")
+    return {"max_s": max_s, "lags": lags}
