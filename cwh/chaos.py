@@ -140,8 +140,16 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     # Whatever happened inside (even a second Ctrl-C during the rollbacks): nothing stays on.
     stop_fleet(interrupt=True, timeout_s=120)
     with console.status("restoring the environment…"):
-        restored = harness.restore_all(wait_s=180)
+        try:
+            restored = harness.restore_all(wait_s=180)
+        except TimeoutError as exc:
+            restored = {"healthy": False, "error": str(exc)}
     (out / "restored-after.json").write_text(json.dumps(restored))
+    if not restored.get("healthy"):
+        console.print(
+            f"[red]error:[/red] the environment is not healthy after {opts.experiment}: "
+            f"{restored.get('error', '')}; see `cwh env status`"
+        )
     chaos = _measurement(out, console)
     gate_code = 2
     if opts.gate and (out / "summary.json").exists():
@@ -173,7 +181,7 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         + (" ([red]deviated[/red])" if deviated else "")
         + f"; report {out / 'chaos.md'}"
     )
-    if status != "completed" or deviated:
+    if status != "completed" or deviated or not restored.get("healthy"):
         return 1, out
     return gate_code if opts.gate else 0, out
 
@@ -358,7 +366,9 @@ def gameday(names: list[str], opts: ChaosOptions, console: Console, settings: En
         )
         rows.append((name, code, out, chaos))
         worst = max(worst, code)
-        if out is None:
+        restored = out / "restored-after.json" if out else None
+        if out is None or not (restored and json.loads(restored.read_text()).get("healthy")):
+            console.print("[red]game day stopped[/red]: the system is not whole again")
             break
     table = Table(title="game day")
     for col in ("experiment", "result", "RTO write", "RTO read", "RTO notify", "RPO", "lost"):

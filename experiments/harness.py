@@ -118,5 +118,31 @@ def restore_all(wait_s: float = 120) -> dict[str, Any]:
     for fault in open_faults():
         mark("restore", fault["fault"], by="restore_all")
     if wait_s > 0:
-        done["healthy"] = bool(wait_healthy(wait_s)["healthy"])
+        try:
+            done["healthy"] = bool(wait_healthy(wait_s / 2)["healthy"])
+        except TimeoutError:
+            # A member whose history diverged (promoted, then lost to an older primary that
+            # came back) never streams again by itself: clone it afresh from the primary.
+            done["reinitialized"] = reinitialize_stuck_members()
+            done["healthy"] = bool(wait_healthy(wait_s)["healthy"])
     return done
+
+
+def reinitialize_stuck_members() -> list[str]:
+    """Patroni's `POST /reinitialize` on every unhealthy non-primary PostgreSQL member while a
+    primary serves; returns their names."""
+    status = environment().status()
+    rows = [c for c in status["components"] if c["kind"] == "postgresql"]
+    if not any(r["role"] == "primary" and r["healthy"] for r in rows):
+        return []
+    out = []
+    for r in rows:
+        if r["role"] != "primary" and not r["healthy"] and r["ports"].get("patroni"):
+            resp = requests.post(
+                f"http://127.0.0.1:{r['ports']['patroni']}/reinitialize",
+                json={"force": True},
+                timeout=10,
+            )
+            log.warning("reinitialize %s: %s %s", r["component"], resp.status_code, resp.text)
+            out.append(r["component"])
+    return out

@@ -111,12 +111,27 @@ def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, li
     return out
 
 
+def rpo_s(lost_acked: Iterable[float], events: Iterable[float], end: float) -> float:
+    """The window of acknowledged data lost: for each lost request, from its acknowledgement
+    to the first fault event (injection or restoration) at or after it, the run's `end` when
+    none; the largest. With every loss acknowledged before a single fault this is the
+    ARCHITECTURE's "fault time minus the oldest lost acknowledgement"; after a cascade, a
+    request acknowledged by an interim primary and lost with it counts too, not as 0."""
+    marks = sorted(events)
+    worst = 0.0
+    for acked in lost_acked:
+        nxt = next((m for m in marks if m >= acked), end)
+        worst = max(worst, nxt - acked)
+    return worst
+
+
 def recovery_report(
     ops: Sequence[Operation],
     fault_wall: float,
     reconciliation: dict[str, Any],
     consecutive: int = 5,
     ttr_bound_s: float = 5.0,
+    events: Sequence[float] = (),
 ) -> dict[str, Any]:
     """RTO per path and RPO of one fault, as `chaos.json` records them (the SLO gate reads
     `rto_s.max` and `rpo_s.max`).
@@ -124,8 +139,9 @@ def recovery_report(
     A path with fewer than `consecutive` operations after the fault has no RTO (no data). A path
     that had them but never recovered gets, as RTO, the time it was observed after the fault (a
     lower bound) and counts in `unrecovered_paths`: never a pass by omission.
-    RPO is the fault time minus the acknowledgement of the oldest lost request (0 when nothing
-    acknowledged was lost); lost, duplicated and never-notified counts come with it.
+    RPO (`rpo_s` above, over `events`, the fault journal's times; the fault alone when not
+    given) is 0 when nothing acknowledged was lost; lost, duplicated and never-notified counts
+    come with it.
     """
     by_path = path_ops(ops, ttr_bound_s)
     rto: dict[str, float | None] = {}
@@ -141,8 +157,12 @@ def recovery_report(
         else:
             rto[path], recovered[path] = None, None
     measured = [v for v in rto.values() if v is not None]
-    oldest = reconciliation.get("oldest_lost_acked_wall")
-    rpo = max(0.0, fault_wall - oldest) if reconciliation.get("lost") and oldest else 0.0
+    lost_acked = reconciliation.get("lost_acked_walls")
+    if lost_acked is None:  # a reconciliation from before the list was kept
+        oldest = reconciliation.get("oldest_lost_acked_wall")
+        lost_acked = [oldest] if reconciliation.get("lost") and oldest else []
+    end = max((o.completed_s for p in by_path.values() for o in p), default=fault_wall)
+    rpo = rpo_s(lost_acked, [fault_wall, *events], end)
     return {
         "fault_wall": fault_wall,
         "consecutive": consecutive,

@@ -66,6 +66,11 @@ def test_rpo_is_the_age_of_the_oldest_lost_acknowledgement():
     r = recovery_report(ledger(), FAULT, rec)
     assert r["rpo_s"] == {"write": 3.5, "max": 3.5}
     assert r["lost"] == 2
-    # a loss acknowledged after the fault (a write to a doomed primary) is still reported
-    r = recovery_report(ledger(), FAULT, {"lost": 1, "oldest_lost_acked_wall": FAULT + 1})
-    assert (r["rpo_s"]["max"], r["lost"]) == (0.0, 1)
+    # a cascade: acknowledged by the interim primary 1 s after the first fault, lost with it
+    # at the second fault 9 s later; RPO is that window, not 0
+    rec = {"lost": 1, "lost_acked_walls": [FAULT + 1]}
+    r = recovery_report(ledger(), FAULT, rec, events=[FAULT, FAULT + 10, FAULT + 30])
+    assert (r["rpo_s"]["max"], r["lost"]) == (9.0, 1)
+    # lost after every fault event: counted up to the end of the run
+    r = recovery_report(ledger(), FAULT, {"lost": 1, "lost_acked_walls": [FAULT + 7.5]})
+    assert r["rpo_s"]["max"] == 2.0  # the last operation (the 9 s notification) ended at +9.5

@@ -32,6 +32,7 @@ def recovery(consecutive: int = 5, ttr_bound_s: float = 5.0) -> dict[str, Any]:
         summary["reconciliation"],
         consecutive=consecutive,
         ttr_bound_s=ttr_bound_s,
+        events=[e["wall"] for e in harness.fault_journal()],
     )
     report["faults"] = harness.fault_journal()
     (out / "chaos.json").write_text(json.dumps(report, indent=2))
