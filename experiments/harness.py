@@ -8,6 +8,7 @@ the safety control and a later `cwh chaos stop` see it from other processes.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 import requests
 
+from env.configs import cluster_name
 from env.local import LocalEnvironment
 from env.process import wait_until
 from env.settings import EnvSettings
@@ -124,8 +126,33 @@ def restore_all(wait_s: float = 120) -> dict[str, Any]:
             # A member whose history diverged (promoted, then lost to an older primary that
             # came back) never streams again by itself: clone it afresh from the primary.
             done["reinitialized"] = reinitialize_stuck_members()
+            done["stale_sync_key"] = clear_stale_sync_key()
             done["healthy"] = bool(wait_healthy(wait_s)["healthy"])
     return done
+
+
+def clear_stale_sync_key() -> dict[str, Any] | None:
+    """Delete Patroni's `/sync` key when it names a leader that is no longer the primary.
+
+    After a cascade, Patroni 3.0.2 was seen looping on "Synchronous replication key updated
+    by someone else" with the key still naming the interim leader: no member was ever marked
+    synchronous again. Without the key the leader writes a fresh one on its next loop.
+    """
+    env = environment()
+    s = env.settings
+    key = f"/service/{cluster_name(s)}/sync"
+    url = f"http://127.0.0.1:{s.ports.etcd_client}/v3/kv"
+    b64 = base64.b64encode(key.encode()).decode()
+    kvs = requests.post(f"{url}/range", json={"key": b64}, timeout=5).json().get("kvs", [])
+    if not kvs:
+        return None
+    value = json.loads(base64.b64decode(kvs[0]["value"]))
+    primary = env.status()["primary"]
+    if primary is None or value.get("leader") == primary:
+        return None
+    requests.post(f"{url}/deleterange", json={"key": b64}, timeout=5).raise_for_status()
+    log.warning("deleted a stale %s naming %s (primary: %s)", key, value.get("leader"), primary)
+    return {"key": key, "was": value, "primary": primary}
 
 
 def reinitialize_stuck_members() -> list[str]:
