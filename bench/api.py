@@ -193,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console()
     base_port = int(os.environ.get("CWH_BENCH_BASE_PORT", "21000"))
-    settings = EnvSettings(base_port=base_port, run_dir=Path(f"/var/tmp/cwh-bench-{base_port}"))
+    settings = EnvSettings(
+        base_port=base_port,
+        run_dir=Path(f"/var/tmp/cwh-bench-{base_port}"),
+        # CWH_FAULT_PROXY=0 measures the API without the fault proxy in its data paths.
+        fault_proxy=os.environ.get("CWH_FAULT_PROXY", "1") != "0",
+    )
     env = LocalEnvironment(settings)
     env.reset()
     layout = Layout(settings.run_dir)
