@@ -275,14 +275,11 @@ def write_report(
             f"**Interrupted by the stop condition**: {json.loads(safety.read_text())['reason']}",
             "",
         ]
-    for key, title in (("steady_states", "Steady state"),):
-        states = journal.get(key) or {}
-        for when in ("before", "after"):
-            st = states.get(when)
-            if st:
-                lines.append(
-                    f"- {title} {when}: {'met' if st.get('steady_state_met') else 'NOT met'}"
-                )
+    states = journal.get("steady_states") or {}
+    for when in ("before", "after"):
+        if state := states.get(when):
+            met = "met" if state.get("steady_state_met") else "NOT met"
+            lines.append(f"- Steady state {when}: {met}")
     lines.append("")
     if chaos:
         rto, rec = chaos["rto_s"], chaos["recovered"]
