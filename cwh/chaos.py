@@ -65,7 +65,7 @@ class ChaosOptions:
 
 
 def catalogue() -> dict[str, dict[str, Any]]:
-    """name -> {path, title, summary, tags} of every experiment under `experiments/`."""
+    """name -> {path, title, summary, tags, doc} of every experiment under `experiments/`."""
     out = {}
     for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
         doc = yaml.safe_load(path.read_text())
@@ -76,6 +76,7 @@ def catalogue() -> dict[str, dict[str, Any]]:
             "title": doc["title"],
             "summary": ext.get("summary", doc["title"]),
             "tags": doc.get("tags", []),
+            "doc": doc,
         }
     return out
 
@@ -188,8 +189,7 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
 
 def _steady_probe(exp: dict[str, Any]) -> dict[str, Any] | None:
     """The arguments of the experiment's `slos_hold` steady-state probe, if it has one."""
-    doc = yaml.safe_load(exp["path"].read_text())
-    for probe in doc.get("steady-state-hypothesis", {}).get("probes", []):
+    for probe in exp["doc"].get("steady-state-hypothesis", {}).get("probes", []):
         if probe["provider"].get("func") == "slos_hold":
             return dict(probe["provider"].get("arguments", {}))
     return None

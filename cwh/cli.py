@@ -137,11 +137,13 @@ def load(args: argparse.Namespace) -> int:
         status = env.status()
         target, ca_file = status["urls"]["https"], status["tls_certificate"]
     opts = dataclasses.replace(opts, target=target.rstrip("/"), ca_file=ca_file)
-    _, out, summary = run_fleet(opts, console)
+    _, out, summary = run_fleet(opts, console, out=Path(args.out) if args.out else None)
     console.print((out / "summary.md").read_text())
     if summary["locust_exit_code"] != 0 or not summary["operations"]:
         console.print(f"[red]the load run itself failed[/red]; report: {out}")
         return 1
+    if args.no_gate:
+        return 0
     # The gate decides (lost and duplicated requests are among its key objectives).
     prometheus = opts.prometheus_url or ("" if args.target else _local_prometheus())
     gate_code = check(
@@ -269,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the target's Prometheus, for the SLO gate (default: the local environment's)",
     )
     fl.add_argument("--definitions", default=str(DEFAULT_DIR), help="SLO definitions for the gate")
+    fl.add_argument("--out", help="write into this folder (default: reports/<UTC>-load, latest)")
+    fl.add_argument("--no-gate", action="store_true", help="reconcile, but run no SLO gate")
     fl.set_defaults(func=load)
 
     slo = sub.add_parser("slo", help="the SLO gate and the Prometheus rules from the same SLOs")

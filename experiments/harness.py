@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from env.configs import cluster_name
 from env.local import LocalEnvironment
-from env.process import wait_until
 from env.settings import EnvSettings
+from experiments.pg_failover import wait_healthy
 
 log = logging.getLogger("cwh.chaos")
 
@@ -37,6 +38,18 @@ def settings() -> EnvSettings:
 
 def environment() -> LocalEnvironment:
     return LocalEnvironment(settings())
+
+
+def service_metric(component: str, name: str, **labels: str) -> float:
+    """The sum of a service's samples `name` whose labels include `labels` (0 when none)."""
+    port = environment().component(component)["ports"]["http"]
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def stop_file() -> Path:
@@ -81,16 +94,6 @@ def open_faults() -> list[dict[str, Any]]:
     return [e for e in fault_journal() if e["event"] == "inject" and e["fault"] not in restored]
 
 
-def wait_healthy(timeout_s: float = 120) -> dict[str, Any]:
-    env = environment()
-    return wait_until(
-        lambda: s if (s := env.status())["healthy"] else None,
-        env.settings.timeout(timeout_s),
-        "environment healthy (every component, no fault left injected)",
-        interval_s=0.5,
-    )
-
-
 def restore_all(wait_s: float = 120) -> dict[str, Any]:
     """Undo every fault this harness can inject, whatever happened: toxics removed and proxies
     enabled, held components released, service knobs clean; then wait for full health.
@@ -121,13 +124,13 @@ def restore_all(wait_s: float = 120) -> dict[str, Any]:
         mark("restore", fault["fault"], by="restore_all")
     if wait_s > 0:
         try:
-            done["healthy"] = bool(wait_healthy(wait_s / 2)["healthy"])
+            done["healthy"] = bool(wait_healthy(env, wait_s / 2)["healthy"])
         except TimeoutError:
             # A member whose history diverged (promoted, then lost to an older primary that
             # came back) never streams again by itself: clone it afresh from the primary.
             done["reinitialized"] = reinitialize_stuck_members()
             done["stale_sync_key"] = clear_stale_sync_key()
-            done["healthy"] = bool(wait_healthy(wait_s)["healthy"])
+            done["healthy"] = bool(wait_healthy(env, wait_s)["healthy"])
     return done
 
 

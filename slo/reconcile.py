@@ -74,7 +74,6 @@ def reconcile(ops: list[Operation], statuses: Mapping[str, str | None]) -> dict[
         "never_notified_ids": never_notified[:20],
         "info_submits": sum(1 for o in ops if o.kind == "submit" and o.outcome == "info"),
         # RPO's clock: when each lost request was acknowledged.
-        "oldest_lost_acked_wall": min((acked[r]["acked_wall"] for r in lost), default=None),
         "lost_acked_walls": sorted(acked[r]["acked_wall"] for r in lost),
         "by_status": dict(by_status),
     }

@@ -157,10 +157,7 @@ def recovery_report(
         else:
             rto[path], recovered[path] = None, None
     measured = [v for v in rto.values() if v is not None]
-    lost_acked = reconciliation.get("lost_acked_walls")
-    if lost_acked is None:  # a reconciliation from before the list was kept
-        oldest = reconciliation.get("oldest_lost_acked_wall")
-        lost_acked = [oldest] if reconciliation.get("lost") and oldest else []
+    lost_acked = reconciliation.get("lost_acked_walls", [])
     end = max((o.completed_s for p in by_path.values() for o in p), default=fault_wall)
     rpo = rpo_s(lost_acked, [fault_wall, *events], end)
     return {

@@ -26,7 +26,8 @@ from chaoslib.exit import exit_gracefully
 
 from experiments import harness
 from experiments.activities.fleet.actions import stop_fleet
-from experiments.activities.fleet.probes import failed_share
+from experiments.activities.fleet.probes import LedgerTail, failed_share
+from slo.ledger import Operation
 
 log = logging.getLogger("cwh.chaos.safety")
 
@@ -44,6 +45,8 @@ class Watcher(threading.Thread):
         self.max_fault_s = max_fault_s
         self.done = threading.Event()
         self.reason: str | None = None
+        self.tail = LedgerTail(harness.run_dir() / "fleet")
+        self.recent: list[Operation] = []  # the last HURT_WINDOW_S of the fleet's operations
 
     def check(self, hurt_since: float | None) -> tuple[str | None, float | None]:
         now = time.time()
@@ -52,7 +55,10 @@ class Watcher(threading.Thread):
         for fault in harness.open_faults():
             if now - fault["wall"] > self.max_fault_s:
                 return f"fault {fault['fault']} injected for over {self.max_fault_s:g} s", None
-        hurt = failed_share(HURT_WINDOW_S, now)
+        self.recent = [
+            o for o in [*self.recent, *self.tail.read()] if o.invoked_wall >= now - HURT_WINDOW_S
+        ]
+        hurt = failed_share(self.recent, HURT_WINDOW_S, now)
         if hurt["operations"] >= 5 and hurt["share"] >= self.max_failed_share:
             hurt_since = hurt_since or now
             if now - hurt_since > self.max_hurt_s:

@@ -178,12 +178,13 @@ def _start_plain_chaos(local_env: LocalEnvironment, run_dir: Path, name: str) ->
 
 
 def _wait_for_fault(run_dir: Path, proc: subprocess.Popen) -> dict[str, Any]:
-    def fault() -> dict[str, Any] | None:
-        assert proc.poll() is None, "the experiment ended before its fault"
-        path = run_dir / "faults.jsonl"
-        return next(iter(injected(run_dir)), None) if path.exists() else None
+    def fault_or_exit() -> list[dict[str, Any]] | None:
+        faults = injected(run_dir) if (run_dir / "faults.jsonl").exists() else []
+        return faults if faults or proc.poll() is not None else None
 
-    return poll(fault, 120, "the fault injected", interval_s=0.2)
+    faults = poll(fault_or_exit, 120, "the fault injected", interval_s=0.2)
+    assert faults, f"the experiment ended (code {proc.returncode}) before its fault"
+    return faults[0]
 
 
 def _assert_interrupted_and_restored(local_env: LocalEnvironment, run_dir: Path) -> None:

@@ -62,7 +62,7 @@ def test_a_path_that_never_recovers_is_a_lower_bound_and_counted():
 
 
 def test_rpo_is_the_age_of_the_oldest_lost_acknowledgement():
-    rec = {"lost": 2, "oldest_lost_acked_wall": FAULT - 3.5, "lost_ids": ["a", "b"]}
+    rec = {"lost": 2, "lost_acked_walls": [FAULT - 3.5, FAULT - 1.0], "lost_ids": ["a", "b"]}
     r = recovery_report(ledger(), FAULT, rec)
     assert r["rpo_s"] == {"write": 3.5, "max": 3.5}
     assert r["lost"] == 2

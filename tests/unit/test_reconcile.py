@@ -58,7 +58,7 @@ def test_counts_lost_duplicated_completed_and_never_notified():
     assert result["acknowledged"] == 6
     assert result["lost"] == 1
     assert result["lost_ids"] == ["r3"]
-    assert result["oldest_lost_acked_wall"] == 1000.0  # RPO's clock
+    assert result["lost_acked_walls"] == [1000.0]  # RPO's clock
     assert result["duplicated"] == 1
     assert result["duplicated_keys"] == ["k5"]
     assert result["completed"] == 4

@@ -29,16 +29,15 @@ def start_fleet(
     """Start the fleet (Locust, in its own process group) and return once `min_ok` submits
     were acknowledged: the fault must hit a system in use."""
     out = harness.run_dir()
-    status = harness.environment().status()
+    # `cwh load` on the local environment, into the run folder; the chaos run gates it later.
     cmd = [
         sys.executable,
         "-m",
-        "experiments.activities.fleet.runner",
+        "cwh.cli",
+        "load",
+        "--out",
         str(out),
-        "--target",
-        status["urls"]["https"],
-        "--ca-file",
-        status["tls_certificate"],
+        "--no-gate",
         "--users",
         str(users),
         "--duration",

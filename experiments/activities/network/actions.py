@@ -69,15 +69,6 @@ def enable_proxy(proxy: str) -> dict[str, Any]:
     return dict(out)
 
 
-def reset() -> bool:
-    """Every proxy enabled, every toxic removed."""
-    ok = requests.post(f"{_api()}/reset", timeout=5).status_code == 204
-    for fault in harness.open_faults():
-        if fault["fault"].startswith(("toxic-", "partition-")):
-            harness.mark("restore", fault["fault"], by="reset")
-    return ok
-
-
 def heal_partitions() -> list[str]:
     """Enable every proxy this run disabled (storage outages, Redis partitions)."""
     healed = []

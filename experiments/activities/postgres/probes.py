@@ -1,4 +1,4 @@
-"""PostgreSQL as `cwh env status` sees it: the primary, and each standby's replay lag."""
+"""PostgreSQL as `cwh env status` sees it: each standby's replay lag."""
 
 from __future__ import annotations
 
@@ -6,11 +6,7 @@ from typing import Any
 
 from env.process import wait_until
 from experiments import harness
-from experiments.pg_failover import pg_members, primary_of
-
-
-def primary() -> str | None:
-    return primary_of(harness.environment().status())
+from experiments.pg_failover import pg_members
 
 
 def replay_lag_s() -> dict[str, float | None]:

@@ -10,19 +10,9 @@ import os
 import signal
 from typing import Any
 
-import requests
-
 from env.process import pid_alive, wait_until
 from experiments import harness
 from experiments.activities.process.probes import leader_scheduler, service_rows
-
-
-def _metric(port: int, name: str) -> float:
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def kill_service(
@@ -47,11 +37,13 @@ def kill_service(
             raise RuntimeError(f"no healthy {role} replica to kill")
         target = rows[0]
     else:
-        target = next(r for r in rows if r["component"] == which)
+        named = [r for r in rows if r["component"] == which]
+        if not named:
+            raise RuntimeError(f"{which} is not a healthy {role} replica")
+        target = named[0]
     if mid_job:
-        port = target["ports"]["http"]
         wait_until(
-            lambda: _metric(port, "cw_jobs_in_flight") >= 1,
+            lambda: harness.service_metric(target["component"], "cw_jobs_in_flight") >= 1,
             wait_busy_s,
             f"{target['component']} processing a job",
             interval_s=0.05,
@@ -62,7 +54,7 @@ def kill_service(
     entry = harness.mark(
         "inject", f"kill-{target['component']}", component=target["component"], pid=pid
     )
-    return {"component": target["component"], "pid": pid, "killed_wall": entry["wall"]}
+    return {"component": target["component"], "pid": pid, "injected_wall": entry["wall"]}
 
 
 def wait_restarted(timeout_s: float = 60) -> list[dict[str, Any]]:

@@ -13,11 +13,6 @@ def service_rows(role: str) -> list[dict[str, Any]]:
     return sorted((r for r in rows if r["kind"] == role), key=lambda r: r["component"])
 
 
-def healthy_replicas(role: str) -> int:
-    """How many replicas of `role` are healthy (for api and hub: also in the load balancer)."""
-    return sum(1 for r in service_rows(role) if r["healthy"])
-
-
 def leader_scheduler() -> str:
     """The scheduler replica that holds the leader lease."""
     leaders = [

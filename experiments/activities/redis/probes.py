@@ -15,7 +15,3 @@ def masters(status: dict[str, Any] | None = None) -> dict[str, int]:
         for r in status["components"]
         if r["kind"] == "redis" and r["role"] == "master" and r["healthy"]
     }
-
-
-def cluster_ok() -> bool:
-    return bool(harness.environment().status()["redis_cluster_state"] == "ok")
