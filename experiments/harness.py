@@ -42,7 +42,11 @@ def environment() -> LocalEnvironment:
 
 def service_metric(component: str, name: str, **labels: str) -> float:
     """The sum of a service's samples `name` whose labels include `labels` (0 when none)."""
-    port = environment().component(component)["ports"]["http"]
+    return scrape_sum(environment().component(component)["ports"]["http"], name, **labels)
+
+
+def scrape_sum(port: int, name: str, /, **labels: str) -> float:
+    """The sum of the samples `name` whose labels include `labels`, from 127.0.0.1:port."""
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     return sum(
         sample.value

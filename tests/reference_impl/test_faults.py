@@ -8,11 +8,10 @@ import signal
 import time
 
 import pytest
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from env.local import LocalEnvironment
 from env.process import pid_alive
+from experiments.harness import scrape_sum
 from tests.helpers import knobs, poll, port_of, query, wait_healthy
 from tests.phone import Phone, next_event
 from tests.reference_impl.test_flow import run, until_status
@@ -26,14 +25,7 @@ def component(status: dict, name: str) -> dict:
 
 def metric(env_status: dict, service: str, name: str, /, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`, from a service's /metrics."""
-    port = port_of(env_status, service)
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
+    return scrape_sum(port_of(env_status, service), name, **labels)
 
 
 def claimant(primary: str, request_id: str) -> tuple[str, int]:
