@@ -403,6 +403,9 @@ class Supervisor:
             "PYTHONUNBUFFERED": "1",
             # Short, so a job of a killed worker reappears soon; live workers extend their claim.
             "CW_VISIBILITY_TIMEOUT_S": "10",
+            # The harness measures itself against planted faults (reference_impl/planted.py);
+            # only environments the project starts allow them.
+            "CW_PLANTED_FAULTS": "1",
             # The scheduler's base backups go through the write path, as the replication user.
             "CW_BACKUP_DSN": (
                 f"postgresql://replicator:{secrets.pg_replication}@127.0.0.1:"

@@ -374,7 +374,7 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
-    metrics = observability.install(app, "api", settings.trace_file)
+    metrics = observability.install(app, settings)
     metrics.declare("redis_request_ttl", REQUEST_TTL_S)
     metrics.declare("redis_response_ttl", RESPONSE_TTL_S)
     app[SUBMITS] = Counter(

@@ -238,7 +238,7 @@ async def _going_away(app: web.Application) -> None:
 def create_app(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
-    metrics = observability.install(app, "hub", settings.trace_file)
+    metrics = observability.install(app, settings)
     metrics.declare("websocket_heartbeat", settings.heartbeat_s)
     app[ISSUER] = TokenIssuer(settings.jwt_key_path, settings.token_ttl_s)
     app[CONNS] = defaultdict(set)

@@ -63,7 +63,7 @@ async def chat_completions(request: web.Request) -> web.Response:
 
 def create_app(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
-    metrics = observability.install(app, "llm", settings.trace_file)
+    metrics = observability.install(app, settings)
     app[CALLS] = Counter(
         "cw_llm_stub_calls_total", "Calls by status", ["status"], registry=metrics.registry
     )

@@ -32,6 +32,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from reference_impl.planted import install_planted
+from reference_impl.settings import ServiceSettings
+
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 
 Check = Callable[[], Awaitable[bool]]
@@ -151,15 +154,15 @@ TRACER_KEY = web.AppKey("tracer", Tracer)
 READY_CHECKS_KEY = web.AppKey("ready_checks", dict)
 LAST_TICK_KEY = web.AppKey("last_tick", dict)
 
-#: A loop that has not ticked for this long makes the service not live.
-LIVENESS_STALE_S = 30.0
 
-
-def install(app: web.Application, service: str, trace_file: str = "") -> Metrics:
-    """Add metrics, the correlation-id and latency middleware, and health routes to `app`."""
+def install(app: web.Application, settings: ServiceSettings) -> Metrics:
+    """Add metrics, the correlation-id and latency middleware, health routes and the planted
+    faults' admin route (refusing unless the settings allow it) to `app`."""
+    service = settings.role
     metrics = Metrics(service)
     app[METRICS_KEY] = metrics
-    tracer = app[TRACER_KEY] = Tracer(service, trace_file)
+    tracer = app[TRACER_KEY] = Tracer(service, settings.trace_file)
+    install_planted(app, settings.planted_faults)
 
     async def flush_traces(_: web.Application) -> None:
         tracer.shutdown()
@@ -207,7 +210,7 @@ def install(app: web.Application, service: str, trace_file: str = "") -> Metrics
         stale = {
             k: round(now - t, 1)
             for k, t in app[LAST_TICK_KEY].items()
-            if now - t > LIVENESS_STALE_S
+            if now - t > settings.liveness_stale_s
         }
         if stale:
             return web.json_response({"live": False, "stale_loops_s": stale}, status=503)

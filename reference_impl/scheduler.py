@@ -330,7 +330,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
-    metrics = observability.install(app, "scheduler", settings.trace_file)
+    metrics = observability.install(app, settings)
     metrics.declare("backup_retention", BACKUP_RETENTION_S)
     metrics.declare("dead_letter_retention", DEAD_LETTER_RETENTION_S)
     metrics.declare("archive_after", ARCHIVE_AFTER_S)

@@ -43,6 +43,10 @@ class ServiceSettings:
         trace_file: OpenTelemetry-style spans are appended here as JSON lines ("" = off).
         backup_dsn: replication connection for the scheduler's base backups ("" = none).
         backup_interval_s: how often the leading scheduler takes a base backup.
+        planted_faults: allow `/admin/planted` (`reference_impl/planted.py`): the local and test
+            environments only, never a real deployment.
+        liveness_stale_s: `/health/live` fails when a background loop has not ticked for this
+            long (the supervisor then restarts the process, as a liveness probe would).
     """
 
     role: str
@@ -65,6 +69,8 @@ class ServiceSettings:
     trace_file: str = ""
     backup_dsn: str = ""
     backup_interval_s: float = 3600.0
+    planted_faults: bool = False
+    liveness_stale_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -109,6 +115,10 @@ class ServiceSettings:
                     kwargs[f.name] = float(raw)
                 elif f.type in ("Path",):
                     kwargs[f.name] = Path(raw)
+                elif f.type in ("bool",):
+                    if raw.lower() not in ("0", "1", "true", "false"):
+                        raise ValueError(raw)
+                    kwargs[f.name] = raw.lower() in ("1", "true")
                 else:
                     kwargs[f.name] = raw
             except ValueError:

@@ -59,7 +59,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 def create_emulator(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
-    observability.install(app, settings.role, settings.trace_file)
+    observability.install(app, settings)
     install_knobs(app)
     app.router.add_get("/v1/files/{name}", get_file)
     return app
@@ -144,7 +144,7 @@ def create_gateway(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[CACHE] = OrderedDict()
-    metrics = observability.install(app, "gateway", settings.trace_file)
+    metrics = observability.install(app, settings)
     app[OUTCOMES] = Counter(
         "cw_storage_calls_total",
         "Provider calls by outcome",

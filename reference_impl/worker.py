@@ -441,9 +441,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
-    observability.install(app, "worker", settings.trace_file).declare(
-        "redis_response_ttl", RESPONSE_TTL_S
-    )
+    observability.install(app, settings).declare("redis_response_ttl", RESPONSE_TTL_S)
     app[STATE] = WorkerState(app, settings)
     app.cleanup_ctx.append(_run)
     return app

@@ -1,0 +1,112 @@
+"""Planted faults: defects put into the reference system on purpose, to measure the harness.
+
+A harness that reports "0 lost" is only believable if it reports "3 lost" when 3 were lost. These
+knobs make the system misbehave in counted, known ways (and, for liveness tests, wedge a loop),
+so a test can check that the harness finds exactly what was planted.
+
+They exist only where `ServiceSettings.planted_faults` is on, which the local and test
+environments set (`CW_PLANTED_FAULTS=1`); everywhere else `/admin/planted` answers 403 and
+nothing can be planted. The route is on the service's own port, never behind the public frontend.
+
+    GET  /admin/planted            what is armed, and what was planted so far
+    POST /admin/planted            JSON object: counts to arm (added to what is armed), or
+                                   {"wedge_loop": "<loop name>"} / {"reset": true}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from reference_impl.errors import ApiError
+
+#: The counted faults a service may arm; each service consults the ones of its role.
+COUNTED = ("lose_acks", "duplicate_keys", "swallow_notifications")
+
+
+@dataclass
+class PlantedFaults:
+    """Attributes:
+    enabled: False outside the local and test environments: nothing can be armed.
+    armed: fault name -> how many more times to plant it.
+    planted: fault name -> the ids it was planted on (request ids, idempotency keys), in order.
+    wedge_loop: a background loop whose name matches stops making progress (liveness tests).
+    """
+
+    enabled: bool
+    armed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
+    planted: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in COUNTED})
+    wedge_loop: str = ""
+
+    def take(self, fault: str, ident: str) -> bool:
+        """True (and record `ident`) when `fault` is armed: the caller plants it once now."""
+        if not self.enabled or self.armed.get(fault, 0) <= 0:
+            return False
+        self.armed[fault] -= 1
+        self.planted[fault].append(ident)
+        return True
+
+    async def wedge_point(self, loop: str) -> None:
+        """Called by background loops once per cycle: never returns while `loop` is wedged, as
+        a loop stuck on a call without a deadline would not."""
+        while self.enabled and self.wedge_loop and loop.startswith(self.wedge_loop):
+            await asyncio.sleep(0.5)
+
+    def update(self, body: dict[str, Any]) -> None:
+        if body.get("reset") is True:
+            self.armed = dict.fromkeys(COUNTED, 0)
+            self.planted = {k: [] for k in COUNTED}
+            self.wedge_loop = ""
+            return
+        for name, value in body.items():
+            if name == "wedge_loop":
+                if not isinstance(value, str) or len(value) > 64:
+                    raise ApiError(422, {"field": name, "problem": "a loop name (string)"})
+                continue
+            if name not in COUNTED:
+                raise ApiError(422, {"field": name, "problem": f"one of {', '.join(COUNTED)}"})
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+                raise ApiError(422, {"field": name, "problem": "an integer 0..10000"})
+        for name, value in body.items():
+            if name == "wedge_loop":
+                self.wedge_loop = value
+            else:
+                self.armed[name] += value
+
+
+PLANTED = web.AppKey("planted", PlantedFaults)
+
+
+def install_planted(app: web.Application, enabled: bool) -> PlantedFaults:
+    """Add `/admin/planted` to `app`; it refuses everything unless `enabled`."""
+    planted = app[PLANTED] = PlantedFaults(enabled=enabled)
+
+    def guard() -> None:
+        if not planted.enabled:
+            raise ApiError(
+                403,
+                "planted faults are off: only the local and test environments enable them"
+                " (CW_PLANTED_FAULTS=1)",
+            )
+
+    async def get(_: web.Request) -> web.Response:
+        guard()
+        return web.json_response(asdict(planted))
+
+    async def post(request: web.Request) -> web.Response:
+        guard()
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(422, "body must be a JSON object")
+        planted.update(body)
+        return web.json_response(asdict(planted))
+
+    app.router.add_get("/admin/planted", get)
+    app.router.add_post("/admin/planted", post)
+    return planted
