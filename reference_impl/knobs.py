@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +26,9 @@ class Knobs:
     rate_429: share of calls answered 429 with Retry-After.
     retry_after_s: the Retry-After of those 429s.
     outage: when true, connections are dropped without an answer (a network error).
+    malformed_rate: share of calls answered 200 with a body the caller cannot use (JSON of the
+        wrong shape from the LLM, bytes that are not UTF-8 from a storage provider): hostile
+        input that must fail one job, never a worker.
     """
 
     latency_ms: float = 0.0
@@ -34,9 +37,13 @@ class Knobs:
     rate_429: float = 0.0
     retry_after_s: float = 1.0
     outage: bool = False
+    malformed_rate: float = 0.0
+    #: What a malformed answer carries: set by the service that installs the knobs.
+    malformed_body: bytes = field(default=b"", repr=False)
+    malformed_type: str = field(default="application/octet-stream", repr=False)
 
     def update(self, changes: dict[str, Any]) -> None:
-        known = {f.name: f.type for f in fields(self)}
+        known = {f.name: f.type for f in fields(self) if f.repr}
         for name, value in changes.items():
             if name not in known:
                 raise ApiError(422, {"field": name, "problem": "unknown knob"})
@@ -50,7 +57,7 @@ class Knobs:
                 or value < 0
             ):
                 raise ApiError(422, {"field": name, "problem": "a finite number >= 0"})
-            if name in ("error_rate", "rate_429") and value > 1:
+            if name in ("error_rate", "rate_429", "malformed_rate") and value > 1:
                 raise ApiError(422, {"field": name, "problem": "a share between 0 and 1"})
             if name == "latency_dist" and value not in ("fixed", "exponential", "lognormal"):
                 raise ApiError(422, {"field": name, "problem": "fixed, exponential or lognormal"})
@@ -87,17 +94,26 @@ class Knobs:
             return web.json_response(
                 {"error": "internal", "detail": "injected error (knob)"}, status=500
             )
+        if draw < self.rate_429 + self.error_rate + self.malformed_rate:
+            return web.Response(body=self.malformed_body, content_type=self.malformed_type)
         return None
+
+    def public(self) -> dict[str, Any]:
+        """The knobs a client may read and set (not the malformed body itself)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
 
 
 KNOBS = web.AppKey("knobs", Knobs)
 
 
-def install_knobs(app: web.Application) -> Knobs:
-    knobs = app[KNOBS] = Knobs()
+def install_knobs(
+    app: web.Application, malformed: bytes, malformed_type: str = "application/json"
+) -> Knobs:
+    """Add `/admin/knobs`; `malformed` is the body of this service's malformed answers."""
+    knobs = app[KNOBS] = Knobs(malformed_body=malformed, malformed_type=malformed_type)
 
     async def get(_: web.Request) -> web.Response:
-        return web.json_response(asdict(knobs))
+        return web.json_response(knobs.public())
 
     async def post(request: web.Request) -> web.Response:
         try:
@@ -107,7 +123,7 @@ def install_knobs(app: web.Application) -> Knobs:
         if not isinstance(changes, dict):
             raise ApiError(422, "body must be a JSON object of knobs")
         knobs.update(changes)
-        return web.json_response(asdict(knobs))
+        return web.json_response(knobs.public())
 
     app.router.add_get("/admin/knobs", get)
     app.router.add_post("/admin/knobs", post)

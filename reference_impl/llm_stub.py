@@ -67,6 +67,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app[CALLS] = Counter(
         "cw_llm_stub_calls_total", "Calls by status", ["status"], registry=metrics.registry
     )
-    install_knobs(app)
+    # The shape an OpenAI-compatible proxy might return on a bad day: JSON, no usable content.
+    install_knobs(app, b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{}]}')
     app.router.add_post("/v1/chat/completions", chat_completions)
     return app

@@ -7,14 +7,17 @@ side without duplicate-metric errors.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
+import os
 import random
+import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +37,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from reference_impl.planted import install_planted
 from reference_impl.settings import ServiceSettings
+
+log = logging.getLogger("cw.observability")
 
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 
@@ -168,6 +173,13 @@ def install(app: web.Application, settings: ServiceSettings) -> Metrics:
         tracer.shutdown()
 
     app.on_cleanup.append(flush_traces)
+    app[STOPPING_KEY] = asyncio.Event()
+
+    async def stopping(_: web.Application) -> None:
+        app[STOPPING_KEY].set()
+
+    # Before cleanup contexts cancel their tasks: a task ending now is the shutdown's doing.
+    app.on_shutdown.append(stopping)
     app[READY_CHECKS_KEY] = {}
     app[LAST_TICK_KEY] = {}
 
@@ -236,6 +248,38 @@ def install(app: web.Application, settings: ServiceSettings) -> Metrics:
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics_view)
     return metrics
+
+
+STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
+
+
+def supervise(
+    app: web.Application, coro: Coroutine[Any, Any, None], name: str
+) -> asyncio.Task[None]:
+    """Start a background task that must run as long as the service does (habit 11).
+
+    Its loop should survive its own errors; if it ends anyway (an exception nobody caught, or
+    a return) while the service is not shutting down, the service cannot do its job and must
+    not look healthy: log it with the traceback and stop the process (SIGTERM: the usual
+    graceful shutdown), so that the supervisor, like a kubelet, restarts it. Never a task whose
+    exception waits for the garbage collector.
+    """
+    task = asyncio.create_task(coro, name=name)
+
+    def ended(t: asyncio.Task[None]) -> None:
+        if t.cancelled() or app[STOPPING_KEY].is_set():
+            return
+        exc = t.exception()
+        log.critical(
+            "background task %s ended (%r) while the service runs: stopping the process",
+            name,
+            exc,
+            exc_info=exc,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    task.add_done_callback(ended)
+    return task
 
 
 def tick(app: web.Application, loop: str) -> None:

@@ -60,7 +60,7 @@ def create_emulator(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     observability.install(app, settings)
-    install_knobs(app)
+    install_knobs(app, b"\xff\xfe\x00 not UTF-8 \xc3\x28", "text/plain")
     app.router.add_get("/v1/files/{name}", get_file)
     return app
 
@@ -81,8 +81,16 @@ async def _fetch(app: web.Application, provider: str, name: str) -> str | None:
         try:
             async with app[SESSION].get(f"{base}/v1/files/{name}") as resp:
                 if resp.status == 200:
+                    try:
+                        text = await resp.text()
+                    except (UnicodeDecodeError, LookupError):
+                        # Garbage from one provider is that provider's failure: fail over.
+                        outcomes.labels(provider, "malformed").inc()
+                        raise ProviderError(
+                            f"{provider} answered text that does not decode"
+                        ) from None
                     outcomes.labels(provider, "ok").inc()
-                    return await resp.text()
+                    return text
                 if resp.status == 404:
                     outcomes.labels(provider, "not_found").inc()
                     return None

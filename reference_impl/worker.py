@@ -23,14 +23,22 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
+from cryptography.exceptions import InvalidTag
 from prometheus_client import Counter, Gauge
 
 from reference_impl import observability
 from reference_impl.crypto import FieldCipher
 from reference_impl.errors import error_middleware
+from reference_impl.planted import PLANTED
 from reference_impl.schema import ensure_schema
 from reference_impl.settings import ServiceSettings
-from reference_impl.stores import NOTIFY_CHANNEL, create_pool, create_redis, redis_or_none
+from reference_impl.stores import (
+    NOTIFY_CHANNEL,
+    CacheCluster,
+    create_pool,
+    create_redis,
+    redis_or_none,
+)
 
 log = logging.getLogger("cw.worker")
 
@@ -43,6 +51,13 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 DRAIN_TIMEOUT_S = 20.0
 RESPONSE_TTL_S = 1800
+#: Errors of the database connection itself: a job cannot even record its failure then, so they
+#: end the cycle (the claim expires and the job is retried) instead of failing the job.
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+#: No job may run longer than this (fetch, three LLM tries with their waits, completion): a call
+#: that hangs despite its own timeout fails the attempt instead of holding the loop (and its
+#: claim, which the keeper would otherwise extend for ever).
+JOB_DEADLINE_S = 90.0
 
 
 class PermanentError(Exception):
@@ -59,6 +74,17 @@ def backoff_s(attempt: int) -> float:
     return step / 2 + random.uniform(0, step / 2)
 
 
+def llm_content(raw: bytes) -> str | None:
+    """The assistant's text from an OpenAI-style chat completion; None when the answer is not
+    one (not JSON, no choices, no message, content not a string)."""
+    try:
+        body = json.loads(raw)
+        content = body["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
+
+
 class CircuitBreaker:
     """Open after `threshold` consecutive failures; one trial call after `cooldown_s`."""
 
@@ -66,6 +92,8 @@ class CircuitBreaker:
         self.threshold, self.cooldown_s = threshold, cooldown_s
         self.failures = 0
         self.opened_at: float | None = None
+        #: What the last failed call met, for the reason of jobs refused while open.
+        self.last = "none yet"
 
     @property
     def state(self) -> str:
@@ -115,12 +143,18 @@ class WorkerState:
         self.breaker_open = Gauge(
             "cw_llm_circuit_open", "1 while the LLM breaker is open", registry=registry
         )
+        self.loop_errors = Counter(
+            "cw_loop_errors_total",
+            "Loop cycles that ended in an error (and went on)",
+            ["loop"],
+            registry=registry,
+        )
         # What "kill a worker mid-job" waits for before it kills.
         self.jobs_in_flight = Gauge(
             "cw_jobs_in_flight", "Jobs this worker is processing now", registry=registry
         )
         self.pool: asyncpg.Pool
-        self.redis: Any
+        self.redis: CacheCluster
         self.http: aiohttp.ClientSession
 
     # ---- the queue -------------------------------------------------------------------------
@@ -194,6 +228,7 @@ class WorkerState:
             )
             event = await self._event(conn, job, "completed", "completed")
         await redis_or_none(
+            self.redis,
             "response cache",
             lambda: self.redis.set(f"resp:{job.request_id}", response, ex=RESPONSE_TTL_S),
         )
@@ -238,7 +273,9 @@ class WorkerState:
 
     async def publish(self, event: dict[str, Any]) -> None:
         """Fan-out is best effort: a phone that misses it catches up from the event log."""
-        await redis_or_none("notify", lambda: self.redis.publish(NOTIFY_CHANNEL, json.dumps(event)))
+        await redis_or_none(
+            self.redis, "notify", lambda: self.redis.publish(NOTIFY_CHANNEL, json.dumps(event))
+        )
 
     # ---- the work --------------------------------------------------------------------------
 
@@ -252,11 +289,16 @@ class WorkerState:
         if row is None:
             raise PermanentError("request row missing")
         ctx = f"{job.device_id}/{job.request_id}"
-        return (
-            row["provider"],
-            self.cipher.decrypt(bytes(row["document_enc"]), ctx + "/document"),
-            self.cipher.decrypt(bytes(row["instruction_enc"]), ctx + "/instruction"),
-        )
+        try:
+            return (
+                row["provider"],
+                self.cipher.decrypt(bytes(row["document_enc"]), ctx + "/document"),
+                self.cipher.decrypt(bytes(row["instruction_enc"]), ctx + "/instruction"),
+            )
+        except (InvalidTag, ValueError, TypeError):
+            # Retrying cannot help: the key that sealed these fields is not ours (or they were
+            # altered). The reason names no field content: it is stored in plaintext.
+            raise PermanentError("request fields cannot be decrypted with this key") from None
 
     async def fetch_document(self, provider: str, name: str) -> str:
         url = f"{self.settings.gateway_url}/v1/documents/{provider}/{name}"
@@ -268,7 +310,12 @@ class WorkerState:
                 if resp.status != 200:
                     raise TransientError(f"storage gateway answered {resp.status}")
                 body = await resp.json()
-                return str(body["content"])
+                content = body.get("content") if isinstance(body, dict) else None
+                if not isinstance(content, str):
+                    raise TransientError("storage gateway answered malformed JSON (no content)")
+                return content
+        except ValueError:  # JSON that does not parse
+            raise TransientError("storage gateway answered malformed JSON") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"storage gateway unreachable: {type(exc).__name__}") from exc
 
@@ -285,47 +332,60 @@ class WorkerState:
         for attempt in range(1, 4):
             if not self.breaker.allow():
                 self.llm_calls.labels("circuit_open").inc()
-                raise TransientError("LLM circuit open")
+                raise TransientError(f"LLM circuit open (last failure: {self.breaker.last})")
             try:
-                async with self.http.post(
-                    f"{self.settings.llm_url}/v1/chat/completions",
-                    json=payload,
-                    timeout=aiohttp.ClientTimeout(total=15, connect=1),
-                    headers={"X-Correlation-Id": observability.correlation_id.get()},
-                ) as resp:
-                    if resp.status == 200:
-                        body = await resp.json()
-                        self.breaker.record(True)
-                        self.llm_calls.labels("ok").inc()
-                        return str(body["choices"][0]["message"]["content"])
-                    self.breaker.record(False)
-                    self.llm_calls.labels(str(resp.status)).inc()
-                    last = f"LLM answered {resp.status}"
-                    wait = backoff_s(attempt)
-                    if resp.status == 429:
-                        with contextlib.suppress(ValueError):
-                            wait = max(wait, float(resp.headers.get("Retry-After", "0")))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.breaker.record(False)
-                self.llm_calls.labels("network").inc()
-                last = f"LLM unreachable: {type(exc).__name__}"
-                wait = backoff_s(attempt)
+                content, outcome, wait = await self._llm_attempt(payload, attempt)
             finally:
                 self.breaker_open.set(1 if self.breaker.state == "open" else 0)
+            if content is not None:
+                return content
+            last = self.breaker.last = outcome
             if attempt < 3:
                 await asyncio.sleep(min(wait, 5.0))
         raise TransientError(last)
 
-    async def keep_claim(self, job: Job) -> None:
+    async def _llm_attempt(
+        self, payload: dict[str, Any], attempt: int
+    ) -> tuple[str | None, str, float]:
+        """One call: (content, "", 0) on success, else (None, what went wrong, how long to
+        wait before the next try). An answer of the wrong shape is a failed try, like a 5xx."""
+        wait = backoff_s(attempt)
+        try:
+            async with self.http.post(
+                f"{self.settings.llm_url}/v1/chat/completions",
+                json=payload,
+                timeout=aiohttp.ClientTimeout(total=15, connect=1),
+                headers={"X-Correlation-Id": observability.correlation_id.get()},
+            ) as resp:
+                if resp.status == 200:
+                    content = llm_content(await resp.read())
+                    self.breaker.record(content is not None)
+                    self.llm_calls.labels("ok" if content is not None else "malformed").inc()
+                    return content, "LLM answered malformed JSON", wait
+                self.breaker.record(False)
+                self.llm_calls.labels(str(resp.status)).inc()
+                if resp.status == 429:
+                    with contextlib.suppress(ValueError):
+                        wait = max(wait, float(resp.headers.get("Retry-After", "0")))
+                return None, f"LLM answered {resp.status}", wait
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.breaker.record(False)
+            self.llm_calls.labels("network").inc()
+            return None, f"LLM unreachable: {type(exc).__name__}", wait
+
+    async def keep_claim(self, job: Job, loop: str) -> None:
         """Extend the claim's visibility while the job runs, fenced like completion.
 
         A live worker, however slow its LLM, keeps its job; a dead one stops extending, and the
-        job reappears one visibility timeout later.
+        job reappears one visibility timeout later. Each extension also counts as progress of
+        the loop running the job (liveness): a job may take longer than the staleness limit,
+        but never longer than JOB_DEADLINE_S.
         """
         every = self.settings.visibility_timeout_s / 3
         while True:
             await asyncio.sleep(every)
-            with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
+            observability.tick(self.app, loop)
+            try:
                 await self.pool.execute(
                     "UPDATE jobs SET visible_at = now() + make_interval(secs => $4)"
                     " WHERE job_id = $1 AND claimed_by = $2 AND attempts = $3",
@@ -334,9 +394,11 @@ class WorkerState:
                     job.attempts,
                     self.settings.visibility_timeout_s,
                 )
+            except Exception as exc:  # the next extension may work; the job goes on either way
+                log.warning("job %s: claim not extended: %r", job.job_id, exc)
 
-    async def process(self, job: Job) -> None:
-        keeper = asyncio.create_task(self.keep_claim(job))
+    async def process(self, job: Job, loop: str) -> None:
+        keeper = asyncio.create_task(self.keep_claim(job, loop))
         self.jobs_in_flight.inc()
         try:
             await self._process(job)
@@ -346,27 +408,49 @@ class WorkerState:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
 
+    async def _work(self, job: Job) -> dict[str, Any] | None:
+        """The job itself: the completion event, or None when another claim took it over."""
+        if job.attempts > job.max_attempts:
+            # Claimed again and again by workers that died mid-job.
+            raise TransientError(f"gave up after {job.max_attempts} attempts")
+        provider, document, instruction = await self.load_request(job)
+        text = await self.fetch_document(provider, document)
+        response = await self.call_llm(text, instruction)
+        return await self.complete(job, response)
+
+    async def _attempt(self, job: Job) -> tuple[dict[str, Any] | None, str]:
+        """Run the job and settle it: (event to publish, outcome). Whatever goes wrong inside
+        the job fails this attempt (retried with backoff, then dead-lettered) with a reason
+        that names no request content; only a database that cannot record it propagates."""
+        deadline = asyncio.timeout(JOB_DEADLINE_S)
+        try:
+            async with deadline:
+                event = await self._work(job)
+            return event, "completed" if event else "fenced"
+        except PermanentError as exc:
+            return await self.fail(job, str(exc), permanent=True), "failed"
+        except TransientError as exc:
+            reason = str(exc)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # a database call timed out: the loop's business
+            reason = f"job exceeded its {JOB_DEADLINE_S:g} s deadline"
+        except DB_ERRORS:
+            raise
+        except Exception as exc:
+            # A bug, or an answer no branch foresaw: one job fails, never the worker.
+            log.exception("job %s attempt %d: unexpected error", job.job_id, job.attempts)
+            reason = f"unexpected {type(exc).__name__} in the worker"
+        log.info("job %s attempt %d: %s", job.job_id, job.attempts, reason)
+        event = await self.fail(job, reason, permanent=False)
+        return event, "dead_lettered" if event else "retry"
+
     async def _process(self, job: Job) -> None:
         token = observability.correlation_id.set(job.correlation_id)
         tracer = self.app[observability.TRACER_KEY]
         try:
             with tracer.span("process_job", job_id=job.job_id, attempt=job.attempts):
-                try:
-                    if job.attempts > job.max_attempts:
-                        # Claimed again and again by workers that died mid-job.
-                        raise TransientError(f"gave up after {job.max_attempts} attempts")
-                    provider, document, instruction = await self.load_request(job)
-                    text = await self.fetch_document(provider, document)
-                    response = await self.call_llm(text, instruction)
-                    event = await self.complete(job, response)
-                    outcome = "completed" if event else "fenced"
-                except PermanentError as exc:
-                    event = await self.fail(job, str(exc), permanent=True)
-                    outcome = "failed"
-                except TransientError as exc:
-                    event = await self.fail(job, str(exc), permanent=False)
-                    outcome = "dead_lettered" if event else "retry"
-                    log.info("job %s attempt %d: %s", job.job_id, job.attempts, exc)
+                event, outcome = await self._attempt(job)
             self.jobs.labels(outcome).inc()
             if event:
                 await self.publish(event)
@@ -374,39 +458,51 @@ class WorkerState:
         finally:
             observability.correlation_id.reset(token)
 
-    async def run_cycle(self) -> str:
+    async def run_cycle(self, loop: str) -> str:
         """Claim and process one job; say what happened."""
         job = await self.claim()
         if job is None:
             return "idle"
         self.in_flight += 1
         try:
-            await self.process(job)
+            await self.process(job, loop)
         finally:
             self.in_flight -= 1
         return "processed"
 
     async def loop(self, index: int) -> None:
+        """Claim loop `claim<index>`: survives whatever one cycle raises (habit 11)."""
+        name = f"claim{index}"
+        planted = self.app[PLANTED]
         while not self.stopping.is_set():
+            await planted.wedge_point(name)
             try:
-                outcome = await self.run_cycle()
-            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-                log.warning("loop %d: database unavailable: %r", index, exc)
+                outcome = await self.run_cycle(name)
+            except DB_ERRORS as exc:
+                log.warning("%s: database unavailable: %r", name, exc)
                 outcome = "error"
-            observability.tick(self.app, f"claim{index}")
+            except Exception:
+                log.exception("%s: unexpected error; the loop goes on", name)
+                outcome = "error"
+            if outcome == "error":
+                self.loop_errors.labels(name).inc()
+            observability.tick(self.app, name)
             if outcome != "processed":
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), IDLE_POLL_S)
 
     async def watch_queue(self) -> None:
         while not self.stopping.is_set():
-            with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
+            try:
                 depth, age = await self.pool.fetchrow(
                     "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)"
                     " FROM jobs"
                 )
                 self.queue_depth.set(depth)
                 self.oldest_age.set(float(age))
+            except Exception as exc:  # metrics only: the next cycle tries again
+                log.warning("queue metrics: %r", exc)
+                self.loop_errors.labels("queue_metrics").inc()
             observability.tick(self.app, "queue_metrics")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 2.0)
@@ -415,7 +511,8 @@ class WorkerState:
 async def _run(app: web.Application) -> AsyncIterator[None]:
     state: WorkerState = app[STATE]  # type: ignore[assignment]
     settings = app[SETTINGS]
-    state.pool = await create_pool(settings.pg_write_url, max_size=CONCURRENCY + 2)
+    # A connection per claim loop, one per claim keeper, and one for the queue metrics.
+    state.pool = await create_pool(settings.pg_write_url, max_size=2 * CONCURRENCY + 2)
     await ensure_schema(state.pool)
     state.redis = create_redis(settings)
     state.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20, connect=1))
@@ -424,8 +521,8 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
         return bool(await state.pool.fetchval("SELECT 1", timeout=2) == 1)
 
     app[observability.READY_CHECKS_KEY]["postgres"] = pg
-    tasks = [asyncio.create_task(state.loop(i)) for i in range(CONCURRENCY)]
-    tasks.append(asyncio.create_task(state.watch_queue()))
+    tasks = [observability.supervise(app, state.loop(i), f"claim{i}") for i in range(CONCURRENCY)]
+    tasks.append(observability.supervise(app, state.watch_queue(), "queue_metrics"))
     yield
     # SIGTERM: claim nothing new, let jobs in flight finish (bounded), then go.
     state.stopping.set()

@@ -17,7 +17,16 @@ from experiments.pg_failover import pg_members, wait_healthy
 
 T = TypeVar("T")
 
-__all__ = ["fleet", "knobs", "members", "poll", "primary_of", "query", "wait_healthy"]
+__all__ = [
+    "fleet",
+    "knobs",
+    "members",
+    "poll",
+    "primary_of",
+    "query",
+    "toxic",
+    "wait_healthy",
+]
 
 members = pg_members
 
@@ -54,6 +63,21 @@ def knobs(status: dict[str, Any], service: str, **values: Any) -> Iterator[None]
         yield
     finally:
         requests.post(url, json=before, timeout=5)
+
+
+@contextlib.contextmanager
+def toxic(
+    status: dict[str, Any], proxy: str, kind: str, stream: str = "downstream", **attributes: Any
+) -> Iterator[None]:
+    """A toxic on one of the fault proxy's proxies for the block; always removed."""
+    url = f"{status['urls']['fault_api']}/proxies/{proxy}/toxics"
+    body = {"name": kind, "type": kind, "stream": stream, "toxicity": 1.0, "attributes": attributes}
+    resp = requests.post(url, json=body, timeout=5)
+    assert resp.status_code == 200, resp.text
+    try:
+        yield
+    finally:
+        requests.delete(f"{url}/{kind}", timeout=5)
 
 
 def fleet(
