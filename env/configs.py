@@ -183,8 +183,15 @@ defaults
     log global
     option dontlognull
     timeout connect 2s
-    timeout client 1h
-    timeout server 1h
+    # Every wait has a deadline. A client gets 10 s to send its request headers (slowloris
+    # cannot hold a connection), 30 s of silence either way mid-request; a WebSocket, once
+    # upgraded, is a tunnel the hub's 30 s heartbeat keeps busy.
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+    timeout client 30s
+    timeout server 30s
+    timeout client-fin 5s
+    timeout server-fin 5s
     timeout check 1s
     timeout tunnel 1h
 
@@ -192,6 +199,10 @@ defaults
 listen pg_write
     mode tcp
     bind 127.0.0.1:{ports.haproxy_write}
+    # Pooled database connections sit idle between queries (pgBouncer keeps them 30 s, asyncpg
+    # 60 s, replication streams for ever): TCP paths are not held to the HTTP deadlines.
+    timeout client 1h
+    timeout server 1h
     option httpchk GET /primary
     http-check expect status 200
     default-server {pg_check}
@@ -201,6 +212,8 @@ listen pg_write
 listen pg_read
     mode tcp
     bind 127.0.0.1:{ports.haproxy_read}
+    timeout client 1h
+    timeout server 1h
     balance roundrobin
     option httpchk GET /replica
     http-check expect status 200

@@ -36,14 +36,14 @@ from reference_impl.errors import ApiError, error_middleware
 from reference_impl.openapi import OPENAPI
 from reference_impl.schema import ensure_schema
 from reference_impl.settings import ServiceSettings
-from reference_impl.stores import create_pool, create_redis, redis_or_none
+from reference_impl.stores import CacheCluster, create_pool, create_redis, redis_or_none
 
 log = logging.getLogger("cw.api")
 
 SETTINGS = web.AppKey("settings", ServiceSettings)
 WRITE_POOL = web.AppKey("write_pool", asyncpg.Pool)
 READ_POOL = web.AppKey("read_pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", object)
+REDIS = web.AppKey("redis", CacheCluster)
 ISSUER = web.AppKey("issuer", TokenIssuer)
 CIPHER = web.AppKey("cipher", FieldCipher)
 SUBMITS = web.AppKey("submits", Counter)
@@ -113,13 +113,13 @@ async def rate_limit(request: web.Request, device_id: uuid.UUID) -> None:
     key = f"rl:{{{device_id}}}:{window}"
 
     async def count() -> int:
-        async with redis.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+        async with redis.pipeline(transaction=False) as pipe:
             pipe.incr(key)
             pipe.expire(key, 2)
             n, _ = await pipe.execute()
         return int(n)
 
-    n = await redis_or_none("rate limit", count)
+    n = await redis_or_none(redis, "rate limit", count)
     if n is not None and n > settings.rate_limit_per_s:
         raise ApiError(
             429,
@@ -280,7 +280,7 @@ async def get_request(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise ApiError(404, "no such request") from None
     redis = request.app[REDIS]
-    cached = await redis_or_none("request cache", lambda: redis.get(f"req:{request_id}"))  # type: ignore[attr-defined]
+    cached = await redis_or_none(redis, "request cache", lambda: redis.get(f"req:{request_id}"))
     if cached:
         view = json.loads(cached)
         if view.pop("device_id") != str(claims.device_id):
@@ -306,10 +306,9 @@ async def get_request(request: web.Request) -> web.StreamResponse:
         # Final states never change again: safe to cache.
         payload = json.dumps({**view, "device_id": str(claims.device_id)})
         await redis_or_none(
+            redis,
             "request cache",
-            lambda: redis.set(  # type: ignore[attr-defined]
-                f"req:{request_id}", payload, ex=REQUEST_TTL_S
-            ),
+            lambda: redis.set(f"req:{request_id}", payload, ex=REQUEST_TTL_S),
         )
     return json_reply(request, view)
 
@@ -366,7 +365,7 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
 
     checks["postgres"] = pg
     yield
-    await app[REDIS].aclose()  # type: ignore[attr-defined]
+    await app[REDIS].aclose()
     await app[READ_POOL].close()
     await app[WRITE_POOL].close()
 

@@ -7,7 +7,10 @@ absence (`redis_or_none`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,39 +27,118 @@ log = logging.getLogger("cw.stores")
 T = TypeVar("T")
 
 
+#: How long a request waits for a pooled connection. asyncpg's default is for ever: with the
+#: pool exhausted (a slow database, a burst) requests would queue without bound; past this they
+#: answer 503 with Retry-After (the error middleware maps the TimeoutError) and the client
+#: retries, perhaps on another replica.
+ACQUIRE_TIMEOUT_S = 2.0
+
+
+class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no types
+    """An asyncpg pool whose every acquire has a deadline, also the implicit ones of
+    `pool.execute` / `fetch` / `fetchrow` / `fetchval`."""
+
+    acquire_timeout_s = ACQUIRE_TIMEOUT_S
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
 async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
+    pool = BoundedPool(
         url,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50_000,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         statement_cache_size=0,
         command_timeout=10,
         timeout=5,
         # A connection broken by a failover is dropped, not reused.
         max_inactive_connection_lifetime=60,
     )
-    assert pool is not None
+    await pool
     return pool
 
 
-def create_redis(settings: ServiceSettings) -> RedisCluster:
+#: A Redis call that takes longer than this is given up: a cache that slows every request down
+#: is worse than none.
+REDIS_DEADLINE_S = 0.5
+#: After a failed call, Redis is skipped for this long (one trial call then): with every node
+#: down, requests must not each pay for connection attempts to six dead nodes.
+REDIS_COOLDOWN_S = 2.0
+
+
+class RedisBreaker:
+    """Open after a failed call; a trial call allowed every `cooldown_s` while open."""
+
+    def __init__(self, cooldown_s: float = REDIS_COOLDOWN_S) -> None:
+        self.cooldown_s = cooldown_s
+        self.open_until = 0.0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now < self.open_until:
+            return False
+        if self.open_until:
+            self.open_until = now + self.cooldown_s  # this caller is the trial; others wait
+        return True
+
+    def record(self, ok: bool) -> None:
+        self.open_until = 0.0 if ok else time.monotonic() + self.cooldown_s
+
+
+class CacheCluster(RedisCluster):
+    """The services' Redis Cluster client, with a breaker per use (`redis_or_none`'s `what`):
+    a master that is down for a few seconds must not stop the notifications because a cache
+    write to its slots failed."""
+
+    breakers: defaultdict[str, RedisBreaker]
+
+
+def create_redis(settings: ServiceSettings) -> CacheCluster:
     nodes = [ClusterNode(h, p) for h, p in settings.redis_addresses]
-    return RedisCluster(
+    client = CacheCluster(
         startup_nodes=nodes,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
         decode_responses=True,
         require_full_coverage=False,
+        # Enough to follow a failover's new slot owner; never backoff sleeps inside a request.
+        retry=Retry(NoBackoff(), 2),
     )
+    client.breakers = defaultdict(RedisBreaker)
+    return client
 
 
-async def redis_or_none(what: str, call: Callable[[], Awaitable[T]]) -> T | None:
-    """Run a Redis call; when Redis is down, log and return None (callers fall back)."""
+async def redis_or_none(
+    redis: CacheCluster,
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    deadline_s: float = REDIS_DEADLINE_S,
+) -> T | None:
+    """Run a Redis call; when Redis is down, slow or broken, log and return None (callers fall
+    back: uncached, unlimited, notified through the event log).
+
+    Any exception counts: redis-py raises cluster-level errors that are not `RedisError`
+    (`RedisClusterException`, "no targets" when every node is gone) and a cache must never turn
+    into a 500. The call is bounded by `deadline_s`, and skipped while the breaker of `what` is
+    open.
+    """
+    breaker = redis.breakers[what]
+    if not breaker.allow():
+        return None
     try:
-        return await call()
-    except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        async with asyncio.timeout(deadline_s):
+            result = await call()
+    except Exception as exc:
+        breaker.record(False)
         log.warning("redis unavailable for %s: %r", what, exc)
         return None
+    breaker.record(True)
+    return result
 
 
 async def single_node_pubsub(

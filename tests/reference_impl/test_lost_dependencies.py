@@ -1,0 +1,147 @@
+"""The reference system when a dependency is gone or exhausted: it keeps answering, within
+deadlines, and what cannot work any more is restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.exceptions
+import requests
+
+from env.local import LocalEnvironment
+from env.probes import redis_call
+from env.process import pid_alive
+from tests.helpers import fleet, poll, port_of, toxic, wait_healthy
+from tests.phone import Phone
+from tests.reference_impl.test_flow import run
+
+pytestmark = [pytest.mark.env, pytest.mark.fault]
+
+
+def test_with_every_redis_node_down_the_api_answers_and_jobs_complete(
+    local_env: LocalEnvironment, tmp_path: Path
+):
+    """The README promises an API that works uncached and unlimited without Redis. All six
+    nodes are held down under a small fleet: every submit, read and sync must still be answered
+    (no 5xx), and the workers must still complete the jobs."""
+    status = wait_healthy(local_env)
+    nodes = [c["component"] for c in status["components"] if c["kind"] == "redis"]
+    assert len(nodes) == 6, nodes
+    ports = local_env.settings.ports
+    pids = {n: local_env.component(n)["pid"] for n in nodes}
+    try:
+        for name, pid in pids.items():
+            local_env.hold(name, 300)
+            os.kill(pid, signal.SIGKILL)
+        poll(lambda: not any(pid_alive(p) for p in pids.values()), 10, "every Redis node dead")
+
+        def none_answers() -> bool | None:
+            for n in range(6):
+                try:
+                    asyncio.run(redis_call(ports.redis(n), "PING"))
+                    return None
+                except (OSError, redis.exceptions.RedisError):
+                    continue
+            return True
+
+        poll(none_answers, 10, "no Redis node answers")
+        code, _, summary = fleet(status, tmp_path, users=6, duration_s=25)
+        ops = summary["operations"]
+        for kind in ("submit", "read", "sync"):
+            assert ops.get(kind, {}).get("fail", 0) == 0, (kind, ops)
+        assert ops["submit"]["ok"] > 10, ops
+        rec = summary["reconciliation"]
+        assert rec["lost"] == 0, rec
+        # The workers kept working: every acknowledged request completed, Redis or not.
+        assert rec["completed"] == rec["acknowledged"], rec
+        # Redis really stayed down for the whole run.
+        assert all(not pid_alive(p) for p in pids.values())
+        assert code == 0 or rec["valid"], summary
+    finally:
+        for name in nodes:
+            local_env.release(name)
+    wait_healthy(local_env, timeout_s=120)
+
+
+def test_an_exhausted_database_pool_answers_503_with_retry_after_instead_of_waiting(
+    local_env: LocalEnvironment,
+):
+    """Every database wait has a deadline: with PostgreSQL slowed down (a latency toxic on the
+    write path) and more concurrent submits than the API replica's pool holds, the ones that
+    cannot get a connection soon answer 503 with Retry-After, and none waits without bound."""
+    status = wait_healthy(local_env)
+    api = f"http://127.0.0.1:{port_of(status, 'api1')}"
+
+    async def flow() -> list[tuple[int, str | None, float]]:
+        # Several devices, each under its rate limit (20/s): the pool is the only limit here.
+        auths = []
+        for _ in range(6):
+            async with Phone(status) as phone:
+                await phone.register()
+                auths.append(phone.auth)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+
+            async def one(n: int) -> tuple[int, str | None, float]:
+                started = time.monotonic()
+                async with s.post(
+                    f"{api}/v1/requests",
+                    headers={**auths[n % 6], "Idempotency-Key": f"pool-{n}-{time.time_ns()}"},
+                    json={"provider": "gdrive", "document": "doc-002.txt", "instruction": "x"},
+                ) as r:
+                    await r.read()
+                    return r.status, r.headers.get("Retry-After"), time.monotonic() - started
+
+            with toxic(status, "postgres-write", "latency", latency=1500, jitter=0):
+                return await asyncio.gather(*(one(n) for n in range(60)))
+
+    results = run(flow())
+    codes = sorted({c for c, _, _ in results})
+    assert set(codes) <= {202, 503}, codes
+    refused = [(c, ra, t) for c, ra, t in results if c == 503]
+    assert refused, "no submit was refused: the pool was never exhausted"
+    assert all(ra is not None for _, ra, _ in refused), refused
+    # Refused within the acquire deadline (plus this machine's noise), not after the queue.
+    assert max(t for _, _, t in refused) < 8, refused
+
+
+def test_a_wedged_loop_fails_liveness_and_the_supervisor_restarts_the_service(
+    local_env: LocalEnvironment,
+):
+    """A worker whose claim loops stop making progress (while its HTTP server still answers)
+    fails `/health/live`; the supervisor, as a Kubernetes liveness probe would, restarts it."""
+    wait_healthy(local_env)
+    victim = "worker3"
+    before = local_env.component(victim)
+    port = before["ports"]["http"]
+    r = requests.post(
+        f"http://127.0.0.1:{port}/admin/planted", json={"wedge_loop": "claim"}, timeout=5
+    )
+    assert r.status_code == 200, r.text
+
+    def not_live() -> dict | None:
+        try:
+            resp = requests.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
+        except requests.RequestException:
+            return None
+        return resp.json() if resp.status_code == 503 else None
+
+    # The fault took: the process answers, but says its claim loops are stale.
+    stale = poll(not_live, 60, f"{victim} reporting stale loops", interval_s=1)
+    assert any(k.startswith("claim") for k in stale["stale_loops_s"]), stale
+    after = poll(
+        lambda: (
+            c if (c := local_env.component(victim))["pid"] not in (None, before["pid"]) else None
+        ),
+        60,
+        f"{victim} restarted after failing liveness",
+        interval_s=1,
+    )
+    assert after["restarts"] > before["restarts"]
+    assert "liveness" in (after.get("last_restart_reason") or ""), after
+    wait_healthy(local_env)
