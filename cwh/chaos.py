@@ -33,6 +33,7 @@ EXPERIMENTS_DIR = ROOT / "experiments"
 #: `make gameday`: one experiment of each kind, the cheapest first.
 GAMEDAY = [
     "kill-api",
+    "kill-lb",
     "kill-worker",
     "storage-outage",
     "redis-kill-master",

@@ -39,9 +39,9 @@ async def http_json(url: str) -> Any:
     return json.loads(body)
 
 
-async def http_ok(url: str) -> bool:
+async def http_ok(url: str, timeout: aiohttp.ClientTimeout = HTTP_TIMEOUT) -> bool:
     try:
-        status, _ = await http_get(url)
+        status, _ = await http_get(url, timeout)
     except (aiohttp.ClientError, TimeoutError, OSError):
         return False
     return status == 200
@@ -155,6 +155,37 @@ async def haproxy_command(layout: Layout, command: str) -> str:
     finally:
         writer.close()
     return data.decode()
+
+
+def haproxy_server_ports(text: str) -> dict[str, int]:
+    """server name -> port, from the runtime API's `show servers state <backend>` answer."""
+    out: dict[str, int] = {}
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    header = next((ln.lstrip("# ").split() for ln in lines if ln.startswith("#")), None)
+    if header is None:
+        return out
+    for line in lines:
+        if line.startswith("#") or len(line.split()) != len(header):
+            continue  # the format version line, or something we do not know
+        row = dict(zip(header, line.split(), strict=True))
+        out[row["srv_name"]] = int(row["srv_port"])
+    return out
+
+
+def haproxy_registrations(have: dict[str, int], want: dict[str, int]) -> list[str]:
+    """Runtime API commands that put back the servers HAProxy lost (a restart or a reload
+    starts from the configuration, where run-time slots point nowhere). A server whose slot
+    still points at its replica is left alone, whatever its state: drain and maintenance are
+    an operator's (or a rollout's) decisions, not drift."""
+    commands = []
+    for slot, port in sorted(want.items()):
+        name = slot.split("/", 1)[1]
+        if have.get(name) != port:
+            commands += [
+                f"set server {slot} addr 127.0.0.1 port {port}",
+                f"set server {slot} state ready",
+            ]
+    return commands
 
 
 def haproxy_servers_up(rows: list[dict[str, str]], proxy: str) -> list[str]:

@@ -171,6 +171,9 @@ class EnvSettings:
             providers and the LLM stub, and on the replication links (off: direct connections).
         toxiproxy_url: a Toxiproxy server to use instead of starting one ("" = start one:
             `toxiproxy-server` when it is on the PATH, else the project's `env.faultproxy`).
+        liveness_period_s, liveness_failure_threshold: the services' liveness probe, as
+            Kubernetes' `periodSeconds` and `failureThreshold`: after that many failed probes in
+            a row (`/health/live` not 200 within 2 s) the supervisor restarts the service.
     """
 
     base_port: int = 17000
@@ -189,6 +192,8 @@ class EnvSettings:
     scheduler_replicas: int = 2
     fault_proxy: bool = True
     toxiproxy_url: str = ""
+    liveness_period_s: float = 5.0
+    liveness_failure_threshold: int = 3
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -217,6 +222,12 @@ class EnvSettings:
                 raise SettingsError(f"{PREFIX}{name}={value}: must be 1 to {top}")
         if self.toxiproxy_url and not self.toxiproxy_url.startswith(("http://", "https://")):
             raise SettingsError(f"{PREFIX}TOXIPROXY_URL={self.toxiproxy_url!r}: an http(s) URL")
+        if not 0.5 <= self.liveness_period_s <= 300:
+            raise SettingsError(f"{PREFIX}LIVENESS_PERIOD_S={self.liveness_period_s}: 0.5 to 300")
+        if not 1 <= self.liveness_failure_threshold <= 100:
+            raise SettingsError(
+                f"{PREFIX}LIVENESS_FAILURE_THRESHOLD={self.liveness_failure_threshold}: 1 to 100"
+            )
         if not self.run_dir.is_absolute():
             raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
 
@@ -293,4 +304,8 @@ class EnvSettings:
             scheduler_replicas=int(str(get("SCHEDULER_REPLICAS", int, cls.scheduler_replicas))),
             fault_proxy=bool(get("FAULT_PROXY", bool, cls.fault_proxy)),
             toxiproxy_url=str(get("TOXIPROXY_URL", str, cls.toxiproxy_url)),
+            liveness_period_s=float(str(get("LIVENESS_PERIOD_S", float, cls.liveness_period_s))),
+            liveness_failure_threshold=int(
+                str(get("LIVENESS_FAILURE_THRESHOLD", int, cls.liveness_failure_threshold))
+            ),
         )

@@ -34,8 +34,9 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from env import configs, probes
+from env import configs, liveness, probes
 from env.layout import Layout
+from env.liveness import LivenessProbe
 from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
 from env.secrets import Secrets, ensure_tls_certificate
 from env.settings import EnvSettings
@@ -77,6 +78,7 @@ class Component:
         ports: named ports it listens on.
         as_user: (uid, gid) to run as, or None to run as the supervisor's user.
         grace_s: how long SIGTERM may take before SIGKILL.
+        liveness: restart the process when this probe fails (None: only when it exits).
     """
 
     name: str
@@ -97,6 +99,10 @@ class Component:
     exit_code: int | None = None
     held_until: float = 0.0  # monotonic; restarts wait while now < held_until
     watcher: asyncio.Task[None] | None = None
+    liveness: LivenessProbe | None = None
+    prober: asyncio.Task[None] | None = None
+    stop_reason: str = ""  # why the supervisor itself is stopping the process now
+    last_restart_reason: str = ""
 
     @property
     def pid(self) -> int | None:
@@ -115,6 +121,7 @@ class Component:
             "log": str(self.log_path),
             "uptime_s": round(now - self.started_at, 1) if self.pid else None,
             "held_for_s": round(self.held_until - now, 1) if self.held_until > now else 0,
+            "last_restart_reason": self.last_restart_reason,
         }
 
 
@@ -131,6 +138,7 @@ class Supervisor:
         self.stopping = False
         self.done = asyncio.Event()
         self.pg_ids = user_ids(settings.pg_os_user)
+        self.lb_keeper: asyncio.Task[None] | None = None
 
     # ---- preparing the run directory -------------------------------------------------------
 
@@ -440,6 +448,11 @@ class Supervisor:
                 },
                 cwd=lay.run_dir,
                 grace_s=30.0,
+                liveness=LivenessProbe(
+                    f"http://127.0.0.1:{port}/health/live",
+                    s.liveness_period_s,
+                    s.liveness_failure_threshold,
+                ),
             )
             for name, role, port in instances
         ]
@@ -481,6 +494,19 @@ class Supervisor:
         comp.started_wall = time.time()
         log.info("started %s (pid %s)", comp.name, comp.proc.pid)
         comp.watcher = asyncio.create_task(self.watch(comp), name=f"watch-{comp.name}")
+        if comp.liveness is not None:
+            proc = comp.proc
+
+            def running() -> bool:
+                return comp.proc is proc and proc.returncode is None and not self.stopping
+
+            async def restart(reason: str) -> None:
+                comp.stop_reason = reason
+                await self.stop([comp], final=False)
+
+            comp.prober = asyncio.create_task(
+                liveness.watch(comp.liveness, running, restart), name=f"live-{comp.name}"
+            )
 
     async def watch(self, comp: Component) -> None:
         """Wait for the process to exit, then restart it with backoff unless held or stopping."""
@@ -491,12 +517,18 @@ class Supervisor:
             comp.state = "stopped"
             return
         comp.state = "exited"
+        comp.last_restart_reason, comp.stop_reason = comp.stop_reason or f"exit {code}", ""
         uptime = time.monotonic() - comp.started_at
         if uptime > BACKOFF_RESET_AFTER_S:
             comp.crash_streak = 0
         delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(comp.crash_streak, 10))
         log.warning(
-            "%s exited with %s after %.1f s; restart in %.1f s", comp.name, code, uptime, delay
+            "%s exited with %s after %.1f s (%s); restart in %.1f s",
+            comp.name,
+            code,
+            uptime,
+            comp.last_restart_reason,
+            delay,
         )
         restart_at = time.monotonic() + delay
         while not self.stopping:
@@ -514,12 +546,21 @@ class Supervisor:
             return
         comp.restarts += 1
         comp.crash_streak += 1
-        await self.spawn(comp)
+        while not self.stopping:
+            try:
+                await self.spawn(comp)
+                return
+            except Exception as exc:  # a restart that cannot happen now must not end the watch
+                log.exception("%s could not be restarted; trying again", comp.name)
+                comp.last_restart_reason = f"restart failed: {exc!r}"
+                await asyncio.sleep(BACKOFF_MAX_S)
 
-    async def stop(self, comps: list[Component]) -> None:
-        """SIGTERM, then SIGKILL after each component's grace period."""
+    async def stop(self, comps: list[Component], final: bool = True) -> None:
+        """SIGTERM, then SIGKILL after each component's grace period. `final`: it stays
+        stopped; otherwise its watcher restarts it (a liveness restart)."""
         for comp in comps:
-            comp.state = "stopped"
+            if final:
+                comp.state = "stopped"
             if comp.proc and comp.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     comp.proc.send_signal(signal.SIGTERM)
@@ -663,6 +704,8 @@ class Supervisor:
         self.stage = ""
         self.phase = "ready"
         log.info("environment ready")
+        if s.services:
+            self.lb_keeper = asyncio.create_task(self.keep_lb_registered(), name="lb-keeper")
 
     def service_components(self, *roles: str) -> list[Component]:
         return [c for c in self.components.values() if c.kind in roles]
@@ -704,6 +747,36 @@ class Supervisor:
                         [f"127.0.0.1:{c.ports['http']}" for c in comps], {"role": role}
                     )
                 )
+
+    async def keep_lb_registered(self) -> None:
+        """Put back, within a second, the API and hub servers HAProxy lost.
+
+        They join the HTTPS frontend at run time; an HAProxy that crashed and was restarted, or
+        was reloaded, starts from its configuration, where their slots point nowhere, and the
+        frontend would answer 503 for good. The controller's way: compare what HAProxy has with
+        what should be, and fix the difference, whatever caused it.
+        """
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            haproxy = self.components.get("haproxy")
+            if haproxy is None or haproxy.pid is None:
+                continue
+            try:
+                for backend in ("api", "hub"):
+                    have = probes.haproxy_server_ports(
+                        await probes.haproxy_command(self.layout, f"show servers state {backend}")
+                    )
+                    want = {
+                        f"{backend}/{c.name}": c.ports["http"]
+                        for c in self.service_components(backend)
+                    }
+                    for command in probes.haproxy_registrations(have, want):
+                        log.info("haproxy lost a server: %s", command)
+                        await probes.haproxy_command(self.layout, command)
+            except (OSError, TimeoutError) as exc:  # HAProxy (re)starting: next second
+                log.debug("haproxy runtime API: %r", exc)
+            except Exception:  # never the end of the controller: log, try again next second
+                log.exception("keeping HAProxy's servers registered")
 
     async def form_redis_cluster(self, comps: list[Component], ports: list[int]) -> None:
         """Create the cluster the first time; later starts find it in each node's nodes.conf."""
@@ -768,6 +841,8 @@ class Supervisor:
             return
         self.stopping = True
         self.phase = "stopping"
+        if self.lb_keeper is not None:
+            self.lb_keeper.cancel()
         order = [
             "services",
             "prometheus",

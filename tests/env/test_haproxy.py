@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -138,3 +141,90 @@ def test_servers_added_at_run_time_serve_with_sticky_cookie(
         ln.startswith(("api,api9,", "api,api10,")) and ",UP," in ln
         for ln in runtime(layout, "show stat").splitlines()
     )
+
+
+def worker_pid(layout: Layout) -> int | None:
+    """The pid of HAProxy's current worker process (`show info` on its stats socket)."""
+    try:
+        info = runtime(layout, "show info")
+    except OSError:
+        return None
+    return next((int(ln.split(":")[1]) for ln in info.splitlines() if ln.startswith("Pid:")), None)
+
+
+def frontend_serves(status: dict) -> bool | None:
+    """True once the HTTPS frontend routes to an API replica (None while it answers 503)."""
+    try:
+        r = requests.get(
+            f"{status['urls']['https']}/openapi.json", verify=status["tls_certificate"], timeout=3
+        )
+    except requests.RequestException:
+        return None
+    return True if r.status_code == 200 else None
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("how", ["crash", "reload"])
+def test_frontend_gets_its_servers_back_after_haproxy_restarts(
+    local_env: LocalEnvironment, how: str
+):
+    """Servers join the HTTPS frontend at run time; a restarted (SIGKILL) or reloaded (SIGUSR2)
+    HAProxy starts from its configuration, where the slots are empty: they must come back by
+    themselves, not leave the frontend answering 503 for good."""
+    status = wait_healthy(local_env)
+    layout = Layout(local_env.settings.run_dir)
+    before = local_env.component("haproxy")
+    if how == "crash":
+        os.kill(before["pid"], signal.SIGKILL)
+        poll(
+            lambda: (c := local_env.component("haproxy"))["pid"] not in (None, before["pid"]) and c,
+            local_env.settings.timeout(15),
+            "haproxy restarted by the supervisor",
+        )
+    else:
+        worker = worker_pid(layout)
+        os.kill(before["pid"], signal.SIGUSR2)  # the master reloads: a new worker takes over
+        poll(
+            lambda: worker_pid(layout) not in (None, worker) or None,
+            local_env.settings.timeout(15),
+            "haproxy reloaded (a new worker)",
+        )
+    poll(
+        lambda: frontend_serves(status),
+        local_env.settings.timeout(20),
+        f"the HTTPS frontend serving again after an HAProxy {how}",
+        interval_s=0.5,
+    )
+    wait_healthy(local_env)
+
+
+@pytest.mark.fault
+def test_a_client_sending_headers_slowly_cannot_hold_a_connection(local_env: LocalEnvironment):
+    """Slowloris: headers trickling in a byte a second. HAProxy's `timeout http-request` must
+    close the connection; with only `timeout client` (an hour), it stayed open."""
+    status = wait_healthy(local_env)
+    port = local_env.settings.ports.haproxy_https
+    ctx = ssl.create_default_context(cafile=status["tls_certificate"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        started = time.monotonic()
+        closed_after = None
+        tls.settimeout(1.0)
+        # The slow client's own pace (a byte a second) is the fault, bounded at 40 s.
+        while time.monotonic() - started < 40:
+            try:
+                tls.sendall(b"X")
+                answer = tls.recv(4096)
+            except TimeoutError:
+                continue
+            except (ConnectionError, ssl.SSLError, OSError):
+                closed_after = time.monotonic() - started
+                break
+            if answer == b"" or answer.startswith(b"HTTP/1.1 408"):
+                closed_after = time.monotonic() - started
+                break
+    assert closed_after is not None, "the slow client still held its connection after 40 s"
+    assert closed_after <= 15, closed_after

@@ -18,7 +18,8 @@ from experiments.activities.process.probes import leader_scheduler, service_rows
 def kill_service(
     role: str, which: str = "first", mid_job: bool = False, wait_busy_s: float = 30
 ) -> dict[str, Any]:
-    """SIGKILL one replica of `role` (api, hub, worker, scheduler).
+    """SIGKILL one replica of `role`: a service (api, hub, worker, scheduler) or another
+    component kind of `cwh env status` (haproxy, pgbouncer, etcd, ...).
 
     Args:
         which: "first" (the first healthy replica by name), "leader" (the scheduler that leads),
