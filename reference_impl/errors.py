@@ -64,6 +64,32 @@ def _kept(exc: web.HTTPException) -> dict[str, str]:
     return {k: v for k, v in exc.headers.items() if k.lower() in KEPT_HEADERS}
 
 
+#: A dependency that is down, restarting or unreachable: the client should retry (503).
+UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    redis.exceptions.ConnectionError,
+)
+
+
+def dependency_unavailable(exc: Exception) -> bool:
+    """True for the errors of a dependency that went away, including asyncpg's InterfaceError
+    when it says the connection closed under us (a transaction's exit after pgBouncer dropped
+    the client): that one is not a PostgresError, and answered 500 in the kill-lb experiment.
+    Other InterfaceErrors are misuses of asyncpg: bugs of ours."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    text = str(exc)
+    return isinstance(exc, asyncpg.InterfaceError) and (
+        "connection is closed" in text or "connection was closed" in text
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -76,20 +102,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             exc.status_code, CODES.get(exc.status_code, "error"), exc.reason, _kept(exc)
         )
-    except (
-        asyncpg.PostgresConnectionError,
-        asyncpg.exceptions.ReadOnlySQLTransactionError,
-        asyncpg.exceptions.CannotConnectNowError,
-        asyncpg.exceptions.AdminShutdownError,
-        ConnectionError,
-        TimeoutError,
-        OSError,
-        redis.exceptions.ConnectionError,
-    ) as exc:
+    except Exception as exc:
+        if not dependency_unavailable(exc):
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, "internal", "internal error")
         log.warning("dependency unavailable: %r", exc)
         return error_response(
             503, "unavailable", "a dependency is unavailable, retry", {"Retry-After": "1"}
         )
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal", "internal error")

@@ -17,7 +17,7 @@ import requests
 from env.local import LocalEnvironment
 from env.probes import redis_call
 from env.process import pid_alive
-from tests.helpers import fleet, poll, port_of, toxic, wait_healthy
+from tests.helpers import fleet, poll, port_of, query, toxic, wait_healthy
 from tests.phone import Phone
 from tests.reference_impl.test_flow import run
 
@@ -145,3 +145,62 @@ def test_a_wedged_loop_fails_liveness_and_the_supervisor_restarts_the_service(
     assert after["restarts"] > before["restarts"]
     assert "liveness" in (after.get("last_restart_reason") or ""), after
     wait_healthy(local_env)
+
+
+def test_connections_dropped_mid_transaction_answer_503_never_500(local_env: LocalEnvironment):
+    """The server side of the API's connections dies under its transactions (here its backends
+    are terminated; killing HAProxy did it in the kill-lb experiment): pgBouncer closes the
+    client connections, and asyncpg raises InterfaceError from the transaction's exit, which is
+    not a PostgresError. A dependency that is gone is a 503 with Retry-After (the outcome of
+    that submit is unknown, and the phone retries it under its idempotency key), never a 500."""
+    status = wait_healthy(local_env)
+    primary = status["urls"]["members"][status["primary"]]
+    ports = [port_of(status, f"api{i}") for i in (1, 2, 3)]
+    terminate = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE usename = 'cloudwatcher' AND pid <> pg_backend_pid()"
+    )
+
+    def in_transaction() -> int | None:
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE usename = 'cloudwatcher' AND xact_start IS NOT NULL"
+        )
+        return query(primary, sql)[0][0] or None
+
+    async def flow() -> tuple[list[tuple[int, str | None]], int]:
+        auths = []
+        for _ in range(3):
+            async with Phone(status) as phone:
+                await phone.register()
+                auths.append(phone.auth)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+
+            async def one(n: int) -> tuple[int, str | None]:
+                async with s.post(
+                    f"http://127.0.0.1:{ports[n % 3]}/v1/requests",
+                    headers={**auths[n % 3], "Idempotency-Key": f"term-{n}-{time.time_ns()}"},
+                    json={"provider": "gdrive", "document": "doc-003.txt", "instruction": "x"},
+                ) as r:
+                    await r.read()
+                    return r.status, r.headers.get("Retry-After")
+
+            answers, terminated = [], 0
+            # Transactions stretched by 100 ms a round trip, so terminations land inside them;
+            # bounded: 5 rounds of 30 concurrent submits.
+            with toxic(status, "postgres-write", "latency", latency=100, jitter=0):
+                for round_ in range(5):
+                    batch = asyncio.gather(*(one(30 * round_ + n) for n in range(30)))
+                    await asyncio.to_thread(
+                        poll, in_transaction, 10, "transactions under way", 0.02
+                    )
+                    terminated += (await asyncio.to_thread(query, primary, terminate))[0][0]
+                    answers += await batch
+        return answers, terminated
+
+    answers, terminated = run(flow())
+    assert terminated > 0, "no backend was terminated"
+    codes = [c for c, _ in answers]
+    assert 500 not in codes, sorted(codes)
+    assert 503 in codes, "the terminations never reached a submit"
+    assert all(ra is not None for c, ra in answers if c == 503), answers
