@@ -172,7 +172,8 @@ def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> s
     )
     return f"""# Rendered by env/configs.py; edits are overwritten at the next `cwh env up`.
 global
-    log stderr format raw local0 notice
+    # Timestamps: a restart or a server going down is read against the other components' logs.
+    log stderr format iso local0 notice
     maxconn {haproxy_maxconn()}
     stats socket {layout.haproxy_socket} mode 600 level admin expose-fd listeners
     stats timeout 30s
