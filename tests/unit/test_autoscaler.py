@@ -152,6 +152,17 @@ def test_a_fresh_controller_does_not_scale_down_within_the_window():
     assert up.desired > 3
 
 
+def test_a_sync_without_metrics_keeps_what_the_controller_remembers():
+    # The controller seeds its memory once; a failed sync in between must not make the next
+    # one look like a fresh start (which would hold the scale down for another window).
+    s = spec(cpu(50), down=rules(15, "Max", ("Percent", 100, 15)))
+    first = decide(s, cpu_pods(NOW, [0.1] * 4))
+    failed = decide(s, replace(cpu_pods(NOW + 20, [0.1] * 4), pod_metrics={}), first.next_history())
+    assert failed.reason == "FailedGetMetrics"
+    quiet = decide(s, cpu_pods(NOW + 40, [0.01] * 4), failed.next_history())
+    assert (quiet.recommendation, quiet.desired) == (1, 1)
+
+
 def test_outside_the_bounds_the_target_goes_straight_to_the_bound():
     s = spec(cpu(70), lo=3, hi=10)
     above = decide(s, cpu_pods(NOW, [0.01] * 12))
@@ -411,6 +422,15 @@ CASES = [
 def test_the_controllers_replica_calculator_cases(target, obs, replicas, utilization):
     verdict = evaluate(cpu(target), obs, GO)
     assert (verdict.replicas, verdict.utilization) == (replicas, utilization), verdict.note
+
+
+def test_on_a_scale_up_not_ready_pods_count_as_zero_which_can_end_inside_the_tolerance():
+    # Two ready pods at 80 % of a 50 % target would ask for ceil(1.6 x 2) = 4; the third pod,
+    # not ready, counts as using nothing: 53 % over three pods is inside the tolerance.
+    obs = calc_case(3, [800, 800, 800], ready=[False, True, True])
+    verdict = evaluate(cpu(50), obs, GO)
+    assert (verdict.utilization, verdict.raw, verdict.replicas) == (80, 4, 3)
+    assert verdict.note == "within tolerance once missing and not-ready pods count"
 
 
 def test_a_pod_without_a_cpu_request_makes_the_metric_unusable():

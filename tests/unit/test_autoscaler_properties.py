@@ -61,16 +61,25 @@ def specs(draw: st.DrawFn) -> HPASpec:
 @dataclass(frozen=True)
 class Step:
     """One sync: `gap_s` after the previous one, every pod at `milli` millicores; optionally
-    the last pod without a metric, and the first one never ready."""
+    the last pod without a metric, the first one never ready, or no metric at all (the
+    metrics API down: the sync fails to compute)."""
 
     gap_s: int
     milli: int
     missing: bool
     unready: bool
+    blackout: bool = False
 
 
 steps = st.lists(
-    st.builds(Step, st.integers(1, 45), st.integers(0, 600), st.booleans(), st.booleans()),
+    st.builds(
+        Step,
+        st.integers(1, 45),
+        st.integers(0, 600),
+        st.booleans(),
+        st.booleans(),
+        st.sampled_from([False] * 5 + [True]),
+    ),
     min_size=1,
     max_size=25,
 )
@@ -91,7 +100,8 @@ def observe(now: float, replicas: int, step: Step) -> Observation:
         )
         if not (step.missing and i == replicas - 1):
             samples[f"p{i}"] = PodMetric(step.milli / 1000, now)
-    return Observation(now, replicas, tuple(pods), {"Resource:cpu": samples})
+    metrics = {} if step.blackout else {"Resource:cpu": samples}
+    return Observation(now, replicas, tuple(pods), metrics)
 
 
 def simulate(s: HPASpec, initial: int, plan: list[Step]) -> list[Decision]:
