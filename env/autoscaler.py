@@ -598,6 +598,8 @@ class ExportedSample:
 
 
 _TARGET_TYPE_LABEL = {"Value": "value", "Utilization": "utilization", "AverageValue": "average"}
+_HPA = "kube_horizontalpodautoscaler_"
+Labels = tuple[tuple[str, str], ...]
 
 
 def _target_value(metric: MetricSpec) -> float:
@@ -607,6 +609,29 @@ def _target_value(metric: MetricSpec) -> float:
     quantity = t.value or t.average_value
     assert quantity is not None
     return quantity.value
+
+
+def _metric_samples(
+    spec: HPASpec, hpa_labels: Labels, decision: Decision | None
+) -> Iterator[ExportedSample]:
+    """spec_target_metric per metric, and status_target_metric per current value known."""
+    plain = [m for m in spec.metrics if m.type in ("Resource", "Pods", "External")]
+    for m in plain:
+        kind = _TARGET_TYPE_LABEL[m.target.type]
+        labels = (*hpa_labels, ("metric_name", m.name), ("metric_target_type", kind))
+        yield ExportedSample(f"{_HPA}spec_target_metric", labels, _target_value(m))
+    verdicts = {v.metric: v for v in decision.metrics} if decision else {}
+    for m in plain:
+        if (v := verdicts.get(m.key)) is None:
+            continue
+        for kind, value in (
+            ("value", v.value),
+            ("utilization", v.utilization),
+            ("average", v.average),
+        ):
+            if value is not None:
+                labels = (*hpa_labels, ("metric_name", m.name), ("metric_target_type", kind))
+                yield ExportedSample(f"{_HPA}status_target_metric", labels, float(value))
 
 
 def kube_state_samples(
@@ -631,64 +656,25 @@ def kube_state_samples(
     their own there, not exported here).
     """
     ns = namespace or spec.namespace or "default"
-    hpa = (("namespace", ns), ("horizontalpodautoscaler", spec.name))
+    hpa: Labels = (("namespace", ns), ("horizontalpodautoscaler", spec.name))
     ref = spec.target
     info = (*hpa, ("scaletargetref_api_version", ref.api_version)) if ref.api_version else hpa
+    info = (*info, ("scaletargetref_kind", ref.kind), ("scaletargetref_name", ref.name))
     out = [
-        ExportedSample(
-            "kube_horizontalpodautoscaler_info",
-            (*info, ("scaletargetref_kind", ref.kind), ("scaletargetref_name", ref.name)),
-            1.0,
-        ),
-        ExportedSample(
-            "kube_horizontalpodautoscaler_spec_min_replicas", hpa, float(spec.min_replicas)
-        ),
-        ExportedSample(
-            "kube_horizontalpodautoscaler_spec_max_replicas", hpa, float(spec.max_replicas)
-        ),
-        ExportedSample("kube_horizontalpodautoscaler_status_current_replicas", hpa, float(current)),
-        ExportedSample("kube_horizontalpodautoscaler_status_desired_replicas", hpa, float(desired)),
+        ExportedSample(f"{_HPA}info", info, 1.0),
+        ExportedSample(f"{_HPA}spec_min_replicas", hpa, float(spec.min_replicas)),
+        ExportedSample(f"{_HPA}spec_max_replicas", hpa, float(spec.max_replicas)),
+        ExportedSample(f"{_HPA}status_current_replicas", hpa, float(current)),
+        ExportedSample(f"{_HPA}status_desired_replicas", hpa, float(desired)),
+        *_metric_samples(spec, hpa, decision),
     ]
-    plain = [m for m in spec.metrics if m.type in ("Resource", "Pods", "External")]
-    for m in plain:
-        labels = (
-            *hpa,
-            ("metric_name", m.name),
-            ("metric_target_type", _TARGET_TYPE_LABEL[m.target.type]),
-        )
-        out.append(
-            ExportedSample(
-                "kube_horizontalpodautoscaler_spec_target_metric", labels, _target_value(m)
-            )
-        )
-    verdicts = {v.metric: v for v in decision.metrics} if decision else {}
-    for m in plain:
-        if (v := verdicts.get(m.key)) is None:
-            continue
-        for kind, current_value in (
-            ("value", v.value),
-            ("utilization", v.utilization),
-            ("average", v.average),
-        ):
-            if current_value is not None:
-                labels = (*hpa, ("metric_name", m.name), ("metric_target_type", kind))
-                out.append(
-                    ExportedSample(
-                        "kube_horizontalpodautoscaler_status_target_metric",
-                        labels,
-                        float(current_value),
-                    )
-                )
     if ref.kind == "Deployment":
         dep = (("namespace", ns), ("deployment", ref.name))
+        ready = available if ready is None else ready
         out += [
             ExportedSample("kube_deployment_spec_replicas", dep, float(desired)),
             ExportedSample("kube_deployment_status_replicas", dep, float(current)),
             ExportedSample("kube_deployment_status_replicas_available", dep, float(available)),
-            ExportedSample(
-                "kube_deployment_status_replicas_ready",
-                dep,
-                float(available if ready is None else ready),
-            ),
+            ExportedSample("kube_deployment_status_replicas_ready", dep, float(ready)),
         ]
     return out

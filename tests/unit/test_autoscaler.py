@@ -517,6 +517,9 @@ def test_kube_state_metrics_for_the_worker_target_is_an_average():
     }
     assert target.value == 8.0
     assert not [s for s in samples if s.name.endswith("status_target_metric")]
+    by_name = {s.name: s.value for s in kube_state_samples(worker, 3, 3, 2, ready=0)}
+    assert by_name["kube_deployment_status_replicas_available"] == 2.0
+    assert by_name["kube_deployment_status_replicas_ready"] == 0.0
 
 
 def test_scale_events_record_signed_changes():
