@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from typing import Any
 import asyncpg
 import redis.exceptions
 from aiohttp import WSCloseCode, web
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from reference_impl import observability
 from reference_impl.auth import InvalidToken, TokenIssuer, bearer
@@ -51,6 +52,31 @@ class Connection:
         #: Events up to this id predate the connection: a catch-up after a pub/sub outage
         #: starts above it (the phone did not ask for them).
         self.floor = 0
+        self.ponged = asyncio.Event()
+
+
+async def heartbeat(conn: Connection, every_s: float, intervals: Histogram) -> None:
+    """Ping the phone every `every_s` and record the interval between the pings really sent,
+    the first counted from the connection (what the websocket-heartbeat SLO reads: a stalled
+    hub or a longer setting shows there); close the socket when a ping's pong has not come back
+    within half the interval, as aiohttp's own heartbeat would (a dead peer)."""
+    last = time.monotonic()
+    while not conn.ws.closed:
+        await asyncio.sleep(max(0.0, last + every_s - time.monotonic()))
+        if conn.ws.closed:
+            return
+        now = time.monotonic()
+        intervals.observe(now - last)
+        last = now
+        conn.ponged.clear()
+        try:
+            await conn.ws.ping()
+            await asyncio.wait_for(conn.ponged.wait(), every_s / 2)
+        except TimeoutError:
+            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"no pong")
+            return
+        except (ConnectionError, RuntimeError):  # the connection went meanwhile
+            return
 
 
 async def updates(request: web.Request) -> web.StreamResponse:
@@ -64,9 +90,11 @@ async def updates(request: web.Request) -> web.StreamResponse:
     raw_last = request.query.get("last_event_id", "")
     if raw_last and (not raw_last.isdigit() or len(raw_last) > 18):
         raise ApiError(400, "last_event_id must be a non-negative integer")
-    ws = web.WebSocketResponse(heartbeat=settings.heartbeat_s, max_msg_size=64 * 1024)
+    # No aiohttp heartbeat: ours (`heartbeat` below) measures the pings it really sends.
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024)
     await ws.prepare(request)
     conn = Connection(claims.device_id, ws)
+    beat = asyncio.create_task(heartbeat(conn, settings.heartbeat_s, app[METRIC]["heartbeat"]))
     conns: defaultdict[uuid.UUID, set[Connection]] = app[CONNS]
     conns[claims.device_id].add(conn)  # before the replay: nothing published meanwhile is lost
     metrics = app[METRIC]
@@ -107,11 +135,17 @@ async def updates(request: web.Request) -> web.StreamResponse:
             async for msg in ws:  # phones may send pings or acks; we only need to read them
                 if msg.type == web.WSMsgType.TEXT and msg.data == "ping":
                     await ws.send_str("pong")
+                elif msg.type == web.WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type == web.WSMsgType.PONG:
+                    conn.ponged.set()
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
     finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
         conns[claims.device_id].discard(conn)
         if not conns[claims.device_id]:
             conns.pop(claims.device_id, None)
@@ -249,6 +283,12 @@ def create_app(settings: ServiceSettings) -> web.Application:
         ),
         "sent": Counter(
             "cw_notifications_sent_total", "Events sent to phones", registry=metrics.registry
+        ),
+        "heartbeat": Histogram(
+            "cw_ws_heartbeat_interval_seconds",
+            "Interval between the heartbeat pings a socket was really sent",
+            buckets=(1, 5, 10, 15, 20, 25, 29, 30, 31, 32, 35, 45, 60, 90, 120),
+            registry=metrics.registry,
         ),
     }
     app.cleanup_ctx.append(_run)
