@@ -53,6 +53,7 @@ class Connection:
         #: starts above it (the phone did not ask for them).
         self.floor = 0
         self.ponged = asyncio.Event()
+        self.last_beat = time.monotonic()  # the last heartbeat ping, or the connection
 
 
 async def heartbeat(conn: Connection, every_s: float, intervals: Histogram) -> None:
@@ -60,14 +61,13 @@ async def heartbeat(conn: Connection, every_s: float, intervals: Histogram) -> N
     the first counted from the connection (what the websocket-heartbeat SLO reads: a stalled
     hub or a longer setting shows there); close the socket when a ping's pong has not come back
     within half the interval, as aiohttp's own heartbeat would (a dead peer)."""
-    last = time.monotonic()
     while not conn.ws.closed:
-        await asyncio.sleep(max(0.0, last + every_s - time.monotonic()))
+        await asyncio.sleep(max(0.0, conn.last_beat + every_s - time.monotonic()))
         if conn.ws.closed:
             return
         now = time.monotonic()
-        intervals.observe(now - last)
-        last = now
+        intervals.observe(now - conn.last_beat)
+        conn.last_beat = now
         conn.ponged.clear()
         try:
             await conn.ws.ping()
@@ -146,6 +146,10 @@ async def updates(request: web.Request) -> web.StreamResponse:
     finally:
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
+        # A socket that outlived a due ping without getting it (the ping loop gone, or slow)
+        # counts as the late heartbeat it was.
+        if (overdue := time.monotonic() - conn.last_beat) > settings.heartbeat_s + 1:
+            app[METRIC]["heartbeat"].observe(overdue)
         conns[claims.device_id].discard(conn)
         if not conns[claims.device_id]:
             conns.pop(claims.device_id, None)
