@@ -435,7 +435,8 @@ class SchedulerState:
         if self.redis is not None:
             for prefix in ("req", "resp"):
                 try:
-                    ttls[prefix] = await measures.key_ttls(self.redis, prefix, TTL_SAMPLE_KEYS)
+                    async with asyncio.timeout(SAMPLE_EVERY_S):
+                        ttls[prefix] = await measures.key_ttls(self.redis, prefix, TTL_SAMPLE_KEYS)
                 except Exception as exc:  # redis-py's cluster errors are not all RedisError
                     log.warning("TTLs of %s:* not measured: %r", prefix, exc)
         return Sample(time.monotonic(), oldest, backups, ttls)
@@ -466,7 +467,7 @@ def _supervise(app: web.Application, task: asyncio.Task[None], loop: str) -> Non
         if exc is None:  # stopped, or cancelled at shutdown
             return
         log.critical("%s loop ended: %r", loop, exc, exc_info=exc)
-        stale = time.monotonic() - observability.LIVENESS_STALE_S - 1
+        stale = time.monotonic() - app[SETTINGS].liveness_stale_s - 1
         app[observability.LAST_TICK_KEY][loop] = stale  # as if it had not ticked for too long
 
     task.add_done_callback(ended)
