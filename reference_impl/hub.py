@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections import defaultdict
@@ -60,9 +61,15 @@ async def heartbeat(conn: Connection, every_s: float, intervals: Histogram) -> N
     """Ping the phone every `every_s` and record the interval between the pings really sent,
     the first counted from the connection (what the websocket-heartbeat SLO reads: a stalled
     hub or a longer setting shows there); close the socket when a ping's pong has not come back
-    within half the interval, as aiohttp's own heartbeat would (a dead peer)."""
+    within half the interval, as aiohttp's own heartbeat would (a dead peer).
+
+    The first ping comes at a random point of the first interval: the sockets of a reconnect
+    storm are not pinged in lockstep ever after, and a run shorter than the interval still
+    sees heartbeats."""
+    first = random.uniform(0, every_s)
     while not conn.ws.closed:
-        await asyncio.sleep(max(0.0, conn.last_beat + every_s - time.monotonic()))
+        await asyncio.sleep(max(0.0, conn.last_beat + first - time.monotonic()))
+        first = every_s
         if conn.ws.closed:
             return
         now = time.monotonic()

@@ -70,6 +70,29 @@ def scraped_since(status: dict[str, Any], t: float) -> bool:
     return bool(result) and float(result[0]["value"][1]) > t
 
 
+def leader(status: dict[str, Any]) -> str | None:
+    """The scheduler that leads now, from its own metric."""
+    for c in status["components"]:
+        port = port_of(status, c["component"]) if c["kind"] == "scheduler" else None
+        if port and scrape_sum(port, "cw_scheduler_leader") == 1:
+            return str(c["component"])
+    return None
+
+
+async def sampled(status: dict[str, Any], prefixes: set[str], timeout_s: float) -> bool:
+    """Whether the leading scheduler sampled keys of every prefix within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        holder = leader(status)
+        if holder and all(
+            scrape_sum(port_of(status, holder), "cw_redis_ttl_keys_sampled", prefix=p) > 0
+            for p in prefixes
+        ):
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
 def hub_heartbeats(status: dict[str, Any]) -> float:
     hubs = [c["component"] for c in status["components"] if c["kind"] == "hub"]
     return sum(
@@ -100,10 +123,16 @@ def test_behavioural_slos_pass_on_a_healthy_environment(local_env: LocalEnvironm
                     await ws.receive()
 
             reader = asyncio.create_task(read())
-            # A completed request: its response cached by the worker (resp:), the request by
-            # the read that finds it final (req:).
-            _, accepted = await phone.submit()
-            await until_status(phone, accepted["request_id"], {"completed"}, 60)
+            # Completed requests: the response cached by the worker (resp:), the request by the
+            # read that finds it final (req:). The cache is best effort (a write that misses
+            # its deadline on a loaded machine is skipped): until the leader has sampled both.
+            for _ in range(5):
+                _, accepted = await phone.submit()
+                await until_status(phone, accepted["request_id"], {"completed"}, 60)
+                if await sampled(status, {"req", "resp"}, 15):
+                    break
+            else:
+                pytest.fail("no req:/resp: key sampled after 5 completed requests")
             deadline = time.monotonic() + 60
             while hub_heartbeats(status) <= beats:
                 assert time.monotonic() < deadline, "no heartbeat measured within 60 s"
@@ -123,8 +152,8 @@ def test_behavioural_slos_pass_on_a_healthy_environment(local_env: LocalEnvironm
     assert not bad, bad
     assert verdicts["exit_code"] == 0
     # What they measured is behaviour: a TTL seen on a key, not the 300 s setting itself.
-    # Idle time counts whole seconds: the estimate of a 300 s TTL may exceed it by under 1 s.
-    assert 240 < verdicts["redis-request-ttl:close"]["measured"] <= 301
+    # Idle time counts whole seconds: the estimate of a 300 s TTL may exceed it by a second.
+    assert 240 < verdicts["redis-request-ttl:close"]["measured"] <= 302
     assert 86400 < verdicts["dead-letter-retention"]["measured"] < 86400 + 600
 
 
@@ -136,12 +165,6 @@ def test_a_job_failing_every_run_and_an_old_dead_letter_fail_their_slos(
     status = wait_healthy(local_env)
     primary = status["urls"]["members"][status["primary"]]
     letter = uuid.uuid4()
-    query(
-        primary,
-        "INSERT INTO dead_letters (request_id, device_id, attempts, last_error, dead_at)"
-        " VALUES (%s, %s, 5, 'test', now() - interval '15 days')",
-        (letter, uuid.uuid4()),
-    )
     runs: list[dict[str, Any]] = []
 
     def verdict(name: str, window_s: float = 12) -> dict[str, Any] | None:
@@ -156,6 +179,13 @@ def test_a_job_failing_every_run_and_an_old_dead_letter_fail_their_slos(
         with trigger(
             primary, "dead_letters", "DELETE", "RAISE EXCEPTION 'cwh test: purge refused';"
         ) as seq:
+            # Only now: a purge between the insert and the trigger would remove it.
+            query(
+                primary,
+                "INSERT INTO dead_letters (request_id, device_id, attempts, last_error, dead_at)"
+                " VALUES (%s, %s, 5, 'test', now() - interval '15 days')",
+                (letter, uuid.uuid4()),
+            )
             poll(lambda: fired(primary, seq) >= 1, 60, "the purge to run into the refusal")
             try:
                 dead = poll(lambda: verdict("dead-letter-retention"), 30, "the SLO to fail", 1)
