@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from reference_impl import measures, observability
-from reference_impl.errors import error_middleware
+from reference_impl.errors import dependency_unavailable, error_middleware
 from reference_impl.measures import FINISHED, JobRecord, Sample
 from reference_impl.schema import ensure_schema
 from reference_impl.settings import ServiceSettings
@@ -74,10 +74,6 @@ DAY_S = 24 * 3600
 
 class Fenced(Exception):
     """The lease no longer names us with our token: the run must not commit."""
-
-
-#: Failures a database outage or failover causes: logged in one line, no traceback.
-EXPECTED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 @dataclass
@@ -217,11 +213,9 @@ class SchedulerState:
         except Fenced as exc:
             log.warning("%s not run: %s", job.name, exc)
             outcome = "fenced"
-        except EXPECTED as exc:
-            log.error("%s failed: %r", job.name, exc)
-            outcome = "error"
         except Exception as exc:
-            log.exception("%s failed: %r", job.name, exc)
+            # A database outage or failover is one line; anything else, with its traceback.
+            log.error("%s failed: %r", job.name, exc, exc_info=not dependency_unavailable(exc))
             outcome = "error"
         self.runs.labels(job.name, outcome).inc()
         if outcome != "fenced":
@@ -404,14 +398,15 @@ class SchedulerState:
             started = time.monotonic()
             try:
                 await self.run_cycle()
-            except EXPECTED as exc:
-                log.warning("database unavailable: %r", exc)
-                self.cycle_errors.labels("database").inc()
-                self.lose_lease()
-            except Exception:
-                # A bug, or a failure nobody foresaw: this cycle is lost, the loop is not.
-                log.exception("scheduler cycle failed")
-                self.cycle_errors.labels("unexpected").inc()
+            except Exception as exc:
+                # This cycle is lost, the loop is not: an outage in one line, anything else (a
+                # bug, a failure nobody foresaw) with its traceback.
+                if dependency_unavailable(exc):
+                    log.warning("database unavailable: %r", exc)
+                    self.cycle_errors.labels("database").inc()
+                else:
+                    log.exception("scheduler cycle failed")
+                    self.cycle_errors.labels("unexpected").inc()
                 self.lose_lease()
             observability.tick(self.app, "lease")
             elapsed = time.monotonic() - started
@@ -428,8 +423,10 @@ class SchedulerState:
         ttls: dict[str, measures.KeyTtls] = {}
         try:
             oldest = await measures.oldest_ages(self.pool)
-        except EXPECTED as exc:
-            log.warning("oldest rows not measured: %r", exc)
+        except Exception as exc:
+            log.warning(
+                "oldest rows not measured: %r", exc, exc_info=not dependency_unavailable(exc)
+            )
         with contextlib.suppress(OSError):
             backups = measures.backups_on_disk(self.settings.state_dir / "backups", time.time())
         if self.redis is not None:
@@ -499,7 +496,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(state.backup, return_exceptions=True)
     if state.token is not None:
         # Hand over at once rather than after the lease expires.
-        with contextlib.suppress(*EXPECTED):
+        with contextlib.suppress(Exception):  # best effort: the lease expires anyway
             await state.pool.execute(
                 "UPDATE leases SET expires_at = clock_timestamp() WHERE name = $1"
                 " AND holder = $2 AND token = $3",
