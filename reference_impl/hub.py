@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -20,7 +22,7 @@ from typing import Any
 import asyncpg
 import redis.exceptions
 from aiohttp import WSCloseCode, web
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from reference_impl import observability
 from reference_impl.auth import InvalidToken, TokenIssuer, bearer
@@ -51,6 +53,37 @@ class Connection:
         #: Events up to this id predate the connection: a catch-up after a pub/sub outage
         #: starts above it (the phone did not ask for them).
         self.floor = 0
+        self.ponged = asyncio.Event()
+        self.last_beat = time.monotonic()  # the last heartbeat ping, or the connection
+
+
+async def heartbeat(conn: Connection, every_s: float, intervals: Histogram) -> None:
+    """Ping the phone every `every_s` and record the interval between the pings really sent,
+    the first counted from the connection (what the websocket-heartbeat SLO reads: a stalled
+    hub or a longer setting shows there); close the socket when a ping's pong has not come back
+    within half the interval, as aiohttp's own heartbeat would (a dead peer).
+
+    The first ping comes at a random point of the first interval: the sockets of a reconnect
+    storm are not pinged in lockstep ever after, and a run shorter than the interval still
+    sees heartbeats."""
+    first = random.uniform(0, every_s)
+    while not conn.ws.closed:
+        await asyncio.sleep(max(0.0, conn.last_beat + first - time.monotonic()))
+        first = every_s
+        if conn.ws.closed:
+            return
+        now = time.monotonic()
+        intervals.observe(now - conn.last_beat)
+        conn.last_beat = now
+        conn.ponged.clear()
+        try:
+            await conn.ws.ping()
+            await asyncio.wait_for(conn.ponged.wait(), every_s / 2)
+        except TimeoutError:
+            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"no pong")
+            return
+        except (ConnectionError, RuntimeError):  # the connection went meanwhile
+            return
 
 
 async def updates(request: web.Request) -> web.StreamResponse:
@@ -64,9 +97,11 @@ async def updates(request: web.Request) -> web.StreamResponse:
     raw_last = request.query.get("last_event_id", "")
     if raw_last and (not raw_last.isdigit() or len(raw_last) > 18):
         raise ApiError(400, "last_event_id must be a non-negative integer")
-    ws = web.WebSocketResponse(heartbeat=settings.heartbeat_s, max_msg_size=64 * 1024)
+    # No aiohttp heartbeat: ours (`heartbeat` below) measures the pings it really sends.
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024)
     await ws.prepare(request)
     conn = Connection(claims.device_id, ws)
+    beat = asyncio.create_task(heartbeat(conn, settings.heartbeat_s, app[METRIC]["heartbeat"]))
     conns: defaultdict[uuid.UUID, set[Connection]] = app[CONNS]
     conns[claims.device_id].add(conn)  # before the replay: nothing published meanwhile is lost
     metrics = app[METRIC]
@@ -107,11 +142,21 @@ async def updates(request: web.Request) -> web.StreamResponse:
             async for msg in ws:  # phones may send pings or acks; we only need to read them
                 if msg.type == web.WSMsgType.TEXT and msg.data == "ping":
                     await ws.send_str("pong")
+                elif msg.type == web.WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type == web.WSMsgType.PONG:
+                    conn.ponged.set()
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
     finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        # A socket that outlived a due ping without getting it (the ping loop gone, or slow)
+        # counts as the late heartbeat it was.
+        if (overdue := time.monotonic() - conn.last_beat) > settings.heartbeat_s + 1:
+            app[METRIC]["heartbeat"].observe(overdue)
         conns[claims.device_id].discard(conn)
         if not conns[claims.device_id]:
             conns.pop(claims.device_id, None)
@@ -249,6 +294,12 @@ def create_app(settings: ServiceSettings) -> web.Application:
         ),
         "sent": Counter(
             "cw_notifications_sent_total", "Events sent to phones", registry=metrics.registry
+        ),
+        "heartbeat": Histogram(
+            "cw_ws_heartbeat_interval_seconds",
+            "Interval between the heartbeat pings a socket was really sent",
+            buckets=(1, 5, 10, 15, 20, 25, 29, 30, 31, 32, 35, 45, 60, 90, 120),
+            registry=metrics.registry,
         ),
     }
     app.cleanup_ctx.append(_run)

@@ -4,6 +4,11 @@ The lease is a row in PostgreSQL. Taking it over after it expired increments its
 keeps it. Every periodic job runs in a transaction that first locks the lease row and checks that
 it still names this holder, with this token, unexpired: a deposed leader (paused, partitioned,
 slow) can never commit a run, and each run is recorded with its token in `periodic_runs`.
+
+Nothing one cycle raises ends the loop: a job's failure is that job's (counted by outcome, logged
+with its name and the real error, remembered for the SLOs), and anything else is logged with its
+traceback and counted before the next cycle. The leader also measures what the SLOs of retention,
+jobs and cache expiry read (`reference_impl.measures`): behaviour, not the settings.
 """
 
 from __future__ import annotations
@@ -15,18 +20,19 @@ import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from reference_impl import observability
-from reference_impl.errors import error_middleware
+from reference_impl import measures, observability
+from reference_impl.errors import dependency_unavailable, error_middleware
+from reference_impl.measures import FINISHED, JobRecord, Sample
 from reference_impl.schema import ensure_schema
 from reference_impl.settings import ServiceSettings
-from reference_impl.stores import create_pool
+from reference_impl.stores import create_pool, create_redis
 
 log = logging.getLogger("cw.scheduler")
 
@@ -39,10 +45,31 @@ BACKUP_TIMEOUT_S = 600.0
 LEASE = "scheduler"
 LEASE_TTL_S = 5.0
 TICK_S = 1.0
-ARCHIVE_AFTER = "6 months"
-ARCHIVE_AFTER_S = 183 * 24 * 3600  # what the gate is told: 6 months, to the day
-DEAD_LETTER_RETENTION = "14 days"
-DEAD_LETTER_RETENTION_S = 14 * 24 * 3600
+#: A job still running after this is abandoned (its transaction rolls back) and counted as a
+#: failure: one stuck statement must not hold the loop, and the lease, for longer.
+JOB_TIMEOUT_S = 20.0
+
+# Retention. Intervals go to PostgreSQL as numbers through make_interval(): asyncpg encodes an
+# `interval` parameter only from a timedelta, and a string such as '6 months' failed every run.
+ARCHIVE_AFTER_MONTHS = 6  # the seed's "requests older than 6 months archived"
+ARCHIVE_AFTER_S = 183 * 24 * 3600  # 6 months, to the day
+DEAD_LETTER_RETENTION_DAYS = 14  # the seed's queue retention, "14+ days for audit trail"
+#: The event log only tells a phone what changed while it was away (the requests themselves stay
+#: in the hot table for 6 months and are read by id): kept past the longest offline spell we
+#: support, 30 days, twice the 14-day audit retention the seed asks of the queue.
+EVENT_RETENTION_DAYS = 30
+#: The run log: what the jobs SLOs and the fencing checks read; a week covers the daily backup's
+#: seven runs with room.
+RUN_LOG_RETENTION_DAYS = 7
+#: Each retention job runs this often; its statements use indexes, so this is cheap, and the
+#: oldest row outlives its retention by at most this long.
+RETENTION_EVERY_S = 15.0
+ARCHIVE_BATCH = 1000
+PURGE_BATCH = 10_000
+#: How often the leader samples what the SLOs read, and how many keys of each prefix.
+SAMPLE_EVERY_S = 5.0
+TTL_SAMPLE_KEYS = 500
+DAY_S = 24 * 3600
 
 
 class Fenced(Exception):
@@ -54,14 +81,28 @@ class Periodic:
     name: str
     every_s: float
     run: Callable[[asyncpg.Connection], Awaitable[dict[str, Any]]]
-    last_s: float = 0.0
+    last_s: float = 0.0  # monotonic start of the last run; 0: due at once
+    record: JobRecord = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.record = JobRecord(self.name, self.every_s)
 
 
-def _recorded(detail: dict[str, Any]) -> Callable[[asyncpg.Connection], Awaitable[dict[str, Any]]]:
-    """A job body that only records what was done outside the transaction."""
+def _purge(
+    table: str, key: str, column: str, days: int
+) -> Callable[[asyncpg.Connection], Awaitable[dict[str, Any]]]:
+    """A job deleting the rows of `table` whose `column` is older than `days`, oldest first,
+    at most PURGE_BATCH per run (a backlog drains over several runs)."""
 
-    async def run(_: asyncpg.Connection) -> dict[str, Any]:
-        return detail
+    async def run(conn: asyncpg.Connection) -> dict[str, Any]:
+        purged = await conn.fetchval(
+            f"WITH gone AS (DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table}"
+            f" WHERE {column} < now() - make_interval(days => $1) ORDER BY {column} LIMIT $2)"
+            " RETURNING 1) SELECT count(*) FROM gone",
+            days,
+            PURGE_BATCH,
+        )
+        return {"purged": purged}
 
     return run
 
@@ -70,26 +111,61 @@ class SchedulerState:
     def __init__(self, app: web.Application, settings: ServiceSettings) -> None:
         self.app, self.settings = app, settings
         self.token: int | None = None
-        self.beat = 0
         self.pool: asyncpg.Pool
+        self.redis: Any = None
         self.stopping = asyncio.Event()
         registry = app[observability.METRICS_KEY].registry
         self.leader = Gauge("cw_scheduler_leader", "1 while this instance leads", registry=registry)
         self.token_gauge = Gauge(
             "cw_scheduler_lease_token", "Fencing token held", registry=registry
         )
+        # `task`, not `job`: Prometheus gives `job` to the scrape job.
         self.runs = Counter(
-            "cw_scheduler_runs_total", "Periodic runs", ["job", "outcome"], registry=registry
+            "cw_scheduler_runs_total", "Periodic runs", ["task", "outcome"], registry=registry
+        )
+        self.cycle_errors = Counter(
+            "cw_scheduler_cycle_errors_total",
+            "Cycles that failed outside any job",
+            ["kind"],
+            registry=registry,
         )
         self.backup: asyncio.Task[dict[str, Any]] | None = None
         self.backup_token = 0
+        self.backup_detail: dict[str, Any] = {}
         self.last_backup_s = -float("inf")
         self.jobs = [
             Periodic("replication_heartbeat", 1.0, self.heartbeat),
             Periodic("requeue_expired", 5.0, self.requeue_expired),
-            Periodic("archive_old_requests", 60.0, self.archive_old_requests),
-            Periodic("purge_dead_letters", 60.0, self.purge_dead_letters),
+            Periodic("archive_old_requests", RETENTION_EVERY_S, self.archive_old_requests),
+            Periodic(
+                "purge_dead_letters",
+                RETENTION_EVERY_S,
+                _purge("dead_letters", "request_id", "dead_at", DEAD_LETTER_RETENTION_DAYS),
+            ),
+            Periodic(
+                "purge_events",
+                RETENTION_EVERY_S,
+                _purge("events", "event_id", "created_at", EVENT_RETENTION_DAYS),
+            ),
+            Periodic(
+                "purge_run_log",
+                RETENTION_EVERY_S,
+                _purge("periodic_runs", "run_id", "started_at", RUN_LOG_RETENTION_DAYS),
+            ),
         ]
+        self.backup_job = Periodic("base_backup", settings.backup_interval_s, self.backup_taken)
+        self.sample: Sample | None = None
+        registry.register(
+            measures.Exporter(
+                leading=lambda: self.token is not None,
+                jobs=lambda: [j.record for j in self.all_jobs],
+                sample=lambda: self.sample,
+            )
+        )
+
+    @property
+    def all_jobs(self) -> list[Periodic]:
+        return [*self.jobs, self.backup_job] if self.settings.backup_dsn else self.jobs
 
     async def try_lead(self) -> int | None:
         """Take or renew the lease; the token when we hold it, None otherwise."""
@@ -128,6 +204,24 @@ class SchedulerState:
                 json.dumps(detail),
             )
 
+    async def run_job(self, job: Periodic, token: int) -> str:
+        """Run `job` fenced, within JOB_TIMEOUT_S; returns its outcome (ok, error, fenced),
+        counted and remembered. Whatever the job raises is the job's failure, never the loop's."""
+        try:
+            await asyncio.wait_for(self.fenced(job, token), JOB_TIMEOUT_S)
+            outcome = "ok"
+        except Fenced as exc:
+            log.warning("%s not run: %s", job.name, exc)
+            outcome = "fenced"
+        except Exception as exc:
+            # A database outage or failover is one line; anything else, with its traceback.
+            log.error("%s failed: %r", job.name, exc, exc_info=not dependency_unavailable(exc))
+            outcome = "error"
+        self.runs.labels(job.name, outcome).inc()
+        if outcome != "fenced":
+            job.record.ran(outcome == "ok", time.time())
+        return outcome
+
     # ---- the jobs (each inside the fenced transaction) -------------------------------------
 
     async def heartbeat(self, conn: asyncpg.Connection) -> dict[str, Any]:
@@ -149,12 +243,16 @@ class SchedulerState:
         return {"released": len(released)}
 
     async def archive_old_requests(self, conn: asyncpg.Connection) -> dict[str, Any]:
-        """Finished requests older than 6 months go to cold storage (JSON lines), then away."""
+        """Finished requests older than 6 months go to cold storage (JSON lines), then away,
+        oldest first. The file is written before the rows are deleted in the same transaction:
+        a failed run leaves them in the table (a repeated line in cold storage at worst)."""
         rows = await conn.fetch(
             "SELECT device_id, request_id, provider, status, created_at, updated_at"
-            " FROM requests WHERE created_at < now() - $1::interval"
-            " AND status IN ('completed', 'failed', 'dead_lettered') LIMIT 1000",
-            ARCHIVE_AFTER,
+            " FROM requests WHERE created_at < now() - make_interval(months => $1)"
+            " AND status = ANY($2::text[]) ORDER BY created_at LIMIT $3",
+            ARCHIVE_AFTER_MONTHS,
+            list(FINISHED),
+            ARCHIVE_BATCH,
         )
         if not rows:
             return {"archived": 0}
@@ -172,19 +270,17 @@ class SchedulerState:
         )
         return {"archived": len(rows), "file": str(path)}
 
-    async def purge_dead_letters(self, conn: asyncpg.Connection) -> dict[str, Any]:
-        purged = await conn.fetch(
-            "DELETE FROM dead_letters WHERE dead_at < now() - $1::interval RETURNING request_id",
-            DEAD_LETTER_RETENTION,
-        )
-        return {"purged": len(purged)}
+    async def backup_taken(self, _: asyncpg.Connection) -> dict[str, Any]:
+        """The base backup's run: taken outside the transaction (it takes seconds), recorded in
+        it."""
+        return self.backup_detail
 
     async def take_base_backup(self) -> dict[str, Any]:
         """`pg_basebackup` through the write path into `<state>/backups/<UTC time>/`, then drop
         backups older than the retention. Runs outside any transaction: it takes seconds."""
         root = self.settings.state_dir / "backups"
         root.mkdir(parents=True, exist_ok=True)
-        name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name = time.strftime(measures.BACKUP_NAME, time.gmtime())
         partial = root / f"{name}.partial"
         proc = await asyncio.create_subprocess_exec(
             "pg_basebackup",
@@ -218,35 +314,33 @@ class SchedulerState:
         final = root / name
         partial.rename(final)
         size = sum(f.stat().st_size for f in final.iterdir())
+        now = time.time()
         expired = [
             d
-            for d in root.iterdir()
-            if d != final and time.time() - d.stat().st_mtime > BACKUP_RETENTION_S
+            for d in measures.finished_backups(root)
+            if d != final and now - measures.backup_taken_at(d) > BACKUP_RETENTION_S
         ]
         for d in expired:
             shutil.rmtree(d, ignore_errors=True)
         return {"path": str(final), "bytes": size, "expired": len(expired)}
 
-    async def tend_backup(self, token: int) -> None:
-        """Start a base backup when one is due; record a finished one, fenced."""
+    async def tend_backup(self, token: int | None) -> None:
+        """Record a finished base backup, fenced by the token it was started under (also after
+        we lost the lease: its outcome is never left unread); start one when due and leading."""
         if self.backup is not None and self.backup.done():
             task, self.backup = self.backup, None
             try:
-                detail = task.result()
+                self.backup_detail = task.result()
             except Exception as exc:
                 self.runs.labels("base_backup", "error").inc()
-                log.error("base backup failed: %s", exc)
-                return
-            job = Periodic("base_backup", self.settings.backup_interval_s, _recorded(detail))
-            try:
-                await self.fenced(job, self.backup_token)
-                self.runs.labels("base_backup", "ok").inc()
-                log.info("base backup %s (%d bytes)", detail["path"], detail["bytes"])
-            except Fenced as exc:
-                self.runs.labels("base_backup", "fenced").inc()
-                log.warning("base backup taken but not recorded: %s", exc)
+                self.backup_job.record.ran(False, time.time())
+                log.error("base_backup failed: %s", exc)
+            else:
+                if await self.run_job(self.backup_job, self.backup_token) == "ok":
+                    detail = self.backup_detail
+                    log.info("base backup %s (%d bytes)", detail["path"], detail["bytes"])
         due = time.monotonic() - self.last_backup_s >= self.settings.backup_interval_s
-        if self.backup is None and due and self.settings.backup_dsn:
+        if token is not None and self.backup is None and due and self.settings.backup_dsn:
             self.last_backup_s = time.monotonic()
             self.backup_token = token
             self.backup = asyncio.create_task(self.take_base_backup())
@@ -258,38 +352,62 @@ class SchedulerState:
         token = await self.try_lead()
         if token != self.token:
             log.info("lease: %s", f"leading with token {token}" if token else "following")
+            if token is not None:
+                await self.start_term()
         self.token = token
         self.leader.set(1 if token else 0)
         self.token_gauge.set(token or 0)
         if token is None:
+            self.sample = None
+            await self.tend_backup(None)
             return "follower"
         now = time.monotonic()
-        ran = []
+        ran: list[str] = []
+        failed: list[str] = []
         for job in self.jobs:
             if now - job.last_s < job.every_s:
                 continue
             job.last_s = now
-            try:
-                await self.fenced(job, token)
-                self.runs.labels(job.name, "ok").inc()
-                ran.append(job.name)
-            except Fenced as exc:
-                self.runs.labels(job.name, "fenced").inc()
-                log.warning("%s not run: %s", job.name, exc)
-                self.token = None
+            outcome = await self.run_job(job, token)
+            if outcome == "fenced":
+                self.lose_lease()
                 return "deposed"
+            (ran if outcome == "ok" else failed).append(job.name)
         await self.tend_backup(token)
-        return "leader" + (f": ran {', '.join(ran)}" if ran else "")
+        return "leader" + "".join(
+            f": {word} {', '.join(names)}" for word, names in (("ran", ran), ("failed", failed))
+            if names
+        )  # fmt: skip
+
+    async def start_term(self) -> None:
+        """Newly leading: every job is due at once, and what is known of each job restarts from
+        the run log (the last success of whoever led before us)."""
+        succeeded = await measures.last_successes(self.pool, [j.name for j in self.all_jobs])
+        for job in self.all_jobs:
+            job.last_s = 0.0
+            job.record.restart(succeeded.get(job.name))
+
+    def lose_lease(self) -> None:
+        self.token = None
+        self.sample = None
+        self.leader.set(0)
 
     async def loop(self) -> None:
+        observability.tick(self.app, "lease")  # a first cycle that never ends is not live
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
                 await self.run_cycle()
-            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-                log.warning("database unavailable: %r", exc)
-                self.leader.set(0)
-                self.token = None
+            except Exception as exc:
+                # This cycle is lost, the loop is not: an outage in one line, anything else (a
+                # bug, a failure nobody foresaw) with its traceback.
+                if dependency_unavailable(exc):
+                    log.warning("database unavailable: %r", exc)
+                    self.cycle_errors.labels("database").inc()
+                else:
+                    log.exception("scheduler cycle failed")
+                    self.cycle_errors.labels("unexpected").inc()
+                self.lose_lease()
             observability.tick(self.app, "lease")
             elapsed = time.monotonic() - started
             if elapsed > TICK_S:
@@ -297,33 +415,98 @@ class SchedulerState:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), max(0.0, TICK_S - elapsed))
 
+    # ---- what the SLOs read ----------------------------------------------------------------
+
+    async def take_sample(self) -> Sample:
+        """Measure the rows, the backups and the Redis keys; a part that fails is left out."""
+        oldest = backups = None
+        ttls: dict[str, measures.KeyTtls] = {}
+        try:
+            oldest = await measures.oldest_ages(self.pool)
+        except Exception as exc:
+            log.warning(
+                "oldest rows not measured: %r", exc, exc_info=not dependency_unavailable(exc)
+            )
+        with contextlib.suppress(OSError):
+            backups = measures.backups_on_disk(self.settings.state_dir / "backups", time.time())
+        if self.redis is not None:
+            for prefix in ("req", "resp"):
+                try:
+                    async with asyncio.timeout(SAMPLE_EVERY_S):
+                        ttls[prefix] = await measures.key_ttls(self.redis, prefix, TTL_SAMPLE_KEYS)
+                except Exception as exc:  # redis-py's cluster errors are not all RedisError
+                    log.warning("TTLs of %s:* not measured: %r", prefix, exc)
+        return Sample(time.monotonic(), oldest, backups, ttls)
+
+    async def measure_loop(self) -> None:
+        """While leading, sample what the SLOs read every SAMPLE_EVERY_S."""
+        observability.tick(self.app, "measure")
+        while not self.stopping.is_set():
+            try:
+                if self.token is not None:
+                    sample = await asyncio.wait_for(self.take_sample(), 4 * SAMPLE_EVERY_S)
+                    # Leadership may have gone while we measured: a follower exports nothing.
+                    self.sample = sample if self.token is not None else None
+            except Exception:
+                log.exception("measurement failed")
+            observability.tick(self.app, "measure")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), SAMPLE_EVERY_S)
+
+
+def _supervise(app: web.Application, task: asyncio.Task[None], loop: str) -> None:
+    """A loop survives every Exception of a cycle; should it end anyway (a BaseException), the
+    end is logged with its traceback at once and liveness fails at once, so the supervisor
+    restarts the process instead of keeping a healthy-looking zombie."""
+
+    def ended(t: asyncio.Task[None]) -> None:
+        exc = None if t.cancelled() else t.exception()
+        if exc is None:  # stopped, or cancelled at shutdown
+            return
+        log.critical("%s loop ended: %r", loop, exc, exc_info=exc)
+        stale = time.monotonic() - app[SETTINGS].liveness_stale_s - 1
+        app[observability.LAST_TICK_KEY][loop] = stale  # as if it had not ticked for too long
+
+    task.add_done_callback(ended)
+
 
 async def _run(app: web.Application) -> AsyncIterator[None]:
     state: SchedulerState = app[STATE]  # type: ignore[assignment]
-    state.pool = await create_pool(app[SETTINGS].pg_write_url, max_size=4)
+    settings = app[SETTINGS]
+    state.pool = await create_pool(settings.pg_write_url, max_size=4)
     await ensure_schema(state.pool)
+    if settings.redis_nodes:
+        state.redis = create_redis(settings)
 
     async def pg() -> bool:
         return bool(await state.pool.fetchval("SELECT 1", timeout=2) == 1)
 
     app[observability.READY_CHECKS_KEY]["postgres"] = pg
-    task = asyncio.create_task(state.loop())
+    tasks = [asyncio.create_task(state.loop()), asyncio.create_task(state.measure_loop())]
+    for task, name in zip(tasks, ("lease", "measure"), strict=True):
+        _supervise(app, task, name)
     yield
     state.stopping.set()
-    await asyncio.wait([task], timeout=5)
+    await asyncio.wait(tasks, timeout=5)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     if state.backup is not None:
         state.backup.cancel()
         await asyncio.gather(state.backup, return_exceptions=True)
     if state.token is not None:
         # Hand over at once rather than after the lease expires.
-        with contextlib.suppress(asyncpg.PostgresError, OSError):
+        with contextlib.suppress(Exception):  # best effort: the lease expires anyway
             await state.pool.execute(
                 "UPDATE leases SET expires_at = clock_timestamp() WHERE name = $1"
                 " AND holder = $2 AND token = $3",
                 LEASE,
-                app[SETTINGS].name,
+                settings.name,
                 state.token,
             )
+    if state.redis is not None:
+        with contextlib.suppress(Exception):
+            await state.redis.aclose()
     await state.pool.close()
 
 
@@ -331,9 +514,12 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     metrics = observability.install(app, settings)
+    # Informational only: the SLOs read what the leader measures (cw_oldest_row_age_seconds...).
     metrics.declare("backup_retention", BACKUP_RETENTION_S)
-    metrics.declare("dead_letter_retention", DEAD_LETTER_RETENTION_S)
+    metrics.declare("dead_letter_retention", DEAD_LETTER_RETENTION_DAYS * DAY_S)
     metrics.declare("archive_after", ARCHIVE_AFTER_S)
+    metrics.declare("event_retention", EVENT_RETENTION_DAYS * DAY_S)
+    metrics.declare("run_log_retention", RUN_LOG_RETENTION_DAYS * DAY_S)
     app[STATE] = SchedulerState(app, settings)
     app.cleanup_ctx.append(_run)
     return app

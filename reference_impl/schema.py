@@ -92,6 +92,11 @@ DDL = [
         beat bigint NOT NULL,
         written_at timestamptz NOT NULL
     )""",
+    # Retention: the scheduler's purges, and the oldest-row ages the SLOs read, by index.
+    "CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at)",
+    "CREATE INDEX IF NOT EXISTS events_created ON events (created_at)",
+    "CREATE INDEX IF NOT EXISTS periodic_runs_started ON periodic_runs (started_at)",
+    "CREATE INDEX IF NOT EXISTS periodic_runs_job ON periodic_runs (job, started_at)",
 ]
 
 #: Serializes schema changes between services starting together; a transaction-level lock,

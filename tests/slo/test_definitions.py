@@ -39,7 +39,7 @@ def test_shipped_definitions_cover_the_seed_and_the_user_facing_slos():
     seed = {
         "api-replicas-min", "api-replicas-max", "api-cpu-scale-up", "agent-workers-min",
         "agent-workers-max", "replication-lag", "rto", "rpo", "lb-health-check-interval",
-        "websocket-heartbeat", "redis-request-ttl", "redis-response-ttl",
+        "websocket-heartbeat", "redis-request-ttl:bounded", "redis-response-ttl:bounded",
         "api-replicas-available", "backup-retention", "dead-letter-retention", "archive-after",
     }  # fmt: skip
     users = {
@@ -51,6 +51,21 @@ def test_shipped_definitions_cover_the_seed_and_the_user_facing_slos():
     # Data that only chaos experiments bring: reported as no data, never as a pass.
     assert by_name["rto"].gate.no_data == "ignore"
     assert by_name["requests-lost"].gate.no_data == "fail"
+
+
+def test_no_shipped_slo_reads_a_declared_setting_instead_of_behaviour():
+    """`cw_config` is what a service says it does; an SLO on it passes whatever the system does.
+    Retention, jobs, TTLs and the heartbeat read what happened instead."""
+    by_name = {s.name: s for s in load(DEFAULT_DIR)}
+    readers = sorted(
+        n for n, s in by_name.items() if any("cw_config" in q.query for q in s.sources)
+    )
+    assert not readers, f"SLOs reading declared settings: {readers}"
+    for name in ("archive-after", "dead-letter-retention", "backup-retention",
+                 "redis-request-ttl:bounded", "redis-response-ttl:bounded",
+                 "websocket-heartbeat", "periodic-jobs-succeed", "events-retention",
+                 "run-log-retention"):  # fmt: skip
+        assert name in by_name, name
 
 
 def test_an_openslo_threshold_with_timeslices_and_the_extension(tmp_path):
