@@ -231,6 +231,8 @@ class WorkerState:
             self.redis,
             "response cache",
             lambda: self.redis.set(f"resp:{job.request_id}", response, ex=RESPONSE_TTL_S),
+            # Off the phone's path: room for a slow node, unlike a request's cache lookups.
+            deadline_s=2.0,
         )
         return event
 
