@@ -288,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("CA_FILE", ""),
         help="certificate to trust for --target (default: the system's)",
     )
-    fl.add_argument("--registration-secret", default=os.environ.get("REGISTRATION_SECRET", ""))
+    fl.add_argument(
+        "--registration-secret",
+        default=os.environ.get("REGISTRATION_SECRET", ""),
+        help="X-Registration-Secret (default with no --target: the local environment's own)",
+    )
     fl.add_argument("--users", type=int, default=20)
     fl.add_argument("--duration", type=float, default=60.0, help="seconds")
     fl.add_argument("--spawn-rate", type=float, default=10.0)

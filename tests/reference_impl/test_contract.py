@@ -11,8 +11,8 @@ every constraint's edges, random fuzzing and stateful sequences.
 Run through schemathesis' command line, which runs every phase (its pytest loader for a schema
 known only at run time, `schemathesis.pytest.from_fixture`, needs pytest's removed
 `Node._nodeid` under the pytest this project pins). Bounded: `CWH_CONTRACT_EXAMPLES` examples
-per operation and phase (default 25), paced under the per-device rate limit; about two minutes
-here.
+per operation and phase (default 25), paced under the per-device rate limit: about 100 s on
+this machine at rest, 5 minutes when other environments load its two cores.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def token_of(status: dict[str, Any]) -> str:
     return asyncio.run(register())
 
 
+@pytest.mark.timeout(1500)
 def test_the_api_does_what_its_openapi_document_says(local_env: LocalEnvironment, tmp_path: Path):
     status = wait_healthy(local_env)
     url = status["urls"]["https"] + "/openapi.json"
@@ -107,7 +108,7 @@ def test_the_api_does_what_its_openapi_document_says(local_env: LocalEnvironment
         },
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1400,
         cwd=tmp_path,
     )
     took = time.monotonic() - started
