@@ -92,6 +92,8 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
     urls = status["urls"]
     for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):
         Console().print(f"  {key:10} {urls[key]}")
+    # Registration needs it; not printed here (terminals get recorded): --json shows it.
+    Console().print(f"  {'secrets':10} {status['secrets_file']} (registration_secret)")
     return 0 if status["healthy"] else 1
 
 
