@@ -69,11 +69,15 @@ def backend_up(layout: Layout, server: str) -> bool:
     )
 
 
-async def devices(base: str, ctx: ssl.SSLContext, count: int) -> list[str]:
+async def devices(base: str, ctx: ssl.SSLContext, count: int, secret: str) -> list[str]:
     tokens = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
         for _ in range(count):
-            async with s.post(f"{base}/v1/devices", json={"platform": "ios", "name": "b"}) as r:
+            async with s.post(
+                f"{base}/v1/devices",
+                json={"platform": "ios", "name": "b"},
+                headers={"X-Registration-Secret": secret},
+            ) as r:
                 dev = await r.json()
             async with s.post(
                 f"{base}/oauth/token",
@@ -208,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         base = status["urls"]["https"]
         ctx = ssl.create_default_context(cafile=status["tls_certificate"])
         # Enough devices that the per-device rate limit (20/s) does not cap the API.
-        tokens = asyncio.run(devices(base, ctx, 64))
+        tokens = asyncio.run(devices(base, ctx, 64, status["registration_secret"]))
         console.log("API replicas behind HAProxy…")
         api = asyncio.run(closed_loop(base, ctx, tokens, args.seconds, args.concurrency))
         hello = subprocess.Popen([sys.executable, "-c", HELLO, str(hello_port)])

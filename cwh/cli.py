@@ -92,6 +92,8 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
     urls = status["urls"]
     for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):
         Console().print(f"  {key:10} {urls[key]}")
+    # Registration needs it; not printed here (terminals get recorded): --json shows it.
+    Console().print(f"  {'secrets':10} {status['secrets_file']} (registration_secret)")
     return 0 if status["healthy"] else 1
 
 
@@ -102,6 +104,23 @@ def env_hold(args: argparse.Namespace) -> int:
 
 def env_release(args: argparse.Namespace) -> int:
     print(json.dumps(LocalEnvironment(_settings()).release(args.component)))
+    return 0
+
+
+def env_rotate_keys(args: argparse.Namespace) -> int:
+    from env.process import DeadlineExceeded
+    from env.rotation import retire_old_keys, rotate_keys
+
+    settings = _settings()
+    try:
+        if args.retire_now:
+            result = retire_old_keys(settings)
+        else:
+            result = rotate_keys(settings, args.retire_after_s, progress=console.log)
+    except (DeadlineExceeded, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    print(json.dumps(result))
     return 0
 
 
@@ -136,6 +155,9 @@ def load(args: argparse.Namespace) -> int:
                 return 1
         status = env.status()
         target, ca_file = status["urls"]["https"], status["tls_certificate"]
+        # Registration needs the environment's secret unless one was given.
+        secret = opts.registration_secret or status.get("registration_secret") or ""
+        opts = dataclasses.replace(opts, registration_secret=secret)
     opts = dataclasses.replace(opts, target=target.rstrip("/"), ca_file=ca_file)
     _, out, summary = run_fleet(opts, console, out=Path(args.out) if args.out else None)
     console.print((out / "summary.md").read_text())
@@ -238,6 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     rel = env_sub.add_parser("release", help="let a held component restart")
     rel.add_argument("component")
     rel.set_defaults(func=env_release)
+    rot = env_sub.add_parser(
+        "rotate-keys",
+        help="a new token signing key, no failed request; the old one retires a token life later",
+    )
+    rot.add_argument(
+        "--retire-after-s",
+        type=float,
+        default=None,
+        help="seconds until the old key stops verifying (default: the longest token lifetime)",
+    )
+    rot.add_argument(
+        "--retire-now",
+        action="store_true",
+        help="no new key: retire every key but the current one now (a compromised key)",
+    )
+    rot.set_defaults(func=env_rotate_keys)
 
     fl = sub.add_parser(
         "load", help="a fleet of phones against the local environment or TARGET, reconciled"
@@ -252,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("CA_FILE", ""),
         help="certificate to trust for --target (default: the system's)",
     )
-    fl.add_argument("--registration-secret", default=os.environ.get("REGISTRATION_SECRET", ""))
+    fl.add_argument(
+        "--registration-secret",
+        default=os.environ.get("REGISTRATION_SECRET", ""),
+        help="X-Registration-Secret (default with no --target: the local environment's own)",
+    )
     fl.add_argument("--users", type=int, default=20)
     fl.add_argument("--duration", type=float, default=60.0, help="seconds")
     fl.add_argument("--spawn-rate", type=float, default=10.0)

@@ -154,15 +154,19 @@ async def read_back(
 
         async def device(device_id: str, rids: list[str]) -> None:
             client_id, secret = idents[device_id]
-            async with s.post(
-                f"{opts.target}/oauth/token",
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": client_id,
-                    "client_secret": secret,
-                },
-            ) as r:
-                token = (await r.json())["access_token"]
+            form = {"grant_type": "client_credentials", "client_id": client_id}
+            token = ""
+            for _ in range(20):  # the token endpoint is rate limited per address: honour it
+                async with s.post(
+                    f"{opts.target}/oauth/token", data={**form, "client_secret": secret}
+                ) as r:
+                    if r.status == 429:
+                        await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                        continue
+                    token = (await r.json())["access_token"]
+                    break
+            if not token:
+                return
             for rid in rids:
                 for _ in range(20):  # the per-device rate limit may say 429: honour it
                     async with s.get(

@@ -148,6 +148,57 @@ def haproxy_maxconn() -> int:
     return max(256, min(50000, (hard - 256) // 2))
 
 
+#: Paths the public frontend passes on (an allowlist: `/%6detrics` reaches aiohttp's `/metrics`,
+#: so a denylist of internal prefixes could be walked around). Everything else answers 404 here.
+PUBLIC_PATHS = ("/openapi.json", "/oauth/token", "/.well-known/jwks.json")
+PUBLIC_PREFIXES = ("/v1/",)
+#: Rate-limited per client address, one stick table each: (path, table).
+AUTH_LIMITED = (("/v1/devices", "rl_register"), ("/oauth/token", "rl_token"))
+
+
+def _json_reply(status: int, error: str, detail: str, *headers: str) -> str:
+    body = json.dumps({"error": error, "detail": detail}, separators=(",", ":"))
+    assert "'" not in body  # single-quoted for HAProxy: no escapes inside
+    extra = "".join(f" hdr {h}" for h in headers)
+    return (
+        f"http-request return status {status} content-type application/json string '{body}'{extra}"
+    )
+
+
+def haproxy_public_rules(settings: EnvSettings) -> str:
+    """The HTTPS frontend's rules: only the public API passes, and registration and tokens are
+    rate limited per client address (`EnvSettings.auth_rate_limit_per_s`, over one second)."""
+    limit = settings.auth_rate_limit_per_s
+    lines = [
+        "    # Health, metrics and admin routes stay on each replica's own port (HAProxy's checks",
+        "    # and Prometheus use those): the public frontend passes only the public API.",
+        f"    acl public_path path {' '.join(PUBLIC_PATHS)}",
+        f"    acl public_path path_beg {' '.join(PUBLIC_PREFIXES)}",
+        "    " + _json_reply(404, "not_found", "no such route") + " unless public_path",
+    ]
+    for n, (path, table) in enumerate(AUTH_LIMITED, start=1):
+        lines += [
+            f"    http-request track-sc{n} src table {table} if {{ path {path} }}",
+            "    "
+            + _json_reply(
+                429,
+                "too_many_requests",
+                f"more than {limit} requests per second to {path} from this address",
+                "Retry-After 1",
+            )
+            + f" if {{ path {path} }} {{ sc_http_req_rate({n},{table}) gt {limit} }}",
+        ]
+    return "\n".join(lines)
+
+
+def haproxy_rate_tables() -> str:
+    """One stick table per rate-limited path, keyed by client address, rates over one second."""
+    return "\n".join(
+        f"backend {table}\n    stick-table type ip size 100k expire 30s store http_req_rate(1s)"
+        for _, table in AUTH_LIMITED
+    )
+
+
 def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> str:
     """HAProxy 2.6: PostgreSQL write and read paths, the HTTPS frontend, stats and metrics."""
     ports = settings.ports
@@ -229,6 +280,7 @@ frontend https
     option forwardfor
     http-request set-header X-Forwarded-Proto https
     http-response set-header Strict-Transport-Security "max-age=31536000"
+{haproxy_public_rules(settings)}
     acl is_updates path_beg /v1/updates
     use_backend hub if is_updates
     default_backend api
@@ -266,6 +318,8 @@ backend hub
     timeout tunnel 1h
     default-server {http_check}
     server-template hub 1-{HAPROXY_HUB_SLOTS} 127.0.0.1:1 check disabled
+
+{haproxy_rate_tables()}
 
 frontend stats
     mode http

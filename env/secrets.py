@@ -28,12 +28,22 @@ class Secrets:
     pg_rewind: str
     pg_app: str
     haproxy_cookie_key: str
+    #: What `POST /v1/devices` requires (`X-Registration-Secret`); `cwh env status --json` shows
+    #: it, and the project's own clients read it from there.
+    registration_secret: str = ""
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
-        if path.exists():
-            return cls(**json.loads(path.read_text()))
-        made = cls(**{name: secrets.token_urlsafe(18) for name in cls.__dataclass_fields__})
+        have = json.loads(path.read_text()) if path.exists() else {}
+        if all(have.get(name) for name in cls.__dataclass_fields__):
+            return cls(**{name: have[name] for name in cls.__dataclass_fields__})
+        # First start, or a secret this version added: keep the ones there, make the rest.
+        made = cls(
+            **{
+                name: have.get(name) or secrets.token_urlsafe(18)
+                for name in cls.__dataclass_fields__
+            }
+        )
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(made), indent=2))
         os.chmod(tmp, 0o600)

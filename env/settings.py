@@ -174,6 +174,10 @@ class EnvSettings:
         liveness_period_s, liveness_failure_threshold: the services' liveness probe, as
             Kubernetes' `periodSeconds` and `failureThreshold`: after that many failed probes in
             a row (`/health/live` not 200 within 2 s) the supervisor restarts the service.
+        auth_rate_limit_per_s: requests per second one client address may make to registration,
+            and separately to the token endpoint, through the public frontend (429 beyond). A
+            fleet from one address needs its spawn rate plus token renewals: 10,000 phones
+            spawned at 150/s need about 150/s each (renewals add ~12/s at a 900 s token life).
     """
 
     base_port: int = 17000
@@ -194,6 +198,7 @@ class EnvSettings:
     toxiproxy_url: str = ""
     liveness_period_s: float = 5.0
     liveness_failure_threshold: int = 3
+    auth_rate_limit_per_s: int = 300
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -220,6 +225,10 @@ class EnvSettings:
         ):
             if not 1 <= value <= top:
                 raise SettingsError(f"{PREFIX}{name}={value}: must be 1 to {top}")
+        if not 1 <= self.auth_rate_limit_per_s <= 100_000:
+            raise SettingsError(
+                f"{PREFIX}AUTH_RATE_LIMIT_PER_S={self.auth_rate_limit_per_s}: must be 1 to 100000"
+            )
         if self.toxiproxy_url and not self.toxiproxy_url.startswith(("http://", "https://")):
             raise SettingsError(f"{PREFIX}TOXIPROXY_URL={self.toxiproxy_url!r}: an http(s) URL")
         if not 0.5 <= self.liveness_period_s <= 300:
@@ -307,5 +316,8 @@ class EnvSettings:
             liveness_period_s=float(str(get("LIVENESS_PERIOD_S", float, cls.liveness_period_s))),
             liveness_failure_threshold=int(
                 str(get("LIVENESS_FAILURE_THRESHOLD", int, cls.liveness_failure_threshold))
+            ),
+            auth_rate_limit_per_s=int(
+                str(get("AUTH_RATE_LIMIT_PER_S", int, cls.auth_rate_limit_per_s))
             ),
         )

@@ -272,6 +272,10 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         "components": rows,
         "urls": connection_urls(settings, secrets),
         "tls_certificate": str(layout.tls_cert),
+        # Registration needs it by default; every client of the local environment reads it here.
+        "registration_secret": secrets.registration_secret if secrets else None,
+        "secrets_file": str(layout.secrets),
+        "auth_rate_limit_per_s": settings.auth_rate_limit_per_s,
     }
 
 

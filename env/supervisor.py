@@ -445,6 +445,7 @@ class Supervisor:
                     "CW_NAME": name,
                     "CW_PORT": str(port),
                     "CW_TRACE_FILE": str(lay.trace_file(name)),
+                    **self.role_secrets(role, secrets),
                 },
                 cwd=lay.run_dir,
                 grace_s=30.0,
@@ -456,6 +457,11 @@ class Supervisor:
             )
             for name, role, port in instances
         ]
+
+    @staticmethod
+    def role_secrets(role: str, secrets: Secrets) -> dict[str, str]:
+        """Secrets only some roles hold: the API replicas check the registration secret."""
+        return {"CW_REGISTRATION_SECRET": secrets.registration_secret} if role == "api" else {}
 
     # ---- running processes -----------------------------------------------------------------
 

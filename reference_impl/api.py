@@ -22,13 +22,15 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
-from reference_impl import observability
+from reference_impl import contract, observability
 from reference_impl.auth import (
     Claims,
     InvalidToken,
     TokenIssuer,
     bearer,
+    key_status,
     new_client_credentials,
+    same_secret,
     secret_matches,
 )
 from reference_impl.crypto import FieldCipher
@@ -84,15 +86,28 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(422, "body must be a JSON object")
+    try:  # JSON may escape a lone surrogate, which no UTF-8 column or cipher can take
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ApiError(400, "body holds a lone surrogate (not valid Unicode)") from None
     return body
 
 
 def text_field(body: dict[str, Any], name: str, max_len: int) -> str:
+    """A string of 1 to `max_len` characters without NUL, as `/openapi.json` says."""
     value = body.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError(422, {"field": name, "problem": "required, a non-empty string"})
-    if len(value) > max_len or "\x00" in value:
-        raise ApiError(422, {"field": name, "problem": f"at most {max_len} characters, no NUL"})
+    if not isinstance(value, str) or not 1 <= len(value) <= max_len or "\x00" in value:
+        problem = f"required, a string of 1 to {max_len} characters, no NUL"
+        raise ApiError(422, {"field": name, "problem": problem})
+    return value
+
+
+def document_field(body: dict[str, Any]) -> str:
+    """The document's name: a plain file name (`contract.DOCUMENT_RULE`), never a path."""
+    value = body.get("document")
+    if not contract.is_document_name(value):
+        raise ApiError(422, {"field": "document", "problem": contract.DOCUMENT_RULE})
+    assert isinstance(value, str)
     return value
 
 
@@ -149,15 +164,15 @@ def request_view(row: asyncpg.Record, response: str | None) -> dict[str, Any]:
 
 async def register_device(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    if settings.registration_secret and (
-        request.headers.get("X-Registration-Secret") != settings.registration_secret
+    if settings.registration_secret and not same_secret(
+        request.headers.get("X-Registration-Secret", ""), settings.registration_secret
     ):
         raise ApiError(403, "a valid X-Registration-Secret header is required to register")
     body = await read_json_object(request)
     platform = body.get("platform")
     if platform not in ("ios", "android"):
         raise ApiError(422, {"field": "platform", "problem": "one of ios, android"})
-    name = text_field(body, "name", 200)
+    name = text_field(body, "name", contract.DEVICE_NAME_MAX_LENGTH)
     device_id = uuid.uuid4()
     client_id, secret, secret_hash = new_client_credentials()
     await request.app[WRITE_POOL].execute(
@@ -202,7 +217,7 @@ async def token(request: web.Request) -> web.StreamResponse:
 
 
 async def jwks(request: web.Request) -> web.StreamResponse:
-    return json_reply(request, {"keys": [request.app[ISSUER].jwk]})
+    return json_reply(request, request.app[ISSUER].jwks())
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:
@@ -213,14 +228,15 @@ async def submit(request: web.Request) -> web.StreamResponse:
     claims = authenticate(request)
     await rate_limit(request, claims.device_id)
     key = request.headers.get("Idempotency-Key", "")
-    if not key or len(key) > 128 or not key.isprintable():
-        raise ApiError(400, "an Idempotency-Key header (1-128 printable characters) is required")
+    if not contract.is_idempotency_key(key):
+        rule = contract.IDEMPOTENCY_KEY_RULE
+        raise ApiError(400, f"an Idempotency-Key header ({rule}) is required")
     body = await read_json_object(request)
     provider = body.get("provider")
     if provider not in PROVIDERS:
         raise ApiError(422, {"field": "provider", "problem": "one of sharepoint, gdrive"})
-    document = text_field(body, "document", 512)
-    instruction = text_field(body, "instruction", 4000)
+    document = document_field(body)
+    instruction = text_field(body, "instruction", contract.INSTRUCTION_MAX_LENGTH)
     body_hash = hashlib.sha256(
         json.dumps([provider, document, instruction], separators=(",", ":")).encode()
     ).digest()
@@ -317,7 +333,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
     claims = authenticate(request)
     await rate_limit(request, claims.device_id)
     raw = request.query.get("since", "0")
-    if not raw.isdigit() or len(raw) > 18:
+    if not contract.is_cursor(raw):
         raise ApiError(400, "since must be a cursor returned by /v1/sync (a non-negative integer)")
     since = int(raw)
     rows = await request.app[WRITE_POOL].fetch(
@@ -385,6 +401,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app.router.add_post("/v1/devices", register_device)
     app.router.add_post("/oauth/token", token)
     app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/admin/keys", key_status(app[ISSUER]))
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/requests", submit)
     app.router.add_get("/v1/requests/{request_id}", get_request)

@@ -104,7 +104,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except Exception as exc:
         if not dependency_unavailable(exc):
-            log.exception("unhandled error on %s %s", request.method, request.path)
+            # The route template, not the path: a path may carry an encrypted-at-rest name.
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            log.exception("unhandled error on %s %s", request.method, route)
             return error_response(500, "internal", "internal error")
         log.warning("dependency unavailable: %r", exc)
         return error_response(

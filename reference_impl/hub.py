@@ -24,8 +24,8 @@ import redis.exceptions
 from aiohttp import WSCloseCode, web
 from prometheus_client import Counter, Gauge, Histogram
 
-from reference_impl import observability
-from reference_impl.auth import InvalidToken, TokenIssuer, bearer
+from reference_impl import contract, observability
+from reference_impl.auth import InvalidToken, TokenIssuer, bearer, key_status
 from reference_impl.errors import ApiError, error_middleware
 from reference_impl.schema import ensure_schema
 from reference_impl.settings import ServiceSettings
@@ -95,7 +95,7 @@ async def updates(request: web.Request) -> web.StreamResponse:
     except InvalidToken as exc:
         raise ApiError(401, str(exc)) from None
     raw_last = request.query.get("last_event_id", "")
-    if raw_last and (not raw_last.isdigit() or len(raw_last) > 18):
+    if raw_last and not contract.is_cursor(raw_last):
         raise ApiError(400, "last_event_id must be a non-negative integer")
     # No aiohttp heartbeat: ours (`heartbeat` below) measures the pings it really sends.
     ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024)
@@ -305,4 +305,5 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app.cleanup_ctx.append(_run)
     app.on_shutdown.append(_going_away)
     app.router.add_get("/v1/updates", updates)
+    app.router.add_get("/admin/keys", key_status(app[ISSUER]))
     return app

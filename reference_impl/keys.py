@@ -6,24 +6,14 @@ import os
 import secrets
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from reference_impl import keyset
 
 
 def ensure_keys(state_dir: Path) -> None:
-    """Create the JWT signing key and the field-encryption key unless they exist."""
+    """Create the JWT signing key set and the field-encryption key unless they exist."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    jwt_key = state_dir / "jwt-signing-key.pem"
-    if not jwt_key.exists():
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        _write_private(
-            jwt_key,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
+    # A run directory from before key sets holds one signing key: it becomes the set's first.
+    keyset.ensure(state_dir / keyset.KEYSET_FILE, legacy_pem=state_dir / "jwt-signing-key.pem")
     field_key = state_dir / "field-encryption.key"
     if not field_key.exists():
         _write_private(field_key, secrets.token_bytes(32))

@@ -160,6 +160,24 @@ READY_CHECKS_KEY = web.AppKey("ready_checks", dict)
 LAST_TICK_KEY = web.AppKey("last_tick", dict)
 
 
+#: Routes for the environment's own eyes (probes, Prometheus, experiments): a replica's own port.
+INTERNAL_PREFIXES = ("/health/", "/metrics", "/admin/")
+
+
+@web.middleware
+async def internal_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse internal routes to requests the load balancer forwarded (it adds X-Forwarded-For):
+    behind the public frontend's allowlist, a second wall that does not depend on how a path is
+    spelled (aiohttp serves `/%6detrics` as `/metrics`)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else ""
+    if route.startswith(INTERNAL_PREFIXES) and "X-Forwarded-For" in request.headers:
+        raise web.HTTPNotFound()
+    return await handler(request)
+
+
 def install(app: web.Application, settings: ServiceSettings) -> Metrics:
     """Add metrics, the correlation-id and latency middleware, health routes and the planted
     faults' admin route (refusing unless the settings allow it) to `app`."""
@@ -198,7 +216,9 @@ def install(app: web.Application, settings: ServiceSettings) -> Metrics:
                 f"{request.method} {route_name}",
                 **{
                     "http.request.method": request.method,
-                    "url.path": request.path,
+                    # The route template, never the raw path: a path may carry a document's
+                    # name, which is encrypted at rest and must not leak into trace files.
+                    "http.route": route_name,
                 },
             ):
                 response = await handler(request)
@@ -216,6 +236,7 @@ def install(app: web.Application, settings: ServiceSettings) -> Metrics:
             correlation_id.reset(token)
 
     app.middlewares.insert(0, observe)
+    app.middlewares.append(internal_only)
 
     async def live(_: web.Request) -> web.Response:
         now = time.monotonic()

@@ -1,50 +1,147 @@
-"""The public API as an OpenAPI 3 document, served at `/openapi.json`."""
+"""The public API as an OpenAPI 3 document, served at `/openapi.json`.
+
+It describes exactly what the public frontend accepts: the input rules come from
+`reference_impl.contract`, which the handlers enforce, and schemathesis checks the two against
+each other in the test suite (`tests/reference_impl/test_contract.py`). Health, metrics and admin
+routes are not in it: they live on each replica's own port, and the public frontend refuses them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from reference_impl import contract
+
 _error = {"$ref": "#/components/schemas/Error"}
+_retry_after = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {
-        str(c): {"description": "error", "content": {"application/json": {"schema": _error}}}
-        for c in codes
-    }
+    out: dict[str, Any] = {}
+    for c in codes:
+        out[str(c)] = {"description": "error", "content": {"application/json": {"schema": _error}}}
+        if c in (429, 503):
+            out[str(c)]["headers"] = _retry_after
+    return out
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+def _string(**rules: Any) -> dict[str, Any]:
+    return {"type": "string", **rules}
+
+
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+#: Declared per operation that may be limited: per device in the API, per client address at the
+#: load balancer (registration and tokens).
+RATE_LIMITED = 429
+
+_no_nul = {"pattern": r"^[^\u0000]*$"}
+
+_request_body = {
+    "type": "object",
+    "required": ["provider", "document", "instruction"],
+    "properties": {
+        "provider": _string(enum=["sharepoint", "gdrive"]),
+        "document": _string(
+            description=contract.DOCUMENT_RULE,
+            minLength=1,
+            maxLength=contract.DOCUMENT_MAX_LENGTH,
+            pattern=contract.DOCUMENT_PATTERN,
+        ),
+        "instruction": _string(minLength=1, maxLength=contract.INSTRUCTION_MAX_LENGTH, **_no_nul),
+    },
+}
+
+_device_body = {
+    "type": "object",
+    "required": ["platform", "name"],
+    "properties": {
+        "platform": _string(enum=["ios", "android"]),
+        "name": _string(minLength=1, maxLength=contract.DEVICE_NAME_MAX_LENGTH, **_no_nul),
+    },
+}
+
+_jwks = {
+    "type": "object",
+    "required": ["keys"],
+    "properties": {
+        "keys": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["kty", "kid", "n", "e"],
+                "properties": {
+                    "kty": _string(enum=["RSA"]),
+                    "use": _string(enum=["sig"]),
+                    "alg": _string(enum=["RS256"]),
+                    "kid": _string(),
+                    "n": _string(),
+                    "e": _string(),
+                },
+            },
+        }
+    },
+}
+
+_websocket_handshake = [
+    # A WebSocket opening handshake (RFC 6455); without it the hub answers 400.
+    {"name": "Upgrade", "in": "header", "required": True, "schema": _string(enum=["websocket"])},
+    {"name": "Connection", "in": "header", "required": True, "schema": _string(enum=["Upgrade"])},
+    {
+        "name": "Sec-WebSocket-Version",
+        "in": "header",
+        "required": True,
+        "schema": _string(enum=["13"]),
+    },
+    {
+        "name": "Sec-WebSocket-Key",
+        "in": "header",
+        "required": True,
+        "schema": _string(pattern=r"^[A-Za-z0-9+/]{21}[AQgw]==$"),
+    },
+]
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
-    "info": {"title": "CloudWatcher API (reference implementation)", "version": "1.0.0"},
+    "info": {"title": "CloudWatcher API (reference implementation)", "version": "1.1.0"},
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            # Off only where the operator configured no secret (a staging system may differ).
+            "registrationSecret": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-Registration-Secret",
+            },
+        },
         "schemas": {
             "Error": {
                 "type": "object",
                 "required": ["error", "detail"],
-                "properties": {"error": {"type": "string"}, "detail": {}},
+                "properties": {"error": _string(), "detail": {}},
             },
             "Request": {
                 "type": "object",
                 "required": ["request_id", "status", "response", "created_at", "updated_at"],
                 "properties": {
-                    "request_id": {"type": "string", "format": "uuid"},
-                    "status": {
-                        "type": "string",
-                        "enum": ["queued", "processing", "completed", "failed", "dead_lettered"],
-                    },
-                    "provider": {"type": "string", "enum": ["sharepoint", "gdrive"]},
-                    "response": {"type": "string", "nullable": True},
-                    "error": {"type": "string", "nullable": True},
-                    "created_at": {"type": "string", "format": "date-time"},
-                    "updated_at": {"type": "string", "format": "date-time"},
+                    "request_id": _string(format="uuid"),
+                    "status": _string(
+                        enum=["queued", "processing", "completed", "failed", "dead_lettered"]
+                    ),
+                    "provider": _string(enum=["sharepoint", "gdrive"]),
+                    "response": _string(nullable=True),
+                    "error": _string(nullable=True),
+                    "created_at": _string(format="date-time"),
+                    "updated_at": _string(format="date-time"),
                 },
             },
             "Event": {
@@ -52,9 +149,9 @@ OPENAPI: dict[str, Any] = {
                 "required": ["event_id", "type", "request_id"],
                 "properties": {
                     "event_id": {"type": "integer"},
-                    "type": {"type": "string", "enum": ["completed", "failed", "dead_lettered"]},
-                    "request_id": {"type": "string", "format": "uuid"},
-                    "status": {"type": "string"},
+                    "type": _string(enum=["completed", "failed", "dead_lettered"]),
+                    "request_id": _string(format="uuid"),
+                    "status": _string(),
                 },
             },
         },
@@ -63,27 +160,8 @@ OPENAPI: dict[str, Any] = {
         "/v1/devices": {
             "post": {
                 "summary": "Register a device",
-                "parameters": [
-                    {
-                        "name": "X-Registration-Secret",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "requestBody": {
-                    "required": True,
-                    **_json(
-                        {
-                            "type": "object",
-                            "required": ["platform", "name"],
-                            "properties": {
-                                "platform": {"type": "string", "enum": ["ios", "android"]},
-                                "name": {"type": "string", "maxLength": 200},
-                            },
-                        }
-                    ),
-                },
+                "security": [{"registrationSecret": []}],
+                "requestBody": {"required": True, **_json(_device_body)},
                 "responses": {
                     "201": {
                         "description": "registered",
@@ -92,14 +170,14 @@ OPENAPI: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["device_id", "client_id", "client_secret"],
                                 "properties": {
-                                    "device_id": {"type": "string"},
-                                    "client_id": {"type": "string"},
-                                    "client_secret": {"type": "string"},
+                                    "device_id": _string(format="uuid"),
+                                    "client_id": _string(),
+                                    "client_secret": _string(),
                                 },
                             }
                         ),
                     },
-                    **_errors(400, 403, 413, 422),
+                    **_errors(400, 403, 413, 422, RATE_LIMITED, 503),
                 },
             }
         },
@@ -114,12 +192,9 @@ OPENAPI: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["grant_type", "client_id", "client_secret"],
                                 "properties": {
-                                    "grant_type": {
-                                        "type": "string",
-                                        "enum": ["client_credentials"],
-                                    },
-                                    "client_id": {"type": "string"},
-                                    "client_secret": {"type": "string"},
+                                    "grant_type": _string(enum=["client_credentials"]),
+                                    "client_id": _string(minLength=1),
+                                    "client_secret": _string(minLength=1),
                                 },
                             }
                         }
@@ -133,21 +208,27 @@ OPENAPI: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["access_token", "token_type", "expires_in"],
                                 "properties": {
-                                    "access_token": {"type": "string"},
-                                    "token_type": {"type": "string"},
-                                    "expires_in": {"type": "integer"},
+                                    "access_token": _string(),
+                                    "token_type": _string(enum=["Bearer"]),
+                                    "expires_in": {"type": "integer", "minimum": 1},
                                 },
                             }
                         ),
                     },
-                    **_errors(400, 401, 415),
+                    **_errors(400, 401, 413, 415, RATE_LIMITED, 503),
                 },
             }
         },
         "/.well-known/jwks.json": {
             "get": {
-                "summary": "Public keys of the token issuer",
-                "responses": {"200": {"description": "JWKS"}},
+                "summary": "Public keys of the token issuer: every key a token may be signed with",
+                "responses": {"200": {"description": "JWKS", **_json(_jwks)}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3", **_json({"type": "object"})}},
             }
         },
         "/v1/requests": {
@@ -159,23 +240,11 @@ OPENAPI: dict[str, Any] = {
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                        "description": contract.IDEMPOTENCY_KEY_RULE,
+                        "schema": _string(pattern=contract.IDEMPOTENCY_KEY_PATTERN),
                     }
                 ],
-                "requestBody": {
-                    "required": True,
-                    **_json(
-                        {
-                            "type": "object",
-                            "required": ["provider", "document", "instruction"],
-                            "properties": {
-                                "provider": {"type": "string", "enum": ["sharepoint", "gdrive"]},
-                                "document": {"type": "string", "maxLength": 512},
-                                "instruction": {"type": "string", "maxLength": 4000},
-                            },
-                        }
-                    ),
-                },
+                "requestBody": {"required": True, **_json(_request_body)},
                 "responses": {
                     "202": {
                         "description": "accepted",
@@ -184,18 +253,25 @@ OPENAPI: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["request_id", "status"],
                                 "properties": {
-                                    "request_id": {"type": "string"},
-                                    "status": {"type": "string"},
+                                    "request_id": _string(format="uuid"),
+                                    "status": _string(),
                                 },
                             }
                         ),
+                        "links": {
+                            "GetRequest": {
+                                "operationId": "getRequest",
+                                "parameters": {"request_id": "$response.body#/request_id"},
+                            }
+                        },
                     },
-                    **_errors(400, 401, 409, 413, 422, 429, 503),
+                    **_errors(400, 401, 409, 413, 422, RATE_LIMITED, 503),
                 },
             }
         },
         "/v1/requests/{request_id}": {
             "get": {
+                "operationId": "getRequest",
                 "summary": "A request of this device (another device's is a 404)",
                 "security": BEARER,
                 "parameters": [
@@ -203,7 +279,7 @@ OPENAPI: dict[str, Any] = {
                         "name": "request_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string", "format": "uuid"},
+                        "schema": _string(format="uuid"),
                     }
                 ],
                 "responses": {
@@ -211,7 +287,7 @@ OPENAPI: dict[str, Any] = {
                         "description": "the request",
                         **_json({"$ref": "#/components/schemas/Request"}),
                     },
-                    **_errors(401, 404, 429, 503),
+                    **_errors(401, 404, RATE_LIMITED, 503),
                 },
             }
         },
@@ -224,7 +300,7 @@ OPENAPI: dict[str, Any] = {
                         "name": "since",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "schema": _string(pattern=contract.CURSOR_PATTERN),
                     }
                 ],
                 "responses": {
@@ -233,19 +309,19 @@ OPENAPI: dict[str, Any] = {
                         **_json(
                             {
                                 "type": "object",
-                                "required": ["events", "next_cursor"],
+                                "required": ["events", "next_cursor", "more"],
                                 "properties": {
                                     "events": {
                                         "type": "array",
                                         "items": {"$ref": "#/components/schemas/Event"},
                                     },
-                                    "next_cursor": {"type": "string"},
+                                    "next_cursor": _string(pattern=contract.CURSOR_PATTERN),
                                     "more": {"type": "boolean"},
                                 },
                             }
                         ),
                     },
-                    **_errors(400, 401, 429, 503),
+                    **_errors(400, 401, RATE_LIMITED, 503),
                 },
             }
         },
@@ -254,22 +330,16 @@ OPENAPI: dict[str, Any] = {
                 "summary": "WebSocket of the device events; last_event_id replays the missed ones",
                 "security": BEARER,
                 "parameters": [
+                    *_websocket_handshake,
                     {
                         "name": "last_event_id",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
-                    }
+                        "schema": _string(pattern=contract.CURSOR_PATTERN),
+                    },
                 ],
                 "responses": {"101": {"description": "switching protocols"}, **_errors(400, 401)},
             }
         },
-        "/health/live": {"get": {"responses": {"200": {"description": "live"}}}},
-        "/health/ready": {
-            "get": {
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}
-            }
-        },
-        "/metrics": {"get": {"responses": {"200": {"description": "Prometheus metrics"}}}},
     },
 }

@@ -88,7 +88,8 @@ class ServiceSettings:
 
     @property
     def jwt_key_path(self) -> Path:
-        return self.state_dir / "jwt-signing-key.pem"
+        """The signing key set (`reference_impl.keyset`), shared by API and hub replicas."""
+        return self.state_dir / "jwt-keyset.json"
 
     @property
     def field_key_path(self) -> Path:

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
 
-from reference_impl import observability
+from reference_impl import contract, observability
 from reference_impl.errors import ApiError, error_middleware
 from reference_impl.knobs import KNOBS, install_knobs
 from reference_impl.settings import ServiceSettings
@@ -37,8 +37,13 @@ PROVIDER_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=1)
 
 
 def _safe_name(name: str) -> str:
-    if not name or "/" in name or name.startswith(".") or len(name) > 200:
-        raise ApiError(404, "no such document")
+    """The document name of a path, checked by the API's own rule (never a path of its own).
+
+    The name is encrypted at rest, so neither this refusal nor any other answer, log line or span
+    repeats it.
+    """
+    if not contract.is_document_name(name):
+        raise ApiError(422, {"field": "name", "problem": contract.DOCUMENT_RULE})
     return name
 
 
@@ -79,7 +84,8 @@ async def _fetch(app: web.Application, provider: str, name: str) -> str | None:
     outcomes = app[OUTCOMES]
     for attempt in range(2):
         try:
-            async with app[SESSION].get(f"{base}/v1/files/{name}") as resp:
+            url = contract.url_of(base, "v1", "files", name)
+            async with app[SESSION].get(url) as resp:
                 if resp.status == 200:
                     try:
                         text = await resp.text()
@@ -133,7 +139,7 @@ async def get_document(request: web.Request) -> web.StreamResponse:
             log.warning("provider failed, trying the next: %s", exc)
             continue
         if text is None:
-            raise ApiError(404, f"no document {name!r} at {candidate}")
+            raise ApiError(404, f"no such document at {candidate}")
         cache[key] = (time.monotonic(), candidate, text)
         cache.move_to_end(key)
         while len(cache) > CACHE_ENTRIES:

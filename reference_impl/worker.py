@@ -26,7 +26,7 @@ from aiohttp import web
 from cryptography.exceptions import InvalidTag
 from prometheus_client import Counter, Gauge
 
-from reference_impl import observability
+from reference_impl import contract, observability
 from reference_impl.crypto import FieldCipher
 from reference_impl.errors import error_middleware
 from reference_impl.planted import PLANTED
@@ -303,12 +303,15 @@ class WorkerState:
             raise PermanentError("request fields cannot be decrypted with this key") from None
 
     async def fetch_document(self, provider: str, name: str) -> str:
-        url = f"{self.settings.gateway_url}/v1/documents/{provider}/{name}"
+        url = contract.url_of(self.settings.gateway_url, "v1", "documents", provider, name)
         headers = {"X-Correlation-Id": observability.correlation_id.get()}
         try:
             async with self.http.get(url, headers=headers) as resp:
+                # The name is encrypted at rest: errors (stored, logged) never repeat it.
                 if resp.status == 404:
-                    raise PermanentError(f"document {name!r} not found")
+                    raise PermanentError(f"document not found at {provider}")
+                if resp.status == 422:
+                    raise PermanentError("document name refused by the storage gateway")
                 if resp.status != 200:
                     raise TransientError(f"storage gateway answered {resp.status}")
                 body = await resp.json()

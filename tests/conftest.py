@@ -39,6 +39,9 @@ def env_settings() -> EnvSettings:
         base_port=base,
         run_dir=Path(os.environ.get("CWH_TEST_RUN_DIR", f"/var/tmp/cwh-test-{base}")),
         timeout_scale=float(os.environ.get("CWH_TIMEOUT_SCALE", "1.0")),
+        # Low enough that a test can exceed it from one address; well above what the session's
+        # fleets (10 phones a second) and tests need.
+        auth_rate_limit_per_s=int(os.environ.get("CWH_TEST_AUTH_RATE_LIMIT_PER_S", "50")),
     )
 
 

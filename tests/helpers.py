@@ -88,6 +88,10 @@ def fleet(
     opts = FleetOptions(
         target=status["urls"]["https"],
         ca_file=status["tls_certificate"],
-        **{"spawn_rate": 10, **options},
+        **{
+            "spawn_rate": 10,
+            "registration_secret": status.get("registration_secret") or "",
+            **options,
+        },
     )
     return run_fleet(opts, Console(quiet=True), reports)

@@ -13,6 +13,8 @@ class Phone:
     def __init__(self, status: dict[str, Any], platform: str = "ios") -> None:
         self.base = status["urls"]["https"]
         self.ssl = ssl.create_default_context(cafile=status["tls_certificate"])
+        # Registration needs the environment's secret (shown by `cwh env status --json`).
+        self.registration_secret = status.get("registration_secret") or ""
         self.platform = platform
         self.session: aiohttp.ClientSession
         self.device: dict[str, str] = {}
@@ -43,7 +45,9 @@ class Phone:
 
     async def register(self) -> Phone:
         async with self.session.post(
-            f"{self.base}/v1/devices", json={"platform": self.platform, "name": "test"}
+            f"{self.base}/v1/devices",
+            json={"platform": self.platform, "name": "test"},
+            headers={"X-Registration-Secret": self.registration_secret},
         ) as r:
             assert r.status == 201, await r.text()
             self.device = await r.json()

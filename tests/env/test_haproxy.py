@@ -68,7 +68,7 @@ def tiny_servers() -> Iterator[list[int]]:
 
         app = web.Application()
         app.router.add_get("/health/ready", ready)
-        app.router.add_get("/whoami", whoami)
+        app.router.add_get("/v1/whoami", whoami)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -120,17 +120,17 @@ def test_servers_added_at_run_time_serve_with_sticky_cookie(
         base = status["urls"]["https"]
         cert = status["tls_certificate"]
         seen = {
-            requests.get(f"{base}/whoami", verify=cert, timeout=5).json()["server"]
+            requests.get(f"{base}/v1/whoami", verify=cert, timeout=5).json()["server"]
             for _ in range(6)
         }
         assert seen == {"a", "b"}, "round robin over both run-time servers"
 
         with requests.Session() as s:
-            first = s.get(f"{base}/whoami", verify=cert, timeout=5)
+            first = s.get(f"{base}/v1/whoami", verify=cert, timeout=5)
             assert "CWSRV" in s.cookies, first.headers
             pinned = first.json()["server"]
             for _ in range(6):
-                assert s.get(f"{base}/whoami", verify=cert, timeout=5).json()["server"] == pinned
+                assert s.get(f"{base}/v1/whoami", verify=cert, timeout=5).json()["server"] == pinned
     finally:
         for slot in slots:
             runtime(layout, f"set server {slot} state maint")

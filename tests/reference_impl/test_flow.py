@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from env.local import LocalEnvironment
+from reference_impl import keyset
 from tests.helpers import poll, query, wait_healthy
 from tests.phone import Phone, next_event
 
@@ -125,7 +126,7 @@ def test_idempotent_resubmission_creates_one_request_and_one_job(local_env: Loca
 
 def test_another_devices_request_is_404_and_bad_tokens_are_401(local_env: LocalEnvironment):
     status = wait_healthy(local_env)
-    key_path = Path(status["run_dir"]) / "services" / "jwt-signing-key.pem"
+    key_path = Path(status["run_dir"]) / "services" / keyset.KEYSET_FILE
 
     async def flow() -> None:
         async with Phone(status) as a, Phone(status) as b:
@@ -135,7 +136,7 @@ def test_another_devices_request_is_404_and_bad_tokens_are_401(local_env: LocalE
             code, body = await b.get(accepted["request_id"])
             assert code == 404
             assert body["error"] == "not_found"
-            real_key = key_path.read_bytes()
+            real = keyset.load(key_path).signing
             now = int(time.time())
             claims = {
                 "iss": "cloudwatcher-local",
@@ -143,10 +144,22 @@ def test_another_devices_request_is_404_and_bad_tokens_are_401(local_env: LocalE
                 "sub": a.device["device_id"],
                 "iat": now - 100,
             }
-            expired = jwt.encode({**claims, "exp": now - 60}, real_key, algorithm="RS256")
+            kid = {"kid": real.kid}
+            expired = jwt.encode(
+                {**claims, "exp": now - 60}, real.private, algorithm="RS256", headers=kid
+            )
             other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            forged = jwt.encode({**claims, "exp": now + 600}, other, algorithm="RS256")
-            for token, why in ((expired, "expired"), (forged, "invalid"), ("", "missing")):
+            # Forged under the real key's id, and under an id of its own.
+            forged = jwt.encode({**claims, "exp": now + 600}, other, algorithm="RS256", headers=kid)
+            stranger = jwt.encode(
+                {**claims, "exp": now + 600}, other, algorithm="RS256", headers={"kid": "x"}
+            )
+            for token, why in (
+                (expired, "expired"),
+                (forged, "invalid"),
+                (stranger, "unknown key"),
+                ("", "missing"),
+            ):
                 a.token = token
                 code, body = await a.get(accepted["request_id"])
                 assert code == 401, (why, body)
@@ -172,9 +185,10 @@ def test_openapi_is_served_and_describes_the_api(local_env: LocalEnvironment):
         "/v1/requests/{request_id}",
         "/v1/sync",
         "/v1/updates",
-        "/health/ready",
     ):
         assert path in doc["paths"]
+    # Internal routes live on each replica's own port, never behind the public frontend.
+    assert [p for p in doc["paths"] if p.startswith(("/health", "/metrics", "/admin"))] == []
 
 
 def test_scheduler_writes_the_heartbeat_and_takes_a_base_backup(local_env: LocalEnvironment):
