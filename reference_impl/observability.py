@@ -16,8 +16,10 @@ import random
 import signal
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -269,6 +271,15 @@ def install(app: web.Application, settings: ServiceSettings) -> Metrics:
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics_view)
     return metrics
+
+
+def frames_only(exc: BaseException) -> str:
+    """An exception's type and where it was raised (innermost first), without its message:
+    for errors met while handling request content, whose messages may quote a document name or
+    a response (kept encrypted at rest, so never in plaintext in logs either)."""
+    frames = traceback.extract_tb(exc.__traceback__)[-8:]
+    where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(exc).__name__} at {where or 'unknown'}"
 
 
 STOPPING_KEY = web.AppKey("stopping", asyncio.Event)

@@ -444,7 +444,13 @@ class WorkerState:
             raise
         except Exception as exc:
             # A bug, or an answer no branch foresaw: one job fails, never the worker.
-            log.exception("job %s attempt %d: unexpected error", job.job_id, job.attempts)
+            # Where, not what: the message may quote the request's content.
+            log.error(
+                "job %s attempt %d: unexpected %s",
+                job.job_id,
+                job.attempts,
+                observability.frames_only(exc),
+            )
             reason = f"unexpected {type(exc).__name__} in the worker"
         log.info("job %s attempt %d: %s", job.job_id, job.attempts, reason)
         event = await self.fail(job, reason, permanent=False)
