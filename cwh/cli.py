@@ -74,7 +74,7 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
         print(json.dumps(status, indent=2, default=str))
         return 0 if status["healthy"] else 1
     table = Table(title=f"local environment ({status['phase']}, {status['run_dir']})")
-    for col in ("component", "role", "pid", "port", "health", "lag"):
+    for col in ("component", "role", "pid", "port", "health", "lag", "tls"):
         table.add_column(col)
     for row in status["components"]:
         ports = row["ports"]
@@ -87,7 +87,9 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
             secs = row.get("replay_lag_s")
             lag = f"{row.get('lag_bytes') or 0} B" + (f", {secs:.3f} s" if secs is not None else "")
         health = "[green]ok[/green]" if row["healthy"] else f"[red]{row['state']}[/red]"
-        table.add_row(row["component"], row["role"], str(pid or "-"), port, health, lag)
+        # Data stores: the TLS version a verifying probe negotiated ("off" when none).
+        tls = (row.get("tls") or "[red]off[/red]") if "tls" in row else ""
+        table.add_row(row["component"], row["role"], str(pid or "-"), port, health, lag, tls)
     Console().print(table)
     urls = status["urls"]
     for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):

@@ -6,6 +6,7 @@ without starting anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 from typing import Any
@@ -13,8 +14,10 @@ from typing import Any
 import yaml
 
 from env.layout import Layout
+from env.probes import RedisCredentials
 from env.secrets import Secrets
 from env.settings import EnvSettings
+from reference_impl.stores import NOTIFY_CHANNEL
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
@@ -33,6 +36,32 @@ HAPROXY_HTTP_CHECK_INTER_S = 5
 HAPROXY_API_SLOTS = 10
 HAPROXY_HUB_SLOTS = 6
 REDIS_NODE_TIMEOUT_MS = 2000
+#: TLS everywhere inside the environment: the same floor as the HTTPS frontend's.
+TLS_MIN_VERSION = "TLSv1.3"
+
+#: Redis ACL users; their passwords are in the secrets file. The services' user may run only the
+#: commands and touch only the keys and channel they use: a service that needs more adds it here.
+REDIS_APP_USER = "cloudwatcher"
+REDIS_ADMIN_USER = "admin"
+REDIS_REPLICATION_USER = "replicator"
+REDIS_EXPORTER_USER = "exporter"
+REDIS_APP_KEYS = ("req:*", "resp:*", "rl:*")
+#: What redis-py's clients send on connecting and to learn the cluster's layout.
+REDIS_CLIENT_COMMANDS = (
+    "auth", "hello", "ping", "echo", "select", "readonly", "readwrite", "asking", "command",
+    "client|setname", "client|getname", "client|id",
+    "cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "cluster|myid",
+)  # fmt: skip
+REDIS_APP_COMMANDS = (
+    *REDIS_CLIENT_COMMANDS,
+    "get", "set", "incr", "expire", "ttl", "pttl", "scan",
+    "publish", "subscribe", "unsubscribe",
+)  # fmt: skip
+#: What prometheus-redis-exporter 1.45 reads.
+REDIS_EXPORTER_COMMANDS = (
+    "auth", "hello", "ping", "select", "client|setname", "info", "config|get", "cluster|info",
+    "slowlog|get", "slowlog|len", "latency|latest", "latency|histogram", "dbsize", "memory|stats",
+)  # fmt: skip
 
 
 def worst_case_failover_s() -> float:
@@ -116,24 +145,57 @@ def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, memb
             "data_dir": str(layout.pg_data(member)),
             "bin_dir": PG_BIN,
             "pgpass": str(layout.pg_member(member) / "pgpass"),
-            "authentication": {
-                "superuser": {"username": "postgres", "password": secrets.pg_superuser},
-                "replication": {"username": "replicator", "password": secrets.pg_replication},
-                "rewind": {"username": "rewinder", "password": secrets.pg_rewind},
-            },
+            "authentication": patroni_authentication(layout, secrets),
             "parameters": {
                 "unix_socket_directories": str(layout.pg_member(member)),
                 "log_line_prefix": "%m [%p] %q%u@%d ",
+                **postgres_tls_parameters(layout),
             },
-            "pg_hba": [
-                "local all all trust",
-                "host replication replicator 127.0.0.1/32 scram-sha-256",
-                "host all all 127.0.0.1/32 scram-sha-256",
-            ],
+            "pg_hba": postgres_hba(),
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
     }
     return yaml.safe_dump(conf, sort_keys=False)
+
+
+def patroni_authentication(layout: Layout, secrets: Secrets) -> dict[str, dict[str, str]]:
+    """Patroni's accounts. Each connection it makes with them (its own to the local member, the
+    standbys' replication, pg_rewind's to the new primary) verifies the server against the CA."""
+    verify = {"sslmode": "verify-full", "sslrootcert": str(layout.ca_cert)}
+    return {
+        "superuser": {"username": "postgres", "password": secrets.pg_superuser, **verify},
+        "replication": {"username": "replicator", "password": secrets.pg_replication, **verify},
+        "rewind": {"username": "rewinder", "password": secrets.pg_rewind, **verify},
+    }
+
+
+def postgres_tls_parameters(layout: Layout) -> dict[str, str]:
+    return {
+        "ssl": "on",
+        "ssl_cert_file": str(layout.server_cert("postgres")),
+        "ssl_key_file": str(layout.server_key("postgres")),
+        "ssl_min_protocol_version": TLS_MIN_VERSION,
+    }
+
+
+def postgres_hba() -> list[str]:
+    """TLS or nothing over TCP: each account that connects gets a `hostssl` rule, and anything
+    without TLS is rejected outright (before authentication, so no password crosses in clear)."""
+    scram = "127.0.0.1/32 scram-sha-256"
+    return [
+        "local all all trust",
+        "hostnossl all all 0.0.0.0/0 reject",
+        "hostnossl replication all 0.0.0.0/0 reject",
+        f"hostssl replication replicator {scram}",
+        # The application, the superuser (Patroni, exporters, the harness), pg_rewind's user,
+        # and the replication user's logical walsender (Patroni reads timelines with it).
+        f"hostssl all cloudwatcher,postgres,rewinder,replicator {scram}",
+    ]
+
+
+def postgres_url_tls(layout: Layout) -> str:
+    """The query string that makes a libpq or asyncpg URL verify the server (verify-full)."""
+    return f"sslmode=verify-full&sslrootcert={layout.ca_cert}"
 
 
 def haproxy_maxconn() -> int:
@@ -364,6 +426,19 @@ logfile =
 pidfile =
 log_connections = 0
 log_disconnections = 0
+{pgbouncer_tls(layout)}"""
+
+
+def pgbouncer_tls(layout: Layout) -> str:
+    """Clients must speak TLS to pgBouncer, and pgBouncer verifies the member it reaches through
+    HAProxy's write path (TLS passes through HAProxy's TCP proxying)."""
+    return f"""client_tls_sslmode = require
+client_tls_cert_file = {layout.server_cert("postgres")}
+client_tls_key_file = {layout.server_key("postgres")}
+client_tls_protocols = {TLS_MIN_VERSION.lower()}
+server_tls_sslmode = verify-full
+server_tls_ca_file = {layout.ca_cert}
+server_tls_protocols = {TLS_MIN_VERSION.lower()}
 """
 
 
@@ -371,22 +446,26 @@ def pgbouncer_userlist(secrets: Secrets) -> str:
     return f'"postgres" "{secrets.pg_superuser}"\n"cloudwatcher" "{secrets.pg_app}"\n'
 
 
-def redis_config(settings: EnvSettings, layout: Layout, node: int) -> str:
-    """One Redis Cluster node: AOF and RDB on, LRU eviction, fast failure detection."""
+def redis_config(settings: EnvSettings, layout: Layout, secrets: Secrets, node: int) -> str:
+    """One Redis Cluster node: TLS only, ACL users, AOF and RDB on, LRU eviction, fast failure
+    detection. Holds the replication password: write it mode 0600."""
     port = settings.ports.redis(node)
     d = layout.redis_dir(node)
     # Cluster clients (and replicas) learn a node's address from the node itself: announcing the
     # fault proxy's port routes them through it; the cluster bus stays direct, so a partition
-    # between a master and its clients is not also one between the nodes.
+    # between a master and its clients is not also one between the nodes. With `tls-cluster`,
+    # what a TLS client is told is `cluster-announce-tls-port`.
     announce = (
-        f"cluster-announce-ip 127.0.0.1\ncluster-announce-port {settings.ports.proxy_redis(node)}\n"
+        "cluster-announce-ip 127.0.0.1\n"
+        f"cluster-announce-tls-port {settings.ports.proxy_redis(node)}\n"
         f"cluster-announce-bus-port {port + 10000}\n"
         if settings.fault_proxy
         else ""
     )
     return f"""bind 127.0.0.1
-port {port}
-protected-mode no
+port 0
+tls-port {port}
+{redis_tls_and_acl(layout, secrets)}protected-mode no
 daemonize no
 dir {d}
 cluster-enabled yes
@@ -405,11 +484,57 @@ logfile ""
 """
 
 
+def redis_tls_and_acl(layout: Layout, secrets: Secrets) -> str:
+    """TLS on the client port, the cluster bus and replication; ACL users instead of `default`
+    (a client that has not authenticated gets NOAUTH). Passwords go in as SHA-256 hashes, except
+    the one a replica must send to its master."""
+
+    def user(name: str, password: str, rules: str) -> str:
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        return f"user {name} on #{digest} {rules}\n"
+
+    def allow(commands: tuple[str, ...]) -> str:
+        return " ".join(f"+{c}" for c in commands)
+
+    app_keys = " ".join(f"~{k}" for k in REDIS_APP_KEYS)
+    return (
+        f"tls-cert-file {layout.server_cert('redis')}\n"
+        f"tls-key-file {layout.server_key('redis')}\n"
+        f"tls-ca-cert-file {layout.ca_cert}\n"
+        # Clients authenticate with ACL passwords, not certificates.
+        "tls-auth-clients no\n"
+        f"tls-protocols {TLS_MIN_VERSION}\n"
+        "tls-cluster yes\n"
+        "tls-replication yes\n"
+        "user default off resetkeys resetchannels -@all\n"
+        + user(REDIS_ADMIN_USER, secrets.redis_admin, "~* &* +@all")
+        + user(
+            REDIS_APP_USER,
+            secrets.redis_app,
+            f"resetkeys {app_keys} resetchannels &{NOTIFY_CHANNEL} -@all "
+            f"{allow(REDIS_APP_COMMANDS)}",
+        )
+        + user(REDIS_REPLICATION_USER, secrets.redis_replication, "-@all +psync +replconf +ping")
+        + user(
+            REDIS_EXPORTER_USER,
+            secrets.redis_exporter,
+            f"resetkeys resetchannels -@all {allow(REDIS_EXPORTER_COMMANDS)}",
+        )
+        + f"masteruser {REDIS_REPLICATION_USER}\n"
+        f"masterauth {secrets.redis_replication}\n"
+    )
+
+
+def redis_admin_credentials(layout: Layout, secrets: Secrets) -> RedisCredentials:
+    """What the harness (supervisor, status, tests) uses to reach a Redis node."""
+    return RedisCredentials(REDIS_ADMIN_USER, secrets.redis_admin, str(layout.ca_cert))
+
+
 def prometheus_config(settings: EnvSettings, layout: Layout) -> str:
     """Prometheus scraping everything the environment runs, plus file_sd for services."""
     ports = settings.ports
     interval = f"{settings.scrape_interval_s:g}s"
-    redis_targets = [f"redis://127.0.0.1:{ports.redis(n)}" for n in range(settings.redis_nodes)]
+    redis_targets = [f"rediss://127.0.0.1:{ports.redis(n)}" for n in range(settings.redis_nodes)]
     conf: dict[str, Any] = {
         "global": {
             "scrape_interval": interval,

@@ -65,13 +65,29 @@ class Layout:
 
     @property
     def tls_pem(self) -> Path:
-        """Certificate and key of the HTTPS frontend, generated at first start."""
+        """Certificate and key of the HTTPS frontend, signed by the environment's CA."""
         return self.haproxy_dir / "tls.pem"
 
     @property
-    def tls_cert(self) -> Path:
-        """The certificate alone, for clients to trust."""
-        return self.haproxy_dir / "tls.crt"
+    def tls_dir(self) -> Path:
+        """The environment's CA and the data stores' server certificates."""
+        return self.run_dir / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        """The environment's CA certificate: what every client trusts (HTTPS, PostgreSQL, Redis)."""
+        return self.tls_dir / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.tls_dir / "ca.key"
+
+    def server_cert(self, server: str) -> Path:
+        """`postgres` (PostgreSQL members and pgBouncer) or `redis`."""
+        return self.tls_dir / f"{server}.crt"
+
+    def server_key(self, server: str) -> Path:
+        return self.tls_dir / f"{server}.key"
 
     def redis_dir(self, node: int) -> Path:
         return self.run_dir / "redis" / f"node{node}"

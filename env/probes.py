@@ -7,9 +7,12 @@ quickly or raises; callers decide what a failure means.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
+import ssl
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,14 +109,16 @@ def pg_cluster_ready(members: list[PgMember], expected: int) -> bool:
     return expected == 1 or any(m.role == "sync_standby" for m in replicas)
 
 
-async def pg_replication(port: int, password: str) -> list[dict[str, Any]]:
-    """`pg_stat_replication` on the primary at `port`: who streams, sync state, replay lag."""
+async def pg_replication(port: int, password: str, tls: ssl.SSLContext) -> list[dict[str, Any]]:
+    """`pg_stat_replication` on the primary at `port`: who streams, sync state, replay lag.
+    `tls`: a verifying client context (the members refuse plaintext)."""
     conn = await asyncpg.connect(
         host="127.0.0.1",
         port=port,
         user="postgres",
         password=password,
         database="postgres",
+        ssl=tls,
         timeout=2,
     )
     try:
@@ -241,22 +246,44 @@ def parse_cluster_nodes(text: str) -> list[RedisNode]:
     return nodes
 
 
-async def redis_call(port: int, *args: Any) -> Any:
-    """One command to one node (not cluster-routed)."""
-    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+@dataclass(frozen=True)
+class RedisCredentials:
+    """How the harness reaches a Redis node: its ACL user, and the CA the node's certificate
+    must be signed by (TLS is verified, host name included)."""
+
+    username: str
+    password: str
+    ca_file: str
+
+
+async def redis_call(port: int, *args: Any, creds: RedisCredentials) -> Any:
+    """One command to one node (not cluster-routed), over TLS as `creds.username`."""
+    client = aioredis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+        username=creds.username,
+        password=creds.password,
+        ssl=True,
+        ssl_ca_certs=creds.ca_file,
+        ssl_check_hostname=True,
+    )
     try:
         return await client.execute_command(*args)  # type: ignore[no-untyped-call]
     finally:
         await client.aclose()
 
 
-async def redis_cluster_view(ports: list[int]) -> tuple[dict[str, str], list[RedisNode]]:
+async def redis_cluster_view(
+    ports: list[int], creds: RedisCredentials
+) -> tuple[dict[str, str], list[RedisNode]]:
     """(CLUSTER INFO, CLUSTER NODES) from the first node that answers."""
     last: BaseException | None = None
     for port in ports:
         try:
-            info_raw = await redis_call(port, "CLUSTER", "INFO")
-            nodes_raw = await redis_call(port, "CLUSTER", "NODES")
+            info_raw = await redis_call(port, "CLUSTER", "INFO", creds=creds)
+            nodes_raw = await redis_call(port, "CLUSTER", "NODES", creds=creds)
         except Exception as exc:
             last = exc
             continue
@@ -276,3 +303,31 @@ def redis_cluster_ready(
     live_masters = [n for n in nodes if n.role == "master" and n.slots > 0 and not n.failed]
     live_replicas = [n for n in nodes if n.role == "replica" and not n.failed and n.master_id]
     return len(live_masters) == masters and len(live_replicas) == masters * replicas_per_master
+
+
+#: PostgreSQL's SSLRequest: length 8, then the magic code 1234.5679.
+PG_SSL_REQUEST = struct.pack("!II", 8, 80877103)
+
+
+async def tls_version(port: int, tls: ssl.SSLContext, postgres: bool = False) -> str:
+    """The TLS version a verifying client negotiates with the server at 127.0.0.1:`port`.
+
+    `postgres`: speak PostgreSQL's SSLRequest first (members and pgBouncer); otherwise TLS from
+    the first byte (Redis). Raises when the server refuses TLS or its certificate does not verify
+    against `tls`'s CA. Only the handshake: nothing is logged by the server as a failed login.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if postgres:
+            writer.write(PG_SSL_REQUEST)
+            await writer.drain()
+            answer = await reader.readexactly(1)
+            if answer != b"S":
+                raise ConnectionError(f"port {port} declined TLS ({answer!r})")
+        await writer.start_tls(tls, server_hostname="127.0.0.1")
+        ssl_object = writer.get_extra_info("ssl_object")
+        return str(ssl_object.version())
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()

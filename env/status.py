@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import asyncpg
 
 from env import configs, probes
 from env.layout import Layout
-from env.secrets import Secrets
+from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
 from env.supervisor import SERVICE_ROLES
 
@@ -27,7 +28,7 @@ def _postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
-async def _pgbouncer_ok(port: int, password: str) -> bool:
+async def _pgbouncer_ok(port: int, password: str, tls: ssl.SSLContext) -> bool:
     try:
         conn = await asyncpg.connect(
             host="127.0.0.1",
@@ -36,6 +37,7 @@ async def _pgbouncer_ok(port: int, password: str) -> bool:
             password=password,
             database="cloudwatcher",
             statement_cache_size=0,
+            ssl=tls,
             timeout=2,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError):
@@ -52,6 +54,14 @@ async def _none() -> None:
     return None
 
 
+async def _redis_view(
+    layout: Layout, secrets: Secrets | None, ports: list[int]
+) -> tuple[dict[str, str], list[probes.RedisNode]]:
+    if secrets is None:
+        return {}, []
+    return await probes.redis_cluster_view(ports, configs.redis_admin_credentials(layout, secrets))
+
+
 async def _scheduler_leads(port: int) -> bool | None:
     """Whether the scheduler on `port` holds the lease, from its own metric."""
     status, text = await probes.http_get(f"http://127.0.0.1:{port}/metrics")
@@ -64,16 +74,33 @@ async def _scheduler_leads(port: int) -> bool | None:
 
 
 def connection_urls(settings: EnvSettings, secrets: Secrets | None) -> dict[str, Any]:
+    """Where everything is. PostgreSQL URLs verify the server against the environment's CA
+    (`sslmode=verify-full`); Redis URLs are `rediss://` with an ACL user (the harness's admin,
+    or the services' own user for `redis_app`): give redis-py `ssl_ca_certs` = the CA."""
     ports = settings.ports
+    layout = Layout(settings.run_dir)
     app_pw = secrets.pg_app if secrets else "<unknown>"
+    tls = configs.postgres_url_tls(layout)
+
+    def pg(port: int) -> str:
+        return f"postgresql://cloudwatcher:{app_pw}@127.0.0.1:{port}/cloudwatcher?{tls}"
+
+    def redis(user: str, password: str | None, port: int) -> str:
+        return f"rediss://{user}:{password or '<unknown>'}@127.0.0.1:{port}"
+
+    admin = secrets.redis_admin if secrets else None
     return {
-        "write": f"postgresql://cloudwatcher:{app_pw}@127.0.0.1:{ports.haproxy_write}/cloudwatcher",
-        "read": f"postgresql://cloudwatcher:{app_pw}@127.0.0.1:{ports.haproxy_read}/cloudwatcher",
-        "pgbouncer": (
-            f"postgresql://cloudwatcher:{app_pw}@127.0.0.1:{ports.pgbouncer}/cloudwatcher"
+        "write": pg(ports.haproxy_write),
+        "read": pg(ports.haproxy_read),
+        "pgbouncer": pg(ports.pgbouncer),
+        "redis": redis(configs.REDIS_ADMIN_USER, admin, ports.redis(0)),
+        "redis_nodes": [
+            redis(configs.REDIS_ADMIN_USER, admin, ports.redis(n))
+            for n in range(settings.redis_nodes)
+        ],
+        "redis_app": redis(
+            configs.REDIS_APP_USER, secrets.redis_app if secrets else None, ports.redis(0)
         ),
-        "redis": f"redis://127.0.0.1:{ports.redis(0)}",
-        "redis_nodes": [f"redis://127.0.0.1:{ports.redis(n)}" for n in range(settings.redis_nodes)],
         "prometheus": f"http://127.0.0.1:{ports.prometheus}",
         "https": f"https://127.0.0.1:{ports.haproxy_https}",
         "haproxy_stats": f"http://127.0.0.1:{ports.haproxy_stats}/stats",
@@ -85,11 +112,29 @@ def connection_urls(settings: EnvSettings, secrets: Secrets | None) -> dict[str,
         "members": {
             f"pg{m}": (
                 f"postgresql://postgres:{secrets.pg_superuser if secrets else '<unknown>'}"
-                f"@127.0.0.1:{ports.postgres(m)}/cloudwatcher"
+                f"@127.0.0.1:{ports.postgres(m)}/cloudwatcher?{tls}"
             )
             for m in range(settings.pg_members)
         },
     }
+
+
+async def _tls_versions(settings: EnvSettings, tls: ssl.SSLContext) -> dict[str, str | None]:
+    """The TLS version a verifying probe negotiates with each PostgreSQL member, pgBouncer and
+    each Redis node (on its own port, not through the fault proxy); None where none was."""
+    ports = settings.ports
+    targets = {f"pg{m}": (ports.postgres(m), True) for m in range(settings.pg_members)}
+    targets["pgbouncer"] = (ports.pgbouncer, True)
+    targets.update({f"redis{n}": (ports.redis(n), False) for n in range(settings.redis_nodes)})
+
+    async def version(port: int, postgres: bool) -> str | None:
+        try:
+            return await asyncio.wait_for(probes.tls_version(port, tls, postgres), 5)
+        except Exception:
+            return None
+
+    found = await asyncio.gather(*(version(port, pg) for port, pg in targets.values()))
+    return dict(zip(targets, found, strict=True))
 
 
 async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[str, Any]:
@@ -99,6 +144,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     comps = {c["name"]: c for c in (sup or {}).get("components", [])}
     patroni_ports = [ports.patroni(m) for m in range(settings.pg_members)]
     redis_ports = [ports.redis(n) for n in range(settings.redis_nodes)]
+    tls = client_tls_context(layout.ca_cert) if layout.ca_cert.exists() else None
+    tls_by_name = await _tls_versions(settings, tls) if tls else {}
 
     async def safe(coro: Any, default: Any) -> Any:
         try:
@@ -108,16 +155,17 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
 
     members, redis_view, etcd_ok, haproxy_rows = await asyncio.gather(
         safe(probes.patroni_cluster(patroni_ports), []),
-        safe(probes.redis_cluster_view(redis_ports), ({}, [])),
+        safe(_redis_view(layout, secrets, redis_ports), ({}, [])),
         safe(probes.etcd_healthy(ports.etcd_client), False),
         safe(probes.haproxy_stat(layout), []),
     )
     by_name = {m.name: m for m in members}
     leader = next((m for m in members if m.role == "leader"), None)
     replication: list[dict[str, Any]] = []
-    if leader is not None and secrets is not None:
+    if leader is not None and secrets is not None and tls is not None:
         replication = await safe(
-            probes.pg_replication(ports.postgres(int(leader.name[2:])), secrets.pg_superuser), []
+            probes.pg_replication(ports.postgres(int(leader.name[2:])), secrets.pg_superuser, tls),
+            [],
         )
     repl_by_name = {r["application_name"]: r for r in replication}
 
@@ -164,6 +212,7 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
             lag_bytes=member.lag_bytes if member else None,
             replay_lag_s=repl.get("replay_lag_s"),
             sync_state=repl.get("sync_state"),
+            tls=tls_by_name.get(name),
         )
     write_up = probes.haproxy_servers_up(haproxy_rows, "pg_write") if haproxy_rows else []
     read_up = probes.haproxy_servers_up(haproxy_rows, "pg_read") if haproxy_rows else []
@@ -175,8 +224,18 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         write_servers=write_up,
         read_servers=read_up,
     )
-    pgb_ok = await safe(_pgbouncer_ok(ports.pgbouncer, secrets.pg_app), False) if secrets else False
-    row("pgbouncer", "pgbouncer", "pool (transaction)", bool(pgb_ok))
+    pgb_ok = (
+        await safe(_pgbouncer_ok(ports.pgbouncer, secrets.pg_app, tls), False)
+        if secrets and tls
+        else False
+    )
+    row(
+        "pgbouncer",
+        "pgbouncer",
+        "pool (transaction)",
+        bool(pgb_ok),
+        tls=tls_by_name.get("pgbouncer"),
+    )
     info, rnodes = redis_view
     by_port = {n.port: n for n in rnodes}
     for n in range(settings.redis_nodes):
@@ -189,6 +248,7 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
             bool(node and not node.failed and alive),
             slots=node.slots if node else 0,
             node_id=node.node_id if node else None,
+            tls=tls_by_name.get(f"redis{n}"),
         )
     if settings.fault_proxy:
         proxies = await safe(probes.http_json(f"{settings.fault_api_url}/proxies"), None)
@@ -271,7 +331,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         "primary": leader.name if leader else None,
         "components": rows,
         "urls": connection_urls(settings, secrets),
-        "tls_certificate": str(layout.tls_cert),
+        # The environment's CA: trust it for HTTPS, PostgreSQL and Redis alike.
+        "tls_certificate": str(layout.ca_cert),
         # Registration needs it by default; every client of the local environment reads it here.
         "registration_secret": secrets.registration_secret if secrets else None,
         "secrets_file": str(layout.secrets),

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -38,7 +39,7 @@ from env import configs, liveness, probes
 from env.layout import Layout
 from env.liveness import LivenessProbe
 from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
-from env.secrets import Secrets, ensure_tls_certificate
+from env.secrets import Secrets, client_tls_context, ensure_environment_tls, write_private
 from env.settings import EnvSettings
 from reference_impl.corpus import ensure_corpus
 from reference_impl.keys import ensure_keys
@@ -150,7 +151,7 @@ class Supervisor:
         (lay.prometheus_dir / "rules").mkdir(exist_ok=True)
         lay.prometheus_targets.mkdir(exist_ok=True)
         secrets = Secrets.load_or_create(lay.secrets)
-        ensure_tls_certificate(lay.tls_pem, lay.tls_cert)
+        ensure_environment_tls(lay, self.pg_ids)
 
         # PostgreSQL's side: owned by the PostgreSQL OS user, which refuses to run as root.
         lay.pg_root.mkdir(exist_ok=True)
@@ -175,8 +176,9 @@ class Supervisor:
         )
         for n in range(self.settings.redis_nodes):
             lay.redis_dir(n).mkdir(parents=True, exist_ok=True)
-            (lay.redis_dir(n) / "redis.conf").write_text(
-                configs.redis_config(self.settings, lay, n)
+            write_private(  # it holds the replication password
+                lay.redis_dir(n) / "redis.conf",
+                configs.redis_config(self.settings, lay, secrets, n).encode(),
             )
         (lay.prometheus_dir / "prometheus.yml").write_text(
             configs.prometheus_config(self.settings, lay)
@@ -294,7 +296,7 @@ class Supervisor:
                 env={
                     "DATA_SOURCE_NAME": (
                         f"postgresql://postgres:{secrets.pg_superuser}@127.0.0.1:"
-                        f"{ports.postgres(m)}/postgres?sslmode=disable"
+                        f"{ports.postgres(m)}/postgres?{configs.postgres_url_tls(lay)}"
                     )
                 },
             )
@@ -308,8 +310,14 @@ class Supervisor:
                 f"-web.listen-address=127.0.0.1:{ports.redis_exporter}",
                 "-redis.addr=",
                 "-is-cluster=false",
+                f"-tls-ca-cert-file={lay.ca_cert}",
             ],
             ports={"metrics": ports.redis_exporter},
+            # Its ACL user for every node it scrapes; the password only in its environment.
+            env={
+                "REDIS_USER": configs.REDIS_EXPORTER_USER,
+                "REDIS_PASSWORD": secrets.redis_exporter,
+            },
         )
         prometheus = c(
             "prometheus",
@@ -403,6 +411,9 @@ class Supervisor:
             "CW_REDIS_NODES": ",".join(
                 f"127.0.0.1:{via(ports.redis(n))}" for n in range(s.redis_nodes)
             ),
+            "CW_REDIS_USER": configs.REDIS_APP_USER,
+            "CW_REDIS_PASSWORD": secrets.redis_app,
+            "CW_TLS_CA_FILE": str(lay.ca_cert),
             "CW_LLM_URL": f"http://127.0.0.1:{via(ports.llm)}",
             "CW_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
             "CW_SHAREPOINT_URL": f"http://127.0.0.1:{via(ports.sharepoint)}",
@@ -417,7 +428,8 @@ class Supervisor:
             # The scheduler's base backups go through the write path, as the replication user.
             "CW_BACKUP_DSN": (
                 f"postgresql://replicator:{secrets.pg_replication}@127.0.0.1:"
-                f"{ports.haproxy_write}/?application_name=cwh_base_backup"
+                f"{ports.haproxy_write}/?application_name=cwh_base_backup&"
+                + configs.postgres_url_tls(lay)
             ),
         }
         instances: list[tuple[str, str, int]] = [
@@ -624,6 +636,8 @@ class Supervisor:
         s, ports = self.settings, self.settings.ports
         patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
         redis_ports = [ports.redis(n) for n in range(s.redis_nodes)]
+        tls = client_tls_context(self.layout.ca_cert)
+        redis_creds = configs.redis_admin_credentials(self.layout, secrets)
 
         async def pg_ready() -> bool:
             members = await probes.patroni_cluster(patroni_ports)
@@ -631,7 +645,7 @@ class Supervisor:
                 return False
             leader = next(m for m in members if m.role == "leader")
             rows = await probes.pg_replication(
-                ports.postgres(int(leader.name[2:])), secrets.pg_superuser
+                ports.postgres(int(leader.name[2:])), secrets.pg_superuser, tls
             )
             return probes.pg_streaming_ready(rows, s.pg_members - 1)
 
@@ -653,6 +667,7 @@ class Supervisor:
                 password=secrets.pg_app,
                 database="cloudwatcher",
                 statement_cache_size=0,
+                ssl=tls,
                 timeout=2,
             )
             try:
@@ -661,7 +676,7 @@ class Supervisor:
                 await conn.close()
 
         async def redis_ready() -> bool:
-            info, nodes = await probes.redis_cluster_view(redis_ports)
+            info, nodes = await probes.redis_cluster_view(redis_ports, redis_creds)
             return probes.redis_cluster_ready(
                 info, nodes, s.redis_masters, s.redis_replicas_per_master
             )
@@ -700,13 +715,13 @@ class Supervisor:
             for comp in comps:
                 await self.spawn(comp)
             if stage == "redis":
-                await self.form_redis_cluster(comps, redis_ports)
+                await self.form_redis_cluster(comps, redis_ports, redis_creds)
             if stage == "services":
                 await self.register_services()
             check, timeout_s = checks[stage]
             await self.wait_ready(stage, comps, check, timeout_s)
             if stage == "postgresql":
-                await self.create_app_database(secrets, patroni_ports)
+                await self.create_app_database(secrets, patroni_ports, tls)
         self.stage = ""
         self.phase = "ready"
         log.info("environment ready")
@@ -784,17 +799,20 @@ class Supervisor:
             except Exception:  # never the end of the controller: log, try again next second
                 log.exception("keeping HAProxy's servers registered")
 
-    async def form_redis_cluster(self, comps: list[Component], ports: list[int]) -> None:
+    async def form_redis_cluster(
+        self, comps: list[Component], ports: list[int], creds: probes.RedisCredentials
+    ) -> None:
         """Create the cluster the first time; later starts find it in each node's nodes.conf."""
 
         async def all_answer() -> bool:
             answers = await asyncio.gather(
-                *(probes.redis_call(p, "PING") for p in ports), return_exceptions=True
+                *(probes.redis_call(p, "PING", creds=creds) for p in ports),
+                return_exceptions=True,
             )
             return all(a is True or a == b"PONG" for a in answers)
 
         await self.wait_ready("redis", comps, all_answer, 20)
-        info, _ = await probes.redis_cluster_view(ports[:1])
+        info, _ = await probes.redis_cluster_view(ports[:1], creds)
         if info.get("cluster_known_nodes") != "1" or info.get("cluster_slots_assigned") != "0":
             return  # formed at an earlier start
         replicas = str(self.settings.redis_replicas_per_master)
@@ -806,6 +824,7 @@ class Supervisor:
             "--cluster-replicas",
             replicas,
             "--cluster-yes",
+            *("--tls", "--cacert", creds.ca_file, "--user", creds.username),
         ]
         log_path = self.layout.log("redis-cluster-create")
         with open(log_path, "ab") as logf:
@@ -814,12 +833,16 @@ class Supervisor:
                 stdout=logf,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
+                # The password through the environment: a command line is visible to `ps`.
+                env={**os.environ, "REDISCLI_AUTH": creds.password},
             )
             code = await asyncio.wait_for(proc.wait(), self.settings.timeout(60))
         if code != 0:
             raise StartupError("redis-cluster-create", log_path, f"exit code {code}")
 
-    async def create_app_database(self, secrets: Secrets, patroni_ports: list[int]) -> None:
+    async def create_app_database(
+        self, secrets: Secrets, patroni_ports: list[int], tls: ssl.SSLContext
+    ) -> None:
         """The application's role and database, created once on the primary (idempotent)."""
         ports = self.settings.ports
         members = await probes.patroni_cluster(patroni_ports)
@@ -830,6 +853,7 @@ class Supervisor:
             user="postgres",
             password=secrets.pg_superuser,
             database="postgres",
+            ssl=tls,
             timeout=5,
         )
         try:

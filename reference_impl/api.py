@@ -370,8 +370,12 @@ async def sync(request: web.Request) -> web.StreamResponse:
 
 async def _stores(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[WRITE_POOL] = await create_pool(settings.pg_write_url, max_size=20)
-    app[READ_POOL] = await create_pool(settings.pg_read_url, max_size=20)
+    app[WRITE_POOL] = await create_pool(
+        settings.pg_write_url, max_size=20, ca_file=settings.tls_ca_file
+    )
+    app[READ_POOL] = await create_pool(
+        settings.pg_read_url, max_size=20, ca_file=settings.tls_ca_file
+    )
     await ensure_schema(app[WRITE_POOL])
     app[REDIS] = create_redis(settings)
     checks = app[observability.READY_CHECKS_KEY]

@@ -258,7 +258,9 @@ async def catch_up(app: web.Application) -> int:
 
 
 async def _run(app: web.Application) -> AsyncIterator[None]:
-    app[POOL] = await create_pool(app[SETTINGS].pg_write_url, max_size=10)
+    app[POOL] = await create_pool(
+        app[SETTINGS].pg_write_url, max_size=10, ca_file=app[SETTINGS].tls_ca_file
+    )
     await ensure_schema(app[POOL])
 
     async def pg() -> bool:

@@ -473,7 +473,7 @@ def _supervise(app: web.Application, task: asyncio.Task[None], loop: str) -> Non
 async def _run(app: web.Application) -> AsyncIterator[None]:
     state: SchedulerState = app[STATE]  # type: ignore[assignment]
     settings = app[SETTINGS]
-    state.pool = await create_pool(settings.pg_write_url, max_size=4)
+    state.pool = await create_pool(settings.pg_write_url, max_size=4, ca_file=settings.tls_ca_file)
     await ensure_schema(state.pool)
     if settings.redis_nodes:
         state.redis = create_redis(settings)

@@ -33,6 +33,10 @@ class ServiceSettings:
             statements).
         pg_read_url: PostgreSQL read path (HAProxy to the replicas).
         redis_nodes: "host:port" of Redis Cluster nodes, comma separated.
+        redis_user, redis_password: the services' Redis ACL user ("" = no AUTH).
+        tls_ca_file: CA certificate that PostgreSQL and Redis servers must be signed by; when
+            set, every connection to them is TLS with the certificate and host name verified
+            ("" = plaintext, for stores that do not speak TLS).
         gateway_url, llm_url, sharepoint_url, gdrive_url: the other services.
         token_ttl_s: lifetime of an access token.
         rate_limit_per_s: submits and reads a device may make per second before 429.
@@ -56,6 +60,9 @@ class ServiceSettings:
     pg_write_url: str = ""
     pg_read_url: str = ""
     redis_nodes: str = ""
+    redis_user: str = ""
+    redis_password: str = ""
+    tls_ca_file: str = ""
     gateway_url: str = ""
     llm_url: str = ""
     sharepoint_url: str = ""

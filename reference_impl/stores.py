@@ -2,13 +2,15 @@
 
 Writes go through pgBouncer in transaction mode, so no prepared statements
 (`statement_cache_size=0`). Redis is a cache and a fan-out: every use of it must survive its
-absence (`redis_or_none`).
+absence (`redis_or_none`). With a CA file (`ServiceSettings.tls_ca_file`) every connection is TLS,
+the server's certificate and host name verified against that CA alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -44,11 +46,20 @@ class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no types
         return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
 
 
-async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+def tls_context(ca_file: str) -> ssl.SSLContext | None:
+    """A verify-full client context trusting `ca_file` only; None for plaintext ("")."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else None
+
+
+async def create_pool(
+    url: str, min_size: int = 1, max_size: int = 10, ca_file: str = ""
+) -> asyncpg.Pool:
+    """A pool to `url`; TLS verified against `ca_file` when given (refused without TLS then)."""
     pool = BoundedPool(
         url,
         min_size=min_size,
         max_size=max_size,
+        ssl=tls_context(ca_file),
         max_queries=50_000,
         loop=None,
         connection_class=asyncpg.Connection,
@@ -98,6 +109,17 @@ class CacheCluster(RedisCluster):
     breakers: defaultdict[str, RedisBreaker]
 
 
+def redis_auth_and_tls(settings: ServiceSettings) -> dict[str, Any]:
+    """redis-py's keyword arguments for the services' ACL user and TLS (verify-full)."""
+    kwargs: dict[str, Any] = {
+        "username": settings.redis_user or None,
+        "password": settings.redis_password or None,
+    }
+    if settings.tls_ca_file:
+        kwargs.update(ssl=True, ssl_ca_certs=settings.tls_ca_file, ssl_check_hostname=True)
+    return kwargs
+
+
 def create_redis(settings: ServiceSettings) -> CacheCluster:
     nodes = [ClusterNode(h, p) for h, p in settings.redis_addresses]
     client = CacheCluster(
@@ -108,6 +130,7 @@ def create_redis(settings: ServiceSettings) -> CacheCluster:
         require_full_coverage=False,
         # Enough to follow a failover's new slot owner; never backoff sleeps inside a request.
         retry=Retry(NoBackoff(), 2),
+        **redis_auth_and_tls(settings),
     )
     client.breakers = defaultdict(RedisBreaker)
     return client
@@ -163,6 +186,7 @@ async def single_node_pubsub(
             decode_responses=True,
             health_check_interval=5,
             retry=Retry(NoBackoff(), 0),
+            **redis_auth_and_tls(settings),
         )
         try:
             await client.ping()

@@ -523,7 +523,9 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
     state: WorkerState = app[STATE]  # type: ignore[assignment]
     settings = app[SETTINGS]
     # A connection per claim loop, one per claim keeper, and one for the queue metrics.
-    state.pool = await create_pool(settings.pg_write_url, max_size=2 * CONCURRENCY + 2)
+    state.pool = await create_pool(
+        settings.pg_write_url, max_size=2 * CONCURRENCY + 2, ca_file=settings.tls_ca_file
+    )
     await ensure_schema(state.pool)
     state.redis = create_redis(settings)
     state.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20, connect=1))

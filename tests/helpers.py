@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import psycopg
 import requests
@@ -24,6 +25,7 @@ __all__ = [
     "poll",
     "primary_of",
     "query",
+    "redis_options",
     "toxic",
     "wait_healthy",
 ]
@@ -41,6 +43,18 @@ def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
     with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
         cur = conn.execute(sql, params)
         return cur.fetchall() if cur.description is not None else []
+
+
+def redis_options(status: dict[str, Any], user: str = "redis") -> dict[str, Any]:
+    """redis-py keyword arguments to reach a node as the user of `status["urls"][user]` (the
+    harness's admin, or `redis_app` for the services' user): TLS verified against the CA."""
+    url = urlsplit(status["urls"][user])
+    return {
+        "username": url.username,
+        "password": url.password,
+        "ssl": True,
+        "ssl_ca_certs": status["tls_certificate"],
+    }
 
 
 def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:

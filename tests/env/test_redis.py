@@ -6,22 +6,27 @@ import os
 import signal
 import time
 import uuid
+from typing import Any
 
 import pytest
 from redis import Redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
 
 from env.local import LocalEnvironment
 from env.process import pid_alive
-from env.settings import EnvSettings
-from tests.helpers import poll, wait_healthy
+from tests.helpers import poll, redis_options, wait_healthy
 
 pytestmark = pytest.mark.env
 
 
-def cluster(settings: EnvSettings) -> RedisCluster:
-    nodes = [ClusterNode("127.0.0.1", settings.ports.redis(n)) for n in range(settings.redis_nodes)]
-    return RedisCluster(startup_nodes=nodes, socket_timeout=2, decode_responses=True)
+def cluster(status: dict[str, Any]) -> RedisCluster:
+    """The whole cluster as the harness's admin user, over TLS verified against the CA."""
+    return RedisCluster.from_url(
+        status["urls"]["redis"],
+        ssl_ca_certs=status["tls_certificate"],
+        socket_timeout=2,
+        decode_responses=True,
+    )
 
 
 def nodes_view(rc: RedisCluster) -> list[dict]:
@@ -45,8 +50,7 @@ def keys_per_master(rc: RedisCluster, per_master: int = 5) -> dict[str, list[str
 
 
 def test_keys_on_every_shard_are_written_and_read_back(local_env: LocalEnvironment):
-    wait_healthy(local_env)
-    rc = cluster(local_env.settings)
+    rc = cluster(wait_healthy(local_env))
     try:
         by_master = keys_per_master(rc)
         assert len(by_master) == local_env.settings.redis_masters
@@ -64,7 +68,7 @@ def test_keys_on_every_shard_are_written_and_read_back(local_env: LocalEnvironme
 def test_killed_master_is_replaced_by_its_replica(local_env: LocalEnvironment, record_property):
     status = wait_healthy(local_env)
     settings = local_env.settings
-    rc = cluster(settings)
+    rc = cluster(status)
     try:
         victim = next(
             c for c in status["components"] if c["kind"] == "redis" and c["role"] == "master"
@@ -91,7 +95,13 @@ def test_killed_master_is_replaced_by_its_replica(local_env: LocalEnvironment, r
         def promoted() -> bool:
             # Ask the replica itself; the killed node cannot answer.
             host, port = replica["addr"].split(":")
-            r = Redis(host=host, port=int(port), socket_timeout=1, decode_responses=True)
+            r = Redis(
+                host=host,
+                port=int(port),
+                socket_timeout=1,
+                decode_responses=True,
+                **redis_options(status),
+            )
             try:
                 return r.info("replication")["role"] == "master"
             finally:
