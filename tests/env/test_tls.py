@@ -19,7 +19,7 @@ import redis
 import requests
 
 from env.local import LocalEnvironment
-from tests.helpers import members, poll, primary_of, query, wait_healthy
+from tests.helpers import members, poll, primary_of, query, redis_options, wait_healthy
 
 pytestmark = pytest.mark.env
 
@@ -264,3 +264,38 @@ def test_status_shows_tls_for_every_member_pgbouncer_and_redis_node(local_env: L
     assert len(rows) == len(members(status)) + 1 + local_env.settings.redis_nodes
     for row in rows:
         assert row["tls"] == "TLSv1.3", row
+
+
+def test_the_services_redis_user_is_never_denied_what_they_do(local_env: LocalEnvironment):
+    """A phone's whole flow (rate limit, submit, notification, cached reads) runs as the
+    services' ACL user without one denial in any node's ACL LOG: the ACL is tight, not broken
+    (redis-py sends INCR as INCRBY, for one)."""
+    from tests.phone import Phone, next_event
+
+    status = wait_healthy(local_env)
+    admin = [
+        redis.Redis(host="127.0.0.1", port=c["ports"]["redis"], **redis_options(status))
+        for c in status["components"]
+        if c["kind"] == "redis"
+    ]
+    try:
+        for node in admin:
+            node.acl_log_reset()
+
+        async def flow() -> None:
+            async with Phone(status) as phone:
+                await phone.register()
+                ws = await phone.updates()
+                code, body = await phone.submit()
+                assert code == 202, body
+                await next_event(ws, 60)
+                for _ in range(3):  # completed: the second read on comes from Redis' cache
+                    code, view = await phone.get(body["request_id"])
+                    assert code == 200, view
+
+        asyncio.run(flow())
+        denied = [entry for node in admin for entry in node.acl_log()]
+        assert denied == [], denied
+    finally:
+        for node in admin:
+            node.close()
