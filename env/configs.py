@@ -52,11 +52,12 @@ REDIS_CLIENT_COMMANDS = (
     "client|setname", "client|getname", "client|id",
     "cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "cluster|myid",
 )  # fmt: skip
-#: redis-py sends `incr` as INCRBY: the test reading every node's ACL LOG after a phone's flow
-#: is what finds such a command.
+#: redis-py sends `incr` as INCRBY; the scheduler samples TTLs with SCAN, PTTL and OBJECT
+#: IDLETIME. The test reading every node's ACL LOG after a phone's flow and a sample is what
+#: finds a command missing here.
 REDIS_APP_COMMANDS = (
     *REDIS_CLIENT_COMMANDS,
-    "get", "set", "incr", "incrby", "expire", "ttl", "pttl", "scan",
+    "get", "set", "incr", "incrby", "expire", "ttl", "pttl", "scan", "object|idletime",
     "publish", "subscribe", "unsubscribe",
 )  # fmt: skip
 #: What prometheus-redis-exporter 1.45 reads.

@@ -109,12 +109,28 @@ def test_postgres_exporters_connect(local_env: LocalEnvironment):
             assert "\npg_up 1" in text.text, comp["component"]
 
 
+def service_settings(status: dict[str, Any], state_dir: Path, ca_file: str) -> Any:
+    """Settings of a service that reaches Redis as the services do (their ACL user)."""
+    from reference_impl.settings import ServiceSettings
+
+    app = urlsplit(status["urls"]["redis_app"])
+    return ServiceSettings(
+        role="api",
+        name="tls-test",
+        port=1,
+        state_dir=state_dir,
+        redis_nodes=f"{app.hostname}:{app.port}",
+        redis_user=app.username or "",
+        redis_password=app.password or "",
+        tls_ca_file=ca_file,
+    )
+
+
 def test_services_refuse_a_server_their_ca_did_not_sign(
     local_env: LocalEnvironment, tmp_path: Path
 ):
     """`create_pool` and `create_redis` verify the server against the CA they are given."""
     from env.secrets import CertificateAuthority
-    from reference_impl.settings import ServiceSettings
     from reference_impl.stores import create_pool, create_redis
 
     status = wait_healthy(local_env)
@@ -122,16 +138,7 @@ def test_services_refuse_a_server_their_ca_did_not_sign(
         CertificateAuthority.load_or_create(tmp_path / "o.crt", tmp_path / "o.key").cert_path
     )
     pg_url = status["urls"]["pgbouncer"].split("?")[0]
-    app = urlsplit(status["urls"]["redis_app"])
-    settings = ServiceSettings(
-        role="api",
-        name="tls-test",
-        port=1,
-        state_dir=tmp_path,
-        redis_nodes=f"{app.hostname}:{app.port}",
-        redis_user=app.username or "",
-        redis_password=app.password or "",
-    )
+    settings = service_settings(status, tmp_path, "")
 
     async def postgres(ca_file: str) -> None:
         pool = await create_pool(pg_url, ca_file=ca_file)
@@ -266,10 +273,14 @@ def test_status_shows_tls_for_every_member_pgbouncer_and_redis_node(local_env: L
         assert row["tls"] == "TLSv1.3", row
 
 
-def test_the_services_redis_user_is_never_denied_what_they_do(local_env: LocalEnvironment):
-    """A phone's whole flow (rate limit, submit, notification, cached reads) runs as the
-    services' ACL user without one denial in any node's ACL LOG: the ACL is tight, not broken
-    (redis-py sends INCR as INCRBY, for one)."""
+def test_the_services_redis_user_is_never_denied_what_they_do(
+    local_env: LocalEnvironment, tmp_path: Path
+):
+    """A phone's whole flow (rate limit, submit, notification, cached reads) and the scheduler's
+    TTL sampling run as the services' ACL user without one denial in any node's ACL LOG: the
+    ACL is tight, not broken (redis-py sends INCR as INCRBY, for one)."""
+    from reference_impl import measures
+    from reference_impl.stores import create_redis
     from tests.phone import Phone, next_event
 
     status = wait_healthy(local_env)
@@ -293,7 +304,16 @@ def test_the_services_redis_user_is_never_denied_what_they_do(local_env: LocalEn
                     code, view = await phone.get(body["request_id"])
                     assert code == 200, view
 
+        async def sample() -> measures.KeyTtls:
+            rc = create_redis(service_settings(status, tmp_path, status["tls_certificate"]))
+            try:
+                return await measures.key_ttls(rc, "req", 50)
+            finally:
+                await rc.aclose()
+
         asyncio.run(flow())
+        # What the leading scheduler samples for the Redis TTL SLOs, by the same code.
+        assert asyncio.run(sample()).sampled >= 1
         denied = [entry for node in admin for entry in node.acl_log()]
         assert denied == [], denied
     finally:
