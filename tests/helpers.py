@@ -13,6 +13,7 @@ import requests
 from rich.console import Console
 
 from cwh.fleet import FleetOptions, run_fleet
+from env.probes import RedisCredentials
 from env.process import wait_until
 from experiments.pg_failover import pg_members, wait_healthy
 
@@ -25,6 +26,7 @@ __all__ = [
     "poll",
     "primary_of",
     "query",
+    "redis_credentials",
     "redis_options",
     "toxic",
     "wait_healthy",
@@ -55,6 +57,12 @@ def redis_options(status: dict[str, Any], user: str = "redis") -> dict[str, Any]
         "ssl": True,
         "ssl_ca_certs": status["tls_certificate"],
     }
+
+
+def redis_credentials(status: dict[str, Any]) -> RedisCredentials:
+    """The harness's Redis user, as `env.probes.redis_call` takes it."""
+    opts = redis_options(status)
+    return RedisCredentials(opts["username"], opts["password"], opts["ssl_ca_certs"])
 
 
 def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:

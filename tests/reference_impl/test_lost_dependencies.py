@@ -17,7 +17,15 @@ import requests
 from env.local import LocalEnvironment
 from env.probes import redis_call
 from env.process import pid_alive
-from tests.helpers import fleet, poll, port_of, query, toxic, wait_healthy
+from tests.helpers import (
+    fleet,
+    poll,
+    port_of,
+    query,
+    redis_credentials,
+    toxic,
+    wait_healthy,
+)
 from tests.phone import Phone
 from tests.reference_impl.test_flow import run
 
@@ -40,11 +48,12 @@ def test_with_every_redis_node_down_the_api_answers_and_jobs_complete(
             local_env.hold(name, 300)
             os.kill(pid, signal.SIGKILL)
         poll(lambda: not any(pid_alive(p) for p in pids.values()), 10, "every Redis node dead")
+        creds = redis_credentials(status)
 
         def none_answers() -> bool | None:
             for n in range(6):
                 try:
-                    asyncio.run(redis_call(ports.redis(n), "PING"))
+                    asyncio.run(redis_call(ports.redis(n), "PING", creds=creds))
                     return None
                 except (OSError, redis.exceptions.RedisError):
                     continue
