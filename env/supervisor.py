@@ -40,6 +40,7 @@ from env.liveness import LivenessProbe
 from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
 from env.secrets import Secrets, ensure_tls_certificate
 from env.settings import EnvSettings
+from reference_impl.control_plane import control_plane_guard
 from reference_impl.corpus import ensure_corpus
 from reference_impl.keys import ensure_keys
 
@@ -898,7 +899,7 @@ class Supervisor:
         }
 
     def admin_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[control_plane_guard()])
 
         async def get_status(_: web.Request) -> web.Response:
             return web.json_response(self.status())

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from reference_impl.control_plane import control_plane_guard
 from reference_impl.errors import ApiError
 
 
@@ -127,4 +128,6 @@ def install_knobs(
 
     app.router.add_get("/admin/knobs", get)
     app.router.add_post("/admin/knobs", post)
+    # A control plane: nothing a web page could make a browser send gets through.
+    app.middlewares.append(control_plane_guard("/admin/"))
     return knobs
