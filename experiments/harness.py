@@ -165,7 +165,8 @@ def clear_stale_sync_key() -> dict[str, Any] | None:
 def reinitialize_stuck_members() -> list[str]:
     """Patroni's `POST /reinitialize` on every unhealthy non-primary PostgreSQL member while a
     primary serves; returns their names."""
-    status = environment().status()
+    env = environment()
+    status = env.status()
     rows = [c for c in status["components"] if c["kind"] == "postgresql"]
     if not any(r["role"] == "primary" and r["healthy"] for r in rows):
         return []
@@ -175,6 +176,7 @@ def reinitialize_stuck_members() -> list[str]:
             resp = requests.post(
                 f"http://127.0.0.1:{r['ports']['patroni']}/reinitialize",
                 json={"force": True},
+                auth=env.patroni_auth(),
                 timeout=10,
             )
             log.warning("reinitialize %s: %s %s", r["component"], resp.status_code, resp.text)
