@@ -14,11 +14,13 @@ answers. Toxiproxy refuses browser user agents; this guard does that and more:
   that nothing here answers (415).
 
 The harness (requests, aiohttp, Toxiproxy's clients, curl) sends none of these. Used by the
-supervisor's admin API, the fault proxy's API and the services' `/admin/*` endpoints.
+supervisor's admin API and the fault proxy's API (`control_plane_guard`, the whole app) and the
+services' `/admin/*` endpoints (`guarded`, route by route).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 
@@ -69,16 +71,33 @@ def refusal(method: str, headers: Mapping[str, str], has_body: bool) -> tuple[in
     return None
 
 
-def control_plane_guard(prefix: str = "/") -> Middleware:
-    """aiohttp middleware applying `refusal` to every path starting with `prefix`."""
+def _refused(request: web.Request) -> web.Response | None:
+    refused = refusal(request.method, request.headers, request.body_exists)
+    if refused is None:
+        return None
+    status, error, detail = refused
+    return web.json_response({"error": error, "detail": detail}, status=status)
+
+
+def guarded(handler: Handler) -> Handler:
+    """`handler`, behind the guard: for the control-plane routes of an app that serves others
+    too (a service's `/admin/*` next to its public API)."""
+
+    @functools.wraps(handler)
+    async def guard(request: web.Request) -> web.StreamResponse:
+        refused = _refused(request)  # a response is a mapping: falsy when empty, so no `or`
+        return refused if refused is not None else await handler(request)
+
+    return guard
+
+
+def control_plane_guard() -> Middleware:
+    """aiohttp middleware applying `refusal` to every request of an app that is all control
+    plane."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(prefix):
-            refused = refusal(request.method, request.headers, request.body_exists)
-            if refused is not None:
-                status, error, detail = refused
-                return web.json_response({"error": error, "detail": detail}, status=status)
-        return await handler(request)
+        refused = _refused(request)
+        return refused if refused is not None else await handler(request)
 
     return guard

@@ -1,5 +1,6 @@
 """The local control planes refuse what a browser could send them cross-site, and still serve the
-harness: the supervisor's admin API, the fault proxy's API and the services' fault knobs.
+harness: the supervisor's admin API, the fault proxy's API, the services' fault knobs and their
+planted faults.
 
 In-process (aiohttp's test server on 127.0.0.1); the live processes are checked in
 `tests/env/test_hardening.py`.
@@ -22,6 +23,7 @@ from env.faultproxy import FaultProxy
 from env.settings import EnvSettings
 from env.supervisor import Component, Supervisor
 from reference_impl.knobs import KNOBS, install_knobs
+from reference_impl.planted import install_planted
 
 BROWSER_UA = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -68,11 +70,24 @@ def fault_proxy_plane(_: Path) -> Plane:
 
 def knobs_plane(_: Path) -> Plane:
     app = web.Application()
-    install_knobs(app)
+    install_knobs(app, b"{}")
     return Plane(app, "POST", "/admin/knobs", {"latency_ms": 5}, lambda: app[KNOBS].latency_ms == 5)
 
 
-PLANES = {"supervisor": supervisor_plane, "faultproxy": fault_proxy_plane, "knobs": knobs_plane}
+def planted_plane(_: Path) -> Plane:
+    app = web.Application()
+    planted = install_planted(app, enabled=True)
+    return Plane(
+        app, "POST", "/admin/planted", {"lose_acks": 2}, lambda: planted.armed["lose_acks"] == 2
+    )
+
+
+PLANES = {
+    "supervisor": supervisor_plane,
+    "faultproxy": fault_proxy_plane,
+    "knobs": knobs_plane,
+    "planted": planted_plane,
+}
 
 #: Requests a web page could make a browser send to 127.0.0.1, each with what gives it away.
 BROWSER_LIKE = {
