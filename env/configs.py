@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from env.etcd import ROOT_USER as ETCD_ROOT_USER
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
@@ -75,7 +76,12 @@ def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, memb
             # reads (/primary for HAProxy, /cluster, /metrics) stay open, on loopback only.
             "authentication": {"username": PATRONI_REST_USER, "password": secrets.patroni_rest},
         },
-        "etcd3": {"hosts": [f"127.0.0.1:{ports.etcd_client}"]},
+        "etcd3": {
+            "hosts": [f"127.0.0.1:{ports.etcd_client}"],
+            # etcd refuses every key-value call without a token (env/etcd.py).
+            "username": ETCD_ROOT_USER,
+            "password": secrets.etcd_root,
+        },
         "bootstrap": {
             "dcs": {
                 "ttl": PATRONI_TTL_S,

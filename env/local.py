@@ -25,6 +25,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from env import etcd
 from env.configs import PATRONI_REST_USER
 from env.files import ensure_run_dir
 from env.layout import Layout
@@ -95,6 +96,13 @@ class LocalEnvironment:
     def release(self, component: str) -> dict[str, Any]:
         """Let the supervisor restart `component` again (at once if it is down)."""
         return self._admin_post(f"/components/{component}/release")
+
+    def etcd_token(self) -> str:
+        """A token for etcd's gateway (header `Authorization`): it refuses key-value calls
+        without one."""
+        return etcd.token(
+            self.settings.ports.etcd_client, Secrets.load(self.layout.secrets).etcd_root
+        )
 
     def patroni_auth(self) -> tuple[str, str]:
         """(user, password) for the unsafe endpoints of Patroni's REST API (`/switchover`, ...)."""

@@ -27,6 +27,7 @@ class Secrets:
     Attributes:
         patroni_rest: password of user `cwh` on Patroni's REST API, which its unsafe endpoints
             (`/switchover`, `/restart`, `/reinitialize`, ...) require.
+        etcd_root: password of etcd's `root` user (Patroni's and the harness's).
     """
 
     pg_superuser: str
@@ -38,6 +39,7 @@ class Secrets:
     #: it, and the project's own clients read it from there.
     registration_secret: str = ""
     patroni_rest: str = ""
+    etcd_root: str = ""
 
     @classmethod
     def load(cls, path: Path) -> Secrets:

@@ -36,7 +36,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from env import configs, liveness, probes
+from env import configs, etcd, liveness, probes
 from env.files import UntrustedRunDir, ensure_run_dir, write_file
 from env.layout import Layout
 from env.liveness import LivenessProbe
@@ -754,6 +754,8 @@ global
             await self.wait_ready(stage, comps, check, timeout_s)
             if stage == "postgresql":
                 await self.create_app_database(secrets, patroni_ports)
+            if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
+                log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
         self.stage = ""
         self.phase = "ready"
         log.info("environment ready")
