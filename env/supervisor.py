@@ -951,11 +951,7 @@ global
         """Components on root that should not be (`runs_as_root`), and the warnings saying why."""
         if "run_as" not in self.__dict__:  # not decided yet: nothing started
             return {"runs_as_root": [], "warnings": []}
-        python = [
-            c.name
-            for c in self.components.values()
-            if c.argv[0] == sys.executable and self.run_as.service is not None
-        ]
+        python = [c.name for c in self.components.values() if c.argv[0] == sys.executable]
         fallback = self.run_as.python_fallback(python)
         stays_root = python if fallback else []
         if self.run_as.service is None and os.geteuid() == 0:

@@ -51,11 +51,14 @@ class RunAs:
         )
 
 
-def python_usable_by(ids: tuple[int, int], python: str, project_root: Path) -> str | None:
-    """None when `python` runs this project as (uid, gid); else why not (its error output)."""
+def python_usable_by(
+    ids: tuple[int, int], python: str, project_root: Path, probe: str = PYTHON_PROBE
+) -> str | None:
+    """None when `python` runs `probe` (this project's imports) as (uid, gid); else why not
+    (the last line of its error output)."""
     try:
         proc = subprocess.run(
-            [python, "-c", PYTHON_PROBE],
+            [python, "-c", probe],
             user=ids[0],
             group=ids[1],
             extra_groups=[],

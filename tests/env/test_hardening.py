@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -109,6 +110,29 @@ def test_no_secret_on_any_command_line_even_while_a_base_backup_runs(
     assert "pg_basebackup" in watch.seen, "the backup ran while watched"
     assert watch.leaks == {}, f"secrets on command lines: {watch.leaks}"
     wait_healthy(local_env)
+
+
+def test_every_file_holding_a_secret_in_the_run_dir_is_private(
+    local_env: LocalEnvironment,
+) -> None:
+    """What the components wrote while running too (pgpass files, logs): a secret is only in
+    files no other user reads."""
+    status = wait_healthy(local_env)
+    run_dir = Path(status["run_dir"])
+    secrets = [s.encode() for s in _secrets(run_dir)]
+    holding: dict[str, str] = {}
+    for path in run_dir.rglob("*"):
+        if path.is_symlink() or not path.is_file():
+            continue
+        if path.stat().st_size > 2_000_000 and path.parent.name != "logs":
+            continue  # data files (WAL, AOF, TSDB chunks, backups)
+        if any(s in path.read_bytes() for s in secrets):
+            holding[str(path.relative_to(run_dir))] = path.stat().st_mode
+    assert "secrets.json" in holding, holding
+    assert any(p.endswith("pgpass") for p in holding), holding  # written by Patroni
+    # 0600, or 0640 where a group must read: nothing for others, no group write.
+    loose = {p: stat.filemode(m) for p, m in holding.items() if m & 0o037}
+    assert loose == {}, f"secrets readable by others: {loose}"
 
 
 def _uids(pid: int) -> tuple[int, str]:
