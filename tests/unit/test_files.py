@@ -19,6 +19,7 @@ import pytest
 from env.local import LocalEnvironment
 from env.settings import EnvSettings
 from env.supervisor import Supervisor
+from reference_impl import keyset
 
 #: Set while a test watches chmod calls (an audit hook cannot be removed, only made inert).
 _WATCH: list[str] | None = None
@@ -105,7 +106,7 @@ def test_prepare_creates_every_secret_file_private_from_the_start(
         "userlist.txt",
         "haproxy.cfg",
         "tls.pem",
-        "jwt-signing-key.pem",
+        keyset.KEYSET_FILE,
         "field-encryption.key",
     } <= names, names
     loose = {str(p): stat.filemode(m) for p, m in files.items() if m & 0o777 not in (0o600, 0o640)}
@@ -164,3 +165,17 @@ def test_a_fresh_run_dir_is_created_and_trusted(tmp_path: Path) -> None:
     st = run_dir.stat()
     assert st.st_uid == os.geteuid()
     assert not st.st_mode & 0o022
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_rotated_key_set_keeps_its_owner(tmp_path: Path) -> None:
+    """`cwh env rotate-keys` runs as root; services running as the service user must still
+    read the key set it rewrites."""
+    path = tmp_path / keyset.KEYSET_FILE
+    keyset.ensure(path)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    keyset.add_key(path)
+    st = path.stat()
+    assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert st.st_mode & 0o777 == 0o600
