@@ -33,6 +33,7 @@ from reference_impl.auth import (
     same_secret,
     secret_matches,
 )
+from reference_impl.control_plane import guarded
 from reference_impl.crypto import FieldCipher
 from reference_impl.errors import ApiError, error_middleware
 from reference_impl.openapi import OPENAPI
@@ -416,7 +417,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app.router.add_post("/v1/devices", register_device)
     app.router.add_post("/oauth/token", token)
     app.router.add_get("/.well-known/jwks.json", jwks)
-    app.router.add_get("/admin/keys", key_status(app[ISSUER]))
+    app.router.add_get("/admin/keys", guarded(key_status(app[ISSUER])))
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/requests", submit)
     app.router.add_get("/v1/requests/{request_id}", get_request)

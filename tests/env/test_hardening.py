@@ -218,6 +218,8 @@ def test_live_control_planes_refuse_a_browser_and_serve_the_harness(
         "supervisor": f"{urls['supervisor']}/status",
         "fault proxy": f"{urls['fault_api']}/proxies",
         "knobs": llm_knobs,
+        "planted": f"http://127.0.0.1:{port_of(status, 'api1')}/admin/planted",
+        "keys": f"http://127.0.0.1:{port_of(status, 'hub1')}/admin/keys",
     }
     for name, url in planes.items():
         refused = requests.get(url, headers=BROWSER, timeout=5)
