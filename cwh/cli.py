@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cwh.gate import GateOptions, check
+from env.files import UntrustedRunDir
 from env.layout import Layout
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.settings import EnvSettings, SettingsError
@@ -46,7 +47,7 @@ def env_up(args: argparse.Namespace) -> int:
         env = LocalEnvironment(settings, progress=progress)
         try:
             env.up(timeout_s=args.timeout)
-        except EnvironmentStartError as exc:
+        except (EnvironmentStartError, UntrustedRunDir) as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 1
     console.print(f"[green]up[/green]: run directory {settings.run_dir}")
@@ -89,6 +90,8 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
         health = "[green]ok[/green]" if row["healthy"] else f"[red]{row['state']}[/red]"
         table.add_row(row["component"], row["role"], str(pid or "-"), port, health, lag)
     Console().print(table)
+    for warning in status.get("warnings", []):
+        Console().print(f"[yellow]warning:[/yellow] {warning}")
     urls = status["urls"]
     for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):
         Console().print(f"  {key:10} {urls[key]}")
@@ -225,8 +228,8 @@ def slo_rules(args: argparse.Namespace) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         try:
-            requests.post(f"{_local_prometheus()}/-/reload", timeout=10).raise_for_status()
-        except requests.RequestException as exc:
+            LocalEnvironment(settings).reload_prometheus()
+        except (requests.RequestException, RuntimeError, KeyError, TimeoutError) as exc:
             console.print(f"[red]error:[/red] wrote {target}, but Prometheus did not reload: {exc}")
             return 2
         console.print(f"installed {target} and reloaded Prometheus")

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from env.etcd import ROOT_USER as ETCD_ROOT_USER
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
@@ -33,6 +34,8 @@ HAPROXY_HTTP_CHECK_INTER_S = 5
 HAPROXY_API_SLOTS = 10
 HAPROXY_HUB_SLOTS = 6
 REDIS_NODE_TIMEOUT_MS = 2000
+#: The user of Patroni's REST API for its unsafe endpoints (password: `Secrets.patroni_rest`).
+PATRONI_REST_USER = "cwh"
 
 
 def worst_case_failover_s() -> float:
@@ -69,8 +72,16 @@ def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, memb
         "restapi": {
             "listen": f"127.0.0.1:{ports.patroni(member)}",
             "connect_address": f"127.0.0.1:{ports.patroni(member)}",
+            # Unsafe endpoints (POST /switchover, /restart, /reinitialize, ...) need these;
+            # reads (/primary for HAProxy, /cluster, /metrics) stay open, on loopback only.
+            "authentication": {"username": PATRONI_REST_USER, "password": secrets.patroni_rest},
         },
-        "etcd3": {"hosts": [f"127.0.0.1:{ports.etcd_client}"]},
+        "etcd3": {
+            "hosts": [f"127.0.0.1:{ports.etcd_client}"],
+            # etcd refuses every key-value call without a token (env/etcd.py).
+            "username": ETCD_ROOT_USER,
+            "password": secrets.etcd_root,
+        },
         "bootstrap": {
             "dcs": {
                 "ttl": PATRONI_TTL_S,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,10 +17,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from env.files import write_file
+
 
 @dataclass(frozen=True)
 class Secrets:
-    """Passwords of the environment's accounts."""
+    """Passwords of the environment's accounts.
+
+    Attributes:
+        patroni_rest: password of user `cwh` on Patroni's REST API, which its unsafe endpoints
+            (`/switchover`, `/restart`, `/reinitialize`, ...) require.
+        etcd_root: password of etcd's `root` user (Patroni's and the harness's).
+    """
 
     pg_superuser: str
     pg_replication: str
@@ -31,23 +38,26 @@ class Secrets:
     #: What `POST /v1/devices` requires (`X-Registration-Secret`); `cwh env status --json` shows
     #: it, and the project's own clients read it from there.
     registration_secret: str = ""
+    patroni_rest: str = ""
+    etcd_root: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> Secrets:
+        """The secrets of an existing run directory (a field added since is ""), for readers."""
+        known = json.loads(path.read_text())
+        return cls(**{name: known.get(name, "") for name in cls.__dataclass_fields__})
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
-        have = json.loads(path.read_text()) if path.exists() else {}
-        if all(have.get(name) for name in cls.__dataclass_fields__):
-            return cls(**{name: have[name] for name in cls.__dataclass_fields__})
-        # First start, or a secret this version added: keep the ones there, make the rest.
-        made = cls(
-            **{
-                name: have.get(name) or secrets.token_urlsafe(18)
-                for name in cls.__dataclass_fields__
-            }
-        )
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(made), indent=2))
-        os.chmod(tmp, 0o600)
-        tmp.replace(path)
+        """Read the secrets file, creating it (private from the start) or adding new fields:
+        first start, or a secret this version added; the ones there are kept."""
+        known = json.loads(path.read_text()) if path.exists() else {}
+        values = {
+            name: known.get(name) or secrets.token_urlsafe(18) for name in cls.__dataclass_fields__
+        }
+        made = cls(**values)
+        if values != known:
+            write_file(path, json.dumps(asdict(made), indent=2))
         return made
 
 
@@ -88,6 +98,5 @@ def ensure_tls_certificate(pem_path: Path, cert_path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    pem_path.write_bytes(cert_pem + key_pem)
-    os.chmod(pem_path, 0o600)
-    cert_path.write_bytes(cert_pem)
+    write_file(pem_path, cert_pem + key_pem)
+    write_file(cert_path, cert_pem, mode=0o644)

@@ -165,6 +165,8 @@ class EnvSettings:
             failures lose acknowledged writes: the harness must be able to show that.
         scrape_interval_s: Prometheus scrape and evaluation interval, in seconds.
         pg_os_user: the account PostgreSQL, Patroni and pgBouncer run as (they refuse root).
+        service_os_user: the unprivileged account every other component runs as when the
+            supervisor is root (`tools/deps.sh` creates it; see `env/users.py`).
         services: start the reference implementation's services (off: the data tier alone).
         api_replicas, hub_replicas, worker_replicas, scheduler_replicas: instances of each.
         fault_proxy: put the fault proxy between the services and PostgreSQL, Redis, the storage
@@ -189,6 +191,7 @@ class EnvSettings:
     pg_sync_strict: bool = False
     scrape_interval_s: float = 2.0
     pg_os_user: str = "postgres"
+    service_os_user: str = "cwh"
     services: bool = True
     api_replicas: int = 3
     hub_replicas: int = 2
@@ -306,6 +309,7 @@ class EnvSettings:
             pg_sync_strict=bool(get("PG_SYNC_STRICT", bool, cls.pg_sync_strict)),
             scrape_interval_s=float(str(get("SCRAPE_INTERVAL_S", float, cls.scrape_interval_s))),
             pg_os_user=str(get("PG_OS_USER", str, cls.pg_os_user)),
+            service_os_user=str(get("SERVICE_OS_USER", str, cls.service_os_user)),
             services=bool(get("SERVICES", bool, cls.services)),
             api_replicas=int(str(get("API_REPLICAS", int, cls.api_replicas))),
             hub_replicas=int(str(get("HUB_REPLICAS", int, cls.hub_replicas))),

@@ -150,14 +150,17 @@ def clear_stale_sync_key() -> dict[str, Any] | None:
     key = f"/service/{cluster_name(s)}/sync"
     url = f"http://127.0.0.1:{s.ports.etcd_client}/v3/kv"
     b64 = base64.b64encode(key.encode()).decode()
-    kvs = requests.post(f"{url}/range", json={"key": b64}, timeout=5).json().get("kvs", [])
+    auth = {"Authorization": env.etcd_token()}
+    found = requests.post(f"{url}/range", json={"key": b64}, headers=auth, timeout=5).json()
+    kvs = found.get("kvs", [])
     if not kvs:
         return None
     value = json.loads(base64.b64decode(kvs[0]["value"]))
     primary = env.status()["primary"]
     if primary is None or value.get("leader") == primary:
         return None
-    requests.post(f"{url}/deleterange", json={"key": b64}, timeout=5).raise_for_status()
+    deleted = requests.post(f"{url}/deleterange", json={"key": b64}, headers=auth, timeout=5)
+    deleted.raise_for_status()
     log.warning("deleted a stale %s naming %s (primary: %s)", key, value.get("leader"), primary)
     return {"key": key, "was": value, "primary": primary}
 
@@ -165,7 +168,8 @@ def clear_stale_sync_key() -> dict[str, Any] | None:
 def reinitialize_stuck_members() -> list[str]:
     """Patroni's `POST /reinitialize` on every unhealthy non-primary PostgreSQL member while a
     primary serves; returns their names."""
-    status = environment().status()
+    env = environment()
+    status = env.status()
     rows = [c for c in status["components"] if c["kind"] == "postgresql"]
     if not any(r["role"] == "primary" and r["healthy"] for r in rows):
         return []
@@ -175,6 +179,7 @@ def reinitialize_stuck_members() -> list[str]:
             resp = requests.post(
                 f"http://127.0.0.1:{r['ports']['patroni']}/reinitialize",
                 json={"force": True},
+                auth=env.patroni_auth(),
                 timeout=10,
             )
             log.warning("reinitialize %s: %s %s", r["component"], resp.status_code, resp.text)

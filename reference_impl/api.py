@@ -33,6 +33,7 @@ from reference_impl.auth import (
     same_secret,
     secret_matches,
 )
+from reference_impl.control_plane import guarded
 from reference_impl.crypto import FieldCipher
 from reference_impl.errors import ApiError, error_middleware
 from reference_impl.openapi import OPENAPI
@@ -145,6 +146,17 @@ async def rate_limit(request: web.Request, device_id: uuid.UUID) -> None:
 
 def iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
+
+
+def cached_view(cipher: FieldCipher, key: str, sealed: str | bytes) -> dict[str, Any] | None:
+    """The request view cached under `key`, or None (a miss) when it does not open: a value
+    from before caching was sealed, or one tampered with, is read from PostgreSQL instead."""
+    try:
+        view: dict[str, Any] = json.loads(cipher.unseal(sealed, key))
+    except ValueError as exc:
+        log.warning("request cache: %s unreadable (%s): reading from PostgreSQL", key, exc)
+        return None
+    return view
 
 
 def request_view(row: asyncpg.Record, response: str | None) -> dict[str, Any]:
@@ -296,9 +308,10 @@ async def get_request(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise ApiError(404, "no such request") from None
     redis = request.app[REDIS]
-    cached = await redis_or_none(redis, "request cache", lambda: redis.get(f"req:{request_id}"))
-    if cached:
-        view = json.loads(cached)
+    cache_key = f"req:{request_id}"
+    cached = await redis_or_none(redis, "request cache", lambda: redis.get(cache_key))
+    view = cached_view(request.app[CIPHER], cache_key, cached) if cached else None
+    if view is not None:
         if view.pop("device_id") != str(claims.device_id):
             raise ApiError(404, "no such request")
         return json_reply(request, view)
@@ -320,11 +333,14 @@ async def get_request(request: web.Request) -> web.StreamResponse:
     view = request_view(row, response)
     if row["status"] in FINAL:
         # Final states never change again: safe to cache.
-        payload = json.dumps({**view, "device_id": str(claims.device_id)})
+        # Sealed: the view holds the response, which Redis must never see in the clear.
+        payload = request.app[CIPHER].seal(
+            json.dumps({**view, "device_id": str(claims.device_id)}), cache_key
+        )
         await redis_or_none(
             redis,
             "request cache",
-            lambda: redis.set(f"req:{request_id}", payload, ex=REQUEST_TTL_S),
+            lambda: redis.set(cache_key, payload, ex=REQUEST_TTL_S),
         )
     return json_reply(request, view)
 
@@ -401,7 +417,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app.router.add_post("/v1/devices", register_device)
     app.router.add_post("/oauth/token", token)
     app.router.add_get("/.well-known/jwks.json", jwks)
-    app.router.add_get("/admin/keys", key_status(app[ISSUER]))
+    app.router.add_get("/admin/keys", guarded(key_status(app[ISSUER])))
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/requests", submit)
     app.router.add_get("/v1/requests/{request_id}", get_request)

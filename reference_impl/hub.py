@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from reference_impl import contract, observability
 from reference_impl.auth import InvalidToken, TokenIssuer, bearer, key_status
+from reference_impl.control_plane import guarded
 from reference_impl.errors import ApiError, error_middleware
 from reference_impl.schema import ensure_schema
 from reference_impl.settings import ServiceSettings
@@ -305,5 +306,5 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app.cleanup_ctx.append(_run)
     app.on_shutdown.append(_going_away)
     app.router.add_get("/v1/updates", updates)
-    app.router.add_get("/admin/keys", key_status(app[ISSUER]))
+    app.router.add_get("/admin/keys", guarded(key_status(app[ISSUER])))
     return app

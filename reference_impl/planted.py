@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from reference_impl.control_plane import guarded
 from reference_impl.errors import ApiError
 
 #: The counted faults a service may arm; each service consults the ones of its role.
@@ -107,6 +108,7 @@ def install_planted(app: web.Application, enabled: bool) -> PlantedFaults:
         planted.update(body)
         return web.json_response(asdict(planted))
 
-    app.router.add_get("/admin/planted", get)
-    app.router.add_post("/admin/planted", post)
+    # A control plane: nothing a web page could make a browser send gets through.
+    app.router.add_get("/admin/planted", guarded(get))
+    app.router.add_post("/admin/planted", guarded(post))
     return planted

@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +72,17 @@ PURGE_BATCH = 10_000
 SAMPLE_EVERY_S = 5.0
 TTL_SAMPLE_KEYS = 500
 DAY_S = 24 * 3600
+
+
+def without_password(dsn: str) -> tuple[str, str]:
+    """(the URL without its password, the password): libpq URLs carry it in the netloc."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password is None:
+        return dsn, ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+    stripped = parts._replace(netloc=f"{user}@{host}")
+    return urllib.parse.urlunsplit(stripped), urllib.parse.unquote(parts.password)
 
 
 class Fenced(Exception):
@@ -282,10 +295,11 @@ class SchedulerState:
         root.mkdir(parents=True, exist_ok=True)
         name = time.strftime(measures.BACKUP_NAME, time.gmtime())
         partial = root / f"{name}.partial"
+        dsn, password = without_password(self.settings.backup_dsn)
         proc = await asyncio.create_subprocess_exec(
             "pg_basebackup",
             "-d",
-            self.settings.backup_dsn,
+            dsn,
             "-D",
             str(partial),
             "-Ft",
@@ -296,6 +310,9 @@ class SchedulerState:
             "--no-password",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            # The password in the environment (only its owner reads /proc/<pid>/environ), never
+            # on the command line, which every user of the machine sees with `ps`.
+            env={**os.environ, "PGPASSWORD": password} if password else None,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), BACKUP_TIMEOUT_S)

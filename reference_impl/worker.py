@@ -227,10 +227,12 @@ class WorkerState:
                 self.cipher.encrypt(response, ctx),
             )
             event = await self._event(conn, job, "completed", "completed")
+        key = f"resp:{job.request_id}"
+        sealed = self.cipher.seal(response, key)  # Redis holds ciphertext only
         await redis_or_none(
             self.redis,
             "response cache",
-            lambda: self.redis.set(f"resp:{job.request_id}", response, ex=RESPONSE_TTL_S),
+            lambda: self.redis.set(key, sealed, ex=RESPONSE_TTL_S),
             # Off the phone's path: room for a slow node, unlike a request's cache lookups.
             deadline_s=2.0,
         )

@@ -56,6 +56,15 @@ if ((${#missing[@]})); then
   fi
 fi
 
+# The unprivileged account the environment runs its components as (all but PostgreSQL, which
+# runs as 'postgres'); see env/users.py. Only root can create it, and only root needs it.
+SERVICE_USER=${CWH_SERVICE_OS_USER:-cwh}
+if [[ $(id -u) -eq 0 ]] && ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
+  echo "deps: creating system user $SERVICE_USER"
+  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin "$SERVICE_USER"
+fi
+
 # The virtual environment, reinstalled only when pyproject.toml changed.
 if [[ ! -x $VENV/bin/python ]]; then
   echo "deps: creating $VENV"

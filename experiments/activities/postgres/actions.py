@@ -77,6 +77,7 @@ def switchover(candidate: str = "", timeout_s: float = 60) -> dict[str, Any]:
     resp = requests.post(
         f"http://127.0.0.1:{port}/switchover",
         json={"leader": leader, "candidate": target},
+        auth=env.patroni_auth(),
         timeout=30,
     )
     if resp.status_code != 200:
