@@ -43,6 +43,8 @@ STATE = web.AppKey("state", object)
 
 BACKUP_RETENTION_S = 7 * 24 * 3600  # the seed's daily backups, kept 7 days
 BACKUP_TIMEOUT_S = 600.0
+#: The least time between two attempts at a base backup that did not get recorded.
+BACKUP_RETRY_S = 60.0
 
 LEASE = "scheduler"
 LEASE_TTL_S = 5.0
@@ -356,7 +358,13 @@ class SchedulerState:
                 if await self.run_job(self.backup_job, self.backup_token) == "ok":
                     detail = self.backup_detail
                     log.info("base backup %s (%d bytes)", detail["path"], detail["bytes"])
-        due = time.monotonic() - self.last_backup_s >= self.settings.backup_interval_s
+        # Due from the last *recorded* backup (the run log, whoever led), not from our last
+        # start: a backup fenced at its recording (the lease lapsed meanwhile) or failed is
+        # taken again within BACKUP_RETRY_S, not one interval later.
+        last_ok = self.backup_job.record.last_success_at
+        due = (
+            last_ok is None or time.time() - last_ok >= self.settings.backup_interval_s
+        ) and time.monotonic() - self.last_backup_s >= BACKUP_RETRY_S
         if token is not None and self.backup is None and due and self.settings.backup_dsn:
             self.last_backup_s = time.monotonic()
             self.backup_token = token
