@@ -172,6 +172,9 @@ def load(args: argparse.Namespace) -> int:
         GateOptions(run=out, prometheus_url=prometheus, definitions=Path(args.definitions)),
         console,
     )
+    from cwh.report import try_write_html
+
+    try_write_html(out, prometheus, console)
     console.print(f"report: {out}")
     return gate_code
 
@@ -235,6 +238,27 @@ def slo_rules(args: argparse.Namespace) -> int:
     else:
         Path(args.output).write_text(text)
         console.print(f"wrote {args.output}")
+    return 0
+
+
+def report_html(args: argparse.Namespace) -> int:
+    from cwh.report import NotARunFolder, screenshot, write_html
+    from cwh.report.browser import BrowserError
+
+    folder = Path(args.run)
+    prometheus = args.prometheus or os.environ.get("PROMETHEUS_URL", "")
+    try:
+        path = write_html(folder, prometheus.rstrip("/"))
+    except NotARunFolder as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    print(path)
+    if args.screenshot:
+        try:
+            print(screenshot(path))
+        except BrowserError as exc:
+            console.print(f"[red]error:[/red] screenshot: {exc}")
+            return 1
     return 0
 
 
@@ -366,6 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     ch_sub.add_parser(
         "stop", help="interrupt running experiments (rollbacks play) and restore the system"
     ).set_defaults(func=chaos_stop)
+
+    rp = sub.add_parser("report", help="reports of run folders")
+    rp_sub = rp.add_subparsers(dest="report_command", required=True)
+    rh = rp_sub.add_parser("html", help="write RUN_DIR/report.html (offline, one file)")
+    rh.add_argument("run", metavar="RUN_DIR", help="a run folder (load, chaos, game day, bench)")
+    rh.add_argument(
+        "--prometheus",
+        help="for the timelines that come from it (default: PROMETHEUS_URL, else the one the "
+        "run's gate used; answers saved in prometheus.json are reused)",
+    )
+    rh.add_argument(
+        "--screenshot", action="store_true", help="also report.png, from headless Chromium"
+    )
+    rh.set_defaults(func=report_html)
     return parser
 
 
