@@ -252,7 +252,7 @@ def verdict(
         if code not in (None, 0):
             fails.append(f"the load run itself failed (Locust exit code {code})")
             steps.append("Read fleet.log and locust.html in this folder: the fleet did not run.")
-        elif not dig(summary, "operations"):
+        elif "operations" in summary and not summary["operations"]:
             fails.append("the fleet recorded no operation")
             steps.append("Read fleet.log: no phone completed anything.")
     _journal_reasons(journal, fails, steps)
