@@ -82,9 +82,18 @@ def catalogue() -> dict[str, dict[str, Any]]:
     return out
 
 
-def list_experiments(console: Console) -> int:
-    for name, exp in catalogue().items():
-        console.print(f"[bold]{name:<24}[/bold] {exp['summary']}", soft_wrap=True)
+def list_experiments(as_json: bool = False) -> int:
+    """The experiments on standard output (a listing pipes): one line each, or JSON."""
+    exps = catalogue()
+    if as_json:
+        keys = ("title", "summary", "tags")
+        listed = [
+            {"name": n, **{k: e[k] for k in keys}, "path": str(e["path"])} for n, e in exps.items()
+        ]
+        print(json.dumps(listed, indent=2))
+        return 0
+    for name, exp in exps.items():
+        print(f"{name:<24} {exp['summary']}")
     return 0
 
 

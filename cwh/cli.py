@@ -190,6 +190,15 @@ def _time(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _duration(text: str) -> float:
+    from cwh.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def slo_check(args: argparse.Namespace) -> int:
     window = None
     if args.start or args.end:
@@ -320,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="X-Registration-Secret (default with no --target: the local environment's own)",
     )
     fl.add_argument("--users", type=int, default=20)
-    fl.add_argument("--duration", type=float, default=60.0, help="seconds")
+    fl.add_argument(
+        "--duration", type=_duration, default=60.0, help="like 90s, 10m, 1h30m, or seconds"
+    )
     fl.add_argument("--spawn-rate", type=float, default=10.0)
     fl.add_argument("--shape", default="steady")
     fl.add_argument("--workers", type=int, default=1)
@@ -367,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ch = sub.add_parser("chaos", help="chaos experiments with a fleet in the background")
     ch_sub = ch.add_subparsers(dest="chaos_command", required=True)
-    ch_sub.add_parser("list", help="the experiments, one line each").set_defaults(func=chaos_list)
+    cl = ch_sub.add_parser("list", help="the experiments, one line each (standard output)")
+    cl.add_argument("--json", action="store_true", help="name, title, summary, tags, path")
+    cl.set_defaults(func=chaos_list)
     cr = ch_sub.add_parser("run", help="run one experiment, measure RTO and RPO, gate it")
     cr.add_argument("experiment", help="a name from `cwh chaos list`")
     for p in (cr,):
@@ -407,10 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def chaos_list(_: argparse.Namespace) -> int:
+def chaos_list(args: argparse.Namespace) -> int:
     from cwh.chaos import list_experiments
 
-    return list_experiments(console)
+    return list_experiments(as_json=args.json)
 
 
 def _chaos_options(args: argparse.Namespace, name: str) -> Any:
