@@ -271,6 +271,37 @@ def report_html(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_index(args: argparse.Namespace) -> int:
+    from cwh.report.index import write_index
+
+    reports = Path(args.reports)
+    if not reports.is_dir():
+        console.print(f"[red]error:[/red] {reports} is not a folder")
+        return 2
+    print(write_index(reports))
+    return 0
+
+
+def report_compare(args: argparse.Namespace) -> int:
+    from cwh.report import kind_of
+    from cwh.report.compare import compare, read_figures, text_table
+
+    runs = [Path(args.run_a), Path(args.run_b)]
+    for run in runs:
+        try:
+            kind_of(run)
+        except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 2
+    a, b = (read_figures(r) for r in runs)
+    changes = compare(a, b)
+    if args.json:
+        print(json.dumps([c.to_json() for c in changes], indent=2))
+    else:
+        print(text_table(changes, str(runs[0]), str(runs[1])))
+    return 1 if any(c.regression for c in changes) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cwh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -417,6 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--screenshot", action="store_true", help="also report.png, from headless Chromium"
     )
     rh.set_defaults(func=report_html)
+    ri = rp_sub.add_parser("index", help="write REPORTS/index.html: every run and its verdict")
+    ri.add_argument("reports", nargs="?", default="reports", metavar="REPORTS")
+    ri.set_defaults(func=report_index)
+    rc = rp_sub.add_parser(
+        "compare", help="what changed from RUN_A to RUN_B, beyond noise; exit 1 on a regression"
+    )
+    rc.add_argument("run_a", metavar="RUN_A")
+    rc.add_argument("run_b", metavar="RUN_B")
+    rc.add_argument("--json", action="store_true", help="every change, machine-readable")
+    rc.set_defaults(func=report_compare)
     return parser
 
 

@@ -24,7 +24,7 @@ from cwh.report.model import Report
 REPORT = "report.html"
 
 
-class NotARunFolder(Exception):
+class NotARunFolder(ValueError):
     """The folder holds none of the files a run writes."""
 
 
@@ -120,6 +120,13 @@ def try_write_html(folder: Path, prometheus_url: str, console: Console) -> Path 
         console.print(f"[yellow]no report.html[/yellow]: {type(exc).__name__}: {exc}")
         return None
     console.print(f"html report: {path}")
+    if folder.resolve().parent.name == "reports":  # the runs' own folder, not a bench's inner one
+        from cwh.report.index import write_index
+
+        try:
+            write_index(folder.resolve().parent)
+        except Exception as exc:  # the index is a convenience; the run's page is made
+            console.print(f"[yellow]no index.html[/yellow]: {type(exc).__name__}: {exc}")
     return path
 
 
