@@ -272,13 +272,17 @@ def report_html(args: argparse.Namespace) -> int:
 
 
 def report_index(args: argparse.Namespace) -> int:
-    from cwh.report.index import write_index
+    from cwh.report.index import entries, write_index
 
     reports = Path(args.reports)
     if not reports.is_dir():
         console.print(f"[red]error:[/red] {reports} is not a folder")
         return 2
-    print(write_index(reports))
+    path = write_index(reports)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(e) for e in entries(reports)], indent=2))
+    else:
+        print(path)
     return 0
 
 
@@ -450,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     rh.set_defaults(func=report_html)
     ri = rp_sub.add_parser("index", help="write REPORTS/index.html: every run and its verdict")
     ri.add_argument("reports", nargs="?", default="reports", metavar="REPORTS")
+    ri.add_argument("--json", action="store_true", help="also list the runs as JSON on stdout")
     ri.set_defaults(func=report_index)
     rc = rp_sub.add_parser(
         "compare", help="what changed from RUN_A to RUN_B, beyond noise; exit 1 on a regression"

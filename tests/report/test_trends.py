@@ -136,6 +136,11 @@ def test_index_lists_every_run_newest_first_with_its_verdict(tmp_path):
         "duplicated": "0",
         "submit p99": "436 ms",
     }
+    proc = subprocess.run(
+        [CWH, "report", "index", str(reports), "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [e["folder"] for e in json.loads(proc.stdout)] == [day.name, api.name, lb.name]
     html = write_index(reports).read_text()
     assert html.index(api.name) < html.index(lb.name)
     assert f'href="{api.name}/"' in html  # no report.html yet: the folder
