@@ -242,13 +242,19 @@ def ledger_charts(ops: Sequence[Operation], t0: float, t1: float) -> list[Chart]
 
 
 def recovery_marks(chaos: Mapping[str, Any] | None) -> dict[str, list[tuple[float, str]]]:
-    """Each path's recovery as a rule on its operations chart."""
+    """Each path's recovery, and the ends of its longest silence, as rules on its chart."""
     fault = x.number(x.dig(chaos, "fault_wall"))
     out: dict[str, list[tuple[float, str]]] = {}
     for path in PATHS:
+        marks = out.setdefault(f"ops-{path}", [])
         rto = x.number(x.dig(chaos, f"rto_s.{path}"))
         if fault is not None and rto is not None and x.dig(chaos, f"recovered.{path}"):
-            out[f"ops-{path}"] = [(fault + rto, f"{path} recovered (RTO {rto:g} s)")]
+            marks.append((fault + rto, f"{path} recovered (RTO {rto:g} s)"))
+        silence = x.longest_silence(chaos, path)
+        if silence is not None:
+            seconds, start, end = silence
+            label = f"longest silence of the {path} path ({seconds:g} s)"
+            marks += [(t, label) for t in (start, end) if t is not None]
     return out
 
 
@@ -282,7 +288,7 @@ def run_report(
         r.marks = recovery_marks(files.chaos)
     else:
         r.slo, r.spans, r.slo_note = x.slo_rows(files.slo)
-    r.recovery, r.recovery_note = x.recovery_rows(files.chaos)
+    r.recovery_head, r.recovery, r.recovery_note = x.recovery_rows(files.chaos)
     r.reconciliation = x.reconciliation_facts(rec)
     r.listed = x.listed_requests(rec, files.ledger_lines)
     return r

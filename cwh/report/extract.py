@@ -395,41 +395,56 @@ def slo_span(
 # ---- RTO, RPO and the reconciliation ----------------------------------------------------------
 
 
-def recovery_rows(chaos: Mapping[str, Any] | None) -> tuple[list[Row], str]:
-    """RTO per path (with `recovered` and the operations not ok after the fault, and the
-    longest window without a completion when the measurement has one), then RPO."""
+#: The recovery table's columns: header, and the chaos.json record per path (None: RTO and
+#: recovered, computed). Records a measurement does not have are left out of the table.
+RECOVERY_COLUMNS = (
+    ("latency bound", "bound_s"),
+    ("not ok after the fault", "not_ok_after_fault"),
+    ("ok but slow", "slow_after_fault"),
+)
+
+
+def recovery_rows(chaos: Mapping[str, Any] | None) -> tuple[list[str], list[Row], str]:
+    """The recovery table: header and rows. RTO per path with `recovered`, the longest window
+    without a completion and the other per-path records the measurement has, then RPO."""
     if chaos is None:
-        return [], ""
+        return [], [], ""
     rto = dig(chaos, "rto_s") or {}
     paths = [p for p in rto if p != "max"]
+    extra = [(h, k) for h, k in RECOVERY_COLUMNS if isinstance(chaos.get(k), Mapping)]
+    head = ["path", "RTO", "recovered", "longest silence", *(h for h, _ in extra)]
     rows = []
     for path in paths:
         recovered = dig(chaos, f"recovered.{path}")
         status = {True: "pass", False: "fail"}.get(recovered, "no_data")
         cells = [path, fmt(rto.get(path), " s"), {True: "yes", False: "NO"}.get(recovered, "—")]
-        cells.append(fmt(dig(chaos, f"not_ok_after_fault.{path}")))
-        gap = _longest_gap(chaos, path)
-        cells.append(fmt(gap, " s"))
+        silence = longest_silence(chaos, path)
+        cells.append(fmt(silence[0] if silence else None, " s"))
+        cells += [fmt(dig(chaos, f"{k}.{path}")) for _, k in extra]
         rows.append(Row(tuple(cells), status))
     rpo = number(dig(chaos, "rpo_s.max"))
-    rows.append(Row(("RPO", fmt(rpo, " s"), "", "", ""), "fail" if rpo else "pass"))
+    blank = ("",) * (len(head) - 2)
+    rows.append(Row(("RPO", fmt(rpo, " s"), *blank), "fail" if rpo else "pass"))
     note = (
         f"RTO: from the injection to the first of {fmt(chaos.get('consecutive'))} consecutive "
-        "good operations of the path. RPO: the longest window of acknowledged data lost."
+        "good operations of the path (ok, and within the latency bound where there is one). "
+        "Longest silence: the longest window after the fault with no operation of the path "
+        "completed. RPO: the longest window of acknowledged data lost."
     )
-    return rows, note
+    return head, rows, note
 
 
-def _longest_gap(chaos: Mapping[str, Any], path: str) -> float | None:
-    """The longest window without a completion on `path`, under whichever key the measurement
-    recorded it (the harness's chaos.json grows)."""
-    for key in ("longest_gap_s", "no_completion_s", "longest_no_completion_s", "gap_s"):
-        value = dig(chaos, f"{key}.{path}")
-        if isinstance(value, Mapping):
-            value = value.get("seconds", value.get("s"))
-        if number(value) is not None:
-            return number(value)
-    return None
+def longest_silence(
+    chaos: Mapping[str, Any] | None, path: str
+) -> tuple[float, float | None, float | None] | None:
+    """(seconds, from, to) of the path's longest window without a completion after the fault,
+    when the measurement recorded one (`longest_silence`, or only its length under
+    `longest_silence_s`)."""
+    window = dig(chaos, f"longest_silence.{path}")
+    if isinstance(window, Mapping) and number(window.get("s")) is not None:
+        return (float(window["s"]), number(window.get("from")), number(window.get("to")))
+    seconds = number(dig(chaos, f"longest_silence_s.{path}"))
+    return None if seconds is None else (seconds, None, None)
 
 
 #: Reconciliation counts in reading order, with their labels; keys not listed follow.
@@ -440,6 +455,8 @@ RECONCILIATION_KEYS = (
     ("duplicated", "duplicated"),
     ("unknown", "unknown (could not be read back)"),
     ("never_notified", "never notified"),
+    ("notified_after_run", "notified only after the run"),
+    ("notification_unknown", "notification unknown"),
     ("info_submits", "submits with unknown outcome (info)"),
 )
 

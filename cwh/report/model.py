@@ -171,6 +171,7 @@ class Report:
     spans: list[Span] = field(default_factory=list)
     charts: list[Chart] = field(default_factory=list)
     marks: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # chart -> rules
+    recovery_head: list[str] = field(default_factory=list)
     recovery: list[Row] = field(default_factory=list)
     recovery_note: str = ""
     distributions: list[Distribution] = field(default_factory=list)

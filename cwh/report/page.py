@@ -203,12 +203,7 @@ def sections(r: Report) -> str:
     if r.recovery or r.distributions:
         out.append('<h2 id="recovery">Recovery: RTO per path and RPO</h2>')
         if r.recovery:
-            out.append(
-                table(
-                    ("path", "RTO", "recovered", "not ok after the fault", "longest gap"),
-                    r.recovery,
-                )
-            )
+            out.append(table(r.recovery_head, r.recovery))
         if r.recovery_note:
             out.append(f'<p class="note">{e(r.recovery_note)}</p>')
         if r.distributions:

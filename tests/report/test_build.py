@@ -158,3 +158,19 @@ def test_cwh_report_html_prints_the_page_and_refuses_other_folders(tmp_path):
     )
     assert proc.returncode == 2
     assert "no summary.json" in " ".join(proc.stderr.split())  # wrapped to the terminal
+
+
+def test_recovery_and_the_longest_silence_are_rules_on_the_paths_charts(tmp_path):
+    folder = run_folder("chaos-kill-lb", tmp_path)
+    chaos = json.loads((folder / "chaos.json").read_text())
+    start = chaos["fault_wall"] + 1
+    chaos["longest_silence"] = {"write": {"s": 20.0, "from": start, "to": start + 20}}
+    (folder / "chaos.json").write_text(json.dumps(chaos))
+    report = make_report(folder, NO_PROMETHEUS)
+    recovered = chaos["fault_wall"] + chaos["rto_s"]["write"]
+    assert [t for t, _ in report.marks["ops-write"]] == [recovered, start, start + 20]
+    assert [t for t, _ in report.marks["ops-read"]] == [
+        chaos["fault_wall"] + chaos["rto_s"]["read"]
+    ]
+    html = write_html(folder, NO_PROMETHEUS).read_text()
+    assert html.count('class="mark"') == 4 + 1  # write 3, read 1, notification 1

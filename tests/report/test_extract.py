@@ -205,21 +205,43 @@ def test_reconciliation_facts_show_what_is_there_new_keys_included():
     ]
 
 
-def test_recovery_rows_read_by_key_with_the_longest_gap_when_recorded():
+def test_recovery_rows_from_todays_chaos_json():
     chaos = {
         "consecutive": 5,
         "rto_s": {"write": 3.5, "read": None, "max": 3.5},
         "recovered": {"write": True, "read": None},
         "not_ok_after_fault": {"write": 4},
-        "longest_gap_s": {"write": 2.25},
         "rpo_s": {"max": 0.0},
     }
-    rows, note = x.recovery_rows(chaos)
+    head, rows, note = x.recovery_rows(chaos)
+    assert head == ["path", "RTO", "recovered", "longest silence", "not ok after the fault"]
     assert [r.cells for r in rows] == [
-        ("write", "3.5 s", "yes", "4", "2.25 s"),
+        ("write", "3.5 s", "yes", "—", "4"),
         ("read", "—", "—", "—", "—"),
         ("RPO", "0 s", "", "", ""),
     ]
     assert [r.status for r in rows] == ["pass", "no_data", "pass"]
     assert "5 consecutive" in note
-    assert x.recovery_rows(None) == ([], "")
+    assert x.recovery_rows(None) == ([], [], "")
+
+
+def test_recovery_rows_with_stalls_and_silences_when_the_measurement_has_them():
+    # chaos.json as the stall-aware measurement writes it (bounds, silences, slow answers).
+    chaos = {
+        "consecutive": 5,
+        "bound_s": {"write": 2.0, "notification": 5.0},
+        "rto_s": {"write": 12.0, "notification": 20.0, "max": 20.0},
+        "recovered": {"write": True, "notification": False},
+        "longest_silence": {"write": {"s": 9.5, "from": 101.0, "to": 110.5}, "notification": None},
+        "longest_silence_s": {"write": 9.5, "notification": None},
+        "not_ok_after_fault": {"write": 3, "notification": 8},
+        "slow_after_fault": {"write": 6, "notification": 0},
+        "rpo_s": {"max": 1.25},
+    }
+    head, rows, _ = x.recovery_rows(chaos)
+    assert head[3:] == ["longest silence", "latency bound", "not ok after the fault", "ok but slow"]
+    assert rows[0].cells == ("write", "12 s", "yes", "9.5 s", "2", "3", "6")
+    assert rows[1].cells == ("notification", "20 s", "NO", "—", "5", "8", "0")
+    assert [r.status for r in rows] == ["pass", "fail", "fail"]
+    assert x.longest_silence(chaos, "write") == (9.5, 101.0, 110.5)
+    assert x.longest_silence({"longest_silence_s": {"read": 4}}, "read") == (4.0, None, None)
