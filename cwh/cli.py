@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -73,28 +74,44 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
     if as_json:
         print(json.dumps(status, indent=2, default=str))
         return 0 if status["healthy"] else 1
-    table = Table(title=f"local environment ({status['phase']}, {status['run_dir']})")
-    for col in ("component", "role", "pid", "port", "health", "lag"):
-        table.add_column(col)
-    for row in status["components"]:
-        ports = row["ports"]
-        port = ", ".join(f"{k} {v}" for k, v in ports.items()) if ports else ""
-        pid = row["pid"]
-        if row["kind"] == "postgresql":
-            pid = f"patroni {row['patroni_pid']} / postgres {row['postgres_pid']}"
-        lag = ""
-        if row.get("replay_lag_s") is not None or row.get("lag_bytes") is not None:
-            secs = row.get("replay_lag_s")
-            lag = f"{row.get('lag_bytes') or 0} B" + (f", {secs:.3f} s" if secs is not None else "")
-        health = "[green]ok[/green]" if row["healthy"] else f"[red]{row['state']}[/red]"
-        table.add_row(row["component"], row["role"], str(pid or "-"), port, health, lag)
-    Console().print(table)
+    Console().print(status_table(status))
     urls = status["urls"]
     for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):
         Console().print(f"  {key:10} {urls[key]}")
     # Registration needs it; not printed here (terminals get recorded): --json shows it.
     Console().print(f"  {'secrets':10} {status['secrets_file']} (registration_secret)")
     return 0 if status["healthy"] else 1
+
+
+def status_table(status: dict[str, Any]) -> Table:
+    """One line per component, in 80 columns (CI logs): ports as numbers (`--json` names
+    them), PostgreSQL's pid as patroni/postgres, long roles cut with an ellipsis."""
+    table = Table(
+        title=f"local environment ({status['phase']}, {status['run_dir']})",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 2, 0, 0),
+        pad_edge=False,
+    )
+    table.add_column("component", no_wrap=True, min_width=18)
+    table.add_column("role", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("pid", no_wrap=True, min_width=9)
+    table.add_column("ports", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("health", no_wrap=True)
+    table.add_column("lag", no_wrap=True)
+    for row in status["components"]:
+        ports = ",".join(str(v) for v in (row["ports"] or {}).values())
+        pid = row["pid"]
+        if row["kind"] == "postgresql":
+            pid = f"{row['patroni_pid'] or '-'}/{row['postgres_pid'] or '-'}"
+        lag = ""
+        if row.get("replay_lag_s") is not None or row.get("lag_bytes") is not None:
+            secs = row.get("replay_lag_s")
+            lag = f"{row.get('lag_bytes') or 0}B" + (
+                f" {secs * 1000:.0f}ms" if secs is not None else ""
+            )
+        health = "[green]ok[/green]" if row["healthy"] else f"[red]{row['state']}[/red]"
+        table.add_row(row["component"], row["role"], str(pid or "-"), ports, health, lag)
+    return table
 
 
 def env_hold(args: argparse.Namespace) -> int:

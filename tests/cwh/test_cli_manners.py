@@ -3,6 +3,7 @@ JSON on request, durations as Locust users type them, tables that fit 80 columns
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rich.console import Console
 
 from cwh.chaos import catalogue
+from cwh.cli import status_table
 from cwh.durations import parse_duration
 
 CWH = str(Path(sys.executable).with_name("cwh"))
@@ -79,3 +82,18 @@ def test_load_takes_a_duration_like_60s():
     proc = cwh("load", "--duration", "soon", "--target", "https://127.0.0.1:9")
     assert proc.returncode == 2
     assert "not a duration (like 90s, 10m, 1h30m" in proc.stderr
+
+
+def test_env_status_table_is_one_line_per_component_in_80_columns():
+    # A status recorded from `cwh env status --json` (passwords replaced).
+    status = json.loads((Path(__file__).parent / "fixtures" / "env-status.json").read_text())
+    out = Console(width=80, file=io.StringIO(), force_terminal=False)
+    out.print(status_table(status))
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert max(len(line) for line in text.splitlines()) <= 80
+    rows = [line.split() for line in text.splitlines() if line.strip().strip("─")]
+    by_name = {r[0]: r for r in rows}
+    assert set(by_name) >= {c["component"] for c in status["components"]}  # whole names
+    assert len(rows) == len(status["components"]) + 2  # the title and the header: no wrapping
+    pg0 = next(c for c in status["components"] if c["component"] == "pg0")
+    assert f"{pg0['patroni_pid']}/{pg0['postgres_pid']}" in by_name["pg0"]
