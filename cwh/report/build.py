@@ -313,6 +313,7 @@ def gameday_report(
     reasons, steps, rows, slo_rows, listed, events = [], [], [], [], [], []
     ops: list[Operation] = []
     starts, ends = [], []
+    totals: dict[str, float] = {}  # the reconciliation's counts, over every experiment
     for name, _code, files in runs:
         if files is None:
             verdicts.append("inconclusive")
@@ -333,6 +334,9 @@ def gameday_report(
         slo_rows += [Row((f"{name}: {row.cells[0]}", *row.cells[1:]), row.status) for row in table]
         rel = os.path.relpath(files.folder / "ledger.jsonl", folder)
         rec = x.dig(files.summary, "reconciliation") or {}
+        for key, value in rec.items():
+            if x.number(value) is not None:
+                totals[key] = totals.get(key, 0.0) + float(value)
         listed += [
             type(item)(f"{item.what} ({name})", item.ident, item.entries, rel)
             for item in x.listed_requests(rec, files.ledger_lines)
@@ -350,9 +354,10 @@ def gameday_report(
         r.axis, r.faults = Axis(*span), faults
         r.charts = ledger_charts(ops, *span) + prom.charts(prom_data, prom_reason)
     head = ("experiment", "verdict", "RTO write", "RTO read", "RTO notification", "RPO", "lost")
-    r.sections.append(("Experiments", _rows_table(head, rows)))
+    r.lead.append(("Experiments", _rows_table(head, rows)))
     r.slo = slo_rows
     r.slo_note = "Each experiment's SLO gate, in the order they ran."
+    r.reconciliation = x.reconciliation_facts(totals)
     r.listed = listed
     return r
 
@@ -410,7 +415,7 @@ def bench_chaos_report(
         )
     r = _bench_verdict(f"Chaos benchmark {folder.name}", "bench-chaos", dists, rows)
     r.distributions = dists
-    r.sections.append(("Trials", _plain_table(("experiment", "trials", "failed", "lost"), rows)))
+    r.lead.append(("Trials", _plain_table(("experiment", "trials", "failed", "lost"), rows)))
     return r
 
 
@@ -424,7 +429,7 @@ def bench_failover_report(folder: Path, data: Mapping[str, Any], bound: float) -
         rows.append(Row((str(fault), str(len(values)), "0", str(lost)), "fail" if lost else "pass"))
     r = _bench_verdict(f"Failover benchmark {folder.name}", "bench-failover", dists, rows)
     r.distributions = dists
-    r.sections.append(("Kills", _plain_table(("fault", "kills", "failed", "lost"), rows)))
+    r.lead.append(("Kills", _plain_table(("fault", "kills", "failed", "lost"), rows)))
     return r
 
 

@@ -179,5 +179,6 @@ class Report:
     slo_note: str = ""
     reconciliation: list[tuple[str, str]] = field(default_factory=list)
     listed: list[Listed] = field(default_factory=list)
+    lead: list[tuple[str, str]] = field(default_factory=list)  # (title, HTML) before timelines
     sections: list[tuple[str, str]] = field(default_factory=list)  # (title, trusted HTML)
     images: list[tuple[str, str]] = field(default_factory=list)  # (caption, data: URI)

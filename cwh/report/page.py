@@ -262,7 +262,8 @@ def render(r: Report) -> str:
         f"<title>{e(r.title)}: {e(r.verdict)}</title>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<style>{STYLE}</style></head><body>"
-        f"{header(r)}{timelines(r)}{sections(r)}"
+        f"{header(r)}{''.join(f'<h2>{e(t)}</h2>{html}' for t, html in r.lead)}"
+        f"{timelines(r)}{sections(r)}"
         f'<p class="note">Made {made} by <code>cwh report html</code> from the files of this '
         "folder; it needs no server and no network.</p>"
         f"<script>{SCRIPT}</script></body></html>"

@@ -54,11 +54,14 @@ def test_gameday_page_puts_every_experiment_on_one_timeline(tmp_path):
         assert report.axis.t1 >= last
     ops = {c.chart_id: c.points for c in report.charts if c.chart_id.startswith("ops-")}
     assert all(ops.values())
-    (title, table), *_ = report.sections
+    (title, table), *_ = report.lead
     assert title == "Experiments"
     assert 'href="chaos-kill-lb/report.html"' in table
     assert 'href="chaos-kill-api/report.html"' in table
     assert {r.cells[0] for r in report.slo} >= {"kill-lb: rto", "kill-api: rto"}
+    acked = sum(json.loads((f / "summary.json").read_text())["reconciliation"]["acknowledged"]
+                for f in (api, lb))  # fmt: skip
+    assert ("acknowledged", str(acked)) in report.reconciliation
 
 
 def _bench_chaos(folder: Path, write_rtos: list[float]) -> None:
