@@ -82,9 +82,18 @@ def catalogue() -> dict[str, dict[str, Any]]:
     return out
 
 
-def list_experiments(console: Console) -> int:
-    for name, exp in catalogue().items():
-        console.print(f"[bold]{name:<24}[/bold] {exp['summary']}", soft_wrap=True)
+def list_experiments(as_json: bool = False) -> int:
+    """The experiments on standard output (a listing pipes): one line each, or JSON."""
+    exps = catalogue()
+    if as_json:
+        keys = ("title", "summary", "tags")
+        listed = [
+            {"name": n, **{k: e[k] for k in keys}, "path": str(e["path"])} for n, e in exps.items()
+        ]
+        print(json.dumps(listed, indent=2))
+        return 0
+    for name, exp in exps.items():
+        print(f"{name:<24} {exp['summary']}")
     return 0
 
 
@@ -168,6 +177,9 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     from cwh.chaos_plot import plot_timeline
 
     plot_timeline(out)
+    from cwh.report import try_write_html
+
+    try_write_html(out, f"http://127.0.0.1:{settings.ports.prometheus}", console)
     point_latest(out)
     status = journal.get("status", "missing")
     deviated = bool(journal.get("deviated"))
@@ -393,4 +405,22 @@ def gameday(names: list[str], opts: ChaosOptions, console: Console, settings: En
     console.print(table)
     (folder / "gameday.md").write_text("\n".join(lines) + "\n")
     console.print(f"game day report: {folder / 'gameday.md'}")
+    _write_gameday_html(folder, rows, settings, console)
     return worst
+
+
+def _write_gameday_html(
+    folder: Path,
+    rows: list[tuple[str, int, Path | None, Any]],
+    settings: EnvSettings,
+    console: Console,
+) -> None:
+    """`gameday.json` (which experiments ran, their exit codes and folders), then the page."""
+    from cwh.report import try_write_html
+
+    plan = [
+        {"experiment": name, "code": code, "folder": os.path.relpath(out, folder) if out else None}
+        for name, code, out, _ in rows
+    ]
+    (folder / "gameday.json").write_text(json.dumps({"experiments": plan}, indent=2))
+    try_write_html(folder, f"http://127.0.0.1:{settings.ports.prometheus}", console)

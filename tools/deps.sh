@@ -21,6 +21,8 @@ PKGS=(
   prometheus-redis-exporter
   python3-venv
   procps
+  # The test that opens every report.html as a reader would (headless, over DevTools).
+  chromium fonts-dejavu-core
 )
 
 missing=()

@@ -19,6 +19,7 @@ from env.configs import worst_case_failover_s
 from env.local import LocalEnvironment
 from env.process import pid_alive
 from tests.helpers import poll, wait_healthy
+from tests.report.chromium import assert_report_complete
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS = str(Path(sys.executable).with_name("chaos"))
@@ -110,6 +111,9 @@ def test_api_replica_kill(local_env, tmp_path):
     assert chaos["recovered"]["read"]
     gate = load(out, "slo.json")
     assert {v["name"] for v in gate["verdicts"]} >= {"rto", "rpo", "requests-lost"}
+    # The page a reader opens (report.html, in headless Chromium): every chart has data, the
+    # kill is shaded where faults.jsonl says; its screenshot stays in the run folder.
+    assert_report_complete(out)
 
 
 def test_postgres_primary_kill(local_env, tmp_path):
