@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -167,6 +168,7 @@ class LocalEnvironment:
         if status is None or status.get("phase") == "stopping":
             if status is not None or self.supervisor_pid() is not None:
                 self.down()
+            self._ports_free()
             self._spawn_supervisor()
         deadline = time.monotonic() + self.settings.timeout(timeout_s)
         last_stage = None
@@ -208,6 +210,27 @@ class LocalEnvironment:
     def _preflight(self) -> None:
         ensure_run_dir(self.layout.run_dir)
         check_traversable(self.layout.run_dir, self.settings.pg_os_user)
+
+    def _ports_free(self) -> None:
+        """Refuse to start, naming the port, when one this environment needs is taken (by
+        another environment whose base is 10000 away: its Redis cluster bus; or anything)."""
+        busy = []
+        for port, what in sorted(self.settings.listening_ports().items()):
+            with socket.socket() as sock:
+                # As the servers do: a port left in TIME_WAIT by the last run is free.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    busy.append(f"{port} ({what})")
+        if busy:
+            raise EnvironmentStartError(
+                "ports",
+                "",
+                f"in use: {', '.join(busy[:8])}{' ...' if len(busy) > 8 else ''}; choose another"
+                " CWH_BASE_PORT (bases at least 200 apart, and not 10000 apart: Redis Cluster's"
+                " bus is each node's port + 10000)",
+            )
 
     def _spawn_supervisor(self) -> None:
         self.layout.logs.mkdir(parents=True, exist_ok=True)

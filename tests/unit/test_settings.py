@@ -68,3 +68,24 @@ def test_bad_values_name_the_variable(env, names):
 
 def test_timeouts_scale():
     assert EnvSettings(timeout_scale=3).timeout(10) == 30
+
+
+def test_a_port_the_environment_needs_is_named_when_taken(tmp_path):
+    import socket
+
+    import pytest
+
+    from env.local import EnvironmentStartError, LocalEnvironment
+
+    settings = EnvSettings(base_port=24000, run_dir=tmp_path / "run")
+    ports = settings.listening_ports()
+    # Every named port of the layout, and each Redis node's bus 10000 above it.
+    assert ports[settings.ports.redis(0) + 10000] == "redis0 cluster bus"
+    assert settings.ports.api(3) in ports
+    taken = settings.ports.redis(2) + 10000
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        with pytest.raises(EnvironmentStartError, match=f"{taken} \\(redis2 cluster bus\\)"):
+            LocalEnvironment(settings)._ports_free()
+    LocalEnvironment(settings)._ports_free()  # free again: no error
