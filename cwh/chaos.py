@@ -27,6 +27,7 @@ from cwh.gate import GateOptions, check
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.process import wait_until
 from env.settings import EnvSettings
+from slo.reconcile import EXIT_CODES, worst_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = ROOT / "experiments"
@@ -197,7 +198,17 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     )
     if status != "completed" or deviated or not restored.get("healthy"):
         return 1, out
-    return gate_code if opts.gate else 0, out
+    return worst_exit(gate_code if opts.gate else 0, _reconciliation_code(out)), out
+
+
+def _reconciliation_code(out: Path) -> int:
+    """The fleet's reconciliation as an exit code: 1 lost or duplicated, 2 acknowledged
+    requests left unknown (the read-back got no answer), 0 otherwise or without a fleet."""
+    path = out / "summary.json"
+    if not path.exists():
+        return 0
+    rec = json.loads(path.read_text())["reconciliation"]
+    return EXIT_CODES[rec.get("verdict", "pass")]
 
 
 def _steady_probe(exp: dict[str, Any]) -> dict[str, Any] | None:
@@ -307,7 +318,9 @@ def write_report(
             "",
             f"RPO {chaos['rpo_s']['max']:g} s: {chaos['acknowledged']} acknowledged, "
             f"{chaos['lost']} lost, {chaos['duplicated']} duplicated, "
-            f"{chaos['never_notified']} never notified, {chaos['info']} unknown (info).",
+            f"{chaos['never_notified']} never notified, {chaos.get('unknown', 0)} unknown (the "
+            f"read-back got no answer: inconclusive when not 0), {chaos['info']} submits with "
+            "no answer (info).",
             "",
             "Faults (UTC):",
             "",

@@ -1,11 +1,18 @@
 """Reconciliation of a load run: what the phones were told against what the system holds.
 
 Pure: the ledger and the read-back statuses in, counts out. Definitions (ARCHITECTURE.md):
-- lost: a submit was acknowledged (`ok`), and its request is now missing;
-- duplicated: one idempotency key acknowledged with two different request ids;
+- lost: a submit was acknowledged (`ok`), and the API now says its request is not there (a 404
+  for its own device);
+- unknown: acknowledged, and the read-back got no answer for it (5xx, timeout, connection
+  error, 429 to the end, no token for its device): neither present nor lost;
+- duplicated: one idempotency key acknowledged with two different request ids that the system
+  still holds (a key whose request was lost, then created afresh by a retry, counts as lost);
 - completed: the request reached `completed`;
 - never notified: completed, but no notification for it reached the phone, by socket or sync.
 `info` submits (outcome unknown) are counted apart: present or absent, both are correct.
+
+The verdict: `fail` when anything was lost or duplicated, else `inconclusive` while unknowns
+are left (never a pass: they may be lost), else `pass`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,14 @@ from typing import Any
 
 from slo.ledger import Operation
 
+#: The exit code of each verdict, as the SLO gate's (0 pass, 1 fail, 2 inconclusive).
+EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 2}
+
+
+def worst_exit(*codes: int) -> int:
+    """One exit code from several verdicts': a failure wins, then inconclusive, then pass."""
+    return 1 if 1 in codes else max(codes, default=0)
+
 
 def submit_key(op: Operation) -> str:
     """A submit's idempotency key: in its detail (one entry per attempt), else its id."""
@@ -23,7 +38,8 @@ def submit_key(op: Operation) -> str:
 
 
 def acknowledged(ops: Iterable[Operation]) -> dict[str, dict[str, Any]]:
-    """request id -> {device_id, key, acked_wall} of every acknowledged submit."""
+    """request id -> {device_id, key, acked_wall} of every acknowledged submit; `acked_wall` is
+    when the acknowledgement arrived (RPO's clock), on the wall clock."""
     out: dict[str, dict[str, Any]] = {}
     for op in ops:
         if op.kind == "submit" and op.outcome == "ok" and op.detail:
@@ -32,7 +48,7 @@ def acknowledged(ops: Iterable[Operation]) -> dict[str, dict[str, Any]]:
                 {
                     "device_id": op.detail["device_id"],
                     "key": submit_key(op),
-                    "acked_wall": op.invoked_wall,
+                    "acked_wall": op.invoked_wall + op.latency_s,
                 },
             )
     return out
@@ -41,32 +57,40 @@ def acknowledged(ops: Iterable[Operation]) -> dict[str, dict[str, Any]]:
 def reconcile(ops: list[Operation], statuses: Mapping[str, str | None]) -> dict[str, Any]:
     """Args:
         ops: the merged ledger.
-        statuses: request id -> status read back after the run (None: not found).
+        statuses: request id -> status read back after the run (None: the API said it is not
+            there); a request id left out could not be read back (unknown).
 
-    Returns `valid` (nothing lost, nothing duplicated) and the counts.
+    Returns `valid` (nothing lost, nothing duplicated), `verdict` and the counts.
     """
     acked = acknowledged(ops)
     ids_by_key: dict[str, set[str]] = defaultdict(set)
     for op in ops:
         if op.kind == "submit" and op.outcome == "ok" and op.detail:
             ids_by_key[submit_key(op)].add(op.detail["request_id"])
-    duplicated = sorted(k for k, ids in ids_by_key.items() if len(ids) > 1)
+    duplicated = sorted(
+        k for k, ids in ids_by_key.items() if sum(statuses.get(i) is not None for i in ids) > 1
+    )
     notified = {
         op.detail["request_id"]
         for op in ops
         if op.kind == "notification" and op.outcome == "ok" and op.detail
     }
-    lost = sorted(rid for rid in acked if statuses.get(rid) is None)
+    lost = sorted(rid for rid in acked if rid in statuses and statuses[rid] is None)
+    unknown = sorted(rid for rid in acked if rid not in statuses)
     completed = [rid for rid in acked if statuses.get(rid) == "completed"]
     never_notified = sorted(rid for rid in completed if rid not in notified)
     by_status: dict[str, int] = defaultdict(int)
     for rid in acked:
-        by_status[statuses.get(rid) or "missing"] += 1
+        by_status["unknown" if rid not in statuses else statuses[rid] or "missing"] += 1
+    valid = not lost and not duplicated
     return {
-        "valid": not lost and not duplicated,
+        "valid": valid,
+        "verdict": "fail" if not valid else "inconclusive" if unknown else "pass",
         "acknowledged": len(acked),
         "lost": len(lost),
         "lost_ids": lost[:20],
+        "unknown": len(unknown),
+        "unknown_ids": unknown[:20],
         "duplicated": len(duplicated),
         "duplicated_keys": duplicated[:20],
         "completed": len(completed),

@@ -171,6 +171,7 @@ def recovery_report(
         "lost_ids": reconciliation.get("lost_ids", []),
         "duplicated": reconciliation.get("duplicated", 0),
         "never_notified": reconciliation.get("never_notified", 0),
+        "unknown": reconciliation.get("unknown", 0),
         "info": reconciliation.get("info_submits", 0),
         "acknowledged": reconciliation.get("acknowledged", 0),
         "not_ok_after_fault": {

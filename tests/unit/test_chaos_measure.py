@@ -74,3 +74,9 @@ def test_rpo_is_the_age_of_the_oldest_lost_acknowledgement():
     # lost after every fault event: counted up to the end of the run
     r = recovery_report(ledger(), FAULT, {"lost": 1, "lost_acked_walls": [FAULT + 7.5]})
     assert r["rpo_s"]["max"] == 2.0  # the last operation (the 9 s notification) ended at +9.5
+
+
+def test_unknown_read_backs_are_reported_apart_from_losses():
+    rec = {"lost": 0, "unknown": 4, "lost_acked_walls": [], "info_submits": 1}
+    r = recovery_report(ledger(), FAULT, rec)
+    assert (r["lost"], r["unknown"], r["info"], r["rpo_s"]["max"]) == (0, 4, 1, 0.0)
