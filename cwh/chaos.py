@@ -278,6 +278,34 @@ def _fmt(v: Any, unit: str = " s") -> str:
     return "no data" if v is None else f"{v:g}{unit}"
 
 
+def _rto_table(chaos: dict[str, Any]) -> list[str]:
+    """Per path: RTO (a stall counts: an answer later than the bound is bad), whether it
+    recovered, the longest window without any answer, and what was bad after the fault."""
+    rto, rec = chaos["rto_s"], chaos["recovered"]
+    bound = chaos.get("bound_s", {})
+    silence = chaos.get("longest_silence_s", {})
+    slow = chaos.get("slow_after_fault", {})
+    lines = [
+        "| path | RTO | recovered | longest without an answer | failed after the fault "
+        "| ok but slower than the bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path in ("write", "read", "notification"):
+        lines.append(
+            f"| {path} | {_fmt(rto.get(path))} | "
+            f"{ {True: 'yes', False: 'NO', None: 'no data'}[rec.get(path)] } | "
+            f"{_fmt(silence.get(path))} | {chaos['not_ok_after_fault'].get(path, 0)} | "
+            f"{slow.get(path, 0)} (bound {_fmt(bound.get(path))}) |"
+        )
+    return [
+        *lines,
+        "",
+        "RTO runs from the first fault to the first of "
+        f"{chaos['consecutive']} good operations in a row, good meaning answered ok within "
+        "the path's bound: a stall is downtime.",
+    ]
+
+
 def write_report(
     out: Path,
     name: str,
@@ -306,14 +334,7 @@ def write_report(
             lines.append(f"- Steady state {when}: {met}")
     lines.append("")
     if chaos:
-        rto, rec = chaos["rto_s"], chaos["recovered"]
-        lines += ["| path | RTO | recovered | not ok after the fault |", "|---|---|---|---|"]
-        for path in ("write", "read", "notification"):
-            lines.append(
-                f"| {path} | {_fmt(rto.get(path))} | "
-                f"{ {True: 'yes', False: 'NO', None: 'no data'}[rec.get(path)] } | "
-                f"{chaos['not_ok_after_fault'].get(path, 0)} |"
-            )
+        lines += _rto_table(chaos)
         lines += [
             "",
             f"RPO {chaos['rpo_s']['max']:g} s: {chaos['acknowledged']} acknowledged, "

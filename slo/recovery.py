@@ -1,7 +1,10 @@
 """Recovery checkers: RTO and RPO from the operation ledger. Pure functions, data in, verdict out.
 
 Definitions (ARCHITECTURE.md):
-- RTO, per path: from the fault's injection to the first of N consecutive successes.
+- RTO, per path: from the fault's injection to the first of N consecutive *good* operations,
+  good meaning `ok` and within the path's latency bound: a stall is downtime, not availability.
+- The longest silence, per path: the longest window after the fault in which no operation of
+  the path completed at all (what `chaos.png` shows as a gap).
 - RPO: acknowledged writes reconciled against what the system holds after recovery. Lost means
   acknowledged (`ok`) and now missing; RPO in seconds is the fault time minus the earliest
   acknowledgement among lost writes (0 when none is lost). `info` writes are reported apart:
@@ -10,11 +13,17 @@ Definitions (ARCHITECTURE.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from itertools import pairwise
 from typing import Any
 
 from slo.ledger import Operation
+
+
+def good(op: Operation, bound_s: float | None = None) -> bool:
+    """`ok`, and answered within `bound_s` seconds when a bound is given."""
+    return op.outcome == "ok" and (bound_s is None or op.latency_s <= bound_s)
 
 
 def rto_s(
@@ -22,15 +31,20 @@ def rto_s(
     fault_s: float,
     consecutive: int = 3,
     kind: str | None = None,
+    bound_s: float | None = None,
 ) -> float | None:
     """Seconds from `fault_s` (monotonic) to recovery, or None if not recovered in the ledger.
 
-    Recovery is the first of `consecutive` successes in a row *after the last failure* among
-    operations invoked after the fault. Successes that precede a delayed disruption (a client
-    still talking to a dying primary until the load balancer notices) are not recovery. 0 when no
-    operation after the fault failed and at least `consecutive` succeeded.
+    Among operations invoked after the fault, in invocation order, an operation is bad when it
+    failed, or when it was answered later than `bound_s` (given) as one of `consecutive` or
+    more not-good operations in a row: a stall, as bad as an outage. An isolated slow answer is
+    the tail of the latency distribution, not downtime. Recovery is the first of `consecutive`
+    good operations (`ok` within the bound) in a row *after the last bad one*: good ones that
+    precede a delayed disruption (a client still talking to a dying primary until the load
+    balancer notices) are not recovery. 0 when no operation after the fault was bad and at
+    least `consecutive` were invoked.
 
-    Only operations of `kind` count when it is given; they are taken in invocation order.
+    Only operations of `kind` count when it is given.
     """
     if consecutive < 1:
         raise ValueError("consecutive must be >= 1")
@@ -38,13 +52,28 @@ def rto_s(
         (o for o in ops if o.invoked_s >= fault_s and (kind is None or o.kind == kind)),
         key=lambda o: o.invoked_s,
     )
-    last_bad = max((i for i, o in enumerate(after) if o.outcome != "ok"), default=None)
-    if last_bad is None:
+    fine = [good(o, bound_s) for o in after]
+    bad = {i for i, o in enumerate(after) if o.outcome != "ok"} | set(stalled(fine, consecutive))
+    if not bad:
         return 0.0 if len(after) >= consecutive else None
-    tail = after[last_bad + 1 :]
-    if len(tail) < consecutive:
-        return None
-    return max(0.0, tail[0].completed_s - fault_s)
+    for k in range(max(bad) + 1, len(after) - consecutive + 1):
+        if all(fine[k : k + consecutive]):
+            return max(0.0, after[k].completed_s - fault_s)
+    return None
+
+
+def stalled(fine: Sequence[bool], run: int) -> list[int]:
+    """The indexes of the runs of at least `run` consecutive False in `fine`."""
+    out: list[int] = []
+    i = 0
+    while i < len(fine):
+        j = i
+        while j < len(fine) and not fine[j]:
+            j += 1
+        if j - i >= run:
+            out += range(i, j)
+        i = max(j, i + 1)
+    return out
 
 
 def reconcile_writes(
@@ -111,6 +140,18 @@ def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, li
     return out
 
 
+def longest_silence(ops: Iterable[Operation], since: float) -> dict[str, float] | None:
+    """The longest window from `since` on in which none of `ops` completed (whatever its
+    outcome): {"s", "from", "to"}, or None when none completed after `since`. The window from
+    `since` to the first completion counts: a stall that begins with the fault shows whole."""
+    done = sorted(o.completed_s for o in ops if o.completed_s >= since)
+    if not done:
+        return None
+    edges = [since, *done]
+    gap, start = max((b - a, a) for a, b in pairwise(edges))
+    return {"s": round(gap, 3), "from": start, "to": start + gap}
+
+
 def rpo_s(lost_acked: Iterable[float], events: Iterable[float], end: float) -> float:
     """The window of acknowledged data lost: for each lost request, from its acknowledgement
     to the first fault event (injection or restoration) at or after it, the run's `end` when
@@ -132,23 +173,30 @@ def recovery_report(
     consecutive: int = 5,
     ttr_bound_s: float = 5.0,
     events: Sequence[float] = (),
+    bounds_s: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """RTO per path and RPO of one fault, as `chaos.json` records them (the SLO gate reads
     `rto_s.max` and `rpo_s.max`).
 
-    A path with fewer than `consecutive` operations after the fault has no RTO (no data). A path
-    that had them but never recovered gets, as RTO, the time it was observed after the fault (a
-    lower bound) and counts in `unrecovered_paths`: never a pass by omission.
+    `bounds_s`: path -> the latency bound of a good write or read (the path's latency
+    objective, or the experiment's); a path without one counts every `ok` as good. The
+    notification path is judged by `ttr_bound_s` (`path_ops`). A path with fewer than
+    `consecutive` operations after the fault has no RTO (no data). A path that had them but
+    never recovered gets, as RTO, the time it was observed after the fault (a lower bound) and
+    counts in `unrecovered_paths`: never a pass by omission. Beside RTO: per path, the longest
+    window after the fault with no operation completed (`longest_silence`), and the operations
+    that were `ok` but over the bound (`slow_after_fault`).
     RPO (`rpo_s` above, over `events`, the fault journal's times; the fault alone when not
-    given) is 0 when nothing acknowledged was lost; lost, duplicated and never-notified counts
-    come with it.
+    given) is 0 when nothing acknowledged was lost; lost, duplicated, never-notified and
+    unknown counts come with it.
     """
     by_path = path_ops(ops, ttr_bound_s)
+    bounds = {**(bounds_s or {}), "notification": ttr_bound_s}
     rto: dict[str, float | None] = {}
     recovered: dict[str, bool | None] = {}
     for path, path_ops_ in by_path.items():
         after = [o for o in path_ops_ if o.invoked_s >= fault_wall]
-        value = rto_s(path_ops_, fault_wall, consecutive=consecutive)
+        value = rto_s(path_ops_, fault_wall, consecutive=consecutive, bound_s=bounds.get(path))
         if value is not None:
             rto[path], recovered[path] = round(value, 3), True
         elif len(after) >= consecutive:
@@ -160,12 +208,17 @@ def recovery_report(
     lost_acked = reconciliation.get("lost_acked_walls", [])
     end = max((o.completed_s for p in by_path.values() for o in p), default=fault_wall)
     rpo = rpo_s(lost_acked, [fault_wall, *events], end)
+    after_fault = {p: [o for o in v if o.invoked_s >= fault_wall] for p, v in by_path.items()}
+    silences = {p: longest_silence(v, fault_wall) for p, v in by_path.items()}
     return {
         "fault_wall": fault_wall,
         "consecutive": consecutive,
+        "bound_s": {p: bounds.get(p) for p in by_path},
         "rto_s": {**rto, "max": max(measured) if measured else None},
         "recovered": recovered,
         "unrecovered_paths": sum(1 for v in recovered.values() if v is False),
+        "longest_silence": silences,
+        "longest_silence_s": {p: v["s"] if v else None for p, v in silences.items()},
         "rpo_s": {"write": round(rpo, 3), "max": round(rpo, 3)},
         "lost": reconciliation.get("lost", 0),
         "lost_ids": reconciliation.get("lost_ids", []),
@@ -175,7 +228,10 @@ def recovery_report(
         "info": reconciliation.get("info_submits", 0),
         "acknowledged": reconciliation.get("acknowledged", 0),
         "not_ok_after_fault": {
-            path: sum(1 for o in p if o.invoked_s >= fault_wall and o.outcome != "ok")
-            for path, p in by_path.items()
+            p: sum(1 for o in v if o.outcome != "ok") for p, v in after_fault.items()
+        },
+        "slow_after_fault": {
+            p: sum(1 for o in v if o.outcome == "ok" and not good(o, bounds.get(p)))
+            for p, v in after_fault.items()
         },
     }

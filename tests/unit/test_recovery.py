@@ -64,3 +64,42 @@ def test_reconciliation_counts_only_acknowledged_losses(seq, present_idx):
         max(0.0, 2000.0 - min(o.invoked_wall for o in lost)) if lost else 0.0
     )
     assert result["info"] + result["failed"] + result["acknowledged"] == len(ops)
+
+
+timed = st.lists(
+    st.tuples(st.sampled_from(["ok", "ok", "ok", "fail"]), st.floats(0.0, 3.0)),
+    min_size=1,
+    max_size=60,
+)
+
+
+@given(timed, st.integers(min_value=1, max_value=5), st.floats(0.1, 2.0))
+def test_with_a_bound_recovery_follows_every_failure_and_every_stall(seq, n, bound):
+    ops = [
+        Operation(str(i), "write", float(i), i + lat, 1000.0 + i, o)  # type: ignore[arg-type]
+        for i, (o, lat) in enumerate(seq)
+    ]
+    rto = rto_s(ops, fault_s=0.0, consecutive=n, bound_s=bound)
+    if rto is None:
+        return
+    if not stall_or_failure(ops, n, bound):
+        assert rto == 0.0
+        return
+    # The recovery: n good ones in a row, after which nothing failed and nothing stalled.
+    assert any(
+        o.completed_s == rto
+        and all(x.outcome == "ok" and x.latency_s <= bound for x in ops[k : k + n])
+        and not stall_or_failure(ops[k:], n, bound)
+        for k, o in enumerate(ops)
+    )
+
+
+def stall_or_failure(ops: list[Operation], n: int, bound: float) -> bool:
+    run = 0
+    for o in ops:
+        if o.outcome != "ok":
+            return True
+        run = run + 1 if o.latency_s > bound else 0
+        if run >= n:
+            return True
+    return False
