@@ -25,8 +25,8 @@ from rich.console import Console
 
 from scenarios.latency import LatencyRecorder
 from scenarios.profiles import SHAPE_NAMES
-from slo.ledger import merge, read_jsonl, write_atomic, write_jsonl
-from slo.reconcile import EXIT_CODES, acknowledged, reconcile
+from slo.ledger import Operation, merge, read_jsonl, write_atomic, write_jsonl
+from slo.reconcile import EXIT_CODES, acknowledged, notified_ids, reconcile
 from slo.recovery import rpo_s
 
 
@@ -255,6 +255,86 @@ async def settle(
             await asyncio.sleep(max(0.0, min(2.0, deadline - time.monotonic())))
 
 
+async def _device_events(
+    s: aiohttp.ClientSession, target: str, token: str, deadline: float
+) -> set[str] | None:
+    """The request ids with an event in a device's log (`/v1/sync` from the start, page by
+    page), or None when the log could not be read whole before `deadline`."""
+    seen: set[str] = set()
+    since = "0"
+    while time.monotonic() < deadline:
+        try:
+            async with s.get(
+                f"{target}/v1/sync",
+                params={"since": since},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
+                if r.status == 429:
+                    wait = float(r.headers.get("Retry-After", "1"))
+                    await asyncio.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+                    continue
+                if r.status != 200:
+                    return None
+                body = await r.json()
+            seen.update(str(e["request_id"]) for e in body["events"])
+            if not body["more"] or body["next_cursor"] == since:
+                return seen
+            since = str(body["next_cursor"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+async def catch_up(
+    opts: FleetOptions,
+    idents: dict[str, tuple[str, str]],
+    unheard: dict[str, str],
+    timeout_s: float = 30.0,
+    request_timeout_s: float = 10.0,
+) -> dict[str, bool]:
+    """For completed requests no phone heard of (request id -> device id), what each device's
+    event log says, as an app opening again would sync: request id -> whether its event is
+    there. A request whose device's log could not be read is left out (unknown)."""
+    deadline = time.monotonic() + timeout_s
+    by_device: dict[str, list[str]] = {}
+    for rid, device_id in unheard.items():
+        by_device.setdefault(device_id, []).append(rid)
+    out: dict[str, bool] = {}
+    ctx = ssl.create_default_context(cafile=opts.ca_file or None)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx, limit=32),
+        timeout=aiohttp.ClientTimeout(total=request_timeout_s),
+    ) as s:
+
+        async def device(device_id: str, rids: list[str]) -> None:
+            ident = idents.get(device_id)
+            token = await _token(s, opts.target, ident) if ident else None
+            events = await _device_events(s, opts.target, token, deadline) if token else None
+            if events is not None:
+                out.update((rid, rid in events) for rid in rids)
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(device(d, r) for d, r in by_device.items()))
+    return out
+
+
+async def read_back_run(
+    opts: FleetOptions, fleet_dir: Path, ops: list[Operation]
+) -> tuple[dict[str, str | None], dict[str, bool]]:
+    """After the run: every acknowledged request's status (`settle`), then the event logs of
+    the devices whose completed requests no phone heard of (`catch_up`)."""
+    acked = acknowledged(ops)
+    statuses = await settle(opts, fleet_dir, acked, timeout_s=opts.settle_s)
+    heard = notified_ids(ops)
+    unheard = {
+        rid: acked[rid]["device_id"]
+        for rid, status in statuses.items()
+        if status == "completed" and rid not in heard
+    }
+    return statuses, await catch_up(opts, identities(fleet_dir), unheard)
+
+
 def run_fleet(
     opts: FleetOptions,
     console: Console,
@@ -289,8 +369,8 @@ def run_fleet(
         latency.add_encoded(json.loads(path.read_text()))
     hdr = latency.summary()
     write_atomic(out / "hdr-percentiles.json", json.dumps(hdr, indent=2))
-    statuses = asyncio.run(settle(opts, fleet_dir, acknowledged(ops), timeout_s=opts.settle_s))
-    rec = reconcile(ops, statuses)
+    statuses, events = asyncio.run(read_back_run(opts, fleet_dir, ops))
+    rec = reconcile(ops, statuses, events)
     # No fault events in a plain run: each loss counts from its acknowledgement to the end.
     rec["rpo_s"] = round(rpo_s(rec["lost_acked_walls"], [], ended), 3)
     kinds: dict[str, dict[str, int]] = {}
@@ -344,8 +424,9 @@ def summary_markdown(opts: FleetOptions, summary: dict[str, Any]) -> str:
         "",
         f"Reconciliation: {rec['acknowledged']} acknowledged, {rec['lost']} lost "
         f"(RPO {rec['rpo_s']:g} s), {rec['duplicated']} duplicated, {rec['completed']} completed, "
-        f"{rec['never_notified']} never notified, {rec['unknown']} unknown (the read-back got "
-        f"no answer for them); {rec['info_submits']} submits with no answer (info).",
+        f"{rec['never_notified']} never notified ({rec['notified_after_run']} notified only "
+        f"after the phones stopped), {rec['unknown']} unknown (the read-back got no answer for "
+        f"them); {rec['info_submits']} submits with no answer (info).",
     ]
     if rec["unknown"]:
         lines += [

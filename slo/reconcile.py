@@ -8,7 +8,9 @@ Pure: the ledger and the read-back statuses in, counts out. Definitions (ARCHITE
 - duplicated: one idempotency key acknowledged with two different request ids that the system
   still holds (a key whose request was lost, then created afresh by a retry, counts as lost);
 - completed: the request reached `completed`;
-- never notified: completed, but no notification for it reached the phone, by socket or sync.
+- never notified: completed, but no notification for it reached the phone, by socket or sync,
+  and its device's event log has none either (a result the phone stopped too early for, but
+  whose event is there, was notified after the run).
 `info` submits (outcome unknown) are counted apart: present or absent, both are correct.
 
 The verdict: `fail` when anything was lost or duplicated, else `inconclusive` while unknowns
@@ -54,11 +56,28 @@ def acknowledged(ops: Iterable[Operation]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def reconcile(ops: list[Operation], statuses: Mapping[str, str | None]) -> dict[str, Any]:
+def notified_ids(ops: Iterable[Operation]) -> set[str]:
+    """The request ids whose result reached a phone during the run, by socket or sync."""
+    return {
+        op.detail["request_id"]
+        for op in ops
+        if op.kind == "notification" and op.outcome == "ok" and op.detail
+    }
+
+
+def reconcile(
+    ops: list[Operation],
+    statuses: Mapping[str, str | None],
+    events: Mapping[str, bool] | None = None,
+) -> dict[str, Any]:
     """Args:
         ops: the merged ledger.
         statuses: request id -> status read back after the run (None: the API said it is not
             there); a request id left out could not be read back (unknown).
+        events: what the devices' event logs said after the run, for completed requests no
+            phone heard of: request id -> whether its event is there (True: notified after the
+            phone stopped; False: never notified); left out: the log could not be read
+            (unknown). None: no such catch-up, each of them is never notified.
 
     Returns `valid` (nothing lost, nothing duplicated), `verdict` and the counts.
     """
@@ -70,15 +89,14 @@ def reconcile(ops: list[Operation], statuses: Mapping[str, str | None]) -> dict[
     duplicated = sorted(
         k for k, ids in ids_by_key.items() if sum(statuses.get(i) is not None for i in ids) > 1
     )
-    notified = {
-        op.detail["request_id"]
-        for op in ops
-        if op.kind == "notification" and op.outcome == "ok" and op.detail
-    }
+    notified = notified_ids(ops)
     lost = sorted(rid for rid in acked if rid in statuses and statuses[rid] is None)
     unknown = sorted(rid for rid in acked if rid not in statuses)
     completed = [rid for rid in acked if statuses.get(rid) == "completed"]
-    never_notified = sorted(rid for rid in completed if rid not in notified)
+    unheard = [rid for rid in completed if rid not in notified]
+    if events is None:
+        events = dict.fromkeys(unheard, False)
+    never_notified = sorted(rid for rid in unheard if events.get(rid) is False)
     by_status: dict[str, int] = defaultdict(int)
     for rid in acked:
         by_status["unknown" if rid not in statuses else statuses[rid] or "missing"] += 1
@@ -96,6 +114,8 @@ def reconcile(ops: list[Operation], statuses: Mapping[str, str | None]) -> dict[
         "completed": len(completed),
         "never_notified": len(never_notified),
         "never_notified_ids": never_notified[:20],
+        "notified_after_run": sum(1 for rid in unheard if events.get(rid) is True),
+        "notification_unknown": sum(1 for rid in unheard if rid not in events),
         "info_submits": sum(1 for o in ops if o.kind == "submit" and o.outcome == "info"),
         # RPO's clock: when each lost request was acknowledged.
         "lost_acked_walls": sorted(acked[r]["acked_wall"] for r in lost),

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cwh.fleet import FleetOptions, settle
+from cwh.fleet import FleetOptions, catch_up, settle
+from cwh.fleet import identities as fleet_identities
 
 #: request id -> what the fake API answers for it, in turn (the last answer repeats).
 SCRIPT = {
@@ -103,7 +104,7 @@ async def read_back_against_fake(tmp_path: Path, timeout_s: float) -> tuple[dict
 
 
 def test_what_the_api_could_not_answer_is_left_out_and_retried_until_the_deadline(tmp_path):
-    statuses, calls, took = asyncio.run(read_back_against_fake(tmp_path, timeout_s=8))
+    statuses, calls, took = asyncio.run(read_back_against_fake(tmp_path, timeout_s=15))
     # Known: final statuses, and None only for the 404 of its own device.
     assert statuses["r-done"] == "completed"
     assert statuses["r-gone"] is None
@@ -119,4 +120,41 @@ def test_what_the_api_could_not_answer_is_left_out_and_retried_until_the_deadlin
     assert calls["r-500"] >= 2
     assert calls["token:dev-notoken"] >= 2
     assert calls["r-done"] == 1
-    assert took < 8 + 1, took  # bounded by the deadline, whatever hangs
+    assert took < 15 + 1, took  # bounded by the deadline, whatever hangs
+
+
+def test_the_catch_up_reads_each_device_log_whole_and_leaves_out_what_it_cannot_read(tmp_path):
+    """A completed request no phone heard of: its event is in the device's log (paged), or it
+    is not (never notified), or the log cannot be read (unknown)."""
+    logs = {"dev-main": [["r-a"], ["r-b", "r-c"]], "dev-notoken": [["r-x"]]}
+
+    async def sync(request: web.Request) -> web.StreamResponse:
+        device = request.headers["Authorization"].removeprefix("Bearer tok-")
+        if device == "dev-tokenflaky":
+            return web.json_response({"error": "unavailable"}, status=503)
+        page = int(request.query["since"])
+        pages = logs.get(device, [[]])
+        events = [{"event_id": page + 1, "request_id": rid} for rid in pages[page]]
+        more = page + 1 < len(pages)
+        return web.json_response({"events": events, "next_cursor": str(page + 1), "more": more})
+
+    async def go() -> dict[str, bool]:
+        app = fake_api(Counter())
+        app.router.add_get("/v1/sync", sync)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        identities(tmp_path)
+        opts = FleetOptions(target=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        unheard = {
+            "r-b": "dev-main",  # on the log's second page
+            "r-z": "dev-main",  # not on the log: never notified
+            "r-x": "dev-notoken",  # no token for its device: unknown
+            "r-y": "dev-tokenflaky",  # the log answers 503: unknown
+        }
+        try:
+            return await catch_up(opts, fleet_identities(tmp_path), unheard, timeout_s=5)
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(go()) == {"r-b": True, "r-z": False}

@@ -137,3 +137,18 @@ def test_rpo_counts_from_the_acknowledgement_not_the_invocation():
         "k1", "submit", 0, 2.5, 1000.0, "ok", None, None, {"device_id": "d1", "request_id": "r1"}
     )
     assert reconcile([late], {"r1": None})["lost_acked_walls"] == [1002.5]
+
+
+def test_a_result_the_phone_stopped_too_early_for_is_not_never_notified():
+    """After the run the read-back reads each device's event log (as an app resuming would): a
+    completed request whose event is there was notified after the phone stopped; one whose event
+    is missing was never notified; one whose log could not be read is unknown."""
+    ops = [submit(f"k{i}", f"r{i}") for i in range(1, 5)] + [note("r1")]
+    statuses = dict.fromkeys(("r1", "r2", "r3", "r4"), "completed")
+    rec = reconcile(ops, statuses, events={"r2": True, "r3": False})
+    assert rec["never_notified"] == 1
+    assert rec["never_notified_ids"] == ["r3"]
+    assert rec["notified_after_run"] == 1  # r2
+    assert rec["notification_unknown"] == 1  # r4: its device's log could not be read
+    # Without the catch-up, every completed request no phone heard of is never notified.
+    assert reconcile(ops, statuses)["never_notified"] == 3
