@@ -1,8 +1,9 @@
 """Recovery checkers: RTO and RPO from the operation ledger. Pure functions, data in, verdict out.
 
 Definitions (ARCHITECTURE.md):
-- RTO, per path: from the fault's injection to the first of N consecutive *good* operations,
-  good meaning `ok` and within the path's latency bound: a stall is downtime, not availability.
+- RTO, per path: from the fault's injection to the first of N consecutive operations after the
+  last bad one, bad meaning failed or stalled (answered later than the path's latency bound
+  while most of the path's operations were too): a stall is downtime, not availability.
 - The longest silence, per path: the longest window after the fault in which no operation of
   the path completed at all (what `chaos.png` shows as a gap).
 - RPO: acknowledged writes reconciled against what the system holds after recovery. Lost means
@@ -13,6 +14,7 @@ Definitions (ARCHITECTURE.md):
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from itertools import pairwise
@@ -26,6 +28,11 @@ def good(op: Operation, bound_s: float | None = None) -> bool:
     return op.outcome == "ok" and (bound_s is None or op.latency_s <= bound_s)
 
 
+#: A late answer is part of a stall when at least this many of the path's operations were
+#: invoked while it waited (itself included), and at least half of them were not good.
+STALL_MIN_OPS = 3
+
+
 def rto_s(
     ops: Sequence[Operation],
     fault_s: float,
@@ -36,13 +43,13 @@ def rto_s(
     """Seconds from `fault_s` (monotonic) to recovery, or None if not recovered in the ledger.
 
     Among operations invoked after the fault, in invocation order, an operation is bad when it
-    failed, or when it was answered later than `bound_s` (given) as one of `consecutive` or
-    more not-good operations in a row: a stall, as bad as an outage. An isolated slow answer is
-    the tail of the latency distribution, not downtime. Recovery is the first of `consecutive`
-    good operations (`ok` within the bound) in a row *after the last bad one*: good ones that
-    precede a delayed disruption (a client still talking to a dying primary until the load
-    balancer notices) are not recovery. 0 when no operation after the fault was bad and at
-    least `consecutive` were invoked.
+    failed, or when it is part of a stall (`stalled`: answered later than `bound_s`, while most
+    of the path's operations invoked during its wait were not good either): waiting out a
+    stall is as bad as failing. A lone late answer is the latency's tail, not downtime.
+    Recovery is the first of `consecutive` operations in a row *after the last bad one*, at the
+    earliest answer among them: good ones that precede a delayed disruption (a client still
+    talking to a dying primary until the load balancer notices) are not recovery. 0 when no
+    operation after the fault was bad and at least `consecutive` were invoked.
 
     Only operations of `kind` count when it is given.
     """
@@ -52,27 +59,34 @@ def rto_s(
         (o for o in ops if o.invoked_s >= fault_s and (kind is None or o.kind == kind)),
         key=lambda o: o.invoked_s,
     )
-    fine = [good(o, bound_s) for o in after]
-    bad = {i for i, o in enumerate(after) if o.outcome != "ok"} | set(stalled(fine, consecutive))
+    stall = stalled(after, bound_s)
+    bad = [i for i, o in enumerate(after) if o.outcome != "ok" or stall[i]]
     if not bad:
         return 0.0 if len(after) >= consecutive else None
-    for k in range(max(bad) + 1, len(after) - consecutive + 1):
-        if all(fine[k : k + consecutive]):
-            return max(0.0, after[k].completed_s - fault_s)
-    return None
+    tail = after[bad[-1] + 1 :]
+    if len(tail) < consecutive:
+        return None
+    return max(0.0, min(o.completed_s for o in tail[:consecutive]) - fault_s)
 
 
-def stalled(fine: Sequence[bool], run: int) -> list[int]:
-    """The indexes of the runs of at least `run` consecutive False in `fine`."""
-    out: list[int] = []
-    i = 0
-    while i < len(fine):
-        j = i
-        while j < len(fine) and not fine[j]:
-            j += 1
-        if j - i >= run:
-            out += range(i, j)
-        i = max(j, i + 1)
+def stalled(ops: Sequence[Operation], bound_s: float | None) -> list[bool]:
+    """For each operation of `ops` (in invocation order): answered `ok` but later than
+    `bound_s`, while at least `STALL_MIN_OPS` of the operations invoked during its wait
+    (itself included) were invoked and at least half of them were not good (failed or late):
+    the path stalled. All False without a bound."""
+    if bound_s is None:
+        return [False] * len(ops)
+    invoked = [o.invoked_s for o in ops]
+    not_good = [0]
+    for o in ops:
+        not_good.append(not_good[-1] + (not good(o, bound_s)))
+    out = []
+    for o in ops:
+        if not (o.outcome == "ok" and o.latency_s > bound_s):
+            out.append(False)
+            continue
+        lo, hi = bisect_left(invoked, o.invoked_s), bisect_right(invoked, o.completed_s)
+        out.append(hi - lo >= STALL_MIN_OPS and 2 * (not_good[hi] - not_good[lo]) >= hi - lo)
     return out
 
 
@@ -133,9 +147,9 @@ def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, li
             if op.kind in kinds:
                 out[path].append(_on_wall_clock(op))
         if op.kind == "time_to_result":
-            good = op.latency_s <= ttr_bound_s
+            in_time = op.latency_s <= ttr_bound_s
             out["notification"].append(
-                replace(_on_wall_clock(op), outcome="ok" if good else "fail")
+                replace(_on_wall_clock(op), outcome="ok" if in_time else "fail")
             )
     return out
 
@@ -166,6 +180,18 @@ def rpo_s(lost_acked: Iterable[float], events: Iterable[float], end: float) -> f
     return worst
 
 
+#: Fewer `ok` answers of a path before the fault than this: no baseline for its bound.
+BASELINE_MIN_OPS = 20
+
+
+def baseline_p95_s(ops: Sequence[Operation], fault_wall: float) -> float | None:
+    """The p95 latency of a path's `ok` answers invoked before the fault (None: too few)."""
+    before = sorted(o.latency_s for o in ops if o.invoked_s < fault_wall and o.outcome == "ok")
+    if len(before) < BASELINE_MIN_OPS:
+        return None
+    return round(before[int(0.95 * (len(before) - 1))], 3)
+
+
 def recovery_report(
     ops: Sequence[Operation],
     fault_wall: float,
@@ -179,7 +205,9 @@ def recovery_report(
     `rto_s.max` and `rpo_s.max`).
 
     `bounds_s`: path -> the latency bound of a good write or read (the path's latency
-    objective, or the experiment's); a path without one counts every `ok` as good. The
+    objective, or the experiment's); a path without one counts every `ok` as good. A path is
+    never held to better than it did before the fault: its bound is at least its p95 latency
+    then (`baseline_p95_s`), so a slow machine's ordinary tail is not read as a stall. The
     notification path is judged by `ttr_bound_s` (`path_ops`). A path with fewer than
     `consecutive` operations after the fault has no RTO (no data). A path that had them but
     never recovered gets, as RTO, the time it was observed after the fault (a lower bound) and
@@ -191,7 +219,11 @@ def recovery_report(
     unknown counts come with it.
     """
     by_path = path_ops(ops, ttr_bound_s)
-    bounds = {**(bounds_s or {}), "notification": ttr_bound_s}
+    baseline = {p: baseline_p95_s(v, fault_wall) for p, v in by_path.items()}
+    bounds: dict[str, float | None] = {
+        p: max(b, baseline[p] or 0.0) for p, b in (bounds_s or {}).items() if p in by_path
+    }
+    bounds["notification"] = ttr_bound_s
     rto: dict[str, float | None] = {}
     recovered: dict[str, bool | None] = {}
     for path, path_ops_ in by_path.items():
@@ -214,6 +246,7 @@ def recovery_report(
         "fault_wall": fault_wall,
         "consecutive": consecutive,
         "bound_s": {p: bounds.get(p) for p in by_path},
+        "baseline_p95_s": baseline,
         "rto_s": {**rto, "max": max(measured) if measured else None},
         "recovered": recovered,
         "unrecovered_paths": sum(1 for v in recovered.values() if v is False),

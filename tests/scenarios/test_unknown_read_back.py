@@ -42,31 +42,34 @@ def test_a_read_back_the_api_cannot_answer_is_inconclusive_not_lost(local_env, t
     for name in ("requests-lost.yaml", "requests-duplicated.yaml"):
         shutil.copy(DEFAULT_DIR / name, defs / name)
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            *(CWH, "load", "--users", "4", "--duration", "30", "--spawn-rate", "4"),
-            *("--settle-s", "12", "--out", str(out), "--definitions", str(defs)),
-        ],
-        cwd=ROOT,
-        env={**os.environ, **local_env.settings.to_environ(), "CWH_OFFLINE_CHANCE": "0"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "cwh-load.log"
+    with open(log, "w") as output:  # a file, not a pipe nobody reads until the end
+        proc = subprocess.Popen(
+            [
+                *(CWH, "load", "--users", "4", "--duration", "30", "--spawn-rate", "4"),
+                *("--settle-s", "12", "--out", str(out), "--definitions", str(defs)),
+            ],
+            cwd=ROOT,
+            env={**os.environ, **local_env.settings.to_environ(), "CWH_OFFLINE_CHANCE": "0"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         # The merged ledger is written when Locust has stopped, right before the read-back.
         poll(
             lambda: (out / "ledger.jsonl").exists() or proc.poll() is not None,
-            120,
+            240,
             "the fleet finished",
             interval_s=0.05,
         )
         set_proxies(local_env, enabled=False)
-        output, _ = proc.communicate(timeout=180)
+        proc.wait(timeout=180)
     finally:
         set_proxies(local_env, enabled=True)
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+    output_text = log.read_text()
     summary = json.loads((out / "summary.json").read_text())
     rec = summary["reconciliation"]
     assert rec["acknowledged"] > 5, rec
@@ -75,7 +78,7 @@ def test_a_read_back_the_api_cannot_answer_is_inconclusive_not_lost(local_env, t
     assert (rec["lost"], rec["duplicated"]) == (0, 0), rec
     assert rec["unknown"] == rec["acknowledged"], rec
     assert summary["verdict"] == "inconclusive"
-    assert proc.returncode == 2, output[-3000:]
+    assert proc.returncode == 2, output_text[-3000:]
     assert "Inconclusive" in (out / "summary.md").read_text()
     gate = json.loads((out / "slo.json").read_text())
     assert gate["counts"]["fail"] == 0  # the data objectives themselves held

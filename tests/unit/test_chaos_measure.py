@@ -120,7 +120,7 @@ def test_slow_answers_in_a_row_are_a_stall_an_isolated_one_is_not():
     r = recovery_report(ops, FAULT, {}, consecutive=5, bounds_s={"write": 2.0})
     assert r["rto_s"]["write"] == 6.05  # the first fast one after the stall
     assert r["slow_after_fault"]["write"] == 7
-    # Two slow ones in a row are the latency's tail, not downtime.
+    # Two slow ones among fast ones are the latency's tail, not downtime.
     tail = [op("submit", FAULT + i, latency=4.0 if i in (3, 4) else 0.05) for i in range(10)]
     assert recovery_report(tail, FAULT, {}, bounds_s={"write": 2.0})["rto_s"]["write"] == 0.0
 
@@ -130,3 +130,16 @@ def test_the_bounds_are_the_paths_latency_objectives():
 
     # submit-latency-p99 (1000 ms) for writes and reads, time-to-result-p99 (5000 ms).
     assert latency_bounds_s() == {"write": 1.0, "read": 1.0, "notification": 5.0}
+
+
+def test_a_path_is_never_held_to_better_than_before_the_fault():
+    """A slow machine: submits took 1.5 s before the fault too. Answers of 1.5 s after it are
+    the path as it was, not a stall; answers of 4 s are."""
+    before = [op("submit", FAULT - 30 + i, latency=1.5) for i in range(25)]
+    same = [op("submit", FAULT + i * 0.5, latency=1.5) for i in range(20)]
+    r = recovery_report(before + same, FAULT, {}, bounds_s={"write": 1.0})
+    assert (r["bound_s"]["write"], r["baseline_p95_s"]["write"]) == (1.5, 1.5)
+    assert r["rto_s"]["write"] == 0.0
+    worse = [op("submit", FAULT + i * 0.5, latency=4.0 if i < 10 else 1.5) for i in range(20)]
+    r = recovery_report(before + worse, FAULT, {}, bounds_s={"write": 1.0})
+    assert r["rto_s"]["write"] > 4.0

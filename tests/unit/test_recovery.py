@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slo.ledger import Operation
-from slo.recovery import reconcile_writes, rto_s
+from slo.recovery import STALL_MIN_OPS, reconcile_writes, rto_s, stalled
 
 
 def op(i: int, t: float, outcome: str, wall: float | None = None) -> Operation:
@@ -73,33 +73,39 @@ timed = st.lists(
 )
 
 
-@given(timed, st.integers(min_value=1, max_value=5), st.floats(0.1, 2.0))
-def test_with_a_bound_recovery_follows_every_failure_and_every_stall(seq, n, bound):
-    ops = [
-        Operation(str(i), "write", float(i), i + lat, 1000.0 + i, o)  # type: ignore[arg-type]
+def timed_ops(seq: list[tuple[str, float]]) -> list[Operation]:
+    return [
+        Operation(str(i), "write", i * 0.5, i * 0.5 + lat, 1000.0 + i * 0.5, o)  # type: ignore[arg-type]
         for i, (o, lat) in enumerate(seq)
     ]
+
+
+@given(timed, st.floats(0.1, 2.0))
+def test_a_late_answer_is_a_stall_only_when_most_around_it_were_late_too(seq, bound):
+    ops = timed_ops(seq)
+    for op, stall in zip(ops, stalled(ops, bound), strict=True):
+        late = op.outcome == "ok" and op.latency_s > bound
+        during = [o for o in ops if op.invoked_s <= o.invoked_s <= op.completed_s]
+        if not late or len(during) < STALL_MIN_OPS:
+            assert not stall
+        elif all(o.outcome != "ok" or o.latency_s > bound for o in during):
+            assert stall
+        elif all(o.outcome == "ok" and o.latency_s <= bound for o in during if o is not op):
+            assert not stall  # a lone late answer: the tail, not downtime
+
+
+@given(timed, st.integers(min_value=1, max_value=5), st.floats(0.1, 2.0))
+def test_recovery_comes_after_every_failure_and_every_stall(seq, n, bound):
+    ops = timed_ops(seq)
     rto = rto_s(ops, fault_s=0.0, consecutive=n, bound_s=bound)
+    stall = stalled(ops, bound)
+    bad = [o for o, s in zip(ops, stall, strict=True) if o.outcome != "ok" or s]
+    if not bad:
+        assert rto == (0.0 if len(ops) >= n else None)
+        return
     if rto is None:
         return
-    if not stall_or_failure(ops, n, bound):
-        assert rto == 0.0
-        return
-    # The recovery: n good ones in a row, after which nothing failed and nothing stalled.
-    assert any(
-        o.completed_s == rto
-        and all(x.outcome == "ok" and x.latency_s <= bound for x in ops[k : k + n])
-        and not stall_or_failure(ops[k:], n, bound)
-        for k, o in enumerate(ops)
-    )
-
-
-def stall_or_failure(ops: list[Operation], n: int, bound: float) -> bool:
-    run = 0
-    for o in ops:
-        if o.outcome != "ok":
-            return True
-        run = run + 1 if o.latency_s > bound else 0
-        if run >= n:
-            return True
-    return False
+    # At least n operations invoked after the last bad one, the earliest answered at `rto`.
+    later = [o for o in ops if o.invoked_s > bad[-1].invoked_s]
+    assert len(later) >= n
+    assert rto == min(o.completed_s for o in later[:n])

@@ -1,6 +1,6 @@
 """PostgreSQL faults: the primary's postmaster killed, the primary node lost, a planned
-switchover, latency on the replication link, two primaries lost in turn, and writes held by
-pgBouncer (a stall that fails nothing).
+switchover, latency on the replication link, two primaries lost in turn, and writes held by a
+table lock (a stall that fails nothing).
 
 The kills reuse `experiments.pg_failover` (the failover tests and `make bench-failover` use the
 same steps); every injection is recorded in the run's fault journal.
@@ -8,14 +8,13 @@ same steps); every injection is recorded in the run's fault journal.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import psycopg
 import requests
+from psycopg import sql
 
-from env.layout import Layout
 from env.process import wait_until
 from experiments import harness
 from experiments.activities.network.actions import add_toxic
@@ -113,46 +112,20 @@ def replication_link_latency(latency_ms: int = 1500, jitter_ms: int = 0) -> dict
     )
 
 
-def _pgbouncer(command: str) -> str | None:
-    """Run an admin command on pgBouncer's console; None when it succeeded, else its error.
-    The console speaks only the simple query protocol: libpq's PQexec, not psycopg's execute."""
-    s = harness.settings()
-    password = json.loads(Layout(s.run_dir).secrets.read_text())["pg_superuser"]
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=s.ports.pgbouncer,
-        user="postgres",
-        password=password,
-        dbname="pgbouncer",
-        autocommit=True,
-        connect_timeout=5,
-    ) as conn:
-        result = conn.pgconn.exec_(command.encode())
-        error = result.error_message.decode().strip()
-    return error or None
-
-
-def pause_writes(seconds: float = 4.0) -> dict[str, Any]:
-    """Hold every query through pgBouncer (the services' write path) for `seconds` with its
-    `PAUSE`, then `RESUME`: every write waits and none fails, a stall. The fault runs from when
-    the pause took effect (pgBouncer released its server connections) to the resume, and ends
-    even when this action is interrupted."""
-    if error := _pgbouncer("PAUSE"):
-        raise RuntimeError(f"pgBouncer refused PAUSE: {error}")
-    entry = harness.mark("inject", "pgbouncer-pause", seconds=seconds)
-    try:
-        time.sleep(seconds)
-    finally:
-        error = _pgbouncer("RESUME")
-        done = harness.mark("restore", "pgbouncer-pause", error=error)
-    if error:
-        raise RuntimeError(f"pgBouncer refused RESUME: {error}")
-    return {"paused_s": round(done["wall"] - entry["wall"], 3), "injected_wall": entry["wall"]}
-
-
-def resume_writes() -> bool:
-    """pgBouncer's `RESUME`; True when it was paused (idempotent: a rollback and a restore)."""
-    error = _pgbouncer("RESUME")
-    if error and "not paused" not in error:
-        raise RuntimeError(f"pgBouncer refused RESUME: {error}")
-    return error is None
+def lock_writes(seconds: float = 4.0, table: str = "requests") -> dict[str, Any]:
+    """Hold a SHARE lock on `table` for `seconds` through the write path, as a migration or a
+    batch job does: every write to it (submits, the workers' status changes) waits, reads go
+    on, nothing fails (a stall). The fault runs from when the lock was granted to its release,
+    which also happens when this action is interrupted (or its process dies: PostgreSQL drops
+    the lock with the connection)."""
+    url = harness.environment().status()["urls"]["write"]
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(table)))
+        entry = harness.mark("inject", f"lock-{table}", table=table, seconds=seconds)
+        try:
+            time.sleep(seconds)
+        finally:
+            conn.rollback()  # the end of the transaction releases the lock
+            done = harness.mark("restore", f"lock-{table}")
+    return {"locked_s": round(done["wall"] - entry["wall"], 3), "injected_wall": entry["wall"]}
