@@ -37,6 +37,7 @@ CLEAN_KNOBS: dict[str, Any] = {
     "rate_429": 0.0,
     "retry_after_s": 1.0,
     "outage": False,
+    "malformed_rate": 0.0,
 }
 #: The services (status `kind`) with `/admin/planted`: every one of the reference system.
 SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
