@@ -318,8 +318,8 @@ def _rto_table(chaos: dict[str, Any]) -> list[str]:
         "",
         "RTO runs from the first fault to the first of "
         f"{chaos['consecutive']} operations in a row after the last bad one, bad meaning "
-        "failed or stalled (answered later than the bound while most of the path was too): "
-        "a stall is downtime.",
+        "failed or stalled (answered later than the bound after waiting while the path "
+        "answered nobody for longer than its stall_quiet_s): a stall is downtime.",
     ]
 
 

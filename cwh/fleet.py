@@ -156,14 +156,44 @@ def identities(fleet_dir: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
-async def _token(s: aiohttp.ClientSession, target: str, ident: tuple[str, str]) -> str | None:
-    """A device's access token, or None when the API did not give one (any failure)."""
+async def _token(
+    s: aiohttp.ClientSession, target: str, ident: tuple[str, str], deadline: float
+) -> str | None:
+    """A device's access token, or None when the API did not give one before `deadline` (any
+    failure). The token endpoint may be rate limited per address: its 429s are honoured."""
     form = {"grant_type": "client_credentials", "client_id": ident[0], "client_secret": ident[1]}
-    try:
-        async with s.post(f"{target}/oauth/token", data=form) as r:
-            return str((await r.json())["access_token"]) if r.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
-        return None
+    while time.monotonic() < deadline:
+        try:
+            async with s.post(f"{target}/oauth/token", data=form) as r:
+                if r.status == 429:
+                    wait = float(r.headers.get("Retry-After", "1"))
+                    await asyncio.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+                    continue
+                return str((await r.json())["access_token"]) if r.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+            return None
+    return None
+
+
+class Tokens:
+    """Access tokens of the fleet's devices, asked once and kept across read-back passes (a
+    burst of token calls from one address is what a rate limit refuses)."""
+
+    def __init__(self, target: str, idents: dict[str, tuple[str, str]]) -> None:
+        self.target, self.idents = target, idents
+        self.tokens: dict[str, str] = {}
+
+    async def get(self, s: aiohttp.ClientSession, device_id: str, deadline: float) -> str | None:
+        ident = self.idents.get(device_id)
+        if device_id not in self.tokens and ident is not None:
+            token = await _token(s, self.target, ident, deadline)
+            if token is not None:
+                self.tokens[device_id] = token
+        return self.tokens.get(device_id)
+
+    def forget(self, device_id: str) -> None:
+        """A token the API refused (expired): ask again next time."""
+        self.tokens.pop(device_id, None)
 
 
 async def _status(
@@ -171,7 +201,8 @@ async def _status(
 ) -> tuple[bool, str | None]:
     """(answered, status): (True, None) for a 404 of its own device (not there); (False, None)
     when the API did not answer (5xx, timeout, connection error, 429 a few times in a row: the
-    next pass asks again, so one rate-limited request does not hold up its device's others)."""
+    next pass asks again, so one rate-limited request does not hold up its device's others);
+    (False, "unauthorized") when it refused the token."""
     for _ in range(RATE_LIMITED_TRIES):
         if time.monotonic() >= deadline:
             break
@@ -187,7 +218,7 @@ async def _status(
                     return True, None
                 if r.status == 200:
                     return True, str((await r.json())["status"])
-                return False, None
+                return False, "unauthorized" if r.status == 401 else None
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
             return False, None
     return False, None
@@ -195,7 +226,7 @@ async def _status(
 
 async def read_back(
     opts: FleetOptions,
-    idents: dict[str, tuple[str, str]],
+    tokens: Tokens,
     rids: list[str],
     acked: dict[str, dict[str, Any]],
     deadline: float,
@@ -217,14 +248,16 @@ async def read_back(
 
         async def device(device_id: str, rids: list[str]) -> None:
             async with sem:
-                ident = idents.get(device_id)
-                token = await _token(s, opts.target, ident) if ident else None
+                token = await tokens.get(s, device_id, deadline)
                 if token is None:  # its requests stay unknown this pass
                     return
                 for rid in rids:
                     answered, status = await _status(s, opts.target, token, rid, deadline)
                     if answered:
                         statuses[rid] = status
+                    elif status == "unauthorized":
+                        tokens.forget(device_id)
+                        return
 
         remaining = max(0.0, deadline - time.monotonic())
         with contextlib.suppress(TimeoutError):  # what was read so far stands
@@ -239,18 +272,20 @@ async def settle(
     acked: dict[str, dict[str, Any]],
     timeout_s: float,
     request_timeout_s: float = 10.0,
+    tokens: Tokens | None = None,
 ) -> dict[str, str | None]:
     """Read back until every acknowledged request has a final answer, or `timeout_s` passed:
     pending ones (queued, processing) and unknown ones are asked again, final ones are not.
-    Returns request id -> status (None: not there); unknowns at the deadline are left out."""
+    Returns request id -> status (None: not there); unknowns at the deadline are left out.
+    `tokens`: the devices' tokens (default: asked afresh from the identities in `fleet_dir`)."""
     deadline = time.monotonic() + timeout_s
-    idents = identities(fleet_dir)
+    tokens = tokens or Tokens(opts.target, identities(fleet_dir))
     known: dict[str, str | None] = {}
     while True:
         todo = [r for r in acked if r not in known or known[r] in PENDING]
         if not todo or time.monotonic() >= deadline:
             return known
-        known.update(await read_back(opts, idents, todo, acked, deadline, request_timeout_s))
+        known.update(await read_back(opts, tokens, todo, acked, deadline, request_timeout_s))
         if any(r not in known or known[r] in PENDING for r in todo):
             await asyncio.sleep(max(0.0, min(2.0, deadline - time.monotonic())))
 
@@ -287,7 +322,7 @@ async def _device_events(
 
 async def catch_up(
     opts: FleetOptions,
-    idents: dict[str, tuple[str, str]],
+    tokens: Tokens,
     unheard: dict[str, str],
     timeout_s: float = 30.0,
     request_timeout_s: float = 10.0,
@@ -307,8 +342,7 @@ async def catch_up(
     ) as s:
 
         async def device(device_id: str, rids: list[str]) -> None:
-            ident = idents.get(device_id)
-            token = await _token(s, opts.target, ident) if ident else None
+            token = await tokens.get(s, device_id, deadline)
             events = await _device_events(s, opts.target, token, deadline) if token else None
             if events is not None:
                 out.update((rid, rid in events) for rid in rids)
@@ -325,14 +359,15 @@ async def read_back_run(
     """After the run: every acknowledged request's status (`settle`), then the event logs of
     the devices whose completed requests no phone heard of (`catch_up`)."""
     acked = acknowledged(ops)
-    statuses = await settle(opts, fleet_dir, acked, timeout_s=opts.settle_s)
+    tokens = Tokens(opts.target, identities(fleet_dir))
+    statuses = await settle(opts, fleet_dir, acked, timeout_s=opts.settle_s, tokens=tokens)
     heard = notified_ids(ops)
     unheard = {
         rid: acked[rid]["device_id"]
         for rid, status in statuses.items()
         if status == "completed" and rid not in heard
     }
-    return statuses, await catch_up(opts, identities(fleet_dir), unheard)
+    return statuses, await catch_up(opts, tokens, unheard)
 
 
 def run_fleet(

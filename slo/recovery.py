@@ -2,8 +2,8 @@
 
 Definitions (ARCHITECTURE.md):
 - RTO, per path: from the fault's injection to the first of N consecutive operations after the
-  last bad one, bad meaning failed or stalled (answered later than the path's latency bound
-  while most of the path's operations were too): a stall is downtime, not availability.
+  last bad one, bad meaning failed or stalled (answered later than the path's latency bound,
+  having waited while the path answered nobody): a stall is downtime, not availability.
 - The longest silence, per path: the longest window after the fault in which no operation of
   the path completed at all (what `chaos.png` shows as a gap).
 - RPO: acknowledged writes reconciled against what the system holds after recovery. Lost means
@@ -14,7 +14,6 @@ Definitions (ARCHITECTURE.md):
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from itertools import pairwise
@@ -28,39 +27,34 @@ def good(op: Operation, bound_s: float | None = None) -> bool:
     return op.outcome == "ok" and (bound_s is None or op.latency_s <= bound_s)
 
 
-#: A late answer is part of a stall when at least this many of the path's operations were
-#: invoked while it waited (itself included), and at least half of them were not good.
-STALL_MIN_OPS = 3
-
-
 def rto_s(
     ops: Sequence[Operation],
     fault_s: float,
     consecutive: int = 3,
     kind: str | None = None,
     bound_s: float | None = None,
+    quiet_s: float | None = None,
 ) -> float | None:
     """Seconds from `fault_s` (monotonic) to recovery, or None if not recovered in the ledger.
 
     Among operations invoked after the fault, in invocation order, an operation is bad when it
-    failed, or when it is part of a stall (`stalled`: answered later than `bound_s`, while most
-    of the path's operations invoked during its wait were not good either): waiting out a
-    stall is as bad as failing. A lone late answer is the latency's tail, not downtime.
-    Recovery is the first of `consecutive` operations in a row *after the last bad one*, at the
-    earliest answer among them: good ones that precede a delayed disruption (a client still
-    talking to a dying primary until the load balancer notices) are not recovery. 0 when no
-    operation after the fault was bad and at least `consecutive` were invoked.
+    failed, or when it waited out a stall (`stalled`: answered later than `bound_s`, and while
+    it waited the path answered nobody for longer than `quiet_s`, `bound_s` when not given):
+    waiting is as bad as failing. A slow answer while others flowed is degradation, for the
+    latency objectives to judge, not downtime. Recovery is the first of `consecutive`
+    operations in a row *after the last bad one*, at the earliest answer among them: good ones
+    that precede a delayed disruption (a client still talking to a dying primary until the load
+    balancer notices) are not recovery. 0 when no operation after the fault was bad and at
+    least `consecutive` were invoked.
 
     Only operations of `kind` count when it is given.
     """
     if consecutive < 1:
         raise ValueError("consecutive must be >= 1")
-    after = sorted(
-        (o for o in ops if o.invoked_s >= fault_s and (kind is None or o.kind == kind)),
-        key=lambda o: o.invoked_s,
-    )
-    stall = stalled(after, bound_s)
-    bad = [i for i, o in enumerate(after) if o.outcome != "ok" or stall[i]]
+    mine = [o for o in ops if kind is None or o.kind == kind]
+    after = sorted((o for o in mine if o.invoked_s >= fault_s), key=lambda o: o.invoked_s)
+    quiet = silences(mine, fault_s, quiet_s if quiet_s is not None else bound_s)
+    bad = [i for i, o in enumerate(after) if o.outcome != "ok" or stalled(o, bound_s, quiet)]
     if not bad:
         return 0.0 if len(after) >= consecutive else None
     tail = after[bad[-1] + 1 :]
@@ -69,25 +63,24 @@ def rto_s(
     return max(0.0, min(o.completed_s for o in tail[:consecutive]) - fault_s)
 
 
-def stalled(ops: Sequence[Operation], bound_s: float | None) -> list[bool]:
-    """For each operation of `ops` (in invocation order): answered `ok` but later than
-    `bound_s`, while at least `STALL_MIN_OPS` of the operations invoked during its wait
-    (itself included) were invoked and at least half of them were not good (failed or late):
-    the path stalled. All False without a bound."""
-    if bound_s is None:
-        return [False] * len(ops)
-    invoked = [o.invoked_s for o in ops]
-    not_good = [0]
-    for o in ops:
-        not_good.append(not_good[-1] + (not good(o, bound_s)))
-    out = []
-    for o in ops:
-        if not (o.outcome == "ok" and o.latency_s > bound_s):
-            out.append(False)
-            continue
-        lo, hi = bisect_left(invoked, o.invoked_s), bisect_right(invoked, o.completed_s)
-        out.append(hi - lo >= STALL_MIN_OPS and 2 * (not_good[hi] - not_good[lo]) >= hi - lo)
-    return out
+def silences(
+    ops: Iterable[Operation], since: float, longer_than: float | None
+) -> list[tuple[float, float]]:
+    """The windows from `since` on longer than `longer_than` seconds in which none of `ops`
+    was answered (whatever its outcome); the window from `since` to the first answer counts.
+    None: no window."""
+    if longer_than is None:
+        return []
+    edges = [since, *sorted(o.completed_s for o in ops if o.completed_s >= since)]
+    return [(a, b) for a, b in pairwise(edges) if b - a > longer_than]
+
+
+def stalled(op: Operation, bound_s: float | None, quiet: Sequence[tuple[float, float]]) -> bool:
+    """`op` was answered `ok` but later than `bound_s`, and its wait overlapped one of the
+    `quiet` windows (the path answering nobody): it waited out a stall."""
+    if bound_s is None or op.outcome != "ok" or op.latency_s <= bound_s:
+        return False
+    return any(start < op.completed_s and end > op.invoked_s for start, end in quiet)
 
 
 def reconcile_writes(
@@ -180,16 +173,17 @@ def rpo_s(lost_acked: Iterable[float], events: Iterable[float], end: float) -> f
     return worst
 
 
-#: Fewer `ok` answers of a path before the fault than this: no baseline for its bound.
+#: Fewer answers of a path before the fault than this: no baseline for its quiet bound.
 BASELINE_MIN_OPS = 20
 
 
-def baseline_p95_s(ops: Sequence[Operation], fault_wall: float) -> float | None:
-    """The p95 latency of a path's `ok` answers invoked before the fault (None: too few)."""
-    before = sorted(o.latency_s for o in ops if o.invoked_s < fault_wall and o.outcome == "ok")
-    if len(before) < BASELINE_MIN_OPS:
+def baseline_gap_s(ops: Sequence[Operation], fault_wall: float) -> float | None:
+    """The longest wait between two answers of a path before the fault (None: too few): how
+    quiet the path was in its ordinary run."""
+    done = sorted(o.completed_s for o in ops if o.completed_s < fault_wall)
+    if len(done) < BASELINE_MIN_OPS:
         return None
-    return round(before[int(0.95 * (len(before) - 1))], 3)
+    return round(max(b - a for a, b in pairwise(done)), 3)
 
 
 def recovery_report(
@@ -205,9 +199,10 @@ def recovery_report(
     `rto_s.max` and `rpo_s.max`).
 
     `bounds_s`: path -> the latency bound of a good write or read (the path's latency
-    objective, or the experiment's); a path without one counts every `ok` as good. A path is
-    never held to better than it did before the fault: its bound is at least its p95 latency
-    then (`baseline_p95_s`), so a slow machine's ordinary tail is not read as a stall. The
+    objective, or the experiment's); a path without one counts every `ok` as good. A stall is
+    a window with no answer longer than both the bound and twice the path's longest such
+    window before the fault (`baseline_gap_s`: a small fleet's ordinary pauses are not
+    outages); answers later than the bound that waited through one are bad (`rto_s`). The
     notification path is judged by `ttr_bound_s` (`path_ops`). A path with fewer than
     `consecutive` operations after the fault has no RTO (no data). A path that had them but
     never recovered gets, as RTO, the time it was observed after the fault (a lower bound) and
@@ -219,16 +214,21 @@ def recovery_report(
     unknown counts come with it.
     """
     by_path = path_ops(ops, ttr_bound_s)
-    baseline = {p: baseline_p95_s(v, fault_wall) for p, v in by_path.items()}
-    bounds: dict[str, float | None] = {
-        p: max(b, baseline[p] or 0.0) for p, b in (bounds_s or {}).items() if p in by_path
-    }
+    baseline = {p: baseline_gap_s(v, fault_wall) for p, v in by_path.items()}
+    bounds: dict[str, float | None] = {p: b for p, b in (bounds_s or {}).items() if p in by_path}
     bounds["notification"] = ttr_bound_s
+    quiet = {p: max(b, 2 * (baseline[p] or 0.0)) for p, b in bounds.items() if b is not None}
     rto: dict[str, float | None] = {}
     recovered: dict[str, bool | None] = {}
     for path, path_ops_ in by_path.items():
         after = [o for o in path_ops_ if o.invoked_s >= fault_wall]
-        value = rto_s(path_ops_, fault_wall, consecutive=consecutive, bound_s=bounds.get(path))
+        value = rto_s(
+            path_ops_,
+            fault_wall,
+            consecutive=consecutive,
+            bound_s=bounds.get(path),
+            quiet_s=quiet.get(path),
+        )
         if value is not None:
             rto[path], recovered[path] = round(value, 3), True
         elif len(after) >= consecutive:
@@ -246,7 +246,7 @@ def recovery_report(
         "fault_wall": fault_wall,
         "consecutive": consecutive,
         "bound_s": {p: bounds.get(p) for p in by_path},
-        "baseline_p95_s": baseline,
+        "stall_quiet_s": {p: quiet.get(p) for p in by_path},
         "rto_s": {**rto, "max": max(measured) if measured else None},
         "recovered": recovered,
         "unrecovered_paths": sum(1 for v in recovered.values() if v is False),

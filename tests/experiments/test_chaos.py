@@ -243,7 +243,7 @@ def test_cwh_chaos_stop_interrupts_from_outside(local_env, tmp_path, name):
 
 
 def test_a_stall_that_fails_nothing_counts_as_downtime(local_env, tmp_path):
-    """A lock on the requests table holds every submit for a few seconds, none fails. The old
+    """A lock on the requests table holds every submit for 8 s, none fails. The old
     measure said RTO 0; a stall is downtime, and the longest window without an answer shows
     it."""
     wait_healthy(local_env)
@@ -252,7 +252,7 @@ def test_a_stall_that_fails_nothing_counts_as_downtime(local_env, tmp_path):
     (lock,) = [f for f in faults if f["event"] == "inject"]
     (unlock,) = [f for f in faults if f["event"] == "restore" and f["fault"] == lock["fault"]]
     locked_s = unlock["wall"] - lock["wall"]
-    assert locked_s >= 4.0
+    assert locked_s >= 8.0
     ops = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
     submits = [o for o in ops if o["kind"] == "submit"]
     # The fault happened: while locked, no submit was answered; and it failed none.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cwh.fleet import FleetOptions, catch_up, settle
+from cwh.fleet import FleetOptions, Tokens, catch_up, settle
 from cwh.fleet import identities as fleet_identities
 
 #: request id -> what the fake API answers for it, in turn (the last answer repeats).
@@ -28,10 +28,12 @@ SCRIPT = {
     "r-queued": ["queued", "completed"],  # pending, then final
     "r-notoken": ["completed"],  # its device's token call fails: unknown
     "r-tokenflaky": ["completed"],  # its device's first token call fails, the next works
+    "r-tokenlimited": ["completed"],  # its device's token calls are rate limited at first
 }
 DEVICE_OF = {rid: "dev-main" for rid in SCRIPT}
 DEVICE_OF["r-notoken"] = "dev-notoken"
 DEVICE_OF["r-tokenflaky"] = "dev-tokenflaky"
+DEVICE_OF["r-tokenlimited"] = "dev-tokenlimited"
 
 
 def fake_api(calls: Counter[str]) -> web.Application:
@@ -41,6 +43,8 @@ def fake_api(calls: Counter[str]) -> web.Application:
         calls[f"token:{client}"] += 1
         if client == "dev-notoken":
             return web.json_response({"error": "unavailable"}, status=503)
+        if client == "dev-tokenlimited" and calls[f"token:{client}"] <= 2:
+            return web.json_response({"error": "x"}, status=429, headers={"Retry-After": "0.1"})
         if client == "dev-tokenflaky" and calls[f"token:{client}"] == 1:
             assert request.transport is not None
             request.transport.close()  # no answer at all: the client sees an exception
@@ -112,6 +116,7 @@ def test_what_the_api_could_not_answer_is_left_out_and_retried_until_the_deadlin
     assert statuses["r-flaky"] == "completed"
     assert statuses["r-queued"] == "completed"
     assert statuses["r-tokenflaky"] == "completed"
+    assert statuses["r-tokenlimited"] == "completed"  # the token's 429s were honoured
     # Never answered: left out (unknown), whatever the failure.
     unknown = {"r-500", "r-busy", "r-slow", "r-cut", "r-notoken", "r-orphan"}
     assert unknown.isdisjoint(statuses), statuses
@@ -120,6 +125,7 @@ def test_what_the_api_could_not_answer_is_left_out_and_retried_until_the_deadlin
     assert calls["r-500"] >= 2
     assert calls["token:dev-notoken"] >= 2
     assert calls["r-done"] == 1
+    assert calls["token:dev-main"] == 1  # one token per device, kept across passes
     assert took < 15 + 1, took  # bounded by the deadline, whatever hangs
 
 
@@ -153,7 +159,8 @@ def test_the_catch_up_reads_each_device_log_whole_and_leaves_out_what_it_cannot_
             "r-y": "dev-tokenflaky",  # the log answers 503: unknown
         }
         try:
-            return await catch_up(opts, fleet_identities(tmp_path), unheard, timeout_s=5)
+            tokens = Tokens(opts.target, fleet_identities(tmp_path))
+            return await catch_up(opts, tokens, unheard, timeout_s=5)
         finally:
             await runner.cleanup()
 

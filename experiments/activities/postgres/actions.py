@@ -112,7 +112,7 @@ def replication_link_latency(latency_ms: int = 1500, jitter_ms: int = 0) -> dict
     )
 
 
-def lock_writes(seconds: float = 4.0, table: str = "requests") -> dict[str, Any]:
+def lock_writes(seconds: float = 8.0, table: str = "requests") -> dict[str, Any]:
     """Hold a SHARE lock on `table` for `seconds` through the write path, as a migration or a
     batch job does: every write to it (submits, the workers' status changes) waits, reads go
     on, nothing fails (a stall). The fault runs from when the lock was granted to its release,
