@@ -22,6 +22,7 @@ from env.local import EnvironmentStartError, LocalEnvironment
 from env.settings import EnvSettings, SettingsError
 from slo.definitions import DEFAULT_DIR, DefinitionError
 from slo.definitions import load as load_definitions
+from slo.reconcile import worst_exit
 from slo.rules import render
 from slo.sources import Window, parse_time
 
@@ -160,6 +161,7 @@ def load(args: argparse.Namespace) -> int:
         registration_secret=args.registration_secret,
         arrival_rate=args.arrival_rate,
         prometheus_url=args.prometheus.rstrip("/"),
+        settle_s=args.settle_s,
     )
     if problems := opts.problems():  # before anything starts
         for problem in problems:
@@ -179,14 +181,15 @@ def load(args: argparse.Namespace) -> int:
         secret = opts.registration_secret or status.get("registration_secret") or ""
         opts = dataclasses.replace(opts, registration_secret=secret)
     opts = dataclasses.replace(opts, target=target.rstrip("/"), ca_file=ca_file)
-    _, out, summary = run_fleet(opts, console, out=Path(args.out) if args.out else None)
+    run_code, out, summary = run_fleet(opts, console, out=Path(args.out) if args.out else None)
     console.print((out / "summary.md").read_text())
     if summary["locust_exit_code"] != 0 or not summary["operations"]:
         console.print(f"[red]the load run itself failed[/red]; report: {out}")
         return 1
     if args.no_gate:
-        return 0
-    # The gate decides (lost and duplicated requests are among its key objectives).
+        return run_code  # the reconciliation's verdict: 1 lost or duplicated, 2 unknowns left
+    # The gate decides (lost and duplicated requests are among its key objectives); a run with
+    # unknowns left is never a pass, whatever definitions the gate was given.
     prometheus = opts.prometheus_url or ("" if args.target else _local_prometheus())
     gate_code = check(
         GateOptions(run=out, prometheus_url=prometheus, definitions=Path(args.definitions)),
@@ -196,7 +199,7 @@ def load(args: argparse.Namespace) -> int:
 
     try_write_html(out, prometheus, console)
     console.print(f"report: {out}")
-    return gate_code
+    return worst_exit(gate_code, run_code)
 
 
 def _local_prometheus() -> str:
@@ -401,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--prometheus",
         default=os.environ.get("PROMETHEUS_URL", ""),
         help="the target's Prometheus, for the SLO gate (default: the local environment's)",
+    )
+    fl.add_argument(
+        "--settle-s",
+        type=float,
+        default=60.0,
+        help="seconds to read back acknowledged requests after the run; unanswered: unknown",
     )
     fl.add_argument("--definitions", default=str(DEFAULT_DIR), help="SLO definitions for the gate")
     fl.add_argument("--out", help="write into this folder (default: reports/<UTC>-load, latest)")

@@ -37,6 +37,7 @@ from reference_impl.control_plane import guarded
 from reference_impl.crypto import FieldCipher
 from reference_impl.errors import ApiError, error_middleware
 from reference_impl.openapi import OPENAPI
+from reference_impl.planted import PLANTED
 from reference_impl.schema import ensure_schema
 from reference_impl.settings import ServiceSettings
 from reference_impl.stores import CacheCluster, create_pool, create_redis, redis_or_none
@@ -171,6 +172,21 @@ def request_view(row: asyncpg.Record, response: str | None) -> dict[str, Any]:
     }
 
 
+async def planted_duplicate_key(request: web.Request, device_id: uuid.UUID, key: str) -> str:
+    """The planted fault `duplicate_keys` (`reference_impl/planted.py`, test environments only):
+    when it is armed and `key` already has a request, this submit is stored under a key of its
+    own, so the phone's key gets a second request (once per key). Otherwise `key` itself."""
+    planted = request.app[PLANTED]
+    if planted.armed.get("duplicate_keys", 0) <= 0 or key in planted.planted["duplicate_keys"]:
+        return key
+    exists = await request.app[WRITE_POOL].fetchval(
+        "SELECT 1 FROM requests WHERE device_id = $1 AND idempotency_key = $2", device_id, key
+    )
+    if exists and planted.take("duplicate_keys", key):
+        return f"{key}#planted-duplicate"
+    return key
+
+
 # ---- handlers ------------------------------------------------------------------------------
 
 
@@ -254,6 +270,9 @@ async def submit(request: web.Request) -> web.StreamResponse:
     ).digest()
     cipher = request.app[CIPHER]
     request_id = uuid.uuid4()
+    if request.app[PLANTED].take("lose_acks", str(request_id)):  # planted: acknowledged, not kept
+        return json_reply(request, {"request_id": str(request_id), "status": "queued"}, 202)
+    key = await planted_duplicate_key(request, claims.device_id, key)
     cid = observability.correlation_id.get()
     ctx = f"{claims.device_id}/{request_id}"
     settings = request.app[SETTINGS]

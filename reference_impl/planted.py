@@ -10,7 +10,8 @@ nothing can be planted. The route is on the service's own port, never behind the
 
     GET  /admin/planted            what is armed, and what was planted so far
     POST /admin/planted            JSON object: counts to arm (added to what is armed), or
-                                   {"wedge_loop": "<loop name>"} / {"reset": true}
+                                   {"wedge_loop": "<loop name>"} / {"reset": true} /
+                                   {"disarm": true} (plant no more, keep the record)
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class PlantedFaults:
             self.armed = dict.fromkeys(COUNTED, 0)
             self.planted = {k: [] for k in COUNTED}
             self.wedge_loop = ""
+            return
+        if body.get("disarm") is True:  # plant no more; what was planted stays on record
+            self.armed = dict.fromkeys(COUNTED, 0)
             return
         for name, value in body.items():
             if name == "wedge_loop":

@@ -156,6 +156,9 @@ class PhoneUser(FastHttpUser):
     background_limit_s = 30.0
     #: Chance that a go_offline task really takes the phone offline (CWH_OFFLINE_CHANCE).
     offline_chance = float(os.environ.get("CWH_OFFLINE_CHANCE", "0.3"))
+    #: Chance that an acknowledged submit is sent again at once, same key and body, as an app
+    #: does when the answer did not reach it (CWH_RESUBMIT_CHANCE): idempotency under test.
+    resubmit_chance = float(os.environ.get("CWH_RESUBMIT_CHANCE", "0.05"))
     insecure = False
     # Read when the HTTP client is built (in __init__): trust the target's certificate.
     ssl_context_factory = staticmethod(lambda: gevent.ssl.create_default_context(cafile=CA_FILE))
@@ -384,10 +387,12 @@ class PhoneUser(FastHttpUser):
         body: dict[str, str],
         replayed: bool = False,
         intended_s: float | None = None,
+        retried: bool = False,
     ) -> str | None:
         """Submit; the request id when acknowledged. `intended_s`: the session's intended start
-        (open arrivals), recorded as well as the service time."""
-        name = "submit (replayed)" if replayed else "submit"
+        (open arrivals), recorded as well as the service time. `retried`: sent again with the
+        key of a submit already acknowledged (the same request id must come back)."""
+        name = "submit (replayed)" if replayed else "submit (retried)" if retried else "submit"
         started, wall = time.monotonic(), time.time()
         rid = None
         outcome: Outcome = "info"
@@ -398,6 +403,7 @@ class PhoneUser(FastHttpUser):
             "device_id": self.ident["device_id"],
             "key": key,
             "replayed": replayed,
+            "retried": retried,
         }
         with self.client.post(
             "/v1/requests",
@@ -454,7 +460,9 @@ class PhoneUser(FastHttpUser):
         }
         store().queue(self.ident["device_id"], key, body)  # offline-first: outbox first
         if not self.offline:
-            self.send_submit(key, body)
+            rid = self.send_submit(key, body)
+            if rid is not None and self.rng.random() < self.resubmit_chance:
+                self.send_submit(key, body, retried=True)
 
     def read(self) -> None:
         if self.offline or not self.acked:
