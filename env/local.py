@@ -44,6 +44,23 @@ from env.settings import EnvSettings
 ProgressFn = Callable[[str, dict[str, Any]], None]
 
 
+def bindable(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` now (a port left in TIME_WAIT by the
+    last run is free: servers bind with SO_REUSEADDR, and so does this check)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def busy_ports(ports: dict[int, str], free: Callable[[int], bool]) -> list[str]:
+    """`port (what)` for each of `ports` that `free` says is taken, in port order."""
+    return [f"{port} ({what})" for port, what in sorted(ports.items()) if not free(port)]
+
+
 class EnvironmentStartError(RuntimeError):
     """Start-up failed. `component` names what did not come up, `log` where its log is."""
 
@@ -214,16 +231,7 @@ class LocalEnvironment:
     def _ports_free(self) -> None:
         """Refuse to start, naming the port, when one this environment needs is taken (by
         another environment whose base is 10000 away: its Redis cluster bus; or anything)."""
-        busy = []
-        for port, what in sorted(self.settings.listening_ports().items()):
-            with socket.socket() as sock:
-                # As the servers do: a port left in TIME_WAIT by the last run is free.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    busy.append(f"{port} ({what})")
-        if busy:
+        if busy := busy_ports(self.settings.listening_ports(), bindable):
             raise EnvironmentStartError(
                 "ports",
                 "",
