@@ -176,6 +176,32 @@ def _json_reply(status: int, error: str, detail: str, *headers: str) -> str:
     )
 
 
+#: HAProxy's own answers (no server, a bad gateway, a timeout, a malformed request), in the
+#: API's JSON form instead of HTML pages: (status, code, detail, retry).
+HAPROXY_ERRORS = (
+    (400, "bad_request", "the request is not valid HTTP", False),
+    (408, "request_timeout", "the request did not arrive in time", False),
+    (500, "internal", "load balancer error", False),
+    (502, "bad_gateway", "the server answered badly, retry", True),
+    (503, "unavailable", "no server is available, retry", True),
+    (504, "gateway_timeout", "the server did not answer in time, retry", True),
+)
+
+
+def haproxy_error_pages() -> str:
+    """`http-error` lines for the HTTPS frontend's proxies: what HAProxy itself answers is JSON
+    with a reason, like everything else a phone is told (and a Retry-After where retrying
+    helps)."""
+    lines = []
+    for status, code, detail, retry in HAPROXY_ERRORS:
+        body = json.dumps({"error": code, "detail": detail}, separators=(",", ":"))
+        hdr = " hdr Retry-After 1" if retry else ""
+        lines.append(
+            f"    http-error status {status} content-type application/json{hdr} string '{body}'"
+        )
+    return "\n".join(lines)
+
+
 def haproxy_public_rules(settings: EnvSettings) -> str:
     """The HTTPS frontend's rules: only the public API passes, and registration and tokens are
     rate limited per client address (`EnvSettings.auth_rate_limit_per_s`, over one second)."""
@@ -291,6 +317,7 @@ frontend https
     option forwardfor
     http-request set-header X-Forwarded-Proto https
     http-response set-header Strict-Transport-Security "max-age=31536000"
+{haproxy_error_pages()}
 {haproxy_public_rules(settings)}
     acl is_updates path_beg /v1/updates
     use_backend hub if is_updates
@@ -299,6 +326,7 @@ frontend https
 backend api
     mode http
     balance roundrobin
+{haproxy_error_pages()}
     option httpchk GET /health/ready
     http-check expect status 200
     # A replica killed before the checks mark it down: a refused connection goes to another
@@ -316,6 +344,7 @@ backend api
 backend hub
     mode http
     balance leastconn
+{haproxy_error_pages()}
     option httpchk GET /health/ready
     http-check expect status 200
     # A replica killed before the checks mark it down: a refused connection goes to another

@@ -409,12 +409,10 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
     app[READ_POOL] = await create_pool(settings.pg_read_url, max_size=20)
     await ensure_schema(app[WRITE_POOL])
     app[REDIS] = create_redis(settings)
-    checks = app[observability.READY_CHECKS_KEY]
-
-    async def pg() -> bool:
-        return bool(await app[WRITE_POOL].fetchval("SELECT 1", timeout=2) == 1)
-
-    checks["postgres"] = pg
+    # No live database query in readiness: every replica shares the database, so a stalled
+    # write path would take them all out of the load balancer at once (reads, which go to the
+    # replicas, would then fail too, and in-flight requests be cut). A replica that has its
+    # stores is ready; one whose database is down answers 503 itself, with Retry-After.
     yield
     await app[REDIS].aclose()
     await app[READ_POOL].close()
