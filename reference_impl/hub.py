@@ -58,7 +58,7 @@ from aiohttp import WSCloseCode, web
 from prometheus_client import Counter, Gauge, Histogram
 
 from reference_impl import contract, observability
-from reference_impl.auth import InvalidToken, TokenIssuer, bearer, key_status
+from reference_impl.auth import LEEWAY_S, InvalidToken, TokenIssuer, bearer, key_status
 from reference_impl.control_plane import guarded
 from reference_impl.errors import ApiError, error_middleware
 from reference_impl.schema import ensure_schema
@@ -80,7 +80,7 @@ SETTLE_S = 5.0
 TOKEN_MAX_IDS = contract.RESUME_MAX_IDS
 TOKEN_MAX_CHARS = contract.RESUME_MAX_LENGTH
 CLOSE_DEADLINE_S = 2.0  # a peer that has not taken our close frame and answered by then is cut
-TOKEN_LEEWAY_S = 5  # what TokenIssuer.verify allows past `exp`
+TOKEN_LEEWAY_S = LEEWAY_S  # what TokenIssuer.verify allows past `exp`
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_RESUME = 4002
 PING_EVERY_S = 1.0

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from env.local import LocalEnvironment
 from reference_impl import hub
-from reference_impl.auth import TokenIssuer
+from reference_impl.auth import LEEWAY_S, TokenIssuer
 from reference_impl.settings import ServiceSettings
 from reference_impl.stores import NOTIFY_CHANNEL
 from tests.helpers import wait_healthy
@@ -45,8 +45,6 @@ SCALE = float(os.environ.get("CWH_TIMEOUT_SCALE", "1"))
 #: The close codes the hub documents (module docstring, README).
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_RESUME = 4002
-#: The leeway the token verification allows past `exp`.
-TOKEN_LEEWAY_S = 5
 #: Closing sockets in parallel with a deadline of a couple of seconds: well under this.
 SHUTDOWN_BOUND_S = 8
 
@@ -118,8 +116,7 @@ async def running_hub(status: dict[str, Any]) -> AsyncIterator[RunningHub]:
 
 
 def token_for(status: dict[str, Any], device: uuid.UUID, ttl_s: int = 900) -> str:
-    key = Path(status["run_dir"]) / "services" / "jwt-signing-key.pem"
-    return TokenIssuer(key, ttl_s).issue(device, "test")[0]
+    return TokenIssuer(hub_settings(status).jwt_key_path, ttl_s).issue(device, "test")[0]
 
 
 def redis_node(status: dict[str, Any]) -> redis.Redis:
@@ -499,7 +496,7 @@ def test_a_socket_is_closed_when_its_token_expires(local_env: LocalEnvironment):
             issued = time.monotonic()
             ws = await phone.updates()
             assert (await ws.receive_json(timeout=5))["type"] == "hello"
-            msg = await ws.receive(timeout=ttl_s + TOKEN_LEEWAY_S + 10 * SCALE)
+            msg = await ws.receive(timeout=ttl_s + LEEWAY_S + 10 * SCALE)
             closed_after = time.monotonic() - issued
             assert msg.type == aiohttp.WSMsgType.CLOSE, msg
             assert msg.data == CLOSE_TOKEN_EXPIRED
