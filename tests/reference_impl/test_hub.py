@@ -309,6 +309,7 @@ def test_dead_clients_do_not_stall_delivery_to_others(local_env: LocalEnvironmen
                     latencies.append(time.monotonic() - sent)
                     next_id += 1
                 assert max(latencies) < 2 * SCALE, f"normal client waited {latencies}"
+                print(f"beside {len(slow)} dead clients: delivered in {latencies} s")
                 # The fault happened: each slow socket overflowed and was dropped by the hub.
                 closed = await metric(session, h.base, "cw_ws_closes_total", reason="too_slow")
                 assert closed >= len(slow)
@@ -341,6 +342,7 @@ def test_shutdown_with_dead_peers_finishes_within_a_bound(local_env: LocalEnviro
                 await phone.wait(lambda: phone.closed, 5, "the phone's socket closed")
                 assert phone.close_code == 1001, "going away: reconnect elsewhere"
                 assert took < SHUTDOWN_BOUND_S * SCALE
+                print(f"shutdown with {len(idle) + 1} dead peers: {took:.2f} s")
             finally:
                 for p in [*idle, blocked]:
                     p.close()
