@@ -693,11 +693,8 @@ async def hear(app: web.Application, pubsub: Any) -> None:
 async def _run(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = await create_pool(app[SETTINGS].pg_write_url, max_size=10)
     await ensure_schema(app[POOL])
-
-    async def pg() -> bool:
-        return bool(await app[POOL].fetchval("SELECT 1", timeout=2) == 1)
-
-    app[observability.READY_CHECKS_KEY]["postgres"] = pg
+    # No live database query in readiness (as the API): a stalled shared write path would mark
+    # every hub down at once and HAProxy would cut every phone's socket (a reconnect storm).
     # Should the listener end anyway, the hub is deaf: supervise stops the process.
     listener = observability.supervise(app, listen(app), "pubsub-listener")
     yield
