@@ -62,9 +62,11 @@ WORKERS ?= 1
 MIX ?= ios=60,android=40
 SPAWN_RATE ?= 10
 ARRIVAL_RATE ?= 0
+SETTLE ?= 60
 load: deps
 	@$(CWH) load --users $(USERS) --duration $(DURATION) --shape $(SHAPE) \
-		--workers $(WORKERS) --mix $(MIX) --spawn-rate $(SPAWN_RATE) --arrival-rate $(ARRIVAL_RATE)
+		--workers $(WORKERS) --mix $(MIX) --spawn-rate $(SPAWN_RATE) --arrival-rate $(ARRIVAL_RATE) \
+		--settle-s $(SETTLE)
 
 clean: down
 	@rm -rf $(VENV) .deps-stamp

@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     (out / "bench-chaos.md").write_text("\n".join(lines) + "\n")
     _plot(summary, runs, out / "bench-chaos.png")
+    from cwh.report import try_write_html
+
+    try_write_html(out, "", console)
     console.print(f"bench-chaos: {out}")
     return 0 if all(s["failed_runs"] == 0 for s in summary.values()) else 1
 

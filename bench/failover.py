@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
     console.print(f"results: {out / 'results.json'}")
+    from cwh.report import try_write_html
+
+    try_write_html(out, "", console)
     return 1 if any(s["lost"] for s in summary.values()) else 0
 
 

@@ -94,6 +94,8 @@ def phone_env(
         "PYTHONPATH": str(ROOT),
         "CWH_FLEET_DIR": str(fleet_dir),
         "CWH_OFFLINE_CHANCE": "0",
+        # The same requests as the plain user's: no retries of acknowledged submits.
+        "CWH_RESUBMIT_CHANCE": "0",
         "CWH_THINK_MEAN_S": f"{think_mean_s:g}",
         "CWH_THINK_CAP_S": f"{max(10.0, think_mean_s * 10):g}",
         "CWH_USERS": str(users),

@@ -27,6 +27,8 @@ from cwh.gate import GateOptions, check
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.process import wait_until
 from env.settings import EnvSettings
+from slo.ledger import write_atomic
+from slo.reconcile import EXIT_CODES, worst_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = ROOT / "experiments"
@@ -82,9 +84,18 @@ def catalogue() -> dict[str, dict[str, Any]]:
     return out
 
 
-def list_experiments(console: Console) -> int:
-    for name, exp in catalogue().items():
-        console.print(f"[bold]{name:<24}[/bold] {exp['summary']}", soft_wrap=True)
+def list_experiments(as_json: bool = False) -> int:
+    """The experiments on standard output (a listing pipes): one line each, or JSON."""
+    exps = catalogue()
+    if as_json:
+        keys = ("title", "summary", "tags")
+        listed = [
+            {"name": n, **{k: e[k] for k in keys}, "path": str(e["path"])} for n, e in exps.items()
+        ]
+        print(json.dumps(listed, indent=2))
+        return 0
+    for name, exp in exps.items():
+        print(f"{name:<24} {exp['summary']}")
     return 0
 
 
@@ -136,23 +147,18 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     _wait_through_interrupts(proc, console)
     os.environ["CWH_CHAOS_RUN_DIR"] = str(out)
     os.environ.update(settings.to_environ())
-    from experiments import harness
-    from experiments.activities.fleet.actions import stop_fleet
-
     # Whatever happened inside (even a second Ctrl-C during the rollbacks): nothing stays on.
-    stop_fleet(interrupt=True, timeout_s=120)
-    with console.status("restoring the environment…"):
-        try:
-            restored = harness.restore_all(wait_s=180)
-        except TimeoutError as exc:
-            restored = {"healthy": False, "error": str(exc)}
-    (out / "restored-after.json").write_text(json.dumps(restored))
-    if not restored.get("healthy"):
+    restored = _restore(console)
+    write_atomic(out / "restored-after.json", json.dumps(restored))
+    if not restored["healthy"]:
         console.print(
-            f"[red]error:[/red] the environment is not healthy after {opts.experiment}: "
-            f"{restored.get('error', '')}; see `cwh env status`"
+            f"[red]error:[/red] the environment is not healthy after {opts.experiment}; "
+            "see `cwh env status`"
         )
     chaos = _measurement(out, console)
+    if chaos is not None:
+        chaos["restore_errors"] = _restore_errors(out, restored)
+        write_atomic(out / "chaos.json", json.dumps(chaos, indent=2))
     gate_code = 2
     if opts.gate and (out / "summary.json").exists():
         gate_code = check(
@@ -168,6 +174,9 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     from cwh.chaos_plot import plot_timeline
 
     plot_timeline(out)
+    from cwh.report import try_write_html
+
+    try_write_html(out, f"http://127.0.0.1:{settings.ports.prometheus}", console)
     point_latest(out)
     status = journal.get("status", "missing")
     deviated = bool(journal.get("deviated"))
@@ -183,9 +192,39 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         + (" ([red]deviated[/red])" if deviated else "")
         + f"; report {out / 'chaos.md'}"
     )
-    if status != "completed" or deviated or not restored.get("healthy"):
+    if status != "completed" or deviated or not restored["healthy"] or restored["errors"]:
         return 1, out
-    return gate_code if opts.gate else 0, out
+    return worst_exit(gate_code if opts.gate else 0, _reconciliation_code(out)), out
+
+
+def _reconciliation_code(out: Path) -> int:
+    """The fleet's reconciliation as an exit code: 1 lost or duplicated, 2 acknowledged
+    requests left unknown (the read-back got no answer), 0 otherwise or without a fleet."""
+    path = out / "summary.json"
+    if not path.exists():
+        return 0
+    rec = json.loads(path.read_text())["reconciliation"]
+    return EXIT_CODES[rec.get("verdict", "pass")]
+
+
+def _restore(console: Console) -> dict[str, Any]:
+    """Every restore step (the fleet stopped, faults undone, knobs and planted faults reset,
+    health awaited), each whatever the others did; each failure on the terminal."""
+    from experiments import harness
+
+    with console.status("restoring the environment…"):
+        restored = harness.restore_all(wait_s=180, stop_fleet=True)
+    for step, error in restored["errors"].items():
+        console.print(f"[red]restore step {step} failed:[/red] {error}")
+    return restored
+
+
+def _restore_errors(out: Path, restored: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The restore steps that failed, by who restored: the experiment's control (its
+    `restored.json`) and `cwh chaos` after it."""
+    control = out / "restored.json"
+    by_control = json.loads(control.read_text()).get("errors", {}) if control.exists() else {}
+    return {"control": by_control, "cwh": restored["errors"]}
 
 
 def _steady_probe(exp: dict[str, Any]) -> dict[str, Any] | None:
@@ -255,6 +294,35 @@ def _fmt(v: Any, unit: str = " s") -> str:
     return "no data" if v is None else f"{v:g}{unit}"
 
 
+def _rto_table(chaos: dict[str, Any]) -> list[str]:
+    """Per path: RTO (a stall counts: an answer later than the bound is bad), whether it
+    recovered, the longest window without any answer, and what was bad after the fault."""
+    rto, rec = chaos["rto_s"], chaos["recovered"]
+    bound = chaos.get("bound_s", {})
+    silence = chaos.get("longest_silence_s", {})
+    slow = chaos.get("slow_after_fault", {})
+    lines = [
+        "| path | RTO | recovered | longest without an answer | failed after the fault "
+        "| ok but slower than the bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path in ("write", "read", "notification"):
+        lines.append(
+            f"| {path} | {_fmt(rto.get(path))} | "
+            f"{ {True: 'yes', False: 'NO', None: 'no data'}[rec.get(path)] } | "
+            f"{_fmt(silence.get(path))} | {chaos['not_ok_after_fault'].get(path, 0)} | "
+            f"{slow.get(path, 0)} (bound {_fmt(bound.get(path))}) |"
+        )
+    return [
+        *lines,
+        "",
+        "RTO runs from the first fault to the first of "
+        f"{chaos['consecutive']} operations in a row after the last bad one, bad meaning "
+        "failed or stalled (answered later than the bound after waiting while the path "
+        "answered nobody for longer than its stall_quiet_s): a stall is downtime.",
+    ]
+
+
 def write_report(
     out: Path,
     name: str,
@@ -283,19 +351,14 @@ def write_report(
             lines.append(f"- Steady state {when}: {met}")
     lines.append("")
     if chaos:
-        rto, rec = chaos["rto_s"], chaos["recovered"]
-        lines += ["| path | RTO | recovered | not ok after the fault |", "|---|---|---|---|"]
-        for path in ("write", "read", "notification"):
-            lines.append(
-                f"| {path} | {_fmt(rto.get(path))} | "
-                f"{ {True: 'yes', False: 'NO', None: 'no data'}[rec.get(path)] } | "
-                f"{chaos['not_ok_after_fault'].get(path, 0)} |"
-            )
+        lines += _rto_table(chaos)
         lines += [
             "",
             f"RPO {chaos['rpo_s']['max']:g} s: {chaos['acknowledged']} acknowledged, "
             f"{chaos['lost']} lost, {chaos['duplicated']} duplicated, "
-            f"{chaos['never_notified']} never notified, {chaos['info']} unknown (info).",
+            f"{chaos['never_notified']} never notified, {chaos.get('unknown', 0)} unknown (the "
+            f"read-back got no answer: inconclusive when not 0), {chaos['info']} submits with "
+            "no answer (info).",
             "",
             "Faults (UTC):",
             "",
@@ -310,9 +373,13 @@ def write_report(
         lines.append(
             "No measurement: the fleet or the fault did not happen (see chaostoolkit.log)."
         )
+    for who, errors in ((chaos or {}).get("restore_errors") or {}).items():
+        lines += [
+            f"- restore step {step} failed ({who}): {error}" for step, error in errors.items()
+        ]
     verdict = {0: "PASS", 1: "FAIL", 2: "INCONCLUSIVE"}.get(gate_code, str(gate_code))
     lines += ["", f"SLO gate: {verdict} (slo.md)", ""]
-    (out / "chaos.md").write_text("\n".join(lines))
+    write_atomic(out / "chaos.md", "\n".join(lines))
 
 
 def stop(settings: EnvSettings, console: Console, timeout_s: float = ROLLBACK_GRACE_S) -> int:
@@ -339,8 +406,10 @@ def stop(settings: EnvSettings, console: Console, timeout_s: float = ROLLBACK_GR
     finally:
         harness.stop_file().unlink(missing_ok=True)
     if LocalEnvironment(settings).supervisor_status() is not None:
-        with console.status("restoring the environment…"):
-            harness.restore_all(wait_s=180)
+        restored = _restore(console)
+        if restored["errors"] or not restored["healthy"]:
+            console.print("[red]not restored[/red]: see the errors above and `cwh env status`")
+            return 1
         console.print("[green]restored[/green]: no fault injected, every component healthy")
     return 0
 
@@ -391,6 +460,24 @@ def gameday(names: list[str], opts: ChaosOptions, console: Console, settings: En
         rel = os.path.relpath(out / "chaos.md", folder) if out else "-"
         lines.append(f"| {name} | {result} | {' | '.join(cells)} | {rel} |")
     console.print(table)
-    (folder / "gameday.md").write_text("\n".join(lines) + "\n")
+    write_atomic(folder / "gameday.md", "\n".join(lines) + "\n")
     console.print(f"game day report: {folder / 'gameday.md'}")
+    _write_gameday_html(folder, rows, settings, console)
     return worst
+
+
+def _write_gameday_html(
+    folder: Path,
+    rows: list[tuple[str, int, Path | None, Any]],
+    settings: EnvSettings,
+    console: Console,
+) -> None:
+    """`gameday.json` (which experiments ran, their exit codes and folders), then the page."""
+    from cwh.report import try_write_html
+
+    plan = [
+        {"experiment": name, "code": code, "folder": os.path.relpath(out, folder) if out else None}
+        for name, code, out, _ in rows
+    ]
+    (folder / "gameday.json").write_text(json.dumps({"experiments": plan}, indent=2))
+    try_write_html(folder, f"http://127.0.0.1:{settings.ports.prometheus}", console)

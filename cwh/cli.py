@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from cwh.gate import GateOptions, check
+from env.files import UntrustedRunDir
 from env.layout import Layout
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.settings import EnvSettings, SettingsError
 from slo.definitions import DEFAULT_DIR, DefinitionError
 from slo.definitions import load as load_definitions
+from slo.reconcile import worst_exit
 from slo.rules import render
 from slo.sources import Window, parse_time
 
@@ -46,7 +49,7 @@ def env_up(args: argparse.Namespace) -> int:
         env = LocalEnvironment(settings, progress=progress)
         try:
             env.up(timeout_s=args.timeout)
-        except EnvironmentStartError as exc:
+        except (EnvironmentStartError, UntrustedRunDir) as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 1
     console.print(f"[green]up[/green]: run directory {settings.run_dir}")
@@ -73,30 +76,51 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
     if as_json:
         print(json.dumps(status, indent=2, default=str))
         return 0 if status["healthy"] else 1
-    table = Table(title=f"local environment ({status['phase']}, {status['run_dir']})")
-    for col in ("component", "role", "pid", "port", "health", "lag", "tls"):
-        table.add_column(col)
-    for row in status["components"]:
-        ports = row["ports"]
-        port = ", ".join(f"{k} {v}" for k, v in ports.items()) if ports else ""
-        pid = row["pid"]
-        if row["kind"] == "postgresql":
-            pid = f"patroni {row['patroni_pid']} / postgres {row['postgres_pid']}"
-        lag = ""
-        if row.get("replay_lag_s") is not None or row.get("lag_bytes") is not None:
-            secs = row.get("replay_lag_s")
-            lag = f"{row.get('lag_bytes') or 0} B" + (f", {secs:.3f} s" if secs is not None else "")
-        health = "[green]ok[/green]" if row["healthy"] else f"[red]{row['state']}[/red]"
-        # Data stores: the TLS version a verifying probe negotiated ("off" when none).
-        tls = (row.get("tls") or "[red]off[/red]") if "tls" in row else ""
-        table.add_row(row["component"], row["role"], str(pid or "-"), port, health, lag, tls)
-    Console().print(table)
+    Console().print(status_table(status))
+    for warning in status.get("warnings", []):
+        Console().print(f"[yellow]warning:[/yellow] {warning}")
     urls = status["urls"]
     for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):
         Console().print(f"  {key:10} {urls[key]}")
     # Registration needs it; not printed here (terminals get recorded): --json shows it.
     Console().print(f"  {'secrets':10} {status['secrets_file']} (registration_secret)")
     return 0 if status["healthy"] else 1
+
+
+def status_table(status: dict[str, Any]) -> Table:
+    """One line per component, in 80 columns (CI logs): ports as numbers (`--json` names
+    them), PostgreSQL's pid as patroni/postgres, long roles cut with an ellipsis."""
+    table = Table(
+        title=f"local environment ({status['phase']}, {status['run_dir']})",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 2, 0, 0),
+        pad_edge=False,
+    )
+    table.add_column("component", no_wrap=True, min_width=18)
+    table.add_column("role", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("pid", no_wrap=True, min_width=9)
+    table.add_column("ports", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("health", no_wrap=True)
+    table.add_column("lag", no_wrap=True)
+    table.add_column("tls", no_wrap=True)
+    for row in status["components"]:
+        ports = ",".join(str(v) for v in (row["ports"] or {}).values())
+        pid = row["pid"]
+        if row["kind"] == "postgresql":
+            pid = f"{row['patroni_pid'] or '-'}/{row['postgres_pid'] or '-'}"
+        lag = ""
+        if row.get("replay_lag_s") is not None or row.get("lag_bytes") is not None:
+            secs = row.get("replay_lag_s")
+            lag = f"{row.get('lag_bytes') or 0}B" + (
+                f" {secs * 1000:.0f}ms" if secs is not None else ""
+            )
+        health = "[green]ok[/green]" if row["healthy"] else f"[red]{row['state']}[/red]"
+        # Data stores: the TLS version a verifying probe negotiated ("off": none).
+        tls = ""
+        if "tls" in row:
+            tls = str(row["tls"]).removeprefix("TLSv") if row["tls"] else "[red]off[/red]"
+        table.add_row(row["component"], row["role"], str(pid or "-"), ports, health, lag, tls)
+    return table
 
 
 def env_hold(args: argparse.Namespace) -> int:
@@ -142,6 +166,7 @@ def load(args: argparse.Namespace) -> int:
         registration_secret=args.registration_secret,
         arrival_rate=args.arrival_rate,
         prometheus_url=args.prometheus.rstrip("/"),
+        settle_s=args.settle_s,
     )
     if problems := opts.problems():  # before anything starts
         for problem in problems:
@@ -161,21 +186,25 @@ def load(args: argparse.Namespace) -> int:
         secret = opts.registration_secret or status.get("registration_secret") or ""
         opts = dataclasses.replace(opts, registration_secret=secret)
     opts = dataclasses.replace(opts, target=target.rstrip("/"), ca_file=ca_file)
-    _, out, summary = run_fleet(opts, console, out=Path(args.out) if args.out else None)
+    run_code, out, summary = run_fleet(opts, console, out=Path(args.out) if args.out else None)
     console.print((out / "summary.md").read_text())
     if summary["locust_exit_code"] != 0 or not summary["operations"]:
         console.print(f"[red]the load run itself failed[/red]; report: {out}")
         return 1
     if args.no_gate:
-        return 0
-    # The gate decides (lost and duplicated requests are among its key objectives).
+        return run_code  # the reconciliation's verdict: 1 lost or duplicated, 2 unknowns left
+    # The gate decides (lost and duplicated requests are among its key objectives); a run with
+    # unknowns left is never a pass, whatever definitions the gate was given.
     prometheus = opts.prometheus_url or ("" if args.target else _local_prometheus())
     gate_code = check(
         GateOptions(run=out, prometheus_url=prometheus, definitions=Path(args.definitions)),
         console,
     )
+    from cwh.report import try_write_html
+
+    try_write_html(out, prometheus, console)
     console.print(f"report: {out}")
-    return gate_code
+    return worst_exit(gate_code, run_code)
 
 
 def _local_prometheus() -> str:
@@ -185,6 +214,15 @@ def _local_prometheus() -> str:
 def _time(text: str) -> float:
     try:
         return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    from cwh.durations import parse_duration
+
+    try:
+        return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -227,8 +265,8 @@ def slo_rules(args: argparse.Namespace) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         try:
-            requests.post(f"{_local_prometheus()}/-/reload", timeout=10).raise_for_status()
-        except requests.RequestException as exc:
+            LocalEnvironment(settings).reload_prometheus()
+        except (requests.RequestException, RuntimeError, KeyError, TimeoutError) as exc:
             console.print(f"[red]error:[/red] wrote {target}, but Prometheus did not reload: {exc}")
             return 2
         console.print(f"installed {target} and reloaded Prometheus")
@@ -238,6 +276,62 @@ def slo_rules(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text)
         console.print(f"wrote {args.output}")
     return 0
+
+
+def report_html(args: argparse.Namespace) -> int:
+    from cwh.report import NotARunFolder, screenshot, write_html
+    from cwh.report.browser import BrowserError
+
+    folder = Path(args.run)
+    prometheus = args.prometheus or os.environ.get("PROMETHEUS_URL", "")
+    try:
+        path = write_html(folder, prometheus.rstrip("/"))
+    except NotARunFolder as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    print(path)
+    if args.screenshot:
+        try:
+            print(screenshot(path))
+        except BrowserError as exc:
+            console.print(f"[red]error:[/red] screenshot: {exc}")
+            return 1
+    return 0
+
+
+def report_index(args: argparse.Namespace) -> int:
+    from cwh.report.index import entries, write_index
+
+    reports = Path(args.reports)
+    if not reports.is_dir():
+        console.print(f"[red]error:[/red] {reports} is not a folder")
+        return 2
+    path = write_index(reports)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(e) for e in entries(reports)], indent=2))
+    else:
+        print(path)
+    return 0
+
+
+def report_compare(args: argparse.Namespace) -> int:
+    from cwh.report import kind_of
+    from cwh.report.compare import compare, read_figures, text_table
+
+    runs = [Path(args.run_a), Path(args.run_b)]
+    for run in runs:
+        try:
+            kind_of(run)
+        except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 2
+    a, b = (read_figures(r) for r in runs)
+    changes = compare(a, b)
+    if args.json:
+        print(json.dumps([c.to_json() for c in changes], indent=2))
+    else:
+        print(text_table(changes, str(runs[0]), str(runs[1])))
+    return 1 if any(c.regression for c in changes) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="X-Registration-Secret (default with no --target: the local environment's own)",
     )
     fl.add_argument("--users", type=int, default=20)
-    fl.add_argument("--duration", type=float, default=60.0, help="seconds")
+    fl.add_argument(
+        "--duration", type=_duration, default=60.0, help="like 90s, 10m, 1h30m, or seconds"
+    )
     fl.add_argument("--spawn-rate", type=float, default=10.0)
     fl.add_argument("--shape", default="steady")
     fl.add_argument("--workers", type=int, default=1)
@@ -313,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--prometheus",
         default=os.environ.get("PROMETHEUS_URL", ""),
         help="the target's Prometheus, for the SLO gate (default: the local environment's)",
+    )
+    fl.add_argument(
+        "--settle-s",
+        type=float,
+        default=60.0,
+        help="seconds to read back acknowledged requests after the run; unanswered: unknown",
     )
     fl.add_argument("--definitions", default=str(DEFAULT_DIR), help="SLO definitions for the gate")
     fl.add_argument("--out", help="write into this folder (default: reports/<UTC>-load, latest)")
@@ -345,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ch = sub.add_parser("chaos", help="chaos experiments with a fleet in the background")
     ch_sub = ch.add_subparsers(dest="chaos_command", required=True)
-    ch_sub.add_parser("list", help="the experiments, one line each").set_defaults(func=chaos_list)
+    cl = ch_sub.add_parser("list", help="the experiments, one line each (standard output)")
+    cl.add_argument("--json", action="store_true", help="name, title, summary, tags, path")
+    cl.set_defaults(func=chaos_list)
     cr = ch_sub.add_parser("run", help="run one experiment, measure RTO and RPO, gate it")
     cr.add_argument("experiment", help="a name from `cwh chaos list`")
     for p in (cr,):
@@ -368,13 +472,38 @@ def build_parser() -> argparse.ArgumentParser:
     ch_sub.add_parser(
         "stop", help="interrupt running experiments (rollbacks play) and restore the system"
     ).set_defaults(func=chaos_stop)
+
+    rp = sub.add_parser("report", help="reports of run folders")
+    rp_sub = rp.add_subparsers(dest="report_command", required=True)
+    rh = rp_sub.add_parser("html", help="write RUN_DIR/report.html (offline, one file)")
+    rh.add_argument("run", metavar="RUN_DIR", help="a run folder (load, chaos, game day, bench)")
+    rh.add_argument(
+        "--prometheus",
+        help="for the timelines that come from it (default: PROMETHEUS_URL, else the one the "
+        "run's gate used; answers saved in prometheus.json are reused)",
+    )
+    rh.add_argument(
+        "--screenshot", action="store_true", help="also report.png, from headless Chromium"
+    )
+    rh.set_defaults(func=report_html)
+    ri = rp_sub.add_parser("index", help="write REPORTS/index.html: every run and its verdict")
+    ri.add_argument("reports", nargs="?", default="reports", metavar="REPORTS")
+    ri.add_argument("--json", action="store_true", help="also list the runs as JSON on stdout")
+    ri.set_defaults(func=report_index)
+    rc = rp_sub.add_parser(
+        "compare", help="what changed from RUN_A to RUN_B, beyond noise; exit 1 on a regression"
+    )
+    rc.add_argument("run_a", metavar="RUN_A")
+    rc.add_argument("run_b", metavar="RUN_B")
+    rc.add_argument("--json", action="store_true", help="every change, machine-readable")
+    rc.set_defaults(func=report_compare)
     return parser
 
 
-def chaos_list(_: argparse.Namespace) -> int:
+def chaos_list(args: argparse.Namespace) -> int:
     from cwh.chaos import list_experiments
 
-    return list_experiments(console)
+    return list_experiments(as_json=args.json)
 
 
 def _chaos_options(args: argparse.Namespace, name: str) -> Any:

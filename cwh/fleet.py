@@ -8,6 +8,7 @@ percentiles, `summary.json` and `summary.md`, and points `reports/latest` at it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -24,8 +25,9 @@ from rich.console import Console
 
 from scenarios.latency import LatencyRecorder
 from scenarios.profiles import SHAPE_NAMES
-from slo.ledger import merge, read_jsonl, write_jsonl
-from slo.reconcile import acknowledged, reconcile
+from slo.ledger import Operation, merge, read_jsonl, write_atomic, write_jsonl
+from slo.reconcile import EXIT_CODES, acknowledged, notified_ids, reconcile
+from slo.recovery import rpo_s
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class FleetOptions:
         phone acts after its think time. In the open model `users` is the pool of phones, the
         most sessions in flight.
     prometheus_url: the target's Prometheus, for the SLO gate ("" = the local environment's).
+    settle_s: after the run, how long acknowledged requests are read back (until none is
+        pending and every one answered); what is still unanswered then is unknown.
     """
 
     target: str
@@ -53,6 +57,7 @@ class FleetOptions:
     registration_secret: str = ""
     arrival_rate: float = 0.0
     prometheus_url: str = ""
+    settle_s: float = 60.0
 
     def problems(self) -> list[str]:
         out = []
@@ -68,6 +73,8 @@ class FleetOptions:
             out.append(f"ARRIVAL_RATE={self.arrival_rate:g}: 0 (closed model) to 10000 sessions/s")
         if self.prometheus_url and not self.prometheus_url.startswith(("https://", "http://")):
             out.append(f"PROMETHEUS_URL={self.prometheus_url!r}: an http(s) URL")
+        if not 1 <= self.settle_s <= 3600:
+            out.append(f"SETTLE={self.settle_s:g}: 1 to 3600 seconds")
         if not 1 <= self.workers <= 64:
             out.append(f"WORKERS={self.workers}: 1 to 64")
         try:
@@ -130,76 +137,237 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
     return subprocess.run(cmd, env=env, cwd=root, timeout=opts.duration_s + 180).returncode
 
 
-async def read_back(
-    opts: FleetOptions, fleet_dir: Path, acked: dict[str, dict[str, Any]]
-) -> dict[str, str | None]:
-    """The status of every acknowledged request, read through the API with its device's token
-    (None when the API says it does not exist)."""
-    idents: dict[str, tuple[str, str]] = {}
+#: Statuses a request leaves by itself: the read-back waits for them to end.
+PENDING = ("queued", "processing")
+#: 429s in a row a read-back pass honours for one request before moving on.
+RATE_LIMITED_TRIES = 3
+
+
+def identities(fleet_dir: Path) -> dict[str, tuple[str, str]]:
+    """device id -> (client id, client secret), from every phone process's SQLite."""
+    out: dict[str, tuple[str, str]] = {}
     for db in fleet_dir.glob("phones-*.sqlite"):
         conn = sqlite3.connect(db)
         for device_id, client_id, secret in conn.execute(
             "SELECT device_id, client_id, client_secret FROM identities"
         ):
-            idents[device_id] = (client_id, secret)
+            out[device_id] = (client_id, secret)
         conn.close()
+    return out
+
+
+async def _token(
+    s: aiohttp.ClientSession, target: str, ident: tuple[str, str], deadline: float
+) -> str | None:
+    """A device's access token, or None when the API did not give one before `deadline` (any
+    failure). The token endpoint may be rate limited per address: its 429s are honoured."""
+    form = {"grant_type": "client_credentials", "client_id": ident[0], "client_secret": ident[1]}
+    while time.monotonic() < deadline:
+        try:
+            async with s.post(f"{target}/oauth/token", data=form) as r:
+                if r.status == 429:
+                    wait = float(r.headers.get("Retry-After", "1"))
+                    await asyncio.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+                    continue
+                return str((await r.json())["access_token"]) if r.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+            return None
+    return None
+
+
+class Tokens:
+    """Access tokens of the fleet's devices, asked once and kept across read-back passes (a
+    burst of token calls from one address is what a rate limit refuses)."""
+
+    def __init__(self, target: str, idents: dict[str, tuple[str, str]]) -> None:
+        self.target, self.idents = target, idents
+        self.tokens: dict[str, str] = {}
+
+    async def get(self, s: aiohttp.ClientSession, device_id: str, deadline: float) -> str | None:
+        ident = self.idents.get(device_id)
+        if device_id not in self.tokens and ident is not None:
+            token = await _token(s, self.target, ident, deadline)
+            if token is not None:
+                self.tokens[device_id] = token
+        return self.tokens.get(device_id)
+
+    def forget(self, device_id: str) -> None:
+        """A token the API refused (expired): ask again next time."""
+        self.tokens.pop(device_id, None)
+
+
+async def _status(
+    s: aiohttp.ClientSession, target: str, token: str, rid: str, deadline: float
+) -> tuple[bool, str | None]:
+    """(answered, status): (True, None) for a 404 of its own device (not there); (False, None)
+    when the API did not answer (5xx, timeout, connection error, 429 a few times in a row: the
+    next pass asks again, so one rate-limited request does not hold up its device's others);
+    (False, "unauthorized") when it refused the token."""
+    for _ in range(RATE_LIMITED_TRIES):
+        if time.monotonic() >= deadline:
+            break
+        try:
+            async with s.get(
+                f"{target}/v1/requests/{rid}", headers={"Authorization": f"Bearer {token}"}
+            ) as r:
+                if r.status == 429:  # the per-device rate limit: honour it, within the deadline
+                    wait = float(r.headers.get("Retry-After", "1"))
+                    await asyncio.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+                    continue
+                if r.status == 404:
+                    return True, None
+                if r.status == 200:
+                    return True, str((await r.json())["status"])
+                return False, "unauthorized" if r.status == 401 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+            return False, None
+    return False, None
+
+
+async def read_back(
+    opts: FleetOptions,
+    tokens: Tokens,
+    rids: list[str],
+    acked: dict[str, dict[str, Any]],
+    deadline: float,
+    request_timeout_s: float = 10.0,
+) -> dict[str, str | None]:
+    """One pass over `rids`, each read through the API with its device's token: request id ->
+    status (None: the API says it is not there). What the API could not answer before
+    `deadline` (monotonic) is left out: unknown, never lost. Never raises for the API's sake."""
     ctx = ssl.create_default_context(cafile=opts.ca_file or None)
     statuses: dict[str, str | None] = {}
     by_device: dict[str, list[str]] = {}
-    for rid, info in acked.items():
-        by_device.setdefault(info["device_id"], []).append(rid)
+    for rid in rids:
+        by_device.setdefault(acked[rid]["device_id"], []).append(rid)
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx, limit=32), timeout=aiohttp.ClientTimeout(total=30)
+        connector=aiohttp.TCPConnector(ssl=ctx, limit=32),
+        timeout=aiohttp.ClientTimeout(total=request_timeout_s),
     ) as s:
-
-        async def device(device_id: str, rids: list[str]) -> None:
-            client_id, secret = idents[device_id]
-            form = {"grant_type": "client_credentials", "client_id": client_id}
-            token = ""
-            for _ in range(20):  # the token endpoint is rate limited per address: honour it
-                async with s.post(
-                    f"{opts.target}/oauth/token", data={**form, "client_secret": secret}
-                ) as r:
-                    if r.status == 429:
-                        await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
-                        continue
-                    token = (await r.json())["access_token"]
-                    break
-            if not token:
-                return
-            for rid in rids:
-                for _ in range(20):  # the per-device rate limit may say 429: honour it
-                    async with s.get(
-                        f"{opts.target}/v1/requests/{rid}",
-                        headers={"Authorization": f"Bearer {token}"},
-                    ) as r:
-                        if r.status == 429:
-                            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
-                            continue
-                        statuses[rid] = (await r.json())["status"] if r.status == 200 else None
-                        break
-
         sem = asyncio.Semaphore(16)
 
-        async def bounded(device_id: str, rids: list[str]) -> None:
+        async def device(device_id: str, rids: list[str]) -> None:
             async with sem:
-                await device(device_id, rids)
+                token = await tokens.get(s, device_id, deadline)
+                if token is None:  # its requests stay unknown this pass
+                    return
+                for rid in rids:
+                    answered, status = await _status(s, opts.target, token, rid, deadline)
+                    if answered:
+                        statuses[rid] = status
+                    elif status == "unauthorized":
+                        tokens.forget(device_id)
+                        return
 
-        await asyncio.gather(*(bounded(d, r) for d, r in by_device.items()))
+        remaining = max(0.0, deadline - time.monotonic())
+        with contextlib.suppress(TimeoutError):  # what was read so far stands
+            async with asyncio.timeout(remaining):
+                await asyncio.gather(*(device(d, r) for d, r in by_device.items()))
     return statuses
 
 
 async def settle(
-    opts: FleetOptions, fleet_dir: Path, acked: dict[str, dict[str, Any]], timeout_s: float
+    opts: FleetOptions,
+    fleet_dir: Path,
+    acked: dict[str, dict[str, Any]],
+    timeout_s: float,
+    request_timeout_s: float = 10.0,
+    tokens: Tokens | None = None,
 ) -> dict[str, str | None]:
-    """Read back until no acknowledged request is still queued or processing (bounded)."""
+    """Read back until every acknowledged request has a final answer, or `timeout_s` passed:
+    pending ones (queued, processing) and unknown ones are asked again, final ones are not.
+    Returns request id -> status (None: not there); unknowns at the deadline are left out.
+    `tokens`: the devices' tokens (default: asked afresh from the identities in `fleet_dir`)."""
     deadline = time.monotonic() + timeout_s
+    tokens = tokens or Tokens(opts.target, identities(fleet_dir))
+    known: dict[str, str | None] = {}
     while True:
-        statuses = await read_back(opts, fleet_dir, acked)
-        pending = [r for r, s in statuses.items() if s in ("queued", "processing")]
-        if not pending or time.monotonic() >= deadline:
-            return statuses
-        await asyncio.sleep(2)
+        todo = [r for r in acked if r not in known or known[r] in PENDING]
+        if not todo or time.monotonic() >= deadline:
+            return known
+        known.update(await read_back(opts, tokens, todo, acked, deadline, request_timeout_s))
+        if any(r not in known or known[r] in PENDING for r in todo):
+            await asyncio.sleep(max(0.0, min(2.0, deadline - time.monotonic())))
+
+
+async def _device_events(
+    s: aiohttp.ClientSession, target: str, token: str, deadline: float
+) -> set[str] | None:
+    """The request ids with an event in a device's log (`/v1/sync` from the start, page by
+    page), or None when the log could not be read whole before `deadline`."""
+    seen: set[str] = set()
+    since = "0"
+    while time.monotonic() < deadline:
+        try:
+            async with s.get(
+                f"{target}/v1/sync",
+                params={"since": since},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
+                if r.status == 429:
+                    wait = float(r.headers.get("Retry-After", "1"))
+                    await asyncio.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+                    continue
+                if r.status != 200:
+                    return None
+                body = await r.json()
+            seen.update(str(e["request_id"]) for e in body["events"])
+            if not body["more"] or body["next_cursor"] == since:
+                return seen
+            since = str(body["next_cursor"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+async def catch_up(
+    opts: FleetOptions,
+    tokens: Tokens,
+    unheard: dict[str, str],
+    timeout_s: float = 30.0,
+    request_timeout_s: float = 10.0,
+) -> dict[str, bool]:
+    """For completed requests no phone heard of (request id -> device id), what each device's
+    event log says, as an app opening again would sync: request id -> whether its event is
+    there. A request whose device's log could not be read is left out (unknown)."""
+    deadline = time.monotonic() + timeout_s
+    by_device: dict[str, list[str]] = {}
+    for rid, device_id in unheard.items():
+        by_device.setdefault(device_id, []).append(rid)
+    out: dict[str, bool] = {}
+    ctx = ssl.create_default_context(cafile=opts.ca_file or None)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx, limit=32),
+        timeout=aiohttp.ClientTimeout(total=request_timeout_s),
+    ) as s:
+
+        async def device(device_id: str, rids: list[str]) -> None:
+            token = await tokens.get(s, device_id, deadline)
+            events = await _device_events(s, opts.target, token, deadline) if token else None
+            if events is not None:
+                out.update((rid, rid in events) for rid in rids)
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(device(d, r) for d, r in by_device.items()))
+    return out
+
+
+async def read_back_run(
+    opts: FleetOptions, fleet_dir: Path, ops: list[Operation]
+) -> tuple[dict[str, str | None], dict[str, bool]]:
+    """After the run: every acknowledged request's status (`settle`), then the event logs of
+    the devices whose completed requests no phone heard of (`catch_up`)."""
+    acked = acknowledged(ops)
+    tokens = Tokens(opts.target, identities(fleet_dir))
+    statuses = await settle(opts, fleet_dir, acked, timeout_s=opts.settle_s, tokens=tokens)
+    heard = notified_ids(ops)
+    unheard = {
+        rid: acked[rid]["device_id"]
+        for rid, status in statuses.items()
+        if status == "completed" and rid not in heard
+    }
+    return statuses, await catch_up(opts, tokens, unheard)
 
 
 def run_fleet(
@@ -209,7 +377,8 @@ def run_fleet(
     out: Path | None = None,
 ) -> tuple[int, Path, dict[str, Any]]:
     """Returns (exit code, report folder, summary); the folder is `out`, else a new one under
-    `reports` that `reports/latest` then points at."""
+    `reports` that `reports/latest` then points at. Exit code: 0 pass, 1 the run failed or lost
+    or duplicated a request, 2 inconclusive (acknowledged requests left unknown)."""
     # Absolute: Locust runs from the project root, whatever the caller's directory.
     own_folder = out is None
     out = (out or reports / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
@@ -228,33 +397,43 @@ def run_fleet(
             "but left no ledger: the run cannot be reconciled"
         )
         code = code or 1
-    ledgers = [read_jsonl(p) for p in sorted(fleet_dir.glob("ledger-*.jsonl"))]
-    ops = merge(ledgers)
+    ops = merge([read_jsonl(p) for p in sorted(fleet_dir.glob("ledger-*.jsonl"))])
     write_jsonl(out / "ledger.jsonl", ops)
     latency = LatencyRecorder()
     for path in fleet_dir.glob("hdr-*.json"):
         latency.add_encoded(json.loads(path.read_text()))
     hdr = latency.summary()
-    (out / "hdr-percentiles.json").write_text(json.dumps(hdr, indent=2))
-    acked = acknowledged(ops)
-    statuses = asyncio.run(settle(opts, fleet_dir, acked, timeout_s=60))
-    rec = reconcile(ops, statuses)
+    write_atomic(out / "hdr-percentiles.json", json.dumps(hdr, indent=2))
+    statuses, events = asyncio.run(read_back_run(opts, fleet_dir, ops))
+    rec = reconcile(ops, statuses, events)
+    # No fault events in a plain run: each loss counts from its acknowledgement to the end.
+    rec["rpo_s"] = round(rpo_s(rec["lost_acked_walls"], [], ended), 3)
     kinds: dict[str, dict[str, int]] = {}
     for op in ops:
         kinds.setdefault(op.kind, {"ok": 0, "fail": 0, "info": 0})[op.outcome] += 1
+    verdict = "fail" if code != 0 or not ops else rec["verdict"]
     summary = {
         "options": opts.__dict__,
         # The SLO gate evaluates Prometheus over exactly this window.
         "window": {"start": started, "end": ended},
         "locust_exit_code": code,
+        "verdict": verdict,
         "operations": kinds,
         "latency": hdr,
         "reconciliation": rec,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    verdict = "PASS" if code == 0 and rec["valid"] and ops else "FAIL"
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    write_atomic(out / "summary.md", summary_markdown(opts, summary))
+    if own_folder:
+        point_latest(out)
+    return EXIT_CODES[verdict], out, summary
+
+
+def summary_markdown(opts: FleetOptions, summary: dict[str, Any]) -> str:
+    """`summary.md`: the verdict, operations, HDR percentiles and the reconciliation."""
+    kinds, hdr, rec = summary["operations"], summary["latency"], summary["reconciliation"]
     lines = [
-        f"# Load run: {verdict}",
+        f"# Load run: {summary['verdict'].upper()}",
         "",
         f"- target {opts.target}, {opts.users} phones ({opts.mix}), shape {opts.shape}, "
         f"{opts.duration_s:g} s, {opts.workers} worker process(es)",
@@ -278,15 +457,20 @@ def run_fleet(
     ]
     lines += [
         "",
-        f"Reconciliation: {rec['acknowledged']} acknowledged, {rec['lost']} lost, "
-        f"{rec['duplicated']} duplicated, {rec['completed']} completed, "
-        f"{rec['never_notified']} never notified, {rec['info_submits']} unknown.",
+        f"Reconciliation: {rec['acknowledged']} acknowledged, {rec['lost']} lost "
+        f"(RPO {rec['rpo_s']:g} s), {rec['duplicated']} duplicated, {rec['completed']} completed, "
+        f"{rec['never_notified']} never notified ({rec['notified_after_run']} notified only "
+        f"after the phones stopped), {rec['unknown']} unknown (the read-back got no answer for "
+        f"them); {rec['info_submits']} submits with no answer (info).",
     ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    if own_folder:
-        point_latest(out)
-    exit_code = 0 if verdict == "PASS" else 1
-    return exit_code, out, summary
+    if rec["unknown"]:
+        lines += [
+            "",
+            f"**Inconclusive**: {rec['unknown']} acknowledged request(s) could not be read back "
+            f"within {opts.settle_s:g} s (5xx, timeouts, rate limits): they may or may not be "
+            f"lost. First ids: {', '.join(rec['unknown_ids'][:5])}.",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def point_latest(folder: Path) -> None:

@@ -11,7 +11,15 @@ from rich.console import Console
 
 from slo import report
 from slo.definitions import DEFAULT_DIR, DefinitionError, load
-from slo.gate import EXIT_INCONCLUSIVE, Context, as_json, baseline_values, evaluate, exit_code
+from slo.gate import (
+    EXIT_INCONCLUSIVE,
+    EXIT_PASS,
+    Context,
+    as_json,
+    baseline_values,
+    evaluate,
+    exit_code,
+)
 from slo.sources import Prometheus, RunData, SourceUnavailable, Window
 
 
@@ -70,6 +78,10 @@ def check(opts: GateOptions, console: Console) -> int:
         console.print(f"[red]error:[/red] {exc}")
         return EXIT_INCONCLUSIVE
     code = exit_code(verdicts, opts.on_inconclusive)
+    # Acknowledged requests the read-back could not answer may be lost: never a pass.
+    unknown = run.value("reconciliation.unknown") or 0
+    if code == EXIT_PASS and unknown:
+        code = opts.on_inconclusive
     out = opts.out or opts.run
     if out is None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -83,11 +95,17 @@ def check(opts: GateOptions, console: Console) -> int:
             "definitions": str(opts.definitions),
             "run": str(opts.run) if opts.run else None,
             "baseline": str(opts.baseline) if opts.baseline else None,
+            "unknown_requests": int(unknown),
         },
     )
     report.write(out, verdicts, result, suite=out.name)
     start, end = window.iso()
     report.print_verdicts(verdicts, f"SLO gate, {start} to {end}", console)
+    if unknown:
+        console.print(
+            f"[magenta]{unknown:g} acknowledged request(s) unknown[/]: the read-back got no "
+            "answer for them (summary.md), so the run cannot pass"
+        )
     word = {0: "[green]PASS[/green]", 1: "[red]FAIL[/red]"}.get(code, "[magenta]INCONCLUSIVE[/]")
     console.print(f"SLO gate: {word} (exit code {code}); slo.json, slo-junit.xml, slo.md in {out}")
     return code

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from env.etcd import ROOT_USER as ETCD_ROOT_USER
 from env.layout import Layout
 from env.probes import RedisCredentials
 from env.secrets import Secrets
@@ -65,6 +66,8 @@ REDIS_EXPORTER_COMMANDS = (
     "auth", "hello", "ping", "select", "client|setname", "info", "config|get", "cluster|info",
     "slowlog|get", "slowlog|len", "latency|latest", "latency|histogram", "dbsize", "memory|stats",
 )  # fmt: skip
+#: The user of Patroni's REST API for its unsafe endpoints (password: `Secrets.patroni_rest`).
+PATRONI_REST_USER = "cwh"
 
 
 def worst_case_failover_s() -> float:
@@ -101,8 +104,16 @@ def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, memb
         "restapi": {
             "listen": f"127.0.0.1:{ports.patroni(member)}",
             "connect_address": f"127.0.0.1:{ports.patroni(member)}",
+            # Unsafe endpoints (POST /switchover, /restart, /reinitialize, ...) need these;
+            # reads (/primary for HAProxy, /cluster, /metrics) stay open, on loopback only.
+            "authentication": {"username": PATRONI_REST_USER, "password": secrets.patroni_rest},
         },
-        "etcd3": {"hosts": [f"127.0.0.1:{ports.etcd_client}"]},
+        "etcd3": {
+            "hosts": [f"127.0.0.1:{ports.etcd_client}"],
+            # etcd refuses every key-value call without a token (env/etcd.py).
+            "username": ETCD_ROOT_USER,
+            "password": secrets.etcd_root,
+        },
         "bootstrap": {
             "dcs": {
                 "ttl": PATRONI_TTL_S,
@@ -230,6 +241,32 @@ def _json_reply(status: int, error: str, detail: str, *headers: str) -> str:
     )
 
 
+#: HAProxy's own answers (no server, a bad gateway, a timeout, a malformed request), in the
+#: API's JSON form instead of HTML pages: (status, code, detail, retry).
+HAPROXY_ERRORS = (
+    (400, "bad_request", "the request is not valid HTTP", False),
+    (408, "request_timeout", "the request did not arrive in time", False),
+    (500, "internal", "load balancer error", False),
+    (502, "bad_gateway", "the server answered badly, retry", True),
+    (503, "unavailable", "no server is available, retry", True),
+    (504, "gateway_timeout", "the server did not answer in time, retry", True),
+)
+
+
+def haproxy_error_pages() -> str:
+    """`http-error` lines for the HTTPS frontend's proxies: what HAProxy itself answers is JSON
+    with a reason, like everything else a phone is told (and a Retry-After where retrying
+    helps)."""
+    lines = []
+    for status, code, detail, retry in HAPROXY_ERRORS:
+        body = json.dumps({"error": code, "detail": detail}, separators=(",", ":"))
+        hdr = " hdr Retry-After 1" if retry else ""
+        lines.append(
+            f"    http-error status {status} content-type application/json{hdr} string '{body}'"
+        )
+    return "\n".join(lines)
+
+
 def haproxy_public_rules(settings: EnvSettings) -> str:
     """The HTTPS frontend's rules: only the public API passes, and registration and tokens are
     rate limited per client address (`EnvSettings.auth_rate_limit_per_s`, over one second)."""
@@ -345,6 +382,7 @@ frontend https
     option forwardfor
     http-request set-header X-Forwarded-Proto https
     http-response set-header Strict-Transport-Security "max-age=31536000"
+{haproxy_error_pages()}
 {haproxy_public_rules(settings)}
     acl is_updates path_beg /v1/updates
     use_backend hub if is_updates
@@ -353,6 +391,7 @@ frontend https
 backend api
     mode http
     balance roundrobin
+{haproxy_error_pages()}
     option httpchk GET /health/ready
     http-check expect status 200
     # A replica killed before the checks mark it down: a refused connection goes to another
@@ -370,6 +409,7 @@ backend api
 backend hub
     mode http
     balance leastconn
+{haproxy_error_pages()}
     option httpchk GET /health/ready
     http-check expect status 200
     # A replica killed before the checks mark it down: a refused connection goes to another

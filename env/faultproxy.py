@@ -38,6 +38,8 @@ from typing import Any
 
 from aiohttp import web
 
+from reference_impl.control_plane import control_plane_guard
+
 log = logging.getLogger("cwh.faultproxy")
 
 #: What `GET /version` reports: the Toxiproxy API this server follows.
@@ -417,7 +419,8 @@ class FaultProxy:
     # ---- HTTP API --------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors])
+        # Toxiproxy refuses browsers; so does this, and cross-site forms too.
+        app = web.Application(middlewares=[control_plane_guard(), _errors])
         r = app.router
         r.add_get("/version", self.h_version)
         r.add_get("/proxies", self.h_proxies)

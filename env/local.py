@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +24,11 @@ from types import TracebackType
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
+from env import etcd
+from env.configs import PATRONI_REST_USER
+from env.files import ensure_run_dir
 from env.layout import Layout
 from env.process import (
     MARKER,
@@ -32,9 +38,27 @@ from env.process import (
     processes_of,
     terminate_then_kill,
 )
+from env.secrets import Secrets
 from env.settings import EnvSettings
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
+def bindable(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` now (a port left in TIME_WAIT by the
+    last run is free: servers bind with SO_REUSEADDR, and so does this check)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def busy_ports(ports: dict[int, str], free: Callable[[int], bool]) -> list[str]:
+    """`port (what)` for each of `ports` that `free` says is taken, in port order."""
+    return [f"{port} ({what})" for port, what in sorted(ports.items()) if not free(port)]
 
 
 class EnvironmentStartError(RuntimeError):
@@ -91,6 +115,53 @@ class LocalEnvironment:
         """Let the supervisor restart `component` again (at once if it is down)."""
         return self._admin_post(f"/components/{component}/release")
 
+    def etcd_token(self) -> str:
+        """A token for etcd's gateway (header `Authorization`): it refuses key-value calls
+        without one."""
+        return etcd.token(
+            self.settings.ports.etcd_client, Secrets.load(self.layout.secrets).etcd_root
+        )
+
+    def patroni_auth(self) -> tuple[str, str]:
+        """(user, password) for the unsafe endpoints of Patroni's REST API (`/switchover`, ...)."""
+        return PATRONI_REST_USER, Secrets.load(self.layout.secrets).patroni_rest
+
+    def reload_prometheus(self, timeout_s: float = 30.0) -> None:
+        """Make Prometheus reread its configuration and rules (SIGHUP: its HTTP lifecycle API is
+        off, so a web page cannot reload or stop it), and wait until it has.
+
+        Raises:
+            RuntimeError: Prometheus is not running, or its reload failed (see its log).
+            DeadlineExceeded: no reload within `timeout_s` (scaled).
+        """
+        pid = self.component("prometheus")["pid"]
+        if pid is None:
+            raise RuntimeError("prometheus is not running")
+        url = f"http://127.0.0.1:{self.settings.ports.prometheus}/metrics"
+
+        def reload_state() -> dict[str, float]:
+            text = requests.get(url, timeout=5).text
+            return {
+                sample.name: sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name.startswith("prometheus_config_last_reload_")
+            }
+
+        before = reload_state()["prometheus_config_last_reload_success_timestamp_seconds"]
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + self.settings.timeout(timeout_s)
+        while True:
+            now = reload_state()
+            if now["prometheus_config_last_reload_success_timestamp_seconds"] > before:
+                return
+            if now["prometheus_config_last_reload_successful"] == 0:
+                log = self.layout.log("prometheus")
+                raise RuntimeError(f"Prometheus could not reload its configuration (log: {log})")
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"Prometheus did not reload in {timeout_s:.0f} s")
+            time.sleep(0.1)
+
     def component(self, name: str) -> dict[str, Any]:
         status = self.supervisor_status()
         if status is None:
@@ -114,6 +185,7 @@ class LocalEnvironment:
         if status is None or status.get("phase") == "stopping":
             if status is not None or self.supervisor_pid() is not None:
                 self.down()
+            self._ports_free()
             self._spawn_supervisor()
         deadline = time.monotonic() + self.settings.timeout(timeout_s)
         last_stage = None
@@ -153,8 +225,20 @@ class LocalEnvironment:
             )
 
     def _preflight(self) -> None:
-        self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_run_dir(self.layout.run_dir)
         check_traversable(self.layout.run_dir, self.settings.pg_os_user)
+
+    def _ports_free(self) -> None:
+        """Refuse to start, naming the port, when one this environment needs is taken (by
+        another environment whose base is 10000 away: its Redis cluster bus; or anything)."""
+        if busy := busy_ports(self.settings.listening_ports(), bindable):
+            raise EnvironmentStartError(
+                "ports",
+                "",
+                f"in use: {', '.join(busy[:8])}{' ...' if len(busy) > 8 else ''}; choose another"
+                " CWH_BASE_PORT (bases at least 200 apart, and not 10000 apart: Redis Cluster's"
+                " bus is each node's port + 10000)",
+            )
 
     def _spawn_supervisor(self) -> None:
         self.layout.logs.mkdir(parents=True, exist_ok=True)

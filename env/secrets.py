@@ -9,7 +9,6 @@ anyone else.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from env.files import write_file
 from env.layout import Layout
 
 #: Server certificates are renewed at start-up when they have less than this left.
@@ -40,6 +40,11 @@ class Secrets:
     Redis has one ACL user per kind of client: `redis_app` the services (only the commands and
     keys they use), `redis_admin` the harness (cluster creation, probes, tests),
     `redis_replication` a replica to its master, `redis_exporter` the metrics exporter.
+
+    Attributes:
+        patroni_rest: password of user `cwh` on Patroni's REST API, which its unsafe endpoints
+            (`/switchover`, `/restart`, `/reinitialize`, ...) require.
+        etcd_root: password of etcd's `root` user (Patroni's and the harness's).
     """
 
     pg_superuser: str
@@ -54,43 +59,27 @@ class Secrets:
     redis_admin: str = ""
     redis_replication: str = ""
     redis_exporter: str = ""
+    patroni_rest: str = ""
+    etcd_root: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> Secrets:
+        """The secrets of an existing run directory (a field added since is ""), for readers."""
+        known = json.loads(path.read_text())
+        return cls(**{name: known.get(name, "") for name in cls.__dataclass_fields__})
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
-        have = json.loads(path.read_text()) if path.exists() else {}
-        if all(have.get(name) for name in cls.__dataclass_fields__):
-            return cls(**{name: have[name] for name in cls.__dataclass_fields__})
-        # First start, or a secret this version added: keep the ones there, make the rest.
-        made = cls(
-            **{
-                name: have.get(name) or secrets.token_urlsafe(18)
-                for name in cls.__dataclass_fields__
-            }
-        )
-        write_private(path, json.dumps(asdict(made), indent=2).encode())
+        """Read the secrets file, creating it (private from the start) or adding new fields:
+        first start, or a secret this version added; the ones there are kept."""
+        known = json.loads(path.read_text()) if path.exists() else {}
+        values = {
+            name: known.get(name) or secrets.token_urlsafe(18) for name in cls.__dataclass_fields__
+        }
+        made = cls(**values)
+        if values != known:
+            write_file(path, json.dumps(asdict(made), indent=2))
         return made
-
-
-def write_private(
-    path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
-) -> None:
-    """Replace `path` with `data`, the new file created with `mode` and `owner` from the start.
-
-    A temporary file is created with its final mode (O_EXCL, so nobody else's file is reused),
-    chowned while still empty, written, then renamed over `path`.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -149,8 +138,8 @@ class CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         # The key first: a CA certificate without its key would be issued anew at the next start.
-        write_private(key_path, _pem_key(key))
-        write_private(cert_path, _pem_cert(cert), mode=0o644)
+        write_file(key_path, _pem_key(key))
+        write_file(cert_path, _pem_cert(cert), mode=0o644)
         return cls(cert, key, cert_path)
 
     def issued_this(self, cert: x509.Certificate) -> bool:
@@ -210,18 +199,28 @@ class CertificateAuthority:
         if cert_path.exists() and key_path.exists():
             current = x509.load_pem_x509_certificate(cert_path.read_bytes())
             if self.issued_this(current):
+                if owner is not None:  # the server's user may have changed since (root before)
+                    for path in {cert_path, key_path}:
+                        os.chown(path, *owner)
                 return
         cert, key = self.issue(common_name, dns_names)
         if key_path == cert_path:
-            write_private(cert_path, _pem_cert(cert) + _pem_key(key), owner=owner)
+            write_file(cert_path, _pem_cert(cert) + _pem_key(key), owner=owner)
             return
-        write_private(key_path, _pem_key(key), owner=owner)
-        write_private(cert_path, _pem_cert(cert), mode=0o644, owner=owner)
+        write_file(key_path, _pem_key(key), owner=owner)
+        write_file(cert_path, _pem_cert(cert), mode=0o644, owner=owner)
 
 
-def ensure_environment_tls(layout: Layout, pg_owner: tuple[int, int] | None) -> None:
+def ensure_environment_tls(
+    layout: Layout,
+    pg_owner: tuple[int, int] | None,
+    redis_owner: tuple[int, int] | None = None,
+) -> None:
     """The CA and every server's certificate, made at first start and renewed when they near
-    their end or were signed by another CA (a run directory from before the CA existed)."""
+    their end or were signed by another CA (a run directory from before the CA existed).
+
+    `pg_owner` and `redis_owner`: the OS users PostgreSQL (with pgBouncer) and Redis run as,
+    each the only reader of its key (None: ours)."""
     layout.tls_dir.mkdir(mode=0o755, exist_ok=True)
     ca = CertificateAuthority.load_or_create(layout.ca_cert, layout.ca_key)
     # PostgreSQL refuses a key readable by others or owned by another user; pgBouncer runs as
@@ -229,7 +228,9 @@ def ensure_environment_tls(layout: Layout, pg_owner: tuple[int, int] | None) -> 
     ca.ensure_server_files(
         layout.server_cert("postgres"), layout.server_key("postgres"), "postgres", pg_owner
     )
-    ca.ensure_server_files(layout.server_cert("redis"), layout.server_key("redis"), "redis")
+    ca.ensure_server_files(
+        layout.server_cert("redis"), layout.server_key("redis"), "redis", redis_owner
+    )
     ca.ensure_server_files(
         layout.tls_pem,
         layout.tls_pem,

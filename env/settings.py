@@ -165,6 +165,8 @@ class EnvSettings:
             failures lose acknowledged writes: the harness must be able to show that.
         scrape_interval_s: Prometheus scrape and evaluation interval, in seconds.
         pg_os_user: the account PostgreSQL, Patroni and pgBouncer run as (they refuse root).
+        service_os_user: the unprivileged account every other component runs as when the
+            supervisor is root (`tools/deps.sh` creates it; see `env/users.py`).
         services: start the reference implementation's services (off: the data tier alone).
         api_replicas, hub_replicas, worker_replicas, scheduler_replicas: instances of each.
         fault_proxy: put the fault proxy between the services and PostgreSQL, Redis, the storage
@@ -189,6 +191,7 @@ class EnvSettings:
     pg_sync_strict: bool = False
     scrape_interval_s: float = 2.0
     pg_os_user: str = "postgres"
+    service_os_user: str = "cwh"
     services: bool = True
     api_replicas: int = 3
     hub_replicas: int = 2
@@ -253,6 +256,38 @@ class EnvSettings:
         """The Toxiproxy API experiments drive: a configured server, else the local one."""
         return self.toxiproxy_url.rstrip("/") or f"http://127.0.0.1:{self.ports.fault_api}"
 
+    def listening_ports(self) -> dict[int, str]:
+        """Every port this environment listens on -> what for (Redis buses included: a base
+        10000 away puts its Redis nodes on them)."""
+        p = self.ports
+        out = {
+            p.supervisor: "supervisor",
+            p.etcd_client: "etcd client",
+            p.etcd_peer: "etcd peer",
+            p.haproxy_write: "haproxy write",
+            p.haproxy_read: "haproxy read",
+            p.haproxy_https: "haproxy https",
+            p.haproxy_stats: "haproxy stats",
+            p.pgbouncer: "pgbouncer",
+            p.redis_exporter: "redis exporter",
+            p.prometheus: "prometheus",
+        }
+        for m in range(self.pg_members):
+            out |= {p.postgres(m): f"pg{m}", p.patroni(m): f"patroni pg{m}"}
+            out[p.postgres_exporter(m)] = f"postgres exporter pg{m}"
+        for n in range(self.redis_nodes):
+            out |= {p.redis(n): f"redis{n}", p.redis(n) + 10000: f"redis{n} cluster bus"}
+        if self.fault_proxy and not self.toxiproxy_url:
+            out[p.fault_api] = "fault proxy API"
+            out |= {p.base + 170 + i: "fault proxy listener" for i in range(24)}
+        if self.services:
+            out |= {p.service(i): "reference implementation" for i in range(4)}
+            out |= {p.api(i): f"api{i}" for i in range(1, self.api_replicas + 1)}
+            out |= {p.hub(i): f"hub{i}" for i in range(1, self.hub_replicas + 1)}
+            out |= {p.worker(i): f"worker{i}" for i in range(1, self.worker_replicas + 1)}
+            out |= {p.scheduler(i): f"scheduler{i}" for i in range(1, self.scheduler_replicas + 1)}
+        return out
+
     def timeout(self, seconds: float) -> float:
         """A deadline of `seconds`, scaled for this machine."""
         return seconds * self.timeout_scale
@@ -306,6 +341,7 @@ class EnvSettings:
             pg_sync_strict=bool(get("PG_SYNC_STRICT", bool, cls.pg_sync_strict)),
             scrape_interval_s=float(str(get("SCRAPE_INTERVAL_S", float, cls.scrape_interval_s))),
             pg_os_user=str(get("PG_OS_USER", str, cls.pg_os_user)),
+            service_os_user=str(get("SERVICE_OS_USER", str, cls.service_os_user)),
             services=bool(get("SERVICES", bool, cls.services)),
             api_replicas=int(str(get("API_REPLICAS", int, cls.api_replicas))),
             hub_replicas=int(str(get("HUB_REPLICAS", int, cls.hub_replicas))),

@@ -7,7 +7,6 @@ know port arithmetic or read config files.
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from pathlib import Path
 from typing import Any
@@ -140,7 +139,7 @@ async def _tls_versions(settings: EnvSettings, tls: ssl.SSLContext) -> dict[str,
 async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[str, Any]:
     layout = Layout(settings.run_dir)
     ports = settings.ports
-    secrets = Secrets(**json.loads(layout.secrets.read_text())) if layout.secrets.exists() else None
+    secrets = Secrets.load(layout.secrets) if layout.secrets.exists() else None
     comps = {c["name"]: c for c in (sup or {}).get("components", [])}
     patroni_ports = [ports.patroni(m) for m in range(settings.pg_members)]
     redis_ports = [ports.redis(n) for n in range(settings.redis_nodes)]
@@ -322,6 +321,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     return {
         "phase": (sup or {}).get("phase", "down"),
         "error": (sup or {}).get("error"),
+        # What runs with more privilege than it should, and why (env/users.py).
+        "warnings": (sup or {}).get("warnings", []),
         "supervisor_pid": (sup or {}).get("pid"),
         "run_dir": str(settings.run_dir),
         "base_port": settings.base_port,

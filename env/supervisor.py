@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import grp
 import json
 import logging
 import os
@@ -35,12 +37,15 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from env import configs, liveness, probes
+from env import configs, etcd, liveness, probes
+from env.files import UntrustedRunDir, ensure_run_dir, write_file
 from env.layout import Layout
 from env.liveness import LivenessProbe
 from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
-from env.secrets import Secrets, client_tls_context, ensure_environment_tls, write_private
+from env.secrets import Secrets, client_tls_context, ensure_environment_tls
 from env.settings import EnvSettings
+from env.users import RunAs, decide
+from reference_impl.control_plane import control_plane_guard
 from reference_impl.corpus import ensure_corpus
 from reference_impl.keys import ensure_keys
 
@@ -49,6 +54,7 @@ log = logging.getLogger("cwh.supervisor")
 
 #: Extra postgres-exporter queries (replay lag per standby, for the replication-lag SLO).
 EXPORTER_QUERIES = Path(__file__).resolve().parent / "postgres_exporter_queries.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Component kinds of the reference implementation's services.
 SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
 
@@ -141,62 +147,90 @@ class Supervisor:
         self.pg_ids = user_ids(settings.pg_os_user)
         self.lb_keeper: asyncio.Task[None] | None = None
 
+    @functools.cached_property
+    def run_as(self) -> RunAs:
+        """Who runs what (decided once: it starts a probe process as the service user)."""
+        return decide(self.settings.service_os_user, PROJECT_ROOT)
+
     # ---- preparing the run directory -------------------------------------------------------
 
     def prepare(self) -> Secrets:
-        lay = self.layout
-        for d in (lay.run_dir, lay.logs, lay.haproxy_dir, lay.prometheus_dir):
+        """Check the run directory, then write every config, key and secret into it.
+
+        Each file holding a secret is created private with its final owner (`write_file`),
+        never written and then `chmod`ed; directories go to the user that writes in them.
+        """
+        lay, pg, svc = self.layout, self.pg_ids, self.run_as.service
+        ensure_run_dir(lay.run_dir)
+        for d in (lay.logs, lay.haproxy_dir, lay.prometheus_dir):
             d.mkdir(parents=True, exist_ok=True)
-        os.chmod(lay.run_dir, 0o755)
         (lay.prometheus_dir / "rules").mkdir(exist_ok=True)
         lay.prometheus_targets.mkdir(exist_ok=True)
         secrets = Secrets.load_or_create(lay.secrets)
-        ensure_environment_tls(lay, self.pg_ids)
+        ensure_environment_tls(lay, pg, svc)
 
         # PostgreSQL's side: owned by the PostgreSQL OS user, which refuses to run as root.
         lay.pg_root.mkdir(exist_ok=True)
         os.chmod(lay.pg_root, 0o755)
         for m in range(self.settings.pg_members):
-            lay.pg_member(m).mkdir(exist_ok=True)
-            os.chmod(lay.pg_member(m), 0o700)
-            cfg = lay.patroni_config(m)
-            cfg.write_text(configs.patroni_config(self.settings, lay, secrets, m))
-            os.chmod(cfg, 0o600)
+            lay.pg_member(m).mkdir(mode=0o700, exist_ok=True)
+            text = configs.patroni_config(self.settings, lay, secrets, m)
+            write_file(lay.patroni_config(m), text, owner=pg)
         lay.pgbouncer_dir.mkdir(exist_ok=True)
-        (lay.pgbouncer_dir / "pgbouncer.ini").write_text(
-            configs.pgbouncer_config(self.settings, lay)
+        ini = configs.pgbouncer_config(self.settings, lay)
+        write_file(lay.pgbouncer_dir / "pgbouncer.ini", ini, owner=pg)
+        write_file(
+            lay.pgbouncer_dir / "userlist.txt", configs.pgbouncer_userlist(secrets), owner=pg
         )
-        userlist = lay.pgbouncer_dir / "userlist.txt"
-        userlist.write_text(configs.pgbouncer_userlist(secrets))
-        os.chmod(userlist, 0o600)
-        chown_tree(lay.pg_root, self.pg_ids)
+        chown_tree(lay.pg_root, pg)
 
-        (lay.haproxy_dir / "haproxy.cfg").write_text(
-            configs.haproxy_config(self.settings, lay, secrets)
-        )
+        # HAProxy reads its config and key as root, then its workers drop to the service user.
+        haproxy_cfg = configs.haproxy_config(self.settings, lay, secrets)
+        write_file(lay.haproxy_dir / "haproxy.cfg", haproxy_cfg + self.haproxy_user_section())
         for n in range(self.settings.redis_nodes):
             lay.redis_dir(n).mkdir(parents=True, exist_ok=True)
-            write_private(  # it holds the replication password
-                lay.redis_dir(n) / "redis.conf",
-                configs.redis_config(self.settings, lay, secrets, n).encode(),
-            )
-        (lay.prometheus_dir / "prometheus.yml").write_text(
-            configs.prometheus_config(self.settings, lay)
-        )
-        lay.etcd_data.mkdir(exist_ok=True)
-        os.chmod(lay.etcd_data, 0o700)
+            # It holds the replication password: the Redis user's alone.
+            redis_conf = configs.redis_config(self.settings, lay, secrets, n)
+            write_file(lay.redis_dir(n) / "redis.conf", redis_conf, owner=svc)
+            chown_tree(lay.redis_dir(n), svc)
+        prometheus_yml = configs.prometheus_config(self.settings, lay)
+        write_file(lay.prometheus_dir / "prometheus.yml", prometheus_yml, mode=0o644)
+        (lay.prometheus_dir / "data").mkdir(exist_ok=True)
+        chown_tree(lay.prometheus_dir / "data", svc)
+        # In the run directory: the exporter's user may not read the project's folder.
+        self.exporter_queries.parent.mkdir(exist_ok=True)
+        write_file(self.exporter_queries, EXPORTER_QUERIES.read_bytes(), mode=0o644)
+        lay.etcd_data.mkdir(mode=0o700, exist_ok=True)
+        chown_tree(lay.etcd_data, svc)
         if self.settings.fault_proxy:
             lay.fault_proxy_config.parent.mkdir(exist_ok=True)
-            lay.fault_proxy_config.write_text(
-                json.dumps(configs.fault_proxies(self.settings), indent=2)
-            )
+            proxies = json.dumps(configs.fault_proxies(self.settings), indent=2)
+            write_file(lay.fault_proxy_config, proxies, mode=0o644)
         if self.settings.services:
             # Keys and corpus of the reference implementation: made here, once, so every
-            # replica shares them; never in the repository.
+            # replica shares them; never in the repository. The services write backups,
+            # archives and traces: theirs.
             ensure_keys(lay.services_dir)
             ensure_corpus(lay.services_dir / "corpus")
             (lay.run_dir / "traces").mkdir(exist_ok=True)
+            chown_tree(lay.services_dir, self.run_as.python)
+            chown_tree(lay.run_dir / "traces", self.run_as.python)
         return secrets
+
+    @property
+    def exporter_queries(self) -> Path:
+        return self.layout.run_dir / "exporters" / "postgres_queries.yaml"
+
+    def haproxy_user_section(self) -> str:
+        """HAProxy's `global` additions that make its workers drop root (none when not root)."""
+        if self.run_as.service is None:
+            return ""
+        return f"""
+# Workers drop root once the key is read and the ports are bound (the master keeps it to reload).
+global
+    user {self.run_as.name}
+    group {grp.getgrgid(self.run_as.service[1]).gr_name}
+"""
 
     # ---- component definitions -------------------------------------------------------------
 
@@ -237,6 +271,7 @@ class Supervisor:
                 "warn",
             ],
             ports={"client": ports.etcd_client, "peer": ports.etcd_peer},
+            as_user=self.run_as.service,
         )
         pg_env = {"HOME": str(lay.pg_root), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         patronis = [
@@ -279,6 +314,7 @@ class Supervisor:
                 ["redis-server", str(lay.redis_dir(n) / "redis.conf")],
                 ports={"redis": ports.redis(n), "bus": ports.redis(n) + 10000},
                 cwd=lay.redis_dir(n),
+                as_user=self.run_as.service,
             )
             for n in range(s.redis_nodes)
         ]
@@ -290,9 +326,10 @@ class Supervisor:
                     "prometheus-postgres-exporter",
                     f"--web.listen-address=127.0.0.1:{ports.postgres_exporter(m)}",
                     "--log.level=warn",
-                    f"--extend.query-path={EXPORTER_QUERIES}",
+                    f"--extend.query-path={self.exporter_queries}",
                 ],
                 ports={"metrics": ports.postgres_exporter(m)},
+                as_user=self.run_as.service,
                 env={
                     "DATA_SOURCE_NAME": (
                         f"postgresql://postgres:{secrets.pg_superuser}@127.0.0.1:"
@@ -318,6 +355,7 @@ class Supervisor:
                 "REDIS_USER": configs.REDIS_EXPORTER_USER,
                 "REDIS_PASSWORD": secrets.redis_exporter,
             },
+            as_user=self.run_as.service,
         )
         prometheus = c(
             "prometheus",
@@ -327,12 +365,15 @@ class Supervisor:
                 f"--config.file={lay.prometheus_dir / 'prometheus.yml'}",
                 f"--storage.tsdb.path={lay.prometheus_dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{ports.prometheus}",
-                "--web.enable-lifecycle",
-                "--web.enable-admin-api",
+                # No lifecycle or admin API (a web page could POST /-/quit or delete series):
+                # reloads are SIGHUP (`LocalEnvironment.reload_prometheus`). Answers carry no
+                # CORS header for any origin but its own, so other sites cannot read them.
+                f"--web.cors.origin=http://127\\.0\\.0\\.1:{ports.prometheus}",
                 "--storage.tsdb.retention.time=7d",
                 "--log.level=warn",
             ],
             ports={"http": ports.prometheus},
+            as_user=self.run_as.service,
         )
         stages = [("etcd", [etcd])]
         if s.fault_proxy:
@@ -359,16 +400,19 @@ class Supervisor:
         port, config = str(s.ports.fault_api), str(lay.fault_proxy_config)
         if shutil.which("toxiproxy-server"):
             argv = ["toxiproxy-server", "-host", "127.0.0.1", "-port", port, "-config", config]
+            as_user = self.run_as.service
         else:
             argv = [sys.executable, "-m", "env.faultproxy", "--port", port, "--config", config]
+            as_user = self.run_as.python
         return [
             self._component(
                 "faultproxy",
                 "faultproxy",
                 argv,
                 ports={"api": s.ports.fault_api},
-                env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+                env={"PYTHONPATH": str(PROJECT_ROOT)},
                 cwd=lay.run_dir,
+                as_user=as_user,
             )
         ]
 
@@ -388,7 +432,7 @@ class Supervisor:
         """The reference implementation: each service its own process, `python -m
         reference_impl`, configured by `CW_*` variables."""
         s, lay, ports = self.settings, self.layout, self.settings.ports
-        project_root = str(Path(__file__).resolve().parent.parent)
+        project_root = str(PROJECT_ROOT)
         # With the fault proxy, services reach their dependencies through it.
         through = {
             int(p["upstream"].rsplit(":", 1)[1]): int(p["listen"].rsplit(":", 1)[1])
@@ -466,6 +510,7 @@ class Supervisor:
                     s.liveness_period_s,
                     s.liveness_failure_threshold,
                 ),
+                as_user=self.run_as.python,
             )
             for name, role, port in instances
         ]
@@ -633,6 +678,8 @@ class Supervisor:
     async def start_all(self) -> None:
         secrets = self.prepare()
         stages = self.define(secrets)
+        for warning in self.privileges()["warnings"]:
+            log.warning("%s", warning)
         s, ports = self.settings, self.settings.ports
         patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
         redis_ports = [ports.redis(n) for n in range(s.redis_nodes)]
@@ -722,6 +769,8 @@ class Supervisor:
             await self.wait_ready(stage, comps, check, timeout_s)
             if stage == "postgresql":
                 await self.create_app_database(secrets, patroni_ports, tls)
+            if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
+                log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
         self.stage = ""
         self.phase = "ready"
         log.info("environment ready")
@@ -919,10 +968,23 @@ class Supervisor:
             "run_dir": str(self.settings.run_dir),
             "base_port": self.settings.base_port,
             "components": [c.describe() for c in self.components.values()],
+            **self.privileges(),
         }
 
+    def privileges(self) -> dict[str, Any]:
+        """Components on root that should not be (`runs_as_root`), and the warnings saying why."""
+        if "run_as" not in self.__dict__:  # not decided yet: nothing started
+            return {"runs_as_root": [], "warnings": []}
+        python = [c.name for c in self.components.values() if c.argv[0] == sys.executable]
+        fallback = self.run_as.python_fallback(python)
+        stays_root = python if fallback else []
+        if self.run_as.service is None and os.geteuid() == 0:
+            stays_root = [c.name for c in self.components.values() if c.as_user is None]
+        warnings = [*self.run_as.warnings, *([fallback] if fallback else [])]
+        return {"runs_as_root": stays_root, "warnings": warnings}
+
     def admin_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[control_plane_guard()])
 
         async def get_status(_: web.Request) -> web.Response:
             return web.json_response(self.status())
@@ -994,7 +1056,11 @@ async def run(settings: EnvSettings) -> int:
 def main() -> None:
     settings = EnvSettings.from_environ()
     layout = Layout(settings.run_dir)
-    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_run_dir(layout.run_dir)  # before anything is written into it
+    except UntrustedRunDir as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

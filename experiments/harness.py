@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,19 @@ from experiments.pg_failover import wait_healthy
 log = logging.getLogger("cwh.chaos")
 
 RUN_DIR_VAR = "CWH_CHAOS_RUN_DIR"
-#: Knob values of a service that injects nothing (reference_impl.knobs.Knobs' defaults).
-CLEAN_KNOBS = {"latency_ms": 0, "error_rate": 0, "rate_429": 0, "outage": False}
+#: Knob values of a service that injects nothing: the whole of `reference_impl.knobs.Knobs`'
+#: defaults, sent whole (a knob left out would stay as it was) and expected back exactly.
+CLEAN_KNOBS: dict[str, Any] = {
+    "latency_ms": 0.0,
+    "latency_dist": "fixed",
+    "error_rate": 0.0,
+    "rate_429": 0.0,
+    "retry_after_s": 1.0,
+    "outage": False,
+    "malformed_rate": 0.0,
+}
+#: The services (status `kind`) with `/admin/planted`: every one of the reference system.
+SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
 KNOB_SERVICES = ("llm", "sharepoint", "gdrive")
 
 
@@ -98,44 +110,132 @@ def open_faults() -> list[dict[str, Any]]:
     return [e for e in fault_journal() if e["event"] == "inject" and e["fault"] not in restored]
 
 
-def restore_all(wait_s: float = 120) -> dict[str, Any]:
-    """Undo every fault this harness can inject, whatever happened: toxics removed and proxies
-    enabled, held components released, service knobs clean; then wait for full health.
-    Idempotent, and safe to call when nothing was injected."""
+def restore_all(wait_s: float = 120, stop_fleet: bool = False) -> dict[str, Any]:
+    """Undo every fault this harness can inject, whatever happened: (the fleet stopped, when
+    `stop_fleet`), toxics removed and proxies enabled, held components released, service knobs
+    and planted faults back to their defaults, open faults closed in the journal; then wait for
+    full health. Idempotent, and safe to call when nothing was injected.
+
+    Every step runs whatever the others did (best effort): one that fails is recorded under
+    `errors` (step -> what went wrong) and logged, never raised. `healthy` is the environment's
+    health at the end (False when it could not be established)."""
     env = environment()
-    s = env.settings
-    done: dict[str, Any] = {"toxics_reset": False, "released": [], "knobs_reset": []}
-    if s.fault_proxy:
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("toxics_reset", lambda: _reset_toxics(env)),
+        ("released", lambda: _release_held(env)),
+        ("knobs_reset", lambda: _reset_service_admin(env, "knobs")),
+        ("planted_reset", lambda: _reset_service_admin(env, "planted")),
+        ("faults_closed", _close_open_faults),
+    ]
+    if stop_fleet:
+        steps.insert(0, ("fleet_stopped", _stop_fleet))
+    if wait_s > 0:
+        steps.append(("healthy", lambda: _wait_whole(env, wait_s)))
+    done: dict[str, Any] = {"errors": {}}
+    for name, step in steps:
         try:
-            done["toxics_reset"] = requests.post(f"{s.fault_api_url}/reset", timeout=5).ok
-        except requests.RequestException as exc:
-            log.warning("fault proxy reset failed: %s", exc)
-    sup = env.supervisor_status() or {}
+            done[name] = step()
+        except Exception as exc:  # best effort: the next step runs whatever this one did
+            done[name] = None
+            done["errors"][name] = f"{type(exc).__name__}: {exc}"
+            log.error("restore step %s failed: %s", name, exc)
+    done["healthy"] = done.get("healthy") is True
+    return done
+
+
+def _stop_fleet() -> dict[str, Any]:
+    from experiments.activities.fleet.actions import stop_fleet
+
+    return stop_fleet(interrupt=True, timeout_s=120)
+
+
+def _reset_toxics(env: LocalEnvironment) -> bool | None:
+    """Every toxic removed and every proxy enabled, verified; None without a fault proxy."""
+    s = env.settings
+    if not s.fault_proxy:
+        return None
+    requests.post(f"{s.fault_api_url}/reset", timeout=5).raise_for_status()
+    proxies = requests.get(f"{s.fault_api_url}/proxies", timeout=5).json()
+    dirty = [n for n, p in proxies.items() if p.get("toxics") or not p.get("enabled", True)]
+    if dirty:
+        raise RuntimeError(f"still toxic or disabled after the reset: {', '.join(dirty)}")
+    return True
+
+
+def _release_held(env: LocalEnvironment) -> list[str]:
+    """Release every held component (each tried, whatever the others did)."""
+    sup = env.supervisor_status()
+    if sup is None:
+        raise RuntimeError("the supervisor does not answer")
+    released, failed = [], []
     for comp in sup.get("components", []):
         if comp.get("held_for_s"):
-            env.release(comp["name"])
-            done["released"].append(comp["name"])
-    status = env.status()
-    for comp in status["components"]:
-        if comp["component"] in KNOB_SERVICES and comp["ports"].get("http"):
-            url = f"http://127.0.0.1:{comp['ports']['http']}/admin/knobs"
             try:
-                requests.post(url, json=CLEAN_KNOBS, timeout=5)
-                done["knobs_reset"].append(comp["component"])
-            except requests.RequestException as exc:
-                log.warning("knobs of %s not reset: %s", comp["component"], exc)
-    for fault in open_faults():
-        mark("restore", fault["fault"], by="restore_all")
-    if wait_s > 0:
+                env.release(comp["name"])
+                released.append(comp["name"])
+            except (RuntimeError, requests.RequestException) as exc:
+                failed.append(f"{comp['name']} ({exc})")
+    if failed:
+        raise RuntimeError(f"not released: {', '.join(failed)}")
+    return released
+
+
+def _reset_service_admin(env: LocalEnvironment, what: str) -> list[str]:
+    """Each service's `/admin/knobs` (the fault emulators) or `/admin/planted` (every
+    service) back to its whole default, and the answer checked to be exactly that default.
+    A service where planted faults are off (403) has nothing to reset."""
+    services = KNOB_SERVICES if what == "knobs" else SERVICE_ROLES
+    body: dict[str, Any] = CLEAN_KNOBS if what == "knobs" else {"reset": True}
+    done, failed = [], []
+    for comp in env.status()["components"]:
+        port = comp["ports"].get("http")
+        if comp["kind"] not in services or not port:
+            continue
         try:
-            done["healthy"] = bool(wait_healthy(env, wait_s / 2)["healthy"])
-        except TimeoutError:
-            # A member whose history diverged (promoted, then lost to an older primary that
-            # came back) never streams again by itself: clone it afresh from the primary.
-            done["reinitialized"] = reinitialize_stuck_members()
-            done["stale_sync_key"] = clear_stale_sync_key()
-            done["healthy"] = bool(wait_healthy(env, wait_s)["healthy"])
+            resp = requests.post(f"http://127.0.0.1:{port}/admin/{what}", json=body, timeout=5)
+            if what == "planted" and resp.status_code == 403:
+                continue
+            resp.raise_for_status()
+            if not (_clean_knobs if what == "knobs" else _clean_planted)(resp.json()):
+                raise RuntimeError(f"answered {resp.text.strip()}")
+            done.append(comp["component"])
+        except (RuntimeError, ValueError, requests.RequestException) as exc:
+            failed.append(f"{comp['component']} ({exc})")
+    if failed:
+        raise RuntimeError(f"{what} not reset: {'; '.join(failed)}")
     return done
+
+
+def _clean_knobs(answer: Any) -> bool:
+    return bool(answer == CLEAN_KNOBS)
+
+
+def _clean_planted(answer: Any) -> bool:
+    """Nothing armed, nothing on record, no loop wedged."""
+    return (
+        isinstance(answer, dict)
+        and not any(answer.get("armed", {}).values())
+        and not any(answer.get("planted", {}).values())
+        and not answer.get("wedge_loop")
+    )
+
+
+def _close_open_faults() -> list[str]:
+    closed = [f["fault"] for f in open_faults()]
+    for fault in closed:
+        mark("restore", fault, by="restore_all")
+    return closed
+
+
+def _wait_whole(env: LocalEnvironment, wait_s: float) -> bool:
+    try:
+        return bool(wait_healthy(env, wait_s / 2)["healthy"])
+    except TimeoutError:
+        # A member whose history diverged (promoted, then lost to an older primary that came
+        # back) never streams again by itself: clone it afresh from the primary.
+        reinitialize_stuck_members()
+        clear_stale_sync_key()
+        return bool(wait_healthy(env, wait_s)["healthy"])
 
 
 def clear_stale_sync_key() -> dict[str, Any] | None:
@@ -150,14 +250,17 @@ def clear_stale_sync_key() -> dict[str, Any] | None:
     key = f"/service/{cluster_name(s)}/sync"
     url = f"http://127.0.0.1:{s.ports.etcd_client}/v3/kv"
     b64 = base64.b64encode(key.encode()).decode()
-    kvs = requests.post(f"{url}/range", json={"key": b64}, timeout=5).json().get("kvs", [])
+    auth = {"Authorization": env.etcd_token()}
+    found = requests.post(f"{url}/range", json={"key": b64}, headers=auth, timeout=5).json()
+    kvs = found.get("kvs", [])
     if not kvs:
         return None
     value = json.loads(base64.b64decode(kvs[0]["value"]))
     primary = env.status()["primary"]
     if primary is None or value.get("leader") == primary:
         return None
-    requests.post(f"{url}/deleterange", json={"key": b64}, timeout=5).raise_for_status()
+    deleted = requests.post(f"{url}/deleterange", json={"key": b64}, headers=auth, timeout=5)
+    deleted.raise_for_status()
     log.warning("deleted a stale %s naming %s (primary: %s)", key, value.get("leader"), primary)
     return {"key": key, "was": value, "primary": primary}
 
@@ -165,7 +268,8 @@ def clear_stale_sync_key() -> dict[str, Any] | None:
 def reinitialize_stuck_members() -> list[str]:
     """Patroni's `POST /reinitialize` on every unhealthy non-primary PostgreSQL member while a
     primary serves; returns their names."""
-    status = environment().status()
+    env = environment()
+    status = env.status()
     rows = [c for c in status["components"] if c["kind"] == "postgresql"]
     if not any(r["role"] == "primary" and r["healthy"] for r in rows):
         return []
@@ -175,6 +279,7 @@ def reinitialize_stuck_members() -> list[str]:
             resp = requests.post(
                 f"http://127.0.0.1:{r['ports']['patroni']}/reinitialize",
                 json={"force": True},
+                auth=env.patroni_auth(),
                 timeout=10,
             )
             log.warning("reinitialize %s: %s %s", r["component"], resp.status_code, resp.text)

@@ -33,9 +33,11 @@ from reference_impl.auth import (
     same_secret,
     secret_matches,
 )
+from reference_impl.control_plane import guarded
 from reference_impl.crypto import FieldCipher
 from reference_impl.errors import ApiError, error_middleware
 from reference_impl.openapi import OPENAPI
+from reference_impl.planted import PLANTED
 from reference_impl.schema import ensure_schema
 from reference_impl.settings import ServiceSettings
 from reference_impl.stores import CacheCluster, create_pool, create_redis, redis_or_none
@@ -147,6 +149,17 @@ def iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
+def cached_view(cipher: FieldCipher, key: str, sealed: str | bytes) -> dict[str, Any] | None:
+    """The request view cached under `key`, or None (a miss) when it does not open: a value
+    from before caching was sealed, or one tampered with, is read from PostgreSQL instead."""
+    try:
+        view: dict[str, Any] = json.loads(cipher.unseal(sealed, key))
+    except ValueError as exc:
+        log.warning("request cache: %s unreadable (%s): reading from PostgreSQL", key, exc)
+        return None
+    return view
+
+
 def request_view(row: asyncpg.Record, response: str | None) -> dict[str, Any]:
     return {
         "request_id": str(row["request_id"]),
@@ -157,6 +170,21 @@ def request_view(row: asyncpg.Record, response: str | None) -> dict[str, Any]:
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
     }
+
+
+async def planted_duplicate_key(request: web.Request, device_id: uuid.UUID, key: str) -> str:
+    """The planted fault `duplicate_keys` (`reference_impl/planted.py`, test environments only):
+    when it is armed and `key` already has a request, this submit is stored under a key of its
+    own, so the phone's key gets a second request (once per key). Otherwise `key` itself."""
+    planted = request.app[PLANTED]
+    if planted.armed.get("duplicate_keys", 0) <= 0 or key in planted.planted["duplicate_keys"]:
+        return key
+    exists = await request.app[WRITE_POOL].fetchval(
+        "SELECT 1 FROM requests WHERE device_id = $1 AND idempotency_key = $2", device_id, key
+    )
+    if exists and planted.take("duplicate_keys", key):
+        return f"{key}#planted-duplicate"
+    return key
 
 
 # ---- handlers ------------------------------------------------------------------------------
@@ -242,6 +270,9 @@ async def submit(request: web.Request) -> web.StreamResponse:
     ).digest()
     cipher = request.app[CIPHER]
     request_id = uuid.uuid4()
+    if request.app[PLANTED].take("lose_acks", str(request_id)):  # planted: acknowledged, not kept
+        return json_reply(request, {"request_id": str(request_id), "status": "queued"}, 202)
+    key = await planted_duplicate_key(request, claims.device_id, key)
     cid = observability.correlation_id.get()
     ctx = f"{claims.device_id}/{request_id}"
     settings = request.app[SETTINGS]
@@ -296,9 +327,10 @@ async def get_request(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise ApiError(404, "no such request") from None
     redis = request.app[REDIS]
-    cached = await redis_or_none(redis, "request cache", lambda: redis.get(f"req:{request_id}"))
-    if cached:
-        view = json.loads(cached)
+    cache_key = f"req:{request_id}"
+    cached = await redis_or_none(redis, "request cache", lambda: redis.get(cache_key))
+    view = cached_view(request.app[CIPHER], cache_key, cached) if cached else None
+    if view is not None:
         if view.pop("device_id") != str(claims.device_id):
             raise ApiError(404, "no such request")
         return json_reply(request, view)
@@ -320,11 +352,14 @@ async def get_request(request: web.Request) -> web.StreamResponse:
     view = request_view(row, response)
     if row["status"] in FINAL:
         # Final states never change again: safe to cache.
-        payload = json.dumps({**view, "device_id": str(claims.device_id)})
+        # Sealed: the view holds the response, which Redis must never see in the clear.
+        payload = request.app[CIPHER].seal(
+            json.dumps({**view, "device_id": str(claims.device_id)}), cache_key
+        )
         await redis_or_none(
             redis,
             "request cache",
-            lambda: redis.set(f"req:{request_id}", payload, ex=REQUEST_TTL_S),
+            lambda: redis.set(cache_key, payload, ex=REQUEST_TTL_S),
         )
     return json_reply(request, view)
 
@@ -378,12 +413,10 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
     )
     await ensure_schema(app[WRITE_POOL])
     app[REDIS] = create_redis(settings)
-    checks = app[observability.READY_CHECKS_KEY]
-
-    async def pg() -> bool:
-        return bool(await app[WRITE_POOL].fetchval("SELECT 1", timeout=2) == 1)
-
-    checks["postgres"] = pg
+    # No live database query in readiness: every replica shares the database, so a stalled
+    # write path would take them all out of the load balancer at once (reads, which go to the
+    # replicas, would then fail too, and in-flight requests be cut). A replica that has its
+    # stores is ready; one whose database is down answers 503 itself, with Retry-After.
     yield
     await app[REDIS].aclose()
     await app[READ_POOL].close()
@@ -405,7 +438,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app.router.add_post("/v1/devices", register_device)
     app.router.add_post("/oauth/token", token)
     app.router.add_get("/.well-known/jwks.json", jwks)
-    app.router.add_get("/admin/keys", key_status(app[ISSUER]))
+    app.router.add_get("/admin/keys", guarded(key_status(app[ISSUER])))
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/requests", submit)
     app.router.add_get("/v1/requests/{request_id}", get_request)

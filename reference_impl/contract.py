@@ -24,8 +24,14 @@ DOCUMENT_RULE = (
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,128}$"
 IDEMPOTENCY_KEY_RULE = "1 to 128 visible ASCII characters (no spaces)"
 
-#: `/v1/sync`'s cursor and `/v1/updates`' last event id: a bigint, written in decimal.
+#: `/v1/sync`'s cursor: a bigint, written in decimal.
 CURSOR_PATTERN = r"^[0-9]{1,18}$"
+
+#: `/v1/updates`' last_event_id: the `resume` value of the hub's last message (a cursor, then the
+#: ids above it the phone has, each as its step from the one before in base 36), or an event id.
+RESUME_MAX_IDS = 1000
+RESUME_MAX_LENGTH = 4000
+RESUME_PATTERN = rf"^[0-9]{{1,18}}(,[0-9a-z]{{1,13}}){{0,{RESUME_MAX_IDS}}}$"
 
 #: Stored as PostgreSQL `text`, which cannot hold NUL.
 DEVICE_NAME_MAX_LENGTH = 200
@@ -36,6 +42,7 @@ INSTRUCTION_MAX_LENGTH = 4000
 _DOCUMENT = re.compile(DOCUMENT_PATTERN.strip("^$"))
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
 _CURSOR = re.compile(CURSOR_PATTERN.strip("^$"))
+_RESUME = re.compile(RESUME_PATTERN.strip("^$"))
 
 
 def is_document_name(value: object) -> bool:
@@ -49,6 +56,14 @@ def is_idempotency_key(value: object) -> bool:
 
 def is_cursor(value: object) -> bool:
     return isinstance(value, str) and _CURSOR.fullmatch(value) is not None
+
+
+def is_resume(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) <= RESUME_MAX_LENGTH
+        and _RESUME.fullmatch(value) is not None
+    )
 
 
 def url_of(base: str, *segments: str) -> URL:

@@ -20,7 +20,11 @@ def ensure_keys(state_dir: Path) -> None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o600)
+    """Created 0600 (never readable by others, not even between a write and a chmod), then
+    renamed into place, so a reader sees no key or the whole key."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     tmp.replace(path)

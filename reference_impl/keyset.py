@@ -157,6 +157,11 @@ def save(path: Path, keyset: KeySet) -> None:
     # mkstemp creates the file with mode 0600 (O_EXCL), in the same folder so rename is atomic.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # The replacement keeps the owner: a rotation run by root must leave the set readable by
+        # services that run as an unprivileged user (env/users.py).
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            st = os.stat(path)
+            os.fchown(fd, st.st_uid, st.st_gid)
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1)
             f.flush()

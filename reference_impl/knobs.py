@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from reference_impl.control_plane import guarded
 from reference_impl.errors import ApiError
 
 
@@ -125,6 +126,7 @@ def install_knobs(
         knobs.update(changes)
         return web.json_response(knobs.public())
 
-    app.router.add_get("/admin/knobs", get)
-    app.router.add_post("/admin/knobs", post)
+    # A control plane: nothing a web page could make a browser send gets through.
+    app.router.add_get("/admin/knobs", guarded(get))
+    app.router.add_post("/admin/knobs", guarded(post))
     return knobs

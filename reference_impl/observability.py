@@ -1,8 +1,10 @@
 """Metrics, health, JSON logs with correlation ids, and spans: the same for every service.
 
-Liveness means "my loop ticked recently"; readiness means "my dependencies answer" (Patroni's
-split). Each app gets its own Prometheus registry, so in-process tests build several apps side by
-side without duplicate-metric errors.
+Liveness means "my loop ticked recently"; readiness means "send me work": not while shutting down,
+and, for services behind no load balancer (workers, schedulers), when their database answers.
+Services behind the load balancer do not check a shared dependency in readiness: a stalled database
+would take every replica out of rotation at once (see api.py). Each app gets its own Prometheus
+registry, so in-process tests build several apps side by side without duplicate-metric errors.
 """
 
 from __future__ import annotations
@@ -252,6 +254,9 @@ def install(app: web.Application, settings: ServiceSettings) -> Metrics:
         return web.json_response({"live": True})
 
     async def ready(_: web.Request) -> web.Response:
+        if app[STOPPING_KEY].is_set():
+            # Shutting down: the load balancer stops sending new work while in-flight drains.
+            return web.json_response({"ready": False, "stopping": True}, status=503)
         results = {}
         for name, check in app[READY_CHECKS_KEY].items():
             try:

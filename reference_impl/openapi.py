@@ -335,7 +335,13 @@ OPENAPI: dict[str, Any] = {
                         "name": "last_event_id",
                         "in": "query",
                         "required": False,
-                        "schema": _string(pattern=contract.CURSOR_PATTERN),
+                        "description": "the `resume` value of the last message received"
+                        " (opaque), or an event id; tokens go in the Authorization header only"
+                        " (`access_token` in the URL is a 400)",
+                        "schema": _string(
+                            pattern=contract.RESUME_PATTERN,
+                            maxLength=contract.RESUME_MAX_LENGTH,
+                        ),
                     },
                 ],
                 "responses": {"101": {"description": "switching protocols"}, **_errors(400, 401)},

@@ -10,7 +10,8 @@ nothing can be planted. The route is on the service's own port, never behind the
 
     GET  /admin/planted            what is armed, and what was planted so far
     POST /admin/planted            JSON object: counts to arm (added to what is armed), or
-                                   {"wedge_loop": "<loop name>"} / {"reset": true}
+                                   {"wedge_loop": "<loop name>"} / {"reset": true} /
+                                   {"disarm": true} (plant no more, keep the record)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from reference_impl.control_plane import guarded
 from reference_impl.errors import ApiError
 
 #: The counted faults a service may arm; each service consults the ones of its role.
@@ -60,6 +62,9 @@ class PlantedFaults:
             self.armed = dict.fromkeys(COUNTED, 0)
             self.planted = {k: [] for k in COUNTED}
             self.wedge_loop = ""
+            return
+        if body.get("disarm") is True:  # plant no more; what was planted stays on record
+            self.armed = dict.fromkeys(COUNTED, 0)
             return
         for name, value in body.items():
             if name == "wedge_loop":
@@ -107,6 +112,7 @@ def install_planted(app: web.Application, enabled: bool) -> PlantedFaults:
         planted.update(body)
         return web.json_response(asdict(planted))
 
-    app.router.add_get("/admin/planted", get)
-    app.router.add_post("/admin/planted", post)
+    # A control plane: nothing a web page could make a browser send gets through.
+    app.router.add_get("/admin/planted", guarded(get))
+    app.router.add_post("/admin/planted", guarded(post))
     return planted

@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,8 @@ STATE = web.AppKey("state", object)
 
 BACKUP_RETENTION_S = 7 * 24 * 3600  # the seed's daily backups, kept 7 days
 BACKUP_TIMEOUT_S = 600.0
+#: The least time between two attempts at a base backup that did not get recorded.
+BACKUP_RETRY_S = 60.0
 
 LEASE = "scheduler"
 LEASE_TTL_S = 5.0
@@ -70,6 +74,17 @@ PURGE_BATCH = 10_000
 SAMPLE_EVERY_S = 5.0
 TTL_SAMPLE_KEYS = 500
 DAY_S = 24 * 3600
+
+
+def without_password(dsn: str) -> tuple[str, str]:
+    """(the URL without its password, the password): libpq URLs carry it in the netloc."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password is None:
+        return dsn, ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+    stripped = parts._replace(netloc=f"{user}@{host}")
+    return urllib.parse.urlunsplit(stripped), urllib.parse.unquote(parts.password)
 
 
 class Fenced(Exception):
@@ -282,10 +297,11 @@ class SchedulerState:
         root.mkdir(parents=True, exist_ok=True)
         name = time.strftime(measures.BACKUP_NAME, time.gmtime())
         partial = root / f"{name}.partial"
+        dsn, password = without_password(self.settings.backup_dsn)
         proc = await asyncio.create_subprocess_exec(
             "pg_basebackup",
             "-d",
-            self.settings.backup_dsn,
+            dsn,
             "-D",
             str(partial),
             "-Ft",
@@ -296,6 +312,9 @@ class SchedulerState:
             "--no-password",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            # The password in the environment (only its owner reads /proc/<pid>/environ), never
+            # on the command line, which every user of the machine sees with `ps`.
+            env={**os.environ, "PGPASSWORD": password} if password else None,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), BACKUP_TIMEOUT_S)
@@ -339,7 +358,13 @@ class SchedulerState:
                 if await self.run_job(self.backup_job, self.backup_token) == "ok":
                     detail = self.backup_detail
                     log.info("base backup %s (%d bytes)", detail["path"], detail["bytes"])
-        due = time.monotonic() - self.last_backup_s >= self.settings.backup_interval_s
+        # Due from the last *recorded* backup (the run log, whoever led), not from our last
+        # start: a backup fenced at its recording (the lease lapsed meanwhile) or failed is
+        # taken again within BACKUP_RETRY_S, not one interval later.
+        last_ok = self.backup_job.record.last_success_at
+        due = (
+            last_ok is None or time.time() - last_ok >= self.settings.backup_interval_s
+        ) and time.monotonic() - self.last_backup_s >= BACKUP_RETRY_S
         if token is not None and self.backup is None and due and self.settings.backup_dsn:
             self.last_backup_s = time.monotonic()
             self.backup_token = token

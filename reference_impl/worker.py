@@ -213,6 +213,14 @@ class WorkerState:
             **payload,
         }
 
+    async def _completed_event(self, conn: asyncpg.Connection, job: Job) -> dict[str, Any]:
+        """The completion's event; with the planted fault `swallow_notifications` armed (test
+        environments only), none: no event stored or published, the phone never hears of it
+        (an empty event, so the job still counts as completed)."""
+        if self.app[PLANTED].take("swallow_notifications", str(job.request_id)):
+            return {}
+        return await self._event(conn, job, "completed", "completed")
+
     async def complete(self, job: Job, response: str) -> dict[str, Any] | None:
         ctx = f"{job.device_id}/{job.request_id}/response"
         async with self.pool.acquire() as conn, conn.transaction():
@@ -226,11 +234,13 @@ class WorkerState:
                 job.request_id,
                 self.cipher.encrypt(response, ctx),
             )
-            event = await self._event(conn, job, "completed", "completed")
+            event = await self._completed_event(conn, job)
+        key = f"resp:{job.request_id}"
+        sealed = self.cipher.seal(response, key)  # Redis holds ciphertext only
         await redis_or_none(
             self.redis,
             "response cache",
-            lambda: self.redis.set(f"resp:{job.request_id}", response, ex=RESPONSE_TTL_S),
+            lambda: self.redis.set(key, sealed, ex=RESPONSE_TTL_S),
             # Off the phone's path: room for a slow node, unlike a request's cache lookups.
             deadline_s=2.0,
         )
@@ -431,7 +441,7 @@ class WorkerState:
         try:
             async with deadline:
                 event = await self._work(job)
-            return event, "completed" if event else "fenced"
+            return event, "completed" if event is not None else "fenced"
         except PermanentError as exc:
             return await self.fail(job, str(exc), permanent=True), "failed"
         except TransientError as exc:

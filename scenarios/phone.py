@@ -53,6 +53,10 @@ THINK_CAP_S = float(os.environ.get("CWH_THINK_CAP_S", "10.0"))
 ARRIVAL_RATE = float(os.environ.get("CWH_ARRIVAL_RATE", "0"))
 WORKERS = int(os.environ.get("CWH_WORKERS", "1"))
 SESSION_TIMEOUT_S = 60.0
+#: The hub's close codes (reference_impl/hub.py): the socket's token expired (renew it), and
+#: "resume now" (more events than one replay held, or the phone fell behind).
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_RESUME = 4002
 
 
 def think_time_s(mean_s: float = THINK_MEAN_S, cap_s: float = THINK_CAP_S) -> float:
@@ -156,6 +160,9 @@ class PhoneUser(FastHttpUser):
     background_limit_s = 30.0
     #: Chance that a go_offline task really takes the phone offline (CWH_OFFLINE_CHANCE).
     offline_chance = float(os.environ.get("CWH_OFFLINE_CHANCE", "0.3"))
+    #: Chance that an acknowledged submit is sent again at once, same key and body, as an app
+    #: does when the answer did not reach it (CWH_RESUBMIT_CHANCE): idempotency under test.
+    resubmit_chance = float(os.environ.get("CWH_RESUBMIT_CHANCE", "0.05"))
     insecure = False
     # Read when the HTTP client is built (in __init__): trust the target's certificate.
     ssl_context_factory = staticmethod(lambda: gevent.ssl.create_default_context(cafile=CA_FILE))
@@ -174,6 +181,7 @@ class PhoneUser(FastHttpUser):
         self.waiting: dict[str, gevent.event.Event] = {}
         self.cursor = "0"
         self.last_event_id = 0
+        self.resume: str | None = None  # the hub's `resume` value: where the socket resumes
         self.token, self.token_expires = "", 0.0
         self.hub_cookie = ""
         self.ws: websocket.WebSocket | None = None
@@ -242,7 +250,9 @@ class PhoneUser(FastHttpUser):
 
     def ws_url(self) -> str:
         base = self.host.replace("https://", "wss://").replace("http://", "ws://")
-        return f"{base}/v1/updates?last_event_id={self.last_event_id}"
+        if self.resume is None:  # the first socket: what commits from now on
+            return f"{base}/v1/updates"
+        return f"{base}/v1/updates?last_event_id={self.resume}"
 
     def _connected(
         self,
@@ -259,7 +269,7 @@ class PhoneUser(FastHttpUser):
 
     def ws_connect(self) -> None:
         started, wall = time.monotonic(), time.time()
-        headers = [f"Authorization: Bearer {self.token}"]
+        headers = [f"Authorization: {self.auth()['Authorization']}"]
         if self.hub_cookie:
             headers.append(f"Cookie: {self.hub_cookie}")  # stick to our hub
         try:
@@ -273,6 +283,7 @@ class PhoneUser(FastHttpUser):
                 if name.lower() == "set-cookie" and value.startswith("CWHUB="):
                     self.hub_cookie = value.split(";", 1)[0]
             hello = json.loads(ws.recv())
+            self.resume = hello.get("resume", self.resume)
             self.ws = ws
             self._connected(started, wall, "ok", hello.get("server"))
             # The first heartbeat is jittered so reconnecting phones do not beat in lockstep.
@@ -288,21 +299,30 @@ class PhoneUser(FastHttpUser):
             if self.offline:
                 gevent.sleep(0.5)
                 continue
+            code = None
             try:
                 self.ws_connect()
                 attempt, delay = 0, self.backoff.base_s
-                self.ws_read()
+                code = self.ws_read()
             except (OSError, websocket.WebSocketException, ValueError):
                 pass
             finally:
                 if self.ws is not None:
                     self.ws.close()
                     self.ws = None
+            if code in (CLOSE_TOKEN_EXPIRED, CLOSE_RESUME):
+                # Not a failure: the hub asks for a new token, or for a resume. Reconnect now
+                # (jittered a little, so a hub's worth of phones does not come back at once).
+                if code == CLOSE_TOKEN_EXPIRED:
+                    self.token_expires = 0.0  # ws_connect renews it
+                gevent.sleep(self.rng.uniform(0, 0.2))
+                continue
             attempt += 1
             delay = self.backoff.delay_s(attempt, delay, self.rng)
             gevent.sleep(delay)
 
-    def ws_read(self) -> None:
+    def ws_read(self) -> int | None:
+        """Read until the socket ends; the hub's close code, when it sent one."""
         assert self.ws is not None
         while not self.offline:
             # Sleep until the next heartbeat is due: an idle phone wakes only for it (the storm
@@ -312,18 +332,23 @@ class PhoneUser(FastHttpUser):
                 self.ws.send("ping")
                 self.next_beat = time.monotonic() + self.heartbeat_s
             try:
-                raw = self.ws.recv()
+                opcode, data = self.ws.recv_data()
             except websocket.WebSocketTimeoutException:
                 continue
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+            raw = data.decode() if isinstance(data, bytes) else data
             if not raw:
-                return
+                return None
             if raw == "pong":
                 continue
             msg = json.loads(raw)
+            self.resume = msg.get("resume", self.resume)
             events_ = msg["events"] if msg.get("type") == "batch" else [msg]
             for event in events_:
                 if "event_id" in event:
                     self.on_event(event, "socket")
+        return None
 
     def drop_socket(self) -> None:
         """Lose the connection abruptly, as a network does (no closing handshake). Called from
@@ -384,10 +409,12 @@ class PhoneUser(FastHttpUser):
         body: dict[str, str],
         replayed: bool = False,
         intended_s: float | None = None,
+        retried: bool = False,
     ) -> str | None:
         """Submit; the request id when acknowledged. `intended_s`: the session's intended start
-        (open arrivals), recorded as well as the service time."""
-        name = "submit (replayed)" if replayed else "submit"
+        (open arrivals), recorded as well as the service time. `retried`: sent again with the
+        key of a submit already acknowledged (the same request id must come back)."""
+        name = "submit (replayed)" if replayed else "submit (retried)" if retried else "submit"
         started, wall = time.monotonic(), time.time()
         rid = None
         outcome: Outcome = "info"
@@ -398,6 +425,7 @@ class PhoneUser(FastHttpUser):
             "device_id": self.ident["device_id"],
             "key": key,
             "replayed": replayed,
+            "retried": retried,
         }
         with self.client.post(
             "/v1/requests",
@@ -454,7 +482,9 @@ class PhoneUser(FastHttpUser):
         }
         store().queue(self.ident["device_id"], key, body)  # offline-first: outbox first
         if not self.offline:
-            self.send_submit(key, body)
+            rid = self.send_submit(key, body)
+            if rid is not None and self.rng.random() < self.resubmit_chance:
+                self.send_submit(key, body, retried=True)
 
     def read(self) -> None:
         if self.offline or not self.acked:

@@ -7,6 +7,7 @@ a timeout or a connection lost mid-commit). Lost-write accounting is sound only 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,14 +71,22 @@ def merge(ledgers: Iterable[Iterable[Operation]]) -> list[Operation]:
     return out
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a run's record whole or not at all: a temporary file beside it, renamed over it,
+    so a reader (the gate, a report) never sees half a file, even when the writer dies."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_jsonl(path: Path, ops: Iterable[Operation]) -> int:
-    """Write a ledger as JSON lines; returns how many operations."""
-    n = 0
-    with open(path, "w") as f:
-        for op in ops:
-            f.write(json.dumps(op.to_json()) + "\n")
-            n += 1
-    return n
+    """Write a ledger as JSON lines (atomically); returns how many operations."""
+    lines = [json.dumps(op.to_json()) + "\n" for op in ops]
+    write_atomic(path, "".join(lines))
+    return len(lines)
 
 
 def read_jsonl(path: Path) -> list[Operation]:

@@ -1,7 +1,11 @@
 """Recovery checkers: RTO and RPO from the operation ledger. Pure functions, data in, verdict out.
 
 Definitions (ARCHITECTURE.md):
-- RTO, per path: from the fault's injection to the first of N consecutive successes.
+- RTO, per path: from the fault's injection to the first of N consecutive operations after the
+  last bad one, bad meaning failed or stalled (answered later than the path's latency bound,
+  having waited while the path answered nobody): a stall is downtime, not availability.
+- The longest silence, per path: the longest window after the fault in which no operation of
+  the path completed at all (what `chaos.png` shows as a gap).
 - RPO: acknowledged writes reconciled against what the system holds after recovery. Lost means
   acknowledged (`ok`) and now missing; RPO in seconds is the fault time minus the earliest
   acknowledgement among lost writes (0 when none is lost). `info` writes are reported apart:
@@ -10,11 +14,17 @@ Definitions (ARCHITECTURE.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from itertools import pairwise
 from typing import Any
 
 from slo.ledger import Operation
+
+
+def good(op: Operation, bound_s: float | None = None) -> bool:
+    """`ok`, and answered within `bound_s` seconds when a bound is given."""
+    return op.outcome == "ok" and (bound_s is None or op.latency_s <= bound_s)
 
 
 def rto_s(
@@ -22,29 +32,55 @@ def rto_s(
     fault_s: float,
     consecutive: int = 3,
     kind: str | None = None,
+    bound_s: float | None = None,
+    quiet_s: float | None = None,
 ) -> float | None:
     """Seconds from `fault_s` (monotonic) to recovery, or None if not recovered in the ledger.
 
-    Recovery is the first of `consecutive` successes in a row *after the last failure* among
-    operations invoked after the fault. Successes that precede a delayed disruption (a client
-    still talking to a dying primary until the load balancer notices) are not recovery. 0 when no
-    operation after the fault failed and at least `consecutive` succeeded.
+    Among operations invoked after the fault, in invocation order, an operation is bad when it
+    failed, or when it waited out a stall (`stalled`: answered later than `bound_s`, and while
+    it waited the path answered nobody for longer than `quiet_s`, `bound_s` when not given):
+    waiting is as bad as failing. A slow answer while others flowed is degradation, for the
+    latency objectives to judge, not downtime. Recovery is the first of `consecutive`
+    operations in a row *after the last bad one*, at the earliest answer among them: good ones
+    that precede a delayed disruption (a client still talking to a dying primary until the load
+    balancer notices) are not recovery. 0 when no operation after the fault was bad and at
+    least `consecutive` were invoked.
 
-    Only operations of `kind` count when it is given; they are taken in invocation order.
+    Only operations of `kind` count when it is given.
     """
     if consecutive < 1:
         raise ValueError("consecutive must be >= 1")
-    after = sorted(
-        (o for o in ops if o.invoked_s >= fault_s and (kind is None or o.kind == kind)),
-        key=lambda o: o.invoked_s,
-    )
-    last_bad = max((i for i, o in enumerate(after) if o.outcome != "ok"), default=None)
-    if last_bad is None:
+    mine = [o for o in ops if kind is None or o.kind == kind]
+    after = sorted((o for o in mine if o.invoked_s >= fault_s), key=lambda o: o.invoked_s)
+    quiet = silences(mine, fault_s, quiet_s if quiet_s is not None else bound_s)
+    bad = [i for i, o in enumerate(after) if o.outcome != "ok" or stalled(o, bound_s, quiet)]
+    if not bad:
         return 0.0 if len(after) >= consecutive else None
-    tail = after[last_bad + 1 :]
+    tail = after[bad[-1] + 1 :]
     if len(tail) < consecutive:
         return None
-    return max(0.0, tail[0].completed_s - fault_s)
+    return max(0.0, min(o.completed_s for o in tail[:consecutive]) - fault_s)
+
+
+def silences(
+    ops: Iterable[Operation], since: float, longer_than: float | None
+) -> list[tuple[float, float]]:
+    """The windows from `since` on longer than `longer_than` seconds in which none of `ops`
+    was answered (whatever its outcome); the window from `since` to the first answer counts.
+    None: no window."""
+    if longer_than is None:
+        return []
+    edges = [since, *sorted(o.completed_s for o in ops if o.completed_s >= since)]
+    return [(a, b) for a, b in pairwise(edges) if b - a > longer_than]
+
+
+def stalled(op: Operation, bound_s: float | None, quiet: Sequence[tuple[float, float]]) -> bool:
+    """`op` was answered `ok` but later than `bound_s`, and its wait overlapped one of the
+    `quiet` windows (the path answering nobody): it waited out a stall."""
+    if bound_s is None or op.outcome != "ok" or op.latency_s <= bound_s:
+        return False
+    return any(start < op.completed_s and end > op.invoked_s for start, end in quiet)
 
 
 def reconcile_writes(
@@ -104,11 +140,23 @@ def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, li
             if op.kind in kinds:
                 out[path].append(_on_wall_clock(op))
         if op.kind == "time_to_result":
-            good = op.latency_s <= ttr_bound_s
+            in_time = op.latency_s <= ttr_bound_s
             out["notification"].append(
-                replace(_on_wall_clock(op), outcome="ok" if good else "fail")
+                replace(_on_wall_clock(op), outcome="ok" if in_time else "fail")
             )
     return out
+
+
+def longest_silence(ops: Iterable[Operation], since: float) -> dict[str, float] | None:
+    """The longest window from `since` on in which none of `ops` completed (whatever its
+    outcome): {"s", "from", "to"}, or None when none completed after `since`. The window from
+    `since` to the first completion counts: a stall that begins with the fault shows whole."""
+    done = sorted(o.completed_s for o in ops if o.completed_s >= since)
+    if not done:
+        return None
+    edges = [since, *done]
+    gap, start = max((b - a, a) for a, b in pairwise(edges))
+    return {"s": round(gap, 3), "from": start, "to": start + gap}
 
 
 def rpo_s(lost_acked: Iterable[float], events: Iterable[float], end: float) -> float:
@@ -125,6 +173,19 @@ def rpo_s(lost_acked: Iterable[float], events: Iterable[float], end: float) -> f
     return worst
 
 
+#: Fewer answers of a path before the fault than this: no baseline for its quiet bound.
+BASELINE_MIN_OPS = 20
+
+
+def baseline_gap_s(ops: Sequence[Operation], fault_wall: float) -> float | None:
+    """The longest wait between two answers of a path before the fault (None: too few): how
+    quiet the path was in its ordinary run."""
+    done = sorted(o.completed_s for o in ops if o.completed_s < fault_wall)
+    if len(done) < BASELINE_MIN_OPS:
+        return None
+    return round(max(b - a for a, b in pairwise(done)), 3)
+
+
 def recovery_report(
     ops: Sequence[Operation],
     fault_wall: float,
@@ -132,23 +193,42 @@ def recovery_report(
     consecutive: int = 5,
     ttr_bound_s: float = 5.0,
     events: Sequence[float] = (),
+    bounds_s: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """RTO per path and RPO of one fault, as `chaos.json` records them (the SLO gate reads
     `rto_s.max` and `rpo_s.max`).
 
-    A path with fewer than `consecutive` operations after the fault has no RTO (no data). A path
-    that had them but never recovered gets, as RTO, the time it was observed after the fault (a
-    lower bound) and counts in `unrecovered_paths`: never a pass by omission.
+    `bounds_s`: path -> the latency bound of a good write or read (the path's latency
+    objective, or the experiment's); a path without one counts every `ok` as good. A stall is
+    a window with no answer longer than both the bound and twice the path's longest such
+    window before the fault (`baseline_gap_s`: a small fleet's ordinary pauses are not
+    outages); answers later than the bound that waited through one are bad (`rto_s`). The
+    notification path is judged by `ttr_bound_s` (`path_ops`). A path with fewer than
+    `consecutive` operations after the fault has no RTO (no data). A path that had them but
+    never recovered gets, as RTO, the time it was observed after the fault (a lower bound) and
+    counts in `unrecovered_paths`: never a pass by omission. Beside RTO: per path, the longest
+    window after the fault with no operation completed (`longest_silence`), and the operations
+    that were `ok` but over the bound (`slow_after_fault`).
     RPO (`rpo_s` above, over `events`, the fault journal's times; the fault alone when not
-    given) is 0 when nothing acknowledged was lost; lost, duplicated and never-notified counts
-    come with it.
+    given) is 0 when nothing acknowledged was lost; lost, duplicated, never-notified and
+    unknown counts come with it.
     """
     by_path = path_ops(ops, ttr_bound_s)
+    baseline = {p: baseline_gap_s(v, fault_wall) for p, v in by_path.items()}
+    bounds: dict[str, float | None] = {p: b for p, b in (bounds_s or {}).items() if p in by_path}
+    bounds["notification"] = ttr_bound_s
+    quiet = {p: max(b, 2 * (baseline[p] or 0.0)) for p, b in bounds.items() if b is not None}
     rto: dict[str, float | None] = {}
     recovered: dict[str, bool | None] = {}
     for path, path_ops_ in by_path.items():
         after = [o for o in path_ops_ if o.invoked_s >= fault_wall]
-        value = rto_s(path_ops_, fault_wall, consecutive=consecutive)
+        value = rto_s(
+            path_ops_,
+            fault_wall,
+            consecutive=consecutive,
+            bound_s=bounds.get(path),
+            quiet_s=quiet.get(path),
+        )
         if value is not None:
             rto[path], recovered[path] = round(value, 3), True
         elif len(after) >= consecutive:
@@ -160,21 +240,31 @@ def recovery_report(
     lost_acked = reconciliation.get("lost_acked_walls", [])
     end = max((o.completed_s for p in by_path.values() for o in p), default=fault_wall)
     rpo = rpo_s(lost_acked, [fault_wall, *events], end)
+    after_fault = {p: [o for o in v if o.invoked_s >= fault_wall] for p, v in by_path.items()}
+    silences = {p: longest_silence(v, fault_wall) for p, v in by_path.items()}
     return {
         "fault_wall": fault_wall,
         "consecutive": consecutive,
+        "bound_s": {p: bounds.get(p) for p in by_path},
+        "stall_quiet_s": {p: quiet.get(p) for p in by_path},
         "rto_s": {**rto, "max": max(measured) if measured else None},
         "recovered": recovered,
         "unrecovered_paths": sum(1 for v in recovered.values() if v is False),
+        "longest_silence": silences,
+        "longest_silence_s": {p: v["s"] if v else None for p, v in silences.items()},
         "rpo_s": {"write": round(rpo, 3), "max": round(rpo, 3)},
         "lost": reconciliation.get("lost", 0),
         "lost_ids": reconciliation.get("lost_ids", []),
         "duplicated": reconciliation.get("duplicated", 0),
         "never_notified": reconciliation.get("never_notified", 0),
+        "unknown": reconciliation.get("unknown", 0),
         "info": reconciliation.get("info_submits", 0),
         "acknowledged": reconciliation.get("acknowledged", 0),
         "not_ok_after_fault": {
-            path: sum(1 for o in p if o.invoked_s >= fault_wall and o.outcome != "ok")
-            for path, p in by_path.items()
+            p: sum(1 for o in v if o.outcome != "ok") for p, v in after_fault.items()
+        },
+        "slow_after_fault": {
+            p: sum(1 for o in v if o.outcome == "ok" and not good(o, bounds.get(p)))
+            for p, v in after_fault.items()
         },
     }

@@ -102,10 +102,10 @@ class Phone:
 
 
 async def next_event(ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -> dict[str, Any]:
-    """The next event (a batch counts as its first event), skipping hello messages."""
+    """The next event (a batch counts as its first event), skipping hello and "more" messages."""
     while True:
         msg = await ws.receive_json(timeout=timeout_s)
-        if msg.get("type") == "hello":
+        if msg.get("type") in ("hello", "more"):
             continue
         if msg.get("type") == "batch":
             return msg["events"][0]

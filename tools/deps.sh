@@ -21,6 +21,8 @@ PKGS=(
   prometheus-redis-exporter
   python3-venv
   procps
+  # The test that opens every report.html as a reader would (headless, over DevTools).
+  chromium fonts-dejavu-core
 )
 
 missing=()
@@ -54,6 +56,15 @@ if ((${#missing[@]})); then
       pg_ctlcluster "$v" "$c" stop || true
     done
   fi
+fi
+
+# The unprivileged account the environment runs its components as (all but PostgreSQL, which
+# runs as 'postgres'); see env/users.py. Only root can create it, and only root needs it.
+SERVICE_USER=${CWH_SERVICE_OS_USER:-cwh}
+if [[ $(id -u) -eq 0 ]] && ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
+  echo "deps: creating system user $SERVICE_USER"
+  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin "$SERVICE_USER"
 fi
 
 # The virtual environment, reinstalled only when pyproject.toml changed.

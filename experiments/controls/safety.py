@@ -25,9 +25,8 @@ from typing import Any
 from chaoslib.exit import exit_gracefully
 
 from experiments import harness
-from experiments.activities.fleet.actions import stop_fleet
 from experiments.activities.fleet.probes import LedgerTail, failed_share
-from slo.ledger import Operation
+from slo.ledger import Operation, write_atomic
 
 log = logging.getLogger("cwh.chaos.safety")
 
@@ -80,8 +79,9 @@ class Watcher(threading.Thread):
                 continue
             if self.reason:
                 log.error("stop condition: %s: interrupting, rollbacks will play", self.reason)
-                (harness.run_dir() / "safety.json").write_text(
-                    json.dumps({"stopped_wall": time.time(), "reason": self.reason})
+                write_atomic(
+                    harness.run_dir() / "safety.json",
+                    json.dumps({"stopped_wall": time.time(), "reason": self.reason}),
                 )
                 exit_gracefully()
                 return
@@ -123,9 +123,10 @@ def after_experiment_control(context: dict[str, Any], state: Any = None, **_: An
     global _watcher
     if _watcher is not None:
         _watcher.done.set()
-    stop_fleet(interrupt=True, timeout_s=120)
-    restored = harness.restore_all(wait_s=180)
-    (harness.run_dir() / "restored.json").write_text(json.dumps(restored))
+    restored = harness.restore_all(wait_s=180, stop_fleet=True)
+    write_atomic(harness.run_dir() / "restored.json", json.dumps(restored))
+    if isinstance(state, dict):  # the journal: what restoring did, and any step that failed
+        state["cwh_restore"] = restored
 
 
 def cleanup_control() -> None:

@@ -274,6 +274,11 @@ def test_api_errors_are_toxiproxys(api: str, plain: tuple[str, int]) -> None:
     )
     assert r.json()["attributes"] == {"latency": 5, "jitter": 0}
     assert requests.delete(f"{api}/proxies/{name}/toxics/t", timeout=5).status_code == 204
-    r = requests.post(f"{api}/proxies", data=b"{not json", timeout=5)
+    r = requests.post(
+        f"{api}/proxies",
+        data=b"{not json",
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+    )
     assert r.status_code == 400
     assert "bad request body" in r.json()["error"]

@@ -19,6 +19,7 @@ from env.configs import worst_case_failover_s
 from env.local import LocalEnvironment
 from env.process import pid_alive
 from tests.helpers import poll, wait_healthy
+from tests.report.chromium import assert_report_complete
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS = str(Path(sys.executable).with_name("chaos"))
@@ -110,6 +111,9 @@ def test_api_replica_kill(local_env, tmp_path):
     assert chaos["recovered"]["read"]
     gate = load(out, "slo.json")
     assert {v["name"] for v in gate["verdicts"]} >= {"rto", "rpo", "requests-lost"}
+    # The page a reader opens (report.html, in headless Chromium): every chart has data, the
+    # kill is shaded where faults.jsonl says; its screenshot stays in the run folder.
+    assert_report_complete(out)
 
 
 def test_postgres_primary_kill(local_env, tmp_path):
@@ -236,3 +240,33 @@ def test_cwh_chaos_stop_interrupts_from_outside(local_env, tmp_path, name):
             proc.kill()
     assert "cwh chaos stop" in load(tmp_path, "safety.json")["reason"]
     _assert_interrupted_and_restored(local_env, tmp_path)
+
+
+def test_a_stall_that_fails_nothing_counts_as_downtime(local_env, tmp_path):
+    """A lock on the requests table holds every submit for 8 s, none fails. The old
+    measure said RTO 0; a stall is downtime, and the longest window without an answer shows
+    it."""
+    wait_healthy(local_env)
+    out = cwh_chaos(local_env, tmp_path, "pg-lock-writes", fleet_s=90)
+    faults = load_lines(out / "faults.jsonl")
+    (lock,) = [f for f in faults if f["event"] == "inject"]
+    (unlock,) = [f for f in faults if f["event"] == "restore" and f["fault"] == lock["fault"]]
+    locked_s = unlock["wall"] - lock["wall"]
+    assert locked_s >= 8.0
+    ops = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
+    submits = [o for o in ops if o["kind"] == "submit"]
+    # The fault happened: while locked, no submit was answered; and it failed none.
+    answered = [o["invoked_wall"] + o["completed_s"] - o["invoked_s"] for o in submits]
+    assert not [t for t in answered if lock["wall"] < t < unlock["wall"]]
+    chaos = load(out, "chaos.json")
+    assert chaos["not_ok_after_fault"]["write"] == 0, chaos["not_ok_after_fault"]
+    assert chaos["slow_after_fault"]["write"] >= 3, chaos["slow_after_fault"]
+    # The longest window without an answer began with the lock and lasted about as long;
+    # RTO covers it.
+    silence = chaos["longest_silence"]["write"]
+    assert silence["from"] == pytest.approx(lock["wall"])
+    assert locked_s <= silence["s"] <= locked_s + 2, (silence, locked_s)
+    assert chaos["rto_s"]["write"] >= locked_s, chaos["rto_s"]
+    assert chaos["recovered"]["write"] is True
+    assert (chaos["lost"], chaos["duplicated"]) == (0, 0)
+    assert (out / "chaos.png").stat().st_size > 0

@@ -4,16 +4,20 @@ deadlines, and what cannot work any more is restarted."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
 import aiohttp
+import psycopg
 import pytest
 import redis.exceptions
 import requests
 
+from env import probes
+from env.layout import Layout
 from env.local import LocalEnvironment
 from env.probes import redis_call
 from env.process import pid_alive
@@ -27,7 +31,7 @@ from tests.helpers import (
     wait_healthy,
 )
 from tests.phone import Phone
-from tests.reference_impl.test_flow import run
+from tests.reference_impl.test_flow import run, until_status
 
 pytestmark = [pytest.mark.env, pytest.mark.fault]
 
@@ -213,3 +217,45 @@ def test_connections_dropped_mid_transaction_answer_503_never_500(local_env: Loc
     assert 500 not in codes, sorted(codes)
     assert 503 in codes, "the terminations never reached a submit"
     assert all(ra is not None for c, ra in answers if c == 503), answers
+
+
+def test_a_paused_write_path_leaves_reads_answered_and_replicas_in_rotation(
+    local_env: LocalEnvironment,
+):
+    """pgBouncer paused for 10 s (the write path stalls; the read path, HAProxy to the
+    replicas, does not). When readiness was a live query through the write path, HAProxy took
+    every API replica out of rotation and cut what they had in flight: reads that did not need
+    the write path answered 503 for the whole stall and after. Readiness now says whether the
+    process serves, not whether a shared dependency answers this second."""
+    status = wait_healthy(local_env)
+    secrets = json.loads(Path(status["secrets_file"]).read_text())
+    admin = (
+        f"postgresql://postgres:{secrets['pg_superuser']}@127.0.0.1:"
+        f"{local_env.settings.ports.pgbouncer}/pgbouncer"
+    )
+
+    async def flow() -> list[int]:
+        async with Phone(status) as phone:
+            await phone.register()
+            _, accepted = await phone.submit()
+            rid = accepted["request_id"]
+            await until_status(phone, rid, {"completed"}, 30)
+            codes = []
+            with psycopg.connect(admin, autocommit=True) as pgb:
+                pgb.execute("PAUSE cloudwatcher")
+                try:
+                    # Reads through the frontend for the stall's length, bounded at 10 s: the
+                    # load balancer checks every 5 s and needs 2 failures to mark one down.
+                    until = time.monotonic() + 10
+                    while time.monotonic() < until:
+                        codes.append((await phone.get(rid))[0])
+                finally:
+                    pgb.execute("RESUME cloudwatcher")
+            return codes
+
+    codes = run(flow())
+    # 429: this phone reads faster than its own rate limit allows; never a 503.
+    assert set(codes) <= {200, 429}, codes
+    assert codes.count(200) > 5, codes
+    rows = asyncio.run(probes.haproxy_stat(Layout(local_env.settings.run_dir)))
+    assert len(probes.haproxy_servers_up(rows, "api")) == local_env.settings.api_replicas

@@ -62,7 +62,7 @@ def test_the_generated_rules_load_into_the_environments_prometheus(local_env):
     path = Layout(Path(status["run_dir"])).prometheus_dir / "rules" / "slo.yml"
     path.write_text(render(load()))
     try:
-        requests.post(f"{url}/-/reload", timeout=10).raise_for_status()
+        local_env.reload_prometheus()
 
         def groups() -> set[str]:
             data = requests.get(f"{url}/api/v1/rules", timeout=5).json()["data"]["groups"]
@@ -76,4 +76,4 @@ def test_the_generated_rules_load_into_the_environments_prometheus(local_env):
         assert {"slo-replication-lag", "slo-read-availability"} <= loaded
     finally:
         path.unlink()
-        requests.post(f"{url}/-/reload", timeout=10)
+        local_env.reload_prometheus()

@@ -71,3 +71,16 @@ def test_a_regression_beyond_the_allowance_fails_even_within_the_objective(tmp_p
     assert "more than the 10 % allowed" in v["reason"]
     code, v = gate(tmp_path, run_folder(tmp_path, "similar", 215, 500), baseline=base)
     assert (code, v["status"], v["regression_pct"]) == (0, "pass", 7.5)
+
+
+def test_a_run_with_requests_left_unknown_is_never_a_pass(tmp_path):
+    """Every SLO holds, but the read-back could not answer for some acknowledged requests:
+    they may be lost, so the gate is inconclusive (and a loss still fails)."""
+    run = run_folder(tmp_path, "a", 120, 500)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["reconciliation"] = {"lost": 0, "unknown": 3}
+    (run / "summary.json").write_text(json.dumps(summary))
+    code, v = gate(tmp_path, run)
+    assert (code, v["status"]) == (2, "pass")
+    result = json.loads((run / "slo.json").read_text())
+    assert (result["verdict"], result["unknown_requests"]) == ("inconclusive", 3)

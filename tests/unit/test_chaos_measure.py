@@ -74,3 +74,74 @@ def test_rpo_is_the_age_of_the_oldest_lost_acknowledgement():
     # lost after every fault event: counted up to the end of the run
     r = recovery_report(ledger(), FAULT, {"lost": 1, "lost_acked_walls": [FAULT + 7.5]})
     assert r["rpo_s"]["max"] == 2.0  # the last operation (the 9 s notification) ended at +9.5
+
+
+def test_unknown_read_backs_are_reported_apart_from_losses():
+    rec = {"lost": 0, "unknown": 4, "lost_acked_walls": [], "info_submits": 1}
+    r = recovery_report(ledger(), FAULT, rec)
+    assert (r["lost"], r["unknown"], r["info"], r["rpo_s"]["max"]) == (0, 4, 1, 0.0)
+
+
+def stalled_ledger(stall_s: float = 3.0) -> list[Operation]:
+    """Submits every 0.25 s; those invoked in the stall wait (none fails) and are all answered
+    when it ends, as when pgBouncer pauses; reads go on untouched."""
+    ops = []
+    for i in range(-20, 40):
+        wall = FAULT + i * 0.25
+        done = FAULT + stall_s + 0.01 if FAULT <= wall < FAULT + stall_s else wall + 0.05
+        ops.append(op("submit", wall, latency=done - wall))
+        ops.append(op("read", wall + 0.1))
+    return ops
+
+
+def test_a_stall_is_downtime_not_availability():
+    r = recovery_report(
+        stalled_ledger(3.0), FAULT, {"lost": 0}, consecutive=5, bounds_s={"write": 1.0}
+    )
+    # Nothing failed, yet no submit was answered for 3 s: the write path was down that long.
+    assert r["not_ok_after_fault"]["write"] == 0
+    assert r["rto_s"]["write"] >= 3.0, r["rto_s"]
+    assert r["rto_s"]["write"] == 3.01  # when the stalled submits were answered
+    assert r["slow_after_fault"]["write"] == 9  # ok, but over the 1 s bound
+    assert r["recovered"]["write"] is True
+    assert r["rto_s"]["read"] == 0.0  # the reads never stalled
+    assert r["bound_s"]["write"] == 1.0
+    # The longest window with no submit answered: from the fault to the end of the stall.
+    silence = r["longest_silence"]["write"]
+    assert silence["s"] == 3.01
+    assert (silence["from"], silence["to"]) == (FAULT, FAULT + 3.01)
+    assert r["longest_silence"]["read"]["s"] <= 0.25 + 1e-9
+
+
+def test_slow_answers_in_a_row_are_a_stall_an_isolated_one_is_not():
+    # Six answers over the bound in a row (a stall), then fast ones; later one slow straggler.
+    ops = [op("submit", FAULT + i, latency=4.0 if i < 6 or i == 12 else 0.05) for i in range(18)]
+    assert recovery_report(ops, FAULT, {}, bounds_s={})["rto_s"]["write"] == 0.0  # no bound
+    r = recovery_report(ops, FAULT, {}, consecutive=5, bounds_s={"write": 2.0})
+    assert r["rto_s"]["write"] == 6.05  # the first fast one after the stall
+    assert r["slow_after_fault"]["write"] == 7
+    # A slow one while the others were answered is the latency's tail, not downtime.
+    tail = [op("submit", FAULT + i / 4, latency=4.0 if i == 12 else 0.05) for i in range(40)]
+    assert recovery_report(tail, FAULT, {}, bounds_s={"write": 2.0})["rto_s"]["write"] == 0.0
+
+
+def test_the_bounds_are_the_paths_latency_objectives():
+    from experiments.activities.measure.probes import latency_bounds_s
+
+    # submit-latency-p99 (1000 ms) for writes and reads, time-to-result-p99 (5000 ms).
+    assert latency_bounds_s() == {"write": 1.0, "read": 1.0, "notification": 5.0}
+
+
+def test_slow_answers_while_others_flow_are_degradation_not_downtime():
+    """A loaded machine: submits take 1.5 s, over the 1 s bound, before and after the fault,
+    but answers keep coming: no stall. Answers held 4 s while none came are one."""
+    before = [op("submit", FAULT - 12.5 + i * 0.5, latency=1.5) for i in range(25)]
+    same = [op("submit", FAULT + i * 0.5, latency=1.5) for i in range(20)]
+    r = recovery_report(before + same, FAULT, {}, bounds_s={"write": 1.0})
+    assert r["rto_s"]["write"] == 0.0
+    assert r["slow_after_fault"]["write"] == 20
+    # How quiet a stall must be: the bound, or the path's longest pause before (0.5 s here).
+    assert (r["bound_s"]["write"], r["stall_quiet_s"]["write"]) == (1.0, 1.0)
+    worse = [op("submit", FAULT + i * 0.5, latency=4.0 if i < 10 else 1.5) for i in range(20)]
+    r = recovery_report(before + worse, FAULT, {}, bounds_s={"write": 1.0})
+    assert r["rto_s"]["write"] == 6.5  # the first answer after those that waited through it

@@ -76,3 +76,13 @@ def test_a_wedged_loop_does_not_pass_its_wedge_point_until_unwedged():
         return wedged, task.done()
 
     assert asyncio.run(go()) == (True, True)
+
+
+def test_disarm_stops_planting_and_keeps_the_record():
+    planted = PlantedFaults(enabled=True)
+    planted.update({"lose_acks": 3})
+    assert planted.take("lose_acks", "r1")
+    planted.update({"disarm": True})
+    assert not planted.take("lose_acks", "r2")
+    assert planted.planted["lose_acks"] == ["r1"]
+    assert planted.armed["lose_acks"] == 0

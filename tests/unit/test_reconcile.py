@@ -58,7 +58,7 @@ def test_counts_lost_duplicated_completed_and_never_notified():
     assert result["acknowledged"] == 6
     assert result["lost"] == 1
     assert result["lost_ids"] == ["r3"]
-    assert result["lost_acked_walls"] == [1000.0]  # RPO's clock
+    assert result["lost_acked_walls"] == [1000.1]  # RPO's clock: the acknowledgement
     assert result["duplicated"] == 1
     assert result["duplicated_keys"] == ["k5"]
     assert result["completed"] == 4
@@ -102,3 +102,53 @@ def test_attempts_of_one_key_are_one_request_unless_acknowledged_twice_different
     assert rec["acknowledged"] == 3
     assert rec["lost"] == 0
     assert not rec["valid"]
+
+
+def test_a_request_that_could_not_be_read_back_is_unknown_not_lost():
+    """Absent from the read-back (5xx, timeout, 429 to the end, no token): unknown. Only a
+    request the API said is not there (None) is lost."""
+    ops = [submit("k1", "r1"), note("r1"), submit("k2", "r2"), submit("k3", "r3")]
+    rec = reconcile(ops, {"r1": "completed"})
+    assert (rec["lost"], rec.get("unknown")) == (0, 2)
+    assert rec["unknown_ids"] == ["r2", "r3"]
+    assert rec["completed"] == 1
+    assert rec["never_notified"] == 0
+    assert rec["verdict"] == "inconclusive"  # neither a pass nor a loss
+    assert rec["by_status"] == {"completed": 1, "unknown": 2}
+
+
+def test_a_loss_fails_the_run_even_with_unknowns_left():
+    ops = [submit("k1", "r1"), submit("k2", "r2")]
+    rec = reconcile(ops, {"r1": None})
+    assert (rec["lost"], rec.get("unknown"), rec.get("verdict")) == (1, 1, "fail")
+    assert reconcile([submit("k1", "r1")], {"r1": "completed"})["verdict"] == "pass"
+
+
+def test_a_key_whose_first_request_was_lost_and_retried_is_lost_not_duplicated():
+    """The phone retried after its acknowledged request vanished, and got a new one: the
+    system lost a request (counted), but holds only one for the key."""
+    ops = [attempt("k1", "r1"), attempt("k1", "r2")]
+    rec = reconcile(ops, {"r1": None, "r2": "completed"})
+    assert (rec["lost"], rec["duplicated"]) == (1, 0)
+
+
+def test_rpo_counts_from_the_acknowledgement_not_the_invocation():
+    late = Operation(
+        "k1", "submit", 0, 2.5, 1000.0, "ok", None, None, {"device_id": "d1", "request_id": "r1"}
+    )
+    assert reconcile([late], {"r1": None})["lost_acked_walls"] == [1002.5]
+
+
+def test_a_result_the_phone_stopped_too_early_for_is_not_never_notified():
+    """After the run the read-back reads each device's event log (as an app resuming would): a
+    completed request whose event is there was notified after the phone stopped; one whose event
+    is missing was never notified; one whose log could not be read is unknown."""
+    ops = [submit(f"k{i}", f"r{i}") for i in range(1, 5)] + [note("r1")]
+    statuses = dict.fromkeys(("r1", "r2", "r3", "r4"), "completed")
+    rec = reconcile(ops, statuses, events={"r2": True, "r3": False})
+    assert rec["never_notified"] == 1
+    assert rec["never_notified_ids"] == ["r3"]
+    assert rec["notified_after_run"] == 1  # r2
+    assert rec["notification_unknown"] == 1  # r4: its device's log could not be read
+    # Without the catch-up, every completed request no phone heard of is never notified.
+    assert reconcile(ops, statuses)["never_notified"] == 3

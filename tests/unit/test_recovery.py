@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from slo.ledger import Operation
-from slo.recovery import reconcile_writes, rto_s
+from slo.recovery import reconcile_writes, rto_s, silences, stalled
 
 
 def op(i: int, t: float, outcome: str, wall: float | None = None) -> Operation:
@@ -64,3 +66,48 @@ def test_reconciliation_counts_only_acknowledged_losses(seq, present_idx):
         max(0.0, 2000.0 - min(o.invoked_wall for o in lost)) if lost else 0.0
     )
     assert result["info"] + result["failed"] + result["acknowledged"] == len(ops)
+
+
+timed = st.lists(
+    st.tuples(st.sampled_from(["ok", "ok", "ok", "fail"]), st.floats(0.0, 3.0)),
+    min_size=1,
+    max_size=60,
+)
+
+
+def timed_ops(seq: list[tuple[str, float]]) -> list[Operation]:
+    return [
+        Operation(str(i), "write", i * 0.5, i * 0.5 + lat, 1000.0 + i * 0.5, o)  # type: ignore[arg-type]
+        for i, (o, lat) in enumerate(seq)
+    ]
+
+
+@given(timed, st.floats(0.1, 2.0))
+def test_a_late_answer_is_a_stall_only_when_the_path_went_quiet_while_it_waited(seq, bound):
+    ops = timed_ops(seq)
+    quiet = silences(ops, 0.0, bound)
+    for op in ops:
+        late = op.outcome == "ok" and op.latency_s > bound
+        # Whether any answer came during each stretch of its wait longer than the bound.
+        edges = [0.0, *sorted(o.completed_s for o in ops)]
+        went_quiet = any(
+            b - a > bound and a < op.completed_s and b > op.invoked_s for a, b in pairwise(edges)
+        )
+        assert stalled(op, bound, quiet) == (late and went_quiet)
+
+
+@given(timed, st.integers(min_value=1, max_value=5), st.floats(0.1, 2.0))
+def test_recovery_comes_after_every_failure_and_every_stall(seq, n, bound):
+    ops = timed_ops(seq)
+    rto = rto_s(ops, fault_s=0.0, consecutive=n, bound_s=bound)
+    quiet = silences(ops, 0.0, bound)
+    bad = [o for o in ops if o.outcome != "ok" or stalled(o, bound, quiet)]
+    if not bad:
+        assert rto == (0.0 if len(ops) >= n else None)
+        return
+    if rto is None:
+        return
+    # At least n operations invoked after the last bad one, the earliest answered at `rto`.
+    later = [o for o in ops if o.invoked_s > bad[-1].invoked_s]
+    assert len(later) >= n
+    assert rto == min(o.completed_s for o in later[:n])

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import harness
 from experiments.controls.safety import Watcher
+from reference_impl.knobs import Knobs
 from slo.ledger import Operation
 
 
@@ -67,3 +68,8 @@ def test_a_fault_held_too_long_stops(run: Path):
     assert "old" in reason
     harness.mark("restore", "old")
     assert Watcher(0.9, 5, 300).check(None)[0] is None
+
+
+def test_the_restore_sends_the_knobs_whole_default_object():
+    """A knob the restore leaves out would stay as the experiment set it."""
+    assert Knobs().public() == harness.CLEAN_KNOBS

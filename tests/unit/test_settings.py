@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
+from env.local import bindable, busy_ports
 from env.settings import PORT_SPAN, EnvSettings, SettingsError
 
 
@@ -68,3 +70,26 @@ def test_bad_values_name_the_variable(env, names):
 
 def test_timeouts_scale():
     assert EnvSettings(timeout_scale=3).timeout(10) == 30
+
+
+def test_a_port_the_environment_needs_is_named_when_taken(tmp_path):
+    settings = EnvSettings(base_port=24000, run_dir=tmp_path / "run")
+    ports = settings.listening_ports()
+    # Every named port of the layout, and each Redis node's bus 10000 above it.
+    assert ports[settings.ports.redis(0) + 10000] == "redis0 cluster bus"
+    assert settings.ports.api(3) in ports
+    taken = {settings.ports.redis(2) + 10000, settings.ports.prometheus}
+    assert busy_ports(ports, lambda p: p not in taken) == [
+        f"{settings.ports.prometheus} (prometheus)",
+        f"{settings.ports.redis(2) + 10000} (redis2 cluster bus)",
+    ]
+    assert busy_ports(ports, lambda p: True) == []
+
+
+def test_a_listening_socket_makes_its_port_unbindable():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert not bindable(port)
+    assert bindable(port)  # closed: free again, TIME_WAIT or not

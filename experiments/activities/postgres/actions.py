@@ -1,5 +1,6 @@
 """PostgreSQL faults: the primary's postmaster killed, the primary node lost, a planned
-switchover, latency on the replication link, and two primaries lost in turn.
+switchover, latency on the replication link, two primaries lost in turn, and writes held by a
+table lock (a stall that fails nothing).
 
 The kills reuse `experiments.pg_failover` (the failover tests and `make bench-failover` use the
 same steps); every injection is recorded in the run's fault journal.
@@ -7,9 +8,12 @@ same steps); every injection is recorded in the run's fault journal.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import psycopg
 import requests
+from psycopg import sql
 
 from env.process import wait_until
 from experiments import harness
@@ -77,6 +81,7 @@ def switchover(candidate: str = "", timeout_s: float = 60) -> dict[str, Any]:
     resp = requests.post(
         f"http://127.0.0.1:{port}/switchover",
         json={"leader": leader, "candidate": target},
+        auth=env.patroni_auth(),
         timeout=30,
     )
     if resp.status_code != 200:
@@ -105,3 +110,22 @@ def replication_link_latency(latency_ms: int = 1500, jitter_ms: int = 0) -> dict
         stream="downstream",
         name="replication-latency",
     )
+
+
+def lock_writes(seconds: float = 8.0, table: str = "requests") -> dict[str, Any]:
+    """Hold a SHARE lock on `table` for `seconds` through the write path, as a migration or a
+    batch job does: every write to it (submits, the workers' status changes) waits, reads go
+    on, nothing fails (a stall). The fault runs from when the lock was granted to its release,
+    which also happens when this action is interrupted (or its process dies: PostgreSQL drops
+    the lock with the connection)."""
+    url = harness.environment().status()["urls"]["write"]
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(table)))
+        entry = harness.mark("inject", f"lock-{table}", table=table, seconds=seconds)
+        try:
+            time.sleep(seconds)
+        finally:
+            conn.rollback()  # the end of the transaction releases the lock
+            done = harness.mark("restore", f"lock-{table}")
+    return {"locked_s": round(done["wall"] - entry["wall"], 3), "injected_wall": entry["wall"]}

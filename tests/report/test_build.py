@@ -1,0 +1,179 @@
+"""Reports of every kind of folder: a game day told as one story, the benchmarks' repeated
+trials against the bound the configuration promises, folders of other harness versions, and
+`cwh report html` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from cwh.report import make_report, write_html
+from env.configs import worst_case_failover_s
+from tests.report.runs import NO_PROMETHEUS, fault_pairs, ledger_span, run_folder
+
+CWH = str(Path(sys.executable).with_name("cwh"))
+EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.I)
+
+
+def test_a_run_page_is_one_file_that_fetches_nothing(tmp_path):
+    folder = run_folder("chaos-kill-lb", tmp_path)
+    html = write_html(folder, NO_PROMETHEUS).read_text()
+    assert not EXTERNAL.search(html)
+    assert "<script src" not in html
+    assert "<link" not in html
+    (fault, injected, restored), *_ = fault_pairs(folder)
+    assert f'data-fault="{fault}"' in html
+    assert f'data-start="{injected}" data-end="{restored}"' in html
+    versions = json.loads((folder / "versions.json").read_text())
+    assert {"harness", "python", "locust"} <= set(versions)
+
+
+def test_gameday_page_puts_every_experiment_on_one_timeline(tmp_path):
+    day = tmp_path / "20261202T060000Z-gameday"
+    day.mkdir()
+    api = run_folder("chaos-kill-api", day)
+    lb = run_folder("chaos-kill-lb", day)
+    plan = [
+        {"experiment": "kill-lb", "code": 0, "folder": lb.name},
+        {"experiment": "kill-api", "code": 0, "folder": api.name},
+        {"experiment": "pg-kill-primary", "code": 2, "folder": None},  # could not start
+    ]
+    (day / "gameday.json").write_text(json.dumps({"experiments": plan}))
+    report = make_report(day, NO_PROMETHEUS)
+    assert report.kind == "gameday"
+    assert report.verdict == "inconclusive"
+    assert "pg-kill-primary: no run folder (it could not start)" in report.reasons
+    assert [w.fault for w in report.faults] == ["kill-lb: kill-haproxy", "kill-api: kill-api1"]
+    assert report.axis is not None
+    for folder in (api, lb):
+        first, last = ledger_span(folder)
+        assert report.axis.t0 <= first
+        assert report.axis.t1 >= last
+    ops = {c.chart_id: c.points for c in report.charts if c.chart_id.startswith("ops-")}
+    assert all(ops.values())
+    (title, table), *_ = report.lead
+    assert title == "Experiments"
+    assert 'href="chaos-kill-lb/report.html"' in table
+    assert 'href="chaos-kill-api/report.html"' in table
+    assert {r.cells[0] for r in report.slo} >= {"kill-lb: rto", "kill-api: rto"}
+    acked = sum(json.loads((f / "summary.json").read_text())["reconciliation"]["acknowledged"]
+                for f in (api, lb))  # fmt: skip
+    assert ("acknowledged", str(acked)) in report.reconciliation
+
+
+def _bench_chaos(folder: Path, write_rtos: list[float]) -> None:
+    runs = [
+        {
+            "experiment": "pg-kill-primary",
+            "repeat": i + 1,
+            "code": 0,
+            "chaos": {
+                "rto_s": {"write": rto, "read": 1.0, "notification": None, "max": rto},
+                "rpo_s": {"max": 0.0},
+                "lost": 0,
+            },
+        }
+        for i, rto in enumerate(write_rtos)
+    ]
+    runs.append({"experiment": "redis-kill-master", "repeat": 1, "code": 1, "chaos": None})
+    (folder / "bench-chaos.json").write_text(json.dumps({"runs": runs, "summary": {}}))
+
+
+def test_bench_chaos_distributions_against_the_failover_bound(tmp_path):
+    folder = tmp_path / "20261202T060000Z-bench-chaos"
+    folder.mkdir()
+    bound = worst_case_failover_s()
+    _bench_chaos(folder, [3.0, 5.5, bound + 6])
+    report = make_report(folder)
+    assert report.verdict == "fail"
+    write = next(d for d in report.distributions if d.label == "RTO write")
+    assert (write.group, write.values, write.bound) == (
+        "pg-kill-primary",
+        (3.0, 5.5, bound + 6),
+        bound,
+    )
+    assert next(d for d in report.distributions if d.label == "RTO read").bound is None
+    assert (
+        f"pg-kill-primary RTO write: {bound + 6:.3g} s, over the configured bound {bound:g} s"
+        in report.reasons
+    )
+    assert "redis-kill-master: 1 failed run(s), 0 lost" in report.reasons
+    html = write_html(folder).read_text()
+    assert html.count('class="trial"') == 3 + 3 + 3  # write, read and RPO of three trials
+    assert html.count('class="bound"') == 1
+
+
+def test_bench_failover_page(tmp_path):
+    folder = tmp_path / "20261202T060000Z-bench-failover"
+    folder.mkdir()
+    summary = {
+        "kill-primary-postgres": {"rto_s": [2.1, 2.4], "lost": 0, "acknowledged": 90, "info": 0},
+        "kill-primary-patroni": {"rto_s": [9.0, 11.2], "lost": 0, "acknowledged": 80, "info": 1},
+    }
+    (folder / "results.json").write_text(json.dumps({"summary": summary, "runs": []}))
+    report = make_report(folder)
+    assert (report.kind, report.verdict, report.reasons) == ("bench-failover", "pass", [])
+    assert [d.values for d in report.distributions] == [(2.1, 2.4), (9.0, 11.2)]
+
+
+def test_folders_of_other_harness_versions_still_get_a_page(tmp_path):
+    folder = tmp_path / "20261202T060000Z-chaos-new"
+    folder.mkdir()
+    line = {
+        "op_id": "a",
+        "kind": "submit",
+        "invoked_s": 1.0,
+        "completed_s": 1.5,
+        "invoked_wall": 1000.0,
+        "outcome": "ok",
+        "attempt": 2,  # a field this version does not know
+    }
+    (folder / "ledger.jsonl").write_text(json.dumps(line) + "\n{broken\n")
+    (folder / "summary.json").write_text(json.dumps({"window": {"start": 999.0, "end": 1010.0}}))
+    (folder / "chaos.json").write_text(json.dumps({"rto_s": {"write": {"stall": 3}}}))
+    (folder / "faults.jsonl").write_text('{"event": "inject", "fault": "x", "wall": 1001}\nnope\n')
+    report = make_report(folder, NO_PROMETHEUS)
+    assert report.verdict == "inconclusive"  # no gate ran
+    assert ("could not read", "ledger.jsonl: 1 line(s) that are not operations") in report.facts
+    assert ("could not read", "faults.jsonl: a line that is not JSON") in report.facts
+    assert [w.label for w in report.faults] == ["x (not restored)"]
+    assert report.charts[0].points == 1
+    assert "<html" in write_html(folder, NO_PROMETHEUS).read_text()
+
+
+def test_cwh_report_html_prints_the_page_and_refuses_other_folders(tmp_path):
+    folder = run_folder("chaos-kill-api", tmp_path)
+    proc = subprocess.run(
+        [CWH, "report", "html", str(folder), "--prometheus", NO_PROMETHEUS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(folder.resolve() / "report.html")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run(
+        [CWH, "report", "html", str(empty)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "no summary.json" in " ".join(proc.stderr.split())  # wrapped to the terminal
+
+
+def test_recovery_and_the_longest_silence_are_rules_on_the_paths_charts(tmp_path):
+    folder = run_folder("chaos-kill-lb", tmp_path)
+    chaos = json.loads((folder / "chaos.json").read_text())
+    start = chaos["fault_wall"] + 1
+    chaos["longest_silence"] = {"write": {"s": 20.0, "from": start, "to": start + 20}}
+    (folder / "chaos.json").write_text(json.dumps(chaos))
+    report = make_report(folder, NO_PROMETHEUS)
+    recovered = chaos["fault_wall"] + chaos["rto_s"]["write"]
+    assert [t for t, _ in report.marks["ops-write"]] == [recovered, start, start + 20]
+    assert [t for t, _ in report.marks["ops-read"]] == [
+        chaos["fault_wall"] + chaos["rto_s"]["read"]
+    ]
+    html = write_html(folder, NO_PROMETHEUS).read_text()
+    assert html.count('class="mark"') == 4 + 1  # write 3, read 1, notification 1

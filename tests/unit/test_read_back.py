@@ -1,0 +1,167 @@
+"""The read-back after a run against an API that fails in every way a real one can: what it
+could not answer is unknown (left out), only a 404 for the request's own device is lost, and
+unknowns are retried while the settle deadline lasts. An in-process aiohttp server on an
+ephemeral port stands for the API."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+from aiohttp import web
+
+from cwh.fleet import FleetOptions, Tokens, catch_up, settle
+from cwh.fleet import identities as fleet_identities
+
+#: request id -> what the fake API answers for it, in turn (the last answer repeats).
+SCRIPT = {
+    "r-done": ["completed"],
+    "r-gone": [404],
+    "r-500": [500],
+    "r-busy": [429],  # rate limited to the end
+    "r-slow": ["hang"],  # no answer before the client's timeout
+    "r-cut": ["cut"],  # connection closed without an answer
+    "r-flaky": [503, "completed"],  # unknown at first, answered on a later pass
+    "r-queued": ["queued", "completed"],  # pending, then final
+    "r-notoken": ["completed"],  # its device's token call fails: unknown
+    "r-tokenflaky": ["completed"],  # its device's first token call fails, the next works
+    "r-tokenlimited": ["completed"],  # its device's token calls are rate limited at first
+}
+DEVICE_OF = {rid: "dev-main" for rid in SCRIPT}
+DEVICE_OF["r-notoken"] = "dev-notoken"
+DEVICE_OF["r-tokenflaky"] = "dev-tokenflaky"
+DEVICE_OF["r-tokenlimited"] = "dev-tokenlimited"
+
+
+def fake_api(calls: Counter[str]) -> web.Application:
+    async def token(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        client = str(form["client_id"])
+        calls[f"token:{client}"] += 1
+        if client == "dev-notoken":
+            return web.json_response({"error": "unavailable"}, status=503)
+        if client == "dev-tokenlimited" and calls[f"token:{client}"] <= 2:
+            return web.json_response({"error": "x"}, status=429, headers={"Retry-After": "0.1"})
+        if client == "dev-tokenflaky" and calls[f"token:{client}"] == 1:
+            assert request.transport is not None
+            request.transport.close()  # no answer at all: the client sees an exception
+            raise asyncio.CancelledError
+        return web.json_response({"access_token": f"tok-{client}", "expires_in": 900})
+
+    async def get_request(request: web.Request) -> web.StreamResponse:
+        rid = request.match_info["rid"]
+        device = request.headers["Authorization"].removeprefix("Bearer tok-")
+        answers = SCRIPT[rid]
+        answer = answers[min(calls[rid], len(answers) - 1)]
+        calls[rid] += 1
+        if device != DEVICE_OF[rid]:
+            return web.json_response({"error": "not_found"}, status=404)
+        if answer == "hang":
+            await asyncio.sleep(30)
+        if answer == "cut":
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError
+        if answer == 429:
+            return web.json_response({"error": "x"}, status=429, headers={"Retry-After": "0.2"})
+        if isinstance(answer, int):
+            return web.json_response({"error": "x"}, status=answer)
+        return web.json_response({"request_id": rid, "status": answer})
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    app.router.add_get("/v1/requests/{rid}", get_request)
+    return app
+
+
+def identities(folder: Path) -> None:
+    db = sqlite3.connect(folder / "phones-1.sqlite")
+    db.execute("CREATE TABLE identities (device_id TEXT, client_id TEXT, client_secret TEXT)")
+    for device in sorted(set(DEVICE_OF.values())):
+        db.execute("INSERT INTO identities VALUES (?, ?, 's')", (device, device))
+    db.commit()
+    db.close()
+
+
+async def read_back_against_fake(tmp_path: Path, timeout_s: float) -> tuple[dict, Counter, float]:
+    calls: Counter[str] = Counter()
+    runner = web.AppRunner(fake_api(calls), shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    identities(tmp_path)
+    acked = {rid: {"device_id": DEVICE_OF[rid]} for rid in SCRIPT}
+    # One acknowledged request whose device left no identity: unknown, not a crash.
+    acked["r-orphan"] = {"device_id": "dev-unknown"}
+    opts = FleetOptions(target=f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    try:
+        statuses = await settle(opts, tmp_path, acked, timeout_s=timeout_s, request_timeout_s=1)
+        took = time.monotonic() - started
+    finally:
+        await runner.cleanup()
+    return statuses, calls, took
+
+
+def test_what_the_api_could_not_answer_is_left_out_and_retried_until_the_deadline(tmp_path):
+    statuses, calls, took = asyncio.run(read_back_against_fake(tmp_path, timeout_s=15))
+    # Known: final statuses, and None only for the 404 of its own device.
+    assert statuses["r-done"] == "completed"
+    assert statuses["r-gone"] is None
+    # Unknown for a while, then answered on a later pass within the deadline.
+    assert statuses["r-flaky"] == "completed"
+    assert statuses["r-queued"] == "completed"
+    assert statuses["r-tokenflaky"] == "completed"
+    assert statuses["r-tokenlimited"] == "completed"  # the token's 429s were honoured
+    # Never answered: left out (unknown), whatever the failure.
+    unknown = {"r-500", "r-busy", "r-slow", "r-cut", "r-notoken", "r-orphan"}
+    assert unknown.isdisjoint(statuses), statuses
+    assert set(statuses) == set(SCRIPT) - unknown
+    # Retried while the deadline lasted, and no longer: a final answer is not asked again.
+    assert calls["r-500"] >= 2
+    assert calls["token:dev-notoken"] >= 2
+    assert calls["r-done"] == 1
+    assert calls["token:dev-main"] == 1  # one token per device, kept across passes
+    assert took < 15 + 1, took  # bounded by the deadline, whatever hangs
+
+
+def test_the_catch_up_reads_each_device_log_whole_and_leaves_out_what_it_cannot_read(tmp_path):
+    """A completed request no phone heard of: its event is in the device's log (paged), or it
+    is not (never notified), or the log cannot be read (unknown)."""
+    logs = {"dev-main": [["r-a"], ["r-b", "r-c"]], "dev-notoken": [["r-x"]]}
+
+    async def sync(request: web.Request) -> web.StreamResponse:
+        device = request.headers["Authorization"].removeprefix("Bearer tok-")
+        if device == "dev-tokenflaky":
+            return web.json_response({"error": "unavailable"}, status=503)
+        page = int(request.query["since"])
+        pages = logs.get(device, [[]])
+        events = [{"event_id": page + 1, "request_id": rid} for rid in pages[page]]
+        more = page + 1 < len(pages)
+        return web.json_response({"events": events, "next_cursor": str(page + 1), "more": more})
+
+    async def go() -> dict[str, bool]:
+        app = fake_api(Counter())
+        app.router.add_get("/v1/sync", sync)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        identities(tmp_path)
+        opts = FleetOptions(target=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        unheard = {
+            "r-b": "dev-main",  # on the log's second page
+            "r-z": "dev-main",  # not on the log: never notified
+            "r-x": "dev-notoken",  # no token for its device: unknown
+            "r-y": "dev-tokenflaky",  # the log answers 503: unknown
+        }
+        try:
+            tokens = Tokens(opts.target, fleet_identities(tmp_path))
+            return await catch_up(opts, tokens, unheard, timeout_s=5)
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(go()) == {"r-b": True, "r-z": False}
