@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 from rich.console import Console
 
+from env.local import free_port
 from scenarios.latency import LatencyRecorder
 from scenarios.profiles import SHAPE_NAMES
 from slo.ledger import Operation, merge, read_jsonl, write_atomic, write_jsonl
@@ -116,7 +117,13 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
         "0",
     ]
     if opts.workers > 1:
-        cmd += ["--processes", str(opts.workers)]
+        # The master's port: a free one, on loopback. Locust's fixed default (5557, on every
+        # interface) made two fleets on one machine collide, the second's workers joining the
+        # first's master.
+        port = free_port()
+        cmd += ["--processes", str(opts.workers), "--master-bind-host", "127.0.0.1"]
+        cmd += ["--master-bind-port", str(port), "--master-host", "127.0.0.1"]
+        cmd += ["--master-port", str(port)]
     env = {
         **os.environ,
         "CWH_FLEET_DIR": str(fleet_dir),

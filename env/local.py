@@ -56,6 +56,13 @@ def bindable(port: int) -> bool:
     return True
 
 
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, chosen by the kernel (for a helper process's listener)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def busy_ports(ports: dict[int, str], free: Callable[[int], bool]) -> list[str]:
     """`port (what)` for each of `ports` that `free` says is taken, in port order."""
     return [f"{port} ({what})" for port, what in sorted(ports.items()) if not free(port)]

@@ -127,17 +127,25 @@ def _on_wall_clock(op: Operation) -> Operation:
     return replace(op, invoked_s=op.invoked_wall, completed_s=op.invoked_wall + op.latency_s)
 
 
+def _idempotent_repeat(op: Operation) -> bool:
+    """A phone's deliberate resubmit of a request already acknowledged: the API answers it
+    from the idempotency record, writing nothing, so it says nothing of the write path (it
+    answers through a write stall)."""
+    return op.kind == "submit" and bool((op.detail or {}).get("retried"))
+
+
 def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, list[Operation]]:
     """The ledger split by path, on the wall clock.
 
-    write: submits; read: reads and syncs; notification: one entry per result that reached a
-    phone, from its acknowledgement to its arrival, `ok` when it came within `ttr_bound_s` (by
-    socket, or by a sync that happened to ask first) and `fail` when it came later.
+    write: submits (not resubmits of acknowledged requests); read: reads and syncs;
+    notification: one entry per result that reached a phone, from its acknowledgement to its
+    arrival, `ok` when it came within `ttr_bound_s` (by socket, or by a sync that happened to
+    ask first) and `fail` when it came later.
     """
     out: dict[str, list[Operation]] = {"write": [], "read": [], "notification": []}
     for op in ops:
         for path, kinds in PATH_KINDS.items():
-            if op.kind in kinds:
+            if op.kind in kinds and not _idempotent_repeat(op):
                 out[path].append(_on_wall_clock(op))
         if op.kind == "time_to_result":
             in_time = op.latency_s <= ttr_bound_s

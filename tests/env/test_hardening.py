@@ -25,7 +25,7 @@ from env.configs import cluster_name
 from env.local import LocalEnvironment
 from env.probes import RedisCredentials
 from env.process import processes_of
-from tests.helpers import poll, port_of, redis_credentials, wait_healthy
+from tests.helpers import poll, port_of, query, redis_credentials, wait_healthy
 from tests.phone import Phone
 
 pytestmark = pytest.mark.env
@@ -91,7 +91,8 @@ def test_no_secret_on_any_command_line_even_while_a_base_backup_runs(
     leaks = {p.pid: p.cmdline for p in mine if any(s in p.cmdline for s in secrets)}
     assert leaks == {}, f"secrets on command lines: {leaks}"
 
-    # A new leading scheduler takes a base backup at once: watch pg_basebackup's command line.
+    # A new leading scheduler takes a base backup at once when one is due (the last recorded
+    # backup older than the interval): watch pg_basebackup's command line.
     backups = run_dir / "services" / "backups"
 
     def finished() -> set[str]:
@@ -105,6 +106,18 @@ def test_no_secret_on_any_command_line_even_while_a_base_backup_runs(
     )
     before = finished()
     status = wait_healthy(local_env)
+    primary = status["urls"]["members"][status["primary"]]
+    poll(
+        lambda: query(primary, "SELECT 1 FROM periodic_runs WHERE job = 'base_backup'"),
+        60,
+        "the first backup recorded in the run log",
+    )
+    # Recorded two intervals ago: due for whoever leads next (it reads the run log).
+    query(
+        primary,
+        "UPDATE periodic_runs SET started_at = started_at - interval '2 hours'"
+        " WHERE job = 'base_backup'",
+    )
     leader = next(c for c in status["components"] if c["role"] == "scheduler (leader)")
     watch = CmdlineWatch(secrets)
     watch.start()

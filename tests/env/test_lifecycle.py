@@ -42,13 +42,18 @@ def test_a_component_that_cannot_start_is_named_and_everything_is_stopped(
         run_dir=Path(f"/var/tmp/cwh-test-{base}"),
         timeout_scale=env_settings.timeout_scale,
     )
-    env = LocalEnvironment(settings)
-    env.reset()
-    # Redis starts after etcd, PostgreSQL, HAProxy and pgBouncer: take one of its ports.
+    # Redis starts after etcd, PostgreSQL, HAProxy and pgBouncer: take one of its ports once
+    # start-up is under way (taken before, the port check refuses to start at all: tested below).
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    blocker.bind(("127.0.0.1", settings.ports.redis(2)))
-    blocker.listen()
+
+    def take_port(event: str, status: dict) -> None:
+        if event == "stage" and blocker.getsockname()[1] == 0:
+            blocker.bind(("127.0.0.1", settings.ports.redis(2)))
+            blocker.listen()
+
+    env = LocalEnvironment(settings, progress=take_port)
+    env.reset()
     try:
         with pytest.raises(EnvironmentStartError) as info:
             env.up(timeout_s=120)
@@ -59,6 +64,28 @@ def test_a_component_that_cannot_start_is_named_and_everything_is_stopped(
         # Everything started before it (etcd, Patroni, postgres, HAProxy, pgBouncer) is gone.
         assert processes_of(settings.run_dir) == []
         assert env.supervisor_status() is None
+        assert blocker.getsockname()[1] == settings.ports.redis(2), "the port was taken"
     finally:
         blocker.close()
         env.reset()
+
+
+def test_a_port_taken_before_start_is_named_and_nothing_starts(env_settings: EnvSettings):
+    base = env_settings.base_port + 400
+    settings = EnvSettings(
+        base_port=base,
+        run_dir=Path(f"/var/tmp/cwh-test-{base}"),
+        timeout_scale=env_settings.timeout_scale,
+    )
+    env = LocalEnvironment(settings)
+    env.reset()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", settings.ports.redis(2)))
+        blocker.listen()
+        with pytest.raises(EnvironmentStartError) as info:
+            env.up(timeout_s=120)
+    assert info.value.component == "ports"
+    assert f"{settings.ports.redis(2)} (redis2)" in str(info.value)
+    assert env.supervisor_pid() is None
+    assert processes_of(settings.run_dir) == []
+    env.reset()

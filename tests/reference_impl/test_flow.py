@@ -28,6 +28,10 @@ async def until_status(phone: Phone, request_id: str, wanted: set[str], timeout_
     deadline = time.monotonic() + timeout_s
     while True:
         status, body = await phone.get(request_id)
+        if status == 429:  # throttled, as a phone polling hard would be: back off and go on
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(1.0)
+            continue
         assert status == 200, body
         if body["status"] in wanted:
             return body

@@ -219,6 +219,20 @@ def test_connections_dropped_mid_transaction_answer_503_never_500(local_env: Loc
     assert all(ra is not None for c, ra in answers if c == 503), answers
 
 
+async def answers_ping(ws: aiohttp.ClientWebSocketResponse) -> bool:
+    """Whether the hub still answers this socket's text ping (a cut socket cannot)."""
+    try:
+        await ws.send_str("ping")
+        while True:
+            msg = await ws.receive(timeout=5)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return False  # closed, or an error: the socket is gone
+            if msg.data == "pong":
+                return True
+    except (ConnectionError, TimeoutError):
+        return False
+
+
 def test_a_paused_write_path_leaves_reads_answered_and_replicas_in_rotation(
     local_env: LocalEnvironment,
 ):
@@ -226,20 +240,23 @@ def test_a_paused_write_path_leaves_reads_answered_and_replicas_in_rotation(
     replicas, does not). When readiness was a live query through the write path, HAProxy took
     every API replica out of rotation and cut what they had in flight: reads that did not need
     the write path answered 503 for the whole stall and after. Readiness now says whether the
-    process serves, not whether a shared dependency answers this second."""
+    process serves, not whether a shared dependency answers this second; and a phone's socket
+    on a hub outlives the stall (hubs marked down had their sockets cut)."""
     status = wait_healthy(local_env)
     secrets = json.loads(Path(status["secrets_file"]).read_text())
+    _, _, tls = status["urls"]["pgbouncer"].partition("?")  # its TLS options, when it has any
     admin = (
         f"postgresql://postgres:{secrets['pg_superuser']}@127.0.0.1:"
-        f"{local_env.settings.ports.pgbouncer}/pgbouncer"
+        f"{local_env.settings.ports.pgbouncer}/pgbouncer?{tls}"
     )
 
-    async def flow() -> list[int]:
+    async def flow() -> tuple[list[int], bool]:
         async with Phone(status) as phone:
             await phone.register()
             _, accepted = await phone.submit()
             rid = accepted["request_id"]
             await until_status(phone, rid, {"completed"}, 30)
+            ws = await phone.updates()  # a phone's socket, held through the stall
             codes = []
             with psycopg.connect(admin, autocommit=True) as pgb:
                 pgb.execute("PAUSE cloudwatcher")
@@ -251,9 +268,10 @@ def test_a_paused_write_path_leaves_reads_answered_and_replicas_in_rotation(
                         codes.append((await phone.get(rid))[0])
                 finally:
                     pgb.execute("RESUME cloudwatcher")
-            return codes
+            return codes, await answers_ping(ws)
 
-    codes = run(flow())
+    codes, socket_alive = run(flow())
+    assert socket_alive, "the stall cut the phone's WebSocket"
     # 429: this phone reads faster than its own rate limit allows; never a 503.
     assert set(codes) <= {200, 429}, codes
     assert codes.count(200) > 5, codes

@@ -3,6 +3,7 @@ and every claim loop of every worker goes on claiming."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -169,13 +170,17 @@ def test_postgresql_connections_reset_mid_job_leave_every_loop_running(
                 with toxic(status, "postgres-write", "reset_peer", timeout=0):
                     # The fault's length is the point here (jobs finishing into it), not a
                     # wait for something: keep submitting through it for 5 s.
+                    # Paced at 10 a second, under the per-phone rate limit (20/s): refused
+                    # submits answer at once, and an unpaced loop is throttled (429) instead.
                     until = time.monotonic() + 5
-                    while time.monotonic() < until:
+                    while (now := time.monotonic()) < until:
                         code, body = await phone.submit()
+                        assert code != 429, body
                         if code == 202:
                             ids.append(body["request_id"])
                         else:
                             refused += 1
+                        await asyncio.sleep(max(0.0, now + 0.1 - time.monotonic()))
                 # The fault really reached the services: the API could not write.
                 assert refused > 0
             return [await until_status(phone, rid, FINAL, 120) for rid in ids]

@@ -3,8 +3,10 @@ offline replays, the reconnect storm, and HDR percentiles against the ledger."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 
 import pytest
 import requests
@@ -17,6 +19,7 @@ pytestmark = pytest.mark.env
 
 USERS = 10
 DURATION_S = 40.0
+LOCUST_DEFAULT_MASTER_PORT = 5557
 
 
 def hub_connects(status: dict) -> float:
@@ -39,6 +42,12 @@ def fleet_run(local_env: LocalEnvironment, tmp_path_factory):
     # Half the go_offline tasks take the phone offline: replays are all but certain, and most
     # phones are online when the storm comes.
     os.environ["CWH_OFFLINE_CHANCE"] = "0.5"
+    # Another fleet's master on Locust's default port, as when two runs share a machine: this
+    # one must not need it (it did, and its workers joined whoever held it).
+    other_master = socket.socket()
+    with contextlib.suppress(OSError):  # already taken: by something else, which does as well
+        other_master.bind(("127.0.0.1", LOCUST_DEFAULT_MASTER_PORT))
+        other_master.listen()
     try:
         code, out, summary = fleet(
             status,
@@ -50,6 +59,7 @@ def fleet_run(local_env: LocalEnvironment, tmp_path_factory):
         )
         yield code, out, summary, before, hub_connects(local_env.status())
     finally:
+        other_master.close()
         os.environ.pop("CWH_OFFLINE_CHANCE", None)
 
 

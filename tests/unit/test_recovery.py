@@ -111,3 +111,19 @@ def test_recovery_comes_after_every_failure_and_every_stall(seq, n, bound):
     later = [o for o in ops if o.invoked_s > bad[-1].invoked_s]
     assert len(later) >= n
     assert rto == min(o.completed_s for o in later[:n])
+
+
+def test_a_resubmit_answered_through_a_write_stall_is_not_a_write():
+    """Resubmits of acknowledged requests are answered from their idempotency record while
+    every write waits: counted, they would split the stall's silence and hide it."""
+    from slo.recovery import longest_silence, path_ops
+
+    def submit(i: int, t: float, retried: bool) -> Operation:
+        return Operation(str(i), "submit", t, t + 0.05, t, "ok", None, None, {"retried": retried})
+
+    ops = [submit(0, 0.0, False), submit(1, 4.0, True), submit(2, 8.0, False)]
+    writes = path_ops(ops)["write"]
+    assert [o.op_id for o in writes] == ["0", "2"]
+    silence = longest_silence(writes, since=0.1)
+    assert silence is not None
+    assert silence["s"] > 7.9
