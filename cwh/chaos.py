@@ -4,6 +4,10 @@ phones in the background, then measure and gate it; list the experiments; stop a
 A run writes `reports/<UTC>-chaos-<name>/`: Chaos Toolkit's journal and log, the fleet's ledger
 and summary, the fault journal, `chaos.json` (RTO per path, RPO), the SLO gate's outputs,
 `chaos.md` and a timeline plot, and points `reports/latest` at it.
+
+The experiment learns where the environment and the run folder are from its `configuration`:
+`chaos run --var-file <run folder>/configuration.json` (`experiments.settings`), not from the
+environment of the `chaos` process.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ from cwh.gate import GateOptions, check
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.process import wait_until
 from env.settings import EnvSettings
+from experiments.settings import ChaosSettings, new_run_dir
 from slo.ledger import write_atomic
 from slo.reconcile import EXIT_CODES, worst_exit
 
@@ -126,36 +132,24 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = (opts.reports / f"{stamp}-chaos-{opts.experiment}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, **settings.to_environ(), "CWH_CHAOS_RUN_DIR": str(out)}
-    if opts.users:
-        child_env["CWH_CHAOS_USERS"] = str(opts.users)
-    if opts.fleet_s:
-        child_env["CWH_CHAOS_FLEET_S"] = str(opts.fleet_s)
-    child_env["PYTHONPATH"] = str(ROOT)
-    cmd = [
-        _chaos_binary(),
-        "--log-file",
-        str(out / "chaostoolkit.log"),
-        "run",
-        "--journal-path",
-        str(out / "journal.json"),
-        str(exp["path"]),
-    ]
+    chaos_settings = ChaosSettings(env=settings, run_dir=out)
     console.print(f"[bold]chaos[/bold] {opts.experiment}: {exp['summary']}")
     console.print(f"  run folder {out}")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env)
+    proc = subprocess.Popen(
+        _chaos_command(exp["path"], out, _var_file(chaos_settings, opts)),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     _wait_through_interrupts(proc, console)
-    os.environ["CWH_CHAOS_RUN_DIR"] = str(out)
-    os.environ.update(settings.to_environ())
     # Whatever happened inside (even a second Ctrl-C during the rollbacks): nothing stays on.
-    restored = _restore(console)
+    restored = _restore(console, chaos_settings)
     write_atomic(out / "restored-after.json", json.dumps(restored))
     if not restored["healthy"]:
         console.print(
             f"[red]error:[/red] the environment is not healthy after {opts.experiment}; "
             "see `cwh env status`"
         )
-    chaos = _measurement(out, console)
+    chaos = _measurement(chaos_settings, console)
     if chaos is not None:
         chaos["restore_errors"] = _restore_errors(out, restored)
         write_atomic(out / "chaos.json", json.dumps(chaos, indent=2))
@@ -197,6 +191,34 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     return worst_exit(gate_code if opts.gate else 0, _reconciliation_code(out)), out
 
 
+def _var_file(s: ChaosSettings, opts: ChaosOptions) -> Path:
+    """`<run folder>/configuration.json`: the experiment's configuration values for this run
+    (`chaos run --var-file`): where the environment is, the run folder, and the fleet's size
+    and duration when given."""
+    values = s.to_configuration()
+    if opts.users:
+        values["users"] = opts.users
+    if opts.fleet_s:
+        values["fleet_s"] = opts.fleet_s
+    path = s.run_dir / "configuration.json"
+    write_atomic(path, json.dumps({"configuration": values}, indent=2))
+    return path
+
+
+def _chaos_command(experiment: Path, out: Path, var_file: Path) -> list[str]:
+    return [
+        _chaos_binary(),
+        "--log-file",
+        str(out / "chaostoolkit.log"),
+        "run",
+        "--var-file",
+        str(var_file),
+        "--journal-path",
+        str(out / "journal.json"),
+        str(experiment),
+    ]
+
+
 def _reconciliation_code(out: Path) -> int:
     """The fleet's reconciliation as an exit code: 1 lost or duplicated, 2 acknowledged
     requests left unknown (the read-back got no answer), 0 otherwise or without a fleet."""
@@ -207,13 +229,14 @@ def _reconciliation_code(out: Path) -> int:
     return EXIT_CODES[rec.get("verdict", "pass")]
 
 
-def _restore(console: Console) -> dict[str, Any]:
-    """Every restore step (the fleet stopped, faults undone, knobs and planted faults reset,
-    health awaited), each whatever the others did; each failure on the terminal."""
+def _restore(console: Console, s: ChaosSettings) -> dict[str, Any]:
+    """Every restore step (the run's fleet stopped and its faults closed, toxics, holds, knobs
+    and planted faults undone, health awaited), each whatever the others did; each failure on
+    the terminal."""
     from experiments import harness
 
     with console.status("restoring the environment…"):
-        restored = harness.restore_all(wait_s=180, stop_fleet=True)
+        restored = harness.restore_all(s, wait_s=180, stop_fleet=True)
     for step, error in restored["errors"].items():
         console.print(f"[red]restore step {step} failed:[/red] {error}")
     return restored
@@ -242,11 +265,12 @@ def _wait_steady(exp: dict[str, Any], settings: EnvSettings, console: Console) -
     args = _steady_probe(exp)
     if args is None:
         return True
-    os.environ.update(settings.to_environ())
-    from experiments.activities.slo.probes import slo_verdicts
+    from experiments.activities.slo.probes import evaluate_slos
+
+    env = LocalEnvironment(settings)
 
     def holds() -> bool:
-        verdicts = slo_verdicts(args["names"], args.get("window_s", 30))
+        verdicts = evaluate_slos(env, args["names"], args.get("window_s", 30))
         return not any(v["status"] == "fail" for v in verdicts.values())
 
     with console.status("waiting for the steady state (the hypothesis's SLOs holding)…"):
@@ -276,15 +300,16 @@ def _wait_through_interrupts(proc: subprocess.Popen[bytes], console: Console) ->
                 continue
 
 
-def _measurement(out: Path, console: Console) -> dict[str, Any] | None:
+def _measurement(s: ChaosSettings, console: Console) -> dict[str, Any] | None:
     """`chaos.json`; measured now when the experiment was interrupted before its measure probe
     but the fleet ran and a fault was injected (what users saw still counts)."""
+    out = s.run_dir
     path = out / "chaos.json"
     if not path.exists() and (out / "summary.json").exists() and (out / "faults.jsonl").exists():
         from experiments.activities.measure.probes import recovery
 
         try:
-            recovery()
+            recovery(configuration=s.to_configuration())
         except RuntimeError as exc:
             console.print(f"[yellow]no measurement:[/yellow] {exc}")
     return json.loads(path.read_text()) if path.exists() else None
@@ -382,16 +407,25 @@ def write_report(
     write_atomic(out / "chaos.md", "\n".join(lines))
 
 
-def stop(settings: EnvSettings, console: Console, timeout_s: float = ROLLBACK_GRACE_S) -> int:
+def stop(
+    settings: EnvSettings,
+    console: Console,
+    timeout_s: float = ROLLBACK_GRACE_S,
+    runs: Sequence[Path] = (),
+) -> int:
     """Interrupt every running experiment (the stop file its safety control watches), wait for
-    their rollbacks, then restore whatever is left."""
-    os.environ.update(settings.to_environ())
+    their rollbacks, then restore whatever is left: in the environment, and in `runs` (run
+    folders: their fleets stopped, their open faults closed; default those of the running
+    experiments, else a new `reports/<UTC>-chaos-stop` folder that records the restore)."""
     from experiments import harness
 
-    running = settings.run_dir / "chaos-running"
-    pids = [p.name for p in running.iterdir()] if running.exists() else []
-    harness.stop_file().parent.mkdir(parents=True, exist_ok=True)
-    harness.stop_file().write_text(str(time.time()))
+    running = harness.running_dir(settings)
+    found = {p.name: Path(p.read_text()) for p in running.iterdir()} if running.exists() else {}
+    pids = list(found)
+    folders = list(runs) or list(found.values()) or [new_run_dir("stop")]
+    stop_file = harness.stop_file(settings)
+    stop_file.parent.mkdir(parents=True, exist_ok=True)
+    stop_file.write_text(str(time.time()))
     try:
         if pids:
             console.print(f"stopping experiment process(es) {', '.join(pids)}…")
@@ -404,13 +438,19 @@ def stop(settings: EnvSettings, console: Console, timeout_s: float = ROLLBACK_GR
         else:
             console.print("no experiment is running")
     finally:
-        harness.stop_file().unlink(missing_ok=True)
-    if LocalEnvironment(settings).supervisor_status() is not None:
-        restored = _restore(console)
-        if restored["errors"] or not restored["healthy"]:
-            console.print("[red]not restored[/red]: see the errors above and `cwh env status`")
-            return 1
-        console.print("[green]restored[/green]: no fault injected, every component healthy")
+        stop_file.unlink(missing_ok=True)
+    if LocalEnvironment(settings).supervisor_status() is None:
+        return 0
+    failed = False
+    for folder in folders:
+        chaos_settings = ChaosSettings(env=settings, run_dir=folder)
+        restored = _restore(console, chaos_settings)
+        write_atomic(harness.run_dir(chaos_settings) / "restored-stop.json", json.dumps(restored))
+        failed = failed or bool(restored["errors"]) or not restored["healthy"]
+    if failed:
+        console.print("[red]not restored[/red]: see the errors above and `cwh env status`")
+        return 1
+    console.print("[green]restored[/green]: no fault injected, every component healthy")
     return 0
 
 

@@ -469,9 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--no-gate", action="store_true")
     gd.add_argument("--reports", default="reports")
     gd.set_defaults(func=chaos_gameday)
-    ch_sub.add_parser(
+    cs = ch_sub.add_parser(
         "stop", help="interrupt running experiments (rollbacks play) and restore the system"
-    ).set_defaults(func=chaos_stop)
+    )
+    cs.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="a chaos run folder whose fleet to stop and faults to close (repeatable; default: "
+        "the running experiments')",
+    )
+    cs.set_defaults(func=chaos_stop)
 
     rp = sub.add_parser("report", help="reports of run folders")
     rp_sub = rp.add_subparsers(dest="report_command", required=True)
@@ -532,10 +541,10 @@ def chaos_gameday(args: argparse.Namespace) -> int:
     return gameday(names, _chaos_options(args, names[0]), console, _settings())
 
 
-def chaos_stop(_: argparse.Namespace) -> int:
+def chaos_stop(args: argparse.Namespace) -> int:
     from cwh.chaos import stop
 
-    return stop(_settings(), console)
+    return stop(_settings(), console, runs=[Path(r).resolve() for r in args.run])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,12 @@
-"""What every chaos activity shares: the run folder, the environment, the fault journal, and the
-one restore that puts everything back.
+"""What every chaos activity shares: its settings, the run folder, the environment, the fault
+journal, and the one restore that puts everything back.
 
 Chaos Toolkit runs an experiment's activities in one Python process, but the state an activity
 leaves (a fault injected, the fleet started) is also written to the run folder, so `cwh chaos`,
 the safety control and a later `cwh chaos stop` see it from other processes.
+
+Activities take Chaos Toolkit's `configuration` and turn it into a `ChaosSettings` with
+`settings_of`; everything here takes that object.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +27,11 @@ from env.configs import cluster_name
 from env.local import LocalEnvironment
 from env.settings import EnvSettings
 from experiments.pg_failover import wait_healthy
+from experiments.settings import ChaosSettings, Configuration, new_run_dir
 
 log = logging.getLogger("cwh.chaos")
 
-RUN_DIR_VAR = "CWH_CHAOS_RUN_DIR"
+ROOT = Path(__file__).resolve().parent.parent
 #: Knob values of a service that injects nothing: the whole of `reference_impl.knobs.Knobs`'
 #: defaults, sent whole (a knob left out would stay as it was) and expected back exactly.
 CLEAN_KNOBS: dict[str, Any] = {
@@ -43,18 +47,44 @@ CLEAN_KNOBS: dict[str, Any] = {
 SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
 KNOB_SERVICES = ("llm", "sharepoint", "gdrive")
 
-
-def settings() -> EnvSettings:
-    return EnvSettings.from_environ()
-
-
-def environment() -> LocalEnvironment:
-    return LocalEnvironment(settings())
+#: The run folder of a bare `chaos run` (no `cwh_chaos_run_dir`): chosen once per process, by
+#: the safety control (named after the experiment) or else the first activity, so every
+#: activity of the experiment writes to the same one.
+_bare_run_dir: list[Path] = []
 
 
-def service_metric(component: str, name: str, **labels: str) -> float:
+def bare_run_dir(name: str = "") -> Path:
+    """This process's run folder when the configuration names none."""
+    if not _bare_run_dir:
+        _bare_run_dir.append(new_run_dir(name))
+    return _bare_run_dir[0]
+
+
+def settings_of(configuration: Configuration | None) -> ChaosSettings:
+    """The settings of an activity, from the `configuration` Chaos Toolkit passed it."""
+    return ChaosSettings.from_configuration(configuration, default_run_dir=bare_run_dir())
+
+
+def environment(s: ChaosSettings) -> LocalEnvironment:
+    return LocalEnvironment(s.env)
+
+
+def child_environ(env: EnvSettings, **extra: str) -> dict[str, str]:
+    """The whole environment of a `cwh` child process (the fleet): the settings as `CWH_*`
+    variables (its edge), this interpreter's folder on the PATH, the project importable, and
+    `extra`; nothing inherited, so what the child does depends on the configuration alone."""
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(ROOT),
+        **env.to_environ(),
+        **extra,
+    }
+
+
+def service_metric(s: ChaosSettings, component: str, name: str, /, **labels: str) -> float:
     """The sum of a service's samples `name` whose labels include `labels` (0 when none)."""
-    return scrape_sum(environment().component(component)["ports"]["http"], name, **labels)
+    return scrape_sum(environment(s).component(component)["ports"]["http"], name, **labels)
 
 
 def scrape_sum(port: int, name: str, /, **labels: str) -> float:
@@ -68,49 +98,50 @@ def scrape_sum(port: int, name: str, /, **labels: str) -> float:
     )
 
 
-def stop_file() -> Path:
+def stop_file(env: EnvSettings) -> Path:
     """`cwh chaos stop` creates it; the safety control of any running experiment sees it."""
-    return settings().run_dir / "chaos-stop"
+    return env.run_dir / "chaos-stop"
 
 
-def run_dir() -> Path:
-    """The run folder: `CWH_CHAOS_RUN_DIR` (set by `cwh chaos run` or the harness control),
-    else a new `reports/<UTC>-chaos` folder for a bare `chaos run`."""
-    if not os.environ.get(RUN_DIR_VAR):
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        os.environ[RUN_DIR_VAR] = str(Path("reports", f"{stamp}-chaos").resolve())
-    path = Path(os.environ[RUN_DIR_VAR])
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def running_dir(env: EnvSettings) -> Path:
+    """One file per running experiment (named by its pid, holding its run folder)."""
+    return env.run_dir / "chaos-running"
 
 
-def faults_path() -> Path:
-    return run_dir() / "faults.jsonl"
+def run_dir(s: ChaosSettings) -> Path:
+    """The run folder, created when it does not exist yet."""
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    return s.run_dir
 
 
-def mark(event: str, fault: str, **detail: Any) -> dict[str, Any]:
+def faults_path(s: ChaosSettings) -> Path:
+    return s.run_dir / "faults.jsonl"
+
+
+def mark(s: ChaosSettings, event: str, fault: str, /, **detail: Any) -> dict[str, Any]:
     """Append to the fault journal: `inject` (the clock RTO counts from) or `restore`."""
     entry = {"event": event, "fault": fault, "wall": time.time(), **detail}
-    with open(faults_path(), "a") as f:
+    with open(run_dir(s) / "faults.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
     log.info("fault %s: %s %s", event, fault, detail)
     return entry
 
 
-def fault_journal() -> list[dict[str, Any]]:
-    path = faults_path()
+def fault_journal(s: ChaosSettings) -> list[dict[str, Any]]:
+    path = faults_path(s)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def open_faults() -> list[dict[str, Any]]:
+def open_faults(s: ChaosSettings) -> list[dict[str, Any]]:
     """Faults injected and not yet restored, oldest first."""
-    restored = {e["fault"] for e in fault_journal() if e["event"] == "restore"}
-    return [e for e in fault_journal() if e["event"] == "inject" and e["fault"] not in restored]
+    journal = fault_journal(s)
+    restored = {e["fault"] for e in journal if e["event"] == "restore"}
+    return [e for e in journal if e["event"] == "inject" and e["fault"] not in restored]
 
 
-def restore_all(wait_s: float = 120, stop_fleet: bool = False) -> dict[str, Any]:
+def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False) -> dict[str, Any]:
     """Undo every fault this harness can inject, whatever happened: (the fleet stopped, when
     `stop_fleet`), toxics removed and proxies enabled, held components released, service knobs
     and planted faults back to their defaults, open faults closed in the journal; then wait for
@@ -119,18 +150,18 @@ def restore_all(wait_s: float = 120, stop_fleet: bool = False) -> dict[str, Any]
     Every step runs whatever the others did (best effort): one that fails is recorded under
     `errors` (step -> what went wrong) and logged, never raised. `healthy` is the environment's
     health at the end (False when it could not be established)."""
-    env = environment()
+    env = environment(s)
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("toxics_reset", lambda: _reset_toxics(env)),
         ("released", lambda: _release_held(env)),
         ("knobs_reset", lambda: _reset_service_admin(env, "knobs")),
         ("planted_reset", lambda: _reset_service_admin(env, "planted")),
-        ("faults_closed", _close_open_faults),
+        ("faults_closed", lambda: _close_open_faults(s)),
     ]
     if stop_fleet:
-        steps.insert(0, ("fleet_stopped", _stop_fleet))
+        steps.insert(0, ("fleet_stopped", lambda: _stop_fleet(s)))
     if wait_s > 0:
-        steps.append(("healthy", lambda: _wait_whole(env, wait_s)))
+        steps.append(("healthy", lambda: _wait_whole(s, wait_s)))
     done: dict[str, Any] = {"errors": {}}
     for name, step in steps:
         try:
@@ -143,10 +174,10 @@ def restore_all(wait_s: float = 120, stop_fleet: bool = False) -> dict[str, Any]
     return done
 
 
-def _stop_fleet() -> dict[str, Any]:
+def _stop_fleet(s: ChaosSettings) -> dict[str, Any]:
     from experiments.activities.fleet.actions import stop_fleet
 
-    return stop_fleet(interrupt=True, timeout_s=120)
+    return stop_fleet(interrupt=True, timeout_s=120, configuration=s.to_configuration())
 
 
 def _reset_toxics(env: LocalEnvironment) -> bool | None:
@@ -220,32 +251,32 @@ def _clean_planted(answer: Any) -> bool:
     )
 
 
-def _close_open_faults() -> list[str]:
-    closed = [f["fault"] for f in open_faults()]
+def _close_open_faults(s: ChaosSettings) -> list[str]:
+    closed = [f["fault"] for f in open_faults(s)]
     for fault in closed:
-        mark("restore", fault, by="restore_all")
+        mark(s, "restore", fault, by="restore_all")
     return closed
 
 
-def _wait_whole(env: LocalEnvironment, wait_s: float) -> bool:
+def _wait_whole(s: ChaosSettings, wait_s: float) -> bool:
+    env = environment(s)
     try:
         return bool(wait_healthy(env, wait_s / 2)["healthy"])
     except TimeoutError:
         # A member whose history diverged (promoted, then lost to an older primary that came
         # back) never streams again by itself: clone it afresh from the primary.
-        reinitialize_stuck_members()
-        clear_stale_sync_key()
+        reinitialize_stuck_members(env)
+        clear_stale_sync_key(env)
         return bool(wait_healthy(env, wait_s)["healthy"])
 
 
-def clear_stale_sync_key() -> dict[str, Any] | None:
+def clear_stale_sync_key(env: LocalEnvironment) -> dict[str, Any] | None:
     """Delete Patroni's `/sync` key when it names a leader that is no longer the primary.
 
     After a cascade, Patroni 3.0.2 was seen looping on "Synchronous replication key updated
     by someone else" with the key still naming the interim leader: no member was ever marked
     synchronous again. Without the key the leader writes a fresh one on its next loop.
     """
-    env = environment()
     s = env.settings
     key = f"/service/{cluster_name(s)}/sync"
     url = f"http://127.0.0.1:{s.ports.etcd_client}/v3/kv"
@@ -265,10 +296,9 @@ def clear_stale_sync_key() -> dict[str, Any] | None:
     return {"key": key, "was": value, "primary": primary}
 
 
-def reinitialize_stuck_members() -> list[str]:
+def reinitialize_stuck_members(env: LocalEnvironment) -> list[str]:
     """Patroni's `POST /reinitialize` on every unhealthy non-primary PostgreSQL member while a
     primary serves; returns their names."""
-    env = environment()
     status = env.status()
     rows = [c for c in status["components"] if c["kind"] == "postgresql"]
     if not any(r["role"] == "primary" and r["healthy"] for r in rows):

@@ -14,6 +14,7 @@ import requests
 
 from env.local import LocalEnvironment
 from experiments import harness
+from experiments.settings import ChaosSettings
 from tests.experiments.test_chaos import assert_restored, child_env
 from tests.helpers import port_of, wait_healthy
 
@@ -23,15 +24,12 @@ CWH = str(Path(sys.executable).with_name("cwh"))
 
 
 @pytest.fixture
-def chaos_env(local_env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def chaos(local_env: LocalEnvironment, tmp_path: Path) -> ChaosSettings:
     """The harness's settings as a chaos run has them, its run folder `tmp_path`."""
-    for key, value in local_env.settings.to_environ().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv(harness.RUN_DIR_VAR, str(tmp_path))
-    return local_env
+    return ChaosSettings(env=local_env.settings, run_dir=tmp_path)
 
 
-def inject_everything(env: LocalEnvironment) -> dict:
+def inject_everything(env: LocalEnvironment, chaos: ChaosSettings) -> dict:
     status = wait_healthy(env)
     api = env.settings.fault_api_url
     requests.post(
@@ -47,14 +45,14 @@ def inject_everything(env: LocalEnvironment) -> dict:
     planted = f"http://127.0.0.1:{port_of(status, 'api1')}/admin/planted"
     requests.post(planted, json={"lose_acks": 5}, timeout=5).raise_for_status()
     env.hold("scheduler2", 300)
-    harness.mark("inject", "everything")
+    harness.mark(chaos, "inject", "everything")
     return {"llm": llm, "planted": planted}
 
 
-def test_every_restore_step_runs_when_stopping_the_fleet_fails(chaos_env, tmp_path):
-    urls = inject_everything(chaos_env)
+def test_every_restore_step_runs_when_stopping_the_fleet_fails(local_env, chaos, tmp_path):
+    urls = inject_everything(local_env, chaos)
     (tmp_path / "fleet.pid").write_text("not a pid")
-    restored = harness.restore_all(wait_s=120, stop_fleet=True)
+    restored = harness.restore_all(chaos, wait_s=120, stop_fleet=True)
     # The fleet's stop failed, and said so; every other step ran and succeeded.
     assert set(restored["errors"]) == {"fleet_stopped"}, restored
     assert "ValueError" in restored["errors"]["fleet_stopped"]
@@ -66,7 +64,7 @@ def test_every_restore_step_runs_when_stopping_the_fleet_fails(chaos_env, tmp_pa
     assert requests.get(urls["llm"], timeout=5).json() == harness.CLEAN_KNOBS
     planted = requests.get(urls["planted"], timeout=5).json()
     assert not any(planted["armed"].values()), planted
-    assert_restored(chaos_env)
+    assert_restored(local_env)
 
 
 def test_cwh_chaos_stop_reports_a_failed_step_and_restores_the_rest(local_env, tmp_path):
@@ -75,8 +73,8 @@ def test_cwh_chaos_stop_reports_a_failed_step_and_restores_the_rest(local_env, t
     requests.post(llm, json={"error_rate": 0.5}, timeout=5).raise_for_status()
     (tmp_path / "fleet.pid").write_text("not a pid")
     proc = subprocess.run(
-        [CWH, "chaos", "stop"],
-        env=child_env(local_env, **{harness.RUN_DIR_VAR: str(tmp_path)}),
+        [CWH, "chaos", "stop", "--run", str(tmp_path)],
+        env=child_env(local_env),
         capture_output=True,
         text=True,
         timeout=400,

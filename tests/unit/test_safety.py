@@ -8,19 +8,24 @@ from pathlib import Path
 
 import pytest
 
+from env.settings import EnvSettings
 from experiments import harness
 from experiments.controls.safety import Watcher
+from experiments.settings import ChaosSettings
 from reference_impl.knobs import Knobs
 from slo.ledger import Operation
 
 
 @pytest.fixture
-def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CWH_RUN_DIR", str(tmp_path / "env"))
-    monkeypatch.setenv(harness.RUN_DIR_VAR, str(tmp_path / "run"))
+def s(tmp_path: Path) -> ChaosSettings:
     (tmp_path / "env").mkdir()
     (tmp_path / "run" / "fleet").mkdir(parents=True)
-    return tmp_path / "run"
+    return ChaosSettings(env=EnvSettings(run_dir=tmp_path / "env"), run_dir=tmp_path / "run")
+
+
+@pytest.fixture
+def run(s: ChaosSettings) -> Path:
+    return s.run_dir
 
 
 def ledger(run: Path, outcomes: list[str], now: float, worker: int = 1) -> None:
@@ -32,22 +37,22 @@ def ledger(run: Path, outcomes: list[str], now: float, worker: int = 1) -> None:
         f.write('{"op_id": "half a li')  # a line being written right now: skipped
 
 
-def test_nothing_wrong_nothing_stops(run: Path):
+def test_nothing_wrong_nothing_stops(s: ChaosSettings, run: Path):
     ledger(run, ["ok"] * 10, time.time())
-    assert Watcher(0.9, 5, 300).check(None) == (None, None)
+    assert Watcher(s, 0.9, 5, 300).check(None) == (None, None)
 
 
-def test_the_stop_file_stops(run: Path):
-    harness.stop_file().write_text("now")
-    reason, _ = Watcher(0.9, 5, 300).check(None)
+def test_the_stop_file_stops(s: ChaosSettings):
+    harness.stop_file(s.env).write_text("now")
+    reason, _ = Watcher(s, 0.9, 5, 300).check(None)
     assert reason is not None
     assert "cwh chaos stop" in reason
 
 
-def test_users_hurt_for_too_long_stops_and_not_before(run: Path):
+def test_users_hurt_for_too_long_stops_and_not_before(s: ChaosSettings, run: Path):
     now = time.time()
     ledger(run, ["fail"] * 9 + ["ok"], now)
-    w = Watcher(0.9, 5, 300)
+    w = Watcher(s, 0.9, 5, 300)
     reason, since = w.check(None)
     assert reason is None  # hurt, but only since now
     assert since is not None
@@ -59,15 +64,15 @@ def test_users_hurt_for_too_long_stops_and_not_before(run: Path):
     assert w.check(now - 60) == (None, None)
 
 
-def test_a_fault_held_too_long_stops(run: Path):
-    harness.mark("inject", "toxic-x-y", proxy="x")
-    with open(harness.faults_path(), "a") as f:
+def test_a_fault_held_too_long_stops(s: ChaosSettings):
+    harness.mark(s, "inject", "toxic-x-y", proxy="x")
+    with open(harness.faults_path(s), "a") as f:
         f.write(json.dumps({"event": "inject", "fault": "old", "wall": time.time() - 400}) + "\n")
-    reason, _ = Watcher(0.9, 5, 300).check(None)
+    reason, _ = Watcher(s, 0.9, 5, 300).check(None)
     assert reason is not None
     assert "old" in reason
-    harness.mark("restore", "old")
-    assert Watcher(0.9, 5, 300).check(None)[0] is None
+    harness.mark(s, "restore", "old")
+    assert Watcher(s, 0.9, 5, 300).check(None)[0] is None
 
 
 def test_the_restore_sends_the_knobs_whole_default_object():

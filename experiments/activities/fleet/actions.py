@@ -15,20 +15,32 @@ from typing import Any
 from env.process import pid_alive, wait_until
 from experiments import harness
 from experiments.activities.fleet.probes import ledger_ops
+from experiments.settings import ChaosSettings, Configuration
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _pid_file() -> Path:
-    return harness.run_dir() / "fleet.pid"
+def _pid_file(s: ChaosSettings) -> Path:
+    return harness.run_dir(s) / "fleet.pid"
 
 
 def start_fleet(
-    users: int = 20, duration_s: float = 90, spawn_rate: float = 10, min_ok: int = 20
+    users: int = 20,
+    duration_s: float = 90,
+    spawn_rate: float = 10,
+    min_ok: int = 20,
+    offline_chance: float = 0.0,
+    *,
+    configuration: Configuration,
 ) -> dict[str, Any]:
     """Start the fleet (Locust, in its own process group) and return once `min_ok` submits
-    were acknowledged: the fault must hit a system in use."""
-    out = harness.run_dir()
+    were acknowledged: the fault must hit a system in use.
+
+    `offline_chance`: the phones' chance of an offline spell (0 by default: a phone back from
+    one gets its results late by its own doing, which the notification path's RTO must not
+    blame on the fault). The fleet gets the environment's settings from the configuration."""
+    s = harness.settings_of(configuration)
+    out = harness.run_dir(s)
     # `cwh load` on the local environment, into the run folder; the chaos run gates it later.
     cmd = [
         sys.executable,
@@ -55,18 +67,12 @@ def start_fleet(
             # Its own group: Ctrl-C on the experiment must not kill the fleet before the
             # rollbacks; stop_fleet ends it (and every Locust process of it) on purpose.
             start_new_session=True,
-            # No offline spells unless asked: a phone back from one gets its results late by
-            # its own doing, which the notification path's RTO must not blame on the fault.
-            env={
-                "CWH_OFFLINE_CHANCE": "0",
-                **os.environ,
-                "PYTHONPATH": str(ROOT),
-            },
+            env=harness.child_environ(s.env, CWH_OFFLINE_CHANCE=f"{offline_chance:g}"),
         )
-    _pid_file().write_text(str(proc.pid))
+    _pid_file(s).write_text(str(proc.pid))
     wait_until(
         lambda: (
-            sum(o.kind == "submit" and o.outcome == "ok" for o in ledger_ops()) >= min_ok
+            sum(o.kind == "submit" and o.outcome == "ok" for o in ledger_ops(s)) >= min_ok
             or proc.poll() is not None
         ),
         60,
@@ -78,10 +84,13 @@ def start_fleet(
     return {"pid": proc.pid, "users": users, "duration_s": duration_s}
 
 
-def stop_fleet(timeout_s: float = 240, interrupt: bool = False) -> dict[str, Any]:
+def stop_fleet(
+    timeout_s: float = 240, interrupt: bool = False, *, configuration: Configuration
+) -> dict[str, Any]:
     """Wait for the fleet to finish its run and reconcile (or interrupt it at once); always
     leaves no fleet process behind. Returns its summary's reconciliation."""
-    path = _pid_file()
+    s = harness.settings_of(configuration)
+    path = s.run_dir / "fleet.pid"
     if not path.exists():
         return {"running": False}
     pid = int(path.read_text())
@@ -96,7 +105,7 @@ def stop_fleet(timeout_s: float = 240, interrupt: bool = False) -> dict[str, Any
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         path.unlink(missing_ok=True)
-    summary = harness.run_dir() / "summary.json"
+    summary = s.run_dir / "summary.json"
     if not summary.exists():
         return {"running": False, "summary": None}
     return {"running": False, "reconciliation": json.loads(summary.read_text())["reconciliation"]}

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from experiments import harness
+from experiments.settings import ChaosSettings
 from slo.ledger import Operation, read_jsonl
 
 
@@ -36,9 +36,9 @@ class LedgerTail:
         return ops
 
 
-def ledger_ops() -> list[Operation]:
+def ledger_ops(s: ChaosSettings) -> list[Operation]:
     """Every operation so far: the merged ledger once the fleet finished, else the live files."""
-    out = harness.run_dir()
+    out = s.run_dir
     if (out / "ledger.jsonl").exists():
         return read_jsonl(out / "ledger.jsonl")
     return LedgerTail(out / "fleet").read()

@@ -12,6 +12,7 @@ from typing import Any
 
 from experiments import harness
 from experiments.activities.fleet.probes import ledger_ops
+from experiments.settings import Configuration
 from slo.definitions import DEFAULT_DIR, load
 from slo.ledger import write_atomic
 from slo.recovery import recovery_report
@@ -42,6 +43,8 @@ def recovery(
     ttr_bound_s: float = 0,
     write_bound_s: float = 0,
     read_bound_s: float = 0,
+    *,
+    configuration: Configuration,
 ) -> dict[str, Any]:
     """RTO per path (write, read, notification) from the first fault's injection to the first
     of `consecutive` good operations in a row, and RPO from the reconciliation of every
@@ -50,8 +53,10 @@ def recovery(
     A good operation succeeded within its path's bound, in seconds: `write_bound_s`,
     `read_bound_s` and `ttr_bound_s` (time to result) when an experiment gives them (> 0), else
     the paths' latency objectives (`latency_bounds_s`). A stall is downtime."""
-    out = harness.run_dir()
-    injected = [e for e in harness.fault_journal() if e["event"] == "inject"]
+    s = harness.settings_of(configuration)
+    out = s.run_dir
+    journal = harness.fault_journal(s)
+    injected = [e for e in journal if e["event"] == "inject"]
     if not injected:
         raise RuntimeError("no fault was injected: nothing to measure")
     summary_path = out / "summary.json"
@@ -61,14 +66,14 @@ def recovery(
     given = {"write": write_bound_s, "read": read_bound_s, "notification": ttr_bound_s}
     bounds = {p: given[p] or v for p, v in latency_bounds_s().items()}
     report = recovery_report(
-        ledger_ops(),
+        ledger_ops(s),
         injected[0]["wall"],
         summary["reconciliation"],
         consecutive=consecutive,
         ttr_bound_s=bounds.pop("notification"),
-        events=[e["wall"] for e in harness.fault_journal()],
+        events=[e["wall"] for e in journal],
         bounds_s=bounds,
     )
-    report["faults"] = harness.fault_journal()
+    report["faults"] = journal
     write_atomic(out / "chaos.json", json.dumps(report, indent=2))
     return report

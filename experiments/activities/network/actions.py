@@ -1,5 +1,6 @@
 """Network faults through the Toxiproxy API (the local fault proxy, or a real Toxiproxy at
-`CWH_TOXIPROXY_URL`): toxics and disabled proxies, each recorded in the fault journal.
+the configuration's `cwh_toxiproxy_url`): toxics and disabled proxies, each recorded in the
+fault journal.
 
 Proxies of the local environment: postgres-write, postgres-read, redis0..N, llm, sharepoint,
 gdrive, and pg<m>-replication (the link the standbys stream from when pg<m> is primary).
@@ -12,10 +13,7 @@ from typing import Any
 import requests
 
 from experiments import harness
-
-
-def _api() -> str:
-    return harness.settings().fault_api_url
+from experiments.settings import Configuration
 
 
 def _check(resp: requests.Response, what: str) -> Any:
@@ -31,8 +29,12 @@ def add_toxic(
     stream: str = "downstream",
     toxicity: float = 1.0,
     name: str = "",
+    *,
+    configuration: Configuration,
 ) -> dict[str, Any]:
     """Add a toxic (latency, bandwidth, timeout, reset_peer, slow_close, slicer, limit_data)."""
+    s = harness.settings_of(configuration)
+    api = s.env.fault_api_url
     body: dict[str, Any] = {
         "name": name or f"{toxic_type}_{stream}",
         "type": toxic_type,
@@ -40,50 +42,51 @@ def add_toxic(
         "toxicity": toxicity,
         "attributes": attributes or {},
     }
-    toxic = _check(requests.post(f"{_api()}/proxies/{proxy}/toxics", json=body, timeout=5), proxy)
-    harness.mark("inject", f"toxic-{proxy}-{body['name']}", proxy=proxy, toxic=toxic)
+    toxic = _check(requests.post(f"{api}/proxies/{proxy}/toxics", json=body, timeout=5), proxy)
+    harness.mark(s, "inject", f"toxic-{proxy}-{body['name']}", proxy=proxy, toxic=toxic)
     return {"proxy": proxy, **toxic}
 
 
-def remove_toxic(proxy: str, name: str) -> bool:
+def remove_toxic(proxy: str, name: str, *, configuration: Configuration) -> bool:
     """Remove a toxic; true when it was there."""
-    resp = requests.delete(f"{_api()}/proxies/{proxy}/toxics/{name}", timeout=5)
-    harness.mark("restore", f"toxic-{proxy}-{name}")
+    s = harness.settings_of(configuration)
+    resp = requests.delete(f"{s.env.fault_api_url}/proxies/{proxy}/toxics/{name}", timeout=5)
+    harness.mark(s, "restore", f"toxic-{proxy}-{name}")
     return resp.status_code == 204
 
 
-def disable_proxy(proxy: str) -> dict[str, Any]:
+def disable_proxy(proxy: str, *, configuration: Configuration) -> dict[str, Any]:
     """Stop the proxy: every connection through it dropped, new ones refused (a partition)."""
-    out = _check(
-        requests.post(f"{_api()}/proxies/{proxy}", json={"enabled": False}, timeout=5), proxy
-    )
-    harness.mark("inject", f"partition-{proxy}", proxy=proxy)
+    s = harness.settings_of(configuration)
+    url = f"{s.env.fault_api_url}/proxies/{proxy}"
+    out = _check(requests.post(url, json={"enabled": False}, timeout=5), proxy)
+    harness.mark(s, "inject", f"partition-{proxy}", proxy=proxy)
     return dict(out)
 
 
-def enable_proxy(proxy: str) -> dict[str, Any]:
-    out = _check(
-        requests.post(f"{_api()}/proxies/{proxy}", json={"enabled": True}, timeout=5), proxy
-    )
-    harness.mark("restore", f"partition-{proxy}")
+def enable_proxy(proxy: str, *, configuration: Configuration) -> dict[str, Any]:
+    s = harness.settings_of(configuration)
+    url = f"{s.env.fault_api_url}/proxies/{proxy}"
+    out = _check(requests.post(url, json={"enabled": True}, timeout=5), proxy)
+    harness.mark(s, "restore", f"partition-{proxy}")
     return dict(out)
 
 
-def heal_partitions() -> list[str]:
+def heal_partitions(*, configuration: Configuration) -> list[str]:
     """Enable every proxy this run disabled (storage outages, Redis partitions)."""
     healed = []
-    for fault in harness.open_faults():
+    for fault in harness.open_faults(harness.settings_of(configuration)):
         if fault["fault"].startswith("partition-"):
-            enable_proxy(fault["proxy"])
+            enable_proxy(fault["proxy"], configuration=configuration)
             healed.append(fault["proxy"])
     return healed
 
 
-def remove_toxics() -> list[str]:
+def remove_toxics(*, configuration: Configuration) -> list[str]:
     """Remove every toxic this run added."""
     removed = []
-    for fault in harness.open_faults():
+    for fault in harness.open_faults(harness.settings_of(configuration)):
         if fault["fault"].startswith("toxic-"):
-            remove_toxic(fault["proxy"], fault["toxic"]["name"])
+            remove_toxic(fault["proxy"], fault["toxic"]["name"], configuration=configuration)
             removed.append(f"{fault['proxy']}/{fault['toxic']['name']}")
     return removed

@@ -7,11 +7,12 @@ from typing import Any
 from env.process import wait_until
 from experiments import harness
 from experiments.pg_failover import pg_members
+from experiments.settings import Configuration
 
 
-def replay_lag_s() -> dict[str, float | None]:
+def replay_lag_s(*, configuration: Configuration) -> dict[str, float | None]:
     """Replay lag of each standby, in seconds, from the primary's `pg_stat_replication`."""
-    status = harness.environment().status()
+    status = harness.environment(harness.settings_of(configuration)).status()
     return {
         name: m.get("replay_lag_s")
         for name, m in pg_members(status).items()
@@ -19,12 +20,14 @@ def replay_lag_s() -> dict[str, float | None]:
     }
 
 
-def replay_lag_below(max_s: float = 1.0, timeout_s: float = 60) -> dict[str, Any]:
+def replay_lag_below(
+    max_s: float = 1.0, timeout_s: float = 60, *, configuration: Configuration
+) -> dict[str, Any]:
     """Wait (bounded) until every standby replays within `max_s`; returns the lags then."""
-    env = harness.environment()
+    env = harness.environment(harness.settings_of(configuration))
 
     def under() -> dict[str, float | None] | None:
-        lags = replay_lag_s()
+        lags = replay_lag_s(configuration=configuration)
         ok = lags and all(v is not None and v < max_s for v in lags.values())
         return lags if ok else None
 

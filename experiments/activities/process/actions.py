@@ -13,10 +13,16 @@ from typing import Any
 from env.process import pid_alive, wait_until
 from experiments import harness
 from experiments.activities.process.probes import leader_scheduler, service_rows
+from experiments.settings import Configuration
 
 
 def kill_service(
-    role: str, which: str = "first", mid_job: bool = False, wait_busy_s: float = 30
+    role: str,
+    which: str = "first",
+    mid_job: bool = False,
+    wait_busy_s: float = 30,
+    *,
+    configuration: Configuration,
 ) -> dict[str, Any]:
     """SIGKILL one replica of `role`: a service (api, hub, worker, scheduler) or another
     component kind of `cwh env status` (haproxy, pgbouncer, etcd, ...).
@@ -29,9 +35,10 @@ def kill_service(
 
     Returns what was killed: component, pid, and when.
     """
-    rows = [r for r in service_rows(role) if r["healthy"]]
+    s = harness.settings_of(configuration)
+    rows = [r for r in service_rows(role, configuration=configuration) if r["healthy"]]
     if which == "leader":
-        name = leader_scheduler()
+        name = leader_scheduler(configuration=configuration)
         target = next(r for r in rows if r["component"] == name)
     elif which == "first":
         if not rows:
@@ -44,7 +51,7 @@ def kill_service(
         target = named[0]
     if mid_job:
         wait_until(
-            lambda: harness.service_metric(target["component"], "cw_jobs_in_flight") >= 1,
+            lambda: harness.service_metric(s, target["component"], "cw_jobs_in_flight") >= 1,
             wait_busy_s,
             f"{target['component']} processing a job",
             interval_s=0.05,
@@ -53,18 +60,19 @@ def kill_service(
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not pid_alive(pid), 5, f"{target['component']} (pid {pid}) dead")
     entry = harness.mark(
-        "inject", f"kill-{target['component']}", component=target["component"], pid=pid
+        s, "inject", f"kill-{target['component']}", component=target["component"], pid=pid
     )
     return {"component": target["component"], "pid": pid, "injected_wall": entry["wall"]}
 
 
-def wait_restarted(timeout_s: float = 60) -> list[dict[str, Any]]:
+def wait_restarted(timeout_s: float = 60, *, configuration: Configuration) -> list[dict[str, Any]]:
     """Wait until the supervisor restarted every killed service (the open `kill-` faults of the
     run) and each is healthy again (api and hub: back in the load balancer); marks them
     restored."""
-    env = harness.environment()
+    s = harness.settings_of(configuration)
+    env = harness.environment(s)
     out = []
-    for fault in harness.open_faults():
+    for fault in harness.open_faults(s):
         if not fault["fault"].startswith("kill-") or "component" not in fault:
             continue
         name, old_pid = fault["component"], fault["pid"]
@@ -75,7 +83,7 @@ def wait_restarted(timeout_s: float = 60) -> list[dict[str, Any]]:
             return row if fresh and row["healthy"] else None
 
         row = wait_until(back, env.settings.timeout(timeout_s), f"{name} restarted and healthy")
-        entry = harness.mark("restore", fault["fault"], pid=row["pid"])
+        entry = harness.mark(s, "restore", fault["fault"], pid=row["pid"])
         out.append(
             {
                 "component": name,
@@ -87,6 +95,6 @@ def wait_restarted(timeout_s: float = 60) -> list[dict[str, Any]]:
     return out
 
 
-def restore_everything(wait_s: float = 180) -> dict[str, Any]:
+def restore_everything(wait_s: float = 180, *, configuration: Configuration) -> dict[str, Any]:
     """Release every held component, remove every toxic, clean every knob; wait for health."""
-    return harness.restore_all(wait_s=wait_s)
+    return harness.restore_all(harness.settings_of(configuration), wait_s=wait_s)

@@ -11,14 +11,18 @@ from typing import Any
 from env.process import pid_alive, wait_until
 from experiments import harness
 from experiments.activities.network.actions import disable_proxy
-from experiments.activities.redis.probes import masters
+from experiments.activities.redis.probes import masters, masters_in
+from experiments.settings import Configuration
 
 
-def kill_master(node: str = "", down_s: float = 30, timeout_s: float = 30) -> dict[str, Any]:
+def kill_master(
+    node: str = "", down_s: float = 30, timeout_s: float = 30, *, configuration: Configuration
+) -> dict[str, Any]:
     """SIGKILL a master (`node` like "redis0", default the first master) and keep it down for
     `down_s`; returns once its replica is master and the cluster state is ok."""
-    env = harness.environment()
-    before = masters()
+    s = harness.settings_of(configuration)
+    env = harness.environment(s)
+    before = masters_in(env.status())
     name = node or sorted(before)[0]
     if name not in before:
         raise RuntimeError(f"{name} is not a master (masters: {sorted(before)})")
@@ -27,11 +31,11 @@ def kill_master(node: str = "", down_s: float = 30, timeout_s: float = 30) -> di
     pid = int(comp["pid"])
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not pid_alive(pid), 5, f"{name} (pid {pid}) dead")
-    entry = harness.mark("inject", f"kill-{name}", component=name, pid=pid)
+    entry = harness.mark(s, "inject", f"kill-{name}", component=name, pid=pid)
 
     def promoted() -> dict[str, Any] | None:
         status = env.status()
-        now = masters(status)
+        now = masters_in(status)
         ok = status["redis_cluster_state"] == "ok" and len(now) == len(before) and name not in now
         return now if ok else None
 
@@ -44,8 +48,8 @@ def kill_master(node: str = "", down_s: float = 30, timeout_s: float = 30) -> di
     }
 
 
-def partition_master(node: str = "") -> dict[str, Any]:
+def partition_master(node: str = "", *, configuration: Configuration) -> dict[str, Any]:
     """Cut a master (default the first) off from its clients: its proxy disabled."""
-    name = node or sorted(masters())[0]
-    disable_proxy(name)
+    name = node or sorted(masters(configuration=configuration))[0]
+    disable_proxy(name, configuration=configuration)
     return {"partitioned": name}

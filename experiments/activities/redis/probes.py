@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from experiments import harness
+from experiments.settings import Configuration
 
 
-def masters(status: dict[str, Any] | None = None) -> dict[str, int]:
+def masters(*, configuration: Configuration) -> dict[str, int]:
     """Live masters: node name -> slots served."""
-    status = status or harness.environment().status()
+    return masters_in(harness.environment(harness.settings_of(configuration)).status())
+
+
+def masters_in(status: dict[str, Any]) -> dict[str, int]:
+    """The live masters of a `cwh env status`: node name -> slots served."""
     return {
         r["component"]: r["slots"]
         for r in status["components"]

@@ -10,32 +10,36 @@ import requests
 
 from experiments import harness
 from experiments.activities.network.actions import disable_proxy
+from experiments.settings import ChaosSettings, Configuration
 
 
-def _knobs_url(service: str) -> str:
-    comp = harness.environment().component(service)
+def _knobs_url(s: ChaosSettings, service: str) -> str:
+    comp = harness.environment(s).component(service)
     return f"http://127.0.0.1:{comp['ports']['http']}/admin/knobs"
 
 
-def storage_outage(provider: str = "sharepoint") -> dict[str, Any]:
+def storage_outage(provider: str = "sharepoint", *, configuration: Configuration) -> dict[str, Any]:
     """The provider unreachable: connections dropped and refused."""
     if provider not in ("sharepoint", "gdrive"):
         raise ValueError(f"provider {provider!r}: sharepoint or gdrive")
-    return disable_proxy(provider)
+    return disable_proxy(provider, configuration=configuration)
 
 
-def llm_429_storm(share: float = 1.0, retry_after_s: float = 1.0) -> dict[str, Any]:
+def llm_429_storm(
+    share: float = 1.0, retry_after_s: float = 1.0, *, configuration: Configuration
+) -> dict[str, Any]:
     """`share` of LLM calls answered 429 with Retry-After."""
-    resp = requests.post(
-        _knobs_url("llm"), json={"rate_429": share, "retry_after_s": retry_after_s}, timeout=5
-    )
+    s = harness.settings_of(configuration)
+    knobs = {"rate_429": share, "retry_after_s": retry_after_s}
+    resp = requests.post(_knobs_url(s, "llm"), json=knobs, timeout=5)
     resp.raise_for_status()
-    harness.mark("inject", "llm-429-storm", share=share, retry_after_s=retry_after_s)
+    harness.mark(s, "inject", "llm-429-storm", share=share, retry_after_s=retry_after_s)
     return dict(resp.json())
 
 
-def end_llm_429_storm() -> dict[str, Any]:
-    resp = requests.post(_knobs_url("llm"), json=harness.CLEAN_KNOBS, timeout=5)
+def end_llm_429_storm(*, configuration: Configuration) -> dict[str, Any]:
+    s = harness.settings_of(configuration)
+    resp = requests.post(_knobs_url(s, "llm"), json=harness.CLEAN_KNOBS, timeout=5)
     resp.raise_for_status()
-    harness.mark("restore", "llm-429-storm")
+    harness.mark(s, "restore", "llm-429-storm")
     return dict(resp.json())
