@@ -12,6 +12,7 @@ environment of the `chaos` process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -420,9 +421,9 @@ def stop(
     from experiments import harness
 
     running = harness.running_dir(settings)
-    found = {p.name: Path(p.read_text()) for p in running.iterdir()} if running.exists() else {}
+    found = _running_experiments(running)
     pids = list(found)
-    folders = list(runs) or list(found.values()) or [new_run_dir("stop")]
+    folders = list(runs) or [f for f in found.values() if f] or [new_run_dir("stop")]
     stop_file = harness.stop_file(settings)
     stop_file.parent.mkdir(parents=True, exist_ok=True)
     stop_file.write_text(str(time.time()))
@@ -452,6 +453,17 @@ def stop(
         return 1
     console.print("[green]restored[/green]: no fault injected, every component healthy")
     return 0
+
+
+def _running_experiments(running: Path) -> dict[str, Path | None]:
+    """pid -> run folder of each running experiment (None while its control is still writing
+    it); one that ends while being read is left out."""
+    found: dict[str, Path | None] = {}
+    for entry in running.iterdir() if running.exists() else []:
+        with contextlib.suppress(FileNotFoundError):
+            text = entry.read_text().strip()
+            found[entry.name] = Path(text) if text else None
+    return found
 
 
 def gameday(names: list[str], opts: ChaosOptions, console: Console, settings: EnvSettings) -> int:

@@ -32,6 +32,8 @@ from experiments.settings import ChaosSettings, Configuration, new_run_dir
 log = logging.getLogger("cwh.chaos")
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Debian's PATH for a login shell of root: where the fleet finds anything it runs.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Knob values of a service that injects nothing: the whole of `reference_impl.knobs.Knobs`'
 #: defaults, sent whole (a knob left out would stay as it was) and expected back exactly.
 CLEAN_KNOBS: dict[str, Any] = {
@@ -74,7 +76,7 @@ def child_environ(env: EnvSettings, **extra: str) -> dict[str, str]:
     variables (its edge), this interpreter's folder on the PATH, the project importable, and
     `extra`; nothing inherited, so what the child does depends on the configuration alone."""
     return {
-        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{Path(sys.executable).parent}:{DEFAULT_PATH}",
         "LANG": "C.UTF-8",
         "PYTHONPATH": str(ROOT),
         **env.to_environ(),
