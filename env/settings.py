@@ -20,6 +20,10 @@ class SettingsError(ValueError):
     """A `CWH_*` variable has a value the environment cannot use; the message names it."""
 
 
+#: Replica slots of the scalable services: each has its ports (`Ports.api(1..10)`, ...).
+SERVICE_SLOTS = {"api": 10, "hub": 6, "worker": 20, "scheduler": 2}
+
+
 @dataclass(frozen=True)
 class Ports:
     """Every TCP port of the local environment, all on 127.0.0.1."""
@@ -221,10 +225,10 @@ class EnvSettings:
         if not 0 <= self.redis_replicas_per_master <= 1:
             raise SettingsError(f"{PREFIX}REDIS_REPLICAS_PER_MASTER: must be 0 or 1")
         for name, value, top in (
-            ("API_REPLICAS", self.api_replicas, 10),
-            ("HUB_REPLICAS", self.hub_replicas, 6),
-            ("WORKER_REPLICAS", self.worker_replicas, 20),
-            ("SCHEDULER_REPLICAS", self.scheduler_replicas, 2),
+            ("API_REPLICAS", self.api_replicas, SERVICE_SLOTS["api"]),
+            ("HUB_REPLICAS", self.hub_replicas, SERVICE_SLOTS["hub"]),
+            ("WORKER_REPLICAS", self.worker_replicas, SERVICE_SLOTS["worker"]),
+            ("SCHEDULER_REPLICAS", self.scheduler_replicas, SERVICE_SLOTS["scheduler"]),
         ):
             if not 1 <= value <= top:
                 raise SettingsError(f"{PREFIX}{name}={value}: must be 1 to {top}")
@@ -282,10 +286,11 @@ class EnvSettings:
             out |= {p.base + 170 + i: "fault proxy listener" for i in range(24)}
         if self.services:
             out |= {p.service(i): "reference implementation" for i in range(4)}
-            out |= {p.api(i): f"api{i}" for i in range(1, self.api_replicas + 1)}
-            out |= {p.hub(i): f"hub{i}" for i in range(1, self.hub_replicas + 1)}
-            out |= {p.worker(i): f"worker{i}" for i in range(1, self.worker_replicas + 1)}
-            out |= {p.scheduler(i): f"scheduler{i}" for i in range(1, self.scheduler_replicas + 1)}
+            # Every slot scaling may fill, not only the replicas that start: a port taken
+            # later would fail a scale-up, not the start.
+            for name, slots in SERVICE_SLOTS.items():
+                port = getattr(p, name)
+                out |= {port(i): f"{name}{i}" for i in range(1, slots + 1)}
         return out
 
     def timeout(self, seconds: float) -> float:

@@ -17,7 +17,7 @@ from env import configs, probes
 from env.layout import Layout
 from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
-from env.supervisor import SERVICE_ROLES
+from env.topology import SERVICE_ROLES
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:

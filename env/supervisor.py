@@ -37,13 +37,15 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from env import configs, etcd, liveness, probes
+from env import configs, etcd, hpa, liveness, probes, topology
+from env.commands import PROJECT_ROOT, Commands
 from env.files import UntrustedRunDir, ensure_run_dir, write_file
 from env.layout import Layout
 from env.liveness import LivenessProbe
 from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
 from env.secrets import Secrets, client_tls_context, ensure_environment_tls
 from env.settings import EnvSettings
+from env.topology import SERVICE_ROLES, Replica, Topology, Workload
 from env.users import RunAs, decide
 from reference_impl.control_plane import control_plane_guard
 from reference_impl.corpus import ensure_corpus
@@ -54,9 +56,7 @@ log = logging.getLogger("cwh.supervisor")
 
 #: Extra postgres-exporter queries (replay lag per standby, for the replication-lag SLO).
 EXPORTER_QUERIES = Path(__file__).resolve().parent / "postgres_exporter_queries.yaml"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-#: Component kinds of the reference implementation's services.
-SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
+
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -242,179 +242,47 @@ global
         self.components[name] = comp
         return comp
 
+    @functools.cached_property
+    def topology(self) -> Topology:
+        """What runs: the settings' shape, the bounds of `deploy/base/`'s HPAs."""
+        return topology.build(self.settings, hpa.load())
+
     def define(self, secrets: Secrets) -> list[tuple[str, list[Component]]]:
-        """The stages, in start order; each stage's components start together."""
-        s, lay, ports = self.settings, self.layout, self.settings.ports
-        c = self._component
-        etcd = c(
-            "etcd",
-            "etcd",
-            [
-                "etcd",
-                "--name",
-                "cwh",
-                "--data-dir",
-                str(lay.etcd_data),
-                "--listen-client-urls",
-                f"http://127.0.0.1:{ports.etcd_client}",
-                "--advertise-client-urls",
-                f"http://127.0.0.1:{ports.etcd_client}",
-                "--listen-peer-urls",
-                f"http://127.0.0.1:{ports.etcd_peer}",
-                "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{ports.etcd_peer}",
-                "--initial-cluster",
-                f"cwh=http://127.0.0.1:{ports.etcd_peer}",
-                "--listen-metrics-urls",
-                "",
-                "--log-level",
-                "warn",
-            ],
-            ports={"client": ports.etcd_client, "peer": ports.etcd_peer},
-            as_user=self.run_as.service,
+        """The topology's stages, in start order, with a process for each replica that runs
+        at start; each stage's start together."""
+        commands = Commands(
+            self.settings,
+            self.layout,
+            secrets,
+            pg_user=self.pg_ids,
+            service_user=self.run_as.service,
+            python_user=self.run_as.python,
+            exporter_queries=self.exporter_queries,
         )
-        pg_env = {"HOME": str(lay.pg_root), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        patronis = [
-            c(
-                f"pg{m}",
-                "patroni",
-                ["/usr/bin/patroni", str(lay.patroni_config(m))],
-                ports={"postgres": ports.postgres(m), "patroni": ports.patroni(m)},
-                as_user=self.pg_ids,
-                env=pg_env,
-                cwd=lay.pg_member(m),
-                grace_s=30.0,
-            )
-            for m in range(s.pg_members)
+        stages = [
+            (stage, [self.component(w, r, commands) for w in workloads for r in w.initial])
+            for stage, workloads in self.topology.stages()
         ]
-        haproxy = c(
-            "haproxy",
-            "haproxy",
-            ["haproxy", "-W", "-db", "-f", str(lay.haproxy_dir / "haproxy.cfg")],
-            ports={
-                "write": ports.haproxy_write,
-                "read": ports.haproxy_read,
-                "https": ports.haproxy_https,
-                "stats": ports.haproxy_stats,
-            },
-        )
-        pgbouncer = c(
-            "pgbouncer",
-            "pgbouncer",
-            ["pgbouncer", str(lay.pgbouncer_dir / "pgbouncer.ini")],
-            ports={"pgbouncer": ports.pgbouncer},
-            as_user=self.pg_ids,
-            env=pg_env,
-            cwd=lay.pgbouncer_dir,
-        )
-        redis_nodes = [
-            c(
-                f"redis{n}",
-                "redis",
-                ["redis-server", str(lay.redis_dir(n) / "redis.conf")],
-                ports={"redis": ports.redis(n), "bus": ports.redis(n) + 10000},
-                cwd=lay.redis_dir(n),
-                as_user=self.run_as.service,
-            )
-            for n in range(s.redis_nodes)
-        ]
-        pg_exporters = [
-            c(
-                f"postgres-exporter{m}",
-                "postgres_exporter",
-                [
-                    "prometheus-postgres-exporter",
-                    f"--web.listen-address=127.0.0.1:{ports.postgres_exporter(m)}",
-                    "--log.level=warn",
-                    f"--extend.query-path={self.exporter_queries}",
-                ],
-                ports={"metrics": ports.postgres_exporter(m)},
-                as_user=self.run_as.service,
-                env={
-                    "DATA_SOURCE_NAME": (
-                        f"postgresql://postgres:{secrets.pg_superuser}@127.0.0.1:"
-                        f"{ports.postgres(m)}/postgres?{configs.postgres_url_tls(lay)}"
-                    )
-                },
-            )
-            for m in range(s.pg_members)
-        ]
-        redis_exporter = c(
-            "redis-exporter",
-            "redis_exporter",
-            [
-                "prometheus-redis-exporter",
-                f"-web.listen-address=127.0.0.1:{ports.redis_exporter}",
-                "-redis.addr=",
-                "-is-cluster=false",
-                f"-tls-ca-cert-file={lay.ca_cert}",
-            ],
-            ports={"metrics": ports.redis_exporter},
-            # Its ACL user for every node it scrapes; the password only in its environment.
-            env={
-                "REDIS_USER": configs.REDIS_EXPORTER_USER,
-                "REDIS_PASSWORD": secrets.redis_exporter,
-            },
-            as_user=self.run_as.service,
-        )
-        prometheus = c(
-            "prometheus",
-            "prometheus",
-            [
-                "prometheus",
-                f"--config.file={lay.prometheus_dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={lay.prometheus_dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{ports.prometheus}",
-                # No lifecycle or admin API (a web page could POST /-/quit or delete series):
-                # reloads are SIGHUP (`LocalEnvironment.reload_prometheus`). Answers carry no
-                # CORS header for any origin but its own, so other sites cannot read them.
-                f"--web.cors.origin=http://127\\.0\\.0\\.1:{ports.prometheus}",
-                "--storage.tsdb.retention.time=7d",
-                "--log.level=warn",
-            ],
-            ports={"http": ports.prometheus},
-            as_user=self.run_as.service,
-        )
-        stages = [("etcd", [etcd])]
-        if s.fault_proxy:
-            # Before PostgreSQL and Redis: replicas stream through it from their first start.
-            stages.append(("faultproxy", self.define_fault_proxy()))
-        stages += [
-            ("postgresql", patronis),
-            ("haproxy", [haproxy]),
-            ("pgbouncer", [pgbouncer]),
-            ("redis", redis_nodes),
-            ("exporters", [*pg_exporters, redis_exporter]),
-            ("prometheus", [prometheus]),
-        ]
-        if s.services:
-            stages.append(("services", self.define_services(secrets)))
+        if self.settings.fault_proxy and self.settings.toxiproxy_url:
+            # A Toxiproxy of the user's: nothing to start, but the stage's check creates its
+            # proxies, before PostgreSQL's replicas stream through them.
+            stages.insert(1, ("faultproxy", []))
         return stages
 
-    def define_fault_proxy(self) -> list[Component]:
-        """A real `toxiproxy-server` when one is on the PATH, else our compatible one; none when
-        a Toxiproxy URL is configured (its proxies are created through the API instead)."""
-        s, lay = self.settings, self.layout
-        if s.toxiproxy_url:
-            return []
-        port, config = str(s.ports.fault_api), str(lay.fault_proxy_config)
-        if shutil.which("toxiproxy-server"):
-            argv = ["toxiproxy-server", "-host", "127.0.0.1", "-port", port, "-config", config]
-            as_user = self.run_as.service
-        else:
-            argv = [sys.executable, "-m", "env.faultproxy", "--port", port, "--config", config]
-            as_user = self.run_as.python
-        return [
-            self._component(
-                "faultproxy",
-                "faultproxy",
-                argv,
-                ports={"api": s.ports.fault_api},
-                env={"PYTHONPATH": str(PROJECT_ROOT)},
-                cwd=lay.run_dir,
-                as_user=as_user,
-            )
-        ]
+    def component(self, w: Workload, r: Replica, commands: Commands) -> Component:
+        """The supervised process of replica `r` (registered under its name)."""
+        spec = commands.for_replica(w, r)
+        return self._component(
+            r.name,
+            w.kind,
+            spec.argv,
+            ports=dict(r.ports),
+            env=spec.env,
+            cwd=spec.cwd,
+            as_user=spec.as_user,
+            grace_s=spec.grace_s,
+            liveness=spec.liveness,
+        )
 
     async def fault_proxy_ready(self) -> bool:
         """Every proxy of the configuration exists (created now on a configured Toxiproxy)."""
@@ -427,98 +295,6 @@ global
             async with http.get(f"{url}/proxies") as resp:
                 have = await resp.json()
         return all(p["name"] in have for p in wanted)
-
-    def define_services(self, secrets: Secrets) -> list[Component]:
-        """The reference implementation: each service its own process, `python -m
-        reference_impl`, configured by `CW_*` variables."""
-        s, lay, ports = self.settings, self.layout, self.settings.ports
-        project_root = str(PROJECT_ROOT)
-        # With the fault proxy, services reach their dependencies through it.
-        through = {
-            int(p["upstream"].rsplit(":", 1)[1]): int(p["listen"].rsplit(":", 1)[1])
-            for p in configs.fault_proxies(s)
-        }
-
-        def via(port: int) -> int:
-            return through[port] if s.fault_proxy else port
-
-        common = {
-            "CW_STATE_DIR": str(lay.services_dir),
-            "CW_PG_WRITE_URL": (
-                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{via(ports.pgbouncer)}"
-                "/cloudwatcher"
-            ),
-            "CW_PG_READ_URL": (
-                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{via(ports.haproxy_read)}"
-                "/cloudwatcher"
-            ),
-            "CW_REDIS_NODES": ",".join(
-                f"127.0.0.1:{via(ports.redis(n))}" for n in range(s.redis_nodes)
-            ),
-            "CW_REDIS_USER": configs.REDIS_APP_USER,
-            "CW_REDIS_PASSWORD": secrets.redis_app,
-            "CW_TLS_CA_FILE": str(lay.ca_cert),
-            "CW_LLM_URL": f"http://127.0.0.1:{via(ports.llm)}",
-            "CW_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
-            "CW_SHAREPOINT_URL": f"http://127.0.0.1:{via(ports.sharepoint)}",
-            "CW_GDRIVE_URL": f"http://127.0.0.1:{via(ports.gdrive)}",
-            "PYTHONPATH": project_root,
-            "PYTHONUNBUFFERED": "1",
-            # Short, so a job of a killed worker reappears soon; live workers extend their claim.
-            "CW_VISIBILITY_TIMEOUT_S": "10",
-            # The harness measures itself against planted faults (reference_impl/planted.py);
-            # only environments the project starts allow them.
-            "CW_PLANTED_FAULTS": "1",
-            # The scheduler's base backups go through the write path, as the replication user.
-            "CW_BACKUP_DSN": (
-                f"postgresql://replicator:{secrets.pg_replication}@127.0.0.1:"
-                f"{ports.haproxy_write}/?application_name=cwh_base_backup&"
-                + configs.postgres_url_tls(lay)
-            ),
-        }
-        instances: list[tuple[str, str, int]] = [
-            ("llm", "llm", ports.llm),
-            ("sharepoint", "sharepoint", ports.sharepoint),
-            ("gdrive", "gdrive", ports.gdrive),
-            ("gateway", "gateway", ports.gateway),
-            *((f"api{i}", "api", ports.api(i)) for i in range(1, s.api_replicas + 1)),
-            *((f"hub{i}", "hub", ports.hub(i)) for i in range(1, s.hub_replicas + 1)),
-            *((f"worker{i}", "worker", ports.worker(i)) for i in range(1, s.worker_replicas + 1)),
-            *(
-                (f"scheduler{i}", "scheduler", ports.scheduler(i))
-                for i in range(1, s.scheduler_replicas + 1)
-            ),
-        ]
-        return [
-            self._component(
-                name,
-                role,
-                [sys.executable, "-m", "reference_impl"],
-                ports={"http": port},
-                env={
-                    **common,
-                    "CW_ROLE": role,
-                    "CW_NAME": name,
-                    "CW_PORT": str(port),
-                    "CW_TRACE_FILE": str(lay.trace_file(name)),
-                    **self.role_secrets(role, secrets),
-                },
-                cwd=lay.run_dir,
-                grace_s=30.0,
-                liveness=LivenessProbe(
-                    f"http://127.0.0.1:{port}/health/live",
-                    s.liveness_period_s,
-                    s.liveness_failure_threshold,
-                ),
-                as_user=self.run_as.python,
-            )
-            for name, role, port in instances
-        ]
-
-    @staticmethod
-    def role_secrets(role: str, secrets: Secrets) -> dict[str, str]:
-        """Secrets only some roles hold: the API replicas check the registration secret."""
-        return {"CW_REGISTRATION_SECRET": secrets.registration_secret} if role == "api" else {}
 
     # ---- running processes -----------------------------------------------------------------
 
