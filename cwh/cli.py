@@ -20,6 +20,7 @@ from env.files import UntrustedRunDir
 from env.layout import Layout
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.settings import EnvSettings, SettingsError
+from env.state import EnvStatus
 from slo.definitions import DEFAULT_DIR, DefinitionError
 from slo.definitions import load as load_definitions
 from slo.reconcile import worst_exit
@@ -76,7 +77,7 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
     if as_json:
         print(json.dumps(status, indent=2, default=str))
         return 0 if status["healthy"] else 1
-    Console().print(status_table(status))
+    Console().print(status_table(EnvStatus.from_json(status)))
     for warning in status.get("warnings", []):
         Console().print(f"[yellow]warning:[/yellow] {warning}")
     urls = status["urls"]
@@ -87,11 +88,11 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
     return 0 if status["healthy"] else 1
 
 
-def status_table(status: dict[str, Any]) -> Table:
+def status_table(status: EnvStatus) -> Table:
     """One line per component, in 80 columns (CI logs): ports as numbers (`--json` names
     them), PostgreSQL's pid as patroni/postgres, long roles cut with an ellipsis."""
     table = Table(
-        title=f"local environment ({status['phase']}, {status['run_dir']})",
+        title=f"local environment ({status.phase}, {status.run_dir})",
         box=box.SIMPLE_HEAD,
         padding=(0, 2, 0, 0),
         pad_edge=False,
@@ -103,23 +104,21 @@ def status_table(status: dict[str, Any]) -> Table:
     table.add_column("health", no_wrap=True)
     table.add_column("lag", no_wrap=True)
     table.add_column("tls", no_wrap=True)
-    for row in status["components"]:
-        ports = ",".join(str(v) for v in (row["ports"] or {}).values())
-        pid = row["pid"]
-        if row["kind"] == "postgresql":
-            pid = f"{row['patroni_pid'] or '-'}/{row['postgres_pid'] or '-'}"
+    for c in status.components:
+        ports = ",".join(str(v) for v in c.ports.values())
+        pid: object = c.pid
+        if c.kind == "postgresql":
+            pid = f"{c.detail.get('patroni_pid') or '-'}/{c.detail.get('postgres_pid') or '-'}"
         lag = ""
-        if row.get("replay_lag_s") is not None or row.get("lag_bytes") is not None:
-            secs = row.get("replay_lag_s")
-            lag = f"{row.get('lag_bytes') or 0}B" + (
-                f" {secs * 1000:.0f}ms" if secs is not None else ""
-            )
-        health = "[green]ok[/green]" if row["healthy"] else f"[red]{row['state']}[/red]"
+        secs, lag_bytes = c.detail.get("replay_lag_s"), c.detail.get("lag_bytes")
+        if secs is not None or lag_bytes is not None:
+            lag = f"{lag_bytes or 0}B" + (f" {secs * 1000:.0f}ms" if secs is not None else "")
+        health = "[green]ok[/green]" if c.healthy else f"[red]{c.state}[/red]"
         # Data stores: the TLS version a verifying probe negotiated ("off": none).
         tls = ""
-        if "tls" in row:
-            tls = str(row["tls"]).removeprefix("TLSv") if row["tls"] else "[red]off[/red]"
-        table.add_row(row["component"], row["role"], str(pid or "-"), ports, health, lag, tls)
+        if "tls" in c.detail:
+            tls = str(c.detail["tls"]).removeprefix("TLSv") if c.detail["tls"] else "[red]off[/red]"
+        table.add_row(c.name, c.role, str(pid or "-"), ports, health, lag, tls)
     return table
 
 

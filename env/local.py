@@ -40,6 +40,7 @@ from env.process import (
 )
 from env.secrets import Secrets
 from env.settings import EnvSettings
+from env.state import EnvStatus
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 
@@ -334,6 +335,10 @@ class LocalEnvironment:
         from env.status import collect_status  # status pulls in asyncpg; keep `down` light
 
         return collect_status(self.settings, self.supervisor_status())
+
+    def state(self) -> EnvStatus:
+        """`status()`, typed: `state().component("api2").port()`, `state().primary`."""
+        return EnvStatus.from_json(self.status())
 
     # ---- context manager -------------------------------------------------------------------
 
