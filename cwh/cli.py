@@ -127,6 +127,29 @@ def env_hold(args: argparse.Namespace) -> int:
     return 0
 
 
+def env_scale(args: argparse.Namespace) -> int:
+    """`cwh env scale api 5`: scale now; prints what was added, removed or refused."""
+    env = LocalEnvironment(_settings())
+    try:
+        with console.status(f"scaling {args.workload} to {args.replicas}"):
+            result = env.scale(args.workload, args.replicas)
+    except RuntimeError as exc:  # the supervisor's 4xx: its JSON reason
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    print(json.dumps(result))
+    return 1 if result["refused"] else 0
+
+
+def env_autoscale(args: argparse.Namespace) -> int:
+    print(json.dumps(LocalEnvironment(_settings()).autoscale(args.state == "on")))
+    return 0
+
+
+def env_workloads(args: argparse.Namespace) -> int:
+    print(json.dumps(LocalEnvironment(_settings()).workloads(), indent=2))
+    return 0
+
+
 def env_release(args: argparse.Namespace) -> int:
     print(json.dumps(LocalEnvironment(_settings()).release(args.component)))
     return 0
@@ -355,6 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
     rel = env_sub.add_parser("release", help="let a held component restart")
     rel.add_argument("component")
     rel.set_defaults(func=env_release)
+    sc = env_sub.add_parser(
+        "scale",
+        help="scale a workload now (api, hub, worker, scheduler): ready before joining, "
+        "drained before leaving, the disruption budget kept",
+    )
+    sc.add_argument("workload")
+    sc.add_argument("replicas", type=int)
+    sc.set_defaults(func=env_scale)
+    au = env_sub.add_parser("autoscale", help="switch the local autoscaler (the HPA loop)")
+    au.add_argument("state", choices=("on", "off"))
+    au.set_defaults(func=env_autoscale)
+    env_sub.add_parser(
+        "workloads", help="replicas, bounds, budgets and the autoscaler's last decisions (JSON)"
+    ).set_defaults(func=env_workloads)
     rot = env_sub.add_parser(
         "rotate-keys",
         help="a new token signing key, no failed request; the old one retires a token life later",

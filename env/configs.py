@@ -606,6 +606,12 @@ def prometheus_config(settings: EnvSettings, layout: Layout) -> str:
                 "static_configs": [{"targets": [f"127.0.0.1:{ports.haproxy_stats}"]}],
             },
             {
+                # The supervisor as kube-state-metrics: Deployments, HPAs and PDBs under their
+                # Kubernetes names, so the autoscaling SLOs read a cluster's Prometheus alike.
+                "job_name": "kube-state-metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{ports.supervisor}"]}],
+            },
+            {
                 "job_name": "postgres",
                 "static_configs": [
                     {

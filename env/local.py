@@ -108,8 +108,10 @@ class LocalEnvironment:
             return None
         return resp.json() if resp.ok else None
 
-    def _admin_post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        resp = requests.post(self._admin + path, json=body or {}, timeout=5)
+    def _admin_post(
+        self, path: str, body: dict[str, Any] | None = None, timeout_s: float = 5.0
+    ) -> dict[str, Any]:
+        resp = requests.post(self._admin + path, json=body or {}, timeout=timeout_s)
         if not resp.ok:
             raise RuntimeError(f"supervisor {path}: {resp.status_code} {resp.text}")
         result: dict[str, Any] = resp.json()
@@ -122,6 +124,26 @@ class LocalEnvironment:
     def release(self, component: str) -> dict[str, Any]:
         """Let the supervisor restart `component` again (at once if it is down)."""
         return self._admin_post(f"/components/{component}/release")
+
+    def workloads(self) -> dict[str, Any]:
+        """Every scalable workload (replicas, bounds, budget) and the autoscaler's last
+        decisions: the supervisor's `/workloads`."""
+        resp = requests.get(self._admin + "/workloads", timeout=5)
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def scale(self, workload: str, replicas: int) -> dict[str, Any]:
+        """Scale `workload` to `replicas` now, as `kubectl scale` does: new replicas join the
+        load balancer once ready, removed ones drain first, the disruption budget holds (the
+        result's `refused` says when it stopped a removal). Returns when done."""
+        # Adding waits for readiness, removing for a drain: minutes, not seconds.
+        timeout = self.settings.timeout(300)
+        return self._admin_post(f"/workloads/{workload}/scale", {"replicas": replicas}, timeout)
+
+    def autoscale(self, enabled: bool) -> dict[str, Any]:
+        """Switch the local autoscaler on or off (its state and last decisions back)."""
+        return self._admin_post("/autoscaler", {"enabled": enabled})
 
     def etcd_token(self) -> str:
         """A token for etcd's gateway (header `Authorization`): it refuses key-value calls

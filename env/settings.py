@@ -184,6 +184,10 @@ class EnvSettings:
             and separately to the token endpoint, through the public frontend (429 beyond). A
             fleet from one address needs its spawn rate plus token renewals: 10,000 phones
             spawned at 150/s need about 150/s each (renewals add ~12/s at a 900 s token life).
+        autoscale: run the local autoscaler (the HPA algorithm over `deploy/base/`'s specs) once
+            the environment is ready; `cwh env autoscale on|off` switches it at run time.
+        autoscale_sync_s: its sync period, kube-controller-manager's
+            `--horizontal-pod-autoscaler-sync-period` (15 s there too).
     """
 
     base_port: int = 17000
@@ -206,6 +210,8 @@ class EnvSettings:
     liveness_period_s: float = 5.0
     liveness_failure_threshold: int = 3
     auth_rate_limit_per_s: int = 300
+    autoscale: bool = True
+    autoscale_sync_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -244,6 +250,8 @@ class EnvSettings:
             raise SettingsError(
                 f"{PREFIX}LIVENESS_FAILURE_THRESHOLD={self.liveness_failure_threshold}: 1 to 100"
             )
+        if not 1.0 <= self.autoscale_sync_s <= 300:
+            raise SettingsError(f"{PREFIX}AUTOSCALE_SYNC_S={self.autoscale_sync_s}: 1 to 300")
         if not self.run_dir.is_absolute():
             raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
 
@@ -361,4 +369,6 @@ class EnvSettings:
             auth_rate_limit_per_s=int(
                 str(get("AUTH_RATE_LIMIT_PER_S", int, cls.auth_rate_limit_per_s))
             ),
+            autoscale=bool(get("AUTOSCALE", bool, cls.autoscale)),
+            autoscale_sync_s=float(str(get("AUTOSCALE_SYNC_S", float, cls.autoscale_sync_s))),
         )

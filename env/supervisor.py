@@ -6,12 +6,9 @@ starts), then watches them: a component that exits is restarted with exponential
 Kubernetes restarts a crashed container. Fault injection needs a crashed process to *stay* down for
 a while (so that a failover really happens), so restarts can be held through the admin API.
 
-Admin API (HTTP on 127.0.0.1, `Ports.supervisor`):
-    GET  /status                       phase, error, and every component (pid, state, restarts)
-    POST /components/{name}/hold       body {"seconds": float}: no restart until released or
-                                       timed out
-    POST /components/{name}/release    allow restarts again (a dead component restarts at once)
-    POST /shutdown                     stop everything in reverse order and exit
+Its admin API (holds, scaling, the autoscaler's switch, kube-state-metrics) is `env/admin.py`;
+what runs is `env/topology.py`, how each replica runs here `env/commands.py`, scaling
+`env/scaling.py` and the autoscaler's loop `env/autoscaling.py`.
 """
 
 from __future__ import annotations
@@ -38,16 +35,19 @@ import asyncpg
 from aiohttp import web
 
 from env import configs, etcd, hpa, liveness, probes, topology
+from env.admin import admin_app
+from env.autoscaler import ControllerConfig
+from env.autoscaling import LocalAutoscaler
 from env.commands import PROJECT_ROOT, Commands
 from env.files import UntrustedRunDir, ensure_run_dir, write_file
 from env.layout import Layout
 from env.liveness import LivenessProbe
 from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
+from env.scaling import Scaler
 from env.secrets import Secrets, client_tls_context, ensure_environment_tls
 from env.settings import EnvSettings
 from env.topology import SERVICE_ROLES, Replica, Topology, Workload
 from env.users import RunAs, decide
-from reference_impl.control_plane import control_plane_guard
 from reference_impl.corpus import ensure_corpus
 from reference_impl.keys import ensure_keys
 
@@ -110,6 +110,8 @@ class Component:
     prober: asyncio.Task[None] | None = None
     stop_reason: str = ""  # why the supervisor itself is stopping the process now
     last_restart_reason: str = ""
+    workload: str = ""  # the topology's workload it is a replica of
+    joined: bool = False  # registered in the load balancer (API, hub): the keeper keeps it there
 
     @property
     def pid(self) -> int | None:
@@ -129,6 +131,7 @@ class Component:
             "uptime_s": round(now - self.started_at, 1) if self.pid else None,
             "held_for_s": round(self.held_until - now, 1) if self.held_until > now else 0,
             "last_restart_reason": self.last_restart_reason,
+            "workload": self.workload,
         }
 
 
@@ -146,6 +149,10 @@ class Supervisor:
         self.done = asyncio.Event()
         self.pg_ids = user_ids(settings.pg_os_user)
         self.lb_keeper: asyncio.Task[None] | None = None
+        self.scaler = Scaler(self, settings.timeout_scale)
+        self.autoscaler: LocalAutoscaler | None = None
+        self.autoscaler_task: asyncio.Task[None] | None = None
+        self.commands: Commands | None = None
 
     @functools.cached_property
     def run_as(self) -> RunAs:
@@ -243,14 +250,40 @@ global
         return comp
 
     @functools.cached_property
+    def hpas(self) -> dict[str, hpa.HPASpec]:
+        """The HorizontalPodAutoscalers of `deploy/base/` (the one spec of how things scale)."""
+        return hpa.load()
+
+    @functools.cached_property
     def topology(self) -> Topology:
         """What runs: the settings' shape, the bounds of `deploy/base/`'s HPAs."""
-        return topology.build(self.settings, hpa.load())
+        return topology.build(self.settings, self.hpas)
+
+    def running(self, workload: str) -> list[Component]:
+        """The replicas of `workload` that run (or restart) now, in slot order."""
+        w = self.topology.workload(workload)
+        return [
+            c
+            for r in w.slots
+            if (c := self.components.get(r.name)) is not None and c.state != "stopped"
+        ]
+
+    def new_replica(self, w: Workload, r: Replica) -> Component:
+        """The process of a replica added at run time (started by the caller)."""
+        assert self.commands is not None, "replicas are added once the environment runs"
+        return self.component(w, r, self.commands)
+
+    async def retire(self, comp: Component) -> None:
+        """Stop a replica for good and forget it (a scale-in, a rollout's old replica)."""
+        await self.stop([comp])
+        if comp.prober is not None:
+            comp.prober.cancel()
+        self.components.pop(comp.name, None)
 
     def define(self, secrets: Secrets) -> list[tuple[str, list[Component]]]:
         """The topology's stages, in start order, with a process for each replica that runs
         at start; each stage's start together."""
-        commands = Commands(
+        commands = self.commands = Commands(
             self.settings,
             self.layout,
             secrets,
@@ -276,6 +309,7 @@ global
             r.name,
             w.kind,
             spec.argv,
+            workload=w.name,
             ports=dict(r.ports),
             env=spec.env,
             cwd=spec.cwd,
@@ -552,6 +586,17 @@ global
         log.info("environment ready")
         if s.services:
             self.lb_keeper = asyncio.create_task(self.keep_lb_registered(), name="lb-keeper")
+            self.autoscaler = LocalAutoscaler(
+                self.topology,
+                self.hpas,
+                self.running,
+                self.scaler,
+                ControllerConfig(sync_period_s=s.autoscale_sync_s),
+                enabled=s.autoscale,
+            )
+            self.autoscaler_task = asyncio.create_task(
+                self.autoscaler.run(lambda: self.stopping), name="autoscaler"
+            )
 
     def service_components(self, *roles: str) -> list[Component]:
         return [c for c in self.components.values() if c.kind in roles]
@@ -585,14 +630,11 @@ global
                 self.layout, f"set server {slot} addr 127.0.0.1 port {port}"
             )
             await probes.haproxy_command(self.layout, f"set server {slot} state ready")
-        for role in SERVICE_ROLES:
-            comps = self.service_components(role)
-            if comps:
-                (self.layout.prometheus_targets / f"{role}.json").write_text(
-                    configs.prometheus_target_file(
-                        [f"127.0.0.1:{c.ports['http']}" for c in comps], {"role": role}
-                    )
-                )
+            comp.joined = True
+        for _, workloads in self.topology.stages():
+            for w in workloads:
+                if w.kind in SERVICE_ROLES:
+                    await self.scaler.publish(w)
 
     async def keep_lb_registered(self) -> None:
         """Put back, within a second, the API and hub servers HAProxy lost.
@@ -612,9 +654,11 @@ global
                     have = probes.haproxy_server_ports(
                         await probes.haproxy_command(self.layout, f"show servers state {backend}")
                     )
+                    # Only replicas that joined: a new one joins once ready (env/scaling.py).
                     want = {
                         f"{backend}/{c.name}": c.ports["http"]
                         for c in self.service_components(backend)
+                        if c.joined
                     }
                     for command in probes.haproxy_registrations(have, want):
                         log.info("haproxy lost a server: %s", command)
@@ -696,31 +740,14 @@ global
             return
         self.stopping = True
         self.phase = "stopping"
-        if self.lb_keeper is not None:
-            self.lb_keeper.cancel()
-        order = [
-            "services",
-            "prometheus",
-            "exporters",
-            "pgbouncer",
-            "haproxy",
-            "redis",
-            "postgresql",
-            "etcd",
-        ]
-        by_kind = {
-            # Services first: a draining worker still needs the database.
-            "services": list(SERVICE_ROLES),
-            "prometheus": ["prometheus"],
-            "exporters": ["postgres_exporter", "redis_exporter"],
-            "pgbouncer": ["pgbouncer"],
-            "haproxy": ["haproxy"],
-            "redis": ["redis"],
-            "postgresql": ["patroni"],
-            "etcd": ["etcd"],
-        }
-        for group in order:
-            comps = [c for c in self.components.values() if c.kind in by_kind[group]]
+        for task in (self.lb_keeper, self.autoscaler_task):
+            if task is not None:
+                task.cancel()
+        # The start order backwards: services first (a draining worker still needs the
+        # database), etcd last.
+        for _, workloads in reversed(self.topology.stages()):
+            names = {w.name for w in workloads}
+            comps = [c for c in self.components.values() if c.workload in names]
             if comps:
                 log.info("stopping %s", ", ".join(c.name for c in comps))
                 await self.stop(comps)
@@ -759,54 +786,13 @@ global
         warnings = [*self.run_as.warnings, *([fallback] if fallback else [])]
         return {"runs_as_root": stays_root, "warnings": warnings}
 
-    def admin_app(self) -> web.Application:
-        app = web.Application(middlewares=[control_plane_guard()])
-
-        async def get_status(_: web.Request) -> web.Response:
-            return web.json_response(self.status())
-
-        def find(request: web.Request) -> Component:
-            name = request.match_info["name"]
-            if name not in self.components:
-                raise web.HTTPNotFound(
-                    text=f'{{"error": "not_found", "detail": "no component {name}"}}',
-                    content_type="application/json",
-                )
-            return self.components[name]
-
-        async def hold(request: web.Request) -> web.Response:
-            comp = find(request)
-            body = await request.json() if request.can_read_body else {}
-            seconds = float(body.get("seconds", 300))
-            if not 0 < seconds <= 3600:
-                return web.json_response(
-                    {"error": "bad_request", "detail": "seconds must be in (0, 3600]"}, status=400
-                )
-            comp.held_until = time.monotonic() + seconds
-            return web.json_response(comp.describe())
-
-        async def release(request: web.Request) -> web.Response:
-            comp = find(request)
-            comp.held_until = 0.0
-            return web.json_response(comp.describe())
-
-        async def do_shutdown(_: web.Request) -> web.Response:
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.shutdown()))
-            return web.json_response({"phase": "stopping"})
-
-        app.router.add_get("/status", get_status)
-        app.router.add_post("/components/{name}/hold", hold)
-        app.router.add_post("/components/{name}/release", release)
-        app.router.add_post("/shutdown", do_shutdown)
-        return app
-
 
 async def run(settings: EnvSettings) -> int:
     sup = Supervisor(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(sup.shutdown()))
-    runner = web.AppRunner(sup.admin_app(), access_log=None)
+    runner = web.AppRunner(admin_app(sup), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.ports.supervisor)
     await site.start()

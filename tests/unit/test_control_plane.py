@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from env.admin import admin_app
 from env.faultproxy import FaultProxy
 from env.settings import EnvSettings
 from env.supervisor import Component, Supervisor
@@ -49,7 +50,7 @@ def supervisor_plane(tmp_path: Path) -> Plane:
         name="etcd", kind="etcd", argv=["etcd"], ports={}, log_path=tmp_path / "etcd.log"
     )
     return Plane(
-        sup.admin_app(),
+        admin_app(sup),
         "POST",
         "/components/etcd/hold",
         {"seconds": 30},
