@@ -140,6 +140,19 @@ def env_scale(args: argparse.Namespace) -> int:
     return 1 if result["refused"] else 0
 
 
+def env_rollout(args: argparse.Namespace) -> int:
+    """`cwh env rollout api`: every replica replaced, one by one, none unavailable."""
+    env = LocalEnvironment(_settings())
+    try:
+        with console.status(f"rolling out {args.workload}"):
+            result = env.rollout(args.workload)
+    except (RuntimeError, KeyError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    print(json.dumps(result))
+    return 1 if result["refused"] else 0
+
+
 def env_autoscale(args: argparse.Namespace) -> int:
     print(json.dumps(LocalEnvironment(_settings()).autoscale(args.state == "on")))
     return 0
@@ -386,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("workload")
     sc.add_argument("replicas", type=int)
     sc.set_defaults(func=env_scale)
+    ro = env_sub.add_parser(
+        "rollout", help="replace every replica of a workload, one by one (surge 1, unavailable 0)"
+    )
+    ro.add_argument("workload")
+    ro.set_defaults(func=env_rollout)
     au = env_sub.add_parser("autoscale", help="switch the local autoscaler (the HPA loop)")
     au.add_argument("state", choices=("on", "off"))
     au.set_defaults(func=env_autoscale)

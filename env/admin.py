@@ -6,6 +6,7 @@
     POST /components/{name}/release    allow restarts again (a dead component restarts at once)
     GET  /workloads                    every workload: replicas, bounds, budget, autoscaler
     POST /workloads/{name}/scale       body {"replicas": int}: scale now (`kubectl scale`)
+    POST /workloads/{name}/rollout     replace every replica, surge 1, unavailable 0
     POST /autoscaler                   body {"enabled": bool}: switch the local autoscaler
     GET  /metrics                      kube-state-metrics' names for the workloads (Prometheus)
     POST /shutdown                     stop everything in reverse order and exit
@@ -167,6 +168,15 @@ def admin_app(sup: Supervisor) -> web.Application:
             raise bad_request(str(exc)) from None
         return web.json_response(result.as_json())
 
+    async def rollout(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if sup.phase != "ready":
+            raise bad_request(f"the environment is {sup.phase}, not ready", 409)
+        if name not in {w.name for w in sup.topology.workloads if w.kind in SCALABLE_KINDS}:
+            raise bad_request(f"{name} is not a scalable workload", 404)
+        result = await sup.scaler.rollout(name, "asked through the admin API")
+        return web.json_response(result.as_json())
+
     async def autoscaler(request: web.Request) -> web.Response:
         enabled = (await json_body(request)).get("enabled")
         if not isinstance(enabled, bool):
@@ -189,6 +199,7 @@ def admin_app(sup: Supervisor) -> web.Application:
     app.router.add_post("/components/{name}/release", release)
     app.router.add_get("/workloads", workloads)
     app.router.add_post("/workloads/{name}/scale", scale)
+    app.router.add_post("/workloads/{name}/rollout", rollout)
     app.router.add_post("/autoscaler", autoscaler)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/shutdown", do_shutdown)

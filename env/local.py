@@ -141,6 +141,20 @@ class LocalEnvironment:
         timeout = self.settings.timeout(300)
         return self._admin_post(f"/workloads/{workload}/scale", {"replicas": replicas}, timeout)
 
+    def rollout(self, workload: str) -> dict[str, Any]:
+        """Replace every replica of `workload` one by one (surge 1, unavailable 0): each new one
+        is routed to before an old one drains. Returns when done (`refused`: why it stopped)."""
+        n = len(self.workload_replicas(workload))
+        timeout = self.settings.timeout(60 + 120 * n)
+        return self._admin_post(f"/workloads/{workload}/rollout", None, timeout)
+
+    def workload_replicas(self, workload: str) -> list[str]:
+        """The replicas of `workload` running now."""
+        for w in self.workloads()["workloads"]:
+            if w["name"] == workload:
+                return list(w["replicas"])
+        raise KeyError(f"no scalable workload {workload!r}")
+
     def autoscale(self, enabled: bool) -> dict[str, Any]:
         """Switch the local autoscaler on or off (its state and last decisions back)."""
         return self._admin_post("/autoscaler", {"enabled": enabled})

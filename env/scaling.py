@@ -165,6 +165,69 @@ class Scaler:
             result.seconds = time.monotonic() - started
             return result
 
+    async def rollout(self, workload: str, reason: str = "") -> ScaleResult:
+        """Replace every replica of `workload`, one by one, as a rolling update with maxSurge 1
+        and maxUnavailable 0: for each, a surge replica starts in a free slot and is routed to,
+        the old one drains and stops, its successor (today's code and configuration) starts
+        under the same name and is routed to, and the surge replica drains and stops. Names
+        stay (as a StatefulSet's do): logs, scrape targets and scripts keep finding them.
+
+        Stops at the first replica that does not become ready (it is removed again, the rest
+        stay as they were), as a rollout past its progress deadline; `refused` says so, and
+        `added`/`removed` list the replicas replaced so far (each in both)."""
+        try:
+            w = self.runtime.topology.workload(workload)
+        except KeyError as exc:
+            raise ScaleError(str(exc.args[0])) from None
+        async with self.lock:
+            started = time.monotonic()
+            old = list(self.runtime.running(workload))
+            result = ScaleResult(workload, len(old), len(old))
+            log.info("rollout %s: %d replicas (%s)", workload, len(old), reason or "asked")
+            for comp in old:
+                if why := await self._replace(w, comp):
+                    result.refused = why
+                    break
+                result.added.append(comp.name)
+                result.removed.append(comp.name)
+            result.after = len(self.runtime.running(workload))
+            result.seconds = time.monotonic() - started
+            return result
+
+    async def _replace(self, w: Workload, comp: Any) -> str:
+        """One step of a rollout; "" when done, else why it stopped."""
+        taken = {c.name for c in self.runtime.running(w.name)}
+        free = [r for r in w.slots if r.name not in taken]
+        if not free:
+            return f"{w.name}: no free slot for the surge replica"
+        surge = await self._start(w, free[0])
+        if isinstance(surge, str):
+            return surge
+        await self._stop(w, comp)
+        successor = await self._start(w, w.slot(comp.name))
+        await self._stop(w, surge)
+        return successor if isinstance(successor, str) else ""
+
+    async def _start(self, w: Workload, slot: Replica) -> Any:
+        """A replica in `slot`, routed to; a string (why) when it never became ready."""
+        timeout = READY_TIMEOUT_S * self.timeout_scale
+        comp = self.runtime.new_replica(w, slot)
+        await self.runtime.spawn(comp)
+        await self.publish(w)
+        if await self._join(w, comp, timeout):
+            return comp
+        await self.runtime.retire(comp)
+        await self.forget(w, comp)
+        await self.publish(w)
+        return f"{comp.name} was not ready within {timeout:.0f} s"
+
+    async def _stop(self, w: Workload, comp: Any) -> None:
+        """Drain, stop and forget one replica (no budget check: the caller keeps the count)."""
+        await self.drain(w, comp)
+        await self.runtime.retire(comp)
+        await self.forget(w, comp)
+        await self.publish(w)
+
     async def _add(self, w: Workload, n: int, result: ScaleResult) -> None:
         taken = {c.name for c in self.runtime.running(w.name)}
         slots = [r for r in w.slots if r.name not in taken][:n]
@@ -210,11 +273,8 @@ class Scaler:
                     )
                     log.warning("scale %s: %s", w.name, result.refused)
                     return
-            await self.drain(w, victim)
-            await self.runtime.retire(victim)
-            await self.forget(w, victim)
+            await self._stop(w, victim)
             result.removed.append(victim.name)
-            await self.publish(w)
 
     async def drain(self, w: Workload, comp: Replicated) -> None:
         """Stop routing to `comp` and wait (bounded) for its requests in flight to end."""

@@ -158,3 +158,46 @@ def test_the_autoscaler_adds_workers_for_a_backlog(local_env: LocalEnvironment):
     poll(lambda: queue_depth() == 0, 180, "the backlog drained", 1.0)
     local_env.scale("worker", 3)
     wait_healthy(local_env)
+
+
+def test_a_rolling_update_of_the_api_under_a_fleet_fails_nothing(
+    local_env: LocalEnvironment, tmp_path: Path
+):
+    """The seed's zero-downtime rolling update: every API replica replaced, one by one, while
+    phones submit, read and sync; no request fails, every submit exactly once."""
+    status = wait_healthy(local_env)
+    layout = Layout(Path(status["run_dir"]))
+    before = {c["name"]: c["pid"] for c in local_env.supervisor_status()["components"]}
+    got: dict[str, Any] = {}
+    started = api_sessions(layout)["BACKEND"]
+
+    def run() -> None:
+        got["fleet"] = fleet(status, tmp_path, users=10, duration_s=90)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        poll(lambda: api_sessions(layout)["BACKEND"] > started + 50, 60, "the fleet under way")
+        out = local_env.rollout("api")
+    finally:
+        thread.join(timeout=300)
+    assert out["refused"] == "", out
+    assert out["removed"] == out["added"] == ["api1", "api2", "api3"], out
+    assert out["after"] == 3
+    # The same names (as a StatefulSet's), new processes, all of them routed to.
+    now = {c["name"]: c["pid"] for c in local_env.supervisor_status()["components"]}
+    api_now = {n: p for n, p in now.items() if n.startswith("api")}
+    assert set(api_now) == {"api1", "api2", "api3"}
+    assert all(api_now[n] != before[n] for n in api_now)
+    assert routed(layout, "api") == set(api_now)
+    code, _, summary = got["fleet"]
+    assert code == 0, summary
+    ops = summary["operations"]
+    for kind in ("submit", "read", "sync"):
+        assert ops[kind]["ok"] > 0, (kind, ops[kind])
+        assert ops[kind].get("fail", 0) == 0, (kind, ops[kind])
+        assert ops[kind].get("info", 0) == 0, (kind, ops[kind])
+    rec = summary["reconciliation"]
+    assert (rec["lost"], rec["duplicated"]) == (0, 0), rec
+    assert rec["valid"], rec
+    wait_healthy(local_env)
