@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from rich import box
@@ -81,11 +82,20 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
     for warning in status.get("warnings", []):
         Console().print(f"[yellow]warning:[/yellow] {warning}")
     urls = status["urls"]
+    # Terminals and CI logs get recorded: URLs without their passwords (--json has them all).
     for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):
-        Console().print(f"  {key:10} {urls[key]}")
-    # Registration needs it; not printed here (terminals get recorded): --json shows it.
-    Console().print(f"  {'secrets':10} {status['secrets_file']} (registration_secret)")
+        Console().print(f"  {key:10} {without_password(urls[key])}", highlight=False)
+    Console().print(f"  {'secrets':10} {status['secrets_file']} (passwords, registration_secret)")
     return 0 if status["healthy"] else 1
+
+
+def without_password(url: str) -> str:
+    """`url` with its password replaced by `***` (user, host and options kept)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def status_table(status: EnvStatus) -> Table:

@@ -49,7 +49,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting past the parser's limit too
         raise bad_request("the body is not JSON") from None
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
@@ -131,7 +131,11 @@ def admin_app(sup: Supervisor) -> web.Application:
     async def hold(request: web.Request) -> web.Response:
         comp = find(request)
         seconds = (await json_body(request)).get("seconds", 300)
-        if not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 < seconds <= 3600
+        ):
             raise bad_request("seconds must be a number in (0, 3600]")
         comp.held_until = time.monotonic() + float(seconds)
         return web.json_response(comp.describe())

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from env import configs, probes
+from env.files import write_file
 from env.layout import Layout
 from env.topology import Replica, Topology, Workload
 
@@ -302,4 +303,5 @@ class Scaler:
         comps = self.runtime.running(w.name)
         targets = [f"127.0.0.1:{c.ports['http']}" for c in comps if "http" in c.ports]
         path = self.runtime.layout.prometheus_targets / f"{w.kind}.json"
-        path.write_text(configs.prometheus_target_file(targets, {"role": w.kind}))
+        # Atomically: Prometheus reads the folder whenever it likes, never half a file.
+        write_file(path, configs.prometheus_target_file(targets, {"role": w.kind}), mode=0o644)

@@ -180,6 +180,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
                 "pid": comp.get("pid"),
                 "state": comp.get("state", "absent"),
                 "restarts": comp.get("restarts", 0),
+                # Why the supervisor last restarted it (an exit code, a failed liveness probe).
+                "last_restart_reason": comp.get("last_restart_reason", ""),
                 "ports": comp.get("ports", {}),
                 "healthy": healthy,
                 "log": comp.get("log"),
