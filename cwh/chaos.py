@@ -175,6 +175,13 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     point_latest(out)
     status = journal.get("status", "missing")
     deviated = bool(journal.get("deviated"))
+    if not journal and restored["healthy"] and not restored["errors"]:
+        console.print(
+            "[yellow]inconclusive[/yellow]: Chaos Toolkit wrote no journal (the experiment or "
+            "its configuration could not be loaded, e.g. a CWH_CHAOS_* value of the wrong "
+            f"type), so nothing was tested; see {out / 'chaostoolkit.log'}"
+        )
+        return 2, out
     before = (journal.get("steady_states") or {}).get("before") or {}
     if status == "completed" and not before.get("steady_state_met", False):
         console.print(

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from rich import box
@@ -20,6 +21,7 @@ from env.files import UntrustedRunDir
 from env.layout import Layout
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.settings import EnvSettings, SettingsError
+from env.state import EnvStatus
 from slo.definitions import DEFAULT_DIR, DefinitionError
 from slo.definitions import load as load_definitions
 from slo.reconcile import worst_exit
@@ -76,22 +78,31 @@ def _print_status(env: LocalEnvironment, as_json: bool) -> int:
     if as_json:
         print(json.dumps(status, indent=2, default=str))
         return 0 if status["healthy"] else 1
-    Console().print(status_table(status))
+    Console().print(status_table(EnvStatus.from_json(status)))
     for warning in status.get("warnings", []):
         Console().print(f"[yellow]warning:[/yellow] {warning}")
     urls = status["urls"]
+    # Terminals and CI logs get recorded: URLs without their passwords (--json has them all).
     for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):
-        Console().print(f"  {key:10} {urls[key]}")
-    # Registration needs it; not printed here (terminals get recorded): --json shows it.
-    Console().print(f"  {'secrets':10} {status['secrets_file']} (registration_secret)")
+        Console().print(f"  {key:10} {without_password(urls[key])}", highlight=False)
+    Console().print(f"  {'secrets':10} {status['secrets_file']} (passwords, registration_secret)")
     return 0 if status["healthy"] else 1
 
 
-def status_table(status: dict[str, Any]) -> Table:
+def without_password(url: str) -> str:
+    """`url` with its password replaced by `***` (user, host and options kept)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def status_table(status: EnvStatus) -> Table:
     """One line per component, in 80 columns (CI logs): ports as numbers (`--json` names
     them), PostgreSQL's pid as patroni/postgres, long roles cut with an ellipsis."""
     table = Table(
-        title=f"local environment ({status['phase']}, {status['run_dir']})",
+        title=f"local environment ({status.phase}, {status.run_dir})",
         box=box.SIMPLE_HEAD,
         padding=(0, 2, 0, 0),
         pad_edge=False,
@@ -103,28 +114,62 @@ def status_table(status: dict[str, Any]) -> Table:
     table.add_column("health", no_wrap=True)
     table.add_column("lag", no_wrap=True)
     table.add_column("tls", no_wrap=True)
-    for row in status["components"]:
-        ports = ",".join(str(v) for v in (row["ports"] or {}).values())
-        pid = row["pid"]
-        if row["kind"] == "postgresql":
-            pid = f"{row['patroni_pid'] or '-'}/{row['postgres_pid'] or '-'}"
+    for c in status.components:
+        ports = ",".join(str(v) for v in c.ports.values())
+        pid: object = c.pid
+        if c.kind == "postgresql":
+            pid = f"{c.detail.get('patroni_pid') or '-'}/{c.detail.get('postgres_pid') or '-'}"
         lag = ""
-        if row.get("replay_lag_s") is not None or row.get("lag_bytes") is not None:
-            secs = row.get("replay_lag_s")
-            lag = f"{row.get('lag_bytes') or 0}B" + (
-                f" {secs * 1000:.0f}ms" if secs is not None else ""
-            )
-        health = "[green]ok[/green]" if row["healthy"] else f"[red]{row['state']}[/red]"
+        secs, lag_bytes = c.detail.get("replay_lag_s"), c.detail.get("lag_bytes")
+        if secs is not None or lag_bytes is not None:
+            lag = f"{lag_bytes or 0}B" + (f" {secs * 1000:.0f}ms" if secs is not None else "")
+        health = "[green]ok[/green]" if c.healthy else f"[red]{c.state}[/red]"
         # Data stores: the TLS version a verifying probe negotiated ("off": none).
         tls = ""
-        if "tls" in row:
-            tls = str(row["tls"]).removeprefix("TLSv") if row["tls"] else "[red]off[/red]"
-        table.add_row(row["component"], row["role"], str(pid or "-"), ports, health, lag, tls)
+        if "tls" in c.detail:
+            tls = str(c.detail["tls"]).removeprefix("TLSv") if c.detail["tls"] else "[red]off[/red]"
+        table.add_row(c.name, c.role, str(pid or "-"), ports, health, lag, tls)
     return table
 
 
 def env_hold(args: argparse.Namespace) -> int:
     print(json.dumps(LocalEnvironment(_settings()).hold(args.component, args.seconds)))
+    return 0
+
+
+def env_scale(args: argparse.Namespace) -> int:
+    """`cwh env scale api 5`: scale now; prints what was added, removed or refused."""
+    env = LocalEnvironment(_settings())
+    try:
+        with console.status(f"scaling {args.workload} to {args.replicas}"):
+            result = env.scale(args.workload, args.replicas)
+    except RuntimeError as exc:  # the supervisor's 4xx: its JSON reason
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    print(json.dumps(result))
+    return 1 if result["refused"] else 0
+
+
+def env_rollout(args: argparse.Namespace) -> int:
+    """`cwh env rollout api`: every replica replaced, one by one, none unavailable."""
+    env = LocalEnvironment(_settings())
+    try:
+        with console.status(f"rolling out {args.workload}"):
+            result = env.rollout(args.workload)
+    except (RuntimeError, KeyError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    print(json.dumps(result))
+    return 1 if result["refused"] else 0
+
+
+def env_autoscale(args: argparse.Namespace) -> int:
+    print(json.dumps(LocalEnvironment(_settings()).autoscale(args.state == "on")))
+    return 0
+
+
+def env_workloads(args: argparse.Namespace) -> int:
+    print(json.dumps(LocalEnvironment(_settings()).workloads(), indent=2))
     return 0
 
 
@@ -356,6 +401,25 @@ def build_parser() -> argparse.ArgumentParser:
     rel = env_sub.add_parser("release", help="let a held component restart")
     rel.add_argument("component")
     rel.set_defaults(func=env_release)
+    sc = env_sub.add_parser(
+        "scale",
+        help="scale a workload now (api, hub, worker, scheduler): ready before joining, "
+        "drained before leaving, the disruption budget kept",
+    )
+    sc.add_argument("workload")
+    sc.add_argument("replicas", type=int)
+    sc.set_defaults(func=env_scale)
+    ro = env_sub.add_parser(
+        "rollout", help="replace every replica of a workload, one by one (surge 1, unavailable 0)"
+    )
+    ro.add_argument("workload")
+    ro.set_defaults(func=env_rollout)
+    au = env_sub.add_parser("autoscale", help="switch the local autoscaler (the HPA loop)")
+    au.add_argument("state", choices=("on", "off"))
+    au.set_defaults(func=env_autoscale)
+    env_sub.add_parser(
+        "workloads", help="replicas, bounds, budgets and the autoscaler's last decisions (JSON)"
+    ).set_defaults(func=env_workloads)
     rot = env_sub.add_parser(
         "rotate-keys",
         help="a new token signing key, no failed request; the old one retires a token life later",

@@ -420,7 +420,11 @@ def run_fleet(
         kinds.setdefault(op.kind, {"ok": 0, "fail": 0, "info": 0})[op.outcome] += 1
     verdict = "fail" if code != 0 or not ops else rec["verdict"]
     summary = {
-        "options": opts.__dict__,
+        # Reports are shared (CI artifacts, mode 0644): the registration secret stays out.
+        "options": {
+            **opts.__dict__,
+            "registration_secret": "***" if opts.registration_secret else "",
+        },
         # The SLO gate evaluates Prometheus over exactly this window.
         "window": {"start": started, "end": ended},
         "locust_exit_code": code,

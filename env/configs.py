@@ -400,8 +400,9 @@ backend api
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout
-    cookie CWSRV insert indirect nocache dynamic
-    dynamic-cookie-key {secrets.haproxy_cookie_key}
+    # No affinity: the API is stateless (the seed's sticky sessions are for WebSockets), and
+    # each request is balanced on its own, so replicas added by a scale-out serve the phones
+    # already connected, not only new ones.
     default-server {http_check}
     server-template api 1-{HAPROXY_API_SLOTS} 127.0.0.1:1 check disabled
 
@@ -604,6 +605,12 @@ def prometheus_config(settings: EnvSettings, layout: Layout) -> str:
             {
                 "job_name": "haproxy",
                 "static_configs": [{"targets": [f"127.0.0.1:{ports.haproxy_stats}"]}],
+            },
+            {
+                # The supervisor as kube-state-metrics: Deployments, HPAs and PDBs under their
+                # Kubernetes names, so the autoscaling SLOs read a cluster's Prometheus alike.
+                "job_name": "kube-state-metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{ports.supervisor}"]}],
             },
             {
                 "job_name": "postgres",

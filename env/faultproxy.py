@@ -520,8 +520,8 @@ async def _body(request: web.Request) -> Any:
         return {}
     try:
         return await request.json()
-    except ValueError as exc:
-        raise ApiError(400, f"bad request body: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # nesting past the parser's limit too
+        raise ApiError(400, f"bad request body: {type(exc).__name__}") from None
 
 
 @web.middleware

@@ -40,6 +40,7 @@ from env.process import (
 )
 from env.secrets import Secrets
 from env.settings import EnvSettings
+from env.state import EnvStatus
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 
@@ -107,8 +108,10 @@ class LocalEnvironment:
             return None
         return resp.json() if resp.ok else None
 
-    def _admin_post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        resp = requests.post(self._admin + path, json=body or {}, timeout=5)
+    def _admin_post(
+        self, path: str, body: dict[str, Any] | None = None, timeout_s: float = 5.0
+    ) -> dict[str, Any]:
+        resp = requests.post(self._admin + path, json=body or {}, timeout=timeout_s)
         if not resp.ok:
             raise RuntimeError(f"supervisor {path}: {resp.status_code} {resp.text}")
         result: dict[str, Any] = resp.json()
@@ -121,6 +124,40 @@ class LocalEnvironment:
     def release(self, component: str) -> dict[str, Any]:
         """Let the supervisor restart `component` again (at once if it is down)."""
         return self._admin_post(f"/components/{component}/release")
+
+    def workloads(self) -> dict[str, Any]:
+        """Every scalable workload (replicas, bounds, budget) and the autoscaler's last
+        decisions: the supervisor's `/workloads`."""
+        resp = requests.get(self._admin + "/workloads", timeout=5)
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def scale(self, workload: str, replicas: int) -> dict[str, Any]:
+        """Scale `workload` to `replicas` now, as `kubectl scale` does: new replicas join the
+        load balancer once ready, removed ones drain first, the disruption budget holds (the
+        result's `refused` says when it stopped a removal). Returns when done."""
+        # Adding waits for readiness, removing for a drain: minutes, not seconds.
+        timeout = self.settings.timeout(300)
+        return self._admin_post(f"/workloads/{workload}/scale", {"replicas": replicas}, timeout)
+
+    def rollout(self, workload: str) -> dict[str, Any]:
+        """Replace every replica of `workload` one by one (surge 1, unavailable 0): each new one
+        is routed to before an old one drains. Returns when done (`refused`: why it stopped)."""
+        n = len(self.workload_replicas(workload))
+        timeout = self.settings.timeout(60 + 120 * n)
+        return self._admin_post(f"/workloads/{workload}/rollout", None, timeout)
+
+    def workload_replicas(self, workload: str) -> list[str]:
+        """The replicas of `workload` running now."""
+        for w in self.workloads()["workloads"]:
+            if w["name"] == workload:
+                return list(w["replicas"])
+        raise KeyError(f"no scalable workload {workload!r}")
+
+    def autoscale(self, enabled: bool) -> dict[str, Any]:
+        """Switch the local autoscaler on or off (its state and last decisions back)."""
+        return self._admin_post("/autoscaler", {"enabled": enabled})
 
     def etcd_token(self) -> str:
         """A token for etcd's gateway (header `Authorization`): it refuses key-value calls
@@ -334,6 +371,10 @@ class LocalEnvironment:
         from env.status import collect_status  # status pulls in asyncpg; keep `down` light
 
         return collect_status(self.settings, self.supervisor_status())
+
+    def state(self) -> EnvStatus:
+        """`status()`, typed: `state().component("api2").port()`, `state().primary`."""
+        return EnvStatus.from_json(self.status())
 
     # ---- context manager -------------------------------------------------------------------
 

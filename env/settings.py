@@ -20,6 +20,10 @@ class SettingsError(ValueError):
     """A `CWH_*` variable has a value the environment cannot use; the message names it."""
 
 
+#: Replica slots of the scalable services: each has its ports (`Ports.api(1..10)`, ...).
+SERVICE_SLOTS = {"api": 10, "hub": 6, "worker": 20, "scheduler": 2}
+
+
 @dataclass(frozen=True)
 class Ports:
     """Every TCP port of the local environment, all on 127.0.0.1."""
@@ -180,6 +184,10 @@ class EnvSettings:
             and separately to the token endpoint, through the public frontend (429 beyond). A
             fleet from one address needs its spawn rate plus token renewals: 10,000 phones
             spawned at 150/s need about 150/s each (renewals add ~12/s at a 900 s token life).
+        autoscale: run the local autoscaler (the HPA algorithm over `deploy/base/`'s specs) once
+            the environment is ready; `cwh env autoscale on|off` switches it at run time.
+        autoscale_sync_s: its sync period, kube-controller-manager's
+            `--horizontal-pod-autoscaler-sync-period` (15 s there too).
     """
 
     base_port: int = 17000
@@ -202,6 +210,8 @@ class EnvSettings:
     liveness_period_s: float = 5.0
     liveness_failure_threshold: int = 3
     auth_rate_limit_per_s: int = 300
+    autoscale: bool = True
+    autoscale_sync_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -221,10 +231,10 @@ class EnvSettings:
         if not 0 <= self.redis_replicas_per_master <= 1:
             raise SettingsError(f"{PREFIX}REDIS_REPLICAS_PER_MASTER: must be 0 or 1")
         for name, value, top in (
-            ("API_REPLICAS", self.api_replicas, 10),
-            ("HUB_REPLICAS", self.hub_replicas, 6),
-            ("WORKER_REPLICAS", self.worker_replicas, 20),
-            ("SCHEDULER_REPLICAS", self.scheduler_replicas, 2),
+            ("API_REPLICAS", self.api_replicas, SERVICE_SLOTS["api"]),
+            ("HUB_REPLICAS", self.hub_replicas, SERVICE_SLOTS["hub"]),
+            ("WORKER_REPLICAS", self.worker_replicas, SERVICE_SLOTS["worker"]),
+            ("SCHEDULER_REPLICAS", self.scheduler_replicas, SERVICE_SLOTS["scheduler"]),
         ):
             if not 1 <= value <= top:
                 raise SettingsError(f"{PREFIX}{name}={value}: must be 1 to {top}")
@@ -240,6 +250,8 @@ class EnvSettings:
             raise SettingsError(
                 f"{PREFIX}LIVENESS_FAILURE_THRESHOLD={self.liveness_failure_threshold}: 1 to 100"
             )
+        if not 1.0 <= self.autoscale_sync_s <= 300:
+            raise SettingsError(f"{PREFIX}AUTOSCALE_SYNC_S={self.autoscale_sync_s}: 1 to 300")
         if not self.run_dir.is_absolute():
             raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
 
@@ -282,10 +294,11 @@ class EnvSettings:
             out |= {p.base + 170 + i: "fault proxy listener" for i in range(24)}
         if self.services:
             out |= {p.service(i): "reference implementation" for i in range(4)}
-            out |= {p.api(i): f"api{i}" for i in range(1, self.api_replicas + 1)}
-            out |= {p.hub(i): f"hub{i}" for i in range(1, self.hub_replicas + 1)}
-            out |= {p.worker(i): f"worker{i}" for i in range(1, self.worker_replicas + 1)}
-            out |= {p.scheduler(i): f"scheduler{i}" for i in range(1, self.scheduler_replicas + 1)}
+            # Every slot scaling may fill, not only the replicas that start: a port taken
+            # later would fail a scale-up, not the start.
+            for name, slots in SERVICE_SLOTS.items():
+                port = getattr(p, name)
+                out |= {port(i): f"{name}{i}" for i in range(1, slots + 1)}
         return out
 
     def timeout(self, seconds: float) -> float:
@@ -356,4 +369,6 @@ class EnvSettings:
             auth_rate_limit_per_s=int(
                 str(get("AUTH_RATE_LIMIT_PER_S", int, cls.auth_rate_limit_per_s))
             ),
+            autoscale=bool(get("AUTOSCALE", bool, cls.autoscale)),
+            autoscale_sync_s=float(str(get("AUTOSCALE_SYNC_S", float, cls.autoscale_sync_s))),
         )

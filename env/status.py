@@ -17,7 +17,7 @@ from env import configs, probes
 from env.layout import Layout
 from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
-from env.supervisor import SERVICE_ROLES
+from env.topology import SERVICE_ROLES
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
@@ -180,6 +180,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
                 "pid": comp.get("pid"),
                 "state": comp.get("state", "absent"),
                 "restarts": comp.get("restarts", 0),
+                # Why the supervisor last restarted it (an exit code, a failed liveness probe).
+                "last_restart_reason": comp.get("last_restart_reason", ""),
                 "ports": comp.get("ports", {}),
                 "healthy": healthy,
                 "log": comp.get("log"),

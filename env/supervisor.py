@@ -6,12 +6,9 @@ starts), then watches them: a component that exits is restarted with exponential
 Kubernetes restarts a crashed container. Fault injection needs a crashed process to *stay* down for
 a while (so that a failover really happens), so restarts can be held through the admin API.
 
-Admin API (HTTP on 127.0.0.1, `Ports.supervisor`):
-    GET  /status                       phase, error, and every component (pid, state, restarts)
-    POST /components/{name}/hold       body {"seconds": float}: no restart until released or
-                                       timed out
-    POST /components/{name}/release    allow restarts again (a dead component restarts at once)
-    POST /shutdown                     stop everything in reverse order and exit
+Its admin API (holds, scaling, the autoscaler's switch, kube-state-metrics) is `env/admin.py`;
+what runs is `env/topology.py`, how each replica runs here `env/commands.py`, scaling
+`env/scaling.py` and the autoscaler's loop `env/autoscaling.py`.
 """
 
 from __future__ import annotations
@@ -37,15 +34,20 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from env import configs, etcd, liveness, probes
+from env import configs, etcd, hpa, liveness, probes, topology
+from env.admin import admin_app
+from env.autoscaler import ControllerConfig
+from env.autoscaling import LocalAutoscaler
+from env.commands import PROJECT_ROOT, Commands
 from env.files import UntrustedRunDir, ensure_run_dir, write_file
 from env.layout import Layout
 from env.liveness import LivenessProbe
 from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
+from env.scaling import Scaler
 from env.secrets import Secrets, client_tls_context, ensure_environment_tls
 from env.settings import EnvSettings
+from env.topology import SERVICE_ROLES, Replica, Topology, Workload
 from env.users import RunAs, decide
-from reference_impl.control_plane import control_plane_guard
 from reference_impl.corpus import ensure_corpus
 from reference_impl.keys import ensure_keys
 
@@ -54,9 +56,7 @@ log = logging.getLogger("cwh.supervisor")
 
 #: Extra postgres-exporter queries (replay lag per standby, for the replication-lag SLO).
 EXPORTER_QUERIES = Path(__file__).resolve().parent / "postgres_exporter_queries.yaml"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-#: Component kinds of the reference implementation's services.
-SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
+
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -110,6 +110,8 @@ class Component:
     prober: asyncio.Task[None] | None = None
     stop_reason: str = ""  # why the supervisor itself is stopping the process now
     last_restart_reason: str = ""
+    workload: str = ""  # the topology's workload it is a replica of
+    joined: bool = False  # registered in the load balancer (API, hub): the keeper keeps it there
 
     @property
     def pid(self) -> int | None:
@@ -129,6 +131,7 @@ class Component:
             "uptime_s": round(now - self.started_at, 1) if self.pid else None,
             "held_for_s": round(self.held_until - now, 1) if self.held_until > now else 0,
             "last_restart_reason": self.last_restart_reason,
+            "workload": self.workload,
         }
 
 
@@ -146,6 +149,10 @@ class Supervisor:
         self.done = asyncio.Event()
         self.pg_ids = user_ids(settings.pg_os_user)
         self.lb_keeper: asyncio.Task[None] | None = None
+        self.scaler = Scaler(self, settings.timeout_scale)
+        self.autoscaler: LocalAutoscaler | None = None
+        self.autoscaler_task: asyncio.Task[None] | None = None
+        self.commands: Commands | None = None
 
     @functools.cached_property
     def run_as(self) -> RunAs:
@@ -242,179 +249,74 @@ global
         self.components[name] = comp
         return comp
 
+    @functools.cached_property
+    def hpas(self) -> dict[str, hpa.HPASpec]:
+        """The HorizontalPodAutoscalers of `deploy/base/` (the one spec of how things scale)."""
+        return hpa.load()
+
+    @functools.cached_property
+    def topology(self) -> Topology:
+        """What runs: the settings' shape, the bounds of `deploy/base/`'s HPAs."""
+        return topology.build(self.settings, self.hpas)
+
+    def running(self, workload: str) -> list[Component]:
+        """The replicas of `workload` that run (or restart) now, in slot order."""
+        w = self.topology.workload(workload)
+        return [
+            c
+            for r in w.slots
+            if (c := self.components.get(r.name)) is not None and c.state != "stopped"
+        ]
+
+    def new_replica(self, w: Workload, r: Replica) -> Component:
+        """The process of a replica added at run time (started by the caller)."""
+        assert self.commands is not None, "replicas are added once the environment runs"
+        return self.component(w, r, self.commands)
+
+    async def retire(self, comp: Component) -> None:
+        """Stop a replica for good and forget it (a scale-in, a rollout's old replica)."""
+        await self.stop([comp])
+        if comp.prober is not None:
+            comp.prober.cancel()
+        self.components.pop(comp.name, None)
+
     def define(self, secrets: Secrets) -> list[tuple[str, list[Component]]]:
-        """The stages, in start order; each stage's components start together."""
-        s, lay, ports = self.settings, self.layout, self.settings.ports
-        c = self._component
-        etcd = c(
-            "etcd",
-            "etcd",
-            [
-                "etcd",
-                "--name",
-                "cwh",
-                "--data-dir",
-                str(lay.etcd_data),
-                "--listen-client-urls",
-                f"http://127.0.0.1:{ports.etcd_client}",
-                "--advertise-client-urls",
-                f"http://127.0.0.1:{ports.etcd_client}",
-                "--listen-peer-urls",
-                f"http://127.0.0.1:{ports.etcd_peer}",
-                "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{ports.etcd_peer}",
-                "--initial-cluster",
-                f"cwh=http://127.0.0.1:{ports.etcd_peer}",
-                "--listen-metrics-urls",
-                "",
-                "--log-level",
-                "warn",
-            ],
-            ports={"client": ports.etcd_client, "peer": ports.etcd_peer},
-            as_user=self.run_as.service,
+        """The topology's stages, in start order, with a process for each replica that runs
+        at start; each stage's start together."""
+        commands = self.commands = Commands(
+            self.settings,
+            self.layout,
+            secrets,
+            pg_user=self.pg_ids,
+            service_user=self.run_as.service,
+            python_user=self.run_as.python,
+            exporter_queries=self.exporter_queries,
         )
-        pg_env = {"HOME": str(lay.pg_root), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        patronis = [
-            c(
-                f"pg{m}",
-                "patroni",
-                ["/usr/bin/patroni", str(lay.patroni_config(m))],
-                ports={"postgres": ports.postgres(m), "patroni": ports.patroni(m)},
-                as_user=self.pg_ids,
-                env=pg_env,
-                cwd=lay.pg_member(m),
-                grace_s=30.0,
-            )
-            for m in range(s.pg_members)
+        stages = [
+            (stage, [self.component(w, r, commands) for w in workloads for r in w.initial])
+            for stage, workloads in self.topology.stages()
         ]
-        haproxy = c(
-            "haproxy",
-            "haproxy",
-            ["haproxy", "-W", "-db", "-f", str(lay.haproxy_dir / "haproxy.cfg")],
-            ports={
-                "write": ports.haproxy_write,
-                "read": ports.haproxy_read,
-                "https": ports.haproxy_https,
-                "stats": ports.haproxy_stats,
-            },
-        )
-        pgbouncer = c(
-            "pgbouncer",
-            "pgbouncer",
-            ["pgbouncer", str(lay.pgbouncer_dir / "pgbouncer.ini")],
-            ports={"pgbouncer": ports.pgbouncer},
-            as_user=self.pg_ids,
-            env=pg_env,
-            cwd=lay.pgbouncer_dir,
-        )
-        redis_nodes = [
-            c(
-                f"redis{n}",
-                "redis",
-                ["redis-server", str(lay.redis_dir(n) / "redis.conf")],
-                ports={"redis": ports.redis(n), "bus": ports.redis(n) + 10000},
-                cwd=lay.redis_dir(n),
-                as_user=self.run_as.service,
-            )
-            for n in range(s.redis_nodes)
-        ]
-        pg_exporters = [
-            c(
-                f"postgres-exporter{m}",
-                "postgres_exporter",
-                [
-                    "prometheus-postgres-exporter",
-                    f"--web.listen-address=127.0.0.1:{ports.postgres_exporter(m)}",
-                    "--log.level=warn",
-                    f"--extend.query-path={self.exporter_queries}",
-                ],
-                ports={"metrics": ports.postgres_exporter(m)},
-                as_user=self.run_as.service,
-                env={
-                    "DATA_SOURCE_NAME": (
-                        f"postgresql://postgres:{secrets.pg_superuser}@127.0.0.1:"
-                        f"{ports.postgres(m)}/postgres?{configs.postgres_url_tls(lay)}"
-                    )
-                },
-            )
-            for m in range(s.pg_members)
-        ]
-        redis_exporter = c(
-            "redis-exporter",
-            "redis_exporter",
-            [
-                "prometheus-redis-exporter",
-                f"-web.listen-address=127.0.0.1:{ports.redis_exporter}",
-                "-redis.addr=",
-                "-is-cluster=false",
-                f"-tls-ca-cert-file={lay.ca_cert}",
-            ],
-            ports={"metrics": ports.redis_exporter},
-            # Its ACL user for every node it scrapes; the password only in its environment.
-            env={
-                "REDIS_USER": configs.REDIS_EXPORTER_USER,
-                "REDIS_PASSWORD": secrets.redis_exporter,
-            },
-            as_user=self.run_as.service,
-        )
-        prometheus = c(
-            "prometheus",
-            "prometheus",
-            [
-                "prometheus",
-                f"--config.file={lay.prometheus_dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={lay.prometheus_dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{ports.prometheus}",
-                # No lifecycle or admin API (a web page could POST /-/quit or delete series):
-                # reloads are SIGHUP (`LocalEnvironment.reload_prometheus`). Answers carry no
-                # CORS header for any origin but its own, so other sites cannot read them.
-                f"--web.cors.origin=http://127\\.0\\.0\\.1:{ports.prometheus}",
-                "--storage.tsdb.retention.time=7d",
-                "--log.level=warn",
-            ],
-            ports={"http": ports.prometheus},
-            as_user=self.run_as.service,
-        )
-        stages = [("etcd", [etcd])]
-        if s.fault_proxy:
-            # Before PostgreSQL and Redis: replicas stream through it from their first start.
-            stages.append(("faultproxy", self.define_fault_proxy()))
-        stages += [
-            ("postgresql", patronis),
-            ("haproxy", [haproxy]),
-            ("pgbouncer", [pgbouncer]),
-            ("redis", redis_nodes),
-            ("exporters", [*pg_exporters, redis_exporter]),
-            ("prometheus", [prometheus]),
-        ]
-        if s.services:
-            stages.append(("services", self.define_services(secrets)))
+        if self.settings.fault_proxy and self.settings.toxiproxy_url:
+            # A Toxiproxy of the user's: nothing to start, but the stage's check creates its
+            # proxies, before PostgreSQL's replicas stream through them.
+            stages.insert(1, ("faultproxy", []))
         return stages
 
-    def define_fault_proxy(self) -> list[Component]:
-        """A real `toxiproxy-server` when one is on the PATH, else our compatible one; none when
-        a Toxiproxy URL is configured (its proxies are created through the API instead)."""
-        s, lay = self.settings, self.layout
-        if s.toxiproxy_url:
-            return []
-        port, config = str(s.ports.fault_api), str(lay.fault_proxy_config)
-        if shutil.which("toxiproxy-server"):
-            argv = ["toxiproxy-server", "-host", "127.0.0.1", "-port", port, "-config", config]
-            as_user = self.run_as.service
-        else:
-            argv = [sys.executable, "-m", "env.faultproxy", "--port", port, "--config", config]
-            as_user = self.run_as.python
-        return [
-            self._component(
-                "faultproxy",
-                "faultproxy",
-                argv,
-                ports={"api": s.ports.fault_api},
-                env={"PYTHONPATH": str(PROJECT_ROOT)},
-                cwd=lay.run_dir,
-                as_user=as_user,
-            )
-        ]
+    def component(self, w: Workload, r: Replica, commands: Commands) -> Component:
+        """The supervised process of replica `r` (registered under its name)."""
+        spec = commands.for_replica(w, r)
+        return self._component(
+            r.name,
+            w.kind,
+            spec.argv,
+            workload=w.name,
+            ports=dict(r.ports),
+            env=spec.env,
+            cwd=spec.cwd,
+            as_user=spec.as_user,
+            grace_s=spec.grace_s,
+            liveness=spec.liveness,
+        )
 
     async def fault_proxy_ready(self) -> bool:
         """Every proxy of the configuration exists (created now on a configured Toxiproxy)."""
@@ -427,98 +329,6 @@ global
             async with http.get(f"{url}/proxies") as resp:
                 have = await resp.json()
         return all(p["name"] in have for p in wanted)
-
-    def define_services(self, secrets: Secrets) -> list[Component]:
-        """The reference implementation: each service its own process, `python -m
-        reference_impl`, configured by `CW_*` variables."""
-        s, lay, ports = self.settings, self.layout, self.settings.ports
-        project_root = str(PROJECT_ROOT)
-        # With the fault proxy, services reach their dependencies through it.
-        through = {
-            int(p["upstream"].rsplit(":", 1)[1]): int(p["listen"].rsplit(":", 1)[1])
-            for p in configs.fault_proxies(s)
-        }
-
-        def via(port: int) -> int:
-            return through[port] if s.fault_proxy else port
-
-        common = {
-            "CW_STATE_DIR": str(lay.services_dir),
-            "CW_PG_WRITE_URL": (
-                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{via(ports.pgbouncer)}"
-                "/cloudwatcher"
-            ),
-            "CW_PG_READ_URL": (
-                f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1:{via(ports.haproxy_read)}"
-                "/cloudwatcher"
-            ),
-            "CW_REDIS_NODES": ",".join(
-                f"127.0.0.1:{via(ports.redis(n))}" for n in range(s.redis_nodes)
-            ),
-            "CW_REDIS_USER": configs.REDIS_APP_USER,
-            "CW_REDIS_PASSWORD": secrets.redis_app,
-            "CW_TLS_CA_FILE": str(lay.ca_cert),
-            "CW_LLM_URL": f"http://127.0.0.1:{via(ports.llm)}",
-            "CW_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
-            "CW_SHAREPOINT_URL": f"http://127.0.0.1:{via(ports.sharepoint)}",
-            "CW_GDRIVE_URL": f"http://127.0.0.1:{via(ports.gdrive)}",
-            "PYTHONPATH": project_root,
-            "PYTHONUNBUFFERED": "1",
-            # Short, so a job of a killed worker reappears soon; live workers extend their claim.
-            "CW_VISIBILITY_TIMEOUT_S": "10",
-            # The harness measures itself against planted faults (reference_impl/planted.py);
-            # only environments the project starts allow them.
-            "CW_PLANTED_FAULTS": "1",
-            # The scheduler's base backups go through the write path, as the replication user.
-            "CW_BACKUP_DSN": (
-                f"postgresql://replicator:{secrets.pg_replication}@127.0.0.1:"
-                f"{ports.haproxy_write}/?application_name=cwh_base_backup&"
-                + configs.postgres_url_tls(lay)
-            ),
-        }
-        instances: list[tuple[str, str, int]] = [
-            ("llm", "llm", ports.llm),
-            ("sharepoint", "sharepoint", ports.sharepoint),
-            ("gdrive", "gdrive", ports.gdrive),
-            ("gateway", "gateway", ports.gateway),
-            *((f"api{i}", "api", ports.api(i)) for i in range(1, s.api_replicas + 1)),
-            *((f"hub{i}", "hub", ports.hub(i)) for i in range(1, s.hub_replicas + 1)),
-            *((f"worker{i}", "worker", ports.worker(i)) for i in range(1, s.worker_replicas + 1)),
-            *(
-                (f"scheduler{i}", "scheduler", ports.scheduler(i))
-                for i in range(1, s.scheduler_replicas + 1)
-            ),
-        ]
-        return [
-            self._component(
-                name,
-                role,
-                [sys.executable, "-m", "reference_impl"],
-                ports={"http": port},
-                env={
-                    **common,
-                    "CW_ROLE": role,
-                    "CW_NAME": name,
-                    "CW_PORT": str(port),
-                    "CW_TRACE_FILE": str(lay.trace_file(name)),
-                    **self.role_secrets(role, secrets),
-                },
-                cwd=lay.run_dir,
-                grace_s=30.0,
-                liveness=LivenessProbe(
-                    f"http://127.0.0.1:{port}/health/live",
-                    s.liveness_period_s,
-                    s.liveness_failure_threshold,
-                ),
-                as_user=self.run_as.python,
-            )
-            for name, role, port in instances
-        ]
-
-    @staticmethod
-    def role_secrets(role: str, secrets: Secrets) -> dict[str, str]:
-        """Secrets only some roles hold: the API replicas check the registration secret."""
-        return {"CW_REGISTRATION_SECRET": secrets.registration_secret} if role == "api" else {}
 
     # ---- running processes -----------------------------------------------------------------
 
@@ -776,6 +586,17 @@ global
         log.info("environment ready")
         if s.services:
             self.lb_keeper = asyncio.create_task(self.keep_lb_registered(), name="lb-keeper")
+            self.autoscaler = LocalAutoscaler(
+                self.topology,
+                self.hpas,
+                self.running,
+                self.scaler,
+                ControllerConfig(sync_period_s=s.autoscale_sync_s),
+                enabled=s.autoscale,
+            )
+            self.autoscaler_task = asyncio.create_task(
+                self.autoscaler.run(lambda: self.stopping), name="autoscaler"
+            )
 
     def service_components(self, *roles: str) -> list[Component]:
         return [c for c in self.components.values() if c.kind in roles]
@@ -809,14 +630,11 @@ global
                 self.layout, f"set server {slot} addr 127.0.0.1 port {port}"
             )
             await probes.haproxy_command(self.layout, f"set server {slot} state ready")
-        for role in SERVICE_ROLES:
-            comps = self.service_components(role)
-            if comps:
-                (self.layout.prometheus_targets / f"{role}.json").write_text(
-                    configs.prometheus_target_file(
-                        [f"127.0.0.1:{c.ports['http']}" for c in comps], {"role": role}
-                    )
-                )
+            comp.joined = True
+        for _, workloads in self.topology.stages():
+            for w in workloads:
+                if w.kind in SERVICE_ROLES:
+                    await self.scaler.publish(w)
 
     async def keep_lb_registered(self) -> None:
         """Put back, within a second, the API and hub servers HAProxy lost.
@@ -836,9 +654,11 @@ global
                     have = probes.haproxy_server_ports(
                         await probes.haproxy_command(self.layout, f"show servers state {backend}")
                     )
+                    # Only replicas that joined: a new one joins once ready (env/scaling.py).
                     want = {
                         f"{backend}/{c.name}": c.ports["http"]
                         for c in self.service_components(backend)
+                        if c.joined
                     }
                     for command in probes.haproxy_registrations(have, want):
                         log.info("haproxy lost a server: %s", command)
@@ -920,31 +740,14 @@ global
             return
         self.stopping = True
         self.phase = "stopping"
-        if self.lb_keeper is not None:
-            self.lb_keeper.cancel()
-        order = [
-            "services",
-            "prometheus",
-            "exporters",
-            "pgbouncer",
-            "haproxy",
-            "redis",
-            "postgresql",
-            "etcd",
-        ]
-        by_kind = {
-            # Services first: a draining worker still needs the database.
-            "services": list(SERVICE_ROLES),
-            "prometheus": ["prometheus"],
-            "exporters": ["postgres_exporter", "redis_exporter"],
-            "pgbouncer": ["pgbouncer"],
-            "haproxy": ["haproxy"],
-            "redis": ["redis"],
-            "postgresql": ["patroni"],
-            "etcd": ["etcd"],
-        }
-        for group in order:
-            comps = [c for c in self.components.values() if c.kind in by_kind[group]]
+        for task in (self.lb_keeper, self.autoscaler_task):
+            if task is not None:
+                task.cancel()
+        # The start order backwards: services first (a draining worker still needs the
+        # database), etcd last.
+        for _, workloads in reversed(self.topology.stages()):
+            names = {w.name for w in workloads}
+            comps = [c for c in self.components.values() if c.workload in names]
             if comps:
                 log.info("stopping %s", ", ".join(c.name for c in comps))
                 await self.stop(comps)
@@ -983,54 +786,13 @@ global
         warnings = [*self.run_as.warnings, *([fallback] if fallback else [])]
         return {"runs_as_root": stays_root, "warnings": warnings}
 
-    def admin_app(self) -> web.Application:
-        app = web.Application(middlewares=[control_plane_guard()])
-
-        async def get_status(_: web.Request) -> web.Response:
-            return web.json_response(self.status())
-
-        def find(request: web.Request) -> Component:
-            name = request.match_info["name"]
-            if name not in self.components:
-                raise web.HTTPNotFound(
-                    text=f'{{"error": "not_found", "detail": "no component {name}"}}',
-                    content_type="application/json",
-                )
-            return self.components[name]
-
-        async def hold(request: web.Request) -> web.Response:
-            comp = find(request)
-            body = await request.json() if request.can_read_body else {}
-            seconds = float(body.get("seconds", 300))
-            if not 0 < seconds <= 3600:
-                return web.json_response(
-                    {"error": "bad_request", "detail": "seconds must be in (0, 3600]"}, status=400
-                )
-            comp.held_until = time.monotonic() + seconds
-            return web.json_response(comp.describe())
-
-        async def release(request: web.Request) -> web.Response:
-            comp = find(request)
-            comp.held_until = 0.0
-            return web.json_response(comp.describe())
-
-        async def do_shutdown(_: web.Request) -> web.Response:
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.shutdown()))
-            return web.json_response({"phase": "stopping"})
-
-        app.router.add_get("/status", get_status)
-        app.router.add_post("/components/{name}/hold", hold)
-        app.router.add_post("/components/{name}/release", release)
-        app.router.add_post("/shutdown", do_shutdown)
-        return app
-
 
 async def run(settings: EnvSettings) -> int:
     sup = Supervisor(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(sup.shutdown()))
-    runner = web.AppRunner(sup.admin_app(), access_log=None)
+    runner = web.AppRunner(admin_app(sup), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.ports.supervisor)
     await site.start()

@@ -35,10 +35,10 @@ from reference_impl.auth import (
 )
 from reference_impl.control_plane import guarded
 from reference_impl.crypto import FieldCipher
-from reference_impl.errors import ApiError, error_middleware
+from reference_impl.errors import JSON_ERRORS, ApiError, error_middleware
 from reference_impl.openapi import OPENAPI
 from reference_impl.planted import PLANTED
-from reference_impl.schema import ensure_schema
+from reference_impl.schema import ensure_schema, settled
 from reference_impl.settings import ServiceSettings
 from reference_impl.stores import CacheCluster, create_pool, create_redis, redis_or_none
 
@@ -84,7 +84,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except JSON_ERRORS:
         raise ApiError(400, "body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(422, "body must be a JSON object")
@@ -373,7 +373,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
     since = int(raw)
     rows = await request.app[WRITE_POOL].fetch(
         "SELECT event_id, request_id, type, payload, created_at,"
-        " created_at < clock_timestamp() - make_interval(secs => $3) AS settled"
+        f" {settled('$3')} AS settled"
         " FROM events WHERE device_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $4",
         claims.device_id,
         since,

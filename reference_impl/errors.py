@@ -113,3 +113,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             503, "unavailable", "a dependency is unavailable, retry", {"Retry-After": "1"}
         )
+
+
+#: What parsing untrusted JSON may raise: bad syntax or encoding, and nesting deeper than the
+#: parser's recursion limit (60 KB of `[` is a RecursionError, not a ValueError).
+JSON_ERRORS = (ValueError, UnicodeDecodeError, RecursionError)
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body; a 400 with a JSON reason when it is not JSON."""
+    try:
+        return await request.json()
+    except JSON_ERRORS:
+        raise ApiError(400, "body is not valid JSON") from None

@@ -61,7 +61,7 @@ from reference_impl import contract, observability
 from reference_impl.auth import LEEWAY_S, InvalidToken, TokenIssuer, bearer, key_status
 from reference_impl.control_plane import guarded
 from reference_impl.errors import ApiError, error_middleware
-from reference_impl.schema import ensure_schema
+from reference_impl.schema import ensure_schema, settled
 from reference_impl.settings import ServiceSettings
 from reference_impl.stores import NOTIFY_CHANNEL, create_pool, single_node_pubsub
 
@@ -223,21 +223,20 @@ HEARD = web.AppKey("heard", Listening)
 TASKS = web.AppKey("tasks", set)
 
 EVENTS_AFTER = (
-    "SELECT event_id, request_id, type, payload,"
-    " created_at < clock_timestamp() - make_interval(secs => $4) AS settled"
+    f"SELECT event_id, request_id, type, payload, {settled('$4')} AS settled"
     " FROM events WHERE device_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $3"
 )
 #: The catch-up for many sockets in one query: each device's events after its lowest cursor.
 CATCH_UP = (
     "SELECT c.device_id, e.event_id, e.request_id, e.type, e.payload,"
-    " e.created_at < clock_timestamp() - make_interval(secs => $4) AS settled"
+    f" {settled('$4', 'e')} AS settled"
     " FROM unnest($1::uuid[], $2::bigint[]) AS c(device_id, after)"
     " CROSS JOIN LATERAL (SELECT event_id, request_id, type, payload, created_at FROM events"
     "  WHERE device_id = c.device_id AND event_id > c.after ORDER BY event_id LIMIT $3) e"
     " ORDER BY c.device_id, e.event_id"
 )
 LATEST = (
-    "SELECT event_id, created_at < clock_timestamp() - make_interval(secs => $3) AS settled"
+    f"SELECT event_id, {settled('$3')} AS settled"
     " FROM events WHERE device_id = $1 ORDER BY event_id DESC LIMIT $2"
 )
 

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from reference_impl.control_plane import guarded
-from reference_impl.errors import ApiError
+from reference_impl.errors import ApiError, json_body
 
 
 @dataclass
@@ -117,10 +117,7 @@ def install_knobs(
         return web.json_response(knobs.public())
 
     async def post(request: web.Request) -> web.Response:
-        try:
-            changes = await request.json()
-        except ValueError:
-            raise ApiError(400, "body is not valid JSON") from None
+        changes = await json_body(request)
         if not isinstance(changes, dict):
             raise ApiError(422, "body must be a JSON object of knobs")
         knobs.update(changes)

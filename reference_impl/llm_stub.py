@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from reference_impl import observability
-from reference_impl.errors import ApiError, error_middleware
+from reference_impl.errors import ApiError, error_middleware, json_body
 from reference_impl.knobs import KNOBS, install_knobs
 from reference_impl.settings import ServiceSettings
 
@@ -23,10 +23,7 @@ async def chat_completions(request: web.Request) -> web.Response:
     if injected is not None:
         request.app[CALLS].labels(str(injected.status)).inc()
         return injected
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "body is not valid JSON") from None
+    body = await json_body(request)
     messages = body.get("messages") if isinstance(body, dict) else None
     if (
         not isinstance(messages, list)

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from reference_impl.control_plane import guarded
-from reference_impl.errors import ApiError
+from reference_impl.errors import ApiError, json_body
 
 #: The counted faults a service may arm; each service consults the ones of its role.
 COUNTED = ("lose_acks", "duplicate_keys", "swallow_notifications")
@@ -103,10 +103,7 @@ def install_planted(app: web.Application, enabled: bool) -> PlantedFaults:
 
     async def post(request: web.Request) -> web.Response:
         guard()
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "body is not valid JSON") from None
+        body = await json_body(request)
         if not isinstance(body, dict):
             raise ApiError(422, "body must be a JSON object")
         planted.update(body)

@@ -70,8 +70,12 @@ DDL = [
         request_id uuid NOT NULL,
         type text NOT NULL,
         payload jsonb NOT NULL,
-        created_at timestamptz NOT NULL DEFAULT now()
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp()
     )""",
+    # When the id was taken, not when its transaction began (`now()`): a transaction that
+    # waited long before its insert made an event look settled the moment it committed
+    # (`settled`, below). Also for a table made before.
+    "ALTER TABLE events ALTER COLUMN created_at SET DEFAULT clock_timestamp()",
     "CREATE INDEX IF NOT EXISTS events_device ON events (device_id, event_id)",
     """CREATE TABLE IF NOT EXISTS leases (
         name text PRIMARY KEY,
@@ -98,6 +102,25 @@ DDL = [
     "CREATE INDEX IF NOT EXISTS periodic_runs_started ON periodic_runs (started_at)",
     "CREATE INDEX IF NOT EXISTS periodic_runs_job ON periodic_runs (job, started_at)",
 ]
+
+
+def settled(settle_param: str, alias: str = "") -> str:
+    """A SQL boolean: the event row may be passed by a cursor, no smaller id of its device can
+    still commit. Event ids come from a sequence inside concurrent transactions, so they commit
+    out of order. A row is settled when its id was taken (`created_at`, `clock_timestamp()` at
+    the insert) more than `settle_param` seconds ago *and* before every transaction still in
+    progress that writes (holds a transaction id) began: any event such a transaction inserted,
+    or will, takes a later, larger id. The first half keeps the fresh rows of an idle log
+    waiting a moment; the second is what no timing assumption can break (a commit held by a
+    lock, or by a slow synchronous standby, for longer than any settle window). The 100 ms
+    margin covers the id and the timestamp being read a moment apart within one insert."""
+    col = f"{alias}.created_at" if alias else "created_at"
+    return (
+        f"({col} < clock_timestamp() - make_interval(secs => {settle_param})"
+        f" AND {col} < (SELECT coalesce(min(xact_start), 'infinity') - interval '100 ms'"
+        " FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()))"
+    )
+
 
 #: Serializes schema changes between services starting together; a transaction-level lock,
 #: because session locks do not survive pgBouncer's transaction pooling.

@@ -14,6 +14,7 @@ Definitions (ARCHITECTURE.md):
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from itertools import pairwise
@@ -53,8 +54,11 @@ def rto_s(
         raise ValueError("consecutive must be >= 1")
     mine = [o for o in ops if kind is None or o.kind == kind]
     after = sorted((o for o in mine if o.invoked_s >= fault_s), key=lambda o: o.invoked_s)
-    quiet = silences(mine, fault_s, quiet_s if quiet_s is not None else bound_s)
-    bad = [i for i, o in enumerate(after) if o.outcome != "ok" or stalled(o, bound_s, quiet)]
+    answered = sorted(o.completed_s for o in mine)
+    quiet = quiet_s if quiet_s is not None else bound_s
+    bad = [
+        i for i, o in enumerate(after) if o.outcome != "ok" or stalled(o, bound_s, answered, quiet)
+    ]
     if not bad:
         return 0.0 if len(after) >= consecutive else None
     tail = after[bad[-1] + 1 :]
@@ -63,24 +67,25 @@ def rto_s(
     return max(0.0, min(o.completed_s for o in tail[:consecutive]) - fault_s)
 
 
-def silences(
-    ops: Iterable[Operation], since: float, longer_than: float | None
-) -> list[tuple[float, float]]:
-    """The windows from `since` on longer than `longer_than` seconds in which none of `ops`
-    was answered (whatever its outcome); the window from `since` to the first answer counts.
-    None: no window."""
-    if longer_than is None:
-        return []
-    edges = [since, *sorted(o.completed_s for o in ops if o.completed_s >= since)]
-    return [(a, b) for a, b in pairwise(edges) if b - a > longer_than]
+def longest_wait_unanswered(op: Operation, answered: Sequence[float]) -> float:
+    """The longest stretch of `op`'s own wait in which the path answered nobody else:
+    `answered` are the path's completion times, sorted (`op`'s own among them or not)."""
+    inside = answered[bisect_right(answered, op.invoked_s) : bisect_left(answered, op.completed_s)]
+    edges = [op.invoked_s, *inside, op.completed_s]
+    return max(b - a for a, b in pairwise(edges))
 
 
-def stalled(op: Operation, bound_s: float | None, quiet: Sequence[tuple[float, float]]) -> bool:
-    """`op` was answered `ok` but later than `bound_s`, and its wait overlapped one of the
-    `quiet` windows (the path answering nobody): it waited out a stall."""
+def stalled(
+    op: Operation, bound_s: float | None, answered: Sequence[float], quiet_s: float | None = None
+) -> bool:
+    """`op` was answered `ok` but later than `bound_s`, and during its own wait the path
+    answered nobody for longer than `quiet_s` (`bound_s` when not given): it waited out a
+    stall. Judged on the operation's own wait alone: a pause of a small fleet in which nobody
+    asked is nobody's wait, and a slow answer while others were answered is degradation."""
     if bound_s is None or op.outcome != "ok" or op.latency_s <= bound_s:
         return False
-    return any(start < op.completed_s and end > op.invoked_s for start, end in quiet)
+    quiet = bound_s if quiet_s is None else quiet_s
+    return longest_wait_unanswered(op, answered) > quiet
 
 
 def reconcile_writes(
@@ -127,17 +132,10 @@ def _on_wall_clock(op: Operation) -> Operation:
     return replace(op, invoked_s=op.invoked_wall, completed_s=op.invoked_wall + op.latency_s)
 
 
-def _idempotent_repeat(op: Operation) -> bool:
-    """A phone's deliberate resubmit of a request already acknowledged: the API answers it
-    from the idempotency record, writing nothing, so it says nothing of the write path (it
-    answers through a write stall)."""
-    return op.kind == "submit" and bool((op.detail or {}).get("retried"))
-
-
 def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, list[Operation]]:
     """The ledger split by path, on the wall clock.
 
-    write: submits (not resubmits of acknowledged requests); read: reads and syncs;
+    write: submits (resubmits too: they run the same insert); read: reads and syncs;
     notification: one entry per result that reached a phone, from its acknowledgement to its
     arrival, `ok` when it came within `ttr_bound_s` (by socket, or by a sync that happened to
     ask first) and `fail` when it came later.
@@ -145,7 +143,7 @@ def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, li
     out: dict[str, list[Operation]] = {"write": [], "read": [], "notification": []}
     for op in ops:
         for path, kinds in PATH_KINDS.items():
-            if op.kind in kinds and not _idempotent_repeat(op):
+            if op.kind in kinds:
                 out[path].append(_on_wall_clock(op))
         if op.kind == "time_to_result":
             in_time = op.latency_s <= ttr_bound_s
@@ -181,19 +179,6 @@ def rpo_s(lost_acked: Iterable[float], events: Iterable[float], end: float) -> f
     return worst
 
 
-#: Fewer answers of a path before the fault than this: no baseline for its quiet bound.
-BASELINE_MIN_OPS = 20
-
-
-def baseline_gap_s(ops: Sequence[Operation], fault_wall: float) -> float | None:
-    """The longest wait between two answers of a path before the fault (None: too few): how
-    quiet the path was in its ordinary run."""
-    done = sorted(o.completed_s for o in ops if o.completed_s < fault_wall)
-    if len(done) < BASELINE_MIN_OPS:
-        return None
-    return round(max(b - a for a, b in pairwise(done)), 3)
-
-
 def recovery_report(
     ops: Sequence[Operation],
     fault_wall: float,
@@ -207,10 +192,10 @@ def recovery_report(
     `rto_s.max` and `rpo_s.max`).
 
     `bounds_s`: path -> the latency bound of a good write or read (the path's latency
-    objective, or the experiment's); a path without one counts every `ok` as good. A stall is
-    a window with no answer longer than both the bound and twice the path's longest such
-    window before the fault (`baseline_gap_s`: a small fleet's ordinary pauses are not
-    outages); answers later than the bound that waited through one are bad (`rto_s`). The
+    objective, or the experiment's); a path without one counts every `ok` as good. An answer
+    later than the bound is bad when, during its own wait, the path answered nobody for longer
+    than the bound (`stalled`): it waited out a stall. (A pause of a small fleet in which
+    nobody asked is nobody's wait, so no baseline of ordinary pauses is needed.) The
     notification path is judged by `ttr_bound_s` (`path_ops`). A path with fewer than
     `consecutive` operations after the fault has no RTO (no data). A path that had them but
     never recovered gets, as RTO, the time it was observed after the fault (a lower bound) and
@@ -222,10 +207,9 @@ def recovery_report(
     unknown counts come with it.
     """
     by_path = path_ops(ops, ttr_bound_s)
-    baseline = {p: baseline_gap_s(v, fault_wall) for p, v in by_path.items()}
     bounds: dict[str, float | None] = {p: b for p, b in (bounds_s or {}).items() if p in by_path}
     bounds["notification"] = ttr_bound_s
-    quiet = {p: max(b, 2 * (baseline[p] or 0.0)) for p, b in bounds.items() if b is not None}
+    quiet = {p: b for p, b in bounds.items() if b is not None}
     rto: dict[str, float | None] = {}
     recovered: dict[str, bool | None] = {}
     for path, path_ops_ in by_path.items():

@@ -42,6 +42,11 @@ def env_settings() -> EnvSettings:
         # Low enough that a test can exceed it from one address; well above what the session's
         # fleets (10 phones a second) and tests need.
         auth_rate_limit_per_s=int(os.environ.get("CWH_TEST_AUTH_RATE_LIMIT_PER_S", "50")),
+        # Off: most tests count replicas (three API replicas behind HAProxy, ...). The scaling
+        # tests switch it on through the admin API, and off again; a short sync period (the
+        # controller's flag) keeps them short.
+        autoscale=False,
+        autoscale_sync_s=5.0,
     )
 
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from cwh.chaos import catalogue
 from cwh.cli import status_table
 from cwh.durations import parse_duration
+from env.state import EnvStatus
 
 CWH = str(Path(sys.executable).with_name("cwh"))
 
@@ -88,7 +89,7 @@ def test_env_status_table_is_one_line_per_component_in_80_columns():
     # A status recorded from `cwh env status --json` (passwords replaced).
     status = json.loads((Path(__file__).parent / "fixtures" / "env-status.json").read_text())
     out = Console(width=80, file=io.StringIO(), force_terminal=False)
-    out.print(status_table(status))
+    out.print(status_table(EnvStatus.from_json(status)))
     text = out.file.getvalue()  # type: ignore[attr-defined]
     assert max(len(line) for line in text.splitlines()) <= 80
     rows = [line.split() for line in text.splitlines() if line.strip().strip("─")]

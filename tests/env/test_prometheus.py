@@ -10,14 +10,16 @@ from tests.helpers import poll, wait_healthy
 
 pytestmark = pytest.mark.env
 
-EXPECTED_JOBS = {"prometheus", "patroni", "haproxy", "postgres", "redis"}
+EXPECTED_JOBS = {"prometheus", "patroni", "haproxy", "postgres", "redis", "kube-state-metrics"}
 
 
 def test_every_target_is_up(local_env: LocalEnvironment):
     status = wait_healthy(local_env)
     prom = PrometheusConnect(url=status["urls"]["prometheus"], disable_ssl=True)
     settings = local_env.settings
-    expected = 1 + settings.pg_members + 1 + settings.pg_members + settings.redis_nodes
+    # Prometheus, Patroni per member, HAProxy, the supervisor (kube-state-metrics), the
+    # postgres exporter per member, a scrape per Redis node.
+    expected = 1 + settings.pg_members + 1 + 1 + settings.pg_members + settings.redis_nodes
     jobs = set(EXPECTED_JOBS)
     if settings.services:
         # llm, two storage emulators, gateway, and the replicas, registered through file_sd.

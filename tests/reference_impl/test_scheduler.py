@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -272,12 +273,13 @@ def test_old_rows_are_archived_and_purged_and_recent_ones_kept(local_env: LocalE
 def scratch_database(status: dict[str, Any]) -> Iterator[str]:
     """A database of its own on the primary (so an in-process scheduler leads there at once,
     beside the environment's two), dropped afterwards; yields its URL."""
-    url = status["urls"]["members"][status["primary"]]
+    url = urlsplit(status["urls"]["members"][status["primary"]])
     name = f"cwh_test_{uuid.uuid4().hex[:8]}"
-    admin = url.rsplit("/", 1)[0] + "/postgres"
+    # The path alone: the query holds TLS options whose values are paths too.
+    admin = urlunsplit(url._replace(path="/postgres"))
     query(admin, f"CREATE DATABASE {name}")
     try:
-        yield url.rsplit("/", 1)[0] + f"/{name}"
+        yield urlunsplit(url._replace(path=f"/{name}"))
     finally:
         query(admin, f"DROP DATABASE {name} WITH (FORCE)")
 

@@ -118,7 +118,10 @@ def test_slow_answers_in_a_row_are_a_stall_an_isolated_one_is_not():
     ops = [op("submit", FAULT + i, latency=4.0 if i < 6 or i == 12 else 0.05) for i in range(18)]
     assert recovery_report(ops, FAULT, {}, bounds_s={})["rto_s"]["write"] == 0.0  # no bound
     r = recovery_report(ops, FAULT, {}, consecutive=5, bounds_s={"write": 2.0})
-    assert r["rto_s"]["write"] == 6.05  # the first fast one after the stall
+    # The first two waited through 3-4 s with no answer (a stall); from the third on, each
+    # saw answers at most 2 s apart while it waited (slow, not stalled): recovery counts from
+    # the earliest answer among the five after the last stalled one (the third's, at 6.0).
+    assert r["rto_s"]["write"] == 6.0
     assert r["slow_after_fault"]["write"] == 7
     # A slow one while the others were answered is the latency's tail, not downtime.
     tail = [op("submit", FAULT + i / 4, latency=4.0 if i == 12 else 0.05) for i in range(40)]
@@ -140,8 +143,28 @@ def test_slow_answers_while_others_flow_are_degradation_not_downtime():
     r = recovery_report(before + same, FAULT, {}, bounds_s={"write": 1.0})
     assert r["rto_s"]["write"] == 0.0
     assert r["slow_after_fault"]["write"] == 20
-    # How quiet a stall must be: the bound, or the path's longest pause before (0.5 s here).
+    # How quiet a stall must be, within an answer's own wait: the bound.
     assert (r["bound_s"]["write"], r["stall_quiet_s"]["write"]) == (1.0, 1.0)
     worse = [op("submit", FAULT + i * 0.5, latency=4.0 if i < 10 else 1.5) for i in range(20)]
     r = recovery_report(before + worse, FAULT, {}, bounds_s={"write": 1.0})
     assert r["rto_s"]["write"] == 6.5  # the first answer after those that waited through it
+
+
+def test_a_2_5_s_stall_in_a_small_fleet_is_downtime():
+    """From the outside review: a small fleet (an answer every 1.3 s before the fault) and a
+    2.5 s write stall. The old rule needed a silence of twice the ordinary pause (2.6 s) and
+    said RTO 0; the writes that waited through the stall are bad."""
+    fault = 1000.0
+    ops, t, i = [], fault - 40.0, 0
+    while t < fault - 0.5:
+        ops.append(op("submit", t, latency=0.05))
+        t, i = t + 1.3, i + 1
+    ops += [op("submit", fault + d, latency=2.5 - d) for d in (0.2, 0.9, 1.6, 2.3)]
+    t = fault + 2.6
+    while t < fault + 20:
+        ops.append(op("submit", t, latency=0.05))
+        t += 0.3
+    r = recovery_report(ops, fault, {}, bounds_s={"write": 1.0, "read": 1.0})
+    assert r["longest_silence_s"]["write"] == 2.5
+    assert r["slow_after_fault"]["write"] == 2
+    assert r["rto_s"]["write"] >= 2.5, r

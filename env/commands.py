@@ -1,0 +1,262 @@
+"""How each replica of the topology runs as a process on this machine: its command line,
+environment, working directory, OS user and liveness probe.
+
+This is the local runtime's half of the topology seam: `env/topology.py` says *what* runs
+(workloads, replicas, ports, probes), this module says *how* a process runs it here; a
+containers runtime maps the same replicas to containers instead. Pure: nothing is started.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from env import configs
+from env.layout import Layout
+from env.liveness import LivenessProbe
+from env.secrets import Secrets
+from env.settings import EnvSettings
+from env.topology import SERVICE_ROLES, Replica, Workload
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+Ids = tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One replica's process.
+
+    Attributes:
+        argv: command line (never a secret: those go through `env` or files).
+        env: variables added to the supervisor's minimal environment.
+        cwd: working directory (None: the supervisor's).
+        as_user: (uid, gid) to run as (None: the supervisor's user).
+        grace_s: how long SIGTERM may take before SIGKILL.
+        liveness: restart the process when this probe fails (None: only when it exits).
+    """
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    as_user: Ids = None
+    grace_s: float = 10.0
+    liveness: LivenessProbe | None = None
+
+
+@dataclass(frozen=True)
+class Commands:
+    """The process of each replica, from the environment's settings, layout and secrets.
+
+    Attributes:
+        pg_user: the PostgreSQL OS user's ids (Patroni and pgBouncer refuse root).
+        service_user: the unprivileged user of everything else (None: stay as we are).
+        python_user: the same for Python processes, None when that user cannot run our Python.
+        exporter_queries: postgres-exporter's extra queries, copied into the run directory.
+    """
+
+    settings: EnvSettings
+    layout: Layout
+    secrets: Secrets
+    pg_user: Ids
+    service_user: Ids
+    python_user: Ids
+    exporter_queries: Path
+
+    def for_replica(self, workload: Workload, replica: Replica) -> ProcessSpec:
+        """The process that runs `replica` of `workload`; KeyError for a kind unknown here."""
+        if workload.kind in SERVICE_ROLES:
+            return self.service(workload, replica)
+        return {
+            "etcd": self.etcd,
+            "faultproxy": self.fault_proxy,
+            "patroni": self.patroni,
+            "haproxy": self.haproxy,
+            "pgbouncer": self.pgbouncer,
+            "redis": self.redis,
+            "postgres_exporter": self.postgres_exporter,
+            "redis_exporter": self.redis_exporter,
+            "prometheus": self.prometheus,
+        }[workload.kind](replica)
+
+    def etcd(self, r: Replica) -> ProcessSpec:
+        client, peer = r.ports["client"], r.ports["peer"]
+        argv = [
+            "etcd",
+            *("--name", "cwh", "--data-dir", str(self.layout.etcd_data)),
+            *("--listen-client-urls", f"http://127.0.0.1:{client}"),
+            *("--advertise-client-urls", f"http://127.0.0.1:{client}"),
+            *("--listen-peer-urls", f"http://127.0.0.1:{peer}"),
+            *("--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}"),
+            *("--initial-cluster", f"cwh=http://127.0.0.1:{peer}"),
+            *("--listen-metrics-urls", "", "--log-level", "warn"),
+        ]
+        return ProcessSpec(argv, as_user=self.service_user)
+
+    def fault_proxy(self, r: Replica) -> ProcessSpec:
+        """A real `toxiproxy-server` when one is on the PATH, else our compatible one."""
+        port, config = str(r.ports["api"]), str(self.layout.fault_proxy_config)
+        if shutil.which("toxiproxy-server"):
+            argv = ["toxiproxy-server", "-host", "127.0.0.1", "-port", port, "-config", config]
+            as_user = self.service_user
+        else:
+            argv = [sys.executable, "-m", "env.faultproxy", "--port", port, "--config", config]
+            as_user = self.python_user
+        return ProcessSpec(
+            argv,
+            env={"PYTHONPATH": str(PROJECT_ROOT)},
+            cwd=self.layout.run_dir,
+            as_user=as_user,
+        )
+
+    @property
+    def _pg_env(self) -> dict[str, str]:
+        return {"HOME": str(self.layout.pg_root), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+    def patroni(self, r: Replica) -> ProcessSpec:
+        return ProcessSpec(
+            ["/usr/bin/patroni", str(self.layout.patroni_config(r.index))],
+            env=self._pg_env,
+            cwd=self.layout.pg_member(r.index),
+            as_user=self.pg_user,
+            grace_s=30.0,
+        )
+
+    def haproxy(self, r: Replica) -> ProcessSpec:
+        # As root: it reads its key and binds, then its workers drop to the service user.
+        return ProcessSpec(
+            ["haproxy", "-W", "-db", "-f", str(self.layout.haproxy_dir / "haproxy.cfg")]
+        )
+
+    def pgbouncer(self, r: Replica) -> ProcessSpec:
+        return ProcessSpec(
+            ["pgbouncer", str(self.layout.pgbouncer_dir / "pgbouncer.ini")],
+            env=self._pg_env,
+            cwd=self.layout.pgbouncer_dir,
+            as_user=self.pg_user,
+        )
+
+    def redis(self, r: Replica) -> ProcessSpec:
+        return ProcessSpec(
+            ["redis-server", str(self.layout.redis_dir(r.index) / "redis.conf")],
+            cwd=self.layout.redis_dir(r.index),
+            as_user=self.service_user,
+        )
+
+    def postgres_exporter(self, r: Replica) -> ProcessSpec:
+        member = self.settings.ports.postgres(r.index)
+        dsn = (
+            f"postgresql://postgres:{self.secrets.pg_superuser}@127.0.0.1:{member}/postgres?"
+            + configs.postgres_url_tls(self.layout)
+        )
+        argv = [
+            "prometheus-postgres-exporter",
+            f"--web.listen-address=127.0.0.1:{r.ports['metrics']}",
+            "--log.level=warn",
+            f"--extend.query-path={self.exporter_queries}",
+        ]
+        return ProcessSpec(argv, env={"DATA_SOURCE_NAME": dsn}, as_user=self.service_user)
+
+    def redis_exporter(self, r: Replica) -> ProcessSpec:
+        argv = [
+            "prometheus-redis-exporter",
+            f"-web.listen-address=127.0.0.1:{r.ports['metrics']}",
+            "-redis.addr=",
+            "-is-cluster=false",
+            f"-tls-ca-cert-file={self.layout.ca_cert}",
+        ]
+        # Its ACL user for every node it scrapes; the password only in its environment.
+        env = {
+            "REDIS_USER": configs.REDIS_EXPORTER_USER,
+            "REDIS_PASSWORD": self.secrets.redis_exporter,
+        }
+        return ProcessSpec(argv, env=env, as_user=self.service_user)
+
+    def prometheus(self, r: Replica) -> ProcessSpec:
+        port, lay = r.ports["http"], self.layout
+        argv = [
+            "prometheus",
+            f"--config.file={lay.prometheus_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={lay.prometheus_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            # No lifecycle or admin API (a web page could POST /-/quit or delete series):
+            # reloads are SIGHUP (`LocalEnvironment.reload_prometheus`). Answers carry no
+            # CORS header for any origin but its own, so other sites cannot read them.
+            f"--web.cors.origin=http://127\\.0\\.0\\.1:{port}",
+            "--storage.tsdb.retention.time=7d",
+            "--log.level=warn",
+        ]
+        return ProcessSpec(argv, as_user=self.service_user)
+
+    # ---- the reference implementation ------------------------------------------------------
+
+    def service_environment(self) -> dict[str, str]:
+        """What every service replica is told (`CW_*`): where its dependencies are (through
+        the fault proxy when there is one), its credentials, its state directory."""
+        s, lay, ports, secrets = self.settings, self.layout, self.settings.ports, self.secrets
+        through = {
+            int(p["upstream"].rsplit(":", 1)[1]): int(p["listen"].rsplit(":", 1)[1])
+            for p in configs.fault_proxies(s)
+        }
+
+        def via(port: int) -> int:
+            return through[port] if s.fault_proxy else port
+
+        pg = f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1"
+        return {
+            "CW_STATE_DIR": str(lay.services_dir),
+            "CW_PG_WRITE_URL": f"{pg}:{via(ports.pgbouncer)}/cloudwatcher",
+            "CW_PG_READ_URL": f"{pg}:{via(ports.haproxy_read)}/cloudwatcher",
+            "CW_REDIS_NODES": ",".join(
+                f"127.0.0.1:{via(ports.redis(n))}" for n in range(s.redis_nodes)
+            ),
+            "CW_REDIS_USER": configs.REDIS_APP_USER,
+            "CW_REDIS_PASSWORD": secrets.redis_app,
+            "CW_TLS_CA_FILE": str(lay.ca_cert),
+            "CW_LLM_URL": f"http://127.0.0.1:{via(ports.llm)}",
+            "CW_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
+            "CW_SHAREPOINT_URL": f"http://127.0.0.1:{via(ports.sharepoint)}",
+            "CW_GDRIVE_URL": f"http://127.0.0.1:{via(ports.gdrive)}",
+            "PYTHONPATH": str(PROJECT_ROOT),
+            "PYTHONUNBUFFERED": "1",
+            # Short, so a job of a killed worker reappears soon; live workers extend their claim.
+            "CW_VISIBILITY_TIMEOUT_S": "10",
+            # The harness measures itself against planted faults (reference_impl/planted.py);
+            # only environments the project starts allow them.
+            "CW_PLANTED_FAULTS": "1",
+            # The scheduler's base backups go through the write path, as the replication user.
+            "CW_BACKUP_DSN": (
+                f"postgresql://replicator:{secrets.pg_replication}@127.0.0.1:"
+                f"{ports.haproxy_write}/?application_name=cwh_base_backup&"
+                + configs.postgres_url_tls(lay)
+            ),
+        }
+
+    def service(self, w: Workload, r: Replica) -> ProcessSpec:
+        """`python -m reference_impl` as role `w.kind`, configured by `CW_*` variables."""
+        port = r.ports["http"]
+        env = {
+            **self.service_environment(),
+            "CW_ROLE": w.kind,
+            "CW_NAME": r.name,
+            "CW_PORT": str(port),
+            "CW_TRACE_FILE": str(self.layout.trace_file(r.name)),
+        }
+        if w.kind == "api":  # the only role that checks the registration secret
+            env["CW_REGISTRATION_SECRET"] = self.secrets.registration_secret
+        live = w.liveness
+        return ProcessSpec(
+            [sys.executable, "-m", "reference_impl"],
+            env=env,
+            cwd=self.layout.run_dir,
+            as_user=self.python_user,
+            grace_s=30.0,
+            liveness=LivenessProbe(
+                f"http://127.0.0.1:{r.ports[live.port]}{live.path}",
+                live.period_s,
+                live.failure_threshold,
+            )
+            if live
+            else None,
+        )
