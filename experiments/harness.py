@@ -165,14 +165,26 @@ def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False)
     if wait_s > 0:
         steps.append(("healthy", lambda: _wait_whole(s, wait_s)))
     done: dict[str, Any] = {"errors": {}}
+    interrupted: KeyboardInterrupt | None = None
     for name, step in steps:
+        if interrupted is not None and name == "healthy":
+            break  # undone what it could; waiting for health is what Ctrl-C asked to skip
         try:
             done[name] = step()
+        except KeyboardInterrupt as exc:
+            # Ctrl-C in the middle of a restore: the remaining steps still run (each undoes a
+            # fault), then the interrupt goes on to the caller.
+            interrupted = exc
+            done[name] = None
+            done["errors"][name] = "interrupted (Ctrl-C)"
+            log.error("restore step %s interrupted; the others still run", name)
         except Exception as exc:  # best effort: the next step runs whatever this one did
             done[name] = None
             done["errors"][name] = f"{type(exc).__name__}: {exc}"
             log.error("restore step %s failed: %s", name, exc)
     done["healthy"] = done.get("healthy") is True
+    if interrupted is not None:
+        raise interrupted
     return done
 
 
