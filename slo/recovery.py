@@ -138,14 +138,15 @@ def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, li
     write: submits (resubmits too: they run the same insert); read: reads and syncs;
     notification: one entry per result that reached a phone, from its acknowledgement to its
     arrival, `ok` when it came within `ttr_bound_s` (by socket, or by a sync that happened to
-    ask first) and `fail` when it came later.
+    ask first) and `fail` when it came later; a result that waited for a phone gone offline
+    meanwhile is left out (the phone, not the system, was unreachable).
     """
     out: dict[str, list[Operation]] = {"write": [], "read": [], "notification": []}
     for op in ops:
         for path, kinds in PATH_KINDS.items():
             if op.kind in kinds:
                 out[path].append(_on_wall_clock(op))
-        if op.kind == "time_to_result":
+        if op.kind == "time_to_result" and not (op.detail or {}).get("phone_offline"):
             in_time = op.latency_s <= ttr_bound_s
             out["notification"].append(
                 replace(_on_wall_clock(op), outcome="ok" if in_time else "fail")
