@@ -563,11 +563,19 @@ class PhoneUser(FastHttpUser):
                 },
             )
         self.offline, self.offline_until = False, time.monotonic()
-        # Back online: replay the outbox with the original keys, then catch up.
+        # Back online: replay the outbox with the original keys, then catch up once the socket
+        # is back (bounded), as an app does: a result published before the socket registered
+        # and after a sync made earlier would otherwise wait for the next background sync.
         for key, body in store().outbox(self.ident["device_id"]):
             self.send_submit(key, body, replayed=True)
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while self.ws is None and time.monotonic() < deadline:
+            gevent.sleep(0.1)
         self.sync()
 
+
+#: How long a phone back online waits for its socket before it syncs anyway.
+RECONNECT_WAIT_S = 5.0
 
 _SCHEDULE: ArrivalSchedule | None = None
 

@@ -125,7 +125,10 @@ def test_postgres_primary_kill(local_env, tmp_path):
     assert kill["output"]["new_timeline"] > kill["output"]["timeline"]
     assert not pid_alive(kill["output"]["pid"])
     chaos = load(out, "chaos.json")
-    assert chaos["not_ok_after_fault"]["write"] > 0, "the fault never reached the phones"
+    # The fault reached the phones: writes failed, or waited it out (pgBouncer holds them
+    # while Patroni promotes: slow, not failed, when the failover is quick).
+    hurt = chaos["not_ok_after_fault"]["write"] + chaos["slow_after_fault"]["write"]
+    assert hurt > 0, ("the fault never reached the phones", chaos)
     assert chaos["recovered"]["write"] is True
     assert chaos["rto_s"]["write"] <= worst_case_failover_s(), chaos["rto_s"]
     assert (chaos["lost"], chaos["duplicated"], chaos["rpo_s"]["max"]) == (0, 0, 0.0)
