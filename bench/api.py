@@ -34,6 +34,7 @@ from env.local import LocalEnvironment
 from env.process import wait_until
 from env.settings import EnvSettings
 from experiments.pg_failover import wait_healthy
+from scenarios.pressure import register
 
 
 def query_one(url: str, sql: str) -> Any:
@@ -70,25 +71,8 @@ def backend_up(layout: Layout, server: str) -> bool:
 
 
 async def devices(base: str, ctx: ssl.SSLContext, count: int, secret: str) -> list[str]:
-    tokens = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
-        for _ in range(count):
-            async with s.post(
-                f"{base}/v1/devices",
-                json={"platform": "ios", "name": "b"},
-                headers={"X-Registration-Secret": secret},
-            ) as r:
-                dev = await r.json()
-            async with s.post(
-                f"{base}/oauth/token",
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": dev["client_id"],
-                    "client_secret": dev["client_secret"],
-                },
-            ) as r:
-                tokens.append((await r.json())["access_token"])
-    return tokens
+        return [await register(s, base, secret) for _ in range(count)]
 
 
 async def closed_loop(

@@ -64,7 +64,9 @@ def check(opts: GateOptions, console: Console) -> int:
             console.print("[red]error:[/red] no window: give --run (a run folder) or --from/--to")
             return EXIT_INCONCLUSIVE
         prometheus = None
-        if opts.prometheus_url and any(s.kind == "prometheus" for o in slos for s in o.sources):
+        if opts.prometheus_url and any(
+            s.kind in ("prometheus", "scaling") for o in slos for s in o.sources
+        ):
             prometheus = Prometheus(opts.prometheus_url)
             prometheus.check()
         baseline = baseline_values(opts.baseline) if opts.baseline else None

@@ -14,6 +14,8 @@ from pathlib import Path
 #: Ports used above `base_port`. Redis Cluster also uses each node's port + 10000 for its bus.
 PORT_SPAN = 200
 PREFIX = "CWH_"
+#: The HPA specs a cluster applies (kustomize base); the local autoscaler reads the same files.
+DEFAULT_HPA_DIR = Path(__file__).resolve().parent.parent / "deploy" / "base"
 
 
 class SettingsError(ValueError):
@@ -188,6 +190,9 @@ class EnvSettings:
             the environment is ready; `cwh env autoscale on|off` switches it at run time.
         autoscale_sync_s: its sync period, kube-controller-manager's
             `--horizontal-pod-autoscaler-sync-period` (15 s there too).
+        hpa_dir: the HorizontalPodAutoscaler specs the autoscaler follows (a folder or a file;
+            `deploy/base/`, the same files a cluster applies). Another folder is for trying other
+            windows or targets; the test session uses one with shorter scale-down windows.
     """
 
     base_port: int = 17000
@@ -212,6 +217,7 @@ class EnvSettings:
     auth_rate_limit_per_s: int = 300
     autoscale: bool = True
     autoscale_sync_s: float = 15.0
+    hpa_dir: Path = DEFAULT_HPA_DIR
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -252,6 +258,8 @@ class EnvSettings:
             )
         if not 1.0 <= self.autoscale_sync_s <= 300:
             raise SettingsError(f"{PREFIX}AUTOSCALE_SYNC_S={self.autoscale_sync_s}: 1 to 300")
+        if not self.hpa_dir.is_absolute() or not self.hpa_dir.exists():
+            raise SettingsError(f"{PREFIX}HPA_DIR={self.hpa_dir}: not an existing absolute path")
         if not self.run_dir.is_absolute():
             raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
 
@@ -371,4 +379,5 @@ class EnvSettings:
             ),
             autoscale=bool(get("AUTOSCALE", bool, cls.autoscale)),
             autoscale_sync_s=float(str(get("AUTOSCALE_SYNC_S", float, cls.autoscale_sync_s))),
+            hpa_dir=Path(str(get("HPA_DIR", str, cls.hpa_dir))).absolute(),
         )

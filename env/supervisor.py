@@ -25,7 +25,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,10 +148,10 @@ class Supervisor:
         self.stopping = False
         self.done = asyncio.Event()
         self.pg_ids = user_ids(settings.pg_os_user)
-        self.lb_keeper: asyncio.Task[None] | None = None
+        #: The supervisor's own control loops (HAProxy's servers, the autoscaler) by name.
+        self.controllers: dict[str, asyncio.Task[None]] = {}
         self.scaler = Scaler(self, settings.timeout_scale)
         self.autoscaler: LocalAutoscaler | None = None
-        self.autoscaler_task: asyncio.Task[None] | None = None
         self.commands: Commands | None = None
 
     @functools.cached_property
@@ -251,8 +251,9 @@ global
 
     @functools.cached_property
     def hpas(self) -> dict[str, hpa.HPASpec]:
-        """The HorizontalPodAutoscalers of `deploy/base/` (the one spec of how things scale)."""
-        return hpa.load()
+        """The HorizontalPodAutoscalers of `deploy/base/` (the one spec of how things scale), or
+        of the folder the settings name instead."""
+        return hpa.load(self.settings.hpa_dir)
 
     @functools.cached_property
     def topology(self) -> Topology:
@@ -585,7 +586,7 @@ global
         self.phase = "ready"
         log.info("environment ready")
         if s.services:
-            self.lb_keeper = asyncio.create_task(self.keep_lb_registered(), name="lb-keeper")
+            self.control("lb-keeper", self.keep_lb_registered)
             self.autoscaler = LocalAutoscaler(
                 self.topology,
                 self.hpas,
@@ -594,9 +595,23 @@ global
                 ControllerConfig(sync_period_s=s.autoscale_sync_s),
                 enabled=s.autoscale,
             )
-            self.autoscaler_task = asyncio.create_task(
-                self.autoscaler.run(lambda: self.stopping), name="autoscaler"
-            )
+            autoscaler = self.autoscaler
+            self.control("autoscaler", lambda: autoscaler.run(lambda: self.stopping))
+
+    def control(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a control loop for as long as the supervisor runs. Each loop survives its own
+        errors; should one end anyway, it is logged and started again, never left dead and
+        unseen (a controller that silently stopped would look like a healthy environment)."""
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if self.stopping or task.cancelled():
+                return
+            log.error("control loop %s ended (%r): starting it again", name, task.exception())
+            self.control(name, loop)
+
+        task = asyncio.create_task(loop(), name=name)
+        task.add_done_callback(ended)
+        self.controllers[name] = task
 
     def service_components(self, *roles: str) -> list[Component]:
         return [c for c in self.components.values() if c.kind in roles]
@@ -740,9 +755,8 @@ global
             return
         self.stopping = True
         self.phase = "stopping"
-        for task in (self.lb_keeper, self.autoscaler_task):
-            if task is not None:
-                task.cancel()
+        for task in self.controllers.values():
+            task.cancel()
         # The start order backwards: services first (a draining worker still needs the
         # database), etcd last.
         for _, workloads in reversed(self.topology.stages()):

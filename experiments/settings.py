@@ -48,13 +48,16 @@ def config_key(field: str) -> str:
 def _field_default(field: dataclasses.Field[Any]) -> Any:
     if field.name == "run_dir":
         return ""  # derived from the base port, as `EnvSettings.from_environ` does
+    if field.name == "hpa_dir":
+        return ""  # the checkout's deploy/base, wherever it is
     return field.default
 
 
 def declared_configuration() -> dict[str, dict[str, Any]]:
     """The `configuration` entries every experiment declares for the harness, in order: one
     per `EnvSettings` field (`cwh_<field>` from `CWH_<FIELD>`, its default as `EnvSettings`
-    has it, "" for the run directory: `/var/tmp/cwh-<base port>`), then the run folder
+    has it, "" for the run directory: `/var/tmp/cwh-<base port>`, and for the HPA specs: the
+    checkout's `deploy/base/`), then the run folder
     (`cwh_chaos_run_dir` from `CWH_CHAOS_RUN_DIR`; "": a new `reports/<UTC>-chaos-<name>`)."""
     hints = {"int": int, "float": float, "bool": bool, "str": str, "Path": Path}
     out: dict[str, dict[str, Any]] = {}

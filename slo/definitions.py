@@ -21,8 +21,10 @@ OpenSLO (one objective per verdict; several objectives give `name:displayName`):
       objectives: [{displayName: p95 under 500 ms, op: lte, value: 500, target: 1}]
     x-cwh: {key: true, warn: 400, minSamples: 50, samples: latency.submit.count}
 
-metricSource types: `Prometheus` (spec.query, `{{window}}` for the evaluation window) and
-`cwh-run` (spec.query: a dotted path into the run's summary).
+metricSource types: `Prometheus` (spec.query, `{{window}}` for the evaluation window),
+`cwh-run` (spec.query: a dotted path into the run's summary) and `cwh-scaling` (spec.check: an
+autoscaling check over Prometheus range data, `slo/scaling.py`, with its parameters beside it:
+`{check: scale-up-reaction, hpa: api, threshold: 70}`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any, cast
 
 import yaml
 
+from slo import scaling
 from slo.model import SLO, Gate, NoData, Op, Source
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "definitions"
@@ -134,12 +137,42 @@ def _source(doc: _Doc, holder: Node, path: str) -> Source:
     kind = doc.str_(ms, "type", f"{path}.metricSource")
     spec = doc.map(ms, "spec", f"{path}.metricSource")
     assert spec is not None
+    if kind.lower() == "cwh-scaling":
+        return _scaling(doc, spec, f"{path}.metricSource.spec")
     query = doc.str_(spec, "query", f"{path}.metricSource.spec")
     if kind.lower() == "prometheus":
         return Source("prometheus", query)
     if kind.lower() == "cwh-run":
         return Source("run", query)
-    raise doc.fail(ms, "type", f"{path}.metricSource.type {kind!r}: Prometheus or cwh-run")
+    raise doc.fail(
+        ms, "type", f"{path}.metricSource.type {kind!r}: Prometheus, cwh-run or cwh-scaling"
+    )
+
+
+_SCALING_TEXT = ("hpa", "namespace", "deployment", "metric", "metricTargetType", "query")
+
+
+def _scaling(doc: _Doc, spec: Node, path: str) -> Source:
+    check = doc.str_(spec, "check", path)
+    if check not in scaling.CHECKS:
+        raise doc.fail(spec, "check", f"{path}.check {check!r}: one of {', '.join(scaling.CHECKS)}")
+    params: list[tuple[str, str | float]] = []
+    for key in spec:
+        if key == "check":
+            continue
+        if key in scaling.NUMERIC:
+            params.append((key, doc.duration(spec, key, path)))
+        elif key in _SCALING_TEXT:
+            params.append((key, doc.str_(spec, key, path)))
+        else:
+            known = sorted(("check", *_SCALING_TEXT, *scaling.NUMERIC))
+            raise doc.fail(spec, key, f"{path}: unknown {key!r} (known: {known})")
+    try:
+        scaling.queries(check, dict(params))
+    except ValueError as exc:
+        raise doc.fail(spec, None, f"{path}: {exc}") from None
+    text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params)
+    return Source("scaling", f"{check}({text})", check, tuple(params))
 
 
 def _gate(doc: _Doc, node: Node | None, path: str) -> Gate:

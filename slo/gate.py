@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from slo import scaling
 from slo.arith import (
     align_window,
     budget_consumed,
@@ -22,7 +23,7 @@ from slo.arith import (
     meets,
     regression_pct,
 )
-from slo.model import SLO, Status
+from slo.model import SLO, Source, Status
 from slo.sources import Prometheus, QueryProblem, RunData, Window, with_window
 
 EXIT_PASS, EXIT_FAIL, EXIT_INCONCLUSIVE = 0, 1, 2
@@ -76,11 +77,37 @@ def _value(slo: SLO, ctx: Context, kind: str, query: str, at_window_s: float) ->
     )
 
 
+#: Range checks read at the scrape interval, with at most this many points per series.
+SCALING_STEP_S, SCALING_MAX_POINTS = 2.0, 10_000
+
+
+def _scaling(src: Source, ctx: Context) -> scaling.Finding:
+    if ctx.prometheus is None:
+        raise _NoData("no Prometheus given (--prometheus, PROMETHEUS_URL)")
+    w = ctx.window
+    step = max(SCALING_STEP_S, w.seconds / SCALING_MAX_POINTS)
+    # The step grid ends at the window's end (Prometheus counts steps from the start): the
+    # last change in the window is in the series, not a step short of it.
+    start = w.end - step * math.ceil(w.seconds / step)
+    try:
+        found = scaling.measure(src.check, dict(src.params), ctx.prometheus, start, w.end, step)
+    except ValueError as exc:
+        raise QueryProblem(str(exc)) from None
+    if found is None:
+        raise _NoData("a series the check reads is empty in this window")
+    return found
+
+
 def _resolved(slo: SLO, window_s: float) -> list[str]:
-    return [
-        (with_window(s.query, window_s) if s.kind == "prometheus" else f"run:{s.query}")
-        for s in slo.sources
-    ]
+    out = []
+    for s in slo.sources:
+        if s.kind == "prometheus":
+            out.append(with_window(s.query, window_s))
+        elif s.kind == "scaling":
+            out += [f"{s.check}: {q}" for q in scaling.queries(s.check, dict(s.params)).values()]
+        else:
+            out.append(f"run:{s.query}")
+    return out
 
 
 def evaluate(slo: SLO, ctx: Context) -> Verdict:
@@ -202,7 +229,12 @@ def _threshold(slo: SLO, ctx: Context, v: Verdict) -> None:
         _judge_fraction(slo, v, frac, f"{len(values)} slices")
         v.reason += f"; worst slice {worst:g}{unit}"
         return
-    measured = _value(slo, ctx, slo.metric.kind, slo.metric.query, ctx.window.seconds)
+    found = _scaling(slo.metric, ctx) if slo.metric.kind == "scaling" else None
+    measured = (
+        found.value
+        if found
+        else _value(slo, ctx, slo.metric.kind, slo.metric.query, ctx.window.seconds)
+    )
     if measured is None:
         raise _NoData(
             "the run has no such record"
@@ -226,6 +258,9 @@ def _threshold(slo: SLO, ctx: Context, v: Verdict) -> None:
     )
     if warn:
         v.reason += f" (warning threshold {slo.gate.warn:g}{unit})"
+    if found is not None:
+        v.samples = found.episodes
+        v.reason += f"; {found.note}"
     if ctx.baseline is not None and slo.gate.max_regression_pct is not None:
         base = ctx.baseline.get(slo.name)
         if base is not None:

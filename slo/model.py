@@ -17,13 +17,17 @@ class Source:
     """Where a number comes from.
 
     Attributes:
-        kind: "prometheus" (a PromQL query; `{{window}}` stands for the evaluation window) or
-            "run" (a dotted path into the run's summary, e.g. `latency.submit.p95_ms`).
-        query: the query or the path.
+        kind: "prometheus" (a PromQL query; `{{window}}` stands for the evaluation window),
+            "run" (a dotted path into the run's summary, e.g. `latency.submit.p95_ms`) or
+            "scaling" (a check over Prometheus range data, `slo/scaling.py`).
+        query: the query or the path; for "scaling", the check with its parameters, as text.
+        check, params: for "scaling", the check's name and parameters (numbers in seconds).
     """
 
-    kind: Literal["prometheus", "run"]
+    kind: Literal["prometheus", "run", "scaling"]
     query: str
+    check: str = ""
+    params: tuple[tuple[str, str | float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,23 @@ class Prometheus:
         value = float(result[0]["value"][1])
         return None if math.isnan(value) else value
 
+    def timed(
+        self, query: str, start: float, end: float, step_s: float
+    ) -> list[list[tuple[float, float]]]:
+        """Every series of the query over [start, end], as (time, value) pairs without NaNs."""
+        result = self._run(
+            self.client.custom_query_range,
+            query,
+            start_time=datetime.fromtimestamp(start, UTC),
+            end_time=datetime.fromtimestamp(end, UTC),
+            step=f"{max(1, round(step_s))}s",
+            timeout=self.timeout_s,
+        )
+        return [
+            [(float(t), float(v)) for t, v in r["values"] if not math.isnan(float(v))]
+            for r in result
+        ]
+
     def series(self, query: str, window: Window, step_s: float) -> list[float]:
         """The values of the query's single series at each step of the window."""
         result = self._run(

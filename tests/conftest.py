@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import settings
 
 from env.local import LocalEnvironment
 from env.process import processes_of
-from env.settings import EnvSettings
+from env.settings import DEFAULT_HPA_DIR, EnvSettings
 
 # Timing on this machine is noisy; speed is measured by the benchmarks, not by test deadlines.
 settings.register_profile("harness", deadline=None)
@@ -30,6 +31,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "teardown: stops the session's environment; runs last")
+
+
+#: The test session's scale-down timing: windows and policy periods this short let a test see the
+#: API scale out and back in within minutes; everything else is `deploy/base/`'s.
+FAST_SCALE_DOWN_WINDOW_S, FAST_SCALE_DOWN_PERIOD_S = 20, 10
+
+
+def fast_hpa_dir(out: Path) -> Path:
+    """`deploy/base/`'s HPAs with short scale-down windows and policy periods, in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(DEFAULT_HPA_DIR.glob("hpa-*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        down = doc["spec"]["behavior"]["scaleDown"]
+        down["stabilizationWindowSeconds"] = FAST_SCALE_DOWN_WINDOW_S
+        for policy in down["policies"]:
+            policy["periodSeconds"] = FAST_SCALE_DOWN_PERIOD_S
+        (out / f.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +66,7 @@ def env_settings() -> EnvSettings:
         # controller's flag) keeps them short.
         autoscale=False,
         autoscale_sync_s=5.0,
+        hpa_dir=fast_hpa_dir(Path(f"/var/tmp/cwh-test-{base}-hpa")),
     )
 
 
@@ -59,6 +79,7 @@ def local_env(
     env.reset()
     with env:
         yield env
+    shutil.rmtree(env_settings.hpa_dir, ignore_errors=True)  # made again by the next session
     # The ordinary `down` (the context manager's exit) left nothing behind.
     assert processes_of(env_settings.run_dir) == [], "processes left after down"
     # Logs and data directories are what explains a failure: keep them then.

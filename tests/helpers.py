@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,9 +15,12 @@ import requests
 from rich.console import Console
 
 from cwh.fleet import FleetOptions, run_fleet
+from cwh.gate import GateOptions, check
 from env.probes import RedisCredentials
 from env.process import wait_until
 from experiments.pg_failover import pg_members, wait_healthy
+from slo.definitions import DEFAULT_DIR as SLO_DIR
+from slo.sources import Window
 
 T = TypeVar("T")
 
@@ -117,3 +122,60 @@ def fleet(
         },
     )
     return run_fleet(opts, Console(quiet=True), reports)
+
+
+class Background:
+    """A call run in a thread: `result()` once the `with` block is left (its exception raised
+    there). The block's exit waits for the call, bounded by `join_s`."""
+
+    def __init__(self, call: Callable[[], Any], join_s: float = 300) -> None:
+        self.call, self.join_s = call, join_s
+        self.got: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, name="test-background")
+
+    def _run(self) -> None:
+        try:
+            self.got["value"] = self.call()
+        except BaseException as exc:  # handed to the test in result()
+            self.got["error"] = exc
+
+    def __enter__(self) -> Background:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(timeout=self.join_s)
+
+    def result(self) -> Any:
+        assert not self.thread.is_alive(), f"still running after {self.join_s} s"
+        if "error" in self.got:
+            raise self.got["error"]
+        return self.got["value"]
+
+
+def fleet_in_background(status: dict[str, Any], reports: Path, **options: Any) -> Background:
+    """`fleet(...)` in a thread, for a test that changes the environment meanwhile."""
+    return Background(lambda: fleet(status, reports, **options))
+
+
+def gate(
+    status: dict[str, Any], window: Window, out: Path, *only: str, definitions: Path = SLO_DIR
+) -> dict[str, Any]:
+    """The gate over `window` against the environment's Prometheus: verdicts by name, and the
+    exit code under "exit_code"."""
+    console = Console(record=True, width=200)
+    code = check(
+        GateOptions(
+            window=window,
+            prometheus_url=status["urls"]["prometheus"],
+            out=out,
+            only=only,
+            definitions=definitions,
+        ),
+        console,
+    )
+    path = out / "slo.json"
+    assert path.exists(), console.export_text()
+    result = json.loads(path.read_text())
+    assert result["exit_code"] == code
+    return {"exit_code": code, **{v["name"]: v for v in result["verdicts"]}}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from env import probes
 from env.layout import Layout
 from env.local import LocalEnvironment
 from experiments.harness import scrape_sum
-from tests.helpers import fleet, knobs, poll, wait_healthy
+from tests.helpers import fleet_in_background, knobs, poll, wait_healthy
 from tests.phone import Phone
 
 pytestmark = pytest.mark.env
@@ -40,39 +39,32 @@ def test_api_scales_out_and_in_under_a_fleet_without_a_failed_request(
 ):
     status = wait_healthy(local_env)
     layout = Layout(Path(status["run_dir"]))
-    got: dict[str, Any] = {}
     started = api_sessions(layout)["BACKEND"]
-
-    def run() -> None:
-        got["fleet"] = fleet(status, tmp_path, users=10, duration_s=70)
-
-    thread = threading.Thread(target=run)
-    thread.start()
     try:
-        poll(lambda: api_sessions(layout)["BACKEND"] > started + 50, 60, "the fleet under way")
-        out = local_env.scale("api", 5)
-        assert (out["before"], out["after"], out["added"]) == (3, 5, ["api4", "api5"]), out
-        # Routed to once the call returns, and serving the fleet.
-        assert {"api4", "api5"} <= routed(layout, "api")
-        poll(
-            lambda: min(api_sessions(layout)[n] for n in ("api4", "api5")) > 5,
-            30,
-            "the new replicas serving requests",
-        )
-        targets = json.loads((layout.prometheus_targets / "api.json").read_text())
-        assert len(targets[0]["targets"]) == 5
-        pids = {c["name"]: c["pid"] for c in local_env.supervisor_status()["components"]}
-        out = local_env.scale("api", 3)
-        assert (out["after"], out["removed"], out["refused"]) == (3, ["api5", "api4"], ""), out
-        assert not routed(layout, "api") & {"api4", "api5"}
-        assert not psutil.pid_exists(pids["api4"])
-        assert not psutil.pid_exists(pids["api5"])
-        names = {c["name"] for c in local_env.supervisor_status()["components"]}
-        assert not names & {"api4", "api5"}
+        with fleet_in_background(status, tmp_path, users=10, duration_s=70) as running:
+            poll(lambda: api_sessions(layout)["BACKEND"] > started + 50, 60, "the fleet under way")
+            out = local_env.scale("api", 5)
+            assert (out["before"], out["after"], out["added"]) == (3, 5, ["api4", "api5"]), out
+            # Routed to once the call returns, and serving the fleet.
+            assert {"api4", "api5"} <= routed(layout, "api")
+            poll(
+                lambda: min(api_sessions(layout)[n] for n in ("api4", "api5")) > 5,
+                30,
+                "the new replicas serving requests",
+            )
+            targets = json.loads((layout.prometheus_targets / "api.json").read_text())
+            assert len(targets[0]["targets"]) == 5
+            pids = {c["name"]: c["pid"] for c in local_env.supervisor_status()["components"]}
+            out = local_env.scale("api", 3)
+            assert (out["after"], out["removed"], out["refused"]) == (3, ["api5", "api4"], ""), out
+            assert not routed(layout, "api") & {"api4", "api5"}
+            assert not psutil.pid_exists(pids["api4"])
+            assert not psutil.pid_exists(pids["api5"])
+            names = {c["name"] for c in local_env.supervisor_status()["components"]}
+            assert not names & {"api4", "api5"}
     finally:
-        thread.join(timeout=300)
-        local_env.scale("api", 3)
-    code, _, summary = got["fleet"]
+        local_env.scale("api", 3)  # whatever happened above
+    code, _, summary = running.result()
     assert code == 0, summary
     ops = summary["operations"]
     # Zero downtime: nothing failed and nothing was left unknown, through both changes.
@@ -173,19 +165,10 @@ def test_a_rolling_update_of_the_api_under_a_fleet_fails_nothing(
     status = wait_healthy(local_env)
     layout = Layout(Path(status["run_dir"]))
     before = {c["name"]: c["pid"] for c in local_env.supervisor_status()["components"]}
-    got: dict[str, Any] = {}
     started = api_sessions(layout)["BACKEND"]
-
-    def run() -> None:
-        got["fleet"] = fleet(status, tmp_path, users=10, duration_s=90)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
+    with fleet_in_background(status, tmp_path, users=10, duration_s=90) as running:
         poll(lambda: api_sessions(layout)["BACKEND"] > started + 50, 60, "the fleet under way")
         out = local_env.rollout("api")
-    finally:
-        thread.join(timeout=300)
     assert out["refused"] == "", out
     assert out["removed"] == out["added"] == ["api1", "api2", "api3"], out
     assert out["after"] == 3
@@ -195,7 +178,7 @@ def test_a_rolling_update_of_the_api_under_a_fleet_fails_nothing(
     assert set(api_now) == {"api1", "api2", "api3"}
     assert all(api_now[n] != before[n] for n in api_now)
     assert routed(layout, "api") == set(api_now)
-    code, _, summary = got["fleet"]
+    code, _, summary = running.result()
     assert code == 0, summary
     ops = summary["operations"]
     for kind in ("submit", "read", "sync"):

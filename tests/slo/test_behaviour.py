@@ -6,7 +6,6 @@ behaviour breaks while the settings stay what they were."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from pathlib import Path
@@ -14,13 +13,11 @@ from typing import Any
 
 import pytest
 import requests
-from rich.console import Console
 
-from cwh.gate import GateOptions, check
 from env.local import LocalEnvironment
 from experiments.harness import scrape_sum
 from slo.sources import Window
-from tests.helpers import poll, port_of, query, wait_healthy
+from tests.helpers import gate, poll, port_of, query, wait_healthy
 from tests.phone import Phone
 from tests.reference_impl.test_flow import until_status
 from tests.reference_impl.test_scheduler import fired, trigger
@@ -43,20 +40,6 @@ BEHAVIOURAL = (
     "redis-keys-expire",
     "websocket-heartbeat",
 )
-
-
-def gate(status: dict[str, Any], window: Window, out: Path, *only: str) -> dict[str, Any]:
-    """The gate over `window` against the environment's Prometheus: verdicts by name."""
-    console = Console(record=True, width=200)
-    code = check(
-        GateOptions(window=window, prometheus_url=status["urls"]["prometheus"], out=out, only=only),
-        console,
-    )
-    path = out / "slo.json"
-    assert path.exists(), console.export_text()
-    result = json.loads(path.read_text())
-    assert result["exit_code"] == code
-    return {"exit_code": code, **{v["name"]: v for v in result["verdicts"]}}
 
 
 def scraped_since(status: dict[str, Any], t: float) -> bool:

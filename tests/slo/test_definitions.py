@@ -37,7 +37,9 @@ def write(tmp_path: Path, text: str, name: str = "slo.yaml") -> Path:
 def test_shipped_definitions_cover_the_seed_and_the_user_facing_slos():
     names = {s.name for s in load(DEFAULT_DIR)}
     seed = {
-        "api-replicas-min", "api-replicas-max", "api-cpu-scale-up", "agent-workers-min",
+        "api-replicas-min", "api-replicas-max", "api-scale-up-reaction", "agent-workers-min",
+        "worker-scale-up-reaction", "api-scale-down-stabilized", "api-no-flapping",
+        "worker-replicas-available", "worker-backlog-drain",
         "agent-workers-max", "replication-lag", "rto", "rpo", "lb-health-check-interval",
         "websocket-heartbeat", "redis-request-ttl:bounded", "redis-response-ttl:bounded",
         "api-replicas-available", "backup-retention", "dead-letter-retention", "archive-after",
@@ -96,7 +98,11 @@ def test_a_sloth_file_becomes_ratio_slos(tmp_path):
         (THRESHOLD.replace("duration: 7d", "duration: a week"), 12, "not a duration"),
         (THRESHOLD.replace("noData: ignore", "noData: shrug"), 16, "noData 'shrug'"),
         (THRESHOLD.replace("warn: 1.5", "colour: red"), 16, "unknown 'colour'"),
-        (THRESHOLD.replace("type: Prometheus", "type: Datadog"), 11, "Prometheus or cwh-run"),
+        (
+            THRESHOLD.replace("type: Prometheus", "type: Datadog"),
+            11,
+            "Prometheus, cwh-run or cwh-scaling",
+        ),
         (THRESHOLD.replace("  timeWindow:", "  timeWindow: {}\n  x:"), 12, "timeWindow"),
         (THRESHOLD.replace("  name: lat\n", "  name: [lat\n"), 5, "not valid YAML"),
         (THRESHOLD.replace("targetPercent: 95, ", ""), 15, "target or targetPercent"),

@@ -1,0 +1,157 @@
+"""The API's autoscaler end to end: a ramp of CPU pressure takes the API above 3 replicas and,
+once it stops, back to 3; the autoscaling SLOs read it from Prometheus and pass; the same data
+judged with a wrong threshold, or with the seed's 5-minute window against the session's short
+one, fails them.
+
+The session's HPA specs are `deploy/base/`'s with 20 s scale-down windows (`tests/conftest.py`),
+so the way back takes seconds, not the five minutes the shipped spec waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from env.local import LocalEnvironment
+from scenarios.pressure import Tally, pressure, ramp
+from slo.definitions import DEFAULT_DIR
+from slo.sources import Window
+from tests.conftest import FAST_SCALE_DOWN_WINDOW_S
+from tests.helpers import gate, poll, wait_healthy
+
+pytestmark = pytest.mark.env
+
+SCALING_SLOS = (
+    "api-replicas-min",
+    "api-replicas-max",
+    "api-replicas-available",
+    "api-scale-up-reaction",
+    "api-scale-down-stabilized",
+    "api-no-flapping",
+)
+#: Reads per second at the top of the ramp: past what three replicas serve at 77 % of their
+#: 200m request on this machine (160 a second took them to about 79 %).
+PEAK = 250.0
+#: Pressure kept on after the first scale-out: longer than `api-scale-up-reaction`'s 60 s
+#: bound even after the HPA settles (its scale-ups stop 30-60 s after the first), so a
+#: threshold of 20 % (crossed all along at any size) must fail it.
+HOLD_AFTER_SCALE_OUT_S = 150
+
+
+CURRENT = 'kube_horizontalpodautoscaler_status_current_replicas{horizontalpodautoscaler="api"}'
+
+
+def api_replicas(env: LocalEnvironment) -> int:
+    view = env.workloads()
+    return len(next(w for w in view["workloads"] if w["name"] == "api")["replicas"])
+
+
+def prometheus_has(status: dict[str, Any], t: float) -> bool:
+    """Prometheus holds a scrape of the supervisor's kube-state-metrics taken after `t`."""
+    r = requests.get(
+        f"{status['urls']['prometheus']}/api/v1/query",
+        params={"query": f"timestamp({CURRENT})"},
+        timeout=5,
+    )
+    result = r.json()["data"]["result"]
+    return bool(result) and float(result[0]["value"][1]) > t
+
+
+def definitions(out: Path, **changes: str) -> Path:
+    """The shipped definitions, with `key: old` -> `key: new` changed in every file that has
+    it (`window="5m->20s"` changes `window: 5m` to `window: 20s`)."""
+    out.mkdir(parents=True)
+    for f in DEFAULT_DIR.glob("*.y*ml"):
+        text = f.read_text()
+        for key, change in changes.items():
+            old, new = change.split("->")
+            text = re.sub(rf"(\b{key}: ){re.escape(old)}\b", rf"\g<1>{new}", text)
+        (out / f.name).write_text(text)
+    return out
+
+
+def test_a_ramp_scales_the_api_out_and_back_within_its_slos(
+    local_env: LocalEnvironment, tmp_path: Path
+):
+    status = wait_healthy(local_env)
+    assert api_replicas(local_env) == 3
+    stop = asyncio.Event()
+    got: dict[str, Tally] = {}
+    loop = asyncio.new_event_loop()
+
+    def drive() -> None:
+        got["tally"] = loop.run_until_complete(
+            pressure(
+                status["urls"]["https"],
+                status["tls_certificate"],
+                status.get("registration_secret") or "",
+                ramp(PEAK, up_s=30, hold_s=400),
+                stop=stop,
+            )
+        )
+
+    started = time.time()
+    local_env.autoscale(True)
+    thread = threading.Thread(target=drive)
+    try:
+        thread.start()
+        first = poll(
+            lambda: (n := api_replicas(local_env)) > 3 and n,
+            150,
+            "the API scaled out by its HPA",
+            1.0,
+        )
+        # The pressure goes on for a while at the new size (what a wrong threshold is judged
+        # on below), then stops.
+        time.sleep(HOLD_AFTER_SCALE_OUT_S)  # a load duration, not a synchronization
+        peak = max(first, api_replicas(local_env))
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        scaled_out_at = time.time()
+        # Back to the minimum: the session's 20 s window, then one replica per 10 s.
+        poll(lambda: api_replicas(local_env) == 3, 150, "the API back at 3 replicas", 1.0)
+        back_at = time.time()
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=60)
+        loop.close()
+        local_env.autoscale(False)
+        local_env.scale("api", 3)
+    tally = got["tally"]
+    print(f"pressure: {tally}, peak {peak} replicas")
+    assert tally.ok > 0, tally
+    assert tally.failed == tally.errors == 0, tally  # scaling out and in fails nothing
+    assert peak <= 10
+    # The way back waited the session's window after the load stopped.
+    assert back_at - scaled_out_at >= FAST_SCALE_DOWN_WINDOW_S
+    # The window ends once Prometheus holds a scrape taken after the way back.
+    poll(lambda: prometheus_has(status, back_at + 3), 30, "the last samples scraped", 1.0)
+    window = Window(started, time.time())
+
+    # The shipped SLOs, with the stabilization window the session's specs use.
+    fast = f"5m->{FAST_SCALE_DOWN_WINDOW_S}s"
+    shipped = definitions(tmp_path / "d1", window=fast)
+    verdicts = gate(status, window, tmp_path / "right", *SCALING_SLOS, definitions=shipped)
+    bad = {n: verdicts[n]["reason"] for n in SCALING_SLOS if verdicts[n]["status"] != "pass"}
+    assert not bad, bad
+    reaction = verdicts["api-scale-up-reaction"]
+    assert reaction["samples"] >= 1, reaction  # an episode was judged, not a vacuous pass
+    flaps = verdicts["api-no-flapping"]
+    assert flaps["samples"] >= 2, flaps  # up and down were seen
+
+    # A wrong threshold (20 % instead of 70 %): the API "should" have grown long before.
+    miss = definitions(tmp_path / "d2", window=fast, threshold="70->20")
+    wrong = gate(status, window, tmp_path / "wrong", "api-scale-up-reaction", definitions=miss)
+    assert wrong["api-scale-up-reaction"]["status"] == "fail", wrong["api-scale-up-reaction"]
+    # The seed's 5-minute window against the session's 20 s one: every scale-down was early.
+    seed = gate(status, window, tmp_path / "seed", "api-scale-down-stabilized")
+    assert seed["api-scale-down-stabilized"]["status"] == "fail", seed
+    wait_healthy(local_env)
