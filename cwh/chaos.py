@@ -52,7 +52,14 @@ GAMEDAY = [
 #: What gates a chaos run: recovery and data. User-facing latency and availability over a run
 #: built around a fault breach by design (chaos.png shows by how much); the steady-state
 #: hypothesis checks them before and after the fault instead.
-CHAOS_SLOS = ("rto", "rpo", "chaos-recovered", "requests-lost", "requests-duplicated")
+CHAOS_SLOS = (
+    "rto",
+    "rpo",
+    "chaos-recovered",
+    "requests-lost",
+    "requests-duplicated",
+    "requests-never-notified",
+)
 #: How long an interrupted experiment may take to play its rollbacks before we stop waiting.
 ROLLBACK_GRACE_S = 300.0
 
@@ -86,6 +93,8 @@ def catalogue() -> dict[str, dict[str, Any]]:
             "title": doc["title"],
             "summary": ext.get("summary", doc["title"]),
             "tags": doc.get("tags", []),
+            # SLOs the experiment is also judged on (autoscaling ones, say), beyond CHAOS_SLOS.
+            "slos": tuple(str(n) for n in ext.get("slos", ())),
             "doc": doc,
         }
     return out
@@ -158,7 +167,9 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     if opts.gate and (out / "summary.json").exists():
         gate_code = check(
             GateOptions(
-                run=out, prometheus_url=env.status()["urls"]["prometheus"], only=CHAOS_SLOS
+                run=out,
+                prometheus_url=env.status()["urls"]["prometheus"],
+                only=(*CHAOS_SLOS, *exp["slos"]),
             ),
             console,
         )

@@ -177,7 +177,8 @@ async def _token(
                     await asyncio.sleep(max(0.0, min(wait, deadline - time.monotonic())))
                     continue
                 return str((await r.json())["access_token"]) if r.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        # TypeError: a 200 whose JSON is not an object (null, a list): no answer, not a crash.
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             return None
     return None
 
@@ -226,7 +227,8 @@ async def _status(
                 if r.status == 200:
                     return True, str((await r.json())["status"])
                 return False, "unauthorized" if r.status == 401 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        # TypeError: a 200 whose JSON is not an object (null, a list): no answer, not a crash.
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             return False, None
     return False, None
 

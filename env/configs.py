@@ -380,6 +380,10 @@ frontend https
     mode http
     bind 127.0.0.1:{ports.haproxy_https} ssl crt {layout.tls_pem} ssl-min-ver TLSv1.3 alpn http/1.1
     option forwardfor
+    # The whole request, body included, within `timeout http-request`: without it that timeout
+    # covers the headers only, and a body trickling in a byte every 29 s holds a connection
+    # (and an API replica's handler) for as long as the client likes.
+    option http-buffer-request
     http-request set-header X-Forwarded-Proto https
     http-response set-header Strict-Transport-Security "max-age=31536000"
 {haproxy_error_pages()}

@@ -234,6 +234,15 @@ async def token(request: web.Request) -> web.StreamResponse:
     client_id, secret = form.get("client_id"), form.get("client_secret")
     if not isinstance(client_id, str) or not isinstance(secret, str) or not client_id or not secret:
         raise ApiError(400, "client_id and client_secret are required", code="invalid_request")
+    # As /openapi.json says; a NUL would reach PostgreSQL, which refuses it in text (a 500).
+    for value in (client_id, secret):
+        if len(value) > contract.CREDENTIAL_MAX_LENGTH or "\x00" in value:
+            raise ApiError(
+                400,
+                f"client_id and client_secret: at most {contract.CREDENTIAL_MAX_LENGTH} "
+                "characters, no NUL",
+                code="invalid_request",
+            )
     query = "SELECT device_id, secret_hash FROM devices WHERE client_id = $1"
     row = await request.app[READ_POOL].fetchrow(query, client_id)
     if row is None:  # registered a moment ago, not replicated yet

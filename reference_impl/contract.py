@@ -35,6 +35,8 @@ RESUME_PATTERN = rf"^[0-9]{{1,18}}(,[0-9a-z]{{1,13}}){{0,{RESUME_MAX_IDS}}}$"
 
 #: Stored as PostgreSQL `text`, which cannot hold NUL.
 DEVICE_NAME_MAX_LENGTH = 200
+#: Client ids and secrets are short (`auth.new_client_credentials`); longer is not ours.
+CREDENTIAL_MAX_LENGTH = 200
 DEVICE_NAME_PATTERN = r"^[^\u0000]{1,200}$"
 
 INSTRUCTION_MAX_LENGTH = 4000

@@ -193,8 +193,16 @@ OPENAPI: dict[str, Any] = {
                                 "required": ["grant_type", "client_id", "client_secret"],
                                 "properties": {
                                     "grant_type": _string(enum=["client_credentials"]),
-                                    "client_id": _string(minLength=1),
-                                    "client_secret": _string(minLength=1),
+                                    "client_id": _string(
+                                        minLength=1,
+                                        maxLength=contract.CREDENTIAL_MAX_LENGTH,
+                                        **_no_nul,
+                                    ),
+                                    "client_secret": _string(
+                                        minLength=1,
+                                        maxLength=contract.CREDENTIAL_MAX_LENGTH,
+                                        **_no_nul,
+                                    ),
                                 },
                             }
                         }

@@ -394,6 +394,9 @@ class SchedulerState:
                 continue
             job.last_s = now
             outcome = await self.run_job(job, token)
+            # A job that ended (well or not) is progress: six jobs each waiting out their
+            # database deadlines in one cycle must not read as a wedged loop to liveness.
+            observability.tick(self.app, "lease")
             if outcome == "fenced":
                 self.lose_lease()
                 return "deposed"

@@ -436,7 +436,8 @@ class WorkerState:
     async def _attempt(self, job: Job) -> tuple[dict[str, Any] | None, str]:
         """Run the job and settle it: (event to publish, outcome). Whatever goes wrong inside
         the job fails this attempt (retried with backoff, then dead-lettered) with a reason
-        that names no request content; only a database that cannot record it propagates."""
+        that names no request content (a database error too, when the database can record it);
+        only a database that cannot record it propagates."""
         deadline = asyncio.timeout(JOB_DEADLINE_S)
         try:
             async with deadline:
@@ -450,8 +451,17 @@ class WorkerState:
             if not deadline.expired():
                 raise  # a database call timed out: the loop's business
             reason = f"job exceeded its {JOB_DEADLINE_S:g} s deadline"
-        except DB_ERRORS:
-            raise
+        except DB_ERRORS as exc:
+            # Recorded when the database can take it (one connection dropped mid-job, the pool
+            # has others): the attempt retries with backoff and says why. When it cannot, the
+            # claim expires and another attempt runs: the loop's business.
+            reason = f"database error in the job: {type(exc).__name__}"
+            try:
+                event = await self.fail(job, reason, permanent=False)
+            except DB_ERRORS:
+                raise exc from None
+            log.info("job %s attempt %d: %s", job.job_id, job.attempts, reason)
+            return event, "dead_lettered" if event else "retry"
         except Exception as exc:
             # A bug, or an answer no branch foresaw: one job fails, never the worker.
             # Where, not what: the message may quote the request's content.

@@ -201,10 +201,23 @@ def test_frontend_gets_its_servers_back_after_haproxy_restarts(
     wait_healthy(local_env)
 
 
+SLOW_HEADERS = b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+#: A registration whose body never ends (the secret is added: without it the API would answer
+#: 403 at once, before reading any body).
+SLOW_BODY = (
+    b"POST /v1/devices HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 1000\r\nX-Registration-Secret: %s\r\n\r\n{"
+)
+
+
 @pytest.mark.fault
-def test_a_client_sending_headers_slowly_cannot_hold_a_connection(local_env: LocalEnvironment):
-    """Slowloris: headers trickling in a byte a second. HAProxy's `timeout http-request` must
-    close the connection; with only `timeout client` (an hour), it stayed open."""
+@pytest.mark.parametrize("start", [SLOW_HEADERS, SLOW_BODY], ids=["headers", "body"])
+def test_a_client_sending_slowly_cannot_hold_a_connection(
+    local_env: LocalEnvironment, start: bytes
+):
+    """Slowloris: headers, or a body, trickling in a byte a second. HAProxy's `timeout
+    http-request` must close the connection; with only `timeout client` (an hour), it stayed
+    open, and without `option http-buffer-request` that timeout did not cover the body."""
     status = wait_healthy(local_env)
     port = local_env.settings.ports.haproxy_https
     ctx = ssl.create_default_context(cafile=status["tls_certificate"])
@@ -212,14 +225,15 @@ def test_a_client_sending_headers_slowly_cannot_hold_a_connection(local_env: Loc
         socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
         ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
     ):
-        tls.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        secret = (status.get("registration_secret") or "").encode()
+        tls.sendall(start % secret if start is SLOW_BODY else start)
         started = time.monotonic()
         closed_after = None
         tls.settimeout(1.0)
         # The slow client's own pace (a byte a second) is the fault, bounded at 40 s.
         while time.monotonic() - started < 40:
             try:
-                tls.sendall(b"X")
+                tls.sendall(b"X" if start is SLOW_HEADERS else b" ")
                 answer = tls.recv(4096)
             except TimeoutError:
                 continue
@@ -229,5 +243,6 @@ def test_a_client_sending_headers_slowly_cannot_hold_a_connection(local_env: Loc
             if answer == b"" or answer.startswith(b"HTTP/1.1 408"):
                 closed_after = time.monotonic() - started
                 break
+            pytest.fail(f"an answer before the request was whole: {answer[:200]!r}")
     assert closed_after is not None, "the slow client still held its connection after 40 s"
     assert closed_after <= 15, closed_after

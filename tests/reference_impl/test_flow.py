@@ -279,3 +279,26 @@ def test_oversized_body_is_413_json(local_env: LocalEnvironment):
     code, body = run(flow())
     assert code == 413
     assert body["error"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    ("client_id", "secret"),
+    [("\x00", "x"), ("cw_x", "\x00"), ("c" * 201, "x"), ("cw_x", "s" * 201)],
+)
+def test_a_token_call_with_an_impossible_credential_is_400_json(
+    local_env: LocalEnvironment, client_id: str, secret: str
+):
+    """A NUL used to reach PostgreSQL, which refuses it in text: a 500 for a bad form field."""
+    status = wait_healthy(local_env)
+
+    async def flow() -> tuple[int, dict]:
+        async with Phone(status) as phone:
+            form = {"grant_type": "client_credentials", "client_id": client_id,
+                    "client_secret": secret}  # fmt: skip
+            async with phone.session.post(f"{phone.base}/oauth/token", data=form) as r:
+                return r.status, await r.json()
+
+    code, body = run(flow())
+    assert code == 400, body
+    assert body["error"] == "invalid_request"
+    assert "no NUL" in body["detail"]

@@ -29,6 +29,7 @@ SCRIPT = {
     "r-notoken": ["completed"],  # its device's token call fails: unknown
     "r-tokenflaky": ["completed"],  # its device's first token call fails, the next works
     "r-tokenlimited": ["completed"],  # its device's token calls are rate limited at first
+    "r-null": ["null"],  # a 200 whose JSON is not an object: no answer, never a crash
 }
 DEVICE_OF = {rid: "dev-main" for rid in SCRIPT}
 DEVICE_OF["r-notoken"] = "dev-notoken"
@@ -69,6 +70,8 @@ def fake_api(calls: Counter[str]) -> web.Application:
             return web.json_response({"error": "x"}, status=429, headers={"Retry-After": "0.2"})
         if isinstance(answer, int):
             return web.json_response({"error": "x"}, status=answer)
+        if answer == "null":
+            return web.json_response(None)
         return web.json_response({"request_id": rid, "status": answer})
 
     app = web.Application()
@@ -118,7 +121,7 @@ def test_what_the_api_could_not_answer_is_left_out_and_retried_until_the_deadlin
     assert statuses["r-tokenflaky"] == "completed"
     assert statuses["r-tokenlimited"] == "completed"  # the token's 429s were honoured
     # Never answered: left out (unknown), whatever the failure.
-    unknown = {"r-500", "r-busy", "r-slow", "r-cut", "r-notoken", "r-orphan"}
+    unknown = {"r-500", "r-busy", "r-slow", "r-cut", "r-notoken", "r-orphan", "r-null"}
     assert unknown.isdisjoint(statuses), statuses
     assert set(statuses) == set(SCRIPT) - unknown
     # Retried while the deadline lasted, and no longer: a final answer is not asked again.

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from slo.definitions import load
+from slo.gate import Context, evaluate
 from slo.ledger import Operation
 from slo.reconcile import reconcile
+from slo.sources import RunData, Window
 
 
 def submit(key: str, rid: str, outcome: str = "ok") -> Operation:
@@ -152,3 +158,16 @@ def test_a_result_the_phone_stopped_too_early_for_is_not_never_notified():
     assert rec["notification_unknown"] == 1  # r4: its device's log could not be read
     # Without the catch-up, every completed request no phone heard of is never notified.
     assert reconcile(ops, statuses)["never_notified"] == 3
+
+
+def test_a_completed_request_never_notified_fails_the_gate(tmp_path: Path):
+    """Swallowed notifications alone (nothing lost) fail a run: the harness reports them, and a
+    key objective reads them."""
+    slo = next(s for s in load() if s.name == "requests-never-notified")
+    assert slo.gate.key
+    for count, status in ((0, "pass"), (2, "fail")):
+        (tmp_path / "summary.json").write_text(
+            json.dumps({"reconciliation": {"never_notified": count, "lost": 0}})
+        )
+        verdict = evaluate(slo, Context(Window(0, 60), None, RunData(tmp_path)))
+        assert verdict.status == status, verdict
