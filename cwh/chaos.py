@@ -36,6 +36,7 @@ from env.settings import EnvSettings
 from experiments.settings import ChaosSettings, new_run_dir
 from slo.ledger import write_atomic
 from slo.reconcile import EXIT_CODES, worst_exit
+from slo.sources import RunData, Window
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = ROOT / "experiments"
@@ -48,6 +49,7 @@ GAMEDAY = [
     "redis-kill-master",
     "net-pg-latency",
     "pg-kill-primary",
+    "rolling-update",
 ]
 #: What gates a chaos run: recovery and data. User-facing latency and availability over a run
 #: built around a fault breach by design (chaos.png shows by how much); the steady-state
@@ -165,9 +167,15 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         write_atomic(out / "chaos.json", json.dumps(chaos, indent=2))
     gate_code = 2
     if opts.gate and (out / "summary.json").exists():
+        window = RunData(out).window()
+        if exp["slos"] and window is not None:
+            # The experiment's own SLOs (scaling ones) read Prometheus over the whole method,
+            # up to now: a scale-in waited for after the fleet stopped belongs to it.
+            window = Window(window.start, time.time())
         gate_code = check(
             GateOptions(
                 run=out,
+                window=window,
                 prometheus_url=env.status()["urls"]["prometheus"],
                 only=(*CHAOS_SLOS, *exp["slos"]),
             ),
@@ -205,9 +213,23 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         + (" ([red]deviated[/red])" if deviated else "")
         + f"; report {out / 'chaos.md'}"
     )
+    # Chaos Toolkit goes on after a method activity raises and still calls the experiment
+    # completed: a wait that timed out (the autoscaler never scaled back) is a failure here.
+    if failed := failed_activities(journal):
+        console.print(f"[red]failed:[/red] {', '.join(failed)} (see {out / 'journal.json'})")
+        return 1, out
     if status != "completed" or deviated or not restored["healthy"] or restored["errors"]:
         return 1, out
     return worst_exit(gate_code if opts.gate else 0, _reconciliation_code(out)), out
+
+
+def failed_activities(journal: dict[str, Any]) -> list[str]:
+    """The method's activities that failed (raised), by name, in a Chaos Toolkit journal."""
+    return [
+        str(run.get("activity", {}).get("name", "?"))
+        for run in journal.get("run") or []
+        if run.get("status") == "failed"
+    ]
 
 
 def _var_file(s: ChaosSettings, opts: ChaosOptions) -> Path:

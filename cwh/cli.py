@@ -232,6 +232,11 @@ def load(args: argparse.Namespace) -> int:
         opts = dataclasses.replace(opts, registration_secret=secret)
     opts = dataclasses.replace(opts, target=target.rstrip("/"), ca_file=ca_file)
     run_code, out, summary = run_fleet(opts, console, out=Path(args.out) if args.out else None)
+    prometheus = opts.prometheus_url or ("" if args.target else _local_prometheus())
+    if prometheus:
+        from cwh.fleet import add_replicas
+
+        add_replicas(out, prometheus, console)
     console.print((out / "summary.md").read_text())
     if summary["locust_exit_code"] != 0 or not summary["operations"]:
         console.print(f"[red]the load run itself failed[/red]; report: {out}")
@@ -240,7 +245,6 @@ def load(args: argparse.Namespace) -> int:
         return run_code  # the reconciliation's verdict: 1 lost or duplicated, 2 unknowns left
     # The gate decides (lost and duplicated requests are among its key objectives); a run with
     # unknowns left is never a pass, whatever definitions the gate was given.
-    prometheus = opts.prometheus_url or ("" if args.target else _local_prometheus())
     gate_code = check(
         GateOptions(run=out, prometheus_url=prometheus, definitions=Path(args.definitions)),
         console,

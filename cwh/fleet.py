@@ -486,6 +486,50 @@ def summary_markdown(opts: FleetOptions, summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The replica counts a load run reports: each HPA's current replicas, as kube-state-metrics has
+#: them (the local supervisor exports the same names).
+REPLICAS_QUERY = (
+    "max by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_status_current_replicas)"
+)
+
+
+def replica_steps(values: list[float]) -> list[int]:
+    """The replica counts in order, each change once: [3, 3, 4, 6, 6, 3] -> [3, 4, 6, 3]."""
+    out: list[int] = []
+    for v in values:
+        if not out or out[-1] != int(v):
+            out.append(int(v))
+    return out
+
+
+def add_replicas(out: Path, prometheus_url: str, console: Console) -> dict[str, list[int]]:
+    """Each HPA's replica counts over the run (from Prometheus), into `summary.json` and a line
+    of `summary.md`: what a ramp did to the topology. Nothing when Prometheus has none."""
+    from slo.sources import Prometheus, SourceUnavailable
+
+    summary = json.loads((out / "summary.json").read_text())
+    window = summary["window"]
+    try:
+        series = Prometheus(prometheus_url).timed_by_label(
+            REPLICAS_QUERY, "horizontalpodautoscaler", window["start"], window["end"], 2.0
+        )
+    except SourceUnavailable as exc:
+        console.print(f"[yellow]replica counts not read:[/yellow] {exc}")
+        return {}
+    steps = {name: replica_steps([v for _, v in points]) for name, points in series.items()}
+    steps = {name: s for name, s in sorted(steps.items()) if s}
+    if not steps:
+        return {}
+    summary["replicas"] = steps
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    line = "Replicas (each HPA's current count, in order): " + "; ".join(
+        f"{name} {' → '.join(map(str, s))}" for name, s in steps.items()
+    )
+    with open(out / "summary.md", "a") as f:
+        f.write(f"\n{line}.\n")
+    return steps
+
+
 def point_latest(folder: Path) -> None:
     """`latest` beside `folder` points at it."""
     latest = folder.parent / "latest"

@@ -196,9 +196,12 @@ class LocalAutoscaler:
         for state in self.states.values():
             name = state.spec.target.name
             current = len(self.running(name))
-            desired = state.last.desired if state.last else current
+            # Switched off, the controller decides nothing: no metric it saw, no desired count
+            # of its own (a last decision kept on export would look like a live, idle HPA).
+            last = state.last if self.enabled else None
+            desired = last.desired if last else current
             out += autoscaler.kube_state_samples(
-                state.spec, current, desired, available.get(name, 0), decision=state.last
+                state.spec, current, desired, available.get(name, 0), decision=last
             )
         return out
 

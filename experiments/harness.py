@@ -145,15 +145,17 @@ def open_faults(s: ChaosSettings) -> list[dict[str, Any]]:
 
 def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False) -> dict[str, Any]:
     """Undo every fault this harness can inject, whatever happened: (the fleet stopped, when
-    `stop_fleet`), toxics removed and proxies enabled, held components released, service knobs
-    and planted faults back to their defaults, open faults closed in the journal; then wait for
-    full health. Idempotent, and safe to call when nothing was injected.
+    `stop_fleet`), a scaling experiment's CPU pressure stopped, toxics removed and proxies
+    enabled, held components released, service knobs and planted faults back to their
+    defaults, open faults closed in the journal; then wait for full health. Idempotent, and
+    safe to call when nothing was injected.
 
     Every step runs whatever the others did (best effort): one that fails is recorded under
     `errors` (step -> what went wrong) and logged, never raised. `healthy` is the environment's
     health at the end (False when it could not be established)."""
     env = environment(s)
     steps: list[tuple[str, Callable[[], Any]]] = [
+        ("pressure_stopped", lambda: _stop_pressure(s)),
         ("toxics_reset", lambda: _reset_toxics(env)),
         ("released", lambda: _release_held(env)),
         ("knobs_reset", lambda: _reset_service_admin(env, "knobs")),
@@ -186,6 +188,13 @@ def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False)
     if interrupted is not None:
         raise interrupted
     return done
+
+
+def _stop_pressure(s: ChaosSettings) -> dict[str, Any]:
+    """The CPU pressure of a scaling experiment, stopped (nothing when none runs)."""
+    from experiments.activities.scaling.actions import stop_pressure
+
+    return stop_pressure(configuration=s.to_configuration())
 
 
 def _stop_fleet(s: ChaosSettings) -> dict[str, Any]:

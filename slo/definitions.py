@@ -171,6 +171,13 @@ def _scaling(doc: _Doc, spec: Node, path: str) -> Source:
         scaling.queries(check, dict(params))
     except ValueError as exc:
         raise doc.fail(spec, None, f"{path}: {exc}") from None
+    values = dict(params)
+    window, slack = values.get("window"), values.get("slack", 20.0)
+    if check == "early-scale-down" and (
+        not isinstance(window, float) or not isinstance(slack, float) or window <= 2 * slack
+    ):
+        # [t - window + slack, t - slack] would be empty: every scale-down would pass.
+        raise doc.fail(spec, "window", f"{path}.window must be more than twice the slack")
     text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params)
     return Source("scaling", f"{check}({text})", check, tuple(params))
 

@@ -77,15 +77,15 @@ def _value(slo: SLO, ctx: Context, kind: str, query: str, at_window_s: float) ->
     )
 
 
-#: Range checks read at the scrape interval, with at most this many points per series.
-SCALING_STEP_S, SCALING_MAX_POINTS = 2.0, 10_000
+#: Range checks read at the local scrape interval (a long window is read in parts).
+SCALING_STEP_S = 2.0
 
 
 def _scaling(src: Source, ctx: Context) -> scaling.Finding:
     if ctx.prometheus is None:
         raise _NoData("no Prometheus given (--prometheus, PROMETHEUS_URL)")
     w = ctx.window
-    step = max(SCALING_STEP_S, w.seconds / SCALING_MAX_POINTS)
+    step = SCALING_STEP_S
     # The step grid ends at the window's end (Prometheus counts steps from the start): the
     # last change in the window is in the series, not a step short of it.
     start = w.end - step * math.ceil(w.seconds / step)

@@ -25,7 +25,7 @@ Series = Sequence[tuple[float, float]]  # (UTC seconds, value), sorted by time
 HPA = "kube_horizontalpodautoscaler_"
 Params = Mapping[str, str | float]
 #: The numeric parameters (durations in seconds); the definitions parse them, with file and line.
-NUMERIC = ("threshold", "tolerance", "window", "slack", "drained")
+NUMERIC = ("threshold", "tolerance", "window", "slack", "drained", "maximum", "settle")
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,23 @@ class Finding:
     episodes: int
 
 
-def _at(series: Series, t: float) -> float | None:
-    """The series' value at `t`: its last sample at or before `t` (a step function)."""
-    i = bisect.bisect_right([s[0] for s in series], t) - 1
-    return series[i][1] if i >= 0 else None
+class Steps:
+    """A series as a step function: its value at any time is its last sample at or before it."""
+
+    def __init__(self, series: Series) -> None:
+        self.series = series
+        self.times = [t for t, _ in series]
+
+    def at(self, t: float) -> float | None:
+        i = bisect.bisect_right(self.times, t) - 1
+        return self.series[i][1] if i >= 0 else None
+
+    def first_after(self, t: float, above: float) -> float:
+        """The first sample time after `t` with a value above `above` (inf: none)."""
+        for k in range(bisect.bisect_right(self.times, t), len(self.series)):
+            if self.series[k][1] > above:
+                return self.series[k][0]
+        return math.inf
 
 
 def _over(value: float, threshold: float, tolerance: float) -> bool:
@@ -62,44 +75,70 @@ def scale_up_reaction(
     threshold: float,
     tolerance: float,
     end: float,
+    per_available: bool = False,
+    settle_s: float = 30.0,
 ) -> Finding | None:
     """The longest time the workload was over its threshold without a replica added.
 
     An episode starts at the first sample where the metric exceeds `threshold x (1 +
-    tolerance)` while the HPA's current replicas are under `maximum`, and ends at the first of:
-    an available replica beyond the episode's starting count (the reaction), the metric back
-    within the threshold or the maximum reached (the overload passed before any reaction: its
-    length still counts, an HPA that never reacts to short bursts must not hide), or the end of
-    the window. The value is the longest episode, in seconds.
+    tolerance)` while the replicas are under `maximum`, and ends at the first of: an available
+    replica beyond the count before the episode (the reaction), the metric back within the
+    threshold or the maximum reached (the overload passed before any reaction: its length
+    still counts, an HPA that never reacts to short bursts must not hide), or the end of the
+    window. The value is the longest episode, in seconds.
 
-    `threshold` is the objective's (the seed's 70 %), not read from the HPA: a misconfigured
-    HPA target is what this check exists to catch.
+    The count an episode starts from is the lower of the HPA's current replicas at its first
+    sample and at the sample before: an HPA exports the metric it acted on in the same sync in
+    which it raises the count (the local one at once, a cluster's a sync later), and a
+    reaction is a replica *ready* beyond the count before it acted.
+
+    `per_available`: the metric is an average over the HPA's current replicas (an
+    `AverageValue` target: the queue per worker, counting workers not yet ready); judge it per
+    available replica instead, so added replicas that never become ready cannot lower it.
+
+    After a reaction the next episode starts `settle_s` later at the earliest: a new replica's
+    load shows in the metric only after a sync and a metric window (the HPA even leaves a new
+    pod's CPU out for a while), and the overload seen meanwhile was already answered.
+
+    `threshold` and `maximum` are the objective's (the seed's 70 % and 10), not read from the
+    HPA: a misconfigured HPA target is what this check exists to catch.
     """
     if not metric or not current or not available:
         return None
+    cur_at, avail = Steps(current), Steps(available)
+
+    def load(t: float, m: float) -> float:
+        if not per_available:
+            return m
+        return m * (cur_at.at(t) or 0) / max(1.0, avail.at(t) or 0)
+
+    def over(t: float, m: float) -> bool:
+        return _over(load(t, m), threshold, tolerance) and (cur_at.at(t) or 0) < maximum
+
     worst, worst_at, episodes = 0.0, 0.0, 0
     i = 0
     while i < len(metric):
         t0, m0 = metric[i]
-        r0 = _at(current, t0)
-        if r0 is None or r0 >= maximum or not _over(m0, threshold, tolerance):
+        if not over(t0, m0):
             i += 1
             continue
+        before = [v for v in (cur_at.at(t0), cur_at.at(metric[i - 1][0]) if i else None) if v]
+        if not before:
+            i += 1
+            continue
+        r0 = min(before)
         episodes += 1
-        reacted = next((t for t, v in available if t > t0 and v > r0), math.inf)
+        reacted = avail.first_after(t0, r0)
         j = i + 1
-        while j < len(metric):
-            t, m = metric[j]
-            cur = _at(current, t)
-            if t >= reacted or not _over(m, threshold, tolerance) or (cur or 0) >= maximum:
-                break
+        while j < len(metric) and metric[j][0] < reacted and over(*metric[j]):
             j += 1
         stop = min(reacted, metric[j][0] if j < len(metric) else end, end)
         if stop - t0 > worst:
             worst, worst_at = stop - t0, t0
-        # The next episode starts after this one: at the reaction, the samples still show the
-        # metric the HPA acted on, and judge the next step from the new count.
-        while j < len(metric) and metric[j][0] < stop:
+        # The next episode starts after this one (and after a reaction has settled), judged
+        # from the count then.
+        resume = stop + settle_s if stop == reacted else stop
+        while j < len(metric) and metric[j][0] < resume:
             j += 1
         i = max(j, i + 1)
     if not episodes:
@@ -124,6 +163,7 @@ def recommendation(current: float, metric: float, target: float, tolerance: floa
 def early_scale_downs(
     metric: Series,
     current: Series,
+    desired: Series,
     target: float,
     tolerance: float,
     window_s: float,
@@ -132,23 +172,28 @@ def early_scale_downs(
 ) -> Finding | None:
     """Scale-downs that came before the stabilization window allowed them.
 
-    The HPA scales down to the highest recommendation of the last `window_s` seconds. A fall
-    to `n` replicas at time t is early when a recommendation recomputed from the exported
-    metric and replica count (`recommendation`) exceeded `n` inside `[t - window + slack,
-    t - slack]`: the slack absorbs the scrape and sync offsets between the samples and the
-    HPA's own clock. The value is the number of early scale-downs.
+    The HPA scales down to the highest recommendation of the last `window_s` seconds. A fall of
+    its desired replicas to `n` at time t is early when a recommendation recomputed from the
+    exported metric and the current count (`recommendation`) exceeded `n` inside `[t - window
+    + slack, t - slack]`: the slack absorbs the scrape and sync offsets between the samples and
+    the HPA's own clock (so a window shorter by less than the slack passes). Desired, not
+    current, replicas: a rolling update's surge moves the current count without any decision.
+    The value is the number of early scale-downs.
     """
-    if not metric or not current:
+    if not metric or not current or not desired:
         return None
+    cur_at = Steps(current)
+    times = [t for t, _ in metric]
     early, downs, first = 0, 0, ""
-    for (_, before), (t, after) in itertools.pairwise(current):
+    for (_, before), (t, after) in itertools.pairwise(desired):
         if after >= before:
             continue
         downs += 1
         lo, hi = t - window_s + slack_s, t - slack_s
-        for s, m in metric:
-            cur = _at(current, s)
-            if not lo <= s <= hi or cur is None:
+        for k in range(bisect.bisect_left(times, lo), bisect.bisect_right(times, hi)):
+            s, m = metric[k]
+            cur = cur_at.at(s)
+            if cur is None:
                 continue
             rec = min(recommendation(cur, m, target, tolerance), maximum)
             if rec > after:
@@ -165,7 +210,8 @@ def early_scale_downs(
 
 def direction_changes(replicas: Series, window_s: float) -> Finding | None:
     """The most direction changes of the replica count (up then down, or down then up) inside
-    any `window_s` seconds: flapping. A ramp up and back down is one."""
+    any `window_s` seconds: flapping. A ramp up and back down is one. Given the HPA's desired
+    replicas (its decisions), a rolling update's surge is no change."""
     if not replicas:
         return None
     steps = [(t, 1 if b > a else -1) for (_, a), (t, b) in itertools.pairwise(replicas) if b != a]
@@ -235,33 +281,34 @@ def queries(check: str, params: Params) -> dict[str, str]:
     """The PromQL each check reads (shown in the verdict, so a reader can rerun them)."""
     hpa, sel = params.get("hpa", ""), _selector(params)
     target_type = params.get("metricTargetType", "utilization")
-    metric = (
-        f'max({HPA}status_target_metric{{{sel},metric_name="{params.get("metric", "cpu")}",'
-        f'metric_target_type="{target_type}"}})'
-    )
+    which = f'metric_name="{params.get("metric", "cpu")}",metric_target_type="{target_type}"'
+    metric = f"max({HPA}status_target_metric{{{sel},{which}}})"
     current = f"max({HPA}status_current_replicas{{{sel}}})"
-    deployment = params.get("deployment", hpa)
+    desired = f"max({HPA}status_desired_replicas{{{sel}}})"
+    dep = f'deployment="{params.get("deployment", hpa)}"'
+    if ns := params.get("namespace"):
+        dep += f',namespace="{ns}"'
     if check == "scale-up-reaction":
-        return {
+        out = {
             "metric": metric,
             "current": current,
-            "available": (
-                f'max(kube_deployment_status_replicas_available{{deployment="{deployment}"}})'
-            ),
-            "maximum": f"max({HPA}spec_max_replicas{{{sel}}})",
+            "available": f"max(kube_deployment_status_replicas_available{{{dep}}})",
         }
+        if "maximum" not in params:  # the objective's own bound, when it states one
+            out["maximum"] = f"max({HPA}spec_max_replicas{{{sel}}})"
+        return out
     if check == "early-scale-down":
-        return {
+        out = {
             "metric": metric,
             "current": current,
-            "target": (
-                f'max({HPA}spec_target_metric{{{sel},metric_name="{params.get("metric", "cpu")}",'
-                f'metric_target_type="{target_type}"}})'
-            ),
-            "maximum": f"max({HPA}spec_max_replicas{{{sel}}})",
+            "desired": desired,
+            "target": f"max({HPA}spec_target_metric{{{sel},{which}}})",
         }
+        if "maximum" not in params:
+            out["maximum"] = f"max({HPA}spec_max_replicas{{{sel}}})"
+        return out
     if check == "flapping":
-        return {"current": current}
+        return {"desired": desired}
     if check == "backlog-drain":
         return {"depth": str(params.get("query", "max(cw_queue_depth)"))}
     raise ValueError(f"unknown check {check!r}: one of {', '.join(CHECKS)}")
@@ -274,6 +321,12 @@ def _num(params: Params, key: str, default: float | None = None) -> float:
     return float(raw)
 
 
+def lookback_s(check: str, params: Params) -> float:
+    """How long before the window a check must read: a scale-down early in the window is
+    judged on the recommendations of the stabilization window before it."""
+    return _num(params, "window") if check == "early-scale-down" else 0.0
+
+
 def measure(
     check: str,
     params: Params,
@@ -282,16 +335,19 @@ def measure(
     end: float,
     step_s: float,
 ) -> Finding | None:
-    """Read the check's series over [start, end] and judge them (None: a series is empty)."""
+    """Read the check's series over [start - lookback, end] and judge them (None: a series is
+    empty). Only events inside [start, end] are judged."""
     wanted = queries(check, params)
     got: dict[str, Series] = {}
     for name, q in wanted.items():
-        series = source.timed(q, start, end, step_s)
+        series = source.timed(q, start - lookback_s(check, params), end, step_s)
         if len(series) > 1:
             raise ValueError(f"{q}: {len(series)} series, not one (select one HPA)")
         got[name] = series[0] if series else []
 
     def last(name: str) -> float | None:
+        if name not in got:
+            return _num(params, name) if name in params else None
         return got[name][-1][1] if got[name] else None
 
     tolerance = _num(params, "tolerance", 0.1)
@@ -307,14 +363,19 @@ def measure(
             _num(params, "threshold"),
             tolerance,
             end,
+            per_available=params.get("metricTargetType") == "average",
+            settle_s=_num(params, "settle", 30.0),
         )
     if check == "early-scale-down":
         target = last("target")
         if target is None:
             return None
+        in_window = [p for p in got["desired"] if p[0] >= start]
+        first = [p for p in got["desired"] if p[0] < start][-1:]  # the count entering it
         return early_scale_downs(
             got["metric"],
             got["current"],
+            first + in_window,
             target,
             tolerance,
             _num(params, "window"),
@@ -322,5 +383,5 @@ def measure(
             last("maximum") or math.inf,
         )
     if check == "flapping":
-        return direction_changes(got["current"], _num(params, "window"))
+        return direction_changes(got["desired"], _num(params, "window"))
     return drain_time(got["depth"], _num(params, "drained", 0.0), end)

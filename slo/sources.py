@@ -110,11 +110,8 @@ class Prometheus:
         value = float(result[0]["value"][1])
         return None if math.isnan(value) else value
 
-    def timed(
-        self, query: str, start: float, end: float, step_s: float
-    ) -> list[list[tuple[float, float]]]:
-        """Every series of the query over [start, end], as (time, value) pairs without NaNs."""
-        result = self._run(
+    def _range(self, query: str, start: float, end: float, step_s: float) -> list[dict[str, Any]]:
+        return self._run(
             self.client.custom_query_range,
             query,
             start_time=datetime.fromtimestamp(start, UTC),
@@ -122,26 +119,48 @@ class Prometheus:
             step=f"{max(1, round(step_s))}s",
             timeout=self.timeout_s,
         )
-        return [
-            [(float(t), float(v)) for t, v in r["values"] if not math.isnan(float(v))]
-            for r in result
-        ]
+
+    @staticmethod
+    def _points(result: dict[str, Any]) -> list[tuple[float, float]]:
+        return [(float(t), float(v)) for t, v in result["values"] if not math.isnan(float(v))]
+
+    #: Prometheus refuses a range query of more than 11,000 points per series.
+    MAX_POINTS = 10_000
+
+    def timed(
+        self, query: str, start: float, end: float, step_s: float
+    ) -> list[list[tuple[float, float]]]:
+        """Every series of the query over [start, end] at `step_s`, as (time, value) pairs
+        without NaNs; a long range is asked in parts, never at a coarser step (a 28-day window
+        sampled every few minutes would hide every event shorter than that)."""
+        step = max(1, round(step_s))
+        by_series: dict[str, list[tuple[float, float]]] = {}
+        t = start
+        while t <= end:
+            part_end = min(end, t + step * (self.MAX_POINTS - 1))
+            for r in self._range(query, t, part_end, step):
+                key = json.dumps(r["metric"], sort_keys=True)
+                by_series.setdefault(key, []).extend(self._points(r))
+            t = part_end + step
+        return list(by_series.values())
+
+    def timed_by_label(
+        self, query: str, label: str, start: float, end: float, step_s: float
+    ) -> dict[str, list[tuple[float, float]]]:
+        """Each series of the query over [start, end] by the value of its `label`."""
+        return {
+            str(r["metric"].get(label, "")): self._points(r)
+            for r in self._range(query, start, end, step_s)
+        }
 
     def series(self, query: str, window: Window, step_s: float) -> list[float]:
         """The values of the query's single series at each step of the window."""
-        result = self._run(
-            self.client.custom_query_range,
-            query,
-            start_time=datetime.fromtimestamp(window.start, UTC),
-            end_time=datetime.fromtimestamp(window.end, UTC),
-            step=f"{max(1, round(step_s))}s",
-            timeout=self.timeout_s,
-        )
+        result = self._range(query, window.start, window.end, step_s)
         if not result:
             return []
         if len(result) > 1:
             raise QueryProblem(f"{len(result)} series, not one: aggregate them (sum, max...)")
-        return [float(v) for _, v in result[0]["values"] if not math.isnan(float(v))]
+        return [v for _, v in self._points(result[0])]
 
 
 class RunData:

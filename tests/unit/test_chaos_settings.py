@@ -235,3 +235,34 @@ def test_the_yaml_declaration_is_one_line_per_entry():
     lines = [ln for ln in text.splitlines() if ln.startswith("  cwh_")]
     assert len(lines) == len(declared_configuration())
     assert all(yaml.safe_load(ln.strip()) for ln in lines)
+
+
+def test_every_slo_an_experiment_is_gated_on_is_defined():
+    """An experiment's `slos` (beside the chaos ones) name shipped definitions: a typo would make
+    the gate skip the objective the experiment exists for."""
+    from cwh.chaos import catalogue
+    from slo.definitions import load
+
+    defined = {s.name for s in load()}
+    wanted = {name: exp["slos"] for name, exp in catalogue().items()}
+    for name in ("api-scale-out", "worker-backlog", "rolling-update"):
+        assert wanted[name], name
+    for name, slos in wanted.items():
+        assert set(slos) <= defined, (name, sorted(set(slos) - defined))
+
+
+def test_a_method_activity_that_raised_fails_the_run():
+    """Chaos Toolkit calls an experiment completed when one of its method's activities raised
+    (a wait that timed out): `cwh chaos` reads the journal's runs."""
+    from cwh.chaos import failed_activities
+
+    journal = {
+        "status": "completed",
+        "run": [
+            {"activity": {"name": "start-fleet"}, "status": "succeeded"},
+            {"activity": {"name": "api-scaled-in"}, "status": "failed"},
+        ],
+    }
+    assert failed_activities(journal) == ["api-scaled-in"]
+    assert failed_activities({"status": "completed", "run": []}) == []
+    assert failed_activities({}) == []

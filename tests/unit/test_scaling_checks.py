@@ -88,6 +88,45 @@ def test_a_wrong_threshold_makes_a_good_autoscaler_fail():
     assert wrong.value > 200
 
 
+def test_the_count_before_the_hpa_acted_is_what_a_ready_replica_must_exceed():
+    """The HPA exports the metric it acted on in the sync that raised the count: the count in
+    that sample is already the new one. The reaction is the new replica being ready, 30 s later,
+    not the metric falling 50 s later (the new replicas' load shows after a sync)."""
+    metric = every(0, 200, 5, lambda t: 95 if 50 <= t < 100 else 50)  # fresh reading at 100
+    current = every(0, 200, 5, lambda t: 3 if t < 50 else 5)  # raised at the first sample over
+    available = every(0, 200, 5, lambda t: 3 if t < 80 else 5)  # ready 30 s later
+    found = scaling.scale_up_reaction(metric, current, available, 10, 70, 0.1, 200)
+    assert found is not None
+    assert found.value == 30
+
+
+def test_workers_added_but_never_ready_do_not_lower_the_queue_per_worker():
+    """An AverageValue metric is averaged over the current count, ready or not: judged per
+    available worker, a queue of 40 on 3 ready workers stays over 8.8 however many were added."""
+    depth = 40.0
+    current = every(0, 300, 5, lambda t: 3 if t < 30 else 5)
+    available = every(0, 300, 5, lambda t: 3)
+    metric = [(t, depth / c) for (t, c) in current]  # 13.3, then 8 per current worker
+    found = scaling.scale_up_reaction(metric, current, available, 20, 8, 0.1, 300, True)
+    assert found is not None
+    assert found.value >= 270  # never reacted: from the first sample to the end
+    plain = scaling.scale_up_reaction(metric, current, available, 20, 8, 0.1, 300)
+    assert plain is not None
+    assert plain.value < 60  # what the averaged metric alone would have let pass
+
+
+def test_a_rolling_update_is_no_flapping_and_no_early_scale_down():
+    """A surge moves the current count 3 -> 4 -> 3 six times; the HPA decided nothing."""
+    current = steps(*[(float(t), 4.0 if (t // 10) % 2 else 3.0) for t in range(0, 120, 5)])
+    desired = every(0, 120, 5, lambda t: 3)
+    metric = every(0, 120, 5, lambda t: 42)  # 60 % of 70: a recommendation of 3 or less
+    flaps = scaling.direction_changes(desired, 300)
+    early = scaling.early_scale_downs(metric, current, desired, 70, 0.1, 300, 20)
+    assert flaps is not None
+    assert early is not None
+    assert (flaps.value, early.value) == (0, 0)
+
+
 def test_no_series_is_no_data():
     assert scaling.scale_up_reaction([], [(0, 3)], [(0, 3)], 10, 70, 0.1, 10) is None
 
@@ -99,7 +138,7 @@ def test_a_scale_down_after_the_window_is_not_early():
     # 6 replicas at 100 % until t=100, then 20 %: recommendations 9 (ceil 6 x 100/70), then 2.
     metric = every(0, 800, 15, lambda t: 100 if t < 100 else 20)
     current = every(0, 800, 15, lambda t: 6 if t < 420 else 5)
-    found = scaling.early_scale_downs(metric, current, 70, 0.1, 300, 20)
+    found = scaling.early_scale_downs(metric, current, current, 70, 0.1, 300, 20)
     assert found is not None
     assert (found.value, found.episodes) == (0, 1)
 
@@ -107,7 +146,7 @@ def test_a_scale_down_after_the_window_is_not_early():
 def test_a_scale_down_inside_the_window_is_counted():
     metric = every(0, 800, 15, lambda t: 100 if t < 100 else 20)
     current = every(0, 800, 15, lambda t: 6 if t < 200 else 5)  # 100 s after a 9
-    found = scaling.early_scale_downs(metric, current, 70, 0.1, 300, 20)
+    found = scaling.early_scale_downs(metric, current, current, 70, 0.1, 300, 20)
     assert found is not None
     assert found.value == 1
     assert "recommendation of 9" in found.note
@@ -116,11 +155,11 @@ def test_a_scale_down_inside_the_window_is_counted():
 def test_the_recommendation_is_capped_at_the_maximum():
     metric = every(0, 800, 15, lambda t: 500 if t < 100 else 20)
     current = every(0, 800, 15, lambda t: 10 if t < 200 else 9)
-    capped = scaling.early_scale_downs(metric, current, 70, 0.1, 300, 20, maximum=10)
+    capped = scaling.early_scale_downs(metric, current, current, 70, 0.1, 300, 20, maximum=10)
     assert capped is not None
     assert capped.value == 1  # 10 > 9 still: early
     metric = every(0, 800, 15, lambda t: 20)
-    calm = scaling.early_scale_downs(metric, current, 70, 0.1, 300, 20, maximum=10)
+    calm = scaling.early_scale_downs(metric, current, current, 70, 0.1, 300, 20, maximum=10)
     assert calm is not None
     assert calm.value == 0
 
@@ -255,7 +294,6 @@ def test_the_gate_judges_a_scaling_slo_and_says_why():
         "status_target_metric": every(0, 300, 5, lambda t: 90 if t >= 100 else 50),
         "status_current_replicas": every(0, 300, 5, lambda t: 3),
         "replicas_available": every(0, 300, 5, lambda t: 3),
-        "spec_max_replicas": every(0, 300, 5, lambda t: 10),
     }
     ctx = Context(Window(0, 300), FakeRange(answers), RunData(None))  # type: ignore[arg-type]
     verdict = evaluate(slo, ctx)
@@ -265,3 +303,37 @@ def test_the_gate_judges_a_scaling_slo_and_says_why():
     answers.pop("replicas_available")
     verdict = evaluate(slo, ctx)
     assert verdict.status == "no_data"
+
+
+def test_a_load_run_reports_each_change_of_the_replica_count_once():
+    from cwh.fleet import replica_steps
+
+    assert replica_steps([3, 3, 4, 6, 6, 6, 5, 3, 3]) == [3, 4, 6, 5, 3]
+    assert replica_steps([3.0]) == [3]
+    assert replica_steps([]) == []
+
+
+def test_a_long_range_is_read_in_parts_at_the_same_step():
+    """A 7-day window at 2 s is 302,400 points: asked in parts Prometheus accepts, joined per
+    series, never coarsened."""
+    from slo.sources import Prometheus
+
+    asked: list[tuple[float, float, float]] = []
+
+    class Recorder(Prometheus):
+        def _range(self, query, start, end, step_s):  # type: ignore[override]
+            asked.append((start, end, step_s))
+            n = int((end - start) // step_s) + 1
+            return [
+                {"metric": {"hpa": "api"}, "values": [[start + k * step_s, "3"] for k in range(n)]}
+            ]
+
+    prom = Recorder("http://127.0.0.1:1")
+    (series,) = prom.timed("q", 0.0, 7 * 86400.0, 2.0)
+    assert all((end - start) / step + 1 <= Prometheus.MAX_POINTS for start, end, step in asked)
+    assert {step for _, _, step in asked} == {2}
+    times = [t for t, _ in series]
+    assert times == sorted(set(times))  # no point twice where parts meet
+    assert times[0] == 0
+    assert times[-1] == 7 * 86400
+    assert len(times) == 7 * 86400 // 2 + 1

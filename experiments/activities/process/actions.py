@@ -16,6 +16,12 @@ from experiments.activities.process.probes import leader_scheduler, service_rows
 from experiments.settings import Configuration
 
 
+def _slot(name: str) -> int:
+    """api12 -> 12 (0 without a number)."""
+    digits = "".join(c for c in name if c.isdigit())
+    return int(digits) if digits else 0
+
+
 def kill_service(
     role: str,
     which: str = "first",
@@ -28,8 +34,9 @@ def kill_service(
     component kind of `cwh env status` (haproxy, pgbouncer, etcd, ...).
 
     Args:
-        which: "first" (the first healthy replica by name), "leader" (the scheduler that leads),
-            or a component name such as "api2".
+        which: "first" (the first healthy replica by name), "newest" (the healthy replica in
+            the highest slot: one a scale-out added), "leader" (the scheduler that leads), or a
+            component name such as "api2".
         mid_job: for workers: wait (up to `wait_busy_s`) until the replica is processing a job,
             so the kill interrupts one (its claim must expire and another worker finish it).
 
@@ -40,10 +47,11 @@ def kill_service(
     if which == "leader":
         name = leader_scheduler(configuration=configuration)
         target = next(r for r in rows if r["component"] == name)
-    elif which == "first":
+    elif which in ("first", "newest"):
         if not rows:
             raise RuntimeError(f"no healthy {role} replica to kill")
-        target = rows[0]
+        # newest: the highest slot, a replica a scale-out just added.
+        target = rows[0] if which == "first" else max(rows, key=lambda r: _slot(r["component"]))
     else:
         named = [r for r in rows if r["component"] == which]
         if not named:

@@ -43,3 +43,26 @@ def end_llm_429_storm(*, configuration: Configuration) -> dict[str, Any]:
     resp.raise_for_status()
     harness.mark(s, "restore", "llm-429-storm")
     return dict(resp.json())
+
+
+def slow_llm(latency_ms: int = 1500, *, configuration: Configuration) -> dict[str, Any]:
+    """Every LLM call takes `latency_ms` (fixed): jobs queue faster than the workers finish."""
+    if not 0 < latency_ms <= 60_000:
+        raise ValueError(f"latency_ms {latency_ms}: 1 to 60000")
+    s = harness.settings_of(configuration)
+    resp = requests.post(
+        _knobs_url(s, "llm"), json={"latency_ms": latency_ms, "latency_dist": "fixed"}, timeout=5
+    )
+    resp.raise_for_status()
+    harness.mark(s, "inject", "slow-llm", latency_ms=latency_ms)
+    return dict(resp.json())
+
+
+def end_slow_llm(*, configuration: Configuration) -> dict[str, Any]:
+    """The LLM stub's knobs back to their defaults (a rollback too: safe to call twice)."""
+    s = harness.settings_of(configuration)
+    resp = requests.post(_knobs_url(s, "llm"), json=harness.CLEAN_KNOBS, timeout=5)
+    resp.raise_for_status()
+    if any(f["fault"] == "slow-llm" for f in harness.open_faults(s)):
+        harness.mark(s, "restore", "slow-llm")
+    return dict(resp.json())
