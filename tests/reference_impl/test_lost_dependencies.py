@@ -261,6 +261,11 @@ def test_a_paused_write_path_leaves_reads_answered_and_replicas_in_rotation(
             rid = accepted["request_id"]
             await until_status(phone, rid, {"completed"}, 30)
             ws = await phone.updates()  # a phone's socket, held through the stall
+            # Connected means greeted: the hub reads the device's latest events before its
+            # hello, and a pause in between closes the socket with 1013 (retry later), by
+            # design, which is not what this test is about.
+            hello = await ws.receive_json(timeout=10)
+            assert hello["type"] == "hello", hello
             codes = []
             with psycopg.connect(admin, autocommit=True) as pgb:
                 pgb.execute("PAUSE cloudwatcher")
