@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from env.autoscaler import ExportedSample
-from env.scaling import ScaleError, ready_count
+from env.readiness import ready_count
+from env.scaling import ScaleError
 from env.topology import Workload
 from reference_impl.control_plane import control_plane_guard
 

@@ -26,7 +26,8 @@ import psutil
 from env import autoscaler, probes
 from env.autoscaler import ControllerConfig, Decision, History, Observation, Pod, PodMetric
 from env.hpa import HPASpec
-from env.scaling import Scaler, ScaleResult, is_ready
+from env.readiness import replica_ready
+from env.scaling import Scaler, ScaleResult
 from env.topology import Topology, Workload
 
 log = logging.getLogger("cwh.autoscaler")
@@ -141,7 +142,7 @@ class LocalAutoscaler:
         """The HPA controller's view of workload `w` now."""
         now_wall, now = time.time(), time.monotonic()
         comps = self.running(w.name)
-        oks = await asyncio.gather(*(is_ready(w, c) for c in comps))
+        oks = await asyncio.gather(*(replica_ready(w, c) for c in comps))
         pods, cpu = [], {}
         requests = {"cpu": w.resources.cpu_request_m / 1000} if w.resources.cpu_request_m else {}
         for comp, ok in zip(comps, oks, strict=True):

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from env import configs, probes
 from env.files import write_file
 from env.layout import Layout
+from env.readiness import ready_count, replica_ready
 from env.topology import Replica, Topology, Workload
 
 log = logging.getLogger("cwh.scaling")
@@ -116,25 +117,6 @@ async def poll(
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(interval_s)
-
-
-def readiness_url(w: Workload, comp: Replicated) -> str | None:
-    probe = w.readiness
-    if probe is None:
-        return None
-    return f"http://127.0.0.1:{comp.ports[probe.port]}{probe.path}"
-
-
-async def is_ready(w: Workload, comp: Replicated) -> bool:
-    """The replica runs and its readiness probe passes (no probe: it runs)."""
-    if comp.pid is None:
-        return False
-    url = readiness_url(w, comp)
-    return True if url is None else await probes.http_ok(url)
-
-
-async def ready_count(w: Workload, comps: list[Any]) -> int:
-    return sum(await asyncio.gather(*(is_ready(w, c) for c in comps)))
 
 
 class Scaler:
@@ -245,7 +227,7 @@ class Scaler:
 
     async def _join(self, w: Workload, comp: Replicated, timeout_s: float) -> bool:
         """Ready first, then into the load balancer; True once it routes to it."""
-        if not await poll(lambda: is_ready(w, comp), timeout_s):
+        if not await poll(lambda: replica_ready(w, comp), timeout_s):
             return False
         if w.load_balancer is None:
             return True
@@ -265,7 +247,7 @@ class Scaler:
         for _ in range(n):
             running = self.runtime.running(w.name)
             victim = running[-1]  # the highest slot: names stay compact
-            if w.min_available is not None and await is_ready(w, victim):
+            if w.min_available is not None and await replica_ready(w, victim):
                 available = await ready_count(w, running)
                 if available - 1 < w.min_available:
                     result.refused = (

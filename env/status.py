@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from env import configs, probes
+from env import configs, probes, readiness, topology
 from env.layout import Layout
 from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
@@ -27,26 +27,12 @@ def _postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
-async def _pgbouncer_ok(port: int, password: str, tls: ssl.SSLContext) -> bool:
-    try:
-        conn = await asyncpg.connect(
-            host="127.0.0.1",
-            port=port,
-            user="cloudwatcher",
-            password=password,
-            database="cloudwatcher",
-            statement_cache_size=0,
-            ssl=tls,
-            timeout=2,
-        )
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
-    try:
-        return bool(await conn.fetchval("SELECT 1") == 1)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
-    finally:
-        await conn.close()
+@dataclass(frozen=True)
+class _Running:
+    """A service replica as the supervisor reported it, for its readiness probe."""
+
+    pid: int | None
+    ports: Mapping[str, int]
 
 
 async def _none() -> None:
@@ -145,6 +131,7 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     redis_ports = [ports.redis(n) for n in range(settings.redis_nodes)]
     tls = client_tls_context(layout.ca_cert) if layout.ca_cert.exists() else None
     tls_by_name = await _tls_versions(settings, tls) if tls else {}
+    checks = readiness.Checks(settings, secrets, tls)
 
     async def safe(coro: Any, default: Any) -> Any:
         try:
@@ -221,15 +208,11 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         "haproxy",
         "haproxy",
         "load balancer",
-        bool(haproxy_rows) and len(write_up) == 1,
+        readiness.pg_routed(haproxy_rows, members),
         write_servers=write_up,
         read_servers=read_up,
     )
-    pgb_ok = (
-        await safe(_pgbouncer_ok(ports.pgbouncer, secrets.pg_app, tls), False)
-        if secrets and tls
-        else False
-    )
+    pgb_ok = await safe(checks.pgbouncer(), False)
     row(
         "pgbouncer",
         "pgbouncer",
@@ -268,19 +251,16 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
             toxics={n: t for n, t in toxics.items() if t},
             disabled=disabled,
         )
-    exporter_urls = {
-        f"postgres-exporter{m}": f"http://127.0.0.1:{ports.postgres_exporter(m)}/metrics"
-        for m in range(settings.pg_members)
-    }
-    exporter_urls["redis-exporter"] = f"http://127.0.0.1:{ports.redis_exporter}/metrics"
-    exporter_urls["prometheus"] = f"http://127.0.0.1:{ports.prometheus}/-/ready"
-    oks = await asyncio.gather(*(probes.http_ok(u) for u in exporter_urls.values()))
-    for (name, _), ok in zip(exporter_urls.items(), oks, strict=True):
+    for name, ok in (await checks.endpoints()).items():
         row(name, name.rstrip("0123456789").replace("-", "_"), "metrics", ok)
 
     services = [c for c in comps.values() if c["kind"] in SERVICE_ROLES]
+    topo = topology.build(settings)
     ready = await asyncio.gather(
-        *(probes.http_ok(f"http://127.0.0.1:{c['ports']['http']}/health/ready") for c in services)
+        *(
+            readiness.replica_ready(topo.owner(c["name"]), _Running(c.get("pid"), c["ports"]))
+            for c in services
+        )
     )
     leaders = await asyncio.gather(
         *(

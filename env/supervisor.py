@@ -7,8 +7,10 @@ Kubernetes restarts a crashed container. Fault injection needs a crashed process
 a while (so that a failover really happens), so restarts can be held through the admin API.
 
 Its admin API (holds, scaling, the autoscaler's switch, kube-state-metrics) is `env/admin.py`;
-what runs is `env/topology.py`, how each replica runs here `env/commands.py`, scaling
-`env/scaling.py` and the autoscaler's loop `env/autoscaling.py`.
+what runs is `env/topology.py`, how each replica runs here `env/commands.py`, what "ready" means
+`env/readiness.py` (shared with `cwh env status`), the configs and secrets written before the
+start `env/rundir.py`, the stores' one-time set-up `env/bootstrap.py`, scaling `env/scaling.py`
+and the autoscaler's loop `env/autoscaling.py`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import grp
 import json
 import logging
 import os
 import shutil
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,25 +31,23 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 from aiohttp import web
 
-from env import configs, etcd, hpa, liveness, probes, topology
+from env import bootstrap, configs, etcd, hpa, liveness, probes, readiness, rundir, topology
 from env.admin import admin_app
 from env.autoscaler import ControllerConfig
 from env.autoscaling import LocalAutoscaler
+from env.bootstrap import StartupError
 from env.commands import PROJECT_ROOT, Commands
-from env.files import UntrustedRunDir, ensure_run_dir, write_file
+from env.files import UntrustedRunDir, ensure_run_dir
 from env.layout import Layout
 from env.liveness import LivenessProbe
-from env.process import MARKER, chown_tree, processes_of, terminate_then_kill, user_ids
+from env.process import MARKER, processes_of, terminate_then_kill, user_ids
 from env.scaling import Scaler
-from env.secrets import Secrets, client_tls_context, ensure_environment_tls
+from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
 from env.topology import SERVICE_ROLES, Replica, Topology, Workload
 from env.users import RunAs, decide
-from reference_impl.corpus import ensure_corpus
-from reference_impl.keys import ensure_keys
 
 log = logging.getLogger("cwh.supervisor")
 
@@ -62,16 +60,6 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 #: A component that stayed up this long starts again from the first backoff step.
 BACKOFF_RESET_AFTER_S = 60.0
-
-
-class StartupError(RuntimeError):
-    """A component did not become ready; names it and its log."""
-
-    def __init__(self, component: str, log_path: Path, reason: str) -> None:
-        super().__init__(f"{component} did not become ready: {reason} (log: {log_path})")
-        self.component = component
-        self.log_path = log_path
-        self.reason = reason
 
 
 @dataclass
@@ -159,85 +147,9 @@ class Supervisor:
         """Who runs what (decided once: it starts a probe process as the service user)."""
         return decide(self.settings.service_os_user, PROJECT_ROOT)
 
-    # ---- preparing the run directory -------------------------------------------------------
-
     def prepare(self) -> Secrets:
-        """Check the run directory, then write every config, key and secret into it.
-
-        Each file holding a secret is created private with its final owner (`write_file`),
-        never written and then `chmod`ed; directories go to the user that writes in them.
-        """
-        lay, pg, svc = self.layout, self.pg_ids, self.run_as.service
-        ensure_run_dir(lay.run_dir)
-        for d in (lay.logs, lay.haproxy_dir, lay.prometheus_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        (lay.prometheus_dir / "rules").mkdir(exist_ok=True)
-        lay.prometheus_targets.mkdir(exist_ok=True)
-        secrets = Secrets.load_or_create(lay.secrets)
-        ensure_environment_tls(lay, pg, svc)
-
-        # PostgreSQL's side: owned by the PostgreSQL OS user, which refuses to run as root.
-        lay.pg_root.mkdir(exist_ok=True)
-        os.chmod(lay.pg_root, 0o755)
-        for m in range(self.settings.pg_members):
-            lay.pg_member(m).mkdir(mode=0o700, exist_ok=True)
-            text = configs.patroni_config(self.settings, lay, secrets, m)
-            write_file(lay.patroni_config(m), text, owner=pg)
-        lay.pgbouncer_dir.mkdir(exist_ok=True)
-        ini = configs.pgbouncer_config(self.settings, lay)
-        write_file(lay.pgbouncer_dir / "pgbouncer.ini", ini, owner=pg)
-        write_file(
-            lay.pgbouncer_dir / "userlist.txt", configs.pgbouncer_userlist(secrets), owner=pg
-        )
-        chown_tree(lay.pg_root, pg)
-
-        # HAProxy reads its config and key as root, then its workers drop to the service user.
-        haproxy_cfg = configs.haproxy_config(self.settings, lay, secrets)
-        write_file(lay.haproxy_dir / "haproxy.cfg", haproxy_cfg + self.haproxy_user_section())
-        for n in range(self.settings.redis_nodes):
-            lay.redis_dir(n).mkdir(parents=True, exist_ok=True)
-            # It holds the replication password: the Redis user's alone.
-            redis_conf = configs.redis_config(self.settings, lay, secrets, n)
-            write_file(lay.redis_dir(n) / "redis.conf", redis_conf, owner=svc)
-            chown_tree(lay.redis_dir(n), svc)
-        prometheus_yml = configs.prometheus_config(self.settings, lay)
-        write_file(lay.prometheus_dir / "prometheus.yml", prometheus_yml, mode=0o644)
-        (lay.prometheus_dir / "data").mkdir(exist_ok=True)
-        chown_tree(lay.prometheus_dir / "data", svc)
-        # In the run directory: the exporter's user may not read the project's folder.
-        self.exporter_queries.parent.mkdir(exist_ok=True)
-        write_file(self.exporter_queries, EXPORTER_QUERIES.read_bytes(), mode=0o644)
-        lay.etcd_data.mkdir(mode=0o700, exist_ok=True)
-        chown_tree(lay.etcd_data, svc)
-        if self.settings.fault_proxy:
-            lay.fault_proxy_config.parent.mkdir(exist_ok=True)
-            proxies = json.dumps(configs.fault_proxies(self.settings), indent=2)
-            write_file(lay.fault_proxy_config, proxies, mode=0o644)
-        if self.settings.services:
-            # Keys and corpus of the reference implementation: made here, once, so every
-            # replica shares them; never in the repository. The services write backups,
-            # archives and traces: theirs.
-            ensure_keys(lay.services_dir)
-            ensure_corpus(lay.services_dir / "corpus")
-            (lay.run_dir / "traces").mkdir(exist_ok=True)
-            chown_tree(lay.services_dir, self.run_as.python)
-            chown_tree(lay.run_dir / "traces", self.run_as.python)
-        return secrets
-
-    @property
-    def exporter_queries(self) -> Path:
-        return self.layout.run_dir / "exporters" / "postgres_queries.yaml"
-
-    def haproxy_user_section(self) -> str:
-        """HAProxy's `global` additions that make its workers drop root (none when not root)."""
-        if self.run_as.service is None:
-            return ""
-        return f"""
-# Workers drop root once the key is read and the ports are bound (the master keeps it to reload).
-global
-    user {self.run_as.name}
-    group {grp.getgrgid(self.run_as.service[1]).gr_name}
-"""
+        """Check the run directory, then write every config, key and secret into it."""
+        return rundir.prepare(self.settings, self.run_as, self.pg_ids)
 
     # ---- component definitions -------------------------------------------------------------
 
@@ -291,7 +203,7 @@ global
             pg_user=self.pg_ids,
             service_user=self.run_as.service,
             python_user=self.run_as.python,
-            exporter_queries=self.exporter_queries,
+            exporter_queries=rundir.exporter_queries(self.layout),
         )
         stages = [
             (stage, [self.component(w, r, commands) for w in workloads for r in w.initial])
@@ -496,73 +408,16 @@ global
         redis_ports = [ports.redis(n) for n in range(s.redis_nodes)]
         tls = client_tls_context(self.layout.ca_cert)
         redis_creds = configs.redis_admin_credentials(self.layout, secrets)
-
-        async def pg_ready() -> bool:
-            members = await probes.patroni_cluster(patroni_ports)
-            if not probes.pg_cluster_ready(members, s.pg_members):
-                return False
-            leader = next(m for m in members if m.role == "leader")
-            rows = await probes.pg_replication(
-                ports.postgres(int(leader.name[2:])), secrets.pg_superuser, tls
-            )
-            return probes.pg_streaming_ready(rows, s.pg_members - 1)
-
-        async def haproxy_ready() -> bool:
-            rows = await probes.haproxy_stat(self.layout)
-            members = await probes.patroni_cluster(patroni_ports)
-            leader = [m.name for m in members if m.role == "leader"]
-            replicas = sorted(m.name for m in members if m.role != "leader")
-            return (
-                probes.haproxy_servers_up(rows, "pg_write") == leader
-                and sorted(probes.haproxy_servers_up(rows, "pg_read")) == replicas
-            )
-
-        async def pgbouncer_ready() -> bool:
-            conn = await asyncpg.connect(
-                host="127.0.0.1",
-                port=ports.pgbouncer,
-                user="cloudwatcher",
-                password=secrets.pg_app,
-                database="cloudwatcher",
-                statement_cache_size=0,
-                ssl=tls,
-                timeout=2,
-            )
-            try:
-                return bool(await conn.fetchval("SELECT 1") == 1)
-            finally:
-                await conn.close()
-
-        async def redis_ready() -> bool:
-            info, nodes = await probes.redis_cluster_view(redis_ports, redis_creds)
-            return probes.redis_cluster_ready(
-                info, nodes, s.redis_masters, s.redis_replicas_per_master
-            )
-
-        async def all_http(urls: list[str]) -> bool:
-            return all(await asyncio.gather(*(probes.http_ok(u) for u in urls)))
-
+        ready = readiness.Checks(s, secrets, tls)
         checks: dict[str, tuple[Callable[[], Awaitable[bool]], float]] = {
-            "etcd": (lambda: probes.etcd_healthy(ports.etcd_client), 20),
-            "postgresql": (pg_ready, 90),
-            "haproxy": (haproxy_ready, 20),
-            "pgbouncer": (pgbouncer_ready, 20),
-            "redis": (redis_ready, 30),
+            "etcd": (ready.etcd, 20),
+            "postgresql": (ready.postgresql, 90),
+            "haproxy": (ready.haproxy, 20),
+            "pgbouncer": (ready.pgbouncer, 20),
+            "redis": (ready.redis, 30),
             "faultproxy": (self.fault_proxy_ready, 20),
-            "exporters": (
-                lambda: all_http(
-                    [
-                        f"http://127.0.0.1:{ports.postgres_exporter(m)}/metrics"
-                        for m in range(s.pg_members)
-                    ]
-                    + [f"http://127.0.0.1:{ports.redis_exporter}/metrics"]
-                ),
-                20,
-            ),
-            "prometheus": (
-                lambda: probes.http_ok(f"http://127.0.0.1:{ports.prometheus}/-/ready"),
-                30,
-            ),
+            "exporters": (ready.exporters, 20),
+            "prometheus": (ready.prometheus, 30),
             "services": (self.services_ready, 90),
         }
         for stage, comps in stages:
@@ -579,7 +434,7 @@ global
             check, timeout_s = checks[stage]
             await self.wait_ready(stage, comps, check, timeout_s)
             if stage == "postgresql":
-                await self.create_app_database(secrets, patroni_ports, tls)
+                await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
             if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
                 log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
         self.stage = ""
@@ -619,7 +474,7 @@ global
     async def services_ready(self) -> bool:
         comps = self.service_components(*SERVICE_ROLES)
         oks = await asyncio.gather(
-            *(probes.http_ok(f"http://127.0.0.1:{c.ports['http']}/health/ready") for c in comps)
+            *(readiness.replica_ready(self.topology.owner(c.name), c) for c in comps)
         )
         if not all(oks):
             return False
@@ -696,57 +551,7 @@ global
             return all(a is True or a == b"PONG" for a in answers)
 
         await self.wait_ready("redis", comps, all_answer, 20)
-        info, _ = await probes.redis_cluster_view(ports[:1], creds)
-        if info.get("cluster_known_nodes") != "1" or info.get("cluster_slots_assigned") != "0":
-            return  # formed at an earlier start
-        replicas = str(self.settings.redis_replicas_per_master)
-        argv = [
-            "redis-cli",
-            "--cluster",
-            "create",
-            *(f"127.0.0.1:{p}" for p in ports),
-            "--cluster-replicas",
-            replicas,
-            "--cluster-yes",
-            *("--tls", "--cacert", creds.ca_file, "--user", creds.username),
-        ]
-        log_path = self.layout.log("redis-cluster-create")
-        with open(log_path, "ab") as logf:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdout=logf,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                # The password through the environment: a command line is visible to `ps`.
-                env={**os.environ, "REDISCLI_AUTH": creds.password},
-            )
-            code = await asyncio.wait_for(proc.wait(), self.settings.timeout(60))
-        if code != 0:
-            raise StartupError("redis-cluster-create", log_path, f"exit code {code}")
-
-    async def create_app_database(
-        self, secrets: Secrets, patroni_ports: list[int], tls: ssl.SSLContext
-    ) -> None:
-        """The application's role and database, created once on the primary (idempotent)."""
-        ports = self.settings.ports
-        members = await probes.patroni_cluster(patroni_ports)
-        leader = next(m for m in members if m.role == "leader")
-        conn = await asyncpg.connect(
-            host="127.0.0.1",
-            port=ports.postgres(int(leader.name[2:])),
-            user="postgres",
-            password=secrets.pg_superuser,
-            database="postgres",
-            ssl=tls,
-            timeout=5,
-        )
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'cloudwatcher'"):
-                await conn.execute(f"CREATE ROLE cloudwatcher LOGIN PASSWORD '{secrets.pg_app}'")
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'cloudwatcher'"):
-                await conn.execute("CREATE DATABASE cloudwatcher OWNER cloudwatcher")
-        finally:
-            await conn.close()
+        await bootstrap.create_redis_cluster(self.settings, ports, creds)
 
     # ---- shutdown --------------------------------------------------------------------------
 

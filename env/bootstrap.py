@@ -1,0 +1,85 @@
+"""One-time bootstrapping of a fresh environment's data stores: what a cluster operator (or a
+Helm hook) does once after the stores start, and what later starts find already done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from pathlib import Path
+
+import asyncpg
+
+from env import probes
+from env.layout import Layout
+from env.secrets import Secrets
+from env.settings import EnvSettings
+
+
+class StartupError(RuntimeError):
+    """A component did not become ready; names it and its log."""
+
+    def __init__(self, component: str, log_path: Path, reason: str) -> None:
+        super().__init__(f"{component} did not become ready: {reason} (log: {log_path})")
+        self.component = component
+        self.log_path = log_path
+        self.reason = reason
+
+
+async def create_redis_cluster(
+    settings: EnvSettings, ports: list[int], creds: probes.RedisCredentials
+) -> None:
+    """`redis-cli --cluster create` over the nodes, unless an earlier start formed it already."""
+    info, _ = await probes.redis_cluster_view(ports[:1], creds)
+    if info.get("cluster_known_nodes") != "1" or info.get("cluster_slots_assigned") != "0":
+        return  # formed at an earlier start
+    replicas = str(settings.redis_replicas_per_master)
+    argv = [
+        "redis-cli",
+        "--cluster",
+        "create",
+        *(f"127.0.0.1:{p}" for p in ports),
+        "--cluster-replicas",
+        replicas,
+        "--cluster-yes",
+        *("--tls", "--cacert", creds.ca_file, "--user", creds.username),
+    ]
+    log_path = Layout(settings.run_dir).log("redis-cluster-create")
+    with open(log_path, "ab") as logf:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=logf,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            # The password through the environment: a command line is visible to `ps`.
+            env={**os.environ, "REDISCLI_AUTH": creds.password},
+        )
+        code = await asyncio.wait_for(proc.wait(), settings.timeout(60))
+    if code != 0:
+        raise StartupError("redis-cluster-create", log_path, f"exit code {code}")
+
+
+async def create_app_database(
+    settings: EnvSettings, secrets: Secrets, patroni_ports: list[int], tls: ssl.SSLContext
+) -> None:
+    """The application's role and database, created once on the primary (idempotent)."""
+    ports = settings.ports
+    members = await probes.patroni_cluster(patroni_ports)
+    leader = next(m for m in members if m.role == "leader")
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=ports.postgres(int(leader.name[2:])),
+        user="postgres",
+        password=secrets.pg_superuser,
+        database="postgres",
+        ssl=tls,
+        timeout=5,
+    )
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'cloudwatcher'"):
+            await conn.execute(f"CREATE ROLE cloudwatcher LOGIN PASSWORD '{secrets.pg_app}'")
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'cloudwatcher'"):
+            await conn.execute("CREATE DATABASE cloudwatcher OWNER cloudwatcher")
+    finally:
+        await conn.close()

@@ -1,0 +1,102 @@
+"""Preparing a run directory: every config, key and secret a local environment's components
+read, written before the first of them starts (`prepare`), with the owners and modes each needs.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+from pathlib import Path
+
+from env import configs
+from env.files import ensure_run_dir, write_file
+from env.layout import Layout
+from env.process import chown_tree
+from env.secrets import Secrets, ensure_environment_tls
+from env.settings import EnvSettings
+from env.users import RunAs
+from reference_impl.corpus import ensure_corpus
+from reference_impl.keys import ensure_keys
+
+EXPORTER_QUERIES = Path(__file__).resolve().parent / "postgres_exporter_queries.yaml"
+
+
+def exporter_queries(layout: Layout) -> Path:
+    """postgres-exporter's extra queries, in the run directory: the exporter's user may not read
+    the project's folder."""
+    return layout.run_dir / "exporters" / "postgres_queries.yaml"
+
+
+def haproxy_user_section(run_as: RunAs) -> str:
+    """HAProxy's `global` additions that make its workers drop root (none when not root)."""
+    if run_as.service is None:
+        return ""
+    return f"""
+# Workers drop root once the key is read and the ports are bound (the master keeps it to reload).
+global
+    user {run_as.name}
+    group {grp.getgrgid(run_as.service[1]).gr_name}
+"""
+
+
+def prepare(settings: EnvSettings, run_as: RunAs, pg_ids: tuple[int, int] | None) -> Secrets:
+    """Check the run directory, then write every config, key and secret into it.
+
+    Each file holding a secret is created private with its final owner (`write_file`),
+    never written and then `chmod`ed; directories go to the user that writes in them.
+    """
+    lay, pg, svc = Layout(settings.run_dir), pg_ids, run_as.service
+    ensure_run_dir(lay.run_dir)
+    for d in (lay.logs, lay.haproxy_dir, lay.prometheus_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    (lay.prometheus_dir / "rules").mkdir(exist_ok=True)
+    lay.prometheus_targets.mkdir(exist_ok=True)
+    secrets = Secrets.load_or_create(lay.secrets)
+    ensure_environment_tls(lay, pg, svc)
+
+    # PostgreSQL's side: owned by the PostgreSQL OS user, which refuses to run as root.
+    lay.pg_root.mkdir(exist_ok=True)
+    os.chmod(lay.pg_root, 0o755)
+    for m in range(settings.pg_members):
+        lay.pg_member(m).mkdir(mode=0o700, exist_ok=True)
+        text = configs.patroni_config(settings, lay, secrets, m)
+        write_file(lay.patroni_config(m), text, owner=pg)
+    lay.pgbouncer_dir.mkdir(exist_ok=True)
+    ini = configs.pgbouncer_config(settings, lay)
+    write_file(lay.pgbouncer_dir / "pgbouncer.ini", ini, owner=pg)
+    write_file(lay.pgbouncer_dir / "userlist.txt", configs.pgbouncer_userlist(secrets), owner=pg)
+    chown_tree(lay.pg_root, pg)
+
+    # HAProxy reads its config and key as root, then its workers drop to the service user.
+    haproxy_cfg = configs.haproxy_config(settings, lay, secrets)
+    write_file(lay.haproxy_dir / "haproxy.cfg", haproxy_cfg + haproxy_user_section(run_as))
+    for n in range(settings.redis_nodes):
+        lay.redis_dir(n).mkdir(parents=True, exist_ok=True)
+        # It holds the replication password: the Redis user's alone.
+        redis_conf = configs.redis_config(settings, lay, secrets, n)
+        write_file(lay.redis_dir(n) / "redis.conf", redis_conf, owner=svc)
+        chown_tree(lay.redis_dir(n), svc)
+    prometheus_yml = configs.prometheus_config(settings, lay)
+    write_file(lay.prometheus_dir / "prometheus.yml", prometheus_yml, mode=0o644)
+    (lay.prometheus_dir / "data").mkdir(exist_ok=True)
+    chown_tree(lay.prometheus_dir / "data", svc)
+    # In the run directory: the exporter's user may not read the project's folder.
+    exporter_queries(lay).parent.mkdir(exist_ok=True)
+    write_file(exporter_queries(lay), EXPORTER_QUERIES.read_bytes(), mode=0o644)
+    lay.etcd_data.mkdir(mode=0o700, exist_ok=True)
+    chown_tree(lay.etcd_data, svc)
+    if settings.fault_proxy:
+        lay.fault_proxy_config.parent.mkdir(exist_ok=True)
+        proxies = json.dumps(configs.fault_proxies(settings), indent=2)
+        write_file(lay.fault_proxy_config, proxies, mode=0o644)
+    if settings.services:
+        # Keys and corpus of the reference implementation: made here, once, so every
+        # replica shares them; never in the repository. The services write backups,
+        # archives and traces: theirs.
+        ensure_keys(lay.services_dir)
+        ensure_corpus(lay.services_dir / "corpus")
+        (lay.run_dir / "traces").mkdir(exist_ok=True)
+        chown_tree(lay.services_dir, run_as.python)
+        chown_tree(lay.run_dir / "traces", run_as.python)
+    return secrets
