@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -88,6 +88,18 @@ def tiny_servers() -> Iterator[list[int]]:
     loop.close()
 
 
+def served_by(get: Callable[[], requests.Response], most: int = 200) -> dict[str, int]:
+    """Requests sent until both run-time servers answered one (at most `most`): who served
+    how many."""
+    counts: dict[str, int] = {}
+    for _ in range(most):
+        name = get().json()["server"]
+        counts[name] = counts.get(name, 0) + 1
+        if set(counts) == {"a", "b"}:
+            break
+    return counts
+
+
 def test_servers_added_at_run_time_serve_request_by_request(
     local_env: LocalEnvironment, tiny_servers: list[int]
 ):
@@ -119,20 +131,18 @@ def test_servers_added_at_run_time_serve_request_by_request(
 
         base = status["urls"]["https"]
         cert = status["tls_certificate"]
-        seen = {
-            requests.get(f"{base}/v1/whoami", verify=cert, timeout=5).json()["server"]
-            for _ in range(6)
-        }
-        assert seen == {"a", "b"}, "round robin over both run-time servers"
+        # Round robin, but not strictly alternating at first: HAProxy's weighted round robin
+        # places a server that leaves maintenance by its position in the tree, and after the
+        # heavy traffic of earlier tests one of the two may take several turns before the other
+        # gets its first (seen: 6 in a row). Both must serve within a bounded number of requests.
+        seen = served_by(lambda: requests.get(f"{base}/v1/whoami", verify=cert, timeout=5))
+        assert set(seen) == {"a", "b"}, f"round robin over both run-time servers: {seen}"
 
-        # No affinity on the API: one phone's kept-alive connection is balanced request by
-        # request, so a replica added by a scale-out serves phones already connected.
+        # No affinity: one phone's kept-alive connection is balanced request by request, so a
+        # replica added by a scale-out serves phones already connected.
         with requests.Session() as s:
-            served = {
-                s.get(f"{base}/v1/whoami", verify=cert, timeout=5).json()["server"]
-                for _ in range(6)
-            }
-            assert served == {"a", "b"}
+            served = served_by(lambda: s.get(f"{base}/v1/whoami", verify=cert, timeout=5))
+            assert set(served) == {"a", "b"}, served
             assert not s.cookies
     finally:
         for slot in slots:
