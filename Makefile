@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 CWH   := $(VENV)/bin/cwh
 export CWH_BASE_PORT ?= 17000
 
-.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load bench-chaos load slo slo-rules chaos gameday chaos-stop clean
+.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale load slo slo-rules chaos gameday chaos-stop clean
 
 deps:
 	@./tools/deps.sh
@@ -91,3 +91,10 @@ chaos-stop: deps
 REPEATS ?= 3
 bench-chaos: deps
 	@$(PY) -m bench.chaos --repeats $(REPEATS)
+
+# The API's HPA over REPEATS ramps: time to scale and time to drain beside the bounds its spec
+# implies (reports/<UTC>-bench-scale/). SPECS=fast shortens the scale-down window to 20 s.
+SPECS ?= shipped
+SYNC ?= 15
+bench-scale: deps
+	@$(PY) -m bench.scale --repeats $(REPEATS) --specs $(SPECS) --sync $(SYNC)

@@ -530,3 +530,20 @@ def load(path: Path = DEFAULT_DIR) -> dict[str, HPASpec]:
     if not out:
         raise SpecError(str(path), 0, "no HorizontalPodAutoscaler here")
     return out
+
+
+def write_fast_scale_down(out: Path, window_s: int, period_s: int, src: Path = DEFAULT_DIR) -> Path:
+    """`src`'s HPA files copied to `out` with every scale-down stabilization window set to
+    `window_s` and every scale-down policy period to `period_s`; the rest as shipped. A test or
+    a benchmark sees a scale-out and its way back in minutes, not the seed's five-minute window.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("hpa-*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        down = doc["spec"]["behavior"]["scaleDown"]
+        down["stabilizationWindowSeconds"] = window_s
+        for policy in down["policies"]:
+            policy["periodSeconds"] = period_s
+        (out / f.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    load(out)  # what a run would refuse, refused here
+    return out

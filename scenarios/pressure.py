@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -160,6 +161,41 @@ async def pressure(
             await asyncio.wait(in_flight, timeout=15)
         tally.seconds = time.monotonic() - started
     return tally
+
+
+class InBackground:
+    """`pressure` in a thread of its own, for a caller that watches something else meanwhile:
+    started on entering, stopped and joined on leaving (also on an exception); `stop()` ends it
+    earlier and returns the tally."""
+
+    def __init__(self, base: str, cafile: str, secret: str, stages: Sequence[Stage]) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._tally: Tally | None = None
+
+        def drive() -> None:
+            self._tally = self._loop.run_until_complete(
+                pressure(base, cafile, secret, stages, stop=self._stop)
+            )
+
+        self._thread = threading.Thread(target=drive, daemon=True)
+
+    def __enter__(self) -> InBackground:
+        self._thread.start()
+        return self
+
+    def stop(self) -> Tally | None:
+        """End the arrivals, wait for the requests in flight (bounded), return what happened
+        (None when the driver died before it could count)."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=60)
+            if not self._thread.is_alive():
+                self._loop.close()
+        return self._tally
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 async def _until_signalled(args: argparse.Namespace) -> Tally:

@@ -67,6 +67,64 @@ def _over(value: float, threshold: float, tolerance: float) -> bool:
     return value > threshold * (1 + tolerance)
 
 
+@dataclass(frozen=True)
+class Episode:
+    """One overload: from `start` (the first sample above the threshold) for `duration_s`,
+    ended by a new ready replica (`reacted`) or by the overload passing or the window ending."""
+
+    start: float
+    duration_s: float
+    reacted: bool
+
+
+def reaction_episodes(
+    metric: Series,
+    current: Series,
+    available: Series,
+    maximum: float,
+    threshold: float,
+    tolerance: float,
+    end: float,
+    per_available: bool = False,
+    settle_s: float = 30.0,
+) -> list[Episode]:
+    """Every overload episode of `scale_up_reaction` (which says how they are cut), in order."""
+    cur_at, avail = Steps(current), Steps(available)
+
+    def load(t: float, m: float) -> float:
+        if not per_available:
+            return m
+        return m * (cur_at.at(t) or 0) / max(1.0, avail.at(t) or 0)
+
+    def over(t: float, m: float) -> bool:
+        return _over(load(t, m), threshold, tolerance) and (cur_at.at(t) or 0) < maximum
+
+    out: list[Episode] = []
+    i = 0
+    while i < len(metric):
+        t0, m0 = metric[i]
+        if not over(t0, m0):
+            i += 1
+            continue
+        before = [v for v in (cur_at.at(t0), cur_at.at(metric[i - 1][0]) if i else None) if v]
+        if not before:
+            i += 1
+            continue
+        reacted = avail.first_after(t0, min(before))
+        j = i + 1
+        while j < len(metric) and metric[j][0] < reacted and over(*metric[j]):
+            j += 1
+        stop = min(reacted, metric[j][0] if j < len(metric) else end, end)
+        out.append(Episode(t0, stop - t0, stop == reacted))
+        # The next episode starts after this one (and after a reaction has settled), judged
+        # from the count then.
+        resume = stop + settle_s if stop == reacted else stop
+        while j < len(metric) and metric[j][0] < resume:
+            j += 1
+        i = max(j, i + 1)
+    return out
+
+
 def scale_up_reaction(
     metric: Series,
     current: Series,
@@ -105,49 +163,17 @@ def scale_up_reaction(
     """
     if not metric or not current or not available:
         return None
-    cur_at, avail = Steps(current), Steps(available)
-
-    def load(t: float, m: float) -> float:
-        if not per_available:
-            return m
-        return m * (cur_at.at(t) or 0) / max(1.0, avail.at(t) or 0)
-
-    def over(t: float, m: float) -> bool:
-        return _over(load(t, m), threshold, tolerance) and (cur_at.at(t) or 0) < maximum
-
-    worst, worst_at, episodes = 0.0, 0.0, 0
-    i = 0
-    while i < len(metric):
-        t0, m0 = metric[i]
-        if not over(t0, m0):
-            i += 1
-            continue
-        before = [v for v in (cur_at.at(t0), cur_at.at(metric[i - 1][0]) if i else None) if v]
-        if not before:
-            i += 1
-            continue
-        r0 = min(before)
-        episodes += 1
-        reacted = avail.first_after(t0, r0)
-        j = i + 1
-        while j < len(metric) and metric[j][0] < reacted and over(*metric[j]):
-            j += 1
-        stop = min(reacted, metric[j][0] if j < len(metric) else end, end)
-        if stop - t0 > worst:
-            worst, worst_at = stop - t0, t0
-        # The next episode starts after this one (and after a reaction has settled), judged
-        # from the count then.
-        resume = stop + settle_s if stop == reacted else stop
-        while j < len(metric) and metric[j][0] < resume:
-            j += 1
-        i = max(j, i + 1)
+    episodes = reaction_episodes(
+        metric, current, available, maximum, threshold, tolerance, end, per_available, settle_s
+    )
     if not episodes:
         return Finding(0.0, f"never above {threshold:g} x {1 + tolerance:g} below the maximum", 0)
+    worst = max(episodes, key=lambda e: e.duration_s)
     return Finding(
-        worst,
-        f"{episodes} episode(s) above {threshold * (1 + tolerance):g}; the longest without a "
-        f"new ready replica lasted {worst:.0f} s from t={worst_at:.0f}",
-        episodes,
+        worst.duration_s,
+        f"{len(episodes)} episode(s) above {threshold * (1 + tolerance):g}; the longest without "
+        f"a new ready replica lasted {worst.duration_s:.0f} s from t={worst.start:.0f}",
+        len(episodes),
     )
 
 
@@ -290,7 +316,10 @@ def queries(check: str, params: Params) -> dict[str, str]:
         dep += f',namespace="{ns}"'
     if check == "scale-up-reaction":
         out = {
-            "metric": metric,
+            # `query`: an overload signal of its own (the replicas' CPU from their own metrics,
+            # cAdvisor's on a cluster) instead of the HPA's view of its metric, so an HPA that
+            # misreads its metric cannot pass by its own account.
+            "metric": str(params.get("query", metric)),
             "current": current,
             "available": f"max(kube_deployment_status_replicas_available{{{dep}}})",
         }

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import settings
 
+from env.hpa import write_fast_scale_down
 from env.local import LocalEnvironment
 from env.process import processes_of
-from env.settings import DEFAULT_HPA_DIR, EnvSettings
+from env.settings import EnvSettings
 
 # Timing on this machine is noisy; speed is measured by the benchmarks, not by test deadlines.
 settings.register_profile("harness", deadline=None)
@@ -38,19 +38,6 @@ def pytest_configure(config: pytest.Config) -> None:
 FAST_SCALE_DOWN_WINDOW_S, FAST_SCALE_DOWN_PERIOD_S = 20, 10
 
 
-def fast_hpa_dir(out: Path) -> Path:
-    """`deploy/base/`'s HPAs with short scale-down windows and policy periods, in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    for f in sorted(DEFAULT_HPA_DIR.glob("hpa-*.yaml")):
-        doc = yaml.safe_load(f.read_text())
-        down = doc["spec"]["behavior"]["scaleDown"]
-        down["stabilizationWindowSeconds"] = FAST_SCALE_DOWN_WINDOW_S
-        for policy in down["policies"]:
-            policy["periodSeconds"] = FAST_SCALE_DOWN_PERIOD_S
-        (out / f.name).write_text(yaml.safe_dump(doc, sort_keys=False))
-    return out
-
-
 @pytest.fixture(scope="session")
 def env_settings() -> EnvSettings:
     base = int(os.environ.get("CWH_TEST_BASE_PORT", "19000"))
@@ -66,7 +53,11 @@ def env_settings() -> EnvSettings:
         # controller's flag) keeps them short.
         autoscale=False,
         autoscale_sync_s=5.0,
-        hpa_dir=fast_hpa_dir(Path(f"/var/tmp/cwh-test-{base}-hpa")),
+        hpa_dir=write_fast_scale_down(
+            Path(f"/var/tmp/cwh-test-{base}-hpa"),
+            FAST_SCALE_DOWN_WINDOW_S,
+            FAST_SCALE_DOWN_PERIOD_S,
+        ),
     )
 
 

@@ -9,9 +9,7 @@ so the way back takes seconds, not the five minutes the shipped spec waits.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import pytest
 import requests
 
 from env.local import LocalEnvironment
-from scenarios.pressure import Tally, pressure, ramp
+from scenarios.pressure import InBackground, ramp
 from slo.definitions import DEFAULT_DIR
 from slo.sources import Window
 from tests.conftest import FAST_SCALE_DOWN_WINDOW_S
@@ -82,55 +80,40 @@ def test_a_ramp_scales_the_api_out_and_back_within_its_slos(
 ):
     status = wait_healthy(local_env)
     assert api_replicas(local_env) == 3
-    stop = asyncio.Event()
-    got: dict[str, Tally] = {}
-    loop = asyncio.new_event_loop()
-
-    def drive() -> None:
-        got["tally"] = loop.run_until_complete(
-            pressure(
-                status["urls"]["https"],
-                status["tls_certificate"],
-                status.get("registration_secret") or "",
-                ramp(PEAK, up_s=30, hold_s=600),
-                stop=stop,
-            )
-        )
-
     started = time.time()
+    driver = InBackground(
+        status["urls"]["https"],
+        status["tls_certificate"],
+        status.get("registration_secret") or "",
+        ramp(PEAK, up_s=30, hold_s=600),
+    )
     local_env.autoscale(True)
-    thread = threading.Thread(target=drive)
     try:
-        thread.start()
-        first = poll(
-            lambda: (n := api_replicas(local_env)) > 3 and n,
-            150,
-            "the API scaled out by its HPA",
-            1.0,
-        )
-        # The pressure goes on until the HPA has settled (no change for QUIET_S: what a wrong
-        # threshold is judged on below), bounded, then stops.
-        peak, count, changed = first, first, time.monotonic()
-        until = time.monotonic() + MAX_HOLD_S
-        while time.monotonic() < until and time.monotonic() - changed < QUIET_S:
-            time.sleep(1.0)  # the load's duration, watched each second; not a synchronization
-            if (n := api_replicas(local_env)) != count:
-                count, changed, peak = n, time.monotonic(), max(peak, n)
-        assert time.monotonic() - changed >= QUIET_S, "the HPA never settled under the ramp"
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=60)
-        assert not thread.is_alive()
+        with driver:
+            first = poll(
+                lambda: (n := api_replicas(local_env)) > 3 and n,
+                150,
+                "the API scaled out by its HPA",
+                1.0,
+            )
+            # The pressure goes on until the HPA has settled (no change for QUIET_S: what a
+            # wrong threshold is judged on below), bounded, then stops.
+            peak, count, changed = first, first, time.monotonic()
+            until = time.monotonic() + MAX_HOLD_S
+            while time.monotonic() < until and time.monotonic() - changed < QUIET_S:
+                time.sleep(1.0)  # the load's duration, watched each second; not a synchronization
+                if (n := api_replicas(local_env)) != count:
+                    count, changed, peak = n, time.monotonic(), max(peak, n)
+            assert time.monotonic() - changed >= QUIET_S, "the HPA never settled under the ramp"
+            tally = driver.stop()
         scaled_out_at = time.time()
         # Back to the minimum: the session's 20 s window, then one replica per 10 s.
         poll(lambda: api_replicas(local_env) == 3, 150, "the API back at 3 replicas", 1.0)
         back_at = time.time()
     finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=60)
-        loop.close()
         local_env.autoscale(False)
         local_env.scale("api", 3)
-    tally = got["tally"]
+    assert tally is not None, "the pressure driver died"
     print(f"pressure: {tally}, peak {peak} replicas")
     assert tally.ok > 0, tally
     # Scaling out and in fails nothing: no error answer. The driver's own timeouts (10 s) may

@@ -305,6 +305,30 @@ def test_the_gate_judges_a_scaling_slo_and_says_why():
     assert verdict.status == "no_data"
 
 
+def test_an_overload_signal_of_its_own_judges_an_hpa_that_misreads_its_metric():
+    """An HPA whose own metric says 50 % while the replicas burn 90 %: by its own account it
+    owes nothing; judged on the replicas' CPU (`query`), it never reacted."""
+    hpa_view = every(0, 300, 5, lambda t: 50)
+    replicas_cpu = every(0, 300, 5, lambda t: 90 if t >= 100 else 50)
+    flat = every(0, 300, 5, lambda t: 3)
+    answers = {
+        "status_target_metric": hpa_view,
+        "process_cpu_seconds_total": replicas_cpu,
+        "status_current_replicas": flat,
+        "replicas_available": flat,
+    }
+    params = {"hpa": "api", "threshold": 70.0, "maximum": 10.0}
+    trusting = scaling.measure("scale-up-reaction", params, FakeRange(answers), 0, 300, 5)
+    assert trusting is not None
+    assert trusting.episodes == 0
+    signal = "100 * sum(rate(process_cpu_seconds_total[10s]))"
+    source = FakeRange(answers)
+    own = scaling.measure("scale-up-reaction", {**params, "query": signal}, source, 0, 300, 5)
+    assert own is not None
+    assert own.value == 200
+    assert signal in source.asked
+
+
 def test_a_load_run_reports_each_change_of_the_replica_count_once():
     from cwh.fleet import replica_steps
 
