@@ -193,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     hello_port = settings.ports.service(90)
     with env:
         status = wait_healthy(env)
-        base = status["urls"]["https"]
-        ctx = ssl.create_default_context(cafile=status["tls_certificate"])
+        base = status.urls["https"]
+        ctx = ssl.create_default_context(cafile=status.tls_certificate)
         # Enough devices that the per-device rate limit (20/s) does not cap the API.
-        tokens = asyncio.run(devices(base, ctx, 64, status["registration_secret"]))
+        tokens = asyncio.run(devices(base, ctx, 64, status.registration_secret or ""))
         console.log("API replicas behind HAProxy…")
         api = asyncio.run(closed_loop(base, ctx, tokens, args.seconds, args.concurrency))
         hello = subprocess.Popen([sys.executable, "-c", HELLO, str(hello_port)])
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         # workers drained them would measure the backlog, not the pipeline.
         console.log("waiting for the workers to drain the queue…")
         wait_until(
-            lambda: query_one(status["urls"]["write"], "SELECT count(*) FROM jobs") == 0,
+            lambda: query_one(status.urls["write"], "SELECT count(*) FROM jobs") == 0,
             300,
             "job queue drained",
             interval_s=1.0,

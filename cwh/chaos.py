@@ -176,7 +176,7 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
             GateOptions(
                 run=out,
                 window=window,
-                prometheus_url=env.status()["urls"]["prometheus"],
+                prometheus_url=env.state().urls["prometheus"],
                 only=(*CHAOS_SLOS, *exp["slos"]),
             ),
             console,

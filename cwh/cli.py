@@ -74,19 +74,20 @@ def env_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(env: LocalEnvironment, as_json: bool) -> int:
-    status = env.status()
-    if as_json:
-        print(json.dumps(status, indent=2, default=str))
-        return 0 if status["healthy"] else 1
-    Console().print(status_table(EnvStatus.from_json(status)))
-    for warning in status.get("warnings", []):
+    raw = env.status()
+    if as_json:  # the JSON as collected, not a re-rendering of what EnvStatus models
+        print(json.dumps(raw, indent=2, default=str))
+        return 0 if raw["healthy"] else 1
+    status = EnvStatus.from_json(raw)
+    Console().print(status_table(status))
+    for warning in status.warnings:
         Console().print(f"[yellow]warning:[/yellow] {warning}")
-    urls = status["urls"]
+    urls = status.urls
     # Terminals and CI logs get recorded: URLs without their passwords (--json has them all).
     for key in ("write", "read", "pgbouncer", "redis", "prometheus", "https"):
         Console().print(f"  {key:10} {without_password(urls[key])}", highlight=False)
-    Console().print(f"  {'secrets':10} {status['secrets_file']} (passwords, registration_secret)")
-    return 0 if status["healthy"] else 1
+    Console().print(f"  {'secrets':10} {status.secrets_file} (passwords, registration_secret)")
+    return 0 if status.healthy else 1
 
 
 def without_password(url: str) -> str:
@@ -225,10 +226,10 @@ def load(args: argparse.Namespace) -> int:
             except EnvironmentStartError as exc:
                 console.print(f"[red]error:[/red] {exc}")
                 return 1
-        status = env.status()
-        target, ca_file = status["urls"]["https"], status["tls_certificate"]
+        status = env.state()
+        target, ca_file = status.urls["https"], status.tls_certificate
         # Registration needs the environment's secret unless one was given.
-        secret = opts.registration_secret or status.get("registration_secret") or ""
+        secret = opts.registration_secret or status.registration_secret or ""
         opts = dataclasses.replace(opts, registration_secret=secret)
     opts = dataclasses.replace(opts, target=target.rstrip("/"), ca_file=ca_file)
     run_code, out, summary = run_fleet(opts, console, out=Path(args.out) if args.out else None)

@@ -88,6 +88,11 @@ class EnvStatus:
         tls_certificate: the CA every client of the environment trusts.
         registration_secret: what device registration requires.
         warnings: what runs with more privilege than it should, and why.
+        pg_sync_standby: the synchronous standby the primary really replicates to (`pg2`), None
+            while there is none (the failover safety net is not in place).
+        redis_cluster_state: Redis Cluster's `cluster_state` (`ok`, `fail`), None when no node
+            answered.
+        secrets_file: the file with the environment's passwords and registration secret.
         raw: the JSON it was read from (for fields not modelled here yet).
     """
 
@@ -101,6 +106,9 @@ class EnvStatus:
     tls_certificate: str
     registration_secret: str | None
     warnings: tuple[str, ...] = ()
+    pg_sync_standby: str | None = None
+    redis_cluster_state: str | None = None
+    secrets_file: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -116,6 +124,9 @@ class EnvStatus:
             tls_certificate=status.get("tls_certificate", ""),
             registration_secret=status.get("registration_secret"),
             warnings=tuple(status.get("warnings", ())),
+            pg_sync_standby=status.get("pg_sync_standby"),
+            redis_cluster_state=status.get("redis_cluster_state"),
+            secrets_file=status.get("secrets_file", ""),
             raw=status,
         )
 

@@ -241,9 +241,9 @@ def _reset_service_admin(env: LocalEnvironment, what: str) -> list[str]:
     services = KNOB_SERVICES if what == "knobs" else SERVICE_ROLES
     body: dict[str, Any] = CLEAN_KNOBS if what == "knobs" else {"reset": True}
     done, failed = [], []
-    for comp in env.status()["components"]:
-        port = comp["ports"].get("http")
-        if comp["kind"] not in services or not port:
+    for comp in env.state().components:
+        port = comp.ports.get("http")
+        if comp.kind not in services or not port:
             continue
         try:
             resp = requests.post(f"http://127.0.0.1:{port}/admin/{what}", json=body, timeout=5)
@@ -252,9 +252,9 @@ def _reset_service_admin(env: LocalEnvironment, what: str) -> list[str]:
             resp.raise_for_status()
             if not (_clean_knobs if what == "knobs" else _clean_planted)(resp.json()):
                 raise RuntimeError(f"answered {resp.text.strip()}")
-            done.append(comp["component"])
+            done.append(comp.name)
         except (RuntimeError, ValueError, requests.RequestException) as exc:
-            failed.append(f"{comp['component']} ({exc})")
+            failed.append(f"{comp.name} ({exc})")
     if failed:
         raise RuntimeError(f"{what} not reset: {'; '.join(failed)}")
     return done
@@ -284,13 +284,13 @@ def _close_open_faults(s: ChaosSettings) -> list[str]:
 def _wait_whole(s: ChaosSettings, wait_s: float) -> bool:
     env = environment(s)
     try:
-        return bool(wait_healthy(env, wait_s / 2)["healthy"])
+        return wait_healthy(env, wait_s / 2).healthy
     except TimeoutError:
         # A member whose history diverged (promoted, then lost to an older primary that came
         # back) never streams again by itself: clone it afresh from the primary.
         reinitialize_stuck_members(env)
         clear_stale_sync_key(env)
-        return bool(wait_healthy(env, wait_s)["healthy"])
+        return wait_healthy(env, wait_s).healthy
 
 
 def clear_stale_sync_key(env: LocalEnvironment) -> dict[str, Any] | None:
@@ -310,7 +310,7 @@ def clear_stale_sync_key(env: LocalEnvironment) -> dict[str, Any] | None:
     if not kvs:
         return None
     value = json.loads(base64.b64decode(kvs[0]["value"]))
-    primary = env.status()["primary"]
+    primary = env.state().primary
     if primary is None or value.get("leader") == primary:
         return None
     deleted = requests.post(f"{url}/deleterange", json={"key": b64}, headers=auth, timeout=5)
@@ -322,19 +322,18 @@ def clear_stale_sync_key(env: LocalEnvironment) -> dict[str, Any] | None:
 def reinitialize_stuck_members(env: LocalEnvironment) -> list[str]:
     """Patroni's `POST /reinitialize` on every unhealthy non-primary PostgreSQL member while a
     primary serves; returns their names."""
-    status = env.status()
-    rows = [c for c in status["components"] if c["kind"] == "postgresql"]
-    if not any(r["role"] == "primary" and r["healthy"] for r in rows):
+    rows = env.state().of_kind("postgresql")
+    if not any(r.role == "primary" and r.healthy for r in rows):
         return []
     out = []
     for r in rows:
-        if r["role"] != "primary" and not r["healthy"] and r["ports"].get("patroni"):
+        if r.role != "primary" and not r.healthy and r.ports.get("patroni"):
             resp = requests.post(
-                f"http://127.0.0.1:{r['ports']['patroni']}/reinitialize",
+                f"http://127.0.0.1:{r.port('patroni')}/reinitialize",
                 json={"force": True},
                 auth=env.patroni_auth(),
                 timeout=10,
             )
-            log.warning("reinitialize %s: %s %s", r["component"], resp.status_code, resp.text)
-            out.append(r["component"])
+            log.warning("reinitialize %s: %s %s", r.name, resp.status_code, resp.text)
+            out.append(r.name)
     return out

@@ -18,26 +18,30 @@ from typing import Any
 from env.configs import worst_case_failover_s
 from env.local import LocalEnvironment
 from env.process import pid_alive, wait_until
+from env.state import ComponentStatus, EnvStatus
 from scenarios.write_loop import WriteLoop, present_ids
 from slo.recovery import reconcile_writes, rto_s
 
-Status = dict[str, Any]
+
+def pg_members(status: EnvStatus) -> dict[str, ComponentStatus]:
+    """The PostgreSQL members by name (their pids and timeline are in `detail`)."""
+    return {c.name: c for c in status.of_kind("postgresql")}
 
 
-def pg_members(status: Status) -> dict[str, dict[str, Any]]:
-    return {c["component"]: c for c in status["components"] if c["kind"] == "postgresql"}
+def primary_of(status: EnvStatus) -> str | None:
+    """The one member in the primary role, or None while there is not exactly one.
 
-
-def primary_of(status: Status) -> str | None:
-    """The one member in the primary role, or None while there is not exactly one."""
-    primary = [name for name, m in pg_members(status).items() if m["role"] == "primary"]
+    Stricter than `status.primary` (the first leader Patroni lists): a fault took effect only
+    when the roles settled on exactly one.
+    """
+    primary = [name for name, m in pg_members(status).items() if m.role == "primary"]
     return primary[0] if len(primary) == 1 else None
 
 
-def wait_healthy(env: LocalEnvironment, timeout_s: float = 90) -> Status:
-    """Poll `status` until every component is healthy (every replica streaming)."""
+def wait_healthy(env: LocalEnvironment, timeout_s: float = 90) -> EnvStatus:
+    """Poll the status until every component is healthy (every replica streaming)."""
     return wait_until(
-        lambda: s if (s := env.status())["healthy"] else None,
+        lambda: s if (s := env.state()).healthy else None,
         env.settings.timeout(timeout_s),
         "environment healthy (every component, every replica streaming)",
         interval_s=0.5,
@@ -56,8 +60,8 @@ class Fault:
     """
 
     name: str
-    inject: Callable[[LocalEnvironment, Status], dict[str, Any]]
-    took_effect: Callable[[dict[str, Any], Status], bool]
+    inject: Callable[[LocalEnvironment, EnvStatus], dict[str, Any]]
+    took_effect: Callable[[dict[str, Any], EnvStatus], bool]
     restore: Callable[[LocalEnvironment, dict[str, Any]], None] = field(
         default=lambda env, killed: None
     )
@@ -68,30 +72,30 @@ def _sigkill(pid: int, what: str) -> None:
     wait_until(lambda: not pid_alive(pid), 5, f"{what} (pid {pid}) dead")
 
 
-def _inject_postgres(env: LocalEnvironment, status: Status) -> dict[str, Any]:
+def _inject_postgres(env: LocalEnvironment, status: EnvStatus) -> dict[str, Any]:
     name = primary_of(status)
     assert name is not None, "no primary to kill"
-    member = pg_members(status)[name]
+    member = pg_members(status)[name].detail
     _sigkill(member["postgres_pid"], f"postmaster of {name}")
     return {"name": name, "pid": member["postgres_pid"], "timeline": member["timeline"]}
 
 
-def _promoted(killed: dict[str, Any], now: Status) -> bool:
+def _promoted(killed: dict[str, Any], now: EnvStatus) -> bool:
     name = primary_of(now)
-    return name is not None and (pg_members(now)[name]["timeline"] or 0) > killed["timeline"]
+    return name is not None and (pg_members(now)[name].detail["timeline"] or 0) > killed["timeline"]
 
 
-def _inject_patroni(env: LocalEnvironment, status: Status) -> dict[str, Any]:
+def _inject_patroni(env: LocalEnvironment, status: EnvStatus) -> dict[str, Any]:
     name = primary_of(status)
     assert name is not None, "no primary to kill"
-    member = pg_members(status)[name]
+    member = pg_members(status)[name].detail
     # A lost node stays lost for the measurement: no instant restart by the supervisor.
     env.hold(name, 300)
     _sigkill(member["patroni_pid"], f"Patroni of {name}")
     return {"name": name, "pid": member["patroni_pid"], "timeline": member["timeline"]}
 
 
-def _replaced(killed: dict[str, Any], now: Status) -> bool:
+def _replaced(killed: dict[str, Any], now: EnvStatus) -> bool:
     name = primary_of(now)
     return name is not None and name != killed["name"]
 
@@ -124,7 +128,7 @@ def measure_failover(
             worst case; the environment is still restored.
     """
     before = wait_healthy(env)
-    url = before["urls"]["write"]
+    url = before.urls["write"]
     bound_s = env.settings.timeout(worst_case_failover_s() * 3)
     loop = WriteLoop(url, rate_per_s=rate_per_s, max_duration_s=bound_s + 120)
     loop.prepare()
@@ -140,7 +144,7 @@ def measure_failover(
         fault_s, fault_wall = time.monotonic(), time.time()
         killed = fault.inject(env, before)
         wait_until(
-            lambda: fault.took_effect(killed, env.status()),
+            lambda: fault.took_effect(killed, env.state()),
             bound_s,
             f"{fault.name}: a new primary serves",
             interval_s=0.2,
@@ -152,7 +156,7 @@ def measure_failover(
             f"{fault.name}: writes recovered",
             interval_s=0.2,
         )
-        after = env.status()
+        after = env.state()
     finally:
         ops = loop.stop()
         if killed:
@@ -164,7 +168,7 @@ def measure_failover(
         "killed": killed,
         "primary_before": primary_of(before),
         "primary_after": primary_of(after),
-        "timeline_after": pg_members(after)[primary_of(after) or ""]["timeline"]
+        "timeline_after": pg_members(after)[primary_of(after) or ""].detail["timeline"]
         if primary_of(after)
         else None,
         "rto_s": round(rto, 3),

@@ -16,9 +16,10 @@ from rich.console import Console
 
 from cwh.fleet import FleetOptions, run_fleet
 from cwh.gate import GateOptions, check
+from env.local import LocalEnvironment
 from env.probes import RedisCredentials
 from env.process import wait_until
-from experiments.pg_failover import pg_members, wait_healthy
+from experiments.pg_failover import wait_healthy as wait_healthy_state
 from slo.definitions import DEFAULT_DIR as SLO_DIR
 from slo.sources import Window
 
@@ -37,7 +38,16 @@ __all__ = [
     "wait_healthy",
 ]
 
-members = pg_members
+
+def members(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The PostgreSQL members of a status as `cwh env status --json` prints it, by name."""
+    return {c["component"]: c for c in status["components"] if c["kind"] == "postgresql"}
+
+
+def wait_healthy(env: LocalEnvironment, timeout_s: float = 90) -> dict[str, Any]:
+    """The harness's wait for full health, its answer as JSON: the environment tests read the
+    status as scripts do, through `cwh env status --json`."""
+    return dict(wait_healthy_state(env, timeout_s).raw)
 
 
 def primary_of(status: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from cwh.chaos import catalogue
-from cwh.cli import status_table
+from cwh.cli import _print_status, status_table
 from cwh.durations import parse_duration
 from env.state import EnvStatus
 
@@ -98,3 +98,23 @@ def test_env_status_table_is_one_line_per_component_in_80_columns():
     assert len(rows) == len(status["components"]) + 2  # the title and the header: no wrapping
     pg0 = next(c for c in status["components"] if c["component"] == "pg0")
     assert f"{pg0['patroni_pid']}/{pg0['postgres_pid']}" in by_name["pg0"]
+
+
+class _RecordedEnv:
+    """A LocalEnvironment that answers `status()` with a recorded status."""
+
+    def __init__(self, status: dict) -> None:
+        self._status = status
+
+    def status(self) -> dict:
+        return self._status
+
+
+def test_env_status_json_is_the_status_as_collected(capsys):
+    # Typed reading must not reshape what scripts and `jq` read.
+    status = json.loads((Path(__file__).parent / "fixtures" / "env-status.json").read_text())
+    assert _print_status(_RecordedEnv(status), as_json=True) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out == json.dumps(status, indent=2, default=str) + "\n"
+    assert _print_status(_RecordedEnv(status), as_json=False) == 0  # type: ignore[arg-type]
+    text = capsys.readouterr().out
+    assert status["secrets_file"] in text  # read through EnvStatus.secrets_file

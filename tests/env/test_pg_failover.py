@@ -46,6 +46,6 @@ def test_sigkill_primary_patroni(local_env: LocalEnvironment, record_property):
     assert rec["acknowledged"] > 0
     assert rec["lost"] == 0, rec
     # measure_failover restored it: the old primary is back, as a replica.
-    final = local_env.status()
-    assert final["healthy"]
-    assert pg_members(final)[killed["name"]]["role"] in ("replica", "sync replica")
+    final = local_env.state()
+    assert final.healthy
+    assert pg_members(final)[killed["name"]].role in ("replica", "sync replica")

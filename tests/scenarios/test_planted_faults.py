@@ -147,9 +147,9 @@ def test_planted_faults_are_counted_exactly_across_a_failover(
     def failover() -> None:
         time.sleep(1)  # the last planted acknowledgements reach their phones first
         fault["wall"] = time.time()
-        killed = KILL_POSTGRES.inject(local_env, local_env.status())
+        killed = KILL_POSTGRES.inject(local_env, local_env.state())
         poll(
-            lambda: KILL_POSTGRES.took_effect(killed, local_env.status()),
+            lambda: KILL_POSTGRES.took_effect(killed, local_env.state()),
             local_env.settings.timeout(60),
             "a new primary serves",
             interval_s=0.2,

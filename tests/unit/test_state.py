@@ -78,3 +78,45 @@ def test_a_recorded_status_reads_whole():
     assert status.primary in {c.name for c in status.of_kind("postgresql")}
     assert status.component(status.primary).role == "primary"
     assert all(c.ports for c in status.components)
+
+
+def test_the_failover_net_and_the_redis_cluster_state_are_typed():
+    raw = {
+        **STATUS,
+        "pg_sync_standby": "pg2",
+        "redis_cluster_state": "ok",
+        "secrets_file": "/var/tmp/cwh-17000/secrets.json",
+    }
+    status = EnvStatus.from_json(raw)
+    assert status.pg_sync_standby == "pg2"
+    assert status.redis_cluster_state == "ok"
+    assert status.secrets_file == "/var/tmp/cwh-17000/secrets.json"
+    # A status recorded before these fields existed still reads.
+    older = EnvStatus.from_json(STATUS)
+    assert older.pg_sync_standby is None
+    assert older.redis_cluster_state is None
+    assert older.secrets_file == ""
+
+
+def test_the_harness_helpers_read_the_typed_status():
+    from experiments.activities.redis.probes import masters_in
+    from experiments.pg_failover import pg_members, primary_of
+
+    raw = {
+        **STATUS,
+        "components": [
+            row("pg0", "postgresql", "primary", timeline=3),
+            row("pg1", "postgresql", "sync replica", timeline=3),
+            row("redis0", "redis", "master", slots=5461),
+            row("redis1", "redis", "master", healthy=False, slots=5462),
+            row("redis3", "redis", "replica", slots=0),
+        ],
+    }
+    status = EnvStatus.from_json(raw)
+    assert primary_of(status) == "pg0"
+    assert sorted(pg_members(status)) == ["pg0", "pg1"]
+    assert pg_members(status)["pg1"].detail["timeline"] == 3
+    assert masters_in(status) == {"redis0": 5461}
+    # Two members claiming the role (mid-failover): no primary yet.
+    raw["components"][1]["role"] = "primary"
+    assert primary_of(EnvStatus.from_json(raw)) is None

@@ -24,20 +24,20 @@ from experiments.settings import ChaosSettings, Configuration
 
 def _kill(s: ChaosSettings, fault: Fault, timeout_s: float) -> dict[str, Any]:
     env = harness.environment(s)
-    before = env.status()
+    before = env.state()
     killed = fault.inject(env, before)
     entry = harness.mark(s, "inject", f"{fault.name}-{killed['name']}", **killed)
     # The fault took effect only when a new primary serves (a different member, or the same
     # one on a higher timeline after Patroni restarted it).
     wait_until(
-        lambda: fault.took_effect(killed, env.status()),
+        lambda: fault.took_effect(killed, env.state()),
         env.settings.timeout(timeout_s),
         f"{fault.name}: a new primary serves",
         interval_s=0.2,
     )
-    now = env.status()
+    now = env.state()
     after = primary_of(now)
-    timeline = pg_members(now)[after]["timeline"] if after else None
+    timeline = pg_members(now)[after].detail["timeline"] if after else None
     return {
         **killed,
         "injected_wall": entry["wall"],
@@ -82,12 +82,12 @@ def switchover(
     standby). Returns once the candidate serves as primary."""
     s = harness.settings_of(configuration)
     env = harness.environment(s)
-    status = env.status()
+    status = env.state()
     leader = primary_of(status)
-    target = candidate or status["pg_sync_standby"]
+    target = candidate or status.pg_sync_standby
     if not leader or not target:
         raise RuntimeError(f"no switchover possible: leader {leader}, candidate {target}")
-    port = next(c for c in status["components"] if c["component"] == leader)["ports"]["patroni"]
+    port = status.component(leader).port("patroni")
     resp = requests.post(
         f"http://127.0.0.1:{port}/switchover",
         json={"leader": leader, "candidate": target},
@@ -100,7 +100,7 @@ def switchover(
         s, "inject", f"switchover-{leader}-{target}", leader=leader, candidate=target
     )
     wait_until(
-        lambda: primary_of(env.status()) == target,
+        lambda: primary_of(env.state()) == target,
         env.settings.timeout(timeout_s),
         f"{target} serves as primary",
         interval_s=0.2,
@@ -114,7 +114,7 @@ def replication_link_latency(
 ) -> dict[str, Any]:
     """Latency on the current primary's replication link (WAL to both standbys): replay lag
     grows past the 1 s objective; with a synchronous standby, commits wait for it too."""
-    primary = primary_of(harness.environment(harness.settings_of(configuration)).status())
+    primary = primary_of(harness.environment(harness.settings_of(configuration)).state())
     if primary is None:
         raise RuntimeError("no primary")
     return add_toxic(
@@ -136,7 +136,7 @@ def lock_writes(
     which also happens when this action is interrupted (or its process dies: PostgreSQL drops
     the lock with the connection)."""
     s = harness.settings_of(configuration)
-    url = harness.environment(s).status()["urls"]["write"]
+    url = harness.environment(s).state().urls["write"]
     with psycopg.connect(url, connect_timeout=5) as conn:
         conn.execute("SET lock_timeout = '10s'")
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(table)))

@@ -12,11 +12,11 @@ from experiments.settings import Configuration
 
 def replay_lag_s(*, configuration: Configuration) -> dict[str, float | None]:
     """Replay lag of each standby, in seconds, from the primary's `pg_stat_replication`."""
-    status = harness.environment(harness.settings_of(configuration)).status()
+    status = harness.environment(harness.settings_of(configuration)).state()
     return {
-        name: m.get("replay_lag_s")
+        name: m.detail.get("replay_lag_s")
         for name, m in pg_members(status).items()
-        if m["role"] != "primary"
+        if m.role != "primary"
     }
 
 

@@ -22,7 +22,7 @@ def kill_master(
     `down_s`; returns once its replica is master and the cluster state is ok."""
     s = harness.settings_of(configuration)
     env = harness.environment(s)
-    before = masters_in(env.status())
+    before = masters_in(env.state())
     name = node or sorted(before)[0]
     if name not in before:
         raise RuntimeError(f"{name} is not a master (masters: {sorted(before)})")
@@ -34,9 +34,9 @@ def kill_master(
     entry = harness.mark(s, "inject", f"kill-{name}", component=name, pid=pid)
 
     def promoted() -> dict[str, Any] | None:
-        status = env.status()
+        status = env.state()
         now = masters_in(status)
-        ok = status["redis_cluster_state"] == "ok" and len(now) == len(before) and name not in now
+        ok = status.redis_cluster_state == "ok" and len(now) == len(before) and name not in now
         return now if ok else None
 
     now = wait_until(promoted, env.settings.timeout(timeout_s), f"a replica of {name} promoted")

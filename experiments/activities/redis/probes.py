@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from env.state import EnvStatus
 from experiments import harness
 from experiments.settings import Configuration
 
 
 def masters(*, configuration: Configuration) -> dict[str, int]:
     """Live masters: node name -> slots served."""
-    return masters_in(harness.environment(harness.settings_of(configuration)).status())
+    return masters_in(harness.environment(harness.settings_of(configuration)).state())
 
 
-def masters_in(status: dict[str, Any]) -> dict[str, int]:
+def masters_in(status: EnvStatus) -> dict[str, int]:
     """The live masters of a `cwh env status`: node name -> slots served."""
     return {
-        r["component"]: r["slots"]
-        for r in status["components"]
-        if r["kind"] == "redis" and r["role"] == "master" and r["healthy"]
+        r.name: r.detail["slots"]
+        for r in status.of_kind("redis")
+        if r.role == "master" and r.healthy
     }

@@ -35,16 +35,16 @@ def start_pressure(
     """Start `scenarios.pressure` (reads at up to `peak` a second through HAProxy, stairs over
     `up_s`, then held `hold_s` at most) in its own process group; `stop_pressure` ends it."""
     s = harness.settings_of(configuration)
-    status = harness.environment(s).status()
+    status = harness.environment(s).state()
     out = harness.run_dir(s)
     cmd = [
         sys.executable,
         "-m",
         "scenarios.pressure",
         "--url",
-        status["urls"]["https"],
+        status.urls["https"],
         "--ca",
-        status["tls_certificate"],
+        status.tls_certificate,
         "--peak",
         f"{peak:g}",
         "--up",
@@ -55,7 +55,7 @@ def start_pressure(
         str(out / "pressure.json"),
     ]
     # The secret goes through the environment, never the command line (`ps` shows that).
-    secret = status.get("registration_secret") or ""
+    secret = status.registration_secret or ""
     with open(out / "pressure.log", "ab") as log:
         proc = subprocess.Popen(
             cmd,

@@ -57,7 +57,7 @@ def evaluate_slos(
     by_name = {s.name: s for s in load(DEFAULT_DIR)}
     if missing := sorted(set(names) - set(by_name)):
         raise ValueError(f"no such SLO: {', '.join(missing)} (see slo/definitions/)")
-    prometheus = Prometheus(env.status()["urls"]["prometheus"])
+    prometheus = Prometheus(env.state().urls["prometheus"])
     now = time.time()
     start = now - window_s
     if recovered is not None:
