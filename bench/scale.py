@@ -52,6 +52,7 @@ from env.autoscaler import ControllerConfig, ScaleEvent, scale_down_limit
 from env.hpa import HPASpec
 from env.local import LocalEnvironment
 from env.settings import EnvSettings
+from env.state import EnvStatus
 from scenarios.pressure import InBackground, ramp
 from slo import scaling
 from slo.sources import Prometheus
@@ -208,7 +209,7 @@ def measure(
 
 def one_ramp(
     env: LocalEnvironment,
-    status: dict[str, Any],
+    status: EnvStatus,
     spec: HPASpec,
     args: argparse.Namespace,
     r: Ramp,
@@ -216,9 +217,9 @@ def one_ramp(
 ) -> None:
     """Scale out under a ramp, hold until quiet, stop, wait for the minimum (all bounded)."""
     driver = InBackground(
-        status["urls"]["https"],
-        status["tls_certificate"],
-        status.get("registration_secret") or "",
+        status.urls["https"],
+        status.tls_certificate,
+        status.registration_secret or "",
         ramp(args.peak, up_s=30, hold_s=args.max_hold + 60),
     )
     env.autoscale(True)
@@ -393,11 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with env:
             env.up()
-            status = wait_for(lambda: (st := env.status())["healthy"] and st, 120)
+            status = wait_for(lambda: (st := env.state()).healthy and st, 120)
             if not status:
                 console.print("[red]the environment never became healthy[/red]")
                 return 1
-            prom = Prometheus(status["urls"]["prometheus"])
+            prom = Prometheus(status.urls["prometheus"])
             for i in range(args.repeats):
                 jitter = rng.uniform(0, args.sync)
                 console.log(f"ramp {i + 1}/{args.repeats}: starting in {jitter:.1f} s")

@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 from env.process import pid_alive, wait_until
+from env.state import ComponentStatus
 from experiments import harness
 from experiments.activities.process.probes import leader_scheduler, service_rows
 from experiments.settings import Configuration
@@ -43,34 +44,34 @@ def kill_service(
     Returns what was killed: component, pid, and when.
     """
     s = harness.settings_of(configuration)
-    rows = [r for r in service_rows(role, configuration=configuration) if r["healthy"]]
+    rows = [r for r in service_rows(role, configuration=configuration) if r.healthy]
     if which == "leader":
         name = leader_scheduler(configuration=configuration)
-        target = next(r for r in rows if r["component"] == name)
+        target = next(r for r in rows if r.name == name)
     elif which in ("first", "newest"):
         if not rows:
             raise RuntimeError(f"no healthy {role} replica to kill")
         # newest: the highest slot, a replica a scale-out just added.
-        target = rows[0] if which == "first" else max(rows, key=lambda r: _slot(r["component"]))
+        target = rows[0] if which == "first" else max(rows, key=lambda r: _slot(r.name))
     else:
-        named = [r for r in rows if r["component"] == which]
+        named = [r for r in rows if r.name == which]
         if not named:
             raise RuntimeError(f"{which} is not a healthy {role} replica")
         target = named[0]
     if mid_job:
         wait_until(
-            lambda: harness.service_metric(s, target["component"], "cw_jobs_in_flight") >= 1,
+            lambda: harness.service_metric(s, target.name, "cw_jobs_in_flight") >= 1,
             wait_busy_s,
-            f"{target['component']} processing a job",
+            f"{target.name} processing a job",
             interval_s=0.05,
         )
-    pid = int(target["pid"])
+    if target.pid is None:
+        raise RuntimeError(f"{target.name} has no process to kill")
+    pid = target.pid
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(pid), 5, f"{target['component']} (pid {pid}) dead")
-    entry = harness.mark(
-        s, "inject", f"kill-{target['component']}", component=target["component"], pid=pid
-    )
-    return {"component": target["component"], "pid": pid, "injected_wall": entry["wall"]}
+    wait_until(lambda: not pid_alive(pid), 5, f"{target.name} (pid {pid}) dead")
+    entry = harness.mark(s, "inject", f"kill-{target.name}", component=target.name, pid=pid)
+    return {"component": target.name, "pid": pid, "injected_wall": entry["wall"]}
 
 
 def wait_restarted(timeout_s: float = 60, *, configuration: Configuration) -> list[dict[str, Any]]:
@@ -85,18 +86,18 @@ def wait_restarted(timeout_s: float = 60, *, configuration: Configuration) -> li
             continue
         name, old_pid = fault["component"], fault["pid"]
 
-        def back(name: str = name, old_pid: int = old_pid) -> dict[str, Any] | None:
-            row = next(r for r in env.status()["components"] if r["component"] == name)
-            fresh = row["pid"] is not None and row["pid"] != old_pid
-            return row if fresh and row["healthy"] else None
+        def back(name: str = name, old_pid: int = old_pid) -> ComponentStatus | None:
+            row = env.state().component(name)
+            fresh = row.pid is not None and row.pid != old_pid
+            return row if fresh and row.healthy else None
 
         row = wait_until(back, env.settings.timeout(timeout_s), f"{name} restarted and healthy")
-        entry = harness.mark(s, "restore", fault["fault"], pid=row["pid"])
+        entry = harness.mark(s, "restore", fault["fault"], pid=row.pid)
         out.append(
             {
                 "component": name,
-                "pid": row["pid"],
-                "restarts": row["restarts"],
+                "pid": row.pid,
+                "restarts": row.restarts,
                 "down_s": round(entry["wall"] - fault["wall"], 3),
             }
         )

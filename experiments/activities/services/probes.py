@@ -23,6 +23,6 @@ def jobs(outcome: str, *, configuration: Configuration) -> float:
     worker started."""
     s = harness.settings_of(configuration)
     return sum(
-        harness.service_metric(s, w["component"], "cw_jobs_total", outcome=outcome)
+        harness.service_metric(s, w.name, "cw_jobs_total", outcome=outcome)
         for w in service_rows("worker", configuration=configuration)
     )
