@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -616,7 +617,20 @@ def chaos_stop(args: argparse.Namespace) -> int:
     return stop(_settings(), console, runs=[Path(r).resolve() for r in args.run])
 
 
+def interruptible() -> None:
+    """SIGINT interrupts this command (Python's KeyboardInterrupt), even when it came in ignored.
+
+    A shell without job control starts background commands with SIGINT ignored, and children
+    inherit that: a fleet started under `cwh chaos run &` would then ignore the SIGINT with
+    which the experiment stops it (and lose its results to the SIGKILL after the grace). Only
+    a session leader takes it back: no terminal's Ctrl-C reaches one, so its SIGINT is always
+    sent on purpose; a command in the caller's own session keeps the caller's choice."""
+    if os.getsid(0) == os.getpid() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
+    interruptible()
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,12 @@ from env.hpa import write_fast_scale_down
 from env.local import LocalEnvironment
 from env.process import processes_of
 from env.settings import EnvSettings
+
+# A CI runner that starts the suite in the background (`.ci/run &` in a script) hands it SIGINT
+# ignored, and every child inherits that: a test that interrupts an experiment as Ctrl-C does
+# would see it run to its end. A Python handler is reset to the default action in each child at
+# exec, so installing Python's own here gives every child the SIGINT a terminal would.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Timing on this machine is noisy; speed is measured by the benchmarks, not by test deadlines.
 settings.register_profile("harness", deadline=None)
