@@ -468,6 +468,12 @@ def summary_markdown(opts: FleetOptions, summary: dict[str, Any]) -> str:
         f"| {k} | {v['count']} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} | {v['max_ms']} |"
         for k, v in hdr.items()
     ]
+    if any(k.endswith(" (ramp-up)") for k in hdr):
+        lines += [
+            "",
+            "Operations started while the phones were still arriving are measured apart "
+            '("(ramp-up)"); the latency objectives read the others, the steady phase.',
+        ]
     lines += [
         "",
         f"Reconciliation: {rec['acknowledged']} acknowledged, {rec['lost']} lost "

@@ -69,6 +69,12 @@ class LatencyRecorder:
         return out
 
 
+def latency_kind(name: str, invoked_wall: float, ramped_at: float | None) -> str:
+    """The histogram an operation's latency goes to: its own, or its ramp-up one when it was
+    started before the fleet's first ramp ended (`ramped_at`, None while still ramping)."""
+    return name if ramped_at is not None and invoked_wall >= ramped_at else f"{name} (ramp-up)"
+
+
 def merged(recorders: Iterable[LatencyRecorder]) -> LatencyRecorder:
     total = LatencyRecorder()
     for r in recorders:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scenarios.latency import LatencyRecorder, merged
+from scenarios.latency import LatencyRecorder, latency_kind, merged
 from slo.ledger import Operation, merge, read_jsonl, write_jsonl
 
 latencies = st.lists(st.floats(min_value=0.000_001, max_value=120.0), min_size=1, max_size=300)
@@ -62,3 +62,10 @@ def test_ledger_roundtrip_and_a_bad_line_is_named(tmp_path):
         f.write(json.dumps({"op_id": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"ledger.jsonl:6"):
         read_jsonl(path)
+
+
+def test_operations_started_before_the_ramp_ended_are_measured_apart():
+    assert latency_kind("submit", 100.0, None) == "submit (ramp-up)"  # still arriving
+    assert latency_kind("submit", 99.9, 100.0) == "submit (ramp-up)"
+    assert latency_kind("submit", 100.0, 100.0) == "submit"
+    assert latency_kind("time to result", 130.0, 100.0) == "time to result"
