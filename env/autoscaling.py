@@ -37,6 +37,7 @@ log = logging.getLogger("cwh.autoscaler")
 class Readiness:
     """What the controller knows of one replica between syncs."""
 
+    pid: int | None = None  # the process these readings are of
     ready: bool = False
     since: float = 0.0  # wall clock of the last transition
     cpu_s: float | None = None  # process CPU seconds at the last sync
@@ -145,8 +146,15 @@ class LocalAutoscaler:
         oks = await asyncio.gather(*(replica_ready(w, c) for c in comps))
         pods, cpu = [], {}
         requests = {"cpu": w.resources.cpu_request_m / 1000} if w.resources.cpu_request_m else {}
+        # Names come back (api4 retired, later started again): what was known of a replica that
+        # is gone must not be read as the new process's (its CPU counter restarts from zero).
+        running = {c.name for c in comps}
+        for name in [r.name for r in w.slots if r.name not in running]:
+            self.replicas.pop(name, None)
         for comp, ok in zip(comps, oks, strict=True):
-            seen = self.replicas.setdefault(comp.name, Readiness(since=now_wall))
+            seen = self.replicas.get(comp.name)
+            if seen is None or seen.pid != comp.pid:
+                seen = self.replicas[comp.name] = Readiness(pid=comp.pid, since=now_wall)
             if ok != seen.ready:
                 seen.ready, seen.since = ok, now_wall
             pods.append(
