@@ -166,19 +166,23 @@ async def pressure(
 class InBackground:
     """`pressure` in a thread of its own, for a caller that watches something else meanwhile:
     started on entering, stopped and joined on leaving (also on an exception); `stop()` ends it
-    earlier and returns the tally."""
+    earlier and returns the tally, or raises what made the driver fail."""
 
     def __init__(self, base: str, cafile: str, secret: str, stages: Sequence[Stage]) -> None:
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
         self._tally: Tally | None = None
+        self._error: BaseException | None = None
 
         def drive() -> None:
-            self._tally = self._loop.run_until_complete(
-                pressure(base, cafile, secret, stages, stop=self._stop)
-            )
+            try:
+                self._tally = self._loop.run_until_complete(
+                    pressure(base, cafile, secret, stages, stop=self._stop)
+                )
+            except BaseException as exc:  # handed to the caller by stop()
+                self._error = exc
 
-        self._thread = threading.Thread(target=drive, daemon=True)
+        self._thread = threading.Thread(target=drive, name="pressure", daemon=True)
 
     def __enter__(self) -> InBackground:
         self._thread.start()
@@ -186,16 +190,23 @@ class InBackground:
 
     def stop(self) -> Tally | None:
         """End the arrivals, wait for the requests in flight (bounded), return what happened
-        (None when the driver died before it could count)."""
-        if not self._loop.is_closed():
+        (None when the driver is still stuck after the wait); RuntimeError when it failed."""
+        if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout=60)
-            if not self._thread.is_alive():
-                self._loop.close()
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()  # also when it never started: nothing else would close it
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"the pressure driver failed: {error!r}") from error
         return self._tally
 
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            self.stop()
+        except RuntimeError:
+            if exc_type is None:  # the block's own exception says more; do not replace it
+                raise
 
 
 async def _until_signalled(args: argparse.Namespace) -> Tally:
