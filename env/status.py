@@ -7,6 +7,7 @@ know port arithmetic or read config files.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from env.layout import Layout
 from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
 from env.topology import SERVICE_ROLES
+
+log = logging.getLogger("cwh.env.status")
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
@@ -255,13 +258,22 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         row(name, name.rstrip("0123456789").replace("-", "_"), "metrics", ok)
 
     services = [c for c in comps.values() if c["kind"] in SERVICE_ROLES]
-    topo = topology.build(settings)
-    ready = await asyncio.gather(
-        *(
-            readiness.replica_ready(topo.owner(c["name"]), _Running(c.get("pid"), c["ports"]))
-            for c in services
+    try:
+        topo: topology.Topology | None = topology.build(settings)
+    except Exception as exc:  # a broken HPA spec must not take the whole status down
+        log.warning("no topology to probe the services with: %s", exc)
+        topo = None
+
+    async def ready_replica(c: dict[str, Any]) -> bool:
+        try:
+            w = topo.owner(c["name"]) if topo is not None else None
+        except KeyError:  # a replica the description does not know is not one it made ready
+            w = None
+        return w is not None and await readiness.replica_ready(
+            w, _Running(c.get("pid"), c["ports"])
         )
-    )
+
+    ready = await asyncio.gather(*(ready_replica(c) for c in services))
     leaders = await asyncio.gather(
         *(
             safe(_scheduler_leads(c["ports"]["http"]), None)

@@ -100,6 +100,24 @@ def served_by(get: Callable[[], requests.Response], most: int = 200) -> dict[str
     return counts
 
 
+ERROR_COUNTERS = ("econ", "eresp", "wretr", "wredis")
+
+
+def error_counters(layout: Layout, backend: str, servers: tuple[str, ...]) -> dict[str, tuple]:
+    """Connection errors, response errors, retries and redispatches of `servers` so far
+    (`show stat`'s cumulative counters): a request a server failed and HAProxy retried
+    elsewhere still reaches the client as a success, and only these show it."""
+    lines = runtime(layout, "show stat").splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    at = [header.index(c) for c in ERROR_COUNTERS]
+    out = {}
+    for ln in lines[1:]:
+        cells = ln.split(",")
+        if len(cells) > 1 and cells[0] == backend and cells[1] in servers:
+            out[cells[1]] = tuple(cells[i] for i in at)
+    return out
+
+
 def test_servers_added_at_run_time_serve_request_by_request(
     local_env: LocalEnvironment, tiny_servers: list[int]
 ):
@@ -131,6 +149,9 @@ def test_servers_added_at_run_time_serve_request_by_request(
 
         base = status["urls"]["https"]
         cert = status["tls_certificate"]
+        # The slots may have served (and failed) in earlier tests: their counters are compared.
+        errors_before = error_counters(layout, "api", ("api9", "api10"))
+        assert set(errors_before) == {"api9", "api10"}, errors_before
         # Round robin, but not strictly alternating at first: HAProxy's weighted round robin
         # places a server that leaves maintenance by its position in the tree, and after the
         # heavy traffic of earlier tests one of the two may take several turns before the other
@@ -144,6 +165,8 @@ def test_servers_added_at_run_time_serve_request_by_request(
             served = served_by(lambda: s.get(f"{base}/v1/whoami", verify=cert, timeout=5))
             assert set(served) == {"a", "b"}, served
             assert not s.cookies
+        # Every request served at the first try: none failed on a server and was retried.
+        assert error_counters(layout, "api", ("api9", "api10")) == errors_before
     finally:
         for slot in slots:
             runtime(layout, f"set server {slot} state maint")
