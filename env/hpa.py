@@ -538,11 +538,16 @@ def write_fast_scale_down(out: Path, window_s: int, period_s: int, src: Path = D
     a benchmark sees a scale-out and its way back in minutes, not the seed's five-minute window.
     """
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.y*ml"):  # a file a previous run wrote from a since-removed spec
+        old.unlink()
     for f in sorted(src.glob("hpa-*.yaml")):
         doc = yaml.safe_load(f.read_text())
-        down = doc["spec"]["behavior"]["scaleDown"]
+        # An HPA without scale-down rules gets them: the defaults' policies, made fast.
+        behavior = doc["spec"].setdefault("behavior", {})
+        down = behavior.setdefault("scaleDown", {})
         down["stabilizationWindowSeconds"] = window_s
-        for policy in down["policies"]:
+        policies = down.setdefault("policies", [{"type": "Percent", "value": 100}])
+        for policy in policies:
             policy["periodSeconds"] = period_s
         (out / f.name).write_text(yaml.safe_dump(doc, sort_keys=False))
     load(out)  # what a run would refuse, refused here

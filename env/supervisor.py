@@ -53,7 +53,6 @@ log = logging.getLogger("cwh.supervisor")
 
 
 #: Extra postgres-exporter queries (replay lag per standby, for the replication-lag SLO).
-EXPORTER_QUERIES = Path(__file__).resolve().parent / "postgres_exporter_queries.yaml"
 
 
 BACKOFF_FIRST_S = 1.0

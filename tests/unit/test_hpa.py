@@ -330,3 +330,17 @@ def test_external_and_object_metrics_read_their_identifier_and_selector(tmp_path
     assert obj.target.average_value is not None
     assert obj.target.average_value.milli == 500
     assert (external.line, obj.line) == (13, 19)
+
+
+def test_fast_scale_down_copies_get_rules_even_without_behavior_and_no_leftovers(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    write(src, VALID, "hpa-api.yaml")  # no behavior at all
+    write(out, VALID.replace("name: api", "name: gone"), "hpa-gone.yaml")  # an earlier run's
+    hpa.write_fast_scale_down(out, 20, 10, src=src)
+    specs = hpa.load(out)
+    assert set(specs) == {"api"}
+    down = specs["api"].behavior.scale_down
+    assert down.stabilization_window_s == 20
+    assert [p.period_s for p in down.policies] == [10]
