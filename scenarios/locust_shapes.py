@@ -14,9 +14,14 @@ from scenarios.profiles import Profile, Tick, diurnal, ramp, spike, steady, stor
 
 
 class _Shape(LoadTestShape):
-    """Reads users and run time from Locust's options (`--users`, `--run-time`)."""
+    """Reads users and run time from Locust's options (`--users`, `--run-time`).
+
+    `warms_up`: the phones arrive once and hold, so the latencies of their arrival are a
+    warm-up, measured apart from the steady phase (`scenarios/phone.py`); a shape whose load
+    changes by design (ramp, spike, diurnal) has every latency measured."""
 
     use_common_options = True
+    warms_up = False
     abstract = True
     users = 50
     duration_s = 120.0
@@ -38,6 +43,8 @@ class _Shape(LoadTestShape):
 
 
 class SteadyShape(_Shape):
+    warms_up = True
+
     def tick(self) -> Tick:
         return steady(self.profile(), self.get_run_time())
 
@@ -55,6 +62,7 @@ class SpikeShape(_Shape):
 class SoakShape(_Shape):
     """Steady, for long: the default is an hour."""
 
+    warms_up = True
     duration_s = 3600.0
 
     def tick(self) -> Tick:
@@ -68,6 +76,8 @@ class DiurnalShape(_Shape):
 
 class ReconnectStormShape(_Shape):
     """Steady phones; half-way through, all of them drop and reconnect (see `storm_due`)."""
+
+    warms_up = True
 
     def tick(self) -> Tick:
         return steady(self.profile(), self.get_run_time())

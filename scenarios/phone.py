@@ -135,22 +135,34 @@ def store() -> PhoneStore:
 #: "<kind> (ramp-up)": while phones are still arriving, the load generator shares the machine with
 #: their TLS handshakes and registrations, and a percentile over a short run would measure that
 #: (seen: the first three submits of a 40 s run at 1.1 s client-side, 0.3 s in the API). The
-#: objectives read the steady phase; the ramp-up's figures stay in the summary.
+#: objectives read the steady phase; the ramp-up's figures stay in the summary. Only for shapes
+#: that arrive once and hold (`warms_up`): in a ramp, spike or diurnal run the changing load is
+#: what is measured, and every latency counts.
 _RAMPED_AT: float | None = None
+
+
+def _mark_ramped(at: float) -> None:
+    """Note the ramp's end, for this process and (beside its ledger) for whoever checks which
+    operations went to the ramp-up histograms: each process hears the master at its own
+    instant. Not an operation: a fleet that did nothing must still show no operations."""
+    global _RAMPED_AT
+    if _RAMPED_AT is not None:
+        return
+    _RAMPED_AT = at
+    FLEET_DIR.mkdir(parents=True, exist_ok=True)
+    (FLEET_DIR / f"ramped-{os.getpid()}.json").write_text(json.dumps({"wall": at}))
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Any, **_: Any) -> None:
+    shape = environment.shape_class
+    if shape is not None and not getattr(shape, "warms_up", False):
+        _mark_ramped(0.0)  # the whole run is measured
 
 
 @events.spawning_complete.add_listener
 def _on_spawning_complete(**_: Any) -> None:
-    global _RAMPED_AT
-    if _RAMPED_AT is not None:
-        return
-    now, _RAMPED_AT = time.monotonic(), time.time()
-    # In this process's ledger too: which operations went to the ramp-up histograms can be
-    # told afterwards, per process (each hears the master's message at its own instant).
-    with _LOCK:
-        LEDGER.append(
-            Operation(uuid.uuid4().hex, "ramped", now, now, _RAMPED_AT, "ok", None, None, {})
-        )
+    _mark_ramped(time.time())
 
 
 def record(
@@ -499,8 +511,10 @@ class PhoneUser(FastHttpUser):
             service_s = completed - started
             LATENCY.record(latency_kind("submit", wall, _RAMPED_AT), service_s)
             if intended_s is not None:
+                # Classified by its intended start, as its session is.
+                intended_wall = wall - (started - intended_s)
                 LATENCY.record(
-                    latency_kind("submit (from intended start)", wall, _RAMPED_AT),
+                    latency_kind("submit (from intended start)", intended_wall, _RAMPED_AT),
                     service_s,
                     intended_s,
                     started_s=started,
