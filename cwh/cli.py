@@ -240,6 +240,9 @@ def load(args: argparse.Namespace) -> int:
 
         add_replicas(out, prometheus, console)
     console.print((out / "summary.md").read_text())
+    if summary.get("interrupted"):
+        console.print(f"[yellow]interrupted[/yellow]: what ran is reconciled in {out}; no gate")
+        return 130
     if summary["locust_exit_code"] != 0 or not summary["operations"]:
         console.print(f"[red]the load run itself failed[/red]; report: {out}")
         return 1

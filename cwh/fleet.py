@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import ssl
 import subprocess
@@ -112,7 +113,7 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
         "--html",
         str(out / "locust.html"),
         "--stop-timeout",
-        "10",
+        f"{LOCUST_STOP_TIMEOUT_S:g}",
         "--exit-code-on-error",
         "0",
     ]
@@ -140,9 +141,42 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
         "PYTHONPATH": str(root),
     }
     console.print(f"[bold]fleet[/bold]: {' '.join(cmd[3:])}")
-    # Bounded: the run time plus a margin for start and stop.
-    return subprocess.run(cmd, env=env, cwd=root, timeout=opts.duration_s + 180).returncode
+    proc = subprocess.Popen(cmd, env=env, cwd=root)
+    try:
+        # Bounded: the run time plus a margin for start and stop.
+        return proc.wait(timeout=opts.duration_s + 180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    except KeyboardInterrupt:
+        # Ctrl-C (or the experiment's SIGINT to the fleet's group) reached Locust too: it is
+        # stopping its phones and writing their ledgers. Wait for that rather than kill it
+        # (subprocess.run would, after 0.25 s), so what ran is still reconciled.
+        console.print("[yellow]interrupted: Locust is stopping its phones…[/yellow]")
+        interrupted_wait(proc, LOCUST_STOP_TIMEOUT_S + 30)
+        return INTERRUPTED
 
+
+def interrupted_wait(
+    proc: subprocess.Popen[bytes], grace_s: float, signalled_s: float = 15.0
+) -> int:
+    """Locust's exit code after an interrupt: its own stop, bounded by `grace_s`; then one
+    SIGINT of ours (the interrupt was ours alone), then a kill. Another Ctrl-C skips ahead."""
+    for action in (None, signal.SIGINT, signal.SIGKILL):
+        if action is not None:
+            proc.send_signal(action)
+        try:
+            return proc.wait(timeout=grace_s if action is None else signalled_s)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            continue
+    return proc.wait()
+
+
+#: run_locust's code for a run interrupted by Ctrl-C or SIGINT (what a shell reports for it).
+INTERRUPTED = 130
+#: Locust's --stop-timeout: how long a stopping phone may finish its task.
+LOCUST_STOP_TIMEOUT_S = 10.0
 
 #: Statuses a request leaves by itself: the read-back waits for them to end.
 PENDING = ("queued", "processing")
@@ -430,6 +464,7 @@ def run_fleet(
         # The SLO gate evaluates Prometheus over exactly this window.
         "window": {"start": started, "end": ended},
         "locust_exit_code": code,
+        "interrupted": code == INTERRUPTED,
         "verdict": verdict,
         "operations": kinds,
         "latency": hdr,
