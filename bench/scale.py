@@ -152,10 +152,19 @@ class Ramp:
     tally: dict[str, Any] = field(default_factory=dict)
     problem: str = ""
 
+    def add_problem(self, what: str) -> None:
+        self.problem = f"{self.problem}; {what}" if self.problem else what
+
 
 def replicas(env: LocalEnvironment) -> int:
     view = env.workloads()
     return len(next(w for w in view["workloads"] if w["name"] == WORKLOAD)["replicas"])
+
+
+def scaled_out(env: LocalEnvironment, minimum: int) -> int | None:
+    """The API's replica count once it is above `minimum`."""
+    n = replicas(env)
+    return n if n > minimum else None
 
 
 def wait_for(check: Callable[[], Any], deadline_s: float, step_s: float = 1.0) -> Any:
@@ -246,10 +255,13 @@ def one_ramp(
     env.autoscale(True)
     try:
         with driver:
+            # Also ends when the driver stopped sending (it failed: stop() raises why).
             first = wait_for(
-                lambda: (n := replicas(env)) > spec.min_replicas and n, FIRST_SCALE_OUT_S
+                lambda: scaled_out(env, spec.min_replicas) or not driver.running,
+                FIRST_SCALE_OUT_S,
             )
-            if not first:
+            if isinstance(first, bool) or not first:
+                driver.stop()
                 r.problem = f"no scale-out within {FIRST_SCALE_OUT_S:g} s"
                 return
             count, changed, until = first, time.monotonic(), time.monotonic() + args.max_hold
@@ -267,11 +279,16 @@ def one_ramp(
             r.problem = f"not back at {spec.min_replicas} within {2 * bound + 120:.0f} s"
     finally:
         # Best effort, never hiding what ended the ramp (a Ctrl-C, a failure above).
-        try:
-            env.autoscale(False)
-            env.scale(WORKLOAD, spec.min_replicas)
-        except Exception as exc:
-            r.problem = (r.problem + "; " if r.problem else "") + f"not reset: {exc}"
+        # Each step on its own: a failed switch-off must not leave the next ramp scaled out.
+        steps: list[Callable[[], object]] = [
+            lambda: env.autoscale(False),
+            lambda: env.scale(WORKLOAD, spec.min_replicas),
+        ]
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                r.add_problem(f"not reset: {exc}")
 
 
 def summarize(ramps: list[Ramp]) -> dict[str, Any]:
@@ -476,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                         lambda n: predicted_scale_down_s(spec, cfg, n, scrape_s),
                     )
                 except Exception as exc:  # this ramp is reported as failed; the next one runs
-                    r.problem = f"{type(exc).__name__}: {exc}"
+                    r.add_problem(f"{type(exc).__name__}: {exc}")
                 after = time.time() + scrape_s
                 if r.stopped:
                     # Prometheus holds the way back once it holds a scrape taken after it.

@@ -16,6 +16,7 @@ them) are skipped, so `load` can read the whole folder.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
@@ -537,9 +538,13 @@ def write_fast_scale_down(out: Path, window_s: int, period_s: int, src: Path = D
     `window_s` and every scale-down policy period to `period_s`; the rest as shipped. A test or
     a benchmark sees a scale-out and its way back in minutes, not the seed's five-minute window.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.y*ml"):  # a file a previous run wrote from a since-removed spec
-        old.unlink()
+    if out.resolve() == src.resolve():
+        raise ValueError(f"{out}: the fast copies would replace the specs they are made from")
+    # Written beside, then swapped in: a reader of `out` sees the old set or the new one, never
+    # a half-written folder, and no file of a spec since removed stays.
+    staging = out.with_name(out.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     for f in sorted(src.glob("hpa-*.yaml")):
         doc = yaml.safe_load(f.read_text())
         # An HPA without scale-down rules gets them: the defaults' policies, made fast.
@@ -549,6 +554,12 @@ def write_fast_scale_down(out: Path, window_s: int, period_s: int, src: Path = D
         policies = down.setdefault("policies", [{"type": "Percent", "value": 100}])
         for policy in policies:
             policy["periodSeconds"] = period_s
-        (out / f.name).write_text(yaml.safe_dump(doc, sort_keys=False))
-    load(out)  # what a run would refuse, refused here
+        (staging / f.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    load(staging)  # what a run would refuse, refused here
+    retired = out.with_name(out.name + ".old")
+    shutil.rmtree(retired, ignore_errors=True)
+    if out.exists():
+        out.rename(retired)
+    staging.rename(out)
+    shutil.rmtree(retired, ignore_errors=True)
     return out

@@ -52,9 +52,6 @@ from env.users import RunAs, decide
 log = logging.getLogger("cwh.supervisor")
 
 
-#: Extra postgres-exporter queries (replay lag per standby, for the replication-lag SLO).
-
-
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 #: A component that stayed up this long starts again from the first backoff step.

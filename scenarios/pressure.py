@@ -188,6 +188,11 @@ class InBackground:
         self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        """The driver still sends (False once it ended, by a stop or a failure)."""
+        return self._thread.is_alive()
+
     def stop(self) -> Tally | None:
         """End the arrivals, wait for the requests in flight (bounded), return what happened
         (None when the driver is still stuck after the wait); RuntimeError when it failed."""

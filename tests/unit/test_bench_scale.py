@@ -73,12 +73,35 @@ def test_the_drain_bound_holds_for_the_controllers_own_algorithm(
 
 
 def test_the_summary_reads_ratios_against_each_ramps_bound():
+    # Own-CPU figures against the own-CPU bound, the HPA's view against the HPA's bound.
     ramps = [
-        Ramp(1, 0.0, 0.0, scaled=[6.0, 11.0], drain_s=40.0, predicted_up_s=12, predicted_down_s=47),
-        Ramp(2, 1.0, 0.0, scaled=[12.0], drain_s=None, predicted_up_s=12, problem="stuck"),
+        Ramp(
+            1,
+            0.0,
+            0.0,
+            scaled=[6.0, 17.0],
+            scaled_hpa=[6.0],
+            drain_s=40.0,
+            predicted_up_s=12,
+            predicted_up_own_s=17,
+            predicted_down_s=47,
+        ),
+        Ramp(
+            2,
+            1.0,
+            0.0,
+            scaled=[8.5],
+            scaled_hpa=[12.0],
+            drain_s=None,
+            predicted_up_s=12,
+            predicted_up_own_s=17,
+            problem="stuck",
+        ),
     ]
     out = summarize(ramps)
     assert out["time_to_scale_s"]["n"] == 3
-    assert out["time_to_scale_ratio"]["max"] == 1.0
+    assert out["time_to_scale_ratio"]["max"] == 1.0  # 17 / 17, not 17 / 12
+    assert out["time_to_scale_hpa_view_ratio"]["max"] == 1.0  # 12 / 12
+    assert out["time_to_scale_hpa_view_ratio"]["n"] == 2
     assert out["time_to_drain_s"]["n"] == 1
     assert out["problems"] == ["#2: stuck"]

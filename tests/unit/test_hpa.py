@@ -344,3 +344,10 @@ def test_fast_scale_down_copies_get_rules_even_without_behavior_and_no_leftovers
     down = specs["api"].behavior.scale_down
     assert down.stabilization_window_s == 20
     assert [p.period_s for p in down.policies] == [10]
+
+
+def test_fast_scale_down_copies_never_replace_their_source(tmp_path):
+    write(tmp_path, VALID, "hpa-api.yaml")
+    with pytest.raises(ValueError, match="would replace the specs"):
+        hpa.write_fast_scale_down(tmp_path, 20, 10, src=tmp_path)
+    assert hpa.load(tmp_path)["api"].behavior.scale_down.stabilization_window_s is None
