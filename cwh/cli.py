@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -177,6 +178,46 @@ def env_workloads(args: argparse.Namespace) -> int:
 
 def env_release(args: argparse.Namespace) -> int:
     print(json.dumps(LocalEnvironment(_settings()).release(args.component)))
+    return 0
+
+
+def env_backup(args: argparse.Namespace) -> int:
+    """`cwh env backup [--type full|diff|incr]`: a backup now, into the repository."""
+    env = LocalEnvironment(_settings())
+    try:
+        with console.status(f"taking a {args.type} backup"):
+            taken = env.backup(args.type)
+    except (RuntimeError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    print(json.dumps(taken))
+    return 0
+
+
+def env_backups(args: argparse.Namespace) -> int:
+    """`cwh env backups`: the repository's backups with times, sizes and WAL range."""
+    try:
+        found = LocalEnvironment(_settings()).backups()
+    except (RuntimeError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    table = Table(title=f"backups ({len(found)})", box=box.SIMPLE)
+    for col in ("label", "type", "finished (UTC)", "took s", "size MB", "in repo MB", "WAL"):
+        table.add_column(col)
+    for b in found:
+        table.add_row(
+            b["label"],
+            b["type"],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(b["stop"])),
+            str(b["stop"] - b["start"]),
+            f"{b['bytes'] / 1e6:.1f}",
+            f"{b['repo_bytes'] / 1e6:.1f}",
+            f"{b['wal_start']} .. {b['wal_stop']}",
+        )
+    console.print(table)
     return 0
 
 
@@ -429,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     env_sub.add_parser(
         "workloads", help="replicas, bounds, budgets and the autoscaler's last decisions (JSON)"
     ).set_defaults(func=env_workloads)
+    bk = env_sub.add_parser("backup", help="a pgBackRest backup now, into the repository")
+    bk.add_argument("--type", choices=("full", "diff", "incr"), default="full")
+    bk.set_defaults(func=env_backup)
+    bl = env_sub.add_parser("backups", help="the repository's backups: times, sizes, WAL range")
+    bl.add_argument("--json", action="store_true", help="as JSON")
+    bl.set_defaults(func=env_backups)
     rot = env_sub.add_parser(
         "rotate-keys",
         help="a new token signing key, no failed request; the old one retires a token life later",

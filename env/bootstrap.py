@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from env import probes
+from env import backup, probes
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
@@ -83,3 +83,24 @@ async def create_app_database(
             await conn.execute("CREATE DATABASE cloudwatcher OWNER cloudwatcher")
     finally:
         await conn.close()
+
+
+async def create_backup_stanza(settings: EnvSettings, repo_user: tuple[int, int] | None) -> None:
+    """pgBackRest's stanza for the cluster, created on the repository host once the primary
+    runs (idempotent: a stanza that matches the cluster is left as it is). Until it exists the
+    primary's archive command fails and PostgreSQL keeps the segments to push them again."""
+    layout = Layout(settings.run_dir)
+    log_path = layout.log("backup-stanza-create")
+    with open(log_path, "ab") as logf:
+        proc = await asyncio.create_subprocess_exec(
+            *backup.repo_command(layout, "stanza-create"),
+            stdout=logf,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            cwd=layout.backup_dir,
+            user=repo_user[0] if repo_user else None,
+            group=repo_user[1] if repo_user else None,
+        )
+        code = await asyncio.wait_for(proc.wait(), settings.timeout(120))
+    if code != 0:
+        raise StartupError("backup-stanza-create", log_path, f"exit code {code}")

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from env import configs
+from env import backup, configs
 from env.layout import Layout
 from env.liveness import LivenessProbe
 from env.secrets import Secrets
@@ -78,6 +78,8 @@ class Commands:
             "postgres_exporter": self.postgres_exporter,
             "redis_exporter": self.redis_exporter,
             "prometheus": self.prometheus,
+            "pgbackrest_repo": self.backup_repo,
+            "pgbackrest_pg": self.backup_pg,
         }[workload.kind](replica)
 
     def etcd(self, r: Replica) -> ProcessSpec:
@@ -121,6 +123,20 @@ class Commands:
             cwd=self.layout.pg_member(r.index),
             as_user=self.pg_user,
             grace_s=30.0,
+        )
+
+    def backup_repo(self, r: Replica) -> ProcessSpec:
+        """The backup repository host's pgBackRest server, as the user that owns the
+        repository (the scheduler's, which starts the backups there)."""
+        argv = backup.server_command(backup.repo_config_path(self.layout))
+        return ProcessSpec(argv, cwd=self.layout.backup_dir, as_user=self.python_user)
+
+    def backup_pg(self, r: Replica) -> ProcessSpec:
+        """The database host's pgBackRest server, as the PostgreSQL user (it reads the data
+        directories for backups, and writes them on a restore)."""
+        argv = backup.server_command(backup.pg_config_path(self.layout))
+        return ProcessSpec(
+            argv, env=self._pg_env, cwd=self.layout.backup_pg_dir, as_user=self.pg_user
         )
 
     def haproxy(self, r: Replica) -> ProcessSpec:
@@ -225,11 +241,16 @@ class Commands:
             # The harness measures itself against planted faults (reference_impl/planted.py);
             # only environments the project starts allow them.
             "CW_PLANTED_FAULTS": "1",
-            # The scheduler's base backups go through the write path, as the replication user.
-            "CW_BACKUP_DSN": (
-                f"postgresql://replicator:{secrets.pg_replication}@127.0.0.1:"
-                f"{ports.haproxy_write}/?application_name=cwh_base_backup&"
-                + configs.postgres_url_tls(lay)
+            # The scheduler's leader starts backups on the repository host (env/backup.py).
+            **(
+                {
+                    "CW_BACKUP_CONFIG": str(backup.repo_config_path(lay)),
+                    "CW_BACKUP_STANZA": backup.STANZA,
+                    "CW_BACKUP_INTERVAL_S": f"{s.backup_diff_every_s:g}",
+                    "CW_BACKUP_FULL_EVERY_S": f"{s.backup_full_every_s:g}",
+                }
+                if s.backups
+                else {}
             ),
         }
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from env import backup
 from env.etcd import ROOT_USER as ETCD_ROOT_USER
 from env.layout import Layout
 from env.probes import RedisCredentials
@@ -164,12 +165,23 @@ def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, memb
                 "unix_socket_directories": str(layout.pg_member(member)),
                 "log_line_prefix": "%m [%p] %q%u@%d ",
                 **postgres_tls_parameters(layout),
+                **(archive_parameters(settings, layout, member) if settings.backups else {}),
             },
             "pg_hba": postgres_hba(),
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
     }
     return yaml.safe_dump(conf, sort_keys=False)
+
+
+def archive_parameters(settings: EnvSettings, layout: Layout, member: int) -> dict[str, str]:
+    """Continuous archiving to the backup repository (`env/backup.py`). `on`, not `always`: the
+    primary archives, whichever member it is; a replica starts when it is promoted."""
+    return {
+        "archive_mode": "on",
+        "archive_command": backup.archive_command(layout, member),
+        "archive_timeout": f"{settings.archive_timeout_s}s",
+    }
 
 
 def patroni_authentication(layout: Layout, secrets: Secrets) -> dict[str, dict[str, str]]:

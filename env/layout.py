@@ -51,6 +51,21 @@ class Layout:
         return self.pg_member(member) / "patroni.yml"
 
     @property
+    def backup_pg_dir(self) -> Path:
+        """The database host's pgBackRest: config, log, lock and spool (the PostgreSQL user's)."""
+        return self.pg_root / "pgbackrest"
+
+    @property
+    def backup_dir(self) -> Path:
+        """The backup repository host: its pgBackRest config, log, lock, and the repository."""
+        return self.run_dir / "backup"
+
+    @property
+    def backup_repo(self) -> Path:
+        """The repository (standing for blob storage): backups and archived WAL."""
+        return self.backup_dir / "repo"
+
+    @property
     def pgbouncer_dir(self) -> Path:
         return self.pg_root / "pgbouncer"
 

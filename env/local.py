@@ -26,7 +26,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from env import etcd
+from env import backup, etcd
 from env.configs import PATRONI_REST_USER
 from env.files import ensure_run_dir
 from env.layout import Layout
@@ -154,6 +154,45 @@ class LocalEnvironment:
             if w["name"] == workload:
                 return list(w["replicas"])
         raise KeyError(f"no scalable workload {workload!r}")
+
+    def pgbackrest(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        """A pgBackRest command on the backup repository host (`env/backup.py`), as the user
+        that owns the repository: files it writes must stay that user's."""
+        if not self.settings.backups:
+            raise RuntimeError("this environment has no backups (CWH_BACKUPS=0)")
+        repo = self.layout.backup_repo
+        if not repo.exists():
+            raise RuntimeError(f"no backup repository at {repo}: is the environment up?")
+        owner = repo.stat()
+        as_owner = os.geteuid() == 0 and owner.st_uid != 0
+        return subprocess.run(
+            backup.repo_command(self.layout, *args),
+            capture_output=True,
+            text=True,
+            timeout=self.settings.timeout(timeout_s),
+            cwd=self.layout.backup_dir,
+            user=owner.st_uid if as_owner else None,
+            group=owner.st_gid if as_owner else None,
+        )
+
+    def backup(self, kind: str = "full") -> dict[str, Any]:
+        """Take a backup now (`full`, `diff` or `incr`); the repository's newest one back.
+        RuntimeError with pgBackRest's reason when it fails (another backup running holds the
+        stanza's lock: never two at once)."""
+        if kind not in ("full", "diff", "incr"):
+            raise ValueError(f"backup type {kind!r}: one of full, diff, incr")
+        done = self.pgbackrest("backup", f"--type={kind}", timeout_s=900)
+        if done.returncode != 0:
+            raise RuntimeError(f"pgbackrest backup: {(done.stdout + done.stderr).strip()}")
+        return self.backups()[-1]
+
+    def backups(self) -> list[dict[str, Any]]:
+        """The repository's backups, oldest first: label, type, start and stop (epoch s),
+        size and size in the repository (bytes), and the WAL range a restore of it needs."""
+        done = self.pgbackrest("info", "--output=json")
+        if done.returncode != 0:
+            raise RuntimeError(f"pgbackrest info: {(done.stdout + done.stderr).strip()}")
+        return backup.listing(json.loads(done.stdout))
 
     def autoscale(self, enabled: bool) -> dict[str, Any]:
         """Switch the local autoscaler on or off (its state and last decisions back)."""

@@ -331,3 +331,19 @@ async def tls_version(port: int, tls: ssl.SSLContext, postgres: bool = False) ->
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
+
+
+async def exit_code(argv: list[str], timeout_s: float = 5.0) -> int | None:
+    """A short command's exit code (None when it did not end in time: killed)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None

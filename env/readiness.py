@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from env import configs, probes
+from env import backup, configs, probes
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
@@ -100,6 +100,17 @@ class Checks:
         ports = settings.ports
         self.patroni_ports = [ports.patroni(m) for m in range(settings.pg_members)]
         self.redis_ports = [ports.redis(n) for n in range(settings.redis_nodes)]
+
+    async def backup(self) -> bool:
+        """Both pgBackRest servers answer (`server-ping`)."""
+        ports = self.settings.ports
+        codes = await asyncio.gather(
+            *(
+                probes.exit_code(backup.ping_command(p))
+                for p in (ports.backup_repo, ports.backup_pg)
+            )
+        )
+        return all(c == 0 for c in codes)
 
     async def etcd(self) -> bool:
         return await probes.etcd_healthy(self.settings.ports.etcd_client)

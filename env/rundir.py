@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from env import configs
+from env import backup, configs
 from env.files import ensure_run_dir, write_file
 from env.layout import Layout
 from env.process import chown_tree
@@ -40,6 +40,23 @@ global
 """
 
 
+def _prepare_backups(
+    settings: EnvSettings, lay: Layout, pg: tuple[int, int] | None, repo: tuple[int, int] | None
+) -> None:
+    """Both pgBackRest hosts' folders and configs (no secret in them: the certificates are the
+    credentials). The repository host is the services' user's, as the scheduler that starts
+    backups is; the database host is PostgreSQL's, as the archive command it serves is."""
+    for d in ("log", "lock", "spool"):
+        (lay.backup_pg_dir / d).mkdir(parents=True, exist_ok=True)
+    write_file(backup.pg_config_path(lay), backup.pg_config(settings, lay), mode=0o644, owner=pg)
+    for d in ("log", "lock", "repo"):
+        (lay.backup_dir / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(lay.backup_repo, 0o750)
+    text = backup.repo_config(settings, lay)
+    write_file(backup.repo_config_path(lay), text, mode=0o644, owner=repo)
+    chown_tree(lay.backup_dir, repo)
+
+
 def prepare(settings: EnvSettings, run_as: RunAs, pg_ids: tuple[int, int] | None) -> Secrets:
     """Check the run directory, then write every config, key and secret into it.
 
@@ -53,7 +70,7 @@ def prepare(settings: EnvSettings, run_as: RunAs, pg_ids: tuple[int, int] | None
     (lay.prometheus_dir / "rules").mkdir(exist_ok=True)
     lay.prometheus_targets.mkdir(exist_ok=True)
     secrets = Secrets.load_or_create(lay.secrets)
-    ensure_environment_tls(lay, pg, svc)
+    ensure_environment_tls(lay, pg, svc, run_as.python, settings.backups)
 
     # PostgreSQL's side: owned by the PostgreSQL OS user, which refuses to run as root.
     lay.pg_root.mkdir(exist_ok=True)
@@ -66,6 +83,8 @@ def prepare(settings: EnvSettings, run_as: RunAs, pg_ids: tuple[int, int] | None
     ini = configs.pgbouncer_config(settings, lay)
     write_file(lay.pgbouncer_dir / "pgbouncer.ini", ini, owner=pg)
     write_file(lay.pgbouncer_dir / "userlist.txt", configs.pgbouncer_userlist(secrets), owner=pg)
+    if settings.backups:
+        _prepare_backups(settings, lay, pg, run_as.python)
     chown_tree(lay.pg_root, pg)
 
     # HAProxy reads its config and key as root, then its workers drop to the service user.

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from env.backup import PG_CN, REPO_CN
 from env.files import write_file
 from env.layout import Layout
 
@@ -215,12 +216,16 @@ def ensure_environment_tls(
     layout: Layout,
     pg_owner: tuple[int, int] | None,
     redis_owner: tuple[int, int] | None = None,
+    backup_owner: tuple[int, int] | None = None,
+    backups: bool = False,
 ) -> None:
     """The CA and every server's certificate, made at first start and renewed when they near
     their end or were signed by another CA (a run directory from before the CA existed).
 
-    `pg_owner` and `redis_owner`: the OS users PostgreSQL (with pgBouncer) and Redis run as,
-    each the only reader of its key (None: ours)."""
+    `pg_owner`, `redis_owner`, `backup_owner`: the OS users PostgreSQL (with pgBouncer and the
+    database host's pgBackRest), Redis and the backup repository host run as, each the only
+    reader of its key (None: ours). `backups`: the two pgBackRest hosts' certificates too (each
+    is also the client certificate the other side accepts)."""
     layout.tls_dir.mkdir(mode=0o755, exist_ok=True)
     ca = CertificateAuthority.load_or_create(layout.ca_cert, layout.ca_key)
     # PostgreSQL refuses a key readable by others or owned by another user; pgBouncer runs as
@@ -231,6 +236,9 @@ def ensure_environment_tls(
     ca.ensure_server_files(
         layout.server_cert("redis"), layout.server_key("redis"), "redis", redis_owner
     )
+    if backups:
+        for cn, owner in ((REPO_CN, backup_owner), (PG_CN, pg_owner)):
+            ca.ensure_server_files(layout.server_cert(cn), layout.server_key(cn), cn, owner)
     ca.ensure_server_files(
         layout.tls_pem,
         layout.tls_pem,

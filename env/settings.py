@@ -86,6 +86,16 @@ class Ports:
         return self.base + 70
 
     @property
+    def backup_repo(self) -> int:
+        """The backup repository host's pgBackRest TLS server (what archive-push talks to)."""
+        return self.base + 78
+
+    @property
+    def backup_pg(self) -> int:
+        """The database host's pgBackRest TLS server (what backups read the members through)."""
+        return self.base + 79
+
+    @property
     def fault_api(self) -> int:
         """The fault proxy's Toxiproxy-compatible API (Toxiproxy's own default is 8474)."""
         return self.base + 75
@@ -193,6 +203,17 @@ class EnvSettings:
         hpa_dir: the HorizontalPodAutoscaler specs the autoscaler follows (a folder or a file;
             `deploy/base/`, the same files a cluster applies). Another folder is for trying other
             windows or targets; the test session uses one with shorter scale-down windows.
+        backups: continuous WAL archiving and scheduled backups with pgBackRest, into a
+            repository in the run directory (standing for blob storage; `env/backup.py`).
+        archive_timeout_s: PostgreSQL's `archive_timeout`: a WAL segment is archived at the
+            latest this long after its first write, however little it holds. It bounds what a
+            restore from the archive can lose: the seed's RPO is 5 minutes, 60 s leaves room for
+            a failed push and its retry.
+        backup_full_every_s, backup_diff_every_s: a full backup when the newest full one is
+            this old, a differential one (changes since that full) in between.
+        backup_retention_days: full backups are kept this many days (pgBackRest's time-based
+            retention: it expires a full, its differentials and their WAL once a newer full is
+            older than this). The seed's 7 days.
     """
 
     base_port: int = 17000
@@ -218,6 +239,11 @@ class EnvSettings:
     autoscale: bool = True
     autoscale_sync_s: float = 15.0
     hpa_dir: Path = DEFAULT_HPA_DIR
+    backups: bool = True
+    archive_timeout_s: int = 60
+    backup_full_every_s: float = 24 * 3600.0
+    backup_diff_every_s: float = 3600.0
+    backup_retention_days: int = 7
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -260,6 +286,20 @@ class EnvSettings:
             raise SettingsError(f"{PREFIX}AUTOSCALE_SYNC_S={self.autoscale_sync_s}: 1 to 300")
         if not self.hpa_dir.is_absolute() or not self.hpa_dir.exists():
             raise SettingsError(f"{PREFIX}HPA_DIR={self.hpa_dir}: not an existing absolute path")
+        if not 5 <= self.archive_timeout_s <= 300:
+            raise SettingsError(
+                f"{PREFIX}ARCHIVE_TIMEOUT_S={self.archive_timeout_s}: 5 to 300 (the RPO is 5 min)"
+            )
+        if not 60 <= self.backup_diff_every_s <= self.backup_full_every_s <= 7 * 24 * 3600:
+            raise SettingsError(
+                f"{PREFIX}BACKUP_DIFF_EVERY_S={self.backup_diff_every_s:g}, "
+                f"{PREFIX}BACKUP_FULL_EVERY_S={self.backup_full_every_s:g}: need "
+                "60 <= diff <= full <= 604800 s"
+            )
+        if not 1 <= self.backup_retention_days <= 365:
+            raise SettingsError(
+                f"{PREFIX}BACKUP_RETENTION_DAYS={self.backup_retention_days}: 1 to 365"
+            )
         if not self.run_dir.is_absolute():
             raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
 
@@ -297,6 +337,8 @@ class EnvSettings:
             out[p.postgres_exporter(m)] = f"postgres exporter pg{m}"
         for n in range(self.redis_nodes):
             out |= {p.redis(n): f"redis{n}", p.redis(n) + 10000: f"redis{n} cluster bus"}
+        if self.backups:
+            out |= {p.backup_repo: "pgbackrest repository", p.backup_pg: "pgbackrest database"}
         if self.fault_proxy and not self.toxiproxy_url:
             out[p.fault_api] = "fault proxy API"
             out |= {p.base + 170 + i: "fault proxy listener" for i in range(24)}

@@ -407,6 +407,7 @@ class Supervisor:
         ready = readiness.Checks(s, secrets, tls)
         checks: dict[str, tuple[Callable[[], Awaitable[bool]], float]] = {
             "etcd": (ready.etcd, 20),
+            "backup": (ready.backup, 20),
             "postgresql": (ready.postgresql, 90),
             "haproxy": (ready.haproxy, 20),
             "pgbouncer": (ready.pgbouncer, 20),
@@ -431,6 +432,8 @@ class Supervisor:
             await self.wait_ready(stage, comps, check, timeout_s)
             if stage == "postgresql":
                 await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
+                if s.backups:
+                    await bootstrap.create_backup_stanza(self.settings, self.run_as.python)
             if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
                 log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
         self.stage = ""
@@ -593,7 +596,13 @@ class Supervisor:
         """Components on root that should not be (`runs_as_root`), and the warnings saying why."""
         if "run_as" not in self.__dict__:  # not decided yet: nothing started
             return {"runs_as_root": [], "warnings": []}
-        python = [c.name for c in self.components.values() if c.argv[0] == sys.executable]
+        # The backup repository host runs as the Python user too: the scheduler, which starts
+        # backups in its repository, is Python (`env/commands.py`).
+        python = [
+            c.name
+            for c in self.components.values()
+            if c.argv[0] == sys.executable or c.kind == "pgbackrest_repo"
+        ]
         fallback = self.run_as.python_fallback(python)
         stays_root = python if fallback else []
         if self.run_as.service is None and os.geteuid() == 0:

@@ -26,6 +26,7 @@ from env.settings import SERVICE_SLOTS, EnvSettings
 STAGES = (
     "etcd",
     "faultproxy",
+    "backup",
     "postgresql",
     "haproxy",
     "pgbouncer",
@@ -312,6 +313,17 @@ def build(settings: EnvSettings, hpas: Mapping[str, HPASpec] | None = None) -> T
                 "faultproxy", "faultproxy", "faultproxy", _one("faultproxy", {"api": p.fault_api})
             )
         )
+    if s.backups:
+        # Before PostgreSQL: its archive command pushes to the repository host from the start.
+        workloads += [
+            _fixed(
+                "backup-repo",
+                "pgbackrest_repo",
+                "backup",
+                _one("backup-repo", {"tls": p.backup_repo}),
+            ),
+            _fixed("backup-pg", "pgbackrest_pg", "backup", _one("backup-pg", {"tls": p.backup_pg})),
+        ]
     pg_ports: dict[str, Callable[[int], int]] = {"postgres": p.postgres, "patroni": p.patroni}
     workloads += [
         _fixed(

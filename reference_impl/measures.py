@@ -7,7 +7,8 @@ The SLOs of retention, periodic jobs and cache expiry (`slo/definitions/`) read 
   the scheduler's run log (7 days);
 - each periodic job's last run, its outcome, and how many of its intervals have passed since it
   last succeeded (from the run log, so a new leader knows what the old one did);
-- the base backups really in the backup directory: how many, the newest and the oldest;
+- the backups really in the pgBackRest repository: how many, the newest, the oldest and the
+  newest full one (`reference_impl/backups.py`);
 - TTLs on real Redis keys: for a sample of `req:*` and `resp:*` keys, the TTL each was given
   (its remaining PTTL plus the time since it was last touched, which is exact for a key nobody
   read since it was written) and how many have no TTL at all.
@@ -18,24 +19,23 @@ so nothing stale outlives a change of leader.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from reference_impl.backups import Backups
+
 log = logging.getLogger("cw.scheduler")
 
 #: Request states that never change again: what the archive takes.
 FINISHED = ("completed", "failed", "dead_lettered")
-BACKUP_NAME = "%Y%m%dT%H%M%SZ"
 #: A sample older than this is not exported: the numbers would describe the past as the present.
 SAMPLE_STALE_S = 30.0
 
@@ -86,15 +86,6 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
-class Backups:
-    """The finished base backups in the backup directory (ages in seconds)."""
-
-    kept: int
-    newest_age_s: float | None
-    oldest_age_s: float | None
-
-
-@dataclass(frozen=True)
 class KeyTtls:
     """What a sample of one key prefix showed.
 
@@ -142,29 +133,6 @@ async def last_successes(pool: asyncpg.Pool, jobs: Iterable[str]) -> dict[str, f
         list(jobs),
     )
     return {r["job"]: float(r["at"]) for r in rows}
-
-
-def backup_taken_at(path: Path) -> float:
-    """When a backup was taken: the UTC time in its name, else its modification time."""
-    try:
-        return float(calendar.timegm(time.strptime(path.name, BACKUP_NAME)))
-    except ValueError:
-        return path.stat().st_mtime
-
-
-def finished_backups(root: Path) -> list[Path]:
-    """The backups in `root`, oldest first; a `.partial` one is still being taken."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".partial")]
-    return sorted(found, key=backup_taken_at)
-
-
-def backups_on_disk(root: Path, now: float) -> Backups:
-    taken = [backup_taken_at(p) for p in finished_backups(root)]
-    if not taken:
-        return Backups(0, None, None)
-    return Backups(len(taken), max(0.0, now - max(taken)), max(0.0, now - min(taken)))
 
 
 def summarize_ttls(answers: list[tuple[Any, Any]]) -> KeyTtls:
@@ -270,11 +238,19 @@ class Exporter(Collector):
 
 
 def _backups(backups: Backups, grown: float) -> Iterator[Metric]:
-    yield GaugeMetricFamily("cw_backups_kept", "Base backups in the backup directory", backups.kept)
-    for which, age in (("newest", backups.newest_age_s), ("oldest", backups.oldest_age_s)):
+    yield GaugeMetricFamily(
+        "cw_backups_kept", "Backups in the pgBackRest repository (all types)", backups.kept
+    )
+    for which, age in (
+        ("newest", backups.newest_age_s),
+        ("oldest", backups.oldest_age_s),
+        ("newest_full", backups.newest_full_age_s),
+    ):
         if age is not None:
             yield GaugeMetricFamily(
-                f"cw_backup_{which}_age_seconds", f"Age of the {which} base backup", age + grown
+                f"cw_backup_{which}_age_seconds",
+                f"Age of the {which.replace('_', ' ')} backup in the repository",
+                age + grown,
             )
 
 

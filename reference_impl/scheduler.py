@@ -17,10 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import shutil
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +26,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from reference_impl import measures, observability
+from reference_impl import backups, measures, observability
 from reference_impl.errors import dependency_unavailable, error_middleware
 from reference_impl.measures import FINISHED, JobRecord, Sample
 from reference_impl.schema import ensure_schema
@@ -41,9 +38,8 @@ log = logging.getLogger("cw.scheduler")
 SETTINGS = web.AppKey("settings", ServiceSettings)
 STATE = web.AppKey("state", object)
 
-BACKUP_RETENTION_S = 7 * 24 * 3600  # the seed's daily backups, kept 7 days
 BACKUP_TIMEOUT_S = 600.0
-#: The least time between two attempts at a base backup that did not get recorded.
+#: The least time between two attempts at a backup that did not get recorded.
 BACKUP_RETRY_S = 60.0
 
 LEASE = "scheduler"
@@ -74,17 +70,6 @@ PURGE_BATCH = 10_000
 SAMPLE_EVERY_S = 5.0
 TTL_SAMPLE_KEYS = 500
 DAY_S = 24 * 3600
-
-
-def without_password(dsn: str) -> tuple[str, str]:
-    """(the URL without its password, the password): libpq URLs carry it in the netloc."""
-    parts = urllib.parse.urlsplit(dsn)
-    if parts.password is None:
-        return dsn, ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
-    stripped = parts._replace(netloc=f"{user}@{host}")
-    return urllib.parse.urlunsplit(stripped), urllib.parse.unquote(parts.password)
 
 
 class Fenced(Exception):
@@ -168,7 +153,7 @@ class SchedulerState:
                 _purge("periodic_runs", "run_id", "started_at", RUN_LOG_RETENTION_DAYS),
             ),
         ]
-        self.backup_job = Periodic("base_backup", settings.backup_interval_s, self.backup_taken)
+        self.backup_job = Periodic("backup", settings.backup_interval_s, self.backup_taken)
         self.sample: Sample | None = None
         registry.register(
             measures.Exporter(
@@ -180,7 +165,7 @@ class SchedulerState:
 
     @property
     def all_jobs(self) -> list[Periodic]:
-        return [*self.jobs, self.backup_job] if self.settings.backup_dsn else self.jobs
+        return [*self.jobs, self.backup_job] if self.settings.backup_config else self.jobs
 
     async def try_lead(self) -> int | None:
         """Take or renew the lease; the token when we hold it, None otherwise."""
@@ -286,62 +271,28 @@ class SchedulerState:
         return {"archived": len(rows), "file": str(path)}
 
     async def backup_taken(self, _: asyncpg.Connection) -> dict[str, Any]:
-        """The base backup's run: taken outside the transaction (it takes seconds), recorded in
-        it."""
+        """The backup's run: taken outside the transaction (it takes seconds), recorded in it."""
         return self.backup_detail
 
-    async def take_base_backup(self) -> dict[str, Any]:
-        """`pg_basebackup` through the write path into `<state>/backups/<UTC time>/`, then drop
-        backups older than the retention. Runs outside any transaction: it takes seconds."""
-        root = self.settings.state_dir / "backups"
-        root.mkdir(parents=True, exist_ok=True)
-        name = time.strftime(measures.BACKUP_NAME, time.gmtime())
-        partial = root / f"{name}.partial"
-        dsn, password = without_password(self.settings.backup_dsn)
-        proc = await asyncio.create_subprocess_exec(
-            "pg_basebackup",
-            "-d",
-            dsn,
-            "-D",
-            str(partial),
-            "-Ft",
-            "-z",
-            "-X",
-            "fetch",
-            "--checkpoint=fast",
-            "--no-password",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            # The password in the environment (only its owner reads /proc/<pid>/environ), never
-            # on the command line, which every user of the machine sees with `ps`.
-            env={**os.environ, "PGPASSWORD": password} if password else None,
+    async def take_backup(self) -> dict[str, Any]:
+        """A pgBackRest backup on the repository host: full when the newest full one is
+        `backup_full_every_s` old (or there is none), else differential. pgBackRest then expires
+        what the retention lets go (`expire-auto`). Runs outside any transaction."""
+        before = await backups.info(self.settings)
+        if before is None:
+            raise RuntimeError("pgbackrest info failed: the repository cannot be read")
+        kind = backups.type_due(before, self.settings.backup_full_every_s)
+        code, out = await backups.run(
+            self.settings, "backup", f"--type={kind}", timeout_s=BACKUP_TIMEOUT_S
         )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), BACKUP_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise RuntimeError(f"pg_basebackup took over {BACKUP_TIMEOUT_S:.0f} s") from None
-        except asyncio.CancelledError:
-            proc.kill()  # shutting down: no orphaned pg_basebackup
-            await proc.wait()
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        if proc.returncode != 0:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise RuntimeError(f"pg_basebackup failed: {out.decode(errors='replace')[-500:]}")
-        final = root / name
-        partial.rename(final)
-        size = sum(f.stat().st_size for f in final.iterdir())
-        now = time.time()
-        expired = [
-            d
-            for d in measures.finished_backups(root)
-            if d != final and now - measures.backup_taken_at(d) > BACKUP_RETENTION_S
-        ]
-        for d in expired:
-            shutil.rmtree(d, ignore_errors=True)
-        return {"path": str(final), "bytes": size, "expired": len(expired)}
+        if code != 0:
+            raise RuntimeError(f"pgbackrest backup failed ({code}): {out.strip()[-500:]}")
+        after = await backups.info(self.settings)
+        return {
+            "type": kind,
+            "kept": after.kept if after else None,
+            "wal_max": after.wal_max if after else "",
+        }
 
     async def tend_backup(self, token: int | None) -> None:
         """Record a finished base backup, fenced by the token it was started under (also after
@@ -351,13 +302,13 @@ class SchedulerState:
             try:
                 self.backup_detail = task.result()
             except Exception as exc:
-                self.runs.labels("base_backup", "error").inc()
+                self.runs.labels("backup", "error").inc()
                 self.backup_job.record.ran(False, time.time())
-                log.error("base_backup failed: %s", exc)
+                log.error("backup failed: %s", exc)
             else:
                 if await self.run_job(self.backup_job, self.backup_token) == "ok":
                     detail = self.backup_detail
-                    log.info("base backup %s (%d bytes)", detail["path"], detail["bytes"])
+                    log.info("%s backup taken (%s kept)", detail["type"], detail["kept"])
         # Due from the last *recorded* backup (the run log, whoever led), not from our last
         # start: a backup fenced at its recording (the lease lapsed meanwhile) or failed is
         # taken again within BACKUP_RETRY_S, not one interval later.
@@ -365,10 +316,10 @@ class SchedulerState:
         due = (
             last_ok is None or time.time() - last_ok >= self.settings.backup_interval_s
         ) and time.monotonic() - self.last_backup_s >= BACKUP_RETRY_S
-        if token is not None and self.backup is None and due and self.settings.backup_dsn:
+        if token is not None and self.backup is None and due and self.settings.backup_config:
             self.last_backup_s = time.monotonic()
             self.backup_token = token
-            self.backup = asyncio.create_task(self.take_base_backup())
+            self.backup = asyncio.create_task(self.take_backup())
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -447,7 +398,7 @@ class SchedulerState:
 
     async def take_sample(self) -> Sample:
         """Measure the rows, the backups and the Redis keys; a part that fails is left out."""
-        oldest = backups = None
+        oldest = repo = None
         ttls: dict[str, measures.KeyTtls] = {}
         try:
             oldest = await measures.oldest_ages(self.pool)
@@ -455,8 +406,11 @@ class SchedulerState:
             log.warning(
                 "oldest rows not measured: %r", exc, exc_info=not dependency_unavailable(exc)
             )
-        with contextlib.suppress(OSError):
-            backups = measures.backups_on_disk(self.settings.state_dir / "backups", time.time())
+        if self.settings.backup_config:
+            try:
+                repo = await backups.info(self.settings, timeout_s=SAMPLE_EVERY_S)
+            except Exception as exc:
+                log.warning("backups not measured: %r", exc)
         if self.redis is not None:
             for prefix in ("req", "resp"):
                 try:
@@ -464,7 +418,7 @@ class SchedulerState:
                         ttls[prefix] = await measures.key_ttls(self.redis, prefix, TTL_SAMPLE_KEYS)
                 except Exception as exc:  # redis-py's cluster errors are not all RedisError
                     log.warning("TTLs of %s:* not measured: %r", prefix, exc)
-        return Sample(time.monotonic(), oldest, backups, ttls)
+        return Sample(time.monotonic(), oldest, repo, ttls)
 
     async def measure_loop(self) -> None:
         """While leading, sample what the SLOs read every SAMPLE_EVERY_S."""
@@ -543,7 +497,6 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app[SETTINGS] = settings
     metrics = observability.install(app, settings)
     # Informational only: the SLOs read what the leader measures (cw_oldest_row_age_seconds...).
-    metrics.declare("backup_retention", BACKUP_RETENTION_S)
     metrics.declare("dead_letter_retention", DEAD_LETTER_RETENTION_DAYS * DAY_S)
     metrics.declare("archive_after", ARCHIVE_AFTER_S)
     metrics.declare("event_retention", EVENT_RETENTION_DAYS * DAY_S)

@@ -45,8 +45,10 @@ class ServiceSettings:
         max_attempts: attempts before a job goes to the dead-letter table.
         registration_secret: when set, `POST /v1/devices` needs it in `X-Registration-Secret`.
         trace_file: OpenTelemetry-style spans are appended here as JSON lines ("" = off).
-        backup_dsn: replication connection for the scheduler's base backups ("" = none).
-        backup_interval_s: how often the leading scheduler takes a base backup.
+        backup_config: the backup repository host's pgBackRest config ("" = no backups).
+        backup_stanza: the cluster's stanza in it.
+        backup_interval_s: how often the leading scheduler takes a backup (differential, or
+            full when the newest full is `backup_full_every_s` old).
         planted_faults: allow `/admin/planted` (`reference_impl/planted.py`): the local and test
             environments only, never a real deployment.
         liveness_stale_s: `/health/live` fails when a background loop has not ticked for this
@@ -74,8 +76,10 @@ class ServiceSettings:
     max_attempts: int = 5
     registration_secret: str = ""
     trace_file: str = ""
-    backup_dsn: str = ""
+    backup_config: str = ""
+    backup_stanza: str = "cloudwatcher"
     backup_interval_s: float = 3600.0
+    backup_full_every_s: float = 24 * 3600.0
     planted_faults: bool = False
     liveness_stale_s: float = 30.0
 

@@ -16,6 +16,7 @@ PKGS=(
   redis-server redis-tools
   haproxy
   pgbouncer
+  pgbackrest
   prometheus
   prometheus-postgres-exporter
   prometheus-redis-exporter

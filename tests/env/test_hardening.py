@@ -47,7 +47,7 @@ def _secrets(run_dir: Path) -> list[str]:
 
 class CmdlineWatch(threading.Thread):
     """Reads every process's command line on the machine, over and over, until stopped:
-    catches short-lived subprocesses (pg_basebackup, redis-cli) too."""
+    catches short-lived subprocesses (pgbackrest, redis-cli) too."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__(daemon=True)
@@ -78,7 +78,7 @@ class CmdlineWatch(threading.Thread):
 
 
 @pytest.mark.fault
-def test_no_secret_on_any_command_line_even_while_a_base_backup_runs(
+def test_no_secret_on_any_command_line_even_while_a_backup_runs(
     local_env: LocalEnvironment,
 ) -> None:
     status = wait_healthy(local_env)
@@ -91,44 +91,38 @@ def test_no_secret_on_any_command_line_even_while_a_base_backup_runs(
     leaks = {p.pid: p.cmdline for p in mine if any(s in p.cmdline for s in secrets)}
     assert leaks == {}, f"secrets on command lines: {leaks}"
 
-    # A new leading scheduler takes a base backup at once when one is due (the last recorded
-    # backup older than the interval): watch pg_basebackup's command line.
-    backups = run_dir / "services" / "backups"
-
-    def finished() -> set[str]:
-        return {d.name for d in backups.iterdir() if not d.name.endswith(".partial")}
+    # A new leading scheduler takes a backup at once when one is due (the last recorded
+    # backup older than the interval): watch pgBackRest's command lines (the scheduler's, the
+    # servers' and the archive commands').
+    def labels() -> set[str]:
+        return {b["label"] for b in local_env.backups()}
 
     # The first leader's backup done first: killed mid-backup, it would leave none recorded.
-    poll(
-        lambda: backups.exists() and finished() and len(finished()) == len(list(backups.iterdir())),
-        120,
-        "the first leader's base backup finished",
-    )
-    before = finished()
-    status = wait_healthy(local_env)
     primary = status["urls"]["members"][status["primary"]]
     poll(
-        lambda: query(primary, "SELECT 1 FROM periodic_runs WHERE job = 'base_backup'"),
-        60,
+        lambda: query(primary, "SELECT 1 FROM periodic_runs WHERE job = 'backup'"),
+        120,
         "the first backup recorded in the run log",
     )
+    before = labels()
+    assert before
     # Recorded two intervals ago: due for whoever leads next (it reads the run log).
     query(
         primary,
         "UPDATE periodic_runs SET started_at = started_at - interval '2 hours'"
-        " WHERE job = 'base_backup'",
+        " WHERE job = 'backup'",
     )
     leader = next(c for c in status["components"] if c["role"] == "scheduler (leader)")
     watch = CmdlineWatch(secrets)
     watch.start()
     try:
         os.kill(leader["pid"], signal.SIGKILL)
-        # On disk, whether recorded or not (a lease lost meanwhile fences the record).
-        poll(lambda: finished() - before, 120, "a base backup by the new leader")
+        # In the repository, whether recorded or not (a lease lost meanwhile fences the record).
+        poll(lambda: labels() - before, 180, "a backup by the new leader")
     finally:
         watch.stop()
     assert watch.sweeps > 10
-    assert "pg_basebackup" in watch.seen, "the backup ran while watched"
+    assert "pgbackrest" in watch.seen, "the backup ran while watched"
     assert watch.leaks == {}, f"secrets on command lines: {watch.leaks}"
     wait_healthy(local_env)
 
@@ -174,7 +168,7 @@ def test_services_do_not_run_as_root_where_they_need_not(local_env: LocalEnviron
         if comp["pid"] is None:
             continue
         uid, user = _uids(comp["pid"])
-        if comp["kind"] in ("patroni", "pgbouncer"):
+        if comp["kind"] in ("patroni", "pgbouncer", "pgbackrest_pg"):
             expected = postgres
         elif comp["kind"] == "haproxy":
             # The master keeps root to re-bind on reload; the workers that carry traffic drop it.

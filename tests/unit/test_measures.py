@@ -1,39 +1,19 @@
-"""What the leading scheduler measures, as pure arithmetic: backups found on disk, TTLs from
-PTTL and idle time, each job's intervals since success, and a follower exporting nothing."""
+"""What the leading scheduler measures, as pure arithmetic: TTLs from PTTL and idle time, each
+job's intervals since success, and a follower exporting nothing (the backups' arithmetic is in
+test_backups.py)."""
 
 from __future__ import annotations
 
 import calendar
 import time
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from reference_impl.measures import (
-    Backups,
-    Exporter,
-    JobRecord,
-    KeyTtls,
-    Sample,
-    backups_on_disk,
-    finished_backups,
-    summarize_ttls,
-)
+from reference_impl.backups import Backups
+from reference_impl.measures import Exporter, JobRecord, KeyTtls, Sample, summarize_ttls
 
 NOW = calendar.timegm(time.strptime("20261201T120000Z", "%Y%m%dT%H%M%SZ"))
-
-
-def test_backups_are_read_from_their_names_and_a_partial_one_does_not_count(tmp_path: Path):
-    for name in ("20261124T120000Z", "20261201T110000Z", "20261201T115500Z.partial"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "stray-file").write_text("x")
-    assert [p.name for p in finished_backups(tmp_path)] == [
-        "20261124T120000Z",
-        "20261201T110000Z",
-    ]
-    assert backups_on_disk(tmp_path, NOW) == Backups(2, 3600.0, 7 * 86400.0)
-    assert backups_on_disk(tmp_path / "missing", NOW) == Backups(0, None, None)
 
 
 def test_the_ttl_a_key_was_given_is_its_pttl_plus_its_idle_time():
@@ -67,7 +47,7 @@ def test_the_leader_exports_what_it_measured_and_a_follower_nothing():
     sample = Sample(
         taken_at=time.monotonic(),
         oldest_age_s={"dead_letters": 15 * 86400.0, "events": 0.0},
-        backups=Backups(1, 60.0, 60.0),
+        backups=Backups(1, 60.0, 60.0, 60.0),
         ttls={"req": KeyTtls(3, 300.0, 0)},
     )
     leading = True
@@ -77,6 +57,7 @@ def test_the_leader_exports_what_it_measured_and_a_follower_nothing():
     assert 'cw_oldest_row_age_seconds{table="events"} 0.0' in text
     assert 'cw_redis_ttl_given_max_seconds{prefix="req"} 300.0' in text
     assert "cw_backups_kept 1.0" in text
+    assert "cw_backup_newest_full_age_seconds 60" in text
     (age,) = [
         float(line.split()[-1])
         for line in text.splitlines()

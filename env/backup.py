@@ -1,0 +1,183 @@
+"""pgBackRest for the local environment, laid out as a production system lays it out: a
+dedicated repository host and the database host, each running a pgBackRest TLS server.
+
+- The *repository host* owns the repository (`<run dir>/backup/repo`, standing for blob
+  storage) and runs as the services' user. Backups run there (the scheduler's leader starts
+  them, `cwh env backup` too) and reach the members through the database host's server.
+- The *database host* runs as the PostgreSQL user. Every member's `archive_command` pushes its
+  WAL to the repository host's server: whichever member is primary archives, so archiving
+  survives failovers with no reconfiguration.
+
+Both servers authenticate each other with certificates from the environment's CA (the client's
+common name must be the other side's). Pure: renders configs and command lines, runs nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from env.layout import Layout
+from env.settings import EnvSettings
+
+#: The stanza: pgBackRest's name for the cluster it backs up.
+STANZA = "cloudwatcher"
+#: Certificate common names; each server accepts the other's for the stanza.
+REPO_CN = "pgbackrest-repo"
+PG_CN = "pgbackrest-pg"
+#: The host name both servers' certificates carry (pgBackRest checks names, not IP addresses).
+HOST = "localhost"
+
+
+def repo_config_path(layout: Layout) -> Path:
+    return layout.backup_dir / "pgbackrest.conf"
+
+
+def pg_config_path(layout: Layout) -> Path:
+    return layout.backup_pg_dir / "pgbackrest.conf"
+
+
+def _ini(sections: dict[str, dict[str, str]]) -> str:
+    out = []
+    for name, options in sections.items():
+        out.append(f"[{name}]")
+        out += [f"{k}={v}" for k, v in options.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def _tls_server(layout: Layout, cn: str, port: int, client_cn: str) -> dict[str, str]:
+    return {
+        "tls-server-address": "127.0.0.1",
+        "tls-server-port": str(port),
+        "tls-server-cert-file": str(layout.server_cert(cn)),
+        "tls-server-key-file": str(layout.server_key(cn)),
+        "tls-server-ca-file": str(layout.ca_cert),
+        "tls-server-auth": f"{client_cn}={STANZA}",
+    }
+
+
+def repo_config(settings: EnvSettings, layout: Layout) -> str:
+    """The repository host's config: the repository, its retention, and every member reached
+    through the database host's server (a backup finds the primary among them)."""
+    ports, d = settings.ports, layout.backup_dir
+    members: dict[str, str] = {}
+    for m in range(settings.pg_members):
+        i = m + 1
+        members |= {
+            f"pg{i}-host": HOST,
+            f"pg{i}-host-type": "tls",
+            f"pg{i}-host-port": str(ports.backup_pg),
+            f"pg{i}-host-cert-file": str(layout.server_cert(REPO_CN)),
+            f"pg{i}-host-key-file": str(layout.server_key(REPO_CN)),
+            f"pg{i}-host-ca-file": str(layout.ca_cert),
+            f"pg{i}-host-config": str(pg_config_path(layout)),
+            f"pg{i}-path": str(layout.pg_data(m)),
+            f"pg{i}-port": str(ports.postgres(m)),
+            f"pg{i}-socket-path": str(layout.pg_member(m)),
+        }
+    return _ini(
+        {
+            "global": {
+                "repo1-path": str(layout.backup_repo),
+                # Time-based: a full backup (with its differentials and WAL) is expired once a
+                # newer full is older than this many days; there is always one full to restore.
+                "repo1-retention-full-type": "time",
+                "repo1-retention-full": str(settings.backup_retention_days),
+                "compress-type": "lz4",
+                # A checkpoint at once: a backup starts now, not at the next timed checkpoint.
+                "start-fast": "y",
+                "log-path": str(d / "log"),
+                "lock-path": str(d / "lock"),
+                "log-level-console": "warn",
+                "log-level-file": "info",
+                **_tls_server(layout, REPO_CN, ports.backup_repo, PG_CN),
+            },
+            STANZA: members,
+        }
+    )
+
+
+def pg_config(settings: EnvSettings, layout: Layout) -> str:
+    """The database host's config: the repository through the repository host's server.
+    `pg1-path` is member 0's; each member's archive command names its own (`archive_command`)."""
+    ports, d = settings.ports, layout.backup_pg_dir
+    return _ini(
+        {
+            "global": {
+                "repo1-host": HOST,
+                "repo1-host-type": "tls",
+                "repo1-host-port": str(ports.backup_repo),
+                "repo1-host-cert-file": str(layout.server_cert(PG_CN)),
+                "repo1-host-key-file": str(layout.server_key(PG_CN)),
+                "repo1-host-ca-file": str(layout.ca_cert),
+                "repo1-host-config": str(repo_config_path(layout)),
+                "compress-type": "lz4",
+                "log-path": str(d / "log"),
+                "lock-path": str(d / "lock"),
+                "spool-path": str(d / "spool"),
+                "log-level-console": "warn",
+                "log-level-file": "info",
+                **_tls_server(layout, PG_CN, ports.backup_pg, REPO_CN),
+            },
+            STANZA: {
+                "pg1-path": str(layout.pg_data(0)),
+                "pg1-port": str(ports.postgres(0)),
+                "pg1-socket-path": str(layout.pg_member(0)),
+            },
+        }
+    )
+
+
+def archive_command(layout: Layout, member: int) -> str:
+    """Member `member`'s `archive_command`: push the segment to the repository (any member
+    may be primary; a replica with `archive_mode = on` archives nothing)."""
+    return (
+        f"pgbackrest --config={pg_config_path(layout)} --stanza={STANZA} "
+        f"--pg1-path={layout.pg_data(member)} archive-push %p"
+    )
+
+
+def repo_command(layout: Layout, *args: str) -> list[str]:
+    """A pgBackRest command line run on the repository host (`backup`, `info`, `check`,
+    `stanza-create`, `expire`), as its user."""
+    return ["pgbackrest", f"--config={repo_config_path(layout)}", f"--stanza={STANZA}", *args]
+
+
+def server_command(config: Path) -> list[str]:
+    """One side's TLS server."""
+    return ["pgbackrest", f"--config={config}", "server"]
+
+
+def ping_command(port: int) -> list[str]:
+    """Exit 0 when a pgBackRest server answers on `port` (no certificate needed to ping)."""
+    return [
+        "pgbackrest",
+        "--config=/dev/null",
+        "server-ping",
+        "--tls-server-address=127.0.0.1",
+        f"--tls-server-port={port}",
+    ]
+
+
+def listing(info: Any) -> list[dict[str, Any]]:
+    """`pgbackrest info --output=json`'s backups, oldest first, in the fields people read."""
+    if not isinstance(info, list) or not info:
+        raise ValueError(f"pgbackrest info: expected a list of stanzas, got {info!r:.200}")
+    out = []
+    for b in info[0].get("backup", []):
+        out.append(
+            {
+                "label": b["label"],
+                "type": b["type"],
+                "start": b["timestamp"]["start"],
+                "stop": b["timestamp"]["stop"],
+                "bytes": b["info"]["size"],
+                "repo_bytes": b["info"]["repository"]["size"],
+                "wal_start": (b.get("archive") or {}).get("start"),
+                "wal_stop": (b.get("archive") or {}).get("stop"),
+                "prior": b.get("prior"),
+                "error": bool(b.get("error")),
+            }
+        )
+    return sorted(out, key=lambda b: b["stop"])

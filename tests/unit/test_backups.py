@@ -1,0 +1,144 @@
+"""The backup repository as the scheduler reads it (`pgbackrest info --output=json`), the type
+of backup due, and the pgBackRest hosts' configs (`env/backup.py`)."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from env import backup, configs, topology
+from env.layout import Layout
+from env.secrets import Secrets
+from env.settings import EnvSettings, SettingsError
+from reference_impl.backups import Backups, summarize, type_due
+
+NOW = 1_800_000_000.0
+
+
+def _backup(label: str, kind: str, stop: float, error: bool = False) -> dict:
+    return {
+        "label": label,
+        "type": kind,
+        "error": error,
+        "timestamp": {"start": stop - 15, "stop": stop},
+        "info": {"size": 23_000_000, "repository": {"size": 4_500_000}},
+        "archive": {"start": "000000010000000000000004", "stop": "000000010000000000000004"},
+        "prior": None,
+    }
+
+
+def _info(*backups: dict, wal_max: str = "000000020000000000000009") -> list:
+    return [
+        {
+            "name": "cloudwatcher",
+            "backup": list(backups),
+            "archive": [{"id": "15-1", "min": "000000010000000000000001", "max": wal_max}],
+        }
+    ]
+
+
+def test_the_repository_summary_ages_each_backup_by_its_end_and_skips_failed_ones():
+    info = _info(
+        _backup("F1", "full", NOW - 8 * 86400),
+        _backup("F2", "full", NOW - 86400),
+        _backup("D1", "diff", NOW - 3600),
+        _backup("D2", "diff", NOW - 60, error=True),
+    )
+    assert summarize(info, NOW) == Backups(
+        3, 3600.0, 8 * 86400.0, 86400.0, "000000020000000000000009"
+    )
+
+
+def test_an_empty_repository_has_no_ages():
+    assert summarize(_info(wal_max=""), NOW) == Backups(0, None, None, None, "")
+
+
+def test_something_other_than_pgbackrests_json_is_refused():
+    with pytest.raises(ValueError, match="list of stanzas"):
+        summarize({"backup": []}, NOW)
+
+
+@pytest.mark.parametrize(
+    ("full_age", "due"),
+    [(None, "full"), (3600.0, "diff"), (86399.0, "diff"), (86400.0, "full"), (9e5, "full")],
+)
+def test_a_full_backup_is_due_a_full_interval_after_the_last_one(full_age, due):
+    assert type_due(Backups(1, 60.0, 60.0, full_age), 86400.0) == due
+
+
+def test_the_listing_is_oldest_first_with_the_wal_a_restore_needs():
+    info = _info(_backup("D1", "diff", NOW - 60), _backup("F1", "full", NOW - 86400))
+    listed = backup.listing(info)
+    assert [b["label"] for b in listed] == ["F1", "D1"]
+    assert listed[0]["wal_start"] == "000000010000000000000004"
+    assert listed[0]["repo_bytes"] == 4_500_000
+
+
+def _ini(text: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return parser
+
+
+def test_each_host_accepts_only_the_others_certificate_and_reaches_it_by_name(tmp_path: Path):
+    s = EnvSettings(base_port=24000, run_dir=tmp_path)
+    lay = Layout(tmp_path)
+    repo = _ini(backup.repo_config(s, lay))
+    pg = _ini(backup.pg_config(s, lay))
+    assert repo["global"]["tls-server-auth"] == f"{backup.PG_CN}={backup.STANZA}"
+    assert pg["global"]["tls-server-auth"] == f"{backup.REPO_CN}={backup.STANZA}"
+    assert repo["global"]["tls-server-port"] == pg["global"]["repo1-host-port"] == "24078"
+    assert pg["global"]["tls-server-port"] == repo[backup.STANZA]["pg1-host-port"] == "24079"
+    # pgBackRest checks the name in the certificate, not an IP address.
+    assert repo[backup.STANZA]["pg1-host"] == pg["global"]["repo1-host"] == "localhost"
+    # Every member, so a backup finds whichever is primary.
+    for m in range(3):
+        assert repo[backup.STANZA][f"pg{m + 1}-path"] == str(lay.pg_data(m))
+        assert repo[backup.STANZA][f"pg{m + 1}-port"] == str(s.ports.postgres(m))
+    assert repo["global"]["repo1-path"] == str(lay.backup_repo)
+    assert repo["global"]["repo1-retention-full-type"] == "time"
+    assert repo["global"]["repo1-retention-full"] == "7"
+
+
+def test_every_member_archives_its_own_wal_to_the_repository(tmp_path: Path):
+    s = EnvSettings(base_port=24000, run_dir=tmp_path, archive_timeout_s=30)
+    lay = Layout(tmp_path)
+    secrets = Secrets.load_or_create(tmp_path / "secrets.json")
+    for m in range(3):
+        params = yaml.safe_load(configs.patroni_config(s, lay, secrets, m))["postgresql"][
+            "parameters"
+        ]
+        assert params["archive_mode"] == "on"
+        assert params["archive_timeout"] == "30s"
+        assert f"--pg1-path={lay.pg_data(m)} archive-push %p" in params["archive_command"]
+    off = EnvSettings(base_port=24000, run_dir=tmp_path, backups=False)
+    params = yaml.safe_load(configs.patroni_config(off, lay, secrets, 0))["postgresql"][
+        "parameters"
+    ]
+    assert "archive_mode" not in params
+
+
+def test_the_backup_hosts_start_before_postgresql_and_only_with_backups(tmp_path: Path):
+    on = topology.build(EnvSettings(base_port=24000, run_dir=tmp_path))
+    stages = [stage for stage, _ in on.stages()]
+    assert stages.index("backup") < stages.index("postgresql")
+    assert {w.name for w in on.workloads if w.stage == "backup"} == {"backup-repo", "backup-pg"}
+    off = topology.build(EnvSettings(base_port=24000, run_dir=tmp_path, backups=False))
+    assert "backup" not in [stage for stage, _ in off.stages()]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "names"),
+    [
+        ("archive_timeout_s", 600, "ARCHIVE_TIMEOUT_S"),
+        ("backup_diff_every_s", 10, "BACKUP_DIFF_EVERY_S"),
+        ("backup_full_every_s", 1800.0, "BACKUP_FULL_EVERY_S"),
+        ("backup_retention_days", 0, "BACKUP_RETENTION_DAYS"),
+    ],
+)
+def test_backup_settings_out_of_range_name_their_variable(tmp_path, field, value, names):
+    with pytest.raises(SettingsError, match=names):
+        EnvSettings(base_port=24000, run_dir=tmp_path, **{field: value})
