@@ -100,7 +100,13 @@ async def create_backup_stanza(settings: EnvSettings, repo_user: tuple[int, int]
             cwd=layout.backup_dir,
             user=repo_user[0] if repo_user else None,
             group=repo_user[1] if repo_user else None,
+            extra_groups=[] if repo_user else None,
         )
-        code = await asyncio.wait_for(proc.wait(), settings.timeout(120))
+        try:
+            code = await asyncio.wait_for(proc.wait(), settings.timeout(120))
+        except TimeoutError:
+            proc.kill()  # it would hold the stanza's lock
+            await proc.wait()
+            raise StartupError("backup-stanza-create", log_path, "no answer in 120 s") from None
     if code != 0:
         raise StartupError("backup-stanza-create", log_path, f"exit code {code}")

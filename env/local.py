@@ -165,15 +165,21 @@ class LocalEnvironment:
             raise RuntimeError(f"no backup repository at {repo}: is the environment up?")
         owner = repo.stat()
         as_owner = os.geteuid() == 0 and owner.st_uid != 0
-        return subprocess.run(
-            backup.repo_command(self.layout, *args),
-            capture_output=True,
-            text=True,
-            timeout=self.settings.timeout(timeout_s),
-            cwd=self.layout.backup_dir,
-            user=owner.st_uid if as_owner else None,
-            group=owner.st_gid if as_owner else None,
-        )
+        try:
+            return subprocess.run(
+                backup.repo_command(self.layout, *args),
+                capture_output=True,
+                text=True,
+                timeout=self.settings.timeout(timeout_s),
+                cwd=self.layout.backup_dir,
+                user=owner.st_uid if as_owner else None,
+                group=owner.st_gid if as_owner else None,
+                extra_groups=[] if as_owner else None,
+            )
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"pgbackrest {args[0]} took over {self.settings.timeout(timeout_s):g} s"
+            ) from None
 
     def backup(self, kind: str = "full") -> dict[str, Any]:
         """Take a backup now (`full`, `diff` or `incr`); the repository's newest one back.

@@ -35,6 +35,14 @@ class Backups:
     wal_max: str = ""
 
 
+#: pgBackRest's exit code when another command holds the stanza's lock ([050] LockAcquireError).
+LOCK_HELD = 50
+
+
+class Busy(RuntimeError):
+    """Another backup runs: the stanza's lock is held."""
+
+
 def stanza_info(info: Any) -> dict[str, Any]:
     """The stanza's part of `pgbackrest info --output=json` (a list, one item per stanza)."""
     if not isinstance(info, list) or not info or not isinstance(info[0], dict):
@@ -89,12 +97,25 @@ async def run(settings: ServiceSettings, *args: str, timeout_s: float) -> tuple[
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except (TimeoutError, asyncio.CancelledError):
-        proc.kill()
-        await proc.wait()
+    except TimeoutError:
+        await _stop(proc)
+        raise RuntimeError(f"pgbackrest {' '.join(args)} took over {timeout_s:g} s") from None
+    except asyncio.CancelledError:
+        await _stop(proc)
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM first (pgBackRest then releases its lock and stops its local processes), a kill
+    after 10 s."""
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 10)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 async def info(settings: ServiceSettings, timeout_s: float = 30.0) -> Backups | None:

@@ -285,6 +285,8 @@ class SchedulerState:
         code, out = await backups.run(
             self.settings, "backup", f"--type={kind}", timeout_s=BACKUP_TIMEOUT_S
         )
+        if code == backups.LOCK_HELD:
+            raise backups.Busy(out.strip()[-300:])
         if code != 0:
             raise RuntimeError(f"pgbackrest backup failed ({code}): {out.strip()[-500:]}")
         after = await backups.info(self.settings)
@@ -295,12 +297,16 @@ class SchedulerState:
         }
 
     async def tend_backup(self, token: int | None) -> None:
-        """Record a finished base backup, fenced by the token it was started under (also after
+        """Record a finished backup, fenced by the token it was started under (also after
         we lost the lease: its outcome is never left unread); start one when due and leading."""
         if self.backup is not None and self.backup.done():
             task, self.backup = self.backup, None
             try:
                 self.backup_detail = task.result()
+            except backups.Busy as exc:
+                # Another backup holds the stanza's lock (`cwh env backup`, or one a killed
+                # leader started): not a failure of ours; tried again after BACKUP_RETRY_S.
+                log.info("backup skipped: %s", exc)
             except Exception as exc:
                 self.runs.labels("backup", "error").inc()
                 self.backup_job.record.ran(False, time.time())

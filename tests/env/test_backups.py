@@ -6,6 +6,8 @@ fresh data and fail on a backup older than their objective."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 import requests
 
 from env.local import LocalEnvironment
+from env.process import pid_alive
 from slo.definitions import DEFAULT_DIR
 from slo.sources import Window
 from tests.helpers import gate, poll, query, wait_healthy
@@ -85,6 +88,58 @@ def test_wal_reaches_the_archive_from_whichever_member_is_primary(local_env: Loc
     wait_healthy(local_env)
 
 
+def _value(url: str, expr: str) -> float | None:
+    resp = requests.get(f"{url}/api/v1/query", params={"query": expr}, timeout=5)
+    result = resp.json()["data"]["result"] if resp.ok else []
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_a_failing_archive_shows_in_the_archive_metrics_and_catches_up(local_env: LocalEnvironment):
+    """The repository host down: the primary's closed segment waits (what archive-lag reads)
+    and its pushes fail (archive-failures); back up, the archive catches up by itself."""
+    status = wait_healthy(local_env)
+    prometheus = status["urls"]["prometheus"]
+    failed = poll(
+        lambda: _value(prometheus, "sum(pg_archiver_failed_count)"), 60, "archiver scraped", 1
+    )
+    repo = next(c for c in status["components"] if c["component"] == "backup-repo")
+    local_env.hold("backup-repo", 300)
+    try:
+        os.kill(repo["pid"], signal.SIGKILL)
+        poll(lambda: not pid_alive(repo["pid"]) or None, 10, "the repository host dead")
+        switch_wal(status["urls"]["members"][status["primary"]])
+        poll(
+            lambda: (_value(prometheus, "max(pg_archive_ready_segments)") or 0) >= 1 or None,
+            60,
+            "a segment waiting to be archived",
+            1,
+        )
+        poll(
+            lambda: (_value(prometheus, "sum(pg_archiver_failed_count)") or 0) > failed or None,
+            60,
+            "failed pushes counted",
+            1,
+        )
+        waited = poll(
+            lambda: (
+                (a := _value(prometheus, "max(pg_archive_ready_oldest_age_seconds)") or 0) > 5 and a
+            ),
+            60,
+            "the waiting segment ageing",
+            1,
+        )
+        assert waited > 5
+    finally:
+        local_env.release("backup-repo")
+    poll(
+        lambda: _value(prometheus, "max(pg_archive_ready_segments)") == 0 or None,
+        180,
+        "the archive caught up",
+        1,
+    )
+    wait_healthy(local_env)
+
+
 def _prometheus_has(url: str, metric: str) -> bool:
     resp = requests.get(f"{url}/api/v1/query", params={"query": metric}, timeout=5)
     return bool(resp.ok and resp.json()["data"]["result"])
@@ -96,7 +151,7 @@ def test_the_backup_slos_pass_on_fresh_data_and_fail_on_a_stale_backup(
     status = wait_healthy(local_env)
     prometheus = status["urls"]["prometheus"]
     poll(lambda: full_backups(local_env), 180, "a full backup in the repository", 2)
-    for metric in ("cw_backup_newest_age_seconds", "pg_archiver_last_archived_age_seconds"):
+    for metric in ("cw_backup_newest_age_seconds", "pg_archive_ready_oldest_age_seconds"):
         poll(lambda m=metric: _prometheus_has(prometheus, m), 60, f"{metric} scraped", 1)
     window = Window(time.time() - 20, time.time())
     fresh = gate(status, window, tmp_path / "fresh", "backup-freshness", "archive-lag")

@@ -218,13 +218,13 @@ def test_scheduler_writes_the_heartbeat_and_takes_a_backup(local_env: LocalEnvir
     runs = poll(
         lambda: query(
             primary,
-            "SELECT detail FROM periodic_runs WHERE job = 'backup' ORDER BY run_id DESC LIMIT 1",
+            "SELECT detail FROM periodic_runs WHERE job = 'backup' ORDER BY run_id LIMIT 1",
         ),
         120,
         "a backup recorded",
     )
-    # The first one is full (there is none to take a differential against), and it is in the
-    # repository, not only in the run log.
+    # The first one is full (there is none to take a differential against; later ones, taken
+    # within a day of it, are differential), and it is in the repository, not only in the log.
     assert runs[0][0]["type"] == "full"
     fulls = [b for b in local_env.backups() if b["type"] == "full" and not b["error"]]
     assert fulls, local_env.backups()
