@@ -112,6 +112,10 @@ def pg_config(settings: EnvSettings, layout: Layout) -> str:
                 "repo1-host-key-file": str(layout.server_key(PG_CN)),
                 "repo1-host-ca-file": str(layout.ca_cert),
                 "repo1-host-config": str(repo_config_path(layout)),
+                # An unreachable repository host fails a push after two of these (the default,
+                # 60 s, held the archiver 2 minutes per attempt): PostgreSQL retries at once,
+                # and the failure shows in pg_stat_archiver while it lasts.
+                "io-timeout": "15",
                 "compress-type": "lz4",
                 "log-path": str(d / "log"),
                 "lock-path": str(d / "lock"),

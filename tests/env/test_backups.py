@@ -99,8 +99,11 @@ def test_a_failing_archive_shows_in_the_archive_metrics_and_catches_up(local_env
     and its pushes fail (archive-failures); back up, the archive catches up by itself."""
     status = wait_healthy(local_env)
     prometheus = status["urls"]["prometheus"]
-    failed = poll(
-        lambda: _value(prometheus, "sum(pg_archiver_failed_count)"), 60, "archiver scraped", 1
+    (failed,) = poll(
+        lambda: (v := _value(prometheus, "sum(pg_archiver_failed_count)")) is not None and (v,),
+        60,
+        "archiver scraped",
+        1,
     )
     repo = next(c for c in status["components"] if c["component"] == "backup-repo")
     local_env.hold("backup-repo", 300)
@@ -116,7 +119,7 @@ def test_a_failing_archive_shows_in_the_archive_metrics_and_catches_up(local_env
         )
         poll(
             lambda: (_value(prometheus, "sum(pg_archiver_failed_count)") or 0) > failed or None,
-            60,
+            150,
             "failed pushes counted",
             1,
         )
