@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -31,6 +32,9 @@ from slo.rules import render
 from slo.sources import Window, parse_time
 
 console = Console(stderr=True)
+
+
+T = TypeVar("T")
 
 
 def _settings() -> EnvSettings:
@@ -140,14 +144,26 @@ def env_hold(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attempt(doing: str, call: Callable[[], T], errors: tuple[type[Exception], ...]) -> T | None:
+    """`call()` under a live status line; None, with the reason printed, when it raises one of
+    `errors` (the supervisor's 4xx carries its JSON reason)."""
+    try:
+        with console.status(doing):
+            return call()
+    except errors as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return None
+
+
 def env_scale(args: argparse.Namespace) -> int:
     """`cwh env scale api 5`: scale now; prints what was added, removed or refused."""
     env = LocalEnvironment(_settings())
-    try:
-        with console.status(f"scaling {args.workload} to {args.replicas}"):
-            result = env.scale(args.workload, args.replicas)
-    except RuntimeError as exc:  # the supervisor's 4xx: its JSON reason
-        console.print(f"[red]error:[/red] {exc}")
+    result = _attempt(
+        f"scaling {args.workload} to {args.replicas}",
+        lambda: env.scale(args.workload, args.replicas),
+        (RuntimeError,),
+    )
+    if result is None:
         return 2
     print(json.dumps(result))
     return 1 if result["refused"] else 0
@@ -156,11 +172,12 @@ def env_scale(args: argparse.Namespace) -> int:
 def env_rollout(args: argparse.Namespace) -> int:
     """`cwh env rollout api`: every replica replaced, one by one, none unavailable."""
     env = LocalEnvironment(_settings())
-    try:
-        with console.status(f"rolling out {args.workload}"):
-            result = env.rollout(args.workload)
-    except (RuntimeError, KeyError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    result = _attempt(
+        f"rolling out {args.workload}",
+        lambda: env.rollout(args.workload),
+        (RuntimeError, KeyError),
+    )
+    if result is None:
         return 2
     print(json.dumps(result))
     return 1 if result["refused"] else 0
@@ -184,11 +201,10 @@ def env_release(args: argparse.Namespace) -> int:
 def env_backup(args: argparse.Namespace) -> int:
     """`cwh env backup [--type full|diff|incr]`: a backup now, into the repository."""
     env = LocalEnvironment(_settings())
-    try:
-        with console.status(f"taking a {args.type} backup"):
-            taken = env.backup(args.type)
-    except (RuntimeError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    taken = _attempt(
+        f"taking a {args.type} backup", lambda: env.backup(args.type), (RuntimeError, ValueError)
+    )
+    if taken is None:
         return 1
     print(json.dumps(taken))
     return 0

@@ -19,6 +19,7 @@ from typing import Any
 
 from env.layout import Layout
 from env.settings import EnvSettings
+from reference_impl.backups import stanza_info
 
 #: The stanza: pgBackRest's name for the cluster it backs up.
 STANZA = "cloudwatcher"
@@ -166,10 +167,8 @@ def ping_command(port: int) -> list[str]:
 
 def listing(info: Any) -> list[dict[str, Any]]:
     """`pgbackrest info --output=json`'s backups, oldest first, in the fields people read."""
-    if not isinstance(info, list) or not info:
-        raise ValueError(f"pgbackrest info: expected a list of stanzas, got {info!r:.200}")
     out = []
-    for b in info[0].get("backup", []):
+    for b in stanza_info(info).get("backup", []):
         out.append(
             {
                 "label": b["label"],

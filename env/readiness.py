@@ -101,16 +101,18 @@ class Checks:
         self.patroni_ports = [ports.patroni(m) for m in range(settings.pg_members)]
         self.redis_ports = [ports.redis(n) for n in range(settings.redis_nodes)]
 
-    async def backup(self) -> bool:
-        """Both pgBackRest servers answer (`server-ping`)."""
+    async def backup_servers(self) -> dict[str, bool]:
+        """Each pgBackRest server's answer to `server-ping`, by component name."""
         ports = self.settings.ports
+        servers = {"backup-repo": ports.backup_repo, "backup-pg": ports.backup_pg}
         codes = await asyncio.gather(
-            *(
-                probes.exit_code(backup.ping_command(p))
-                for p in (ports.backup_repo, ports.backup_pg)
-            )
+            *(probes.exit_code(backup.ping_command(p)) for p in servers.values())
         )
-        return all(c == 0 for c in codes)
+        return {name: code == 0 for name, code in zip(servers, codes, strict=True)}
+
+    async def backup(self) -> bool:
+        """Both pgBackRest servers answer."""
+        return all((await self.backup_servers()).values())
 
     async def etcd(self) -> bool:
         return await probes.etcd_healthy(self.settings.ports.etcd_client)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from env import backup, configs, probes, readiness, topology
+from env import configs, probes, readiness, topology
 from env.layout import Layout
 from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
@@ -181,12 +181,9 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
 
     row("etcd", "etcd", "dcs", bool(etcd_ok))
     if settings.backups:
-        for name, port, role in (
-            ("backup-repo", ports.backup_repo, "backup repository"),
-            ("backup-pg", ports.backup_pg, "backup agent"),
-        ):
-            code = await safe(probes.exit_code(backup.ping_command(port)), None)
-            row(name, "pgbackrest", role, code == 0)
+        answered = await safe(checks.backup_servers(), {})
+        for name, role in (("backup-repo", "backup repository"), ("backup-pg", "backup agent")):
+            row(name, "pgbackrest", role, answered.get(name, False))
     for m in range(settings.pg_members):
         name = f"pg{m}"
         member = by_name.get(name)
