@@ -237,6 +237,51 @@ def env_backups(args: argparse.Namespace) -> int:
     return 0
 
 
+def env_restore(args: argparse.Namespace) -> int:
+    """`cwh env restore [--xid X --before EPOCH]`: replace the PostgreSQL cluster with one
+    restored from the repository (to the end of the archive, or to just before transaction X
+    committed); prints the steps' times as JSON. Destroys whatever the members hold now."""
+    from env.process import DeadlineExceeded
+    from env.restore import restore_cluster
+
+    if bool(args.xid) != (args.before is not None):
+        console.print("[red]error:[/red] --xid and --before go together (the mistake and its time)")
+        return 2
+    env = LocalEnvironment(_settings())
+    with console.status("restoring the cluster") as status:
+        try:
+            done = restore_cluster(
+                env,
+                target_xid=args.xid,
+                before_wall=args.before,
+                progress=lambda step: status.update(f"restoring the cluster: {step}"),
+            )
+        except (RuntimeError, ValueError, DeadlineExceeded) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 1
+    print(json.dumps(done))
+    return 0
+
+
+def env_verify_backup(args: argparse.Namespace) -> int:
+    """`cwh env verify-backup`: the weekly drill (pgbackrest verify, then the newest backup
+    restored into a scratch instance and compared with the live cluster); exit 1 when it
+    found something wrong."""
+    from env.process import DeadlineExceeded
+    from env.restore import verify_backup
+
+    env = LocalEnvironment(_settings())
+    result = _attempt(
+        "verifying the backups and restoring the newest into a scratch instance",
+        lambda: verify_backup(env),
+        (RuntimeError, DeadlineExceeded),
+    )
+    if result is None:
+        return 2
+    print(json.dumps(result))
+    return 1 if result["wrong"] else 0
+
+
 def env_rotate_keys(args: argparse.Namespace) -> int:
     from env.process import DeadlineExceeded
     from env.rotation import retire_old_keys, rotate_keys
@@ -492,6 +537,20 @@ def build_parser() -> argparse.ArgumentParser:
     bl = env_sub.add_parser("backups", help="the repository's backups: times, sizes, WAL range")
     bl.add_argument("--json", action="store_true", help="as JSON")
     bl.set_defaults(func=env_backups)
+    rs = env_sub.add_parser(
+        "restore",
+        help="replace the PostgreSQL cluster with one restored from the backup repository",
+    )
+    rs.add_argument("--xid", default="", help="recover to just before this transaction committed")
+    rs.add_argument(
+        "--before", type=float, help="when that transaction ran (epoch s): picks the backup"
+    )
+    rs.set_defaults(func=env_restore)
+    env_sub.add_parser(
+        "verify-backup",
+        help="pgbackrest verify, and the newest backup restored into a scratch instance and "
+        "compared with the live cluster",
+    ).set_defaults(func=env_verify_backup)
     rot = env_sub.add_parser(
         "rotate-keys",
         help="a new token signing key, no failed request; the old one retires a token life later",

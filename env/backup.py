@@ -184,3 +184,78 @@ def listing(info: Any) -> list[dict[str, Any]]:
             }
         )
     return sorted(out, key=lambda b: b["stop"])
+
+
+def archive_get_command(layout: Layout, member: int) -> str:
+    """The `restore_command` of restored member `member`: WAL from the repository, through the
+    repository host's server. It names the member's own data directory: pgBackRest checks the
+    segment against the cluster there, and the config's `pg1-path` is member 0's, which may be
+    empty while another member restores (seen: recovery found no checkpoint, three times)."""
+    return (
+        f"pgbackrest --config={pg_config_path(layout)} --stanza={STANZA} "
+        f'--pg1-path={layout.pg_data(member)} archive-get %f "%p"'
+    )
+
+
+def restore_bootstrap(
+    layout: Layout, member: int, backup_set: str = "", target_xid: str = ""
+) -> dict[str, Any]:
+    """Patroni's custom bootstrap method that restores the cluster from the repository: the
+    first member to take the initialize key runs `pgbackrest restore` into its empty data
+    directory, starts PostgreSQL with these recovery settings (WAL from the archive, to its end
+    or to `target_xid`, excluded), and promotes it at the end of recovery.
+
+    `backup_set`: the backup to restore ("" for the newest); a point-in-time restore names one
+    that ended before its target (a newer one would start past it)."""
+    command = [
+        "pgbackrest",
+        f"--config={pg_config_path(layout)}",
+        f"--stanza={STANZA}",
+        f"--pg1-path={layout.pg_data(member)}",
+        "--log-level-console=info",
+        *([f"--set={backup_set}"] if backup_set else []),
+        "restore",
+    ]
+    recovery: dict[str, str] = {
+        "restore_command": archive_get_command(layout, member),
+        "recovery_target_timeline": "latest",
+        "recovery_target_action": "promote",
+    }
+    if target_xid:
+        # Stop just before the mistaken transaction commits: every commit before it is kept.
+        recovery |= {"recovery_target_xid": target_xid, "recovery_target_inclusive": "off"}
+    return {
+        "command": " ".join(command),
+        "no_params": True,
+        # Patroni's recovery settings, not pgBackRest's (which it drops from the restored
+        # postgresql.auto.conf): one place says how the restore recovers.
+        "keep_existing_recovery_conf": False,
+        "recovery_conf": recovery,
+    }
+
+
+def scratch_restore_command(layout: Layout, scratch: Path) -> list[str]:
+    """Restore the newest backup into `scratch` to read, not to serve: the instance started
+    there replays the archive and must never push WAL into the repository (archiving off)."""
+    return [
+        "pgbackrest",
+        f"--config={pg_config_path(layout)}",
+        f"--stanza={STANZA}",
+        f"--pg1-path={scratch}",
+        "--archive-mode=off",
+        "--log-level-console=warn",
+        "restore",
+    ]
+
+
+def scratch_settings(port: int, socket_dir: Path) -> str:
+    """`postgresql.auto.conf` lines for the scratch instance (they override the restored
+    member's config): its own port and socket, no archiving, no synchronous standby to wait
+    for, nothing over the network but loopback."""
+    return (
+        f"port = {port}\n"
+        "listen_addresses = '127.0.0.1'\n"
+        f"unix_socket_directories = '{socket_dir}'\n"
+        "archive_mode = 'off'\n"
+        "synchronous_standby_names = ''\n"
+    )

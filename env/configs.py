@@ -88,8 +88,18 @@ def cluster_name(settings: EnvSettings) -> str:
     return f"cwh{settings.base_port}"
 
 
-def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, member: int) -> str:
-    """Patroni's YAML for one member (Patroni 3.0, etcd v3 as DCS)."""
+def patroni_config(
+    settings: EnvSettings,
+    layout: Layout,
+    secrets: Secrets,
+    member: int,
+    restore: dict[str, Any] | None = None,
+) -> str:
+    """Patroni's YAML for one member (Patroni 3.0, etcd v3 as DCS).
+
+    `restore`: a bootstrap method that restores the cluster from the backup repository
+    (`backup.restore_bootstrap`) instead of `initdb`; it runs only where the DCS has no cluster
+    (`env/restore.py` makes it forget the lost one)."""
     ports = settings.ports
     conf: dict[str, Any] = {
         "scope": cluster_name(settings),
@@ -171,6 +181,8 @@ def patroni_config(settings: EnvSettings, layout: Layout, secrets: Secrets, memb
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
     }
+    if restore is not None:
+        conf["bootstrap"] |= {"method": "pgbackrest", "pgbackrest": restore}
     return yaml.safe_dump(conf, sort_keys=False)
 
 

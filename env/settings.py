@@ -86,6 +86,11 @@ class Ports:
         return self.base + 70
 
     @property
+    def backup_scratch(self) -> int:
+        """The scratch PostgreSQL a backup-verify drill restores into (only while it runs)."""
+        return self.base + 77
+
+    @property
     def backup_repo(self) -> int:
         """The backup repository host's pgBackRest TLS server (what archive-push talks to)."""
         return self.base + 78
@@ -339,6 +344,7 @@ class EnvSettings:
             out |= {p.redis(n): f"redis{n}", p.redis(n) + 10000: f"redis{n} cluster bus"}
         if self.backups:
             out |= {p.backup_repo: "pgbackrest repository", p.backup_pg: "pgbackrest database"}
+            out |= {p.backup_scratch: "backup-verify scratch postgres"}
         if self.fault_proxy and not self.toxiproxy_url:
             out[p.fault_api] = "fault proxy API"
             out |= {p.base + 170 + i: "fault proxy listener" for i in range(24)}
