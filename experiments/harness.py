@@ -146,9 +146,9 @@ def open_faults(s: ChaosSettings) -> list[dict[str, Any]]:
 def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False) -> dict[str, Any]:
     """Undo every fault this harness can inject, whatever happened: (the fleet stopped, when
     `stop_fleet`), a scaling experiment's CPU pressure stopped, toxics removed and proxies
-    enabled, held components released, service knobs and planted faults back to their
-    defaults, open faults closed in the journal; then wait for full health. Idempotent, and
-    safe to call when nothing was injected.
+    enabled, a lost PostgreSQL cluster restored from the backups, held components released,
+    service knobs and planted faults back to their defaults, open faults closed in the journal;
+    then wait for full health. Idempotent, and safe to call when nothing was injected.
 
     Every step runs whatever the others did (best effort): one that fails is recorded under
     `errors` (step -> what went wrong) and logged, never raised. `healthy` is the environment's
@@ -157,6 +157,7 @@ def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False)
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("pressure_stopped", lambda: _stop_pressure(s)),
         ("toxics_reset", lambda: _reset_toxics(env)),
+        ("cluster_restored", lambda: _restore_lost_cluster(env)),
         ("released", lambda: _release_held(env)),
         ("knobs_reset", lambda: _reset_service_admin(env, "knobs")),
         ("planted_reset", lambda: _reset_service_admin(env, "planted")),
@@ -201,6 +202,17 @@ def _stop_fleet(s: ChaosSettings) -> dict[str, Any]:
     from experiments.activities.fleet.actions import stop_fleet
 
     return stop_fleet(interrupt=True, timeout_s=120, configuration=s.to_configuration())
+
+
+def _restore_lost_cluster(env: LocalEnvironment) -> str | None:
+    """When every member's data is gone (a disaster drill stopped before its restore), restore
+    the cluster from the repository: released, the members would wait forever for a leader to
+    bootstrap from. The backup restored, or None when nothing was lost."""
+    from env.restore import cluster_lost, restore_cluster
+
+    if not cluster_lost(env):
+        return None
+    return str(restore_cluster(env)["backup"])
 
 
 def _reset_toxics(env: LocalEnvironment) -> bool | None:

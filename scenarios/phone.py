@@ -548,6 +548,10 @@ class PhoneUser(FastHttpUser):
             outcome: Outcome = "ok" if r.status_code == 200 else "fail"
             if outcome == "fail":
                 r.failure(str(r.status_code))
+            if r.status_code == 404:
+                # The system says it never had it (lost in a restore): the app drops it, as
+                # a real one would, rather than ask again forever. Reconciliation counts it.
+                self.acked.pop(rid, None)
         with _LOCK:
             LEDGER.append(
                 Operation(
@@ -558,7 +562,7 @@ class PhoneUser(FastHttpUser):
                     wall,
                     outcome,
                     None,
-                    None,
+                    None if outcome == "ok" else str(r.status_code),
                     {"request_id": rid},
                 )
             )

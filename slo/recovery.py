@@ -180,6 +180,14 @@ def rpo_s(lost_acked: Iterable[float], events: Iterable[float], end: float) -> f
     return worst
 
 
+def read_of_lost(op: Operation, gone: set[str]) -> bool:
+    """A read the system answered 404 for a request it lost: an answer (the service was up),
+    and a loss the RPO already counts, so not the read path's downtime. Without this, the read
+    path of a run that lost data would "recover" only once every phone had asked for each of
+    its lost requests."""
+    return op.kind == "read" and op.error == "404" and (op.detail or {}).get("request_id") in gone
+
+
 def recovery_report(
     ops: Sequence[Operation],
     fault_wall: float,
@@ -207,7 +215,9 @@ def recovery_report(
     given) is 0 when nothing acknowledged was lost; lost, duplicated, never-notified and
     unknown counts come with it.
     """
-    by_path = path_ops(ops, ttr_bound_s)
+    gone = set(reconciliation.get("lost_request_ids", ()))
+    lost_reads = [o for o in ops if read_of_lost(o, gone)]
+    by_path = path_ops([o for o in ops if not read_of_lost(o, gone)], ttr_bound_s)
     bounds: dict[str, float | None] = {p: b for p, b in (bounds_s or {}).items() if p in by_path}
     bounds["notification"] = ttr_bound_s
     quiet = {p: b for p, b in bounds.items() if b is not None}
@@ -253,6 +263,7 @@ def recovery_report(
         "unknown": reconciliation.get("unknown", 0),
         "info": reconciliation.get("info_submits", 0),
         "acknowledged": reconciliation.get("acknowledged", 0),
+        "reads_of_lost": len(lost_reads),
         "not_ok_after_fault": {
             p: sum(1 for o in v if o.outcome != "ok") for p, v in after_fault.items()
         },

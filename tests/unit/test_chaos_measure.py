@@ -168,3 +168,24 @@ def test_a_2_5_s_stall_in_a_small_fleet_is_downtime():
     assert r["longest_silence_s"]["write"] == 2.5
     assert r["slow_after_fault"]["write"] == 2
     assert r["rto_s"]["write"] >= 2.5, r
+
+
+def _read(wall: float, outcome: str = "ok", rid: str = "r", error: str | None = None) -> Operation:
+    return Operation(
+        f"read{wall}{rid}", "read", 5.0, 5.05, wall, outcome, None, error, {"request_id": rid}
+    )
+
+
+def test_reads_answered_404_for_lost_requests_are_the_rpos_not_the_read_paths_downtime():
+    reads = [_read(FAULT + i, "fail", error="503") for i in range(3)]  # the outage
+    reads += [_read(FAULT + 3 + i) for i in range(5)]  # recovered at +3.05
+    reads += [_read(FAULT + 20, "fail", rid="gone", error="404")]  # a lost request asked for
+    rec = {"lost": 1, "lost_request_ids": ["gone"], "lost_acked_walls": [FAULT - 1]}
+    r = recovery_report(reads, FAULT, rec, consecutive=5)
+    assert r["rto_s"]["read"] == 3.05
+    assert r["reads_of_lost"] == 1
+    # A 404 for a request the system still holds is a failure of the read path.
+    r = recovery_report(
+        [*reads, _read(FAULT + 21, "fail", rid="kept", error="404")], FAULT, rec, consecutive=5
+    )
+    assert r["recovered"]["read"] is False

@@ -251,6 +251,18 @@ def test_every_slo_an_experiment_is_gated_on_is_defined():
         assert set(slos) <= defined, (name, sorted(set(slos) - defined))
 
 
+def test_an_experiment_waives_only_chaos_slos_and_says_why():
+    """A waived name that is not a chaos SLO would waive nothing (a typo): the experiment would
+    then fail its gate on the loss it causes by design, or the typo would hide the intent."""
+    from cwh.chaos import CHAOS_SLOS, catalogue
+
+    waived = {name: exp["waive"] for name, exp in catalogue().items() if exp["waive"]}
+    assert set(waived) >= {"dr-restore-cluster", "dr-pitr"}
+    for name, waive in waived.items():
+        assert set(waive) <= set(CHAOS_SLOS), name
+        assert all(len(why) > 20 for why in waive.values()), name
+
+
 def test_a_method_activity_that_raised_fails_the_run():
     """Chaos Toolkit calls an experiment completed when one of its method's activities raised
     (a wait that timed out): `cwh chaos` reads the journal's runs."""
@@ -266,3 +278,23 @@ def test_a_method_activity_that_raised_fails_the_run():
     assert failed_activities(journal) == ["api-scaled-in"]
     assert failed_activities({"status": "completed", "run": []}) == []
     assert failed_activities({}) == []
+
+
+@pytest.mark.parametrize(
+    ("rec", "plain", "waived"),
+    [
+        ({"verdict": "pass"}, 0, 0),
+        ({"verdict": "fail", "lost": 3, "duplicated": 0}, 1, 0),
+        ({"verdict": "fail", "lost": 3, "duplicated": 1}, 1, 1),  # a duplicate is never waived
+        ({"verdict": "fail", "lost": 3, "duplicated": 0, "unknown": 2}, 1, 2),
+        ({"verdict": "inconclusive", "unknown": 2}, 2, 2),
+    ],
+)
+def test_a_waived_loss_leaves_duplicates_and_unknowns_in_the_exit_code(
+    tmp_path, rec, plain, waived
+):
+    from cwh.chaos import _reconciliation_code
+
+    (tmp_path / "summary.json").write_text(json.dumps({"reconciliation": rec}))
+    assert _reconciliation_code(tmp_path) == plain
+    assert _reconciliation_code(tmp_path, losses_waived=True) == waived
