@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 CWH   := $(VENV)/bin/cwh
 export CWH_BASE_PORT ?= 17000
 
-.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale load slo slo-rules chaos gameday chaos-stop clean
+.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr load slo slo-rules chaos gameday chaos-stop clean
 
 deps:
 	@./tools/deps.sh
@@ -96,5 +96,11 @@ bench-chaos: deps
 # implies (reports/<UTC>-bench-scale/). SPECS=fast shortens the scale-down window to 20 s.
 SPECS ?= shipped
 SYNC ?= 15
+# Restore time by database size (SIZES rows of requests): copy, WAL replay, whole cluster; a
+# plot and the RTO extrapolated (reports/<UTC>-bench-dr/).
+SIZES ?= 10000,100000,1000000
+bench-dr: deps
+	@$(PY) -m bench.dr --sizes $(SIZES)
+
 bench-scale: deps
 	@$(PY) -m bench.scale --repeats $(REPEATS) --specs $(SPECS) --sync $(SYNC)
