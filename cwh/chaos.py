@@ -276,8 +276,21 @@ def _reconciliation_code(out: Path, losses_waived: bool = False) -> int:
         return 0
     rec = json.loads(path.read_text())["reconciliation"]
     if losses_waived and rec.get("verdict") == "fail" and not rec.get("duplicated"):
-        return EXIT_CODES["inconclusive" if rec.get("unknown") else "pass"]
+        # Waived: what the restore lost, acknowledged before it ended. A request acknowledged
+        # once the system was back and lost later is a loss of the recovered system.
+        restored = [f["wall"] for f in _journal(out) if f["event"] == "restore"]
+        ended = max(restored, default=float("inf"))
+        if not any(w > ended for w in rec.get("lost_acked_walls", [])):
+            return EXIT_CODES["inconclusive" if rec.get("unknown") else "pass"]
     return EXIT_CODES[rec.get("verdict", "pass")]
+
+
+def _journal(out: Path) -> list[dict[str, Any]]:
+    """The run's fault journal (`faults.jsonl`)."""
+    path = out / "faults.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def _restore(console: Console, s: ChaosSettings) -> dict[str, Any]:
@@ -376,7 +389,8 @@ def _pitr_lines(pitr: dict[str, Any] | None) -> list[str]:
         f"{pitr['missing_before']} of them missing; {pitr['window']} acknowledged between the "
         f"mistake and the restore (gone by design), {pitr['present_window']} of them back; "
         f"{pitr['after']} acknowledged after the restore, {pitr['missing_after']} missing; "
-        f"{pitr['during']} raced the mistake ({pitr['during_present']} back). "
+        f"{pitr['during']} raced the mistake ({pitr['during_present']} back) and "
+        f"{pitr.get('gap', 0)} the cut ({pitr.get('gap_present', 0)} back). "
         + ("Exact." if pitr["wrong"] == 0 else f"WRONG: {pitr['wrong_ids']}"),
     ]
 

@@ -241,6 +241,8 @@ def env_restore(args: argparse.Namespace) -> int:
     """`cwh env restore [--xid X --before EPOCH]`: replace the PostgreSQL cluster with one
     restored from the repository (to the end of the archive, or to just before transaction X
     committed); prints the steps' times as JSON. Destroys whatever the members hold now."""
+    import psycopg
+
     from env.process import DeadlineExceeded
     from env.restore import restore_cluster
 
@@ -256,7 +258,7 @@ def env_restore(args: argparse.Namespace) -> int:
                 before_wall=args.before,
                 progress=lambda step: status.update(f"restoring the cluster: {step}"),
             )
-        except (RuntimeError, ValueError, DeadlineExceeded) as exc:
+        except (RuntimeError, ValueError, DeadlineExceeded, psycopg.Error) as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 1
     print(json.dumps(done))
@@ -267,6 +269,8 @@ def env_verify_backup(args: argparse.Namespace) -> int:
     """`cwh env verify-backup`: the weekly drill (pgbackrest verify, then the newest backup
     restored into a scratch instance and compared with the live cluster); exit 1 when it
     found something wrong."""
+    import psycopg
+
     from env.process import DeadlineExceeded
     from env.restore import verify_backup
 
@@ -274,7 +278,7 @@ def env_verify_backup(args: argparse.Namespace) -> int:
     result = _attempt(
         "verifying the backups and restoring the newest into a scratch instance",
         lambda: verify_backup(env),
-        (RuntimeError, DeadlineExceeded),
+        (RuntimeError, DeadlineExceeded, psycopg.Error),
     )
     if result is None:
         return 2

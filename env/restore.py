@@ -32,7 +32,7 @@ import requests
 from env import backup, configs
 from env.files import write_file
 from env.local import LocalEnvironment
-from env.process import pid_alive, wait_until
+from env.process import DeadlineExceeded, pid_alive, wait_until
 from env.secrets import Secrets
 from env.state import EnvStatus
 
@@ -199,7 +199,14 @@ def archive_now(env: LocalEnvironment, timeout_s: float = 60) -> str:
     primary = serving_primary(status)
     if primary is None:
         raise RuntimeError("no primary serves: nothing to archive")
-    with psycopg.connect(status.urls["members"][primary], connect_timeout=5) as conn:
+    try:
+        return _switch_and_wait(env, status.urls["members"][primary], timeout_s)
+    except psycopg.Error as exc:
+        raise RuntimeError(f"cannot archive the current WAL segment on {primary}: {exc}") from None
+
+
+def _switch_and_wait(env: LocalEnvironment, url: str, timeout_s: float) -> str:
+    with psycopg.connect(url, connect_timeout=5) as conn:
         conn.autocommit = True
         row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
         assert row is not None
@@ -211,6 +218,62 @@ def archive_now(env: LocalEnvironment, timeout_s: float = 60) -> str:
 
         wait_until(archived, env.settings.timeout(timeout_s), f"{segment} archived")
     return segment
+
+
+class RestoreFailed(RuntimeError):
+    """A member's restore failed (Patroni moved its data aside): the cluster is down."""
+
+
+def _wait_restored(env: LocalEnvironment, timeout_s: float) -> str:
+    """The restored primary once it serves. Raises `RestoreFailed` as soon as a member's
+    restore failed (Patroni renames the data directory of a failed bootstrap `data.failed`:
+    a target recovery cannot reach fails every member in turn, so waiting is pointless)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for m in range(env.settings.pg_members):
+            if env.layout.pg_data(m).with_name("data.failed").exists():
+                raise RestoreFailed(
+                    f"the restore failed on pg{m} (its log: {env.layout.log(f'pg{m}')}); every "
+                    "member is down and held: run `cwh env restore` again (without a target, "
+                    "to the end of the archive)"
+                )
+        with contextlib.suppress(Exception):  # the status of a cluster being born
+            primary = serving_primary(env.state())
+            if primary is not None:
+                return primary
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(f"the restored primary serves: not true after {timeout_s} s")
+        time.sleep(0.5)
+
+
+def xact_status(env: LocalEnvironment, xid: str) -> str | None:
+    """`committed`, `aborted`, `in progress`, or None (too old or never assigned): the
+    primary's word on transaction `xid` (a full 64-bit id, as `pg_current_xact_id` gives)."""
+    status = env.state()
+    primary = serving_primary(status)
+    if primary is None:
+        raise RuntimeError("no primary serves: cannot check the transaction")
+    try:
+        with psycopg.connect(status.urls["members"][primary], connect_timeout=5) as conn:
+            row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+    except psycopg.Error as exc:
+        if "in the future" in str(exc):
+            return "not yet assigned"
+        raise RuntimeError(f"cannot check transaction {xid}: {exc}") from None
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def backup_when_free(env: LocalEnvironment, kind: str, wait_s: float = 600) -> dict[str, Any]:
+    """A backup of `kind`; while another holds the stanza's lock (the scheduler's), waits for
+    it (bounded) and tries again."""
+    deadline = time.monotonic() + env.settings.timeout(wait_s)
+    while True:
+        try:
+            return env.backup(kind)
+        except RuntimeError as exc:
+            if "[050]" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def restore_cluster(
@@ -237,6 +300,8 @@ def restore_cluster(
     """
     say = progress or (lambda _: None)
     started = time.time()
+    if target_xid and not target_xid.isdigit():
+        raise ValueError(f"--xid {target_xid!r}: a transaction id is a whole number")
     listed = env.backups()
     if not listed:
         raise RuntimeError("no backup to restore from: take one first (cwh env backup)")
@@ -249,6 +314,15 @@ def restore_cluster(
     status = env.state()
     archived = ""
     if serving_primary(status) is not None:
+        if target_xid:
+            # Checked while the cluster is alive: a target recovery can never reach would
+            # leave no cluster at all.
+            committed = xact_status(env, target_xid)
+            if committed != "committed":
+                raise ValueError(
+                    f"transaction {target_xid} is {committed or 'unknown'} on the primary: "
+                    "nothing to recover to just before"
+                )
         say("archiving the current WAL segment")
         archived = archive_now(env)
     say("stopping every member and deleting its data")
@@ -256,17 +330,14 @@ def restore_cluster(
     forgotten = forget_cluster(env)
     label = chosen["label"] if target_xid else ""
     write_member_configs(env, lambda m: backup.restore_bootstrap(env.layout, m, label, target_xid))
+    restored = False
     try:
         say(f"restoring backup {chosen['label']} and replaying the archive")
         for name in member_names(env):
             env.release(name)
-        primary = wait_until(
-            lambda: serving_primary(env.state()),
-            env.settings.timeout(timeout_s),
-            "the restored primary serves",
-            interval_s=0.5,
-        )
+        primary = _wait_restored(env, env.settings.timeout(timeout_s))
         primary_wall = time.time()
+        restored = True
         dropped = drop_request_cache(env)
         say("cloning the replicas")
         whole = wait_until(
@@ -275,8 +346,21 @@ def restore_cluster(
             "the restored cluster whole (every replica streaming)",
             interval_s=0.5,
         )
+        whole_wall = time.time()
     finally:
+        if not restored:
+            # Never leave members free to start with `initdb`: on an empty data directory
+            # and no cluster in the DCS, Patroni would make a new, empty database that calls
+            # itself healthy. Down and held, the cluster stays lost, for another restore.
+            lose_cluster(env)
+            forget_cluster(env)
         write_member_configs(env, None)
+    if target_xid:
+        # The newest backup now lies on the abandoned timeline (taken after the mistake):
+        # a later restore to the end of the archive would start from it and fail. A full
+        # backup on the new timeline makes it the newest, as a runbook says to do.
+        say("taking a full backup on the new timeline")
+        backup_when_free(env, "full")
     row = whole.component(primary)
     return {
         "backup": chosen["label"],
@@ -291,9 +375,9 @@ def restore_cluster(
         "timeline": row.detail.get("timeline"),
         "started_wall": started,
         "primary_wall": primary_wall,
-        "whole_wall": time.time(),
+        "whole_wall": whole_wall,
         "primary_s": round(primary_wall - started, 3),
-        "whole_s": round(time.time() - started, 3),
+        "whole_s": round(whole_wall - started, 3),
     }
 
 
@@ -306,6 +390,12 @@ _FINGERPRINT = (
 #: Rows created this long before the newest restored one have surely committed before the
 #: restored point (the API's inserts last milliseconds): the part both sides must agree on.
 SETTLE_S = 10.0
+
+
+def verify_passed(code: int, output: str) -> bool:
+    """`pgbackrest verify`'s verdict: pgBackRest 2.45 exits 0 also when it found corrupt files
+    (seen: a damaged archived segment, "status: error", exit 0), so its report decides too."""
+    return code == 0 and "status: error" not in output and "invalid" not in output.lower()
 
 
 def _as_pg(env: LocalEnvironment) -> dict[str, Any]:
@@ -367,17 +457,13 @@ def scratch_instance(
         with open(auto, "a") as f:
             f.write(backup.scratch_settings(s.ports.backup_scratch, sock))
         started = True
-        _pg_ctl(
-            env,
-            data,
-            "-l",
-            str(root / "postgres.log"),
-            "-w",
-            "-t",
-            "300",
-            "start",
-            timeout_s=s.timeout(320),
-        )
+        log = root / "postgres.log"
+        try:
+            _pg_ctl(env, data, "-l", str(log), "-w", "-t", "300", "start", timeout_s=320)
+        except RuntimeError as exc:
+            # Its log goes with the scratch directory: say what it said.
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            raise RuntimeError(f"{exc}\nthe scratch instance's log ends:\n{tail}") from None
         url = f"postgresql://postgres@/cloudwatcher?host={sock}&port={s.ports.backup_scratch}"
 
         def promoted() -> bool:
@@ -415,7 +501,7 @@ def verify_backup(
     # what the archive held up to `archive_timeout` ago.
     archived = archive_now(env)
     verified = env.pgbackrest("verify", "--output=text", timeout_s=timeout_s)
-    verify_ok = verified.returncode == 0
+    verify_ok = verify_passed(verified.returncode, verified.stdout + verified.stderr)
     phases: dict[str, float] = {}
     with scratch_instance(env, timeout_s, phases) as url:
         restored_wall = time.time()

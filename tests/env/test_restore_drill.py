@@ -5,6 +5,8 @@ nothing after a gap; it takes writes through the usual path and archives again."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from env.local import LocalEnvironment
@@ -66,3 +68,16 @@ def test_a_lost_cluster_is_restored_with_every_archived_commit(local_env: LocalE
     assert int(segment[:8], 16) == members(after)[new_primary]["timeline"]
     poll(lambda: archived_max(local_env) >= segment, 60, f"{segment} archived", 0.5)
     query(write, f"DROP TABLE {TABLE}")
+
+
+def test_a_target_recovery_cannot_reach_is_refused_before_anything_is_lost(
+    local_env: LocalEnvironment,
+):
+    before = wait_healthy(local_env)
+    pids = {n: m["postgres_pid"] for n, m in members(before).items()}
+    for xid in ("99999999999", "abc"):
+        with pytest.raises(ValueError, match="transaction"):
+            restore_cluster(local_env, target_xid=xid, before_wall=time.time())
+    # Nothing was stopped: the same postmasters serve.
+    after = wait_healthy(local_env)
+    assert {n: m["postgres_pid"] for n, m in members(after).items()} == pids

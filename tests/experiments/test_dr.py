@@ -35,6 +35,11 @@ def test_a_bad_migration_is_undone_by_a_point_in_time_restore(local_env, tmp_pat
     restored = run["output"]
     assert restored["target_xid"] == mistake["xid"]
     assert restored["backup_stop_wall"] < mistake["began_wall"]
+    # Then a full backup on the new timeline: a later restore must not start from one taken
+    # on the abandoned timeline after the mistake.
+    newest = local_env.backups()[-1]
+    assert newest["type"] == "full"
+    assert newest["start"] >= restored["whole_wall"] - 1
     after = wait_healthy(local_env)
     assert members(after)[primary_of(after)]["timeline"] > timeline
     # Request by request: every window had requests, and each came back or not as it must.
@@ -46,7 +51,7 @@ def test_a_bad_migration_is_undone_by_a_point_in_time_restore(local_env, tmp_pat
     assert pitr["wrong"] == 0, pitr
     # The phones' view through the API agrees: what is lost is the window (and whatever raced
     # the mistake and lost), nothing else; a cached view must not hide a lost request.
-    raced_and_lost = pitr["during"] - pitr["during_present"]
+    raced_and_lost = pitr["during"] - pitr["during_present"] + pitr["gap"] - pitr["gap_present"]
     assert chaos["lost"] == pitr["window"] + raced_and_lost, (chaos["lost"], pitr)
     assert chaos["recovered"] == {"write": True, "read": True, "notification": True}
     gate = load(out, "slo.json")

@@ -298,3 +298,16 @@ def test_a_waived_loss_leaves_duplicates_and_unknowns_in_the_exit_code(
     (tmp_path / "summary.json").write_text(json.dumps({"reconciliation": rec}))
     assert _reconciliation_code(tmp_path) == plain
     assert _reconciliation_code(tmp_path, losses_waived=True) == waived
+
+
+def test_a_loss_after_the_restore_ended_is_never_waived(tmp_path):
+    from cwh.chaos import _reconciliation_code
+
+    rec = {"verdict": "fail", "lost": 2, "duplicated": 0, "lost_acked_walls": [90.0, 95.0]}
+    (tmp_path / "summary.json").write_text(json.dumps({"reconciliation": rec}))
+    journal = [{"event": "inject", "wall": 100.0}, {"event": "restore", "wall": 130.0}]
+    (tmp_path / "faults.jsonl").write_text("\n".join(json.dumps(e) for e in journal))
+    assert _reconciliation_code(tmp_path, losses_waived=True) == 0  # lost by the restore
+    rec["lost_acked_walls"] = [90.0, 160.0]  # acknowledged by the recovered system, then lost
+    (tmp_path / "summary.json").write_text(json.dumps({"reconciliation": rec}))
+    assert _reconciliation_code(tmp_path, losses_waived=True) == 1

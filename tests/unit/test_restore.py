@@ -11,7 +11,7 @@ import yaml
 
 from env import backup, configs
 from env.layout import Layout
-from env.restore import pick_backup
+from env.restore import pick_backup, verify_passed
 from env.secrets import Secrets
 from env.settings import EnvSettings
 from slo.pitr import pitr_check
@@ -65,17 +65,36 @@ def test_a_point_in_time_restore_stops_just_before_the_mistaken_transaction(tmp_
 
 
 def test_the_pitr_check_wants_exactly_what_preceded_the_mistake():
-    # began 100, committed 101, replaced 110, restored 150
-    acked = {"a": 90.0, "b": 99.9, "r": 100.5, "w1": 102.0, "w2": 109.0, "x": 130.0, "n": 160.0}
-    ok = pitr_check(acked, ["a", "b", "n"], 100, 101, 110, 150)
+    # began 100, committed 101 (+1 s grace), replaced 110 (+1 s grace)
+    acked = {
+        "a": 90.0,  # before
+        "b": 99.9,  # before
+        "r": 101.5,  # during: acknowledged within the grace after the commit
+        "w1": 102.5,  # window
+        "w2": 109.0,  # window
+        "g": 110.2,  # gap: acknowledged just after the cut, committed before it
+        "x": 111.5,  # after: only the restored cluster can have acknowledged it
+        "n": 160.0,  # after
+    }
+    ok = pitr_check(acked, ["a", "b", "r", "x", "n"], 100, 101, 110)
     assert ok["wrong"] == 0
-    assert (ok["before"], ok["during"], ok["window"], ok["after"]) == (2, 1, 2, 1)
+    assert [ok[k] for k in ("before", "during", "window", "gap", "after")] == [2, 1, 2, 1, 2]
+    assert (ok["during_present"], ok["gap_present"]) == (1, 0)
     # A request acknowledged before the mistake missing: recovery stopped too early.
-    early = pitr_check(acked, ["b", "n"], 100, 101, 110, 150)
+    early = pitr_check(acked, ["b", "x", "n"], 100, 101, 110)
     assert (early["missing_before"], early["wrong"], early["wrong_ids"]) == (1, 1, ["a"])
     # One acknowledged after the mistake present: recovery went past it.
-    late = pitr_check(acked, ["a", "b", "w1", "n"], 100, 101, 110, 150)
+    late = pitr_check(acked, ["a", "b", "w1", "x", "n"], 100, 101, 110)
     assert (late["present_window"], late["wrong"]) == (1, 1)
-    # One acknowledged by the restored cluster lost.
-    lost = pitr_check(acked, ["a", "b"], 100, 101, 110, 150)
-    assert (lost["missing_after"], lost["wrong"]) == (1, 1)
+    # One acknowledged by the restored cluster lost (also before the replicas were back).
+    lost = pitr_check(acked, ["a", "b", "n"], 100, 101, 110)
+    assert (lost["missing_after"], lost["wrong_ids"]) == (1, ["x"])
+
+
+def test_pgbackrest_verify_fails_on_its_report_not_only_its_exit_code():
+    assert verify_passed(0, "")
+    assert verify_passed(0, "stanza: cloudwatcher\nstatus: ok\n")
+    # pgBackRest 2.45 exits 0 with a damaged archived segment in its report.
+    damaged = "stanza: cloudwatcher\nstatus: error\n  total WAL checked: 15, total valid WAL: 14"
+    assert not verify_passed(0, damaged)
+    assert not verify_passed(1, "")
