@@ -21,7 +21,10 @@ pytestmark = [pytest.mark.env, pytest.mark.fault]
 def test_a_bad_migration_is_undone_by_a_point_in_time_restore(local_env, tmp_path):
     before = wait_healthy(local_env)
     timeline = members(before)[primary_of(before)]["timeline"]
-    out = cwh_chaos(local_env, tmp_path, "dr-pitr", fleet_s=90)  # exit 0: the gate passed
+    # Long enough for the phones to see the restored system a while: the restore, then the
+    # full backup it takes on the new timeline (a checkpoint at once: seconds of slow writes
+    # on 2 cores), then at least 5 good writes in a row (seen: a 90 s fleet ended first).
+    out = cwh_chaos(local_env, tmp_path, "dr-pitr", fleet_s=150)  # exit 0: the gate passed
     mistake, replaced = injected(out)
     # The mistake really happened, and the cluster really was replaced.
     assert mistake["fault"] == "truncate-requests"
@@ -37,9 +40,10 @@ def test_a_bad_migration_is_undone_by_a_point_in_time_restore(local_env, tmp_pat
     assert restored["backup_stop_wall"] < mistake["began_wall"]
     # Then a full backup on the new timeline: a later restore must not start from one taken
     # on the abandoned timeline after the mistake.
-    newest = local_env.backups()[-1]
-    assert newest["type"] == "full"
-    assert newest["start"] >= restored["whole_wall"] - 1
+    assert any(
+        b["type"] == "full" and b["start"] >= restored["whole_wall"] - 1
+        for b in local_env.backups()
+    )
     after = wait_healthy(local_env)
     assert members(after)[primary_of(after)]["timeline"] > timeline
     # Request by request: every window had requests, and each came back or not as it must.
