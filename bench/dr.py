@@ -34,7 +34,13 @@ from rich.table import Table
 
 from env.local import LocalEnvironment
 from env.process import wait_until
-from env.restore import archive_now, restore_cluster, scratch_instance, serving_primary
+from env.restore import (
+    archive_now,
+    backup_when_free,
+    restore_cluster,
+    scratch_instance,
+    serving_primary,
+)
 from env.settings import EnvSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,26 +97,14 @@ def wal_lsn(env: LocalEnvironment) -> int:
     return int(row[0]) if row else 0
 
 
-def full_backup(env: LocalEnvironment, wait_s: float = 600) -> tuple[dict[str, Any], float]:
-    """A full backup and how long it took; while the scheduler's own backup holds the stanza's
-    lock, waits for it (bounded) and tries again."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        t = time.monotonic()
-        try:
-            return env.backup("full"), time.monotonic() - t
-        except RuntimeError as exc:
-            if "[050]" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
-
-
 def measure_size(env: LocalEnvironment, rows: int, say: Any) -> dict[str, Any]:
     """One size: seed, back up, write a tenth more, archive, restore twice (module doc)."""
     say(f"{rows:,} rows: seeding")
     seed_to(env, rows)
     say(f"{rows:,} rows: full backup")
-    backup, backup_s = full_backup(env)
+    t = time.monotonic()
+    backup = backup_when_free(env, "full")
+    backup_s = time.monotonic() - t
     say(f"{rows:,} rows: writing the WAL to replay")
     lsn0 = wal_lsn(env)
     seed_to(env, rows + rows // 10)
