@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,6 +53,12 @@ class Tally:
     errors: int = 0  # no answer (connection refused, reset, timeout)
     skipped: int = 0  # not sent: max_in_flight requests were already waiting
     seconds: float = 0.0
+    #: What the failed and errored requests were, counted by "status code: reason" or by
+    #: exception: a count alone cannot tell a shed request from a lost database connection.
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def note(self, reason: str) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     @property
     def sent(self) -> int:
@@ -98,6 +104,15 @@ async def _device(session: aiohttp.ClientSession, base: str, secret: str) -> tup
         return token, (await r.json())["request_id"]
 
 
+def _reason(body: bytes) -> str:
+    """An error answer's reason: the API's JSON `error`/`detail`, else the body's start."""
+    try:
+        doc = json.loads(body)
+        return f"{doc.get('error', '?')} ({doc.get('detail', '')})"[:120]
+    except (ValueError, AttributeError):
+        return body[:80].decode(errors="replace")
+
+
 async def pressure(
     base: str,
     cafile: str,
@@ -124,15 +139,17 @@ async def pressure(
                     f"{base}/v1/requests/{request_id}",
                     headers={"Authorization": f"Bearer {token}"},
                 ) as r:
-                    await r.read()
+                    body = await r.read()
                     if r.status == 200:
                         tally.ok += 1
                     elif r.status == 429:
                         tally.throttled += 1
                     else:
                         tally.failed += 1
-            except (aiohttp.ClientError, TimeoutError):
+                        tally.note(f"{r.status}: {_reason(body)}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 tally.errors += 1
+                tally.note(type(exc).__name__)
 
         started = time.monotonic()
         n = 0

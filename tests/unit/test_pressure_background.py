@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios.pressure import InBackground, ramp
+from scenarios.pressure import InBackground, Tally, _reason, ramp
 
 
 def test_a_driver_that_failed_says_why_when_stopped(tmp_path):
@@ -32,3 +32,11 @@ def test_a_driver_never_started_stops_cleanly():
     driver = InBackground("https://127.0.0.1:9", "", "", ramp(10, up_s=1, hold_s=1))
     assert driver.stop() is None
     assert driver._loop.is_closed()
+
+
+def test_a_failed_answer_is_counted_with_its_reason():
+    tally = Tally()
+    api = b'{"error": "unavailable", "detail": "retry"}'
+    for body in (api, b"<html>502</html>", api):
+        tally.note(f"503: {_reason(body)}")
+    assert tally.reasons == {"503: unavailable (retry)": 2, "503: <html>502</html>": 1}
