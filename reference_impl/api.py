@@ -40,7 +40,13 @@ from reference_impl.openapi import OPENAPI
 from reference_impl.planted import PLANTED
 from reference_impl.schema import ensure_schema, settled
 from reference_impl.settings import ServiceSettings
-from reference_impl.stores import CacheCluster, create_pool, create_redis, redis_or_none
+from reference_impl.stores import (
+    CacheCluster,
+    create_pool,
+    create_redis,
+    redis_or_none,
+    warm_redis,
+)
 
 log = logging.getLogger("cw.api")
 
@@ -412,16 +418,30 @@ async def sync(request: web.Request) -> web.StreamResponse:
 # ---- the app -------------------------------------------------------------------------------
 
 
+#: Connections each pool opens before the replica is ready. A replica added by a scale-out
+#: joins a saturated API and gets its share of the requests at once; with one connection it
+#: opened the rest under that load, the opening (TLS, SCRAM, through the fault proxy) outlasted
+#: the 2 s acquire deadline, and reads answered 503 (the autoscaling test saw 9 of them).
+WARM_CONNECTIONS = 4
+
+
 async def _stores(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[WRITE_POOL] = await create_pool(
-        settings.pg_write_url, max_size=20, ca_file=settings.tls_ca_file
+        settings.pg_write_url,
+        min_size=WARM_CONNECTIONS,
+        max_size=20,
+        ca_file=settings.tls_ca_file,
     )
     app[READ_POOL] = await create_pool(
-        settings.pg_read_url, max_size=20, ca_file=settings.tls_ca_file
+        settings.pg_read_url,
+        min_size=WARM_CONNECTIONS,
+        max_size=20,
+        ca_file=settings.tls_ca_file,
     )
     await ensure_schema(app[WRITE_POOL])
     app[REDIS] = create_redis(settings)
+    await warm_redis(app[REDIS])
     # No live database query in readiness: every replica shares the database, so a stalled
     # write path would take them all out of the load balancer at once (reads, which go to the
     # replicas, would then fail too, and in-flight requests be cut). A replica that has its

@@ -164,6 +164,26 @@ def create_redis(settings: ServiceSettings) -> CacheCluster:
     return client
 
 
+#: How long a starting replica tries to connect to every Redis master before it declares itself
+#: ready anyway (Redis is a cache: a replica without it still serves).
+REDIS_WARM_S = 5.0
+
+
+async def warm_redis(client: CacheCluster, deadline_s: float = REDIS_WARM_S) -> bool:
+    """Learn the cluster's slots and open a connection to every master before the replica
+    takes traffic: a cold client pays that on its first requests, which then miss their 0.5 s
+    deadline (CI saw a replica joining a saturated API open its breakers this way). Whether it
+    worked; Redis down is logged, not raised."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            await client.initialize()
+            await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    except Exception as exc:  # any failure: the replica serves without its cache
+        log.warning("redis not warmed at start: %r", exc)
+        return False
+    return True
+
+
 async def redis_or_none(
     redis: CacheCluster,
     what: str,
