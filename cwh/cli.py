@@ -286,6 +286,21 @@ def env_verify_backup(args: argparse.Namespace) -> int:
     return 1 if result["wrong"] else 0
 
 
+def env_promote(args: argparse.Namespace) -> int:
+    """`cwh env promote`: a standby region's database becomes the primary (region failover);
+    prints the new leader, its timeline and how long it took."""
+    from env.region import RegionError
+
+    env = LocalEnvironment(_settings())
+    done = _attempt(
+        "promoting the standby region", env.promote, (RegionError, ConnectionError, OSError)
+    )
+    if done is None:
+        return 1
+    print(json.dumps(done))
+    return 0
+
+
 def env_rotate_keys(args: argparse.Namespace) -> int:
     from env.process import DeadlineExceeded
     from env.rotation import retire_old_keys, rotate_keys
@@ -555,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="pgbackrest verify, and the newest backup restored into a scratch instance and "
         "compared with the live cluster",
     ).set_defaults(func=env_verify_backup)
+    env_sub.add_parser(
+        "promote",
+        help="a standby region (CWH_STANDBY_OF) takes over: its database is promoted",
+    ).set_defaults(func=env_promote)
     rot = env_sub.add_parser(
         "rotate-keys",
         help="a new token signing key, no failed request; the old one retires a token life later",

@@ -18,7 +18,7 @@ from env.etcd import ROOT_USER as ETCD_ROOT_USER
 from env.layout import Layout
 from env.probes import RedisCredentials
 from env.secrets import Secrets
-from env.settings import EnvSettings
+from env.settings import EnvSettings, Ports
 from reference_impl.stores import NOTIFY_CHANNEL
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -183,7 +183,25 @@ def patroni_config(
     }
     if restore is not None:
         conf["bootstrap"] |= {"method": "pgbackrest", "pgbackrest": restore}
+    if settings.standby:
+        conf["bootstrap"]["dcs"]["standby_cluster"] = standby_cluster(settings)
+        # Asynchronous by nature: the cross-region link never holds a commit in the primary
+        # region, and a standby cluster's own members are cascade replicas of its leader.
+        conf["bootstrap"]["dcs"]["synchronous_mode"] = False
     return yaml.safe_dump(conf, sort_keys=False)
+
+
+def standby_cluster(settings: EnvSettings) -> dict[str, Any]:
+    """Patroni's `standby_cluster` of a second region: its leader streams from the primary
+    region's write path (HAProxy, so it follows that region's failovers) through this region's
+    fault proxy, and its first member is cloned from there with pg_basebackup. No replication
+    slot on the primary region (a slot for a region that is gone would keep WAL for ever there):
+    a standby that falls more than `wal_keep_size` behind is rebuilt."""
+    return {
+        "host": "127.0.0.1",
+        "port": settings.ports.proxy_region_link,
+        "create_replica_methods": ["basebackup"],
+    }
 
 
 def archive_parameters(settings: EnvSettings, layout: Layout, member: int) -> dict[str, str]:
@@ -343,6 +361,9 @@ def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> s
         f"    server pg{m} 127.0.0.1:{ports.postgres(m)} check port {ports.patroni(m)}"
         for m in members
     )
+    # A standby region's leader is no replica to Patroni (`/replica` answers 503 there) but
+    # serves reads: until it is promoted, every member is read-only.
+    read_check = "/read-only" if settings.standby else "/replica"
     read_servers = "\n".join(
         f"    server pg{m} 127.0.0.1:{ports.postgres(m)} check port {ports.patroni(m)}"
         for m in members
@@ -393,7 +414,7 @@ listen pg_read
     timeout client 1h
     timeout server 1h
     balance roundrobin
-    option httpchk GET /replica
+    option httpchk GET {read_check}
     http-check expect status 200
     default-server {pg_check}
 {read_servers}
@@ -710,4 +731,30 @@ def fault_proxies(settings: EnvSettings) -> list[dict[str, Any]]:
             proxy(f"redis{n}", ports.proxy_redis(n), ports.redis(n))
             for n in range(settings.redis_nodes)
         ),
+        *(
+            [proxy(REGION_LINK, ports.proxy_region_link, Ports(settings.standby_of).haproxy_write)]
+            if settings.standby
+            else []
+        ),
+    ]
+
+
+#: The fault proxy's name for a standby region's replication link to the primary region.
+REGION_LINK = "region-link"
+
+
+def region_latency_toxics(settings: EnvSettings) -> list[dict[str, Any]]:
+    """The cross-region link's delay, each direction (Toxiproxy's latency toxic delays one
+    stream): `region_latency_ms` with a tenth of it as jitter."""
+    ms = settings.region_latency_ms
+    return [
+        {
+            "name": f"region-latency-{stream}",
+            "type": "latency",
+            "stream": stream,
+            "toxicity": 1.0,
+            "attributes": {"latency": ms, "jitter": ms // 10},
+        }
+        for stream in ("downstream", "upstream")
+        if ms > 0
     ]

@@ -9,6 +9,7 @@ fails; `__exit__` brings it down. `up()` and `down()` are the same steps for the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from env import backup, etcd
+from env import backup, etcd, region
 from env.configs import PATRONI_REST_USER
 from env.files import ensure_run_dir
 from env.layout import Layout
@@ -191,6 +192,16 @@ class LocalEnvironment:
         if done.returncode != 0:
             raise RuntimeError(f"pgbackrest backup: {(done.stdout + done.stderr).strip()}")
         return self.backups()[-1]
+
+    def promote(self) -> dict[str, Any]:
+        """Promote this standby region's database (`env.region.promote`): its leader becomes
+        a primary on a new timeline. RegionError when it is no standby region."""
+        if not self.settings.standby:
+            raise region.RegionError(
+                f"the environment on {self.settings.base_port} is a primary region "
+                "(CWH_STANDBY_OF is not set): nothing to promote"
+            )
+        return asyncio.run(region.promote(self.settings, Secrets.load(self.layout.secrets)))
 
     def backups(self) -> list[dict[str, Any]]:
         """The repository's backups, oldest first: label, type, start and stop (epoch s),

@@ -109,23 +109,32 @@ def pg_cluster_ready(members: list[PgMember], expected: int) -> bool:
     return expected == 1 or any(m.role == "sync_standby" for m in replicas)
 
 
-async def pg_replication(port: int, password: str, tls: ssl.SSLContext) -> list[dict[str, Any]]:
-    """`pg_stat_replication` on the primary at `port`: who streams, sync state, replay lag.
-    `tls`: a verifying client context (the members refuse plaintext)."""
-    conn = await asyncpg.connect(
+async def superuser(
+    port: int, password: str, tls: ssl.SSLContext, database: str = "postgres", timeout: float = 2
+) -> asyncpg.Connection:
+    """A verified-TLS connection as `postgres` to the member at `port` (the caller closes it)."""
+    return await asyncpg.connect(
         host="127.0.0.1",
         port=port,
         user="postgres",
         password=password,
-        database="postgres",
+        database=database,
         ssl=tls,
-        timeout=2,
+        timeout=timeout,
     )
+
+
+async def pg_replication(port: int, password: str, tls: ssl.SSLContext) -> list[dict[str, Any]]:
+    """`pg_stat_replication` on the primary at `port`: who streams, sync state, replay lag.
+    `tls`: a verifying client context (the members refuse plaintext)."""
+    conn = await superuser(port, password, tls)
     try:
         rows = await conn.fetch(
             "SELECT application_name, state, sync_state,"
             " EXTRACT(EPOCH FROM replay_lag)::float8 AS replay_lag_s,"
-            " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS replay_lag_bytes"
+            # A standby region's leader is in recovery: its newest WAL is what it received.
+            " pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()"
+            " ELSE pg_current_wal_lsn() END, replay_lsn)::bigint AS replay_lag_bytes"
             " FROM pg_stat_replication"
         )
     finally:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from env import backup, configs, probes
+from env import backup, configs, probes, region
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
@@ -121,6 +121,8 @@ class Checks:
         """Every member in Patroni's cluster view, one leader, every replica streaming to it."""
         members = await probes.patroni_cluster(self.patroni_ports)
         n = self.settings.pg_members
+        if self.settings.standby:
+            return await self._standby_postgresql(members)
         if self.secrets is None or self.tls is None or not probes.pg_cluster_ready(members, n):
             return False
         leader = next(m for m in members if m.role == "leader")
@@ -129,26 +131,54 @@ class Checks:
         )
         return probes.pg_streaming_ready(rows, n - 1)
 
+    async def _standby_postgresql(self, members: list[probes.PgMember]) -> bool:
+        """A standby region: its leader streams from the primary region and its other members
+        cascade from it; or, once promoted, a leader and its replicas (asynchronous: a standby
+        cluster has no synchronous mode to keep)."""
+        n = self.settings.pg_members
+        if self.secrets is None or self.tls is None or not region.standby_ready(members, n):
+            return False
+        leader = next(m for m in members if m.role in ("standby_leader", "leader"))
+        port = self.settings.ports.postgres(int(leader.name[2:]))
+        rows = await probes.pg_replication(port, self.secrets.pg_superuser, self.tls)
+        if sum(r["state"] == "streaming" for r in rows) != n - 1:
+            return False
+        if leader.role == "leader":
+            return True
+        return (await region.standby_state(port, self.secrets.pg_superuser, self.tls)).streaming
+
     async def haproxy(self) -> bool:
         """HAProxy routes the database paths to the members Patroni says (`pg_routed`)."""
         rows = await probes.haproxy_stat(self.layout)
-        return pg_routed(rows, await probes.patroni_cluster(self.patroni_ports))
+        members = await probes.patroni_cluster(self.patroni_ports)
+        if self.settings.standby:
+            return region.routed(rows, members)
+        return pg_routed(rows, members)
 
     async def pgbouncer(self) -> bool:
-        """A query through pgBouncer, as the application user, over verified TLS."""
+        """A query through pgBouncer, as the application user, over verified TLS. In a standby
+        region, which has no writable database to reach yet, pgBouncer's own console answers."""
         if self.secrets is None or self.tls is None:
             return False
+        if self.settings.standby:
+            user, password, database = "postgres", self.secrets.pg_superuser, "pgbouncer"
+        else:
+            user, password, database = "cloudwatcher", self.secrets.pg_app, "cloudwatcher"
         conn = await asyncpg.connect(
             host="127.0.0.1",
             port=self.settings.ports.pgbouncer,
-            user="cloudwatcher",
-            password=self.secrets.pg_app,
-            database="cloudwatcher",
+            user=user,
+            password=password,
+            database=database,
             statement_cache_size=0,
             ssl=self.tls,
             timeout=2,
         )
         try:
+            if database == "pgbouncer":
+                # The console speaks the simple protocol only: `execute` without arguments.
+                await conn.execute("SHOW VERSION")
+                return True
             return bool(await conn.fetchval("SELECT 1") == 1)
         finally:
             await conn.close()

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from env import backup, configs
+from env import backup, configs, region
 from env.files import ensure_run_dir, write_file
 from env.layout import Layout
 from env.process import chown_tree
@@ -69,6 +69,10 @@ def prepare(settings: EnvSettings, run_as: RunAs, pg_ids: tuple[int, int] | None
         d.mkdir(parents=True, exist_ok=True)
     (lay.prometheus_dir / "rules").mkdir(exist_ok=True)
     lay.prometheus_targets.mkdir(exist_ok=True)
+    if settings.standby:
+        # Before anything is generated: the standby region's passwords, CA and service keys
+        # are the primary region's.
+        region.adopt_primary_region(settings, lay)
     secrets = Secrets.load_or_create(lay.secrets)
     ensure_environment_tls(lay, pg, svc, run_as.python, settings.backups)
 

@@ -134,6 +134,12 @@ class Ports:
         """The address Redis node `node` announces to cluster clients (and its replicas)."""
         return self.base + 184 + node
 
+    @property
+    def proxy_region_link(self) -> int:
+        """A standby region's replication link: its standby leader streams from the primary
+        region's database entry through this listener (latency and cuts are applied here)."""
+        return self.base + 190
+
     def service(self, index: int) -> int:
         """Ports handed to the reference implementation's services (base+100 onwards)."""
         return self.base + 100 + index
@@ -219,6 +225,17 @@ class EnvSettings:
         backup_retention_days: full backups are kept this many days (pgBackRest's time-based
             retention: it expires a full, its differentials and their WAL once a newer full is
             older than this). The seed's 7 days.
+        standby_of: the base port of the primary region's environment on this machine when this
+            one is its second region (0: this one is a primary region). Its PostgreSQL is then a
+            Patroni standby cluster that streams from the primary region's write path, through
+            this environment's fault proxy (`Ports.proxy_region_link`), until it is promoted;
+            it shares the primary region's secrets, CA and service keys (what a real second
+            region gets from the same vault), archives nothing while it stands by, and starts
+            its services only once promoted (a pilot light: `Supervisor.start_all`).
+        standby_source_dir: the primary region's run directory (default
+            `/var/tmp/cwh-<standby_of>`), where those secrets are read.
+        region_latency_ms: the one-way delay of the cross-region link, each direction: 35 ms
+            is about half the round trip between us-east-1 and us-west-2 (the seed's regions).
     """
 
     base_port: int = 17000
@@ -249,6 +266,9 @@ class EnvSettings:
     backup_full_every_s: float = 24 * 3600.0
     backup_diff_every_s: float = 3600.0
     backup_retention_days: int = 7
+    standby_of: int = 0
+    standby_source_dir: str = ""
+    region_latency_ms: int = 35
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -307,6 +327,37 @@ class EnvSettings:
             )
         if not self.run_dir.is_absolute():
             raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
+        if self.standby_of:
+            self._check_standby()
+
+    def _check_standby(self) -> None:
+        if abs(self.standby_of - self.base_port) < PORT_SPAN:
+            raise SettingsError(
+                f"{PREFIX}STANDBY_OF={self.standby_of}: the primary region's base port must be "
+                f"at least {PORT_SPAN} from this region's ({self.base_port})"
+            )
+        if self.backups:
+            raise SettingsError(
+                f"{PREFIX}STANDBY_OF={self.standby_of}: a standby region archives nothing until "
+                "it is promoted; build it with backups off"
+            )
+        if not self.fault_proxy:
+            raise SettingsError(
+                f"{PREFIX}STANDBY_OF={self.standby_of}: the cross-region link goes through the "
+                "fault proxy; it cannot be off"
+            )
+        if not 0 <= self.region_latency_ms <= 1000:
+            raise SettingsError(f"{PREFIX}REGION_LATENCY_MS={self.region_latency_ms}: 0 to 1000")
+
+    @property
+    def standby(self) -> bool:
+        """This environment is a standby region (until promoted)."""
+        return self.standby_of != 0
+
+    @property
+    def primary_region_dir(self) -> Path:
+        """The primary region's run directory (meaningful for a standby region only)."""
+        return Path(self.standby_source_dir or f"/var/tmp/cwh-{self.standby_of}")
 
     @property
     def ports(self) -> Ports:
@@ -397,6 +448,8 @@ class EnvSettings:
                 raise SettingsError(f"{PREFIX}{name}={raw!r}: expected {conv.__name__}") from None
 
         base = int(str(get("BASE_PORT", int, cls.base_port)))
+        standby_of = int(str(get("STANDBY_OF", int, cls.standby_of)))
+        source = get("STANDBY_SOURCE_DIR", str, "")
         run_dir = Path(str(get("RUN_DIR", str, f"/var/tmp/cwh-{base}")))
         return cls(
             base_port=base,
@@ -428,4 +481,9 @@ class EnvSettings:
             autoscale=bool(get("AUTOSCALE", bool, cls.autoscale)),
             autoscale_sync_s=float(str(get("AUTOSCALE_SYNC_S", float, cls.autoscale_sync_s))),
             hpa_dir=Path(str(get("HPA_DIR", str, cls.hpa_dir))).absolute(),
+            # A standby region archives nothing until it is promoted (`_check_standby`).
+            backups=not standby_of,
+            standby_of=standby_of,
+            standby_source_dir=str(source),
+            region_latency_ms=int(str(get("REGION_LATENCY_MS", int, cls.region_latency_ms))),
         )

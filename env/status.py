@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from env import configs, probes, readiness, topology
+from env import configs, probes, readiness, region, topology
 from env.layout import Layout
 from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
@@ -149,7 +149,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         safe(probes.haproxy_stat(layout), []),
     )
     by_name = {m.name: m for m in members}
-    leader = next((m for m in members if m.role == "leader"), None)
+    # A standby region's leader streams from the primary region; its members cascade from it.
+    leader = next((m for m in members if m.role in ("leader", "standby_leader")), None)
     replication: list[dict[str, Any]] = []
     if leader is not None and secrets is not None and tls is not None:
         replication = await safe(
@@ -157,6 +158,10 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
             [],
         )
     repl_by_name = {r["application_name"]: r for r in replication}
+    link: region.StandbyState | None = None
+    if leader is not None and leader.role == "standby_leader" and secrets and tls:
+        port = ports.postgres(int(leader.name[2:]))
+        link = await safe(region.standby_state(port, secrets.pg_superuser, tls), None)
 
     rows: list[dict[str, Any]] = []
 
@@ -187,12 +192,17 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     for m in range(settings.pg_members):
         name = f"pg{m}"
         member = by_name.get(name)
-        role = {"leader": "primary", "sync_standby": "sync replica", "replica": "replica"}.get(
-            member.role if member else "", member.role if member else "down"
-        )
+        role = {
+            "leader": "primary",
+            "standby_leader": "standby leader",
+            "sync_standby": "sync replica",
+            "replica": "replica",
+        }.get(member.role if member else "", member.role if member else "down")
         repl = repl_by_name.get(name, {})
         running = member is not None and member.state in ("running", "streaming")
-        if member is not None and member.role != "leader":
+        if member is not None and member.role == "standby_leader":
+            running = running and bool(link and link.streaming)
+        elif member is not None and member.role != "leader":
             # A replica counts only once the primary sees it streaming.
             running = running and repl.get("state") == "streaming"
         row(
@@ -211,11 +221,12 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         )
     write_up = probes.haproxy_servers_up(haproxy_rows, "pg_write") if haproxy_rows else []
     read_up = probes.haproxy_servers_up(haproxy_rows, "pg_read") if haproxy_rows else []
+    routed = region.routed if settings.standby else readiness.pg_routed
     row(
         "haproxy",
         "haproxy",
         "load balancer",
-        readiness.pg_routed(haproxy_rows, members),
+        routed(haproxy_rows, members),
         write_servers=write_up,
         read_servers=read_up,
     )
@@ -244,7 +255,12 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     if settings.fault_proxy:
         proxies = await safe(probes.http_json(f"{settings.fault_api_url}/proxies"), None)
         wanted = [p["name"] for p in configs.fault_proxies(settings)]
-        toxics = {n: [t["name"] for t in p["toxics"]] for n, p in (proxies or {}).items()}
+        # The region link's own delay is part of the topology, not an injected fault.
+        standing = {t["name"] for t in configs.region_latency_toxics(settings)}
+        toxics = {
+            n: [t["name"] for t in p["toxics"] if t["name"] not in standing]
+            for n, p in (proxies or {}).items()
+        }
         disabled = sorted(n for n, p in (proxies or {}).items() if not p["enabled"])
         # Healthy means transparent: every proxy there and enabled, no toxic left injected.
         row(
@@ -315,7 +331,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         and r["healthy"]
         and r.get("sync_state") == "sync"
     ]
-    pg_sync_ok = settings.pg_members == 1 or len(sync_standbys) == 1
+    # A standby cluster is asynchronous by design (`configs.patroni_config`).
+    pg_sync_ok = settings.pg_members == 1 or settings.standby or len(sync_standbys) == 1
     return {
         "phase": (sup or {}).get("phase", "down"),
         "error": (sup or {}).get("error"),
@@ -327,7 +344,7 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         "healthy": bool(sup) and pg_sync_ok and all(r["healthy"] for r in rows),
         "pg_sync_standby": sync_standbys[0]["component"] if sync_standbys else None,
         "redis_cluster_state": info.get("cluster_state"),
-        "primary": leader.name if leader else None,
+        "primary": leader.name if leader and leader.role == "leader" else None,
         "components": rows,
         "urls": connection_urls(settings, secrets),
         # The environment's CA: trust it for HTTPS, PostgreSQL and Redis alike.
@@ -336,6 +353,23 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         "registration_secret": secrets.registration_secret if secrets else None,
         "secrets_file": str(layout.secrets),
         "auth_rate_limit_per_s": settings.auth_rate_limit_per_s,
+        "region": _region(settings, leader, link),
+    }
+
+
+def _region(
+    settings: EnvSettings, leader: probes.PgMember | None, link: region.StandbyState | None
+) -> dict[str, Any]:
+    """Which region this is and, for a standby one, how its link to the primary stands."""
+    if not settings.standby:
+        return {"role": "primary"}
+    return {
+        "role": "standby" if leader is None or leader.role == "standby_leader" else "promoted",
+        "standby_of": settings.standby_of,
+        "link_latency_ms": settings.region_latency_ms,
+        "streaming": link.streaming if link else False,
+        "lag_s": link.lag_s if link else None,
+        "received_lsn": link.received_lsn if link else None,
     }
 
 

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -33,7 +34,18 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from env import bootstrap, configs, etcd, hpa, liveness, probes, readiness, rundir, topology
+from env import (
+    bootstrap,
+    configs,
+    etcd,
+    hpa,
+    liveness,
+    probes,
+    readiness,
+    region,
+    rundir,
+    topology,
+)
 from env.admin import admin_app
 from env.autoscaler import ControllerConfig
 from env.autoscaling import LocalAutoscaler
@@ -137,6 +149,10 @@ class Supervisor:
         self.scaler = Scaler(self, settings.timeout_scale)
         self.autoscaler: LocalAutoscaler | None = None
         self.commands: Commands | None = None
+        #: What each start stage waits for, and how long (set by `start_all`).
+        self.checks: dict[str, tuple[Callable[[], Awaitable[bool]], float]] = {}
+        #: A standby region starts its services once, when promoted.
+        self.services_started = False
 
     @functools.cached_property
     def run_as(self) -> RunAs:
@@ -399,13 +415,10 @@ class Supervisor:
         stages = self.define(secrets)
         for warning in self.privileges()["warnings"]:
             log.warning("%s", warning)
-        s, ports = self.settings, self.settings.ports
-        patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
-        redis_ports = [ports.redis(n) for n in range(s.redis_nodes)]
+        s = self.settings
         tls = client_tls_context(self.layout.ca_cert)
-        redis_creds = configs.redis_admin_credentials(self.layout, secrets)
         ready = readiness.Checks(s, secrets, tls)
-        checks: dict[str, tuple[Callable[[], Awaitable[bool]], float]] = {
+        self.checks = {
             "etcd": (ready.etcd, 20),
             "backup": (ready.backup, 20),
             "postgresql": (ready.postgresql, 90),
@@ -420,37 +433,96 @@ class Supervisor:
         for stage, comps in stages:
             if self.stopping:
                 return
-            self.stage = stage
-            log.info("stage %s: starting %s", stage, ", ".join(c.name for c in comps))
-            for comp in comps:
-                await self.spawn(comp)
-            if stage == "redis":
-                await self.form_redis_cluster(comps, redis_ports, redis_creds)
-            if stage == "services":
-                await self.register_services()
-            check, timeout_s = checks[stage]
-            await self.wait_ready(stage, comps, check, timeout_s)
-            if stage == "postgresql":
-                await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
-                if s.backups:
-                    await bootstrap.create_backup_stanza(self.settings, self.run_as.python)
-            if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
-                log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
+            if stage == "services" and s.standby and not await region.promoted(s):
+                # A standby region's services would start against a read-only database: they
+                # start when it is promoted (pilot light), which the region watch sees.
+                for comp in comps:  # not started, so not reported as down either
+                    self.components.pop(comp.name, None)
+                self.control("region-watch", lambda: self.start_services_when_promoted(secrets))
+                continue
+            await self.run_stage(stage, comps, secrets, tls)
         self.stage = ""
         self.phase = "ready"
         log.info("environment ready")
-        if s.services:
-            self.control("lb-keeper", self.keep_lb_registered)
-            self.autoscaler = LocalAutoscaler(
-                self.topology,
-                self.hpas,
-                self.running,
-                self.scaler,
-                ControllerConfig(sync_period_s=s.autoscale_sync_s),
-                enabled=s.autoscale,
-            )
-            autoscaler = self.autoscaler
-            self.control("autoscaler", lambda: autoscaler.run(lambda: self.stopping))
+
+    async def run_stage(
+        self, stage: str, comps: list[Component], secrets: Secrets, tls: ssl.SSLContext
+    ) -> None:
+        """Start one stage's components and wait until the stage is ready, with what must
+        happen around it (forming the Redis cluster, joining the load balancer, ...)."""
+        s, ports = self.settings, self.settings.ports
+        self.stage = stage
+        log.info("stage %s: starting %s", stage, ", ".join(c.name for c in comps))
+        for comp in comps:
+            await self.spawn(comp)
+        if stage == "redis":
+            redis_ports = [ports.redis(n) for n in range(s.redis_nodes)]
+            redis_creds = configs.redis_admin_credentials(self.layout, secrets)
+            await self.form_redis_cluster(comps, redis_ports, redis_creds)
+        if stage == "services":
+            await self.register_services()
+        check, timeout_s = self.checks[stage]
+        await self.wait_ready(stage, comps, check, timeout_s)
+        if stage == "postgresql" and not s.standby:  # a standby's database is a copy
+            patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
+            await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
+            if s.backups:
+                await bootstrap.create_backup_stanza(self.settings, self.run_as.python)
+        if stage == "faultproxy" and s.standby:
+            await region.add_link_latency(s)
+        if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
+            log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
+        if stage == "services":
+            self.start_service_controllers()
+
+    def start_service_controllers(self) -> None:
+        """The loops that keep the services in the load balancer and at the HPA's size."""
+        s = self.settings
+        self.control("lb-keeper", self.keep_lb_registered)
+        self.autoscaler = LocalAutoscaler(
+            self.topology,
+            self.hpas,
+            self.running,
+            self.scaler,
+            ControllerConfig(sync_period_s=s.autoscale_sync_s),
+            enabled=s.autoscale,
+        )
+        autoscaler = self.autoscaler
+        self.control("autoscaler", lambda: autoscaler.run(lambda: self.stopping))
+
+    async def start_services_when_promoted(self, secrets: Secrets) -> None:
+        """A standby region's watch: once its database takes writes (a promotion), start the
+        services stage, once. A stage that fails to start is logged and reported as the
+        supervisor's error; the region stays without services until someone looks."""
+        assert self.commands is not None
+        commands = self.commands
+        while not self.stopping and not self.services_started:
+            await asyncio.sleep(1.0)  # the watch's period
+            if not await region.promoted(self.settings):
+                continue
+            self.services_started = True
+            comps = [
+                self.component(w, r, commands)
+                for stage, workloads in self.topology.stages()
+                if stage == "services"
+                for w in workloads
+                for r in w.initial
+            ]
+            log.info("the region was promoted: starting its services")
+            try:
+                tls = client_tls_context(self.layout.ca_cert)
+                await self.run_stage("services", comps, secrets, tls)
+            except StartupError as exc:
+                log.error("the promoted region's services did not start: %s", exc)
+                self.error = {
+                    "component": exc.component,
+                    "log": str(exc.log_path),
+                    "reason": exc.reason,
+                }
+            finally:
+                self.stage = ""
+        while not self.stopping:  # a control loop that ends is started again: stay
+            await asyncio.sleep(60)
 
     def control(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a control loop for as long as the supervisor runs. Each loop survives its own

@@ -80,6 +80,9 @@ def test_a_port_taken_before_start_is_named_and_nothing_starts(env_settings: Env
     env = LocalEnvironment(settings)
     env.reset()
     with socket.socket() as blocker:
+        # SO_REUSEADDR: a connection of an earlier environment on that port may linger in
+        # TIME_WAIT, which would refuse this bind; a listener there still would not.
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         blocker.bind(("127.0.0.1", settings.ports.redis(2)))
         blocker.listen()
         with pytest.raises(EnvironmentStartError) as info:

@@ -1,0 +1,228 @@
+"""The second region: a standby environment that mirrors the primary region's database until
+it is promoted.
+
+A standby region is an environment of its own (its base port, run directory, etcd, Patroni,
+HAProxy, pgBouncer, Redis, services) whose PostgreSQL is a Patroni *standby cluster*: its leader
+streams from the primary region's write path through this region's fault proxy (the cross-region
+link, with a latency toxic), and its other members cascade from that leader. It shares what a
+real second region gets from the same vault: the passwords (the roles are the replicated
+database's), the CA (one trust root for phones that may land in either region) and the services'
+token and field keys (a token issued in one region is honoured in the other; encrypted fields
+decrypt in both).
+
+Promotion (`promote`) removes the `standby_cluster` section from the DCS configuration, which is
+how Patroni detaches a standby cluster: its leader is promoted on a new timeline and the region
+takes writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from env import configs, probes
+from env.files import write_file
+from env.layout import Layout
+from env.secrets import Secrets
+from env.settings import EnvSettings
+
+log = logging.getLogger("cwh.region")
+
+#: What a standby region copies from the primary region's run directory, when it has none of
+#: its own: secrets, the CA (its server certificates are then issued by that CA), the services'
+#: keys. Paths relative to a run directory.
+SHARED = (
+    "secrets.json",
+    "tls/ca.crt",
+    "tls/ca.key",
+    "services/jwt-keyset.json",
+    "services/field-encryption.key",
+)
+
+
+class RegionError(RuntimeError):
+    """The standby region cannot be set up or promoted; the message says why."""
+
+
+def adopt_primary_region(settings: EnvSettings, layout: Layout) -> list[str]:
+    """Copy what the standby region shares with the primary region (`SHARED`) into its run
+    directory, keeping what it already has (a restart must not replace its CA under its own
+    certificates). Returns the files copied. RegionError when the primary region has never
+    run: its secrets are what the standby's database will hold."""
+    source = settings.primary_region_dir
+    if not (source / "secrets.json").exists():
+        raise RegionError(
+            f"{source}/secrets.json is missing: start the primary region first "
+            f"(CWH_BASE_PORT={settings.standby_of} cwh env up), or set CWH_STANDBY_SOURCE_DIR "
+            "to its run directory"
+        )
+    copied = []
+    for rel in SHARED:
+        src, dst = source / rel, layout.run_dir / rel
+        if dst.exists() or not src.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        public = rel.endswith(".crt")
+        write_file(dst, src.read_bytes(), mode=0o644 if public else 0o600)
+        copied.append(rel)
+    return copied
+
+
+async def add_link_latency(settings: EnvSettings) -> None:
+    """Put the cross-region delay on the region link (idempotent: a toxic already there is
+    replaced, so a changed setting takes effect at the next start)."""
+    url = f"{settings.fault_api_url}/proxies/{configs.REGION_LINK}/toxics"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        for toxic in configs.region_latency_toxics(settings):
+            async with http.delete(f"{url}/{toxic['name']}"):
+                pass  # 404 when it is not there yet
+            async with http.post(url, json=toxic) as resp:
+                resp.raise_for_status()
+
+
+@dataclass(frozen=True)
+class StandbyState:
+    """What the standby region's leader says of its link to the primary region.
+
+    Attributes:
+        streaming: its WAL receiver streams (pg_stat_wal_receiver's status).
+        in_recovery: it is still a standby (False once promoted).
+        lag_s: the application's view: now minus the newest replication heartbeat it has
+            replayed (the primary region's scheduler writes one a second); None before the
+            first heartbeat arrived.
+        received_lsn: the last WAL position it received.
+    """
+
+    streaming: bool
+    in_recovery: bool
+    lag_s: float | None
+    received_lsn: str | None
+
+
+async def standby_state(port: int, password: str, tls: ssl.SSLContext) -> StandbyState:
+    """Ask the member at `port` (the standby leader) how its link stands."""
+    conn = await probes.superuser(port, password, tls, timeout=3)
+    try:
+        row = await conn.fetchrow(
+            "SELECT pg_is_in_recovery() AS in_recovery,"
+            " (SELECT status FROM pg_stat_wal_receiver) AS status,"
+            " pg_last_wal_receive_lsn()::text AS received"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return StandbyState(
+        streaming=row["status"] == "streaming",
+        in_recovery=bool(row["in_recovery"]),
+        lag_s=await _heartbeat_age(port, password, tls),
+        received_lsn=row["received"],
+    )
+
+
+async def _heartbeat_age(port: int, password: str, tls: ssl.SSLContext) -> float | None:
+    """Now minus the newest replication heartbeat the member has replayed; None when there is
+    none yet (cloned before the application's database or its first heartbeat existed)."""
+    try:
+        conn = await probes.superuser(port, password, tls, "cloudwatcher", timeout=3)
+    except asyncpg.InvalidCatalogNameError:
+        return None
+    try:
+        age = await conn.fetchval(
+            "SELECT EXTRACT(EPOCH FROM clock_timestamp() - max(written_at))::float8"
+            " FROM replication_heartbeat"
+        )
+    except asyncpg.UndefinedTableError:
+        return None
+    finally:
+        await conn.close()
+    return None if age is None else float(age)
+
+
+def standby_ready(members: list[probes.PgMember], expected: int) -> bool:
+    """A standby cluster at full strength: one running standby leader (or, once promoted, a
+    leader), the other members replicas of it."""
+    if len(members) != expected:
+        return False
+    leaders = [
+        m for m in members if m.role in ("standby_leader", "leader") and m.state == "running"
+    ]
+    replicas = [m for m in members if m.role == "replica"]
+    return (
+        len(leaders) == 1
+        and len(replicas) == expected - 1
+        and all(m.state in ("running", "streaming") for m in replicas)
+    )
+
+
+def routed(rows: list[dict[str, str]], members: list[probes.PgMember]) -> bool:
+    """HAProxy of a standby region: reads to every member (all are read-only), writes to none;
+    once promoted, writes to the leader alone."""
+    leader = [m.name for m in members if m.role == "leader"]
+    return probes.haproxy_servers_up(rows, "pg_write") == leader and sorted(
+        probes.haproxy_servers_up(rows, "pg_read")
+    ) == sorted(m.name for m in members)
+
+
+async def promote(settings: EnvSettings, secrets: Secrets, timeout_s: float = 60) -> dict[str, Any]:
+    """Detach the standby cluster: its leader becomes a primary on a new timeline. Returns
+    `{"leader", "timeline", "seconds"}`; RegionError when it is not a standby cluster, or no
+    primary appears within `timeout_s`."""
+    ports = [settings.ports.patroni(m) for m in range(settings.pg_members)]
+    members = await probes.patroni_cluster(ports)
+    standby = next((m for m in members if m.role == "standby_leader"), None)
+    if standby is None:
+        roles = ", ".join(f"{m.name} {m.role}" for m in members) or "no member"
+        raise RegionError(f"not a standby cluster ({roles}): nothing to promote")
+    # Promoted means on a timeline of its own: Patroni calls it leader a moment before.
+    before = standby.timeline or 0
+    started = time.monotonic()
+    # Basic auth by hand: aiohttp deprecates its BasicAuth helper.
+    user = base64.b64encode(f"{configs.PATRONI_REST_USER}:{secrets.patroni_rest}".encode())
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.patch(
+            f"http://127.0.0.1:{ports[0]}/config",
+            json={"standby_cluster": None},
+            headers={"Authorization": f"Basic {user.decode()}"},
+        ) as resp,
+    ):
+        if resp.status != 200:
+            raise RegionError(f"Patroni refused the promotion: {resp.status} {await resp.text()}")
+    deadline = started + settings.timeout(timeout_s)
+    leader: list[probes.PgMember] = []
+    while not leader:
+        if time.monotonic() > deadline:
+            raise RegionError(f"no primary in the standby region {timeout_s:g} s after promotion")
+        await asyncio.sleep(0.5)  # the poll's period
+        with contextlib.suppress(ConnectionError):  # Patroni busy promoting: not yet
+            members = await probes.patroni_cluster(ports)
+            leader = [
+                m
+                for m in members
+                if m.role == "leader" and m.state == "running" and (m.timeline or 0) > before
+            ]
+    return {
+        "leader": leader[0].name,
+        "timeline": leader[0].timeline,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+async def promoted(settings: EnvSettings) -> bool:
+    """The region's database takes writes: Patroni names a leader that is no standby leader (a
+    standby region that was promoted; on a restart after its promotion, at once)."""
+    ports = [settings.ports.patroni(m) for m in range(settings.pg_members)]
+    try:
+        members = await probes.patroni_cluster(ports)
+    except ConnectionError:
+        return False
+    return any(m.role == "leader" and m.state == "running" for m in members)

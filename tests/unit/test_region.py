@@ -1,0 +1,172 @@
+"""The second region's pieces that need no running environment: its settings, its configs (a
+Patroni standby cluster fed over the region link, HAProxy's read path), what it copies from the
+primary region, and how its readiness reads Patroni's and HAProxy's views."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from env import configs, region
+from env.layout import Layout
+from env.probes import PgMember
+from env.secrets import Secrets, ensure_environment_tls
+from env.settings import EnvSettings, SettingsError
+
+PRIMARY = 23000
+
+
+def standby_settings(tmp_path: Path, **kw) -> EnvSettings:
+    return EnvSettings(
+        base_port=23400,
+        run_dir=tmp_path / "b",
+        standby_of=PRIMARY,
+        standby_source_dir=str(tmp_path / "a"),
+        backups=False,
+        services=False,
+        **kw,
+    )
+
+
+def test_a_standby_region_is_described_by_its_variables(tmp_path):
+    s = EnvSettings.from_environ(
+        {
+            "CWH_BASE_PORT": "23400",
+            "CWH_STANDBY_OF": str(PRIMARY),
+            "CWH_REGION_LATENCY_MS": "50",
+            "CWH_SERVICES": "0",
+        }
+    )
+    assert s.standby
+    assert not s.backups
+    assert s.primary_region_dir == Path(f"/var/tmp/cwh-{PRIMARY}")
+    assert s.region_latency_ms == 50
+    assert EnvSettings.from_environ(s.to_environ()) == s
+    assert not EnvSettings.from_environ({}).standby
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"standby_of": 23450}, "at least 200"),
+        ({"backups": True}, "archives nothing"),
+        ({"fault_proxy": False}, "fault proxy"),
+        ({"region_latency_ms": 5000}, "0 to 1000"),
+    ],
+)
+def test_a_standby_region_that_cannot_work_is_refused(tmp_path, changes, says):
+    with pytest.raises(SettingsError, match=says):
+        replace(standby_settings(tmp_path), **changes)
+
+
+@pytest.fixture
+def rendered(tmp_path: Path):
+    settings = standby_settings(tmp_path)
+    layout = Layout(settings.run_dir)
+    layout.haproxy_dir.mkdir(parents=True)
+    secrets = Secrets.load_or_create(settings.run_dir / "secrets.json")
+    ensure_environment_tls(layout, None)
+    return settings, layout, secrets
+
+
+def test_its_patroni_bootstraps_a_standby_cluster_over_the_region_link(rendered):
+    settings, layout, secrets = rendered
+    conf = yaml.safe_load(configs.patroni_config(settings, layout, secrets, 0))
+    dcs = conf["bootstrap"]["dcs"]
+    assert dcs["standby_cluster"] == {
+        "host": "127.0.0.1",
+        "port": settings.ports.proxy_region_link,
+        "create_replica_methods": ["basebackup"],
+    }
+    assert dcs["synchronous_mode"] is False
+    assert "archive_command" not in conf["postgresql"]["parameters"]
+    # A primary region's has neither.
+    primary = EnvSettings(base_port=PRIMARY, run_dir=layout.run_dir)
+    dcs = yaml.safe_load(configs.patroni_config(primary, layout, secrets, 0))["bootstrap"]["dcs"]
+    assert "standby_cluster" not in dcs
+    assert dcs["synchronous_mode"] is True
+
+
+def test_the_region_link_reaches_the_primary_regions_write_path(rendered):
+    settings = rendered[0]
+    link = next(p for p in configs.fault_proxies(settings) if p["name"] == configs.REGION_LINK)
+    assert link["listen"] == f"127.0.0.1:{settings.ports.proxy_region_link}"
+    assert link["upstream"] == f"127.0.0.1:{PRIMARY + 30}"  # its HAProxy: follows failovers
+    toxics = configs.region_latency_toxics(settings)
+    assert sorted(t["stream"] for t in toxics) == ["downstream", "upstream"]
+    assert all(t["attributes"]["latency"] == 35 for t in toxics)
+    assert configs.region_latency_toxics(replace(settings, region_latency_ms=0)) == []
+    primary = EnvSettings(base_port=PRIMARY)
+    assert configs.REGION_LINK not in [p["name"] for p in configs.fault_proxies(primary)]
+
+
+def test_its_haproxy_reads_from_every_read_only_member_and_is_valid(rendered):
+    settings, layout, secrets = rendered
+    text = configs.haproxy_config(settings, layout, secrets)
+    read = text[text.index("listen pg_read") : text.index("frontend https")]
+    assert "GET /read-only" in read
+    cfg = layout.haproxy_dir / "haproxy.cfg"
+    cfg.write_text(text)
+    result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_it_adopts_the_primary_regions_secrets_once(tmp_path):
+    settings = standby_settings(tmp_path)
+    src, dst = settings.primary_region_dir, settings.run_dir
+    with pytest.raises(region.RegionError, match="start the primary region first"):
+        region.adopt_primary_region(settings, Layout(dst))
+    for rel, text in (
+        ("secrets.json", json.dumps({"pg_app": "a"})),
+        ("tls/ca.crt", "CERT"),
+        ("tls/ca.key", "KEY"),
+        ("services/field-encryption.key", "FIELD"),
+    ):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    copied = region.adopt_primary_region(settings, Layout(dst))
+    assert sorted(copied) == [
+        "secrets.json",
+        "services/field-encryption.key",
+        "tls/ca.crt",
+        "tls/ca.key",
+    ]
+    assert (dst / "tls/ca.key").read_text() == "KEY"
+    assert (dst / "tls/ca.key").stat().st_mode & 0o077 == 0  # private, as the original
+    assert (dst / "secrets.json").stat().st_mode & 0o077 == 0
+    # Its own, once it has them: a restart must not swap the CA under its certificates.
+    (src / "tls/ca.key").write_text("ROTATED")
+    assert region.adopt_primary_region(settings, Layout(dst)) == []
+    assert (dst / "tls/ca.key").read_text() == "KEY"
+
+
+def member(name: str, role: str, state: str = "running") -> PgMember:
+    return PgMember(name, role, state, 0, 1)
+
+
+def test_a_standby_cluster_is_ready_with_its_leader_and_cascading_replicas():
+    full = [member("pg0", "standby_leader"), member("pg1", "replica", "streaming")]
+    assert region.standby_ready(full, 2)
+    assert region.standby_ready([member("pg0", "leader"), full[1]], 2)  # promoted
+    assert not region.standby_ready(full[:1], 2)
+    assert not region.standby_ready([member("pg0", "standby_leader", "starting"), full[1]], 2)
+    assert not region.standby_ready([member("pg0", "replica"), full[1]], 2)  # no leader
+
+
+def stat(proxy: str, up: list[str]) -> list[dict[str, str]]:
+    return [{"pxname": proxy, "svname": s, "status": "UP", "bck": "0"} for s in up]
+
+
+def test_a_standby_regions_haproxy_writes_nowhere_until_promoted():
+    standby = [member("pg0", "standby_leader"), member("pg1", "replica")]
+    rows = stat("pg_read", ["pg0", "pg1"])
+    assert region.routed(rows, standby)
+    assert not region.routed(rows + stat("pg_write", ["pg0"]), standby)
+    promoted = [member("pg0", "leader"), member("pg1", "replica")]
+    assert region.routed(rows + stat("pg_write", ["pg0"]), promoted)
+    assert not region.routed(rows, promoted)
