@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from env import backup, probes
+from env import backup, configs, probes
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
@@ -69,7 +69,7 @@ async def create_app_database(
     leader = next(m for m in members if m.role == "leader")
     conn = await asyncpg.connect(
         host="127.0.0.1",
-        port=ports.postgres(int(leader.name[2:])),
+        port=ports.postgres(configs.member_index(leader.name)),
         user="postgres",
         password=secrets.pg_superuser,
         database="postgres",

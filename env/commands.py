@@ -73,6 +73,7 @@ class Commands:
             "faultproxy": self.fault_proxy,
             "patroni": self.patroni,
             "haproxy": self.haproxy,
+            "haproxy_global": self.global_lb,
             "pgbouncer": self.pgbouncer,
             "redis": self.redis,
             "postgres_exporter": self.postgres_exporter,
@@ -143,6 +144,11 @@ class Commands:
         # As root: it reads its key and binds, then its workers drop to the service user.
         return ProcessSpec(
             ["haproxy", "-W", "-db", "-f", str(self.layout.haproxy_dir / "haproxy.cfg")]
+        )
+
+    def global_lb(self, r: Replica) -> ProcessSpec:
+        return ProcessSpec(
+            ["haproxy", "-W", "-db", "-f", str(self.layout.global_lb_dir / "haproxy.cfg")]
         )
 
     def pgbouncer(self, r: Replica) -> ProcessSpec:

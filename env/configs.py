@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import resource
 from typing import Any
 
@@ -88,6 +89,22 @@ def cluster_name(settings: EnvSettings) -> str:
     return f"cwh{settings.base_port}"
 
 
+def member_name(settings: EnvSettings, member: int) -> str:
+    """Member `member`'s name to Patroni, PostgreSQL (its `application_name` when it streams)
+    and HAProxy. A standby region's differ from the primary region's: its leader streams from
+    the primary region, whose `synchronous_standby_names` names members; a standby leader
+    called `pg1` there could be taken for the local `pg1` and made the synchronous standby."""
+    return f"drpg{member}" if settings.standby else f"pg{member}"
+
+
+def member_index(name: str) -> int:
+    """The member number in a member's name (`pg2` -> 2, `drpg1` -> 1)."""
+    found = re.search(r"(\d+)$", name)
+    if found is None:
+        raise ValueError(f"{name!r} is no member name")
+    return int(found.group(1))
+
+
 def patroni_config(
     settings: EnvSettings,
     layout: Layout,
@@ -104,7 +121,7 @@ def patroni_config(
     conf: dict[str, Any] = {
         "scope": cluster_name(settings),
         "namespace": "/service/",
-        "name": f"pg{member}",
+        "name": member_name(settings, member),
         "log": {
             "level": "INFO",
             "format": "%(asctime)s %(levelname)s: %(message)s",
@@ -196,7 +213,8 @@ def standby_cluster(settings: EnvSettings) -> dict[str, Any]:
     region's write path (HAProxy, so it follows that region's failovers) through this region's
     fault proxy, and its first member is cloned from there with pg_basebackup. No replication
     slot on the primary region (a slot for a region that is gone would keep WAL for ever there):
-    a standby that falls more than `wal_keep_size` behind is rebuilt."""
+    a standby that falls more than `wal_keep_size` behind stops streaming for good (its status
+    says so) and must be built again."""
     return {
         "host": "127.0.0.1",
         "port": settings.ports.proxy_region_link,
@@ -358,14 +376,16 @@ def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> s
     )
     members = range(settings.pg_members)
     write_servers = "\n".join(
-        f"    server pg{m} 127.0.0.1:{ports.postgres(m)} check port {ports.patroni(m)}"
+        f"    server {member_name(settings, m)} 127.0.0.1:{ports.postgres(m)} "
+        f"check port {ports.patroni(m)}"
         for m in members
     )
     # A standby region's leader is no replica to Patroni (`/replica` answers 503 there) but
     # serves reads: until it is promoted, every member is read-only.
     read_check = "/read-only" if settings.standby else "/replica"
     read_servers = "\n".join(
-        f"    server pg{m} 127.0.0.1:{ports.postgres(m)} check port {ports.patroni(m)}"
+        f"    server {member_name(settings, m)} 127.0.0.1:{ports.postgres(m)} "
+        f"check port {ports.patroni(m)}"
         for m in members
     )
     return f"""# Rendered by env/configs.py; edits are overwritten at the next `cwh env up`.
@@ -484,6 +504,54 @@ frontend stats
     stats uri /stats
     stats refresh 5s
 """
+
+
+def global_lb_config(settings: EnvSettings, layout: Layout, failed_over: bool = False) -> str:
+    """The global entry point a standby region runs (what DNS failover or an anycast front door
+    is in production): TLS passed through to the primary region's HTTPS frontend while it
+    serves, to this region's once it does not. A region serves when its public API answers
+    (`/openapi.json` through its frontend, verified against the shared CA): a standby region's
+    does only once promoted, its services being started then.
+
+    `failed_over`: this region was promoted and serves; the primary region's server is off for
+    good (no failback: its database is no longer the one that takes writes, and going back is
+    a decision, as the promotion was). The supervisor also turns it off at run time."""
+    primary = Ports(settings.standby_of).haproxy_https
+    check = (
+        f"check check-ssl verify required ca-file {layout.ca_cert} "
+        "inter 1s fall 2 rise 2 on-marked-down shutdown-sessions"
+    )
+    off = " disabled" if failed_over else ""
+    return f"""# Rendered by env/configs.py; edits are overwritten at the next `cwh env up`.
+global
+    log stderr format iso local0 notice
+    maxconn {haproxy_maxconn()}
+    stats socket {layout.global_lb_dir / "admin.sock"} mode 600 level admin
+
+defaults
+    log global
+    mode tcp
+    timeout connect 2s
+    # A WebSocket through it lives long; the regions' frontends bound the HTTP waits.
+    timeout client 1h
+    timeout server 1h
+    timeout check 2s
+
+frontend global_https
+    bind 127.0.0.1:{settings.ports.global_https}
+    default_backend regions
+
+backend regions
+    option httpchk GET /openapi.json
+    http-check expect status 200
+    default-server {check}
+    server {ENTRY_PRIMARY} 127.0.0.1:{primary}{off}
+    server {ENTRY_STANDBY} 127.0.0.1:{settings.ports.haproxy_https} backup
+"""
+
+
+#: The global entry point's servers.
+ENTRY_PRIMARY, ENTRY_STANDBY = "primary-region", "standby-region"
 
 
 def pgbouncer_config(settings: EnvSettings, layout: Layout) -> str:

@@ -79,6 +79,11 @@ class Layout:
         return self.haproxy_dir / "admin.sock"
 
     @property
+    def global_lb_dir(self) -> Path:
+        """A standby region's global entry point (an HAProxy of its own)."""
+        return self.run_dir / "global-lb"
+
+    @property
     def tls_pem(self) -> Path:
         """Certificate and key of the HTTPS frontend, signed by the environment's CA."""
         return self.haproxy_dir / "tls.pem"

@@ -14,6 +14,7 @@ import json
 import ssl
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,6 +41,16 @@ async def http_json(url: str) -> Any:
     if status != 200:
         raise ConnectionError(f"{url} answered {status}")
     return json.loads(body)
+
+
+async def port_open(port: int, timeout_s: float = 2.0) -> bool:
+    """Something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 async def http_ok(url: str, timeout: aiohttp.ClientTimeout = HTTP_TIMEOUT) -> bool:
@@ -150,17 +161,18 @@ def pg_streaming_ready(rows: list[dict[str, Any]], replicas: int) -> bool:
     )
 
 
-async def haproxy_stat(layout: Layout) -> list[dict[str, str]]:
+async def haproxy_stat(layout: Layout, socket: Path | None = None) -> list[dict[str, str]]:
     """`show stat` from HAProxy's runtime API, one dict per proxy/server row."""
-    text = await haproxy_command(layout, "show stat")
+    text = await haproxy_command(layout, "show stat", socket)
     rows = list(csv.DictReader(io.StringIO(text.lstrip("# "))))
     return rows
 
 
-async def haproxy_command(layout: Layout, command: str) -> str:
-    """Send one command to HAProxy's runtime API and return its answer."""
+async def haproxy_command(layout: Layout, command: str, socket: Path | None = None) -> str:
+    """Send one command to HAProxy's runtime API (`socket`: another HAProxy's than the
+    environment's load balancer) and return its answer."""
     reader, writer = await asyncio.wait_for(
-        asyncio.open_unix_connection(str(layout.haproxy_socket)), timeout=2
+        asyncio.open_unix_connection(str(socket or layout.haproxy_socket)), timeout=2
     )
     try:
         writer.write(command.encode() + b"\n")

@@ -127,32 +127,33 @@ class Checks:
             return False
         leader = next(m for m in members if m.role == "leader")
         rows = await probes.pg_replication(
-            self.settings.ports.postgres(int(leader.name[2:])), self.secrets.pg_superuser, self.tls
+            self.settings.ports.postgres(configs.member_index(leader.name)),
+            self.secrets.pg_superuser,
+            self.tls,
         )
         return probes.pg_streaming_ready(rows, n - 1)
 
     async def _standby_postgresql(self, members: list[probes.PgMember]) -> bool:
-        """A standby region: its leader streams from the primary region and its other members
-        cascade from it; or, once promoted, a leader and its replicas (asynchronous: a standby
-        cluster has no synchronous mode to keep)."""
+        """A standby region: its leader runs and its other members cascade from it; or, once
+        promoted, a leader and its replicas."""
         n = self.settings.pg_members
         if self.secrets is None or self.tls is None or not region.standby_ready(members, n):
             return False
         leader = next(m for m in members if m.role in ("standby_leader", "leader"))
-        port = self.settings.ports.postgres(int(leader.name[2:]))
+        port = self.settings.ports.postgres(configs.member_index(leader.name))
         rows = await probes.pg_replication(port, self.secrets.pg_superuser, self.tls)
-        if sum(r["state"] == "streaming" for r in rows) != n - 1:
-            return False
-        if leader.role == "leader":
-            return True
-        return (await region.standby_state(port, self.secrets.pg_superuser, self.tls)).streaming
+        # Not whether the standby leader streams from the primary region: a standby restarted
+        # while that region is gone must still come up, to be promoted (the status says it).
+        return bool(sum(r["state"] == "streaming" for r in rows) == n - 1)
 
     async def haproxy(self) -> bool:
         """HAProxy routes the database paths to the members Patroni says (`pg_routed`)."""
         rows = await probes.haproxy_stat(self.layout)
         members = await probes.patroni_cluster(self.patroni_ports)
         if self.settings.standby:
-            return region.routed(rows, members)
+            # And the global entry point listens (which region it sends to is its checks').
+            entry = await probes.port_open(self.settings.ports.global_https)
+            return entry and region.routed(rows, members)
         return pg_routed(rows, members)
 
     async def pgbouncer(self) -> bool:

@@ -21,9 +21,11 @@ import asyncio
 import base64
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,7 +35,7 @@ from env import configs, probes
 from env.files import write_file
 from env.layout import Layout
 from env.secrets import Secrets
-from env.settings import EnvSettings
+from env.settings import EnvSettings, Ports
 
 log = logging.getLogger("cwh.region")
 
@@ -59,6 +61,17 @@ def adopt_primary_region(settings: EnvSettings, layout: Layout) -> list[str]:
     certificates). Returns the files copied. RegionError when the primary region has never
     run: its secrets are what the standby's database will hold."""
     source = settings.primary_region_dir
+    if layout.secrets.exists():
+        # Adopted at its first start: a restart needs nothing of the primary region, which
+        # may be the region that is gone.
+        return []
+    primary_write = Ports(settings.standby_of).haproxy_write
+    if not layout.pg_data(0).exists() and not _answers(primary_write):
+        raise RegionError(
+            f"the primary region's write path (127.0.0.1:{primary_write}) does not answer: a "
+            "standby region is cloned from it at its first start; start the primary region "
+            f"first (CWH_BASE_PORT={settings.standby_of} cwh env up)"
+        )
     if not (source / "secrets.json").exists():
         raise RegionError(
             f"{source}/secrets.json is missing: start the primary region first "
@@ -147,6 +160,14 @@ async def _heartbeat_age(port: int, password: str, tls: ssl.SSLContext) -> float
     return None if age is None else float(age)
 
 
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 def standby_ready(members: list[probes.PgMember], expected: int) -> bool:
     """A standby cluster at full strength: one running standby leader (or, once promoted, a
     leader), the other members replicas of it."""
@@ -155,7 +176,8 @@ def standby_ready(members: list[probes.PgMember], expected: int) -> bool:
     leaders = [
         m for m in members if m.role in ("standby_leader", "leader") and m.state == "running"
     ]
-    replicas = [m for m in members if m.role == "replica"]
+    # Once promoted, synchronous mode makes one of them the synchronous standby.
+    replicas = [m for m in members if m.role in ("replica", "sync_standby")]
     return (
         len(leaders) == 1
         and len(replicas) == expected - 1
@@ -173,9 +195,10 @@ def routed(rows: list[dict[str, str]], members: list[probes.PgMember]) -> bool:
 
 
 async def promote(settings: EnvSettings, secrets: Secrets, timeout_s: float = 60) -> dict[str, Any]:
-    """Detach the standby cluster: its leader becomes a primary on a new timeline. Returns
-    `{"leader", "timeline", "seconds"}`; RegionError when it is not a standby cluster, or no
-    primary appears within `timeout_s`."""
+    """Detach the standby cluster: its leader becomes a primary on a new timeline, and the
+    region's cluster takes the primary region's synchronous mode (one synchronous standby
+    when it has replicas). Returns `{"leader", "timeline", "seconds"}`; RegionError when it
+    is not a standby cluster, or no primary appears within `timeout_s` (scaled)."""
     ports = [settings.ports.patroni(m) for m in range(settings.pg_members)]
     members = await probes.patroni_cluster(ports)
     standby = next((m for m in members if m.role == "standby_leader"), None)
@@ -185,23 +208,14 @@ async def promote(settings: EnvSettings, secrets: Secrets, timeout_s: float = 60
     # Promoted means on a timeline of its own: Patroni calls it leader a moment before.
     before = standby.timeline or 0
     started = time.monotonic()
-    # Basic auth by hand: aiohttp deprecates its BasicAuth helper.
-    user = base64.b64encode(f"{configs.PATRONI_REST_USER}:{secrets.patroni_rest}".encode())
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
-        http.patch(
-            f"http://127.0.0.1:{ports[0]}/config",
-            json={"standby_cluster": None},
-            headers={"Authorization": f"Basic {user.decode()}"},
-        ) as resp,
-    ):
-        if resp.status != 200:
-            raise RegionError(f"Patroni refused the promotion: {resp.status} {await resp.text()}")
-    deadline = started + settings.timeout(timeout_s)
+    change = {"standby_cluster": None, "synchronous_mode": settings.pg_members > 1}
+    await _patch_config(ports, secrets, change)
+    timeout = settings.timeout(timeout_s)
+    deadline = started + timeout
     leader: list[probes.PgMember] = []
     while not leader:
         if time.monotonic() > deadline:
-            raise RegionError(f"no primary in the standby region {timeout_s:g} s after promotion")
+            raise RegionError(f"no primary in the standby region {timeout:g} s after promotion")
         await asyncio.sleep(0.5)  # the poll's period
         with contextlib.suppress(ConnectionError):  # Patroni busy promoting: not yet
             members = await probes.patroni_cluster(ports)
@@ -217,12 +231,79 @@ async def promote(settings: EnvSettings, secrets: Secrets, timeout_s: float = 60
     }
 
 
-async def promoted(settings: EnvSettings) -> bool:
-    """The region's database takes writes: Patroni names a leader that is no standby leader (a
-    standby region that was promoted; on a restart after its promotion, at once)."""
+async def promoted(settings: EnvSettings, secrets: Secrets, tls: ssl.SSLContext) -> bool:
+    """The region's database takes writes: Patroni names a leader that is no standby leader,
+    and PostgreSQL there is out of recovery (Patroni says leader as soon as the configuration
+    loses `standby_cluster`, before the promotion is done)."""
     ports = [settings.ports.patroni(m) for m in range(settings.pg_members)]
     try:
         members = await probes.patroni_cluster(ports)
-    except ConnectionError:
+        leader = next((m for m in members if m.role == "leader" and m.state == "running"), None)
+        if leader is None:
+            return False
+        port = settings.ports.postgres(configs.member_index(leader.name))
+        conn = await probes.superuser(port, secrets.pg_superuser, tls)
+        try:
+            return await conn.fetchval("SELECT NOT pg_is_in_recovery()") is True
+        finally:
+            await conn.close()
+    except (ConnectionError, OSError, asyncpg.PostgresError, TimeoutError):
         return False
-    return any(m.role == "leader" and m.state == "running" for m in members)
+
+
+async def _patch_config(ports: list[int], secrets: Secrets, change: dict[str, Any]) -> None:
+    """PATCH the cluster's dynamic configuration through the first Patroni that answers."""
+    # Basic auth by hand: aiohttp deprecates its BasicAuth helper.
+    user = base64.b64encode(f"{configs.PATRONI_REST_USER}:{secrets.patroni_rest}".encode())
+    headers = {"Authorization": f"Basic {user.decode()}"}
+    last = ""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        for port in ports:
+            try:
+                async with http.patch(
+                    f"http://127.0.0.1:{port}/config", json=change, headers=headers
+                ) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"{resp.status} {await resp.text()}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                last = repr(exc)
+    raise RegionError(f"Patroni refused the change {change}: {last}")
+
+
+def failed_over_marker(layout: Layout) -> Path:
+    """Present once this region was promoted and the global entry point moved to it."""
+    return layout.global_lb_dir / "failed-over"
+
+
+async def fail_over_entry(settings: EnvSettings, layout: Layout) -> None:
+    """Send the phones to this region for good: the primary region's server of the global
+    entry point off now (its runtime API) and in its configuration (a restart keeps it off)."""
+    failed_over_marker(layout).write_text(f"{time.time():.3f}\n")
+    text = configs.global_lb_config(settings, layout, failed_over=True)
+    cfg = layout.global_lb_dir / "haproxy.cfg"
+    # Keep the user section `rundir.prepare` appended after the rendered part.
+    tail = cfg.read_text().split("\n# Workers drop root", 1)
+    write_file(cfg, text + ("\n# Workers drop root" + tail[1] if len(tail) == 2 else ""))
+    sock = layout.global_lb_dir / "admin.sock"
+    await probes.haproxy_command(
+        layout, f"set server regions/{configs.ENTRY_PRIMARY} state maint", sock
+    )
+
+
+async def global_entry(settings: EnvSettings, layout: Layout) -> dict[str, Any]:
+    """What the global entry point does now: its URL, and each region's server state there
+    (`UP`, `DOWN`, `MAINT`: off for good after a failover)."""
+    sock = layout.global_lb_dir / "admin.sock"
+    rows = await probes.haproxy_stat(layout, sock)
+    states = {
+        r["svname"]: r["status"].split()[0]
+        for r in rows
+        if r["pxname"] == "regions"
+        and r["svname"] in (configs.ENTRY_PRIMARY, configs.ENTRY_STANDBY)
+    }
+    return {
+        "url": f"https://127.0.0.1:{settings.ports.global_https}",
+        "regions": states,
+        "failed_over": failed_over_marker(layout).exists(),
+    }

@@ -94,6 +94,12 @@ def prepare(settings: EnvSettings, run_as: RunAs, pg_ids: tuple[int, int] | None
     # HAProxy reads its config and key as root, then its workers drop to the service user.
     haproxy_cfg = configs.haproxy_config(settings, lay, secrets)
     write_file(lay.haproxy_dir / "haproxy.cfg", haproxy_cfg + haproxy_user_section(run_as))
+    if settings.standby:
+        lay.global_lb_dir.mkdir(exist_ok=True)
+        failed_over = region.failed_over_marker(lay).exists()
+        global_cfg = configs.global_lb_config(settings, lay, failed_over)
+        global_cfg += haproxy_user_section(run_as)
+        write_file(lay.global_lb_dir / "haproxy.cfg", global_cfg)
     for n in range(settings.redis_nodes):
         lay.redis_dir(n).mkdir(parents=True, exist_ok=True)
         # It holds the replication password: the Redis user's alone.

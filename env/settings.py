@@ -135,6 +135,12 @@ class Ports:
         return self.base + 184 + node
 
     @property
+    def global_https(self) -> int:
+        """The global entry point a standby region runs: phones reach whichever region serves
+        through it (TLS passed through to that region's HTTPS frontend)."""
+        return self.base + 91
+
+    @property
     def proxy_region_link(self) -> int:
         """A standby region's replication link: its standby leader streams from the primary
         region's database entry through this listener (latency and cuts are applied here)."""
@@ -396,6 +402,8 @@ class EnvSettings:
         if self.backups:
             out |= {p.backup_repo: "pgbackrest repository", p.backup_pg: "pgbackrest database"}
             out |= {p.backup_scratch: "backup-verify scratch postgres"}
+        if self.standby:
+            out[p.global_https] = "global entry point (https)"
         if self.fault_proxy and not self.toxiproxy_url:
             out[p.fault_api] = "fault proxy API"
             out |= {p.base + 170 + i: "fault proxy listener" for i in range(24)}

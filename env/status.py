@@ -154,13 +154,15 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     replication: list[dict[str, Any]] = []
     if leader is not None and secrets is not None and tls is not None:
         replication = await safe(
-            probes.pg_replication(ports.postgres(int(leader.name[2:])), secrets.pg_superuser, tls),
+            probes.pg_replication(
+                ports.postgres(configs.member_index(leader.name)), secrets.pg_superuser, tls
+            ),
             [],
         )
     repl_by_name = {r["application_name"]: r for r in replication}
     link: region.StandbyState | None = None
     if leader is not None and leader.role == "standby_leader" and secrets and tls:
-        port = ports.postgres(int(leader.name[2:]))
+        port = ports.postgres(configs.member_index(leader.name))
         link = await safe(region.standby_state(port, secrets.pg_superuser, tls), None)
 
     rows: list[dict[str, Any]] = []
@@ -191,14 +193,15 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
             row(name, "pgbackrest", role, answered.get(name, False))
     for m in range(settings.pg_members):
         name = f"pg{m}"
-        member = by_name.get(name)
+        # Patroni's, PostgreSQL's and HAProxy's name for it (a standby region's differ).
+        member = by_name.get(configs.member_name(settings, m))
         role = {
             "leader": "primary",
             "standby_leader": "standby leader",
             "sync_standby": "sync replica",
             "replica": "replica",
         }.get(member.role if member else "", member.role if member else "down")
-        repl = repl_by_name.get(name, {})
+        repl = repl_by_name.get(configs.member_name(settings, m), {})
         running = member is not None and member.state in ("running", "streaming")
         if member is not None and member.role == "standby_leader":
             running = running and bool(link and link.streaming)
@@ -230,6 +233,17 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         write_servers=write_up,
         read_servers=read_up,
     )
+    entry: dict[str, Any] | None = None
+    if settings.standby:
+        entry = await safe(region.global_entry(settings, layout), None)
+        row(
+            "global-lb",
+            "haproxy",
+            "global entry point",
+            entry is not None,
+            regions=entry["regions"] if entry else {},
+            failed_over=entry["failed_over"] if entry else None,
+        )
     pgb_ok = await safe(checks.pgbouncer(), False)
     row(
         "pgbouncer",
@@ -255,11 +269,23 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     if settings.fault_proxy:
         proxies = await safe(probes.http_json(f"{settings.fault_api_url}/proxies"), None)
         wanted = [p["name"] for p in configs.fault_proxies(settings)]
-        # The region link's own delay is part of the topology, not an injected fault.
-        standing = {t["name"] for t in configs.region_latency_toxics(settings)}
+        # The region link's own delay is part of the topology, not an injected fault; and it
+        # must be there (a restarted fault proxy comes back with its proxies only).
+        standing = (
+            {t["name"] for t in configs.region_latency_toxics(settings)}
+            if settings.standby
+            else set()
+        )
         toxics = {
-            n: [t["name"] for t in p["toxics"] if t["name"] not in standing]
+            n: [
+                t["name"]
+                for t in p["toxics"]
+                if n != configs.REGION_LINK or t["name"] not in standing
+            ]
             for n, p in (proxies or {}).items()
+        }
+        link_delay = {
+            t["name"] for t in (proxies or {}).get(configs.REGION_LINK, {}).get("toxics", [])
         }
         disabled = sorted(n for n, p in (proxies or {}).items() if not p["enabled"])
         # Healthy means transparent: every proxy there and enabled, no toxic left injected.
@@ -270,9 +296,11 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
             proxies is not None
             and all(n in proxies for n in wanted)
             and not disabled
-            and not any(toxics.values()),
+            and not any(toxics.values())
+            and standing <= link_delay,
             toxics={n: t for n, t in toxics.items() if t},
             disabled=disabled,
+            region_link_delay_missing=sorted(standing - link_delay),
         )
     for name, ok in (await checks.endpoints()).items():
         row(name, name.rstrip("0123456789").replace("-", "_"), "metrics", ok)
@@ -332,7 +360,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         and r.get("sync_state") == "sync"
     ]
     # A standby cluster is asynchronous by design (`configs.patroni_config`).
-    pg_sync_ok = settings.pg_members == 1 or settings.standby or len(sync_standbys) == 1
+    standing_by = leader is not None and leader.role == "standby_leader"
+    pg_sync_ok = settings.pg_members == 1 or standing_by or len(sync_standbys) == 1
     return {
         "phase": (sup or {}).get("phase", "down"),
         "error": (sup or {}).get("error"),
@@ -353,12 +382,15 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         "registration_secret": secrets.registration_secret if secrets else None,
         "secrets_file": str(layout.secrets),
         "auth_rate_limit_per_s": settings.auth_rate_limit_per_s,
-        "region": _region(settings, leader, link),
+        "region": _region(settings, leader, link, entry),
     }
 
 
 def _region(
-    settings: EnvSettings, leader: probes.PgMember | None, link: region.StandbyState | None
+    settings: EnvSettings,
+    leader: probes.PgMember | None,
+    link: region.StandbyState | None,
+    entry: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Which region this is and, for a standby one, how its link to the primary stands."""
     if not settings.standby:
@@ -370,6 +402,8 @@ def _region(
         "streaming": link.streaming if link else False,
         "lag_s": link.lag_s if link else None,
         "received_lsn": link.received_lsn if link else None,
+        # The phones' URL in a region failover, and where it sends them now.
+        "global_entry": entry,
     }
 
 

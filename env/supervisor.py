@@ -433,7 +433,7 @@ class Supervisor:
         for stage, comps in stages:
             if self.stopping:
                 return
-            if stage == "services" and s.standby and not await region.promoted(s):
+            if stage == "services" and s.standby and not await region.promoted(s, secrets, tls):
                 # A standby region's services would start against a read-only database: they
                 # start when it is promoted (pilot light), which the region watch sees.
                 for comp in comps:  # not started, so not reported as down either
@@ -472,6 +472,10 @@ class Supervisor:
             await region.add_link_latency(s)
         if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
             log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
+        if stage == "services" and s.standby:
+            # A standby region's services start once it is promoted: the phones are its now.
+            await region.fail_over_entry(s, self.layout)
+            log.info("the global entry point sends the phones to this region")
         if stage == "services":
             self.start_service_controllers()
 
@@ -493,34 +497,38 @@ class Supervisor:
     async def start_services_when_promoted(self, secrets: Secrets) -> None:
         """A standby region's watch: once its database takes writes (a promotion), start the
         services stage, once. A stage that fails to start is logged and reported as the
-        supervisor's error; the region stays without services until someone looks."""
+        supervisor's error (its controllers run all the same, for the replicas that did start);
+        the region stays without the rest until someone looks."""
         assert self.commands is not None
         commands = self.commands
+        tls = client_tls_context(self.layout.ca_cert)
         while not self.stopping and not self.services_started:
             await asyncio.sleep(1.0)  # the watch's period
-            if not await region.promoted(self.settings):
+            if not await region.promoted(self.settings, secrets, tls):
                 continue
             self.services_started = True
-            comps = [
-                self.component(w, r, commands)
-                for stage, workloads in self.topology.stages()
-                if stage == "services"
-                for w in workloads
-                for r in w.initial
-            ]
             log.info("the region was promoted: starting its services")
             try:
-                tls = client_tls_context(self.layout.ca_cert)
+                comps = [
+                    self.component(w, r, commands)
+                    for stage, workloads in self.topology.stages()
+                    if stage == "services"
+                    for w in workloads
+                    for r in w.initial
+                ]
                 await self.run_stage("services", comps, secrets, tls)
-            except StartupError as exc:
-                log.error("the promoted region's services did not start: %s", exc)
+            except Exception as exc:  # whatever it was, it must be seen, not end the watch
+                log.exception("the promoted region's services did not start")
+                log_path = exc.log_path if isinstance(exc, StartupError) else self.layout.logs
                 self.error = {
-                    "component": exc.component,
-                    "log": str(exc.log_path),
-                    "reason": exc.reason,
+                    "component": getattr(exc, "component", "services"),
+                    "log": str(log_path),
+                    "reason": getattr(exc, "reason", repr(exc)),
                 }
             finally:
                 self.stage = ""
+                if "lb-keeper" not in self.controllers:
+                    self.start_service_controllers()
         while not self.stopping:  # a control loop that ends is started again: stay
             await asyncio.sleep(60)
 

@@ -348,6 +348,18 @@ def build(settings: EnvSettings, hpas: Mapping[str, HPASpec] | None = None) -> T
             ),
             depends_on=("pg",),
         ),
+        *(
+            [
+                _fixed(
+                    "global-lb",
+                    "haproxy_global",
+                    "haproxy",
+                    _one("global-lb", {"https": p.global_https}),
+                )
+            ]
+            if s.standby
+            else []
+        ),
         _fixed(
             "pgbouncer",
             "pgbouncer",

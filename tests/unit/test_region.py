@@ -5,6 +5,8 @@ primary region, and how its readiness reads Patroni's and HAProxy's views."""
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from env import configs, region
+from env import configs, region, topology
 from env.layout import Layout
 from env.probes import PgMember
 from env.secrets import Secrets, ensure_environment_tls
@@ -116,10 +118,15 @@ def test_its_haproxy_reads_from_every_read_only_member_and_is_valid(rendered):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_it_adopts_the_primary_regions_secrets_once(tmp_path):
+def test_it_adopts_the_primary_regions_secrets_once(tmp_path, request):
     settings = standby_settings(tmp_path)
     src, dst = settings.primary_region_dir, settings.run_dir
-    with pytest.raises(region.RegionError, match="start the primary region first"):
+    # Nothing answers on the primary region's write path: nothing to clone from.
+    with pytest.raises(region.RegionError, match=r"write path \(127.0.0.1:23030\) does not"):
+        region.adopt_primary_region(settings, Layout(dst))
+    listener = socket.create_server(("127.0.0.1", PRIMARY + 30))
+    request.addfinalizer(listener.close)
+    with pytest.raises(region.RegionError, match=r"secrets\.json is missing"):
         region.adopt_primary_region(settings, Layout(dst))
     for rel, text in (
         ("secrets.json", json.dumps({"pg_app": "a"})),
@@ -139,8 +146,11 @@ def test_it_adopts_the_primary_regions_secrets_once(tmp_path):
     assert (dst / "tls/ca.key").read_text() == "KEY"
     assert (dst / "tls/ca.key").stat().st_mode & 0o077 == 0  # private, as the original
     assert (dst / "secrets.json").stat().st_mode & 0o077 == 0
-    # Its own, once it has them: a restart must not swap the CA under its certificates.
+    # Its own, once it has them: a restart must not swap the CA under its certificates, and
+    # needs nothing of the primary region, which may be the one that is gone.
     (src / "tls/ca.key").write_text("ROTATED")
+    listener.close()
+    shutil.rmtree(src)
     assert region.adopt_primary_region(settings, Layout(dst)) == []
     assert (dst / "tls/ca.key").read_text() == "KEY"
 
@@ -170,3 +180,40 @@ def test_a_standby_regions_haproxy_writes_nowhere_until_promoted():
     promoted = [member("pg0", "leader"), member("pg1", "replica")]
     assert region.routed(rows + stat("pg_write", ["pg0"]), promoted)
     assert not region.routed(rows, promoted)
+
+
+def test_its_global_entry_point_prefers_the_primary_region_and_is_valid(rendered):
+    settings, layout, _ = rendered
+    text = configs.global_lb_config(settings, layout)
+    assert f"bind 127.0.0.1:{settings.ports.global_https}" in text
+    assert f"server primary-region 127.0.0.1:{PRIMARY + 32}\n" in text
+    assert f"server standby-region 127.0.0.1:{settings.ports.haproxy_https} backup" in text
+    # Failed over: the primary region's server is off for good (no failback, also on restart).
+    off = configs.global_lb_config(settings, layout, failed_over=True)
+    assert f"server primary-region 127.0.0.1:{PRIMARY + 32} disabled\n" in off
+    layout.global_lb_dir.mkdir()
+    cfg = layout.global_lb_dir / "haproxy.cfg"
+    for rendered_text in (text, off):
+        cfg.write_text(rendered_text)
+        result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_a_standby_region_runs_a_global_entry_point(tmp_path):
+    standby = topology.build(standby_settings(tmp_path))
+    assert standby.workload("global-lb").slots[0].ports == {"https": 23400 + 91}
+    assert standby.owner("global-lb").stage == "haproxy"
+    with pytest.raises(KeyError):
+        topology.build(EnvSettings(base_port=PRIMARY)).workload("global-lb")
+
+
+def test_its_members_are_never_named_like_the_primary_regions(rendered):
+    settings, layout, secrets = rendered
+    conf = yaml.safe_load(configs.patroni_config(settings, layout, secrets, 1))
+    assert conf["name"] == "drpg1"  # its application_name in the primary's pg_stat_replication
+    text = configs.haproxy_config(settings, layout, secrets)
+    assert "server drpg1 " in text
+    assert "server pg1 " not in text
+    primary = EnvSettings(base_port=PRIMARY, run_dir=layout.run_dir)
+    assert configs.member_name(primary, 1) == "pg1"
+    assert configs.member_index("drpg1") == configs.member_index("pg1") == 1
