@@ -131,7 +131,9 @@ class Checks:
             self.secrets.pg_superuser,
             self.tls,
         )
-        return probes.pg_streaming_ready(rows, n - 1)
+        # Its own members only: a second region's standby leader streams from it too.
+        own = {configs.member_name(self.settings, m) for m in range(n)}
+        return probes.pg_streaming_ready([r for r in rows if r["application_name"] in own], n - 1)
 
     async def _standby_postgresql(self, members: list[probes.PgMember]) -> bool:
         """A standby region: its leader runs and its other members cascade from it; or, once
@@ -142,6 +144,8 @@ class Checks:
         leader = next(m for m in members if m.role in ("standby_leader", "leader"))
         port = self.settings.ports.postgres(configs.member_index(leader.name))
         rows = await probes.pg_replication(port, self.secrets.pg_superuser, self.tls)
+        own = {configs.member_name(self.settings, m) for m in range(n)}
+        rows = [r for r in rows if r["application_name"] in own]
         # Not whether the standby leader streams from the primary region: a standby restarted
         # while that region is gone must still come up, to be promoted (the status says it).
         return bool(sum(r["state"] == "streaming" for r in rows) == n - 1)
@@ -158,10 +162,14 @@ class Checks:
 
     async def pgbouncer(self) -> bool:
         """A query through pgBouncer, as the application user, over verified TLS. In a standby
-        region, which has no writable database to reach yet, pgBouncer's own console answers."""
+        region that is not promoted, which has no writable database to reach yet, pgBouncer's
+        own console answers."""
         if self.secrets is None or self.tls is None:
             return False
-        if self.settings.standby:
+        standing_by = self.settings.standby and not any(
+            m.role == "leader" for m in await probes.patroni_cluster(self.patroni_ports)
+        )
+        if standing_by:
             user, password, database = "postgres", self.secrets.pg_superuser, "pgbouncer"
         else:
             user, password, database = "cloudwatcher", self.secrets.pg_app, "cloudwatcher"

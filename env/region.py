@@ -57,8 +57,9 @@ class RegionError(RuntimeError):
 
 def adopt_primary_region(settings: EnvSettings, layout: Layout) -> list[str]:
     """Copy what the standby region shares with the primary region (`SHARED`) into its run
-    directory, keeping what it already has (a restart must not replace its CA under its own
-    certificates). Returns the files copied. RegionError when the primary region has never
+    directory at its first start (once it has its secrets it is left alone: a restart must not
+    replace its CA under its own certificates, nor need the primary region). Returns the files
+    copied. RegionError when the primary region has never
     run: its secrets are what the standby's database will hold."""
     source = settings.primary_region_dir
     if layout.secrets.exists():
@@ -225,7 +226,8 @@ async def promote(settings: EnvSettings, secrets: Secrets, timeout_s: float = 60
                 if m.role == "leader" and m.state == "running" and (m.timeline or 0) > before
             ]
     return {
-        "leader": leader[0].name,
+        # Its component's name, as the status has it (Patroni's is `configs.member_name`).
+        "leader": f"pg{configs.member_index(leader[0].name)}",
         "timeline": leader[0].timeline,
         "seconds": round(time.monotonic() - started, 2),
     }
@@ -276,19 +278,55 @@ def failed_over_marker(layout: Layout) -> Path:
     return layout.global_lb_dir / "failed-over"
 
 
-async def fail_over_entry(settings: EnvSettings, layout: Layout) -> None:
-    """Send the phones to this region for good: the primary region's server of the global
-    entry point off now (its runtime API) and in its configuration (a restart keeps it off)."""
-    failed_over_marker(layout).write_text(f"{time.time():.3f}\n")
-    text = configs.global_lb_config(settings, layout, failed_over=True)
-    cfg = layout.global_lb_dir / "haproxy.cfg"
-    # Keep the user section `rundir.prepare` appended after the rendered part.
-    tail = cfg.read_text().split("\n# Workers drop root", 1)
-    write_file(cfg, text + ("\n# Workers drop root" + tail[1] if len(tail) == 2 else ""))
-    sock = layout.global_lb_dir / "admin.sock"
-    await probes.haproxy_command(
-        layout, f"set server regions/{configs.ENTRY_PRIMARY} state maint", sock
-    )
+async def fail_over_entry(settings: EnvSettings, layout: Layout) -> bool:
+    """Send the phones to this region for good: the decision first (a marker, and the primary
+    region's server `disabled` in the entry point's configuration, so a restart keeps it),
+    then the running entry point (`keep_entry`). Whether the running one obeyed."""
+    marker = failed_over_marker(layout)
+    if not marker.exists():
+        marker.write_text(f"{time.time():.3f}\n")
+        text = configs.global_lb_config(settings, layout, failed_over=True)
+        cfg = layout.global_lb_dir / "haproxy.cfg"
+        # Keep the user section `rundir.prepare` appended after the rendered part.
+        tail = cfg.read_text().split("\n# Workers drop root", 1)
+        write_file(cfg, text + ("\n# Workers drop root" + tail[1] if len(tail) == 2 else ""))
+    return await keep_entry(layout)
+
+
+async def keep_entry(layout: Layout) -> bool:
+    """After a failover, hold the primary region's server of the running entry point in
+    maintenance and cut the connections still open to it: a kept-alive HTTPS connection or a
+    WebSocket passed through to the primary region would go on writing to a database that is no
+    longer the one that takes the writes. Whether it holds (False: the entry point did not
+    answer, or refused; logged, tried again by the caller's loop)."""
+    if not failed_over_marker(layout).exists():
+        return True
+    sock, server = layout.global_lb_dir / "admin.sock", f"regions/{configs.ENTRY_PRIMARY}"
+    try:
+        state = await probes.haproxy_command(layout, "show servers state regions", sock)
+        if f" {configs.ENTRY_PRIMARY} " in state and not _in_maintenance(state):
+            answers = [
+                await probes.haproxy_command(layout, f"set server {server} state maint", sock),
+                await probes.haproxy_command(layout, f"shutdown sessions server {server}", sock),
+            ]
+            if any(a.strip() for a in answers):  # HAProxy answers nothing when it obeys
+                log.warning("the global entry point refused the failover: %s", answers)
+                return False
+            log.info("the global entry point sends the phones to this region")
+    except (OSError, TimeoutError) as exc:
+        log.warning("the global entry point did not answer (failover kept for later): %r", exc)
+        return False
+    return True
+
+
+def _in_maintenance(servers_state: str) -> bool:
+    """Whether `show servers state regions` says the primary region's server is in
+    maintenance (a maintenance bit of its srv_admin_state: forced, inherited, configured)."""
+    lines = [ln.split() for ln in servers_state.splitlines() if ln and not ln.startswith("#")]
+    for cols in lines:
+        if len(cols) > 6 and cols[3] == configs.ENTRY_PRIMARY:
+            return bool(int(cols[6]) & 0x07)  # forced, inherited or configured
+    return False
 
 
 async def global_entry(settings: EnvSettings, layout: Layout) -> dict[str, Any]:

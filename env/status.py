@@ -236,11 +236,15 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     entry: dict[str, Any] | None = None
     if settings.standby:
         entry = await safe(region.global_entry(settings, layout), None)
+        # After a failover the primary region's server must be off there (the keeper holds it).
+        held = entry is not None and (
+            not entry["failed_over"] or entry["regions"].get(configs.ENTRY_PRIMARY) == "MAINT"
+        )
         row(
             "global-lb",
             "haproxy",
             "global entry point",
-            entry is not None,
+            held,
             regions=entry["regions"] if entry else {},
             failed_over=entry["failed_over"] if entry else None,
         )
@@ -373,7 +377,11 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         "healthy": bool(sup) and pg_sync_ok and all(r["healthy"] for r in rows),
         "pg_sync_standby": sync_standbys[0]["component"] if sync_standbys else None,
         "redis_cluster_state": info.get("cluster_state"),
-        "primary": leader.name if leader and leader.role == "leader" else None,
+        # The component's name (`pg<n>`), as every row and URL has it; a standby region's
+        # members are named otherwise to Patroni (`configs.member_name`).
+        "primary": (
+            f"pg{configs.member_index(leader.name)}" if leader and leader.role == "leader" else None
+        ),
         "components": rows,
         "urls": connection_urls(settings, secrets),
         # The environment's CA: trust it for HTTPS, PostgreSQL and Redis alike.
@@ -395,8 +403,11 @@ def _region(
     """Which region this is and, for a standby one, how its link to the primary stands."""
     if not settings.standby:
         return {"role": "primary"}
+    promoted = (leader is not None and leader.role == "leader") or bool(
+        entry and entry["failed_over"]
+    )
     return {
-        "role": "standby" if leader is None or leader.role == "standby_leader" else "promoted",
+        "role": "promoted" if promoted else "standby",
         "standby_of": settings.standby_of,
         "link_latency_ms": settings.region_latency_ms,
         "streaming": link.streaming if link else False,

@@ -433,13 +433,16 @@ class Supervisor:
         for stage, comps in stages:
             if self.stopping:
                 return
-            if stage == "services" and s.standby and not await region.promoted(s, secrets, tls):
-                # A standby region's services would start against a read-only database: they
-                # start when it is promoted (pilot light), which the region watch sees.
-                for comp in comps:  # not started, so not reported as down either
-                    self.components.pop(comp.name, None)
-                self.control("region-watch", lambda: self.start_services_when_promoted(secrets))
-                continue
+            if stage == "services" and s.standby:
+                if await region.promoted(s, secrets, tls):
+                    await self.take_entry()  # promoted before this start: the phones are its
+                else:
+                    # Its services would start against a read-only database: they start when
+                    # it is promoted (pilot light), which the region watch sees.
+                    for comp in comps:  # not started, so not reported as down either
+                        self.components.pop(comp.name, None)
+                    self.control("region-watch", lambda: self.start_services_when_promoted(secrets))
+                    continue
             await self.run_stage(stage, comps, secrets, tls)
         self.stage = ""
         self.phase = "ready"
@@ -472,10 +475,6 @@ class Supervisor:
             await region.add_link_latency(s)
         if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
             log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
-        if stage == "services" and s.standby:
-            # A standby region's services start once it is promoted: the phones are its now.
-            await region.fail_over_entry(s, self.layout)
-            log.info("the global entry point sends the phones to this region")
         if stage == "services":
             self.start_service_controllers()
 
@@ -494,6 +493,23 @@ class Supervisor:
         autoscaler = self.autoscaler
         self.control("autoscaler", lambda: autoscaler.run(lambda: self.stopping))
 
+    async def take_entry(self) -> None:
+        """A promoted region takes the global entry point for good (`region.fail_over_entry`:
+        the decision is written first), and keeps it: the entry keeper holds the primary
+        region's server off whatever restarts, within a second. Its own errors are logged,
+        never raised: the region's services start all the same."""
+        try:
+            await region.fail_over_entry(self.settings, self.layout)
+        except Exception:
+            log.exception("the global entry point's failover is not written")
+        if "entry-keeper" not in self.controllers:
+            self.control("entry-keeper", self.keep_entry)
+
+    async def keep_entry(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(1.0)  # the keeper's period
+            await region.keep_entry(self.layout)
+
     async def start_services_when_promoted(self, secrets: Secrets) -> None:
         """A standby region's watch: once its database takes writes (a promotion), start the
         services stage, once. A stage that fails to start is logged and reported as the
@@ -507,7 +523,8 @@ class Supervisor:
             if not await region.promoted(self.settings, secrets, tls):
                 continue
             self.services_started = True
-            log.info("the region was promoted: starting its services")
+            log.info("the region was promoted: taking the phones, starting its services")
+            await self.take_entry()
             try:
                 comps = [
                     self.component(w, r, commands)

@@ -83,7 +83,7 @@ def phone(status: dict) -> tuple[requests.Session, str]:
 
 
 def test_a_standby_region_follows_the_primary_over_a_slow_link_and_takes_over_when_promoted(
-    local_env: LocalEnvironment, standby: LocalEnvironment
+    local_env: LocalEnvironment, standby: LocalEnvironment, request: pytest.FixtureRequest
 ):
     primary = wait_healthy(local_env)
     began = time.monotonic()
@@ -109,6 +109,7 @@ def test_a_standby_region_follows_the_primary_over_a_slow_link_and_takes_over_wh
 
     # A write in the primary region reaches both of the standby's members.
     query(primary["urls"]["write"], "CREATE TABLE IF NOT EXISTS t_region (k text PRIMARY KEY)")
+    request.addfinalizer(lambda: query(primary["urls"]["write"], "DROP TABLE t_region"))
     key = uuid.uuid4().hex
     query(primary["urls"]["write"], "INSERT INTO t_region VALUES (%s)", (key,))
     committed = time.monotonic()
@@ -158,9 +159,34 @@ def test_a_standby_region_follows_the_primary_over_a_slow_link_and_takes_over_wh
         "the phone's request on the standby",
     )
 
+    # Before the failover the entry point sends the phone to the primary region; its
+    # connection stays open (kept alive, 10 s at the region's frontend).
+    entry_url = status["region"]["global_entry"]["url"]
+    assert http.get(f"{entry_url}/openapi.json", timeout=10).status_code == 200
     began = time.monotonic()
     done = standby.promote()
     assert (done["timeline"] or 0) >= 2, done
+    poll(
+        lambda: standby.status()["region"]["global_entry"]["regions"]["primary-region"] == "MAINT",
+        15,
+        "the entry point leaving the primary region",
+    )
+    # That connection was cut at the failover: a write on it would have gone to the primary
+    # region's database, which no longer takes the writes (when the promotion outlasts the
+    # frontend's keep-alive, the frontend closed it first: either way, nothing lands there).
+    try:
+        r = http.post(
+            f"{entry_url}/v1/requests",
+            json={"provider": "gdrive", "document": "doc-001.txt", "instruction": "late"},
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex},
+            timeout=10,
+        )
+        late = r.json().get("request_id") if r.status_code in (200, 201, 202) else None
+    except requests.ConnectionError:
+        late = None
+    assert late is None or not query(
+        primary["urls"]["write"], "SELECT 1 FROM requests WHERE request_id = %s", (late,)
+    ), "a write through the entry point reached the primary region after the failover"
     # Its services start once it takes writes; the phone's token and request are good there.
     promoted = wait_healthy(standby, 240)
     serving_s = time.monotonic() - began
@@ -195,6 +221,7 @@ def test_a_standby_region_follows_the_primary_over_a_slow_link_and_takes_over_wh
     entry = promoted["region"]["global_entry"]
     assert entry["failed_over"], entry
     assert entry["regions"]["primary-region"] == "MAINT", entry
+    assert entry["url"] == entry_url
     auth = {"Authorization": f"Bearer {token}"}
 
     def submit_through_the_entry() -> str | None:
@@ -229,4 +256,3 @@ def test_a_standby_region_follows_the_primary_over_a_slow_link_and_takes_over_wh
     assert again_up["region"]["global_entry"]["regions"]["primary-region"] == "MAINT"
     after_restart = poll(submit_through_the_entry, 30, "a submit after the restart")
     assert stored_in(again_up, after_restart)
-    query(primary["urls"]["write"], "DROP TABLE t_region")

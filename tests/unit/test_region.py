@@ -4,6 +4,7 @@ primary region, and how its readiness reads Patroni's and HAProxy's views."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -17,6 +18,7 @@ import yaml
 from env import configs, region, topology
 from env.layout import Layout
 from env.probes import PgMember
+from env.process import wait_until
 from env.secrets import Secrets, ensure_environment_tls
 from env.settings import EnvSettings, SettingsError
 
@@ -217,3 +219,27 @@ def test_its_members_are_never_named_like_the_primary_regions(rendered):
     primary = EnvSettings(base_port=PRIMARY, run_dir=layout.run_dir)
     assert configs.member_name(primary, 1) == "pg1"
     assert configs.member_index("drpg1") == configs.member_index("pg1") == 1
+
+
+def test_a_failover_takes_the_running_entry_point_and_its_config_for_good(rendered):
+    settings, layout, _ = rendered
+    layout.global_lb_dir.mkdir()
+    cfg = layout.global_lb_dir / "haproxy.cfg"
+    cfg.write_text(configs.global_lb_config(settings, layout))
+    # No entry point running: the decision is written all the same, the runtime step reported.
+    assert asyncio.run(region.fail_over_entry(settings, layout)) is False
+    assert region.failed_over_marker(layout).exists()
+    assert f"127.0.0.1:{PRIMARY + 32} disabled" in cfg.read_text()
+    # A running one (from the first config, as if it started before the decision) obeys.
+    cfg.write_text(configs.global_lb_config(settings, layout))
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stderr=subprocess.DEVNULL)
+    try:
+        sock = layout.global_lb_dir / "admin.sock"
+        wait_until(lambda: sock.exists() or None, 10, "the entry point's runtime API")
+        assert asyncio.run(region.keep_entry(layout)) is True
+        state = asyncio.run(region.global_entry(settings, layout))
+        assert state["regions"]["primary-region"] == "MAINT", state
+        assert state["failed_over"]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
