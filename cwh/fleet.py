@@ -25,6 +25,7 @@ import aiohttp
 from rich.console import Console
 
 from env.local import free_port
+from env.process import pid_alive
 from scenarios.latency import LatencyRecorder
 from scenarios.profiles import SHAPE_NAMES
 from slo.ledger import Operation, merge, read_jsonl, write_atomic, write_jsonl
@@ -156,6 +157,20 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
         console.print("[yellow]interrupted: Locust is stopping its phones…[/yellow]")
         interrupted_wait(proc, LOCUST_STOP_TIMEOUT_S + 30)
         return INTERRUPTED
+
+
+#: How long the runner waits for Locust's worker processes to finish writing after the master.
+WORKER_EXIT_S = 30.0
+
+
+def _still_running(pids: set[str], timeout_s: float) -> list[str]:
+    """The processes of `pids` still alive after waiting up to `timeout_s` for them to exit."""
+    alive = sorted(p for p in pids if p.isdigit() and pid_alive(int(p)))
+    deadline = time.monotonic() + timeout_s
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)  # polled against the deadline
+        alive = [p for p in alive if pid_alive(int(p))]
+    return alive
 
 
 def interrupted_wait(
@@ -433,6 +448,11 @@ def run_fleet(
     # Every process that ran phones must have left its ledger, or the reconciliation would
     # quietly count less than was done.
     ran = {p.stem.removeprefix("phones-") for p in fleet_dir.glob("phones-*.sqlite")}
+    # And finished writing it: Locust's master may exit while its worker processes still run
+    # their `quitting` flush, and a merge then would take their histograms without their last
+    # operations (a test saw 121 submits in the histogram against 124 in the ledgers).
+    if still := _still_running(ran, WORKER_EXIT_S):
+        console.print(f"[yellow]Locust process(es) {', '.join(still)} still running[/yellow]")
     wrote = {p.stem.removeprefix("ledger-") for p in fleet_dir.glob("ledger-*.jsonl")}
     if missing := sorted(ran - wrote):
         console.print(
