@@ -191,14 +191,52 @@ def _start_plain_chaos(local_env: LocalEnvironment, run_dir: Path, name: str) ->
     )
 
 
-def _wait_for_fault(run_dir: Path, proc: subprocess.Popen) -> dict[str, Any]:
-    def fault_or_exit() -> list[dict[str, Any]] | None:
-        faults = injected(run_dir) if (run_dir / "faults.jsonl").exists() else []
-        return faults if faults or proc.poll() is not None else None
+def _wait_for_fault(run_dir: Path, proc: subprocess.Popen) -> list[dict[str, Any]]:
+    """The faults injected once the first is, or [] when the experiment ended before any."""
 
-    faults = poll(fault_or_exit, 120, "the fault injected", interval_s=0.2)
-    assert faults, f"the experiment ended (code {proc.returncode}) before its fault"
-    return faults[0]
+    def fault_or_exit() -> tuple[list[dict[str, Any]]] | None:
+        # Wrapped in a tuple: an empty list (ended with no fault) must end the polling too.
+        faults = injected(run_dir) if (run_dir / "faults.jsonl").exists() else []
+        return (faults,) if faults or proc.poll() is not None else None
+
+    return poll(fault_or_exit, 120, "the fault injected", interval_s=0.2)[0]
+
+
+def _refused(run_dir: Path) -> list[str]:
+    """The hypothesis probes that refused the experiment before its method, if that is why it
+    ended: the environment was not steady, a precondition of these tests and not their subject."""
+    journal = load(run_dir, "journal.json")
+    before = (journal.get("steady_states") or {}).get("before") or {}
+    if before.get("steady_state_met", True):
+        return []
+    return [
+        f"{p['activity']['name']}: {p.get('output')!r}"
+        for p in before.get("probes", [])
+        if not p.get("tolerance_met", True)
+    ] or ["(no probe output)"]
+
+
+def _run_until_fault(
+    local_env: LocalEnvironment, run_dir: Path, name: str
+) -> tuple[subprocess.Popen, Path, dict[str, Any]]:
+    """Start a plain `chaos run` of `name` and wait for its first fault; returns the process, its
+    run folder and the fault. One more attempt when the before-hypothesis refused the first (a
+    stall of this shared machine right after `_wait_steady`); any other early end fails."""
+    why: list[str] = []
+    for attempt in (1, 2):
+        where = run_dir / f"attempt-{attempt}"
+        where.mkdir()
+        proc = _start_plain_chaos(local_env, where, name)
+        try:
+            faults = _wait_for_fault(where, proc)
+        except BaseException:
+            proc.kill()
+            raise
+        if faults:
+            return proc, where, faults[0]
+        why = _refused(where)
+        assert why, f"{name} ended (code {proc.returncode}) before its fault, not refused"
+    raise AssertionError(f"{name} refused twice by its hypothesis: {why}")
 
 
 def _assert_interrupted_and_restored(local_env: LocalEnvironment, run_dir: Path) -> None:
@@ -221,24 +259,22 @@ def _assert_interrupted_and_restored(local_env: LocalEnvironment, run_dir: Path)
 
 def test_sigint_midway_plays_the_rollbacks(local_env, tmp_path):
     wait_healthy(local_env)
-    proc = _start_plain_chaos(local_env, tmp_path, "net-pg-latency")
+    proc, run_dir, fault = _run_until_fault(local_env, tmp_path, "net-pg-latency")
     try:
-        fault = _wait_for_fault(tmp_path, proc)
         assert fault["toxic"]["attributes"]["latency"] == 300
         proc.send_signal(signal.SIGINT)  # as Ctrl-C does
         assert proc.wait(300) != 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    _assert_interrupted_and_restored(local_env, tmp_path)
+    _assert_interrupted_and_restored(local_env, run_dir)
 
 
 @pytest.mark.parametrize("name", ["storage-outage"])
 def test_cwh_chaos_stop_interrupts_from_outside(local_env, tmp_path, name):
     wait_healthy(local_env)
-    proc = _start_plain_chaos(local_env, tmp_path, name)
+    proc, run_dir, fault = _run_until_fault(local_env, tmp_path, name)
     try:
-        fault = _wait_for_fault(tmp_path, proc)
         assert fault["proxy"] == "sharepoint"
         stop = subprocess.run(
             [CWH, "chaos", "stop"], env=child_env(local_env), capture_output=True, timeout=400
@@ -248,8 +284,8 @@ def test_cwh_chaos_stop_interrupts_from_outside(local_env, tmp_path, name):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "cwh chaos stop" in load(tmp_path, "safety.json")["reason"]
-    _assert_interrupted_and_restored(local_env, tmp_path)
+    assert "cwh chaos stop" in load(run_dir, "safety.json")["reason"]
+    _assert_interrupted_and_restored(local_env, run_dir)
 
 
 def test_a_stall_that_fails_nothing_counts_as_downtime(local_env, tmp_path):
