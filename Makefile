@@ -97,10 +97,12 @@ bench-chaos: deps
 SPECS ?= shipped
 SYNC ?= 15
 # Restore time by database size (SIZES rows of requests): copy, WAL replay, whole cluster; a
-# plot and the RTO extrapolated (reports/<UTC>-bench-dr/).
+# plot and the RTO extrapolated; then REGION_TRIALS region-loss drills: the distribution of the
+# tail lost and of the time to serve again (reports/<UTC>-bench-dr/).
 SIZES ?= 10000,100000,1000000
+REGION_TRIALS ?= 5
 bench-dr: deps
-	@$(PY) -m bench.dr --sizes $(SIZES)
+	@$(PY) -m bench.dr --sizes $(SIZES) --region-trials $(REGION_TRIALS)
 
 bench-scale: deps
 	@$(PY) -m bench.scale --repeats $(REPEATS) --specs $(SPECS) --sync $(SYNC)

@@ -73,6 +73,42 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def run_once(
+    settings: EnvSettings, name: str, repeat: int, baseline_s: int, folder: Path, users: int
+) -> dict[str, Any]:
+    """One `cwh chaos run` of `name` (no gate) on the environment of `settings`, the fault
+    after `baseline_s` of load, its run folder under `folder`: the run's entry of
+    `bench-chaos.json` (experiment, repeat, baseline_s, code, chaos: its chaos.json)."""
+    folder.mkdir(parents=True)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("cwh")),
+            "chaos",
+            "run",
+            name,
+            "--no-gate",
+            "--users",
+            str(users),
+            "--reports",
+            str(folder),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **settings.to_environ(), "CWH_CHAOS_BASELINE_S": str(baseline_s)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=1200,
+    )
+    chaos_files = list(folder.glob("*/chaos.json"))
+    chaos = json.loads(chaos_files[0].read_text()) if chaos_files else None
+    return {
+        "experiment": name,
+        "repeat": repeat,
+        "baseline_s": baseline_s,
+        "code": proc.returncode,
+        "chaos": chaos,
+    }
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -106,38 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                 baseline = rng.randint(5, 15)
                 progress.update(task, description=f"{name} #{i + 1} (fault after {baseline} s)")
                 folder = out / f"{name}-{i + 1}"
-                folder.mkdir()
-                proc = subprocess.run(
-                    [
-                        str(Path(sys.executable).with_name("cwh")),
-                        "chaos",
-                        "run",
-                        name,
-                        "--no-gate",
-                        "--users",
-                        str(args.users),
-                        "--reports",
-                        str(folder),
-                    ],
-                    cwd=ROOT,
-                    env={
-                        **os.environ,
-                        **settings.to_environ(),
-                        "CWH_CHAOS_BASELINE_S": str(baseline),
-                    },
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    timeout=900,
-                )
-                chaos_files = list(folder.glob("*/chaos.json"))
-                chaos = json.loads(chaos_files[0].read_text()) if chaos_files else None
-                runs.append(
-                    {"experiment": name, "repeat": i + 1, "baseline_s": baseline,
-                     "code": proc.returncode, "chaos": chaos}
-                )  # fmt: skip
+                runs.append(run_once(settings, name, i + 1, baseline, folder, args.users))
+                chaos = runs[-1]["chaos"]
+                proc_code = runs[-1]["code"]
                 rto = (chaos or {}).get("rto_s", {})
                 progress.console.log(
-                    f"{name} #{i + 1}: exit {proc.returncode}, RTO write "
+                    f"{name} #{i + 1}: exit {proc_code}, RTO write "
                     f"{_fmt(rto.get('write'))} s, read {_fmt(rto.get('read'))} s, notification "
                     f"{_fmt(rto.get('notification'))} s, lost {(chaos or {}).get('lost')}"
                 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from bench import dr_region
 from env.local import LocalEnvironment
 from env.process import wait_until
 from env.restore import (
@@ -208,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", default="10000,100000,1000000", help="rows, comma separated, ascending"
     )
     parser.add_argument("--extrapolate-gb", type=float, default=100.0)
+    parser.add_argument(
+        "--region-trials",
+        type=int,
+        default=5,
+        help="runs of the region-loss drill, for its RPO distribution (0-20; 0: none)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="for the region trials' jitter")
     args = parser.parse_args(argv)
+    if not 0 <= args.region_trials <= 20:
+        parser.error("--region-trials must be between 0 and 20")
     try:
         sizes = [int(x) for x in args.sizes.split(",")]
     except ValueError:
@@ -224,7 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     env = LocalEnvironment(settings)
     env.reset()
     results: list[dict[str, Any]] = []
+    region: list[dict[str, Any]] = []
     with env, Progress(console=console) as progress:  # down on leaving, also on Ctrl-C
+        if args.region_trials:
+            # First, while the database is small: each trial clones it into a second region.
+            trials = progress.add_task("region-loss drills", total=args.region_trials)
+
+            def done(text: str) -> None:
+                progress.console.log(text)
+                progress.advance(trials)
+
+            env.up()
+            region = dr_region.region_trials(
+                settings, args.region_trials, out, random.Random(args.seed), done
+            )
         task = progress.add_task("restores", total=len(sizes))
         progress.update(task, description="waiting for the scheduler's first backup")
         wait_until(lambda: env.state().healthy and env.backups(), 300, "the first backup", 2)
@@ -238,8 +262,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             progress.advance(task)
     lines, fitted = report(results, args.extrapolate_gb)
-    (out / "bench-dr.json").write_text(json.dumps({"results": results, "fit": fitted}, indent=2))
-    (out / "bench-dr.md").write_text("# Restore time by database size\n\n" + "\n".join(lines))
+    md = "# Restore time by database size\n\n" + "\n".join(lines) + "\n"
+    summary = None
+    if region:
+        summary = dr_region.summarize(region)
+        region_md = dr_region.lines(summary, region)
+        md += "\n# Region loss: the tail and the time to serve again\n\n" + "\n".join(region_md)
+        dr_region.plot(region, out / "bench-dr-region.png")
+    result = {"results": results, "fit": fitted, "region": {"trials": region, "summary": summary}}
+    (out / "bench-dr.json").write_text(json.dumps(result, indent=2))
+    (out / "bench-dr.md").write_text(md + "\n")
     plot(results, out / "bench-dr.png")
     table = Table(title="restore time by database size")
     for col in ("rows", "DB MB", "copy s", "replay s", "replay MB/s", "primary s", "whole s"):
@@ -256,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     console.print(table)
     console.print(lines[-1])
+    if region:
+        console.print(dr_region.lines(dr_region.summarize(region), region)[-1])
     console.print(f"report: {out}")
     return 0
 

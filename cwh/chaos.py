@@ -166,6 +166,8 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     chaos = _measurement(chaos_settings, console)
     if chaos is not None:
         chaos["restore_errors"] = _restore_errors(out, restored)
+        if region := _region_failover(out):
+            chaos["region"] = region
         write_atomic(out / "chaos.json", json.dumps(chaos, indent=2))
     gate_code = 2
     for name, why in exp["waive"].items():
@@ -379,6 +381,52 @@ def _measurement(s: ChaosSettings, console: Console) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _region_failover(out: Path) -> dict[str, Any] | None:
+    """A region-loss drill's failover timeline and divergence (written by its activities after
+    the measure probe), for chaos.json."""
+    found = {}
+    for key, name in (
+        ("failover", "region-failover.json"),
+        ("divergence", "region-divergence.json"),
+    ):
+        if (out / name).exists():
+            found[key] = json.loads((out / name).read_text())
+    return found or None
+
+
+def _region_lines(region: dict[str, Any] | None) -> list[str]:
+    """What a region loss looked like from the second region, and the tail it never got."""
+    if not region:
+        return []
+    lines = [""]
+    if f := region.get("failover"):
+        how = "by itself" if f["automatic"] else "by hand"
+        lines.append(
+            f"Region failover ({how}, after {f['failover_after_s']:g} s of silence): the loss seen "
+            f"at +{f['lost_seen_s']} s, promotion began at +{f['promotion_began_s']} s, "
+            f"promoted (timeline {f['timeline']}) at +{f['promoted_s']} s, serving through the "
+            f"global entry point at +{f['serving_s']} s."
+            + (
+                f" WAL the link never carried: at least {f['wal_not_carried_bytes']} bytes "
+                f"({f['last_lsn']} written, {f['received_lsn']} received)."
+                if f.get("wal_not_carried_bytes") is not None
+                else ""
+            )
+        )
+    if d := region.get("divergence"):
+        tail = (
+            f", committed {d['newest_s_before_loss']} to {d['oldest_s_before_loss']} s before it"
+            if d["not_carried"]
+            else ""
+        )
+        lines.append(
+            f"Divergence: of {d['committed']} requests the lost region committed in the "
+            f"{d['window_s']} s before the loss, {d['not_carried']} never reached the second "
+            f"region{tail} (acknowledged or not; the RPO above counts the acknowledged)."
+        )
+    return lines
+
+
 def _pitr_lines(pitr: dict[str, Any] | None) -> list[str]:
     """What a point-in-time restore brought back, request by request (`slo/pitr.py`)."""
     if not pitr:
@@ -486,6 +534,7 @@ def write_report(
             ),
             *_pitr_lines(chaos.get("pitr")),
             *_verify_lines(chaos.get("verify")),
+            *_region_lines(chaos.get("region")),
             "",
             "Faults (UTC):",
             "",

@@ -233,6 +233,64 @@ async def promote(settings: EnvSettings, secrets: Secrets, timeout_s: float = 60
     }
 
 
+async def primary_region_lost(settings: EnvSettings, secrets: Secrets, tls: ssl.SSLContext) -> bool:
+    """Whether the primary region looks lost from here, now: its public API does not answer
+    (`/openapi.json` through its HTTPS frontend, 2 s) and this region's standby leader does not
+    stream from it. Both: an API outage alone (its database fine) or a link blip alone (its
+    API fine) must not promote a second primary."""
+    url = f"https://127.0.0.1:{Ports(settings.standby_of).haproxy_https}/openapi.json"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+            http.get(url, ssl=tls) as resp,
+        ):
+            if resp.status == 200:
+                return False
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        pass  # does not answer: lost, unless the link still streams
+    ports = [settings.ports.patroni(m) for m in range(settings.pg_members)]
+    try:
+        members = await probes.patroni_cluster(ports)
+    except (ConnectionError, OSError, TimeoutError):
+        return False  # this region cannot tell: never promote blind
+    leader = next((m for m in members if m.role == "standby_leader"), None)
+    if leader is None:
+        return False  # promoted already, or no standby leader to promote
+    port = settings.ports.postgres(configs.member_index(leader.name))
+    try:
+        state = await standby_state(port, secrets.pg_superuser, tls)
+    except (ConnectionError, OSError, TimeoutError, asyncpg.PostgresError):
+        return False
+    return not state.streaming
+
+
+async def received_lsn(settings: EnvSettings, secrets: Secrets, tls: ssl.SSLContext) -> str | None:
+    """The last WAL position the standby leader received from the primary region (None when
+    it cannot be asked)."""
+    ports = [settings.ports.patroni(m) for m in range(settings.pg_members)]
+    try:
+        members = await probes.patroni_cluster(ports)
+        leader = next((m for m in members if m.role == "standby_leader"), None)
+        if leader is None:
+            return None
+        port = settings.ports.postgres(configs.member_index(leader.name))
+        return (await standby_state(port, secrets.pg_superuser, tls)).received_lsn
+    except (ConnectionError, OSError, TimeoutError, asyncpg.PostgresError):
+        return None
+
+
+def lsn_bytes(lsn: str) -> int:
+    """A WAL position (`16/B374D848`) as a byte offset, for differences."""
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def failover_record(layout: Layout) -> Path:
+    """What an automatic promotion wrote: since when the primary region was lost, when the
+    promotion began and what it gave (`Supervisor.watch_region`)."""
+    return layout.run_dir / "region-failover.json"
+
+
 async def promoted(settings: EnvSettings, secrets: Secrets, tls: ssl.SSLContext) -> bool:
     """The region's database takes writes: Patroni names a leader that is no standby leader,
     and PostgreSQL there is out of recovery (Patroni says leader as soon as the configuration

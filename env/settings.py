@@ -242,6 +242,12 @@ class EnvSettings:
             `/var/tmp/cwh-<standby_of>`), where those secrets are read.
         region_latency_ms: the one-way delay of the cross-region link, each direction: 35 ms
             is about half the round trip between us-east-1 and us-west-2 (the seed's regions).
+        region_failover_s: a standby region promotes itself once the primary region has been
+            lost this long: its public API does not answer and the replication link does not
+            stream, both, at every check (a second apart). 0: only `cwh env promote` promotes.
+            Shorter detects sooner (the RTO) and risks promoting over a blip of the link while
+            the primary region still takes writes, which the global entry point would then
+            leave for good (`env.region.keep_entry`): at least 5 s.
     """
 
     base_port: int = 17000
@@ -275,6 +281,7 @@ class EnvSettings:
     standby_of: int = 0
     standby_source_dir: str = ""
     region_latency_ms: int = 35
+    region_failover_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -354,6 +361,11 @@ class EnvSettings:
             )
         if not 0 <= self.region_latency_ms <= 1000:
             raise SettingsError(f"{PREFIX}REGION_LATENCY_MS={self.region_latency_ms}: 0 to 1000")
+        if self.region_failover_s and not 5 <= self.region_failover_s <= 3600:
+            raise SettingsError(
+                f"{PREFIX}REGION_FAILOVER_S={self.region_failover_s:g}: 0 (promote by hand) or "
+                "5 to 3600 s"
+            )
 
     @property
     def standby(self) -> bool:
@@ -494,4 +506,5 @@ class EnvSettings:
             standby_of=standby_of,
             standby_source_dir=str(source),
             region_latency_ms=int(str(get("REGION_LATENCY_MS", int, cls.region_latency_ms))),
+            region_failover_s=float(str(get("REGION_FAILOVER_S", float, cls.region_failover_s))),
         )

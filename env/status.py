@@ -7,6 +7,7 @@ know port arithmetic or read config files.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 from collections.abc import Mapping
@@ -415,7 +416,21 @@ def _region(
         "received_lsn": link.received_lsn if link else None,
         # The phones' URL in a region failover, and where it sends them now.
         "global_entry": entry,
+        # 0: promoted by hand only; else after the primary region was lost this long.
+        "failover_after_s": settings.region_failover_s,
+        "failover": _failover_record(settings),
     }
+
+
+def _failover_record(settings: EnvSettings) -> dict[str, Any] | None:
+    """What the region's automatic failover wrote, if it happened (`region.failover_record`)."""
+    try:
+        record: dict[str, Any] = json.loads(
+            region.failover_record(Layout(settings.run_dir)).read_text()
+        )
+    except (FileNotFoundError, ValueError):
+        return None
+    return record
 
 
 def collect_status(settings: EnvSettings, supervisor: dict[str, Any] | None) -> dict[str, Any]:

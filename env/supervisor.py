@@ -518,9 +518,11 @@ class Supervisor:
         assert self.commands is not None
         commands = self.commands
         tls = client_tls_context(self.layout.ca_cert)
+        lost_since: float | None = None
         while not self.stopping and not self.services_started:
             await asyncio.sleep(1.0)  # the watch's period
             if not await region.promoted(self.settings, secrets, tls):
+                lost_since = await self.watch_primary_region(secrets, tls, lost_since)
                 continue
             self.services_started = True
             log.info("the region was promoted: taking the phones, starting its services")
@@ -548,6 +550,47 @@ class Supervisor:
                     self.start_service_controllers()
         while not self.stopping:  # a control loop that ends is started again: stay
             await asyncio.sleep(60)
+
+    async def watch_primary_region(
+        self, secrets: Secrets, tls: ssl.SSLContext, lost_since: float | None
+    ) -> float | None:
+        """The automatic failover of a standby region (`region_failover_s` > 0): once the
+        primary region has been lost (`region.primary_region_lost`) at every check for that
+        long, promote this region and write what happened (`region.failover_record`). Returns
+        since when (wall clock) the primary region has been lost, None while it is not."""
+        s = self.settings
+        if not s.region_failover_s or not await region.primary_region_lost(s, secrets, tls):
+            if lost_since is not None:
+                log.info("the primary region answers again: no failover")
+            return None
+        now = time.time()
+        if lost_since is None:
+            log.warning(
+                "the primary region does not answer and its link does not stream: promoting "
+                "this region if that lasts %g s",
+                s.region_failover_s,
+            )
+            return now
+        if now - lost_since < s.region_failover_s:
+            return lost_since
+        log.warning("the primary region lost for %.1f s: promoting this region", now - lost_since)
+        # The last WAL position the link brought: what the promoted cluster starts from.
+        received = await region.received_lsn(s, secrets, tls)
+        try:
+            done = await region.promote(s, secrets)
+        except (region.RegionError, OSError, aiohttp.ClientError, TimeoutError):
+            log.exception("the automatic promotion failed; tried again at the next check")
+            return lost_since
+        record = {
+            "lost_since": lost_since,
+            "promote_began": now,
+            "received_lsn": received,
+            **done,
+            "automatic": True,
+        }
+        region.failover_record(self.layout).write_text(json.dumps(record))
+        log.warning("promoted: %s leads on timeline %s", done["leader"], done["timeline"])
+        return lost_since
 
     def control(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a control loop for as long as the supervisor runs. Each loop survives its own

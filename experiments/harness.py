@@ -146,7 +146,8 @@ def open_faults(s: ChaosSettings) -> list[dict[str, Any]]:
 def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False) -> dict[str, Any]:
     """Undo every fault this harness can inject, whatever happened: (the fleet stopped, when
     `stop_fleet`), a scaling experiment's CPU pressure stopped, toxics removed and proxies
-    enabled, a lost PostgreSQL cluster restored from the backups, held components released,
+    enabled, a lost region started again (its second region removed), a lost PostgreSQL cluster
+    restored from the backups, held components released,
     service knobs and planted faults back to their defaults, open faults closed in the journal;
     then wait for full health. Idempotent, and safe to call when nothing was injected.
 
@@ -156,6 +157,8 @@ def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False)
     env = environment(s)
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("pressure_stopped", lambda: _stop_pressure(s)),
+        # Before anything that asks the environment: after a region loss nothing of it runs.
+        ("region_restored", lambda: _restore_lost_region(s)),
         ("toxics_reset", lambda: _reset_toxics(env)),
         ("cluster_restored", lambda: _restore_lost_cluster(env)),
         ("released", lambda: _release_held(env)),
@@ -202,6 +205,16 @@ def _stop_fleet(s: ChaosSettings) -> dict[str, Any]:
     from experiments.activities.fleet.actions import stop_fleet
 
     return stop_fleet(interrupt=True, timeout_s=120, configuration=s.to_configuration())
+
+
+def _restore_lost_region(s: ChaosSettings) -> dict[str, Any] | None:
+    """After a region-loss drill (its second region recorded in the run folder): the second
+    region removed and the primary region started again; None when this run had none."""
+    from experiments.activities.region.actions import restore_primary_region
+
+    if not (s.run_dir / "region.json").exists():
+        return None
+    return restore_primary_region(configuration=s.to_configuration())
 
 
 def _restore_lost_cluster(env: LocalEnvironment) -> str | None:

@@ -38,18 +38,23 @@ def child_env(local_env: LocalEnvironment, **extra: str) -> dict[str, str]:
     return {**os.environ, **local_env.settings.to_environ(), **QUICK, **extra}
 
 
-def cwh_chaos(local_env: LocalEnvironment, tmp_path: Path, name: str, fleet_s: int) -> Path:
-    """`cwh chaos run` as a user runs it; returns its run folder, after checking its exit code
-    and that nothing stayed injected."""
+def cwh_chaos(
+    local_env: LocalEnvironment, tmp_path: Path, name: str, fleet_s: int, **extra: str
+) -> Path:
+    """`cwh chaos run` as a user runs it (`extra`: more variables, `CWH_CHAOS_*`); returns its
+    run folder, after checking its exit code and that nothing stayed injected."""
     proc = subprocess.run(
         [CWH, "chaos", "run", name, "--fleet-s", str(fleet_s), "--reports", str(tmp_path)],
         cwd=ROOT,
-        env=child_env(local_env),
+        env=child_env(local_env, **extra),
         capture_output=True,
         text=True,
         timeout=600,
     )
-    (out,) = tmp_path.glob(f"*-chaos-{name}")
+    found = list(tmp_path.glob(f"*-chaos-{name}"))
+    # No run folder: refused before it began (not steady, bad settings); its output says why.
+    assert len(found) == 1, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    (out,) = found
     assert proc.returncode == 0, (proc.stdout[-3000:], (out / "chaos.md").read_text())
     assert_restored(local_env)
     return out

@@ -43,10 +43,12 @@ def test_a_standby_region_is_described_by_its_variables(tmp_path):
             "CWH_BASE_PORT": "23400",
             "CWH_STANDBY_OF": str(PRIMARY),
             "CWH_REGION_LATENCY_MS": "50",
+            "CWH_REGION_FAILOVER_S": "12.5",
             "CWH_SERVICES": "0",
         }
     )
     assert s.standby
+    assert s.region_failover_s == 12.5
     assert not s.backups
     assert s.primary_region_dir == Path(f"/var/tmp/cwh-{PRIMARY}")
     assert s.region_latency_ms == 50
@@ -61,6 +63,8 @@ def test_a_standby_region_is_described_by_its_variables(tmp_path):
         ({"backups": True}, "archives nothing"),
         ({"fault_proxy": False}, "fault proxy"),
         ({"region_latency_ms": 5000}, "0 to 1000"),
+        # A failover sooner than a few missed checks would promote over a blip of the link.
+        ({"region_failover_s": 2}, "5 to 3600"),
     ],
 )
 def test_a_standby_region_that_cannot_work_is_refused(tmp_path, changes, says):
@@ -243,3 +247,19 @@ def test_a_failover_takes_the_running_entry_point_and_its_config_for_good(render
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_the_drills_second_region_is_a_small_standby_beside_the_environment(tmp_path):
+    from experiments.activities.region.actions import standby_settings as drill_region
+    from experiments.settings import ChaosSettings
+
+    env = EnvSettings(base_port=PRIMARY, run_dir=tmp_path / "cwh-a", pg_os_user="pg")
+    second = drill_region(ChaosSettings(env=env, run_dir=tmp_path / "run"), 600, 15)
+    assert (second.base_port, second.standby_of) == (PRIMARY + 600, PRIMARY)
+    assert second.run_dir == tmp_path / "cwh-a-region2"
+    assert second.primary_region_dir == env.run_dir
+    assert second.region_failover_s == 15
+    assert (second.backups, second.autoscale) == (False, False)
+    assert second.pg_os_user == "pg"  # what the environment runs as, it runs as
+    # Its ports are clear of the environment's.
+    assert not set(second.listening_ports()) & set(env.listening_ports())

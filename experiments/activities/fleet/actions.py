@@ -30,6 +30,7 @@ def start_fleet(
     spawn_rate: float = 10,
     min_ok: int = 20,
     offline_chance: float = 0.0,
+    global_entry: bool = False,
     *,
     configuration: Configuration,
 ) -> dict[str, Any]:
@@ -38,9 +39,14 @@ def start_fleet(
 
     `offline_chance`: the phones' chance of an offline spell (0 by default: a phone back from
     one gets its results late by its own doing, which the notification path's RTO must not
-    blame on the fault). The fleet gets the environment's settings from the configuration."""
+    blame on the fault). `global_entry`: the phones use the run's second region's global entry
+    point (`region.json`, from `standby_region_up`), as phones do in a region failover. The
+    fleet gets the environment's settings from the configuration."""
     s = harness.settings_of(configuration)
     out = harness.run_dir(s)
+    extra = {"CWH_OFFLINE_CHANCE": f"{offline_chance:g}"}
+    if global_entry:
+        extra.update(_through_global_entry(s))
     # `cwh load` on the local environment, into the run folder; the chaos run gates it later.
     cmd = [
         sys.executable,
@@ -67,7 +73,7 @@ def start_fleet(
             # Its own group: Ctrl-C on the experiment must not kill the fleet before the
             # rollbacks; stop_fleet ends it (and every Locust process of it) on purpose.
             start_new_session=True,
-            env=harness.child_environ(s.env, CWH_OFFLINE_CHANCE=f"{offline_chance:g}"),
+            env=harness.child_environ(s.env, **extra),
         )
     _pid_file(s).write_text(str(proc.pid))
     wait_until(
@@ -82,6 +88,22 @@ def start_fleet(
     if proc.poll() is not None:
         raise RuntimeError(f"the fleet exited early (code {proc.returncode}): see {out}/fleet.log")
     return {"pid": proc.pid, "users": users, "duration_s": duration_s}
+
+
+def _through_global_entry(s: ChaosSettings) -> dict[str, str]:
+    """`cwh load`'s target variables for phones that go through the second region's global
+    entry point: its URL, the CA both regions share, the (shared) registration secret."""
+    from experiments.activities.region.actions import second_region
+
+    env2 = second_region(s)
+    if env2 is None:
+        raise RuntimeError("global_entry: no second region in this run (run standby_region_up)")
+    status = harness.environment(s).state()
+    return {
+        "TARGET": env2.status()["region"]["global_entry"]["url"],
+        "CA_FILE": str(status.tls_certificate),
+        "REGISTRATION_SECRET": status.registration_secret or "",
+    }
 
 
 def stop_fleet(
