@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -74,37 +75,47 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def run_once(
-    settings: EnvSettings, name: str, repeat: int, baseline_s: int, folder: Path, users: int
+    settings: EnvSettings,
+    name: str,
+    repeat: int,
+    baseline_s: int,
+    folder: Path,
+    users: int,
+    timeout_s: float = 900,
 ) -> dict[str, Any]:
     """One `cwh chaos run` of `name` (no gate) on the environment of `settings`, the fault
     after `baseline_s` of load, its run folder under `folder`: the run's entry of
-    `bench-chaos.json` (experiment, repeat, baseline_s, code, chaos: its chaos.json)."""
+    `bench-chaos.json` (experiment, repeat, baseline_s, code, chaos: its chaos.json). A run
+    past `timeout_s` is interrupted as Ctrl-C does (its rollbacks play), killed 300 s later,
+    and has code None."""
     folder.mkdir(parents=True)
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("cwh")),
-            "chaos",
-            "run",
-            name,
-            "--no-gate",
-            "--users",
-            str(users),
-            "--reports",
-            str(folder),
-        ],
+    cmd = [str(Path(sys.executable).with_name("cwh")), "chaos", "run", name, "--no-gate"]
+    proc = subprocess.Popen(
+        [*cmd, "--users", str(users), "--reports", str(folder)],
         cwd=ROOT,
         env={**os.environ, **settings.to_environ(), "CWH_CHAOS_BASELINE_S": str(baseline_s)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        timeout=1200,
+        start_new_session=True,  # its group: `chaos` and the fleet go with it on a timeout
     )
+    code: int | None
+    try:
+        code = proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        code = None
     chaos_files = list(folder.glob("*/chaos.json"))
     chaos = json.loads(chaos_files[0].read_text()) if chaos_files else None
     return {
         "experiment": name,
         "repeat": repeat,
         "baseline_s": baseline_s,
-        "code": proc.returncode,
+        "code": code,
         "chaos": chaos,
     }
 

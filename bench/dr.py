@@ -245,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
                 progress.console.log(text)
                 progress.advance(trials)
 
-            env.up()
-            region = dr_region.region_trials(
-                settings, args.region_trials, out, random.Random(args.seed), done
-            )
+            try:
+                region = dr_region.region_trials(
+                    settings, args.region_trials, out, random.Random(args.seed), done
+                )
+            finally:
+                dr_region.remove_second_region(settings, out)
         task = progress.add_task("restores", total=len(sizes))
         progress.update(task, description="waiting for the scheduler's first backup")
         wait_until(lambda: env.state().healthy and env.backups(), 300, "the first backup", 2)

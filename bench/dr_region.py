@@ -56,7 +56,8 @@ def region_trials(
     figures = []
     for i in range(trials):
         baseline = rng.randint(10, 30)
-        run = run_once(settings, EXPERIMENT, i + 1, baseline, out / f"{EXPERIMENT}-{i + 1}", 20)
+        folder = out / f"{EXPERIMENT}-{i + 1}"
+        run = run_once(settings, EXPERIMENT, i + 1, baseline, folder, 20, timeout_s=1200)
         f = trial_figures(run)
         figures.append(f)
         log(
@@ -67,11 +68,25 @@ def region_trials(
     return figures
 
 
+def remove_second_region(settings: EnvSettings, out: Path) -> None:
+    """The drills' second region, if one outlived its trial (a trial killed at its timeout)."""
+    from experiments.activities.region.actions import drill_record, second_region
+    from experiments.settings import ChaosSettings
+
+    env2 = second_region(ChaosSettings(env=settings, run_dir=out))
+    if env2 is not None:
+        env2.reset()
+        drill_record(settings).unlink(missing_ok=True)
+
+
 def summarize(figures: list[dict[str, Any]]) -> dict[str, Any]:
+    """Distributions over the trials that measured and recovered; the others counted (each
+    is in the table, with whatever it measured)."""
     ok = [f for f in figures if f["ok"]]
     return {
         "trials": len(figures),
         "measured": len(ok),
+        "unrecovered": len(figures) - len(ok),
         "lost": distribution([f["lost"] for f in ok]),
         "lost_total": sum(f["lost"] for f in ok),
         "not_carried": distribution([f["not_carried"] for f in ok]),
@@ -102,7 +117,8 @@ def lines(summary: dict[str, Any], figures: list[dict[str, Any]]) -> list[str]:
     s = summary
     out += [
         "",
-        f"Over {s['measured']} measured trials of {s['trials']} (p50/p95/max): acknowledged "
+        f"Over {s['measured']} measured trials of {s['trials']} ({s['unrecovered']} did not "
+        "measure or recover: see the table) (p50/p95/max): acknowledged "
         f"requests lost {d(s['lost'])} ({s['lost_total']} in all, {s['trials_losing']} trials "
         f"lost any), committed and never carried {d(s['not_carried'])}, RPO {d(s['rpo_s'])} s "
         f"against the seed's 300 s; serving again {d(s['serving_s'])} s after the loss, write "

@@ -334,10 +334,21 @@ def _wait_steady(exp: dict[str, Any], settings: EnvSettings, console: Console) -
     from experiments.activities.slo.probes import evaluate_slos
 
     env = LocalEnvironment(settings)
+    # Holding once is not enough: requests answered just before a check may be scraped only
+    # after it (seen: an experiment refused by a p95 of 0.71 s two seconds after this wait saw
+    # its SLOs hold, the previous load's last requests arriving in Prometheus meanwhile). So
+    # they must hold at two checks at least two scrapes apart, nothing failing in between.
+    settle_s = 2 * settings.scrape_interval_s + 1
+    held_since: list[float] = []
 
     def holds() -> bool:
         verdicts = evaluate_slos(env, args["names"], args.get("window_s", 30))
-        return not any(v["status"] == "fail" for v in verdicts.values())
+        if any(v["status"] == "fail" for v in verdicts.values()):
+            held_since.clear()
+            return False
+        if not held_since:
+            held_since.append(time.monotonic())
+        return time.monotonic() - held_since[0] >= settle_s
 
     with console.status("waiting for the steady state (the hypothesis's SLOs holding)…"):
         try:
@@ -590,7 +601,13 @@ def stop(
             console.print("no experiment is running")
     finally:
         stop_file.unlink(missing_ok=True)
-    if LocalEnvironment(settings).supervisor_status() is None:
+    from experiments.activities.region.actions import drill_record
+
+    # No supervisor: nothing to restore, unless a region-loss drill took the whole region
+    # down and its process died before its restore (its record says so).
+    if LocalEnvironment(settings).supervisor_status() is None and not (
+        drill_record(settings).exists()
+    ):
         return 0
     failed = False
     for folder in folders:

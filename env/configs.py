@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import resource
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -89,12 +90,25 @@ def cluster_name(settings: EnvSettings) -> str:
     return f"cwh{settings.base_port}"
 
 
+#: The first letters of a standby region's members' names (`member_name`).
+STANDBY_MEMBER_PREFIX = "drpg"
+EXPORTER_QUERIES = Path(__file__).resolve().parent / "postgres_exporter_queries.yaml"
+
+
 def member_name(settings: EnvSettings, member: int) -> str:
     """Member `member`'s name to Patroni, PostgreSQL (its `application_name` when it streams)
     and HAProxy. A standby region's differ from the primary region's: its leader streams from
     the primary region, whose `synchronous_standby_names` names members; a standby leader
     called `pg1` there could be taken for the local `pg1` and made the synchronous standby."""
-    return f"drpg{member}" if settings.standby else f"pg{member}"
+    return f"{STANDBY_MEMBER_PREFIX}{member}" if settings.standby else f"pg{member}"
+
+
+def exporter_queries(settings: EnvSettings) -> str:
+    """postgres-exporter's extra queries for this region: a walsender to a second region's
+    leader is labelled `link="region"` in a primary region; a standby region's own walsenders
+    (its members too start with the prefix) are all `local`, none streaming to another region."""
+    prefix = "-" if settings.standby else STANDBY_MEMBER_PREFIX  # "-": no name starts so
+    return EXPORTER_QUERIES.read_text().replace("__REGION_PREFIX__", prefix)
 
 
 def member_index(name: str) -> int:

@@ -233,11 +233,27 @@ async def promote(settings: EnvSettings, secrets: Secrets, timeout_s: float = 60
     }
 
 
-async def primary_region_lost(settings: EnvSettings, secrets: Secrets, tls: ssl.SSLContext) -> bool:
+#: Patroni REST slots of the primary region to ask (its `pg_members` is at most 9).
+PRIMARY_MEMBER_SLOTS = 9
+
+
+async def primary_region_lost(
+    settings: EnvSettings, secrets: Secrets, tls: ssl.SSLContext
+) -> bool | None:
     """Whether the primary region looks lost from here, now: its public API does not answer
-    (`/openapi.json` through its HTTPS frontend, 2 s) and this region's standby leader does not
-    stream from it. Both: an API outage alone (its database fine) or a link blip alone (its
-    API fine) must not promote a second primary."""
+    (`/openapi.json` through its HTTPS frontend, 2 s), none of its Patroni members answers
+    (their REST APIs, not behind its HAProxy: an HAProxy outage alone is no lost region), and
+    this region's standby leader does not stream from it. All three: an API outage with a
+    healthy database, or a blip of the link, must not make a second primary. None when this
+    region cannot tell (no standby leader: promoted already; its own members not answering)."""
+    ports = [settings.ports.patroni(m) for m in range(settings.pg_members)]
+    try:
+        members = await probes.patroni_cluster(ports)
+    except (ConnectionError, OSError, TimeoutError, ValueError):
+        return None  # this region cannot tell: never promote blind
+    leader = next((m for m in members if m.role == "standby_leader"), None)
+    if leader is None:
+        return None
     url = f"https://127.0.0.1:{Ports(settings.standby_of).haproxy_https}/openapi.json"
     try:
         async with (
@@ -247,20 +263,18 @@ async def primary_region_lost(settings: EnvSettings, secrets: Secrets, tls: ssl.
             if resp.status == 200:
                 return False
     except (aiohttp.ClientError, TimeoutError, OSError):
-        pass  # does not answer: lost, unless the link still streams
-    ports = [settings.ports.patroni(m) for m in range(settings.pg_members)]
+        pass  # silent: lost, unless its database or the link says otherwise
+    primary = Ports(settings.standby_of)
     try:
-        members = await probes.patroni_cluster(ports)
-    except (ConnectionError, OSError, TimeoutError):
-        return False  # this region cannot tell: never promote blind
-    leader = next((m for m in members if m.role == "standby_leader"), None)
-    if leader is None:
-        return False  # promoted already, or no standby leader to promote
+        await probes.patroni_cluster([primary.patroni(m) for m in range(PRIMARY_MEMBER_SLOTS)])
+        return False  # a Patroni of the primary region answers: its database lives
+    except (ConnectionError, OSError, TimeoutError, ValueError):
+        pass
     port = settings.ports.postgres(configs.member_index(leader.name))
     try:
         state = await standby_state(port, secrets.pg_superuser, tls)
-    except (ConnectionError, OSError, TimeoutError, asyncpg.PostgresError):
-        return False
+    except (ConnectionError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return None
     return not state.streaming
 
 
@@ -275,7 +289,7 @@ async def received_lsn(settings: EnvSettings, secrets: Secrets, tls: ssl.SSLCont
             return None
         port = settings.ports.postgres(configs.member_index(leader.name))
         return (await standby_state(port, secrets.pg_superuser, tls)).received_lsn
-    except (ConnectionError, OSError, TimeoutError, asyncpg.PostgresError):
+    except (ConnectionError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return None
 
 

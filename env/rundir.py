@@ -19,8 +19,6 @@ from env.users import RunAs
 from reference_impl.corpus import ensure_corpus
 from reference_impl.keys import ensure_keys
 
-EXPORTER_QUERIES = Path(__file__).resolve().parent / "postgres_exporter_queries.yaml"
-
 
 def exporter_queries(layout: Layout) -> Path:
     """postgres-exporter's extra queries, in the run directory: the exporter's user may not read
@@ -112,7 +110,7 @@ def prepare(settings: EnvSettings, run_as: RunAs, pg_ids: tuple[int, int] | None
     chown_tree(lay.prometheus_dir / "data", svc)
     # In the run directory: the exporter's user may not read the project's folder.
     exporter_queries(lay).parent.mkdir(exist_ok=True)
-    write_file(exporter_queries(lay), EXPORTER_QUERIES.read_bytes(), mode=0o644)
+    write_file(exporter_queries(lay), configs.exporter_queries(settings), mode=0o644)
     lay.etcd_data.mkdir(mode=0o700, exist_ok=True)
     chown_tree(lay.etcd_data, svc)
     if settings.fault_proxy:

@@ -243,11 +243,13 @@ class EnvSettings:
         region_latency_ms: the one-way delay of the cross-region link, each direction: 35 ms
             is about half the round trip between us-east-1 and us-west-2 (the seed's regions).
         region_failover_s: a standby region promotes itself once the primary region has been
-            lost this long: its public API does not answer and the replication link does not
-            stream, both, at every check (a second apart). 0: only `cwh env promote` promotes.
-            Shorter detects sooner (the RTO) and risks promoting over a blip of the link while
-            the primary region still takes writes, which the global entry point would then
-            leave for good (`env.region.keep_entry`): at least 5 s.
+            lost this long (`env.region.primary_region_lost`: its public API, its Patroni
+            members and the replication link all silent, at every check, a second apart). 0,
+            the default: only `cwh env promote` promotes; a restart or a `down` of the primary
+            region must not split the regions unless its operators chose automatic failover.
+            Shorter detects sooner (the RTO) and risks promoting over a blip while the primary
+            region still takes writes, which the global entry point would then leave for good
+            (`env.region.keep_entry`): at least 5 s.
     """
 
     base_port: int = 17000
@@ -281,7 +283,7 @@ class EnvSettings:
     standby_of: int = 0
     standby_source_dir: str = ""
     region_latency_ms: int = 35
-    region_failover_s: float = 30.0
+    region_failover_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:

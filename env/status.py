@@ -428,7 +428,7 @@ def _failover_record(settings: EnvSettings) -> dict[str, Any] | None:
         record: dict[str, Any] = json.loads(
             region.failover_record(Layout(settings.run_dir)).read_text()
         )
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # none yet, or unreadable: no failover to show
         return None
     return record
 

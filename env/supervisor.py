@@ -51,7 +51,7 @@ from env.autoscaler import ControllerConfig
 from env.autoscaling import LocalAutoscaler
 from env.bootstrap import StartupError
 from env.commands import PROJECT_ROOT, Commands
-from env.files import UntrustedRunDir, ensure_run_dir
+from env.files import UntrustedRunDir, ensure_run_dir, write_file
 from env.layout import Layout
 from env.liveness import LivenessProbe
 from env.process import MARKER, processes_of, terminate_then_kill, user_ids
@@ -556,18 +556,28 @@ class Supervisor:
     ) -> float | None:
         """The automatic failover of a standby region (`region_failover_s` > 0): once the
         primary region has been lost (`region.primary_region_lost`) at every check for that
-        long, promote this region and write what happened (`region.failover_record`). Returns
-        since when (wall clock) the primary region has been lost, None while it is not."""
+        long, promote this region, writing what happens (`region.failover_record`: before the
+        promotion, then with its result). Returns since when (monotonic clock) the primary
+        region has been lost, None while it is not; a check that cannot tell keeps it."""
         s = self.settings
-        if not s.region_failover_s or not await region.primary_region_lost(s, secrets, tls):
+        if not s.region_failover_s:
+            return None
+        try:
+            lost = await region.primary_region_lost(s, secrets, tls)
+        except Exception:  # whatever it was, the watch goes on and keeps its clock
+            log.exception("the primary region's check failed")
+            return lost_since
+        if lost is None:
+            return lost_since
+        if not lost:
             if lost_since is not None:
                 log.info("the primary region answers again: no failover")
             return None
-        now = time.time()
+        now = time.monotonic()
         if lost_since is None:
             log.warning(
-                "the primary region does not answer and its link does not stream: promoting "
-                "this region if that lasts %g s",
+                "the primary region does not answer (API, Patroni, link): promoting this "
+                "region if that lasts %g s",
                 s.region_failover_s,
             )
             return now
@@ -575,20 +585,20 @@ class Supervisor:
             return lost_since
         log.warning("the primary region lost for %.1f s: promoting this region", now - lost_since)
         # The last WAL position the link brought: what the promoted cluster starts from.
-        received = await region.received_lsn(s, secrets, tls)
+        record = {
+            "lost_since": time.time() - (now - lost_since),
+            "promote_began": time.time(),
+            "received_lsn": await region.received_lsn(s, secrets, tls),
+            "automatic": True,
+        }
+        path = region.failover_record(self.layout)
+        write_file(path, json.dumps(record))  # first: a promotion that times out still shows
         try:
             done = await region.promote(s, secrets)
         except (region.RegionError, OSError, aiohttp.ClientError, TimeoutError):
             log.exception("the automatic promotion failed; tried again at the next check")
             return lost_since
-        record = {
-            "lost_since": lost_since,
-            "promote_began": now,
-            "received_lsn": received,
-            **done,
-            "automatic": True,
-        }
-        region.failover_record(self.layout).write_text(json.dumps(record))
+        write_file(path, json.dumps({**record, **done}))
         log.warning("promoted: %s leads on timeline %s", done["leader"], done["timeline"])
         return lost_since
 

@@ -208,11 +208,12 @@ def _stop_fleet(s: ChaosSettings) -> dict[str, Any]:
 
 
 def _restore_lost_region(s: ChaosSettings) -> dict[str, Any] | None:
-    """After a region-loss drill (its second region recorded in the run folder): the second
-    region removed and the primary region started again; None when this run had none."""
-    from experiments.activities.region.actions import restore_primary_region
+    """After a region-loss drill (its second region recorded in the run folder, or in the
+    environment's run directory while its restore has not run): the primary region started
+    again and the second region removed; None when there was none."""
+    from experiments.activities.region.actions import restore_primary_region, second_region
 
-    if not (s.run_dir / "region.json").exists():
+    if second_region(s) is None:
         return None
     return restore_primary_region(configuration=s.to_configuration())
 

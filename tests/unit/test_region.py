@@ -11,6 +11,7 @@ import socket
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import yaml
@@ -63,7 +64,7 @@ def test_a_standby_region_is_described_by_its_variables(tmp_path):
         ({"backups": True}, "archives nothing"),
         ({"fault_proxy": False}, "fault proxy"),
         ({"region_latency_ms": 5000}, "0 to 1000"),
-        # A failover sooner than a few missed checks would promote over a blip of the link.
+        # A failover sooner than a few missed checks would promote over a blip.
         ({"region_failover_s": 2}, "5 to 3600"),
     ],
 )
@@ -263,3 +264,20 @@ def test_the_drills_second_region_is_a_small_standby_beside_the_environment(tmp_
     assert second.pg_os_user == "pg"  # what the environment runs as, it runs as
     # Its ports are clear of the environment's.
     assert not set(second.listening_ports()) & set(env.listening_ports())
+
+
+def test_the_exporter_labels_a_second_regions_leader_apart_in_the_primary_region_only(tmp_path):
+    primary = configs.exporter_queries(EnvSettings(base_port=PRIMARY, run_dir=tmp_path / "a"))
+    standby = configs.exporter_queries(standby_settings(tmp_path))
+    assert "starts_with(application_name, 'drpg')" in primary
+    # A standby region's own replicas are drpg<n> too: none of its walsenders crosses regions.
+    assert "starts_with(application_name, '-')" in standby
+    assert "__REGION_PREFIX__" not in primary + standby
+    assert yaml.safe_load(primary)["pg_replication"]["metrics"][1] == {
+        "link": {"usage": "LABEL", "description": ANY}
+    }
+
+
+def test_automatic_failover_is_off_unless_chosen():
+    assert EnvSettings().region_failover_s == 0
+    assert EnvSettings.from_environ({"CWH_STANDBY_OF": "23000"}).region_failover_s == 0

@@ -11,6 +11,7 @@ run folder (`region.json`), for the fleet (its global entry point), the rollback
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import psycopg
 
 from env import region
+from env.configs import STANDBY_MEMBER_PREFIX
 from env.local import LocalEnvironment
 from env.process import pid_alive, processes_of, wait_until
 from env.settings import EnvSettings
@@ -35,8 +37,16 @@ LOSE_REGION = "lose-region"
 DEFAULT_OFFSET = 600
 
 
-def _record(s: ChaosSettings) -> Path:
-    return harness.run_dir(s) / "region.json"
+def _records(s: ChaosSettings) -> list[Path]:
+    """Where the drill's second region is written: the run folder (its rollbacks) and the
+    environment's run directory (`drill_record`: a `cwh chaos stop` after the drill's process
+    died, from a run folder of its own, still finds it)."""
+    return [harness.run_dir(s) / "region.json", drill_record(s.env)]
+
+
+def drill_record(env: EnvSettings) -> Path:
+    """The environment's own record of a region-loss drill's second region, while one exists."""
+    return env.run_dir / "drill-second-region.json"
 
 
 def standby_settings(
@@ -67,12 +77,13 @@ def standby_settings(
 
 
 def second_region(s: ChaosSettings) -> LocalEnvironment | None:
-    """The run's second region, when `standby_region_up` built one."""
-    path = s.run_dir / "region.json"
-    if not path.exists():
-        return None
-    settings = EnvSettings.from_environ(json.loads(path.read_text())["settings"])
-    return LocalEnvironment(settings)
+    """The second region `standby_region_up` built for this run, or for a drill on this
+    environment whose restore has not run; None when there is none."""
+    for path in _records(s):
+        if path.exists():
+            settings = EnvSettings.from_environ(json.loads(path.read_text())["settings"])
+            return LocalEnvironment(settings)
+    return None
 
 
 def standby_region_up(
@@ -91,12 +102,18 @@ def standby_region_up(
     s = harness.settings_of(configuration)
     settings = standby_settings(s, offset, failover_s, link_latency_ms)
     max_lag_s += 2 * link_latency_ms / 1000
+    if others := _second_regions_streaming(harness.environment(s)):
+        raise RuntimeError(
+            f"a second region already streams from this environment ({', '.join(others)}): the "
+            "drill would take its primary region away (and it may promote itself); stop it first"
+        )
     # Written first: a rollback after a failed start still finds and removes it.
-    write_atomic(_record(s), json.dumps({"settings": settings.to_environ()}))
+    for path in _records(s):
+        write_atomic(path, json.dumps({"settings": settings.to_environ()}))
     env = LocalEnvironment(settings)
     began = time.monotonic()
     env.reset()  # a second region left by an earlier run is not this one's copy
-    env.up(timeout_s=settings.timeout(timeout_s))
+    env.up(timeout_s=timeout_s)  # scaled by `up`
 
     def streaming() -> dict[str, Any] | None:
         link = env.status()["region"]
@@ -115,45 +132,65 @@ def standby_region_up(
     }
 
 
+def _second_regions_streaming(env: LocalEnvironment) -> list[str]:
+    """The standby leaders of second regions streaming from the environment's primary now."""
+    status = env.state()
+    url = status.urls["members"].get(status.primary or "")
+    if not url:
+        return []
+    with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name FROM pg_stat_replication"
+            " WHERE starts_with(application_name, %s)",
+            (STANDBY_MEMBER_PREFIX,),
+        ).fetchall()
+    return sorted(str(r[0]) for r in rows)
+
+
 def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
-    """The primary region lost at once: every process of the environment under test SIGKILLed
-    (its supervisor first, so nothing is restarted), bounded at 30 s. Its data stays on disk
-    (as a region's volumes would, unreachable); nothing of it answers."""
+    """The primary region lost at once: every process of the environment under test frozen
+    (SIGSTOP, its supervisor first, so nothing is restarted or answers any more), the loss's
+    time taken then, and the journal written, before they are SIGKILLed (bounded at 30 s). Its
+    data stays on disk (as a region's volumes would, unreachable); nothing of it answers.
+
+    Frozen first because a kill pass takes tens of milliseconds: a request acknowledged during
+    it would be acknowledged after a loss time taken at its start, and its RPO measured to the
+    next event instead."""
     s = harness.settings_of(configuration)
     env = harness.environment(s)
     status = env.state()
     # The primary's WAL position a moment before: what the second region must have received
-    # for nothing to be lost (a lower bound: it may write a little more before the kill).
+    # for nothing to be lost (a lower bound: it may write a little more before the freeze).
     last_lsn = _current_lsn(status.urls["members"].get(status.primary or ""))
     supervisor = env.supervisor_pid()
-    killed: list[int] = []
-    killed_wall = time.time()
-    if supervisor is not None:
-        os.kill(supervisor, signal.SIGKILL)
-        killed.append(supervisor)
-    deadline = time.monotonic() + 30
-    # Until none is left: a child may be mid-fork when its parent dies.
-    while (procs := processes_of(s.env.run_dir)) and time.monotonic() < deadline:
-        for p in procs:
-            if pid_alive(p.pid):
-                os.kill(p.pid, signal.SIGKILL)
-                killed.append(p.pid)
-        wait_until(
-            lambda: not any(pid_alive(p.pid) for p in procs), 10, "the region's processes dead"
-        )
-    if left := processes_of(s.env.run_dir):
-        raise RuntimeError(f"the region's processes survive SIGKILL: {[p.pid for p in left]}")
+    frozen = ([supervisor] if supervisor is not None else []) + [
+        p.pid for p in processes_of(s.env.run_dir) if p.pid != supervisor
+    ]
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+            os.kill(pid, signal.SIGSTOP)
     entry = harness.mark(
         s,
         "inject",
         LOSE_REGION,
-        wall=killed_wall,
-        killed_pids=len(killed),
+        processes=len(frozen),
         primary=status.primary,
         last_lsn=last_lsn,
         components=sorted(c.name for c in status.components),
     )
-    return {"killed_pids": len(killed), "primary": status.primary, "injected_wall": entry["wall"]}
+    killed = 0
+    deadline = time.monotonic() + 30
+    # Until none is left: a child forked while the others were being frozen was not.
+    while (procs := processes_of(s.env.run_dir)) and time.monotonic() < deadline:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+                killed += 1
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not any(pid_alive(p.pid) for p in procs), 5, "killed")
+    if left := processes_of(s.env.run_dir):
+        raise RuntimeError(f"the region's processes survive SIGKILL: {[p.pid for p in left]}")
+    return {"killed_pids": killed, "primary": status.primary, "injected_wall": entry["wall"]}
 
 
 def _current_lsn(url: str | None) -> str | None:
@@ -205,7 +242,11 @@ def await_region_failover(
         "failover_after_s": status["region"]["failover_after_s"],
         "lost_seen_s": _since(failover.get("lost_since"), loss["wall"]),
         "promotion_began_s": _since(began, loss["wall"]),
-        "promoted_s": _since(began + failover["seconds"] if began else None, loss["wall"]),
+        # Without `seconds` when the promotion outlasted its wait (it went on all the same).
+        "promoted_s": _since(
+            began + failover["seconds"] if began and "seconds" in failover else None,
+            loss["wall"],
+        ),
         "serving_s": round(served_wall - loss["wall"], 2),
         "leader": failover.get("leader") or status["primary"],
         "timeline": failover.get("timeline"),
@@ -227,29 +268,37 @@ def restore_primary_region(
     timeout_s: float = 300, *, configuration: Configuration
 ) -> dict[str, Any]:
     """Put the machine back as the run found it: the primary region started again from its
-    data, as it was at the loss; what it had committed that the second region never received
-    counted (`divergence`, into `region-divergence.json`); then the second region removed
+    data, as it was at the loss (whatever of it survived a stopped drill swept away first);
+    what it had committed that the second region never received counted (`divergence`, into
+    `region-divergence.json`); then, whatever happened before, the second region removed
     (stopped, its run directory deleted: it held the writes since the failover, which a drill
     discards). Safe to call whatever happened: a rollback after any step."""
     s = harness.settings_of(configuration)
     out: dict[str, Any] = {}
     env = harness.environment(s)
-    if env.supervisor_pid() is None:
-        began = time.monotonic()
-        env.up(timeout_s=s.env.timeout(timeout_s))
-        out["primary_region_up_s"] = round(time.monotonic() - began, 1)
     env2 = second_region(s)
-    losses = [e for e in harness.fault_journal(s) if e["fault"] == LOSE_REGION]
-    path = s.run_dir / "region-divergence.json"
-    if env2 is not None and losses and not path.exists():
-        try:
-            out["divergence"] = divergence(env, env2, losses[0]["wall"])
-            write_atomic(path, json.dumps(out["divergence"], indent=2))
-        except Exception as exc:  # best effort: the removal below must happen regardless
-            out["divergence_error"] = f"{type(exc).__name__}: {exc}"
-    if env2 is not None:
-        env2.reset()
-        out["second_region_removed"] = str(env2.settings.run_dir)
+    try:
+        if env.supervisor_pid() is None:
+            # Lost, or half lost (a drill stopped mid-kill): nothing of it may hold a port.
+            env.down()
+            began = time.monotonic()
+            env.up(timeout_s=timeout_s)  # scaled by `up`
+            out["primary_region_up_s"] = round(time.monotonic() - began, 1)
+        else:
+            env.up(timeout_s=timeout_s)  # at once when ready; waits when it is starting
+        losses = [e for e in harness.fault_journal(s) if e["fault"] == LOSE_REGION]
+        path = s.run_dir / "region-divergence.json"
+        if env2 is not None and losses and not path.exists():
+            try:
+                out["divergence"] = divergence(env, env2, losses[0]["wall"])
+                write_atomic(path, json.dumps(out["divergence"], indent=2))
+            except Exception as exc:  # best effort: the tail is lost to the report, no more
+                out["divergence_error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if env2 is not None:
+            env2.reset()
+            out["second_region_removed"] = str(env2.settings.run_dir)
+        drill_record(s.env).unlink(missing_ok=True)
     for fault in harness.open_faults(s):
         if fault["fault"] == LOSE_REGION:
             harness.mark(s, "restore", LOSE_REGION, by="restore")
