@@ -96,9 +96,9 @@ bench-chaos: deps
 # implies (reports/<UTC>-bench-scale/). SPECS=fast shortens the scale-down window to 20 s.
 SPECS ?= shipped
 SYNC ?= 15
-# Restore time by database size (SIZES rows of requests): copy, WAL replay, whole cluster; a
-# plot and the RTO extrapolated; then REGION_TRIALS region-loss drills: the distribution of the
-# tail lost and of the time to serve again (reports/<UTC>-bench-dr/).
+# First REGION_TRIALS region-loss drills (the distribution of the tail lost and of the time to
+# serve again), then restore time by database size (SIZES rows of requests): copy, WAL replay,
+# whole cluster; plots and the RTO extrapolated (reports/<UTC>-bench-dr/).
 SIZES ?= 10000,100000,1000000
 REGION_TRIALS ?= 5
 bench-dr: deps

@@ -12,6 +12,7 @@ cycles (Patroni's loop, HAProxy's checks, the Redis node timeout). Writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -102,13 +103,13 @@ def run_once(
     try:
         code = proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(300)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _interrupt(proc)
         code = None
+    except KeyboardInterrupt:
+        # Its own session does not get the terminal's Ctrl-C: pass it on, let its rollbacks
+        # play, then go on stopping the bench.
+        _interrupt(proc)
+        raise
     chaos_files = list(folder.glob("*/chaos.json"))
     chaos = json.loads(chaos_files[0].read_text()) if chaos_files else None
     return {
@@ -118,6 +119,19 @@ def run_once(
         "code": code,
         "chaos": chaos,
     }
+
+
+def _interrupt(proc: subprocess.Popen[bytes], grace_s: float = 300) -> None:
+    """Ctrl-C to the experiment's process group (its rollbacks play), SIGKILL after
+    `grace_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _fmt(v: float | None) -> str:

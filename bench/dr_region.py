@@ -58,6 +58,8 @@ def region_trials(
         baseline = rng.randint(10, 30)
         folder = out / f"{EXPERIMENT}-{i + 1}"
         run = run_once(settings, EXPERIMENT, i + 1, baseline, folder, 20, timeout_s=1200)
+        if run["code"] is None:  # cut at its timeout: its restore may not have run
+            restore_after(settings, folder)
         f = trial_figures(run)
         figures.append(f)
         log(
@@ -66,6 +68,16 @@ def region_trials(
             f"never carried, serving at +{f['serving_s']} s, RTO write {f['rto_write_s']} s"
         )
     return figures
+
+
+def restore_after(settings: EnvSettings, folder: Path) -> None:
+    """What `cwh chaos stop` does for a trial cut short: the primary region back, the second
+    region gone, every fault undone (the next trial needs the environment whole)."""
+    from experiments.harness import restore_all
+    from experiments.settings import ChaosSettings
+
+    runs = sorted(folder.glob("*-chaos-*")) or [folder]
+    restore_all(ChaosSettings(env=settings, run_dir=runs[0]), wait_s=300, stop_fleet=True)
 
 
 def remove_second_region(settings: EnvSettings, out: Path) -> None:

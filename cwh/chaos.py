@@ -342,7 +342,11 @@ def _wait_steady(exp: dict[str, Any], settings: EnvSettings, console: Console) -
     held_since: list[float] = []
 
     def holds() -> bool:
-        verdicts = evaluate_slos(env, args["names"], args.get("window_s", 30))
+        try:
+            verdicts = evaluate_slos(env, args["names"], args.get("window_s", 30))
+        except Exception:  # unknown is not holding: the two checks start over
+            held_since.clear()
+            raise
         if any(v["status"] == "fail" for v in verdicts.values()):
             held_since.clear()
             return False

@@ -278,6 +278,31 @@ async def primary_region_lost(
     return not state.streaming
 
 
+#: The failover clock's longest gap between two checks that found the primary region lost,
+#: within one stretch (the checks run every second; one that cannot tell does not count).
+LOST_GAP_S = 3.0
+
+
+def failover_clock(
+    lost: tuple[float, float] | None, found: bool | None, now: float, window_s: float
+) -> tuple[tuple[float, float] | None, bool]:
+    """One check of a standby region's automatic failover. `lost`: the first and the last
+    check of the current stretch that found the primary region lost (None: none); `found`:
+    this check's `primary_region_lost` (None: it could not tell). Returns the stretch updated,
+    and whether to promote now: the stretch spans `window_s`. A check that cannot tell does
+    not count, and more than `LOST_GAP_S` without a conclusive one starts over: never
+    promote on stale evidence."""
+    fresh = lost is not None and now - lost[1] <= LOST_GAP_S
+    if found is None:
+        return (lost if fresh else None), False
+    if not found:
+        return None, False
+    if lost is None or not fresh:
+        return (now, now), False
+    lost = (lost[0], now)
+    return lost, now - lost[0] >= window_s
+
+
 async def received_lsn(settings: EnvSettings, secrets: Secrets, tls: ssl.SSLContext) -> str | None:
     """The last WAL position the standby leader received from the primary region (None when
     it cannot be asked)."""

@@ -518,11 +518,15 @@ class Supervisor:
         assert self.commands is not None
         commands = self.commands
         tls = client_tls_context(self.layout.ca_cert)
-        lost_since: float | None = None
+        lost: tuple[float, float] | None = None
         while not self.stopping and not self.services_started:
             await asyncio.sleep(1.0)  # the watch's period
-            if not await region.promoted(self.settings, secrets, tls):
-                lost_since = await self.watch_primary_region(secrets, tls, lost_since)
+            try:
+                if not await region.promoted(self.settings, secrets, tls):
+                    lost = await self.watch_primary_region(secrets, tls, lost)
+                    continue
+            except Exception:  # whatever it was, the watch goes on, its evidence kept
+                log.exception("the region watch's check failed")
                 continue
             self.services_started = True
             log.info("the region was promoted: taking the phones, starting its services")
@@ -552,41 +556,37 @@ class Supervisor:
             await asyncio.sleep(60)
 
     async def watch_primary_region(
-        self, secrets: Secrets, tls: ssl.SSLContext, lost_since: float | None
-    ) -> float | None:
+        self, secrets: Secrets, tls: ssl.SSLContext, lost: tuple[float, float] | None
+    ) -> tuple[float, float] | None:
         """The automatic failover of a standby region (`region_failover_s` > 0): once the
-        primary region has been lost (`region.primary_region_lost`) at every check for that
-        long, promote this region, writing what happens (`region.failover_record`: before the
-        promotion, then with its result). Returns since when (monotonic clock) the primary
-        region has been lost, None while it is not; a check that cannot tell keeps it."""
+        primary region has been found lost (`region.primary_region_lost`) at every conclusive
+        check for that long, promote this region, writing what happens
+        (`region.failover_record`: before the promotion, then with its result).
+
+        `lost`: the first and the last check (monotonic clock) of the current stretch of
+        checks that found it lost; returned updated, None when it is not lost
+        (`region.failover_clock`)."""
         s = self.settings
         if not s.region_failover_s:
             return None
-        try:
-            lost = await region.primary_region_lost(s, secrets, tls)
-        except Exception:  # whatever it was, the watch goes on and keeps its clock
-            log.exception("the primary region's check failed")
-            return lost_since
-        if lost is None:
-            return lost_since
-        if not lost:
-            if lost_since is not None:
-                log.info("the primary region answers again: no failover")
-            return None
+        found = await region.primary_region_lost(s, secrets, tls)
         now = time.monotonic()
-        if lost_since is None:
+        before = lost
+        lost, due = region.failover_clock(lost, found, now, s.region_failover_s)
+        if before is not None and found is False:
+            log.info("the primary region answers again: no failover")
+        if lost is not None and lost[0] == now:
             log.warning(
                 "the primary region does not answer (API, Patroni, link): promoting this "
                 "region if that lasts %g s",
                 s.region_failover_s,
             )
-            return now
-        if now - lost_since < s.region_failover_s:
-            return lost_since
-        log.warning("the primary region lost for %.1f s: promoting this region", now - lost_since)
+        if not due or lost is None:
+            return lost
+        log.warning("the primary region lost for %.1f s: promoting this region", now - lost[0])
         # The last WAL position the link brought: what the promoted cluster starts from.
         record = {
-            "lost_since": time.time() - (now - lost_since),
+            "lost_since": time.time() - (now - lost[0]),
             "promote_began": time.time(),
             "received_lsn": await region.received_lsn(s, secrets, tls),
             "automatic": True,
@@ -597,10 +597,10 @@ class Supervisor:
             done = await region.promote(s, secrets)
         except (region.RegionError, OSError, aiohttp.ClientError, TimeoutError):
             log.exception("the automatic promotion failed; tried again at the next check")
-            return lost_since
+            return lost
         write_file(path, json.dumps({**record, **done}))
         log.warning("promoted: %s leads on timeline %s", done["leader"], done["timeline"])
-        return lost_since
+        return lost
 
     def control(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a control loop for as long as the supervisor runs. Each loop survives its own

@@ -166,15 +166,31 @@ def longest_silence(ops: Iterable[Operation], since: float) -> dict[str, float] 
     return {"s": round(gap, 3), "from": start, "to": start + gap}
 
 
-def rpo_s(lost_acked: Iterable[float], events: Iterable[float], end: float) -> float:
+#: How late a phone may record an acknowledgement that the system sent before the fault: the
+#: phone timestamps the answer when its (loaded) process reads it.
+ACK_CLOCK_SLACK_S = 0.5
+
+
+def rpo_s(
+    lost_acked: Iterable[float],
+    events: Iterable[float],
+    end: float,
+    fault_wall: float | None = None,
+) -> float:
     """The window of acknowledged data lost: for each lost request, from its acknowledgement
     to the first fault event (injection or restoration) at or after it, the run's `end` when
     none; the largest. With every loss acknowledged before a single fault this is the
     ARCHITECTURE's "fault time minus the oldest lost acknowledgement"; after a cascade, a
-    request acknowledged by an interim primary and lost with it counts too, not as 0."""
+    request acknowledged by an interim primary and lost with it counts too, not as 0.
+
+    A loss recorded as acknowledged less than `ACK_CLOCK_SLACK_S` after `fault_wall` (the
+    first injection) was acknowledged as the fault struck: 0, not the time to the next event
+    (a recovery tens of seconds later)."""
     marks = sorted(events)
     worst = 0.0
     for acked in lost_acked:
+        if fault_wall is not None and fault_wall <= acked < fault_wall + ACK_CLOCK_SLACK_S:
+            continue
         nxt = next((m for m in marks if m >= acked), end)
         worst = max(worst, nxt - acked)
     return worst
@@ -242,7 +258,7 @@ def recovery_report(
     measured = [v for v in rto.values() if v is not None]
     lost_acked = reconciliation.get("lost_acked_walls", [])
     end = max((o.completed_s for p in by_path.values() for o in p), default=fault_wall)
-    rpo = rpo_s(lost_acked, [fault_wall, *events], end)
+    rpo = rpo_s(lost_acked, [fault_wall, *events], end, fault_wall)
     after_fault = {p: [o for o in v if o.invoked_s >= fault_wall] for p, v in by_path.items()}
     silences = {p: longest_silence(v, fault_wall) for p, v in by_path.items()}
     return {

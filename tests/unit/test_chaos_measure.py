@@ -74,6 +74,11 @@ def test_rpo_is_the_age_of_the_oldest_lost_acknowledgement():
     # lost after every fault event: counted up to the end of the run
     r = recovery_report(ledger(), FAULT, {"lost": 1, "lost_acked_walls": [FAULT + 7.5]})
     assert r["rpo_s"]["max"] == 2.0  # the last operation (the 9 s notification) ended at +9.5
+    # recorded a moment after the fault (the phone read the answer late): acknowledged as it
+    # struck, not counted to the recovery 20 s later
+    rec = {"lost": 1, "lost_acked_walls": [FAULT + 0.2]}
+    r = recovery_report(ledger(), FAULT, rec, events=[FAULT, FAULT + 20])
+    assert r["rpo_s"]["max"] == 0.0
 
 
 def test_unknown_read_backs_are_reported_apart_from_losses():

@@ -281,3 +281,24 @@ def test_the_exporter_labels_a_second_regions_leader_apart_in_the_primary_region
 def test_automatic_failover_is_off_unless_chosen():
     assert EnvSettings().region_failover_s == 0
     assert EnvSettings.from_environ({"CWH_STANDBY_OF": "23000"}).region_failover_s == 0
+
+
+def test_the_failover_clock_promotes_only_after_a_whole_window_of_lost_checks():
+    clock, window = region.failover_clock, 15.0
+
+    def run(answers: list[bool | None]) -> list[bool]:
+        lost, due = None, []
+        for t, found in enumerate(answers):
+            lost, now_due = clock(lost, found, float(t), window)
+            due.append(now_due)
+        return due
+
+    # Lost at every check, a second apart: due at the check 15 s after the first.
+    assert run([True] * 17).index(True) == 15
+    # One check answering starts over.
+    assert True not in run([True] * 10 + [False] + [True] * 10)
+    # Checks that cannot tell do not count, and a long run of them starts over: one lost
+    # check, 20 s of not knowing, one lost check is no evidence of 21 s.
+    assert True not in run([True] + [None] * 20 + [True])
+    # A short gap (a check that could not tell) is bridged.
+    assert run([True] * 8 + [None] + [True] * 8).index(True) == 15

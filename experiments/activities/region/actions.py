@@ -102,17 +102,29 @@ def standby_region_up(
     s = harness.settings_of(configuration)
     settings = standby_settings(s, offset, failover_s, link_latency_ms)
     max_lag_s += 2 * link_latency_ms / 1000
-    if others := _second_regions_streaming(harness.environment(s)):
+    env = LocalEnvironment(settings)
+    # A second region a killed drill left behind (the environment's record, or this drill's
+    # place) is not this one's copy: gone before the check below, which is about the user's.
+    if (left := second_region(s)) is not None:
+        left.reset()
+    env.reset()
+    try:  # a walsender of one just removed ends within moments
+        wait_until(
+            lambda: not _second_regions_streaming(harness.environment(s)),
+            10,
+            "no second region streaming",
+            interval_s=1.0,
+        )
+    except TimeoutError:
+        others = _second_regions_streaming(harness.environment(s))
         raise RuntimeError(
             f"a second region already streams from this environment ({', '.join(others)}): the "
             "drill would take its primary region away (and it may promote itself); stop it first"
-        )
+        ) from None
     # Written first: a rollback after a failed start still finds and removes it.
     for path in _records(s):
         write_atomic(path, json.dumps({"settings": settings.to_environ()}))
-    env = LocalEnvironment(settings)
     began = time.monotonic()
-    env.reset()  # a second region left by an earlier run is not this one's copy
     env.up(timeout_s=timeout_s)  # scaled by `up`
 
     def streaming() -> dict[str, Any] | None:
@@ -166,31 +178,51 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
     frozen = ([supervisor] if supervisor is not None else []) + [
         p.pid for p in processes_of(s.env.run_dir) if p.pid != supervisor
     ]
-    for pid in frozen:
-        with contextlib.suppress(ProcessLookupError):  # exited meanwhile
-            os.kill(pid, signal.SIGSTOP)
-    entry = harness.mark(
-        s,
-        "inject",
-        LOSE_REGION,
-        processes=len(frozen),
-        primary=status.primary,
-        last_lsn=last_lsn,
-        components=sorted(c.name for c in status.components),
-    )
+    try:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                os.kill(pid, signal.SIGSTOP)
+        entry = harness.mark(
+            s,
+            "inject",
+            LOSE_REGION,
+            processes=len(frozen),
+            primary=status.primary,
+            last_lsn=last_lsn,
+            components=sorted(c.name for c in status.components),
+        )
+    finally:  # frozen is never left so: whatever happened, the kill pass follows
+        killed = kill_region(s.env)
+    return {"killed_pids": killed, "primary": status.primary, "injected_wall": entry["wall"]}
+
+
+def kill_region(env: EnvSettings, timeout_s: float = 30) -> int:
+    """SIGKILL every process of the environment (frozen ones too) until none is left, bounded;
+    returns how many signals were sent. RuntimeError when some survive."""
     killed = 0
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     # Until none is left: a child forked while the others were being frozen was not.
-    while (procs := processes_of(s.env.run_dir)) and time.monotonic() < deadline:
+    while (procs := processes_of(env.run_dir)) and time.monotonic() < deadline:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGKILL)
                 killed += 1
         with contextlib.suppress(TimeoutError):
             wait_until(lambda: not any(pid_alive(p.pid) for p in procs), 5, "killed")
-    if left := processes_of(s.env.run_dir):
+    if left := processes_of(env.run_dir):
         raise RuntimeError(f"the region's processes survive SIGKILL: {[p.pid for p in left]}")
-    return {"killed_pids": killed, "primary": status.primary, "injected_wall": entry["wall"]}
+    return killed
+
+
+def _frozen(env: EnvSettings) -> bool:
+    """Whether a process of the environment is stopped (SIGSTOP): a region-loss drill cut
+    between its freeze and its kill."""
+    for p in processes_of(env.run_dir):
+        with contextlib.suppress(OSError):
+            # The state follows the command's closing parenthesis in /proc/<pid>/stat.
+            if Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                return True
+    return False
 
 
 def _current_lsn(url: str | None) -> str | None:
@@ -278,6 +310,8 @@ def restore_primary_region(
     env = harness.environment(s)
     env2 = second_region(s)
     try:
+        if _frozen(s.env):  # cut between its freeze and its kill: lost all the same
+            kill_region(s.env)
         if env.supervisor_pid() is None:
             # Lost, or half lost (a drill stopped mid-kill): nothing of it may hold a port.
             env.down()
