@@ -426,6 +426,11 @@ def _in_maintenance(servers_state: str) -> bool:
     return False
 
 
+def global_entry_url(settings: EnvSettings) -> str:
+    """The phones' URL of a standby region's global entry point."""
+    return f"https://127.0.0.1:{settings.ports.global_https}"
+
+
 async def global_entry(settings: EnvSettings, layout: Layout) -> dict[str, Any]:
     """What the global entry point does now: its URL, and each region's server state there
     (`UP`, `DOWN`, `MAINT`: off for good after a failover)."""
@@ -438,7 +443,7 @@ async def global_entry(settings: EnvSettings, layout: Layout) -> dict[str, Any]:
         and r["svname"] in (configs.ENTRY_PRIMARY, configs.ENTRY_STANDBY)
     }
     return {
-        "url": f"https://127.0.0.1:{settings.ports.global_https}",
+        "url": global_entry_url(settings),
         "regions": states,
         "failed_over": failed_over_marker(layout).exists(),
     }

@@ -93,6 +93,7 @@ def start_fleet(
 def _through_global_entry(s: ChaosSettings) -> dict[str, str]:
     """`cwh load`'s target variables for phones that go through the second region's global
     entry point: its URL, the CA both regions share, the (shared) registration secret."""
+    from env.region import global_entry_url
     from experiments.activities.region.actions import second_region
 
     env2 = second_region(s)
@@ -100,7 +101,7 @@ def _through_global_entry(s: ChaosSettings) -> dict[str, str]:
         raise RuntimeError("global_entry: no second region in this run (run standby_region_up)")
     status = harness.environment(s).state()
     return {
-        "TARGET": env2.status()["region"]["global_entry"]["url"],
+        "TARGET": global_entry_url(env2.settings),
         "CA_FILE": str(status.tls_certificate),
         "REGISTRATION_SECRET": status.registration_secret or "",
     }

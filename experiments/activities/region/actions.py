@@ -108,15 +108,17 @@ def standby_region_up(
     if (left := second_region(s)) is not None:
         left.reset()
     env.reset()
+    status = harness.environment(s).state()
+    primary_url = status.urls["members"].get(status.primary or "")
     try:  # a walsender of one just removed ends within moments
         wait_until(
-            lambda: not _second_regions_streaming(harness.environment(s)),
+            lambda: not _second_regions_streaming(primary_url),
             10,
             "no second region streaming",
             interval_s=1.0,
         )
     except TimeoutError:
-        others = _second_regions_streaming(harness.environment(s))
+        others = _second_regions_streaming(primary_url)
         raise RuntimeError(
             f"a second region already streams from this environment ({', '.join(others)}): the "
             "drill would take its primary region away (and it may promote itself); stop it first"
@@ -144,10 +146,8 @@ def standby_region_up(
     }
 
 
-def _second_regions_streaming(env: LocalEnvironment) -> list[str]:
-    """The standby leaders of second regions streaming from the environment's primary now."""
-    status = env.state()
-    url = status.urls["members"].get(status.primary or "")
+def _second_regions_streaming(url: str | None) -> list[str]:
+    """The standby leaders of second regions streaming from the primary at `url` now."""
     if not url:
         return []
     with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
