@@ -4,11 +4,20 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 CWH   := $(VENV)/bin/cwh
 export CWH_BASE_PORT ?= 17000
+# RUNTIME=containers: every replica in its own container (env/containers.py); local by default.
+ifdef RUNTIME
+export CWH_RUNTIME := $(RUNTIME)
+endif
 
-.PHONY: deps up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr load slo slo-rules chaos gameday chaos-stop clean
+.PHONY: deps images up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr load slo slo-rules chaos gameday chaos-stop clean
 
 deps:
 	@./tools/deps.sh
+
+# The containers runtime's image (Docker engine started when none answers; base image built from
+# Debian's packages when no registry answers). `make up RUNTIME=containers` builds it too.
+images: deps
+	@$(PY) -m env.images
 
 up: deps
 	@$(CWH) env up

@@ -23,7 +23,7 @@ from cwh.gate import GateOptions, check
 from env.files import UntrustedRunDir
 from env.layout import Layout
 from env.local import EnvironmentStartError, LocalEnvironment
-from env.settings import EnvSettings, SettingsError
+from env.settings import RUNTIMES, EnvSettings, SettingsError
 from env.state import EnvStatus
 from slo.definitions import DEFAULT_DIR, DefinitionError
 from slo.definitions import load as load_definitions
@@ -45,7 +45,14 @@ def _settings() -> EnvSettings:
         sys.exit(2)
 
 
+def _runtime(args: argparse.Namespace) -> None:
+    """`--runtime` is `CWH_RUNTIME` for this command (and what it starts)."""
+    if getattr(args, "runtime", None):
+        os.environ["CWH_RUNTIME"] = args.runtime
+
+
 def env_up(args: argparse.Namespace) -> int:
+    _runtime(args)
     settings = _settings()
     with console.status("starting the local environment…") as spinner:
 
@@ -64,7 +71,8 @@ def env_up(args: argparse.Namespace) -> int:
     return _print_status(env, as_json=False)
 
 
-def env_down(_: argparse.Namespace) -> int:
+def env_down(args: argparse.Namespace) -> int:
+    _runtime(args)
     settings = _settings()
     env = LocalEnvironment(settings)
     with console.status("stopping the local environment…"):
@@ -76,6 +84,7 @@ def env_down(_: argparse.Namespace) -> int:
 
 
 def env_status(args: argparse.Namespace) -> int:
+    _runtime(args)
     return _print_status(LocalEnvironment(_settings()), as_json=args.json)
 
 
@@ -518,10 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
     up = env_sub.add_parser("up", help="start everything (idempotent) and wait until ready")
     up.add_argument("--timeout", type=float, default=240.0, help="seconds to wait (scaled)")
     up.set_defaults(func=env_up)
-    env_sub.add_parser("down", help="stop everything; leaves no process").set_defaults(
-        func=env_down
-    )
+    down = env_sub.add_parser("down", help="stop everything; leaves no process or container")
+    down.set_defaults(func=env_down)
     st = env_sub.add_parser("status", help="roles, pids, ports, health, lag")
+    for p in (up, down, st):
+        p.add_argument(
+            "--runtime",
+            choices=RUNTIMES,
+            help="what runs the replicas (default: $CWH_RUNTIME, else local)",
+        )
     st.add_argument("--json", action="store_true", help="machine-readable, with URLs")
     st.set_defaults(func=env_status)
     hold = env_sub.add_parser("hold", help="keep a component from being restarted")

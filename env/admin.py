@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -117,6 +118,24 @@ def describe_workload(sup: Supervisor, w: Workload) -> dict[str, Any]:
     }
 
 
+def metrics_handler(sup: Supervisor) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /metrics: the workloads as kube-state-metrics would show them."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        text = exposition(await workload_samples(sup)) if sup.phase == "ready" else ""
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    return metrics
+
+
+def metrics_app(sup: Supervisor) -> web.Application:
+    """Only /metrics: what the supervisor serves on the containers network's bridge, where
+    Prometheus (in its container) scrapes it; the admin API stays on loopback."""
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler(sup))
+    return app
+
+
 def admin_app(sup: Supervisor) -> web.Application:
     app = web.Application(middlewares=[control_plane_guard()])
 
@@ -191,10 +210,6 @@ def admin_app(sup: Supervisor) -> web.Application:
         sup.autoscaler.enabled = enabled
         return web.json_response(sup.autoscaler.describe())
 
-    async def metrics(_: web.Request) -> web.Response:
-        text = exposition(await workload_samples(sup)) if sup.phase == "ready" else ""
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
-
     async def do_shutdown(_: web.Request) -> web.Response:
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(sup.shutdown()))
         return web.json_response({"phase": "stopping"})
@@ -206,6 +221,6 @@ def admin_app(sup: Supervisor) -> web.Application:
     app.router.add_post("/workloads/{name}/scale", scale)
     app.router.add_post("/workloads/{name}/rollout", rollout)
     app.router.add_post("/autoscaler", autoscaler)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_handler(sup))
     app.router.add_post("/shutdown", do_shutdown)
     return app

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from env import backup, configs, probes
+from env import backup, configs, network, probes
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
@@ -39,7 +39,8 @@ async def create_redis_cluster(
         "redis-cli",
         "--cluster",
         "create",
-        *(f"127.0.0.1:{p}" for p in ports),
+        # The addresses the nodes reach each other at (their containers' on that runtime).
+        *(f"{network.host(settings, f'redis{n}')}:{p}" for n, p in enumerate(ports)),
         "--cluster-replicas",
         replicas,
         "--cluster-yes",

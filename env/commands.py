@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from env import backup, configs
+from env import backup, configs, network
 from env.layout import Layout
 from env.liveness import LivenessProbe
 from env.secrets import Secrets
@@ -63,6 +63,17 @@ class Commands:
     service_user: Ids
     python_user: Ids
     exporter_queries: Path
+    #: The Python and the source tree the replicas run (the image's on the containers runtime).
+    python: str = sys.executable
+    code_root: Path = PROJECT_ROOT
+
+    def at(self, name: str, port: int) -> str:
+        """`host:port` of replica `name`'s `port`, as the other replicas reach it."""
+        return f"{network.host(self.settings, name)}:{port}"
+
+    @property
+    def bind(self) -> str:
+        return network.bind(self.settings)
 
     def for_replica(self, workload: Workload, replica: Replica) -> ProcessSpec:
         """The process that runs `replica` of `workload`; KeyError for a kind unknown here."""
@@ -88,11 +99,11 @@ class Commands:
         argv = [
             "etcd",
             *("--name", "cwh", "--data-dir", str(self.layout.etcd_data)),
-            *("--listen-client-urls", f"http://127.0.0.1:{client}"),
-            *("--advertise-client-urls", f"http://127.0.0.1:{client}"),
-            *("--listen-peer-urls", f"http://127.0.0.1:{peer}"),
-            *("--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}"),
-            *("--initial-cluster", f"cwh=http://127.0.0.1:{peer}"),
+            *("--listen-client-urls", f"http://{self.bind}:{client}"),
+            *("--advertise-client-urls", f"http://{self.at(r.name, client)}"),
+            *("--listen-peer-urls", f"http://{self.bind}:{peer}"),
+            *("--initial-advertise-peer-urls", f"http://{self.at(r.name, peer)}"),
+            *("--initial-cluster", f"cwh=http://{self.at(r.name, peer)}"),
             *("--listen-metrics-urls", "", "--log-level", "warn"),
         ]
         return ProcessSpec(argv, as_user=self.service_user)
@@ -101,14 +112,15 @@ class Commands:
         """A real `toxiproxy-server` when one is on the PATH, else our compatible one."""
         port, config = str(r.ports["api"]), str(self.layout.fault_proxy_config)
         if shutil.which("toxiproxy-server"):
-            argv = ["toxiproxy-server", "-host", "127.0.0.1", "-port", port, "-config", config]
+            argv = ["toxiproxy-server", "-host", self.bind, "-port", port, "-config", config]
             as_user = self.service_user
         else:
-            argv = [sys.executable, "-m", "env.faultproxy", "--port", port, "--config", config]
+            argv = [self.python, "-m", "env.faultproxy", "--host", self.bind, "--port", port]
+            argv += ["--config", config]
             as_user = self.python_user
         return ProcessSpec(
             argv,
-            env={"PYTHONPATH": str(PROJECT_ROOT)},
+            env={"PYTHONPATH": str(self.code_root)},
             cwd=self.layout.run_dir,
             as_user=as_user,
         )
@@ -167,14 +179,14 @@ class Commands:
         )
 
     def postgres_exporter(self, r: Replica) -> ProcessSpec:
-        member = self.settings.ports.postgres(r.index)
+        member = self.at(f"pg{r.index}", self.settings.ports.postgres(r.index))
         dsn = (
-            f"postgresql://postgres:{self.secrets.pg_superuser}@127.0.0.1:{member}/postgres?"
+            f"postgresql://postgres:{self.secrets.pg_superuser}@{member}/postgres?"
             + configs.postgres_url_tls(self.layout)
         )
         argv = [
             "prometheus-postgres-exporter",
-            f"--web.listen-address=127.0.0.1:{r.ports['metrics']}",
+            f"--web.listen-address={self.bind}:{r.ports['metrics']}",
             "--log.level=warn",
             f"--extend.query-path={self.exporter_queries}",
         ]
@@ -183,7 +195,7 @@ class Commands:
     def redis_exporter(self, r: Replica) -> ProcessSpec:
         argv = [
             "prometheus-redis-exporter",
-            f"-web.listen-address=127.0.0.1:{r.ports['metrics']}",
+            f"-web.listen-address={self.bind}:{r.ports['metrics']}",
             "-redis.addr=",
             "-is-cluster=false",
             f"-tls-ca-cert-file={self.layout.ca_cert}",
@@ -201,7 +213,7 @@ class Commands:
             "prometheus",
             f"--config.file={lay.prometheus_dir / 'prometheus.yml'}",
             f"--storage.tsdb.path={lay.prometheus_dir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.listen-address={self.bind}:{port}",
             # No lifecycle or admin API (a web page could POST /-/quit or delete series):
             # reloads are SIGHUP (`LocalEnvironment.reload_prometheus`). Answers carry no
             # CORS header for any origin but its own, so other sites cannot read them.
@@ -222,25 +234,31 @@ class Commands:
             for p in configs.fault_proxies(s)
         }
 
-        def via(port: int) -> int:
-            return through[port] if s.fault_proxy else port
+        def via(name: str, port: int, proxied: bool = True) -> str:
+            """Replica `name`'s `port`, through the fault proxy when there is one."""
+            if s.fault_proxy and proxied:
+                return self.at("faultproxy", through[port])
+            return self.at(name, port)
 
-        pg = f"postgresql://cloudwatcher:{secrets.pg_app}@127.0.0.1"
+        # Redis nodes announce themselves directly on the containers runtime (`redis_config`).
+        redis_proxied = not network.containers(s)
+        pg = f"postgresql://cloudwatcher:{secrets.pg_app}@"
         return {
             "CW_STATE_DIR": str(lay.services_dir),
-            "CW_PG_WRITE_URL": f"{pg}:{via(ports.pgbouncer)}/cloudwatcher",
-            "CW_PG_READ_URL": f"{pg}:{via(ports.haproxy_read)}/cloudwatcher",
+            "CW_PG_WRITE_URL": f"{pg}{via('pgbouncer', ports.pgbouncer)}/cloudwatcher",
+            "CW_PG_READ_URL": f"{pg}{via('haproxy', ports.haproxy_read)}/cloudwatcher",
             "CW_REDIS_NODES": ",".join(
-                f"127.0.0.1:{via(ports.redis(n))}" for n in range(s.redis_nodes)
+                via(f"redis{n}", ports.redis(n), redis_proxied) for n in range(s.redis_nodes)
             ),
             "CW_REDIS_USER": configs.REDIS_APP_USER,
             "CW_REDIS_PASSWORD": secrets.redis_app,
             "CW_TLS_CA_FILE": str(lay.ca_cert),
-            "CW_LLM_URL": f"http://127.0.0.1:{via(ports.llm)}",
-            "CW_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
-            "CW_SHAREPOINT_URL": f"http://127.0.0.1:{via(ports.sharepoint)}",
-            "CW_GDRIVE_URL": f"http://127.0.0.1:{via(ports.gdrive)}",
-            "PYTHONPATH": str(PROJECT_ROOT),
+            "CW_LLM_URL": f"http://{via('llm', ports.llm)}",
+            "CW_GATEWAY_URL": f"http://{self.at('gateway', ports.gateway)}",
+            "CW_SHAREPOINT_URL": f"http://{via('sharepoint', ports.sharepoint)}",
+            "CW_GDRIVE_URL": f"http://{via('gdrive', ports.gdrive)}",
+            "CW_HOST": self.bind,
+            "PYTHONPATH": str(self.code_root),
             "PYTHONUNBUFFERED": "1",
             # Short, so a job of a killed worker reappears soon; live workers extend their claim.
             "CW_VISIBILITY_TIMEOUT_S": "10",
@@ -274,7 +292,7 @@ class Commands:
             env["CW_REGISTRATION_SECRET"] = self.secrets.registration_secret
         live = w.liveness
         return ProcessSpec(
-            [sys.executable, "-m", "reference_impl"],
+            [self.python, "-m", "reference_impl"],
             env=env,
             cwd=self.layout.run_dir,
             as_user=self.python_user,

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from env import backup
+from env import backup, network
 from env.etcd import ROOT_USER as ETCD_ROOT_USER
 from env.layout import Layout
 from env.probes import RedisCredentials
@@ -144,14 +144,14 @@ def patroni_config(
             "loggers": {"patroni.api": "ERROR"},
         },
         "restapi": {
-            "listen": f"127.0.0.1:{ports.patroni(member)}",
-            "connect_address": f"127.0.0.1:{ports.patroni(member)}",
+            "listen": f"{network.bind(settings)}:{ports.patroni(member)}",
+            "connect_address": f"{network.host(settings, f'pg{member}')}:{ports.patroni(member)}",
             # Unsafe endpoints (POST /switchover, /restart, /reinitialize, ...) need these;
             # reads (/primary for HAProxy, /cluster, /metrics) stay open, on loopback only.
             "authentication": {"username": PATRONI_REST_USER, "password": secrets.patroni_rest},
         },
         "etcd3": {
-            "hosts": [f"127.0.0.1:{ports.etcd_client}"],
+            "hosts": [f"{network.host(settings, 'etcd')}:{ports.etcd_client}"],
             # etcd refuses every key-value call without a token (env/etcd.py).
             "username": ETCD_ROOT_USER,
             "password": secrets.etcd_root,
@@ -190,13 +190,13 @@ def patroni_config(
             "initdb": [{"encoding": "UTF8"}, "data-checksums"],
         },
         "postgresql": {
-            "listen": f"127.0.0.1:{ports.postgres(member)}",
+            "listen": f"{network.bind(settings)}:{ports.postgres(member)}",
             # Where the other members stream from when this one is primary: through the fault
             # proxy when there is one, so a replication link can be slowed or cut.
             "connect_address": (
-                f"127.0.0.1:{ports.proxy_pg_link(member)}"
+                f"{network.host(settings, 'faultproxy')}:{ports.proxy_pg_link(member)}"
                 if settings.fault_proxy
-                else f"127.0.0.1:{ports.postgres(member)}"
+                else f"{network.host(settings, f'pg{member}')}:{ports.postgres(member)}"
             ),
             "data_dir": str(layout.pg_data(member)),
             "bin_dir": PG_BIN,
@@ -208,7 +208,7 @@ def patroni_config(
                 **postgres_tls_parameters(layout),
                 **(archive_parameters(settings, layout, member) if settings.backups else {}),
             },
-            "pg_hba": postgres_hba(),
+            "pg_hba": postgres_hba(settings),
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
     }
@@ -266,18 +266,24 @@ def postgres_tls_parameters(layout: Layout) -> dict[str, str]:
     }
 
 
-def postgres_hba() -> list[str]:
+def postgres_hba(settings: EnvSettings) -> list[str]:
     """TLS or nothing over TCP: each account that connects gets a `hostssl` rule, and anything
-    without TLS is rejected outright (before authentication, so no password crosses in clear)."""
-    scram = "127.0.0.1/32 scram-sha-256"
+    without TLS is rejected outright (before authentication, so no password crosses in clear).
+    Password logins come from loopback only, or from the containers network."""
     return [
         "local all all trust",
         "hostnossl all all 0.0.0.0/0 reject",
         "hostnossl replication all 0.0.0.0/0 reject",
-        f"hostssl replication replicator {scram}",
-        # The application, the superuser (Patroni, exporters, the harness), pg_rewind's user,
-        # and the replication user's logical walsender (Patroni reads timelines with it).
-        f"hostssl all cloudwatcher,postgres,rewinder,replicator {scram}",
+        *(
+            rule
+            for net in network.client_networks(settings)
+            for rule in (
+                f"hostssl replication replicator {net} scram-sha-256",
+                # The application, the superuser (Patroni, exporters, the harness), pg_rewind's
+                # user, and the replication user's logical walsender (Patroni reads timelines).
+                f"hostssl all cloudwatcher,postgres,rewinder,replicator {net} scram-sha-256",
+            )
+        ),
     ]
 
 
@@ -390,15 +396,18 @@ def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> s
     )
     members = range(settings.pg_members)
     write_servers = "\n".join(
-        f"    server {member_name(settings, m)} 127.0.0.1:{ports.postgres(m)} "
+        f"    server {member_name(settings, m)} {network.host(settings, f'pg{m}')}:"
+        f"{ports.postgres(m)} "
         f"check port {ports.patroni(m)}"
         for m in members
     )
     # A standby region's leader is no replica to Patroni (`/replica` answers 503 there) but
     # serves reads: until it is promoted, every member is read-only.
     read_check = "/read-only" if settings.standby else "/replica"
+    bind = network.bind(settings)
     read_servers = "\n".join(
-        f"    server {member_name(settings, m)} 127.0.0.1:{ports.postgres(m)} "
+        f"    server {member_name(settings, m)} {network.host(settings, f'pg{m}')}:"
+        f"{ports.postgres(m)} "
         f"check port {ports.patroni(m)}"
         for m in members
     )
@@ -431,7 +440,7 @@ defaults
 # Writes go to whichever member Patroni says is the primary.
 listen pg_write
     mode tcp
-    bind 127.0.0.1:{ports.haproxy_write}
+    bind {bind}:{ports.haproxy_write}
     # Pooled database connections sit idle between queries (pgBouncer keeps them 30 s, asyncpg
     # 60 s, replication streams for ever): TCP paths are not held to the HTTP deadlines.
     timeout client 1h
@@ -444,7 +453,7 @@ listen pg_write
 # Reads go to streaming replicas; the primary answers only when no replica does.
 listen pg_read
     mode tcp
-    bind 127.0.0.1:{ports.haproxy_read}
+    bind {bind}:{ports.haproxy_read}
     timeout client 1h
     timeout server 1h
     balance roundrobin
@@ -457,7 +466,7 @@ listen pg_read
 # The phone's entry point: TLS 1.3 only, API and hub servers added at run time.
 frontend https
     mode http
-    bind 127.0.0.1:{ports.haproxy_https} ssl crt {layout.tls_pem} ssl-min-ver TLSv1.3 alpn http/1.1
+    bind {bind}:{ports.haproxy_https} ssl crt {layout.tls_pem} ssl-min-ver TLSv1.3 alpn http/1.1
     option forwardfor
     # The whole request, body included, within `timeout http-request`: without it that timeout
     # covers the headers only, and a body trickling in a byte every 29 s holds a connection
@@ -512,7 +521,7 @@ backend hub
 
 frontend stats
     mode http
-    bind 127.0.0.1:{ports.haproxy_stats}
+    bind {bind}:{ports.haproxy_stats}
     http-request use-service prometheus-exporter if {{ path /metrics }}
     stats enable
     stats uri /stats
@@ -577,10 +586,10 @@ def pgbouncer_config(settings: EnvSettings, layout: Layout) -> str:
     """
     ports = settings.ports
     return f"""[databases]
-* = host=127.0.0.1 port={ports.haproxy_write}
+* = host={network.host(settings, "haproxy")} port={ports.haproxy_write}
 
 [pgbouncer]
-listen_addr = 127.0.0.1
+listen_addr = {network.bind(settings)}
 listen_port = {ports.pgbouncer}
 unix_socket_dir =
 auth_type = scram-sha-256
@@ -637,7 +646,11 @@ def redis_config(settings: EnvSettings, layout: Layout, secrets: Secrets, node: 
         if settings.fault_proxy
         else ""
     )
-    return f"""bind 127.0.0.1
+    if network.containers(settings):
+        # Its own address for clients and the bus alike: announcing the fault proxy's would send
+        # the cluster bus there too. Partitions on this runtime are the network's own.
+        announce = f"cluster-announce-ip {network.host(settings, f'redis{node}')}\n"
+    return f"""bind {network.bind(settings)}
 port 0
 tls-port {port}
 {redis_tls_and_acl(layout, secrets)}protected-mode no
@@ -657,6 +670,13 @@ maxmemory-policy allkeys-lru
 loglevel notice
 logfile ""
 """
+
+
+def redis_announced_port(settings: EnvSettings, node: int) -> int:
+    """The port node `node` tells clients and the cluster it has (`redis_config`)."""
+    if settings.fault_proxy and not network.containers(settings):
+        return settings.ports.proxy_redis(node)
+    return settings.ports.redis(node)
 
 
 def redis_tls_and_acl(layout: Layout, secrets: Secrets) -> str:
@@ -709,7 +729,14 @@ def prometheus_config(settings: EnvSettings, layout: Layout) -> str:
     """Prometheus scraping everything the environment runs, plus file_sd for services."""
     ports = settings.ports
     interval = f"{settings.scrape_interval_s:g}s"
-    redis_targets = [f"rediss://127.0.0.1:{ports.redis(n)}" for n in range(settings.redis_nodes)]
+    redis_targets = [
+        f"rediss://{network.host(settings, f'redis{n}')}:{ports.redis(n)}"
+        for n in range(settings.redis_nodes)
+    ]
+
+    def at(name: str, port: int) -> str:
+        return f"{network.host(settings, name)}:{port}"
+
     conf: dict[str, Any] = {
         "global": {
             "scrape_interval": interval,
@@ -721,13 +748,13 @@ def prometheus_config(settings: EnvSettings, layout: Layout) -> str:
         "scrape_configs": [
             {
                 "job_name": "prometheus",
-                "static_configs": [{"targets": [f"127.0.0.1:{ports.prometheus}"]}],
+                "static_configs": [{"targets": [at("prometheus", ports.prometheus)]}],
             },
             {
                 "job_name": "patroni",
                 "static_configs": [
                     {
-                        "targets": [f"127.0.0.1:{ports.patroni(m)}"],
+                        "targets": [at(f"pg{m}", ports.patroni(m))],
                         "labels": {"member": f"pg{m}"},
                     }
                     for m in range(settings.pg_members)
@@ -735,19 +762,21 @@ def prometheus_config(settings: EnvSettings, layout: Layout) -> str:
             },
             {
                 "job_name": "haproxy",
-                "static_configs": [{"targets": [f"127.0.0.1:{ports.haproxy_stats}"]}],
+                "static_configs": [{"targets": [at("haproxy", ports.haproxy_stats)]}],
             },
             {
                 # The supervisor as kube-state-metrics: Deployments, HPAs and PDBs under their
                 # Kubernetes names, so the autoscaling SLOs read a cluster's Prometheus alike.
                 "job_name": "kube-state-metrics",
-                "static_configs": [{"targets": [f"127.0.0.1:{ports.supervisor}"]}],
+                "static_configs": [
+                    {"targets": [f"{network.supervisor_host(settings)}:{ports.supervisor}"]}
+                ],
             },
             {
                 "job_name": "postgres",
                 "static_configs": [
                     {
-                        "targets": [f"127.0.0.1:{ports.postgres_exporter(m)}"],
+                        "targets": [at(f"postgres-exporter{m}", ports.postgres_exporter(m))],
                         "labels": {"member": f"pg{m}"},
                     }
                     for m in range(settings.pg_members)
@@ -763,7 +792,7 @@ def prometheus_config(settings: EnvSettings, layout: Layout) -> str:
                     {"source_labels": ["__param_target"], "target_label": "instance"},
                     {
                         "target_label": "__address__",
-                        "replacement": f"127.0.0.1:{ports.redis_exporter}",
+                        "replacement": at("redis-exporter", ports.redis_exporter),
                     },
                 ],
             },
@@ -791,26 +820,26 @@ def fault_proxies(settings: EnvSettings) -> list[dict[str, Any]]:
     """The fault proxy's proxies, in Toxiproxy's config format (`toxiproxy-server -config`)."""
     ports = settings.ports
 
-    def proxy(name: str, listen: int, upstream: int) -> dict[str, Any]:
+    def proxy(name: str, listen: int, upstream: int, to: str = "") -> dict[str, Any]:
         return {
             "name": name,
-            "listen": f"127.0.0.1:{listen}",
-            "upstream": f"127.0.0.1:{upstream}",
+            "listen": f"{network.bind(settings)}:{listen}",
+            "upstream": f"{network.host(settings, to) if to else network.LOOPBACK}:{upstream}",
             "enabled": True,
         }
 
     return [
-        proxy("postgres-write", ports.proxy_pg_write, ports.pgbouncer),
-        proxy("postgres-read", ports.proxy_pg_read, ports.haproxy_read),
-        proxy("llm", ports.proxy_llm, ports.llm),
-        proxy("sharepoint", ports.proxy_sharepoint, ports.sharepoint),
-        proxy("gdrive", ports.proxy_gdrive, ports.gdrive),
+        proxy("postgres-write", ports.proxy_pg_write, ports.pgbouncer, "pgbouncer"),
+        proxy("postgres-read", ports.proxy_pg_read, ports.haproxy_read, "haproxy"),
+        proxy("llm", ports.proxy_llm, ports.llm, "llm"),
+        proxy("sharepoint", ports.proxy_sharepoint, ports.sharepoint, "sharepoint"),
+        proxy("gdrive", ports.proxy_gdrive, ports.gdrive, "gdrive"),
         *(
-            proxy(f"pg{m}-replication", ports.proxy_pg_link(m), ports.postgres(m))
+            proxy(f"pg{m}-replication", ports.proxy_pg_link(m), ports.postgres(m), f"pg{m}")
             for m in range(settings.pg_members)
         ),
         *(
-            proxy(f"redis{n}", ports.proxy_redis(n), ports.redis(n))
+            proxy(f"redis{n}", ports.proxy_redis(n), ports.redis(n), f"redis{n}")
             for n in range(settings.redis_nodes)
         ),
         *(

@@ -27,7 +27,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from env import backup, etcd, region
+from env import backup, etcd, network, region
 from env.configs import PATRONI_REST_USER
 from env.files import ensure_run_dir
 from env.layout import Layout
@@ -286,6 +286,8 @@ class LocalEnvironment:
             if status is not None or self.supervisor_pid() is not None:
                 self.down()
             self._ports_free()
+            if network.containers(self.settings):
+                self._prepare_containers()
             self._spawn_supervisor()
         deadline = time.monotonic() + self.settings.timeout(timeout_s)
         last_stage = None
@@ -314,6 +316,24 @@ class LocalEnvironment:
         self._wait_supervisor_exit(self.settings.timeout(120))
         self.down()
         raise self._startup_error()
+
+    def _prepare_containers(self) -> None:
+        """A Docker engine (started here when none answers) and this tree's image (built
+        when missing: `env/images.py`), before the supervisor creates the containers."""
+        import docker
+
+        from env import engine, images
+
+        def say(message: str) -> None:
+            if self.progress:
+                self.progress("stage", {"stage": message})
+
+        try:
+            if engine.ensure():
+                say("started dockerd")
+            images.ensure_stack(docker.from_env(), progress=say)
+        except (engine.EngineError, images.ImageError) as exc:
+            raise EnvironmentStartError("containers", "", str(exc)) from None
 
     def _startup_error(self) -> EnvironmentStartError:
         try:
@@ -397,6 +417,8 @@ class LocalEnvironment:
         leftovers = [p.pid for p in processes_of(self.settings.run_dir)]
         if leftovers:
             terminate_then_kill(leftovers, self.settings.timeout(10))
+        if network.containers(self.settings):
+            self._remove_containers()
         with contextlib.suppress(FileNotFoundError):
             self.layout.supervisor_pid.unlink()
         if self._supervisor_proc is not None:
@@ -404,6 +426,14 @@ class LocalEnvironment:
                 self._supervisor_proc.wait(timeout=5)
             self._supervisor_proc = None
         return leftovers
+
+    def _remove_containers(self) -> None:
+        """What a supervisor that died could not remove (containers, the network), then the
+        engine if we started it and no environment's container is left on it."""
+        from env import containers, engine
+
+        containers.remove_all(self.settings)
+        engine.stop_if_ours(containers.LABEL)
 
     def reset(self) -> None:
         """Stop whatever runs in the run directory and delete it: the next `up` starts afresh.

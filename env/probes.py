@@ -13,6 +13,7 @@ import io
 import json
 import ssl
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,17 +199,21 @@ def haproxy_server_ports(text: str) -> dict[str, int]:
     return out
 
 
-def haproxy_registrations(have: dict[str, int], want: dict[str, int]) -> list[str]:
+def haproxy_registrations(
+    have: dict[str, int], want: dict[str, int], hosts: Mapping[str, str] | None = None
+) -> list[str]:
     """Runtime API commands that put back the servers HAProxy lost (a restart or a reload
     starts from the configuration, where run-time slots point nowhere). A server whose slot
     still points at its replica is left alone, whatever its state: drain and maintenance are
-    an operator's (or a rollout's) decisions, not drift."""
+    an operator's (or a rollout's) decisions, not drift. `hosts`: replica name -> address
+    (127.0.0.1 for a replica not in it)."""
     commands = []
     for slot, port in sorted(want.items()):
         name = slot.split("/", 1)[1]
         if have.get(name) != port:
+            addr = (hosts or {}).get(name, "127.0.0.1")
             commands += [
-                f"set server {slot} addr 127.0.0.1 port {port}",
+                f"set server {slot} addr {addr} port {port}",
                 f"set server {slot} state ready",
             ]
     return commands

@@ -17,11 +17,28 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 MARKER = "CWH_ENV_MEMBER"
 
 T = TypeVar("T")
+
+
+class Proc(Protocol):
+    """What the supervisor uses of a replica's process: `asyncio.subprocess.Process` on the
+    local runtime, `env.containers.ContainerProcess` on the containers runtime."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
 
 
 class DeadlineExceeded(TimeoutError):
@@ -204,3 +221,25 @@ def check_traversable(path: Path, user: str) -> None:
                 f"{parent} is not traversable by the {user!r} user, which runs PostgreSQL: "
                 f"choose another CWH_RUN_DIR (the default lives under /var/tmp)"
             )
+
+
+def host_pid(main_pid: int, ns_pid: int) -> int | None:
+    """The host pid of the process numbered `ns_pid` inside the pid namespace of the container
+    whose main process is host pid `main_pid` (PostgreSQL's postmaster.pid holds the former)."""
+    try:
+        ns = os.readlink(f"/proc/{main_pid}/ns/pid")
+    except OSError:
+        return None
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry.name}/ns/pid") != ns:
+                continue
+            with open(f"/proc/{entry.name}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:") and int(line.split()[-1]) == ns_pid:
+                        return int(entry.name)
+        except (OSError, ValueError):
+            continue
+    return None

@@ -4,12 +4,11 @@ read, written before the first of them starts (`prepare`), with the owners and m
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 from pathlib import Path
 
-from env import backup, configs, region
+from env import backup, configs, network, region
 from env.files import ensure_run_dir, write_file
 from env.layout import Layout
 from env.process import chown_tree
@@ -32,9 +31,11 @@ def haproxy_user_section(run_as: RunAs) -> str:
         return ""
     return f"""
 # Workers drop root once the key is read and the ports are bound (the master keeps it to reload).
+# Numeric ids: a container of the image has no such user (`cwh-run` creates it only for the
+# process it runs as).
 global
-    user {run_as.name}
-    group {grp.getgrgid(run_as.service[1]).gr_name}
+    uid {run_as.service[0]}
+    gid {run_as.service[1]}
 """
 
 
@@ -72,7 +73,7 @@ def prepare(settings: EnvSettings, run_as: RunAs, pg_ids: tuple[int, int] | None
         # are the primary region's.
         region.adopt_primary_region(settings, lay)
     secrets = Secrets.load_or_create(lay.secrets)
-    ensure_environment_tls(lay, pg, svc, run_as.python, settings.backups)
+    ensure_environment_tls(lay, pg, svc, run_as.python, settings.backups, network.all_ips(settings))
 
     # PostgreSQL's side: owned by the PostgreSQL OS user, which refuses to run as root.
     lay.pg_root.mkdir(exist_ok=True)

@@ -25,10 +25,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from env import configs, probes
+from env import configs, network, probes
 from env.files import write_file
 from env.layout import Layout
 from env.readiness import ready_count, replica_ready
+from env.settings import EnvSettings
 from env.topology import Replica, Topology, Workload
 
 log = logging.getLogger("cwh.scaling")
@@ -64,6 +65,9 @@ class Runtime(Protocol):
 
     @property
     def layout(self) -> Layout: ...
+
+    @property
+    def settings(self) -> EnvSettings: ...
 
     def running(self, workload: str) -> list[Any]: ...
 
@@ -233,7 +237,8 @@ class Scaler:
             return True
         layout, slot = self.runtime.layout, f"{w.load_balancer}/{comp.name}"
         port = comp.ports["http"]
-        await probes.haproxy_command(layout, f"set server {slot} addr 127.0.0.1 port {port}")
+        host = network.host(self.runtime.settings, comp.name)
+        await probes.haproxy_command(layout, f"set server {slot} addr {host} port {port}")
         await probes.haproxy_command(layout, f"set server {slot} state ready")
         comp.joined = True  # from now on the load balancer keeper puts it back if HAProxy loses it
 
@@ -283,7 +288,10 @@ class Scaler:
     async def publish(self, w: Workload) -> None:
         """Tell Prometheus which replicas to scrape now (file-based discovery)."""
         comps = self.runtime.running(w.name)
-        targets = [f"127.0.0.1:{c.ports['http']}" for c in comps if "http" in c.ports]
+        s = self.runtime.settings
+        targets = [
+            f"{network.host(s, c.name)}:{c.ports['http']}" for c in comps if "http" in c.ports
+        ]
         path = self.runtime.layout.prometheus_targets / f"{w.kind}.json"
         # Atomically: Prometheus reads the folder whenever it likes, never half a file.
         write_file(path, configs.prometheus_target_file(targets, {"role": w.kind}), mode=0o644)

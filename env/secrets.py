@@ -152,14 +152,18 @@ class CertificateAuthority:
         return cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > RENEW_BEFORE
 
     def issue(
-        self, common_name: str, dns_names: tuple[str, ...] = ("localhost",)
+        self,
+        common_name: str,
+        dns_names: tuple[str, ...] = ("localhost",),
+        ips: tuple[str, ...] = (),
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        """A server certificate for 127.0.0.1 and `dns_names`, usable as a TLS client certificate
-        too (Redis nodes present theirs to each other on the cluster bus and for replication)."""
+        """A server certificate for 127.0.0.1, `ips` and `dns_names`, usable as a TLS client
+        certificate too (Redis nodes present theirs to each other on the cluster bus and for
+        replication)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", *ips)]
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -191,20 +195,22 @@ class CertificateAuthority:
         common_name: str,
         owner: tuple[int, int] | None = None,
         dns_names: tuple[str, ...] = ("localhost",),
+        ips: tuple[str, ...] = (),
     ) -> None:
-        """Certificate and key of one server, issued unless the ones there are this CA's.
+        """Certificate and key of one server, issued unless the ones there are this CA's and
+        name every address of `ips` (the containers runtime's: `env/network.py`).
 
         `owner` (uid, gid): the OS user the server runs as, who alone may read the key. With
         `key_path == cert_path` both go into one file (HAProxy's format).
         """
         if cert_path.exists() and key_path.exists():
             current = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            if self.issued_this(current):
+            if self.issued_this(current) and covers(current, ips):
                 if owner is not None:  # the server's user may have changed since (root before)
                     for path in {cert_path, key_path}:
                         os.chown(path, *owner)
                 return
-        cert, key = self.issue(common_name, dns_names)
+        cert, key = self.issue(common_name, dns_names, ips)
         if key_path == cert_path:
             write_file(cert_path, _pem_cert(cert) + _pem_key(key), owner=owner)
             return
@@ -218,6 +224,7 @@ def ensure_environment_tls(
     redis_owner: tuple[int, int] | None = None,
     backup_owner: tuple[int, int] | None = None,
     backups: bool = False,
+    ips: tuple[str, ...] = (),
 ) -> None:
     """The CA and every server's certificate, made at first start and renewed when they near
     their end or were signed by another CA (a run directory from before the CA existed).
@@ -225,16 +232,21 @@ def ensure_environment_tls(
     `pg_owner`, `redis_owner`, `backup_owner`: the OS users PostgreSQL (with pgBouncer and the
     database host's pgBackRest), Redis and the backup repository host run as, each the only
     reader of its key (None: ours). `backups`: the two pgBackRest hosts' certificates too (each
-    is also the client certificate the other side accepts)."""
+    is also the client certificate the other side accepts). `ips`: the addresses servers have
+    besides 127.0.0.1 (the containers runtime's), which their certificates must name."""
     layout.tls_dir.mkdir(mode=0o755, exist_ok=True)
     ca = CertificateAuthority.load_or_create(layout.ca_cert, layout.ca_key)
     # PostgreSQL refuses a key readable by others or owned by another user; pgBouncer runs as
     # the same user and uses the same pair.
     ca.ensure_server_files(
-        layout.server_cert("postgres"), layout.server_key("postgres"), "postgres", pg_owner
+        layout.server_cert("postgres"),
+        layout.server_key("postgres"),
+        "postgres",
+        pg_owner,
+        ips=ips,
     )
     ca.ensure_server_files(
-        layout.server_cert("redis"), layout.server_key("redis"), "redis", redis_owner
+        layout.server_cert("redis"), layout.server_key("redis"), "redis", redis_owner, ips=ips
     )
     if backups:
         for cn, owner in ((REPO_CN, backup_owner), (PG_CN, pg_owner)):
@@ -245,7 +257,18 @@ def ensure_environment_tls(
         "cloudwatcher.local",
         None,
         ("localhost", "cloudwatcher.local"),
+        ips,
     )
+
+
+def covers(cert: x509.Certificate, ips: tuple[str, ...]) -> bool:
+    """Whether `cert` names every address of `ips`."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return not ips
+    named = {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    return set(ips) <= named
 
 
 def client_tls_context(ca_file: Path | str) -> ssl.SSLContext:

@@ -6,6 +6,7 @@ side by side on one machine by choosing two bases at least `PORT_SPAN` apart.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,9 @@ DEFAULT_HPA_DIR = Path(__file__).resolve().parent.parent / "deploy" / "base"
 class SettingsError(ValueError):
     """A `CWH_*` variable has a value the environment cannot use; the message names it."""
 
+
+#: What can run the replicas (`EnvSettings.runtime`).
+RUNTIMES = ("local", "containers")
 
 #: Replica slots of the scalable services: each has its ports (`Ports.api(1..10)`, ...).
 SERVICE_SLOTS = {"api": 10, "hub": 6, "worker": 20, "scheduler": 2}
@@ -250,6 +254,15 @@ class EnvSettings:
             Shorter detects sooner (the RTO) and risks promoting over a blip while the primary
             region still takes writes, which the global entry point would then leave for good
             (`env.region.keep_entry`): at least 5 s.
+        runtime: what runs the replicas: `local` (processes under the supervisor, the default)
+            or `containers` (each replica its own container of the `make images` image, on one
+            Docker network; `env/containers.py`). The supervisor, status, scenarios and
+            experiments are the same on both.
+        container_subnet: the containers runtime's network ("" = `10.213.<base/200>.0/24`,
+            one per environment; `env/network.py` gives each replica a fixed address in it).
+        container_cpu_scale, container_memory_scale: each container's CPU and memory limit as
+            a share of the seed's pod limit (2 CPU, 2 GiB): 0.5 gives 1 CPU and 1 GiB, so no
+            replica can take all of a 2-core machine, and an OOM is a replica's own.
     """
 
     base_port: int = 17000
@@ -284,6 +297,10 @@ class EnvSettings:
     standby_source_dir: str = ""
     region_latency_ms: int = 35
     region_failover_s: float = 0.0
+    runtime: str = "local"
+    container_subnet: str = ""
+    container_cpu_scale: float = 0.5
+    container_memory_scale: float = 0.5
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -344,6 +361,31 @@ class EnvSettings:
             raise SettingsError(f"{PREFIX}RUN_DIR={self.run_dir}: must be an absolute path")
         if self.standby_of:
             self._check_standby()
+        self._check_runtime()
+
+    def _check_runtime(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise SettingsError(f"{PREFIX}RUNTIME={self.runtime!r}: one of {', '.join(RUNTIMES)}")
+        if self.runtime == "containers" and self.standby_of:
+            raise SettingsError(
+                f"{PREFIX}STANDBY_OF={self.standby_of}: a second region runs on the local "
+                "runtime only"
+            )
+        if self.container_subnet:
+            try:
+                net = ipaddress.IPv4Network(self.container_subnet)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}CONTAINER_SUBNET: {exc}") from None
+            if net.prefixlen > 24:
+                raise SettingsError(
+                    f"{PREFIX}CONTAINER_SUBNET={self.container_subnet}: at least a /24"
+                )
+        for name, value in (
+            ("CONTAINER_CPU_SCALE", self.container_cpu_scale),
+            ("CONTAINER_MEMORY_SCALE", self.container_memory_scale),
+        ):
+            if not 0.05 <= value <= 4:
+                raise SettingsError(f"{PREFIX}{name}={value:g}: 0.05 to 4")
 
     def _check_standby(self) -> None:
         if abs(self.standby_of - self.base_port) < PORT_SPAN:
@@ -503,10 +545,19 @@ class EnvSettings:
             autoscale=bool(get("AUTOSCALE", bool, cls.autoscale)),
             autoscale_sync_s=float(str(get("AUTOSCALE_SYNC_S", float, cls.autoscale_sync_s))),
             hpa_dir=Path(str(get("HPA_DIR", str, cls.hpa_dir))).absolute(),
-            # A standby region archives nothing until it is promoted (`_check_standby`).
-            backups=not standby_of,
+            # A standby region archives nothing until it is promoted (`_check_standby`); the
+            # containers runtime has no backup hosts yet (pgBackRest's TLS names are loopback's).
+            backups=not standby_of and get("RUNTIME", str, cls.runtime) == "local",
             standby_of=standby_of,
             standby_source_dir=str(source),
             region_latency_ms=int(str(get("REGION_LATENCY_MS", int, cls.region_latency_ms))),
             region_failover_s=float(str(get("REGION_FAILOVER_S", float, cls.region_failover_s))),
+            runtime=str(get("RUNTIME", str, cls.runtime)),
+            container_subnet=str(get("CONTAINER_SUBNET", str, cls.container_subnet)),
+            container_cpu_scale=float(
+                str(get("CONTAINER_CPU_SCALE", float, cls.container_cpu_scale))
+            ),
+            container_memory_scale=float(
+                str(get("CONTAINER_MEMORY_SCALE", float, cls.container_memory_scale))
+            ),
         )

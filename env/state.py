@@ -25,12 +25,14 @@ class ComponentStatus:
         name: its name (`api2`, `pg0`, `redis3`, `haproxy`): JSON `component`.
         kind: what it is (`api`, `postgresql`, `redis`, ...).
         role: what it does now (`primary`, `replica`, `master`, `scheduler (leader)`, ...).
-        pid: its process (for PostgreSQL, Patroni's; `detail["postgres_pid"]` is the server's).
+        pid: its process (for PostgreSQL, Patroni's; `detail["postgres_pid"]` is the server's);
+            on the containers runtime its container's main process, as the host numbers it.
         state: the supervisor's view (`running`, `held`, `exited`, `absent`, ...).
         restarts: restarts since the supervisor started.
         ports: port name -> port on 127.0.0.1.
         healthy: whether it does its job now (ready, in the load balancer, streaming, ...).
         log: its log file.
+        container: its container's id (12 characters) on the containers runtime, else "".
         detail: what only some kinds report (replication lag, slots, toxics, ...).
     """
 
@@ -43,9 +45,21 @@ class ComponentStatus:
     ports: Mapping[str, int]
     healthy: bool
     log: str | None = None
+    container: str = ""
     detail: Mapping[str, Any] = field(default_factory=dict)
 
-    _FIELDS = ("component", "kind", "role", "pid", "state", "restarts", "ports", "healthy", "log")
+    _FIELDS = (
+        "component",
+        "kind",
+        "role",
+        "pid",
+        "state",
+        "restarts",
+        "ports",
+        "healthy",
+        "log",
+        "container",
+    )
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> ComponentStatus:
@@ -59,6 +73,7 @@ class ComponentStatus:
             ports=dict(row.get("ports") or {}),
             healthy=bool(row["healthy"]),
             log=row.get("log"),
+            container=row.get("container") or "",
             detail={k: v for k, v in row.items() if k not in cls._FIELDS},
         )
 
@@ -85,6 +100,7 @@ class EnvStatus:
             `members` -> {member: URL}, ...).
         run_dir: the environment's run directory.
         base_port: the first port of its block.
+        runtime: what runs the replicas (`local` processes, `containers`).
         tls_certificate: the CA every client of the environment trusts.
         registration_secret: what device registration requires.
         warnings: what runs with more privilege than it should, and why.
@@ -109,6 +125,7 @@ class EnvStatus:
     pg_sync_standby: str | None = None
     redis_cluster_state: str | None = None
     secrets_file: str = ""
+    runtime: str = "local"
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -127,6 +144,7 @@ class EnvStatus:
             pg_sync_standby=status.get("pg_sync_standby"),
             redis_cluster_state=status.get("redis_cluster_state"),
             secrets_file=status.get("secrets_file", ""),
+            runtime=status.get("runtime", "local"),
             raw=status,
         )
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from env import configs, probes, readiness, region, topology
+from env import configs, network, probes, readiness, region, topology
 from env.layout import Layout
+from env.process import host_pid
 from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
 from env.topology import SERVICE_ROLES
@@ -29,6 +30,16 @@ def _postmaster_pid(data_dir: Path) -> int | None:
         return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def postgres_pid(settings: EnvSettings, data_dir: Path, comp: Mapping[str, Any]) -> int | None:
+    """The postmaster's host pid. postmaster.pid holds its pid where it runs: in a container
+    that is its container's numbering, mapped here through the container's main process."""
+    pid = _postmaster_pid(data_dir)
+    if pid is None or not network.containers(settings):
+        return pid
+    main = comp.get("pid")
+    return host_pid(int(main), pid) if main else None
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
                 "ports": comp.get("ports", {}),
                 "healthy": healthy,
                 "log": comp.get("log"),
+                # The containers runtime's: `pid` is then its main process's pid on the host.
+                **({"container": comp["container"]} if comp.get("container") else {}),
                 **extra,
             }
         )
@@ -214,7 +227,7 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
             "postgresql",
             role,
             running,
-            postgres_pid=_postmaster_pid(layout.pg_data(m)),
+            postgres_pid=postgres_pid(settings, layout.pg_data(m), comps.get(name, {})),
             patroni_pid=comps.get(name, {}).get("pid"),
             pg_state=member.state if member else None,
             timeline=member.timeline if member else None,
@@ -260,7 +273,7 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
     info, rnodes = redis_view
     by_port = {n.port: n for n in rnodes}
     for n in range(settings.redis_nodes):
-        node = by_port.get(ports.proxy_redis(n) if settings.fault_proxy else ports.redis(n))
+        node = by_port.get(configs.redis_announced_port(settings, n))
         alive = comps.get(f"redis{n}", {}).get("pid") is not None
         row(
             f"redis{n}",
@@ -375,6 +388,7 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         "supervisor_pid": (sup or {}).get("pid"),
         "run_dir": str(settings.run_dir),
         "base_port": settings.base_port,
+        "runtime": settings.runtime,
         "healthy": bool(sup) and pg_sync_ok and all(r["healthy"] for r in rows),
         "pg_sync_standby": sync_standbys[0]["component"] if sync_standbys else None,
         "redis_cluster_state": info.get("cluster_state"),

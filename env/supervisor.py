@@ -39,22 +39,25 @@ from env import (
     configs,
     etcd,
     hpa,
+    images,
     liveness,
+    network,
     probes,
     readiness,
     region,
     rundir,
     topology,
 )
-from env.admin import admin_app
+from env.admin import admin_app, metrics_app
 from env.autoscaler import ControllerConfig
 from env.autoscaling import LocalAutoscaler
 from env.bootstrap import StartupError
 from env.commands import PROJECT_ROOT, Commands
+from env.containers import ContainerProcess, ContainersRuntime, ReplicaSpec
 from env.files import UntrustedRunDir, ensure_run_dir, write_file
 from env.layout import Layout
 from env.liveness import LivenessProbe
-from env.process import MARKER, processes_of, terminate_then_kill, user_ids
+from env.process import MARKER, Proc, processes_of, terminate_then_kill, user_ids
 from env.scaling import Scaler
 from env.secrets import Secrets, client_tls_context
 from env.settings import EnvSettings
@@ -93,7 +96,7 @@ class Component:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     grace_s: float = 10.0
-    proc: asyncio.subprocess.Process | None = None
+    proc: Proc | None = None
     state: str = "new"  # new | running | exited | held | stopped
     restarts: int = 0  # since the supervisor started
     crash_streak: int = 0  # restarts without a long enough run in between: drives the backoff
@@ -108,6 +111,7 @@ class Component:
     last_restart_reason: str = ""
     workload: str = ""  # the topology's workload it is a replica of
     joined: bool = False  # registered in the load balancer (API, hub): the keeper keeps it there
+    host: str = "127.0.0.1"  # where the other replicas reach it (`env.network.host`)
 
     @property
     def pid(self) -> int | None:
@@ -128,6 +132,7 @@ class Component:
             "held_for_s": round(self.held_until - now, 1) if self.held_until > now else 0,
             "last_restart_reason": self.last_restart_reason,
             "workload": self.workload,
+            "container": getattr(self.proc, "id", "")[:12] if self.pid else "",
         }
 
 
@@ -153,6 +158,9 @@ class Supervisor:
         self.checks: dict[str, tuple[Callable[[], Awaitable[bool]], float]] = {}
         #: A standby region starts its services once, when promoted.
         self.services_started = False
+        #: The containers runtime's side (None: replicas are processes here).
+        self.containers: ContainersRuntime | None = None
+        self.metrics_runner: web.AppRunner | None = None
 
     @functools.cached_property
     def run_as(self) -> RunAs:
@@ -167,7 +175,8 @@ class Supervisor:
 
     def _component(self, name: str, kind: str, argv: list[str], **kw: Any) -> Component:
         binary = argv[0]
-        if shutil.which(binary) is None and not Path(binary).exists():
+        in_image = network.containers(self.settings)  # the image has every binary (make images)
+        if not in_image and shutil.which(binary) is None and not Path(binary).exists():
             raise StartupError(name, self.layout.log(name), f"{binary} not found: run `make deps`")
         comp = Component(name=name, kind=kind, argv=argv, log_path=self.layout.log(name), **kw)
         self.components[name] = comp
@@ -204,6 +213,8 @@ class Supervisor:
         if comp.prober is not None:
             comp.prober.cancel()
         self.components.pop(comp.name, None)
+        if self.containers is not None and isinstance(comp.proc, ContainerProcess):
+            await self.containers.remove(comp.proc)
 
     def define(self, secrets: Secrets) -> list[tuple[str, list[Component]]]:
         """The topology's stages, in start order, with a process for each replica that runs
@@ -216,6 +227,7 @@ class Supervisor:
             service_user=self.run_as.service,
             python_user=self.run_as.python,
             exporter_queries=rundir.exporter_queries(self.layout),
+            **(images.IN_IMAGE if self.containers is not None else {}),
         )
         stages = [
             (stage, [self.component(w, r, commands) for w in workloads for r in w.initial])
@@ -241,6 +253,7 @@ class Supervisor:
             as_user=spec.as_user,
             grace_s=spec.grace_s,
             liveness=spec.liveness,
+            host=network.host(self.settings, r.name),
         )
 
     async def fault_proxy_ready(self) -> bool:
@@ -274,7 +287,27 @@ class Supervisor:
                 f"supervisor: starting {' '.join(comp.argv)}\n".encode()
             )
             logf.flush()
-            comp.proc = await asyncio.create_subprocess_exec(
+        if self.containers is not None:
+            spec = ReplicaSpec(
+                name=comp.name,
+                argv=comp.argv,
+                env={"LANG": "C.UTF-8", MARKER: str(self.settings.run_dir), **comp.env},
+                cwd=comp.cwd or self.settings.run_dir,
+                # The cluster bus stays on the network: only clients come from the host.
+                ports=tuple(p for name, p in comp.ports.items() if name != "bus"),
+                as_user=comp.as_user,
+                log_path=comp.log_path,
+            )
+            comp.proc = await self.containers.start(spec)
+        else:
+            comp.proc = await self._start_process(comp, env, kwargs)
+        self._started(comp)
+
+    async def _start_process(
+        self, comp: Component, env: dict[str, str], kwargs: dict[str, Any]
+    ) -> Proc:
+        with open(comp.log_path, "ab") as logf:
+            return await asyncio.create_subprocess_exec(
                 *comp.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logf,
@@ -286,6 +319,9 @@ class Supervisor:
                 start_new_session=True,
                 **kwargs,
             )
+
+    def _started(self, comp: Component) -> None:
+        assert comp.proc is not None
         comp.state = "running"
         comp.exit_code = None
         comp.started_at = time.monotonic()
@@ -410,7 +446,20 @@ class Supervisor:
                 raise StartupError(culprit.name, culprit.log_path, f"{stage}: {last_error}")
             await asyncio.sleep(0.2)
 
+    async def open_containers(self) -> None:
+        """The containers runtime's network, and the supervisor's metrics on its bridge."""
+        self.containers = ContainersRuntime(self.settings, images.stack_tag())
+        self.stage = "containers"
+        await self.containers.open()
+        runner = web.AppRunner(metrics_app(self), access_log=None)
+        await runner.setup()
+        gateway = network.gateway(self.settings)
+        await web.TCPSite(runner, gateway, self.settings.ports.supervisor).start()
+        self.metrics_runner = runner
+
     async def start_all(self) -> None:
+        if network.containers(self.settings):
+            await self.open_containers()
         secrets = self.prepare()
         stages = self.define(secrets)
         for warning in self.privileges()["warnings"]:
@@ -646,7 +695,7 @@ class Supervisor:
             slot = f"{comp.kind}/{comp.name}"
             port = comp.ports["http"]
             await probes.haproxy_command(
-                self.layout, f"set server {slot} addr 127.0.0.1 port {port}"
+                self.layout, f"set server {slot} addr {comp.host} port {port}"
             )
             await probes.haproxy_command(self.layout, f"set server {slot} state ready")
             comp.joined = True
@@ -679,7 +728,8 @@ class Supervisor:
                         for c in self.service_components(backend)
                         if c.joined
                     }
-                    for command in probes.haproxy_registrations(have, want):
+                    hosts = {c.name: c.host for c in self.service_components(backend)}
+                    for command in probes.haproxy_registrations(have, want, hosts):
                         log.info("haproxy lost a server: %s", command)
                         await probes.haproxy_command(self.layout, command)
             except (OSError, TimeoutError) as exc:  # HAProxy (re)starting: next second
@@ -719,6 +769,10 @@ class Supervisor:
             if comps:
                 log.info("stopping %s", ", ".join(c.name for c in comps))
                 await self.stop(comps)
+        if self.containers is not None:  # everything of ours went with its container
+            await self.containers.close()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         # Postmasters detach from Patroni (setsid) and outlive a killed Patroni: sweep them.
         leftovers = [p.pid for p in processes_of(self.settings.run_dir)]
         if leftovers:

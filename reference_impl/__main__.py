@@ -41,7 +41,12 @@ def main() -> None:
     app = build(settings)
     # shutdown_timeout bounds the drain of a worker and the going-away of a hub on SIGTERM.
     web.run_app(
-        app, host="127.0.0.1", port=settings.port, access_log=None, shutdown_timeout=25, print=None
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        shutdown_timeout=25,
+        print=None,
     )
 
 

@@ -22,6 +22,9 @@ PKGS=(
   prometheus-redis-exporter
   python3-venv
   procps
+  # The containers runtime: Debian's Docker engine (started only when none answers) and what
+  # builds the base image where no registry can be reached (env/engine.py, env/images.py).
+  docker.io debootstrap
   # The test that opens every report.html as a reader would (headless, over DevTools).
   chromium fonts-dejavu-core
 )

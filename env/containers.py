@@ -1,0 +1,324 @@
+"""The containers runtime: each replica of the topology in its own container, on one Docker
+network, started and stopped through testcontainers-python.
+
+The supervisor stays the controller on either runtime (it restarts what dies, with backoff, runs
+liveness probes, registers replicas with HAProxy, scales); this module only changes what a
+replica *is*: a container of the `make images` image (`env/images.py`) instead of a process.
+`ReplicaContainer` gives the supervisor the part of `asyncio.subprocess.Process` it uses (`pid`,
+`returncode`, `wait`, `send_signal`, `kill`), so nothing above it knows.
+
+Each container:
+- has a fixed address on the environment's network (`env/network.py`) and keeps its ports;
+  those are published on 127.0.0.1 only, so the harness on the host reaches every replica where
+  it would on the local runtime;
+- mounts the run directory at the same path (configs, data directories, logs, the CA);
+- runs as the OS user the local runtime would (`cwh-run`, the image's entry point, gives that
+  user the host's ids), with the seed's pod limits scaled by the settings;
+- carries labels naming its environment, so `remove_all` finds everything of ours whatever
+  happened to the supervisor (a crash, a SIGKILL): no Ryuk needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pwd
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, NotFound
+from docker.types import EndpointConfig, IPAMConfig, IPAMPool
+from testcontainers.core.config import testcontainers_config
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+from testcontainers.core.wait_strategies import ContainerStatusWaitStrategy
+
+from env import network
+from env.settings import EnvSettings
+from env.topology import SEED_CPU_LIMIT_M
+
+log = logging.getLogger("cwh.containers")
+
+#: Ryuk (testcontainers' reaper) is an image from a registry; our labels do its job.
+testcontainers_config.ryuk_disabled = True
+
+LABEL = "io.cloudwatcher.env"  # the environment's run directory
+REPLICA_LABEL = "io.cloudwatcher.replica"
+#: The seed's pod memory limit (2 GiB); `container_memory_scale` takes a share of it.
+SEED_MEMORY_LIMIT_B = 2 * 1024**3
+#: PostgreSQL's shared memory (Docker's default /dev/shm is 64 MB).
+SHM_SIZE = "256m"
+#: Docker calls block; a pool of their own keeps them off asyncio's default executor.
+_DOCKER_THREADS = 8
+
+
+def network_name(settings: EnvSettings) -> str:
+    return f"cwh-{settings.base_port}"
+
+
+def container_name(settings: EnvSettings, replica: str) -> str:
+    return f"cwh-{settings.base_port}-{replica}"
+
+
+def labels(settings: EnvSettings, replica: str = "") -> dict[str, str]:
+    out = {LABEL: str(settings.run_dir)}
+    if replica:
+        out[REPLICA_LABEL] = replica
+    return out
+
+
+def limits(settings: EnvSettings) -> dict[str, Any]:
+    """Docker's CPU and memory limits of one replica: the seed's pod limits, scaled."""
+    memory = int(SEED_MEMORY_LIMIT_B * settings.container_memory_scale)
+    return {
+        "nano_cpus": int(SEED_CPU_LIMIT_M * settings.container_cpu_scale * 1_000_000),
+        "mem_limit": memory,
+        "memswap_limit": memory,  # no swap: at the limit the kernel kills, as on a node
+    }
+
+
+def user_spec(ids: tuple[int, int] | None) -> str:
+    """`cwh-run`'s user argument: `name:uid:gid` of the host's user, `-` for root."""
+    if ids is None or ids[0] == 0:
+        return "-"
+    try:
+        name = pwd.getpwuid(ids[0]).pw_name
+    except KeyError:
+        name = f"u{ids[0]}"
+    return f"{name}:{ids[0]}:{ids[1]}"
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What runs in one replica's container (the local runtime's process, `env.commands`).
+
+    Attributes:
+        name: the replica (`pg0`): its container's host name, and where its address comes from.
+        argv, env, cwd: the process, as on the local runtime.
+        ports: published on 127.0.0.1, each at its own number.
+        as_user: (uid, gid) of the host's user it runs as (None: root).
+        log_path: where its output goes (in the run directory, which the container mounts).
+    """
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    ports: tuple[int, ...]
+    as_user: tuple[int, int] | None
+    log_path: Path
+
+
+class ReplicaContainer(DockerContainer):
+    """One replica's container, publishing its ports on the host's loopback only."""
+
+    def publish_on_loopback(self, port: int) -> ReplicaContainer:
+        # testcontainers binds published ports on every interface; docker-py takes
+        # (address, port) for one.
+        self.ports[f"{port}/tcp"] = ("127.0.0.1", port)  # type: ignore[assignment]
+        return self
+
+
+class ContainerProcess:
+    """The running container of one replica, seen as a process by the supervisor.
+
+    `pid` is the host pid of the container's main process (signals to it from the host reach
+    it, as `kill` and SIGSTOP experiments expect); `returncode` is set once the container has
+    exited (the runtime's event thread reports it)."""
+
+    def __init__(self, runtime: ContainersRuntime, container: ReplicaContainer, pid: int) -> None:
+        self.runtime = runtime
+        self.container = container
+        self.pid = pid
+        self.id = container.get_wrapped_container().id
+        self.returncode: int | None = None
+        self._exited = asyncio.Event()
+
+    def exited(self, code: int) -> None:
+        self.returncode = code
+        self._exited.set()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            raise ProcessLookupError(self.id)
+        self.runtime.submit(self._kill, signal.Signals(sig).name)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _kill(self, sig: str) -> None:
+        with contextlib.suppress(NotFound, APIError):  # already gone: what was wanted
+            self.container.get_wrapped_container().kill(signal=sig)
+
+
+class ContainersRuntime:
+    """Creates the environment's network and its replicas' containers; reports their exits.
+
+    One thread follows Docker's event stream for this environment's containers and hands each
+    exit code to its `ContainerProcess`: the supervisor's watcher awaits it like a process's
+    exit."""
+
+    def __init__(self, settings: EnvSettings, image: str) -> None:
+        self.settings = settings
+        self.image = image
+        self.client = docker.from_env()
+        self.pool = ThreadPoolExecutor(_DOCKER_THREADS, thread_name_prefix="docker")
+        self.network: Network | None = None
+        self.live: dict[str, ContainerProcess] = {}  # container id -> process
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._events: Any = None
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self.pool.submit(fn, *args)
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # ---- the network and the event thread ------------------------------------------------
+
+    async def open(self) -> None:
+        """Remove what a previous run left, create the network, follow the events."""
+        self.loop = asyncio.get_running_loop()
+        await self.run(remove_all, self.settings, self.client)
+        self.network = await self.run(self._create_network)
+        threading.Thread(target=self._follow_events, name="docker-events", daemon=True).start()
+
+    def _create_network(self) -> Network:
+        net = network.subnet(self.settings)
+        ipam = IPAMConfig(
+            pool_configs=[IPAMPool(subnet=str(net), gateway=network.gateway(self.settings))]
+        )
+        created = Network(
+            docker_network_kw={"driver": "bridge", "ipam": ipam, "labels": labels(self.settings)}
+        )
+        created.name = network_name(self.settings)
+        return created.create()
+
+    def _follow_events(self) -> None:
+        filters = {"type": "container", "event": "die", "label": f"{LABEL}={self.settings.run_dir}"}
+        try:
+            self._events = self.client.events(decode=True, filters=filters)
+            for event in self._events:
+                cid = event.get("id", "")
+                code = int(event.get("Actor", {}).get("Attributes", {}).get("exitCode", -1))
+                proc = self.live.get(cid)
+                if proc is not None and self.loop is not None:
+                    self.loop.call_soon_threadsafe(proc.exited, code)
+        except Exception:  # the stream ends when the client closes at shutdown
+            log.debug("docker event stream ended", exc_info=True)
+
+    async def close(self) -> None:
+        """Remove every container and the network of this environment."""
+        await self.run(remove_all, self.settings, self.client)
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                self._events.close()
+        self.pool.shutdown(wait=False)
+
+    # ---- replicas ----------------------------------------------------------------------
+
+    async def start(self, spec: ReplicaSpec) -> ContainerProcess:
+        """Start a replica in a fresh container (a previous one of the same name, exited, is
+        removed first) and return it once its main process runs, or has already exited."""
+        container = self._container(spec)
+        await self.run(self._remove_named, container_name(self.settings, spec.name))
+        try:
+            await self.run(container.start)
+        except Exception:
+            # Its wait strategy saw it exit at once: the exit code (and its log) say why.
+            if container._container is None:  # never created: nothing to report on
+                raise
+        info = await self.run(self._inspect, container)
+        proc = ContainerProcess(self, container, int(info["State"]["Pid"]))
+        self.live[proc.id] = proc
+        if not info["State"]["Running"]:  # died before the event stream could tell us
+            proc.exited(int(info["State"]["ExitCode"]))
+        return proc
+
+    def _container(self, spec: ReplicaSpec) -> ReplicaContainer:
+        s, run_dir, name = self.settings, str(self.settings.run_dir), spec.name
+        assert self.network is not None, "open() first"
+        net = self.network.name
+        c = ReplicaContainer(self.image, env=spec.env, name=container_name(s, name))
+        c.with_command([str(spec.log_path), user_spec(spec.as_user), "--", *spec.argv])
+        c.with_volume_mapping(run_dir, run_dir, mode="rw")
+        for port in spec.ports:
+            c.publish_on_loopback(port)
+        c.with_network(self.network)
+        c.waiting_for(ContainerStatusWaitStrategy())
+        endpoint = EndpointConfig(
+            self.client.api._version, ipv4_address=network.container_ip(s, name), aliases=[name]
+        )
+        c.with_kwargs(
+            hostname=name,
+            working_dir=str(spec.cwd),
+            labels=labels(s, name),
+            networking_config={net: endpoint},
+            shm_size=SHM_SIZE,
+            **limits(s),
+        )
+        return c
+
+    @staticmethod
+    def _inspect(container: ReplicaContainer) -> dict[str, Any]:
+        wrapped = container.get_wrapped_container()
+        wrapped.reload()
+        return dict(wrapped.attrs)
+
+    def _remove_named(self, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            self.client.containers.get(name).remove(force=True)
+
+    async def remove(self, proc: ContainerProcess) -> None:
+        """Remove an exited (or unwanted) replica's container."""
+        self.live.pop(proc.id, None)
+        await self.run(self._remove_id, proc.id)
+
+    def _remove_id(self, cid: str) -> None:
+        with contextlib.suppress(NotFound, APIError):
+            self.client.containers.get(cid).remove(force=True)
+
+
+def remove_all(settings: EnvSettings, client: Any = None) -> list[str]:
+    """Remove every container and network labelled with this environment, running or not;
+    returns the containers' names. Safe to call when Docker has none (or no engine answers:
+    then there is nothing of ours to remove)."""
+    try:
+        client = client or docker.from_env()
+        selector = {"label": f"{LABEL}={settings.run_dir}"}
+        removed = []
+        for c in client.containers.list(all=True, filters=selector):
+            with contextlib.suppress(NotFound):
+                c.remove(force=True, v=True)
+                removed.append(c.name)
+        for n in client.networks.list(filters=selector):
+            with contextlib.suppress(NotFound):
+                n.remove()
+    except docker.errors.DockerException as exc:
+        log.debug("no Docker engine to clean up: %r", exc)
+        return []
+    return removed
+
+
+def leftovers(settings: EnvSettings) -> list[str]:
+    """Containers and networks of this environment that exist now (what `down` must leave
+    none of)."""
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException:
+        return []
+    selector = {"label": f"{LABEL}={settings.run_dir}"}
+    names = [c.name for c in client.containers.list(all=True, filters=selector)]
+    names += [f"network {n.name}" for n in client.networks.list(filters=selector)]
+    return names
