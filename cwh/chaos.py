@@ -99,6 +99,8 @@ def catalogue() -> dict[str, dict[str, Any]]:
             "slos": tuple(str(n) for n in ext.get("slos", ())),
             # Chaos SLOs the experiment breaches by design (name -> why), left out of its gate.
             "waive": {str(k): str(v) for k, v in (ext.get("waive") or {}).items()},
+            # The runtime its faults need ("" = any): a partition needs containers.
+            "runtime": str(ext.get("runtime", "")),
             "doc": doc,
         }
     return out
@@ -134,6 +136,13 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         )
         return 2, None
     exp = exps[opts.experiment]
+    if exp["runtime"] and exp["runtime"] != settings.runtime:
+        console.print(
+            f"[red]error:[/red] {opts.experiment} needs the {exp['runtime']} runtime "
+            f"(this environment's is {settings.runtime}): "
+            f"make chaos EXPERIMENT={opts.experiment} RUNTIME={exp['runtime']}"
+        )
+        return 2, None
     env = LocalEnvironment(settings)
     with console.status("bringing the local environment up…"):
         try:
@@ -168,6 +177,8 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         chaos["restore_errors"] = _restore_errors(out, restored)
         if region := _region_failover(out):
             chaos["region"] = region
+        if (out / "partition.json").exists():
+            chaos["partition"] = json.loads((out / "partition.json").read_text())
         write_atomic(out / "chaos.json", json.dumps(chaos, indent=2))
     gate_code = 2
     for name, why in exp["waive"].items():
@@ -442,6 +453,27 @@ def _region_lines(region: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _partition_lines(cut: dict[str, Any] | None) -> list[str]:
+    """What a partitioned PostgreSQL primary did while cut off (the split-brain window)."""
+    if not cut:
+        return []
+
+    def at(key: str) -> str:
+        return f"+{cut[key]} s" if cut.get(key) is not None else "never (within the wait)"
+
+    isolated = cut.get("isolated_not_on_new_primary")
+    return [
+        "",
+        f"Partition of {cut['member']} from {', '.join(cut['cut_from'])} (its clients still "
+        f"reached it): it stopped claiming the primary role {at('fenced_after_s')}, another "
+        f"member served as primary {at('promoted_after_s')}; both claimed it for "
+        f"{_fmt(cut.get('both_primary_s'))}. Requests the isolated member committed that the "
+        f"new primary lacks: {'unknown' if isolated is None else isolated} "
+        f"(of {cut.get('isolated_committed')} it committed after the cut; a rewind discarded "
+        "them when the partition healed).",
+    ]
+
+
 def _pitr_lines(pitr: dict[str, Any] | None) -> list[str]:
     """What a point-in-time restore brought back, request by request (`slo/pitr.py`)."""
     if not pitr:
@@ -550,6 +582,7 @@ def write_report(
             *_pitr_lines(chaos.get("pitr")),
             *_verify_lines(chaos.get("verify")),
             *_region_lines(chaos.get("region")),
+            *_partition_lines(chaos.get("partition")),
             "",
             "Faults (UTC):",
             "",

@@ -25,7 +25,9 @@ import contextlib
 import logging
 import pwd
 import signal
+import subprocess
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,3 +324,139 @@ def leftovers(settings: EnvSettings) -> list[str]:
     names = [c.name for c in client.containers.list(all=True, filters=selector)]
     names += [f"network {n.name}" for n in client.networks.list(filters=selector)]
     return names
+
+
+# ---- faults only containers can give ---------------------------------------------------------
+#
+# Plain functions of the settings, for chaos activities and tests. Each is undone by
+# `restore_faults`, which `experiments.harness.restore_all` runs on this runtime.
+
+#: The iptables chain a partition adds in a container's network namespace.
+PARTITION_CHAIN = "CWH-PARTITION"
+
+
+class NeedsContainers(RuntimeError):
+    """A fault only the containers runtime can give, asked of another runtime."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs the containers runtime (CWH_RUNTIME=containers)")
+
+
+def _require(settings: EnvSettings, what: str) -> None:
+    if not network.containers(settings):
+        raise NeedsContainers(what)
+
+
+def _replica(settings: EnvSettings, replica: str, client: Any = None) -> Any:
+    client = client or docker.from_env()
+    return client.containers.get(container_name(settings, replica))
+
+
+def _in_netns(pid: int, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `argv` (the host's iptables) in the network namespace of host pid `pid`."""
+    return subprocess.run(
+        ["nsenter", "-t", str(pid), "-n", *argv], capture_output=True, text=True, check=check
+    )
+
+
+def partition(settings: EnvSettings, replica: str, peers: Iterable[str]) -> dict[str, Any]:
+    """Cut `replica` off from `peers` (replica names) in both directions: packets between them
+    are dropped in `replica`'s network namespace, as a switch that failed would drop them,
+    while everything else (clients, the host) still reaches it. Returns what was cut."""
+    _require(settings, "a network partition")
+    pid = int(_replica(settings, replica).attrs["State"]["Pid"])
+    ips = sorted({network.host(settings, p) for p in peers})
+    ipt = ("iptables", "-w", "5")
+    _in_netns(pid, *ipt, "-N", PARTITION_CHAIN, check=False)  # exists after an earlier cut
+    for hook in ("INPUT", "OUTPUT"):
+        if _in_netns(pid, *ipt, "-C", hook, "-j", PARTITION_CHAIN, check=False).returncode:
+            _in_netns(pid, *ipt, "-I", hook, "1", "-j", PARTITION_CHAIN)
+    for ip in ips:
+        _in_netns(pid, *ipt, "-A", PARTITION_CHAIN, "-s", ip, "-j", "DROP")
+        _in_netns(pid, *ipt, "-A", PARTITION_CHAIN, "-d", ip, "-j", "DROP")
+    return {"replica": replica, "peers": sorted(peers), "ips": ips, "pid": pid}
+
+
+def partitioned_from(settings: EnvSettings, replica: str) -> list[str]:
+    """The addresses `replica` is cut off from now (none when it is whole)."""
+    _require(settings, "a network partition")
+    pid = int(_replica(settings, replica).attrs["State"]["Pid"])
+    done = _in_netns(pid, "iptables", "-w", "5", "-S", PARTITION_CHAIN, check=False)
+    return sorted(
+        {line.split()[3].split("/")[0] for line in done.stdout.splitlines() if " -s " in line}
+    )
+
+
+def heal(settings: EnvSettings, replica: str) -> bool:
+    """Undo `partition` on `replica`; True when there was one."""
+    _require(settings, "a network partition")
+    try:
+        pid = int(_replica(settings, replica).attrs["State"]["Pid"])
+    except NotFound:
+        return False  # gone, and its network namespace with it
+    ipt = ("iptables", "-w", "5")
+    had = False
+    for hook in ("INPUT", "OUTPUT"):
+        while _in_netns(pid, *ipt, "-D", hook, "-j", PARTITION_CHAIN, check=False).returncode == 0:
+            had = True
+    _in_netns(pid, *ipt, "-F", PARTITION_CHAIN, check=False)
+    _in_netns(pid, *ipt, "-X", PARTITION_CHAIN, check=False)
+    return had
+
+
+def pause(settings: EnvSettings, replica: str) -> dict[str, Any]:
+    """Freeze `replica` (`docker pause`: the cgroup freezer): it keeps its connections and
+    answers nothing, without dying; nothing restarts it."""
+    _require(settings, "a frozen container")
+    c = _replica(settings, replica)
+    c.pause()
+    return {"replica": replica, "container": c.id[:12]}
+
+
+def unpause(settings: EnvSettings, replica: str) -> bool:
+    _require(settings, "a frozen container")
+    c = _replica(settings, replica)
+    c.reload()
+    if c.status != "paused":
+        return False
+    c.unpause()
+    return True
+
+
+def set_limits(
+    settings: EnvSettings, replica: str, cpu_m: int | None = None, memory_b: int | None = None
+) -> dict[str, Any]:
+    """Change `replica`'s CPU limit (millicores) and/or memory limit (bytes) now, as a node
+    under pressure (or `kubectl set resources` with in-place resize) would."""
+    _require(settings, "a run-time CPU or memory limit")
+    c = _replica(settings, replica)
+    update: dict[str, Any] = {}
+    if cpu_m is not None:
+        update["nano_cpus"] = int(cpu_m * 1_000_000)
+    if memory_b is not None:
+        update |= {"mem_limit": memory_b, "memswap_limit": memory_b}
+    c.update(**update)
+    return {"replica": replica, **update}
+
+
+def restore_faults(settings: EnvSettings) -> dict[str, list[str]]:
+    """Every container of the environment whole again: partitions healed, frozen ones thawed,
+    limits back to the settings'. Idempotent; the names of what was undone, by kind."""
+    _require(settings, "restoring container faults")
+    client = docker.from_env()
+    want = limits(settings)
+    done: dict[str, list[str]] = {"healed": [], "thawed": [], "limits": []}
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL}={settings.run_dir}"}):
+        name = c.labels.get(REPLICA_LABEL, "")
+        if c.status == "paused":
+            c.unpause()
+            done["thawed"].append(name)
+            c.reload()
+        if c.status == "running" and heal(settings, name):
+            done["healed"].append(name)
+        host = c.attrs["HostConfig"]
+        if host["NanoCpus"] != want["nano_cpus"] or host["Memory"] != want["mem_limit"]:
+            with contextlib.suppress(APIError):  # exited meanwhile: its next start has them
+                c.update(**want)
+                done["limits"].append(name)
+    return done

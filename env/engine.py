@@ -69,16 +69,17 @@ def ensure(timeout_s: float = 60.0) -> bool:
     if os.geteuid() != 0:
         raise EngineError("no Docker engine answers; starting dockerd needs root")
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    log = open(STATE_DIR / "dockerd.log", "ab")  # noqa: SIM115 - dockerd keeps it
     argv = [
+        "setsid",
+        "--fork",  # not our child: it outlives this command (until `down` stops it)
         dockerd,
         f"--data-root={DATA_ROOT}",
         f"--host={SOCKET}",
         f"--pidfile={STATE_DIR / 'dockerd.pid'}",
         f"--exec-root={STATE_DIR / 'exec'}",
     ]
-    # Its own session: it outlives the command that started it (until `down` stops it).
-    subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(STATE_DIR / "dockerd.log", "ab") as log:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=True)
     (STATE_DIR / "ours").write_text("started by cwh\n")
     try:
         wait_until(answers, timeout_s, interval_s=0.5, what="dockerd answering")

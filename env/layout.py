@@ -28,6 +28,11 @@ class Layout:
         return self.run_dir / "supervisor.pid"
 
     @property
+    def dockerd_started(self) -> Path:
+        """Present when this environment's `up` started the Docker engine (`down` stops it)."""
+        return self.run_dir / "dockerd-started"
+
+    @property
     def startup_error(self) -> Path:
         """Written by a supervisor whose start-up failed, for the CLI to report."""
         return self.run_dir / "startup-error.json"

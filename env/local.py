@@ -330,6 +330,8 @@ class LocalEnvironment:
 
         try:
             if engine.ensure():
+                # `down` stops it again; an engine someone else started stays as it was.
+                self.layout.dockerd_started.write_text("started by `up`\n")
                 say("started dockerd")
             images.ensure_stack(docker.from_env(), progress=say)
         except (engine.EngineError, images.ImageError) as exc:
@@ -429,11 +431,13 @@ class LocalEnvironment:
 
     def _remove_containers(self) -> None:
         """What a supervisor that died could not remove (containers, the network), then the
-        engine if we started it and no environment's container is left on it."""
+        engine if our `up` started it and no environment's container is left on it."""
         from env import containers, engine
 
         containers.remove_all(self.settings)
-        engine.stop_if_ours(containers.LABEL)
+        if self.layout.dockerd_started.exists():
+            engine.stop_if_ours(containers.LABEL)
+            self.layout.dockerd_started.unlink(missing_ok=True)
 
     def reset(self) -> None:
         """Stop whatever runs in the run directory and delete it: the next `up` starts afresh.

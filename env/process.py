@@ -230,16 +230,16 @@ def host_pid(main_pid: int, ns_pid: int) -> int | None:
         ns = os.readlink(f"/proc/{main_pid}/ns/pid")
     except OSError:
         return None
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    with os.scandir("/proc") as entries:
+        pids = [e.name for e in entries if e.name.isdigit()]
+    for pid in pids:
         try:
-            if os.readlink(f"/proc/{entry.name}/ns/pid") != ns:
+            if os.readlink(f"/proc/{pid}/ns/pid") != ns:
                 continue
-            with open(f"/proc/{entry.name}/status") as f:
+            with open(f"/proc/{pid}/status") as f:
                 for line in f:
                     if line.startswith("NSpid:") and int(line.split()[-1]) == ns_pid:
-                        return int(entry.name)
+                        return int(pid)
         except (OSError, ValueError):
             continue
     return None

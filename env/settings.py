@@ -380,6 +380,10 @@ class EnvSettings:
                 raise SettingsError(
                     f"{PREFIX}CONTAINER_SUBNET={self.container_subnet}: at least a /24"
                 )
+        if self.runtime == "containers" and self.backups:
+            raise SettingsError(
+                f"{PREFIX}RUNTIME=containers: backups run on the local runtime only (for now)"
+            )
         for name, value in (
             ("CONTAINER_CPU_SCALE", self.container_cpu_scale),
             ("CONTAINER_MEMORY_SCALE", self.container_memory_scale),

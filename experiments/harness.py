@@ -160,6 +160,8 @@ def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False)
         # Before anything that asks the environment: after a region loss nothing of it runs.
         ("region_restored", lambda: _restore_lost_region(s)),
         ("toxics_reset", lambda: _reset_toxics(env)),
+        # Partitions healed, frozen containers thawed, limits put back (containers runtime).
+        ("containers_restored", lambda: _restore_containers(s)),
         ("cluster_restored", lambda: _restore_lost_cluster(env)),
         ("released", lambda: _release_held(env)),
         ("knobs_reset", lambda: _reset_service_admin(env, "knobs")),
@@ -227,6 +229,14 @@ def _restore_lost_cluster(env: LocalEnvironment) -> str | None:
     if not cluster_lost(env):
         return None
     return str(restore_cluster(env)["backup"])
+
+
+def _restore_containers(s: ChaosSettings) -> dict[str, list[str]] | None:
+    if s.env.runtime != "containers":
+        return None
+    from env import containers
+
+    return containers.restore_faults(s.env)
 
 
 def _reset_toxics(env: LocalEnvironment) -> bool | None:

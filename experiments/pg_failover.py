@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,7 +162,9 @@ def measure_failover(
         ops = loop.stop()
         if killed:
             fault.restore(env, killed)
-    result = reconcile_writes(ops, present_ids(url, [o.op_id for o in ops]), fault_wall)
+    present = set(present_ids(url, [o.op_id for o in ops]))
+    result = reconcile_writes(ops, present, fault_wall)
+    after_fault = [o for o in ops if o.invoked_s >= fault_s and o.outcome == "ok"]
     wait_healthy(env, timeout_s=120)
     return {
         "fault": fault.name,
@@ -173,6 +176,12 @@ def measure_failover(
         else None,
         "rto_s": round(rto, 3),
         "not_ok_after_fault": sum(1 for o in ops if o.invoked_s >= fault_s and o.outcome != "ok"),
+        # Which member acknowledged the writes after the fault (its port), and which member
+        # had acknowledged the ones lost: a split brain shows as the old primary in both.
+        "ok_after_fault_by_server": dict(Counter(str(o.server) for o in after_fault)),
+        "lost_by_server": dict(
+            Counter(str(o.server) for o in ops if o.outcome == "ok" and o.op_id not in present)
+        ),
         "reconciliation": result,
     }
 

@@ -32,8 +32,16 @@ settings.load_profile("harness")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `teardown` stop the shared environment: run them last."""
-    items.sort(key=lambda item: item.get_closest_marker("teardown") is not None)
+    """Tests marked `teardown` stop the shared environment: run them after the others; the
+    containers runtime's run after those, once the local environment is down (two topologies
+    at once would starve a 2-core machine)."""
+
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker("containers") is not None:
+            return 2
+        return 1 if item.get_closest_marker("teardown") is not None else 0
+
+    items.sort(key=order)
 
 
 def pytest_configure(config: pytest.Config) -> None:

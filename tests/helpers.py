@@ -189,3 +189,20 @@ def gate(
     result = json.loads(path.read_text())
     assert result["exit_code"] == code
     return {"exit_code": code, **{v["name"]: v for v in result["verdicts"]}}
+
+
+def assert_postgres_kill_recovered(result: dict[str, Any]) -> None:
+    """What a SIGKILLed primary postmaster (`measure_failover(..., KILL_POSTGRES)`) must show."""
+    from env.configs import worst_case_failover_s
+    from env.process import pid_alive
+
+    killed = result["killed"]
+    # The fault happened: that postmaster is gone, and a promotion moved the timeline on.
+    assert not pid_alive(killed["pid"])
+    assert result["timeline_after"] > killed["timeline"]
+    # Writes stopped for a while (the fault hurt) and came back within the promise.
+    assert result["not_ok_after_fault"] > 0
+    assert result["rto_s"] <= worst_case_failover_s(), result
+    rec = result["reconciliation"]
+    assert rec["acknowledged"] > 0
+    assert rec["lost"] == 0, rec

@@ -6,8 +6,8 @@ import pytest
 
 from env.configs import worst_case_failover_s
 from env.local import LocalEnvironment
-from env.process import pid_alive
 from experiments.pg_failover import KILL_PATRONI, KILL_POSTGRES, measure_failover, pg_members
+from tests.helpers import assert_postgres_kill_recovered
 
 pytestmark = [pytest.mark.env, pytest.mark.fault]
 
@@ -16,16 +16,7 @@ def test_sigkill_primary_postgres(local_env: LocalEnvironment, record_property):
     result = measure_failover(local_env, KILL_POSTGRES)
     record_property("failover", result)
     print(result)
-    killed = result["killed"]
-    # The fault happened: that postmaster is gone, and a promotion moved the timeline on.
-    assert not pid_alive(killed["pid"])
-    assert result["timeline_after"] > killed["timeline"]
-    # Writes stopped for a while (the fault hurt) and came back within the promise.
-    assert result["not_ok_after_fault"] > 0
-    assert result["rto_s"] <= worst_case_failover_s(), result
-    rec = result["reconciliation"]
-    assert rec["acknowledged"] > 0
-    assert rec["lost"] == 0, rec
+    assert_postgres_kill_recovered(result)
 
 
 def test_sigkill_primary_patroni(local_env: LocalEnvironment, record_property):

@@ -56,9 +56,9 @@ def test_settings_refuse_an_unknown_runtime_and_a_small_subnet() -> None:
     with pytest.raises(SettingsError, match="CWH_RUNTIME"):
         EnvSettings(runtime="vm")
     with pytest.raises(SettingsError, match="CWH_CONTAINER_SUBNET"):
-        EnvSettings(runtime="containers", container_subnet="10.1.2.0/25")
+        EnvSettings(runtime="containers", container_subnet="10.1.2.0/25", backups=False)
     with pytest.raises(SettingsError, match="CWH_CONTAINER_SUBNET"):
-        EnvSettings(runtime="containers", container_subnet="not-a-net")
+        EnvSettings(runtime="containers", container_subnet="not-a-net", backups=False)
 
 
 def test_containers_runtime_has_no_backups_by_default() -> None:
@@ -114,3 +114,16 @@ def test_fault_proxy_listens_everywhere_and_forwards_to_containers() -> None:
     )
     local = {p["name"]: p for p in configs.fault_proxies(LOCAL)}
     assert local["postgres-write"]["upstream"] == f"127.0.0.1:{LOCAL.ports.pgbouncer}"
+
+
+def test_container_faults_refuse_the_local_runtime() -> None:
+    from env import containers
+    from env.local import LocalEnvironment
+    from experiments.pg_partition import measure_partition
+
+    with pytest.raises(containers.NeedsContainers, match="needs the containers runtime"):
+        containers.partition(LOCAL, "pg0", ["etcd"])
+    with pytest.raises(containers.NeedsContainers, match="needs the containers runtime"):
+        containers.pause(LOCAL, "api1")
+    with pytest.raises(containers.NeedsContainers):
+        measure_partition(LocalEnvironment(LOCAL))
