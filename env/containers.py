@@ -432,11 +432,19 @@ def set_limits(
     c = _replica(settings, replica)
     update: dict[str, Any] = {}
     if cpu_m is not None:
-        update["nano_cpus"] = int(cpu_m * 1_000_000)
+        update["NanoCpus"] = int(cpu_m * 1_000_000)
     if memory_b is not None:
-        update |= {"mem_limit": memory_b, "memswap_limit": memory_b}
-    c.update(**update)
+        update |= {"Memory": memory_b, "MemorySwap": memory_b}
+    _update(c, update)
     return {"replica": replica, **update}
+
+
+def _update(container: Any, resources: dict[str, Any]) -> None:
+    """Docker's container update with the Engine API's own fields (docker-py's `update` knows
+    no `NanoCpus`, and a container created with it refuses a CFS quota instead)."""
+    api = container.client.api
+    url = api._url("/containers/{0}/update", container.id)
+    api._raise_for_status(api._post_json(url, data=resources))
 
 
 def restore_faults(settings: EnvSettings) -> dict[str, list[str]]:
@@ -457,6 +465,13 @@ def restore_faults(settings: EnvSettings) -> dict[str, list[str]]:
         host = c.attrs["HostConfig"]
         if host["NanoCpus"] != want["nano_cpus"] or host["Memory"] != want["mem_limit"]:
             with contextlib.suppress(APIError):  # exited meanwhile: its next start has them
-                c.update(**want)
+                _update(
+                    c,
+                    {
+                        "NanoCpus": want["nano_cpus"],
+                        "Memory": want["mem_limit"],
+                        "MemorySwap": want["memswap_limit"],
+                    },
+                )
                 done["limits"].append(name)
     return done
