@@ -136,6 +136,9 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         )
         return 2, None
     exp = exps[opts.experiment]
+    # An environment that runs is experimented on with the runtime it really has.
+    settings = LocalEnvironment(settings).settings
+    env = LocalEnvironment(settings)
     if exp["runtime"] and exp["runtime"] != settings.runtime:
         console.print(
             f"[red]error:[/red] {opts.experiment} needs the {exp['runtime']} runtime "
@@ -143,7 +146,6 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
             f"make chaos EXPERIMENT={opts.experiment} RUNTIME={exp['runtime']}"
         )
         return 2, None
-    env = LocalEnvironment(settings)
     with console.status("bringing the local environment up…"):
         try:
             env.up()
@@ -458,19 +460,29 @@ def _partition_lines(cut: dict[str, Any] | None) -> list[str]:
     if not cut:
         return []
 
-    def at(key: str) -> str:
-        return f"+{cut[key]} s" if cut.get(key) is not None else "never (within the wait)"
-
+    healed = f"when the partition healed (+{cut.get('healed_after_s')} s)"
+    fenced = (
+        f"it stopped claiming the primary role at +{cut['fenced_after_s']} s"
+        if cut.get("fenced_after_s") is not None
+        else f"it still claimed the primary role {healed}"
+    )
+    promoted = (
+        f"another member served as primary at +{cut['promoted_after_s']} s"
+        if cut.get("promoted_after_s") is not None
+        else f"no other member served as primary {healed}"
+    )
     isolated = cut.get("isolated_not_on_new_primary")
+    counted = (
+        f"unknown ({cut.get('error', 'not read')})"
+        if isolated is None
+        else f"{isolated} (of {cut.get('isolated_committed')} it committed from the cut on)"
+    )
     return [
         "",
         f"Partition of {cut['member']} from {', '.join(cut['cut_from'])} (its clients still "
-        f"reached it): it stopped claiming the primary role {at('fenced_after_s')}, another "
-        f"member served as primary {at('promoted_after_s')}; both claimed it for "
+        f"reached it): {fenced}; {promoted}; both claimed it for "
         f"{_fmt(cut.get('both_primary_s'))}. Requests the isolated member committed that the "
-        f"new primary lacks: {'unknown' if isolated is None else isolated} "
-        f"(of {cut.get('isolated_committed')} it committed after the cut; a rewind discarded "
-        "them when the partition healed).",
+        f"new primary lacks: {counted}; the rewind that followed the heal discarded them.",
     ]
 
 

@@ -111,7 +111,8 @@ class Commands:
     def fault_proxy(self, r: Replica) -> ProcessSpec:
         """A real `toxiproxy-server` when one is on the PATH, else our compatible one."""
         port, config = str(r.ports["api"]), str(self.layout.fault_proxy_config)
-        if shutil.which("toxiproxy-server"):
+        # The image has no toxiproxy-server: on the containers runtime, always ours.
+        if shutil.which("toxiproxy-server") and not network.containers(self.settings):
             argv = ["toxiproxy-server", "-host", self.bind, "-port", port, "-config", config]
             as_user = self.service_user
         else:

@@ -27,6 +27,7 @@ import pwd
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -160,16 +161,32 @@ class ContainerProcess:
         self.send_signal(signal.SIGKILL)
 
     def _kill(self, sig: str) -> None:
-        with contextlib.suppress(NotFound, APIError):  # already gone: what was wanted
-            self.container.get_wrapped_container().kill(signal=sig)
+        wrapped = self.container.get_wrapped_container()
+        try:
+            wrapped.kill(signal=sig)
+        except NotFound:
+            return  # already gone: what was wanted
+        except APIError as exc:
+            # A frozen container takes no signal (409): thaw it, or the stop would wait for
+            # ever; a container that is not running has nothing to signal.
+            if "paused" not in str(exc):
+                log.debug("kill %s %s: %r", self.id[:12], sig, exc)
+                return
+            with contextlib.suppress(NotFound, APIError):
+                wrapped.unpause()
+                wrapped.kill(signal=sig)
 
 
 class ContainersRuntime:
     """Creates the environment's network and its replicas' containers; reports their exits.
 
-    One thread follows Docker's event stream for this environment's containers and hands each
-    exit code to its `ContainerProcess`: the supervisor's watcher awaits it like a process's
-    exit."""
+    Exits reach each `ContainerProcess` (whose `wait` the supervisor's watcher awaits, as a
+    process's) two ways: a thread follows Docker's event stream (at once; it reconnects when the
+    stream ends), and a check every `RECONCILE_S` compares every live container with the
+    engine's view (whatever the stream missed: an exit before the container was registered, a
+    stream that broke, a container removed by someone else)."""
+
+    RECONCILE_S = 2.0
 
     def __init__(self, settings: EnvSettings, image: str) -> None:
         self.settings = settings
@@ -177,9 +194,12 @@ class ContainersRuntime:
         self.client = docker.from_env()
         self.pool = ThreadPoolExecutor(_DOCKER_THREADS, thread_name_prefix="docker")
         self.network: Network | None = None
-        self.live: dict[str, ContainerProcess] = {}  # container id -> process
+        self.live: dict[str, ContainerProcess] = {}  # container id -> process, until it exits
+        self.exits: dict[str, int] = {}  # container id -> exit code, as the events said
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
         self._events: Any = None
+        self._reconciler: asyncio.Task[None] | None = None
 
     def submit(self, fn: Any, *args: Any) -> None:
         self.pool.submit(fn, *args)
@@ -195,6 +215,7 @@ class ContainersRuntime:
         await self.run(remove_all, self.settings, self.client)
         self.network = await self.run(self._create_network)
         threading.Thread(target=self._follow_events, name="docker-events", daemon=True).start()
+        self._reconciler = asyncio.create_task(self._reconcile(), name="docker-reconcile")
 
     def _create_network(self) -> Network:
         net = network.subnet(self.settings)
@@ -209,19 +230,67 @@ class ContainersRuntime:
 
     def _follow_events(self) -> None:
         filters = {"type": "container", "event": "die", "label": f"{LABEL}={self.settings.run_dir}"}
-        try:
-            self._events = self.client.events(decode=True, filters=filters)
-            for event in self._events:
-                cid = event.get("id", "")
-                code = int(event.get("Actor", {}).get("Attributes", {}).get("exitCode", -1))
-                proc = self.live.get(cid)
-                if proc is not None and self.loop is not None:
-                    self.loop.call_soon_threadsafe(proc.exited, code)
-        except Exception:  # the stream ends when the client closes at shutdown
-            log.debug("docker event stream ended", exc_info=True)
+        since = int(time.time())
+        while not self.closed:
+            try:
+                # From a little before the last start: nothing is missed across a reconnect.
+                self._events = self.client.events(decode=True, filters=filters, since=since - 2)
+                since = int(time.time())
+                for event in self._events:
+                    cid = event.get("id", "")
+                    code = int(event.get("Actor", {}).get("Attributes", {}).get("exitCode", -1))
+                    if self.loop is not None:
+                        self.loop.call_soon_threadsafe(self._exited, cid, code)
+            except Exception:  # the engine restarted, or the client closed at shutdown
+                if not self.closed:
+                    log.warning("docker event stream ended; following it again", exc_info=True)
+            time.sleep(1.0)
+
+    def _exited(self, cid: str, code: int) -> None:
+        """An exit (in the event loop's thread): to its process, or kept for `start` when the
+        container is not registered yet."""
+        proc = self.live.pop(cid, None)
+        if proc is None:
+            self.exits[cid] = code
+        elif proc.returncode is None:
+            proc.exited(code)
+
+    async def _reconcile(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(self.RECONCILE_S)
+            try:
+                gone = await self.run(self._not_running, list(self.live))
+                for cid, code in gone.items():
+                    self._exited(cid, code)
+            except Exception:  # never the end of the check: log, look again
+                log.exception("checking the containers' states")
+
+    def _not_running(self, ids: list[str]) -> dict[str, int]:
+        """id -> exit code of each of `ids` that no longer runs (-1: removed meanwhile)."""
+        running = {
+            c.id
+            for c in self.client.containers.list(
+                filters={"label": f"{LABEL}={self.settings.run_dir}", "status": "running"}
+            )
+        }
+        out = {}
+        for cid in ids:
+            if cid in running:
+                continue
+            try:
+                state = self.client.api.inspect_container(cid)["State"]
+                if state["Running"]:
+                    continue
+                out[cid] = int(state["ExitCode"])
+            except NotFound:
+                out[cid] = -1
+        return out
 
     async def close(self) -> None:
         """Remove every container and the network of this environment."""
+        self.closed = True
+        if self._reconciler is not None:
+            self._reconciler.cancel()
         await self.run(remove_all, self.settings, self.client)
         if self._events is not None:
             with contextlib.suppress(Exception):
@@ -233,19 +302,28 @@ class ContainersRuntime:
     async def start(self, spec: ReplicaSpec) -> ContainerProcess:
         """Start a replica in a fresh container (a previous one of the same name, exited, is
         removed first) and return it once its main process runs, or has already exited."""
-        container = self._container(spec)
+        container = await self.run(self._container, spec)
         await self.run(self._remove_named, container_name(self.settings, spec.name))
+        failure = ""
         try:
             await self.run(container.start)
-        except Exception:
-            # Its wait strategy saw it exit at once: the exit code (and its log) say why.
+        except Exception as exc:
+            # Its wait strategy saw it exit at once, or the engine could not start it (a port
+            # or an address still held): the exit code, Docker's error and its log say why.
             if container._container is None:  # never created: nothing to report on
                 raise
+            failure = repr(exc)
         info = await self.run(self._inspect, container)
-        proc = ContainerProcess(self, container, int(info["State"]["Pid"]))
+        state = info["State"]
+        main = await self.run(main_process, int(state["Pid"])) if state["Running"] else 0
+        proc = ContainerProcess(self, container, main)
         self.live[proc.id] = proc
-        if not info["State"]["Running"]:  # died before the event stream could tell us
-            proc.exited(int(info["State"]["ExitCode"]))
+        if not state["Running"] or proc.id in self.exits:
+            code = self.exits.pop(proc.id, int(state["ExitCode"]))
+            if failure or state.get("Error"):
+                _note(spec.log_path, f"container did not start: {state.get('Error')} {failure}")
+                code = code or 127  # never ran: not a clean exit
+            self._exited(proc.id, code)
         return proc
 
     def _container(self, spec: ReplicaSpec) -> ReplicaContainer:
@@ -268,6 +346,10 @@ class ContainersRuntime:
             labels=labels(s, name),
             networking_config={net: endpoint},
             shm_size=SHM_SIZE,
+            # Docker's init as pid 1 (reaps, forwards signals): the replica's own process is its
+            # child, so a signal to it reaches it alone, as on the local runtime (Patroni as pid
+            # 1 would fork itself behind a shim).
+            init=True,
             **limits(s),
         )
         return c
@@ -292,24 +374,62 @@ class ContainersRuntime:
             self.client.containers.get(cid).remove(force=True)
 
 
+def main_process(init_pid: int, timeout_s: float = 5.0) -> int:
+    """The replica's own process: the only child of the container's init (its host pid)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            children = Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()
+        except OSError:
+            return init_pid  # gone already: the exit will tell
+        if children:
+            return int(children[0])
+        if time.monotonic() >= deadline:
+            return init_pid
+        time.sleep(0.02)
+
+
+def _note(log_path: Path, line: str) -> None:
+    with contextlib.suppress(OSError), open(log_path, "a") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}\n")
+
+
 def remove_all(settings: EnvSettings, client: Any = None) -> list[str]:
     """Remove every container and network labelled with this environment, running or not;
     returns the containers' names. Safe to call when Docker has none (or no engine answers:
     then there is nothing of ours to remove)."""
     try:
         client = client or docker.from_env()
-        selector = {"label": f"{LABEL}={settings.run_dir}"}
-        removed = []
-        for c in client.containers.list(all=True, filters=selector):
-            with contextlib.suppress(NotFound):
-                c.remove(force=True, v=True)
-                removed.append(c.name)
-        for n in client.networks.list(filters=selector):
-            with contextlib.suppress(NotFound):
-                n.remove()
+        client.ping()
     except docker.errors.DockerException as exc:
         log.debug("no Docker engine to clean up: %r", exc)
         return []
+    selector = {"label": f"{LABEL}={settings.run_dir}"}
+    removed: list[str] = []
+    # A few rounds: a removal already in progress (409), or a network whose last endpoint is
+    # still going, succeeds a moment later. What is left after them, `leftovers` shows.
+    for _ in range(5):
+        failed = False
+        for c in client.containers.list(all=True, filters=selector):
+            try:
+                c.remove(force=True, v=True)
+                removed.append(c.name)
+            except NotFound:
+                pass
+            except APIError as exc:
+                failed = True
+                log.warning("removing %s: %s", c.name, exc)
+        for n in client.networks.list(filters=selector):
+            try:
+                n.remove()
+            except NotFound:
+                pass
+            except APIError as exc:
+                failed = True
+                log.warning("removing network %s: %s", n.name, exc)
+        if not failed:
+            break
+        time.sleep(1.0)
     return removed
 
 

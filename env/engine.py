@@ -2,7 +2,7 @@
 default socket), or Debian's `dockerd` started here when none does, and stopped again by the
 command that started it once no container of ours is left.
 
-Starting one needs root and the `docker.io` package (`tools/deps.sh --containers` installs it).
+Starting one needs root and the `docker.io` package (`make deps` installs it).
 Its state lives in the usual places (`/var/lib/docker`, `/run/docker.sock`), so images built
 once are there for the next run and for any Docker client; `STATE_DIR` records that we started
 it.
@@ -84,6 +84,7 @@ def ensure(timeout_s: float = 60.0) -> bool:
     try:
         wait_until(answers, timeout_s, interval_s=0.5, what="dockerd answering")
     except DeadlineExceeded:
+        stop_if_ours("", timeout_s=10)  # not left running half-started
         raise EngineError(
             f"dockerd did not answer in {timeout_s:g} s: {STATE_DIR}/dockerd.log"
         ) from None
@@ -96,12 +97,13 @@ def stop_if_ours(label: str, timeout_s: float = 30.0) -> bool:
     pid = started_here()
     if pid is None:
         return False
-    try:
-        client = docker.from_env(timeout=5)
-        if client.containers.list(all=True, filters={"label": label}):
-            return False
-    except DockerException:
-        pass
+    if label:
+        try:
+            client = docker.from_env(timeout=5)
+            if client.containers.list(all=True, filters={"label": label}):
+                return False
+        except DockerException:
+            return False  # cannot tell whether anyone's containers are on it: leave it
     os.kill(pid, signal.SIGTERM)
     try:
         wait_until(lambda: not pid_alive(pid), timeout_s, interval_s=0.2, what="dockerd exit")

@@ -28,6 +28,11 @@ class Layout:
         return self.run_dir / "supervisor.pid"
 
     @property
+    def runtime_record(self) -> Path:
+        """The runtime `up` started the environment on (`local`, `containers`), until `down`."""
+        return self.run_dir / "runtime"
+
+    @property
     def dockerd_started(self) -> Path:
         """Present when this environment's `up` started the Docker engine (`down` stops it)."""
         return self.run_dir / "dockerd-started"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from env.process import (
     terminate_then_kill,
 )
 from env.secrets import Secrets
-from env.settings import EnvSettings
+from env.settings import RUNTIMES, EnvSettings
 from env.state import EnvStatus
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
@@ -81,12 +82,27 @@ class EnvironmentStartError(RuntimeError):
         self.reason = reason
 
 
+def adopt_runtime(settings: EnvSettings, layout: Layout) -> EnvSettings:
+    """`settings` with the runtime the run directory records (what `up` started, until `down`
+    removed it), whatever the caller's `CWH_RUNTIME` says: a status, a `down` or an experiment
+    that took the other runtime would number pids wrongly and leave containers behind."""
+    try:
+        recorded = layout.runtime_record.read_text().strip()
+    except OSError:
+        return settings
+    if recorded == settings.runtime or recorded not in RUNTIMES:
+        return settings
+    return dataclasses.replace(settings, runtime=recorded, backups=recorded == "local")
+
+
 class LocalEnvironment:
     """Starts, inspects and stops the local environment described by `settings`."""
 
     def __init__(self, settings: EnvSettings, progress: ProgressFn | None = None) -> None:
-        self.settings = settings
+        #: What was asked for; `settings` is what runs in the run directory (`adopt_runtime`).
+        self.requested = settings
         self.layout = Layout(settings.run_dir)
+        self.settings = adopt_runtime(settings, self.layout)
         self.progress = progress
         self._admin = f"http://127.0.0.1:{settings.ports.supervisor}"
         # Kept so that the supervisor, our child when we started it, is reaped in `down`.
@@ -282,8 +298,22 @@ class LocalEnvironment:
         """
         self._preflight()
         status = self.supervisor_status()
+        if self.settings.runtime != self.requested.runtime:
+            if status is not None and status.get("phase") != "stopping":
+                raise EnvironmentStartError(
+                    "runtime",
+                    "",
+                    f"the environment in {self.settings.run_dir} runs on the "
+                    f"{self.settings.runtime} runtime, not {self.requested.runtime}: "
+                    "bring it down first (cwh env down)",
+                )
+            self.down()  # what is left of it, removed as its own runtime's
+            self.settings = self.requested
+            status = None
         if status is None or status.get("phase") == "stopping":
-            if status is not None or self.supervisor_pid() is not None:
+            # A runtime record without a supervisor: it crashed, and containers may be left.
+            left = self.layout.runtime_record.exists()
+            if status is not None or self.supervisor_pid() is not None or left:
                 self.down()
             self._ports_free()
             if network.containers(self.settings):
@@ -322,7 +352,7 @@ class LocalEnvironment:
         when missing: `env/images.py`), before the supervisor creates the containers."""
         import docker
 
-        from env import engine, images
+        from env import containers, engine, images
 
         def say(message: str) -> None:
             if self.progress:
@@ -334,7 +364,10 @@ class LocalEnvironment:
                 self.layout.dockerd_started.write_text("started by `up`\n")
                 say("started dockerd")
             images.ensure_stack(docker.from_env(), progress=say)
-        except (engine.EngineError, images.ImageError) as exc:
+        except Exception as exc:  # whatever failed, an engine we started does not stay on
+            if self.layout.dockerd_started.exists():
+                engine.stop_if_ours(containers.LABEL)
+                self.layout.dockerd_started.unlink(missing_ok=True)
             raise EnvironmentStartError("containers", "", str(exc)) from None
 
     def _startup_error(self) -> EnvironmentStartError:
@@ -367,6 +400,7 @@ class LocalEnvironment:
         with contextlib.suppress(FileNotFoundError):
             self.layout.startup_error.unlink()
         env = {**os.environ, **self.settings.to_environ(), MARKER: str(self.settings.run_dir)}
+        self.layout.runtime_record.write_text(self.settings.runtime + "\n")
         # The supervisor imports this project: make sure it can, installed or not.
         project_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
@@ -423,6 +457,7 @@ class LocalEnvironment:
             self._remove_containers()
         with contextlib.suppress(FileNotFoundError):
             self.layout.supervisor_pid.unlink()
+        self.layout.runtime_record.unlink(missing_ok=True)
         if self._supervisor_proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._supervisor_proc.wait(timeout=5)

@@ -7,6 +7,7 @@ know port arithmetic or read config files.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import ssl
@@ -448,4 +449,8 @@ def _failover_record(settings: EnvSettings) -> dict[str, Any] | None:
 
 
 def collect_status(settings: EnvSettings, supervisor: dict[str, Any] | None) -> dict[str, Any]:
+    # The runtime the environment really runs on, whoever asks: its pids are numbered by it.
+    runtime = (supervisor or {}).get("runtime") or settings.runtime
+    if runtime != settings.runtime:
+        settings = dataclasses.replace(settings, runtime=runtime, backups=runtime == "local")
     return asyncio.run(_collect(settings, supervisor))

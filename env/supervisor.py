@@ -408,7 +408,11 @@ class Supervisor:
                 log.warning("%s did not stop in time: SIGKILL", comp.name)
                 with contextlib.suppress(ProcessLookupError):
                     comp.proc.kill()
-                await comp.proc.wait()
+                try:
+                    # A process dies at once; a container's exit is seen within seconds.
+                    await asyncio.wait_for(comp.proc.wait(), 30)
+                except TimeoutError:
+                    log.error("%s still not gone 30 s after SIGKILL; going on", comp.name)
 
         await asyncio.gather(*(reap(c) for c in comps))
 
@@ -792,6 +796,7 @@ class Supervisor:
             "pid": os.getpid(),
             "run_dir": str(self.settings.run_dir),
             "base_port": self.settings.base_port,
+            "runtime": self.settings.runtime,
             "components": [c.describe() for c in self.components.values()],
             **self.privileges(),
         }

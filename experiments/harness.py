@@ -232,11 +232,12 @@ def _restore_lost_cluster(env: LocalEnvironment) -> str | None:
 
 
 def _restore_containers(s: ChaosSettings) -> dict[str, list[str]] | None:
-    if s.env.runtime != "containers":
+    env = environment(s).settings  # the runtime it really runs on, whatever was asked
+    if env.runtime != "containers":
         return None
     from env import containers
 
-    return containers.restore_faults(s.env)
+    return containers.restore_faults(env)
 
 
 def _reset_toxics(env: LocalEnvironment) -> bool | None:

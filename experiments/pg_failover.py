@@ -21,6 +21,7 @@ from env.local import LocalEnvironment
 from env.process import pid_alive, wait_until
 from env.state import ComponentStatus, EnvStatus
 from scenarios.write_loop import WriteLoop, present_ids
+from slo.ledger import Operation
 from slo.recovery import reconcile_writes, rto_s
 
 
@@ -58,6 +59,8 @@ class Fault:
         inject: kills the target given the status before the fault; returns what it killed.
         took_effect: (killed, status now) -> True once a new primary serves.
         restore: (env, killed) -> None; puts the environment back.
+        account: (the write loop's operations, killed) -> what the fault adds to the result,
+            once it is restored (None: nothing).
     """
 
     name: str
@@ -66,6 +69,7 @@ class Fault:
     restore: Callable[[LocalEnvironment, dict[str, Any]], None] = field(
         default=lambda env, killed: None
     )
+    account: Callable[[list[Operation], dict[str, Any]], dict[str, Any]] | None = None
 
 
 def _sigkill(pid: int, what: str) -> None:
@@ -162,6 +166,7 @@ def measure_failover(
         ops = loop.stop()
         if killed:
             fault.restore(env, killed)
+    extra = fault.account(ops, killed) if fault.account and killed else {}
     present = set(present_ids(url, [o.op_id for o in ops]))
     result = reconcile_writes(ops, present, fault_wall)
     after_fault = [o for o in ops if o.invoked_s >= fault_s and o.outcome == "ok"]
@@ -183,6 +188,7 @@ def measure_failover(
             Counter(str(o.server) for o in ops if o.outcome == "ok" and o.op_id not in present)
         ),
         "reconciliation": result,
+        **extra,
     }
 
 

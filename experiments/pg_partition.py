@@ -3,18 +3,20 @@ its clients (HAProxy, and through it pgBouncer and the services) still reach it.
 
 The split-brain case Patroni must fence: the isolated primary can no longer renew its leader
 key, so after the key's TTL it must demote itself, while the majority side promotes the
-synchronous standby. Until it does, it may still take writes. This module measures, from the
-client's side and from the database's:
+synchronous standby. Until it does, it may still take writes. Measured from the client's side
+and from the database's:
 
-- `fenced_after_s`: when the isolated primary stopped claiming the primary role (Patroni's
-  `/primary`, what HAProxy routes by, no longer 200), counted from the cut;
-- `promoted_after_s`: when another member served as the one primary;
-- `both_primary_s`: how long both claimed it (0 when the old one was fenced first);
-- `acknowledged_by_isolated`: writes a client was told were committed, by the isolated primary,
-  after the cut (the ledger knows which member answered each);
-- `committed_on_isolated`: rows the isolated primary holds from after the cut that the new
-  primary lacks (read from it, still isolated, before the partition heals: the rewind that
-  follows discards them);
+- `fenced_after_s`: when the isolated primary stopped claiming the primary role, counted from
+  the cut: its Patroni's `/primary` (what HAProxy routes writes by) answering non-200 as many
+  times in a row as HAProxy needs to mark it down (no answer counts as neither); None when it
+  still claimed it when the partition healed;
+- `promoted_after_s`: when another member's `/primary` first answered 200;
+- `both_primary_s`: how long both claimed it (up to the heal when the old one never stopped);
+- `acknowledged_by_isolated`: writes a client was told were committed by the isolated member,
+  completed after the cut (the ledger records which member answered each);
+- `committed_on_isolated`: rows the isolated member holds from around the cut on that the new
+  primary lacks (read from each member directly, before the heal: the rewind that follows
+  discards them), None when the isolated member could not be read in time;
 - and, like every failover measurement, RTO and the reconciliation (acknowledged writes lost).
 
 Only the containers runtime can cut one member off from some peers and not others
@@ -25,17 +27,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 import psycopg
 import requests
 
 from env import containers
+from env.configs import HAPROXY_PG_FALL
 from env.local import LocalEnvironment
-from env.process import wait_until
+from env.process import DeadlineExceeded, wait_until
 from env.state import EnvStatus
 from experiments.pg_failover import Fault, measure_failover, pg_members, primary_of
+from slo.ledger import Operation
+
+#: Rows from this long before the cut count: a transaction's `now()` is its start.
+SINCE_SLACK_S = 5.0
+#: How long the isolated member may take to answer a read before the heal (it restarts as a
+#: replica when it demotes itself); past it the count is unknown, and the partition heals.
+READ_ISOLATED_S = 20.0
 
 
 def peers_of(status: EnvStatus, member: str) -> list[str]:
@@ -45,64 +54,50 @@ def peers_of(status: EnvStatus, member: str) -> list[str]:
     return ["etcd", "faultproxy", *others]
 
 
-class PrimaryPartition:
-    """The fault, with a watcher that times the old primary's fencing while it lasts."""
+def claims_primary(patroni_port: int) -> bool | None:
+    """Patroni's `/primary` on 127.0.0.1: True on 200, False on another answer, None when
+    there was no answer within a second (a slow member is not a fenced one)."""
+    try:
+        return requests.get(f"http://127.0.0.1:{patroni_port}/primary", timeout=1).ok
+    except requests.RequestException:
+        return None
 
-    def __init__(self) -> None:
-        self.cut_at = 0.0
-        self.port = 0
+
+class FencingWatch:
+    """Times, from the cut, the isolated member's fencing and another member's promotion, a
+    fifth of a second apart, from Patroni's own answers (the host still reaches every member).
+    """
+
+    def __init__(self, isolated_port: int, other_ports: list[int]) -> None:
+        self.isolated_port = isolated_port
+        self.other_ports = other_ports
+        self.cut_at = time.monotonic()
         self.fenced_at: float | None = None
         self.promoted_at: float | None = None
-        self.isolated_rows: dict[str, Any] = {}
+        self.healed_at: float | None = None
         self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self.fault = Fault("partition-primary", self.inject, self.took_effect, self.restore)
+        self._thread = threading.Thread(target=self._run, name="fencing-watch", daemon=True)
+        self._thread.start()
 
-    def inject(self, env: LocalEnvironment, status: EnvStatus) -> dict[str, Any]:
-        name = primary_of(status)
-        assert name is not None, "no primary to cut off"
-        member = pg_members(status)[name]
-        self.port = member.port("patroni")
-        cut = containers.partition(env.settings, name, peers_of(status, name))
-        self.cut_at = time.monotonic()
-        self._watcher = threading.Thread(target=self._watch, name="fencing", daemon=True)
-        self._watcher.start()
-        return {
-            "name": name,
-            "timeline": member.detail["timeline"],
-            "postgres_port": member.port("postgres"),
-            "cut_from": cut["peers"],
-            "cut_wall": time.time(),
-        }
-
-    def _watch(self) -> None:
-        """Poll the isolated member's `/primary` from the host (which the cut spares)."""
-        while not self._stop.is_set() and self.fenced_at is None:
-            try:
-                claims = requests.get(f"http://127.0.0.1:{self.port}/primary", timeout=1)
-                if claims.status_code != 200:
-                    self.fenced_at = time.monotonic()
-            except requests.RequestException:
-                self.fenced_at = time.monotonic()  # no answer: no client is routed to it
+    def _run(self) -> None:
+        refusals = 0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self.fenced_at is None:
+                claims = claims_primary(self.isolated_port)
+                refusals = refusals + 1 if claims is False else 0 if claims else refusals
+                if refusals >= HAPROXY_PG_FALL:
+                    self.fenced_at = now
+            if self.promoted_at is None and any(claims_primary(p) for p in self.other_ports):
+                self.promoted_at = now
+            if self.fenced_at is not None and self.promoted_at is not None:
+                return
             self._stop.wait(0.2)
 
-    def took_effect(self, killed: dict[str, Any], now: EnvStatus) -> bool:
-        """Another member serves as the primary (the old one may still claim it too)."""
-        claims = [n for n, m in pg_members(now).items() if m.role == "primary"]
-        new = [n for n in claims if n != killed["name"]]
-        if new and self.promoted_at is None:
-            self.promoted_at = time.monotonic()
-        return bool(new)
-
-    def restore(self, env: LocalEnvironment, killed: dict[str, Any]) -> None:
-        """Read what the isolated primary committed, then heal the partition."""
-        try:
-            self.isolated_rows = isolated_commits(env, killed)
-        finally:
-            self._stop.set()
-            containers.heal(env.settings, killed["name"])
-            if self._watcher is not None:
-                self._watcher.join(timeout=5)
+    def healed(self) -> None:
+        self.healed_at = time.monotonic()
+        self._stop.set()
+        self._thread.join(timeout=5)
 
     def timings(self) -> dict[str, float | None]:
         def since_cut(t: float | None) -> float | None:
@@ -110,29 +105,71 @@ class PrimaryPartition:
 
         both = None
         if self.promoted_at is not None:
-            end = self.fenced_at if self.fenced_at is not None else time.monotonic()
-            both = round(max(0.0, end - self.promoted_at), 3)
+            end = self.fenced_at if self.fenced_at is not None else self.healed_at
+            both = round(max(0.0, (end or time.monotonic()) - self.promoted_at), 3)
         return {
             "fenced_after_s": since_cut(self.fenced_at),
             "promoted_after_s": since_cut(self.promoted_at),
             "both_primary_s": both,
+            "healed_after_s": since_cut(self.healed_at),
         }
 
 
-def isolated_commits(env: LocalEnvironment, killed: dict[str, Any]) -> dict[str, Any]:
-    """Rows of the write loop's table the isolated member holds from after the cut that the new
-    primary lacks: committed there (acknowledged or not), and about to be rewound away."""
+def cut_primary(env: LocalEnvironment, status: EnvStatus) -> tuple[dict[str, Any], FencingWatch]:
+    """Cut the primary off (`peers_of`) and start timing its fencing; what was cut."""
+    name = primary_of(status)
+    if name is None:
+        raise RuntimeError("no single primary to cut off")
+    members = pg_members(status)
+    member = members[name]
+    others = [m.port("patroni") for n, m in members.items() if n != name]
+    cut = containers.partition(env.settings, name, peers_of(status, name))
+    try:
+        watch = FencingWatch(member.port("patroni"), others)
+        return {
+            "name": name,
+            "timeline": member.detail["timeline"],
+            "postgres_port": member.port("postgres"),
+            "cut_from": cut["peers"],
+            "cut_wall": time.time(),
+        }, watch
+    except BaseException:  # nobody would heal a cut they were not told of
+        containers.heal(env.settings, name)
+        raise
+
+
+def isolated_rows(
+    env: LocalEnvironment, isolated: str, since_wall: float, table: str, key: str
+) -> dict[str, Any]:
+    """Rows of `table` (its text key `key`) the isolated member holds from `SINCE_SLACK_S`
+    before `since_wall` on that the promoted member lacks, each member read directly. Read
+    before the heal: once healed, the isolated member is rewound and they are gone."""
     status = env.state()
-    since = killed["cut_wall"]
-    sql = "SELECT id FROM harness_writes WHERE written_at >= to_timestamp(%s)"
-    isolated = status.urls["members"][killed["name"]]
-    there = read_member(isolated, sql, (since,), env.settings.timeout(60))
-    with psycopg.connect(status.urls["write"], connect_timeout=5) as conn:
-        rows = conn.execute(
-            "SELECT id FROM harness_writes WHERE id = ANY(%s)", (sorted(there),)
-        ).fetchall()
-    missing = there - {r[0] for r in rows}
-    return {"committed_after_cut": len(there), "missing_on_new_primary": sorted(missing)}
+    promoted = next(
+        (n for n, m in pg_members(status).items() if n != isolated and m.role == "primary"), None
+    )
+    if promoted is None:
+        return {"committed": None, "missing": None, "error": "no other member is primary"}
+    sql = f"SELECT {key}::text FROM {table} WHERE created_at >= to_timestamp(%s)"
+    if table == "harness_writes":
+        sql = "SELECT id FROM harness_writes WHERE written_at >= to_timestamp(%s)"
+    try:
+        there = read_member(
+            status.urls["members"][isolated],
+            sql,
+            (since_wall - SINCE_SLACK_S,),
+            env.settings.timeout(READ_ISOLATED_S),
+        )
+        have = read_member(
+            status.urls["members"][promoted],
+            f"SELECT {key}::text FROM {table} WHERE {key}::text = ANY(%s)",
+            (sorted(there),),
+            env.settings.timeout(READ_ISOLATED_S),
+        )
+    except (DeadlineExceeded, psycopg.Error) as exc:
+        return {"committed": None, "missing": None, "error": str(exc)[:300]}
+    missing = sorted(there - have)
+    return {"committed": len(there), "missing": len(missing), "missing_ids": missing[:50]}
 
 
 def read_member(url: str, sql: str, params: tuple[Any, ...], timeout_s: float) -> set[str]:
@@ -143,7 +180,54 @@ def read_member(url: str, sql: str, params: tuple[Any, ...], timeout_s: float) -
         with psycopg.connect(url, connect_timeout=5) as conn:
             return ({str(r[0]) for r in conn.execute(sql, params).fetchall()},)
 
-    return wait_until(read, timeout_s, "the isolated member readable", 0.5)[0]
+    return wait_until(read, timeout_s, "the member readable", 0.5)[0]
+
+
+class PrimaryPartition:
+    """The fault for `measure_failover`: cut, fencing timed, rows counted, healed."""
+
+    def __init__(self) -> None:
+        self.watch: FencingWatch | None = None
+        self.rows: dict[str, Any] = {}
+        self.fault = Fault(
+            "partition-primary", self.inject, self.took_effect, self.restore, self.account
+        )
+
+    def inject(self, env: LocalEnvironment, status: EnvStatus) -> dict[str, Any]:
+        killed, self.watch = cut_primary(env, status)
+        return killed
+
+    def took_effect(self, killed: dict[str, Any], now: EnvStatus) -> bool:
+        """Another member answers as the primary (the old one may still claim it too)."""
+        return self.watch is not None and self.watch.promoted_at is not None
+
+    def restore(self, env: LocalEnvironment, killed: dict[str, Any]) -> None:
+        try:
+            self.rows = isolated_rows(
+                env, killed["name"], killed["cut_wall"], "harness_writes", "id"
+            )
+        finally:
+            containers.heal(env.settings, killed["name"])
+            if self.watch is not None:
+                self.watch.healed()
+
+    def account(self, ops: list[Operation], killed: dict[str, Any]) -> dict[str, Any]:
+        assert self.watch is not None
+        cut_at, port = self.watch.cut_at, str(killed["postgres_port"])
+        return {
+            **self.watch.timings(),
+            # Completed after the cut: acknowledged by a member the cluster had cut off.
+            "acknowledged_by_isolated": len(
+                isolated := [
+                    o.op_id
+                    for o in ops
+                    if o.outcome == "ok" and o.server == port and o.completed_s >= cut_at
+                ]
+            ),
+            "acknowledged_by_isolated_ids": isolated[:200],
+            "committed_on_isolated": self.rows.get("missing"),
+            "isolated_rows": self.rows,
+        }
 
 
 def measure_partition(env: LocalEnvironment, rate_per_s: float = 50.0) -> dict[str, Any]:
@@ -155,19 +239,4 @@ def measure_partition(env: LocalEnvironment, rate_per_s: float = 50.0) -> dict[s
     """
     if env.settings.runtime != "containers":
         raise containers.NeedsContainers("a partition of the PostgreSQL primary")
-    fault = PrimaryPartition()
-    result = measure_failover(env, fault.fault, rate_per_s=rate_per_s)
-    killed = result["killed"]
-    return {
-        **result,
-        **fault.timings(),
-        "acknowledged_by_isolated": acknowledged_by(result["ok_after_fault_by_server"], killed),
-        "committed_on_isolated": len(fault.isolated_rows.get("missing_on_new_primary", [])),
-        "isolated_rows": fault.isolated_rows,
-    }
-
-
-def acknowledged_by(by_server: Counter[str] | dict[str, int], killed: dict[str, Any]) -> int:
-    """Writes acknowledged after the cut by the isolated member (the ledger records the port of
-    the member that answered each)."""
-    return int(by_server.get(str(killed["postgres_port"]), 0))
+    return measure_failover(env, PrimaryPartition().fault, rate_per_s=rate_per_s)

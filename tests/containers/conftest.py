@@ -58,8 +58,14 @@ def containers_settings() -> EnvSettings:
 
 
 @pytest.fixture(scope="session")
+def volumes_at_start(docker_engine: docker.DockerClient) -> set[str]:
+    """The engine's volumes before the environment starts (none of them ours)."""
+    return {v.name for v in docker_engine.volumes.list()}
+
+
+@pytest.fixture(scope="session")
 def containers_env(
-    containers_settings: EnvSettings, stack_image: str
+    containers_settings: EnvSettings, stack_image: str, volumes_at_start: set[str]
 ) -> Iterator[LocalEnvironment]:
     env = LocalEnvironment(containers_settings)
     env.reset()  # a leftover of an interrupted session, containers included

@@ -127,3 +127,37 @@ def test_container_faults_refuse_the_local_runtime() -> None:
         containers.pause(LOCAL, "api1")
     with pytest.raises(containers.NeedsContainers):
         measure_partition(LocalEnvironment(LOCAL))
+
+
+def test_a_running_environment_keeps_its_runtime_whatever_the_caller_asks(
+    tmp_path: Path,
+) -> None:
+    from env.local import LocalEnvironment
+
+    local = EnvSettings(base_port=17000, run_dir=tmp_path)
+    assert LocalEnvironment(local).settings.runtime == "local"  # nothing recorded
+    Layout(tmp_path).runtime_record.write_text("containers\n")
+    adopted = LocalEnvironment(local).settings
+    assert adopted.runtime == "containers"
+    assert adopted.backups is False
+    Layout(tmp_path).runtime_record.write_text("local\n")
+    boxed = EnvSettings(base_port=17000, run_dir=tmp_path, runtime="containers", backups=False)
+    back = LocalEnvironment(boxed)
+    assert back.settings.runtime == "local"
+    assert back.requested.runtime == "containers"
+
+
+def test_cwh_chaos_refuses_a_containers_experiment_on_the_local_runtime(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from cwh.chaos import ChaosOptions, run
+
+    console = Console(record=True, width=200)
+    code, out = run(
+        ChaosOptions(experiment="pg-partition-primary", reports=tmp_path),
+        console,
+        EnvSettings(base_port=17000, run_dir=tmp_path / "run"),
+    )
+    assert (code, out) == (2, None)
+    assert "needs the containers runtime" in console.export_text()
+    assert not (tmp_path / "run" / "supervisor.pid").exists()  # nothing was started

@@ -12,14 +12,10 @@ import json
 import time
 from typing import Any
 
-import psycopg
-import requests
-
 from env import containers
-from env.process import DeadlineExceeded
 from experiments import harness
-from experiments.pg_failover import pg_members, primary_of
-from experiments.pg_partition import peers_of, read_member
+from experiments.pg_failover import primary_of
+from experiments.pg_partition import cut_primary, isolated_rows
 from experiments.settings import Configuration
 from slo.ledger import write_atomic
 
@@ -28,79 +24,39 @@ def partition_primary(
     hold_s: float = 30, timeout_s: float = 60, *, configuration: Configuration
 ) -> dict[str, Any]:
     """Cut the PostgreSQL primary off from its replicas, etcd and the replication links for
-    `hold_s` (its clients still reach it), then heal. Returns when the isolated member stopped
-    claiming the primary role (fenced) and another served as primary, in seconds from the cut,
-    how long both claimed it, and the requests the isolated member committed that the new
-    primary lacks (read from it before the heal; the rewind that follows discards them)."""
+    `hold_s` (its clients still reach it), then heal (`experiments.pg_partition`). Returns, in
+    seconds from the cut, when the isolated member stopped claiming the primary role (None: it
+    still did at the heal) and when another member served as primary, how long both claimed it,
+    and the requests the isolated member committed that the new primary lacks (read from each
+    member before the heal; the rewind that follows discards them). Also in partition.json."""
     s = harness.settings_of(configuration)
     env = harness.environment(s)
-    before = env.state()
-    name = primary_of(before)
-    if name is None:
-        raise RuntimeError("no single primary to cut off")
-    members = pg_members(before)
-    member = members[name]
-    others = [m.port("patroni") for n, m in members.items() if n != name]
-    cut = containers.partition(s.env, name, peers_of(before, name))
-    fault = f"partition-primary-{name}"
-    entry = harness.mark(s, "inject", fault, **cut)
-    t0 = time.monotonic()
-    fenced = promoted = None
-    deadline = t0 + s.env.timeout(timeout_s)
+    killed, watch = cut_primary(env, env.state())
+    fault = f"partition-primary-{killed['name']}"
     try:
-        while time.monotonic() < deadline and (fenced is None or promoted is None):
-            now = time.monotonic() - t0
-            if fenced is None and not _claims_primary(member.port("patroni")):
-                fenced = round(now, 3)
-            # Patroni's own answers, a fifth of a second apart (the whole status takes longer).
-            if promoted is None and any(_claims_primary(port) for port in others):
-                promoted = round(now, 3)
+        harness.mark(s, "inject", fault, member=killed["name"], cut_from=killed["cut_from"])
+        deadline = watch.cut_at + max(hold_s, s.env.timeout(timeout_s))
+        # Held at least `hold_s`, and until the cluster moved on (or the deadline).
+        while time.monotonic() < deadline and (
+            time.monotonic() < watch.cut_at + hold_s or watch.promoted_at is None
+        ):
             time.sleep(0.2)
-        remaining = t0 + hold_s - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
-        isolated = _isolated_requests(env.state(), name, entry["wall"], s.env.timeout(60))
+        rows = isolated_rows(env, killed["name"], killed["cut_wall"], "requests", "request_id")
     finally:
-        containers.heal(s.env, name)
+        containers.heal(s.env, killed["name"])
+        watch.healed()
         harness.mark(s, "restore", fault)
-    both = None
-    if promoted is not None:
-        both = round(max(0.0, (fenced if fenced is not None else hold_s) - promoted), 3)
     result = {
-        "member": name,
-        "cut_from": cut["peers"],
-        "fenced_after_s": fenced,
-        "promoted_after_s": promoted,
-        "both_primary_s": both,
-        **isolated,
+        "member": killed["name"],
+        "cut_from": killed["cut_from"],
+        **watch.timings(),
+        "isolated_committed": rows.get("committed"),
+        "isolated_not_on_new_primary": rows.get("missing"),
+        **({"error": rows["error"]} if "error" in rows else {}),
     }
     # For chaos.json and chaos.md (`cwh.chaos`), beside the journal.
     write_atomic(harness.run_dir(s) / "partition.json", json.dumps(result, indent=2))
     return result
-
-
-def _claims_primary(patroni_port: int) -> bool:
-    """Patroni's `/primary` answers 200: what HAProxy routes writes by."""
-    try:
-        return requests.get(f"http://127.0.0.1:{patroni_port}/primary", timeout=1).ok
-    except requests.RequestException:
-        return False
-
-
-def _isolated_requests(status: Any, member: str, since: float, timeout_s: float) -> dict[str, Any]:
-    """Requests the isolated member holds from after the cut that the new primary lacks."""
-    sql = "SELECT request_id::text FROM requests WHERE created_at >= to_timestamp(%s)"
-    try:
-        there = read_member(status.urls["members"][member], sql, (since,), timeout_s)
-        with psycopg.connect(status.urls["write"], connect_timeout=5) as conn:
-            rows = conn.execute(
-                "SELECT request_id::text FROM requests WHERE request_id = ANY(%s::uuid[])",
-                (sorted(there),),
-            ).fetchall()
-    except (psycopg.Error, DeadlineExceeded) as exc:
-        return {"isolated_committed": None, "isolated_not_on_new_primary": None, "error": str(exc)}
-    missing = there - {r[0] for r in rows}
-    return {"isolated_committed": len(there), "isolated_not_on_new_primary": len(missing)}
 
 
 def freeze(
