@@ -42,9 +42,12 @@ from slo.ledger import Operation
 
 #: Rows from this long before the cut count: a transaction's `now()` is its start.
 SINCE_SLACK_S = 5.0
-#: How long the isolated member may take to answer a read before the heal (it restarts as a
-#: replica when it demotes itself); past it the count is unknown, and the partition heals.
-READ_ISOLATED_S = 20.0
+#: How long the isolated member may take to answer a read before the heal; past it the count is
+#: unknown, and the partition heals. It restarts as a replica when it demotes itself, and its
+#: shutdown waits for its walsenders, stuck on the dropped links until `wal_sender_timeout`
+#: (PostgreSQL's 60 s) ends them: seen here, "the database system is shutting down" for 20 s
+#: and more.
+READ_ISOLATED_S = 90.0
 
 
 def peers_of(status: EnvStatus, member: str) -> list[str]:

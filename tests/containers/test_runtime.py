@@ -12,7 +12,7 @@ import docker
 import pytest
 
 from env import network
-from env.containers import LABEL, container_name, limits
+from env.containers import LABEL, container_name, limits, main_process
 from env.local import LocalEnvironment
 from env.process import pid_alive
 from experiments.pg_failover import KILL_POSTGRES, measure_failover
@@ -33,8 +33,10 @@ def test_every_replica_runs_in_a_container_of_its_own(
     for comp in comps:
         c = by_name[container_name(s, comp["component"])]
         assert comp["container"] == c.id[:12]
-        # The status's pid is the container's main process, numbered as the host sees it.
-        assert comp["pid"] == c.attrs["State"]["Pid"]
+        # The status's pid is the replica's own process, numbered as the host sees it: the only
+        # child of the container's init (Docker's), so a signal to it reaches it alone.
+        assert c.attrs["HostConfig"]["Init"] is True
+        assert main_process(c.attrs["State"]["Pid"]) == comp["pid"] != c.attrs["State"]["Pid"]
         assert pid_alive(comp["pid"])
         # A host of its own on the environment's network, at its fixed address.
         nets = c.attrs["NetworkSettings"]["Networks"]
