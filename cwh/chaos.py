@@ -136,8 +136,11 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         )
         return 2, None
     exp = exps[opts.experiment]
-    # An environment that runs is experimented on with the runtime it really has.
-    settings = LocalEnvironment(settings).settings
+    # An environment that runs is experimented on with the runtime it really has; a record
+    # left by one that no longer runs is `up`'s to clean, and what was asked starts.
+    running = LocalEnvironment(settings)
+    if running.supervisor_status() is not None:
+        settings = running.settings
     env = LocalEnvironment(settings)
     if exp["runtime"] and exp["runtime"] != settings.runtime:
         console.print(
@@ -461,21 +464,26 @@ def _partition_lines(cut: dict[str, Any] | None) -> list[str]:
         return []
 
     healed = f"when the partition healed (+{cut.get('healed_after_s')} s)"
-    fenced = (
-        f"it stopped claiming the primary role at +{cut['fenced_after_s']} s"
-        if cut.get("fenced_after_s") is not None
-        else f"it still claimed the primary role {healed}"
-    )
+    if cut.get("fenced_after_s") is not None:
+        fenced = f"it stopped claiming the primary role at +{cut['fenced_after_s']} s"
+    elif cut.get("fencing_known", True):
+        fenced = f"it still claimed the primary role {healed}"
+    else:
+        fenced = (
+            f"it answered nothing before it refused, so whether it claimed it {healed} is unknown"
+        )
     promoted = (
         f"another member served as primary at +{cut['promoted_after_s']} s"
         if cut.get("promoted_after_s") is not None
         else f"no other member served as primary {healed}"
     )
     isolated = cut.get("isolated_not_on_new_primary")
+    before = cut.get("isolated_not_on_new_primary_before_cut")
     counted = (
         f"unknown ({cut.get('error', 'not read')})"
         if isolated is None
         else f"{isolated} (of {cut.get('isolated_committed')} it committed from the cut on)"
+        + (f", and {before} written in the 5 s before the cut" if before else "")
     )
     return [
         "",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pwd
 import signal
 import subprocess
@@ -195,7 +196,8 @@ class ContainersRuntime:
         self.pool = ThreadPoolExecutor(_DOCKER_THREADS, thread_name_prefix="docker")
         self.network: Network | None = None
         self.live: dict[str, ContainerProcess] = {}  # container id -> process, until it exits
-        self.exits: dict[str, int] = {}  # container id -> exit code, as the events said
+        self.exits: dict[str, int] = {}  # container id -> exit code, before registration
+        self.starting = 0  # starts under way
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
         self._events: Any = None
@@ -235,8 +237,9 @@ class ContainersRuntime:
             try:
                 # From a little before the last start: nothing is missed across a reconnect.
                 self._events = self.client.events(decode=True, filters=filters, since=since - 2)
-                since = int(time.time())
                 for event in self._events:
+                    # A reconnect asks from the last event on (a replayed one is harmless).
+                    since = int(event.get("time", since))
                     cid = event.get("id", "")
                     code = int(event.get("Actor", {}).get("Attributes", {}).get("exitCode", -1))
                     if self.loop is not None:
@@ -247,11 +250,12 @@ class ContainersRuntime:
             time.sleep(1.0)
 
     def _exited(self, cid: str, code: int) -> None:
-        """An exit (in the event loop's thread): to its process, or kept for `start` when the
-        container is not registered yet."""
+        """An exit (in the event loop's thread): to its process, or kept for `start` while a
+        start is under way (a container can die before it is registered)."""
         proc = self.live.pop(cid, None)
         if proc is None:
-            self.exits[cid] = code
+            if self.starting:
+                self.exits[cid] = code
         elif proc.returncode is None:
             proc.exited(code)
 
@@ -267,9 +271,10 @@ class ContainersRuntime:
 
     def _not_running(self, ids: list[str]) -> dict[str, int]:
         """id -> exit code of each of `ids` that no longer runs (-1: removed meanwhile)."""
+        # Ids only: one call, no inspection of each (which fails for one removed meanwhile).
         running = {
-            c.id
-            for c in self.client.containers.list(
+            c["Id"]
+            for c in self.client.api.containers(
                 filters={"label": f"{LABEL}={self.settings.run_dir}", "status": "running"}
             )
         }
@@ -302,6 +307,15 @@ class ContainersRuntime:
     async def start(self, spec: ReplicaSpec) -> ContainerProcess:
         """Start a replica in a fresh container (a previous one of the same name, exited, is
         removed first) and return it once its main process runs, or has already exited."""
+        self.starting += 1
+        try:
+            return await self._start(spec)
+        finally:
+            self.starting -= 1
+            if not self.starting:
+                self.exits.clear()
+
+    async def _start(self, spec: ReplicaSpec) -> ContainerProcess:
         container = await self.run(self._container, spec)
         await self.run(self._remove_named, container_name(self.settings, spec.name))
         failure = ""
@@ -320,7 +334,7 @@ class ContainersRuntime:
         self.live[proc.id] = proc
         if not state["Running"] or proc.id in self.exits:
             code = self.exits.pop(proc.id, int(state["ExitCode"]))
-            if failure or state.get("Error"):
+            if state.get("Error") or state.get("StartedAt", "").startswith("0001-"):
                 _note(spec.log_path, f"container did not start: {state.get('Error')} {failure}")
                 code = code or 127  # never ran: not a clean exit
             self._exited(proc.id, code)
@@ -368,6 +382,8 @@ class ContainersRuntime:
         """Remove an exited (or unwanted) replica's container."""
         self.live.pop(proc.id, None)
         await self.run(self._remove_id, proc.id)
+        if proc.returncode is None:  # gone now, whatever the events will say
+            proc.exited(-1)
 
     def _remove_id(self, cid: str) -> None:
         with contextlib.suppress(NotFound, APIError):
@@ -375,18 +391,39 @@ class ContainersRuntime:
 
 
 def main_process(init_pid: int, timeout_s: float = 5.0) -> int:
-    """The replica's own process: the only child of the container's init (its host pid)."""
+    """The replica's own process: the first child of the container's init (its host pid); 0
+    when the init is gone (the exit will tell); the init itself, logged, when no child came."""
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            children = Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()
-        except OSError:
-            return init_pid  # gone already: the exit will tell
+        if not Path(f"/proc/{init_pid}").exists():
+            return 0
+        children = _children(init_pid)
         if children:
-            return int(children[0])
+            return children[0]
         if time.monotonic() >= deadline:
+            log.warning("no child of the container's init %d after %g s", init_pid, timeout_s)
             return init_pid
         time.sleep(0.02)
+
+
+def _children(pid: int) -> list[int]:
+    """`pid`'s children, oldest first: the kernel's list, or a scan of /proc without it."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    found = []
+    with os.scandir("/proc") as entries:
+        for e in entries:
+            if e.name.isdigit():
+                try:
+                    # ppid is the 4th field after the command's closing parenthesis.
+                    stat = Path(f"/proc/{e.name}/stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(e.name))
+                except (OSError, ValueError, IndexError):
+                    continue
+    return sorted(found)
 
 
 def _note(log_path: Path, line: str) -> None:
@@ -410,23 +447,28 @@ def remove_all(settings: EnvSettings, client: Any = None) -> list[str]:
     # still going, succeeds a moment later. What is left after them, `leftovers` shows.
     for _ in range(5):
         failed = False
-        for c in client.containers.list(all=True, filters=selector):
-            try:
-                c.remove(force=True, v=True)
-                removed.append(c.name)
-            except NotFound:
-                pass
-            except APIError as exc:
-                failed = True
-                log.warning("removing %s: %s", c.name, exc)
-        for n in client.networks.list(filters=selector):
-            try:
-                n.remove()
-            except NotFound:
-                pass
-            except APIError as exc:
-                failed = True
-                log.warning("removing network %s: %s", n.name, exc)
+        try:
+            found = client.containers.list(all=True, filters=selector, ignore_removed=True)
+            for c in found:
+                try:
+                    c.remove(force=True, v=True)
+                    removed.append(c.name)
+                except NotFound:
+                    pass
+                except APIError as exc:
+                    failed = True
+                    log.warning("removing %s: %s", c.name, exc)
+            for n in client.networks.list(filters=selector):
+                try:
+                    n.remove()
+                except NotFound:
+                    pass
+                except APIError as exc:
+                    failed = True
+                    log.warning("removing network %s: %s", n.name, exc)
+        except docker.errors.DockerException as exc:  # the engine going away mid-list
+            failed = True
+            log.warning("listing what to remove: %s", exc)
         if not failed:
             break
         time.sleep(1.0)

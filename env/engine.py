@@ -46,9 +46,11 @@ def started_here() -> int | None:
     """The pid of the dockerd this project started, if it still runs."""
     try:
         pid = int((STATE_DIR / "dockerd.pid").read_text().strip())
+        # A pid file outlives a SIGKILLed dockerd, and its number may be anyone's by now.
+        is_dockerd = Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd"
     except (OSError, ValueError):
         return None
-    return pid if (STATE_DIR / "ours").exists() and pid_alive(pid) else None
+    return pid if (STATE_DIR / "ours").exists() and is_dockerd and pid_alive(pid) else None
 
 
 def ensure(timeout_s: float = 60.0) -> bool:
@@ -69,6 +71,7 @@ def ensure(timeout_s: float = 60.0) -> bool:
     if os.geteuid() != 0:
         raise EngineError("no Docker engine answers; starting dockerd needs root")
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    (STATE_DIR / "dockerd.pid").unlink(missing_ok=True)  # an old one names nobody of ours
     argv = [
         "setsid",
         "--fork",  # not our child: it outlives this command (until `down` stops it)

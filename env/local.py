@@ -470,8 +470,11 @@ class LocalEnvironment:
         from env import containers, engine
 
         containers.remove_all(self.settings)
-        if self.layout.dockerd_started.exists():
-            engine.stop_if_ours(containers.LABEL)
+        # Stopped once no environment's container is left on it; until then the record stays,
+        # and a later `down` tries again.
+        if self.layout.dockerd_started.exists() and (
+            engine.stop_if_ours(containers.LABEL) or engine.started_here() is None
+        ):
             self.layout.dockerd_started.unlink(missing_ok=True)
 
     def reset(self) -> None:

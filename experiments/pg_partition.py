@@ -71,10 +71,11 @@ class FencingWatch:
     fifth of a second apart, from Patroni's own answers (the host still reaches every member).
     """
 
-    def __init__(self, isolated_port: int, other_ports: list[int]) -> None:
+    def __init__(self, isolated_port: int, other_ports: list[int], cut_at: float) -> None:
         self.isolated_port = isolated_port
         self.other_ports = other_ports
-        self.cut_at = time.monotonic()
+        self.cut_at = cut_at  # monotonic, taken as the cut began
+        self.last_answer: bool | None = True  # the isolated member's last `claims_primary`
         self.fenced_at: float | None = None
         self.promoted_at: float | None = None
         self.healed_at: float | None = None
@@ -83,16 +84,25 @@ class FencingWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        refusals = 0
+        refusals, first_refusal = 0, 0.0
         while not self._stop.is_set():
-            now = time.monotonic()
             if self.fenced_at is None:
                 claims = claims_primary(self.isolated_port)
-                refusals = refusals + 1 if claims is False else 0 if claims else refusals
+                answered = time.monotonic()
+                self.last_answer = claims
+                if claims is False:
+                    refusals += 1
+                    first_refusal = first_refusal if refusals > 1 else answered
+                elif claims:
+                    refusals = 0
+                # Fenced from its first refusal, once HAProxy would have marked it down.
                 if refusals >= HAPROXY_PG_FALL:
-                    self.fenced_at = now
-            if self.promoted_at is None and any(claims_primary(p) for p in self.other_ports):
-                self.promoted_at = now
+                    self.fenced_at = first_refusal
+            if self.promoted_at is None:
+                for port in self.other_ports:
+                    if claims_primary(port):
+                        self.promoted_at = time.monotonic()
+                        break
             if self.fenced_at is not None and self.promoted_at is not None:
                 return
             self._stop.wait(0.2)
@@ -106,12 +116,15 @@ class FencingWatch:
         def since_cut(t: float | None) -> float | None:
             return round(t - self.cut_at, 3) if t is not None else None
 
+        # Unknown when it had stopped answering before it refused: no answer is no verdict.
+        known = self.fenced_at is not None or self.last_answer is not None
         both = None
-        if self.promoted_at is not None:
+        if self.promoted_at is not None and known:
             end = self.fenced_at if self.fenced_at is not None else self.healed_at
             both = round(max(0.0, (end or time.monotonic()) - self.promoted_at), 3)
         return {
             "fenced_after_s": since_cut(self.fenced_at),
+            "fencing_known": known,
             "promoted_after_s": since_cut(self.promoted_at),
             "both_primary_s": both,
             "healed_after_s": since_cut(self.healed_at),
@@ -126,15 +139,17 @@ def cut_primary(env: LocalEnvironment, status: EnvStatus) -> tuple[dict[str, Any
     members = pg_members(status)
     member = members[name]
     others = [m.port("patroni") for n, m in members.items() if n != name]
+    # From the moment the cut begins, as the write loop's RTO counts from the fault.
+    cut_at, cut_wall = time.monotonic(), time.time()
     cut = containers.partition(env.settings, name, peers_of(status, name))
     try:
-        watch = FencingWatch(member.port("patroni"), others)
+        watch = FencingWatch(member.port("patroni"), others, cut_at)
         return {
             "name": name,
             "timeline": member.detail["timeline"],
             "postgres_port": member.port("postgres"),
             "cut_from": cut["peers"],
-            "cut_wall": time.time(),
+            "cut_wall": cut_wall,
         }, watch
     except BaseException:  # nobody would heal a cut they were not told of
         containers.heal(env.settings, name)
@@ -146,23 +161,30 @@ def isolated_rows(
 ) -> dict[str, Any]:
     """Rows of `table` (its text key `key`) the isolated member holds from `SINCE_SLACK_S`
     before `since_wall` on that the promoted member lacks, each member read directly. Read
-    before the heal: once healed, the isolated member is rewound and they are gone."""
+    before the heal: once healed, the isolated member is rewound and they are gone.
+
+    `committed`, `missing`: those from `since_wall` on (the partition's); `missing_before` the
+    ones written in the slack before it that never reached the new primary (a failover's own
+    tail, or a transaction begun before the cut); `missing_ids` all of them."""
     status = env.state()
     promoted = next(
         (n for n, m in pg_members(status).items() if n != isolated and m.role == "primary"), None
     )
     if promoted is None:
         return {"committed": None, "missing": None, "error": "no other member is primary"}
-    sql = f"SELECT {key}::text FROM {table} WHERE created_at >= to_timestamp(%s)"
-    if table == "harness_writes":
-        sql = "SELECT id FROM harness_writes WHERE written_at >= to_timestamp(%s)"
+    at = "written_at" if table == "harness_writes" else "created_at"
+    sql = (
+        f"SELECT {key}::text, EXTRACT(EPOCH FROM {at})::float8 >= %s FROM {table}"
+        f" WHERE {at} >= to_timestamp(%s)"
+    )
     try:
-        there = read_member(
+        rows = read_member(
             status.urls["members"][isolated],
             sql,
-            (since_wall - SINCE_SLACK_S,),
+            (since_wall, since_wall - SINCE_SLACK_S),
             env.settings.timeout(READ_ISOLATED_S),
         )
+        there = set(rows)
         have = read_member(
             status.urls["members"][promoted],
             f"SELECT {key}::text FROM {table} WHERE {key}::text = ANY(%s)",
@@ -171,17 +193,25 @@ def isolated_rows(
         )
     except (DeadlineExceeded, psycopg.Error) as exc:
         return {"committed": None, "missing": None, "error": str(exc)[:300]}
-    missing = sorted(there - have)
-    return {"committed": len(there), "missing": len(missing), "missing_ids": missing[:50]}
+    missing = sorted(there - set(have))
+    after = [i for i in missing if rows[i]]
+    return {
+        "committed": sum(1 for i in there if rows[i]),
+        "missing": len(after),
+        "missing_before": len(missing) - len(after),
+        "missing_ids": missing,
+    }
 
 
-def read_member(url: str, sql: str, params: tuple[Any, ...], timeout_s: float) -> set[str]:
-    """The first column of `sql` on a member that may be restarting: a member demoting itself
-    restarts as a replica (of no one) and answers again once started."""
+def read_member(url: str, sql: str, params: tuple[Any, ...], timeout_s: float) -> dict[str, Any]:
+    """First column -> second column (None without one) of `sql` on a member that may be
+    restarting: a member demoting itself restarts as a replica (of no one), and answers again
+    once started."""
 
-    def read() -> tuple[set[str]]:
+    def read() -> tuple[dict[str, Any]]:
         with psycopg.connect(url, connect_timeout=5) as conn:
-            return ({str(r[0]) for r in conn.execute(sql, params).fetchall()},)
+            rows = conn.execute(sql, params).fetchall()
+        return ({str(r[0]): (r[1] if len(r) > 1 else None) for r in rows},)
 
     return wait_until(read, timeout_s, "the member readable", 0.5)[0]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -48,7 +49,7 @@ def members() -> Iterator[tuple[Member, Member]]:
 
 def test_fenced_after_promoted_gives_the_two_primary_window(members) -> None:
     old, new = members
-    watch = FencingWatch(old.port, [new.port])
+    watch = FencingWatch(old.port, [new.port], time.monotonic())
     new.claims = True  # promoted first: a split brain while the old one still claims it
     wait_until(lambda: watch.promoted_at, 5, "promotion seen")
     old.claims = False
@@ -66,12 +67,13 @@ def test_fenced_after_promoted_gives_the_two_primary_window(members) -> None:
 
 def test_never_fenced_counts_both_primaries_up_to_the_heal(members) -> None:
     old, new = members
-    watch = FencingWatch(old.port, [new.port])
+    watch = FencingWatch(old.port, [new.port], time.monotonic())
     new.claims = True
     wait_until(lambda: watch.promoted_at, 5, "promotion seen")
     watch.healed()
     t = watch.timings()
     assert t["fenced_after_s"] is None
+    assert t["fencing_known"] is True
     assert t["both_primary_s"] == pytest.approx(
         t["healed_after_s"] - t["promoted_after_s"], abs=0.01
     )
@@ -80,8 +82,11 @@ def test_never_fenced_counts_both_primaries_up_to_the_heal(members) -> None:
 def test_a_member_that_does_not_answer_is_not_taken_for_fenced(members) -> None:
     old, new = members
     old.close()  # no answer at all: unknown, not a refusal
-    watch = FencingWatch(old.port, [new.port])
+    watch = FencingWatch(old.port, [new.port], time.monotonic())
     new.claims = True
     wait_until(lambda: watch.promoted_at, 5, "promotion seen")
     watch.healed()
-    assert watch.timings()["fenced_after_s"] is None
+    t = watch.timings()
+    assert t["fenced_after_s"] is None
+    assert t["fencing_known"] is False
+    assert t["both_primary_s"] is None  # not "both to the heal": nothing was seen

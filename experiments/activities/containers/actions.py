@@ -43,15 +43,18 @@ def partition_primary(
             time.sleep(0.2)
         rows = isolated_rows(env, killed["name"], killed["cut_wall"], "requests", "request_id")
     finally:
-        containers.heal(s.env, killed["name"])
-        watch.healed()
-        harness.mark(s, "restore", fault)
+        try:
+            containers.heal(env.settings, killed["name"])
+        finally:
+            watch.healed()
+            harness.mark(s, "restore", fault)
     result = {
         "member": killed["name"],
         "cut_from": killed["cut_from"],
         **watch.timings(),
         "isolated_committed": rows.get("committed"),
         "isolated_not_on_new_primary": rows.get("missing"),
+        "isolated_not_on_new_primary_before_cut": rows.get("missing_before"),
         **({"error": rows["error"]} if "error" in rows else {}),
     }
     # For chaos.json and chaos.md (`cwh.chaos`), beside the journal.
@@ -67,13 +70,14 @@ def freeze(
     dying, which no exit code reveals."""
     s = harness.settings_of(configuration)
     name = replica or _pick(harness.environment(s).state(), kind)
-    frozen = containers.pause(s.env, name)
+    env = harness.environment(s).settings  # the runtime it really runs on
+    frozen = containers.pause(env, name)
     fault = f"freeze-{name}"
     harness.mark(s, "inject", fault, **frozen)
     try:
         time.sleep(max(0.0, hold_s))
     finally:
-        containers.unpause(s.env, name)
+        containers.unpause(env, name)
         harness.mark(s, "restore", fault)
     return {**frozen, "held_s": hold_s}
 
@@ -83,13 +87,14 @@ def starve_cpu(
 ) -> dict[str, Any]:
     """Cut one replica's CPU limit to `cpu_m` millicores for `hold_s`, then put it back."""
     s = harness.settings_of(configuration)
-    done = containers.set_limits(s.env, replica, cpu_m=cpu_m)
+    env = harness.environment(s).settings  # the runtime it really runs on
+    done = containers.set_limits(env, replica, cpu_m=cpu_m)
     fault = f"starve-cpu-{replica}"
     harness.mark(s, "inject", fault, **done)
     try:
         time.sleep(max(0.0, hold_s))
     finally:
-        containers.set_limits(s.env, replica, cpu_m=containers.limits(s.env)["nano_cpus"] // 10**6)
+        containers.set_limits(env, replica, cpu_m=containers.limits(env)["nano_cpus"] // 10**6)
         harness.mark(s, "restore", fault)
     return {**done, "held_s": hold_s}
 
