@@ -601,6 +601,24 @@ def set_limits(
     return {"replica": replica, **update}
 
 
+def reset_limits(settings: EnvSettings, replica: str) -> dict[str, Any]:
+    """`replica`'s limits back to the settings' (`limits`)."""
+    _require(settings, "a run-time CPU or memory limit")
+    resources = _engine_limits(settings)
+    _update(_replica(settings, replica), resources)
+    return {"replica": replica, **resources}
+
+
+def _engine_limits(settings: EnvSettings) -> dict[str, int]:
+    """`limits` in the Engine API's field names (what `_update` posts)."""
+    want = limits(settings)
+    return {
+        "NanoCpus": want["nano_cpus"],
+        "Memory": want["mem_limit"],
+        "MemorySwap": want["memswap_limit"],
+    }
+
+
 def _update(container: Any, resources: dict[str, Any]) -> None:
     """Docker's container update with the Engine API's own fields (docker-py's `update` knows
     no `NanoCpus`, and a container created with it refuses a CFS quota instead)."""
@@ -614,7 +632,7 @@ def restore_faults(settings: EnvSettings) -> dict[str, list[str]]:
     limits back to the settings'. Idempotent; the names of what was undone, by kind."""
     _require(settings, "restoring container faults")
     client = docker.from_env()
-    want = limits(settings)
+    want = _engine_limits(settings)
     done: dict[str, list[str]] = {"healed": [], "thawed": [], "limits": []}
     for c in client.containers.list(all=True, filters={"label": f"{LABEL}={settings.run_dir}"}):
         name = c.labels.get(REPLICA_LABEL, "")
@@ -625,15 +643,8 @@ def restore_faults(settings: EnvSettings) -> dict[str, list[str]]:
         if c.status == "running" and heal(settings, name):
             done["healed"].append(name)
         host = c.attrs["HostConfig"]
-        if host["NanoCpus"] != want["nano_cpus"] or host["Memory"] != want["mem_limit"]:
+        if any(host[field] != value for field, value in want.items()):
             with contextlib.suppress(APIError):  # exited meanwhile: its next start has them
-                _update(
-                    c,
-                    {
-                        "NanoCpus": want["nano_cpus"],
-                        "Memory": want["mem_limit"],
-                        "MemorySwap": want["memswap_limit"],
-                    },
-                )
+                _update(c, want)
                 done["limits"].append(name)
     return done

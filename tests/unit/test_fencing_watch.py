@@ -47,6 +47,15 @@ def members() -> Iterator[tuple[Member, Member]]:
     new.close()
 
 
+def promoted_then_healed(old: Member, new: Member) -> dict:
+    """The watch's timings when `new` is promoted and the partition heals, `old` as it is."""
+    watch = FencingWatch(old.port, [new.port], time.monotonic())
+    new.claims = True
+    wait_until(lambda: watch.promoted_at, 5, "promotion seen")
+    watch.healed()
+    return watch.timings()
+
+
 def test_fenced_after_promoted_gives_the_two_primary_window(members) -> None:
     old, new = members
     watch = FencingWatch(old.port, [new.port], time.monotonic())
@@ -66,12 +75,7 @@ def test_fenced_after_promoted_gives_the_two_primary_window(members) -> None:
 
 
 def test_never_fenced_counts_both_primaries_up_to_the_heal(members) -> None:
-    old, new = members
-    watch = FencingWatch(old.port, [new.port], time.monotonic())
-    new.claims = True
-    wait_until(lambda: watch.promoted_at, 5, "promotion seen")
-    watch.healed()
-    t = watch.timings()
+    t = promoted_then_healed(*members)
     assert t["fenced_after_s"] is None
     assert t["fencing_known"] is True
     assert t["both_primary_s"] == pytest.approx(
@@ -82,11 +86,7 @@ def test_never_fenced_counts_both_primaries_up_to_the_heal(members) -> None:
 def test_a_member_that_does_not_answer_is_not_taken_for_fenced(members) -> None:
     old, new = members
     old.close()  # no answer at all: unknown, not a refusal
-    watch = FencingWatch(old.port, [new.port], time.monotonic())
-    new.claims = True
-    wait_until(lambda: watch.promoted_at, 5, "promotion seen")
-    watch.healed()
-    t = watch.timings()
+    t = promoted_then_healed(old, new)
     assert t["fenced_after_s"] is None
     assert t["fencing_known"] is False
     assert t["both_primary_s"] is None  # not "both to the heal": nothing was seen

@@ -94,7 +94,7 @@ def starve_cpu(
     try:
         time.sleep(max(0.0, hold_s))
     finally:
-        containers.set_limits(env, replica, cpu_m=containers.limits(env)["nano_cpus"] // 10**6)
+        containers.reset_limits(env, replica)
         harness.mark(s, "restore", fault)
     return {**done, "held_s": hold_s}
 
