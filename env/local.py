@@ -71,6 +71,22 @@ def busy_ports(ports: dict[int, str], free: Callable[[int], bool]) -> list[str]:
     return [f"{port} ({what})" for port, what in sorted(ports.items()) if not free(port)]
 
 
+def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> range:
+    """The ports the kernel hands outgoing connections (Linux's default 32768-60999)."""
+    try:
+        low, high = (int(v) for v in path.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def ephemeral_ports(ports: dict[int, str], ephemeral: range) -> list[str]:
+    """`port (what)` for each of `ports` inside the kernel's ephemeral range, in port order.
+    Any outgoing connection may hold such a port when a server needs it: a start-up that
+    fails at random (CI saw a Redis bus at 33052 taken so), hence refused outright."""
+    return [f"{port} ({what})" for port, what in sorted(ports.items()) if port in ephemeral]
+
+
 class EnvironmentStartError(RuntimeError):
     """Start-up failed. `component` names what did not come up, `log` where its log is."""
 
@@ -385,8 +401,20 @@ class LocalEnvironment:
 
     def _ports_free(self) -> None:
         """Refuse to start, naming the port, when one this environment needs is taken (by
-        another environment whose base is 10000 away: its Redis cluster bus; or anything)."""
-        if busy := busy_ports(self.settings.listening_ports(), bindable):
+        another environment whose base is 10000 away: its Redis cluster bus; or anything), or
+        may be taken at random (inside the kernel's ephemeral range)."""
+        ports = self.settings.listening_ports()
+        eph = ephemeral_range()
+        if risky := ephemeral_ports(ports, eph):
+            raise EnvironmentStartError(
+                "ports",
+                "",
+                f"{', '.join(risky[:4])}{' ...' if len(risky) > 4 else ''} lie in the kernel's"
+                f" ephemeral range ({eph.start}-{eph.stop - 1}, net.ipv4.ip_local_port_range),"
+                " where any outgoing connection may hold them; choose a lower CWH_BASE_PORT"
+                " (its ports + 10000 carry the Redis Cluster bus)",
+            )
+        if busy := busy_ports(ports, bindable):
             raise EnvironmentStartError(
                 "ports",
                 "",

@@ -439,8 +439,8 @@ class EnvSettings:
         return self.toxiproxy_url.rstrip("/") or f"http://127.0.0.1:{self.ports.fault_api}"
 
     def listening_ports(self) -> dict[int, str]:
-        """Every port this environment listens on -> what for (Redis buses included: a base
-        10000 away puts its Redis nodes on them)."""
+        """Every port this environment listens on the host -> what for (Redis buses included on
+        the local runtime: a base 10000 away puts its Redis nodes on them)."""
         p = self.ports
         out = {
             p.supervisor: "supervisor",
@@ -458,7 +458,10 @@ class EnvSettings:
             out |= {p.postgres(m): f"pg{m}", p.patroni(m): f"patroni pg{m}"}
             out[p.postgres_exporter(m)] = f"postgres exporter pg{m}"
         for n in range(self.redis_nodes):
-            out |= {p.redis(n): f"redis{n}", p.redis(n) + 10000: f"redis{n} cluster bus"}
+            out[p.redis(n)] = f"redis{n}"
+            if self.runtime == "local":
+                # In containers the bus stays on each node's own address, never published.
+                out[p.redis(n) + 10000] = f"redis{n} cluster bus"
         if self.backups:
             out |= {p.backup_repo: "pgbackrest repository", p.backup_pg: "pgbackrest database"}
             out |= {p.backup_scratch: "backup-verify scratch postgres"}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from env.local import bindable, busy_ports
+from env.local import bindable, busy_ports, ephemeral_ports, ephemeral_range
 from env.settings import PORT_SPAN, EnvSettings, SettingsError
 
 
@@ -84,6 +84,28 @@ def test_a_port_the_environment_needs_is_named_when_taken(tmp_path):
         f"{settings.ports.redis(2) + 10000} (redis2 cluster bus)",
     ]
     assert busy_ports(ports, lambda p: True) == []
+
+
+def test_ports_in_the_kernels_ephemeral_range_are_named(tmp_path):
+    # Base 23000 puts the local runtime's Redis buses at 33000 and up, inside Linux's default
+    # range; in containers the buses stay inside the network and nothing is on the host there.
+    local = EnvSettings(base_port=23000, run_dir=tmp_path / "run").listening_ports()
+    eph = range(32768, 61000)
+    risky = ephemeral_ports(local, eph)
+    assert risky, risky
+    assert all("cluster bus" in r for r in risky), risky
+    boxed = EnvSettings(
+        base_port=23000, run_dir=tmp_path / "run", runtime="containers", backups=False
+    )
+    assert ephemeral_ports(boxed.listening_ports(), eph) == []
+    assert not any(p >= 33000 for p in boxed.listening_ports())
+    assert ephemeral_ports(EnvSettings(run_dir=tmp_path / "run").listening_ports(), eph) == []
+
+
+def test_the_ephemeral_range_is_read_from_the_kernel(tmp_path):
+    (tmp_path / "range").write_text("40000\t50000\n")
+    assert ephemeral_range(tmp_path / "range") == range(40000, 50001)
+    assert ephemeral_range(tmp_path / "absent") == range(32768, 61000)
 
 
 def test_a_listening_socket_makes_its_port_unbindable():
