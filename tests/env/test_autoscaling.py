@@ -3,8 +3,8 @@ once it stops, back to 3; the autoscaling SLOs read it from Prometheus and pass;
 judged with a wrong threshold, or with the seed's 5-minute window against the session's short
 one, fails them.
 
-The session's HPA specs are `deploy/base/`'s with 20 s scale-down windows (`tests/conftest.py`),
-so the way back takes seconds, not the five minutes the shipped spec waits.
+The session's HPA specs are `deploy/base/`'s with 60 s scale-down windows (`tests/conftest.py`),
+so the way back takes a minute or two, not the five minutes the shipped spec waits.
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def definitions(out: Path, **changes: str) -> Path:
     return out
 
 
+# Bounded by its own polls: 150 s out, 420 s settling, 240 s back, then the gate.
+@pytest.mark.timeout(1000)
 def test_a_ramp_scales_the_api_out_and_back_within_its_slos(
     local_env: LocalEnvironment, tmp_path: Path
 ):
@@ -100,15 +102,17 @@ def test_a_ramp_scales_the_api_out_and_back_within_its_slos(
             # wrong threshold is judged on below), bounded, then stops.
             peak, count, changed = first, first, time.monotonic()
             until = time.monotonic() + MAX_HOLD_S
+            seen = [(round(time.time() - started), first)]  # (s into the run, replicas)
             while time.monotonic() < until and time.monotonic() - changed < QUIET_S:
                 time.sleep(1.0)  # the load's duration, watched each second; not a synchronization
                 if (n := api_replicas(local_env)) != count:
                     count, changed, peak = n, time.monotonic(), max(peak, n)
-            assert time.monotonic() - changed >= QUIET_S, "the HPA never settled under the ramp"
+                    seen.append((round(time.time() - started), n))
+            assert time.monotonic() - changed >= QUIET_S, f"the HPA never settled: {seen}"
             tally = driver.stop()
         scaled_out_at = time.time()
-        # Back to the minimum: the session's 20 s window, then one replica per 10 s.
-        poll(lambda: api_replicas(local_env) == 3, 150, "the API back at 3 replicas", 1.0)
+        # Back to the minimum: the session's 60 s window, then one replica per 10 s.
+        poll(lambda: api_replicas(local_env) == 3, 240, "the API back at 3 replicas", 1.0)
         back_at = time.time()
     finally:
         local_env.autoscale(False)
@@ -132,7 +136,7 @@ def test_a_ramp_scales_the_api_out_and_back_within_its_slos(
     # The slack must cover a sync period and a scrape (5 s and 2 s here): a sample of the
     # HPA's metric shows what it saw at its last sync, up to a period earlier (4 s flagged a
     # correct scale-down 20.03 s after a recommendation). And less than half the window, or
-    # the look-back [t - 20 + slack, t - slack] would be empty and every scale-down would pass.
+    # the look-back [t - 60 + slack, t - slack] would be empty and every scale-down would pass.
     slack = "20s->8s"
     shipped = definitions(tmp_path / "d1", window=fast, slack=slack)
     verdicts = gate(status, window, tmp_path / "right", *SCALING_SLOS, definitions=shipped)
@@ -147,7 +151,7 @@ def test_a_ramp_scales_the_api_out_and_back_within_its_slos(
     miss = definitions(tmp_path / "d2", window=fast, slack=slack, threshold="70->20")
     wrong = gate(status, window, tmp_path / "wrong", "api-scale-up-reaction", definitions=miss)
     assert wrong["api-scale-up-reaction"]["status"] == "fail", wrong["api-scale-up-reaction"]
-    # The seed's 5-minute window against the session's 20 s one: every scale-down was early.
+    # The seed's 5-minute window against the session's 60 s one: every scale-down was early.
     seed = gate(status, window, tmp_path / "seed", "api-scale-down-stabilized")
     assert seed["api-scale-down-stabilized"]["status"] == "fail", seed
     wait_healthy(local_env)
