@@ -184,6 +184,8 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
             chaos["region"] = region
         if (out / "partition.json").exists():
             chaos["partition"] = json.loads((out / "partition.json").read_text())
+        if (out / "squeeze.json").exists():
+            chaos["squeeze"] = json.loads((out / "squeeze.json").read_text())
         write_atomic(out / "chaos.json", json.dumps(chaos, indent=2))
     gate_code = 2
     for name, why in exp["waive"].items():
@@ -494,6 +496,29 @@ def _partition_lines(cut: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _squeeze_lines(sq: dict[str, Any] | None) -> list[str]:
+    """How a replica squeezed to its memory limit died and came back (an OOM kill)."""
+    if not sq:
+        return []
+    head = (
+        f"Memory of {sq['replica']} cut to {sq['limit_mb']} MiB, a leak of "
+        f"{sq['leak_mb_per_s']} MiB/s planted in it: "
+    )
+    if sq.get("killed_after_s") is None:
+        return ["", head + "it was never killed (the leak did not reach the limit in time)."]
+    how = (
+        "OOM-killed by the kernel at its limit"
+        if sq.get("oom_killed")
+        else f"killed, not by the OOM killer ({sq.get('restart_reason') or 'no reason recorded'})"
+    )
+    back = (
+        f"healthy again in a new container at +{sq['back_after_s']} s"
+        if sq.get("back_after_s") is not None
+        else "not healthy again before the action's deadline"
+    )
+    return ["", head + f"{how} at +{sq['killed_after_s']} s; {back}."]
+
+
 def _pitr_lines(pitr: dict[str, Any] | None) -> list[str]:
     """What a point-in-time restore brought back, request by request (`slo/pitr.py`)."""
     if not pitr:
@@ -603,6 +628,7 @@ def write_report(
             *_verify_lines(chaos.get("verify")),
             *_region_lines(chaos.get("region")),
             *_partition_lines(chaos.get("partition")),
+            *_squeeze_lines(chaos.get("squeeze")),
             "",
             "Faults (UTC):",
             "",

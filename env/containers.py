@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import APIError, DockerException, NotFound
 from docker.types import EndpointConfig, IPAMConfig, IPAMPool
 from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
@@ -134,7 +134,8 @@ class ContainerProcess:
 
     `pid` is the host pid of the container's main process (signals to it from the host reach
     it, as `kill` and SIGSTOP experiments expect); `returncode` is set once the container has
-    exited (the runtime's event thread reports it)."""
+    exited (the runtime's event thread reports it); `oom_killed` whether the kernel killed it at
+    its memory limit (Docker's `State.OOMKilled`, what Kubernetes reports as OOMKilled)."""
 
     def __init__(self, runtime: ContainersRuntime, container: ReplicaContainer, pid: int) -> None:
         self.runtime = runtime
@@ -142,10 +143,11 @@ class ContainerProcess:
         self.pid = pid
         self.id = container.get_wrapped_container().id
         self.returncode: int | None = None
+        self.oom_killed = False
         self._exited = asyncio.Event()
 
-    def exited(self, code: int) -> None:
-        self.returncode = code
+    def exited(self, code: int, oom: bool = False) -> None:
+        self.returncode, self.oom_killed = code, oom
         self._exited.set()
 
     async def wait(self) -> int:
@@ -196,7 +198,8 @@ class ContainersRuntime:
         self.pool = ThreadPoolExecutor(_DOCKER_THREADS, thread_name_prefix="docker")
         self.network: Network | None = None
         self.live: dict[str, ContainerProcess] = {}  # container id -> process, until it exits
-        self.exits: dict[str, int] = {}  # container id -> exit code, before registration
+        #: container id -> (exit code, OOM-killed), for an exit seen before its registration
+        self.exits: dict[str, tuple[int, bool]] = {}
         self.starting = 0  # starts under way
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
@@ -242,35 +245,45 @@ class ContainersRuntime:
                     since = int(event.get("time", since))
                     cid = event.get("id", "")
                     code = int(event.get("Actor", {}).get("Attributes", {}).get("exitCode", -1))
+                    # 137 is SIGKILL, the OOM killer's among others: only the engine can tell,
+                    # asked now, while the container still exists (its restart removes it).
+                    oom = code == 137 and self._oom_killed(cid)
                     if self.loop is not None:
-                        self.loop.call_soon_threadsafe(self._exited, cid, code)
+                        self.loop.call_soon_threadsafe(self._exited, cid, code, oom)
             except Exception:  # the engine restarted, or the client closed at shutdown
                 if not self.closed:
                     log.warning("docker event stream ended; following it again", exc_info=True)
             time.sleep(1.0)
 
-    def _exited(self, cid: str, code: int) -> None:
+    def _oom_killed(self, cid: str) -> bool:
+        try:
+            return bool(self.client.api.inspect_container(cid)["State"].get("OOMKilled"))
+        except DockerException:
+            return False  # removed meanwhile: nothing says it was
+
+    def _exited(self, cid: str, code: int, oom: bool = False) -> None:
         """An exit (in the event loop's thread): to its process, or kept for `start` while a
         start is under way (a container can die before it is registered)."""
         proc = self.live.pop(cid, None)
         if proc is None:
             if self.starting:
-                self.exits[cid] = code
+                self.exits[cid] = (code, oom)
         elif proc.returncode is None:
-            proc.exited(code)
+            proc.exited(code, oom)
 
     async def _reconcile(self) -> None:
         while not self.closed:
             await asyncio.sleep(self.RECONCILE_S)
             try:
                 gone = await self.run(self._not_running, list(self.live))
-                for cid, code in gone.items():
-                    self._exited(cid, code)
+                for cid, (code, oom) in gone.items():
+                    self._exited(cid, code, oom)
             except Exception:  # never the end of the check: log, look again
                 log.exception("checking the containers' states")
 
-    def _not_running(self, ids: list[str]) -> dict[str, int]:
-        """id -> exit code of each of `ids` that no longer runs (-1: removed meanwhile)."""
+    def _not_running(self, ids: list[str]) -> dict[str, tuple[int, bool]]:
+        """id -> (exit code, OOM-killed) of each of `ids` that no longer runs (-1: removed
+        meanwhile)."""
         # Ids only: one call, no inspection of each (which fails for one removed meanwhile).
         running = {
             c["Id"]
@@ -286,9 +299,9 @@ class ContainersRuntime:
                 state = self.client.api.inspect_container(cid)["State"]
                 if state["Running"]:
                     continue
-                out[cid] = int(state["ExitCode"])
+                out[cid] = (int(state["ExitCode"]), bool(state.get("OOMKilled")))
             except NotFound:
-                out[cid] = -1
+                out[cid] = (-1, False)
         return out
 
     async def close(self) -> None:
@@ -333,11 +346,11 @@ class ContainersRuntime:
         proc = ContainerProcess(self, container, main)
         self.live[proc.id] = proc
         if not state["Running"] or proc.id in self.exits:
-            code = self.exits.pop(proc.id, int(state["ExitCode"]))
+            code, oom = self.exits.pop(proc.id, (int(state["ExitCode"]), bool(state["OOMKilled"])))
             if state.get("Error") or state.get("StartedAt", "").startswith("0001-"):
                 _note(spec.log_path, f"container did not start: {state.get('Error')} {failure}")
                 code = code or 127  # never ran: not a clean exit
-            self._exited(proc.id, code)
+            self._exited(proc.id, code, oom)
         return proc
 
     def _container(self, spec: ReplicaSpec) -> ReplicaContainer:

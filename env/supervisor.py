@@ -351,7 +351,9 @@ class Supervisor:
             comp.state = "stopped"
             return
         comp.state = "exited"
-        comp.last_restart_reason, comp.stop_reason = comp.stop_reason or f"exit {code}", ""
+        # Killed at its memory limit (containers): said so, as Kubernetes says OOMKilled.
+        oom = " (OOM-killed at its memory limit)" if getattr(comp.proc, "oom_killed", False) else ""
+        comp.last_restart_reason, comp.stop_reason = comp.stop_reason or f"exit {code}{oom}", ""
         uptime = time.monotonic() - comp.started_at
         if uptime > BACKOFF_RESET_AFTER_S:
             comp.crash_streak = 0

@@ -302,12 +302,14 @@ def _clean_knobs(answer: Any) -> bool:
 
 
 def _clean_planted(answer: Any) -> bool:
-    """Nothing armed, nothing on record, no loop wedged."""
+    """Nothing armed, nothing on record, no loop wedged, no memory leaking or held."""
     return (
         isinstance(answer, dict)
         and not any(answer.get("armed", {}).values())
         and not any(answer.get("planted", {}).values())
         and not answer.get("wedge_loop")
+        and not answer.get("leak_mb_per_s")
+        and not answer.get("leaked_mb")
     )
 
 

@@ -11,12 +11,21 @@ nothing can be planted. The route is on the service's own port, never behind the
     GET  /admin/planted            what is armed, and what was planted so far
     POST /admin/planted            JSON object: counts to arm (added to what is armed), or
                                    {"wedge_loop": "<loop name>"} / {"reset": true} /
-                                   {"disarm": true} (plant no more, keep the record)
+                                   {"disarm": true} (plant no more, keep the record) /
+                                   {"leak_mb_per_s": N} (hold N MB more each second, up to
+                                   LEAK_CAP_MB; 0 stops growing, reset frees it)
+
+The leak is memory pressure from inside, as a real leak gives it: resident pages (written, not
+merely reserved), so a container's memory limit is reached and the kernel's OOM killer acts
+(`experiments.activities.containers.actions.squeeze_memory`). Bounded: it stops at LEAK_CAP_MB,
+as a process with no memory limit (the local runtime) must not take the host down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,6 +36,10 @@ from reference_impl.errors import ApiError, json_body
 
 #: The counted faults a service may arm; each service consults the ones of its role.
 COUNTED = ("lose_acks", "duplicate_keys", "swallow_notifications")
+#: The most a planted leak holds (the seed's pod limit, 2 GiB), and its growth rate's bound.
+LEAK_CAP_MB, LEAK_MAX_MB_PER_S = 2048, 512
+#: How often the leak grows: a tenth of its rate at a time, so the growth looks continuous.
+LEAK_TICK_S = 0.1
 
 
 @dataclass
@@ -36,12 +49,37 @@ class PlantedFaults:
     armed: fault name -> how many more times to plant it.
     planted: fault name -> the ids it was planted on (request ids, idempotency keys), in order.
     wedge_loop: a background loop whose name matches stops making progress (liveness tests).
+    leak_mb_per_s: how fast the planted leak grows (0: it does not). leaked_mb: what it holds.
     """
 
     enabled: bool
     armed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
     planted: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in COUNTED})
     wedge_loop: str = ""
+    leak_mb_per_s: int = 0
+    leaked_mb: float = 0.0
+    _hoard: list[bytes] = field(default_factory=list, repr=False)
+
+    def view(self) -> dict[str, Any]:
+        """What GET shows: everything but the leaked memory itself."""
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+    def leak_step(self, seconds: float) -> float:
+        """Grow the leak by `seconds` of its rate (never past LEAK_CAP_MB); the MB added.
+        Filled bytes, not zeroed ones: zero pages are mapped lazily and would not count."""
+        if not self.enabled or self.leak_mb_per_s <= 0:
+            return 0.0
+        mb = min(self.leak_mb_per_s * seconds, LEAK_CAP_MB - self.leaked_mb)
+        if mb <= 0:
+            return 0.0
+        self._hoard.append(b"\xa5" * int(mb * (1 << 20)))
+        self.leaked_mb += mb
+        return mb
+
+    async def leak(self) -> None:
+        """The leak's loop: from its arming until it stops growing (disarmed, or capped)."""
+        while self.leak_step(LEAK_TICK_S) > 0:
+            await asyncio.sleep(LEAK_TICK_S)
 
     def take(self, fault: str, ident: str) -> bool:
         """True (and record `ident`) when `fault` is armed: the caller plants it once now."""
@@ -62,6 +100,7 @@ class PlantedFaults:
             self.armed = dict.fromkeys(COUNTED, 0)
             self.planted = {k: [] for k in COUNTED}
             self.wedge_loop = ""
+            self.leak_mb_per_s, self.leaked_mb, self._hoard = 0, 0.0, []
             return
         if body.get("disarm") is True:  # plant no more; what was planted stays on record
             self.armed = dict.fromkeys(COUNTED, 0)
@@ -71,6 +110,14 @@ class PlantedFaults:
                 if not isinstance(value, str) or len(value) > 64:
                     raise ApiError(422, {"field": name, "problem": "a loop name (string)"})
                 continue
+            if name == "leak_mb_per_s":
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int)
+                    or not 0 <= value <= LEAK_MAX_MB_PER_S
+                ):
+                    raise ApiError(422, {"field": name, "problem": f"0..{LEAK_MAX_MB_PER_S}"})
+                continue
             if name not in COUNTED:
                 raise ApiError(422, {"field": name, "problem": f"one of {', '.join(COUNTED)}"})
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
@@ -78,6 +125,8 @@ class PlantedFaults:
         for name, value in body.items():
             if name == "wedge_loop":
                 self.wedge_loop = value
+            elif name == "leak_mb_per_s":
+                self.leak_mb_per_s = value
             else:
                 self.armed[name] += value
 
@@ -99,7 +148,7 @@ def install_planted(app: web.Application, enabled: bool) -> PlantedFaults:
 
     async def get(_: web.Request) -> web.Response:
         guard()
-        return web.json_response(asdict(planted))
+        return web.json_response(planted.view())
 
     async def post(request: web.Request) -> web.Response:
         guard()
@@ -107,9 +156,22 @@ def install_planted(app: web.Application, enabled: bool) -> PlantedFaults:
         if not isinstance(body, dict):
             raise ApiError(422, "body must be a JSON object")
         planted.update(body)
-        return web.json_response(asdict(planted))
+        if planted.leak_mb_per_s > 0 and (not leaks or leaks[-1].done()):
+            leaks.append(asyncio.create_task(planted.leak(), name="planted-leak"))
+        return web.json_response(planted.view())
+
+    leaks: list[asyncio.Task[None]] = []  # the leak's loop, while one runs
+
+    async def leaking(_: web.Application) -> AsyncIterator[None]:
+        yield
+        for task in leaks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # A control plane: nothing a web page could make a browser send gets through.
     app.router.add_get("/admin/planted", guarded(get))
     app.router.add_post("/admin/planted", guarded(post))
+    if enabled:
+        app.cleanup_ctx.append(leaking)
     return planted

@@ -311,3 +311,21 @@ def test_a_loss_after_the_restore_ended_is_never_waived(tmp_path):
     rec["lost_acked_walls"] = [90.0, 160.0]  # acknowledged by the recovered system, then lost
     (tmp_path / "summary.json").write_text(json.dumps({"reconciliation": rec}))
     assert _reconciliation_code(tmp_path, losses_waived=True) == 1
+
+
+def test_the_squeeze_says_how_the_replica_died_and_came_back():
+    from cwh.chaos import _squeeze_lines
+
+    base = {"replica": "api1", "limit_mb": 256, "leak_mb_per_s": 64}
+    assert _squeeze_lines(None) == []
+    killed = _squeeze_lines(
+        {**base, "killed_after_s": 3.1, "oom_killed": True, "back_after_s": 9.4}
+    )[1]
+    assert "OOM-killed by the kernel at its limit at +3.1 s" in killed
+    assert "new container at +9.4 s" in killed
+    other = _squeeze_lines(
+        {**base, "killed_after_s": 1.0, "oom_killed": False, "restart_reason": "exit 1"}
+    )[1]
+    assert "not by the OOM killer (exit 1)" in other
+    assert "not healthy again" in other
+    assert "never killed" in _squeeze_lines({**base, "killed_after_s": None})[1]

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from reference_impl.errors import error_middleware
 from reference_impl.observability import install
-from reference_impl.planted import PlantedFaults
+from reference_impl.planted import LEAK_CAP_MB, PlantedFaults
 from reference_impl.settings import ServiceSettings
 
 
@@ -86,3 +86,39 @@ def test_disarm_stops_planting_and_keeps_the_record():
     assert not planted.take("lose_acks", "r2")
     assert planted.planted["lose_acks"] == ["r1"]
     assert planted.armed["lose_acks"] == 0
+
+
+def test_a_planted_leak_grows_at_its_rate_up_to_its_cap_and_reset_frees_it():
+    planted = PlantedFaults(enabled=True)
+    assert planted.leak_step(1.0) == 0  # not armed: nothing held
+    planted.update({"leak_mb_per_s": 8})
+    assert planted.leak_step(0.5) == 4
+    assert sum(len(b) for b in planted._hoard) == 4 << 20
+    assert planted._hoard[0][:2] == b"\xa5\xa5"  # written pages, not lazily mapped zeros
+    assert "_hoard" not in planted.view()
+    assert planted.view()["leaked_mb"] == 4
+    planted.leaked_mb = LEAK_CAP_MB - 1  # near the cap: only what is left under it
+    assert planted.leak_step(1.0) == 1
+    assert planted.leak_step(1.0) == 0
+    planted.update({"reset": True})
+    assert (planted.leak_mb_per_s, planted.leaked_mb, planted._hoard) == (0, 0, [])
+    assert PlantedFaults(enabled=False, leak_mb_per_s=8).leak_step(1.0) == 0
+
+
+def test_a_leak_rate_out_of_bounds_is_422_and_a_served_leak_grows():
+    async def body(client: TestClient) -> tuple[int, dict, dict]:
+        bad = await client.post("/admin/planted", json={"leak_mb_per_s": 100_000})
+        await client.post("/admin/planted", json={"leak_mb_per_s": 20})
+
+        async def grown() -> dict:
+            while (view := await (await client.get("/admin/planted")).json())["leaked_mb"] < 2:
+                await asyncio.sleep(0.05)
+            return view
+
+        return bad.status, await bad.json(), await asyncio.wait_for(grown(), 5)
+
+    status, reason, view = with_client(True, body)
+    assert status == 422
+    assert reason["detail"]["field"] == "leak_mb_per_s"
+    assert view["leak_mb_per_s"] == 20
+    assert 2 <= view["leaked_mb"] <= LEAK_CAP_MB

@@ -1,5 +1,5 @@
 """Chaos actions only the containers runtime can give (`env.containers`): a real network
-partition, a frozen container, CPU starved and memory squeezed at run time.
+partition, a frozen container, CPU starved, and memory squeezed until the kernel OOM-kills.
 
 On any other runtime each raises `NeedsContainers` before touching anything (`cwh chaos run`
 refuses such an experiment with exit code 2 first). Every fault is journalled, and undone by
@@ -8,9 +8,12 @@ refuses such an experiment with exit code 2 first). Every fault is journalled, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
+
+import requests
 
 from env import containers
 from experiments import harness
@@ -97,6 +100,69 @@ def starve_cpu(
         containers.reset_limits(env, replica)
         harness.mark(s, "restore", fault)
     return {**done, "held_s": hold_s}
+
+
+def squeeze_memory(
+    replica: str = "api1",
+    limit_mb: int = 256,
+    leak_mb_per_s: int = 64,
+    timeout_s: float = 60,
+    *,
+    configuration: Configuration,
+) -> dict[str, Any]:
+    """Memory pressure up to the limit: cut `replica`'s memory limit to `limit_mb` (swap
+    included), plant a leak in it growing `leak_mb_per_s` (`reference_impl.planted`), and wait
+    for the kernel to OOM-kill it at the limit and the supervisor to bring it back (in a new
+    container, with its usual limits), as a pod's OOMKilled and restart. Returns, from the
+    leak's start, when it died (`killed_after_s`), whether the engine says the kernel killed it
+    at its limit (`oom_killed`), the restart reason the supervisor recorded, and when it was
+    healthy again (`back_after_s`; None: not within `timeout_s`). Also in squeeze.json."""
+    s = harness.settings_of(configuration)
+    env = harness.environment(s)
+    before = env.state().component(replica)
+    url = f"http://127.0.0.1:{before.port('http')}/admin/planted"
+    fault = f"squeeze-memory-{replica}"
+    squeezed = containers.set_limits(env.settings, replica, memory_b=limit_mb << 20)
+    harness.mark(s, "inject", fault, **squeezed, leak_mb_per_s=leak_mb_per_s)
+    started = time.monotonic()
+    killed_after = back_after = None
+    now = before
+    try:
+        requests.post(url, json={"leak_mb_per_s": leak_mb_per_s}, timeout=5).raise_for_status()
+        deadline = started + s.env.timeout(timeout_s)
+        while time.monotonic() < deadline:
+            now = env.state().component(replica)
+            if killed_after is None and (now.restarts > before.restarts or now.pid != before.pid):
+                killed_after = time.monotonic() - started
+            if killed_after is not None and now.healthy and now.pid:
+                back_after = time.monotonic() - started
+                break
+            time.sleep(0.2)
+    finally:
+        # The same container when it never died: its leak stopped, its limit put back. (A new
+        # container has neither; the reset is then a no-op.)
+        with contextlib.suppress(requests.RequestException):
+            requests.post(url, json={"reset": True}, timeout=5)
+        containers.reset_limits(env.settings, replica)
+        harness.mark(s, "restore", fault)
+    reason = str(now.detail.get("last_restart_reason", ""))
+    result = {
+        "replica": replica,
+        "limit_mb": limit_mb,
+        "leak_mb_per_s": leak_mb_per_s,
+        "killed_after_s": _round(killed_after),
+        "oom_killed": "OOM-killed" in reason,
+        "restart_reason": reason,
+        "back_after_s": _round(back_after),
+        "container_before": before.container,
+        "container_after": now.container,
+    }
+    write_atomic(harness.run_dir(s) / "squeeze.json", json.dumps(result, indent=2))
+    return result
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
 
 
 def _pick(status: Any, kind: str) -> str:
