@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from env.local import LocalEnvironment
+from env.process import DeadlineExceeded
 from scenarios.pressure import InBackground, ramp
 from slo.definitions import DEFAULT_DIR
 from slo.sources import Window
@@ -49,6 +50,18 @@ CURRENT = 'kube_horizontalpodautoscaler_status_current_replicas{horizontalpodaut
 def api_replicas(env: LocalEnvironment) -> int:
     view = env.workloads()
     return len(next(w for w in view["workloads"] if w["name"] == "api")["replicas"])
+
+
+def brief(decision: dict[str, Any], t0: float) -> str:
+    """One HPA decision in a line: when (s into the test), what, and the metric it read."""
+    metrics = "; ".join(
+        f"{m['metric']} {m['utilization']}% -> {m['replicas']} {m['note']}".strip()
+        for m in decision["metrics"]
+    )
+    return (
+        f"+{decision['at'] - t0:.0f}s {decision['current']}->{decision['desired']}"
+        f" ({decision['reason']}; {metrics or 'no metric'})"
+    )
 
 
 def prometheus_has(status: dict[str, Any], t: float) -> bool:
@@ -92,12 +105,20 @@ def test_a_ramp_scales_the_api_out_and_back_within_its_slos(
     local_env.autoscale(True)
     try:
         with driver:
-            first = poll(
-                lambda: (n := api_replicas(local_env)) > 3 and n,
-                150,
-                "the API scaled out by its HPA",
-                1.0,
-            )
+            decisions: list[str] = []  # the HPA's distinct decisions, for a failure to show
+
+            def scaled_out() -> int | bool:
+                n = api_replicas(local_env)
+                if (last := local_env.workloads()["autoscaler"]["api"]["last"]) is not None:
+                    seen = brief(last, started)
+                    if not decisions or decisions[-1] != seen:
+                        decisions.append(seen)
+                return n > 3 and n
+
+            try:
+                first = poll(scaled_out, 150, "the API scaled out by its HPA", 1.0)
+            except DeadlineExceeded as exc:
+                raise AssertionError(f"{exc}; its decisions: {decisions[-12:]}") from None
             # The pressure goes on until the HPA has settled (no change for QUIET_S: what a
             # wrong threshold is judged on below), bounded, then stops.
             peak, count, changed = first, first, time.monotonic()
