@@ -184,6 +184,8 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
             chaos["region"] = region
         if (out / "partition.json").exists():
             chaos["partition"] = json.loads((out / "partition.json").read_text())
+        if (out / "redis-partition.json").exists():
+            chaos["redis_partition"] = json.loads((out / "redis-partition.json").read_text())
         write_atomic(out / "chaos.json", json.dumps(chaos, indent=2))
     gate_code = 2
     for name, why in exp["waive"].items():
@@ -494,6 +496,46 @@ def _partition_lines(cut: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _redis_partition_lines(cut: dict[str, Any] | None) -> list[str]:
+    """What a partitioned Redis master did while cut off from its replica and the cluster bus,
+    as a client writing to it directly saw it (`experiments.redis_partition`)."""
+    if not cut:
+        return []
+
+    healed = f"before the partition healed (+{cut.get('healed_after_s')} s)"
+    refused = (
+        f"refused writes from +{cut['refused_after_s']} s"
+        f" ({', '.join(sorted(cut.get('refusals') or {})) or 'an error reply'})"
+        if cut.get("refused_after_s") is not None
+        else f"never refused a write {healed}"
+    )
+    promoted = (
+        f"{cut.get('promoted') or 'its replica'} was promoted at +{cut['promoted_after_s']} s"
+        if cut.get("promoted_after_s") is not None
+        else f"no replica was promoted {healed}"
+    )
+    after = [
+        f"{cut[k]} {what}"
+        for k, what in (
+            ("accepted_after_promotion", "after the promotion"),
+            ("accepted_after_refusal", "after its first refusal"),
+        )
+        if cut.get(k)
+    ]
+    unknown = f", {cut['unknown']} unknown (read back with no answer)" if cut.get("unknown") else ""
+    return [
+        "",
+        f"Partition of Redis master {cut['master']} from {', '.join(cut['cut_from'])} (its "
+        f"clients still reached it; cluster-node-timeout {_fmt(cut.get('cluster_node_timeout_s'))}"
+        f"): it accepted {cut['accepted_while_cut']} writes while cut"
+        + (f" ({', '.join(after)})" if after else "")
+        + f", last at +{cut.get('last_ack_after_s')} s; it {refused}; {promoted}. Of its "
+        f"{cut['acknowledged']} acknowledged writes ({cut['rate_per_s']:g}/s to its own port), "
+        f"{cut['lost']} were lost after the heal{unknown}: it rejoined as a replica of the "
+        "promoted node and resynchronised from it.",
+    ]
+
+
 def _pitr_lines(pitr: dict[str, Any] | None) -> list[str]:
     """What a point-in-time restore brought back, request by request (`slo/pitr.py`)."""
     if not pitr:
@@ -603,6 +645,7 @@ def write_report(
             *_verify_lines(chaos.get("verify")),
             *_region_lines(chaos.get("region")),
             *_partition_lines(chaos.get("partition")),
+            *_redis_partition_lines(chaos.get("redis_partition")),
             "",
             "Faults (UTC):",
             "",
