@@ -140,6 +140,12 @@ class Write:
     error: str = ""
 
 
+def error_code(exc: BaseException) -> str:
+    """The code of an error reply (`CLUSTERDOWN`, `MOVED`): redis-py strips it from the message
+    of the errors it knows and keeps it as `status_code`."""
+    return str(getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0])
+
+
 def summarize(
     writes: list[Write],
     cut_at: float,
@@ -258,7 +264,7 @@ class IsolatedWrites:
             self._client.set(key, value, ex=KEY_TTL_S)
             return Write(key, value, "ok", sent, time.monotonic())
         except redis.ResponseError as exc:  # an answer: CLUSTERDOWN, or a redirect
-            return Write(key, value, "fail", sent, time.monotonic(), str(exc).split(" ", 1)[0])
+            return Write(key, value, "fail", sent, time.monotonic(), error_code(exc))
         except redis.RedisError as exc:  # no answer: it may or may not have been written
             return Write(key, value, "info", sent, time.monotonic(), type(exc).__name__)
 

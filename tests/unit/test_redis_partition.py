@@ -11,6 +11,7 @@ from cwh.chaos import _redis_partition_lines
 from env.settings import EnvSettings
 from experiments.redis_partition import (
     Write,
+    error_code,
     hash_tag_for,
     owner_of,
     parse_nodes,
@@ -53,6 +54,14 @@ def test_a_hash_tag_lands_in_the_masters_slots(ranges: list[tuple[int, int]]) ->
     # Any key carrying the tag hashes by the tag alone.
     for key in (tag, f"cwh:partition:{tag}:1:0", f"x{tag}y:99"):
         assert lo <= key_slot(key.encode()) <= hi
+
+
+def test_error_replies_are_counted_by_their_code() -> None:
+    from redis._parsers.base import BaseParser
+
+    assert error_code(BaseParser.parse_error("CLUSTERDOWN The cluster is down")) == "CLUSTERDOWN"
+    assert error_code(BaseParser.parse_error("MOVED 3999 10.0.0.1:6381")) == "MOVED"
+    assert error_code(BaseParser.parse_error("NOPERM no permissions")) == "NOPERM"
 
 
 def test_no_slots_no_tag() -> None:
