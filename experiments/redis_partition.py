@@ -153,9 +153,12 @@ def summarize(
     healed_at: float,
     lost: Iterable[str] = (),
     unknown: Iterable[str] = (),
+    cut_done: float | None = None,
 ) -> dict[str, Any]:
-    """What the isolated master did while cut (times in seconds from `cut_at`), and which of
-    its acknowledged writes were lost, by when they were acknowledged."""
+    """What the isolated master did while cut (times in seconds from `cut_at`, when the cut
+    began; `cut_done` when every drop rule was in place), and which of its acknowledged writes
+    were lost, by when they were acknowledged. A write in flight as the cut began may still
+    have reached the replica: only those sent after `cut_done` certainly could not."""
 
     def since(t: float | None) -> float | None:
         return round(t - cut_at, 3) if t is not None else None
@@ -167,10 +170,12 @@ def summarize(
     after_promotion = [w for w in acked if promoted_at is not None and w.done_s >= promoted_at]
     lost_set = set(lost)
     lost_writes = [w for w in writes if w.key in lost_set]
+    sent_after = [w for w in acked if cut_done is not None and w.sent_s >= cut_done]
     return {
         "writes": len(writes),
         "acknowledged": sum(1 for w in writes if w.outcome == "ok"),
         "accepted_while_cut": len(acked),
+        "accepted_sent_after_cut": len(sent_after),
         "accepted_after_promotion": len(after_promotion),
         "accepted_after_refusal": sum(
             1 for w in acked if first_refusal is not None and w.done_s > first_refusal
@@ -190,6 +195,7 @@ def summarize(
         "lost_keys": sorted(lost_set)[:200],
         "unknown": len(set(unknown)),
         "acked_while_cut_keys": [w.key for w in acked][:1000],
+        "acked_sent_after_cut_keys": [w.key for w in sent_after][:1000],
     }
 
 
@@ -392,6 +398,7 @@ def measure_redis_partition(
         cut_at, cut_wall = time.monotonic(), time.time()
         try:
             cut = containers.partition(env.settings, name, peers)
+            cut_done = time.monotonic()
             watch = PromotionWatch(nodes, replicas)
             seen_cut = containers.partitioned_from(env.settings, name)
             if on_cut is not None:
@@ -421,6 +428,7 @@ def measure_redis_partition(
         "partitioned_from_during_cut": seen_cut,
         "partitioned_from_after_heal": containers.partitioned_from(env.settings, name),
         "cut_wall": cut_wall,
+        "cut_took_s": round(cut_done - cut_at, 3),
         "hash_tag": tag,
         "slot": slot,
         "rate_per_s": rate_per_s,
@@ -428,7 +436,7 @@ def measure_redis_partition(
         "promoted": watch.promoted,
         "slot_owner_during_cut": slot_owner,
         "role_after": nodes.role(name),
-        **summarize(writes, cut_at, watch.promoted_at, healed_at, lost, unknown),
+        **summarize(writes, cut_at, watch.promoted_at, healed_at, lost, unknown, cut_done),
     }
 
 

@@ -84,7 +84,11 @@ def test_the_summary_times_from_the_cut_and_sorts_losses_by_when_they_were_ackno
         _w(6, "ok", 104.0),  # after the promotion and the refusal
         _w(7, "ok", 111.0),  # after the heal
     ]
-    out = summarize(writes, 100.0, 103.5, 110.0, lost=["k1", "k2", "k6"], unknown=["k7"])
+    out = summarize(
+        writes, 100.0, 103.5, 110.0, lost=["k1", "k2", "k6"], unknown=["k7"], cut_done=100.6
+    )
+    # k1 was sent before every rule was in place: it may have reached the replica.
+    assert out["acked_sent_after_cut_keys"] == ["k2", "k6"]
     assert out["accepted_while_cut"] == 3
     assert out["acked_while_cut_keys"] == ["k1", "k2", "k6"]
     assert out["refused_after_s"] == 2.2
