@@ -186,6 +186,8 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
             chaos["partition"] = json.loads((out / "partition.json").read_text())
         if (out / "squeeze.json").exists():
             chaos["squeeze"] = json.loads((out / "squeeze.json").read_text())
+        if (out / "redis-partition.json").exists():
+            chaos["redis_partition"] = json.loads((out / "redis-partition.json").read_text())
         write_atomic(out / "chaos.json", json.dumps(chaos, indent=2))
     gate_code = 2
     for name, why in exp["waive"].items():
@@ -519,6 +521,46 @@ def _squeeze_lines(sq: dict[str, Any] | None) -> list[str]:
     return ["", head + f"{how} at +{sq['killed_after_s']} s; {back}."]
 
 
+def _redis_partition_lines(cut: dict[str, Any] | None) -> list[str]:
+    """What a partitioned Redis master did while cut off from its replica and the cluster bus,
+    as a client writing to it directly saw it (`experiments.redis_partition`)."""
+    if not cut:
+        return []
+
+    healed = f"before the partition healed (+{cut.get('healed_after_s')} s)"
+    refused = (
+        f"refused writes from +{cut['refused_after_s']} s"
+        f" ({', '.join(sorted(cut.get('refusals') or {})) or 'an error reply'})"
+        if cut.get("refused_after_s") is not None
+        else f"never refused a write {healed}"
+    )
+    promoted = (
+        f"{cut.get('promoted') or 'its replica'} was promoted at +{cut['promoted_after_s']} s"
+        if cut.get("promoted_after_s") is not None
+        else f"no replica was promoted {healed}"
+    )
+    after = [
+        f"{cut[k]} {what}"
+        for k, what in (
+            ("accepted_after_promotion", "after the promotion"),
+            ("accepted_after_refusal", "after its first refusal"),
+        )
+        if cut.get(k)
+    ]
+    unknown = f", {cut['unknown']} unknown (read back with no answer)" if cut.get("unknown") else ""
+    return [
+        "",
+        f"Partition of Redis master {cut['master']} from {', '.join(cut['cut_from'])} (its "
+        f"clients still reached it; cluster-node-timeout {_fmt(cut.get('cluster_node_timeout_s'))}"
+        f"): it accepted {cut['accepted_while_cut']} writes while cut"
+        + (f" ({', '.join(after)})" if after else "")
+        + f", last at +{cut.get('last_ack_after_s')} s; it {refused}; {promoted}. Of its "
+        f"{cut['acknowledged']} acknowledged writes ({cut['rate_per_s']:g}/s to its own port), "
+        f"{cut['lost']} were lost after the heal{unknown}: it rejoined as a replica of the "
+        "promoted node and resynchronised from it.",
+    ]
+
+
 def _pitr_lines(pitr: dict[str, Any] | None) -> list[str]:
     """What a point-in-time restore brought back, request by request (`slo/pitr.py`)."""
     if not pitr:
@@ -629,6 +671,7 @@ def write_report(
             *_region_lines(chaos.get("region")),
             *_partition_lines(chaos.get("partition")),
             *_squeeze_lines(chaos.get("squeeze")),
+            *_redis_partition_lines(chaos.get("redis_partition")),
             "",
             "Faults (UTC):",
             "",

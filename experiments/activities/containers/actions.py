@@ -1,5 +1,6 @@
 """Chaos actions only the containers runtime can give (`env.containers`): a real network
-partition, a frozen container, CPU starved, and memory squeezed until the kernel OOM-kills.
+partition (of the PostgreSQL primary, or of a Redis master), a frozen container, CPU starved,
+and memory squeezed until the kernel OOM-kills.
 
 On any other runtime each raises `NeedsContainers` before touching anything (`cwh chaos run`
 refuses such an experiment with exit code 2 first). Every fault is journalled, and undone by
@@ -19,6 +20,7 @@ from env import containers
 from experiments import harness
 from experiments.pg_failover import primary_of
 from experiments.pg_partition import cut_primary, isolated_rows
+from experiments.redis_partition import measure_redis_partition
 from experiments.settings import Configuration
 from slo.ledger import write_atomic
 
@@ -62,6 +64,36 @@ def partition_primary(
     }
     # For chaos.json and chaos.md (`cwh.chaos`), beside the journal.
     write_atomic(harness.run_dir(s) / "partition.json", json.dumps(result, indent=2))
+    return result
+
+
+def partition_redis_master(
+    hold_s: float = 30, timeout_s: float = 60, *, configuration: Configuration
+) -> dict[str, Any]:
+    """Cut a Redis master off from every other node (its replica and the cluster bus) for at
+    least `hold_s` and until its replica took its slots over and it refused writes (at most
+    `timeout_s`, scaled), while a client on the host writes to it directly
+    (`experiments.redis_partition`); then heal and wait until the cluster is whole again.
+    Returns, in seconds from the cut, when it first refused a write (None: it never did) and
+    when its replica was promoted, the writes it accepted while cut and those of its
+    acknowledged writes lost after the heal. Also in redis-partition.json."""
+    s = harness.settings_of(configuration)
+    env = harness.environment(s)
+    fault: list[str] = []
+
+    def cut(what: dict[str, Any]) -> None:
+        fault.append(f"partition-redis-{what['master']}")
+        harness.mark(s, "inject", fault[0], member=what["master"], cut_from=what["cut_from"])
+
+    def healed() -> None:
+        if fault:
+            harness.mark(s, "restore", fault[0])
+
+    result = measure_redis_partition(
+        env, hold_s=hold_s, timeout_s=timeout_s, on_cut=cut, on_heal=healed
+    )
+    # For chaos.json and chaos.md (`cwh.chaos`), beside the journal.
+    write_atomic(harness.run_dir(s) / "redis-partition.json", json.dumps(result, indent=2))
     return result
 
 
