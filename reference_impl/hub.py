@@ -63,7 +63,13 @@ from reference_impl.control_plane import guarded
 from reference_impl.errors import ApiError, error_middleware
 from reference_impl.schema import ensure_schema, settled
 from reference_impl.settings import ServiceSettings
-from reference_impl.stores import NOTIFY_CHANNEL, create_pool, single_node_pubsub
+from reference_impl.stores import (
+    MEMBERSHIP_EVERY_S,
+    NOTIFY_CHANNEL,
+    create_pool,
+    in_cluster,
+    single_node_pubsub,
+)
 
 log = logging.getLogger("cw.hub")
 
@@ -597,7 +603,7 @@ async def listen_once(
 ) -> tuple[str, int] | None:
     """One subscription, until it fails; returns the node that failed (tried last next)."""
     try:
-        client, pubsub = await single_node_pubsub(app[SETTINGS], avoid=avoid)
+        client, pubsub, member = await single_node_pubsub(app[SETTINGS], avoid=avoid)
     except ConnectionError as exc:
         log.warning("pub/sub unavailable: %s", exc)
         await asyncio.sleep(0.8)
@@ -605,7 +611,7 @@ async def listen_once(
     node = client.connection_pool.connection_kwargs
     try:
         await pubsub.subscribe(NOTIFY_CHANNEL)
-        await hear(app, pubsub)
+        await hear(app, pubsub, Membership(client, member))
     except (OSError, ConnectionError, TimeoutError, redis.exceptions.RedisError) as exc:
         log.warning("pub/sub connection to %s:%s lost: %r", node["host"], node["port"], exc)
         return (node["host"], node["port"])
@@ -615,6 +621,43 @@ async def listen_once(
                 await pubsub.aclose()
                 await client.aclose()
     return None
+
+
+class Membership:
+    """Whether the node we listen on is still in the cluster, read every MEMBERSHIP_EVERY_S on
+    a connection of its own (`stores.in_cluster`). A node cut off from the others hears nothing
+    published elsewhere, yet answers our pings: `check` raises ConnectionError once it says
+    `cluster_state:fail`, so the listener moves to a node that sees the cluster whole and
+    catches up. A node taken because none saw it whole (`member` False) is left only after
+    NON_MEMBER_S, to look again without churning while the whole cluster is down."""
+
+    NON_MEMBER_S = 10.0
+
+    def __init__(self, client: Any, member: bool) -> None:
+        self.client = client
+        self.member = member
+        self.since = time.monotonic()
+        self.task: asyncio.Task[bool] | None = None
+        self.next_at = self.since + MEMBERSHIP_EVERY_S
+
+    def check(self, now: float) -> None:
+        if self.task is not None and self.task.done():
+            task, self.task = self.task, None
+            # An error reading it says nothing of the cluster: the pinger watches the link.
+            said_fail = not task.cancelled() and task.exception() is None and not task.result()
+            if said_fail and (self.member or now - self.since >= self.NON_MEMBER_S):
+                raise ConnectionError("the node left the cluster (cluster_state:fail)")
+        if self.task is None and now >= self.next_at:
+            self.next_at = now + MEMBERSHIP_EVERY_S
+            self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> bool:
+        async with asyncio.timeout(MEMBERSHIP_EVERY_S):
+            return await in_cluster(self.client)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 class Pinger:
@@ -650,9 +693,10 @@ class Pinger:
         return sent_at
 
 
-async def hear(app: web.Application, pubsub: Any) -> None:
+async def hear(app: web.Application, pubsub: Any, membership: Membership | None = None) -> None:
     """The subscribed loop. A catch-up from the log runs beside it (what was published before we
-    listened; retried until it succeeds); pongs move `heard_until` once it is done."""
+    listened; retried until it succeeds); pongs move `heard_until` once it is done; the node's
+    `membership` is watched beside the pings."""
     heard: Listening = app[HEARD]
     pinger = Pinger()
     catching_up: asyncio.Task[int] | None = None
@@ -672,6 +716,8 @@ async def hear(app: web.Application, pubsub: Any) -> None:
                 catching_up = None
             if (payload := pinger.due(now)) is not None:
                 await pubsub.ping(payload)
+            if membership is not None:
+                membership.check(now)
             # get_message() would misread our pong: look at the raw response first.
             response = await pubsub.parse_response(block=False, timeout=PING_EVERY_S / 2)
             observability.tick(app, "pubsub")
@@ -683,6 +729,8 @@ async def hear(app: web.Application, pubsub: Any) -> None:
             elif (msg := await pubsub.handle_message(response, True)) and msg["type"] == "message":
                 dispatch(app, msg["data"])
     finally:  # the subscription is gone: its catch-up is moot (the next one starts over)
+        if membership is not None:
+            membership.close()
         if catching_up is not None and not catching_up.done():
             catching_up.cancel()
         elif catching_up and not catching_up.cancelled() and (exc := catching_up.exception()):

@@ -129,6 +129,8 @@ class CacheCluster(RedisCluster):
     write to its slots failed."""
 
     breakers: defaultdict[str, RedisBreaker]
+    #: Until when the default node's membership is taken as checked (`publish_in_cluster`).
+    membership_checked_until: float = 0.0
 
 
 def redis_auth_and_tls(settings: ServiceSettings) -> dict[str, Any]:
@@ -212,18 +214,73 @@ async def redis_or_none(
     return result
 
 
+#: How often a pub/sub listener or publisher re-reads its node's view of the cluster. A node cut
+#: off from the others (a partition) still answers PING and takes PUBLISH, but what it publishes
+#: no longer crosses the cluster bus, nor reaches it; it says `cluster_state:fail` once
+#: `cluster-node-timeout` passes (a chaos experiment found the hubs deaf for a whole 30 s cut).
+MEMBERSHIP_EVERY_S = 1.0
+
+
+def cluster_state(info: Any) -> str:
+    """`cluster_state` from CLUSTER INFO's answer: redis-py's parsed dict, or the raw text."""
+    if isinstance(info, dict):
+        return str(info.get("cluster_state", ""))
+    if isinstance(info, bytes):
+        info = info.decode()
+    for line in str(info).splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "cluster_state":
+            return value.strip()
+    return ""
+
+
+async def in_cluster(client: Any, **target: Any) -> bool:
+    """Whether the node `client` talks to (`target_nodes=` for a cluster client) sees the
+    cluster as whole: its slots covered by nodes it can reach."""
+    return cluster_state(await client.execute_command("CLUSTER INFO", **target)) == "ok"
+
+
+async def publish_in_cluster(redis: CacheCluster, channel: str, message: str) -> Any:
+    """PUBLISH through a node that is in the cluster. redis-py sends PUBLISH to its default
+    node (the first master it learned of) even while that node is cut off from the others,
+    where the message reaches no one: the default moves to a master that sees the cluster
+    whole, checked at most every MEMBERSHIP_EVERY_S."""
+    now = time.monotonic()
+    if now >= redis.membership_checked_until:
+        node = redis.get_default_node()
+        if node is not None and not await in_cluster(redis, target_nodes=node):
+            for other in redis.get_primaries():
+                if other.name != node.name and await _answers_in_cluster(redis, other):
+                    redis.set_default_node(other)
+                    log.warning("publishing through %s: %s left the cluster", other.name, node.name)
+                    break
+        redis.membership_checked_until = now + MEMBERSHIP_EVERY_S
+    return await redis.publish(channel, message)
+
+
+async def _answers_in_cluster(redis: CacheCluster, node: Any) -> bool:
+    try:
+        return await in_cluster(redis, target_nodes=node)
+    except Exception:  # a dead node is no better
+        return False
+
+
 async def single_node_pubsub(
     settings: ServiceSettings, avoid: tuple[str, int] | None = None
-) -> tuple[aioredis.Redis, Any]:
-    """A SUBSCRIBE-capable connection to the first Redis node that answers; `avoid` (the node
-    that just failed) is tried last.
+) -> tuple[aioredis.Redis, Any, bool]:
+    """A SUBSCRIBE-capable connection to the first Redis node that answers and sees the cluster
+    whole (`in_cluster`), its pub/sub, and whether it does; `avoid` (the node that just failed)
+    is tried last. When no node sees it whole, the first that answered (the cluster is down:
+    hearing one node beats none).
 
     Classic PUBLISH in Redis Cluster reaches every node, so one node is enough to hear every
-    notification; when it dies the caller reconnects here and gets another. No retries with
-    backoff on a node: a chaos experiment found the default (about 15 s of retries on the dead
-    node, tried first again) left the hubs deaf for as long as the node was down.
+    notification; when it dies or leaves the cluster the caller reconnects here and gets
+    another. No retries with backoff on a node: a chaos experiment found the default (about
+    15 s of retries on the dead node, tried first again) left the hubs deaf for as long as the
+    node was down.
     """
     last: BaseException | None = None
+    fallback: aioredis.Redis | None = None
     nodes = sorted(settings.redis_addresses, key=lambda a: a == avoid)
     for host, port in nodes:
         client = aioredis.Redis(
@@ -240,11 +297,21 @@ async def single_node_pubsub(
             client.connection_pool.connection_class = CaOnlySSLConnection
         try:
             await client.ping()
+            member = await in_cluster(client)
         except (redis.exceptions.RedisError, OSError) as exc:
             last = exc
             await client.aclose()
             continue
-        return client, client.pubsub(ignore_subscribe_messages=True)
+        if member:
+            if fallback is not None:
+                await fallback.aclose()
+            return client, client.pubsub(ignore_subscribe_messages=True), True
+        if fallback is None:
+            fallback = client
+        else:
+            await client.aclose()
+    if fallback is not None:
+        return fallback, fallback.pubsub(ignore_subscribe_messages=True), False
     raise ConnectionError(f"no Redis node answered: {last!r}")
 
 

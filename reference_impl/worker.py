@@ -37,6 +37,7 @@ from reference_impl.stores import (
     CacheCluster,
     create_pool,
     create_redis,
+    publish_in_cluster,
     redis_or_none,
 )
 
@@ -286,7 +287,9 @@ class WorkerState:
     async def publish(self, event: dict[str, Any]) -> None:
         """Fan-out is best effort: a phone that misses it catches up from the event log."""
         await redis_or_none(
-            self.redis, "notify", lambda: self.redis.publish(NOTIFY_CHANNEL, json.dumps(event))
+            self.redis,
+            "notify",
+            lambda: publish_in_cluster(self.redis, NOTIFY_CHANNEL, json.dumps(event)),
         )
 
     # ---- the work --------------------------------------------------------------------------
