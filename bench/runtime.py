@@ -314,7 +314,8 @@ def plot(rows: list[Row], path: Path) -> None:
     """The ratios as bars against 1 (the baseline)."""
     shown = [r for r in rows if r.ratio is not None]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(shown) + 1.5))
-    ax.barh([r.label for r in shown], [r.ratio or 0 for r in shown], color="tab:blue")
+    labels = [f"{r.label} ({r.better} is better)" for r in shown]
+    ax.barh(labels, [r.ratio or 0 for r in shown], color="tab:blue")
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("containers / local (1 = the same)")
     ax.invert_yaxis()
