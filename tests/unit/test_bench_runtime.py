@@ -171,6 +171,8 @@ def test_the_verdict_passes_only_complete_runs_that_lost_nothing():
     assert verdict({"local": _figures()}, {}, both) == "fail"  # containers never measured
     lost = {**good, "containers": _figures(failover_lost=2)}
     assert verdict(lost, {}, both) == "fail"
+    unknown = {**good, "local": _figures(load_unknown=1)}
+    assert verdict(unknown, {}, both) == "fail"
     missing = {**good, "local": _figures(ttr_p99_ms=None)}
     assert verdict(missing, {}, both) == "fail"
     assert verdict(good, {"containers": ["DeadlineExceeded: ..."]}, both) == "fail"
