@@ -9,7 +9,7 @@ ifdef RUNTIME
 export CWH_RUNTIME := $(RUNTIME)
 endif
 
-.PHONY: deps images up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr load slo slo-rules chaos gameday chaos-stop clean
+.PHONY: deps images up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime load slo slo-rules chaos gameday chaos-stop clean
 
 deps:
 	@./tools/deps.sh
@@ -36,7 +36,7 @@ lint: deps
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 typecheck: deps
-	@$(VENV)/bin/mypy env cwh reference_impl slo experiments
+	@$(VENV)/bin/mypy env cwh reference_impl slo experiments bench
 
 # Kills the PostgreSQL primary (postgres, then Patroni) under a steady write loop and prints RTO.
 KILLS ?= 3
@@ -115,3 +115,11 @@ bench-dr: deps
 
 bench-scale: deps
 	@$(PY) -m bench.scale --repeats $(REPEATS) --specs $(SPECS) --sync $(SYNC)
+
+# The same fleet (USERS phones for DURATION) and the same PostgreSQL primary failover (KILLS
+# postmaster kills) on the local runtime, then on the containers runtime, one at a time: up time,
+# submits/s, submit and time-to-result p99, RTO, as ratios containers / local
+# (reports/<UTC>-bench-runtime/). Base port CWH_BENCH_BASE_PORT (22400).
+bench-runtime: deps
+	@$(PY) -m bench.runtime --users $(USERS) --duration $(DURATION) --spawn-rate $(SPAWN_RATE) \
+		--settle $(SETTLE) --kills $(KILLS)

@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = EnvSettings(base_port=base, run_dir=Path(f"/var/tmp/cwh-bench-{base}"))
     env = LocalEnvironment(settings)
     env.reset()
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     with env:
         faults = [KILL_POSTGRES, KILL_PATRONI]
         with Progress(console=console) as progress:
@@ -61,25 +62,25 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("fault")
     for col in ("RTO min s", "median s", "max s", "acked", "lost", "info"):
         table.add_column(col, justify="right")
-    summary = {}
-    for fault in ("kill-primary-postgres", "kill-primary-patroni"):
-        rows = [r for r in results if r["fault"] == fault]
+    summary: dict[str, dict[str, Any]] = {}
+    for name in ("kill-primary-postgres", "kill-primary-patroni"):
+        rows = [r for r in results if r["fault"] == name]
         rtos = [r["rto_s"] for r in rows]
         rec = [r["reconciliation"] for r in rows]
-        summary[fault] = {
+        summary[name] = {
             "rto_s": rtos,
             "lost": sum(x["lost"] for x in rec),
             "acknowledged": sum(x["acknowledged"] for x in rec),
             "info": sum(x["info"] for x in rec),
         }
         table.add_row(
-            fault,
+            name,
             f"{min(rtos):.2f}",
             f"{statistics.median(rtos):.2f}",
             f"{max(rtos):.2f}",
-            str(summary[fault]["acknowledged"]),
-            str(summary[fault]["lost"]),
-            str(summary[fault]["info"]),
+            str(summary[name]["acknowledged"]),
+            str(summary[name]["lost"]),
+            str(summary[name]["info"]),
         )
     console.print(table)
     out = Path("reports") / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-bench-failover"
