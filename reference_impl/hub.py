@@ -66,8 +66,9 @@ from reference_impl.settings import ServiceSettings
 from reference_impl.stores import (
     MEMBERSHIP_EVERY_S,
     NOTIFY_CHANNEL,
+    cluster_field,
+    cluster_state,
     create_pool,
-    in_cluster,
     single_node_pubsub,
 )
 
@@ -485,7 +486,8 @@ async def send_replay(app: web.Application, conn: Connection) -> bool:
             # A settled row moves the cursor only on the first page: it starts at the cursor,
             # so every id below the row is in it. Later pages start higher.
             if delivery.offer(r["event_id"], now, r["settled"] and page == 0):
-                delivery.settle(app[HEARD].heard_until, now)
+                if conn.queue.empty():  # see send_loop
+                    delivery.settle(app[HEARD].heard_until, now)
                 await conn.ws.send_json({**_event(r), "replayed": True, "resume": delivery.token()})
                 app[METRIC]["sent"].inc()
         if len(rows) < REPLAY_LIMIT:
@@ -506,7 +508,11 @@ async def send_loop(app: web.Application, conn: Connection) -> None:
                 batch.append(conn.queue.get_nowait())
             now = time.monotonic()
             fresh = [e for e, settled in batch if delivery.offer(e["event_id"], now, settled)]
-            delivery.settle(app[HEARD].heard_until, now)
+            # Only with nothing heard still waiting here: an event in the queue was heard but
+            # not offered, and the cursor must not pass it (the resume token would say the
+            # phone has it). The hub's property test found that, one run in a few hundred.
+            if conn.queue.empty():
+                delivery.settle(app[HEARD].heard_until, now)
             if not fresh:
                 continue
             resume = delivery.token()
@@ -624,12 +630,21 @@ async def listen_once(
 
 
 class Membership:
-    """Whether the node we listen on is still in the cluster, read every MEMBERSHIP_EVERY_S on
-    a connection of its own (`stores.in_cluster`). A node cut off from the others hears nothing
-    published elsewhere, yet answers our pings: `check` raises ConnectionError once it says
-    `cluster_state:fail`, so the listener moves to a node that sees the cluster whole and
-    catches up. A node taken because none saw it whole (`member` False) is left only after
-    NON_MEMBER_S, to look again without churning while the whole cluster is down."""
+    """The cluster as the node we listen on sees it, read every MEMBERSHIP_EVERY_S on a
+    connection of its own (CLUSTER INFO and CLUSTER NODES).
+
+    - A node cut off from the others hears nothing published elsewhere, yet answers our pings:
+      `check` raises ConnectionError once it says `cluster_state:fail`, so the listener moves
+      to a node that sees the cluster whole and catches up. A node taken because none saw it
+      whole (`member` False) is left only after NON_MEMBER_S, to look again without churning
+      while the whole cluster is down.
+    - A pong proves we heard everything published before its ping only while every publisher
+      reaches our side of the cluster. While some node is failing (flagged `fail` or `fail?`)
+      or just after a failover (the epoch moved), a worker may still be publishing to a node
+      cut off from ours: the listener is `unsure` until SETTLE_S after the last such sign. It
+      then holds `heard_until` (no cursor moves past an id it may have missed) and catches up
+      from the log every SETTLE_S, and once more when sure again (`catch_up_due`).
+    """
 
     NON_MEMBER_S = 10.0
 
@@ -637,27 +652,71 @@ class Membership:
         self.client = client
         self.member = member
         self.since = time.monotonic()
-        self.task: asyncio.Task[bool] | None = None
+        self.task: asyncio.Task[ClusterView] | None = None
         self.next_at = self.since + MEMBERSHIP_EVERY_S
+        self.epoch: str | None = None
+        self.unsure_until = 0.0
+        self.next_catch_up = 0.0
+        self.was_unsure = False
 
     def check(self, now: float) -> None:
         if self.task is not None and self.task.done():
             task, self.task = self.task, None
             # An error reading it says nothing of the cluster: the pinger watches the link.
-            said_fail = not task.cancelled() and task.exception() is None and not task.result()
-            if said_fail and (self.member or now - self.since >= self.NON_MEMBER_S):
-                raise ConnectionError("the node left the cluster (cluster_state:fail)")
+            view = None if task.cancelled() or task.exception() else task.result()
+            if view is not None:
+                moved = self.epoch is not None and view.epoch != self.epoch
+                self.epoch = view.epoch
+                if view.failing or moved:
+                    self.unsure_until = now + SETTLE_S
+                if not view.whole and (self.member or now - self.since >= self.NON_MEMBER_S):
+                    raise ConnectionError("the node left the cluster (cluster_state:fail)")
         if self.task is None and now >= self.next_at:
             self.next_at = now + MEMBERSHIP_EVERY_S
             self.task = asyncio.create_task(self._read())
 
-    async def _read(self) -> bool:
+    def unsure(self, now: float) -> bool:
+        return now < self.unsure_until
+
+    def catch_up_due(self, now: float) -> bool:
+        """Whether to catch up from the log now: every SETTLE_S while unsure, and once on
+        becoming sure again (what was published to a node cut off from ours is in the log)."""
+        unsure = self.unsure(now)
+        ended, self.was_unsure = self.was_unsure and not unsure, unsure
+        if unsure and now >= self.next_catch_up:
+            self.next_catch_up = now + SETTLE_S
+            return True
+        return ended
+
+    async def _read(self) -> ClusterView:
         async with asyncio.timeout(MEMBERSHIP_EVERY_S):
-            return await in_cluster(self.client)
+            info = await self.client.execute_command("CLUSTER INFO")
+            nodes = await self.client.execute_command("CLUSTER NODES")
+        return ClusterView.parse(info, nodes)
 
     def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """One node's view: whether it sees the cluster whole, its epoch, whether any node is
+    failing (`fail`, or `fail?`: not reached within the node timeout)."""
+
+    whole: bool
+    epoch: str
+    failing: bool
+
+    @classmethod
+    def parse(cls, info: Any, nodes: Any) -> ClusterView:
+        text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+        flags = [line.split()[2] for line in text.splitlines() if len(line.split()) > 2]
+        return cls(
+            whole=cluster_state(info) == "ok",
+            epoch=cluster_field(info, "cluster_current_epoch"),
+            failing=any("fail" in f.split(",") or "fail?" in f.split(",") for f in flags),
+        )
 
 
 class Pinger:
@@ -701,6 +760,7 @@ async def hear(app: web.Application, pubsub: Any, membership: Membership | None 
     pinger = Pinger()
     catching_up: asyncio.Task[int] | None = None
     due, retry_at = True, 0.0
+    rerun = False  # asked for while one ran: it may have read the log before what is missed
     try:
         while True:
             now = time.monotonic()
@@ -708,8 +768,8 @@ async def hear(app: web.Application, pubsub: Any, membership: Membership | None 
                 catching_up = asyncio.create_task(catch_up(app, all_connections(app)))
             if catching_up is not None and catching_up.done():
                 if (exc := catching_up.exception()) is None:
-                    log.info("pub/sub subscribed: %d event(s) caught up", catching_up.result())
-                    due = False
+                    log.info("pub/sub: %d event(s) caught up", catching_up.result())
+                    due, rerun = rerun, False
                 else:  # the log unavailable: keep hearing, try again soon
                     log.warning("catch-up failed, retrying: %r", exc)
                     retry_at = now + 1.0
@@ -718,13 +778,15 @@ async def hear(app: web.Application, pubsub: Any, membership: Membership | None 
                 await pubsub.ping(payload)
             if membership is not None:
                 membership.check(now)
+                if membership.catch_up_due(now):
+                    due, rerun = True, catching_up is not None
             # get_message() would misread our pong: look at the raw response first.
             response = await pubsub.parse_response(block=False, timeout=PING_EVERY_S / 2)
             observability.tick(app, "pubsub")
             if response is None:
                 continue
             if (sent_at := pinger.pong(response)) is not None:
-                if not due:
+                if not due and not (membership is not None and membership.unsure(now)):
                     heard.heard_until = sent_at
             elif (msg := await pubsub.handle_message(response, True)) and msg["type"] == "message":
                 dispatch(app, msg["data"])

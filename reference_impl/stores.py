@@ -129,8 +129,10 @@ class CacheCluster(RedisCluster):
     write to its slots failed."""
 
     breakers: defaultdict[str, RedisBreaker]
-    #: Until when the default node's membership is taken as checked (`publish_in_cluster`).
-    membership_checked_until: float = 0.0
+    #: Where `publish_in_cluster` publishes (None: redis-py's default node), and until when
+    #: that choice stands.
+    publish_node: Any = None
+    publish_checked_until: float = 0.0
 
 
 def redis_auth_and_tls(settings: ServiceSettings) -> dict[str, Any]:
@@ -221,17 +223,22 @@ async def redis_or_none(
 MEMBERSHIP_EVERY_S = 1.0
 
 
-def cluster_state(info: Any) -> str:
-    """`cluster_state` from CLUSTER INFO's answer: redis-py's parsed dict, or the raw text."""
+def cluster_field(info: Any, name: str) -> str:
+    """Field `name` of CLUSTER INFO's answer: redis-py's parsed dict, or the raw text."""
     if isinstance(info, dict):
-        return str(info.get("cluster_state", ""))
+        return str(info.get(name, ""))
     if isinstance(info, bytes):
         info = info.decode()
     for line in str(info).splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "cluster_state":
+        if key.strip() == name:
             return value.strip()
     return ""
+
+
+def cluster_state(info: Any) -> str:
+    """`cluster_state` from CLUSTER INFO's answer."""
+    return cluster_field(info, "cluster_state")
 
 
 async def in_cluster(client: Any, **target: Any) -> bool:
@@ -240,29 +247,49 @@ async def in_cluster(client: Any, **target: Any) -> bool:
     return cluster_state(await client.execute_command("CLUSTER INFO", **target)) == "ok"
 
 
-async def publish_in_cluster(redis: CacheCluster, channel: str, message: str) -> Any:
-    """PUBLISH through a node that is in the cluster. redis-py sends PUBLISH to its default
-    node (the first master it learned of) even while that node is cut off from the others,
-    where the message reaches no one: the default moves to a master that sees the cluster
-    whole, checked at most every MEMBERSHIP_EVERY_S."""
+async def publish_in_cluster(cluster: CacheCluster, channel: str, message: str) -> Any:
+    """PUBLISH through a master that sees the cluster whole (`in_cluster`), chosen at most every
+    MEMBERSHIP_EVERY_S and kept apart from redis-py's default node, which sends PUBLISH to the
+    first master it learned of even while that one is cut off from the others (where the
+    message reaches no one), and which every re-read of the slots resets to it. With no such
+    master known, or when the chosen one fails, redis-py's own choice, with its retries."""
     now = time.monotonic()
-    if now >= redis.membership_checked_until:
-        node = redis.get_default_node()
-        if node is not None and not await in_cluster(redis, target_nodes=node):
-            for other in redis.get_primaries():
-                if other.name != node.name and await _answers_in_cluster(redis, other):
-                    redis.set_default_node(other)
-                    log.warning("publishing through %s: %s left the cluster", other.name, node.name)
-                    break
-        redis.membership_checked_until = now + MEMBERSHIP_EVERY_S
-    return await redis.publish(channel, message)
+    if now >= cluster.publish_checked_until:
+        cluster.publish_checked_until = now + MEMBERSHIP_EVERY_S
+        was, chosen = cluster.publish_node, await _member_primary(cluster, cluster.publish_node)
+        if was is not None and (chosen is None or chosen.name != was.name):
+            now_through = chosen.name if chosen else "the default node"
+            log.warning("publishing through %s: %s left the cluster", now_through, was.name)
+        cluster.publish_node = chosen
+    if cluster.publish_node is not None:
+        try:
+            return await cluster.publish(channel, message, target_nodes=cluster.publish_node)
+        except (redis.exceptions.RedisError, OSError):
+            cluster.publish_node, cluster.publish_checked_until = None, 0.0  # choose again
+    return await cluster.publish(channel, message)
 
 
-async def _answers_in_cluster(redis: CacheCluster, node: Any) -> bool:
-    try:
-        return await in_cluster(redis, target_nodes=node)
-    except Exception:  # a dead node is no better
-        return False
+#: How long one master may take to say whether it sees the cluster whole (inside a publish's
+#: own deadline, `REDIS_DEADLINE_S`): they are asked together.
+MEMBERSHIP_PROBE_S = 0.25
+
+
+async def _member_primary(redis: CacheCluster, current: Any) -> Any:
+    """`current` when it still sees the cluster whole, else the first master that does, else
+    None. A master that errs or is slow to say counts as not seeing it."""
+    primaries = redis.get_primaries()
+    if current is not None and current.name in {p.name for p in primaries}:
+        primaries = [current, *(p for p in primaries if p.name != current.name)]
+
+    async def whole(node: Any) -> bool:
+        try:
+            async with asyncio.timeout(MEMBERSHIP_PROBE_S):
+                return await in_cluster(redis, target_nodes=node)
+        except Exception:  # dead, slow or refusing: not a place to publish
+            return False
+
+    answers = await asyncio.gather(*(whole(p) for p in primaries))
+    return next((p for p, ok in zip(primaries, answers, strict=True) if ok), None)
 
 
 async def single_node_pubsub(

@@ -112,7 +112,8 @@ class World:
             rows = self.rows(after)
             for event_id, settled in rows:
                 if delivery.offer(event_id, self.now, settled and page == 0):
-                    delivery.settle(self.heard_until, self.now)
+                    if not conn.queue:
+                        delivery.settle(self.heard_until, self.now)
                     conn.wire.append(([event_id], delivery.token()))
             if len(rows) < self.replay_limit:
                 return
@@ -126,7 +127,8 @@ class World:
             return
         items, conn.queue = conn.queue[:batch], conn.queue[batch:]
         fresh = [i for i, settled in items if conn.delivery.offer(i, self.now, settled)]
-        conn.delivery.settle(self.heard_until, self.now)
+        if not conn.queue:  # as `hub.send_loop`: never past an event heard and not offered
+            conn.delivery.settle(self.heard_until, self.now)
         if fresh:
             conn.wire.append((fresh, conn.delivery.token()))
 
