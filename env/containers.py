@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import APIError, DockerException, NotFound
+from docker.errors import APIError, NotFound
 from docker.types import EndpointConfig, IPAMConfig, IPAMPool
 from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
@@ -258,8 +258,8 @@ class ContainersRuntime:
     def _oom_killed(self, cid: str) -> bool:
         try:
             return bool(self.client.api.inspect_container(cid)["State"].get("OOMKilled"))
-        except DockerException:
-            return False  # removed meanwhile: nothing says it was
+        except Exception:  # removed meanwhile, or the engine's answer lost: nothing says it was
+            return False
 
     def _exited(self, cid: str, code: int, oom: bool = False) -> None:
         """An exit (in the event loop's thread): to its process, or kept for `start` while a

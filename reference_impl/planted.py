@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +41,7 @@ COUNTED = ("lose_acks", "duplicate_keys", "swallow_notifications")
 LEAK_CAP_MB, LEAK_MAX_MB_PER_S = 2048, 512
 #: How often the leak grows: a tenth of its rate at a time, so the growth looks continuous.
 LEAK_TICK_S = 0.1
+_FILL = b"\xa5" * (1 << 20)
 
 
 @dataclass
@@ -58,23 +60,37 @@ class PlantedFaults:
     wedge_loop: str = ""
     leak_mb_per_s: int = 0
     leaked_mb: float = 0.0
-    _hoard: list[bytes] = field(default_factory=list, repr=False)
+    _hoard: list[mmap.mmap] = field(default_factory=list, repr=False)
 
     def view(self) -> dict[str, Any]:
         """What GET shows: everything but the leaked memory itself."""
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
     def leak_step(self, seconds: float) -> float:
         """Grow the leak by `seconds` of its rate (never past LEAK_CAP_MB); the MB added.
-        Filled bytes, not zeroed ones: zero pages are mapped lazily and would not count."""
+        Written pages, not zeroed ones: zero pages are mapped lazily and would not count. Each
+        step is a mapping of its own, not the heap: a reset unmaps them and the process is its
+        size again (freed heap memory often stays with the process)."""
         if not self.enabled or self.leak_mb_per_s <= 0:
             return 0.0
         mb = min(self.leak_mb_per_s * seconds, LEAK_CAP_MB - self.leaked_mb)
-        if mb <= 0:
+        size = int(mb * (1 << 20))
+        if size <= 0:
             return 0.0
-        self._hoard.append(b"\xa5" * int(mb * (1 << 20)))
+        pages = mmap.mmap(-1, size)
+        for offset in range(0, size, len(_FILL)):
+            chunk = min(len(_FILL), size - offset)
+            pages[offset : offset + chunk] = _FILL[:chunk]
+        self._hoard.append(pages)
         self.leaked_mb += mb
         return mb
+
+    def free_leak(self) -> None:
+        """Stop the leak and give its memory back."""
+        self.leak_mb_per_s, self.leaked_mb = 0, 0.0
+        for pages in self._hoard:
+            pages.close()
+        self._hoard = []
 
     async def leak(self) -> None:
         """The leak's loop: from its arming until it stops growing (disarmed, or capped)."""
@@ -96,14 +112,18 @@ class PlantedFaults:
             await asyncio.sleep(0.5)
 
     def update(self, body: dict[str, Any]) -> None:
+        for verb in ("reset", "disarm"):
+            if verb in body and len(body) > 1:
+                raise ApiError(422, {"field": verb, "problem": "takes no other field"})
         if body.get("reset") is True:
             self.armed = dict.fromkeys(COUNTED, 0)
             self.planted = {k: [] for k in COUNTED}
             self.wedge_loop = ""
-            self.leak_mb_per_s, self.leaked_mb, self._hoard = 0, 0.0, []
+            self.free_leak()
             return
         if body.get("disarm") is True:  # plant no more; what was planted stays on record
             self.armed = dict.fromkeys(COUNTED, 0)
+            self.leak_mb_per_s = 0  # the leak grows no more; what it holds stays, as a record
             return
         for name, value in body.items():
             if name == "wedge_loop":

@@ -4,14 +4,16 @@ armed."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from reference_impl.errors import error_middleware
+from reference_impl.errors import ApiError, error_middleware
 from reference_impl.observability import install
 from reference_impl.planted import LEAK_CAP_MB, PlantedFaults
 from reference_impl.settings import ServiceSettings
@@ -88,21 +90,43 @@ def test_disarm_stops_planting_and_keeps_the_record():
     assert planted.armed["lose_acks"] == 0
 
 
+def rss_mb() -> float:
+    """This process's resident memory (MB), as the kernel counts it for a memory limit."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def test_a_planted_leak_grows_at_its_rate_up_to_its_cap_and_reset_frees_it():
     planted = PlantedFaults(enabled=True)
     assert planted.leak_step(1.0) == 0  # not armed: nothing held
-    planted.update({"leak_mb_per_s": 8})
-    assert planted.leak_step(0.5) == 4
-    assert sum(len(b) for b in planted._hoard) == 4 << 20
-    assert planted._hoard[0][:2] == b"\xa5\xa5"  # written pages, not lazily mapped zeros
+    planted.update({"leak_mb_per_s": 64})
+    before = rss_mb()
+    assert planted.leak_step(1.0) == 64
+    # Resident, not merely reserved: the pages were written.
+    assert rss_mb() - before >= 60
+    assert planted._hoard[0][:2] == b"\xa5\xa5"
     assert "_hoard" not in planted.view()
-    assert planted.view()["leaked_mb"] == 4
+    assert planted.view()["leaked_mb"] == 64
     planted.leaked_mb = LEAK_CAP_MB - 1  # near the cap: only what is left under it
     assert planted.leak_step(1.0) == 1
     assert planted.leak_step(1.0) == 0
+    held = rss_mb()
     planted.update({"reset": True})
     assert (planted.leak_mb_per_s, planted.leaked_mb, planted._hoard) == (0, 0, [])
+    assert held - rss_mb() >= 60  # given back to the system, not kept by the allocator
     assert PlantedFaults(enabled=False, leak_mb_per_s=8).leak_step(1.0) == 0
+
+
+def test_disarm_stops_the_leak_and_keeps_what_it_holds_and_reset_takes_no_other_field():
+    planted = PlantedFaults(enabled=True)
+    planted.update({"leak_mb_per_s": 8})
+    assert planted.leak_step(1.0) == 8
+    planted.update({"disarm": True})
+    assert planted.leak_step(1.0) == 0
+    assert planted.leaked_mb == 8
+    with pytest.raises(ApiError) as refused:
+        planted.update({"reset": True, "leak_mb_per_s": 9})
+    assert refused.value.status == 422
+    assert planted.leaked_mb == 8  # nothing of a refused body was applied
 
 
 def test_a_leak_rate_out_of_bounds_is_422_and_a_served_leak_grows():

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import requests
+from docker.errors import DockerException
 
 from env import containers
 from experiments import harness
@@ -171,13 +172,17 @@ def squeeze_memory(
                 break
             time.sleep(0.2)
     finally:
-        # The same container when it never died: its leak stopped, its limit put back. (A new
-        # container has neither; the reset is then a no-op.)
-        with contextlib.suppress(requests.RequestException):
-            requests.post(url, json={"reset": True}, timeout=5)
-        containers.reset_limits(env.settings, replica)
-        harness.mark(s, "restore", fault)
-    reason = str(now.detail.get("last_restart_reason", ""))
+        # The same container when it never died: its leak stopped, its limit put back. A new
+        # container has neither, and one between containers (killed, not back) none to reset:
+        # the rollback's restore_all looks again.
+        try:
+            with contextlib.suppress(requests.RequestException):
+                requests.post(url, json={"reset": True}, timeout=5)
+            with contextlib.suppress(DockerException):
+                containers.reset_limits(env.settings, replica)
+        finally:
+            harness.mark(s, "restore", fault)
+    reason = str(now.detail.get("last_restart_reason", "")) if killed_after is not None else ""
     result = {
         "replica": replica,
         "limit_mb": limit_mb,
