@@ -72,7 +72,8 @@ def busy_ports(ports: dict[int, str], free: Callable[[int], bool]) -> list[str]:
 
 
 def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> range:
-    """The ports the kernel hands outgoing connections (Linux's default 32768-60999)."""
+    """The ports the kernel hands outgoing connections (Linux's default 32768-60999 when it
+    cannot be read: not Linux)."""
     try:
         low, high = (int(v) for v in path.read_text().split())
     except (OSError, ValueError):
@@ -80,11 +81,32 @@ def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range"))
     return range(low, high + 1)
 
 
-def ephemeral_ports(ports: dict[int, str], ephemeral: range) -> list[str]:
-    """`port (what)` for each of `ports` inside the kernel's ephemeral range, in port order.
-    Any outgoing connection may hold such a port when a server needs it: a start-up that
-    fails at random (CI saw a Redis bus at 33052 taken so), hence refused outright."""
-    return [f"{port} ({what})" for port, what in sorted(ports.items()) if port in ephemeral]
+def reserved_ports(path: Path = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")) -> set[int]:
+    """Ports the kernel never hands outgoing connections (`ip_local_reserved_ports`: "8080,
+    30000-30100"), the standard way to keep servers' ports inside the ephemeral range safe."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return set()
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        with contextlib.suppress(ValueError):
+            out |= set(range(int(low), int(high or low) + 1))
+    return out
+
+
+def ephemeral_ports(
+    ports: dict[int, str], ephemeral: range, reserved: set[int] | frozenset[int] = frozenset()
+) -> list[str]:
+    """`port (what)` for each of `ports` inside the kernel's ephemeral range and not reserved,
+    in port order. Any outgoing connection may hold such a port when a server needs it: a
+    start-up that fails at random (CI saw a Redis bus at 33052 taken so), hence refused."""
+    return [
+        f"{port} ({what})"
+        for port, what in sorted(ports.items())
+        if port in ephemeral and port not in reserved
+    ]
 
 
 class EnvironmentStartError(RuntimeError):
@@ -405,14 +427,15 @@ class LocalEnvironment:
         may be taken at random (inside the kernel's ephemeral range)."""
         ports = self.settings.listening_ports()
         eph = ephemeral_range()
-        if risky := ephemeral_ports(ports, eph):
+        if risky := ephemeral_ports(ports, eph, reserved_ports()):
             raise EnvironmentStartError(
                 "ports",
                 "",
                 f"{', '.join(risky[:4])}{' ...' if len(risky) > 4 else ''} lie in the kernel's"
                 f" ephemeral range ({eph.start}-{eph.stop - 1}, net.ipv4.ip_local_port_range),"
                 " where any outgoing connection may hold them; choose a lower CWH_BASE_PORT"
-                " (its ports + 10000 carry the Redis Cluster bus)",
+                " (its ports + 10000 carry the Redis Cluster bus), or reserve them"
+                " (net.ipv4.ip_local_reserved_ports)",
             )
         if busy := busy_ports(ports, bindable):
             raise EnvironmentStartError(

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from env.local import bindable, busy_ports, ephemeral_ports, ephemeral_range
+from env.local import (
+    bindable,
+    busy_ports,
+    ephemeral_ports,
+    ephemeral_range,
+    reserved_ports,
+)
 from env.settings import PORT_SPAN, EnvSettings, SettingsError
 
 
@@ -100,6 +106,16 @@ def test_ports_in_the_kernels_ephemeral_range_are_named(tmp_path):
     assert ephemeral_ports(boxed.listening_ports(), eph) == []
     assert not any(p >= 33000 for p in boxed.listening_ports())
     assert ephemeral_ports(EnvSettings(run_dir=tmp_path / "run").listening_ports(), eph) == []
+
+
+def test_reserved_ports_are_safe_inside_the_ephemeral_range(tmp_path):
+    (tmp_path / "reserved").write_text("8080, 33000-33200,bad\n")
+    reserved = reserved_ports(tmp_path / "reserved")
+    assert {8080, 33000, 33200} <= reserved
+    assert 33201 not in reserved
+    assert reserved_ports(tmp_path / "absent") == set()
+    local = EnvSettings(base_port=23000, run_dir=tmp_path / "run").listening_ports()
+    assert ephemeral_ports(local, range(32768, 61000), reserved) == []
 
 
 def test_the_ephemeral_range_is_read_from_the_kernel(tmp_path):
