@@ -314,14 +314,17 @@ class PromotionWatch:
         self._thread.join(timeout=5)
 
 
-def cluster_whole(nodes: Nodes, old_master: str) -> bool:
+def cluster_whole(nodes: Nodes, old_master: str, promoted: bool = True) -> bool:
     """Every node says the cluster is ok with all 16384 slots served by live masters, and the
-    old master is a replica again with its link to its master up."""
+    old master is a replica again with its link to its master up (`promoted`), or still the
+    master (no replica was promoted while it was cut off)."""
     for name in nodes.ports:
         info = str(nodes.call(name, "CLUSTER", "INFO"))
         if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
             return False
     repl = nodes.call(old_master, "INFO", "replication")
+    if not promoted:
+        return bool(repl.get("role") == "master")
     return bool(repl.get("role") == "slave" and repl.get("master_link_status") == "up")
 
 
@@ -417,7 +420,10 @@ def measure_redis_partition(
                 on_heal()
     finally:
         writer.stop()  # when no write was ever acknowledged
-    wait_until(lambda: cluster_whole(nodes, name), timeout, "the Redis cluster whole again", 0.5)
+    promoted = watch is not None and watch.promoted_at is not None
+    wait_until(
+        lambda: cluster_whole(nodes, name, promoted), timeout, "the Redis cluster whole again", 0.5
+    )
     lost, unknown = read_back(nodes, writes, slot)
     return {
         "master": name,
@@ -448,7 +454,7 @@ def _hold(
     happen)."""
 
     def moved_on() -> bool:
-        refused = any(w.outcome == "fail" for w in writer.writes)
+        refused = any(w.outcome == "fail" and w.sent_s >= cut_at for w in writer.writes)
         held = time.monotonic() >= cut_at + hold_s
         return held and refused and watch.promoted_at is not None
 
