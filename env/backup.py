@@ -35,6 +35,10 @@ PG_CN = "pgbackrest-pg"
 #: The host name both servers' certificates carry for clients on the same host (pgBackRest
 #: checks names, not IP addresses); the replicas' names are the others (`server_names`).
 HOST = "localhost"
+#: The database user pgBackRest connects as, over the members' sockets (trusted locally). Named:
+#: its default, the OS user's name, is another name in a container whose /etc/passwd maps the
+#: PostgreSQL user's uid to another account (seen: "etcd").
+DB_USER = "postgres"
 #: The two servers' replicas (`env/topology.py`): their names on the containers' network.
 REPO_REPLICA, PG_REPLICA = "backup-repo", "backup-pg"
 
@@ -99,6 +103,7 @@ def repo_config(settings: EnvSettings, layout: Layout, from_host: bool = False) 
             f"pg{i}-path": str(layout.pg_data(m)),
             f"pg{i}-port": str(ports.postgres(m)),
             f"pg{i}-socket-path": str(layout.pg_member(m)),
+            f"pg{i}-user": DB_USER,
         }
     return _ini(
         {
@@ -153,6 +158,7 @@ def pg_config(settings: EnvSettings, layout: Layout, from_host: bool = False) ->
                 "pg1-path": str(layout.pg_data(0)),
                 "pg1-port": str(ports.postgres(0)),
                 "pg1-socket-path": str(layout.pg_member(0)),
+                "pg1-user": DB_USER,
             },
         }
     )
