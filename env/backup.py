@@ -9,7 +9,12 @@ dedicated repository host and the database host, each running a pgBackRest TLS s
   survives failovers with no reconfiguration.
 
 Both servers authenticate each other with certificates from the environment's CA (the client's
-common name must be the other side's). Pure: renders configs and command lines, runs nothing.
+common name must be the other side's). pgBackRest checks a server's name, not its address: each
+server's certificate names `localhost` and its replica's name, which Docker's DNS resolves on
+the containers runtime's network. So each side has two configs, equal on the local runtime: the
+one its replicas use (the other side by replica name in containers) and the one commands run
+from the host use (`*-host.conf`: the other side at `localhost`, through its published port).
+Pure: renders configs and command lines, runs nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from env import network
 from env.layout import Layout
 from env.settings import EnvSettings
 from reference_impl.backups import stanza_info
@@ -26,16 +32,34 @@ STANZA = "cloudwatcher"
 #: Certificate common names; each server accepts the other's for the stanza.
 REPO_CN = "pgbackrest-repo"
 PG_CN = "pgbackrest-pg"
-#: The host name both servers' certificates carry (pgBackRest checks names, not IP addresses).
+#: The host name both servers' certificates carry for clients on the same host (pgBackRest
+#: checks names, not IP addresses); the replicas' names are the others (`server_names`).
 HOST = "localhost"
+#: The database user pgBackRest connects as, over the members' sockets (trusted locally). Named:
+#: its default, the OS user's name, is another name in a container whose /etc/passwd maps the
+#: PostgreSQL user's uid to another account (seen: "etcd").
+DB_USER = "postgres"
+#: The two servers' replicas (`env/topology.py`): their names on the containers' network.
+REPO_REPLICA, PG_REPLICA = "backup-repo", "backup-pg"
 
 
-def repo_config_path(layout: Layout) -> Path:
-    return layout.backup_dir / "pgbackrest.conf"
+def server_names(cn: str) -> tuple[str, ...]:
+    """The DNS names the server certificate of `cn` carries."""
+    return (HOST, REPO_REPLICA if cn == REPO_CN else PG_REPLICA)
 
 
-def pg_config_path(layout: Layout) -> Path:
-    return layout.backup_pg_dir / "pgbackrest.conf"
+def _peer(settings: EnvSettings, replica: str, from_host: bool) -> str:
+    """Where a client reaches the server of `replica`: loopback from the host and on the local
+    runtime, the replica's name between containers."""
+    return replica if network.containers(settings) and not from_host else HOST
+
+
+def repo_config_path(layout: Layout, from_host: bool = False) -> Path:
+    return layout.backup_dir / ("pgbackrest-host.conf" if from_host else "pgbackrest.conf")
+
+
+def pg_config_path(layout: Layout, from_host: bool = False) -> Path:
+    return layout.backup_pg_dir / ("pgbackrest-host.conf" if from_host else "pgbackrest.conf")
 
 
 def _ini(sections: dict[str, dict[str, str]]) -> str:
@@ -47,9 +71,11 @@ def _ini(sections: dict[str, dict[str, str]]) -> str:
     return "\n".join(out)
 
 
-def _tls_server(layout: Layout, cn: str, port: int, client_cn: str) -> dict[str, str]:
+def _tls_server(
+    settings: EnvSettings, layout: Layout, cn: str, port: int, client_cn: str
+) -> dict[str, str]:
     return {
-        "tls-server-address": "127.0.0.1",
+        "tls-server-address": network.bind(settings),
         "tls-server-port": str(port),
         "tls-server-cert-file": str(layout.server_cert(cn)),
         "tls-server-key-file": str(layout.server_key(cn)),
@@ -58,15 +84,16 @@ def _tls_server(layout: Layout, cn: str, port: int, client_cn: str) -> dict[str,
     }
 
 
-def repo_config(settings: EnvSettings, layout: Layout) -> str:
+def repo_config(settings: EnvSettings, layout: Layout, from_host: bool = False) -> str:
     """The repository host's config: the repository, its retention, and every member reached
-    through the database host's server (a backup finds the primary among them)."""
+    through the database host's server (a backup finds the primary among them). `from_host`:
+    for commands run on the host (the database host at `localhost`)."""
     ports, d = settings.ports, layout.backup_dir
     members: dict[str, str] = {}
     for m in range(settings.pg_members):
         i = m + 1
         members |= {
-            f"pg{i}-host": HOST,
+            f"pg{i}-host": _peer(settings, PG_REPLICA, from_host),
             f"pg{i}-host-type": "tls",
             f"pg{i}-host-port": str(ports.backup_pg),
             f"pg{i}-host-cert-file": str(layout.server_cert(REPO_CN)),
@@ -76,6 +103,7 @@ def repo_config(settings: EnvSettings, layout: Layout) -> str:
             f"pg{i}-path": str(layout.pg_data(m)),
             f"pg{i}-port": str(ports.postgres(m)),
             f"pg{i}-socket-path": str(layout.pg_member(m)),
+            f"pg{i}-user": DB_USER,
         }
     return _ini(
         {
@@ -92,21 +120,22 @@ def repo_config(settings: EnvSettings, layout: Layout) -> str:
                 "lock-path": str(d / "lock"),
                 "log-level-console": "warn",
                 "log-level-file": "info",
-                **_tls_server(layout, REPO_CN, ports.backup_repo, PG_CN),
+                **_tls_server(settings, layout, REPO_CN, ports.backup_repo, PG_CN),
             },
             STANZA: members,
         }
     )
 
 
-def pg_config(settings: EnvSettings, layout: Layout) -> str:
+def pg_config(settings: EnvSettings, layout: Layout, from_host: bool = False) -> str:
     """The database host's config: the repository through the repository host's server.
-    `pg1-path` is member 0's; each member's archive command names its own (`archive_command`)."""
+    `pg1-path` is member 0's; each member's archive command names its own (`archive_command`).
+    `from_host`: for commands run on the host (the repository host at `localhost`)."""
     ports, d = settings.ports, layout.backup_pg_dir
     return _ini(
         {
             "global": {
-                "repo1-host": HOST,
+                "repo1-host": _peer(settings, REPO_REPLICA, from_host),
                 "repo1-host-type": "tls",
                 "repo1-host-port": str(ports.backup_repo),
                 "repo1-host-cert-file": str(layout.server_cert(PG_CN)),
@@ -123,12 +152,13 @@ def pg_config(settings: EnvSettings, layout: Layout) -> str:
                 "spool-path": str(d / "spool"),
                 "log-level-console": "warn",
                 "log-level-file": "info",
-                **_tls_server(layout, PG_CN, ports.backup_pg, REPO_CN),
+                **_tls_server(settings, layout, PG_CN, ports.backup_pg, REPO_CN),
             },
             STANZA: {
                 "pg1-path": str(layout.pg_data(0)),
                 "pg1-port": str(ports.postgres(0)),
                 "pg1-socket-path": str(layout.pg_member(0)),
+                "pg1-user": DB_USER,
             },
         }
     )
@@ -144,9 +174,10 @@ def archive_command(layout: Layout, member: int) -> str:
 
 
 def repo_command(layout: Layout, *args: str) -> list[str]:
-    """A pgBackRest command line run on the repository host (`backup`, `info`, `check`,
+    """A pgBackRest command line run from the host on the repository (`backup`, `info`, `check`,
     `stanza-create`, `expire`), as its user."""
-    return ["pgbackrest", f"--config={repo_config_path(layout)}", f"--stanza={STANZA}", *args]
+    config = repo_config_path(layout, from_host=True)
+    return ["pgbackrest", f"--config={config}", f"--stanza={STANZA}", *args]
 
 
 def server_command(config: Path) -> list[str]:
@@ -239,7 +270,7 @@ def scratch_restore_command(layout: Layout, scratch: Path) -> list[str]:
     there replays the archive and must never push WAL into the repository (archiving off)."""
     return [
         "pgbackrest",
-        f"--config={pg_config_path(layout)}",
+        f"--config={pg_config_path(layout, from_host=True)}",
         f"--stanza={STANZA}",
         f"--pg1-path={scratch}",
         "--archive-mode=off",

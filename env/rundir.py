@@ -47,12 +47,15 @@ def _prepare_backups(
     backups is; the database host is PostgreSQL's, as the archive command it serves is."""
     for d in ("log", "lock", "spool"):
         (lay.backup_pg_dir / d).mkdir(parents=True, exist_ok=True)
-    write_file(backup.pg_config_path(lay), backup.pg_config(settings, lay), mode=0o644, owner=pg)
     for d in ("log", "lock", "repo"):
         (lay.backup_dir / d).mkdir(parents=True, exist_ok=True)
     os.chmod(lay.backup_repo, 0o750)
-    text = backup.repo_config(settings, lay)
-    write_file(backup.repo_config_path(lay), text, mode=0o644, owner=repo)
+    # Each side's config for its replicas, and one for commands run from the host.
+    for from_host in (False, True):
+        text = backup.pg_config(settings, lay, from_host)
+        write_file(backup.pg_config_path(lay, from_host), text, mode=0o644, owner=pg)
+        text = backup.repo_config(settings, lay, from_host)
+        write_file(backup.repo_config_path(lay, from_host), text, mode=0o644, owner=repo)
     chown_tree(lay.backup_dir, repo)
 
 

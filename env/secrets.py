@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from env.backup import PG_CN, REPO_CN
+from env.backup import PG_CN, REPO_CN, server_names
 from env.files import write_file
 from env.layout import Layout
 
@@ -205,7 +205,7 @@ class CertificateAuthority:
         """
         if cert_path.exists() and key_path.exists():
             current = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            if self.issued_this(current) and covers(current, ips):
+            if self.issued_this(current) and covers(current, ips, dns_names):
                 if owner is not None:  # the server's user may have changed since (root before)
                     for path in {cert_path, key_path}:
                         os.chown(path, *owner)
@@ -250,7 +250,9 @@ def ensure_environment_tls(
     )
     if backups:
         for cn, owner in ((REPO_CN, backup_owner), (PG_CN, pg_owner)):
-            ca.ensure_server_files(layout.server_cert(cn), layout.server_key(cn), cn, owner)
+            ca.ensure_server_files(
+                layout.server_cert(cn), layout.server_key(cn), cn, owner, server_names(cn), ips
+            )
     ca.ensure_server_files(
         layout.tls_pem,
         layout.tls_pem,
@@ -261,14 +263,14 @@ def ensure_environment_tls(
     )
 
 
-def covers(cert: x509.Certificate, ips: tuple[str, ...]) -> bool:
-    """Whether `cert` names every address of `ips`."""
+def covers(cert: x509.Certificate, ips: tuple[str, ...], dns_names: tuple[str, ...] = ()) -> bool:
+    """Whether `cert` names every address of `ips` and every name of `dns_names`."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return not ips
+        return not ips and not dns_names
     named = {str(a) for a in san.get_values_for_type(x509.IPAddress)}
-    return set(ips) <= named
+    return set(ips) <= named and set(dns_names) <= set(san.get_values_for_type(x509.DNSName))
 
 
 def client_tls_context(ca_file: Path | str) -> ssl.SSLContext:

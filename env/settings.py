@@ -380,10 +380,6 @@ class EnvSettings:
                 raise SettingsError(
                     f"{PREFIX}CONTAINER_SUBNET={self.container_subnet}: at least a /24"
                 )
-        if self.runtime == "containers" and self.backups:
-            raise SettingsError(
-                f"{PREFIX}RUNTIME=containers: backups run on the local runtime only (for now)"
-            )
         for name, value in (
             ("CONTAINER_CPU_SCALE", self.container_cpu_scale),
             ("CONTAINER_MEMORY_SCALE", self.container_memory_scale),
@@ -552,9 +548,8 @@ class EnvSettings:
             autoscale=bool(get("AUTOSCALE", bool, cls.autoscale)),
             autoscale_sync_s=float(str(get("AUTOSCALE_SYNC_S", float, cls.autoscale_sync_s))),
             hpa_dir=Path(str(get("HPA_DIR", str, cls.hpa_dir))).absolute(),
-            # A standby region archives nothing until it is promoted (`_check_standby`); the
-            # containers runtime has no backup hosts yet (pgBackRest's TLS names are loopback's).
-            backups=not standby_of and get("RUNTIME", str, cls.runtime) == "local",
+            # A standby region archives nothing until it is promoted (`_check_standby`).
+            backups=not standby_of,
             standby_of=standby_of,
             standby_source_dir=str(source),
             region_latency_ms=int(str(get("REGION_LATENCY_MS", int, cls.region_latency_ms))),

@@ -62,6 +62,25 @@ def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
         return cur.fetchall() if cur.description is not None else []
 
 
+def archived_max(env: LocalEnvironment) -> str:
+    """The newest WAL segment in the repository's archive ("" when none)."""
+    done = env.pgbackrest("info", "--output=json")
+    assert done.returncode == 0, done.stderr
+    archives = json.loads(done.stdout)[0].get("archive", [])
+    return max((a.get("max") or "" for a in archives), default="")
+
+
+def switch_wal(url: str) -> str:
+    """Close the primary's current segment (it is archived next); its name back."""
+    (segment,) = query(url, "SELECT pg_walfile_name(pg_current_wal_lsn())")[0]
+    query(url, "SELECT pg_switch_wal()")
+    return str(segment)
+
+
+def full_backups(env: LocalEnvironment) -> list[dict[str, Any]]:
+    return [b for b in env.backups() if b["type"] == "full" and not b["error"]]
+
+
 def redis_options(status: dict[str, Any], user: str = "redis") -> dict[str, Any]:
     """redis-py keyword arguments to reach a node as the user of `status["urls"][user]` (the
     harness's admin, or `redis_app` for the services' user): TLS verified against the CA."""

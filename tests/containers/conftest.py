@@ -53,7 +53,6 @@ def containers_settings() -> EnvSettings:
         auth_rate_limit_per_s=50,
         autoscale=False,
         runtime="containers",
-        backups=False,
     )
 
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -20,30 +19,18 @@ from env.local import LocalEnvironment
 from env.process import pid_alive
 from slo.definitions import DEFAULT_DIR
 from slo.sources import Window
-from tests.helpers import gate, poll, query, wait_healthy
+from tests.helpers import (
+    archived_max,
+    full_backups,
+    gate,
+    poll,
+    switch_wal,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.env
 
 CWH = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "cwh")
-
-
-def archived_max(env: LocalEnvironment) -> str:
-    """The newest WAL segment in the repository's archive ("" when none)."""
-    done = env.pgbackrest("info", "--output=json")
-    assert done.returncode == 0, done.stderr
-    archives = json.loads(done.stdout)[0].get("archive", [])
-    return max((a.get("max") or "" for a in archives), default="")
-
-
-def switch_wal(url: str) -> str:
-    """Close the primary's current segment (it is archived next); its name back."""
-    (segment,) = query(url, "SELECT pg_walfile_name(pg_current_wal_lsn())")[0]
-    query(url, "SELECT pg_switch_wal()")
-    return str(segment)
-
-
-def full_backups(env: LocalEnvironment) -> list[dict[str, Any]]:
-    return [b for b in env.backups() if b["type"] == "full" and not b["error"]]
 
 
 def test_the_first_backup_is_full_and_listed_by_the_cli(local_env: LocalEnvironment):

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
 from env import backup, configs, topology
 from env.layout import Layout
-from env.secrets import Secrets
+from env.secrets import CertificateAuthority, Secrets, covers
 from env.settings import EnvSettings, SettingsError
 from reference_impl.backups import Backups, summarize, type_due
 
@@ -101,6 +102,35 @@ def test_each_host_accepts_only_the_others_certificate_and_reaches_it_by_name(tm
     assert repo["global"]["repo1-path"] == str(lay.backup_repo)
     assert repo["global"]["repo1-retention-full-type"] == "time"
     assert repo["global"]["repo1-retention-full"] == "7"
+
+
+def test_in_containers_each_side_dials_the_other_by_its_replica_name_and_the_host_by_loopback(
+    tmp_path: Path,
+):
+    s = EnvSettings(base_port=24000, run_dir=tmp_path, runtime="containers")
+    lay = Layout(tmp_path)
+    repo, pg = _ini(backup.repo_config(s, lay)), _ini(backup.pg_config(s, lay))
+    assert repo[backup.STANZA]["pg1-host"] == backup.PG_REPLICA == "backup-pg"
+    assert pg["global"]["repo1-host"] == backup.REPO_REPLICA == "backup-repo"
+    # Each server listens on its container's network, not its loopback.
+    assert repo["global"]["tls-server-address"] == pg["global"]["tls-server-address"] == "0.0.0.0"
+    # Commands run on the host reach both through their published ports.
+    host_repo = _ini(backup.repo_config(s, lay, from_host=True))
+    host_pg = _ini(backup.pg_config(s, lay, from_host=True))
+    assert host_repo[backup.STANZA]["pg3-host"] == host_pg["global"]["repo1-host"] == "localhost"
+    assert backup.repo_command(lay, "info")[1] == f"--config={lay.backup_dir}/pgbackrest-host.conf"
+    assert f"--config={lay.backup_pg_dir}/pgbackrest-host.conf" in backup.scratch_restore_command(
+        lay, tmp_path / "scratch"
+    )
+    # ... while the members' archive command, run in their containers, uses the replicas' own.
+    assert f"--config={lay.backup_pg_dir}/pgbackrest.conf " in backup.archive_command(lay, 0)
+    # Each certificate names what its clients dial.
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca.crt", tmp_path / "ca.key")
+    cert, _ = ca.issue(backup.REPO_CN, backup.server_names(backup.REPO_CN), ())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {"localhost", "backup-repo"}
+    assert covers(cert, (), ("localhost", "backup-repo"))
+    assert not covers(cert, (), ("backup-pg",))  # a certificate without the name is reissued
 
 
 def test_every_member_archives_its_own_wal_to_the_repository(tmp_path: Path):

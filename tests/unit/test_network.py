@@ -61,10 +61,12 @@ def test_settings_refuse_an_unknown_runtime_and_a_small_subnet() -> None:
         EnvSettings(runtime="containers", container_subnet="not-a-net", backups=False)
 
 
-def test_containers_runtime_has_no_backups_by_default() -> None:
+def test_both_runtimes_have_backups_by_default_and_a_standby_region_none() -> None:
     env = {"CWH_RUNTIME": "containers", "CWH_BASE_PORT": "17000"}
-    assert EnvSettings.from_environ(env).backups is False
+    assert EnvSettings.from_environ(env).backups is True
     assert EnvSettings.from_environ({"CWH_BASE_PORT": "17000"}).backups is True
+    standby = {"CWH_BASE_PORT": "17400", "CWH_STANDBY_OF": "17000"}
+    assert EnvSettings.from_environ(standby).backups is False
 
 
 def test_patroni_reaches_etcd_and_advertises_its_container(tmp_path: Path) -> None:
