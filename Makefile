@@ -9,7 +9,7 @@ ifdef RUNTIME
 export CWH_RUNTIME := $(RUNTIME)
 endif
 
-.PHONY: deps images up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime load slo slo-rules chaos gameday chaos-stop clean
+.PHONY: deps images manifests up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime load slo slo-rules chaos gameday chaos-stop clean
 
 deps:
 	@./tools/deps.sh
@@ -18,6 +18,12 @@ deps:
 # Debian's packages when no registry answers). `make up RUNTIME=containers` builds it too.
 images: deps
 	@$(PY) -m env.images
+
+# The Kubernetes manifests (deploy/): every overlay rendered by the pinned kubectl and every
+# object validated against the pinned Kubernetes release's schemas, offline. `make test` runs
+# the same checks (tests/unit/test_manifests.py).
+manifests: deps
+	@$(PY) -m env.manifests
 
 up: deps
 	@$(CWH) env up
