@@ -130,7 +130,8 @@ def adopt_runtime(settings: EnvSettings, layout: Layout) -> EnvSettings:
         return settings
     if recorded == settings.runtime or recorded not in RUNTIMES:
         return settings
-    return dataclasses.replace(settings, runtime=recorded, backups=recorded == "local")
+    # Only the runtime: backups (and the rest) are what was asked, on either runtime.
+    return dataclasses.replace(settings, runtime=recorded)
 
 
 class LocalEnvironment:

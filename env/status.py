@@ -452,5 +452,5 @@ def collect_status(settings: EnvSettings, supervisor: dict[str, Any] | None) -> 
     # The runtime the environment really runs on, whoever asks: its pids are numbered by it.
     runtime = (supervisor or {}).get("runtime") or settings.runtime
     if runtime != settings.runtime:
-        settings = dataclasses.replace(settings, runtime=runtime, backups=runtime == "local")
+        settings = dataclasses.replace(settings, runtime=runtime)
     return asyncio.run(_collect(settings, supervisor))

@@ -91,6 +91,10 @@ TOKEN_LEEWAY_S = LEEWAY_S  # what TokenIssuer.verify allows past `exp`
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_RESUME = 4002
 PING_EVERY_S = 1.0
+#: How late a cut shows: a node is flagged after the cluster's node timeout (2 s,
+#: `env.configs.REDIS_NODE_TIMEOUT_MS`) and read within MEMBERSHIP_EVERY_S; until then a pong
+#: may come from our side of a cut while a worker publishes to the other.
+PROOF_LAG_S = 2.0 + 2 * MEMBERSHIP_EVERY_S
 PONG_TIMEOUT_S = 10.0
 DB_TIMEOUT_S = 10.0
 CATCH_UP_CHUNK = 1000  # devices per catch-up query
@@ -156,11 +160,13 @@ class Delivery:
             self._advance(event_id)
         return new
 
-    def settle(self, heard_until: float, now: float) -> None:
+    def settle(self, heard_until: float, now: float, advance: bool = True) -> None:
         """Move the cursor over what was heard `SETTLE_S` before pub/sub proved it heard
-        everything (`heard_until`); forget what is older than the horizon."""
+        everything (`heard_until`), unless `advance` is False (an event heard is still queued
+        for the socket, not offered yet: the cursor must not pass it); forget what is older
+        than the horizon, and bound what is tracked, either way."""
         ready = [i for i, t in self._above.items() if t <= heard_until - SETTLE_S]
-        if ready:
+        if ready and advance:
             self._advance(max(ready))
         if len(self._above) > self.MAX_TRACKED:  # a flood: give up the oldest (resume may skip)
             self._advance(sorted(self._above)[-self.MAX_TRACKED - 1])
@@ -486,8 +492,7 @@ async def send_replay(app: web.Application, conn: Connection) -> bool:
             # A settled row moves the cursor only on the first page: it starts at the cursor,
             # so every id below the row is in it. Later pages start higher.
             if delivery.offer(r["event_id"], now, r["settled"] and page == 0):
-                if conn.queue.empty():  # see send_loop
-                    delivery.settle(app[HEARD].heard_until, now)
+                delivery.settle(app[HEARD].heard_until, now, conn.queue.empty())  # see send_loop
                 await conn.ws.send_json({**_event(r), "replayed": True, "resume": delivery.token()})
                 app[METRIC]["sent"].inc()
         if len(rows) < REPLAY_LIMIT:
@@ -508,11 +513,10 @@ async def send_loop(app: web.Application, conn: Connection) -> None:
                 batch.append(conn.queue.get_nowait())
             now = time.monotonic()
             fresh = [e for e, settled in batch if delivery.offer(e["event_id"], now, settled)]
-            # Only with nothing heard still waiting here: an event in the queue was heard but
-            # not offered, and the cursor must not pass it (the resume token would say the
-            # phone has it). The hub's property test found that, one run in a few hundred.
-            if conn.queue.empty():
-                delivery.settle(app[HEARD].heard_until, now)
+            # The cursor moves over what was heard only with nothing heard still waiting here:
+            # an event in the queue was heard but not offered, and the resume token would say
+            # the phone has it (the property test found that, one run in a few hundred).
+            delivery.settle(app[HEARD].heard_until, now, conn.queue.empty())
             if not fresh:
                 continue
             resume = delivery.token()
@@ -639,11 +643,14 @@ class Membership:
       whole (`member` False) is left only after NON_MEMBER_S, to look again without churning
       while the whole cluster is down.
     - A pong proves we heard everything published before its ping only while every publisher
-      reaches our side of the cluster. While some node is failing (flagged `fail` or `fail?`)
-      or just after a failover (the epoch moved), a worker may still be publishing to a node
-      cut off from ours: the listener is `unsure` until SETTLE_S after the last such sign. It
-      then holds `heard_until` (no cursor moves past an id it may have missed) and catches up
-      from the log every SETTLE_S, and once more when sure again (`catch_up_due`).
+      reaches our side of the cluster. While a master that serves slots is failing (flagged
+      `fail` or `fail?`) or just after a failover (the epoch moved), a worker may still be
+      publishing to a master cut off from ours: the listener is `unsure` until SETTLE_S after
+      the last such sign, and from its start until its first read. It then holds
+      `heard_until` (no cursor moves past an id it may have missed) and catches up from the
+      log every SETTLE_S, and once more when sure again (`catch_up_due`). The signs come late
+      (a node is flagged after the cluster's node timeout, read a second later): a pong
+      proves only what was published PROOF_LAG_S before its ping (`proven`).
     """
 
     NON_MEMBER_S = 10.0
@@ -655,9 +662,11 @@ class Membership:
         self.task: asyncio.Task[ClusterView] | None = None
         self.next_at = self.since + MEMBERSHIP_EVERY_S
         self.epoch: str | None = None
-        self.unsure_until = 0.0
-        self.next_catch_up = 0.0
-        self.was_unsure = False
+        # Unsure until the first read: nothing is known of the cluster yet.
+        self.unsure_until = self.since + 2 * MEMBERSHIP_EVERY_S
+        # The subscription's own catch-up covers its start: the next one SETTLE_S later.
+        self.next_catch_up = self.since + SETTLE_S
+        self.was_unsure = True
 
     def check(self, now: float) -> None:
         if self.task is not None and self.task.done():
@@ -678,6 +687,12 @@ class Membership:
     def unsure(self, now: float) -> bool:
         return now < self.unsure_until
 
+    @staticmethod
+    def proven(ping_sent_at: float) -> float:
+        """What a pong to a ping sent at `ping_sent_at` proves was heard: what was published
+        up to PROOF_LAG_S before it (a cut is seen that late)."""
+        return ping_sent_at - PROOF_LAG_S
+
     def catch_up_due(self, now: float) -> bool:
         """Whether to catch up from the log now: every SETTLE_S while unsure, and once on
         becoming sure again (what was published to a node cut off from ours is in the log)."""
@@ -686,6 +701,8 @@ class Membership:
         if unsure and now >= self.next_catch_up:
             self.next_catch_up = now + SETTLE_S
             return True
+        if ended:
+            self.next_catch_up = now + SETTLE_S
         return ended
 
     async def _read(self) -> ClusterView:
@@ -701,8 +718,10 @@ class Membership:
 
 @dataclass(frozen=True)
 class ClusterView:
-    """One node's view: whether it sees the cluster whole, its epoch, whether any node is
-    failing (`fail`, or `fail?`: not reached within the node timeout)."""
+    """One node's view: whether it sees the cluster whole, its epoch, whether a master that
+    serves slots is failing (`fail`, or `fail?`: not reached within the node timeout).
+    Replicas and masters without slots do not count: workers publish to masters, and a
+    replaced node stays listed as `fail` until it is forgotten."""
 
     whole: bool
     epoch: str
@@ -710,13 +729,30 @@ class ClusterView:
 
     @classmethod
     def parse(cls, info: Any, nodes: Any) -> ClusterView:
-        text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
-        flags = [line.split()[2] for line in text.splitlines() if len(line.split()) > 2]
         return cls(
             whole=cluster_state(info) == "ok",
             epoch=cluster_field(info, "cluster_current_epoch"),
-            failing=any("fail" in f.split(",") or "fail?" in f.split(",") for f in flags),
+            failing=any(
+                "master" in flags and ("fail" in flags or "fail?" in flags) and slots
+                for flags, slots in _nodes(nodes)
+            ),
         )
+
+
+def _nodes(nodes: Any) -> list[tuple[set[str], bool]]:
+    """(flags, serves slots) of each node in CLUSTER NODES' answer: redis-py's parsed dict
+    (address -> fields), or the raw text."""
+    if isinstance(nodes, dict):
+        return [
+            (set(str(n.get("flags", "")).split(",")), bool(n.get("slots"))) for n in nodes.values()
+        ]
+    text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 8:
+            out.append((set(fields[2].split(",")), len(fields) > 8))
+    return out
 
 
 class Pinger:
@@ -786,8 +822,12 @@ async def hear(app: web.Application, pubsub: Any, membership: Membership | None 
             if response is None:
                 continue
             if (sent_at := pinger.pong(response)) is not None:
-                if not due and not (membership is not None and membership.unsure(now)):
+                if due:
+                    pass  # a catch-up under way: nothing is proven until it is done
+                elif membership is None:
                     heard.heard_until = sent_at
+                elif not membership.unsure(now):
+                    heard.heard_until = max(heard.heard_until, membership.proven(sent_at))
             elif (msg := await pubsub.handle_message(response, True)) and msg["type"] == "message":
                 dispatch(app, msg["data"])
     finally:  # the subscription is gone: its catch-up is moot (the next one starts over)

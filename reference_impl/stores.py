@@ -241,55 +241,59 @@ def cluster_state(info: Any) -> str:
     return cluster_field(info, "cluster_state")
 
 
-async def in_cluster(client: Any, **target: Any) -> bool:
-    """Whether the node `client` talks to (`target_nodes=` for a cluster client) sees the
-    cluster as whole: its slots covered by nodes it can reach."""
-    return cluster_state(await client.execute_command("CLUSTER INFO", **target)) == "ok"
+async def in_cluster(client: Any) -> bool:
+    """Whether the node `client` talks to (a client of one node, or a cluster client's
+    `ClusterNode`) sees the cluster whole: its slots covered by nodes it can reach."""
+    return cluster_state(await client.execute_command("CLUSTER INFO")) == "ok"
 
 
 async def publish_in_cluster(cluster: CacheCluster, channel: str, message: str) -> Any:
     """PUBLISH through a master that sees the cluster whole (`in_cluster`), chosen at most every
     MEMBERSHIP_EVERY_S and kept apart from redis-py's default node, which sends PUBLISH to the
     first master it learned of even while that one is cut off from the others (where the
-    message reaches no one), and which every re-read of the slots resets to it. With no such
-    master known, or when the chosen one fails, redis-py's own choice, with its retries."""
+    message reaches no one), and which every re-read of the slots resets to it. Asked on the
+    node's own connections, not through the cluster client, whose errors would make it re-read
+    the slots and reconnect everywhere. With no such master known, or when the chosen one
+    fails or is slow, redis-py's own choice, with its retries."""
     now = time.monotonic()
     if now >= cluster.publish_checked_until:
         cluster.publish_checked_until = now + MEMBERSHIP_EVERY_S
-        was, chosen = cluster.publish_node, await _member_primary(cluster, cluster.publish_node)
-        if was is not None and (chosen is None or chosen.name != was.name):
-            now_through = chosen.name if chosen else "the default node"
-            log.warning("publishing through %s: %s left the cluster", now_through, was.name)
+        was = cluster.publish_node
+        chosen = await _member_primary(cluster, was)
+        if was is not None and chosen is not None and chosen.name != was.name:
+            log.warning("publishing through %s: %s left the cluster", chosen.name, was.name)
         cluster.publish_node = chosen
-    if cluster.publish_node is not None:
+    if (node := cluster.publish_node) is not None:
         try:
-            return await cluster.publish(channel, message, target_nodes=cluster.publish_node)
-        except (redis.exceptions.RedisError, OSError):
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                return await node.execute_command("PUBLISH", channel, message)
+        except (redis.exceptions.RedisError, OSError, TimeoutError):
             cluster.publish_node, cluster.publish_checked_until = None, 0.0  # choose again
     return await cluster.publish(channel, message)
 
 
-#: How long one master may take to say whether it sees the cluster whole (inside a publish's
-#: own deadline, `REDIS_DEADLINE_S`): they are asked together.
-MEMBERSHIP_PROBE_S = 0.25
+#: How long one master may take to say whether it sees the cluster whole, and a publish to
+#: the chosen one: both inside a publish's own deadline (`REDIS_DEADLINE_S`).
+MEMBERSHIP_PROBE_S = PUBLISH_TIMEOUT_S = 0.2
 
 
-async def _member_primary(redis: CacheCluster, current: Any) -> Any:
-    """`current` when it still sees the cluster whole, else the first master that does, else
-    None. A master that errs or is slow to say counts as not seeing it."""
-    primaries = redis.get_primaries()
+async def _member_primary(cluster: CacheCluster, current: Any) -> Any:
+    """The master to publish through: `current` while it sees the cluster whole, else the
+    first master that does. When none answered that it does (all slow or gone: nothing
+    learned), `current` stays."""
+    primaries = cluster.get_primaries()
     if current is not None and current.name in {p.name for p in primaries}:
         primaries = [current, *(p for p in primaries if p.name != current.name)]
 
     async def whole(node: Any) -> bool:
         try:
             async with asyncio.timeout(MEMBERSHIP_PROBE_S):
-                return await in_cluster(redis, target_nodes=node)
+                return await in_cluster(node)
         except Exception:  # dead, slow or refusing: not a place to publish
             return False
 
     answers = await asyncio.gather(*(whole(p) for p in primaries))
-    return next((p for p, ok in zip(primaries, answers, strict=True) if ok), None)
+    return next((p for p, ok in zip(primaries, answers, strict=True) if ok), current)
 
 
 async def single_node_pubsub(

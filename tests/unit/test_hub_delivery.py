@@ -112,8 +112,7 @@ class World:
             rows = self.rows(after)
             for event_id, settled in rows:
                 if delivery.offer(event_id, self.now, settled and page == 0):
-                    if not conn.queue:
-                        delivery.settle(self.heard_until, self.now)
+                    delivery.settle(self.heard_until, self.now, not conn.queue)
                     conn.wire.append(([event_id], delivery.token()))
             if len(rows) < self.replay_limit:
                 return
@@ -127,8 +126,8 @@ class World:
             return
         items, conn.queue = conn.queue[:batch], conn.queue[batch:]
         fresh = [i for i, settled in items if conn.delivery.offer(i, self.now, settled)]
-        if not conn.queue:  # as `hub.send_loop`: never past an event heard and not offered
-            conn.delivery.settle(self.heard_until, self.now)
+        # As `hub.send_loop`: never past an event heard and not offered.
+        conn.delivery.settle(self.heard_until, self.now, not conn.queue)
         if fresh:
             conn.wire.append((fresh, conn.delivery.token()))
 

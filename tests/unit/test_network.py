@@ -141,7 +141,7 @@ def test_a_running_environment_keeps_its_runtime_whatever_the_caller_asks(
     Layout(tmp_path).runtime_record.write_text("containers\n")
     adopted = LocalEnvironment(local).settings
     assert adopted.runtime == "containers"
-    assert adopted.backups is False
+    assert adopted.backups is True  # backups run on either runtime: nothing else changes
     Layout(tmp_path).runtime_record.write_text("local\n")
     boxed = EnvSettings(base_port=17000, run_dir=tmp_path, runtime="containers", backups=False)
     back = LocalEnvironment(boxed)
