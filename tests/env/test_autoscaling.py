@@ -35,9 +35,13 @@ SCALING_SLOS = (
     "api-scale-down-stabilized",
     "api-no-flapping",
 )
-#: Reads per second at the top of the ramp: past what three replicas serve at 77 % of their
-#: 200m request on this machine (160 a second took them to about 79 %).
-PEAK = 250.0
+#: Reads per second at the top of the ramp: well past what three replicas serve below the
+#: HPA's 77 % (70 % and its tolerance) of their 200m request. A read costs 1.7-3 ms of CPU
+#: here, from run to run: 160 a second once took three replicas to 79 %, 250 another time to
+#: only 66-74 %, within the tolerance, and the HPA rightly never acted (CI), or crossed it
+#: back and forth. 400 puts three replicas at 110 % and more, and a size within the band
+#: exists for any cost in that range.
+PEAK = 400.0
 #: Pressure is kept on until the HPA has made no change for this long (at most MAX_HOLD_S):
 #: after its last reaction (and the check's 30 s settle) the workload runs at its new size,
 #: above a 20 % threshold all along, for longer than `api-scale-up-reaction`'s 60 s bound.
