@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import mmap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,8 @@ from aiohttp import web
 
 from reference_impl.control_plane import guarded
 from reference_impl.errors import ApiError, json_body
+
+log = logging.getLogger("cw.planted")
 
 #: The counted faults a service may arm; each service consults the ones of its role.
 COUNTED = ("lose_acks", "duplicate_keys", "swallow_notifications")
@@ -154,6 +157,12 @@ class PlantedFaults:
 PLANTED = web.AppKey("planted", PlantedFaults)
 
 
+def _said_if_failed(task: asyncio.Task[None]) -> None:
+    """A leak that died (the allocation refused, say) is logged, not lost with its task."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("planted leak stopped: %r", exc)
+
+
 def install_planted(app: web.Application, enabled: bool) -> PlantedFaults:
     """Add `/admin/planted` to `app`; it refuses everything unless `enabled`."""
     planted = app[PLANTED] = PlantedFaults(enabled=enabled)
@@ -177,10 +186,11 @@ def install_planted(app: web.Application, enabled: bool) -> PlantedFaults:
             raise ApiError(422, "body must be a JSON object")
         planted.update(body)
         if planted.leak_mb_per_s > 0 and (not leaks or leaks[-1].done()):
-            leaks.append(asyncio.create_task(planted.leak(), name="planted-leak"))
+            leaks[:] = [asyncio.create_task(planted.leak(), name="planted-leak")]
+            leaks[0].add_done_callback(_said_if_failed)
         return web.json_response(planted.view())
 
-    leaks: list[asyncio.Task[None]] = []  # the leak's loop, while one runs
+    leaks: list[asyncio.Task[None]] = []  # the leak's loop, the last one started
 
     async def leaking(_: web.Application) -> AsyncIterator[None]:
         yield

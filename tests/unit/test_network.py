@@ -149,14 +149,26 @@ def test_a_running_environment_keeps_its_runtime_whatever_the_caller_asks(
     assert back.requested.runtime == "containers"
 
 
-def test_cwh_chaos_refuses_a_containers_experiment_on_the_local_runtime(tmp_path: Path) -> None:
+#: Every experiment that declares the containers runtime (its `cwh` extension).
+CONTAINERS_ONLY = sorted(
+    f.stem
+    for f in (Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml")
+    if "\n  runtime: containers\n" in f.read_text()
+)
+
+
+@pytest.mark.parametrize("experiment", CONTAINERS_ONLY)
+def test_cwh_chaos_refuses_a_containers_experiment_on_the_local_runtime(
+    tmp_path: Path, experiment: str
+) -> None:
     from rich.console import Console
 
     from cwh.chaos import ChaosOptions, run
 
+    assert {"pg-partition-primary", "redis-partition-bus", "oom-api"} <= set(CONTAINERS_ONLY)
     console = Console(record=True, width=200)
     code, out = run(
-        ChaosOptions(experiment="pg-partition-primary", reports=tmp_path),
+        ChaosOptions(experiment=experiment, reports=tmp_path),
         console,
         EnvSettings(base_port=17000, run_dir=tmp_path / "run"),
     )

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from redis.crc import key_slot
 
 from cwh.chaos import _redis_partition_lines
-from env.settings import EnvSettings
 from experiments.redis_partition import (
     Write,
     error_code,
@@ -148,18 +145,3 @@ def test_chaos_md_says_what_the_isolated_master_did() -> None:
     assert "redis3 was promoted at +3.5 s" in text
     assert "Of its 2 acknowledged writes (20/s to its own port), 2 were lost" in text
     assert _redis_partition_lines(None) == []
-
-
-def test_cwh_chaos_refuses_the_redis_partition_on_the_local_runtime(tmp_path: Path) -> None:
-    from rich.console import Console
-
-    from cwh.chaos import ChaosOptions, run
-
-    console = Console(record=True, width=200)
-    code, out = run(
-        ChaosOptions(experiment="redis-partition-bus", reports=tmp_path),
-        console,
-        EnvSettings(base_port=17000, run_dir=tmp_path / "run"),
-    )
-    assert (code, out) == (2, None)
-    assert "needs the containers runtime" in console.export_text()
