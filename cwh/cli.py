@@ -344,11 +344,19 @@ def load(args: argparse.Namespace) -> int:
         arrival_rate=args.arrival_rate,
         prometheus_url=args.prometheus.rstrip("/"),
         settle_s=args.settle_s,
+        role="master" if args.master else "worker" if args.worker else "local",
+        master_host=args.master_host,
+        master_port=args.master_port,
+        master_bind_host=args.master_bind_host,
     )
     if problems := opts.problems():  # before anything starts
         for problem in problems:
             console.print(f"[red]error:[/red] {problem}")
         return 2
+    if opts.role == "worker":
+        from cwh.fleet import run_worker
+
+        return run_worker(opts, console, Path(args.out) if args.out else None)
     if not target:  # the local environment: bring it up if it is not
         env = LocalEnvironment(_settings())
         with console.status("bringing the local environment up…"):
@@ -648,8 +656,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to read back acknowledged requests after the run; unanswered: unknown",
     )
+    role = fl.add_mutually_exclusive_group()
+    role.add_argument(
+        "--master",
+        action="store_true",
+        help="Locust's master for workers on other hosts (--workers of them, started with "
+        "--worker); it collects their records, reconciles and gates",
+    )
+    role.add_argument(
+        "--worker",
+        action="store_true",
+        help="phones only, for the master at --master-host; records go to it as messages",
+    )
+    fl.add_argument("--master-host", default="", help="--worker: the master's address")
+    fl.add_argument("--master-port", type=int, default=5557, help="the master's worker port")
+    fl.add_argument(
+        "--master-bind-host",
+        default="0.0.0.0",
+        help="--master: the address workers reach it on (default: every interface)",
+    )
     fl.add_argument("--definitions", default=str(DEFAULT_DIR), help="SLO definitions for the gate")
-    fl.add_argument("--out", help="write into this folder (default: reports/<UTC>-load, latest)")
+    fl.add_argument(
+        "--out",
+        help="write into this folder (default: reports/<UTC>-load, latest; a worker's phones "
+        "keep their own state in reports/<UTC>-load-worker)",
+    )
     fl.add_argument("--no-gate", action="store_true", help="reconcile, but run no SLO gate")
     fl.set_defaults(func=load)
 

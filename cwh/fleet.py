@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -25,12 +24,17 @@ import aiohttp
 from rich.console import Console
 
 from env.local import free_port
-from env.process import pid_alive
 from scenarios.latency import LatencyRecorder
 from scenarios.profiles import SHAPE_NAMES
+from scenarios.shipping import problems, read_manifest
 from slo.ledger import Operation, merge, read_jsonl, write_atomic, write_jsonl
 from slo.reconcile import EXIT_CODES, acknowledged, notified_ids, reconcile
 from slo.recovery import rpo_s
+
+#: Where a `cwh load` process stands in a fleet (FleetOptions.role).
+ROLES = ("local", "master", "worker")
+#: How long a master waits for its workers to connect, and a worker for its master to start.
+EXPECT_WORKERS_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class FleetOptions:
     """Attributes:
     target: base URL of the API (HAProxy's HTTPS frontend).
     users: phones at the peak; duration_s: run length; spawn_rate: phones started per second.
-    shape: one of SHAPE_NAMES; workers: Locust worker processes (1: a single process);
+    shape: one of SHAPE_NAMES; workers: Locust worker processes (1: a single process); with
+        role "master", the workers it waits for (started elsewhere: `cwh load --worker`);
     mix: e.g. "ios=60,android=40"; ca_file: certificate to trust ("" = the system's).
     registration_secret: for staging systems that require one to register devices.
     arrival_rate: sessions per second (open arrival model); 0 is the closed model, where each
@@ -47,6 +52,10 @@ class FleetOptions:
     prometheus_url: the target's Prometheus, for the SLO gate ("" = the local environment's).
     settle_s: after the run, how long acknowledged requests are read back (until none is
         pending and every one answered); what is still unanswered then is unknown.
+    role: "local" (the whole fleet here: one process, or `workers` processes under a master on
+        loopback), "master" (Locust's master on `master_bind_host:master_port`, waiting for
+        `workers` workers from anywhere, then reconciling), or "worker" (phones only, for the
+        master at `master_host:master_port`; its records go to the master as messages).
     """
 
     target: str
@@ -61,9 +70,19 @@ class FleetOptions:
     arrival_rate: float = 0.0
     prometheus_url: str = ""
     settle_s: float = 60.0
+    role: str = "local"
+    master_host: str = "127.0.0.1"
+    master_port: int = 0
+    master_bind_host: str = "127.0.0.1"
 
     def problems(self) -> list[str]:
         out = []
+        if self.role not in ROLES:
+            out.append(f"role {self.role!r}: one of {', '.join(ROLES)}")
+        if self.role != "local" and not 1 <= self.master_port <= 65535:
+            out.append(f"--master-port={self.master_port}: 1 to 65535")
+        if self.role == "worker" and not self.master_host:
+            out.append("--worker needs --master-host (the master's address)")
         if not self.target.startswith(("https://", "http://")):
             out.append(f"TARGET={self.target!r}: an http(s) URL")
         if not 1 <= self.users <= 100_000:
@@ -89,17 +108,56 @@ class FleetOptions:
         return out
 
 
-def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
-    """Run Locust headless, its periodic stats on the terminal as the live view."""
-    fleet_dir = out / "fleet"
-    fleet_dir.mkdir(parents=True, exist_ok=True)
-    root = Path(__file__).resolve().parent.parent
-    cmd = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(root / "scenarios" / "locustfile.py"),
+def role_arguments(opts: FleetOptions) -> list[str]:
+    """Locust's arguments for the process's place in the fleet."""
+    # A worker that joins mid-run (one restarted) gets its share of phones at once.
+    rebalance = ["--enable-rebalancing"]
+    if opts.role == "master":
+        return [
+            "--master",
+            "--master-bind-host",
+            opts.master_bind_host,
+            "--master-bind-port",
+            str(opts.master_port),
+            "--expect-workers",
+            str(opts.workers),
+            # Bounded: a master whose workers never come gives up (and says so).
+            "--expect-workers-max-wait",
+            f"{EXPECT_WORKERS_S:g}",
+            *rebalance,
+        ]
+    if opts.role == "worker":
+        return [
+            "--worker",
+            "--master-host",
+            opts.master_host,
+            "--master-port",
+            str(opts.master_port),
+        ]
+    if opts.workers == 1:
+        return []
+    # The master's port: a free one, on loopback. Locust's fixed default (5557, on every
+    # interface) made two fleets on one machine collide, the second's workers joining the
+    # first's master.
+    port = free_port()
+    return [
+        "--processes",
+        str(opts.workers),
+        "--master-bind-host",
+        "127.0.0.1",
+        "--master-bind-port",
+        str(port),
+        "--master-host",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        *rebalance,
+    ]
+
+
+def run_arguments(opts: FleetOptions, out: Path) -> list[str]:
+    """Locust's arguments for the process that runs the test (alone, or as the master)."""
+    return [
         "--headless",
         "-H",
         opts.target,
@@ -117,15 +175,21 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
         f"{LOCUST_STOP_TIMEOUT_S:g}",
         "--exit-code-on-error",
         "0",
+        *role_arguments(opts),
     ]
-    if opts.workers > 1:
-        # The master's port: a free one, on loopback. Locust's fixed default (5557, on every
-        # interface) made two fleets on one machine collide, the second's workers joining the
-        # first's master.
-        port = free_port()
-        cmd += ["--processes", str(opts.workers), "--master-bind-host", "127.0.0.1"]
-        cmd += ["--master-bind-port", str(port), "--master-host", "127.0.0.1"]
-        cmd += ["--master-port", str(port)]
+
+
+def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
+    """Run Locust headless, its periodic stats on the terminal as the live view."""
+    fleet_dir = out / "fleet"
+    fleet_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "locust", "-f", str(root / "scenarios" / "locustfile.py")]
+    if opts.role == "worker":
+        # Phones only: the master has the run's time, shape and stats.
+        cmd += role_arguments(opts)
+    else:
+        cmd += run_arguments(opts, out)
     env = {
         **os.environ,
         "CWH_FLEET_DIR": str(fleet_dir),
@@ -144,8 +208,10 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
     console.print(f"[bold]fleet[/bold]: {' '.join(cmd[3:])}")
     proc = subprocess.Popen(cmd, env=env, cwd=root)
     try:
-        # Bounded: the run time plus a margin for start and stop.
-        return proc.wait(timeout=opts.duration_s + 180)
+        # Bounded: the run time plus a margin for start and stop (a worker may also wait for
+        # its master to start).
+        margin = 180 + (EXPECT_WORKERS_S if opts.role != "local" else 0)
+        return proc.wait(timeout=opts.duration_s + margin)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -157,20 +223,6 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
         console.print("[yellow]interrupted: Locust is stopping its phones…[/yellow]")
         interrupted_wait(proc, LOCUST_STOP_TIMEOUT_S + 30)
         return INTERRUPTED
-
-
-#: How long the runner waits for Locust's worker processes to finish writing after the master.
-WORKER_EXIT_S = 30.0
-
-
-def _still_running(pids: set[str], timeout_s: float) -> list[str]:
-    """The processes of `pids` still alive after waiting up to `timeout_s` for them to exit."""
-    alive = sorted(p for p in pids if p.isdigit() and pid_alive(int(p)))
-    deadline = time.monotonic() + timeout_s
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)  # polled against the deadline
-        alive = [p for p in alive if pid_alive(int(p))]
-    return alive
 
 
 def interrupted_wait(
@@ -200,15 +252,12 @@ RATE_LIMITED_TRIES = 3
 
 
 def identities(fleet_dir: Path) -> dict[str, tuple[str, str]]:
-    """device id -> (client id, client secret), from every phone process's SQLite."""
+    """device id -> (client id, client secret), as every phone process shipped them."""
     out: dict[str, tuple[str, str]] = {}
-    for db in fleet_dir.glob("phones-*.sqlite"):
-        conn = sqlite3.connect(db)
-        for device_id, client_id, secret in conn.execute(
-            "SELECT device_id, client_id, client_secret FROM identities"
-        ):
+    for path in fleet_dir.glob("identities-*.jsonl"):
+        for line in path.read_text().splitlines():
+            device_id, client_id, secret = json.loads(line)
             out[device_id] = (client_id, secret)
-        conn.close()
     return out
 
 
@@ -428,6 +477,18 @@ async def read_back_run(
     return statuses, await catch_up(opts, tokens, unheard)
 
 
+def run_worker(opts: FleetOptions, console: Console, out: Path | None = None) -> int:
+    """Phones for a master elsewhere until it says the run is over; Locust's exit code. The
+    folder keeps only the phones' own state (identities, offline queues): every record goes to
+    the master."""
+    out = (
+        out or Path("reports") / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load-worker"
+    ).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"worker for {opts.master_host}:{opts.master_port}; phones' state in {out}")
+    return run_locust(opts, out, console)
+
+
 def run_fleet(
     opts: FleetOptions,
     console: Console,
@@ -445,20 +506,16 @@ def run_fleet(
     code = run_locust(opts, out, console)
     ended = time.time()
     fleet_dir = out / "fleet"
-    # Every process that ran phones must have left its ledger, or the reconciliation would
+    # Every process that ran phones shipped its records to the master, which says in
+    # sources.json what arrived from each: an incomplete one would make the reconciliation
     # quietly count less than was done.
-    ran = {p.stem.removeprefix("phones-") for p in fleet_dir.glob("phones-*.sqlite")}
-    # And finished writing it: Locust's master may exit while its worker processes still run
-    # their `quitting` flush, and a merge then would take their histograms without their last
-    # operations (a test saw 121 submits in the histogram against 124 in the ledgers).
-    if still := _still_running(ran, WORKER_EXIT_S):
-        console.print(f"[yellow]Locust process(es) {', '.join(still)} still running[/yellow]")
-    wrote = {p.stem.removeprefix("ledger-") for p in fleet_dir.glob("ledger-*.jsonl")}
-    if missing := sorted(ran - wrote):
-        console.print(
-            f"[red]error:[/red] Locust process(es) {', '.join(missing)} ran phones "
-            "but left no ledger: the run cannot be reconciled"
-        )
+    manifest = read_manifest(fleet_dir)
+    errors, warnings = problems(manifest)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    for error in errors:
+        console.print(f"[red]error:[/red] {error}: the run cannot be reconciled in full")
+    if errors:
         code = code or 1
     ops = merge([read_jsonl(p) for p in sorted(fleet_dir.glob("ledger-*.jsonl"))])
     write_jsonl(out / "ledger.jsonl", ops)
@@ -489,6 +546,12 @@ def run_fleet(
         "operations": kinds,
         "latency": hdr,
         "reconciliation": rec,
+        # Who ran phones, and what of theirs arrived (scenarios/shipping.py).
+        "fleet": {
+            "sources": (manifest or {}).get("sources", {}),
+            "errors": errors,
+            "warnings": warnings,
+        },
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     write_atomic(out / "summary.md", summary_markdown(opts, summary))

@@ -28,10 +28,11 @@ from locust import FastHttpUser, events, task
 
 from scenarios.arrivals import ArrivalSchedule, per_process_rate
 from scenarios.backoff import Backoff
+from scenarios.fleet_link import Link
 from scenarios.latency import LatencyRecorder, latency_kind
 from slo.ledger import Operation, Outcome
 
-#: Per process: every user of this worker records here; written out when the worker stops.
+#: Per process: every user of this worker records here; shipped every FLUSH_EVERY_S.
 LEDGER: list[Operation] = []
 LATENCY = LatencyRecorder()
 _LOCK = threading.Lock()
@@ -43,7 +44,8 @@ DOCUMENTS = [f"doc-{i:03d}.txt" for i in range(50)]
 #: At the end of the run, how long a phone waits for outstanding results. Locust's master gives
 #: worker processes 3 s to finish before it interrupts them.
 STOP_DRAIN_S = 2.0
-#: The ledger is appended to disk this often, so an interrupted worker loses at most this much.
+#: New ledger entries are shipped to the master this often (scenarios/fleet_link.py), so a
+#: worker killed mid-run loses at most this much of its records.
 FLUSH_EVERY_S = 1.0
 #: Think times between a phone's actions (the benchmark idles phones with a long mean).
 THINK_MEAN_S = float(os.environ.get("CWH_THINK_MEAN_S", "2.0"))
@@ -142,15 +144,14 @@ _RAMPED_AT: float | None = None
 
 
 def _mark_ramped(at: float) -> None:
-    """Note the ramp's end, for this process and (beside its ledger) for whoever checks which
-    operations went to the ramp-up histograms: each process hears the master at its own
+    """Note the ramp's end, for this process and (shipped with its ledger) for whoever checks
+    which operations went to the ramp-up histograms: each process hears the master at its own
     instant. Not an operation: a fleet that did nothing must still show no operations."""
     global _RAMPED_AT
     if _RAMPED_AT is not None:
         return
     _RAMPED_AT = at
-    FLEET_DIR.mkdir(parents=True, exist_ok=True)
-    (FLEET_DIR / f"ramped-{os.getpid()}.json").write_text(json.dumps({"wall": at}))
+    LINK.outbox.ramped = at
 
 
 @events.test_start.add_listener
@@ -268,6 +269,8 @@ class PhoneUser(FastHttpUser):
                 raise RuntimeError(f"cannot register: {r.status_code} {r.text}")
             ident = r.json()
         store().keep_identity(self.platform, ident)
+        # The read-back after the run logs in as this device: its identity goes to the master.
+        LINK.outbox.add_identity(ident["device_id"], ident["client_id"], ident["client_secret"])
         return ident
 
     def renew_token(self) -> None:
@@ -751,20 +754,27 @@ _background: list[gevent.Greenlet] = []
 PHONES: weakref.WeakSet[PhoneUser] = weakref.WeakSet()
 
 
-def write_records() -> None:
-    """Append this process's new ledger entries, and rewrite its histograms, for the fleet
-    runner to merge. Safe to call again and again: each entry is written once."""
+def _take() -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """This process's ledger entries since the last call, and its histograms now."""
     global _written
-    FLEET_DIR.mkdir(parents=True, exist_ok=True)
     with _LOCK:
         new, _written = LEDGER[_written:], len(LEDGER)
-        encoded = LATENCY.encode()
-    with open(FLEET_DIR / f"ledger-{os.getpid()}.jsonl", "a") as f:
-        for op in new:
-            f.write(json.dumps(op.to_json()) + "\n")
-    tmp = FLEET_DIR / f"hdr-{os.getpid()}.json.tmp"
-    tmp.write_text(json.dumps(encoded))
-    tmp.replace(FLEET_DIR / f"hdr-{os.getpid()}.json")
+        return [op.to_json() for op in new], LATENCY.encode()
+
+
+#: This process's place in the fleet: ships its records to the master (or, alone, collects them
+#: itself into CWH_FLEET_DIR). See scenarios/fleet_link.py.
+LINK = Link(_take, FLEET_DIR)
+
+
+@events.init.add_listener
+def _on_init(environment: Any, **_: Any) -> None:
+    LINK.attach(environment)
+
+
+def write_records() -> None:
+    """Ship what is new; safe to call again and again (each entry goes once)."""
+    LINK.ship()
 
 
 def _flush_forever() -> None:
@@ -812,10 +822,11 @@ def start_background(environment: Any) -> None:
 
 @events.test_stop.add_listener
 def _on_test_stop(environment: Any, **_: Any) -> None:
-    # A worker process may be ended right after the test stops, before `quitting`: write now.
-    write_records()
+    # Phones have stopped: the final batch (a worker), or the master's wait for every worker's.
+    LINK.on_test_stop(environment)
 
 
 @events.quitting.add_listener
 def _on_quitting(environment: Any, **_: Any) -> None:
-    write_records()
+    # Records of a process that quit without a test stop (Ctrl-C early) still go out.
+    LINK.on_quitting()

@@ -85,6 +85,18 @@ def test_load_takes_a_duration_like_60s():
     assert "not a duration (like 90s, 10m, 1h30m" in proc.stderr
 
 
+def test_a_worker_or_master_is_refused_before_anything_starts_when_misconfigured():
+    proc = cwh("load", "--worker")
+    assert proc.returncode == 2
+    assert "--worker needs --master-host" in proc.stderr
+    proc = cwh("load", "--worker", "--master-host", "10.0.0.1", "--master-port", "0")
+    assert proc.returncode == 2
+    assert "--master-port=0" in proc.stderr
+    proc = cwh("load", "--master", "--worker")
+    assert proc.returncode == 2
+    assert "not allowed with argument" in proc.stderr
+
+
 def test_env_status_table_is_one_line_per_component_in_80_columns():
     # A status recorded from `cwh env status --json` (passwords replaced).
     status = json.loads((Path(__file__).parent / "fixtures" / "env-status.json").read_text())

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from cwh.fleet import _still_running, interrupted_wait
+from cwh.fleet import interrupted_wait
 
 GRACEFUL = """
 import signal, sys, time, pathlib
@@ -54,15 +54,3 @@ def test_a_locust_that_ignores_sigint_is_killed_within_the_bounds():
             if proc.poll() is None:
                 proc.kill()
     assert time.monotonic() - started < 10
-
-
-def test_the_runner_waits_for_locust_workers_still_writing():
-    """A worker that outlives the master is waited for (bounded) before the merge."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
-    try:
-        assert _still_running({str(proc.pid)}, 0) == [str(proc.pid)]
-        assert _still_running({str(proc.pid), "master"}, 30) == []
-        assert proc.poll() is not None  # it did exit: the wait was for it
-    finally:
-        proc.kill()
-        proc.wait()

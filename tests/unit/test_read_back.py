@@ -6,7 +6,7 @@ ephemeral port stands for the API."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -81,12 +81,9 @@ def fake_api(calls: Counter[str]) -> web.Application:
 
 
 def identities(folder: Path) -> None:
-    db = sqlite3.connect(folder / "phones-1.sqlite")
-    db.execute("CREATE TABLE identities (device_id TEXT, client_id TEXT, client_secret TEXT)")
-    for device in sorted(set(DEVICE_OF.values())):
-        db.execute("INSERT INTO identities VALUES (?, ?, 's')", (device, device))
-    db.commit()
-    db.close()
+    """As the fleet's collector writes them (scenarios/shipping.py)."""
+    rows = [[device, device, "s"] for device in sorted(set(DEVICE_OF.values()))]
+    (folder / "identities-host_1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 async def read_back_against_fake(tmp_path: Path, timeout_s: float) -> tuple[dict, Counter, float]:

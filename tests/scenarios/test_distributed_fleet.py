@@ -1,0 +1,219 @@
+"""A fleet across machines: Locust's master here, its workers in network namespaces of their own
+(their own network stack, their own working directory, no folder shared with the master), one
+worker killed mid-run and started again. Every record reaches the master as Locust messages
+(scenarios/shipping.py); the merge must be exact and nothing acknowledged lost."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from env.local import LocalEnvironment
+from env.process import wait_until
+from scenarios.latency import LatencyRecorder
+from slo.ledger import read_jsonl
+from tests.helpers import fleet_in_background, wait_healthy
+from tests.netns import Namespace, namespaces
+
+pytestmark = pytest.mark.env
+
+ROOT = Path(__file__).resolve().parents[2]
+USERS, DURATION_S, SPAWN_RATE = 12, 50, 6
+#: Records are shipped every second; this is long enough for both workers' first batches.
+FIRST_RECORDS_S = 40.0
+
+
+def _free_port(addr: str) -> int:
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return int(s.getsockname()[1])
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _worker(
+    ns: Namespace, master: Namespace, master_port: int, out: Path, status: dict[str, Any]
+) -> subprocess.Popen[bytes]:
+    """`cwh load --worker` inside `ns`, with the run's settings (they must equal the master's)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ns.command(
+        sys.executable, "-m", "cwh.cli", "load", "--worker",
+        "--master-host", master.host_addr, "--master-port", str(master_port),
+        "--workers", "2", "--users", str(USERS), "--duration", str(DURATION_S),
+        "--spawn-rate", str(SPAWN_RATE), "--shape", "steady",
+        "--ca-file", status["tls_certificate"],
+        "--registration-secret", status.get("registration_secret") or "",
+        "--out", str(out),
+    )  # fmt: skip
+    with open(out / "worker.log", "ab") as log:  # the process keeps its own descriptor
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _ledgers(reports: Path) -> dict[str, int]:
+    """The master's ledgers so far: source file part -> operations."""
+    return {
+        p.stem.removeprefix("ledger-"): len(p.read_text().splitlines())
+        for p in reports.glob("*-load/fleet/ledger-*.jsonl")
+    }
+
+
+@pytest.fixture(scope="module")
+def distributed_run(local_env: LocalEnvironment, tmp_path_factory: pytest.TempPathFactory):
+    status = wait_healthy(local_env)
+    base = local_env.settings.base_port
+    https_port = urlsplit(status["urls"]["https"]).port
+    assert https_port is not None
+    root = tmp_path_factory.mktemp("distributed")
+    with namespaces(f"cwhf{base}", 2, third_octet=(base // 100) % 250) as spaces:
+        spaces.forward(https_port)
+        first, second = spaces.items
+        master_port = _free_port(first.host_addr)
+        workers: list[subprocess.Popen[bytes]] = []
+        killed: dict[str, Any] = {}
+        try:
+            with fleet_in_background(
+                status,
+                root / "master",
+                role="master",
+                workers=2,
+                master_bind_host=first.host_addr,
+                master_port=master_port,
+                users=USERS,
+                duration_s=DURATION_S,
+                spawn_rate=SPAWN_RATE,
+                shape="steady",
+            ) as run:
+                workers += [
+                    _worker(first, first, master_port, root / "w1", status),
+                    _worker(second, first, master_port, root / "w2", status),
+                ]
+                wait_until(
+                    # Mid-run: both have shipped several batches.
+                    lambda: len([n for n in _ledgers(root / "master").values() if n >= 40]) >= 2,
+                    FIRST_RECORDS_S,
+                    "both workers' first records at the master",
+                )
+                before = _ledgers(root / "master")
+                victim = workers[0]
+                os.killpg(victim.pid, signal.SIGKILL)
+                # The fault really happened: the worker and its Locust process are gone.
+                assert victim.wait(timeout=10) == -signal.SIGKILL
+                wait_until(
+                    lambda: _group_gone(victim.pid), 10, "the killed worker's processes gone"
+                )
+                killed.update(at=time.time(), sources=set(before))
+                workers.append(_worker(first, first, master_port, root / "w1-again", status))
+            code, out, summary = run.result()
+            # The workers end when the master tells them to quit.
+            for w in workers[1:]:
+                w.wait(timeout=60)
+            yield code, out, summary, killed, root
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    _stop(w)
+
+
+def test_nothing_acknowledged_was_lost_and_the_run_passed(distributed_run) -> None:
+    code, _out, summary, *_ = distributed_run
+    rec = summary["reconciliation"]
+    assert (rec["lost"], rec["duplicated"], rec["unknown"]) == (0, 0, 0), rec
+    assert (code, summary["verdict"]) == (0, "pass"), summary["fleet"]
+    assert summary["operations"]["submit"]["ok"] > 0
+
+
+def test_the_killed_worker_is_reported_lost_and_the_others_complete(distributed_run) -> None:
+    _, _out, summary, killed, _ = distributed_run
+    sources = summary["fleet"]["sources"]
+    assert len(sources) == 3, sources
+    lost = [s for s in sources.values() if s["lost"]]
+    assert len(lost) == 1
+    assert not lost[0]["complete"]
+    assert lost[0]["operations"] > 0
+    assert lost[0]["file"] in killed["sources"]
+    assert summary["fleet"]["errors"] == []
+    assert len(summary["fleet"]["warnings"]) == 1
+    for s in sources.values():
+        if not s["lost"]:
+            assert (s["complete"], s["operations"]) == (True, s["operations_final"]), s
+
+
+def test_the_restarted_workers_records_are_in(distributed_run) -> None:
+    _, out, summary, killed, _ = distributed_run
+    (restarted,) = [
+        s for s in summary["fleet"]["sources"].values() if s["file"] not in killed["sources"]
+    ]
+    ops = read_jsonl(out / "fleet" / f"ledger-{restarted['file']}.jsonl")
+    assert len(ops) == restarted["operations"] > 0
+    assert any(o.kind == "submit" and o.outcome == "ok" for o in ops)
+    assert min(o.invoked_wall for o in ops) >= killed["at"] - 1
+
+
+def test_the_merge_is_exact(distributed_run) -> None:
+    _, out, _summary, *_ = distributed_run
+    merged = read_jsonl(out / "ledger.jsonl")
+    parts = [read_jsonl(p) for p in sorted((out / "fleet").glob("ledger-*.jsonl"))]
+    assert sorted(o.op_id for o in merged) == sorted(o.op_id for part in parts for o in part)
+    assert len({o.op_id for o in merged}) == len(merged)
+    total = LatencyRecorder()
+    for path in sorted((out / "fleet").glob("hdr-*.json")):
+        encoded = json.loads(path.read_text())
+        one = LatencyRecorder()
+        one.add_encoded(encoded)
+        total.add_encoded(encoded)
+        # Each source's histograms hold exactly its shipped ledger's measured submits.
+        ledger = read_jsonl(
+            path.with_name(path.name.replace("hdr-", "ledger-", 1).replace(".json", ".jsonl"))
+        )
+        submits = sum(1 for o in ledger if o.kind == "submit" and o.outcome == "ok")
+        counts = one.summary()
+        assert (
+            sum(counts.get(k, {}).get("count", 0) for k in ("submit", "submit (ramp-up)"))
+            == submits
+        )
+    hdr = json.loads((out / "hdr-percentiles.json").read_text())
+    assert {k: v["count"] for k, v in hdr.items()} == {
+        k: v["count"] for k, v in total.summary().items()
+    }
+    assert Counter(o.kind for o in merged if o.outcome == "ok")["submit"] == sum(
+        v["count"] for k, v in hdr.items() if k.startswith("submit")
+    )
+
+
+def test_no_folder_was_shared(distributed_run) -> None:
+    _, out, _summary, _, root = distributed_run
+    for worker_dir in ("w1", "w2", "w1-again"):
+        names = {p.name.split("-")[0] for p in (root / worker_dir).rglob("*") if p.is_file()}
+        # A worker keeps only its phones' own state; its records went to the master.
+        assert names <= {"phones", "worker.log"}, names
+    idents = {}
+    for path in (out / "fleet").glob("identities-*.jsonl"):
+        idents.update({json.loads(line)[0]: 1 for line in path.read_text().splitlines()})
+    ops = read_jsonl(out / "ledger.jsonl")
+    devices = {(o.detail or {}).get("device_id") for o in ops if o.kind == "submit"}
+    assert devices
+    assert devices <= set(idents)

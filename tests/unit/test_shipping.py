@@ -1,0 +1,181 @@
+"""The records' protocol between phone processes and the master (scenarios/shipping.py): batches
+kept once, resent until acknowledged, complete only when every batch up to the final one is in,
+and the manifest's verdict on each source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scenarios.latency import LatencyRecorder
+from scenarios.shipping import BATCH_OPS, Collector, Outbox, problems, read_manifest
+
+CONFIG = {"CWH_SHAPE": "steady", "CWH_USERS": "10"}
+
+
+def op(i: int) -> dict[str, object]:
+    return {"id": f"op-{i}", "kind": "submit", "outcome": "ok"}
+
+
+def hdr(values: list[float]) -> dict[str, str]:
+    rec = LatencyRecorder()
+    for v in values:
+        rec.record("submit", v)
+    return rec.encode()
+
+
+def test_every_batch_counts_once_however_often_it_is_sent(tmp_path: Path) -> None:
+    box, col = Outbox(CONFIG), Collector(tmp_path, CONFIG)
+    box.add_ops([op(i) for i in range(5)])
+    box.add_identity("d1", "c1", "s1")
+    (first,) = box.batches(hdr([0.1]), now=0.0)
+    col.receive("w1", first)
+    col.receive("w1", first)  # the same batch again: an acknowledgement was lost
+    box.add_ops([op(i) for i in range(5, 8)])
+    (final,) = box.batches(hdr([0.1, 0.2]), now=1.0, final=True)
+    col.receive("w1", final)
+    lines = (tmp_path / "ledger-w1.jsonl").read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == [f"op-{i}" for i in range(8)]
+    assert col.complete("w1")
+    assert col.sources["w1"].resent == 1
+    assert json.loads((tmp_path / "identities-w1.jsonl").read_text()) == ["d1", "c1", "s1"]
+
+
+def test_unacknowledged_batches_are_due_again_and_acked_ones_are_not() -> None:
+    box = Outbox(CONFIG)
+    box.add_ops([op(1)])
+    (b0,) = box.batches({}, now=0.0)
+    box.add_ops([op(2)])
+    (b1,) = box.batches({}, now=1.0)
+    assert box.due(now=2.0, resend_s=3.0) == []
+    box.ack(b1["seq"])
+    assert [b["seq"] for b in box.due(now=3.5, resend_s=3.0)] == [b0["seq"]]
+    # Resent now: not due again until another full interval has passed.
+    assert box.due(now=4.0, resend_s=3.0) == []
+    box.ack(b0["seq"])
+    assert box.settled
+
+
+def test_a_source_without_its_final_batch_or_with_a_gap_is_not_complete(tmp_path: Path) -> None:
+    box, col = Outbox(CONFIG), Collector(tmp_path, CONFIG)
+    box.add_ops([op(1)])
+    (b0,) = box.batches({}, now=0.0)
+    box.add_ops([op(2)])
+    (b1,) = box.batches({}, now=0.0)
+    (b2,) = box.batches({}, now=0.0, final=True)
+    assert b2["final"]
+    assert b2["batches"] == 3
+    assert b2["total_ops"] == 2
+    col.receive("w", b0)
+    assert not col.complete("w")  # no final yet
+    col.receive("w", b2)
+    assert not col.complete("w")  # batch 1 is missing
+    col.receive("w", b1)
+    assert col.complete("w")
+
+
+def test_a_backlog_goes_in_several_bounded_batches(tmp_path: Path) -> None:
+    box, col = Outbox(CONFIG), Collector(tmp_path, CONFIG)
+    box.add_ops([op(i) for i in range(2 * BATCH_OPS + 1)])
+    batches = box.batches({}, now=0.0, final=True)
+    assert [len(b["ops"]) for b in batches] == [BATCH_OPS, BATCH_OPS, 1]
+    assert [b["final"] for b in batches] == [False, False, True]
+    for b in reversed(batches):  # in any order
+        col.receive("w", b)
+    assert col.complete("w")
+
+
+def test_histograms_are_snapshots_and_an_old_one_resent_late_does_not_win(tmp_path: Path) -> None:
+    box, col = Outbox(CONFIG), Collector(tmp_path, CONFIG)
+    box.add_ops([op(1)])
+    (old,) = box.batches(hdr([0.1]), now=0.0)
+    box.add_ops([op(2)])
+    (new,) = box.batches(hdr([0.1, 0.3]), now=1.0)
+    col.receive("w", new)
+    col.receive("w", old)  # a resend that crossed the acknowledgement
+    rec = LatencyRecorder()
+    rec.add_encoded(json.loads((tmp_path / "hdr-w.json").read_text()))
+    assert rec.summary()["submit"]["count"] == 2
+
+
+def test_records_after_the_final_batch_go_out_final_again(tmp_path: Path) -> None:
+    box, col = Outbox(CONFIG), Collector(tmp_path, CONFIG)
+    for b in box.batches({}, now=0.0, final=True):
+        col.receive("w", b)
+    assert col.complete("w")
+    box.add_ops([op(9)])
+    (late,) = box.batches({}, now=1.0)
+    assert late["final"]
+    assert late["total_ops"] == 1
+    col.receive("w", late)
+    assert col.complete("w")
+    assert col.sources["w"].ops == 1
+
+
+def test_the_manifest_tells_a_lost_worker_from_one_that_failed_to_deliver(tmp_path: Path) -> None:
+    col = Collector(tmp_path, CONFIG)
+    for name in ("lost", "short", "done"):
+        box = Outbox(CONFIG)
+        box.add_ops([op(1)])
+        batches = box.batches({}, now=0.0) + box.batches({}, now=0.0, final=True)
+        for b in batches[: 1 if name != "done" else 2]:
+            col.receive(name, b)
+    col.write_manifest(present={"short", "done", "quiet"}, lost={"lost", "gone-early"})
+    errors, warnings = problems(read_manifest(tmp_path))
+    assert len(errors) == 2
+    assert "short did not deliver" in errors[0]
+    assert "quiet was connected" in errors[1]
+    assert any("lost was lost mid-run" in w for w in warnings)
+    assert any("gone-early was lost before" in w for w in warnings)
+    assert not any("done" in m for m in errors + warnings)
+
+
+def test_a_worker_with_other_run_settings_is_an_error(tmp_path: Path) -> None:
+    col = Collector(tmp_path, CONFIG)
+    box = Outbox({**CONFIG, "CWH_USERS": "99"})
+    for b in box.batches({}, now=0.0, final=True):
+        col.receive("w", b)
+    col.write_manifest(present={"w"}, lost=set())
+    errors, _ = problems(read_manifest(tmp_path))
+    assert errors == ["worker w ran other settings (CWH_USERS)"]
+
+
+def test_no_manifest_is_an_error(tmp_path: Path) -> None:
+    assert problems(read_manifest(tmp_path))[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 5), min_size=1, max_size=8),
+    order=st.randoms(use_true_random=False),
+    dup=st.lists(st.integers(0, 20), max_size=6),
+)
+def test_any_delivery_order_with_duplicates_merges_exactly(
+    tmp_path_factory: object, sizes: list[int], order: object, dup: list[int]
+) -> None:
+    folder = tmp_path_factory.mktemp("c")  # type: ignore[attr-defined]
+    box, col = Outbox(CONFIG), Collector(folder, CONFIG)
+    sent, n = [], 0
+    for size in sizes:
+        box.add_ops([op(n + i) for i in range(size)])
+        n += size
+        sent += box.batches({}, now=0.0)
+    sent += box.batches({}, now=0.0, final=True)
+    deliveries = sent + [sent[i % len(sent)] for i in dup]
+    order.shuffle(deliveries)  # type: ignore[attr-defined]
+    for b in deliveries:
+        col.receive("w", b)
+    assert col.complete("w")
+    path = folder / "ledger-w.jsonl"
+    ids = sorted(json.loads(x)["id"] for x in path.read_text().splitlines()) if n else []
+    assert ids == sorted(f"op-{i}" for i in range(n))
+
+
+def test_flushes_after_the_end_send_nothing_new() -> None:
+    box = Outbox(CONFIG)
+    assert len(box.batches({}, now=0.0, final=True)) == 1
+    assert box.batches({}, now=1.0) == []
+    assert box.batches({}, now=2.0, final=True) == []
