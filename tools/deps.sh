@@ -25,6 +25,9 @@ PKGS=(
   # The containers runtime: Debian's Docker engine (started only when none answers) and what
   # builds the base image where no registry can be reached (env/engine.py, env/images.py).
   docker.io debootstrap
+  # The distributed-fleet test: workers in network namespaces of their own (ip netns, veth,
+  # a DNAT rule inside each namespace).
+  iproute2 iptables
   # The test that opens every report.html as a reader would (headless, over DevTools).
   chromium fonts-dejavu-core
 )
