@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -335,11 +336,37 @@ def _names(objects: list[Obj], kind: str) -> set[str]:
     return {o["metadata"]["name"] for o in of_kind(objects, kind)}
 
 
+#: What staging's overlay leaves to the cluster (its kustomization says who provides each):
+#: name -> the keys the manifests read.
+STAGING_EXTERNAL_SECRETS = {
+    "cloudwatcher-db": {
+        "superuser-password",
+        "replication-password",
+        "app-password",
+        "patroni-rest-password",
+    },
+    "cloudwatcher-redis": {"password"},
+    "cloudwatcher-api": {"registration-secret"},
+    "cloudwatcher-keys": {"jwt-keyset.json", "field-encryption.key"},
+    "cloudwatcher-tls": {"tls.crt", "tls.key"},
+}
+STAGING_EXTERNAL_CONFIG_MAPS = {"cloudwatcher-ca"}
+
+
+def _secrets(objects: list[Obj], overlay: str) -> dict[str, set[str]]:
+    """Every Secret the overlay's objects may refer to, with its keys."""
+    secrets = {s["metadata"]["name"]: set(s.get("data", {})) for s in of_kind(objects, "Secret")}
+    return {**secrets, **(STAGING_EXTERNAL_SECRETS if overlay == "staging" else {})}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objects = rendered[overlay]
-    secrets = {s["metadata"]["name"]: s.get("data", {}) for s in of_kind(objects, "Secret")}
+    secrets = _secrets(objects, overlay)
     config_maps = _names(objects, "ConfigMap")
+    if overlay == "staging":
+        config_maps |= STAGING_EXTERNAL_CONFIG_MAPS
+    claims = _names(objects, "PersistentVolumeClaim")
     accounts = _names(objects, "ServiceAccount") | {"default"}
     for w in of_kind(objects, *WORKLOADS, "Job"):
         where = w["metadata"]["name"]
@@ -350,6 +377,8 @@ def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> Non
                 assert v["secret"]["secretName"] in secrets, (where, v)
             if "configMap" in v:
                 assert v["configMap"]["name"] in config_maps, (where, v)
+            if "persistentVolumeClaim" in v:
+                assert v["persistentVolumeClaim"]["claimName"] in claims, (where, v)
         for c in containers(w):
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
@@ -357,7 +386,9 @@ def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> Non
                     assert ref["key"] in secrets.get(ref["name"], {}), (where, ref)
             for e in c.get("envFrom", []):
                 assert e["configMapRef"]["name"] in config_maps, (where, e)
-    templates = [w["spec"]["template"]["metadata"]["labels"] for w in of_kind(objects, *WORKLOADS)]
+    templates = [
+        w["spec"]["template"]["metadata"]["labels"] for w in of_kind(objects, *WORKLOADS, "Job")
+    ]
     for svc in of_kind(objects, "Service"):
         # The primary's Service has no selector (Patroni writes its endpoints); `role` is a
         # label Patroni puts on its pods at run time (master or replica).
@@ -366,6 +397,8 @@ def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> Non
             assert any(all(t.get(k) == v for k, v in selector.items()) for t in templates), svc
     services = {s["metadata"]["name"]: s for s in of_kind(objects, "Service")}
     for ing in of_kind(objects, "Ingress"):
+        for tls in ing["spec"]["tls"]:
+            assert secrets[tls["secretName"]] >= {"tls.crt", "tls.key"}, ing
         for rule in ing["spec"]["rules"]:
             for path in rule["http"]["paths"]:
                 backend = path["backend"]["service"]
@@ -384,13 +417,110 @@ def test_one_image_runs_the_stack(rendered: dict[str, list[Obj]], overlay: str) 
     assert seen == {STACK_IMAGE[overlay], *OTHER_IMAGES}
 
 
+def test_kinds_secrets_are_obvious_placeholders(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["kind"]
+    generated = [*of_kind(objects, "Secret"), one(objects, "ConfigMap", _ca_name(objects))]
+    assert len(generated) == 6
+    for s in generated:
+        assert s["metadata"]["labels"][manifests.PLACEHOLDER_LABEL] == "true"
+        data = s.get("data", {})
+        for key, value in data.items():
+            raw = base64.b64decode(value) if s["kind"] == "Secret" else value.encode()
+            assert raw.startswith(b"placeholder-not-a-"), (s["metadata"]["name"], key)
+    tls = one(objects, "Secret", next(n for n in _names(objects, "Secret") if "-tls-" in n))
+    assert tls["type"] == "kubernetes.io/tls"
+
+
+def _ca_name(objects: list[Obj]) -> str:
+    """The CA ConfigMap's name: generated (kind), else the cluster's own (staging)."""
+    names = [n for n in _names(objects, "ConfigMap") if n.startswith("cloudwatcher-ca")]
+    return names[0] if names else "cloudwatcher-ca"
+
+
+def test_nothing_committed_looks_like_a_real_secret() -> None:
+    """No private key, certificate or token-shaped value anywhere under deploy/."""
+    for path in manifests.DEPLOY_DIR.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            for marker in ("-----BEGIN", "PRIVATE KEY", "eyJhbGciOi"):
+                assert marker not in text, (path, marker)
+
+
+def test_staging_holds_no_placeholder(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["staging"]
+    assert manifests.placeholders(objects, manifests.OVERLAYS_DIR / "staging") == []
+    # Its secrets are the cluster's: none rendered, none generated.
+    assert of_kind(objects, "Secret") == []
+    for cm in of_kind(objects, "ConfigMap"):
+        assert manifests.PLACEHOLDER_LABEL not in cm["metadata"].get("labels", {})
+        for value in cm.get("data", {}).values():
+            assert "placeholder-" not in value, cm["metadata"]["name"]
+    [ingress_issuer] = {
+        i["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
+        for i in of_kind(objects, "Ingress")
+    }
+    assert ingress_issuer
+
+
+def test_staging_refuses_to_render_with_placeholders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The placeholders component added to staging: the check and the apply path refuse it."""
+    overlay = tmp_path / "staging"
+    overlay.mkdir()
+    staging = manifests.OVERLAYS_DIR / "staging"
+    component = manifests.DEPLOY_DIR / "components" / "placeholder-secrets"
+    # kustomize takes relative paths only.
+    staging_rel, component_rel = (os.path.relpath(d, overlay) for d in (staging, component))
+    (overlay / "kustomization.yaml").write_text(
+        f"resources:\n  - {staging_rel}\ncomponents:\n  - {component_rel}\n"
+    )
+    _, problems = manifests.check([overlay])
+    refused = {p.obj.split("/")[-1].rsplit("-", 1)[0] for p in problems}
+    assert refused == {*STAGING_EXTERNAL_SECRETS, "cloudwatcher-ca"}
+    assert all("placeholder" in p.message for p in problems)
+    assert manifests.main(["--print", str(overlay)]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "cloudwatcher-db" in out.err
+    # A value alone gives one away too, without the label.
+    secret = {"kind": "Secret", "metadata": {"name": "x"}, "data": {"k": "cGxhY2Vob2xkZXItYQ=="}}
+    [problem] = manifests.placeholders([secret], overlay)
+    assert "key k" in problem.message
+    # And kind's own may hold them.
+    assert manifests.placeholders([secret], manifests.OVERLAYS_DIR / "kind") == []
+
+
+def test_print_gives_what_to_apply(capsys: pytest.CaptureFixture[str]) -> None:
+    assert manifests.main(["--print", str(manifests.OVERLAYS_DIR / "staging")]) == 0
+    objects = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert len(objects) > 50
+    assert all(manifests.ORIGIN not in o["metadata"].get("annotations", {}) for o in objects)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_secrets_hold_placeholders_only(rendered: dict[str, list[Obj]], overlay: str) -> None:
-    secrets = of_kind(rendered[overlay], "Secret")
-    assert len(secrets) == 4
-    for s in secrets:
-        for key, value in s["data"].items():
-            assert base64.b64decode(value).startswith(b"placeholder-"), (s["metadata"]["name"], key)
+def test_the_ingress_speaks_tls_for_the_fleets_target(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    fleet = _fleet(objects)
+    assert fleet["TARGET"].startswith("https://")
+    host = fleet["TARGET"].removeprefix("https://")
+    ingresses = of_kind(objects, "Ingress")
+    assert len(ingresses) == 2
+    for ing in ingresses:
+        [tls] = ing["spec"]["tls"]
+        assert tls["hosts"] == [host]
+        assert [r["host"] for r in ing["spec"]["rules"]] == [host]
+    # The phones trust the CA that signs it.
+    for kind, name in (("Job", "locust-master"), ("Deployment", "locust-worker")):
+        spec = pod_spec(one(objects, kind, name))
+        [ca] = [v for v in spec["volumes"] if v["name"] == "ca"]
+        assert ca["configMap"]["name"] in {_ca_name(objects), "cloudwatcher-ca"}
+        [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "ca"]
+        assert _options(spec["containers"][0]["command"])["ca-file"] == (
+            mount["mountPath"] + "/ca.crt"
+        )
 
 
 # --- the stores -------------------------------------------------------------------------------
@@ -436,10 +566,106 @@ def test_redis_cluster_nodes_are_reached_through_toxiproxy(
     assert by_listen[15433] == "cloudwatcher-pg-replicas:5432"
 
 
-def test_locust_workers_scale_apart_from_the_master(rendered: dict[str, list[Obj]]) -> None:
-    staging = rendered["staging"]
-    workers = one(staging, "Deployment", "locust-worker")
-    assert workers["spec"]["replicas"] == 4
-    fleet = one(staging, "ConfigMap", next(iter(_names(staging, "ConfigMap") & {"locust-fleet"})))
-    assert fleet["data"]["CWH_WORKERS"] == "4"
-    assert one(staging, "Deployment", "locust-master")["spec"]["replicas"] == 1
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_locust_workers_scale_apart_from_the_master(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    workers = one(objects, "Deployment", "locust-worker")
+    fleet = _fleet(objects)
+    # The master waits for WORKERS workers; each runs ARRIVAL_RATE / WORKERS.
+    assert int(fleet["WORKERS"]) == workers["spec"]["replicas"]
+    if overlay == "staging":
+        assert workers["spec"]["replicas"] == 4
+    master = one(objects, "Job", "locust-master")
+    assert master["spec"]["suspend"] is True, "applying an overlay must not start a run"
+    assert master["spec"]["backoffLimit"] == 0, "a run is never silently run twice"
+    assert pod_spec(master)["restartPolicy"] == "Never"
+
+
+def _fleet(objects: list[Obj]) -> dict[str, str]:
+    """The fleet's options (locust-fleet, merged by the overlay)."""
+    fleet = one(objects, "ConfigMap", _generated(objects, "ConfigMap", "locust-fleet"))
+    data: dict[str, str] = fleet["data"]
+    return data
+
+
+def _generated(objects: list[Obj], kind: str, name: str) -> str:
+    """The name kustomize gave generator `name` (with or without its hash suffix)."""
+    [found] = [n for n in _names(objects, kind) if n == name or n.rsplit("-", 1)[0] == name]
+    return found
+
+
+def _fleet_command(objects: list[Obj], kind: str, name: str) -> list[str]:
+    [c] = pod_spec(one(objects, kind, name))["containers"]
+    command: list[str] = c["command"]
+    return command
+
+
+def _options(command: list[str]) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in command if a.startswith("--") and "=" in a)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_fleet_runs_cwh_load_from_the_one_image(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    master = _fleet_command(objects, "Job", "locust-master")
+    worker = _fleet_command(objects, "Deployment", "locust-worker")
+    # The image has the project under PYTHONPATH and its venv, no console script.
+    for command in (master, worker):
+        assert command[:4] == ["/opt/cwh/venv/bin/python", "-m", "cwh.cli", "load"]
+    assert "--master" in master
+    assert "--worker" in worker
+    m, w = _options(master), _options(worker)
+    assert m["master-bind-host"] == "0.0.0.0"
+    assert m["master-port"] == w["master-port"] == "5557"
+    assert w["master-host"] == "locust-master"
+    assert m["expect-workers"] == "$(WORKERS)"
+    # Every worker runs the master's fleet: the same options, from the same ConfigMap.
+    shared = ("target", "ca-file", "users", "duration", "shape", "mix", "spawn-rate")
+    for option in (*shared, "arrival-rate"):
+        assert m[option] == w[option], option
+    fleet = _fleet(objects)
+    for value in m.values():
+        for var in [v.split(")")[0] for v in value.split("$(")[1:]]:
+            assert var in fleet or var == "POD_NAME", var
+    # Each has its own work directory; nothing is shared but the master's port.
+    for kind, name in (("Job", "locust-master"), ("Deployment", "locust-worker")):
+        spec = pod_spec(one(objects, kind, name))
+        work = [v for v in spec["volumes"] if v["name"] == "work"]
+        assert work == [{"name": "work", "emptyDir": {}}], name
+    # The master's options exist in `cwh load` today (the fleet-specific ones are item 1's).
+    from cwh.cli import build_parser
+
+    known = {
+        s
+        for a in build_parser()._subparsers._group_actions[0].choices["load"]._actions
+        for s in a.option_strings
+    }
+    fleet_only = {
+        "--master",
+        "--worker",
+        "--expect-workers",
+        "--master-bind-host",
+        "--master-host",
+        "--master-port",
+    }
+    for command in (master, worker):
+        for arg in command[4:]:
+            assert arg.split("=")[0] in known | fleet_only, arg
+
+
+def test_the_image_holds_locust_and_the_fleets_code() -> None:
+    from env import images
+
+    pins = images.requirements()
+    assert "locust==" in pins
+    for package in ("cwh", "scenarios", "slo"):
+        assert package in images.CODE
+    files = images.context_files()
+    assert "src/scenarios/locustfile.py" in files
+    assert "src/cwh/cli.py" in files
+    # The gate reads every definition, Sloth's .yml among them.
+    assert any(f.startswith("src/slo/definitions/") and f.endswith(".yml") for f in files)
