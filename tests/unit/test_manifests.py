@@ -6,6 +6,7 @@ bounds, the topology's probes and requests, the seed's limits, budgets and rollo
 from __future__ import annotations
 
 import base64
+import configparser
 import copy
 import json
 import os
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from env import hpa, manifests, topology
+from env import configs, hpa, manifests, topology
+from env.layout import Layout
 from env.settings import EnvSettings
 from slo import definitions
 
@@ -562,8 +564,98 @@ def test_redis_cluster_nodes_are_reached_through_toxiproxy(
     assert env["CW_REDIS_NODES"].split(",") == [f"toxiproxy:{7000 + i}" for i in range(nodes)]
     for url in ("CW_LLM_URL", "CW_SHAREPOINT_URL", "CW_GDRIVE_URL"):
         assert int(env[url].rsplit(":", 1)[1]) in by_listen
-    assert by_listen[15432] == "cloudwatcher-pg:5432"
+    # The write path through pgBouncer (pgbouncer.yaml), the read path to the replicas.
+    assert by_listen[15432] == "pgbouncer:6432"
     assert by_listen[15433] == "cloudwatcher-pg-replicas:5432"
+
+
+def _ini(text: str) -> dict[str, dict[str, str]]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return {section: dict(parser[section]) for section in parser.sections()}
+
+
+def test_pgbouncer_pools_as_locally_in_front_of_the_primary(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    objects = rendered["kind"]
+    ini = _ini(one(objects, "ConfigMap", "pgbouncer")["data"]["pgbouncer.ini"])
+    settings = EnvSettings()
+    local = _ini(configs.pgbouncer_config(settings, Layout(settings.run_dir)))
+    # Where things are differs (addresses, the auth file, TLS files); how it pools does not.
+    where = {"listen_addr", "listen_port", "auth_file"}
+    local_pooling = {
+        k: v for k, v in local["pgbouncer"].items() if k not in where and "tls" not in k
+    }
+    assert {k: v for k, v in ini["pgbouncer"].items() if k not in where} == local_pooling
+    assert local_pooling["pool_mode"] == "transaction"
+    # Every database to the primary's Service (Patroni's endpoints), on the Service's port.
+    assert ini["databases"] == {"*": "host=cloudwatcher-pg port=5432"}
+    service = one(objects, "Service", "pgbouncer")["spec"]
+    assert [p["port"] for p in service["ports"]] == [int(ini["pgbouncer"]["listen_port"])]
+    deployment = one(objects, "Deployment", "pgbouncer")
+    assert min_replicas(objects, deployment) >= 2
+    [c] = pod_spec(deployment)["containers"]
+    auth = Path(ini["pgbouncer"]["auth_file"])
+    assert any(m["mountPath"] == str(auth.parent) for m in c["volumeMounts"])
+    [init] = pod_spec(deployment)["initContainers"]
+    assert str(auth) in init["command"][-1]
+
+
+def test_the_exporters_queries_are_the_local_environments_file(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    local = configs.EXPORTER_QUERIES.read_bytes()
+    members = one(rendered["kind"], "StatefulSet", "cloudwatcher-pg")
+    [exporter] = [c for c in pod_spec(members)["containers"] if c["name"] == "exporter"]
+    query_path = next(a for a in exporter["command"] if a.startswith("--extend.query-path="))
+    path = Path(query_path.split("=", 1)[1])
+    [mount] = [m for m in exporter["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    [volume] = [v for v in pod_spec(members)["volumes"] if v["name"] == mount["name"]]
+    for overlay in OVERLAYS:
+        cm = one(rendered[overlay], "ConfigMap", volume["configMap"]["name"])
+        assert cm["data"][path.name].encode() == local, overlay
+    # One file: the local environment's path is a link to the one kustomize reads.
+    assert configs.EXPORTER_QUERIES.resolve() == BASE_DIR / "postgres-exporter-queries.yaml"
+
+
+def _scrape_configs(objects: list[Obj]) -> list[Obj]:
+    config = yaml.safe_load(one(objects, "ConfigMap", "prometheus")["data"]["prometheus.yml"])
+    jobs: list[Obj] = config["scrape_configs"]
+    return jobs
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_scrapes_every_exporter(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    """Every exporter container is scraped: by its pod's annotations, or by a job keeping its
+    port's name."""
+    objects = rendered[overlay]
+    by_port_name = {
+        rule["regex"]
+        for job in _scrape_configs(objects)
+        for rule in job.get("relabel_configs", [])
+        if rule.get("action") == "keep"
+        and rule.get("source_labels") == ["__meta_kubernetes_pod_container_port_name"]
+    }
+    exporters = 0
+    for w in of_kind(objects, *WORKLOADS):
+        annotations = w["spec"]["template"]["metadata"].get("annotations", {})
+        for c in containers(w, init=False):
+            if "exporter" not in " ".join([c["name"], *c.get("command", [])]):
+                continue
+            exporters += 1
+            ports = c.get("ports", [])
+            scraped = [
+                p
+                for p in ports
+                if p.get("name") in by_port_name
+                or str(p["containerPort"]) == annotations.get("prometheus.io/port")
+            ]
+            assert scraped, (w["metadata"]["name"], c["name"])
+    assert exporters == 2  # postgres_exporter beside each member, redis_exporter beside each node
+    [postgres] = [j for j in _scrape_configs(objects) if j["job_name"] == "postgres"]
+    labels = {r.get("target_label") for r in postgres["relabel_configs"]}
+    assert "member" in labels  # as the local job labels its targets
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
