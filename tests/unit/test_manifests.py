@@ -32,11 +32,16 @@ STACK_IMAGE = {
     "kind": "cwh-stack:latest",
     "staging": "registry.example.com/cloudwatcher/cwh-stack:0.1.0",
 }
-#: Images from elsewhere, each for a reason: a real Toxiproxy (the brief), kube-state-metrics.
+#: Images from elsewhere, each for a reason: a real Toxiproxy (the brief), kube-state-metrics,
+#: the HPAs' metrics APIs (metrics-server only where the cluster has none: kind).
 OTHER_IMAGES = {
     "ghcr.io/shopify/toxiproxy:2.12.0",
     "registry.k8s.io/kube-state-metrics/kube-state-metrics:v2.15.0",
+    "registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0",
 }
+METRICS_SERVER_IMAGE = "registry.k8s.io/metrics-server/metrics-server:v0.8.1"
+#: Each overlay's namespace; the cluster add-ons live in kube-system.
+NAMESPACE = {"kind": "cloudwatcher", "staging": "cloudwatcher-staging"}
 #: Deployments without a liveness probe, and why (every other has one).
 NO_LIVENESS = {
     "locust-worker": "listens on nothing; Locust ends a worker that stops hearing its master",
@@ -416,7 +421,8 @@ def test_one_image_runs_the_stack(rendered: dict[str, list[Obj]], overlay: str) 
             seen.add(c["image"])
             if c["image"] == STACK_IMAGE[overlay]:
                 assert c["imagePullPolicy"] == "IfNotPresent", w["metadata"]["name"]
-    assert seen == {STACK_IMAGE[overlay], *OTHER_IMAGES}
+    metrics_server = {METRICS_SERVER_IMAGE} if overlay == "kind" else set()
+    assert seen == {STACK_IMAGE[overlay], *OTHER_IMAGES, *metrics_server}
 
 
 def test_kinds_secrets_are_obvious_placeholders(rendered: dict[str, list[Obj]]) -> None:
@@ -761,3 +767,102 @@ def test_the_image_holds_locust_and_the_fleets_code() -> None:
     assert "src/cwh/cli.py" in files
     # The gate reads every definition, Sloth's .yml among them.
     assert any(f.startswith("src/slo/definitions/") and f.endswith(".yml") for f in files)
+
+
+# --- the HPAs' metrics APIs and the namespaces -------------------------------------------------
+
+
+def _api_services(objects: list[Obj]) -> dict[str, Obj]:
+    return {a["spec"]["group"]: a for a in of_kind(objects, "APIService")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_hpa_metric_has_an_api_that_serves_it(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Resource metrics from metrics-server (kind's; staging's cluster has its own), external
+    ones from prometheus-adapter, each APIService backed by a Service that selects a
+    Deployment."""
+    objects = rendered[overlay]
+    services = {
+        (s["metadata"]["namespace"], s["metadata"]["name"]) for s in of_kind(objects, "Service")
+    }
+    apis = _api_services(objects)
+    needed = {
+        {"Resource": "metrics.k8s.io", "External": "external.metrics.k8s.io"}[m["type"]]
+        for h in of_kind(objects, "HorizontalPodAutoscaler")
+        for m in h["spec"]["metrics"]
+    }
+    assert needed == {"metrics.k8s.io", "external.metrics.k8s.io"}
+    provided = needed if overlay == "kind" else needed - {"metrics.k8s.io"}
+    assert set(apis) == provided
+    for api in apis.values():
+        ref = api["spec"]["service"]
+        assert (ref["namespace"], ref["name"]) in services, api["metadata"]["name"]
+        assert api["metadata"]["name"] == f"{api['spec']['version']}.{api['spec']['group']}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_adapter_serves_the_worker_hpas_metric_from_this_prometheus(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    adapter = one(objects, "Deployment", "prometheus-adapter")
+    [c] = pod_spec(adapter)["containers"]
+    args = dict(a[2:].split("=", 1) for a in c["args"])
+    # Prometheus of this overlay's namespace, on its Service's port.
+    prometheus = one(objects, "Service", "prometheus")
+    port = prometheus["spec"]["ports"][0]["port"]
+    ns = prometheus["metadata"]["namespace"]
+    assert ns == NAMESPACE[overlay]
+    assert args["prometheus-url"] == f"http://prometheus.{ns}.svc:{port}/"
+    # The rule: the file under the components folder, mounted where --config points.
+    config_path = Path(args["config"])
+    [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == str(config_path.parent)]
+    [volume] = [v for v in pod_spec(adapter)["volumes"] if v["name"] == mount["name"]]
+    cm = one(objects, "ConfigMap", volume["configMap"]["name"])
+    assert cm["metadata"]["namespace"] == "kube-system"
+    source = manifests.DEPLOY_DIR / "components" / "prometheus-adapter" / "adapter-config.yaml"
+    assert cm["data"][config_path.name] == source.read_text()
+    [rule] = yaml.safe_load(source.read_text())["externalRules"]
+    [metric] = [
+        m["external"]["metric"]["name"]
+        for m in one(objects, "HorizontalPodAutoscaler", "worker")["spec"]["metrics"]
+        if m["type"] == "External"
+    ]
+    assert rule["name"]["as"] == metric == "cloudwatcher_queue_depth"
+    series = rule["name"]["matches"].strip("^$")
+    assert rule["seriesQuery"].startswith(series + "{")
+    # The max over the workers' identical gauges, never the sum.
+    assert rule["metricsQuery"].startswith("max(")
+    # The gauge exists, with that name, in the worker.
+    worker_source = (manifests.PROJECT_ROOT / "reference_impl" / "worker.py").read_text()
+    assert f'Gauge("{series}"' in worker_source
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_add_ons_stay_in_kube_system_and_the_rest_in_the_overlays_namespace(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    add_ons = {"metrics-server", "prometheus-adapter"}
+    for o in objects:
+        meta = o["metadata"]
+        if o["kind"] in ("Namespace", "APIService") or o["kind"].startswith("Cluster"):
+            assert "namespace" not in meta, manifests.name_of(o)
+            continue
+        part_of_add_on = meta.get("labels", {}).get("app.kubernetes.io/name") in add_ons
+        expected = "kube-system" if part_of_add_on else NAMESPACE[overlay]
+        assert meta["namespace"] == expected, manifests.name_of(o)
+    # Bindings name their ServiceAccounts where those live.
+    accounts = {
+        (a["metadata"]["namespace"], a["metadata"]["name"])
+        for a in of_kind(objects, "ServiceAccount")
+    }
+    for b in of_kind(objects, "RoleBinding", "ClusterRoleBinding"):
+        for subject in b["subjects"]:
+            if (
+                subject["kind"] == "ServiceAccount"
+                and subject["name"] != "horizontal-pod-autoscaler"
+            ):
+                assert (subject["namespace"], subject["name"]) in accounts, b["metadata"]["name"]
