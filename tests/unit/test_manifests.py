@@ -33,9 +33,11 @@ STACK_IMAGE = {
     "staging": "registry.example.com/cloudwatcher/cwh-stack:0.1.0",
 }
 #: Images from elsewhere, each for a reason: a real Toxiproxy (the brief), kube-state-metrics,
-#: the HPAs' metrics APIs (metrics-server only where the cluster has none: kind).
+#: Prometheus with Kubernetes discovery (Debian's has none), the HPAs' metrics APIs
+#: (metrics-server only where the cluster has none: kind).
 OTHER_IMAGES = {
     "ghcr.io/shopify/toxiproxy:2.12.0",
+    "quay.io/prometheus/prometheus:v2.55.1",
     "registry.k8s.io/kube-state-metrics/kube-state-metrics:v2.15.0",
     "registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0",
 }
@@ -866,3 +868,17 @@ def test_add_ons_stay_in_kube_system_and_the_rest_in_the_overlays_namespace(
                 and subject["name"] != "horizontal-pod-autoscaler"
             ):
                 assert (subject["namespace"], subject["name"]) in accounts, b["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_can_discover_what_its_config_discovers(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Debian's Prometheus (the one image's) is built without Kubernetes service discovery and
+    refuses a config with `kubernetes_sd_configs`; the cluster's runs upstream's image."""
+    objects = rendered[overlay]
+    uses_kubernetes_sd = any("kubernetes_sd_configs" in j for j in _scrape_configs(objects))
+    assert uses_kubernetes_sd
+    [c] = pod_spec(one(objects, "Deployment", "prometheus"))["containers"]
+    assert c["image"] != STACK_IMAGE[overlay]
+    assert c["image"].startswith("quay.io/prometheus/prometheus:v2.")
