@@ -882,3 +882,12 @@ def test_prometheus_can_discover_what_its_config_discovers(
     [c] = pod_spec(one(objects, "Deployment", "prometheus"))["containers"]
     assert c["image"] != STACK_IMAGE[overlay]
     assert c["image"].startswith("quay.io/prometheus/prometheus:v2.")
+
+
+def test_the_readmes_adapter_rule_is_the_config_file() -> None:
+    """deploy/base/README.md explains the rule it quotes: the quote is the file's rule."""
+    readme = (BASE_DIR / "README.md").read_text()
+    block = readme.split("```yaml\nexternalRules:", 1)[1].split("```", 1)[0]
+    quoted = yaml.safe_load("externalRules:" + block)
+    source = manifests.DEPLOY_DIR / "components" / "prometheus-adapter" / "adapter-config.yaml"
+    assert quoted == yaml.safe_load(source.read_text())
