@@ -891,3 +891,15 @@ def test_the_readmes_adapter_rule_is_the_config_file() -> None:
     quoted = yaml.safe_load("externalRules:" + block)
     source = manifests.DEPLOY_DIR / "components" / "prometheus-adapter" / "adapter-config.yaml"
     assert quoted == yaml.safe_load(source.read_text())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_can_be_ready_without_a_running_master(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """The master Job is suspended between runs: a worker's readiness must not need it, or no
+    rollout of the workers (surge 1, unavailable 0) could ever finish."""
+    [c] = pod_spec(one(rendered[overlay], "Deployment", "locust-worker"))["containers"]
+    probe = " ".join(c["readinessProbe"]["exec"]["command"])
+    assert "create_connection" not in probe
+    assert 'getaddrinfo("locust-master"' in probe
