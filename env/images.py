@@ -36,9 +36,11 @@ IMAGE_DIR = PROJECT_ROOT / "deploy" / "images"
 BASE = "debian:bookworm-slim"
 REPOSITORY = "cwh-stack"
 CACHE_DIR = Path("/var/cache/cwh")
-#: The project's packages a replica runs (`python -m reference_impl`, `python -m env.faultproxy`).
-CODE = ("reference_impl", "env")
-#: What those import from PyPI: pinned as in pyproject.toml.
+#: The project's packages a replica runs (`python -m reference_impl`, `python -m env.faultproxy`),
+#: and the harness's fleet on Kubernetes (`python -m cwh.cli load --master | --worker`,
+#: deploy/base/locust.yaml): its CLI, the phones and the reconciliation and gate it ends with.
+CODE = ("reference_impl", "env", "cwh", "scenarios", "slo")
+#: What the services import from PyPI: pinned as in pyproject.toml.
 SERVICE_REQUIREMENTS = (
     "aiohttp",
     "asyncpg",
@@ -50,6 +52,17 @@ SERVICE_REQUIREMENTS = (
     "prometheus-client",
     "psutil",
     "PyYAML",
+)
+#: What `cwh load` adds (cwh/cli.py, cwh/fleet.py, scenarios/, slo/): Locust and the phones'
+#: clients, the CLI's console, HDR histograms, the gate's Prometheus client. The rest of the
+#: harness's pins (chaos, plots, tests, containers) stays out of the image.
+FLEET_REQUIREMENTS = (
+    "locust",
+    "requests",
+    "rich",
+    "hdrhistogram",
+    "websocket-client",
+    "prometheus-api-client",
 )
 #: What those need on the image's Python (Debian's 3.11.2) but not on this one: markers are
 #: evaluated here, on the host's Python, when the wheels are downloaded.
@@ -78,9 +91,10 @@ class ImageError(RuntimeError):
 
 
 def requirements(pyproject: Path = PROJECT_ROOT / "pyproject.toml") -> str:
-    """requirements.txt for the image: `SERVICE_REQUIREMENTS` with pyproject.toml's pins."""
+    """requirements.txt for the image: `SERVICE_REQUIREMENTS` and `FLEET_REQUIREMENTS` with
+    pyproject.toml's pins. Raises ImageError naming any that pyproject.toml does not pin."""
     deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    wanted = {n.lower() for n in SERVICE_REQUIREMENTS}
+    wanted = {n.lower() for n in (*SERVICE_REQUIREMENTS, *FLEET_REQUIREMENTS)}
     lines = [d for d in deps if re.split(r"[\[=<>! ]", d, maxsplit=1)[0].lower() in wanted]
     missing = wanted - {re.split(r"[\[=<>! ]", d, maxsplit=1)[0].lower() for d in lines}
     if missing:
@@ -97,7 +111,8 @@ def context_files() -> dict[str, bytes]:
     }
     for package in CODE:
         for path in sorted((PROJECT_ROOT / package).rglob("*")):
-            if path.is_file() and path.suffix in (".py", ".yaml", ".json"):
+            # .yml: SLO definitions in Sloth's format (slo/definitions), which the gate reads.
+            if path.is_file() and path.suffix in (".py", ".yaml", ".yml", ".json"):
                 files[f"src/{path.relative_to(PROJECT_ROOT)}"] = path.read_bytes()
     return files
 

@@ -8,14 +8,21 @@ are the ones `kubernetes-validate` ships (no network). Validation is strict: a f
 does not know (a typo, a field at the wrong level) is an error, as `kubectl apply
 --validate=strict` would make it.
 
+Placeholders (`deploy/components/placeholder-secrets`: values beginning `placeholder-`, objects
+labelled `cwh/placeholder`) are allowed in the overlays of `PLACEHOLDER_OVERLAYS` only, the local
+kind cluster's; in any other overlay each is a problem, so staging never renders with one.
+
 `python -m env.manifests` (`make manifests`) checks every overlay and exits 1 when any object
-fails; `tests/unit/test_manifests.py` runs the same checks and the consistency checks beside
-them.
+fails; `python -m env.manifests --print OVERLAY` prints what to apply (`| kubectl apply -f -`)
+only when that overlay passes, so the apply path refuses what the check refuses.
+`tests/unit/test_manifests.py` runs the same checks and the consistency checks beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import subprocess
 import sys
@@ -39,6 +46,11 @@ KUBERNETES_VERSION = "1.37"
 ORIGIN = "config.kubernetes.io/origin"
 #: A render takes well under a second; this only bounds a hung kubectl.
 RENDER_TIMEOUT_S = 60.0
+#: The overlays that may hold placeholders (a local cluster's); every other one is refused.
+PLACEHOLDER_OVERLAYS = frozenset({"kind"})
+#: What every placeholder value begins with, and the label on every placeholder object.
+PLACEHOLDER_PREFIX = "placeholder-"
+PLACEHOLDER_LABEL = "cwh/placeholder"
 
 Obj = dict[str, Any]
 
@@ -160,6 +172,45 @@ def validate(
     return problems
 
 
+def placeholders(objects: Iterable[Obj], directory: Path) -> list[Problem]:
+    """A Problem per Secret or ConfigMap of `objects` that is a placeholder (labelled
+    `cwh/placeholder`, or a value beginning `placeholder-`), unless `directory` is one of
+    `PLACEHOLDER_OVERLAYS`. Secret values are read base64-decoded."""
+    if directory.name in PLACEHOLDER_OVERLAYS:
+        return []
+    problems = []
+    for obj in objects:
+        if obj.get("kind") not in ("Secret", "ConfigMap"):
+            continue
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        keys = [k for k, v in _values(obj) if v.startswith(PLACEHOLDER_PREFIX.encode())]
+        if PLACEHOLDER_LABEL in labels or keys:
+            what = f"key {', '.join(keys)}" if keys else f"label {PLACEHOLDER_LABEL}"
+            problems.append(
+                Problem(
+                    _shown(directory),
+                    name_of(obj),
+                    origin_of(obj, directory),
+                    "data",
+                    f"a placeholder ({what}): only {sorted(PLACEHOLDER_OVERLAYS)} may hold "
+                    "placeholders; supply the real one from the secret store",
+                )
+            )
+    return problems
+
+
+def _values(obj: Obj) -> list[tuple[str, bytes]]:
+    out = [(k, str(v).encode()) for k, v in (obj.get("stringData") or {}).items()]
+    out += [(k, str(v).encode()) for k, v in (obj.get("data") or {}).items()]
+    if obj.get("kind") == "Secret":
+        for k, v in (obj.get("data") or {}).items():
+            try:
+                out.append((k, base64.b64decode(str(v), validate=True)))
+            except binascii.Error:
+                continue
+    return out
+
+
 def _json_path(parts: Iterable[Any]) -> str:
     out = ""
     for p in parts:
@@ -173,16 +224,31 @@ def overlays() -> list[Path]:
 
 
 def check(directories: Sequence[Path]) -> tuple[dict[str, int], list[Problem]]:
-    """Render and validate each of `directories`: (objects per directory, every problem).
-    Raises ManifestError when one does not render."""
+    """Render and validate each of `directories`, and look for placeholders where none may be:
+    (objects per directory, every problem). Raises ManifestError when one does not render."""
     counts: dict[str, int] = {}
     problems: list[Problem] = []
     binary = kubectl()
     for d in directories:
         objects = render(d, binary)
         counts[_shown(d)] = len(objects)
-        problems += validate(objects, d)
+        problems += validate(objects, d) + placeholders(objects, d)
     return counts, problems
+
+
+def printable(directory: Path) -> str:
+    """`directory` rendered, as YAML to apply, without kustomize's origin annotations. Raises
+    ManifestError when it does not render, or naming every problem when it does not pass."""
+    objects = render(directory)
+    problems = validate(objects, directory) + placeholders(objects, directory)
+    if problems:
+        raise ManifestError("\n".join(map(str, problems)))
+    for obj in objects:
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        annotations.pop(ORIGIN, None)
+        if not annotations and "annotations" in (obj.get("metadata") or {}):
+            del obj["metadata"]["annotations"]
+    return yaml.safe_dump_all(objects, sort_keys=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +260,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "directories", nargs="*", type=Path, help="overlays to check (default: all)"
     )
+    parser.add_argument(
+        "--print",
+        dest="print_",
+        action="store_true",
+        help="print the one overlay given, to apply, only if it passes (else exit 1, nothing out)",
+    )
     args = parser.parse_args(argv)
+    if args.print_:
+        if len(args.directories) != 1:
+            parser.error("--print takes exactly one overlay")
+        try:
+            sys.stdout.write(printable(args.directories[0]))
+        except ManifestError as exc:
+            print(f"manifests: {exc}", file=sys.stderr)
+            return 1
+        return 0
     started = time.monotonic()
     try:
         counts, problems = check(args.directories or overlays())

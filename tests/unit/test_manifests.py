@@ -6,8 +6,10 @@ bounds, the topology's probes and requests, the seed's limits, budgets and rollo
 from __future__ import annotations
 
 import base64
+import configparser
 import copy
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -16,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from env import hpa, manifests, topology
+from env import configs, hpa, manifests, topology
+from env.layout import Layout
 from env.settings import EnvSettings
 from slo import definitions
 
@@ -29,11 +32,18 @@ STACK_IMAGE = {
     "kind": "cwh-stack:latest",
     "staging": "registry.example.com/cloudwatcher/cwh-stack:0.1.0",
 }
-#: Images from elsewhere, each for a reason: a real Toxiproxy (the brief), kube-state-metrics.
+#: Images from elsewhere, each for a reason: a real Toxiproxy (the brief), kube-state-metrics,
+#: Prometheus with Kubernetes discovery (Debian's has none), the HPAs' metrics APIs
+#: (metrics-server only where the cluster has none: kind).
 OTHER_IMAGES = {
     "ghcr.io/shopify/toxiproxy:2.12.0",
+    "quay.io/prometheus/prometheus:v2.55.1",
     "registry.k8s.io/kube-state-metrics/kube-state-metrics:v2.15.0",
+    "registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0",
 }
+METRICS_SERVER_IMAGE = "registry.k8s.io/metrics-server/metrics-server:v0.8.1"
+#: Each overlay's namespace; the cluster add-ons live in kube-system.
+NAMESPACE = {"kind": "cloudwatcher", "staging": "cloudwatcher-staging"}
 #: Deployments without a liveness probe, and why (every other has one).
 NO_LIVENESS = {
     "locust-worker": "listens on nothing; Locust ends a worker that stops hearing its master",
@@ -335,11 +345,37 @@ def _names(objects: list[Obj], kind: str) -> set[str]:
     return {o["metadata"]["name"] for o in of_kind(objects, kind)}
 
 
+#: What staging's overlay leaves to the cluster (its kustomization says who provides each):
+#: name -> the keys the manifests read.
+STAGING_EXTERNAL_SECRETS = {
+    "cloudwatcher-db": {
+        "superuser-password",
+        "replication-password",
+        "app-password",
+        "patroni-rest-password",
+    },
+    "cloudwatcher-redis": {"password"},
+    "cloudwatcher-api": {"registration-secret"},
+    "cloudwatcher-keys": {"jwt-keyset.json", "field-encryption.key"},
+    "cloudwatcher-tls": {"tls.crt", "tls.key"},
+}
+STAGING_EXTERNAL_CONFIG_MAPS = {"cloudwatcher-ca"}
+
+
+def _secrets(objects: list[Obj], overlay: str) -> dict[str, set[str]]:
+    """Every Secret the overlay's objects may refer to, with its keys."""
+    secrets = {s["metadata"]["name"]: set(s.get("data", {})) for s in of_kind(objects, "Secret")}
+    return {**secrets, **(STAGING_EXTERNAL_SECRETS if overlay == "staging" else {})}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objects = rendered[overlay]
-    secrets = {s["metadata"]["name"]: s.get("data", {}) for s in of_kind(objects, "Secret")}
+    secrets = _secrets(objects, overlay)
     config_maps = _names(objects, "ConfigMap")
+    if overlay == "staging":
+        config_maps |= STAGING_EXTERNAL_CONFIG_MAPS
+    claims = _names(objects, "PersistentVolumeClaim")
     accounts = _names(objects, "ServiceAccount") | {"default"}
     for w in of_kind(objects, *WORKLOADS, "Job"):
         where = w["metadata"]["name"]
@@ -350,6 +386,8 @@ def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> Non
                 assert v["secret"]["secretName"] in secrets, (where, v)
             if "configMap" in v:
                 assert v["configMap"]["name"] in config_maps, (where, v)
+            if "persistentVolumeClaim" in v:
+                assert v["persistentVolumeClaim"]["claimName"] in claims, (where, v)
         for c in containers(w):
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
@@ -357,7 +395,9 @@ def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> Non
                     assert ref["key"] in secrets.get(ref["name"], {}), (where, ref)
             for e in c.get("envFrom", []):
                 assert e["configMapRef"]["name"] in config_maps, (where, e)
-    templates = [w["spec"]["template"]["metadata"]["labels"] for w in of_kind(objects, *WORKLOADS)]
+    templates = [
+        w["spec"]["template"]["metadata"]["labels"] for w in of_kind(objects, *WORKLOADS, "Job")
+    ]
     for svc in of_kind(objects, "Service"):
         # The primary's Service has no selector (Patroni writes its endpoints); `role` is a
         # label Patroni puts on its pods at run time (master or replica).
@@ -366,6 +406,8 @@ def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> Non
             assert any(all(t.get(k) == v for k, v in selector.items()) for t in templates), svc
     services = {s["metadata"]["name"]: s for s in of_kind(objects, "Service")}
     for ing in of_kind(objects, "Ingress"):
+        for tls in ing["spec"]["tls"]:
+            assert secrets[tls["secretName"]] >= {"tls.crt", "tls.key"}, ing
         for rule in ing["spec"]["rules"]:
             for path in rule["http"]["paths"]:
                 backend = path["backend"]["service"]
@@ -381,16 +423,114 @@ def test_one_image_runs_the_stack(rendered: dict[str, list[Obj]], overlay: str) 
             seen.add(c["image"])
             if c["image"] == STACK_IMAGE[overlay]:
                 assert c["imagePullPolicy"] == "IfNotPresent", w["metadata"]["name"]
-    assert seen == {STACK_IMAGE[overlay], *OTHER_IMAGES}
+    metrics_server = {METRICS_SERVER_IMAGE} if overlay == "kind" else set()
+    assert seen == {STACK_IMAGE[overlay], *OTHER_IMAGES, *metrics_server}
+
+
+def test_kinds_secrets_are_obvious_placeholders(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["kind"]
+    generated = [*of_kind(objects, "Secret"), one(objects, "ConfigMap", _ca_name(objects))]
+    assert len(generated) == 6
+    for s in generated:
+        assert s["metadata"]["labels"][manifests.PLACEHOLDER_LABEL] == "true"
+        data = s.get("data", {})
+        for key, value in data.items():
+            raw = base64.b64decode(value) if s["kind"] == "Secret" else value.encode()
+            assert raw.startswith(b"placeholder-not-a-"), (s["metadata"]["name"], key)
+    tls = one(objects, "Secret", next(n for n in _names(objects, "Secret") if "-tls-" in n))
+    assert tls["type"] == "kubernetes.io/tls"
+
+
+def _ca_name(objects: list[Obj]) -> str:
+    """The CA ConfigMap's name: generated (kind), else the cluster's own (staging)."""
+    names = [n for n in _names(objects, "ConfigMap") if n.startswith("cloudwatcher-ca")]
+    return names[0] if names else "cloudwatcher-ca"
+
+
+def test_nothing_committed_looks_like_a_real_secret() -> None:
+    """No private key, certificate or token-shaped value anywhere under deploy/."""
+    for path in manifests.DEPLOY_DIR.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            for marker in ("-----BEGIN", "PRIVATE KEY", "eyJhbGciOi"):
+                assert marker not in text, (path, marker)
+
+
+def test_staging_holds_no_placeholder(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["staging"]
+    assert manifests.placeholders(objects, manifests.OVERLAYS_DIR / "staging") == []
+    # Its secrets are the cluster's: none rendered, none generated.
+    assert of_kind(objects, "Secret") == []
+    for cm in of_kind(objects, "ConfigMap"):
+        assert manifests.PLACEHOLDER_LABEL not in cm["metadata"].get("labels", {})
+        for value in cm.get("data", {}).values():
+            assert "placeholder-" not in value, cm["metadata"]["name"]
+    [ingress_issuer] = {
+        i["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
+        for i in of_kind(objects, "Ingress")
+    }
+    assert ingress_issuer
+
+
+def test_staging_refuses_to_render_with_placeholders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The placeholders component added to staging: the check and the apply path refuse it."""
+    overlay = tmp_path / "staging"
+    overlay.mkdir()
+    staging = manifests.OVERLAYS_DIR / "staging"
+    component = manifests.DEPLOY_DIR / "components" / "placeholder-secrets"
+    # kustomize takes relative paths only.
+    staging_rel, component_rel = (os.path.relpath(d, overlay) for d in (staging, component))
+    (overlay / "kustomization.yaml").write_text(
+        f"resources:\n  - {staging_rel}\ncomponents:\n  - {component_rel}\n"
+    )
+    _, problems = manifests.check([overlay])
+    refused = {p.obj.split("/")[-1].rsplit("-", 1)[0] for p in problems}
+    assert refused == {*STAGING_EXTERNAL_SECRETS, "cloudwatcher-ca"}
+    assert all("placeholder" in p.message for p in problems)
+    assert manifests.main(["--print", str(overlay)]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "cloudwatcher-db" in out.err
+    # A value alone gives one away too, without the label.
+    secret = {"kind": "Secret", "metadata": {"name": "x"}, "data": {"k": "cGxhY2Vob2xkZXItYQ=="}}
+    [problem] = manifests.placeholders([secret], overlay)
+    assert "key k" in problem.message
+    # And kind's own may hold them.
+    assert manifests.placeholders([secret], manifests.OVERLAYS_DIR / "kind") == []
+
+
+def test_print_gives_what_to_apply(capsys: pytest.CaptureFixture[str]) -> None:
+    assert manifests.main(["--print", str(manifests.OVERLAYS_DIR / "staging")]) == 0
+    objects = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert len(objects) > 50
+    assert all(manifests.ORIGIN not in o["metadata"].get("annotations", {}) for o in objects)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_secrets_hold_placeholders_only(rendered: dict[str, list[Obj]], overlay: str) -> None:
-    secrets = of_kind(rendered[overlay], "Secret")
-    assert len(secrets) == 4
-    for s in secrets:
-        for key, value in s["data"].items():
-            assert base64.b64decode(value).startswith(b"placeholder-"), (s["metadata"]["name"], key)
+def test_the_ingress_speaks_tls_for_the_fleets_target(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    fleet = _fleet(objects)
+    assert fleet["TARGET"].startswith("https://")
+    host = fleet["TARGET"].removeprefix("https://")
+    ingresses = of_kind(objects, "Ingress")
+    assert len(ingresses) == 2
+    for ing in ingresses:
+        [tls] = ing["spec"]["tls"]
+        assert tls["hosts"] == [host]
+        assert [r["host"] for r in ing["spec"]["rules"]] == [host]
+    # The phones trust the CA that signs it.
+    for kind, name in (("Job", "locust-master"), ("Deployment", "locust-worker")):
+        spec = pod_spec(one(objects, kind, name))
+        [ca] = [v for v in spec["volumes"] if v["name"] == "ca"]
+        assert ca["configMap"]["name"] in {_ca_name(objects), "cloudwatcher-ca"}
+        [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "ca"]
+        assert _options(spec["containers"][0]["command"])["ca-file"] == (
+            mount["mountPath"] + "/ca.crt"
+        )
 
 
 # --- the stores -------------------------------------------------------------------------------
@@ -432,14 +572,334 @@ def test_redis_cluster_nodes_are_reached_through_toxiproxy(
     assert env["CW_REDIS_NODES"].split(",") == [f"toxiproxy:{7000 + i}" for i in range(nodes)]
     for url in ("CW_LLM_URL", "CW_SHAREPOINT_URL", "CW_GDRIVE_URL"):
         assert int(env[url].rsplit(":", 1)[1]) in by_listen
-    assert by_listen[15432] == "cloudwatcher-pg:5432"
+    # The write path through pgBouncer (pgbouncer.yaml), the read path to the replicas.
+    assert by_listen[15432] == "pgbouncer:6432"
     assert by_listen[15433] == "cloudwatcher-pg-replicas:5432"
 
 
-def test_locust_workers_scale_apart_from_the_master(rendered: dict[str, list[Obj]]) -> None:
-    staging = rendered["staging"]
-    workers = one(staging, "Deployment", "locust-worker")
-    assert workers["spec"]["replicas"] == 4
-    fleet = one(staging, "ConfigMap", next(iter(_names(staging, "ConfigMap") & {"locust-fleet"})))
-    assert fleet["data"]["CWH_WORKERS"] == "4"
-    assert one(staging, "Deployment", "locust-master")["spec"]["replicas"] == 1
+def _ini(text: str) -> dict[str, dict[str, str]]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return {section: dict(parser[section]) for section in parser.sections()}
+
+
+def test_pgbouncer_pools_as_locally_in_front_of_the_primary(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    objects = rendered["kind"]
+    ini = _ini(one(objects, "ConfigMap", "pgbouncer")["data"]["pgbouncer.ini"])
+    settings = EnvSettings()
+    local = _ini(configs.pgbouncer_config(settings, Layout(settings.run_dir)))
+    # Where things are differs (addresses, the auth file, TLS files); how it pools does not.
+    where = {"listen_addr", "listen_port", "auth_file"}
+    local_pooling = {
+        k: v for k, v in local["pgbouncer"].items() if k not in where and "tls" not in k
+    }
+    assert {k: v for k, v in ini["pgbouncer"].items() if k not in where} == local_pooling
+    assert local_pooling["pool_mode"] == "transaction"
+    # Every database to the primary's Service (Patroni's endpoints), on the Service's port.
+    assert ini["databases"] == {"*": "host=cloudwatcher-pg port=5432"}
+    service = one(objects, "Service", "pgbouncer")["spec"]
+    assert [p["port"] for p in service["ports"]] == [int(ini["pgbouncer"]["listen_port"])]
+    deployment = one(objects, "Deployment", "pgbouncer")
+    assert min_replicas(objects, deployment) >= 2
+    [c] = pod_spec(deployment)["containers"]
+    auth = Path(ini["pgbouncer"]["auth_file"])
+    assert any(m["mountPath"] == str(auth.parent) for m in c["volumeMounts"])
+    [init] = pod_spec(deployment)["initContainers"]
+    assert str(auth) in init["command"][-1]
+
+
+def test_the_exporters_queries_are_the_local_environments_file(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    local = configs.EXPORTER_QUERIES.read_bytes()
+    members = one(rendered["kind"], "StatefulSet", "cloudwatcher-pg")
+    [exporter] = [c for c in pod_spec(members)["containers"] if c["name"] == "exporter"]
+    query_path = next(a for a in exporter["command"] if a.startswith("--extend.query-path="))
+    path = Path(query_path.split("=", 1)[1])
+    [mount] = [m for m in exporter["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    [volume] = [v for v in pod_spec(members)["volumes"] if v["name"] == mount["name"]]
+    for overlay in OVERLAYS:
+        cm = one(rendered[overlay], "ConfigMap", volume["configMap"]["name"])
+        assert cm["data"][path.name].encode() == local, overlay
+    # One file: the local environment's path is a link to the one kustomize reads.
+    assert configs.EXPORTER_QUERIES.resolve() == BASE_DIR / "postgres-exporter-queries.yaml"
+
+
+def _scrape_configs(objects: list[Obj]) -> list[Obj]:
+    config = yaml.safe_load(one(objects, "ConfigMap", "prometheus")["data"]["prometheus.yml"])
+    jobs: list[Obj] = config["scrape_configs"]
+    return jobs
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_scrapes_every_exporter(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    """Every exporter container is scraped: by its pod's annotations, or by a job keeping its
+    port's name."""
+    objects = rendered[overlay]
+    by_port_name = {
+        rule["regex"]
+        for job in _scrape_configs(objects)
+        for rule in job.get("relabel_configs", [])
+        if rule.get("action") == "keep"
+        and rule.get("source_labels") == ["__meta_kubernetes_pod_container_port_name"]
+    }
+    exporters = 0
+    for w in of_kind(objects, *WORKLOADS):
+        annotations = w["spec"]["template"]["metadata"].get("annotations", {})
+        for c in containers(w, init=False):
+            if "exporter" not in " ".join([c["name"], *c.get("command", [])]):
+                continue
+            exporters += 1
+            ports = c.get("ports", [])
+            scraped = [
+                p
+                for p in ports
+                if p.get("name") in by_port_name
+                or str(p["containerPort"]) == annotations.get("prometheus.io/port")
+            ]
+            assert scraped, (w["metadata"]["name"], c["name"])
+    assert exporters == 2  # postgres_exporter beside each member, redis_exporter beside each node
+    [postgres] = [j for j in _scrape_configs(objects) if j["job_name"] == "postgres"]
+    labels = {r.get("target_label") for r in postgres["relabel_configs"]}
+    assert "member" in labels  # as the local job labels its targets
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_locust_workers_scale_apart_from_the_master(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    workers = one(objects, "Deployment", "locust-worker")
+    fleet = _fleet(objects)
+    # The master waits for WORKERS workers; each runs ARRIVAL_RATE / WORKERS.
+    assert int(fleet["WORKERS"]) == workers["spec"]["replicas"]
+    if overlay == "staging":
+        assert workers["spec"]["replicas"] == 4
+    master = one(objects, "Job", "locust-master")
+    assert master["spec"]["suspend"] is True, "applying an overlay must not start a run"
+    assert master["spec"]["backoffLimit"] == 0, "a run is never silently run twice"
+    assert pod_spec(master)["restartPolicy"] == "Never"
+
+
+def _fleet(objects: list[Obj]) -> dict[str, str]:
+    """The fleet's options (locust-fleet, merged by the overlay)."""
+    fleet = one(objects, "ConfigMap", _generated(objects, "ConfigMap", "locust-fleet"))
+    data: dict[str, str] = fleet["data"]
+    return data
+
+
+def _generated(objects: list[Obj], kind: str, name: str) -> str:
+    """The name kustomize gave generator `name` (with or without its hash suffix)."""
+    [found] = [n for n in _names(objects, kind) if n == name or n.rsplit("-", 1)[0] == name]
+    return found
+
+
+def _fleet_command(objects: list[Obj], kind: str, name: str) -> list[str]:
+    [c] = pod_spec(one(objects, kind, name))["containers"]
+    command: list[str] = c["command"]
+    return command
+
+
+def _options(command: list[str]) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in command if a.startswith("--") and "=" in a)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_fleet_runs_cwh_load_from_the_one_image(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    master = _fleet_command(objects, "Job", "locust-master")
+    worker = _fleet_command(objects, "Deployment", "locust-worker")
+    # The image has the project under PYTHONPATH and its venv, no console script.
+    for command in (master, worker):
+        assert command[:4] == ["/opt/cwh/venv/bin/python", "-m", "cwh.cli", "load"]
+    assert "--master" in master
+    assert "--worker" in worker
+    m, w = _options(master), _options(worker)
+    assert m["master-bind-host"] == "0.0.0.0"
+    assert m["master-port"] == w["master-port"] == "5557"
+    assert w["master-host"] == "locust-master"
+    assert m["expect-workers"] == "$(WORKERS)"
+    # Every worker runs the master's fleet: the same options, from the same ConfigMap.
+    shared = ("target", "ca-file", "users", "duration", "shape", "mix", "spawn-rate")
+    for option in (*shared, "arrival-rate"):
+        assert m[option] == w[option], option
+    fleet = _fleet(objects)
+    for value in m.values():
+        for var in [v.split(")")[0] for v in value.split("$(")[1:]]:
+            assert var in fleet or var == "POD_NAME", var
+    # Each has its own work directory; nothing is shared but the master's port.
+    for kind, name in (("Job", "locust-master"), ("Deployment", "locust-worker")):
+        spec = pod_spec(one(objects, kind, name))
+        work = [v for v in spec["volumes"] if v["name"] == "work"]
+        assert work == [{"name": "work", "emptyDir": {}}], name
+    # The master's options exist in `cwh load` today (the fleet-specific ones are item 1's).
+    from cwh.cli import build_parser
+
+    known = {
+        s
+        for a in build_parser()._subparsers._group_actions[0].choices["load"]._actions
+        for s in a.option_strings
+    }
+    fleet_only = {
+        "--master",
+        "--worker",
+        "--expect-workers",
+        "--master-bind-host",
+        "--master-host",
+        "--master-port",
+    }
+    for command in (master, worker):
+        for arg in command[4:]:
+            assert arg.split("=")[0] in known | fleet_only, arg
+
+
+def test_the_image_holds_locust_and_the_fleets_code() -> None:
+    from env import images
+
+    pins = images.requirements()
+    assert "locust==" in pins
+    for package in ("cwh", "scenarios", "slo"):
+        assert package in images.CODE
+    files = images.context_files()
+    assert "src/scenarios/locustfile.py" in files
+    assert "src/cwh/cli.py" in files
+    # The gate reads every definition, Sloth's .yml among them.
+    assert any(f.startswith("src/slo/definitions/") and f.endswith(".yml") for f in files)
+
+
+# --- the HPAs' metrics APIs and the namespaces -------------------------------------------------
+
+
+def _api_services(objects: list[Obj]) -> dict[str, Obj]:
+    return {a["spec"]["group"]: a for a in of_kind(objects, "APIService")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_hpa_metric_has_an_api_that_serves_it(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Resource metrics from metrics-server (kind's; staging's cluster has its own), external
+    ones from prometheus-adapter, each APIService backed by a Service that selects a
+    Deployment."""
+    objects = rendered[overlay]
+    services = {
+        (s["metadata"]["namespace"], s["metadata"]["name"]) for s in of_kind(objects, "Service")
+    }
+    apis = _api_services(objects)
+    needed = {
+        {"Resource": "metrics.k8s.io", "External": "external.metrics.k8s.io"}[m["type"]]
+        for h in of_kind(objects, "HorizontalPodAutoscaler")
+        for m in h["spec"]["metrics"]
+    }
+    assert needed == {"metrics.k8s.io", "external.metrics.k8s.io"}
+    provided = needed if overlay == "kind" else needed - {"metrics.k8s.io"}
+    assert set(apis) == provided
+    for api in apis.values():
+        ref = api["spec"]["service"]
+        assert (ref["namespace"], ref["name"]) in services, api["metadata"]["name"]
+        assert api["metadata"]["name"] == f"{api['spec']['version']}.{api['spec']['group']}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_adapter_serves_the_worker_hpas_metric_from_this_prometheus(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    adapter = one(objects, "Deployment", "prometheus-adapter")
+    [c] = pod_spec(adapter)["containers"]
+    args = dict(a[2:].split("=", 1) for a in c["args"])
+    # Prometheus of this overlay's namespace, on its Service's port.
+    prometheus = one(objects, "Service", "prometheus")
+    port = prometheus["spec"]["ports"][0]["port"]
+    ns = prometheus["metadata"]["namespace"]
+    assert ns == NAMESPACE[overlay]
+    assert args["prometheus-url"] == f"http://prometheus.{ns}.svc:{port}/"
+    # The rule: the file under the components folder, mounted where --config points.
+    config_path = Path(args["config"])
+    [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == str(config_path.parent)]
+    [volume] = [v for v in pod_spec(adapter)["volumes"] if v["name"] == mount["name"]]
+    cm = one(objects, "ConfigMap", volume["configMap"]["name"])
+    assert cm["metadata"]["namespace"] == "kube-system"
+    source = manifests.DEPLOY_DIR / "components" / "prometheus-adapter" / "adapter-config.yaml"
+    assert cm["data"][config_path.name] == source.read_text()
+    [rule] = yaml.safe_load(source.read_text())["externalRules"]
+    [metric] = [
+        m["external"]["metric"]["name"]
+        for m in one(objects, "HorizontalPodAutoscaler", "worker")["spec"]["metrics"]
+        if m["type"] == "External"
+    ]
+    assert rule["name"]["as"] == metric == "cloudwatcher_queue_depth"
+    series = rule["name"]["matches"].strip("^$")
+    assert rule["seriesQuery"].startswith(series + "{")
+    # The max over the workers' identical gauges, never the sum.
+    assert rule["metricsQuery"].startswith("max(")
+    # The gauge exists, with that name, in the worker.
+    worker_source = (manifests.PROJECT_ROOT / "reference_impl" / "worker.py").read_text()
+    assert f'Gauge("{series}"' in worker_source
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_add_ons_stay_in_kube_system_and_the_rest_in_the_overlays_namespace(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    add_ons = {"metrics-server", "prometheus-adapter"}
+    for o in objects:
+        meta = o["metadata"]
+        if o["kind"] in ("Namespace", "APIService") or o["kind"].startswith("Cluster"):
+            assert "namespace" not in meta, manifests.name_of(o)
+            continue
+        part_of_add_on = meta.get("labels", {}).get("app.kubernetes.io/name") in add_ons
+        expected = "kube-system" if part_of_add_on else NAMESPACE[overlay]
+        assert meta["namespace"] == expected, manifests.name_of(o)
+    # Bindings name their ServiceAccounts where those live.
+    accounts = {
+        (a["metadata"]["namespace"], a["metadata"]["name"])
+        for a in of_kind(objects, "ServiceAccount")
+    }
+    for b in of_kind(objects, "RoleBinding", "ClusterRoleBinding"):
+        for subject in b["subjects"]:
+            if (
+                subject["kind"] == "ServiceAccount"
+                and subject["name"] != "horizontal-pod-autoscaler"
+            ):
+                assert (subject["namespace"], subject["name"]) in accounts, b["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_can_discover_what_its_config_discovers(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Debian's Prometheus (the one image's) is built without Kubernetes service discovery and
+    refuses a config with `kubernetes_sd_configs`; the cluster's runs upstream's image."""
+    objects = rendered[overlay]
+    uses_kubernetes_sd = any("kubernetes_sd_configs" in j for j in _scrape_configs(objects))
+    assert uses_kubernetes_sd
+    [c] = pod_spec(one(objects, "Deployment", "prometheus"))["containers"]
+    assert c["image"] != STACK_IMAGE[overlay]
+    assert c["image"].startswith("quay.io/prometheus/prometheus:v2.")
+
+
+def test_the_readmes_adapter_rule_is_the_config_file() -> None:
+    """deploy/base/README.md explains the rule it quotes: the quote is the file's rule."""
+    readme = (BASE_DIR / "README.md").read_text()
+    block = readme.split("```yaml\nexternalRules:", 1)[1].split("```", 1)[0]
+    quoted = yaml.safe_load("externalRules:" + block)
+    source = manifests.DEPLOY_DIR / "components" / "prometheus-adapter" / "adapter-config.yaml"
+    assert quoted == yaml.safe_load(source.read_text())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_can_be_ready_without_a_running_master(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """The master Job is suspended between runs: a worker's readiness must not need it, or no
+    rollout of the workers (surge 1, unavailable 0) could ever finish."""
+    [c] = pod_spec(one(rendered[overlay], "Deployment", "locust-worker"))["containers"]
+    probe = " ".join(c["readinessProbe"]["exec"]["command"])
+    assert "create_connection" not in probe
+    assert 'getaddrinfo("locust-master"' in probe
