@@ -637,7 +637,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fl.add_argument("--spawn-rate", type=float, default=10.0)
     fl.add_argument("--shape", default="steady")
-    fl.add_argument("--workers", type=int, default=1)
+    fl.add_argument(
+        "--workers",
+        "--expect-workers",
+        dest="workers",
+        type=int,
+        default=1,
+        help="Locust worker processes: here, or (--master, --worker) the fleet's, started apart",
+    )
     fl.add_argument("--mix", default="ios=60,android=40")
     fl.add_argument(
         "--arrival-rate",
