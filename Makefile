@@ -93,10 +93,14 @@ EXPERIMENT ?=
 chaos: deps
 	@if [ -z "$(EXPERIMENT)" ]; then $(CWH) chaos list; else $(CWH) chaos run $(EXPERIMENT); fi
 
-# A game day: one experiment of each kind in turn (EXPERIMENTS="a b" for others), one report.
+# A game day: one experiment of each kind in turn (EXPERIMENTS="a b" for others), one report;
+# PLAN=gameday.yaml for a plan (repeats, jitter, fleet, weights: examples/gameday.yaml);
+# RESUME=reports/<folder> runs what an interrupted game day had left.
 EXPERIMENTS ?=
+PLAN ?=
+RESUME ?=
 gameday: deps
-	@$(CWH) chaos gameday $(EXPERIMENTS)
+	@$(CWH) chaos gameday $(if $(PLAN),--plan $(PLAN)) $(if $(RESUME),--resume $(RESUME)) $(EXPERIMENTS)
 
 chaos-stop: deps
 	@$(CWH) chaos stop

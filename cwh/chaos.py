@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from cwh.fleet import INTERRUPTED as INTERRUPTED_EXIT
 from cwh.fleet import point_latest
+from cwh.gameday import DONE, Day, Plan, Trial, score, trials
 from cwh.gate import GateOptions, check
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.process import wait_until
@@ -40,6 +43,8 @@ from slo.sources import RunData, Window
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = ROOT / "experiments"
+#: The background fleet's shape, for start_fleet (experiments/activities/fleet/actions.py).
+FLEET_SHAPE_VAR = "CWH_CHAOS_SHAPE"
 #: `make gameday`: one experiment of each kind, the cheapest first.
 GAMEDAY = [
     "kill-api",
@@ -74,6 +79,7 @@ class ChaosOptions:
     fleet_s: the fleet's duration in seconds (0: the experiment's default).
     gate: run the SLO gate on the run.
     reports: where the run folder is made.
+    shape: the background fleet's load shape (one of scenarios.profiles.SHAPE_NAMES).
     """
 
     experiment: str
@@ -81,6 +87,7 @@ class ChaosOptions:
     fleet_s: int = 0
     gate: bool = True
     reports: Path = Path("reports")
+    shape: str = "steady"
 
 
 def catalogue() -> dict[str, dict[str, Any]]:
@@ -166,7 +173,8 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     proc = subprocess.Popen(
         _chaos_command(exp["path"], out, _var_file(chaos_settings, opts)),
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # The fleet's shape reaches start_fleet (every experiment starts its fleet alike).
+        env={**os.environ, "PYTHONPATH": str(ROOT), FLEET_SHAPE_VAR: opts.shape},
     )
     _wait_through_interrupts(proc, console)
     # Whatever happened inside (even a second Ctrl-C during the rollbacks): nothing stays on.
@@ -383,6 +391,11 @@ def _wait_steady(exp: dict[str, Any], settings: EnvSettings, console: Console) -
     return True
 
 
+#: Set when Ctrl-C reached a running experiment (its rollbacks then played): a game day stops
+#: after that trial and keeps it to run again.
+INTERRUPTS = threading.Event()
+
+
 def _wait_through_interrupts(proc: subprocess.Popen[bytes], console: Console) -> None:
     """Wait for the experiment; Ctrl-C reaches it too (same process group) and it plays its
     rollbacks: wait for those rather than leave the system broken."""
@@ -391,6 +404,7 @@ def _wait_through_interrupts(proc: subprocess.Popen[bytes], console: Console) ->
             proc.wait()
             return
         except KeyboardInterrupt:
+            INTERRUPTS.set()
             console.print("[yellow]interrupted: the experiment is playing its rollbacks…[/yellow]")
             try:
                 proc.wait(ROLLBACK_GRACE_S)
@@ -759,40 +773,94 @@ def _running_experiments(running: Path) -> dict[str, Path | None]:
     return found
 
 
-def gameday(names: list[str], opts: ChaosOptions, console: Console, settings: EnvSettings) -> int:
-    """Run experiments one after another; stop at the first that leaves the system unhealthy.
-    Writes `reports/<UTC>-gameday/gameday.md` with one line per experiment."""
+def new_day(plan: Plan, reports: Path) -> Day:
+    """A game day's folder, `reports/<UTC>-gameday[-<plan name>]`, and its trials, saved."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    folder = (opts.reports / f"{stamp}-gameday").resolve()
+    suffix = "" if plan.name == "gameday" else f"-{plan.name}"
+    folder = (reports / f"{stamp}-gameday{suffix}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    worst = 0
-    for name in names:
-        code, out = run(
-            ChaosOptions(name, opts.users, opts.fleet_s, opts.gate, opts.reports), console, settings
-        )
-        chaos = (
-            json.loads((out / "chaos.json").read_text())
-            if out and (out / "chaos.json").exists()
-            else None
-        )
-        rows.append((name, code, out, chaos))
+    day = Day(folder, plan, trials(plan))
+    day.save()
+    return day
+
+
+def gameday(day: Day, console: Console, settings: EnvSettings) -> int:
+    """Run the day's pending trials in turn, each into the day's folder; stop at the first that
+    leaves the system unhealthy, or at Ctrl-C (the trial's rollbacks play first, and it stays
+    pending: `cwh chaos gameday --resume FOLDER` runs it again). Writes `gameday.md`,
+    `gameday.json` (trials, exit codes, folders, the resilience score) and `report.html`.
+    Exit code: the worst trial's; 130 when interrupted."""
+    plan, folder = day.plan, day.folder
+    worst, interrupted = 0, False
+    first = True
+    for trial in day.pending():
+        try:
+            if trial.pause_s and not first:
+                with console.status(f"jitter: {trial.pause_s:g} s before {trial.experiment}"):
+                    time.sleep(trial.pause_s)  # the plan's random pause, not a synchronisation
+            first = False
+            INTERRUPTS.clear()
+            code, out = run(
+                ChaosOptions(
+                    trial.experiment, plan.users, plan.fleet_s, plan.gate, folder, plan.shape
+                ),
+                console,
+                settings,
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+            break
+        if INTERRUPTS.is_set():
+            # The trial's rollbacks ran; what it measured is half a trial. Run again on resume.
+            trial.folder = os.path.relpath(out, folder) if out else None
+            interrupted = True
+            day.save()
+            break
+        trial.status, trial.code = DONE, code
+        trial.folder = os.path.relpath(out, folder) if out else None
+        day.save()
         worst = max(worst, code)
         restored = out / "restored-after.json" if out else None
         if out is None or not (restored and json.loads(restored.read_text()).get("healthy")):
             console.print("[red]game day stopped[/red]: the system is not whole again")
             break
+    day.save()
+    _write_gameday(day, settings, console)
+    if interrupted:
+        console.print(
+            f"[yellow]game day interrupted[/yellow]: {len(day.pending())} trial(s) to go; "
+            f"resume with `cwh chaos gameday --resume {folder}`"
+        )
+        return INTERRUPTED_EXIT
+    return worst
+
+
+def _trial_label(day: Day, trial: Trial) -> str:
+    repeats = {i.name: i.repeats for i in day.plan.items}
+    return trial.experiment + (f" #{trial.index}" if repeats.get(trial.experiment, 1) > 1 else "")
+
+
+def _write_gameday(day: Day, settings: EnvSettings, console: Console) -> None:
+    """The day's table (terminal, `gameday.md`), `gameday.json` and the page."""
+    folder = day.folder
+    done = [t for t in day.trials if t.status == DONE]
     table = Table(title="game day")
     for col in ("experiment", "result", "RTO write", "RTO read", "RTO notify", "RPO", "lost"):
         table.add_column(col)
     lines = [
-        "# Game day",
+        f"# Game day {folder.name}",
         "",
         "| experiment | result | RTO write | RTO read | RTO notification | RPO | lost | report |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, code, out, chaos in rows:
-        result = {0: "pass", 1: "FAIL", 2: "inconclusive"}.get(code, str(code))
+    for trial in done:
+        out = folder / trial.folder if trial.folder else None
+        chaos = (
+            json.loads((out / "chaos.json").read_text())
+            if out and (out / "chaos.json").exists()
+            else None
+        )
+        result = {0: "pass", 1: "FAIL", 2: "inconclusive"}.get(trial.code or 0, str(trial.code))
         rto = (chaos or {}).get("rto_s", {})
         cells = [
             _fmt(rto.get("write")),
@@ -801,28 +869,46 @@ def gameday(names: list[str], opts: ChaosOptions, console: Console, settings: En
             _fmt((chaos or {}).get("rpo_s", {}).get("max")),
             str((chaos or {}).get("lost", "-")),
         ]
-        table.add_row(name, result, *cells)
-        rel = os.path.relpath(out / "chaos.md", folder) if out else "-"
-        lines.append(f"| {name} | {result} | {' | '.join(cells)} | {rel} |")
+        label = _trial_label(day, trial)
+        table.add_row(label, result, *cells)
+        rel = f"{trial.folder}/chaos.md" if trial.folder else "-"
+        lines.append(f"| {label} | {result} | {' | '.join(cells)} | {rel} |")
+    result_score = score(day.plan, done)
+    pending = day.pending()
+    lines += [
+        "",
+        f"**Resilience score: {_fmt_score(result_score['score'])}** "
+        "(weighted share of trials that passed, per experiment; cwh/gameday.py says why)",
+    ]
+    if pending:
+        lines.append(
+            f"\n{len(pending)} trial(s) not run: resume with `cwh chaos gameday --resume`."
+        )
     console.print(table)
+    console.print(f"resilience score: [bold]{_fmt_score(result_score['score'])}[/bold]")
     write_atomic(folder / "gameday.md", "\n".join(lines) + "\n")
     console.print(f"game day report: {folder / 'gameday.md'}")
-    _write_gameday_html(folder, rows, settings, console)
-    return worst
-
-
-def _write_gameday_html(
-    folder: Path,
-    rows: list[tuple[str, int, Path | None, Any]],
-    settings: EnvSettings,
-    console: Console,
-) -> None:
-    """`gameday.json` (which experiments ran, their exit codes and folders), then the page."""
+    entries = [
+        {
+            "experiment": _trial_label(day, t),
+            "trial": t.index,
+            "code": t.code,
+            "folder": t.folder,
+        }
+        for t in done
+    ]
+    doc = {
+        "experiments": entries,
+        "plan": day.plan.to_json(),
+        "score": result_score,
+        "pending": len(pending),
+    }
+    write_atomic(folder / "gameday.json", json.dumps(doc, indent=2))
     from cwh.report import try_write_html
 
-    plan = [
-        {"experiment": name, "code": code, "folder": os.path.relpath(out, folder) if out else None}
-        for name, code, out, _ in rows
-    ]
-    (folder / "gameday.json").write_text(json.dumps({"experiments": plan}, indent=2))
     try_write_html(folder, f"http://127.0.0.1:{settings.ports.prometheus}", console)
+    point_latest(folder)
+
+
+def _fmt_score(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} %"

@@ -734,6 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument(
         "experiments", nargs="*", help="names (default: one of each kind, see cwh.chaos.GAMEDAY)"
     )
+    gd.add_argument("--plan", help="a game-day plan (YAML: experiments, repeats, jitter, fleet)")
+    gd.add_argument("--resume", help="a game day's folder: run the trials it has not run yet")
     gd.add_argument("--users", type=int, default=0)
     gd.add_argument("--fleet-s", type=int, default=0)
     gd.add_argument("--no-gate", action="store_true")
@@ -805,10 +807,32 @@ def chaos_run(args: argparse.Namespace) -> int:
 
 
 def chaos_gameday(args: argparse.Namespace) -> int:
-    from cwh.chaos import GAMEDAY, gameday
+    from cwh.chaos import GAMEDAY, catalogue, gameday, new_day
+    from cwh.gameday import Day, PlanError, load_plan, plan_of_names
+    from scenarios.profiles import SHAPE_NAMES
 
-    names = args.experiments or GAMEDAY
-    return gameday(names, _chaos_options(args, names[0]), console, _settings())
+    if sum(map(bool, (args.plan, args.resume, args.experiments))) > 1:
+        console.print("[red]error:[/red] one of: experiment names, --plan FILE, --resume FOLDER")
+        return 2
+    try:
+        if args.resume:
+            day = Day.load(Path(args.resume).resolve())
+            if not day.pending():
+                console.print(f"{day.folder}: every trial has run; nothing to resume")
+                return 0
+        else:
+            if args.plan:
+                plan = load_plan(Path(args.plan), list(catalogue()), SHAPE_NAMES)
+            else:
+                names = args.experiments or GAMEDAY
+                if unknown := [n for n in names if n not in catalogue()]:
+                    raise PlanError(f"no experiment {', '.join(unknown)} (cwh chaos list)")
+                plan = plan_of_names(names, args.users, args.fleet_s, not args.no_gate)
+            day = new_day(plan, Path(args.reports))
+    except PlanError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    return gameday(day, console, _settings())
 
 
 def chaos_stop(args: argparse.Namespace) -> int:

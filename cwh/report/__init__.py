@@ -96,7 +96,9 @@ def _gameday(folder: Path, prometheus_url: str) -> Report:
     data, reason = _prometheus(folder, url, span)
     local = any(f is not None and build.is_local(f) for _, _, f in runs)
     settings = build.local_settings() if local else []
-    return build.gameday_report(folder, runs, data, reason, build.versions(folder), settings)
+    return build.gameday_report(
+        folder, runs, data, reason, build.versions(folder), settings, plan.get("score")
+    )
 
 
 def write_html(folder: Path, prometheus_url: str = "") -> Path:

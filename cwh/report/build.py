@@ -306,9 +306,11 @@ def gameday_report(
     prom_reason: str,
     versions_: Sequence[tuple[str, str]] = (),
     settings: Sequence[tuple[str, str]] = (),
+    resilience: Mapping[str, Any] | None = None,
 ) -> Report:
     """A game day: one timeline over the whole day (every experiment's operations and faults),
-    a row per experiment, and the SLOs and reconciliation of all of them."""
+    a row per trial, the resilience score per experiment (`cwh/gameday.py`), and the SLOs and
+    reconciliation of all of them."""
     verdicts: list[Verdict] = []
     reasons, steps, rows, slo_rows, listed, events = [], [], [], [], [], []
     ops: list[Operation] = []
@@ -354,12 +356,44 @@ def gameday_report(
         r.axis, r.faults = Axis(*span), faults
         r.charts = ledger_charts(ops, *span) + prom.charts(prom_data, prom_reason)
     head = ("experiment", "verdict", "RTO write", "RTO read", "RTO notification", "RPO", "lost")
+    if resilience:
+        r.facts += _resilience_facts(resilience)
+        r.lead.append(("Resilience", _resilience_table(resilience)))
     r.lead.append(("Experiments", _rows_table(head, rows)))
     r.slo = slo_rows
     r.slo_note = "Each experiment's SLO gate, in the order they ran."
     r.reconciliation = x.reconciliation_facts(totals)
     r.listed = listed
     return r
+
+
+def _resilience_facts(resilience: Mapping[str, Any]) -> list[tuple[str, str]]:
+    value = x.number(resilience.get("score"))
+    facts = [
+        (
+            "resilience score",
+            ("-" if value is None else f"{value:g} %")
+            + " (weighted share of trials that passed, per experiment)",
+        )
+    ]
+    if not_run := resilience.get("not_run"):
+        facts.append(("not run yet", ", ".join(map(str, not_run))))
+    return facts
+
+
+def _resilience_table(resilience: Mapping[str, Any]) -> str:
+    from html import escape
+
+    head = ("experiment", "trials", "passed", "failed", "inconclusive", "weight", "pass rate")
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for name, p in (resilience.get("experiments") or {}).items():
+        rate = x.number(p.get("pass_rate"))
+        status = "pass" if rate == 1 else "fail" if p.get("failed") else "inconclusive"
+        cells = [name, *(str(p.get(k, "-")) for k in head[1:6])]
+        cells.append("-" if rate is None else f"{100 * rate:.0f} %")
+        tds = "".join(f"<td>{escape(c)}</td>" for c in cells)
+        out.append(f'<tr class="{status}">{tds}</tr>')
+    return "".join(out) + "</table>"
 
 
 def _gameday_row(folder: Path, name: str, verdict: Verdict, files: RunFiles) -> Row:

@@ -62,6 +62,9 @@ def start_fleet(
         f"{duration_s:g}",
         "--spawn-rate",
         f"{spawn_rate:g}",
+        # A game day's plan may choose the shape (cwh chaos gameday --plan); steady otherwise.
+        "--shape",
+        os.environ.get("CWH_CHAOS_SHAPE") or "steady",
     ]
     with open(out / "fleet.log", "ab") as log:
         proc = subprocess.Popen(
