@@ -767,10 +767,11 @@ def chaos_run(args: argparse.Namespace) -> int:
 
 
 def chaos_gameday(args: argparse.Namespace) -> int:
-    from cwh.chaos import GAMEDAY, gameday
+    from cwh.chaos import GAMEDAY, KUBE_GAMEDAY, gameday
 
-    names = args.experiments or GAMEDAY
-    return gameday(names, _chaos_options(args, names[0]), console, _settings())
+    settings = _settings()
+    names = args.experiments or (KUBE_GAMEDAY if settings.runtime == "kubernetes" else GAMEDAY)
+    return gameday(names, _chaos_options(args, names[0]), console, settings)
 
 
 def chaos_stop(args: argparse.Namespace) -> int:
