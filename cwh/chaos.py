@@ -417,7 +417,6 @@ def _wait_steady(exp: dict[str, Any], settings: EnvSettings, console: Console) -
         return True
     from experiments.activities.slo.probes import evaluate_slos
 
-    prometheus = harness.prometheus(settings)
     # Holding once is not enough: requests answered just before a check may be scraped only
     # after it (seen: an experiment refused by a p95 of 0.71 s two seconds after this wait saw
     # its SLOs hold, the previous load's last requests arriving in Prometheus meanwhile). So
@@ -427,6 +426,7 @@ def _wait_steady(exp: dict[str, Any], settings: EnvSettings, console: Console) -
 
     def holds() -> bool:
         try:
+            prometheus = harness.prometheus(settings)  # asked each time: it may be starting
             verdicts = evaluate_slos(prometheus, args["names"], args.get("window_s", 30))
         except Exception:  # unknown is not holding: the two checks start over
             held_since.clear()

@@ -1,15 +1,16 @@
 """The Kubernetes API as the experiments reach it on the kubernetes runtime.
 
-One client, made by chaosk8s (`create_k8s_api_client`) from the settings, so our own calls and
-chaosk8s's actions act as the same user on the same cluster; typed calls through the kubernetes
-client; and HTTP to in-cluster Services and pods (Toxiproxy, Prometheus, the services' admin
+Our own calls go through a client loaded from the settings' kubeconfig and context; chaosk8s's
+actions get the same context in their `secrets`; typed calls through the kubernetes client; and
+HTTP to in-cluster Services and pods (Toxiproxy, Prometheus, the services' admin
 endpoints and metrics) through the API server's proxy (`.../services/<name>:<port>/proxy/...`),
 authenticated as the client is, so no port-forward is needed.
 
 chaosk8s reads the kubeconfig from the process's `KUBECONFIG` (and the kubernetes client reads
-that variable once, when it is imported): `connect` refuses to go on when that file is not the
-one the settings name (`CWH_KUBECONFIG`), rather than breaking another cluster than the one
-asked. `cwh chaos run` sets the variable for the `chaos` process it starts.
+that variable once, when it is imported): `secrets_of` refuses to hand chaosk8s anything when
+that file is not the one the settings name (`CWH_KUBECONFIG`), rather than breaking another
+cluster than the one asked. `cwh chaos run` sets the variable for the `chaos` process it
+starts.
 """
 
 from __future__ import annotations
@@ -43,8 +44,22 @@ def kubeconfig_in_use() -> Path:
 
 
 def secrets_of(env: EnvSettings) -> dict[str, str]:
-    """chaosk8s's `secrets`: the context to use, and TLS verified (chaosk8s's default is
-    not to)."""
+    """chaosk8s's `secrets` for the cluster of `env`: the context, and TLS verified (chaosk8s's
+    default is not to).
+
+    Raises:
+        ActivityFailed: chaosk8s would load another kubeconfig than `env.kubeconfig` (it reads
+            the process's `KUBECONFIG`), and so act on another cluster than the one asked.
+    """
+    if env.kubeconfig:
+        wanted = Path(env.kubeconfig).resolve()
+        loaded = kubeconfig_in_use().resolve()
+        if loaded != wanted:
+            raise ActivityFailed(
+                f"CWH_KUBECONFIG is {wanted} but chaosk8s would load {loaded}: it reads the "
+                "KUBECONFIG variable; run through `cwh chaos run` (which sets it) or export "
+                f"KUBECONFIG={wanted}"
+            )
     out = {"KUBERNETES_VERIFY_SSL": "true"}
     if env.kube_context:
         out["KUBERNETES_CONTEXT"] = env.kube_context
@@ -135,26 +150,24 @@ class Kube:
 
 
 def connect(env: EnvSettings) -> Kube:
-    """A client for the cluster and namespace of `env`.
+    """A client for the cluster and namespace of `env`: its kubeconfig and context, loaded
+    explicitly (none named: what chaosk8s loads, `$KUBECONFIG`, `~/.kube/config` or the pod's
+    service account).
 
     Raises:
-        ActivityFailed: the settings are not the kubernetes runtime's, or the kubeconfig the
-            process would load is not `env.kubeconfig`.
+        ActivityFailed: the settings are not the kubernetes runtime's, or the kubeconfig is
+            not there.
     """
     if env.runtime != "kubernetes":
         raise ActivityFailed(f"the {env.runtime} runtime has no Kubernetes API")
-    if env.kubeconfig:
-        wanted = Path(env.kubeconfig).resolve()
-        loaded = kubeconfig_in_use().resolve()
-        if loaded != wanted:
-            raise ActivityFailed(
-                f"CWH_KUBECONFIG is {wanted} but this process loads {loaded}: chaosk8s and "
-                "the kubernetes client read the KUBECONFIG variable; run through `cwh chaos "
-                f"run` (which sets it) or export KUBECONFIG={wanted}"
-            )
-        if not wanted.is_file():
-            raise ActivityFailed(f"CWH_KUBECONFIG={wanted}: no such file")
-    return Kube(env=env, api=chaosk8s.create_k8s_api_client(secrets_of(env)))
+    if not env.kubeconfig:
+        return Kube(env=env, api=chaosk8s.create_k8s_api_client(secrets_of(env)))
+    if not Path(env.kubeconfig).is_file():
+        raise ActivityFailed(f"CWH_KUBECONFIG={env.kubeconfig}: no such file")
+    api = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]  # unannotated
+        config_file=env.kubeconfig, context=env.kube_context or None, persist_config=False
+    )
+    return Kube(env=env, api=api)
 
 
 @dataclass(frozen=True)

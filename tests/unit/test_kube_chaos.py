@@ -365,16 +365,19 @@ def test_environment_healthy_reads_the_workloads_and_the_toxics(
     assert environment_healthy(configuration=s.to_configuration()) is True
 
 
-def test_another_kubeconfig_than_the_settings_name_is_refused(
+def test_chaosk8s_is_refused_another_kubeconfig_than_the_settings_name(
     cluster: tuple[FakeApi, ChaosSettings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from chaoslib.exceptions import ActivityFailed
 
-    from experiments.kube.api import connect
+    from experiments.activities.process.actions import kill_service
 
     api, s = cluster
+    api.on("GET", PODS, pod_list(pod("api-6d9f7c8b5d-a", "uid-a")))
+    # The process would give chaosk8s another kubeconfig (another cluster, maybe).
     other = kubeconfig(tmp_path / "other", api.url)
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(other))
     with pytest.raises(ActivityFailed, match="export KUBECONFIG="):
-        connect(s.env)
-    assert api.calls == []
+        kill_service("api", configuration=s.to_configuration())
+    assert api.called("DELETE") == []  # our client read, chaosk8s never acted
+    assert journal(s) == []
