@@ -381,3 +381,31 @@ def test_chaosk8s_is_refused_another_kubeconfig_than_the_settings_name(
         kill_service("api", configuration=s.to_configuration())
     assert api.called("DELETE") == []  # our client read, chaosk8s never acted
     assert journal(s) == []
+
+
+def test_the_steady_state_reads_the_in_cluster_prometheus_through_the_service_proxy(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    api, s = cluster
+    prom = f"/api/v1/namespaces/{NS}/services/prometheus:9090/proxy"
+    api.on("GET", f"{prom}/-/ready", "Prometheus Server is Ready.\n")
+    vector = {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1764872000, "3"]}]},
+    }
+    api.on("GET", f"{prom}/api/v1/query", vector)
+
+    prometheus = harness.prometheus(s.env)
+    prometheus.check()
+    assert (
+        prometheus.instant(
+            'sum(kube_deployment_status_replicas_available{deployment="api"})', 1764872000.0
+        )
+        == 3.0
+    )
+
+    (query,) = api.called("GET", f"{prom}/api/v1/query")
+    assert query.query["query"] == [
+        'sum(kube_deployment_status_replicas_available{deployment="api"})'
+    ]
+    assert {c.authorization for c in api.calls} == {"Bearer fake-token"}
