@@ -409,3 +409,19 @@ def test_the_steady_state_reads_the_in_cluster_prometheus_through_the_service_pr
         'sum(kube_deployment_status_replicas_available{deployment="api"})'
     ]
     assert {c.authorization for c in api.calls} == {"Bearer fake-token"}
+
+
+def test_cwh_chaos_run_says_so_when_the_clusters_namespace_does_not_answer(
+    cluster: tuple[FakeApi, ChaosSettings], tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from cwh.chaos import ChaosOptions, run
+
+    api, s = cluster  # nothing recorded for the namespace: the API server's 404
+    console = Console(record=True, width=300)
+    code, out = run(ChaosOptions("kill-api", reports=tmp_path / "reports"), console, s.env)
+    assert (code, out) == (2, None)
+    assert f"the cluster's namespace {NS} is not reachable" in console.export_text()
+    assert [c.path for c in api.calls] == [f"/api/v1/namespaces/{NS}"]
+    assert not (tmp_path / "reports").exists()
