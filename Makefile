@@ -9,7 +9,7 @@ ifdef RUNTIME
 export CWH_RUNTIME := $(RUNTIME)
 endif
 
-.PHONY: deps images manifests up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime load slo slo-rules chaos gameday chaos-stop clean
+.PHONY: deps images manifests up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime load slo slo-rules chaos gameday chaos-stop clean kind-up staging-load staging-chaos
 
 deps:
 	@./tools/deps.sh
@@ -24,6 +24,30 @@ images: deps
 # the same checks (tests/unit/test_manifests.py).
 manifests: deps
 	@$(PY) -m env.manifests
+
+# On a machine with kind or a cluster (env/cluster.py; README "Kubernetes"): each target checks
+# what it needs first (kind, docker, a kubeconfig: CWH_KUBECONFIG, else KUBECONFIG, else
+# ~/.kube/config) and names what is missing. DRY_RUN=1 prints the commands and runs nothing.
+KIND_CLUSTER ?= cwh
+OVERLAY ?= staging
+FLEET_WORKERS ?= 0
+CLUSTER_FLAGS = $(if $(DRY_RUN),--dry-run)
+# A kind cluster (three nodes), the image built and loaded onto it, the kind overlay applied,
+# every rollout waited for.
+kind-up: deps
+	@$(PY) -m env.cluster kind-up --name $(KIND_CLUSTER) $(CLUSTER_FLAGS)
+
+# A fleet from inside the cluster (OVERLAY=kind|staging): locust-worker scaled to FLEET_WORKERS
+# (0: the overlay's), the master Job started and waited for, its report folder copied into
+# reports/<UTC>-staging-load, gated on the cluster's Prometheus.
+staging-load: deps
+	@$(PY) -m env.cluster staging-load --overlay $(OVERLAY) --workers $(FLEET_WORKERS) \
+		--users $(USERS) --duration $(DURATION) $(CLUSTER_FLAGS)
+
+# A game day on the kubernetes runtime (EXPERIMENTS="a b", default cwh.chaos.KUBE_GAMEDAY; the
+# phones go to CWH_KUBE_TARGET), then the SLO gate over its window on the cluster's Prometheus.
+staging-chaos: deps
+	@$(PY) -m env.cluster staging-chaos --overlay $(OVERLAY) $(CLUSTER_FLAGS) $(EXPERIMENTS)
 
 up: deps
 	@$(CWH) env up

@@ -36,15 +36,15 @@ from cwh.gate import GateOptions, check
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.process import wait_until
 from env.settings import EnvSettings
-from experiments.settings import ChaosSettings, new_run_dir
+from experiments import harness
+from experiments.activities.fleet.actions import FLEET_OPTIONS
+from experiments.settings import ChaosSettings, new_run_dir, runtimes_of
 from slo.ledger import write_atomic
 from slo.reconcile import EXIT_CODES, worst_exit
 from slo.sources import RunData, Window
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = ROOT / "experiments"
-#: The background fleet's shape, for start_fleet (experiments/activities/fleet/actions.py).
-FLEET_SHAPE_VAR = "CWH_CHAOS_SHAPE"
 #: `make gameday`: one experiment of each kind, the cheapest first.
 GAMEDAY = [
     "kill-api",
@@ -55,6 +55,15 @@ GAMEDAY = [
     "net-pg-latency",
     "pg-kill-primary",
     "rolling-update",
+]
+#: `make gameday` on the kubernetes runtime (`make staging-chaos`): one of each kind it runs.
+KUBE_GAMEDAY = [
+    "kill-api",
+    "kill-worker",
+    "net-pg-latency",
+    "redis-kill-master",
+    "pg-lose-primary-node",
+    "node-drain",
 ]
 #: What gates a chaos run: recovery and data. User-facing latency and availability over a run
 #: built around a fault breach by design (chaos.png shows by how much); the steady-state
@@ -106,8 +115,8 @@ def catalogue() -> dict[str, dict[str, Any]]:
             "slos": tuple(str(n) for n in ext.get("slos", ())),
             # Chaos SLOs the experiment breaches by design (name -> why), left out of its gate.
             "waive": {str(k): str(v) for k, v in (ext.get("waive") or {}).items()},
-            # The runtime its faults need ("" = any): a partition needs containers.
-            "runtime": str(ext.get("runtime", "")),
+            # The runtimes it runs on (a partition needs containers, a drain Kubernetes).
+            "runtimes": runtimes_of(doc),
             "doc": doc,
         }
     return out
@@ -145,23 +154,16 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     exp = exps[opts.experiment]
     # An environment that runs is experimented on with the runtime it really has; a record
     # left by one that no longer runs is `up`'s to clean, and what was asked starts.
-    running = LocalEnvironment(settings)
-    if running.supervisor_status() is not None:
-        settings = running.settings
-    env = LocalEnvironment(settings)
-    if exp["runtime"] and exp["runtime"] != settings.runtime:
-        console.print(
-            f"[red]error:[/red] {opts.experiment} needs the {exp['runtime']} runtime "
-            f"(this environment's is {settings.runtime}): "
-            f"make chaos EXPERIMENT={opts.experiment} RUNTIME={exp['runtime']}"
-        )
+    kubernetes = settings.runtime == "kubernetes"
+    if not kubernetes:
+        running = LocalEnvironment(settings)
+        if running.supervisor_status() is not None:
+            settings = running.settings
+    if settings.runtime not in exp["runtimes"]:
+        console.print(f"[red]error:[/red] {runtime_refusal(opts.experiment, exp, settings)}")
         return 2, None
-    with console.status("bringing the local environment up…"):
-        try:
-            env.up()
-        except EnvironmentStartError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return 2, None
+    if not (_cluster_answers(settings, console) if kubernetes else _up(settings, console)):
+        return 2, None
     if not _wait_steady(exp, settings, console):
         return 2, None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -170,11 +172,13 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     chaos_settings = ChaosSettings(env=settings, run_dir=out)
     console.print(f"[bold]chaos[/bold] {opts.experiment}: {exp['summary']}")
     console.print(f"  run folder {out}")
+    # The fleet's shape reaches start_fleet through the run folder (every experiment starts
+    # its fleet alike, and the experiments' configuration is the environment's).
+    write_atomic(out / FLEET_OPTIONS, json.dumps({"shape": opts.shape}))
     proc = subprocess.Popen(
         _chaos_command(exp["path"], out, _var_file(chaos_settings, opts)),
         cwd=ROOT,
-        # The fleet's shape reaches start_fleet (every experiment starts its fleet alike).
-        env={**os.environ, "PYTHONPATH": str(ROOT), FLEET_SHAPE_VAR: opts.shape},
+        env=_chaos_environ(settings),
     )
     _wait_through_interrupts(proc, console)
     # Whatever happened inside (even a second Ctrl-C during the rollbacks): nothing stays on.
@@ -210,7 +214,7 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
             GateOptions(
                 run=out,
                 window=window,
-                prometheus_url=env.state().urls["prometheus"],
+                prometheus_url=_prometheus_url(settings),
                 only=(*(n for n in CHAOS_SLOS if n not in exp["waive"]), *exp["slos"]),
             ),
             console,
@@ -224,7 +228,7 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     plot_timeline(out)
     from cwh.report import try_write_html
 
-    try_write_html(out, f"http://127.0.0.1:{settings.ports.prometheus}", console)
+    try_write_html(out, _prometheus_url(settings), console)
     point_latest(out)
     status = journal.get("status", "missing")
     deviated = bool(journal.get("deviated"))
@@ -256,6 +260,67 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
         return 1, out
     waived = "requests-lost" in exp["waive"]
     return worst_exit(gate_code if opts.gate else 0, _reconciliation_code(out, waived)), out
+
+
+def runtime_refusal(name: str, exp: dict[str, Any], settings: EnvSettings) -> str:
+    """Why `name` does not run on this environment's runtime, and how to run it."""
+    wanted = exp["runtimes"]
+    how = (
+        "make kind-up, then make staging-chaos EXPERIMENTS=" + name
+        if wanted[0] == "kubernetes"
+        else f"make chaos EXPERIMENT={name} RUNTIME={wanted[0]}"
+    )
+    return (
+        f"{name} needs the {' or '.join(wanted)} runtime "
+        f"(this environment's is {settings.runtime}): {how}"
+    )
+
+
+def _up(settings: EnvSettings, console: Console) -> bool:
+    """The local environment up (started, or found running); False, said, when it fails."""
+    with console.status("bringing the local environment up…"):
+        try:
+            LocalEnvironment(settings).up()
+        except EnvironmentStartError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return False
+    return True
+
+
+def _cluster_answers(settings: EnvSettings, console: Console) -> bool:
+    """On the kubernetes runtime: the API server answers and the namespace exists (`up` does
+    not start a cluster); False, said, when not."""
+    from experiments.kube.api import connect
+
+    try:
+        connect(settings).core.read_namespace(settings.namespace)
+    except Exception as exc:  # any failure to reach it is the same answer: nothing to test
+        console.print(
+            f"[red]error:[/red] the cluster's namespace {settings.namespace} is not reachable "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}): "
+            "check CWH_KUBECONFIG, CWH_KUBE_CONTEXT and CWH_NAMESPACE (make kind-up applies "
+            "the manifests)"
+        )
+        return False
+    return True
+
+
+def _chaos_environ(settings: EnvSettings) -> dict[str, str]:
+    """The `chaos` process's environment: ours, the project importable, and on the kubernetes
+    runtime `KUBECONFIG` from the settings (chaosk8s reads the kubeconfig from there)."""
+    out = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if settings.runtime == "kubernetes" and settings.kubeconfig:
+        out["KUBECONFIG"] = settings.kubeconfig
+    return out
+
+
+def _prometheus_url(settings: EnvSettings) -> str:
+    """The local environment's Prometheus for the gate and the report; "" on the kubernetes
+    runtime, where it sits behind the API server (the chaos gate's SLOs need none; `cwh slo
+    check --prometheus` through `kubectl proxy` judges the cluster: make staging-chaos)."""
+    if settings.runtime == "kubernetes":
+        return ""
+    return f"http://127.0.0.1:{settings.ports.prometheus}"
 
 
 def failed_activities(journal: dict[str, Any]) -> list[str]:
@@ -361,7 +426,6 @@ def _wait_steady(exp: dict[str, Any], settings: EnvSettings, console: Console) -
         return True
     from experiments.activities.slo.probes import evaluate_slos
 
-    env = LocalEnvironment(settings)
     # Holding once is not enough: requests answered just before a check may be scraped only
     # after it (seen: an experiment refused by a p95 of 0.71 s two seconds after this wait saw
     # its SLOs hold, the previous load's last requests arriving in Prometheus meanwhile). So
@@ -371,7 +435,8 @@ def _wait_steady(exp: dict[str, Any], settings: EnvSettings, console: Console) -
 
     def holds() -> bool:
         try:
-            verdicts = evaluate_slos(env, args["names"], args.get("window_s", 30))
+            prometheus = harness.prometheus(settings)  # asked each time: it may be starting
+            verdicts = evaluate_slos(prometheus, args["names"], args.get("window_s", 30))
         except Exception:  # unknown is not holding: the two checks start over
             held_since.clear()
             raise
@@ -906,7 +971,7 @@ def _write_gameday(day: Day, settings: EnvSettings, console: Console) -> None:
     write_atomic(folder / "gameday.json", json.dumps(doc, indent=2))
     from cwh.report import try_write_html
 
-    try_write_html(folder, f"http://127.0.0.1:{settings.ports.prometheus}", console)
+    try_write_html(folder, _prometheus_url(settings), console)
     point_latest(folder)
 
 

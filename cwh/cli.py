@@ -807,13 +807,14 @@ def chaos_run(args: argparse.Namespace) -> int:
 
 
 def chaos_gameday(args: argparse.Namespace) -> int:
-    from cwh.chaos import GAMEDAY, catalogue, gameday, new_day
+    from cwh.chaos import GAMEDAY, KUBE_GAMEDAY, catalogue, gameday, new_day
     from cwh.gameday import Day, PlanError, load_plan, plan_of_names
     from scenarios.profiles import SHAPE_NAMES
 
     if sum(map(bool, (args.plan, args.resume, args.experiments))) > 1:
         console.print("[red]error:[/red] one of: experiment names, --plan FILE, --resume FOLDER")
         return 2
+    settings = _settings()
     try:
         if args.resume:
             day = Day.load(Path(args.resume).resolve())
@@ -824,7 +825,8 @@ def chaos_gameday(args: argparse.Namespace) -> int:
             if args.plan:
                 plan = load_plan(Path(args.plan), list(catalogue()), SHAPE_NAMES)
             else:
-                names = args.experiments or GAMEDAY
+                default = KUBE_GAMEDAY if settings.runtime == "kubernetes" else GAMEDAY
+                names = args.experiments or default
                 if unknown := [n for n in names if n not in catalogue()]:
                     raise PlanError(f"no experiment {', '.join(unknown)} (cwh chaos list)")
                 plan = plan_of_names(names, args.users, args.fleet_s, not args.no_gate)
@@ -832,7 +834,7 @@ def chaos_gameday(args: argparse.Namespace) -> int:
     except PlanError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    return gameday(day, console, _settings())
+    return gameday(day, console, settings)
 
 
 def chaos_stop(args: argparse.Namespace) -> int:

@@ -334,7 +334,15 @@ class LocalEnvironment:
 
         Raises:
             EnvironmentStartError: a component did not come up; what was started is stopped.
+                Also on the kubernetes runtime, which `up` does not start.
         """
+        if self.requested.runtime == "kubernetes":
+            raise EnvironmentStartError(
+                "runtime",
+                "",
+                "the kubernetes runtime is a cluster the manifests were applied to "
+                "(make kind-up, or make staging-chaos): `up` does not start it",
+            )
         self._preflight()
         status = self.supervisor_status()
         if self.settings.runtime != self.requested.runtime:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +24,12 @@ class SettingsError(ValueError):
     """A `CWH_*` variable has a value the environment cannot use; the message names it."""
 
 
-#: What can run the replicas (`EnvSettings.runtime`).
-RUNTIMES = ("local", "containers")
+#: What can run the replicas (`EnvSettings.runtime`). `kubernetes` is a cluster the manifests
+#: of `deploy/` were applied to (`make kind-up`): `up` does not start it, experiments act on
+#: it through the Kubernetes API (`experiments/kube/`).
+RUNTIMES = ("local", "containers", "kubernetes")
+#: A namespace's name: an RFC 1123 label, as the API server checks it.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 #: Replica slots of the scalable services: each has its ports (`Ports.api(1..10)`, ...).
 SERVICE_SLOTS = {"api": 10, "hub": 6, "worker": 20, "scheduler": 2}
@@ -263,6 +268,16 @@ class EnvSettings:
         container_cpu_scale, container_memory_scale: each container's CPU and memory limit as
             a share of the seed's pod limit (2 CPU, 2 GiB): 0.5 gives 1 CPU and 1 GiB, so no
             replica can take all of a 2-core machine, and an OOM is a replica's own.
+        kubeconfig: the kubernetes runtime's kubeconfig file, an absolute path ("" = what
+            kubectl and chaosk8s use by themselves: `$KUBECONFIG`, else `~/.kube/config`).
+            chaosk8s reads it from the process's `KUBECONFIG`, so `cwh chaos run` sets that
+            variable from this one, and a bare `chaos run` must export the same file.
+        kube_context: the kubeconfig's context to use ("" = its current context).
+        namespace: the namespace the overlay was applied to (`deploy/overlays/kind`:
+            `cloudwatcher`, `staging`: `cloudwatcher-staging`).
+        kube_target: the system's public URL as phones reach it on the kubernetes runtime (the
+            Ingress, e.g. `https://cloudwatcher.staging.example`): where an experiment's fleet
+            sends its phones. "" = no fleet can start (the experiment says so).
     """
 
     base_port: int = 17000
@@ -301,6 +316,10 @@ class EnvSettings:
     container_subnet: str = ""
     container_cpu_scale: float = 0.5
     container_memory_scale: float = 0.5
+    kubeconfig: str = ""
+    kube_context: str = ""
+    namespace: str = "cloudwatcher"
+    kube_target: str = ""
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65535 - 10000 - PORT_SPAN:
@@ -386,6 +405,30 @@ class EnvSettings:
         ):
             if not 0.05 <= value <= 4:
                 raise SettingsError(f"{PREFIX}{name}={value:g}: 0.05 to 4")
+        self._check_kubernetes()
+
+    def _check_kubernetes(self) -> None:
+        if self.runtime == "kubernetes" and self.standby_of:
+            raise SettingsError(
+                f"{PREFIX}STANDBY_OF={self.standby_of}: a second region runs on the local "
+                "runtime only"
+            )
+        if not _DNS_LABEL.match(self.namespace):
+            raise SettingsError(
+                f"{PREFIX}NAMESPACE={self.namespace!r}: a namespace's name (lower-case letters, "
+                "digits and '-', at most 63, starting and ending with a letter or digit)"
+            )
+        if self.kube_context != self.kube_context.strip() or "\n" in self.kube_context:
+            raise SettingsError(f"{PREFIX}KUBE_CONTEXT={self.kube_context!r}: a context's name")
+        if self.kube_target and not self.kube_target.startswith(("http://", "https://")):
+            raise SettingsError(f"{PREFIX}KUBE_TARGET={self.kube_target!r}: an http(s) URL")
+        if not self.kubeconfig:
+            return
+        path = Path(self.kubeconfig)
+        if not path.is_absolute():
+            raise SettingsError(f"{PREFIX}KUBECONFIG={self.kubeconfig}: must be an absolute path")
+        if self.runtime == "kubernetes" and not path.is_file():
+            raise SettingsError(f"{PREFIX}KUBECONFIG={self.kubeconfig}: no such file")
 
     def _check_standby(self) -> None:
         if abs(self.standby_of - self.base_port) < PORT_SPAN:
@@ -562,4 +605,8 @@ class EnvSettings:
             container_memory_scale=float(
                 str(get("CONTAINER_MEMORY_SCALE", float, cls.container_memory_scale))
             ),
+            kubeconfig=str(get("KUBECONFIG", str, cls.kubeconfig)),
+            kube_context=str(get("KUBE_CONTEXT", str, cls.kube_context)),
+            namespace=str(get("NAMESPACE", str, cls.namespace)),
+            kube_target=str(get("KUBE_TARGET", str, cls.kube_target)),
         )

@@ -16,7 +16,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from env.local import LocalEnvironment
 from env.settings import EnvSettings
 from experiments.pg_failover import wait_healthy
 from experiments.settings import ChaosSettings, Configuration, new_run_dir
+from slo.sources import Prometheus
 
 log = logging.getLogger("cwh.chaos")
 
@@ -71,6 +73,56 @@ def environment(s: ChaosSettings) -> LocalEnvironment:
     return LocalEnvironment(s.env)
 
 
+@dataclass(frozen=True)
+class FaultApi:
+    """The Toxiproxy API experiments drive: the local fault proxy (or `CWH_TOXIPROXY_URL`),
+    or on the kubernetes runtime the in-cluster Toxiproxy through the API server's service
+    proxy, with the session that authenticates there.
+
+    Attributes:
+        url: the API's root, no trailing slash.
+        session: what requests go through.
+        names: a proxy's name in the experiments (the local environment's) -> its name on
+            this Toxiproxy, where they differ.
+    """
+
+    url: str
+    session: requests.Session = field(default_factory=requests.Session)
+    names: Mapping[str, str] = field(default_factory=dict)
+
+    def proxy_url(self, proxy: str) -> str:
+        return f"{self.url}/proxies/{self.names.get(proxy, proxy)}"
+
+
+#: The in-cluster Toxiproxy (`deploy/base/toxiproxy.yaml`): its Service, API port, and the
+#: proxies it names otherwise than the local environment.
+KUBE_TOXIPROXY = ("toxiproxy", 8474)
+KUBE_PROXY_NAMES = {"postgres-write": "pg-write", "postgres-read": "pg-read"}
+#: The in-cluster Prometheus (`deploy/base/prometheus.yaml`): its Service and port.
+KUBE_PROMETHEUS = ("prometheus", 9090)
+
+
+def fault_api(s: ChaosSettings) -> FaultApi:
+    """The Toxiproxy API of the runtime."""
+    if s.env.runtime != "kubernetes":
+        return FaultApi(s.env.fault_api_url)
+    from experiments.kube.api import connect
+
+    kube = connect(s.env)
+    return FaultApi(kube.service_url(*KUBE_TOXIPROXY), kube.session(), KUBE_PROXY_NAMES)
+
+
+def prometheus(env: EnvSettings) -> Prometheus:
+    """The environment's Prometheus (on the kubernetes runtime: the in-cluster one, through
+    the API server's service proxy)."""
+    if env.runtime != "kubernetes":
+        return Prometheus(LocalEnvironment(env).state().urls["prometheus"])
+    from experiments.kube.api import connect
+
+    kube = connect(env)
+    return Prometheus(kube.service_url(*KUBE_PROMETHEUS), session=kube.session())
+
+
 def child_environ(env: EnvSettings, **extra: str) -> dict[str, str]:
     """The whole environment of a `cwh` child process (the fleet): the settings as `CWH_*`
     variables (its edge), this interpreter's folder on the PATH, the project importable, and
@@ -92,6 +144,11 @@ def service_metric(s: ChaosSettings, component: str, name: str, /, **labels: str
 def scrape_sum(port: int, name: str, /, **labels: str) -> float:
     """The sum of the samples `name` whose labels include `labels`, from 127.0.0.1:port."""
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return metric_sum(text, name, **labels)
+
+
+def metric_sum(text: str, name: str, /, **labels: str) -> float:
+    """The sum of the samples `name` whose labels include `labels`, in a `/metrics` text."""
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -153,25 +210,41 @@ def restore_all(s: ChaosSettings, wait_s: float = 120, stop_fleet: bool = False)
 
     Every step runs whatever the others did (best effort): one that fails is recorded under
     `errors` (step -> what went wrong) and logged, never raised. `healthy` is the environment's
-    health at the end (False when it could not be established)."""
+    health at the end (False when it could not be established). On the kubernetes runtime,
+    the steps of `experiments.kube.health.restore_steps`."""
+    steps = _kube_steps(s) if s.env.runtime == "kubernetes" else _local_steps(s)
+    if stop_fleet:
+        steps.insert(0, ("fleet_stopped", lambda: _stop_fleet(s)))
+    if wait_s > 0:
+        steps.append(("healthy", lambda: _wait_whole(s, wait_s)))
+    return _run_steps(steps)
+
+
+def _local_steps(s: ChaosSettings) -> list[tuple[str, Callable[[], Any]]]:
+    """`restore_all`'s steps on the local and containers runtimes."""
     env = environment(s)
-    steps: list[tuple[str, Callable[[], Any]]] = [
+    return [
         ("pressure_stopped", lambda: _stop_pressure(s)),
         # Before anything that asks the environment: after a region loss nothing of it runs.
         ("region_restored", lambda: _restore_lost_region(s)),
-        ("toxics_reset", lambda: _reset_toxics(env)),
+        ("toxics_reset", lambda: reset_toxics(fault_api(s) if s.env.fault_proxy else None)),
         # Partitions healed, frozen containers thawed, limits put back (containers runtime).
         ("containers_restored", lambda: _restore_containers(s)),
         ("cluster_restored", lambda: _restore_lost_cluster(env)),
         ("released", lambda: _release_held(env)),
         ("knobs_reset", lambda: _reset_service_admin(env, "knobs")),
         ("planted_reset", lambda: _reset_service_admin(env, "planted")),
-        ("faults_closed", lambda: _close_open_faults(s)),
+        ("faults_closed", lambda: close_open_faults(s)),
     ]
-    if stop_fleet:
-        steps.insert(0, ("fleet_stopped", lambda: _stop_fleet(s)))
-    if wait_s > 0:
-        steps.append(("healthy", lambda: _wait_whole(s, wait_s)))
+
+
+def _kube_steps(s: ChaosSettings) -> list[tuple[str, Callable[[], Any]]]:
+    from experiments.kube.health import restore_steps
+
+    return restore_steps(s)
+
+
+def _run_steps(steps: list[tuple[str, Callable[[], Any]]]) -> dict[str, Any]:
     done: dict[str, Any] = {"errors": {}}
     interrupted: KeyboardInterrupt | None = None
     for name, step in steps:
@@ -240,13 +313,12 @@ def _restore_containers(s: ChaosSettings) -> dict[str, list[str]] | None:
     return containers.restore_faults(env)
 
 
-def _reset_toxics(env: LocalEnvironment) -> bool | None:
+def reset_toxics(api: FaultApi | None) -> bool | None:
     """Every toxic removed and every proxy enabled, verified; None without a fault proxy."""
-    s = env.settings
-    if not s.fault_proxy:
+    if api is None:
         return None
-    requests.post(f"{s.fault_api_url}/reset", timeout=5).raise_for_status()
-    proxies = requests.get(f"{s.fault_api_url}/proxies", timeout=5).json()
+    api.session.post(f"{api.url}/reset", timeout=5).raise_for_status()
+    proxies = api.session.get(f"{api.url}/proxies", timeout=5).json()
     dirty = [n for n, p in proxies.items() if p.get("toxics") or not p.get("enabled", True)]
     if dirty:
         raise RuntimeError(f"still toxic or disabled after the reset: {', '.join(dirty)}")
@@ -313,7 +385,7 @@ def _clean_planted(answer: Any) -> bool:
     )
 
 
-def _close_open_faults(s: ChaosSettings) -> list[str]:
+def close_open_faults(s: ChaosSettings) -> list[str]:
     closed = [f["fault"] for f in open_faults(s)]
     for fault in closed:
         mark(s, "restore", fault, by="restore_all")
@@ -321,6 +393,10 @@ def _close_open_faults(s: ChaosSettings) -> list[str]:
 
 
 def _wait_whole(s: ChaosSettings, wait_s: float) -> bool:
+    if s.env.runtime == "kubernetes":
+        from experiments.kube.health import wait_whole
+
+        return wait_whole(s, wait_s)
     env = environment(s)
     try:
         return wait_healthy(env, wait_s / 2).healthy

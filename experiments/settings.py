@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from env.settings import PREFIX, EnvSettings, SettingsError
+from env.settings import PREFIX, RUNTIMES, EnvSettings, SettingsError
 
 #: The configuration key of the chaos run folder (fault journal, fleet, measurements).
 RUN_DIR_KEY = "cwh_chaos_run_dir"
@@ -138,6 +138,26 @@ class ChaosSettings:
             out[config_key(field.name)] = str(value) if isinstance(value, Path) else value
         out[RUN_DIR_KEY] = str(self.run_dir)
         return out
+
+
+#: The runtimes an experiment runs on when it names none: those of the project's supervisor,
+#: whose processes and containers the activities act on (`cwh env status`).
+SUPERVISED_RUNTIMES = ("local", "containers")
+
+
+def runtimes_of(experiment: Mapping[str, Any]) -> tuple[str, ...]:
+    """The runtimes an experiment (its parsed YAML) declares it runs on: its `cwh`
+    extension's `runtimes` (`[containers]` for a partition, `[local, containers, kubernetes]`
+    for a pod kill, `[kubernetes]` for a node drain), else `SUPERVISED_RUNTIMES`.
+
+    Raises:
+        SettingsError: `runtimes` names a runtime that does not exist."""
+    cwh = [e for e in experiment.get("extensions") or [] if e.get("name") == "cwh"]
+    ext: Mapping[str, Any] = cwh[0] if cwh else {}
+    declared = tuple(str(r) for r in ext.get("runtimes") or SUPERVISED_RUNTIMES)
+    if unknown := [r for r in declared if r not in RUNTIMES]:
+        raise SettingsError(f"runtimes: {', '.join(unknown)}: not one of {', '.join(RUNTIMES)}")
+    return declared
 
 
 def new_run_dir(name: str = "", reports: Path = Path("reports")) -> Path:

@@ -71,17 +71,25 @@ def parse_time(text: str) -> float:
 class Prometheus:
     """Instant and range queries over the window."""
 
-    def __init__(self, url: str, timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 15.0, session: requests.Session | None = None
+    ) -> None:
+        """`session`: what requests go through (one that authenticates, to reach a
+        Prometheus behind the Kubernetes API server's service proxy); default a plain one."""
         self.url = url.rstrip("/")
+        self.session = session or requests.Session()
         # Few retries: an unreachable Prometheus must fail the gate quickly and clearly.
         self.client = PrometheusConnect(
-            self.url, disable_ssl=False, retry=Retry(total=1, backoff_factor=0.2)
+            self.url,
+            disable_ssl=False,
+            retry=Retry(total=1, backoff_factor=0.2),
+            session=self.session,
         )
         self.timeout_s = timeout_s
 
     def check(self) -> None:
         try:
-            ok = requests.get(f"{self.url}/-/ready", timeout=self.timeout_s).status_code == 200
+            ok = self.session.get(f"{self.url}/-/ready", timeout=self.timeout_s).status_code == 200
         except requests.RequestException as exc:
             raise SourceUnavailable(f"Prometheus at {self.url} is unreachable: {exc}") from None
         if not ok:

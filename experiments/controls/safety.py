@@ -5,8 +5,9 @@ Declared in every experiment (`controls`), with arguments:
     max_failed_share, max_hurt_s: interrupt when at least this share of the phones' operations
         failed over the last 10 s, for longer than `max_hurt_s` (users badly hurt);
     max_fault_s: interrupt when a fault has been injected for longer than this;
-and always interrupts when the stop file exists (`cwh chaos stop`). Its settings come from the
-experiment's `configuration`, as every activity's (`experiments.settings`).
+and always interrupts when the stop file exists (`cwh chaos stop`). It refuses, before anything
+runs, an experiment whose `cwh` extension does not declare the settings' runtime. Its settings
+come from the experiment's `configuration`, as every activity's (`experiments.settings`).
 
 Interrupting sends the experiment's process SIGUSR1, which Chaos Toolkit turns into an
 interruption that still plays the rollbacks; after them, `after_experiment_control` restores
@@ -23,11 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chaoslib.exceptions import InterruptExecution
 from chaoslib.exit import exit_gracefully
 
 from experiments import harness
 from experiments.activities.fleet.probes import LedgerTail, failed_share
-from experiments.settings import ChaosSettings, Configuration
+from experiments.settings import ChaosSettings, Configuration, runtimes_of
 from slo.ledger import Operation, write_atomic
 
 log = logging.getLogger("cwh.chaos.safety")
@@ -111,6 +113,12 @@ def before_experiment_control(
     )
     harness.bare_run_dir(name or "experiment")  # a bare `chaos run`'s folder, named first
     s = harness.settings_of(configuration)
+    if s.env.runtime not in (runtimes := runtimes_of(context)):
+        # A bare `chaos run` of an experiment on a runtime it does not declare: refused up
+        # front, as `cwh chaos run` refuses it, before any fault.
+        raise InterruptExecution(
+            f"{name} needs the {' or '.join(runtimes)} runtime, not {s.env.runtime}"
+        )
     running = harness.running_dir(s.env)
     running.mkdir(parents=True, exist_ok=True)
     if not any(running.iterdir()):

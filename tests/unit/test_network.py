@@ -153,7 +153,7 @@ def test_a_running_environment_keeps_its_runtime_whatever_the_caller_asks(
 CONTAINERS_ONLY = sorted(
     f.stem
     for f in (Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml")
-    if "\n  runtime: containers\n" in f.read_text()
+    if "\n  runtimes: [containers]\n" in f.read_text()
 )
 
 

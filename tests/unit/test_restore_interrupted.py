@@ -26,10 +26,10 @@ def test_an_interrupted_step_leaves_the_others_running(
 
         return run
 
-    monkeypatch.setattr(harness, "_reset_toxics", step("toxics", interrupt=True))
+    monkeypatch.setattr(harness, "reset_toxics", step("toxics", interrupt=True))
     monkeypatch.setattr(harness, "_release_held", step("released"))
     monkeypatch.setattr(harness, "_reset_service_admin", step("admin"))
-    monkeypatch.setattr(harness, "_close_open_faults", step("faults"))
+    monkeypatch.setattr(harness, "close_open_faults", step("faults"))
     monkeypatch.setattr(harness, "_wait_whole", step("healthy"))
     with pytest.raises(KeyboardInterrupt):
         harness.restore_all(ChaosSettings(EnvSettings(), tmp_path), wait_s=30)

@@ -41,12 +41,15 @@ def start_fleet(
     one gets its results late by its own doing, which the notification path's RTO must not
     blame on the fault). `global_entry`: the phones use the run's second region's global entry
     point (`region.json`, from `standby_region_up`), as phones do in a region failover. The
-    fleet gets the environment's settings from the configuration."""
+    fleet gets the environment's settings from the configuration; on the kubernetes runtime
+    its phones go to `cwh_kube_target` (the cluster's Ingress)."""
     s = harness.settings_of(configuration)
     out = harness.run_dir(s)
     extra = {"CWH_OFFLINE_CHANCE": f"{offline_chance:g}"}
     if global_entry:
         extra.update(_through_global_entry(s))
+    if s.env.runtime == "kubernetes":
+        extra.update(_through_ingress(s))
     # `cwh load` on the local environment, into the run folder; the chaos run gates it later.
     cmd = [
         sys.executable,
@@ -64,7 +67,7 @@ def start_fleet(
         f"{spawn_rate:g}",
         # A game day's plan may choose the shape (cwh chaos gameday --plan); steady otherwise.
         "--shape",
-        os.environ.get("CWH_CHAOS_SHAPE") or "steady",
+        fleet_shape(out),
     ]
     with open(out / "fleet.log", "ab") as log:
         proc = subprocess.Popen(
@@ -93,6 +96,16 @@ def start_fleet(
     return {"pid": proc.pid, "users": users, "duration_s": duration_s}
 
 
+#: In the run folder, the fleet's options that `cwh chaos run` was given beyond the
+#: experiment's own (a game-day plan's shape): `{"shape": "storm"}`.
+FLEET_OPTIONS = "fleet-options.json"
+
+
+def fleet_shape(out: Path) -> str:
+    path = out / FLEET_OPTIONS
+    return str(json.loads(path.read_text()).get("shape") or "steady") if path.exists() else "steady"
+
+
 def _through_global_entry(s: ChaosSettings) -> dict[str, str]:
     """`cwh load`'s target variables for phones that go through the second region's global
     entry point: its URL, the CA both regions share, the (shared) registration secret."""
@@ -108,6 +121,22 @@ def _through_global_entry(s: ChaosSettings) -> dict[str, str]:
         "CA_FILE": str(status.tls_certificate),
         "REGISTRATION_SECRET": status.registration_secret or "",
     }
+
+
+def _through_ingress(s: ChaosSettings) -> dict[str, str]:
+    """`cwh load`'s target variables on the kubernetes runtime: the Ingress's URL and the
+    registration secret the cluster's API pods hold (Secret `cloudwatcher-api`)."""
+    from chaoslib.exceptions import ActivityFailed
+
+    from experiments.kube.api import connect, secret_value
+
+    if not s.env.kube_target:
+        raise ActivityFailed(
+            "no fleet on the kubernetes runtime without CWH_KUBE_TARGET (cwh_kube_target): "
+            "the URL phones reach the cluster's Ingress at"
+        )
+    secret = secret_value(connect(s.env), "cloudwatcher-api", "registration-secret")
+    return {"TARGET": s.env.kube_target, "REGISTRATION_SECRET": secret}
 
 
 def stop_fleet(

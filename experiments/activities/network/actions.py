@@ -1,6 +1,7 @@
-"""Network faults through the Toxiproxy API (the local fault proxy, or a real Toxiproxy at
-the configuration's `cwh_toxiproxy_url`): toxics and disabled proxies, each recorded in the
-fault journal.
+"""Network faults through the Toxiproxy API (the local fault proxy, a real Toxiproxy at the
+configuration's `cwh_toxiproxy_url`, or on the kubernetes runtime the in-cluster Toxiproxy
+through the API server's service proxy: `experiments.harness.fault_api`): toxics and disabled
+proxies, each recorded in the fault journal.
 
 Proxies of the local environment: postgres-write, postgres-read, redis0..N, llm, sharepoint,
 gdrive, and pg<m>-replication (the link the standbys stream from when pg<m> is primary).
@@ -13,13 +14,19 @@ from typing import Any
 import requests
 
 from experiments import harness
-from experiments.settings import Configuration
+from experiments.settings import ChaosSettings, Configuration
 
 
 def _check(resp: requests.Response, what: str) -> Any:
     if not resp.ok:
         raise RuntimeError(f"{what}: Toxiproxy answered {resp.status_code} {resp.text.strip()}")
     return resp.json() if resp.content else None
+
+
+def _set_enabled(s: ChaosSettings, proxy: str, enabled: bool) -> Any:
+    api = harness.fault_api(s)
+    resp = api.session.post(api.proxy_url(proxy), json={"enabled": enabled}, timeout=5)
+    return _check(resp, proxy)
 
 
 def add_toxic(
@@ -34,7 +41,7 @@ def add_toxic(
 ) -> dict[str, Any]:
     """Add a toxic (latency, bandwidth, timeout, reset_peer, slow_close, slicer, limit_data)."""
     s = harness.settings_of(configuration)
-    api = s.env.fault_api_url
+    api = harness.fault_api(s)
     body: dict[str, Any] = {
         "name": name or f"{toxic_type}_{stream}",
         "type": toxic_type,
@@ -42,7 +49,8 @@ def add_toxic(
         "toxicity": toxicity,
         "attributes": attributes or {},
     }
-    toxic = _check(requests.post(f"{api}/proxies/{proxy}/toxics", json=body, timeout=5), proxy)
+    resp = api.session.post(f"{api.proxy_url(proxy)}/toxics", json=body, timeout=5)
+    toxic = _check(resp, proxy)
     harness.mark(s, "inject", f"toxic-{proxy}-{body['name']}", proxy=proxy, toxic=toxic)
     return {"proxy": proxy, **toxic}
 
@@ -50,7 +58,8 @@ def add_toxic(
 def remove_toxic(proxy: str, name: str, *, configuration: Configuration) -> bool:
     """Remove a toxic; true when it was there."""
     s = harness.settings_of(configuration)
-    resp = requests.delete(f"{s.env.fault_api_url}/proxies/{proxy}/toxics/{name}", timeout=5)
+    api = harness.fault_api(s)
+    resp = api.session.delete(f"{api.proxy_url(proxy)}/toxics/{name}", timeout=5)
     harness.mark(s, "restore", f"toxic-{proxy}-{name}")
     return resp.status_code == 204
 
@@ -58,16 +67,14 @@ def remove_toxic(proxy: str, name: str, *, configuration: Configuration) -> bool
 def disable_proxy(proxy: str, *, configuration: Configuration) -> dict[str, Any]:
     """Stop the proxy: every connection through it dropped, new ones refused (a partition)."""
     s = harness.settings_of(configuration)
-    url = f"{s.env.fault_api_url}/proxies/{proxy}"
-    out = _check(requests.post(url, json={"enabled": False}, timeout=5), proxy)
+    out = _set_enabled(s, proxy, False)
     harness.mark(s, "inject", f"partition-{proxy}", proxy=proxy)
     return dict(out)
 
 
 def enable_proxy(proxy: str, *, configuration: Configuration) -> dict[str, Any]:
     s = harness.settings_of(configuration)
-    url = f"{s.env.fault_api_url}/proxies/{proxy}"
-    out = _check(requests.post(url, json={"enabled": True}, timeout=5), proxy)
+    out = _set_enabled(s, proxy, True)
     harness.mark(s, "restore", f"partition-{proxy}")
     return dict(out)
 

@@ -55,8 +55,18 @@ def lose_primary_node(
     down_s: float = 60, timeout_s: float = 60, *, configuration: Configuration
 ) -> dict[str, Any]:
     """Lose the primary node: SIGKILL its Patroni (and so its postgres) and keep it down for
-    `down_s` (bounded by the supervisor's hold); the leader key must expire first."""
+    `down_s` (bounded by the supervisor's hold); the leader key must expire first.
+
+    On the kubernetes runtime, the primary's pod deleted at once (grace 0) through chaosk8s,
+    returning once another member's pod is labelled primary and Ready
+    (`experiments.kube.members.delete_pg_primary`); its StatefulSet starts it again at once, so
+    `down_s` does not apply."""
     s = harness.settings_of(configuration)
+    if s.env.runtime == "kubernetes":
+        from experiments.kube.api import connect
+        from experiments.kube.members import delete_pg_primary
+
+        return delete_pg_primary(s, connect(s.env), timeout_s)
     result = _kill(s, KILL_PATRONI, timeout_s)
     # KILL_PATRONI holds the node 300 s (the failover tests' choice): shorten it to `down_s`.
     harness.environment(s).hold(result["name"], down_s)

@@ -41,9 +41,15 @@ def kill_service(
         mid_job: for workers: wait (up to `wait_busy_s`) until the replica is processing a job,
             so the kill interrupts one (its claim must expire and another worker finish it).
 
-    Returns what was killed: component, pid, and when.
+    Returns what was killed: component, pid, and when. On the kubernetes runtime, a pod of
+    the role deleted through chaosk8s (`experiments.kube.pods.kill_service`): its name, uid
+    and node instead of a pid.
     """
     s = harness.settings_of(configuration)
+    if s.env.runtime == "kubernetes":
+        from experiments.kube.pods import kill_service as kill_pod_of
+
+        return kill_pod_of(s, role, which, mid_job, wait_busy_s)
     rows = [r for r in service_rows(role, configuration=configuration) if r.healthy]
     if which == "leader":
         name = leader_scheduler(configuration=configuration)
@@ -77,8 +83,12 @@ def kill_service(
 def wait_restarted(timeout_s: float = 60, *, configuration: Configuration) -> list[dict[str, Any]]:
     """Wait until the supervisor restarted every killed service (the open `kill-` faults of the
     run) and each is healthy again (api and hub: back in the load balancer); marks them
-    restored."""
+    restored. On the kubernetes runtime: each killed pod replaced by a new Ready one."""
     s = harness.settings_of(configuration)
+    if s.env.runtime == "kubernetes":
+        from experiments.kube.pods import wait_restarted as wait_replaced
+
+        return wait_replaced(s, timeout_s)
     env = harness.environment(s)
     out = []
     for fault in harness.open_faults(s):

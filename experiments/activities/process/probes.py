@@ -23,5 +23,11 @@ def leader_scheduler(*, configuration: Configuration) -> str:
 
 
 def environment_healthy(*, configuration: Configuration) -> bool:
-    """Every component healthy and no fault left injected."""
-    return harness.environment(harness.settings_of(configuration)).state().healthy
+    """Every component healthy and no fault left injected (on the kubernetes runtime: every
+    Deployment and StatefulSet Ready and up to date, no toxic, every proxy enabled)."""
+    s = harness.settings_of(configuration)
+    if s.env.runtime == "kubernetes":
+        from experiments.kube.health import problems
+
+        return not problems(s)
+    return harness.environment(s).state().healthy

@@ -19,8 +19,17 @@ def kill_master(
     node: str = "", down_s: float = 30, timeout_s: float = 30, *, configuration: Configuration
 ) -> dict[str, Any]:
     """SIGKILL a master (`node` like "redis0", default the first master) and keep it down for
-    `down_s`; returns once its replica is master and the cluster state is ok."""
+    `down_s`; returns once its replica is master and the cluster state is ok.
+
+    On the kubernetes runtime, the master's pod deleted at once (grace 0) through chaosk8s
+    (`experiments.kube.members.delete_redis_master`); its StatefulSet starts it again at once,
+    so `down_s` does not apply."""
     s = harness.settings_of(configuration)
+    if s.env.runtime == "kubernetes":
+        from experiments.kube.api import connect
+        from experiments.kube.members import delete_redis_master
+
+        return delete_redis_master(s, connect(s.env), node, timeout_s)
     env = harness.environment(s)
     before = masters_in(env.state())
     name = node or sorted(before)[0]

@@ -8,7 +8,6 @@ import math
 import time
 from typing import Any
 
-from env.local import LocalEnvironment
 from experiments import harness
 from experiments.settings import ChaosSettings, Configuration
 from slo.definitions import DEFAULT_DIR, load
@@ -47,17 +46,17 @@ def slo_verdicts(
     seconds): "holds again" is judged on what came after, not on the fault itself."""
     s = harness.settings_of(configuration)
     recovered = recovered_at(s) if after_recovery else None
-    return evaluate_slos(harness.environment(s), names, window_s, recovered)
+    return evaluate_slos(harness.prometheus(s.env), names, window_s, recovered)
 
 
 def evaluate_slos(
-    env: LocalEnvironment, names: list[str], window_s: float, recovered: float | None = None
+    prometheus: Prometheus, names: list[str], window_s: float, recovered: float | None = None
 ) -> dict[str, dict[str, Any]]:
-    """`slo_verdicts` on `env`, the faults over at `recovered` (wall clock; None: no fault)."""
+    """`slo_verdicts` from `prometheus` (`experiments.harness.prometheus`: the runtime's), the
+    faults over at `recovered` (wall clock; None: no fault)."""
     by_name = {s.name: s for s in load(DEFAULT_DIR)}
     if missing := sorted(set(names) - set(by_name)):
         raise ValueError(f"no such SLO: {', '.join(missing)} (see slo/definitions/)")
-    prometheus = Prometheus(env.state().urls["prometheus"])
     now = time.time()
     start = now - window_s
     if recovered is not None:

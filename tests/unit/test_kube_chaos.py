@@ -1,0 +1,427 @@
+"""The chaos activities on the kubernetes runtime, against the real kubernetes client and
+chaosk8s talking HTTP to a fake API server that replays recorded responses (`fake_kube`): the
+calls made, their label selectors, the waits (a replacement Ready only on the Nth poll), the
+evictions a PodDisruptionBudget refuses, and the restore."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.config import kube_config
+
+from env.settings import EnvSettings
+from experiments import harness
+from experiments.settings import ChaosSettings
+from tests.unit.fake_kube import NS, FakeApi, fixture, kubeconfig, not_found, pod, pod_list, serve
+
+PODS = f"/api/v1/namespaces/{NS}/pods"
+TOXIPROXY = f"/api/v1/namespaces/{NS}/services/toxiproxy:8474/proxy"
+API = "app.kubernetes.io/component=api"
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[FakeApi, ChaosSettings]]:
+    """The fake API server, and chaos settings of the kubernetes runtime pointing at it."""
+    with serve() as api:
+        config = kubeconfig(tmp_path / "kubeconfig", api.url)
+        # What `cwh chaos run` gives the `chaos` process (the kubernetes client reads the
+        # variable when it is imported, before any test: set both as a fresh process has them).
+        monkeypatch.setenv("KUBECONFIG", str(config))
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(config))
+        env = EnvSettings(
+            base_port=21200,
+            run_dir=tmp_path / "env",
+            runtime="kubernetes",
+            kubeconfig=str(config),
+            namespace=NS,
+        )
+        yield api, ChaosSettings(env=env, run_dir=tmp_path / "run")
+
+
+def journal(s: ChaosSettings) -> list[dict[str, Any]]:
+    return harness.fault_journal(s)
+
+
+def one_node(api: FakeApi) -> None:
+    """The recorded node `cwh-worker`, alone in the cluster: listed, and patched."""
+    node = fixture("node.json")
+    api.on(
+        "GET",
+        "/api/v1/nodes",
+        {"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": [node]},
+    )
+    api.on("PATCH", "/api/v1/nodes/cwh-worker", node)
+
+
+def list_selectors(api: FakeApi, path: str = PODS) -> list[str]:
+    return [c.query.get("labelSelector", [""])[0] for c in api.called("GET", path)]
+
+
+def test_a_killed_api_pod_is_gone_by_uid_and_replaced_by_a_new_ready_one(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.activities.process.actions import kill_service, wait_restarted
+
+    api, s = cluster
+    a, b, c = (pod(f"api-6d9f7c8b5d-{x}", f"uid-{x}") for x in "abc")
+    new_starting = pod("api-6d9f7c8b5d-d", "uid-d", ready=False)
+    new_ready = pod("api-6d9f7c8b5d-d", "uid-d")
+    # Three lists before the kill (ours to pick, ours to remember the uids, chaosk8s's to
+    # select), then the replacement starting for two polls and Ready on the third.
+    api.on("GET", PODS, *[pod_list(a, b, c)] * 3, pod_list(new_starting, b, c))
+    api.on("GET", PODS, pod_list(new_starting, b, c), pod_list(new_ready, b, c))
+    terminating = {**a, "metadata": {**a["metadata"], "deletionTimestamp": "2026-12-04T18:20:00Z"}}
+    api.on("DELETE", f"{PODS}/api-6d9f7c8b5d-a", terminating)
+    api.on("GET", f"{PODS}/api-6d9f7c8b5d-a", terminating, not_found("api-6d9f7c8b5d-a"))
+
+    killed = kill_service("api", configuration=s.to_configuration())
+
+    assert killed["component"] == "api-6d9f7c8b5d-a"
+    assert killed["uid"] == "uid-a"
+    (delete,) = api.called("DELETE")
+    assert delete.body["gracePeriodSeconds"] == 0  # a crash, not a shutdown
+    assert len(api.called("GET", f"{PODS}/api-6d9f7c8b5d-a")) == 2  # terminating, then gone
+    lists_before = len(api.called("GET", PODS))
+
+    (back,) = wait_restarted(configuration=s.to_configuration())
+
+    assert back["pod"] == "api-6d9f7c8b5d-d"
+    assert back["uid"] == "uid-d"
+    assert back["ready"]
+    assert len(api.called("GET", PODS)) - lists_before == 3  # Ready only on the third poll
+    assert set(list_selectors(api)) == {API}
+    assert {c.authorization for c in api.calls} == {"Bearer fake-token"}
+    inject, restore = journal(s)
+    assert (inject["event"], inject["fault"], inject["uid"]) == (
+        "inject",
+        "kill-api-6d9f7c8b5d-a",
+        "uid-a",
+    )
+    assert inject["uids_before"] == ["uid-a", "uid-b", "uid-c"]
+    assert (restore["event"], restore["uid"]) == ("restore", "uid-d")
+
+
+def test_a_kill_waits_for_a_worker_busy_with_a_job(cluster: tuple[FakeApi, ChaosSettings]) -> None:
+    from experiments.activities.process.actions import kill_service
+
+    api, s = cluster
+    w = pod("worker-5f6d7c8b9a-a", "uid-w", component="worker")
+    api.on("GET", PODS, pod_list(w))
+    metrics = f"{PODS}/worker-5f6d7c8b9a-a:8080/proxy/metrics"
+    idle = "# TYPE cw_jobs_in_flight gauge\ncw_jobs_in_flight 0.0\n"
+    busy = "# TYPE cw_jobs_in_flight gauge\ncw_jobs_in_flight 1.0\n"
+    api.on("GET", metrics, idle, idle, busy)
+    api.on("DELETE", f"{PODS}/worker-5f6d7c8b9a-a", w)
+    api.on("GET", f"{PODS}/worker-5f6d7c8b9a-a", not_found("worker-5f6d7c8b9a-a"))
+
+    kill_service("worker", mid_job=True, configuration=s.to_configuration())
+
+    assert len(api.called("GET", metrics)) == 3  # killed on the scrape that saw a job
+    assert api.calls.index(api.called("DELETE")[0]) > api.calls.index(api.called("GET", metrics)[2])
+
+
+def test_the_postgresql_primary_pod_is_deleted_and_another_member_promoted(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.activities.postgres.actions import lose_primary_node
+    from experiments.kube.members import PG_PRIMARY, PG_SELECTOR
+
+    api, s = cluster
+
+    def member(i: int, role: str, uid: str = "", ready: bool = True) -> dict[str, Any]:
+        return pod(
+            f"cloudwatcher-pg-{i}",
+            uid or f"pg-{i}",
+            component="postgresql",
+            ready=ready,
+            owner="StatefulSet",
+            role=role,
+            **{"cluster-name": "cloudwatcher-pg"},
+        )
+
+    pg0, pg1, pg2 = member(0, "master"), member(1, "replica"), member(2, "replica")
+    api.on("GET", PODS, pod_list(pg0), selector=PG_PRIMARY)
+    # While the leader lock expires nobody is primary; then pg1 takes it, starting, then Ready.
+    api.on(
+        "GET",
+        PODS,
+        pod_list(),
+        pod_list(),
+        pod_list(member(1, "master", ready=False)),
+        selector=PG_PRIMARY,
+    )
+    api.on("GET", PODS, pod_list(member(1, "master")), selector=PG_PRIMARY)
+    api.on("GET", PODS, pod_list(pg0, pg1, pg2), selector=PG_SELECTOR)
+    api.on("DELETE", f"{PODS}/cloudwatcher-pg-0", pg0)
+    # The StatefulSet brings the name back at once: a new uid tells the pod died.
+    api.on("GET", f"{PODS}/cloudwatcher-pg-0", member(0, "replica", uid="pg-0-new", ready=False))
+
+    out = lose_primary_node(configuration=s.to_configuration())
+
+    assert (out["name"], out["new_primary"]) == ("cloudwatcher-pg-0", "cloudwatcher-pg-1")
+    selectors = list_selectors(api)
+    assert selectors.count(PG_PRIMARY) == 1 + 4  # the pick, then Ready primary on the 4th poll
+    assert selectors.count(PG_SELECTOR) == 2  # the uids remembered, chaosk8s's selection
+    assert PG_PRIMARY == (
+        "app.kubernetes.io/component=postgresql,cluster-name=cloudwatcher-pg,"
+        "role in (master,primary)"
+    )
+    (inject,) = journal(s)
+    assert (inject["fault"], inject["uid"], inject["role"]) == (
+        "pod-delete-cloudwatcher-pg-0",
+        "pg-0",
+        "primary",
+    )
+
+
+def test_a_redis_master_pod_is_deleted_and_its_replica_serves_its_slots(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.activities.redis.actions import kill_master
+
+    api, s = cluster
+    nodes = [
+        pod(f"redis-cluster-{i}", f"redis-{i}", component="redis", owner="StatefulSet")
+        for i in range(6)
+    ]
+    reborn = pod(
+        "redis-cluster-0", "redis-0-new", component="redis", ready=False, owner="StatefulSet"
+    )
+    api.on("GET", PODS, *[pod_list(*nodes)] * 3, pod_list(reborn, *nodes[1:]))
+    api.on("DELETE", f"{PODS}/redis-cluster-0", nodes[0])
+    api.on("GET", f"{PODS}/redis-cluster-0", reborn)
+    ok = "cluster_state:ok\r\ncluster_slots_assigned:16384\r\n"
+    api.on_exec("redis-cluster-0", fixture("redis-cluster-nodes-before.txt"), ok)
+    api.on_exec(
+        "redis-cluster-1",
+        fixture("redis-cluster-nodes-failing-over.txt"),
+        "cluster_state:fail\r\n",
+        fixture("redis-cluster-nodes-after.txt"),
+        ok,
+    )
+
+    out = kill_master(configuration=s.to_configuration())
+
+    assert (out["killed"], out["pod"], out["uid"]) == ("redis0", "redis-cluster-0", "redis-0")
+    assert out["masters_after"] == ["redis1", "redis2", "redis4"]
+    execs = api.called("GET", f"{PODS}/redis-cluster-1/exec")
+    assert len(execs) == 4  # promoted on the second look (two commands a look)
+    command = execs[0].query["command"]
+    assert command[:2] == ["sh", "-c"]
+    assert command[2].endswith("cluster nodes")
+    assert execs[0].query["container"] == ["redis"]
+    assert set(list_selectors(api)) == {"app.kubernetes.io/component=redis"}
+
+
+def test_a_drain_waits_out_a_budget_refusal_then_evicts_and_the_rollback_uncordons(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.activities.node.actions import drain_node, uncordon_nodes
+
+    api, s = cluster
+    one_node(api)
+    a = pod("api-6d9f7c8b5d-a", "uid-a")
+    hub = pod("hub-7c8d9e0f1a-a", "uid-h", component="hub")
+    api.on("GET", PODS, pod_list(a), selector=API)
+    api.on("GET", "/api/v1/pods", pod_list(a, hub))
+    refused = (429, fixture("status-eviction-refused.json"))
+    created = (201, fixture("status-created.json"))
+    api.on("POST", f"{PODS}/api-6d9f7c8b5d-a/eviction", refused, created)
+    api.on("POST", f"{PODS}/hub-7c8d9e0f1a-a/eviction", created)
+    api.on("GET", f"{PODS}/api-6d9f7c8b5d-a", not_found("api-6d9f7c8b5d-a"))
+    api.on("GET", f"{PODS}/hub-7c8d9e0f1a-a", not_found("hub-7c8d9e0f1a-a"))
+
+    out = drain_node(configuration=s.to_configuration())
+
+    assert out["node"] == "cwh-worker"
+    assert len(out["refused_evictions"]) == 1
+    assert "disruption budget" in out["refused_evictions"][0]
+    evictions = [c for c in api.called("POST") if c.path.endswith("/eviction")]
+    assert [c.path.split("/")[-2] for c in evictions] == [
+        "api-6d9f7c8b5d-a",  # refused: the budget
+        "api-6d9f7c8b5d-a",  # allowed on the next try
+        "hub-7c8d9e0f1a-a",
+    ]
+    # chaosk8s's V1Eviction carries no kind (the API server defaults it for this subresource).
+    assert evictions[0].body["metadata"] == {"name": "api-6d9f7c8b5d-a", "namespace": NS}
+    assert "deleteOptions" in evictions[0].body
+    on_node = api.called("GET", "/api/v1/pods")
+    assert {c.query["fieldSelector"][0] for c in on_node} == {"spec.nodeName=cwh-worker"}
+    assert not api.called("DELETE")  # evicted, never deleted past the budget
+
+    assert uncordon_nodes(configuration=s.to_configuration()) == ["cwh-worker"]
+    patches = [c.body for c in api.called("PATCH", "/api/v1/nodes/cwh-worker")]
+    assert patches == [{"spec": {"unschedulable": True}}] * 2 + [{"spec": {"unschedulable": False}}]
+    assert [(e["event"], e["fault"]) for e in journal(s)] == [
+        ("inject", "drain-cwh-worker"),
+        ("restore", "drain-cwh-worker"),
+    ]
+
+
+def test_network_toxics_go_to_the_in_cluster_toxiproxy_through_the_service_proxy(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.activities.network.actions import add_toxic, remove_toxics
+
+    api, s = cluster
+    api.on("POST", f"{TOXIPROXY}/proxies/pg-write/toxics", fixture("toxic-latency.json"))
+    api.on("DELETE", f"{TOXIPROXY}/proxies/pg-write/toxics/pg-latency", (204, ""))
+    config = s.to_configuration()
+
+    toxic = add_toxic(
+        "postgres-write",
+        "latency",
+        {"latency": 300, "jitter": 50},
+        name="pg-latency",
+        configuration=config,
+    )
+    assert toxic["proxy"] == "postgres-write"
+    assert toxic["type"] == "latency"
+    assert remove_toxics(configuration=config) == ["postgres-write/pg-latency"]
+
+    (post,) = api.called("POST")
+    assert post.body == {
+        "name": "pg-latency",
+        "type": "latency",
+        "stream": "downstream",
+        "toxicity": 1.0,
+        "attributes": {"latency": 300, "jitter": 50},
+    }
+    assert api.called("DELETE")[0].authorization == "Bearer fake-token"
+    assert [e["event"] for e in journal(s)] == ["inject", "restore"]
+
+
+def test_the_safety_control_restores_through_the_api_after_the_rollbacks(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.controls.safety import after_experiment_control
+
+    api, s = cluster
+    harness.mark(s, "inject", "drain-cwh-worker", node="cwh-worker")
+    harness.mark(s, "inject", "toxic-postgres-write-pg-latency", proxy="postgres-write")
+    one_node(api)
+    api.on("POST", f"{TOXIPROXY}/reset", (204, ""))
+    api.on("GET", f"{TOXIPROXY}/proxies", fixture("toxiproxy-proxies.json"))
+    rolling = fixture("deployment-list.json")
+    rolling["items"][0]["status"]["readyReplicas"] = 2  # the evicted replica still starting
+    api.on(
+        "GET",
+        f"/apis/apps/v1/namespaces/{NS}/deployments",
+        rolling,
+        fixture("deployment-list.json"),
+    )
+    api.on("GET", f"/apis/apps/v1/namespaces/{NS}/statefulsets", fixture("statefulset-list.json"))
+    state: dict[str, Any] = {}
+
+    after_experiment_control({}, configuration=s.to_configuration(), state=state)
+
+    restored = state["cwh_restore"]
+    assert restored["errors"] == {}
+    assert restored["toxics_reset"] is True
+    assert restored["nodes_uncordoned"] == ["cwh-worker"]
+    assert restored["faults_closed"] == ["toxic-postgres-write-pg-latency"]
+    assert restored["healthy"] is True
+    assert len(api.called("GET", f"/apis/apps/v1/namespaces/{NS}/deployments")) == 2
+    assert [c.body for c in api.called("PATCH")] == [{"spec": {"unschedulable": False}}]
+    assert json.loads((s.run_dir / "restored.json").read_text())["healthy"] is True
+    assert harness.open_faults(s) == []
+
+
+def test_a_restore_step_that_fails_is_reported_and_the_others_still_run(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    api, s = cluster
+    harness.mark(s, "inject", "drain-cwh-worker", node="cwh-worker")
+    # Nothing recorded for Toxiproxy: the fake answers 404, as an API server does for a
+    # Service that is not there.
+    one_node(api)
+
+    restored = harness.restore_all(s, wait_s=0)
+
+    assert "toxics_reset" in restored["errors"]
+    assert restored["nodes_uncordoned"] == ["cwh-worker"]
+    assert harness.open_faults(s) == []
+
+
+def test_environment_healthy_reads_the_workloads_and_the_toxics(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.activities.process.probes import environment_healthy
+
+    api, s = cluster
+    toxic = fixture("toxiproxy-proxies.json")
+    toxic["pg-write"]["toxics"] = [fixture("toxic-latency.json")]
+    api.on("GET", f"{TOXIPROXY}/proxies", toxic, fixture("toxiproxy-proxies.json"))
+    api.on("GET", f"/apis/apps/v1/namespaces/{NS}/deployments", fixture("deployment-list.json"))
+    api.on("GET", f"/apis/apps/v1/namespaces/{NS}/statefulsets", fixture("statefulset-list.json"))
+
+    assert environment_healthy(configuration=s.to_configuration()) is False
+    assert environment_healthy(configuration=s.to_configuration()) is True
+
+
+def test_chaosk8s_is_refused_another_kubeconfig_than_the_settings_name(
+    cluster: tuple[FakeApi, ChaosSettings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chaoslib.exceptions import ActivityFailed
+
+    from experiments.activities.process.actions import kill_service
+
+    api, s = cluster
+    api.on("GET", PODS, pod_list(pod("api-6d9f7c8b5d-a", "uid-a")))
+    # The process would give chaosk8s another kubeconfig (another cluster, maybe).
+    other = kubeconfig(tmp_path / "other", api.url)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(other))
+    with pytest.raises(ActivityFailed, match="export KUBECONFIG="):
+        kill_service("api", configuration=s.to_configuration())
+    assert api.called("DELETE") == []  # our client read, chaosk8s never acted
+    assert journal(s) == []
+
+
+def test_the_steady_state_reads_the_in_cluster_prometheus_through_the_service_proxy(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    api, s = cluster
+    prom = f"/api/v1/namespaces/{NS}/services/prometheus:9090/proxy"
+    api.on("GET", f"{prom}/-/ready", "Prometheus Server is Ready.\n")
+    vector = {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1764872000, "3"]}]},
+    }
+    api.on("GET", f"{prom}/api/v1/query", vector)
+
+    prometheus = harness.prometheus(s.env)
+    prometheus.check()
+    assert (
+        prometheus.instant(
+            'sum(kube_deployment_status_replicas_available{deployment="api"})', 1764872000.0
+        )
+        == 3.0
+    )
+
+    (query,) = api.called("GET", f"{prom}/api/v1/query")
+    assert query.query["query"] == [
+        'sum(kube_deployment_status_replicas_available{deployment="api"})'
+    ]
+    assert {c.authorization for c in api.calls} == {"Bearer fake-token"}
+
+
+def test_cwh_chaos_run_says_so_when_the_clusters_namespace_does_not_answer(
+    cluster: tuple[FakeApi, ChaosSettings], tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from cwh.chaos import ChaosOptions, run
+
+    api, s = cluster  # nothing recorded for the namespace: the API server's 404
+    console = Console(record=True, width=300)
+    code, out = run(ChaosOptions("kill-api", reports=tmp_path / "reports"), console, s.env)
+    assert (code, out) == (2, None)
+    assert f"the cluster's namespace {NS} is not reachable" in console.export_text()
+    assert [c.path for c in api.calls] == [f"/api/v1/namespaces/{NS}"]
+    assert not (tmp_path / "reports").exists()
