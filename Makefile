@@ -14,6 +14,15 @@ endif
 deps:
 	@./tools/deps.sh
 
+# GNU make exits 2 whenever a recipe fails, whatever the recipe's own exit code, so `make load`
+# cannot tell a failed gate (1) from an inconclusive one (2) by its status. With
+# EXIT_CODE_FILE=PATH, the targets that judge (load, slo, chaos, gameday) write `cwh`'s own exit
+# code there (CI pipelines read it: examples/ci/).
+EXIT_CODE_FILE ?=
+define keep_exit_code
+code=$$?; if [ -n "$(EXIT_CODE_FILE)" ]; then echo $$code > "$(EXIT_CODE_FILE)"; fi; exit $$code
+endef
+
 # The containers runtime's image (Docker engine started when none answers; base image built from
 # Debian's packages when no registry answers). `make up RUNTIME=containers` builds it too.
 images: deps
@@ -87,7 +96,7 @@ bench-load: deps
 # The SLO gate over the last run (RUN=reports/... for another, PROMETHEUS_URL for staging's).
 RUN ?= reports/latest
 slo: deps
-	@$(CWH) slo check --run $(RUN)
+	@$(CWH) slo check --run $(RUN); $(keep_exit_code)
 
 # Prometheus recording and burn-rate alert rules from the same SLO definitions.
 slo-rules: deps
@@ -105,7 +114,7 @@ SETTLE ?= 60
 load: deps
 	@$(CWH) load --users $(USERS) --duration $(DURATION) --shape $(SHAPE) \
 		--workers $(WORKERS) --mix $(MIX) --spawn-rate $(SPAWN_RATE) --arrival-rate $(ARRIVAL_RATE) \
-		--settle-s $(SETTLE)
+		--settle-s $(SETTLE); $(keep_exit_code)
 
 clean: down
 	@rm -rf $(VENV) .deps-stamp
@@ -115,7 +124,8 @@ clean: down
 # RPO, the SLO gate's outputs, chaos.md, chaos.png).
 EXPERIMENT ?=
 chaos: deps
-	@if [ -z "$(EXPERIMENT)" ]; then $(CWH) chaos list; else $(CWH) chaos run $(EXPERIMENT); fi
+	@if [ -z "$(EXPERIMENT)" ]; then $(CWH) chaos list; else $(CWH) chaos run $(EXPERIMENT); fi; \
+		$(keep_exit_code)
 
 # A game day: one experiment of each kind in turn (EXPERIMENTS="a b" for others), one report;
 # PLAN=gameday.yaml for a plan (repeats, jitter, fleet, weights: examples/gameday.yaml);
@@ -124,7 +134,8 @@ EXPERIMENTS ?=
 PLAN ?=
 RESUME ?=
 gameday: deps
-	@$(CWH) chaos gameday $(if $(PLAN),--plan $(PLAN)) $(if $(RESUME),--resume $(RESUME)) $(EXPERIMENTS)
+	@$(CWH) chaos gameday $(if $(PLAN),--plan $(PLAN)) $(if $(RESUME),--resume $(RESUME)) \
+		$(EXPERIMENTS); $(keep_exit_code)
 
 chaos-stop: deps
 	@$(CWH) chaos stop

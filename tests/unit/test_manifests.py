@@ -69,6 +69,9 @@ def one(objects: list[Obj], kind: str, name: str) -> Obj:
 
 
 def pod_spec(obj: Obj) -> Obj:
+    """The pod template's spec of a workload, a Job or a CronJob (its Job template's)."""
+    if obj["kind"] == "CronJob":
+        obj = obj["spec"]["jobTemplate"]
     spec: Obj = obj["spec"]["template"]["spec"]
     return spec
 
@@ -318,7 +321,7 @@ def test_rolling_updates_surge_one_unavailable_zero(
 def test_every_container_declares_requests_and_limits(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
-    for w in of_kind(rendered[overlay], *WORKLOADS, "Job"):
+    for w in of_kind(rendered[overlay], *WORKLOADS, "Job", "CronJob"):
         for c in containers(w):
             res = c.get("resources", {})
             for part in ("requests", "limits"):
@@ -377,7 +380,7 @@ def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> Non
         config_maps |= STAGING_EXTERNAL_CONFIG_MAPS
     claims = _names(objects, "PersistentVolumeClaim")
     accounts = _names(objects, "ServiceAccount") | {"default"}
-    for w in of_kind(objects, *WORKLOADS, "Job"):
+    for w in of_kind(objects, *WORKLOADS, "Job", "CronJob"):
         where = w["metadata"]["name"]
         spec = pod_spec(w)
         assert spec.get("serviceAccountName", "default") in accounts, where
@@ -393,6 +396,9 @@ def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> Non
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     assert ref["key"] in secrets.get(ref["name"], {}), (where, ref)
+                ref = e.get("valueFrom", {}).get("configMapKeyRef")
+                if ref:
+                    assert ref["name"] in config_maps, (where, ref)
             for e in c.get("envFrom", []):
                 assert e["configMapRef"]["name"] in config_maps, (where, e)
     templates = [
@@ -418,7 +424,7 @@ def test_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> Non
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_one_image_runs_the_stack(rendered: dict[str, list[Obj]], overlay: str) -> None:
     seen = set()
-    for w in of_kind(rendered[overlay], *WORKLOADS, "Job"):
+    for w in of_kind(rendered[overlay], *WORKLOADS, "Job", "CronJob"):
         for c in containers(w):
             seen.add(c["image"])
             if c["image"] == STACK_IMAGE[overlay]:
@@ -896,3 +902,133 @@ def test_workers_can_be_ready_without_a_running_master(
     probe = " ".join(c["readinessProbe"]["exec"]["command"])
     assert "create_connection" not in probe
     assert 'getaddrinfo("locust-master"' in probe
+
+
+# --- the scheduled game day (deploy/base/gameday-cronjob.yaml) --------------------------------
+
+#: What the game day's ServiceAccount may do in its namespace, and cluster-wide: the file's
+#: comments say why each rule is there. A rule added here must be argued there.
+GAMEDAY_NAMESPACED_RULES = {
+    ("", "pods"): {"get", "list", "delete"},
+    ("", "pods/exec"): {"create", "get"},
+    ("", "pods/proxy"): {"get"},
+    ("", "services/proxy"): {"get", "create", "delete"},
+    ("", "secrets"): {"get"},
+    ("apps", "deployments"): {"list"},
+    ("apps", "statefulsets"): {"list"},
+}
+GAMEDAY_CLUSTER_RULES = {
+    ("", "nodes"): {"get", "list", "patch"},
+    ("", "pods"): {"list"},
+    ("", "pods/eviction"): {"create"},
+}
+
+
+def _rules(role: Obj) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gameday_cronjob_is_suspended_and_never_overlaps(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Applying an overlay starts nothing; two game days never run at once; a missed start is
+    dropped, not run late; a failed one is not retried (it would inject its faults again)."""
+    cron = one(rendered[overlay], "CronJob", "cwh-gameday")
+    spec = cron["spec"]
+    assert spec["suspend"] is True
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert 0 < spec["startingDeadlineSeconds"] <= 3600
+    assert spec["successfulJobsHistoryLimit"] >= 1
+    assert spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0
+    assert job["activeDeadlineSeconds"] > 0
+    assert pod_spec(cron)["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gameday_runs_cwh_chaos_gameday_like_the_fleets_master(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """The same image, interpreter and `cwh.cli` entry as the Locust master Job, with limits,
+    the master's pod and container security, on the kubernetes runtime in its own namespace,
+    writing onto the claim `locust-reports` serves."""
+    objects = rendered[overlay]
+    cron = one(objects, "CronJob", "cwh-gameday")
+    master = one(objects, "Job", "locust-master")
+    [c] = pod_spec(cron)["containers"]
+    [m] = pod_spec(master)["containers"]
+    assert c["image"] == m["image"] == STACK_IMAGE[overlay]
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    assert c["command"][:3] == m["command"][:3] == ["/opt/cwh/venv/bin/python", "-m", "cwh.cli"]
+    assert c["command"][3:5] == ["chaos", "gameday"]
+    assert c["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
+    assert c["securityContext"] == m["securityContext"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod_spec(cron)["securityContext"] == pod_spec(master)["securityContext"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["CWH_RUNTIME"]["value"] == "kubernetes"
+    assert env["CWH_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["CWH_KUBE_TARGET"]["valueFrom"]["configMapKeyRef"]["key"] == "TARGET"
+    assert "TARGET" in _fleet(objects)
+    assert not any(n in env for n in ("KUBECONFIG", "CWH_KUBECONFIG")), "in-cluster config"
+    # Every writable path is a volume: the root filesystem is read-only.
+    mounts = {v["mountPath"] for v in c["volumeMounts"]}
+    assert c["workingDir"] in mounts
+    assert env["HOME"]["value"] in mounts
+    assert any(env["CWH_RUN_DIR"]["value"].startswith(p + "/") for p in mounts)
+    # The reports go where `locust-reports` serves them from.
+    reports = next(a for a in c["command"] if a.startswith("--reports="))
+    [claim] = [v for v in pod_spec(cron)["volumes"] if "persistentVolumeClaim" in v and v["name"]]
+    assert claim["persistentVolumeClaim"]["claimName"] == "locust-reports"
+    [mount] = [x for x in c["volumeMounts"] if x["name"] == claim["name"]]
+    assert reports == f"--reports={mount['mountPath']}"
+    assert pod_spec(cron)["affinity"] == pod_spec(master)["affinity"]
+
+
+def test_the_gameday_command_is_one_cwh_takes() -> None:
+    from cwh.cli import build_parser
+
+    cron = yaml.safe_load_all((BASE_DIR / "gameday-cronjob.yaml").read_text())
+    [c] = pod_spec(next(o for o in cron if o["kind"] == "CronJob"))["containers"]
+    args = build_parser().parse_args(c["command"][3:])
+    assert args.func.__name__ == "chaos_gameday"
+    assert args.experiments == []  # the runtime's own default game day
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gameday_account_has_the_least_rights_it_needs(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    cron = one(objects, "CronJob", "cwh-gameday")
+    account = pod_spec(cron)["serviceAccountName"]
+    ns = NAMESPACE[overlay]
+    bound: dict[str, Obj] = {}
+    for b in of_kind(objects, "RoleBinding", "ClusterRoleBinding"):
+        if {"kind": "ServiceAccount", "name": account, "namespace": ns} in b["subjects"]:
+            bound[b["kind"]] = b
+    assert set(bound) == {"RoleBinding", "ClusterRoleBinding"}
+    role = one(
+        objects, bound["RoleBinding"]["roleRef"]["kind"], bound["RoleBinding"]["roleRef"]["name"]
+    )
+    assert role["kind"] == "Role"
+    assert _rules(role) == GAMEDAY_NAMESPACED_RULES
+    # The one Secret it reads (the phones' registration secret, as the fleet's master reads
+    # it; kind's has a generated name, which kustomize writes here too), not every Secret.
+    [secrets] = [r for r in role["rules"] if "secrets" in r["resources"]]
+    [m] = pod_spec(one(objects, "Job", "locust-master"))["containers"]
+    [ref] = [e["valueFrom"]["secretKeyRef"] for e in m["env"] if e["name"] == "REGISTRATION_SECRET"]
+    assert secrets["resourceNames"] == [ref["name"]]
+    cluster_ref = bound["ClusterRoleBinding"]["roleRef"]
+    cluster = one(objects, cluster_ref["kind"], cluster_ref["name"])
+    assert _rules(cluster) == GAMEDAY_CLUSTER_RULES
+    # Nothing cluster-wide may delete, nor reach Secrets.
+    for verbs in _rules(cluster).values():
+        assert not verbs & {"delete", "deletecollection", "*"}
