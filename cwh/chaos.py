@@ -29,6 +29,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from cwh import signals
 from cwh.fleet import INTERRUPTED as INTERRUPTED_EXIT
 from cwh.fleet import point_latest
 from cwh.gameday import DONE, Day, Plan, Trial, score, trials
@@ -470,6 +471,7 @@ def _wait_through_interrupts(proc: subprocess.Popen[bytes], console: Console) ->
             return
         except KeyboardInterrupt:
             INTERRUPTS.set()
+            signals.pass_on(proc)
             console.print("[yellow]interrupted: the experiment is playing its rollbacks…[/yellow]")
             try:
                 proc.wait(ROLLBACK_GRACE_S)

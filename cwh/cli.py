@@ -19,6 +19,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from cwh import signals
 from cwh.gate import GateOptions, check
 from env.files import UntrustedRunDir
 from env.layout import Layout
@@ -857,6 +858,7 @@ def interruptible() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     interruptible()
+    signals.install()
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args))
 

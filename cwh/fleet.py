@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 from rich.console import Console
 
+from cwh import signals
 from env.local import free_port
 from scenarios.latency import LatencyRecorder
 from scenarios.profiles import SHAPE_NAMES
@@ -221,6 +222,7 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
         # stopping its phones and writing their ledgers. Wait for that rather than kill it
         # (subprocess.run would, after 0.25 s), so what ran is still reconciled.
         console.print("[yellow]interrupted: Locust is stopping its phones…[/yellow]")
+        signals.pass_on(proc)
         interrupted_wait(proc, LOCUST_STOP_TIMEOUT_S + 30)
         return INTERRUPTED
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from cwh.fleet import interrupted_wait
+from env.process import wait_until
 
 GRACEFUL = """
 import signal, sys, time, pathlib
@@ -54,3 +56,41 @@ def test_a_locust_that_ignores_sigint_is_killed_within_the_bounds():
             if proc.poll() is None:
                 proc.kill()
     assert time.monotonic() - started < 10
+
+
+PARENT = """
+import subprocess, sys
+from rich.console import Console
+from cwh import signals
+from cwh.chaos import INTERRUPTS, _wait_through_interrupts
+signals.install()
+# Its own session: a SIGTERM to the parent does not reach it (as in a pod, or under a CI runner).
+child = subprocess.Popen(
+    [sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE,
+    start_new_session=True,
+)
+assert child.stdout.readline() == b"ready\\n"
+print("ready", flush=True)
+_wait_through_interrupts(child, Console(stderr=True))
+print(child.returncode, INTERRUPTS.is_set(), flush=True)
+"""
+
+
+def _waiting(pid: int) -> bool:
+    return Path(f"/proc/{pid}/wchan").read_text() == "do_wait"
+
+
+def test_sigterm_stops_the_experiment_as_ctrl_c_does(tmp_path):
+    """`kubectl delete pod` or a CI timeout sends SIGTERM to `cwh` alone: the experiment it
+    waits for gets the SIGINT a Ctrl-C would have given it, and its rollbacks (here: writing)
+    play before `cwh` returns."""
+    result = tmp_path / "result"
+    with _popen(PARENT, GRACEFUL, str(result)) as proc:
+        _ready(proc)
+        # Signalled once it waits for the experiment (a SIGTERM before that interrupts `cwh`
+        # itself, with nothing of the experiment's to pass on).
+        wait_until(lambda: _waiting(proc.pid), 10, "the parent waiting for its child")
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert out.decode().split() == ["3", "True"]
+    assert result.read_text() == "written"
