@@ -64,6 +64,32 @@ def test_gameday_page_puts_every_experiment_on_one_timeline(tmp_path):
     assert ("acknowledged", str(acked)) in report.reconciliation
 
 
+def test_a_planned_game_day_shows_its_resilience_score(tmp_path):
+    from cwh.gameday import DONE, Item, Plan, score, trials
+
+    day = tmp_path / "20261202T060000Z-gameday-weekly"
+    day.mkdir()
+    plan = Plan("weekly", (Item("kill-api", 2, 1.0), Item("kill-lb", 1, 3.0)))
+    done = trials(plan)[:2]  # kill-lb not run yet
+    folders = [run_folder("chaos-kill-api", day), run_folder("chaos-kill-api", day / "b")]
+    for t, code, f in zip(done, (0, 1), folders, strict=True):
+        t.status, t.code, t.folder = DONE, code, str(f.relative_to(day))
+    entries = [
+        {"experiment": f"kill-api #{t.index}", "code": t.code, "folder": t.folder} for t in done
+    ]
+    doc = {"experiments": entries, "score": score(plan, done), "pending": 1}
+    (day / "gameday.json").write_text(json.dumps(doc))
+    report = make_report(day, NO_PROMETHEUS)
+    assert ("not run yet", "kill-lb") in report.facts
+    assert any(k == "resilience score" and v.startswith("50 %") for k, v in report.facts)
+    (title, table), (title2, _) = report.lead[:2]
+    assert (title, title2) == ("Resilience", "Experiments")
+    assert (
+        "<td>kill-api</td><td>2</td><td>1</td><td>1</td><td>0</td><td>1.0</td><td>50 %</td>"
+        in table
+    )
+
+
 def _bench_chaos(folder: Path, write_rtos: list[float]) -> None:
     runs = [
         {
