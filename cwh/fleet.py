@@ -208,15 +208,20 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
     }
     console.print(f"[bold]fleet[/bold]: {' '.join(cmd[3:])}")
     proc = subprocess.Popen(cmd, env=env, cwd=root)
+    # Bounded: the run time plus a margin for start and stop, and for a master the wait for
+    # its workers. A worker's life is its master's to decide: Locust ends it when the master
+    # says so, when it cannot reach one for 300 s at the start, or hears none for 60 s.
+    limit = None
+    if opts.role != "worker":
+        limit = opts.duration_s + 180 + (EXPECT_WORKERS_S if opts.role == "master" else 0)
     try:
-        # Bounded: the run time plus a margin for start and stop (a worker may also wait for
-        # its master to start).
-        margin = 180 + (EXPECT_WORKERS_S if opts.role != "local" else 0)
-        return proc.wait(timeout=opts.duration_s + margin)
+        return proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
+        console.print(
+            f"[red]error:[/red] Locust had not ended {limit:.0f} s after it started: stopped"
+        )
+        interrupted_wait(proc, 0.0)
+        return 1
     except KeyboardInterrupt:
         # Ctrl-C (or the experiment's SIGINT to the fleet's group) reached Locust too: it is
         # stopping its phones and writing their ledgers. Wait for that rather than kill it

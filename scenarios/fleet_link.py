@@ -15,11 +15,13 @@ Imported by the locustfile's phone module only: Locust monkey-patches the proces
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 import gevent
 from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunner
 
-from scenarios.shipping import ACK, BATCH, DRAIN, Collector, Outbox
+from scenarios.shipping import ACK, BATCH, BYE, DRAIN, REFUSE, Collector, Outbox
 
 log = logging.getLogger("cwh.fleet")
 
@@ -78,16 +80,22 @@ class Link:
     def attach(self, environment: Any) -> None:
         runner = self.runner = environment.runner
         if isinstance(runner, MasterRunner | LocalRunner):
-            self.collector = Collector(self.folder, run_config())
+            self.collector = Collector(self.folder, run_config(), uuid.uuid4().hex)
         if isinstance(runner, MasterRunner):
             runner.register_message(BATCH, self._on_batch)
-            environment.events.worker_connect.add_listener(
-                lambda client_id, **_: self.known.add(client_id)
-            )
+            runner.register_message(BYE, self._on_bye)
+            environment.events.worker_connect.add_listener(self._on_connect)
         elif isinstance(runner, WorkerRunner):
             self.source = runner.client_id
-            runner.register_message(ACK, lambda msg, **_: self.outbox.ack(int(msg.data["seq"])))
+            runner.register_message(ACK, self._on_ack)
             runner.register_message(DRAIN, self._on_drain, concurrent=True)
+            runner.register_message(REFUSE, self._on_refuse)
+            # Added after Locust's own quitting listener, so (the event fires in reverse) before
+            # it tells the master it quits: the phones stop and the last records arrive first.
+            environment.events.quitting.add_listener(self._worker_quitting)
+            # The worker's own folder says which source it is (what the master's files name).
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "source").write_text(self.source)
 
     @property
     def role(self) -> str:
@@ -128,10 +136,39 @@ class Link:
             self.ship()
         return self.outbox.settled
 
+    def _on_ack(self, environment: Any, msg: Any, **_: Any) -> None:
+        seq = int(msg.data["seq"])
+        if msg.data.get("refused"):
+            # Meant for a master that is gone: this one's run is another.
+            log.error("batch %s belonged to another master's run: dropped", seq)
+        self.outbox.ack(seq, msg.data.get("run"))
+
+    def _on_refuse(self, environment: Any, msg: Any, **_: Any) -> None:
+        log.error(
+            "the master runs other settings (%s): this worker quits; start it with the master's",
+            ", ".join(msg.data["differs"]),
+        )
+        environment.process_exit_code = 2
+        gevent.spawn(environment.runner.quit)
+
     def _on_drain(self, environment: Any, msg: Any, **_: Any) -> None:
+        self._stop_and_finish(environment)
+
+    def _worker_quitting(self, environment: Any, **_: Any) -> None:
+        self._stop_and_finish(environment)
+        try:
+            self.runner.send_message(BYE, {"operations": self.outbox.shipped_ops})
+        except Exception as e:  # the master is gone: it will count this worker lost
+            log.warning("goodbye not sent: %s", e)
+
+    def _stop_and_finish(self, environment: Any) -> None:
         environment.runner.stop()  # phones stop (bounded by the stop timeout), then finish
         if not self.finish(DRAIN_MARGIN_S):
             log.error("the master did not acknowledge every batch in %.0f s", DRAIN_MARGIN_S)
+        # What this worker recorded, in its own folder: what the master must have received.
+        (self.folder / "recorded.json").write_text(
+            json.dumps({"source": self.source, "operations": self.outbox.shipped_ops})
+        )
 
     # -- collecting (master and local) -----------------------------------------------------
 
@@ -141,9 +178,28 @@ class Link:
     def _on_batch(self, environment: Any, msg: Any, **_: Any) -> None:
         self._delivery = gevent.getcurrent()
         assert self.collector is not None
-        self.known.add(msg.node_id)
-        seq = self.collector.receive(msg.node_id, msg.data)
-        self.runner.send_message(ACK, {"seq": seq}, client_id=msg.node_id)
+        source, batch = msg.node_id, msg.data
+        if source not in self.known and source not in self.runner.clients:
+            # Not a worker of this master (one of a master that was here before, a stray on
+            # the same port): its records are not this run's.
+            log.warning("records from %s, not a worker of this run: ignored", source)
+            return
+        run = self.collector.run
+        if self.collector.foreign(batch):
+            self.runner.send_message(
+                ACK, {"seq": batch["seq"], "run": run, "refused": True}, client_id=source
+            )
+            return
+        first = source not in self.collector.sources
+        seq = self.collector.receive(source, batch)
+        self.runner.send_message(ACK, {"seq": seq, "run": run}, client_id=source)
+        if first and (differs := self.collector.mismatched(source)):
+            log.error("worker %s runs other settings (%s)", source, ", ".join(differs))
+            self.runner.send_message(REFUSE, {"differs": differs}, client_id=source)
+
+    def _on_bye(self, environment: Any, msg: Any, **_: Any) -> None:
+        if self.collector is not None:
+            self.collector.departed.add(msg.node_id)
 
     def on_test_stop(self, environment: Any) -> None:
         if self.role == "local":
@@ -187,11 +243,10 @@ class Link:
         self.write_manifest()
 
     def on_quitting(self) -> None:
+        # A worker's own quitting listener (_worker_quitting) has stopped and finished.
         if self.role == "local":
             self.ship(final=True)
             self.present_at_stop = {self.source}
-        elif self.role == "worker":
-            self.ship(final=True)  # best effort: the master may be gone
         self.write_manifest()
 
     def write_manifest(self) -> None:

@@ -239,6 +239,10 @@ class PhoneUser(FastHttpUser):
         if ident is None:
             ident = self.register()
         self.ident = ident
+        # The read-back after the run logs in as this device: its identity goes to the master,
+        # whether just registered or reused from the phone's store (a worker restarted with its
+        # folder: a pod's volume).
+        LINK.outbox.add_identity(ident["device_id"], ident["client_id"], ident["client_secret"])
         self.renew_token()
         self.ws_greenlet = gevent.spawn(self.ws_loop)
 
@@ -269,8 +273,6 @@ class PhoneUser(FastHttpUser):
                 raise RuntimeError(f"cannot register: {r.status_code} {r.text}")
             ident = r.json()
         store().keep_identity(self.platform, ident)
-        # The read-back after the run logs in as this device: its identity goes to the master.
-        LINK.outbox.add_identity(ident["device_id"], ident["client_id"], ident["client_secret"])
         return ident
 
     def renew_token(self) -> None:

@@ -37,6 +37,10 @@ from slo.ledger import write_atomic
 BATCH = "cwh-batch"
 ACK = "cwh-ack"
 DRAIN = "cwh-drain"
+#: Master to worker: its run settings differ from the master's (it quits, naming them).
+REFUSE = "cwh-refuse"
+#: Worker to master: its phones stopped and every batch was acknowledged; it quits now.
+BYE = "cwh-bye"
 #: A batch not acknowledged after this long is sent again.
 RESEND_S = 3.0
 #: Operations per batch at most: a worker that fell behind catches up in several messages
@@ -65,6 +69,9 @@ class Outbox:
     next_seq: int = 0
     shipped_ops: int = 0
     final_sent: bool = False
+    #: The master's run, from its first acknowledgement: a batch carries it, so another
+    #: master (one restarted on the same port) refuses what was meant for the first.
+    run: str | None = None
     #: seq -> (when last sent, the batch)
     unacked: dict[int, tuple[float, dict[str, Any]]] = field(default_factory=dict)
 
@@ -88,12 +95,15 @@ class Outbox:
         out: list[dict[str, Any]] = []
         while self.ops or self.identities or (empty_final and not out):
             ops, self.ops = self.ops[:BATCH_OPS], self.ops[BATCH_OPS:]
-            idents, self.identities = self.identities, []
-            last = closing and not self.ops
+            idents, self.identities = self.identities[:BATCH_OPS], self.identities[BATCH_OPS:]
+            last = closing and not self.ops and not self.identities
             self.shipped_ops += len(ops)
             batch: dict[str, Any] = {
                 "seq": self.next_seq,
+                "run": self.run,
                 "config": self.config,
+                # Recorded after the final batch went: the phones had not all stopped then.
+                "late": self.final_sent,
                 "ops": ops,
                 "identities": idents,
                 "hdr": dict(hdr),
@@ -110,8 +120,10 @@ class Outbox:
             out.append(batch)
         return out
 
-    def ack(self, seq: int) -> None:
+    def ack(self, seq: int, run: str | None = None) -> None:
         self.unacked.pop(seq, None)
+        if self.run is None and run is not None:
+            self.run = run
 
     def due(self, now: float, resend_s: float = RESEND_S) -> list[dict[str, Any]]:
         """Batches sent but not acknowledged for `resend_s`, to send again (their send time is
@@ -141,6 +153,7 @@ class SourceState:
     batches: int | None = None
     total_ops: int | None = None
     resent: int = 0
+    late_ops: int = 0
 
     @property
     def complete(self) -> bool:
@@ -158,6 +171,7 @@ class SourceState:
             "operations_final": self.total_ops,
             "identities": self.identities,
             "duplicates_ignored": self.resent,
+            "late_operations": self.late_ops,
             "complete": self.complete,
         }
 
@@ -165,10 +179,16 @@ class SourceState:
 class Collector:
     """The master's side: keeps each source's batches once, in the fleet folder."""
 
-    def __init__(self, folder: Path, config: dict[str, Any]) -> None:
-        self.folder, self.config = folder, config
+    def __init__(self, folder: Path, config: dict[str, Any], run: str = "") -> None:
+        self.folder, self.config, self.run = folder, config, run
         self.sources: dict[str, SourceState] = {}
+        #: Sources that said goodbye (stopped their phones, delivered, then quit).
+        self.departed: set[str] = set()
         folder.mkdir(parents=True, exist_ok=True)
+
+    def foreign(self, batch: Mapping[str, Any]) -> bool:
+        """A batch acknowledged before by another master's run: not this run's records."""
+        return batch.get("run") not in (None, self.run)
 
     def receive(self, source: str, batch: Mapping[str, Any]) -> int:
         """Keep a batch (once) and return its number, to acknowledge. A batch seen before is
@@ -196,6 +216,8 @@ class Collector:
                 )
         state.seqs.add(seq)
         state.ops += len(batch["ops"])
+        if batch.get("late"):
+            state.late_ops += len(batch["ops"])
         state.identities += len(batch["identities"])
         if batch.get("final") and (state.batches is None or seq + 1 > state.batches):
             state.batches, state.total_ops = int(batch["batches"]), int(batch["total_ops"])
@@ -206,9 +228,11 @@ class Collector:
         return state is not None and state.complete
 
     def mismatched(self, source: str) -> list[str]:
-        """The run settings a source ran with that differ from the master's."""
+        """The run settings a source ran with that differ from the master's (as numbers when
+        both are: `2` and `2.0` agree)."""
         got = self.sources[source].config
-        return sorted(k for k in set(self.config) | set(got) if self.config.get(k) != got.get(k))
+        keys = set(self.config) | set(got)
+        return sorted(k for k in keys if _setting(self.config.get(k)) != _setting(got.get(k)))
 
     def write_manifest(self, present: set[str], lost: set[str]) -> dict[str, Any]:
         """`sources.json`: every source, what arrived, whether it is complete; `present` are
@@ -221,7 +245,8 @@ class Collector:
                     **state.to_json(),
                     "file": file_part(name),
                     "connected_at_end": name in present,
-                    "lost": name in lost,
+                    "departed": name in self.departed,
+                    "lost": name in lost and name not in self.departed,
                     "config_differs": self.mismatched(name),
                 }
                 for name, state in sorted(self.sources.items())
@@ -233,6 +258,13 @@ class Collector:
         }
         write_atomic(self.folder / MANIFEST, json.dumps(doc, indent=2))
         return doc
+
+
+def _setting(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -251,10 +283,15 @@ def problems(manifest: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
     for name, s in manifest["sources"].items():
         if s["config_differs"]:
             errors.append(f"worker {name} ran other settings ({', '.join(s['config_differs'])})")
+        if s.get("late_operations"):
+            errors.append(
+                f"worker {name} recorded {s['late_operations']} operation(s) after its final "
+                "batch: its phones had not all stopped when it said it was done"
+            )
         if s["complete"]:
             continue
         got = f"{s['batches_received']} batches, {s['operations']} operations"
-        if s["lost"] or not s["connected_at_end"]:
+        if s["lost"]:
             warnings.append(
                 f"worker {name} was lost mid-run: its records up to then are in ({got})"
             )

@@ -23,6 +23,7 @@ import pytest
 from env.local import LocalEnvironment
 from env.process import wait_until
 from scenarios.latency import LatencyRecorder
+from scenarios.shipping import file_part
 from slo.ledger import read_jsonl
 from tests.helpers import fleet_in_background, wait_healthy
 from tests.netns import Namespace, namespaces
@@ -30,7 +31,7 @@ from tests.netns import Namespace, namespaces
 pytestmark = pytest.mark.env
 
 ROOT = Path(__file__).resolve().parents[2]
-USERS, DURATION_S, SPAWN_RATE = 12, 50, 6
+USERS, DURATION_S, SPAWN_RATE = 12, 80, 6
 #: Records are shipped every second; this is long enough for both workers' first batches.
 FIRST_RECORDS_S = 40.0
 
@@ -81,6 +82,17 @@ def _ledgers(reports: Path) -> dict[str, int]:
     }
 
 
+def _source(folder: Path) -> str | None:
+    """The source a worker's folder says it is (its Locust id, what the master's files name)."""
+    path = folder / "fleet" / "source"  # `cwh load --worker --out` keeps its state in fleet/
+    return path.read_text() if path.exists() else None
+
+
+def _shipped(reports: Path, folder: Path) -> int:
+    source = _source(folder)
+    return _ledgers(reports).get(file_part(source), 0) if source else 0
+
+
 @pytest.fixture(scope="module")
 def distributed_run(local_env: LocalEnvironment, tmp_path_factory: pytest.TempPathFactory):
     status = wait_healthy(local_env)
@@ -88,16 +100,17 @@ def distributed_run(local_env: LocalEnvironment, tmp_path_factory: pytest.TempPa
     https_port = urlsplit(status["urls"]["https"]).port
     assert https_port is not None
     root = tmp_path_factory.mktemp("distributed")
+    master = root / "master"
     with namespaces(f"cwhf{base}", 2, third_octet=(base // 100) % 250) as spaces:
         spaces.forward(https_port)
         first, second = spaces.items
         master_port = _free_port(first.host_addr)
-        workers: list[subprocess.Popen[bytes]] = []
-        killed: dict[str, Any] = {}
+        workers: dict[str, subprocess.Popen[bytes]] = {}
+        events: dict[str, Any] = {}
         try:
             with fleet_in_background(
                 status,
-                root / "master",
+                master,
                 role="master",
                 workers=2,
                 master_bind_host=first.host_addr,
@@ -107,33 +120,43 @@ def distributed_run(local_env: LocalEnvironment, tmp_path_factory: pytest.TempPa
                 spawn_rate=SPAWN_RATE,
                 shape="steady",
             ) as run:
-                workers += [
-                    _worker(first, first, master_port, root / "w1", status),
-                    _worker(second, first, master_port, root / "w2", status),
-                ]
+                started = time.time()
+                workers["w1"] = _worker(first, first, master_port, root / "w1", status)
+                workers["w2"] = _worker(second, first, master_port, root / "w2", status)
                 wait_until(
                     # Mid-run: both have shipped several batches.
-                    lambda: len([n for n in _ledgers(root / "master").values() if n >= 40]) >= 2,
+                    lambda: min(_shipped(master, root / w) for w in ("w1", "w2")) >= 20,
                     FIRST_RECORDS_S,
                     "both workers' first records at the master",
                 )
-                before = _ledgers(root / "master")
-                victim = workers[0]
+                # w1 dies (SIGKILL: no goodbye, its last second of records with it).
+                victim = workers["w1"]
                 os.killpg(victim.pid, signal.SIGKILL)
                 # The fault really happened: the worker and its Locust process are gone.
                 assert victim.wait(timeout=10) == -signal.SIGKILL
                 wait_until(
                     lambda: _group_gone(victim.pid), 10, "the killed worker's processes gone"
                 )
-                killed.update(at=time.time(), sources=set(before))
-                workers.append(_worker(first, first, master_port, root / "w1-again", status))
+                events.update(killed_at=time.time(), killed=_source(root / "w1"))
+                # Early enough that the restarted worker has most of the run left.
+                assert events["killed_at"] - started < DURATION_S / 2
+                workers["w1-again"] = _worker(first, first, master_port, root / "w1-again", status)
+                wait_until(
+                    lambda: _shipped(master, root / "w1-again") >= 10,
+                    FIRST_RECORDS_S,
+                    "the restarted worker's records at the master",
+                )
+                # w2 is stopped as a pod is deleted (SIGTERM): its phones stop, its last records
+                # arrive, it says goodbye; nothing of it may be lost.
+                workers["w2"].terminate()
+                assert workers["w2"].wait(timeout=90) == 130
+                events.update(stopped=_source(root / "w2"))
             code, out, summary = run.result()
-            # The workers end when the master tells them to quit.
-            for w in workers[1:]:
-                w.wait(timeout=60)
-            yield code, out, summary, killed, root
+            # The last worker ends when the master tells it to quit.
+            workers["w1-again"].wait(timeout=60)
+            yield code, out, summary, events, root
         finally:
-            for w in workers:
+            for w in workers.values():
                 if w.poll() is None:
                     _stop(w)
 
@@ -147,30 +170,40 @@ def test_nothing_acknowledged_was_lost_and_the_run_passed(distributed_run) -> No
 
 
 def test_the_killed_worker_is_reported_lost_and_the_others_complete(distributed_run) -> None:
-    _, _out, summary, killed, _ = distributed_run
+    _, _out, summary, events, _root = distributed_run
     sources = summary["fleet"]["sources"]
     assert len(sources) == 3, sources
-    lost = [s for s in sources.values() if s["lost"]]
-    assert len(lost) == 1
-    assert not lost[0]["complete"]
-    assert lost[0]["operations"] > 0
-    assert lost[0]["file"] in killed["sources"]
+    lost = [name for name, s in sources.items() if s["lost"]]
+    assert lost == [events["killed"]]
+    assert not sources[events["killed"]]["complete"]
+    assert sources[events["killed"]]["operations"] > 0
     assert summary["fleet"]["errors"] == []
     assert len(summary["fleet"]["warnings"]) == 1
-    for s in sources.values():
-        if not s["lost"]:
-            assert (s["complete"], s["operations"]) == (True, s["operations_final"]), s
+    # The stopped worker said goodbye: departed, complete, not lost.
+    stopped = sources[events["stopped"]]
+    assert (stopped["departed"], stopped["complete"], stopped["lost"]) == (True, True, False)
+
+
+def test_every_record_a_surviving_worker_made_reached_the_master(distributed_run) -> None:
+    """Compared with what each worker counted itself (in its own folder), not with the master's
+    own files: the stopped worker and the restarted one, complete to the operation."""
+    _, _out, summary, _events, root = distributed_run
+    sources = summary["fleet"]["sources"]
+    for worker in ("w2", "w1-again"):
+        recorded = json.loads((root / worker / "fleet" / "recorded.json").read_text())
+        assert recorded["source"] == _source(root / worker)
+        got = sources[recorded["source"]]
+        assert got["operations"] == recorded["operations"] > 0, (worker, got, recorded)
+        assert got["late_operations"] == 0
 
 
 def test_the_restarted_workers_records_are_in(distributed_run) -> None:
-    _, out, summary, killed, _ = distributed_run
-    (restarted,) = [
-        s for s in summary["fleet"]["sources"].values() if s["file"] not in killed["sources"]
-    ]
+    _, out, summary, events, root = distributed_run
+    restarted = summary["fleet"]["sources"][_source(root / "w1-again")]
     ops = read_jsonl(out / "fleet" / f"ledger-{restarted['file']}.jsonl")
     assert len(ops) == restarted["operations"] > 0
     assert any(o.kind == "submit" and o.outcome == "ok" for o in ops)
-    assert min(o.invoked_wall for o in ops) >= killed["at"] - 1
+    assert min(o.invoked_wall for o in ops) >= events["killed_at"] - 1
 
 
 def test_the_merge_is_exact(distributed_run) -> None:
@@ -208,8 +241,9 @@ def test_no_folder_was_shared(distributed_run) -> None:
     _, out, _summary, _, root = distributed_run
     for worker_dir in ("w1", "w2", "w1-again"):
         names = {p.name.split("-")[0] for p in (root / worker_dir).rglob("*") if p.is_file()}
-        # A worker keeps only its phones' own state; its records went to the master.
-        assert names <= {"phones", "worker.log"}, names
+        # A worker keeps only its phones' own state, which source it is and what it counted;
+        # its records went to the master.
+        assert names <= {"phones", "worker.log", "source", "recorded.json"}, names
     idents = {}
     for path in (out / "fleet").glob("identities-*.jsonl"):
         idents.update({json.loads(line)[0]: 1 for line in path.read_text().splitlines()})

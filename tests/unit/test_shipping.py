@@ -101,7 +101,7 @@ def test_histograms_are_snapshots_and_an_old_one_resent_late_does_not_win(tmp_pa
     assert rec.summary()["submit"]["count"] == 2
 
 
-def test_records_after_the_final_batch_go_out_final_again(tmp_path: Path) -> None:
+def test_records_after_the_final_batch_are_an_error_not_a_quiet_supersede(tmp_path: Path) -> None:
     box, col = Outbox(CONFIG), Collector(tmp_path, CONFIG)
     for b in box.batches({}, now=0.0, final=True):
         col.receive("w", b)
@@ -109,10 +109,60 @@ def test_records_after_the_final_batch_go_out_final_again(tmp_path: Path) -> Non
     box.add_ops([op(9)])
     (late,) = box.batches({}, now=1.0)
     assert late["final"]
-    assert late["total_ops"] == 1
+    assert late["late"]
     col.receive("w", late)
-    assert col.complete("w")
-    assert col.sources["w"].ops == 1
+    assert col.sources["w"].late_ops == 1
+    col.write_manifest(present={"w"}, lost=set())
+    errors, _ = problems(read_manifest(tmp_path))
+    assert errors == [
+        "worker w recorded 1 operation(s) after its final batch: its phones had not all "
+        "stopped when it said it was done"
+    ]
+
+
+def test_a_batch_of_another_masters_run_is_foreign(tmp_path: Path) -> None:
+    col = Collector(tmp_path, CONFIG, run="this-run")
+    box = Outbox(CONFIG)
+    box.add_ops([op(1)])
+    (b0,) = box.batches({}, now=0.0)
+    assert not col.foreign(b0)  # not acknowledged by anyone yet
+    box.ack(b0["seq"], run="old-run")
+    box.add_ops([op(2)])
+    (b1,) = box.batches({}, now=0.0)
+    assert b1["run"] == "old-run"
+    assert col.foreign(b1)
+    box2 = Outbox(CONFIG)
+    box2.ack(0, run="this-run")
+    box2.add_ops([op(3)])
+    assert not col.foreign(box2.batches({}, now=0.0)[0])
+
+
+def test_identities_are_batched_within_bounds() -> None:
+    box = Outbox(CONFIG)
+    for i in range(BATCH_OPS + 5):
+        box.add_identity(f"d{i}", "c", "s")
+    batches = box.batches({}, now=0.0, final=True)
+    assert [len(b["identities"]) for b in batches] == [BATCH_OPS, 5]
+    assert [b["final"] for b in batches] == [False, True]
+
+
+def test_settings_compare_as_numbers_where_they_are(tmp_path: Path) -> None:
+    col = Collector(tmp_path, {"CWH_THINK_MEAN_S": "2", "CWH_SHAPE": "steady"})
+    box = Outbox({"CWH_THINK_MEAN_S": "2.0", "CWH_SHAPE": "steady"})
+    col.receive("w", box.batches({}, now=0.0, final=True)[0])
+    assert col.mismatched("w") == []
+
+
+def test_a_worker_that_said_goodbye_but_is_incomplete_is_an_error(tmp_path: Path) -> None:
+    col = Collector(tmp_path, CONFIG)
+    box = Outbox(CONFIG)
+    box.add_ops([op(1)])
+    col.receive("w", box.batches({}, now=0.0)[0])  # its final never arrived
+    col.departed.add("w")
+    col.write_manifest(present=set(), lost={"w"})
+    errors, warnings = problems(read_manifest(tmp_path))
+    assert warnings == []
+    assert errors[0].startswith("worker w did not deliver all its records")
 
 
 def test_the_manifest_tells_a_lost_worker_from_one_that_failed_to_deliver(tmp_path: Path) -> None:
