@@ -13,6 +13,7 @@ environment of the `chaos` process.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from rich.table import Table
 from cwh import signals
 from cwh.fleet import INTERRUPTED as INTERRUPTED_EXIT
 from cwh.fleet import point_latest
-from cwh.gameday import DONE, Day, Plan, Trial, score, trials
+from cwh.gameday import DONE, STATE, Day, Plan, Trial, score, trials
 from cwh.gate import GateOptions, check
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.process import wait_until
@@ -229,7 +230,10 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     plot_timeline(out)
     from cwh.report import try_write_html
 
-    try_write_html(out, _prometheus_url(settings), console)
+    # The runs' index of the folder the run was made in; a game day's trials are listed by
+    # the day, which indexes its own folder's parent.
+    in_day = (opts.reports / STATE).exists()
+    try_write_html(out, _prometheus_url(settings), console, None if in_day else opts.reports)
     point_latest(out)
     status = journal.get("status", "missing")
     deviated = bool(journal.get("deviated"))
@@ -851,55 +855,102 @@ def new_day(plan: Plan, reports: Path) -> Day:
     return day
 
 
-def gameday(day: Day, console: Console, settings: EnvSettings) -> int:
-    """Run the day's pending trials in turn, each into the day's folder; stop at the first that
-    leaves the system unhealthy, or at Ctrl-C (the trial's rollbacks play first, and it stays
-    pending: `cwh chaos gameday --resume FOLDER` runs it again). Writes `gameday.md`,
+#: What a game day runs each trial with (`run`; a test gives its own).
+RunTrial = Callable[[ChaosOptions, Console, EnvSettings], tuple[int, "Path | None"]]
+
+
+def gameday(
+    day: Day, console: Console, settings: EnvSettings, run_trial: RunTrial | None = None
+) -> int:
+    """Run the day's pending trials in turn, each into the day's folder. Writes `gameday.md`,
     `gameday.json` (trials, exit codes, folders, the resilience score) and `report.html`.
-    Exit code: the worst trial's; 130 when interrupted."""
+
+    A trial stays pending, and the day stops with the folder to resume
+    (`cwh chaos gameday --resume FOLDER`), when it was interrupted (Ctrl-C, SIGTERM,
+    `cwh chaos stop`: its rollbacks play first; half a trial measures nothing) or could not
+    start (refused before its run folder: not steady, environment down). A trial that leaves
+    the system unhealthy is done (it failed) and stops the day too.
+
+    Exit code: 130 when interrupted; else the worst over every trial the day has run, resumed
+    runs included (a failure wins over inconclusive), and inconclusive while trials are left."""
+    run_trial = run_trial or run
     plan, folder = day.plan, day.folder
-    worst, interrupted = 0, False
-    first = True
-    for trial in day.pending():
-        try:
-            if trial.pause_s and not first:
-                with console.status(f"jitter: {trial.pause_s:g} s before {trial.experiment}"):
-                    time.sleep(trial.pause_s)  # the plan's random pause, not a synchronisation
-            first = False
-            INTERRUPTS.clear()
-            code, out = run(
-                ChaosOptions(
-                    trial.experiment, plan.users, plan.fleet_s, plan.gate, folder, plan.shape
-                ),
-                console,
-                settings,
-            )
-        except KeyboardInterrupt:
-            interrupted = True
-            break
-        if INTERRUPTS.is_set():
-            # The trial's rollbacks ran; what it measured is half a trial. Run again on resume.
-            trial.folder = os.path.relpath(out, folder) if out else None
-            interrupted = True
+    stopped = ""  # why the day stopped early
+    interrupted = False
+    with _day_lock(folder):
+        for n, trial in enumerate(day.pending()):
+            try:
+                # No pause before the first trial of a run: nothing ran before it to be in step
+                # with.
+                if trial.pause_s and n:
+                    with console.status(f"jitter: {trial.pause_s:g} s before {trial.experiment}"):
+                        time.sleep(trial.pause_s)  # the plan's random pause, not a synchronisation
+                INTERRUPTS.clear()
+                code, out = run_trial(
+                    ChaosOptions(
+                        trial.experiment, plan.users, plan.fleet_s, plan.gate, folder, plan.shape
+                    ),
+                    console,
+                    settings,
+                )
+            except KeyboardInterrupt:
+                interrupted = True
+                break
+            if out is None:
+                stopped = f"{trial.experiment} could not start (above)"
+                break
+            if INTERRUPTS.is_set() or _stopped_from_outside(out):
+                # The trial's rollbacks ran; what it measured is half a trial. Its folder is
+                # kept (what happened) and named, but it does not count.
+                trial.aborted.append(os.path.relpath(out, folder))
+                interrupted = True
+                break
+            trial.status, trial.code = DONE, code
+            trial.folder = os.path.relpath(out, folder)
             day.save()
-            break
-        trial.status, trial.code = DONE, code
-        trial.folder = os.path.relpath(out, folder) if out else None
+            restored = out / "restored-after.json"
+            if not (restored.exists() and json.loads(restored.read_text()).get("healthy")):
+                stopped = f"the system is not whole again after {trial.experiment}"
+                break
         day.save()
-        worst = max(worst, code)
-        restored = out / "restored-after.json" if out else None
-        if out is None or not (restored and json.loads(restored.read_text()).get("healthy")):
-            console.print("[red]game day stopped[/red]: the system is not whole again")
-            break
-    day.save()
-    _write_gameday(day, settings, console)
-    if interrupted:
+        _write_gameday(day, settings, console)
+    left = len(day.pending())
+    if interrupted or stopped:
+        why = "interrupted" if interrupted else f"stopped: {stopped}"
         console.print(
-            f"[yellow]game day interrupted[/yellow]: {len(day.pending())} trial(s) to go; "
-            f"resume with `cwh chaos gameday --resume {folder}`"
+            f"[yellow]game day {why}[/yellow]; {left} trial(s) to go: "
+            f"`cwh chaos gameday --resume {folder}`"
         )
+    if interrupted:
         return INTERRUPTED_EXIT
-    return worst
+    return day_exit_code(day)
+
+
+def day_exit_code(day: Day) -> int:
+    """The worst over every trial run (a failure wins), inconclusive while trials are left."""
+    codes = [t.code if t.code is not None else 2 for t in day.trials if t.status == DONE]
+    return worst_exit(*codes, *([2] if day.pending() else []))
+
+
+def _stopped_from_outside(out: Path) -> bool:
+    """`cwh chaos stop` ended the trial (its safety control says so)."""
+    path = out / "safety.json"
+    return path.exists() and "cwh chaos stop" in str(json.loads(path.read_text()).get("reason"))
+
+
+@contextlib.contextmanager
+def _day_lock(folder: Path) -> Iterator[None]:
+    """One process runs a day's trials at a time (a resume while the first run still ends)."""
+    with open(folder / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DayBusy(f"{folder}: another cwh runs this game day") from None
+        yield
+
+
+class DayBusy(RuntimeError):
+    pass
 
 
 def _trial_label(day: Day, trial: Trial) -> str:
@@ -948,9 +999,7 @@ def _write_gameday(day: Day, settings: EnvSettings, console: Console) -> None:
         "(weighted share of trials that passed, per experiment; cwh/gameday.py says why)",
     ]
     if pending:
-        lines.append(
-            f"\n{len(pending)} trial(s) not run: resume with `cwh chaos gameday --resume`."
-        )
+        lines.append(f"\n{len(pending)} trial(s) not run: `cwh chaos gameday --resume {folder}`.")
     console.print(table)
     console.print(f"resilience score: [bold]{_fmt_score(result_score['score'])}[/bold]")
     write_atomic(folder / "gameday.md", "\n".join(lines) + "\n")
@@ -973,7 +1022,7 @@ def _write_gameday(day: Day, settings: EnvSettings, console: Console) -> None:
     write_atomic(folder / "gameday.json", json.dumps(doc, indent=2))
     from cwh.report import try_write_html
 
-    try_write_html(folder, _prometheus_url(settings), console)
+    try_write_html(folder, _prometheus_url(settings), console, folder.parent)
     point_latest(folder)
 
 

@@ -808,14 +808,37 @@ def chaos_run(args: argparse.Namespace) -> int:
 
 
 def chaos_gameday(args: argparse.Namespace) -> int:
-    from cwh.chaos import GAMEDAY, KUBE_GAMEDAY, catalogue, gameday, new_day
+    from cwh.chaos import (
+        GAMEDAY,
+        KUBE_GAMEDAY,
+        DayBusy,
+        catalogue,
+        gameday,
+        new_day,
+        runtime_refusal,
+    )
     from cwh.gameday import Day, PlanError, load_plan, plan_of_names
     from scenarios.profiles import SHAPE_NAMES
 
     if sum(map(bool, (args.plan, args.resume, args.experiments))) > 1:
         console.print("[red]error:[/red] one of: experiment names, --plan FILE, --resume FOLDER")
         return 2
+    # A plan (or the day being resumed) says the fleet and the gate: flags would be ignored.
+    if (args.plan or args.resume) and (args.users or args.fleet_s or args.no_gate):
+        console.print(
+            "[red]error:[/red] --users, --fleet-s and --no-gate go with experiment names; a "
+            "plan says them (fleet: {users, duration}, gate: false)"
+        )
+        return 2
     settings = _settings()
+    cat = catalogue()
+
+    def refuse(name: str) -> str | None:
+        exp = cat[name]
+        if settings.runtime in exp["runtimes"]:
+            return None
+        return str(runtime_refusal(name, exp, settings))
+
     try:
         if args.resume:
             day = Day.load(Path(args.resume).resolve())
@@ -824,18 +847,20 @@ def chaos_gameday(args: argparse.Namespace) -> int:
                 return 0
         else:
             if args.plan:
-                plan = load_plan(Path(args.plan), list(catalogue()), SHAPE_NAMES)
+                plan = load_plan(Path(args.plan), list(cat), SHAPE_NAMES, refuse)
             else:
                 default = KUBE_GAMEDAY if settings.runtime == "kubernetes" else GAMEDAY
                 names = args.experiments or default
-                if unknown := [n for n in names if n not in catalogue()]:
+                if unknown := [n for n in names if n not in cat]:
                     raise PlanError(f"no experiment {', '.join(unknown)} (cwh chaos list)")
+                if refused := [r for n in names if (r := refuse(n))]:
+                    raise PlanError("; ".join(refused))
                 plan = plan_of_names(names, args.users, args.fleet_s, not args.no_gate)
             day = new_day(plan, Path(args.reports))
-    except PlanError as exc:
+        return gameday(day, console, settings)
+    except (PlanError, DayBusy) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    return gameday(day, console, settings)
 
 
 def chaos_stop(args: argparse.Namespace) -> int:

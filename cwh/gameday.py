@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ from cwh.durations import parse_duration
 from slo.ledger import write_atomic
 
 STATE = "gameday-state.json"
+#: The shortest fleet a plan may give: an experiment's baseline, fault and recovery fit in it.
+MIN_FLEET_S = 30
 #: A trial's states: to run, run (with its exit code), or stopped by an interrupt (run again on
 #: resume: half a trial measures nothing).
 PENDING, DONE = "pending", "done"
@@ -82,6 +84,8 @@ class Trial:
     status: str = PENDING
     code: int | None = None
     folder: str | None = None
+    #: Folders of attempts interrupted half-way (kept, not counted).
+    aborted: list[str] = field(default_factory=list)
 
 
 def plan_of_names(
@@ -95,8 +99,14 @@ def _line(node: yaml.Node | None) -> int:
     return node.start_mark.line + 1 if node is not None else 0
 
 
-def load_plan(path: Path, known: Sequence[str], shapes: Sequence[str]) -> Plan:
-    """Read and check a plan; `known` are the experiment names, `shapes` the fleet's shapes."""
+def load_plan(
+    path: Path,
+    known: Sequence[str],
+    shapes: Sequence[str],
+    refuse: Callable[[str], str | None] = lambda _: None,
+) -> Plan:
+    """Read and check a plan; `known` are the experiment names, `shapes` the fleet's shapes,
+    `refuse` says why an experiment cannot run here (another runtime's), or None."""
 
     def fail(node: yaml.Node | None, what: str) -> PlanError:
         return PlanError(f"{path}:{_line(node)}: {what}")
@@ -134,10 +144,12 @@ def load_plan(path: Path, known: Sequence[str], shapes: Sequence[str]) -> Plan:
             raise fail(node, f"{what}: 0 to {high:g} seconds")
         return s
 
-    name = str(data.get("name", "gameday"))
+    name = data.get("name", "gameday")
+    if not isinstance(name, str) or not 1 <= len(name) <= 40:
+        raise fail(nodes.get("name"), f"name {name!r}: 1 to 40 letters, digits, - and _")
     if not name.replace("-", "").replace("_", "").isalnum():
         raise fail(nodes.get("name"), f"name {name!r}: letters, digits, - and _ only")
-    fleet = data.get("fleet") or {}
+    fleet = data.get("fleet", {})
     fleet_node = nodes.get("fleet")
     if not isinstance(fleet, dict):
         raise fail(fleet_node, "fleet: a mapping (users, duration, shape)")
@@ -156,6 +168,9 @@ def load_plan(path: Path, known: Sequence[str], shapes: Sequence[str]) -> Plan:
         fleet_s = int(
             seconds(fleet["duration"], fleet_nodes.get("duration"), "fleet.duration", 86_400)
         )
+        if fleet_s < MIN_FLEET_S:
+            # Shorter, the fleet ends before an experiment's fault acts: nothing measured.
+            raise fail(fleet_nodes.get("duration"), f"fleet.duration: {MIN_FLEET_S} s at least")
     shape = str(fleet.get("shape", "steady"))
     if shape not in shapes:
         raise fail(fleet_nodes.get("shape"), f"fleet.shape {shape!r}: one of {', '.join(shapes)}")
@@ -169,7 +184,7 @@ def load_plan(path: Path, known: Sequence[str], shapes: Sequence[str]) -> Plan:
     entries = data.get("experiments")
     if not isinstance(entries, list) or not entries or not isinstance(exp_node, yaml.SequenceNode):
         raise fail(exp_node or root, "experiments: a list of at least one experiment")
-    items = []
+    items: list[Item] = []
     for entry, node in zip(entries, exp_node.value, strict=True):
         if isinstance(entry, str):
             entry = {"name": entry}
@@ -181,6 +196,10 @@ def load_plan(path: Path, known: Sequence[str], shapes: Sequence[str]) -> Plan:
         exp = str(entry["name"])
         if exp not in known:
             raise fail(node, f"no experiment {exp!r} (cwh chaos list)")
+        if refusal := refuse(exp):
+            raise fail(node, refusal)
+        if exp in {i.name for i in items}:
+            raise fail(node, f"{exp} twice: give it repeats instead")
         weight = entry.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 100:
             raise fail(
@@ -219,8 +238,13 @@ class Day:
         path = folder / STATE
         if not path.exists():
             raise PlanError(f"{folder}: no {STATE}: not a game day's folder")
-        doc = json.loads(path.read_text())
-        return cls(folder, Plan.from_json(doc["plan"]), [Trial(**t) for t in doc["trials"]])
+        try:
+            doc = json.loads(path.read_text())
+            return cls(folder, Plan.from_json(doc["plan"]), [Trial(**t) for t in doc["trials"]])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PlanError(
+                f"{path}: not a game day's state ({type(exc).__name__}: {exc})"
+            ) from None
 
     def pending(self) -> list[Trial]:
         return [t for t in self.trials if t.status != DONE]
@@ -249,4 +273,14 @@ def score(plan: Plan, done: Sequence[Trial]) -> dict[str, Any]:
         else None
     )
     not_run = [i.name for i in plan.items if i.name not in per]
-    return {"score": value, "experiments": per, "not_run": not_run}
+    planned = sum(i.repeats for i in plan.items)
+    ran = sum(p["trials"] for p in per.values())
+    # How much of the plan the score covers: a day cut short scores only what it reached.
+    return {
+        "score": value,
+        "experiments": per,
+        "not_run": not_run,
+        "trials_planned": planned,
+        "trials_run": ran,
+        "coverage": round(ran / planned, 3) if planned else None,
+    }

@@ -27,8 +27,13 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _on_term)
 
 
+#: Children already given their SIGINT: once each.
+_PASSED: set[int] = set()
+
+
 def pass_on(proc: subprocess.Popen[bytes]) -> None:
-    """After a KeyboardInterrupt: the child gets SIGINT if only we were signalled (SIGTERM). A
-    Ctrl-C already reached it, and a second SIGINT would cut its rollbacks short."""
-    if TERMINATED.is_set() and proc.poll() is None:
+    """After a KeyboardInterrupt: the child gets SIGINT if only we were signalled (SIGTERM),
+    once. A Ctrl-C already reached it, and a second SIGINT would cut its rollbacks short."""
+    if TERMINATED.is_set() and proc.poll() is None and proc.pid not in _PASSED:
+        _PASSED.add(proc.pid)
         proc.send_signal(signal.SIGINT)

@@ -113,20 +113,25 @@ def write_html(folder: Path, prometheus_url: str = "") -> Path:
     return path
 
 
-def try_write_html(folder: Path, prometheus_url: str, console: Console) -> Path | None:
+def try_write_html(
+    folder: Path, prometheus_url: str, console: Console, index_root: Path | None = None
+) -> Path | None:
     """`write_html` at the end of a run: a report that cannot be made is said, and never
-    changes the run's own outcome (its exit code is the gate's)."""
+    changes the run's own outcome (its exit code is the gate's). `index_root`: the folder of
+    runs whose `index.html` to rewrite (default: the parent, when it is named `reports`)."""
     try:
         path = write_html(folder, prometheus_url)
     except Exception as exc:  # the run's verdict stands whatever happens to its page
         console.print(f"[yellow]no report.html[/yellow]: {type(exc).__name__}: {exc}")
         return None
     console.print(f"html report: {path}")
-    if folder.resolve().parent.name == "reports":  # the runs' own folder, not a bench's inner one
+    if index_root is None and folder.resolve().parent.name == "reports":
+        index_root = folder.resolve().parent  # the runs' own folder, not a bench's inner one
+    if index_root is not None:
         from cwh.report.index import write_index
 
         try:
-            write_index(folder.resolve().parent)
+            write_index(index_root.resolve())
         except Exception as exc:  # the index is a convenience; the run's page is made
             console.print(f"[yellow]no index.html[/yellow]: {type(exc).__name__}: {exc}")
     return path

@@ -297,6 +297,8 @@ def run_report(
 # ---- game days -----------------------------------------------------------------------------------
 
 WORST: dict[str, int] = {"pass": 0, "inconclusive": 1, "fail": 2}
+#: A trial's exit code as a verdict.
+CODE_VERDICT: dict[int, Verdict] = {0: "pass", 1: "fail", 2: "inconclusive"}
 
 
 def gameday_report(
@@ -322,6 +324,11 @@ def gameday_report(
             reasons.append(f"{name}: no run folder (it could not start)")
             continue
         v, why, todo = x.verdict(files.summary, files.slo, files.journal, files.restored)
+        if _code in CODE_VERDICT and CODE_VERDICT[_code] != v:
+            # The trial's exit code is its verdict (what the score and the index count): a
+            # method activity that failed, a waived objective; the records say the rest.
+            why = [*why, f"exit code {_code}: {CODE_VERDICT[_code]}"]
+            v = CODE_VERDICT[_code]
         verdicts.append(v)
         reasons += [f"{name}: {w}" for w in why]
         steps += todo
@@ -343,6 +350,11 @@ def gameday_report(
             type(item)(f"{item.what} ({name})", item.ident, item.entries, rel)
             for item in x.listed_requests(rec, files.ledger_lines)
         ]
+    planned = x.number((resilience or {}).get("trials_planned"))
+    ran = x.number((resilience or {}).get("trials_run"))
+    if planned is not None and ran is not None and ran < planned:
+        verdicts.append("inconclusive")
+        reasons.append(f"{planned - ran:g} of {planned:g} planned trials not run")
     worst = max(verdicts, key=lambda v: WORST[v]) if verdicts else "inconclusive"
     r = Report(f"Game day {folder.name}", "gameday", worst, reasons, list(dict.fromkeys(steps)))
     if not runs:
@@ -376,6 +388,8 @@ def _resilience_facts(resilience: Mapping[str, Any]) -> list[tuple[str, str]]:
             + " (weighted share of trials that passed, per experiment)",
         )
     ]
+    if (ran := resilience.get("trials_run")) is not None:
+        facts.append(("trials run", f"{ran} of {resilience.get('trials_planned')} planned"))
     if not_run := resilience.get("not_run"):
         facts.append(("not run yet", ", ".join(map(str, not_run))))
     return facts

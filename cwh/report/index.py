@@ -42,8 +42,15 @@ def entry(folder: Path) -> Entry | None:
     page = f"{folder.name}/{page}" if page else f"{folder.name}/"
     if (gameday := read_json(folder / "gameday.json", problems)) is not None:
         codes = [e.get("code") for e in gameday.get("experiments") or []]
-        verdict = _worst_code(codes)
-        figures = (("experiments", str(len(codes))),)
+        pending = int(gameday.get("pending") or 0)
+        # A day with trials left is not a pass, whatever the ones that ran said.
+        verdict = _worst_code([*codes, *([2] if pending else [])])
+        figures: tuple[tuple[str, str], ...] = (("trials", str(len(codes))),)
+        score = (gameday.get("score") or {}).get("score")
+        if score is not None:
+            figures += (("resilience", f"{score:g} %"),)
+        if pending:
+            figures += (("not run", str(pending)),)
         return Entry(folder.name, _started(folder, None), "gameday", verdict, "", figures, page)
     if (bench := read_json(folder / "bench-chaos.json", problems)) is not None:
         runs = bench.get("runs") or []

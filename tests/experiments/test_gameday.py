@@ -14,6 +14,7 @@ import pytest
 
 from env.local import LocalEnvironment
 from env.process import wait_until
+from slo.reconcile import worst_exit
 from tests.experiments.test_chaos import CWH, ROOT, assert_restored, child_env, injected, load
 from tests.helpers import wait_healthy
 
@@ -64,8 +65,8 @@ def test_a_planned_game_day_interrupted_and_resumed(local_env: LocalEnvironment,
     pending = [t for t in trials if t["status"] == "pending"]
     # The interrupted trial stays to be run; its rollbacks played and the system is whole.
     interrupted = pending[0]
-    assert interrupted["folder"] is not None
-    journal = load(day / interrupted["folder"], "journal.json")
+    (attempt,) = interrupted["aborted"]  # kept, named, not counted
+    journal = load(day / attempt, "journal.json")
     assert journal["status"] == "interrupted"
     assert all(r["status"] == "succeeded" for r in journal["rollbacks"])
     assert_restored(local_env)
@@ -85,7 +86,7 @@ def test_a_planned_game_day_interrupted_and_resumed(local_env: LocalEnvironment,
     # Exactly what was left ran, each into a folder of its own inside the day's.
     assert len(set(day.glob("*-chaos-*")) - before) == len(pending), out
     codes = [t["code"] for t in trials]
-    assert resumed.returncode == max(codes), out
+    assert resumed.returncode == worst_exit(*codes), out  # the whole day's, not the resume's
     doc = load(day, "gameday.json")
     assert [e["experiment"] for e in doc["experiments"]] == ["kill-api #1", "kill-api #2"]
     assert [e["code"] for e in doc["experiments"]] == codes

@@ -68,6 +68,11 @@ def test_a_full_plan_reads_as_written(tmp_path: Path) -> None:
         ("experiments:\n  - {name: kill-api, times: 2}\n", 2, "unknown times"),
         ("experiments: [kill-api\n", 2, "not YAML"),
         ("experiments: [kill-api]\ngate: maybe\n", 2, "gate: true or false"),
+        ("experiments:\n  - kill-api\n  - {name: kill-api, weight: 5}\n", 3, "kill-api twice"),
+        ("name: ''\nexperiments: [kill-api]\n", 1, "1 to 40 letters"),
+        (f"name: {'x' * 41}\nexperiments: [kill-api]\n", 1, "1 to 40 letters"),
+        ("experiments: [kill-api]\nfleet: 0\n", 2, "fleet: a mapping"),
+        ("experiments: [kill-api]\nfleet: {duration: 5s}\n", 2, "30 s at least"),
     ],
 )
 def test_a_bad_plan_names_its_file_and_line(
@@ -156,3 +161,16 @@ def test_the_example_plan_is_a_valid_plan() -> None:
     plan = load_plan(root / "examples" / "gameday.yaml", list(catalogue()), SHAPE_NAMES)
     assert plan.name == "weekly"
     assert len(trials(plan)) == sum(i.repeats for i in plan.items)
+
+
+def test_an_experiment_of_another_runtime_is_refused_before_the_day(tmp_path: Path) -> None:
+    path = plan_file(tmp_path, "experiments:\n  - kill-api\n  - kill-lb\n")
+    with pytest.raises(PlanError) as err:
+        load_plan(path, KNOWN, SHAPES, lambda n: "needs kubernetes" if n == "kill-lb" else None)
+    assert str(err.value) == f"{path}:3: needs kubernetes"
+
+
+def test_a_damaged_state_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "gameday-state.json").write_text('{"plan": {"name": "x"}, "trials": []}')
+    with pytest.raises(PlanError, match="not a game day's state"):
+        Day.load(tmp_path)
