@@ -45,14 +45,22 @@ def read_report(folder: Path, browser: Chromium) -> dict[str, Any]:
     return seen
 
 
-def assert_faults_where_journal_says(folder: Path, seen: dict[str, Any]) -> None:
+def assert_faults_where_journal_says(
+    folder: Path,
+    seen: dict[str, Any],
+    prefix: str = "",
+    span: tuple[float, float] | None = None,
+) -> None:
     """Every timeline shades every fault of faults.jsonl, labelled, over the pixels its
-    injection and restoration times map to on an axis that covers the whole ledger."""
+    injection and restoration times map to on an axis that covers the whole ledger. On a game
+    day's page: the faults of one trial's folder, named `<prefix><fault>`, on an axis that
+    covers `span` (every trial's ledger)."""
     pairs = fault_pairs(folder)
     assert pairs, "the run injected no fault"
-    first, last = ledger_span(folder)
+    first, last = span or ledger_span(folder)
     drawn = [c for c in seen["charts"] if not c["missing"]]
     for fault, injected, restored in pairs:
+        fault = prefix + fault
         shades = [f for f in seen["faults"] if f["fault"] == fault]
         assert len(shades) == len(drawn), (fault, len(shades), len(drawn))
         for shade in shades:

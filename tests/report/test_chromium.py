@@ -15,7 +15,7 @@ from cwh.report import write_html
 from cwh.report.browser import Chromium
 from cwh.report.model import OK
 from tests.report.chromium import assert_faults_where_journal_says, read_report
-from tests.report.runs import NO_PROMETHEUS, lines, load, run_folder
+from tests.report.runs import NO_PROMETHEUS, ledger_span, lines, load, run_folder
 
 LEDGER_CHARTS = {"ops-write", "ops-read", "ops-notification", "latency"}
 PROMETHEUS_CHARTS = {"phones", "replicas", "lag", "pg-roles", "redis-roles", "queue"}
@@ -126,3 +126,44 @@ def test_failed_run_links_to_its_window_and_ledger_lines(tmp_path, browser):
     ]  # fmt: skip
     assert [q[0] for q in quoted] == [f"ledger-L{n}" for n in numbers]
     assert all(rid in text for _, text in quoted)
+
+
+def test_a_load_runs_page_opens_cleanly_with_no_fault_shaded(tmp_path, browser):
+    """A plain load run (`make load`): the chaos fixture without its experiment's files."""
+    folder = run_folder("chaos-kill-api", tmp_path)
+    for name in ("journal.json", "faults.jsonl", "chaos.json", "restored-after.json"):
+        (folder / name).unlink()
+    folder = folder.rename(tmp_path / "20261202T050000Z-load")
+    write_html(folder, NO_PROMETHEUS)
+    seen = read_report(folder, browser)
+    charts = {c["id"]: c for c in seen["charts"]}
+    assert set(charts) == LEDGER_CHARTS | PROMETHEUS_CHARTS
+    for chart in charts.values():
+        assert (chart["missing"], chart["points"] > 0) == ("", True), chart
+    assert seen["faults"] == []
+    assert seen["verdict"] == "pass"
+
+
+def test_a_game_days_page_shades_every_trials_faults_on_one_axis(tmp_path, browser):
+    """Two trials in a day's folder, as `cwh chaos gameday` leaves them: one page, every fault
+    of each trial's faults.jsonl shaded where it says, on one axis over both ledgers."""
+    from cwh.gameday import DONE, Item, Plan, score, trials
+
+    day = tmp_path / "20261202T060000Z-gameday-weekly"
+    day.mkdir()
+    api, lb = run_folder("chaos-kill-api", day), run_folder("chaos-kill-lb", day)
+    plan = Plan("weekly", (Item("kill-api"), Item("kill-lb")))
+    done = trials(plan)
+    for t, f in zip(done, (api, lb), strict=True):
+        t.status, t.code, t.folder = DONE, 0, f.name
+    entries = [{"experiment": t.experiment, "code": 0, "folder": t.folder} for t in done]
+    doc = {"experiments": entries, "score": score(plan, done), "pending": 0}
+    (day / "gameday.json").write_text(json.dumps(doc))
+    write_html(day, NO_PROMETHEUS)
+    seen = read_report(day, browser)
+    spans = [ledger_span(f) for f in (api, lb)]
+    span = (min(a for a, _ in spans), max(b for _, b in spans))
+    assert_faults_where_journal_says(api, seen, "kill-api: ", span)
+    assert_faults_where_journal_says(lb, seen, "kill-lb: ", span)
+    assert seen["verdict"] == "pass"
+    assert (day / "report.png").stat().st_size > 0
