@@ -29,6 +29,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from cwh.report import try_write_html
 from env.layout import Layout
 from env.local import LocalEnvironment
 from env.process import wait_until
@@ -263,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     console.print(f"results: {out / 'results.json'}")
+    try_write_html(out, "", console)  # the figures and the plots, in one page
     return 0 if ttr["missing"] == 0 else 1
 
 

@@ -34,6 +34,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bench import dr_region
+from cwh.report import try_write_html
 from env.local import LocalEnvironment
 from env.process import wait_until
 from env.restore import (
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "bench-dr.json").write_text(json.dumps(result, indent=2))
     (out / "bench-dr.md").write_text(md + "\n")
     plot(results, out / "bench-dr.png")
+    try_write_html(out, "", console)  # the figures and the plots, in one page
     table = Table(title="restore time by database size")
     for col in ("rows", "DB MB", "copy s", "replay s", "replay MB/s", "primary s", "whole s"):
         table.add_column(col, justify="right")

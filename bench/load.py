@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cwh.report import try_write_html
 from env.process import pid_alive, terminate_then_kill, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,6 +345,7 @@ def main() -> None:
     (out / "bench.json").write_text(json.dumps({"throughput": tp, "connected": conn}, indent=2))
     lines = report_lines(tp, conn, args.heartbeat)
     (out / "bench.md").write_text("\n".join(lines) + "\n")
+    try_write_html(out, "", console)  # the figures and the plots, in one page
     console.print("\n".join(line for line in lines if not line.startswith("![")))
     console.print(f"report: {out}")
 

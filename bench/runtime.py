@@ -532,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     for runtime, ps in problems.items():
         for p in ps:
             console.print(f"[red]{runtime}[/red]: {p}")
+    from cwh.report import try_write_html
+
+    try_write_html(out, "", console)  # the figures and the plot, in one page
     console.print(f"bench-runtime: {out}")
     if interrupted:
         return 130

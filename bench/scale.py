@@ -47,6 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.chaos import distribution, quantile
+from cwh.report import try_write_html
 from env import hpa, topology
 from env.autoscaler import ControllerConfig, ScaleEvent, scale_down_limit
 from env.hpa import HPASpec
@@ -523,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     report(ramps, summary, out, console)
+    try_write_html(out, "", console)  # the figures and the plots, in one page
     console.print(f"bench-scale: {out}")
     # A benchmark reports; it fails only when a ramp could not be measured.
     measured = quantile([s for r in ramps for s in r.scaled], 0.5) is not None

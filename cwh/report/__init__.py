@@ -29,13 +29,16 @@ class NotARunFolder(ValueError):
 
 
 def kind_of(folder: Path) -> str:
-    """bench-chaos, bench-failover, gameday or run (a load or chaos run), by the files."""
+    """bench-chaos, bench-failover, gameday, bench (the other benchmarks) or run (a load or
+    chaos run), by the files and the folder's name."""
     if (folder / "bench-chaos.json").exists():
         return "bench-chaos"
     if (folder / "results.json").exists() and "bench-failover" in folder.name:
         return "bench-failover"
     if (folder / "gameday.json").exists():
         return "gameday"
+    if build.BENCH_FOLDER.search(folder.name):
+        return "bench"
     if any((folder / f).exists() for f in ("summary.json", "faults.jsonl", "journal.json")):
         return "run"
     raise NotARunFolder(f"{folder}: no summary.json, faults.jsonl, gameday.json or bench results")
@@ -71,6 +74,8 @@ def make_report(folder: Path, prometheus_url: str = "") -> Report:
         return build.bench_failover_report(folder, data, worst_case_failover_s())
     if kind == "gameday":
         return _gameday(folder, prometheus_url)
+    if kind == "bench":
+        return build.bench_report(folder)
     files = build.read_run(folder)
     faults = x.fault_windows(files.fault_events)
     span = x.time_span(x.dig(files.summary, "window"), files.ops, faults)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -526,3 +527,81 @@ def bound_for(experiment: str, path: str) -> float | None:
 
 
 __all__ = ["FaultWindow", "read_run", "run_report"]
+
+
+# ---- the other benchmarks: their own figures, tables and plots ---------------------------------
+
+#: The folders of the benchmarks that hold their figures as Markdown, JSON and PNG plots.
+BENCH_FOLDER = re.compile(r"-bench-(api|load|dr|scale|runtime)$")
+#: Their results files.
+BENCH_RESULTS = ("results.json", "bench.json", "bench-dr.json", "bench-scale.json", "summary.json")
+
+
+def bench_report(folder: Path) -> Report:
+    """`make bench-api|bench-load|bench-dr|bench-scale|bench-runtime`: what the benchmark wrote
+    for people (its Markdown: figures beside goals, ratios against the baseline measured in the
+    same run) and its plots, in one page. A benchmark measures rather than judges: the page
+    passes when the results are there, and is inconclusive when they are not."""
+    import base64
+
+    found = [name for name in BENCH_RESULTS if (folder / name).exists()]
+    problems: list[str] = []
+    data = read_json(folder / found[0], problems) if found else None
+    verdict: Verdict = "pass" if data else "inconclusive"
+    said = data.get("verdict") if isinstance(data, dict) else None
+    if said in ("pass", "fail", "inconclusive"):
+        verdict = said  # a benchmark with goals says itself whether it met them
+    reasons = [] if data else ["no results in this folder (the benchmark did not finish)"]
+    r = Report(f"Benchmark {folder.name}", "bench", verdict, reasons + problems)
+    r.facts = [("folder", folder.name), ("results", ", ".join(found) or "-")]
+    r.versions = list(versions(folder))
+    for md in sorted(folder.glob("*.md")):
+        r.sections.append((md.name, markdown_html(md.read_text())))
+    if data is not None and not r.sections:
+        from html import escape
+
+        r.sections.append((found[0], f"<pre>{escape(json.dumps(data, indent=2))}</pre>"))
+    for png in sorted(folder.glob("*.png")):
+        if png.name == "report.png":
+            continue  # the page's own screenshot
+        uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+        r.images.append((png.name, uri))
+    return r
+
+
+def markdown_html(text: str) -> str:
+    """The Markdown the benchmarks write, as HTML: headings, tables, paragraphs (escaped; image
+    links left out: the plots are embedded apart)."""
+    from html import escape
+
+    out: list[str] = []
+    rows: list[list[str]] = []
+
+    def flush() -> None:
+        if rows:
+            head, *body = [r for r in rows if not all(set(c) <= set("-: ") for c in r)]
+            out.append(
+                "<table><tr>"
+                + "".join(f"<th>{escape(c)}</th>" for c in head)
+                + "</tr>"
+                + "".join(
+                    "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body
+                )
+                + "</table>"
+            )
+            rows.clear()
+
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|"):
+            rows.append([c.strip() for c in stripped.strip("|").split("|")])
+            continue
+        flush()
+        if not stripped or stripped.startswith("!["):
+            continue
+        if stripped.startswith("#"):
+            out.append(f"<h3>{escape(stripped.lstrip('#').strip())}</h3>")
+        else:
+            out.append(f"<p>{escape(stripped)}</p>")
+    flush()
+    return "".join(out)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cwh.report import extract as x
-from cwh.report.build import read_json
+from cwh.report.build import BENCH_FOLDER, bench_report, read_json
 
 INDEX = "index.html"
 
@@ -57,6 +57,9 @@ def entry(folder: Path) -> Entry | None:
         verdict = _worst_code([r.get("code") for r in runs])
         figures = (("trials", str(len(runs))),)
         return Entry(folder.name, _started(folder, None), "bench-chaos", verdict, "", figures, page)
+    if BENCH_FOLDER.search(folder.name):
+        r = bench_report(folder)
+        return Entry(folder.name, _started(folder, None), "bench", r.verdict, "", (), page)
     if summary is None and journal is None:
         return None
     restored = read_json(folder / "restored-after.json", problems)

@@ -203,3 +203,40 @@ def test_recovery_and_the_longest_silence_are_rules_on_the_paths_charts(tmp_path
     ]
     html = write_html(folder, NO_PROMETHEUS).read_text()
     assert html.count('class="mark"') == 4 + 1  # write 3, read 1, notification 1
+
+
+def test_every_other_benchmark_gets_a_page_of_its_figures_and_plots(tmp_path):
+    from cwh.report.index import entry
+
+    folder = tmp_path / "20261204T100000Z-bench-load"
+    folder.mkdir()
+    (folder / "bench.json").write_text(json.dumps({"throughput": {"ratio": 0.74}}))
+    (folder / "bench.md").write_text(
+        "# Load generator\n\n| figure | value | goal |\n|---|---|---|\n"
+        "| phone/plain per core | 0.74x | >= 0.7x |\n\n![connected](connected.png)\n"
+    )
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+    (folder / "connected.png").write_bytes(png)
+    report = make_report(folder, NO_PROMETHEUS)
+    assert (report.kind, report.verdict) == ("bench", "pass")
+    html = write_html(folder, NO_PROMETHEUS).read_text()
+    assert "<td>phone/plain per core</td><td>0.74x</td><td>&gt;= 0.7x</td>" in html
+    assert "data:image/png;base64," in html
+    assert not EXTERNAL.search(html)
+    listed = entry(folder)
+    assert listed is not None
+    assert (listed.kind, listed.verdict) == ("bench", "pass")
+
+
+def test_a_benchmark_that_says_its_verdict_is_believed_and_one_without_results_is_not_a_pass(
+    tmp_path,
+):
+    runtime = tmp_path / "20261204T100000Z-bench-runtime"
+    runtime.mkdir()
+    (runtime / "summary.json").write_text(json.dumps({"verdict": "fail", "figures": {}}))
+    assert make_report(runtime, NO_PROMETHEUS).verdict == "fail"
+    empty = tmp_path / "20261204T110000Z-bench-scale"
+    empty.mkdir()
+    report = make_report(empty, NO_PROMETHEUS)
+    assert report.verdict == "inconclusive"
+    assert report.reasons == ["no results in this folder (the benchmark did not finish)"]
