@@ -364,6 +364,14 @@ def gameday_report(
     window = {"start": min(starts), "end": max(ends)} if starts and ends else None
     span = x.time_span(window, ops, faults)
     r.facts = [("folder", folder.name), ("experiments", ", ".join(n for n, _, _ in runs))]
+    # Repeated trials of one experiment: their RTOs and RPOs as distributions, with the bound.
+    by_experiment: dict[str, list[Mapping[str, Any]]] = {}
+    for name, _code, files in runs:
+        if files is not None and files.chaos:
+            by_experiment.setdefault(name.split(" #")[0], []).append(files.chaos)
+    for name, chaos in by_experiment.items():
+        if len(chaos) > 1:
+            r.distributions += trial_distributions(name, chaos, bound_for)
     r.versions, r.settings = list(versions_), list(settings)
     if span is not None:
         r.axis, r.faults = Axis(*span), faults
@@ -438,6 +446,22 @@ def _rows_table(head: Sequence[str], rows: Sequence[Row]) -> str:
 # ---- benchmarks of repeated trials ---------------------------------------------------------------
 
 
+def trial_distributions(
+    name: str,
+    chaos: Sequence[Mapping[str, Any]],
+    bound_for: Callable[[str, str], float | None],
+) -> list[Distribution]:
+    """RTO per path and RPO over repeated trials of one experiment (their chaos.json), with the
+    bound the configuration promises where one applies."""
+    dists = []
+    for path in PATHS:
+        values = [v for v in (x.number(x.dig(c, f"rto_s.{path}")) for c in chaos) if v is not None]
+        dists.append(Distribution(name, f"RTO {path}", tuple(values), bound_for(name, path)))
+    rpo = [v for v in (x.number(x.dig(c, "rpo_s.max")) for c in chaos) if v is not None]
+    dists.append(Distribution(name, "RPO", tuple(rpo)))
+    return dists
+
+
 def bench_chaos_report(
     folder: Path, data: Mapping[str, Any], bound_for: Callable[[str, str], float | None]
 ) -> Report:
@@ -448,13 +472,7 @@ def bench_chaos_report(
     for name in dict.fromkeys(str(r.get("experiment")) for r in runs):
         mine = [r for r in runs if str(r.get("experiment")) == name]
         chaos = [r["chaos"] for r in mine if isinstance(r.get("chaos"), Mapping)]
-        for path in PATHS:
-            values = [
-                v for v in (x.number(x.dig(c, f"rto_s.{path}")) for c in chaos) if v is not None
-            ]
-            dists.append(Distribution(name, f"RTO {path}", tuple(values), bound_for(name, path)))
-        rpo = [v for v in (x.number(x.dig(c, "rpo_s.max")) for c in chaos) if v is not None]
-        dists.append(Distribution(name, "RPO", tuple(rpo)))
+        dists += trial_distributions(name, chaos, bound_for)
         failed = sum(1 for r in mine if r.get("code") not in (0, None))
         lost = sum(int(x.number(c.get("lost")) or 0) for c in chaos)
         rows.append(

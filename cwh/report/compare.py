@@ -85,6 +85,11 @@ def read_figures(folder: Path) -> Figures:
     if single is not None:  # <UTC>-chaos-<experiment>
         experiment = re.sub(r"^(\d{8}T\d{6}Z-)?chaos-?", "", folder.name) or "chaos"
         chaos_runs.append((experiment, single))
+    day = read_json(folder / "gameday.json", problems)
+    for trial in (day or {}).get("experiments") or []:  # a game day: every trial it ran
+        sub = trial.get("folder") if isinstance(trial, Mapping) else None
+        if sub and (chaos := read_json(folder / sub / "chaos.json", problems)) is not None:
+            chaos_runs.append((str(trial.get("experiment", "?")).split(" #")[0], chaos))
     for experiment, chaos in chaos_runs:
         if not isinstance(chaos, Mapping):
             continue

@@ -240,3 +240,39 @@ def test_a_benchmark_that_says_its_verdict_is_believed_and_one_without_results_i
     report = make_report(empty, NO_PROMETHEUS)
     assert report.verdict == "inconclusive"
     assert report.reasons == ["no results in this folder (the benchmark did not finish)"]
+
+
+def _day_of_kill_api_trials(root: Path, name: str, write_rtos: list[float]) -> Path:
+    """A game day's folder with one kill-api trial per RTO (the recorded run, its RTO set)."""
+    day = root / name
+    day.mkdir()
+    entries = []
+    for i, rto in enumerate(write_rtos, start=1):
+        trial = run_folder("chaos-kill-api", day / f"t{i}")
+        chaos = json.loads((trial / "chaos.json").read_text())
+        chaos["rto_s"]["write"] = rto
+        (trial / "chaos.json").write_text(json.dumps(chaos))
+        rel = str(trial.relative_to(day))
+        entries.append({"experiment": f"kill-api #{i}", "code": 0, "folder": rel})
+    (day / "gameday.json").write_text(json.dumps({"experiments": entries, "pending": 0}))
+    return day
+
+
+def test_repeated_trials_of_a_game_day_show_as_distributions(tmp_path):
+    day = _day_of_kill_api_trials(tmp_path, "20261202T060000Z-gameday-x", [1.0, 2.0, 3.0])
+    report = make_report(day, NO_PROMETHEUS)
+    dists = {(d.group, d.label): d.values for d in report.distributions}
+    assert dists[("kill-api", "RTO write")] == (1.0, 2.0, 3.0)
+    assert ("kill-api", "RPO") in dists
+
+
+def test_two_game_days_compare_trial_by_trial(tmp_path):
+    from cwh.report.compare import compare, read_figures
+
+    a = _day_of_kill_api_trials(tmp_path, "20261202T060000Z-gameday-x", [1.0, 1.1, 0.9, 1.0])
+    b = _day_of_kill_api_trials(tmp_path, "20261209T060000Z-gameday-x", [5.0, 5.2, 4.9, 5.1])
+    fa, fb = read_figures(a), read_figures(b)
+    assert fa.trials["RTO write (kill-api)"] == [1.0, 1.1, 0.9, 1.0]
+    (change,) = [c for c in compare(fa, fb) if c.figure == "RTO write (kill-api) median"]
+    assert change.worse is True
+    assert change.beyond_noise is True
