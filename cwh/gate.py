@@ -3,6 +3,7 @@ is (or in `reports/<UTC>-slo/`), its verdict as the exit code."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from slo.gate import (
     evaluate,
     exit_code,
 )
+from slo.ledger import write_atomic
 from slo.sources import Prometheus, RunData, SourceUnavailable, Window
 
 
@@ -108,6 +110,24 @@ def check(opts: GateOptions, console: Console) -> int:
             f"[magenta]{unknown:g} acknowledged request(s) unknown[/]: the read-back got no "
             "answer for them (summary.md), so the run cannot pass"
         )
+    if opts.baseline is not None and opts.run is not None:
+        _noise_aware_baseline(opts.baseline, opts.run, out, console)
     word = {0: "[green]PASS[/green]", 1: "[red]FAIL[/red]"}.get(code, "[magenta]INCONCLUSIVE[/]")
     console.print(f"SLO gate: {word} (exit code {code}); slo.json, slo-junit.xml, slo.md in {out}")
     return code
+
+
+def _noise_aware_baseline(baseline: Path, run: Path, out: Path, console: Console) -> None:
+    """Beside the SLOs' own regression limits (one measured value against the baseline's):
+    what changed from the baseline run beyond its noise, judged over every sample both runs
+    hold (latencies, repeated trials' RTOs), as `cwh report compare` does. Written to
+    `baseline-compare.json`; it informs, the SLOs' limits decide the exit code."""
+    from cwh.report.compare import compare, read_figures, text_table
+
+    changes = compare(read_figures(baseline), read_figures(run))
+    write_atomic(
+        out / "baseline-compare.json", json.dumps([c.to_json() for c in changes], indent=2)
+    )
+    console.print(text_table(changes, str(baseline), str(run)))
+    if worse := [c.figure for c in changes if c.regression]:
+        console.print(f"[red]worse than the baseline beyond noise[/red]: {', '.join(worse)}")

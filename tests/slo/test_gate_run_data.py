@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cwh.gate import GateOptions, check
+from slo.definitions import DEFAULT_DIR
 
 DEFS = """\
 apiVersion: openslo/v1
@@ -84,3 +85,24 @@ def test_a_run_with_requests_left_unknown_is_never_a_pass(tmp_path):
     assert (code, v["status"]) == (2, "pass")
     result = json.loads((run / "slo.json").read_text())
     assert (result["verdict"], result["unknown_requests"]) == ("inconclusive", 3)
+
+
+def test_the_baseline_comparison_marks_what_changed_beyond_noise(tmp_path):
+    """Beside the SLOs' limits: every sample both runs hold compared as `cwh report compare`
+    does (a recorded run, and the same run with its submits three times slower)."""
+    from tests.report.runs import run_folder as recorded
+
+    base = recorded("chaos-kill-api", tmp_path / "a")
+    slow = recorded("chaos-kill-api", tmp_path / "b")
+    ledger = slow / "ledger.jsonl"
+    ops = [json.loads(line) for line in ledger.read_text().splitlines()]
+    for op in ops:
+        if op["kind"] == "submit":
+            op["completed_s"] = op["invoked_s"] + 3 * (op["completed_s"] - op["invoked_s"])
+    ledger.write_text("".join(json.dumps(op) + "\n" for op in ops))
+    check(GateOptions(run=base, definitions=DEFAULT_DIR), Console(quiet=True))
+    check(GateOptions(run=slow, definitions=DEFAULT_DIR, baseline=base), Console(quiet=True))
+    changes = {c["figure"]: c for c in json.loads((slow / "baseline-compare.json").read_text())}
+    submit = [c for name, c in changes.items() if name.startswith("submit") and "p50" in name]
+    assert submit, sorted(changes)
+    assert all(c["worse"] and c["beyond_noise"] for c in submit), submit
