@@ -37,9 +37,11 @@ BASE = "debian:bookworm-slim"
 REPOSITORY = "cwh-stack"
 CACHE_DIR = Path("/var/cache/cwh")
 #: The project's packages a replica runs (`python -m reference_impl`, `python -m env.faultproxy`),
-#: and the harness's fleet on Kubernetes (`python -m cwh.cli load --master | --worker`,
-#: deploy/base/locust.yaml): its CLI, the phones and the reconciliation and gate it ends with.
-CODE = ("reference_impl", "env", "cwh", "scenarios", "slo")
+#: the harness's fleet on Kubernetes (`python -m cwh.cli load --master | --worker`,
+#: deploy/base/locust.yaml): its CLI, the phones and the reconciliation and gate it ends with;
+#: and the game day on Kubernetes (`python -m cwh.cli chaos gameday`, the CronJob): the
+#: experiments and their activities.
+CODE = ("reference_impl", "env", "cwh", "scenarios", "slo", "experiments")
 #: What the services import from PyPI: pinned as in pyproject.toml.
 SERVICE_REQUIREMENTS = (
     "aiohttp",
@@ -63,6 +65,19 @@ FLEET_REQUIREMENTS = (
     "hdrhistogram",
     "websocket-client",
     "prometheus-api-client",
+)
+#: What the game day adds (deploy/base/gameday-cronjob.yaml): Chaos Toolkit and its Kubernetes
+#: and Toxiproxy drivers, the client they go through, and what the activities and the run's plot
+#: import.
+GAMEDAY_REQUIREMENTS = (
+    "chaostoolkit",
+    "chaostoolkit-kubernetes",
+    "kubernetes",
+    "chaostoolkit-toxiproxy",
+    "toxiproxy-python",
+    "future",
+    "psycopg",
+    "matplotlib",
 )
 #: What those need on the image's Python (Debian's 3.11.2) but not on this one: markers are
 #: evaluated here, on the host's Python, when the wheels are downloaded.
@@ -91,10 +106,13 @@ class ImageError(RuntimeError):
 
 
 def requirements(pyproject: Path = PROJECT_ROOT / "pyproject.toml") -> str:
-    """requirements.txt for the image: `SERVICE_REQUIREMENTS` and `FLEET_REQUIREMENTS` with
-    pyproject.toml's pins. Raises ImageError naming any that pyproject.toml does not pin."""
+    """requirements.txt for the image: `SERVICE_REQUIREMENTS`, `FLEET_REQUIREMENTS` and
+    `GAMEDAY_REQUIREMENTS` with pyproject.toml's pins. Raises ImageError naming any that
+    pyproject.toml does not pin."""
     deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    wanted = {n.lower() for n in (*SERVICE_REQUIREMENTS, *FLEET_REQUIREMENTS)}
+    wanted = {
+        n.lower() for n in (*SERVICE_REQUIREMENTS, *FLEET_REQUIREMENTS, *GAMEDAY_REQUIREMENTS)
+    }
     lines = [d for d in deps if re.split(r"[\[=<>! ]", d, maxsplit=1)[0].lower() in wanted]
     missing = wanted - {re.split(r"[\[=<>! ]", d, maxsplit=1)[0].lower() for d in lines}
     if missing:

@@ -26,7 +26,7 @@ import chaosk8s
 import requests
 from chaoslib.exceptions import ActivityFailed
 from kubernetes import client
-from kubernetes.config import kube_config
+from kubernetes.config import ConfigException, kube_config, load_incluster_config
 from kubernetes.stream import stream
 
 from env.settings import EnvSettings
@@ -151,8 +151,8 @@ class Kube:
 
 def connect(env: EnvSettings) -> Kube:
     """A client for the cluster and namespace of `env`: its kubeconfig and context, loaded
-    explicitly (none named: what chaosk8s loads, `$KUBECONFIG`, `~/.kube/config` or the pod's
-    service account).
+    explicitly; none named: the pod's service account inside a cluster, else what chaosk8s
+    loads (`$KUBECONFIG`, `~/.kube/config`).
 
     Raises:
         ActivityFailed: the settings are not the kubernetes runtime's, or the kubeconfig is
@@ -161,7 +161,15 @@ def connect(env: EnvSettings) -> Kube:
     if env.runtime != "kubernetes":
         raise ActivityFailed(f"the {env.runtime} runtime has no Kubernetes API")
     if not env.kubeconfig:
-        return Kube(env=env, api=chaosk8s.create_k8s_api_client(secrets_of(env)))
+        # In a pod (the game day's CronJob): its service account. chaosk8s's own client
+        # falls back to http://localhost there unless CHAOSTOOLKIT_IN_POD is set (the CronJob
+        # sets it for chaosk8s's actions); ours asks the library directly.
+        cfg = client.Configuration()
+        try:
+            load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except ConfigException:  # not in a pod
+            return Kube(env=env, api=chaosk8s.create_k8s_api_client(secrets_of(env)))
+        return Kube(env=env, api=client.ApiClient(cfg))
     if not Path(env.kubeconfig).is_file():
         raise ActivityFailed(f"CWH_KUBECONFIG={env.kubeconfig}: no such file")
     api = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]  # unannotated

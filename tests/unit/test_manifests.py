@@ -921,8 +921,9 @@ GAMEDAY_NAMESPACED_RULES = {
 }
 GAMEDAY_CLUSTER_RULES = {
     ("", "nodes"): {"get", "list", "patch"},
-    ("", "pods"): {"list"},
+    ("", "pods"): {"get", "list"},  # chaosk8s's drain reads each pod it evicted until gone
     ("", "pods/eviction"): {"create"},
+    ("", "namespaces"): {"get"},  # cwh chaos run checks the namespace answers
 }
 
 
