@@ -642,6 +642,45 @@ def _scrape_configs(objects: list[Obj]) -> list[Obj]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_slos_selectors_match_what_the_cluster_prometheus_labels(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Every `job="..."` and `role="..."` an SLO's query selects is a label the in-cluster
+    scrape gives the pods of a Deployment with that component (else the SLO has no data on a
+    cluster, and a steady-state check passes measuring nothing)."""
+    import re
+
+    objects = rendered[overlay]
+    [pods] = [j for j in _scrape_configs(objects) if j["job_name"] == "pods"]
+    comp = "__meta_kubernetes_pod_label_app_kubernetes_io_component"
+
+    def relabelled(target: str) -> tuple[re.Pattern[str], str]:
+        [rule] = [
+            r
+            for r in pods["relabel_configs"]
+            if r.get("target_label") == target and r.get("source_labels") == [comp]
+        ]
+        return re.compile(f"^(?:{rule['regex']})$"), rule.get("replacement", "$1")
+
+    components = {
+        w["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component")
+        for w in of_kind(objects, "Deployment")
+    }
+    job_re, job_value = relabelled("job")
+    role_re, _ = relabelled("role")
+    text = "\n".join(
+        p.read_text() for p in (manifests.PROJECT_ROOT / "slo" / "definitions").glob("*.y*ml")
+    )
+    jobs = set(re.findall(r'job="([a-z-]+)"', text))
+    roles = set(re.findall(r'role="([a-z-]+)"', text))
+    assert jobs == {job_value}
+    for role in roles:
+        assert role in components, role
+        assert role_re.match(role), role
+        assert job_re.match(role), role
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_prometheus_scrapes_every_exporter(rendered: dict[str, list[Obj]], overlay: str) -> None:
     """Every exporter container is scraped: by its pod's annotations, or by a job keeping its
     port's name."""
