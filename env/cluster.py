@@ -154,7 +154,7 @@ def rollouts(c: Cluster) -> list[Step]:
     return steps
 
 
-def kind_up(c: Cluster, name: str) -> list[Step]:
+def kind_up(c: Cluster, name: str, secrets: Path | None = None) -> list[Step]:
     """A kind cluster `name` (made unless it exists), the image built and loaded onto its
     nodes under the overlay's tag, the overlay applied, every rollout waited for."""
     kind = require("kind", "make kind-up needs kind (https://kind.sigs.k8s.io/) to make a cluster")
@@ -191,9 +191,81 @@ def kind_up(c: Cluster, name: str) -> list[Step]:
         Step(
             (kind, "load", "docker-image", image, "--name", name), f"{image} loaded onto the nodes"
         ),
-        Step(c.kubectl("apply", "-k", str(c.overlay_dir)), f"overlay {c.overlay} applied"),
+        Step(
+            c.kubectl("apply", "-f", "-"),
+            f"overlay {c.overlay} applied, its placeholder secrets replaced by real ones "
+            f"(kept in {secrets or secrets_dir(name)})",
+            stdin=yaml.safe_dump_all(with_real_secrets(c.objects(), secrets or secrets_dir(name))),
+        ),
         *rollouts(c),
     ]
+
+
+def secrets_dir(cluster: str) -> Path:
+    """Where kind-up keeps the secrets it made for a cluster (the same ones every time: a new
+    key set would invalidate every token, a new CA every phone's trust)."""
+    return Path(f"/var/tmp/cwh-kind-{cluster}")
+
+
+def with_real_secrets(objects: list[dict[str, Any]], state: Path) -> list[dict[str, Any]]:
+    """The overlay's objects with every placeholder (labelled `cwh/placeholder`) replaced by
+    a real value of the same keys: passwords and the registration secret drawn at random, the
+    API's key set and field key (`reference_impl.keys`), a CA and a certificate for the
+    Ingress hosts (`env.secrets`). Made once into `state`, read from there after."""
+    import base64
+    import secrets as random_secrets
+
+    from env.secrets import CertificateAuthority
+    from reference_impl.keys import ensure_keys
+
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_keys(state / "keys")
+    ca = CertificateAuthority.load_or_create(state / "ca.crt", state / "ca.key")
+    hosts = tuple(
+        sorted(
+            {
+                h
+                for o in objects
+                if o["kind"] == "Ingress"
+                for t in o["spec"].get("tls") or []
+                for h in t.get("hosts") or []
+            }
+        )
+    )
+    tls_crt, tls_key = state / "tls.crt", state / "tls.key"
+    ca.ensure_server_files(tls_crt, tls_key, hosts[0] if hosts else "cloudwatcher", dns_names=hosts)
+    drawn_path = state / "drawn.json"
+    drawn: dict[str, str] = json.loads(drawn_path.read_text()) if drawn_path.exists() else {}
+
+    def value(secret: str, key: str) -> bytes:
+        if secret == "cloudwatcher-keys":
+            return (state / "keys" / key).read_bytes()
+        if secret == "cloudwatcher-tls":
+            return (tls_crt if key == "tls.crt" else tls_key).read_bytes()
+        if secret == "cloudwatcher-ca":
+            return (state / "ca.crt").read_bytes()
+        return drawn.setdefault(f"{secret}/{key}", random_secrets.token_urlsafe(24)).encode()
+
+    out = []
+    for o in objects:
+        if (o["metadata"].get("labels") or {}).get("cwh/placeholder") != "true":
+            out.append(o)
+            continue
+        name = o["metadata"]["name"]
+        real = {**o, "metadata": {**o["metadata"]}}
+        real["metadata"]["labels"] = {
+            k: v for k, v in o["metadata"]["labels"].items() if k != "cwh/placeholder"
+        }
+        if o["kind"] == "Secret":
+            real["data"] = {
+                k: base64.b64encode(value(name, k)).decode() for k in (o.get("data") or {})
+            }
+        else:
+            real["data"] = {k: value(name, k).decode() for k in (o.get("data") or {})}
+        out.append(real)
+    drawn_path.write_text(json.dumps(drawn, indent=2))
+    drawn_path.chmod(0o600)
+    return out
 
 
 def overlay_tag(overlay: Path, repository: str) -> str:
@@ -237,6 +309,18 @@ def fleet_objects(c: Cluster) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, master
 
 
+def fleet_only(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fleet's objects of an overlay: the Locust master, workers, their ConfigMap and the
+    report server (component `locust*`)."""
+    return [
+        o
+        for o in objects
+        if str(
+            (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component", "")
+        ).startswith("locust")
+    ]
+
+
 def fleet_patch(config: dict[str, Any], **values: int) -> dict[str, Any]:
     """The ConfigMap patch setting `values` (workers, users, duration) under the keys the
     ConfigMap uses for them (`WORKERS` or `CWH_WORKERS`, ...); zero values are left as they are."""
@@ -269,8 +353,11 @@ def staging_load(c: Cluster, workers: int, users: int, duration: int, out: Path)
             "the last run's master removed",
         ),
         Step(
-            c.kubectl("apply", "-k", str(c.overlay_dir)),
-            f"overlay {c.overlay} applied (master suspended)",
+            c.kubectl("apply", "-f", "-"),
+            f"the fleet's objects of overlay {c.overlay} applied (master suspended)",
+            # The fleet alone: applying the whole overlay again would put kind's placeholder
+            # secrets back over the real ones, and restart nothing else on purpose.
+            stdin=yaml.safe_dump_all(fleet_only(c.objects())),
         ),
         Step(
             c.kn("patch", "configmap", cm, "--type=merge", "-p", json.dumps(patch)),
@@ -442,6 +529,16 @@ def cluster_of(settings: EnvSettings, overlay: str, environ: Mapping[str, str]) 
     directory = OVERLAYS_DIR / overlay
     if not (directory / "kustomization.yaml").is_file():
         raise Missing(f"no overlay {overlay} under {OVERLAYS_DIR}")
+    # The namespace is the overlay's: acting in another (CWH_NAMESPACE's default is kind's)
+    # would apply here and patch, scale and delete there.
+    names = [o["metadata"]["name"] for o in render(directory) if o["kind"] == "Namespace"]
+    if len(names) == 1 and names[0] != settings.namespace:
+        if environ.get("CWH_NAMESPACE"):
+            raise Missing(
+                f"CWH_NAMESPACE={settings.namespace} but overlay {overlay} deploys into "
+                f"{names[0]}: unset it, or give the overlay of that namespace"
+            )
+        settings = dataclasses.replace(settings, namespace=names[0])
     return Cluster(settings=settings, overlay_dir=directory, kubeconfig=Path(path))
 
 
@@ -452,6 +549,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     parser.add_argument("target", choices=("kind-up", "staging-load", "staging-chaos"))
     parser.add_argument("experiments", nargs="*", help="staging-chaos: the game day's experiments")
     parser.add_argument("--name", default="cwh", help="kind-up: the kind cluster's name")
+    parser.add_argument(
+        "--secrets", default="", help="kind-up: where its secrets are kept (/var/tmp/cwh-kind-NAME)"
+    )
     parser.add_argument("--overlay", default="", help="kind or staging (default: kind for kind-up)")
     parser.add_argument("--workers", type=int, default=0, help="fleet workers (0: the overlay's)")
     parser.add_argument("--users", type=int, default=0, help="phones (0: the overlay's)")
@@ -468,7 +568,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             if not settings.kube_context:
                 settings = dataclasses.replace(settings, kube_context=f"kind-{args.name}")
             c = cluster_of(settings, args.overlay or "kind", environ)
-            steps = kind_up(c, args.name)
+            steps = kind_up(c, args.name, Path(args.secrets) if args.secrets else None)
         else:
             settings = EnvSettings.from_environ({**environ, "CWH_RUNTIME": "kubernetes"})
             c = cluster_of(settings, args.overlay or "staging", environ)

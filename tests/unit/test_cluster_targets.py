@@ -75,16 +75,16 @@ def test_kind_up_dry_run_prints_the_plan(
     from env.images import stack_tag
 
     config = tmp_path / "kc"
-    assert cluster.main(["kind-up", "--dry-run"], environ={"CWH_KUBECONFIG": str(config)}) == 0
+    argv = ["kind-up", "--dry-run", "--secrets", str(tmp_path / "secrets")]
+    assert cluster.main(argv, environ={"CWH_KUBECONFIG": str(config)}) == 0
     out = capsys.readouterr().out
     kubectl = f"{Path(sys.executable).parent / 'kubectl'} --kubeconfig {config} --context kind-cwh"
-    overlay = cluster.OVERLAYS_DIR / "kind"
     expected = [
         f"{tools}/kind create cluster --name cwh --kubeconfig {config} --config=- --wait=5m",
         f"{sys.executable} -m env.images",
         f"{tools}/docker tag {stack_tag()} cwh-stack:latest",
         f"{tools}/kind load docker-image cwh-stack:latest --name cwh",
-        f"{kubectl} apply -k {overlay}",
+        f"{kubectl} apply -f -",
         f"{kubectl} -n {K} rollout status deployment/api --timeout=10m",
         f"{kubectl} -n {K} rollout status statefulset/cloudwatcher-pg --timeout=10m",
         f"{kubectl} -n {K} rollout status statefulset/redis-cluster --timeout=10m",
@@ -190,7 +190,8 @@ def test_staging_chaos_dry_run_runs_a_game_day_on_the_kubernetes_runtime(
     assert any(ln.endswith("proxy --port=0 &") for ln in lines)
     check = next(ln for ln in lines if "slo check" in ln)
     assert "--from '<start>' --to '<end>'" in check
-    assert f"/api/v1/namespaces/{K}/services/prometheus:9090/proxy" in check
+    # The staging overlay's namespace, not CWH_NAMESPACE's default (kind's).
+    assert "/api/v1/namespaces/cloudwatcher-staging/services/prometheus:9090/proxy" in check
     assert list(tmp_path.iterdir()) == [config]  # nothing ran, no run folder
 
 
@@ -216,3 +217,67 @@ def test_the_runner_passes_captures_on_stops_at_a_failure_and_ends_the_backgroun
     assert said[-1] == "error: fails: exit 3"
     pid = int((tmp_path / "pid").read_text())
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_a_namespace_other_than_the_overlays_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "kc"
+    config.write_text("apiVersion: v1\nkind: Config\n")
+    environ = {"CWH_KUBECONFIG": str(config), "CWH_NAMESPACE": K, "CWH_KUBE_TARGET": "https://x"}
+    code = cluster.main(["staging-chaos", "--dry-run", "--reports", str(tmp_path)], environ)
+    assert code == 2
+    c = cluster.cluster_of(EnvSettings(namespace=K), "staging", {})
+    assert c.settings.namespace == "cloudwatcher-staging"  # the overlay's, when none was asked
+
+
+def test_kind_up_replaces_every_placeholder_with_a_real_secret_kept_for_next_time(
+    tmp_path: Path,
+) -> None:
+    import base64
+
+    from cryptography import x509
+
+    from env.manifests import render
+
+    objects = render(cluster.OVERLAYS_DIR / "kind")
+    placeholders = {
+        o["metadata"]["name"]: o
+        for o in objects
+        if (o["metadata"].get("labels") or {}).get("cwh/placeholder") == "true"
+    }
+    assert len(placeholders) == 6
+    real = cluster.with_real_secrets(objects, tmp_path / "s")
+    assert len(real) == len(objects)
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in real}
+    for name, p in placeholders.items():
+        o = by_name[(p["kind"], name)]
+        assert "cwh/placeholder" not in o["metadata"]["labels"]
+        assert set(o["data"]) == set(p["data"])
+        for key, value in o["data"].items():
+            raw = base64.b64decode(value) if o["kind"] == "Secret" else value.encode()
+            assert not raw.startswith(b"placeholder"), (name, key)
+    tls = by_name[("Secret", "cloudwatcher-tls")]
+    cert = x509.load_pem_x509_certificate(base64.b64decode(tls["data"]["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    hosts = {
+        h for o in objects if o["kind"] == "Ingress" for t in o["spec"]["tls"] for h in t["hosts"]
+    }
+    assert hosts <= set(names.get_values_for_type(x509.DNSName))
+    # The same secrets next time: a new key set would invalidate every token.
+    again = {
+        (o["kind"], o["metadata"]["name"]): o
+        for o in cluster.with_real_secrets(objects, tmp_path / "s")
+    }
+    for key in by_name:
+        assert again[key].get("data") == by_name[key].get("data"), key
+
+
+def test_staging_load_applies_only_the_fleet() -> None:
+    from env.manifests import render
+
+    objects = render(cluster.OVERLAYS_DIR / "kind")
+    fleet = cluster.fleet_only(objects)
+    names = {(o["kind"], o["metadata"]["name"]) for o in fleet}
+    assert ("Job", "locust-master") in names
+    assert ("Deployment", "locust-worker") in names
+    assert not any(o["kind"] == "Secret" for o in fleet)
+    assert not any(o["metadata"]["name"] in ("api", "cloudwatcher-pg") for o in fleet)
