@@ -40,7 +40,7 @@ for p in "${PKGS[@]}"; do
 done
 
 if ((${#missing[@]})); then
-  echo "deps: installing Debian packages: ${missing[*]}"
+  echo "deps: installing Debian packages: ${missing[*]}" >&2
   if [[ $(id -u) -ne 0 ]]; then
     echo "deps: installing packages needs root (apt-get); run 'sudo make deps' once" >&2
     exit 1
@@ -69,20 +69,20 @@ fi
 # runs as 'postgres'); see env/users.py. Only root can create it, and only root needs it.
 SERVICE_USER=${CWH_SERVICE_OS_USER:-cwh}
 if [[ $(id -u) -eq 0 ]] && ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
-  echo "deps: creating system user $SERVICE_USER"
+  echo "deps: creating system user $SERVICE_USER" >&2
   useradd --system --user-group --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin "$SERVICE_USER"
 fi
 
 # The virtual environment, reinstalled only when pyproject.toml changed.
 if [[ ! -x $VENV/bin/python ]]; then
-  echo "deps: creating $VENV"
+  echo "deps: creating $VENV" >&2
   "$PYTHON" -m venv "$VENV"
 fi
 stamp=.deps-stamp
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  echo "deps: installing the project into $VENV"
+  echo "deps: installing the project into $VENV" >&2
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -e '.[dev]'
+  "$VENV/bin/pip" install -q -e '.[dev]' >&2  # progress is not a listing's output (make chaos | ...)
   touch "$stamp"
 fi
