@@ -68,23 +68,6 @@ def pod(
     return out
 
 
-def replica_sets(namespace: str = NS, **replicas: int) -> dict[str, Any]:
-    """A ReplicaSetList: each ReplicaSet (`api_6d9f7c8b5d=3` is `api-6d9f7c8b5d`) with its
-    desired replicas."""
-    return {
-        "kind": "ReplicaSetList",
-        "apiVersion": "apps/v1",
-        "metadata": {"resourceVersion": "48300"},
-        "items": [
-            {
-                "metadata": {"name": name.replace("_", "-"), "namespace": namespace},
-                "spec": {"replicas": n, "selector": {"matchLabels": {}}},
-            }
-            for name, n in replicas.items()
-        ],
-    }
-
-
 def pod_list(*pods: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": "PodList",

@@ -301,7 +301,7 @@ def test_a_drain_waits_out_a_budget_refusal_then_evicts_and_the_rollback_uncordo
     a = pod("api-6d9f7c8b5d-a", "uid-a")
     hub = pod("hub-7c8d9e0f1a-a", "uid-h", component="hub")
     api.on("GET", PODS, pod_list(a))
-    api.on("GET", "/api/v1/pods", pod_list(a, hub))
+    api.on("GET", "/api/v1/pods", pod_list(a, hub, *elsewhere(a, hub)))
     refused = (429, fixture("status-eviction-refused.json"))
     created = (201, fixture("status-created.json"))
     api.on("POST", f"{PODS}/api-6d9f7c8b5d-a/eviction", refused, created)
@@ -323,8 +323,11 @@ def test_a_drain_waits_out_a_budget_refusal_then_evicts_and_the_rollback_uncordo
     # chaosk8s's V1Eviction carries no kind (the API server defaults it for this subresource).
     assert evictions[0].body["metadata"] == {"name": "api-6d9f7c8b5d-a", "namespace": NS}
     assert "deleteOptions" in evictions[0].body
+    # Ours once to choose the node, once to check it; then chaosk8s's, one a try.
     on_node = api.called("GET", "/api/v1/pods")
-    assert {c.query["fieldSelector"][0] for c in on_node} == {"spec.nodeName=cwh-worker"}
+    assert [c.query.get("fieldSelector") for c in on_node] == [None] + [
+        ["spec.nodeName=cwh-worker"]
+    ] * 3
     assert not api.called("DELETE")  # evicted, never deleted past the budget
 
     assert uncordon_nodes(configuration=s.to_configuration()) == ["cwh-worker"]
@@ -495,6 +498,204 @@ def test_cwh_chaos_run_says_so_when_the_clusters_namespace_does_not_answer(
     assert f"the cluster's namespace {NS} is not reachable" in console.export_text()
     assert [c.path for c in api.calls] == [f"/api/v1/namespaces/{NS}"]
     assert not (tmp_path / "reports").exists()
+
+
+# The drain: its bounds, what it refuses, which node it picks, what it gives back.
+
+
+def drain_setup(api: FakeApi, *on_node: dict[str, Any], unschedulable: bool = False) -> None:
+    """`cwh-worker` (cordoned or not) running `on_node` (the first an API pod), each pod with a
+    sibling of its ReplicaSet on another node."""
+    nodes(api, "cwh-worker", unschedulable=unschedulable)
+    api.on("GET", PODS, pod_list(on_node[0]))
+    api.on("GET", "/api/v1/pods", pod_list(*on_node, *elsewhere(*on_node)))
+
+
+def elsewhere(*pods: dict[str, Any]) -> list[dict[str, Any]]:
+    """A sibling of each of `pods` (same ReplicaSet) on another node: they are not the only
+    replicas."""
+    return [
+        pod(
+            p["metadata"]["name"] + "z",
+            p["metadata"]["uid"] + "z",
+            component=p["metadata"]["labels"]["app.kubernetes.io/component"],
+            node="cwh-other",
+        )
+        for p in pods
+    ]
+
+
+def evictions(api: FakeApi) -> list[str]:
+    return [c.path.split("/")[-2] for c in api.called("POST") if c.path.endswith("/eviction")]
+
+
+def test_a_drain_raises_an_eviction_refused_otherwise_than_by_a_budget_at_once(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.activities.node.actions import drain_node
+
+    api, s = cluster
+    drain_setup(api, pod("api-6d9f7c8b5d-a", "uid-a"))
+    forbidden = fixture("status-eviction-refused.json")
+    forbidden.update(code=403, reason="Forbidden", message="pods/eviction is forbidden")
+    api.on("POST", f"{PODS}/api-6d9f7c8b5d-a/eviction", (403, forbidden))
+
+    with pytest.raises(ActivityFailed, match="forbidden"):
+        drain_node(timeout_s=30, configuration=s.to_configuration())
+
+    assert evictions(api) == ["api-6d9f7c8b5d-a"]  # not retried until the deadline
+    # Cordoned before: the fault is in the journal for the rollback's uncordon.
+    assert [e["fault"] for e in harness.open_faults(s)] == ["drain-cwh-worker"]
+
+
+class _Clock:
+    """chaosk8s's `time` module, its sleeps instantaneous (it waits 10 s between looks)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+def test_a_drain_gives_chaosk8s_the_time_left_and_does_not_retry_its_timeout(
+    cluster: tuple[FakeApi, ChaosSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chaosk8s.node.actions
+
+    from experiments.activities.node.actions import drain_node
+
+    api, s = cluster
+    a = pod("api-6d9f7c8b5d-a", "uid-a")
+    drain_setup(api, a)
+    api.on("POST", f"{PODS}/api-6d9f7c8b5d-a/eviction", (201, fixture("status-created.json")))
+    api.on("GET", f"{PODS}/api-6d9f7c8b5d-a", a)  # evicted, but it never goes
+    monkeypatch.setattr(chaosk8s.node.actions, "time", _Clock())
+
+    with pytest.raises(ActivityFailed, match="did not completed within 7s"):
+        drain_node(timeout_s=7, configuration=s.to_configuration())
+
+    assert evictions(api) == ["api-6d9f7c8b5d-a"]
+
+
+def test_a_drain_refused_by_a_budget_until_the_deadline_fails_in_time(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.activities.node.actions import drain_node
+
+    api, s = cluster
+    drain_setup(api, pod("api-6d9f7c8b5d-a", "uid-a"))
+    refused = (429, fixture("status-eviction-refused.json"))
+    api.on("POST", f"{PODS}/api-6d9f7c8b5d-a/eviction", refused)
+
+    with pytest.raises(ActivityFailed, match=r"not drained in 1 s: .*disruption budget"):
+        drain_node(timeout_s=1, configuration=s.to_configuration())
+
+    assert 1 <= len(evictions(api)) <= 3  # a try every 0.5 s
+
+
+def test_a_node_running_a_pod_without_a_controller_is_refused_before_the_cordon(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    """chaosk8s iterates `ownerReferences` and fails with a TypeError where it is null."""
+    from experiments.activities.node.actions import drain_node
+
+    api, s = cluster
+    a = pod("api-6d9f7c8b5d-a", "uid-a")
+    bare = pod("debug", "uid-d", component="debug", owner="", namespace="default")
+    one_node(api)
+    api.on("GET", PODS, pod_list(a))
+    # On the node when it is chosen; then appearing between the choice and the drain.
+    api.on(
+        "GET",
+        "/api/v1/pods",
+        pod_list(a, bare, *elsewhere(a)),
+        pod_list(a, *elsewhere(a)),
+        pod_list(a, bare),
+    )
+
+    with pytest.raises(ActivityFailed, match="default/debug has no controller"):
+        drain_node(node="cwh-worker", configuration=s.to_configuration())
+    with pytest.raises(ActivityFailed, match=r"without a controller \(default/debug\)"):
+        drain_node(configuration=s.to_configuration())
+
+    assert api.called("PATCH") == []
+    assert journal(s) == []
+
+
+def test_a_node_already_cordoned_is_neither_drained_nor_uncordoned(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.activities.node.actions import drain_node, uncordon_nodes
+
+    api, s = cluster
+    drain_setup(api, pod("api-6d9f7c8b5d-a", "uid-a"), unschedulable=True)
+
+    with pytest.raises(ActivityFailed, match="already cordoned"):
+        drain_node(configuration=s.to_configuration())
+
+    assert uncordon_nodes(configuration=s.to_configuration()) == []
+    assert api.called("PATCH") == []
+    assert journal(s) == []
+
+
+def test_the_drain_picks_a_node_whose_pods_can_all_leave(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.kube.api import connect
+    from experiments.kube.nodes import pick_node
+
+    api, s = cluster
+    api_pods = [pod(f"api-6d9f7c8b5d-{n}", f"uid-{n}", node=f"node-{n}") for n in "abcde"]
+    others = [
+        pg_member(0, "master") | {"spec": {**api_pods[0]["spec"], "nodeName": "node-a"}},
+        pod("toxiproxy-5c6d7e8f9a-x", "uid-t", component="toxiproxy", node="node-b"),
+        pod("locust-worker-1a2b3c4d5e-x", "uid-l", component="locust-worker", node="node-c"),
+        pod("coredns-7db6d8ff4d-x", "uid-c", component="dns", node="node-d", namespace="ns"),
+        pod("hub-7c8d9e0f1a-x", "uid-h", component="hub", node="node-e"),
+        pod("hub-7c8d9e0f1a-y", "uid-h2", component="hub", node="node-f"),
+        pod("locust-worker-1a2b3c4d5e-y", "uid-l2", component="locust-worker", node="node-f"),
+    ]
+    # The last node's API pod gone on the second look.
+    api.on("GET", PODS, pod_list(*api_pods), pod_list(*api_pods[:-1]))
+    api.on("GET", "/api/v1/pods", pod_list(*api_pods, *others))
+    kube = connect(s.env)
+
+    assert pick_node(kube, API) == "node-e"
+
+    with pytest.raises(ActivityFailed) as refused:
+        pick_node(kube, API)
+    said = str(refused.value)
+    assert "node-a: cloudwatcher/cloudwatcher-pg-0 is StatefulSet cloudwatcher-pg's" in said
+    assert "node-b: cloudwatcher/toxiproxy-5c6d7e8f9a-x is the only replica" in said
+    assert "node-c: cloudwatcher/locust-worker-1a2b3c4d5e-x is the game day's own" in said
+    assert "node-d: ns/coredns-7db6d8ff4d-x is the only replica" in said  # every namespace
+    assert "kind: at least 3" in said
+    with pytest.raises(ActivityFailed, match=r"node-a: .*StatefulSet"):
+        pick_node(kube, API, node="node-a")  # a node named is checked as well
+
+
+def test_the_rollback_uncordons_every_node_it_can_and_reports_the_others(
+    cluster: tuple[FakeApi, ChaosSettings],
+) -> None:
+    from experiments.kube.nodes import uncordon_drained
+
+    api, s = cluster
+    api.on("PATCH", "/api/v1/nodes/node-a", (500, fixture("status-not-found.json")))
+    nodes(api, "node-a", "node-b", "node-c")
+    for node in ("node-a", "node-b"):
+        harness.mark(s, "inject", f"drain-{node}", node=node, unschedulable_before=False)
+    # Not ours: cordoned before the run (as an older journal may say).
+    harness.mark(s, "inject", "drain-node-c", node="node-c", unschedulable_before=True)
+
+    with pytest.raises(ActivityFailed, match=r"uncordoned \['node-b'\], but not: node-a: "):
+        uncordon_drained(s)
+
+    assert [c.path for c in api.called("PATCH")] == ["/api/v1/nodes/node-a", "/api/v1/nodes/node-b"]
+    assert {f["fault"] for f in harness.open_faults(s)} == {"drain-node-a", "drain-node-c"}
 
 
 # Pods killed, commands run in pods, and the fake's selectors.
