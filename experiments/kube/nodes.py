@@ -104,7 +104,7 @@ def replicas_of(pods: list[client.V1Pod]) -> Counter[tuple[str, str]]:
     return Counter(
         (_meta(p).namespace or "", owner.name)
         for p in pods
-        if (owner := _controller(p)) and owner.kind == "ReplicaSet"
+        if (owner := _controller(p)) and owner.kind == "ReplicaSet" and _evicted(p)
     )
 
 
@@ -143,7 +143,8 @@ def pick_node(kube: Kube, label_selector: str, node: str = "") -> str:
 def _check_drainable(kube: Kube, node: str) -> None:
     """Refuse a node already cordoned (not ours to drain, nor to uncordon afterwards), or
     holding a pod without a controller (chaosk8s fails on a pod whose `ownerReferences` is
-    null with a TypeError; kubectl drain refuses it without --force)."""
+    null with a TypeError; kubectl drain refuses it without --force), or a pod whose
+    `spec.volumes` is null (chaosk8s iterates them, with the same TypeError)."""
     if (kube.core.read_node(node).spec or client.V1NodeSpec()).unschedulable:
         raise ActivityFailed(
             f"node {node} is already cordoned (spec.unschedulable): someone else's maintenance, "
@@ -156,6 +157,12 @@ def _check_drainable(kube: Kube, node: str) -> None:
         raise ActivityFailed(
             f"node {node} runs pods without a controller ({', '.join(bare)}): evicted, nothing "
             "would replace them; delete them first or drain another node"
+        )
+    bare = [_named(p) for p in pods if p.spec and p.spec.volumes is None]
+    if bare:
+        raise ActivityFailed(
+            f"node {node} runs pods without volumes ({', '.join(bare)}), which chaosk8s's "
+            "drain_nodes cannot handle (it iterates spec.volumes): drain another node"
         )
 
 
@@ -201,8 +208,11 @@ def drain_node(s: ChaosSettings, kube: Kube, node: str, timeout_s: float = 300) 
             if not refused_by_budget(exc):
                 raise
             refusals.append(str(exc).splitlines()[0])
-        except TypeError as exc:  # a pod without ownerReferences appeared since the check
-            raise ActivityFailed(f"chaosk8s could not drain {node}: {exc}") from exc
+        except TypeError as exc:  # a pod without ownerReferences or volumes, come since
+            raise ActivityFailed(
+                f"chaosk8s could not drain {node}, a pod without ownerReferences or volumes "
+                f"on it: {exc}"
+            ) from exc
         if time.monotonic() + RETRY_S >= deadline:
             raise ActivityFailed(f"node {node} not drained in {budget_s:g} s: {refusals[-1]}")
         time.sleep(RETRY_S)

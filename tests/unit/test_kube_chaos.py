@@ -621,6 +621,13 @@ def test_a_node_running_a_pod_without_a_controller_is_refused_before_the_cordon(
         drain_node(node="cwh-worker", configuration=s.to_configuration())
     with pytest.raises(ActivityFailed, match=r"without a controller \(default/debug\)"):
         drain_node(configuration=s.to_configuration())
+    # chaosk8s also iterates `spec.volumes`, null in a pod without any.
+    plain = pod("api-6d9f7c8b5d-b", "uid-b")
+    plain["spec"]["volumes"] = None
+    del api.routes[("GET", "/api/v1/pods")]
+    api.on("GET", "/api/v1/pods", pod_list(plain, *elsewhere(plain)))
+    with pytest.raises(ActivityFailed, match=r"without volumes \(cloudwatcher/api-6d9f7c8b5d-b\)"):
+        drain_node(node="cwh-worker", configuration=s.to_configuration())
 
     assert api.called("PATCH") == []
     assert journal(s) == []
