@@ -118,13 +118,19 @@ class Kube:
         host = self.api.configuration.host.rstrip("/")
         return f"{host}/api/v1/namespaces/{self.namespace}/pods/{pod}:{port}/proxy"
 
-    def exec(self, pod: str, container: str, command: list[str]) -> str:
+    def exec(self, pod: str, container: str, command: list[str], timeout_s: float = 30) -> str:
         """Run `command` in a container of `pod` (the API's `pods/exec`) and return its
-        standard output.
+        standard output, once it has exited.
+
+        Args:
+            timeout_s: how long the command may run (s).
 
         Raises:
-            ActivityFailed: the command could not run or exited non-zero.
+            ActivityFailed: the command could not run, exited non-zero, was still running after
+                `timeout_s` (its output so far would be partial), or ended without the exit
+                status the API server sends on channel 3.
         """
+        what = f"{' '.join(command)} in {pod}"
         ws = stream(
             self.core.connect_get_namespaced_pod_exec,
             pod,
@@ -138,14 +144,20 @@ class Kube:
             _preload_content=False,
         )
         try:
-            ws.run_forever(timeout=30)
-            out = ws.read_stdout()
-            err = ws.read_stderr()
+            ws.run_forever(timeout=timeout_s)
+            # The API server closes the stream once the command exits: open, it still runs.
+            running = ws.is_open()
+            out = ws.read_stdout(timeout=0)
+            err = ws.read_stderr(timeout=0)
             status = ws.read_channel(3)  # the exec's outcome, a Status object
         finally:
             ws.close()
-        if status and json.loads(status).get("status") != "Success":
-            raise ActivityFailed(f"{' '.join(command)} in {pod}: {status} {err.strip()}")
+        if running:
+            raise ActivityFailed(f"{what}: still running after {timeout_s:g} s")
+        if not status:
+            raise ActivityFailed(f"{what}: ended without an exit status (stderr: {err.strip()!r})")
+        if json.loads(status).get("status") != "Success":
+            raise ActivityFailed(f"{what}: {status} {err.strip()}")
         return str(out)
 
 
@@ -184,6 +196,8 @@ class Pod:
 
     Attributes:
         name, uid: the pod's; a StatefulSet's replacement keeps the name, never the uid.
+        owner: the kind of its controller (ReplicaSet, StatefulSet, DaemonSet, Job...; "" for
+            a pod without one).
         node: the node it was scheduled on ("" before).
         phase: Pending, Running, Succeeded, Failed or Unknown.
         ready: it runs, is not being deleted, and its Ready condition is True.
@@ -192,6 +206,7 @@ class Pod:
 
     name: str
     uid: str
+    owner: str
     node: str
     phase: str
     ready: bool
@@ -207,9 +222,11 @@ class Pod:
             and status.phase == "Running"
             and any(c.type == "Ready" and c.status == "True" for c in conditions)
         )
+        controller = next((o for o in meta.owner_references or [] if o.controller), None)
         return cls(
             name=meta.name or "",
             uid=meta.uid or "",
+            owner=controller.kind if controller else "",
             node=(pod.spec.node_name if pod.spec else None) or "",
             phase=status.phase or "",
             ready=ready_,

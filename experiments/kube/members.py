@@ -3,7 +3,9 @@ the primary really changed.
 
 PostgreSQL (`deploy/base/postgres-patroni.yaml`): Patroni on the Kubernetes DCS labels its pods
 `role=master` or `role=replica` (Patroni 3; 4 says `primary`) with `cluster-name=cloudwatcher-pg`.
-The primary changed when another pod carries the primary's label and is Ready.
+The primary changed when a pod with another uid than the lost one carries the primary's label
+and is Ready. Not by name: Patroni's member name is the pod's name, so the StatefulSet's
+replacement of the lost pod, same name, can take the leader lock again.
 
 Redis Cluster (`deploy/base/redis-cluster.yaml`): node *i* is pod `redis-cluster-<i>`, port
 7000+*i*. Who is master, and which slots it serves, is what `redis-cli cluster nodes` says in a
@@ -19,7 +21,7 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed
 
 from env.process import wait_until
-from experiments.kube.api import POLL_S, Kube, selector
+from experiments.kube.api import POLL_S, Kube, Pod, selector
 from experiments.kube.pods import kill_pod
 from experiments.settings import ChaosSettings
 
@@ -29,31 +31,54 @@ PG_PRIMARY = f"{PG_SELECTOR},role in (master,primary)"
 REDIS_SELECTOR = selector("redis")
 REDIS_STATEFULSET = "redis-cluster"
 REDIS_FIRST_PORT = 7000
+#: The least time a failover after the primary's pod is lost takes (s): Patroni's `ttl` (30)
+#: for the leader lock to expire, its `loop_wait` (10) for a replica to notice, and a pod start
+#: for the new primary to be Ready (`deploy/base/postgres-patroni.yaml`).
+PG_TTL_S, PG_LOOP_WAIT_S, PG_POD_START_S = 30, 10, 30
+PG_FAILOVER_S = PG_TTL_S + PG_LOOP_WAIT_S + PG_POD_START_S
 #: In a Redis pod: the node's own port from its ordinal, as its probes find it.
 _REDIS_CLI = "redis-cli -p $((7000 + ${HOSTNAME##*-})) "
 
 
-def pg_primary(kube: Kube) -> str | None:
+def pg_primary(kube: Kube) -> Pod | None:
     """The Ready pod Patroni labels primary (None while there is none, or two)."""
     pods = [p for p in kube.pods(PG_PRIMARY) if p.ready]
-    return pods[0].name if len(pods) == 1 else None
+    return pods[0] if len(pods) == 1 else None
 
 
 def delete_pg_primary(s: ChaosSettings, kube: Kube, timeout_s: float = 60) -> dict[str, Any]:
-    """Delete the primary's pod (grace 0); return once another member serves as primary."""
+    """Delete the primary's pod (`kill_pod`: a StatefulSet's, so a 1 s grace, not a force
+    deletion); return once a pod with another uid is the Ready primary. The wait lasts
+    `timeout_s`, and at least `PG_FAILOVER_S` (the leader lock's expiry and a pod start).
+
+    Raises:
+        ActivityFailed: there was not one Ready primary pod to delete.
+        DeadlineExceeded: no other pod was the Ready primary in time.
+    """
     primaries = [p for p in kube.pods(PG_PRIMARY) if p.ready]
     if len(primaries) != 1:
         raise ActivityFailed(f"not one Ready PostgreSQL primary pod ({PG_PRIMARY}): {primaries}")
     target = primaries[0]
     old = target.name
     entry = kill_pod(s, kube, PG_SELECTOR, target, f"pod-delete-{old}", timeout_s, role="primary")
+
+    def another() -> Pod | None:
+        now = pg_primary(kube)
+        return now if now and now.uid != target.uid else None
+
     new = wait_until(
-        lambda: (p := pg_primary(kube)) != old and p,
-        s.env.timeout(timeout_s),
-        f"another member than {old} primary",
+        another,
+        s.env.timeout(max(timeout_s, PG_FAILOVER_S)),
+        f"another pod than {old} (uid {target.uid}) the Ready primary",
         interval_s=POLL_S,
     )
-    return {"name": old, "uid": entry["uid"], "injected_wall": entry["wall"], "new_primary": new}
+    return {
+        "name": old,
+        "uid": entry["uid"],
+        "injected_wall": entry["wall"],
+        "new_primary": new.name,
+        "new_primary_uid": new.uid,
+    }
 
 
 @dataclass(frozen=True)
@@ -114,14 +139,25 @@ def redis_view(kube: Kube, exclude: str = "") -> tuple[list[RedisNode], str]:
 def delete_redis_master(
     s: ChaosSettings, kube: Kube, node: str = "", timeout_s: float = 30
 ) -> dict[str, Any]:
-    """Delete a master's pod (`node` like "redis0", default the first master); return once
-    another node serves its slots and the cluster state is ok."""
+    """Delete a master's pod (`node` like "redis0", default the first master; `kill_pod`: a
+    StatefulSet's, so a 1 s grace, not a force deletion); return once another node serves its
+    slots and the cluster state is ok.
+
+    Raises:
+        ActivityFailed: no master serving slots is seen, `node` is not one, or its pod is not
+            listed.
+        DeadlineExceeded: no replica took its slots in time.
+    """
     nodes, _ = redis_view(kube)
     masters = [n for n in nodes if n.master and not n.failed and n.slots]
+    if not masters:
+        raise ActivityFailed(f"no Redis master serving slots in `cluster nodes`: {nodes}")
     lost = next((n for n in masters if n.name == node), None) if node else masters[0]
     if lost is None:
         raise ActivityFailed(f"{node} is not a master (masters: {[n.name for n in masters]})")
-    pod = next(p for p in kube.pods(REDIS_SELECTOR) if p.name == lost.pod)
+    pod = next((p for p in kube.pods(REDIS_SELECTOR) if p.name == lost.pod), None)
+    if pod is None:
+        raise ActivityFailed(f"{lost.name}'s pod {lost.pod} is not among {REDIS_SELECTOR}'s")
     fault = f"kill-{lost.name}"
     entry = kill_pod(s, kube, REDIS_SELECTOR, pod, fault, timeout_s, component=lost.name)
 

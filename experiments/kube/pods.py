@@ -1,7 +1,14 @@
 """Pod kill on Kubernetes: a pod deleted through chaosk8s (`terminate_pods`, by label
-selector and the pod's exact name), with the checks the local runtime makes of a SIGKILL: the
-pod really gone (its uid no longer answers), then a replacement (a pod of the same selector
-that did not exist before the kill) Ready, within a deadline; polled, never slept.
+selector and the pod's exact name), then the pod object seen gone (its uid no longer answers)
+and a replacement (a pod of the same selector that did not exist before the kill) Ready,
+within a deadline; polled, never slept.
+
+Through the API no delete is a crash. A Deployment's pod is force-deleted (grace period 0): the
+object goes at once and its ReplicaSet starts the replacement at once, while the kubelet still
+stops the old containers with SIGTERM and its 2 s minimum grace; the object gone is no proof
+the process died. A StatefulSet's pod is never force-deleted (the replacement, same name and
+volume, could run beside the old one): an ordinary delete with a 1 s grace, which the kubelet
+honours, so its object goes, and the controller recreates it, only once the containers stopped.
 
 A StatefulSet's replacement keeps the name and gets a new uid, a Deployment's gets both new:
 the uids tell them apart either way.
@@ -23,6 +30,14 @@ from experiments.settings import ChaosSettings
 
 #: The services' HTTP port in their pods (`deploy/base/services-*.yaml`: `http`, 8080).
 SERVICE_PORT = 8080
+#: The grace period of a StatefulSet pod's delete (s): short, but not a force deletion.
+STATEFUL_GRACE_S = 1
+
+
+def grace_period_of(target: Pod) -> int:
+    """The delete's grace period for `target` (s): 0 (a force deletion) for a pod any other
+    controller replaces, `STATEFUL_GRACE_S` for a StatefulSet's."""
+    return STATEFUL_GRACE_S if target.owner == "StatefulSet" else 0
 
 
 def pick(pods: list[Pod], which: str, what: str) -> Pod:
@@ -65,19 +80,39 @@ def kill_pod(
     timeout_s: float = 60,
     **detail: Any,
 ) -> dict[str, Any]:
-    """Delete `target` (one of `label_selector`'s pods) at once (grace period 0: a crash,
-    not a shutdown) through chaosk8s, wait until its uid is gone, and record the fault
-    (`fault`, with the pod, its uid, the selector and every uid the selector had, from which
-    `wait_replaced` tells a replacement). Returns the journal's entry."""
+    """Delete `target` (one of `label_selector`'s pods) through chaosk8s, with the grace
+    period `grace_period_of` gives it, and wait until its uid is gone. The fault (`fault`, with
+    the pod, its uid, the grace period, the selector and every uid the selector had, from which
+    `wait_replaced` tells a replacement) is recorded before the delete, so an interruption
+    after it still leaves the fault in the journal. Returns the journal's entry.
+
+    Raises:
+        ActivityFailed: chaosk8s deleted another pod than `target`.
+        DeadlineExceeded: the pod's uid still answered after `timeout_s`.
+    """
     before = [p.uid for p in kube.pods(label_selector)]
     name, uid = target.name, target.uid
+    grace = grace_period_of(target)
+    secrets = secrets_of(s.env)  # refuses another cluster before anything is recorded
+    entry = harness.mark(
+        s,
+        "inject",
+        fault,
+        pod=name,
+        uid=uid,
+        node=target.node,
+        grace_period_s=grace,
+        selector=label_selector,
+        uids_before=before,
+        **detail,
+    )
     deleted = terminate_pods(
         label_selector=label_selector,
         name_pattern=f"^{re.escape(name)}$",
         qty=1,
-        grace_period=0,
+        grace_period=grace,
         ns=kube.namespace,
-        secrets=secrets_of(s.env),
+        secrets=secrets,
     )
     if deleted != [name]:
         raise ActivityFailed(f"chaosk8s deleted {deleted}, not {name}")
@@ -87,17 +122,7 @@ def kill_pod(
         f"pod {name} (uid {uid}) gone",
         interval_s=POLL_S,
     )
-    return harness.mark(
-        s,
-        "inject",
-        fault,
-        pod=name,
-        uid=uid,
-        node=target.node,
-        selector=label_selector,
-        uids_before=before,
-        **detail,
-    )
+    return entry
 
 
 def replacement(kube: Kube, fault: dict[str, Any]) -> Pod | None:
@@ -137,7 +162,8 @@ def kill_service(
     s: ChaosSettings, role: str, which: str, mid_job: bool, wait_busy_s: float
 ) -> dict[str, Any]:
     """`experiments.activities.process.actions.kill_service` on Kubernetes: a Ready pod of the
-    role's component deleted (grace 0) and seen gone. `which`: first, newest or a pod's name
+    role's component deleted (`kill_pod`: a Deployment's force-deleted) and its object seen
+    gone. `which`: first, newest or a pod's name
     (the scheduler's leader is not visible through the API: its lease is a PostgreSQL row)."""
     if which == "leader":
         raise ActivityFailed(

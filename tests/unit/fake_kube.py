@@ -5,9 +5,12 @@ asserts what the real kubernetes client and chaosk8s asked: methods, paths, labe
 bodies, how many times a wait polled.
 
 Each route (method and path, the query aside) has a queue of answers: each call takes the next,
-and the last one answers every later call. `pods/exec` is served over a WebSocket speaking the
-`v4.channel.k8s.io` protocol (stdout on channel 1, the outcome as a Status on channel 3), its
-outputs queued per pod.
+and the last one answers every later call. A list answered to a call with a `labelSelector`
+(equality, `!=`, `in (...)`, `notin (...)`, `key`, `!key`) or a `fieldSelector`
+(`spec.nodeName=`, `metadata.name=`) holds only the items that match it, as the API server's
+would: a selector that matches nothing gets an empty list, and the test fails. `pods/exec` is
+served over a WebSocket speaking the `v4.channel.k8s.io` protocol (stdout on channel 1, the
+outcome as a Status on channel 3), its outputs queued per pod.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +45,21 @@ def pod(
     ready: bool = True,
     node: str = "cwh-worker",
     owner: str = "ReplicaSet",
+    namespace: str = NS,
     **labels: str,
 ) -> dict[str, Any]:
-    """The recorded Pod (`pod.json`) as another pod: its name, uid, component, node, owner,
-    extra labels, and Ready or not (still starting: its Ready condition False)."""
+    """The recorded Pod (`pod.json`) as another pod: its name, uid, component, node, namespace,
+    controller (`owner`, named as its pods' names say: `api-6d9f7c8b5d` for `api-6d9f7c8b5d-a`;
+    "" for none, `ownerReferences: null`), extra labels, and Ready or not (still starting: its
+    Ready condition False)."""
     out = copy.deepcopy(fixture("pod.json"))
     meta = out["metadata"]
-    meta.update(name=name, uid=uid)
+    meta.update(name=name, uid=uid, namespace=namespace)
     meta["labels"] = {**meta["labels"], "app.kubernetes.io/component": component, **labels}
-    meta["ownerReferences"][0]["kind"] = owner
+    if owner:
+        meta["ownerReferences"][0].update(kind=owner, name=name.rsplit("-", 1)[0])
+    else:
+        meta["ownerReferences"] = None
     out["spec"]["nodeName"] = node
     for cond in out["status"]["conditions"]:
         if cond["type"] in ("Ready", "ContainersReady"):
@@ -74,6 +84,61 @@ def not_found(name: str) -> tuple[int, dict[str, Any]]:
     return 404, status
 
 
+@dataclass(frozen=True)
+class Exec:
+    """How a command run in a pod ends: its standard output, then (after `running_s`, the
+    command still running) the Status on channel 3, none when `status` is empty."""
+
+    stdout: str = ""
+    running_s: float = 0
+    status: dict[str, Any] = field(default_factory=lambda: {"metadata": {}, "status": "Success"})
+
+
+def _terms(selector: str) -> list[str]:
+    """A selector's requirements: split at the commas outside `(...)`."""
+    return [t.strip() for t in re.split(r",(?![^()]*\))", selector) if t.strip()]
+
+
+def matches(selector: str, labels: dict[str, str]) -> bool:
+    """Whether `labels` satisfy a label selector, as the API server evaluates it."""
+    for term in _terms(selector):
+        if m := re.fullmatch(r"([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)", term):
+            key, op, values = m[1], m[2], {v.strip() for v in m[3].split(",")}
+            if (labels.get(key) in values) != (op == "in"):
+                return False
+        elif m := re.fullmatch(r"([\w./-]+)\s*(!=|==|=)\s*([\w./-]*)", term):
+            if (labels.get(m[1]) == m[3]) != (m[2] != "!="):
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _field(item: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        item = item.get(key) or {}
+    return item
+
+
+def selected(answer: Any, query: Mapping[str, str]) -> Any:
+    """`answer` with, when it is a list, only the items the query's selectors match (a field
+    selector: `path=value` terms, like `spec.nodeName=` or `metadata.name=`)."""
+    if not (isinstance(answer, dict) and answer.get("kind", "").endswith("List")):
+        return answer
+    labels_ = query.get("labelSelector", "")
+    fields = [t.split("=", 1) for t in _terms(query.get("fieldSelector", ""))]
+
+    def keep(item: dict[str, Any]) -> bool:
+        return matches(labels_, item["metadata"].get("labels") or {}) and all(
+            _field(item, path) == value for path, value in fields
+        )
+
+    return {**answer, "items": [i for i in answer["items"] if keep(i)]}
+
+
 @dataclass
 class Call:
     method: str
@@ -88,18 +153,18 @@ class FakeApi:
     """The server's script and record. `url` is where it listens."""
 
     url: str = ""
-    routes: dict[tuple[str, str, str], list[tuple[int, Any]]] = field(default_factory=dict)
-    execs: dict[str, list[str]] = field(default_factory=dict)
+    routes: dict[tuple[str, str], list[tuple[int, Any]]] = field(default_factory=dict)
+    execs: dict[str, list[str | Exec]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
 
-    def on(self, method: str, path: str, *answers: Any, selector: str = "") -> None:
-        """Queue answers for `method path` (only for calls with that `labelSelector`, when
-        given): each a body (200) or a (status, body) pair."""
-        queue = self.routes.setdefault((method, path, selector), [])
+    def on(self, method: str, path: str, *answers: Any) -> None:
+        """Queue answers for `method path`: each a body (200) or a (status, body) pair."""
+        queue = self.routes.setdefault((method, path), [])
         queue += [a if isinstance(a, tuple) else (200, a) for a in answers]
 
-    def on_exec(self, pod: str, *outputs: str) -> None:
-        """Queue standard outputs for commands run in `pod`."""
+    def on_exec(self, pod: str, *outputs: str | Exec) -> None:
+        """Queue what commands run in `pod` answer: a standard output (then Success), or an
+        `Exec` for another ending."""
         self.execs.setdefault(pod, []).extend(outputs)
 
     def called(self, method: str = "", path: str = "") -> list[Call]:
@@ -131,10 +196,7 @@ class FakeApi:
             and request.headers.get("Upgrade", "").lower() == "websocket"
         ):
             return await self._exec(request)
-        selector = request.query.get("labelSelector", "")
-        queue = self.routes.get((request.method, request.path, selector)) or self.routes.get(
-            (request.method, request.path, "")
-        )
+        queue = self.routes.get((request.method, request.path))
         if not queue:
             return web.json_response(
                 {
@@ -150,7 +212,7 @@ class FakeApi:
         status, answer = queue.pop(0) if len(queue) > 1 else queue[0]
         if isinstance(answer, str):
             return web.Response(text=answer, status=status)
-        return web.json_response(answer, status=status)
+        return web.json_response(selected(answer, request.query), status=status)
 
     async def _exec(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(protocols=("v4.channel.k8s.io",))
@@ -159,10 +221,12 @@ class FakeApi:
         outputs = self.execs.get(pod) or []
         if outputs:
             out = outputs.pop(0) if len(outputs) > 1 else outputs[0]
-            await ws.send_bytes(b"\x01" + out.encode())
-            await ws.send_bytes(
-                b"\x03" + json.dumps({"metadata": {}, "status": "Success"}).encode()
-            )
+            end = out if isinstance(out, Exec) else Exec(out)
+            await ws.send_bytes(b"\x01" + end.stdout.encode())
+            if end.running_s:
+                await asyncio.sleep(end.running_s)
+            if end.status:
+                await ws.send_bytes(b"\x03" + json.dumps(end.status).encode())
         else:
             failure = {
                 "metadata": {},

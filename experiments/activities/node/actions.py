@@ -11,7 +11,7 @@ from chaoslib.exceptions import ActivityFailed
 from experiments import harness
 from experiments.kube.api import connect, selector
 from experiments.kube.nodes import drain_node as drain
-from experiments.kube.nodes import node_of, uncordon_drained
+from experiments.kube.nodes import pick_node, uncordon_drained
 from experiments.settings import ChaosSettings, Configuration
 
 
@@ -25,14 +25,25 @@ def _kubernetes(configuration: Configuration) -> ChaosSettings:
 def drain_node(
     component: str = "api", node: str = "", timeout_s: float = 300, *, configuration: Configuration
 ) -> dict[str, Any]:
-    """Drain `node` (default: the node of the first Ready pod of `component`, so the drain
-    evicts at least one of its replicas): cordoned, every pod evicted through the Eviction API,
-    a PodDisruptionBudget's refusal waited out, never overridden. Returns the node, when, and
-    the refusals met."""
+    """Drain `node` (default: the first node running a Ready pod of `component`, so the drain
+    evicts at least one of its replicas, that hosts no StatefulSet's pod, no single replica of
+    a Deployment and none of the game day's load: `experiments.kube.nodes.pick_node`):
+    cordoned, then every pod on it evicted through the Eviction API, of every namespace, not
+    only the system's (kube-system's, the monitoring's...), a PodDisruptionBudget's refusal
+    waited out until `timeout_s` (s), never overridden. Returns the node, when, and the
+    refusals met.
+
+    Raises:
+        ActivityFailed: no node qualifies (each candidate's reasons said), the node is already
+            cordoned or runs a pod without a controller, an eviction failed otherwise than by
+            a budget, or the drain did not finish in time.
+    """
     s = _kubernetes(configuration)
-    return drain(s, node or node_of(connect(s.env), selector(component)), timeout_s)
+    kube = connect(s.env)
+    return drain(s, kube, pick_node(kube, selector(component), node), timeout_s)
 
 
 def uncordon_nodes(*, configuration: Configuration) -> list[str]:
-    """Every node this run drained schedulable again; their names."""
+    """Every node this run cordoned schedulable again (never one cordoned before it); their
+    names. Raises ActivityFailed naming every node that could not be, after trying them all."""
     return uncordon_drained(_kubernetes(configuration))

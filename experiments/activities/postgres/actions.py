@@ -57,10 +57,11 @@ def lose_primary_node(
     """Lose the primary node: SIGKILL its Patroni (and so its postgres) and keep it down for
     `down_s` (bounded by the supervisor's hold); the leader key must expire first.
 
-    On the kubernetes runtime, the primary's pod deleted at once (grace 0) through chaosk8s,
-    returning once another member's pod is labelled primary and Ready
-    (`experiments.kube.members.delete_pg_primary`); its StatefulSet starts it again at once, so
-    `down_s` does not apply."""
+    On the kubernetes runtime, the primary's pod deleted through chaosk8s with a 1 s grace (a
+    StatefulSet's pod is never force-deleted), returning once a pod with another uid is
+    labelled primary and Ready, waiting at least Patroni's ttl + loop_wait + a pod start
+    (`experiments.kube.members.delete_pg_primary`); its StatefulSet starts it again once it
+    stopped, so `down_s` does not apply."""
     s = harness.settings_of(configuration)
     if s.env.runtime == "kubernetes":
         from experiments.kube.api import connect

@@ -21,9 +21,9 @@ def kill_master(
     """SIGKILL a master (`node` like "redis0", default the first master) and keep it down for
     `down_s`; returns once its replica is master and the cluster state is ok.
 
-    On the kubernetes runtime, the master's pod deleted at once (grace 0) through chaosk8s
-    (`experiments.kube.members.delete_redis_master`); its StatefulSet starts it again at once,
-    so `down_s` does not apply."""
+    On the kubernetes runtime, the master's pod deleted through chaosk8s with a 1 s grace (a
+    StatefulSet's pod is never force-deleted; `experiments.kube.members.delete_redis_master`);
+    its StatefulSet starts it again once it stopped, so `down_s` does not apply."""
     s = harness.settings_of(configuration)
     if s.env.runtime == "kubernetes":
         from experiments.kube.api import connect
