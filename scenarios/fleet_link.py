@@ -64,8 +64,12 @@ Take = Callable[[], tuple[list[dict[str, Any]], dict[str, str]]]
 class Link:
     """One per Locust process; `attach` at Locust's init event decides the role."""
 
-    def __init__(self, take: Take, folder: Path) -> None:
-        self.take, self.folder = take, folder
+    def __init__(
+        self, take: Take, folder: Path, quiesce: Callable[[], None] = lambda: None
+    ) -> None:
+        #: `quiesce` stops whatever records apart from the phones (their socket readers), so
+        #: that the final batch is final.
+        self.take, self.folder, self.quiesce = take, folder, quiesce
         self.outbox = Outbox(run_config())
         self.collector: Collector | None = None
         self.runner: Any = None
@@ -129,6 +133,7 @@ class Link:
 
     def finish(self, wait_s: float) -> bool:
         """The final batch, then (bounded) its acknowledgement and every earlier one's."""
+        self.quiesce()
         self.ship(final=True)
         deadline = time.monotonic() + wait_s
         while not self.outbox.settled and time.monotonic() < deadline:
@@ -203,12 +208,14 @@ class Link:
 
     def on_test_stop(self, environment: Any) -> None:
         if self.role == "local":
+            self.quiesce()
             self.ship(final=True)
             self.present_at_stop = {self.source}
             self.write_manifest()
         elif self.role == "master":
             self.drain(environment)
         else:
+            self.quiesce()
             self.ship(final=True)  # a worker told to stop by Locust itself
 
     def drain(self, environment: Any) -> None:
@@ -245,6 +252,7 @@ class Link:
     def on_quitting(self) -> None:
         # A worker's own quitting listener (_worker_quitting) has stopped and finished.
         if self.role == "local":
+            self.quiesce()
             self.ship(final=True)
             self.present_at_stop = {self.source}
         self.write_manifest()

@@ -245,6 +245,7 @@ class PhoneUser(FastHttpUser):
         LINK.outbox.add_identity(ident["device_id"], ident["client_id"], ident["client_secret"])
         self.renew_token()
         self.ws_greenlet = gevent.spawn(self.ws_loop)
+        SOCKETS.add(self.ws_greenlet)
 
     def on_stop(self) -> None:
         # Like an app resuming: wait a little for results still on their way, then sync once,
@@ -255,7 +256,7 @@ class PhoneUser(FastHttpUser):
         self.offline = False
         self.sync()
         PHONES.discard(self)
-        self.ws_greenlet.kill(block=False)
+        self.ws_greenlet.kill(block=False)  # quiesce() waits for it at the end
         if self.ws is not None:
             self.ws.close()
 
@@ -752,6 +753,18 @@ class AndroidArrivalPhone(Android, ArrivalPhone):
 
 _written = 0
 _background: list[gevent.Greenlet] = []
+#: Every phone's socket reader: it records notifications, and outlives its phone when the phone
+#: was stopped without its on_stop (killed at Locust's stop timeout).
+SOCKETS: set[gevent.Greenlet] = set()
+
+
+def quiesce() -> None:
+    """Nothing of this process records any more: every socket reader and the storm watcher
+    stopped (the phones themselves already are). Before the final batch, which must be final."""
+    gevent.killall([*SOCKETS, *_background[1:]], block=True, timeout=5)
+    SOCKETS.clear()
+
+
 #: The phones of this process that are running, for the reconnect storm.
 PHONES: weakref.WeakSet[PhoneUser] = weakref.WeakSet()
 
@@ -766,7 +779,7 @@ def _take() -> tuple[list[dict[str, Any]], dict[str, str]]:
 
 #: This process's place in the fleet: ships its records to the master (or, alone, collects them
 #: itself into CWH_FLEET_DIR). See scenarios/fleet_link.py.
-LINK = Link(_take, FLEET_DIR)
+LINK = Link(_take, FLEET_DIR, lambda: quiesce())
 
 
 @events.init.add_listener
