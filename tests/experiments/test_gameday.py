@@ -34,6 +34,20 @@ def _state(day: Path) -> dict:
     return json.loads((day / "gameday-state.json").read_text())
 
 
+def _resume(
+    local_env: LocalEnvironment, day: Path, timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """`cwh chaos gameday --resume DAY` as a user runs it."""
+    return subprocess.run(
+        [CWH, "chaos", "gameday", "--resume", str(day)],
+        cwd=ROOT,
+        env=child_env(local_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 def _faulted(reports: Path) -> bool:
     return any(injected(f.parent) for f in reports.glob("*-gameday-drill/*-chaos-*/faults.jsonl"))
 
@@ -72,14 +86,7 @@ def test_a_planned_game_day_interrupted_and_resumed(local_env: LocalEnvironment,
     assert_restored(local_env)
     before = set(day.glob("*-chaos-*"))
 
-    resumed = subprocess.run(
-        [CWH, "chaos", "gameday", "--resume", str(day)],
-        cwd=ROOT,
-        env=child_env(local_env),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    resumed = _resume(local_env, day, timeout_s=900)
     out = resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials = _state(day)["trials"]
     assert [t["status"] for t in trials] == ["done", "done"], out
@@ -96,13 +103,6 @@ def test_a_planned_game_day_interrupted_and_resumed(local_env: LocalEnvironment,
     assert "Resilience score" in (day / "gameday.md").read_text()
     assert_restored(local_env)
     # Nothing left to resume.
-    again = subprocess.run(
-        [CWH, "chaos", "gameday", "--resume", str(day)],
-        cwd=ROOT,
-        env=child_env(local_env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = _resume(local_env, day, timeout_s=60)
     assert again.returncode == 0
     assert "nothing to resume" in again.stdout + again.stderr
