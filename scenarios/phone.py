@@ -10,6 +10,7 @@ monkey-patches the process it runs in.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -795,7 +796,12 @@ def write_records() -> None:
 def _flush_forever() -> None:
     while True:
         gevent.sleep(FLUSH_EVERY_S)
-        write_records()
+        try:
+            write_records()
+        except Exception:
+            # Said, and tried again next time: a flusher that died quietly would leave the live
+            # ledger (the safety control reads it) still until the final batch.
+            logging.getLogger("cwh.fleet").exception("shipping this process's records failed")
 
 
 def _storm_watch(environment: Any) -> None:
