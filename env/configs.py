@@ -201,6 +201,10 @@ def patroni_config(
             "data_dir": str(layout.pg_data(member)),
             "bin_dir": PG_BIN,
             "pgpass": str(layout.pg_member(member) / "pgpass"),
+            # A clone asks its source for a checkpoint; a spread one on a busy primary paces its
+            # writes over most of checkpoint_timeout (50 s measured mid-suite), which a second
+            # region's first member cloning across the region link cannot afford.
+            "basebackup": {"checkpoint": "fast"},
             "authentication": patroni_authentication(layout, secrets),
             "parameters": {
                 "unix_socket_directories": str(layout.pg_member(member)),

@@ -476,7 +476,9 @@ class Supervisor:
         self.checks = {
             "etcd": (ready.etcd, 20),
             "backup": (ready.backup, 20),
-            "postgresql": (ready.postgresql, 90),
+            # A second region's first member is cloned across the region link (up to 1 s each
+            # way): the copy takes as long as the database's size needs, not a local clone's.
+            "postgresql": (ready.postgresql, 300 if s.standby else 90),
             "haproxy": (ready.haproxy, 20),
             "pgbouncer": (ready.pgbouncer, 20),
             "redis": (ready.redis, 30),

@@ -55,7 +55,11 @@ def cwh_chaos(
     # No run folder: refused before it began (not steady, bad settings); its output says why.
     assert len(found) == 1, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     (out,) = found
-    assert proc.returncode == 0, (proc.stdout[-3000:], (out / "chaos.md").read_text())
+    assert proc.returncode == 0, (
+        proc.stdout[-3000:],
+        proc.stderr[-3000:],
+        (out / "chaos.md").read_text(),
+    )
     assert_restored(local_env)
     return out
 

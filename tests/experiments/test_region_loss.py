@@ -84,6 +84,10 @@ def test_the_second_region_takes_over_when_the_primary_region_is_lost(local_env,
     second = Path(load(out, "journal.json")["run"][0]["output"]["run_dir"])
     assert second.name.endswith("-region2")
     assert not second.exists()
+    # ... its logs kept in the run folder first: a clone that never came up is told by them.
+    kept = out / "second-region-logs"
+    assert (kept / "supervisor.log").exists()
+    assert "replica has been created using basebackup" in (kept / "pg0.log").read_text()
     assert processes_of(second) == []
     after = wait_healthy(local_env)
     assert after["region"]["role"] == "primary"

@@ -44,6 +44,9 @@ def test_patroni_config_is_synchronous_and_fast(rendered):
     assert conf["postgresql"]["listen"] == f"127.0.0.1:{settings.ports.postgres(1)}"
     assert conf["restapi"]["listen"] == f"127.0.0.1:{settings.ports.patroni(1)}"
     assert conf["etcd3"]["hosts"] == [f"127.0.0.1:{settings.ports.etcd_client}"]
+    # A clone does not wait for its source's spread checkpoint (Patroni turns the dict into
+    # pg_basebackup's --checkpoint=fast).
+    assert conf["postgresql"]["basebackup"] == {"checkpoint": "fast"}
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (make deps)")

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def standby_region_up(
     failover_s: float = 15,
     link_latency_ms: int = 35,
     max_lag_s: float = 2,
-    timeout_s: float = 300,
+    timeout_s: float = 480,
     *,
     configuration: Configuration,
 ) -> dict[str, Any]:
@@ -330,6 +331,7 @@ def restore_primary_region(
                 out["divergence_error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if env2 is not None:
+            out["second_region_logs"] = _keep_logs(env2, s.run_dir / "second-region-logs")
             env2.reset()
             out["second_region_removed"] = str(env2.settings.run_dir)
         drill_record(s.env).unlink(missing_ok=True)
@@ -337,6 +339,19 @@ def restore_primary_region(
         if fault["fault"] == LOSE_REGION:
             harness.mark(s, "restore", LOSE_REGION, by="restore")
     return out
+
+
+def _keep_logs(env: LocalEnvironment, into: Path) -> str | None:
+    """The second region's logs, copied into the run folder before its run directory goes: a
+    drill whose second region never came up is explained by them, and by nothing else."""
+    logs = env.layout.logs
+    if not logs.is_dir():
+        return None
+    try:
+        shutil.copytree(logs, into, dirs_exist_ok=True)
+    except OSError as exc:  # best effort: the restore goes on without them
+        return f"not kept: {exc}"
+    return str(into)
 
 
 #: How far before the loss the divergence looks (the link carries a write within a second).
