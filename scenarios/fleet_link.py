@@ -80,6 +80,9 @@ class Link:
         self.known: set[str] = set()
         self.present_at_stop: set[str] | None = None
         self._delivery: Any = None
+        #: Worker: its phones are stopping for good (drained, or quitting); from then on a
+        #: spawn message the master sent meanwhile (a rebalance) starts no phone.
+        self.finishing = False
 
     def attach(self, environment: Any) -> None:
         runner = self.runner = environment.runner
@@ -97,6 +100,7 @@ class Link:
             # Added after Locust's own quitting listener, so (the event fires in reverse) before
             # it tells the master it quits: the phones stop and the last records arrive first.
             environment.events.quitting.add_listener(self._worker_quitting)
+            self._refuse_spawns_when_finishing(runner)
             # The worker's own folder says which source it is (what the master's files name).
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / "source").write_text(self.source)
@@ -166,7 +170,24 @@ class Link:
         except Exception as e:  # the master is gone: it will count this worker lost
             log.warning("goodbye not sent: %s", e)
 
+    def _refuse_spawns_when_finishing(self, runner: WorkerRunner) -> None:
+        """Wrap the worker's message handler: a spawn that arrives once this worker finishes is
+        dropped. The master does not know a worker quits until Locust's `quit` message, which
+        goes after our final batch; a rebalance meanwhile (another worker lost or joined) would
+        start phones whose records come after the final batch (seen: 7 operations late, from a
+        worker SIGTERMed while the master rebalanced a lost worker's phones)."""
+        handle = runner.handle_message
+
+        def handle_unless_finishing(msg: Any) -> None:
+            if msg.type == "spawn" and self.finishing:
+                log.info("spawn message after this worker began to finish: no phone started")
+                return
+            handle(msg)
+
+        runner.handle_message = handle_unless_finishing  # type: ignore[method-assign]
+
     def _stop_and_finish(self, environment: Any) -> None:
+        self.finishing = True  # before the stop: no spawn may slip in after it
         environment.runner.stop()  # phones stop (bounded by the stop timeout), then finish
         if not self.finish(DRAIN_MARGIN_S):
             log.error("the master did not acknowledge every batch in %.0f s", DRAIN_MARGIN_S)

@@ -5,6 +5,8 @@ and the manifest's verdict on each source."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -229,3 +231,37 @@ def test_flushes_after_the_end_send_nothing_new() -> None:
     assert len(box.batches({}, now=0.0, final=True)) == 1
     assert box.batches({}, now=1.0) == []
     assert box.batches({}, now=2.0, final=True) == []
+
+
+#: Run in a process of its own: Locust patches the process for gevent when it is imported.
+LATE_SPAWN = """
+import json, sys
+from pathlib import Path
+from types import SimpleNamespace
+from locust.rpc import Message
+from scenarios.fleet_link import Link
+
+handled = []
+runner = SimpleNamespace(handle_message=lambda msg: handled.append(msg.type))
+link = Link(lambda: ([], {}), Path(sys.argv[1]))
+link._refuse_spawns_when_finishing(runner)
+runner.handle_message(Message("spawn", {"timestamp": 1}, "master"))
+link.finishing = True
+for kind in ("spawn", "stop", "quit"):
+    runner.handle_message(Message(kind, {"timestamp": 2}, "master"))
+print(json.dumps(handled))
+"""
+
+
+def test_a_finishing_worker_starts_no_phone_from_a_late_spawn_message(tmp_path: Path) -> None:
+    """A rebalance that reaches a worker after it began to finish (its final batch goes next)
+    starts nothing; the other messages (stop, quit, acknowledgements) still reach Locust."""
+    out = subprocess.run(
+        [sys.executable, "-c", LATE_SPAWN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["spawn", "stop", "quit"]
