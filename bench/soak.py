@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -109,8 +110,10 @@ class SoakSettings:
 
     @property
     def ramp_s(self) -> float:
-        """How long the phones take to arrive, s: the first latency window starts after."""
-        return self.users / self.spawn_rate
+        """Where the first latency window starts, s after the first operation: the phones'
+        arrival (users / spawn rate) and as long again for their first sessions (registration,
+        tokens, sockets: a burst on a small machine, no baseline)."""
+        return 2 * self.users / self.spawn_rate
 
 
 def window_s(span_s: float) -> float:
@@ -328,9 +331,15 @@ def service_figures(
     return out
 
 
-def phone_ops(ops: Iterable[Operation]) -> list[Operation]:
-    """The phones' own operations that completed (ok), whose latency is judged."""
-    return [o for o in ops if o.kind in PHONE_KINDS and o.outcome == "ok"]
+def phone_ops(ops: Iterable[Operation], run_s: float = math.inf) -> list[Operation]:
+    """The phones' own operations that completed (ok), whose latency is judged: those started
+    within `run_s` of the first (after it, the phones are being stopped: their last requests
+    race their shutdown, no steady state)."""
+    ours = [o for o in ops if o.kind in PHONE_KINDS and o.outcome == "ok"]
+    if not ours:
+        return []
+    t0 = min(o.invoked_wall for o in ours)
+    return [o for o in ours if o.invoked_wall - t0 <= run_s]
 
 
 def nearest_rank(sorted_values: Sequence[float], q: float) -> float:
@@ -764,12 +773,12 @@ def latency_rows(windows: Mapping[str, Any]) -> list[list[str]]:
 
 
 LATENCY_COLUMNS = (
-    "kind", "first n", "p50 ms", "p95 ms", "p99 ms", "last n", "p50 ms", "p95 ms", "p99 ms",
-    "p50 last/first", "p95 last/first", "p99 last/first",
+    "kind", "first n", "p50 ms", "p95", "p99", "last n", "p50 ms", "p95", "p99",
+    "p50 ratio", "p95", "p99",
 )  # fmt: skip
 SERVICE_COLUMNS = (
-    "service", "kind", "PSS MiB after warm-up", "PSS MiB at end", "RSS MiB at end",
-    "PSS growth / h", "t", "fds after warm-up", "fds at end", "fds / h", "restarts", "goals",
+    "service", "kind", "PSS MiB", "at end", "RSS MiB at end", "growth / h", "t", "fds",
+    "at end", "fds / h", "restarts", "goals",
 )  # fmt: skip
 
 
@@ -812,14 +821,22 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"| {g['name']} | {g['goal']} | {g['measured']} | {_ok(g['ok'])} |"
         for g in summary["goals"]
     ]
-    lines += ["", "| " + " | ".join(LATENCY_COLUMNS) + " |", "|" + "---|" * len(LATENCY_COLUMNS)]
+    lines += [
+        "",
+        "Latency of the phones' operations that succeeded, first window then last, and the "
+        "ratios last / first:",
+        "",
+        "| " + " | ".join(LATENCY_COLUMNS) + " |",
+        "|" + "---|" * len(LATENCY_COLUMNS),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in latency_rows(summary["latency"])]
     lines += [
         "",
         "Memory is PSS summed over each service's processes (RSS counts shared pages once per "
         "process: a PostgreSQL member's shared buffers once per backend). Growth per hour is the "
         f"slope of the least-squares line through the samples after the warm-up, over the level "
-        f"at its start; t is the slope over its standard error (below {T_MIN:g}: not growth).",
+        f"at its start; t is the slope over its standard error (below {T_MIN:g}: not growth). "
+        "PSS MiB and fds: at the warm-up's end, and at the load's end.",
         "",
         "| " + " | ".join(SERVICE_COLUMNS) + " |",
         "|" + "---|" * len(SERVICE_COLUMNS),
@@ -850,7 +867,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
 
 
 def _rich_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
-    table = Table(title=title)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
@@ -932,7 +949,7 @@ def analyse(
     # The load's end in the samples' time: the fleet's run time, or the last sample if cut short.
     end_s = min(s.duration_s, max((x.t_s for x in samples), default=0.0))
     figures = service_figures(samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal)
-    phone = phone_ops(ops)
+    phone = phone_ops(ops, s.duration_s)
     windows = latency_windows(phone, s.ramp_s)
     span = max((o.invoked_wall for o in phone), default=0.0) - min(
         (o.invoked_wall for o in phone), default=0.0
@@ -1055,9 +1072,13 @@ def report(
         plot_services(samples, "fds", "open file descriptors", out / "fds.png", s)
     if series:
         plot_latency(series, windows, out / "latency.png")
+    # The terminal's table: the Markdown's, less kind and RSS (summary.md has them).
+    keep = [i for i, c in enumerate(SERVICE_COLUMNS) if c not in ("kind", "RSS MiB at end")]
     console.print(
         _rich_table(
-            "services after the warm-up", SERVICE_COLUMNS, (service_row(f) for f in figures)
+            "services after the warm-up",
+            [SERVICE_COLUMNS[i] for i in keep],
+            ([service_row(f)[i] for i in keep] for f in figures),
         )
     )
     console.print(

@@ -24,6 +24,7 @@ from bench.soak import (
     memory_grows,
     p99_ok,
     parse_args,
+    phone_ops,
     report,
     service_figures,
     services_of,
@@ -234,6 +235,16 @@ def test_short_run_windows_are_fifths_and_skip_the_phones_arrival():
     assert p99_ok(w, 0.20) is True
     # Counted from the first operation, the arrival would be the baseline.
     assert latency_windows(run)["first"]["all"]["p99_ms"] == pytest.approx(500, rel=0.01)
+
+
+def test_only_the_phones_ok_operations_of_the_run_time_count():
+    run = ops(200, 1, lambda t: 0.01)
+    run.append(Operation("c", "connect", 0, 1, 1e9 + 3, "ok"))
+    run.append(Operation("f", "submit", 0, 1, 1e9 + 4, "fail"))
+    got = phone_ops(run, run_s=180)
+    assert len(got) == 181  # 0 to 180 s: the phones being stopped after it are not a window
+    assert {o.kind for o in got} == {"submit", "read", "sync"}
+    assert phone_ops([], 180) == []
 
 
 def test_too_few_operations_to_judge_a_p99():
