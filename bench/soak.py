@@ -331,15 +331,23 @@ def service_figures(
     return out
 
 
-def phone_ops(ops: Iterable[Operation], run_s: float = math.inf) -> list[Operation]:
+def phone_ops(ops: Iterable[Operation], end_wall: float = math.inf) -> list[Operation]:
     """The phones' own operations that completed (ok), whose latency is judged: those started
-    within `run_s` of the first (after it, the phones are being stopped: their last requests
-    race their shutdown, no steady state)."""
-    ours = [o for o in ops if o.kind in PHONE_KINDS and o.outcome == "ok"]
-    if not ours:
-        return []
-    t0 = min(o.invoked_wall for o in ours)
-    return [o for o in ours if o.invoked_wall - t0 <= run_s]
+    before `end_wall` (UTC, epoch seconds: the fleet's start plus its run time; after it the
+    phones are being stopped, and their last requests race their shutdown)."""
+    return [
+        o for o in ops if o.kind in PHONE_KINDS and o.outcome == "ok" and o.invoked_wall < end_wall
+    ]
+
+
+def load_end_wall(fleet: Mapping[str, Any] | None, ops: Sequence[Operation], run_s: float) -> float:
+    """When the load stopped being steady: the fleet's start (before Locust even started its
+    clock) plus its run time; without the fleet's summary (a run cut short), the first
+    operation's start plus the run time."""
+    window = (fleet or {}).get("window") or {}
+    if "start" in window:
+        return float(window["start"]) + run_s
+    return min((o.invoked_wall for o in ops), default=0.0) + run_s
 
 
 def nearest_rank(sorted_values: Sequence[float], q: float) -> float:
@@ -943,13 +951,14 @@ def run_soak(
 
 
 def analyse(
-    s: SoakSettings, samples: list[Sample], ops: list[Operation]
+    s: SoakSettings, samples: list[Sample], ops: list[Operation], end_wall: float = math.inf
 ) -> tuple[list[ServiceFigures], dict[str, Any], list[dict[str, float]], list[Goal]]:
-    """The figures, latency windows and series, and the goals, from what was recorded."""
+    """The figures, latency windows and series, and the goals, from what was recorded;
+    `end_wall`: the load's end (`load_end_wall`)."""
     # The load's end in the samples' time: the fleet's run time, or the last sample if cut short.
     end_s = min(s.duration_s, max((x.t_s for x in samples), default=0.0))
     figures = service_figures(samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal)
-    phone = phone_ops(ops, s.duration_s)
+    phone = phone_ops(ops, end_wall)
     windows = latency_windows(phone, s.ramp_s)
     span = max((o.invoked_wall for o in phone), default=0.0) - min(
         (o.invoked_wall for o in phone), default=0.0
@@ -1033,7 +1042,8 @@ def report(
 ) -> int:
     """Analyse, write the run folder, print the figures; the exit code."""
     ops = load_ops(out / "load") if (out / "load").exists() else []
-    figures, windows, series, goal_list = analyse(s, samples, ops)
+    end_wall = load_end_wall(fleet, ops, s.duration_s)
+    figures, windows, series, goal_list = analyse(s, samples, ops, end_wall)
     fleet_verdict = fleet.get("verdict") if fleet else None
     if fleet_verdict == "fail":
         problems.append(

@@ -21,6 +21,7 @@ from bench.soak import (
     fit_growth,
     goals,
     latency_windows,
+    load_end_wall,
     memory_grows,
     p99_ok,
     parse_args,
@@ -238,13 +239,18 @@ def test_short_run_windows_are_fifths_and_skip_the_phones_arrival():
 
 
 def test_only_the_phones_ok_operations_of_the_run_time_count():
-    run = ops(200, 1, lambda t: 0.01)
+    run = ops(200, 1, lambda t: 0.01, t0=1e9 + 2)  # Locust took 2 s to start its phones
     run.append(Operation("c", "connect", 0, 1, 1e9 + 3, "ok"))
     run.append(Operation("f", "submit", 0, 1, 1e9 + 4, "fail"))
-    got = phone_ops(run, run_s=180)
-    assert len(got) == 181  # 0 to 180 s: the phones being stopped after it are not a window
+    # From the fleet's start (before Locust's own clock), its run time.
+    end = load_end_wall({"window": {"start": 1e9, "end": 1e9 + 300}}, run, 180)
+    assert end == 1e9 + 180
+    got = phone_ops(run, end)
+    assert len(got) == 178  # the phones being stopped after it are no steady state
     assert {o.kind for o in got} == {"submit", "read", "sync"}
-    assert phone_ops([], 180) == []
+    assert phone_ops([]) == []
+    # No fleet summary (a run cut short): from the first operation.
+    assert load_end_wall(None, run, 180) == 1e9 + 182
 
 
 def test_too_few_operations_to_judge_a_p99():
