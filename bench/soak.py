@@ -28,6 +28,11 @@ Figures, each beside its goal:
 - restarts of a service during the run (its pid changed): a soak with one proves nothing about
   that service's memory; counted as a miss.
 
+Runs on an environment of its own (base port 22600 unless CWH_BENCH_BASE_PORT says otherwise,
+run directory /var/tmp/cwh-bench-<port>; the other CWH_* settings apply), started afresh and
+brought down at the end, also on Ctrl-C: a user's own environment (and its data) is never
+touched, and an earlier run's state is no baseline.
+
 Writes `reports/<UTC>-bench-soak/`: samples.jsonl (every sample), summary.json, summary.md,
 memory.png, fds.png and latency.png (each series over time), report.html, and the fleet's own
 run folder (`load/`, Locust's output in `load/locust.log`). Bounded: the fleet's run time,
@@ -45,6 +50,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -62,6 +68,10 @@ from rich.table import Table
 
 from bench.fleet_args import add_fleet_arguments
 from slo.ledger import Operation
+
+#: The bench's own environment (CWH_BENCH_BASE_PORT): apart from the other benches' (21000,
+#: 22000, 22400) and from a user's (17000).
+BENCH_BASE_PORT = 22600
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -980,8 +990,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # No autoscaler: a soak compares a service with itself over time; replicas that come
         # and go would be other services.
-        env_settings = dataclasses.replace(EnvSettings.from_environ(), autoscale=False)
-    except SettingsError as exc:
+        base = int(os.environ.get("CWH_BENCH_BASE_PORT", str(BENCH_BASE_PORT)))
+        env_settings = dataclasses.replace(
+            EnvSettings.from_environ(),
+            base_port=base,
+            run_dir=Path(f"/var/tmp/cwh-bench-{base}"),
+            autoscale=False,
+        )
+    except (SettingsError, ValueError) as exc:  # a bad CWH_* value, a bad port
         console.print(f"[red]error:[/red] {exc}")
         return 2
     signals.install()  # SIGTERM as Ctrl-C: the fleet stops, the samples are written
@@ -989,17 +1005,15 @@ def main(argv: list[str] | None = None) -> int:
     out = (ROOT / "reports" / f"{stamp}-bench-soak").resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = LocalEnvironment(env_settings)
-    started_here = env.supervisor_status() is None
     samples: list[Sample] = []
     fleet: dict[str, Any] | None = None
     problems: list[str] = []
     interrupted = False
     try:
-        with console.status(f"bringing the local environment up ({env_settings.run_dir})…"):
-            if started_here:
-                # An earlier run's state (an interrupted experiment's, a bigger database) is no
-                # baseline for a soak: the environment it starts, it starts afresh.
-                env.reset()
+        with console.status(f"bringing the bench's environment up ({env_settings.run_dir})…"):
+            # An earlier run's state (an interrupted experiment's, a bigger database) is no
+            # baseline for a soak: its own environment, started afresh.
+            env.reset()
             env.up()
             wait_healthy(env, timeout_s=180)
         samples, fleet, errors = run_soak(s, env, out, console)
@@ -1013,9 +1027,8 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         console.print("[yellow]interrupted[/yellow]")
     finally:
-        if started_here:
-            with console.status("bringing the local environment down…"):
-                env.down()
+        with console.status("bringing the bench's environment down…"):
+            env.down()
     return report(
         s,
         env_settings.base_port,
