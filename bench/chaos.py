@@ -124,7 +124,10 @@ def _model_cells(row: dict[str, Any]) -> list[str]:
 
 
 def _model_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="Predicted worst case (env/failover_model.py) beside the measured RTO")
+    table = Table(
+        title="Predicted worst case (env/failover_model.py) beside the measured RTO "
+        "(within: every run, so one outlier says NO)"
+    )
     for c in MODEL_COLUMNS:
         table.add_column(c)
     for row in rows:
@@ -248,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 progress.advance(task)
     summary = summarize(runs)
+    model = model_rows(summary)
     (out / "bench-chaos.json").write_text(
-        json.dumps({"runs": runs, "summary": summary, "model": model_rows(summary)}, indent=2)
+        json.dumps({"runs": runs, "summary": summary, "model": model}, indent=2)
     )
     table = Table(title=f"RTO and RPO over {args.repeats} jittered runs each (seconds)")
     cols = ["experiment"] + [f"RTO {p} p50/p95/max" for p in PATHS] + ["RPO max", "lost"]
@@ -264,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(name, *cells)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     console.print(table)
-    model = model_rows(summary)
     console.print(_model_table(model))
     lines += ["", *model_markdown(model)]
     (out / "bench-chaos.md").write_text("\n".join(lines) + "\n")

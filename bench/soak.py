@@ -996,6 +996,7 @@ def main(argv: list[str] | None = None) -> int:
             base_port=base,
             run_dir=Path(f"/var/tmp/cwh-bench-{base}"),
             autoscale=False,
+            standby_of=0,  # a primary region of its own, whatever CWH_STANDBY_OF says
         )
     except (SettingsError, ValueError) as exc:  # a bad CWH_* value, a bad port
         console.print(f"[red]error:[/red] {exc}")
@@ -1027,8 +1028,12 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         console.print("[yellow]interrupted[/yellow]")
     finally:
-        with console.status("bringing the bench's environment down…"):
-            env.down()
+        try:
+            with console.status("bringing the bench's environment down…"):
+                env.down()
+        except KeyboardInterrupt:  # a second Ctrl-C: the report below is still written
+            interrupted = True
+            console.print("[yellow]interrupted while stopping: `make down` finishes it[/yellow]")
     return report(
         s,
         env_settings.base_port,

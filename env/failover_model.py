@@ -11,18 +11,21 @@ The steps, per experiment:
 
 - pg-lose-primary-node (postgres and Patroni SIGKILLed: nobody releases the leader key): the key
   expires (ttl after its last renewal), a replica notices at its next loop (loop_wait), promotes
-  itself (about a second), HAProxy marks it up after `rise` checks at `inter`, and a phone's
-  next attempt comes after the 503's Retry-After.
+  itself (about a second), HAProxy marks it up after `rise` checks at `inter`, pgBouncer tries
+  the server again after its `server_login_retry`, and a phone's next attempt comes after the
+  503's Retry-After.
 - pg-kill-primary (postgres SIGKILLed, Patroni alive; primary_start_timeout 0): Patroni notices
   at its next loop and releases the key; the synchronous standby, woken by its watch on the key,
   takes it and promotes; then HAProxy and the phone as above.
 - pg-switchover (planned): the primary demotes, the standby promotes; HAProxy needs `fall`
   checks to take the old primary out and `rise` to put the new one in (whichever is longer).
-- redis-kill-master: the master's peers mark it failing after cluster-node-timeout, the
-  failure is agreed through gossip (about half the timeout), its replica waits its election
-  delay (500 ms + up to 500 ms random + rank x 1 s; rank 0 with one replica) and wins; the
-  services' clients find the new owner at their next command (no backoff, reference_impl
-  stores.py); then the phone's next attempt.
+- redis-kill-master: a peer's next ping to the dead master leaves up to half the node timeout
+  after the kill, the master is marked failing cluster-node-timeout after it, the failure is
+  agreed through gossip (about half the timeout), its replica waits its election delay (500 ms
+  + up to 500 ms random + rank x 1 s; rank 0 with one replica) and wins; the services' breaker
+  on the dead master lets a call through every REDIS_COOLDOWN_S (reference_impl stores.py),
+  which finds the new owner; then the phone's next attempt. The notification path needs no
+  election (the hub subscribes on any node): its bound is loose, not wrong.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from env import configs
+from reference_impl.stores import REDIS_COOLDOWN_S
 
 #: How long a promotion takes once a member has decided to promote (pg_ctl promote, the
 #: new timeline, Patroni's role change): measured on this machine at under a second.
@@ -40,7 +44,10 @@ DEMOTE_S = 1.0
 CLIENT_RETRY_S = 1.0
 #: Redis Cluster's replica election delay: 500 ms fixed + up to 500 ms random + rank x 1 s.
 REDIS_ELECTION_DELAY_S = 1.0
-#: The failure report's spread through gossip: a node pings half its peers' timeout apart.
+#: A node pings each peer at least every half node timeout: the first unanswered ping after
+#: the kill may leave that long after it, and the timeout counts from that ping.
+REDIS_PING_PHASE_S = configs.REDIS_NODE_TIMEOUT_MS / 1000 / 2
+#: The failure report's spread through gossip, the same half timeout.
 REDIS_GOSSIP_S = configs.REDIS_NODE_TIMEOUT_MS / 1000 / 2
 
 
@@ -80,11 +87,19 @@ def _retry() -> Term:
 
 def _redis_failover() -> tuple[Term, ...]:
     return (
+        Term("ping phase", REDIS_PING_PHASE_S),
         Term("cluster-node-timeout", configs.REDIS_NODE_TIMEOUT_MS / 1000),
         Term("gossip", REDIS_GOSSIP_S),
         Term("election delay", REDIS_ELECTION_DELAY_S),
+        # The services' breaker on the dead master lets a trial call through this often.
+        Term("breaker cooldown", REDIS_COOLDOWN_S),
         _retry(),
     )
+
+
+def _pgbouncer_retry() -> Term:
+    """Writes go through pgBouncer, which waits this long before it tries a server again."""
+    return Term("server_login_retry", configs.PGBOUNCER_SERVER_LOGIN_RETRY_S)
 
 
 def bounds() -> dict[str, dict[str, Bound]]:
@@ -98,11 +113,14 @@ def bounds() -> dict[str, dict[str, Bound]]:
             loop,
             Term("promote", PROMOTE_S),
             _haproxy_up(),
+            _pgbouncer_retry(),
             _retry(),
         ),
     )
     crash = Bound(
-        "pg-kill-primary", "write", (loop, Term("promote", PROMOTE_S), _haproxy_up(), _retry())
+        "pg-kill-primary",
+        "write",
+        (loop, Term("promote", PROMOTE_S), _haproxy_up(), _pgbouncer_retry(), _retry()),
     )
     switchover = Bound(
         "pg-switchover",
@@ -115,6 +133,7 @@ def bounds() -> dict[str, dict[str, Bound]]:
                 max(configs.HAPROXY_PG_FALL, configs.HAPROXY_PG_RISE)
                 * configs.HAPROXY_PG_CHECK_INTER_S,
             ),
+            _pgbouncer_retry(),
             _retry(),
         ),
     )

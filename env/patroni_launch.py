@@ -11,7 +11,8 @@ second postmaster on the same data directory is one step away. Upstream fixed it
 PR #3516 (issue #2792): when the times differ, the process still is the postmaster if its
 executable is postgres and its working directory is the data directory. `PATCH` installs that
 check; `patroni_argv` runs Patroni's own entry point after it, with the system's Python (the
-Debian package's), as `/usr/bin/patroni` would.
+Debian package's), as `/usr/bin/patroni` would. The Kubernetes manifests run `/usr/bin/patroni`
+itself: there Patroni is its container's first process, and a postmaster never outlives it.
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ def _is_postmaster_process(self):
         if self.pid in (os.getpid(), os.getppid()) or self.ppid() == os.getpid():
             return False
         data_dir = self._postmaster_pid.get("data_dir") or ""
-        return (
+        ours = (
             os.path.basename(self.exe()) in ("postgres", "postmaster")
             and bool(data_dir)
             and os.path.realpath(self.cwd()) == os.path.realpath(data_dir)
         )
     except (psutil.Error, OSError):
         return False
+    if ours:
+        _pm.logger.info("Process %s is the postmaster: postgres, in %s", self.pid, data_dir)
+    return ours
 
 
 _pm.PostmasterProcess._is_postmaster_process = _is_postmaster_process
@@ -56,4 +60,6 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 def patroni_argv(config: str) -> list[str]:
     """Patroni with the backport, reading `config` (its argv[1], as `/usr/bin/patroni`)."""
-    return [SYSTEM_PYTHON, "-c", PATCH + MAIN, config]
+    # -P: `-c` would put the working directory (the member's, which its user can write) first
+    # on the import path, ahead of the packages Patroni imports; /usr/bin/patroni did not.
+    return [SYSTEM_PYTHON, "-P", "-c", PATCH + MAIN, config]

@@ -87,12 +87,16 @@ def prometheus_heartbeats(status: dict[str, Any], since: float) -> float:
     """The heartbeats Prometheus counts from `since` (epoch seconds) to now: the query of the
     websocket-heartbeat SLO's total, over that window."""
     window = max(1, int(time.time() - since))  # as the gate rounds: inside the window
-    r = requests.get(
-        f"{status['urls']['prometheus']}/api/v1/query",
-        params={"query": f"sum(increase(cw_ws_heartbeat_interval_seconds_count[{window}s]))"},
-        timeout=5,
-    )
-    result = r.json()["data"]["result"]
+    try:
+        r = requests.get(
+            f"{status['urls']['prometheus']}/api/v1/query",
+            params={"query": f"sum(increase(cw_ws_heartbeat_interval_seconds_count[{window}s]))"},
+            timeout=5,
+        )
+        r.raise_for_status()
+        result = r.json()["data"]["result"]
+    except (requests.RequestException, ValueError, KeyError):
+        return 0.0  # asked again by the caller's bounded poll
     return float(result[0]["value"][1]) if result else 0.0
 
 

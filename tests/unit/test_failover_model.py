@@ -6,11 +6,19 @@ from bench.chaos import distribution, model_markdown, model_rows
 from env import configs, failover_model
 
 
-def test_the_node_loss_bound_is_the_readmes_worst_case_plus_the_phones_retry():
+def test_the_node_loss_bound_is_the_readmes_worst_case_plus_the_clients_retries():
     bound = failover_model.bounds()["pg-lose-primary-node"]["write"]
     names = [t.name for t in bound.terms]
-    assert names == ["ttl", "loop_wait", "promote", "rise x inter", "phone retry"]
-    assert bound.seconds == configs.worst_case_failover_s() + failover_model.CLIENT_RETRY_S
+    assert names == [
+        "ttl",
+        "loop_wait",
+        "promote",
+        "rise x inter",
+        "server_login_retry",
+        "phone retry",
+    ]
+    clients = configs.PGBOUNCER_SERVER_LOGIN_RETRY_S + failover_model.CLIENT_RETRY_S
+    assert bound.seconds == configs.worst_case_failover_s() + clients
     assert bound.formula().endswith(f"= {bound.seconds:g} s")
 
 
@@ -63,3 +71,12 @@ def test_a_path_that_never_recovered_has_no_verdict():
     rows = model_rows({"pg-switchover": _entry([], [])})
     assert rows[0]["n"] == 0
     assert (rows[0]["within_bound"], rows[0]["goal_met"]) == (None, None)
+
+
+def test_the_redis_bound_counts_the_ping_phase_and_the_services_breaker():
+    from reference_impl.stores import REDIS_COOLDOWN_S
+
+    terms = {t.name: t.seconds for t in failover_model.bounds()["redis-kill-master"]["write"].terms}
+    assert terms["cluster-node-timeout"] == configs.REDIS_NODE_TIMEOUT_MS / 1000
+    assert terms["ping phase"] == configs.REDIS_NODE_TIMEOUT_MS / 2000
+    assert terms["breaker cooldown"] == REDIS_COOLDOWN_S

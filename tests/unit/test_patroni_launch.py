@@ -90,4 +90,14 @@ def test_patroni_starts_through_the_launcher():
     out = subprocess.run(patroni_argv("--version"), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("patroni ")
-    assert MAIN in patroni_argv("x")[2]
+    assert patroni_argv("x")[1:] == ["-P", "-c", PATCH + MAIN, "x"]
+
+
+def test_the_working_directory_shadows_nothing(tmp_path):
+    """Patroni runs in its member's directory, which that member's user can write: a module
+    there must not be imported in place of Patroni's own (`-c` alone would put it first)."""
+    (tmp_path / "psutil.py").write_text("raise SystemExit('shadowed')\n")
+    argv = patroni_argv("--version")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("patroni ")
