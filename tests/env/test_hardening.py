@@ -293,7 +293,9 @@ async def _redis_strings(ports: list[int], creds: RedisCredentials) -> dict[str,
             cursor, keys = await call(port, "SCAN", cursor, "COUNT", 1000)
             for key in keys:
                 if await call(port, "TYPE", key) in (b"string", "string"):
-                    found[key.decode()] = await call(port, "GET", key)
+                    value = await call(port, "GET", key)
+                    if value is not None:  # expired between SCAN and GET (caches have TTLs)
+                        found[key.decode()] = value
             if int(cursor) == 0:
                 break
     return found
