@@ -255,10 +255,16 @@ class Proxy:
         """Read chunks, stamp their arrival, and let the writer apply the toxics: latency is
         measured from arrival (as Toxiproxy does), so it delays chunks, it does not add up."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=64)
+        busy = False
 
         async def read() -> None:
             try:
                 while data := await src.read(CHUNK):
+                    if not busy and queue.empty() and not self.toxics_of(stream, link):
+                        dst.write(data)
+                        link.sent[stream] += len(data)
+                        await dst.drain()
+                        continue
                     await queue.put((time.monotonic(), data))
             except OSError:
                 pass
@@ -267,7 +273,9 @@ class Proxy:
         reader = asyncio.ensure_future(read())
         try:
             while True:
+                busy = False
                 arrived, data = await queue.get()
+                busy = True
                 toxics = self.toxics_of(stream, link)
                 if not data:
                     for t in toxics:
