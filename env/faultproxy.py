@@ -39,7 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -136,10 +136,13 @@ class Side(asyncio.Protocol):
         self.paused = False  # writes backed up past the transport's high-water mark
         self.waiter: asyncio.Future[None] | None = None
         self.lost = False
+        #: What arrived before the link was made (uvloop may start reading before
+        #: connection_made's pause takes effect); b"" for an early end.
+        self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports do not derive from asyncio.Transport; they have its methods)
+        self.transport = cast(asyncio.Transport, transport)
         self.hold("start", True)  # nothing is read before both sides are there
         if self.on_made is not None:
             self.on_made(self)
@@ -147,10 +150,16 @@ class Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.pipe is not None:
             self.pipe.feed(data)
+        else:
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()  # ("start" holds it: resumed by Link.start)
 
     def eof_received(self) -> bool:
         if self.pipe is not None:
             self.pipe.feed(b"")
+        else:
+            self.early.append(b"")
         return True  # half-open until the pipe closes the link (slow_close waits first)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -222,6 +231,10 @@ class Link:
 
     def start(self) -> None:
         for side in (self.client, self.upstream):
+            early, side.early = side.early, []
+            for data in early:
+                assert side.pipe is not None
+                side.pipe.feed(data)
             side.hold("start", False)
 
     def affected(self, toxic: Toxic) -> bool:
@@ -697,9 +710,20 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8474)
     parser.add_argument("--config", type=Path, help="proxies to create at start (JSON list)")
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop (uvloop: libuv's, the default; asyncio: the standard library's)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(serve(args.host, args.port, args.config))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(args.host, args.port, args.config))
+    else:
+        asyncio.run(serve(args.host, args.port, args.config))
 
 
 if __name__ == "__main__":
