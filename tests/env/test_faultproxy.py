@@ -370,7 +370,8 @@ def test_a_large_transfer_with_a_slow_reader_arrives_whole(
 def test_what_a_client_sends_at_once_reaches_upstream_on_either_loop(loop: str, echo: Echo) -> None:
     """A client that writes as soon as it is connected, before the proxy has its upstream
     connection: uvloop starts reading the client before the proxy can hold it, and what it reads
-    then must wait for the link, not vanish (in-process, on each loop the proxy can run on)."""
+    then must wait for the link, not vanish (in-process, on each loop the proxy can run on).
+    Both of the proxy's sockets have TCP_NODELAY (each loop sets it; checked, not assumed)."""
     import uvloop
 
     async def clients() -> None:
@@ -384,6 +385,13 @@ def test_what_a_client_sends_at_once_reaches_upstream_on_either_loop(loop: str, 
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(b"hello %02d" % i)
                 assert await asyncio.wait_for(reader.readexactly(8), 5) == b"hello %02d" % i
+                # Small writes go out at once on both sides (Nagle off), as a query needs.
+                assert made.links
+                for link in made.links:
+                    for side in (link.client, link.upstream):
+                        assert side.transport is not None
+                        sock = side.transport.get_extra_info("socket")
+                        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
                 writer.close()
                 await writer.wait_closed()
         finally:
