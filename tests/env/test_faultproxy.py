@@ -329,9 +329,7 @@ def test_removing_a_toxic_keeps_the_order_of_what_it_still_holds(
         # The echo's answers to 1 and 2 reach the proxy within milliseconds and wait there.
         assert requests.delete(f"{api}/proxies/{name}/toxics/slow", timeout=5).ok
         s.sendall(b"3")
-        started = time.monotonic()
         assert recv_exactly(s, 3) == b"123"
-        assert time.monotonic() - started < 0.4 + 1  # the held chunks kept their own delay
 
 
 def test_a_large_transfer_with_a_slow_reader_arrives_whole(
