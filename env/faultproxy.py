@@ -151,10 +151,9 @@ class Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.pipe is not None:
             self.pipe.feed(data)
-        else:
+        elif self.transport is not None and not self.transport.is_closing():  # (not after close)
             self.early.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()  # ("start" holds it: resumed by Link.start)
+            self.transport.pause_reading()  # ("start" holds it: resumed by Link.start)
 
     def eof_received(self) -> bool:
         if self.pipe is not None:
