@@ -9,7 +9,7 @@ ifdef RUNTIME
 export CWH_RUNTIME := $(RUNTIME)
 endif
 
-.PHONY: deps images manifests up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime bench-proxy load slo slo-rules chaos gameday chaos-stop clean kind-up staging-load staging-chaos
+.PHONY: deps images manifests up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime bench-proxy bench-soak load slo slo-rules chaos gameday chaos-stop clean kind-up staging-load staging-chaos
 
 deps:
 	@./tools/deps.sh
@@ -175,3 +175,13 @@ bench-scale: deps
 bench-runtime: deps
 	@$(PY) -m bench.runtime --users $(USERS) --duration $(DURATION) --spawn-rate $(SPAWN_RATE) \
 		--settle $(SETTLE) --kills $(KILLS)
+
+# A fleet (USERS phones) in the soak shape for DURATION (30m, 90s, 1h; 30m by default here)
+# against the local environment, every service process sampled: memory (PSS) and descriptor
+# growth after the warm-up, latency p50/p95/p99 in the first and last windows, each beside its
+# goal (< 10 % memory growth per hour, no descriptor growth, p99 within 20 %); plots in
+# reports/<UTC>-bench-soak/. Exit code 1 when a goal is missed (EXIT_CODE_FILE as for load).
+bench-soak: DURATION = 30m
+bench-soak: deps
+	@$(PY) -m bench.soak --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--settle $(SETTLE); $(keep_exit_code)

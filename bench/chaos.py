@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from env import failover_model
 from env.local import LocalEnvironment
 from env.settings import EnvSettings
 
@@ -73,6 +74,78 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         entry["failed_runs"] = sum(1 for r in runs if r["experiment"] == name and r["code"] != 0)
         out[name] = entry
     return out
+
+
+def model_rows(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per experiment and path the model covers: the predicted worst case with its formula
+    (env.failover_model), the measured p95 and max, whether every run stayed within the bound,
+    and the p95 goal where #17 sets one (met: None without a goal or a measurement)."""
+    predicted = failover_model.bounds()
+    rows = []
+    for name, entry in summary.items():
+        for path, bound in predicted.get(name, {}).items():
+            dist = entry[f"rto_{path}"]
+            goal = failover_model.GOALS_P95_S.get((name, path))
+            p95, worst = dist["p95"], dist["max"]
+            rows.append(
+                {
+                    "experiment": name,
+                    "path": path,
+                    "predicted_s": bound.seconds,
+                    "formula": bound.formula(),
+                    "n": dist["n"],
+                    "p95_s": p95,
+                    "max_s": worst,
+                    "within_bound": None if worst is None else worst <= bound.seconds,
+                    "goal_p95_s": goal,
+                    "goal_met": None if goal is None or p95 is None else p95 <= goal,
+                }
+            )
+    return rows
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "NO")
+
+
+MODEL_COLUMNS = ("experiment", "path", "predicted (s)", "p95 / max (s)", "within", "goal p95")
+
+
+def _model_cells(row: dict[str, Any]) -> list[str]:
+    goal = row["goal_p95_s"]
+    return [
+        row["experiment"],
+        row["path"],
+        f"{row['predicted_s']:g}",
+        f"{_fmt(row['p95_s'])} / {_fmt(row['max_s'])}",
+        _verdict(row["within_bound"]),
+        "-" if goal is None else f"{goal:g} ({_verdict(row['goal_met'])})",
+    ]
+
+
+def _model_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        title="Predicted worst case (env/failover_model.py) beside the measured RTO "
+        "(within: every run, so one outlier says NO)"
+    )
+    for c in MODEL_COLUMNS:
+        table.add_column(c)
+    for row in rows:
+        table.add_row(*_model_cells(row))
+    return table
+
+
+def model_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The model's table and each bound's formula, for bench-chaos.md."""
+    lines = [
+        "Predicted worst case beside the measured RTO:",
+        "",
+        "| " + " | ".join(MODEL_COLUMNS) + " |",
+        "|" + "---|" * len(MODEL_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(_model_cells(row)) + " |" for row in rows]
+    lines += ["", *(f"- {r['experiment']} ({r['path']}): {r['formula']}" for r in rows)]
+    return lines
 
 
 def run_once(
@@ -178,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 progress.advance(task)
     summary = summarize(runs)
-    (out / "bench-chaos.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+    model = model_rows(summary)
+    (out / "bench-chaos.json").write_text(
+        json.dumps({"runs": runs, "summary": summary, "model": model}, indent=2)
+    )
     table = Table(title=f"RTO and RPO over {args.repeats} jittered runs each (seconds)")
     cols = ["experiment"] + [f"RTO {p} p50/p95/max" for p in PATHS] + ["RPO max", "lost"]
     for c in cols:
@@ -192,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(name, *cells)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     console.print(table)
+    console.print(_model_table(model))
+    lines += ["", *model_markdown(model)]
     (out / "bench-chaos.md").write_text("\n".join(lines) + "\n")
     _plot(summary, runs, out / "bench-chaos.png")
     from cwh.report import try_write_html

@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from cwh.durations import parse_duration
+from bench.fleet_args import add_fleet_arguments
 from cwh.fleet import FleetOptions, run_fleet
 from env.local import LocalEnvironment
 from env.settings import EnvSettings
@@ -118,13 +118,6 @@ class BenchArgs:
         )
 
 
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def parse_args(argv: list[str] | None = None) -> BenchArgs:
     """The command line, checked before anything starts.
 
@@ -134,12 +127,7 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     parser = argparse.ArgumentParser(
         prog="bench-runtime", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--users", type=int, default=50, help="phones of the fleet (USERS)")
-    parser.add_argument(
-        "--duration", type=_duration, default=120.0, help="fleet run time (DURATION): 90s, 2m"
-    )
-    parser.add_argument("--spawn-rate", type=float, default=10.0, help="phones/s (SPAWN_RATE)")
-    parser.add_argument("--settle", type=float, default=60.0, help="read-back limit, s (SETTLE)")
+    add_fleet_arguments(parser, 120.0, "90s, 2m")
     parser.add_argument("--kills", type=int, default=3, help="failovers per runtime (KILLS)")
     parser.add_argument("--rate", type=float, default=50.0, help="failover writes/s")
     parser.add_argument(

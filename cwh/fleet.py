@@ -180,8 +180,9 @@ def run_arguments(opts: FleetOptions, out: Path) -> list[str]:
     ]
 
 
-def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
-    """Run Locust headless, its periodic stats on the terminal as the live view."""
+def run_locust(opts: FleetOptions, out: Path, console: Console, log: Path | None = None) -> int:
+    """Run Locust headless, its periodic stats on the terminal as the live view; with `log`,
+    its output goes to that file instead (a caller with a live view of its own)."""
     fleet_dir = out / "fleet"
     fleet_dir.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parent.parent
@@ -207,7 +208,14 @@ def run_locust(opts: FleetOptions, out: Path, console: Console) -> int:
         "PYTHONPATH": str(root),
     }
     console.print(f"[bold]fleet[/bold]: {' '.join(cmd[3:])}")
-    proc = subprocess.Popen(cmd, env=env, cwd=root)
+    with contextlib.ExitStack() as stack:
+        output = stack.enter_context(open(log, "a")) if log is not None else None
+        proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=output, stderr=output)
+        return _wait_locust(opts, proc, console)
+
+
+def _wait_locust(opts: FleetOptions, proc: subprocess.Popen[bytes], console: Console) -> int:
+    """Locust's exit code, bounded in time; Ctrl-C lets it stop its phones first."""
     # Bounded: the run time plus a margin for start and stop, and for a master the wait for
     # its workers. A worker's life is its master's to decide: Locust ends it when the master
     # says so, when it cannot reach one for 300 s at the start, or hears none for 60 s.
@@ -501,16 +509,18 @@ def run_fleet(
     console: Console,
     reports: Path = Path("reports"),
     out: Path | None = None,
+    log: Path | None = None,
 ) -> tuple[int, Path, dict[str, Any]]:
     """Returns (exit code, report folder, summary); the folder is `out`, else a new one under
-    `reports` that `reports/latest` then points at. Exit code: 0 pass, 1 the run failed or lost
-    or duplicated a request, 2 inconclusive (acknowledged requests left unknown)."""
+    `reports` that `reports/latest` then points at; `log`: a file for Locust's output (else the
+    terminal). Exit code: 0 pass, 1 the run failed or lost or duplicated a request, 2
+    inconclusive (acknowledged requests left unknown)."""
     # Absolute: Locust runs from the project root, whatever the caller's directory.
     own_folder = out is None
     out = (out or reports / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    code = run_locust(opts, out, console)
+    code = run_locust(opts, out, console, log)
     ended = time.time()
     fleet_dir = out / "fleet"
     # Every process that ran phones shipped its records to the master, which says in

@@ -16,6 +16,7 @@ from pathlib import Path
 from env import backup, configs, network
 from env.layout import Layout
 from env.liveness import LivenessProbe
+from env.patroni_launch import patroni_argv
 from env.secrets import Secrets
 from env.settings import EnvSettings
 from env.topology import SERVICE_ROLES, Replica, Workload
@@ -132,7 +133,8 @@ class Commands:
 
     def patroni(self, r: Replica) -> ProcessSpec:
         return ProcessSpec(
-            ["/usr/bin/patroni", str(self.layout.patroni_config(r.index))],
+            # Patroni with upstream's fix for a live postmaster taken for a stale pid file.
+            patroni_argv(str(self.layout.patroni_config(r.index))),
             env=self._pg_env,
             cwd=self.layout.pg_member(r.index),
             as_user=self.pg_user,

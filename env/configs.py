@@ -40,6 +40,9 @@ HAPROXY_HTTP_CHECK_INTER_S = 5
 HAPROXY_API_SLOTS = 10
 HAPROXY_HUB_SLOTS = 6
 REDIS_NODE_TIMEOUT_MS = 2000
+#: pgBouncer's wait before it tries a server again after a failed login or connection (a write
+#: path whose new primary is not up yet).
+PGBOUNCER_SERVER_LOGIN_RETRY_S = 1
 #: TLS everywhere inside the environment: the same floor as the HTTPS frontend's.
 TLS_MIN_VERSION = "TLSv1.3"
 
@@ -607,7 +610,7 @@ reserve_pool_size = 10
 server_lifetime = 300
 server_idle_timeout = 30
 server_connect_timeout = 3
-server_login_retry = 1
+server_login_retry = {PGBOUNCER_SERVER_LOGIN_RETRY_S}
 query_wait_timeout = 30
 ignore_startup_parameters = extra_float_digits,options
 logfile =

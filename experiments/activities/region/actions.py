@@ -92,7 +92,7 @@ def standby_region_up(
     failover_s: float = 15,
     link_latency_ms: int = 35,
     max_lag_s: float = 2,
-    timeout_s: float = 480,
+    timeout_s: float = 600,
     *,
     configuration: Configuration,
 ) -> dict[str, Any]:
@@ -128,7 +128,8 @@ def standby_region_up(
     for path in _records(s):
         write_atomic(path, json.dumps({"settings": settings.to_environ()}))
     began = time.monotonic()
-    env.up(timeout_s=timeout_s)  # scaled by `up`
+    # Scaled by `up`; above the sum of a standby's stage limits (480 s, 300 of them the clone).
+    env.up(timeout_s=timeout_s)
 
     def streaming() -> dict[str, Any] | None:
         link = env.status()["region"]
@@ -331,8 +332,10 @@ def restore_primary_region(
                 out["divergence_error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if env2 is not None:
-            out["second_region_logs"] = _keep_logs(env2, s.run_dir / "second-region-logs")
-            env2.reset()
+            try:
+                out["second_region_logs"] = _keep_logs(env2, s.run_dir / "second-region-logs")
+            finally:  # whatever the copy did (even Ctrl-C), the second region goes
+                env2.reset()
             out["second_region_removed"] = str(env2.settings.run_dir)
         drill_record(s.env).unlink(missing_ok=True)
     for fault in harness.open_faults(s):
@@ -344,11 +347,10 @@ def restore_primary_region(
 def _keep_logs(env: LocalEnvironment, into: Path) -> str | None:
     """The second region's logs, copied into the run folder before its run directory goes: a
     drill whose second region never came up is explained by them, and by nothing else."""
-    logs = env.layout.logs
-    if not logs.is_dir():
-        return None
     try:
-        shutil.copytree(logs, into, dirs_exist_ok=True)
+        if not env.layout.logs.is_dir():
+            return None
+        shutil.copytree(env.layout.logs, into, dirs_exist_ok=True)
     except OSError as exc:  # best effort: the restore goes on without them
         return f"not kept: {exc}"
     return str(into)

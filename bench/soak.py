@@ -1,0 +1,1136 @@
+"""`make bench-soak DURATION=30m`: a fleet in the `soak` shape against the local environment,
+and what every service process of the environment does meanwhile.
+
+While the fleet runs (`cwh.fleet.run_fleet`, shape `soak`, closed model), every service process
+the supervisor keeps (its `/status`: API replicas, hubs, workers, schedulers, gateway, Patroni,
+HAProxy, pgBouncer, Redis, etcd, Prometheus, the exporters, the emulators, the supervisor
+itself; and each PostgreSQL member's postmaster with its backends, which Patroni daemonizes) is
+sampled every few seconds: memory and open file descriptors, each summed over the service's
+process tree.
+
+Memory is PSS (proportional set size: each shared page divided among the processes sharing it)
+summed over the tree, with RSS kept beside it: a PostgreSQL member's RSS counts its shared
+buffers once per backend that touched them, so backends coming and going look like growth
+where nothing was allocated. For a single process without shared mappings the two agree.
+
+Figures, each beside its goal:
+
+- memory growth per hour after the warm-up (the first 5 minutes, or the first fifth of a run
+  shorter than 25 minutes), as a ratio of the level at the end of the warm-up: the slope of a
+  least-squares line through the samples from the warm-up's end to the fleet's end. Goal: below
+  10 % per hour. A slope the samples cannot tell from noise (t below 3) is not growth.
+- descriptor growth after the warm-up, from the same line. Goal: none (the line rises by less
+  than one descriptor, or not measurably).
+- latency p50 / p95 / p99 of the phones' operations (submit, read, sync: exact, from the
+  run's own ledger, whose HDR histograms span the whole run) in the first and the last 5 minutes (a
+  fifth of a short run; the first window starts once every phone has arrived), the last as a
+  ratio of the first. Goal: p99 within 20 % of the start.
+- restarts of a service during the run (its pid changed): a soak with one proves nothing about
+  that service's memory; counted as a miss.
+
+Runs on an environment of its own (base port 22600 unless CWH_BENCH_BASE_PORT says otherwise,
+run directory /var/tmp/cwh-bench-<port>; the other CWH_* settings apply), started afresh and
+brought down at the end, also on Ctrl-C: a user's own environment (and its data) is never
+touched, and an earlier run's state is no baseline.
+
+Writes `reports/<UTC>-bench-soak/`: samples.jsonl (every sample), summary.json, summary.md,
+memory.png, fds.png and latency.png (each series over time), report.html, and the fleet's own
+run folder (`load/`, Locust's output in `load/locust.log`). Bounded: the fleet's run time,
+its read-back (SETTLE) and a margin. Ctrl-C stops the fleet, which reconciles what ran, and
+what was sampled is analysed and written all the same.
+
+Exit code: 0 every goal met, 1 a goal missed (or the fleet lost requests, or failed), 2 bad
+arguments or nothing to judge (too few samples or operations), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from bench.fleet_args import add_fleet_arguments
+from slo.ledger import Operation
+
+#: The bench's own environment (CWH_BENCH_BASE_PORT): apart from the other benches' (21000,
+#: 22000, 22400) and from a user's (17000).
+BENCH_BASE_PORT = 22600
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+#: The longest warm-up and the longest latency window, s; shorter runs take a fifth of the run.
+WINDOW_CAP_S = 300.0
+#: The phones' own operations whose latency is judged (HTTP; notifications have no latency).
+PHONE_KINDS = ("submit", "read", "sync")
+#: Below this t statistic a slope is not told apart from the samples' noise.
+T_MIN = 3.0
+#: Operations a latency window needs before its p99 means anything.
+MIN_WINDOW_OPS = 50
+
+
+# ---- settings ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoakSettings:
+    """The soak's parameters, validated (`parse_args`).
+
+    Attributes:
+        duration_s: the fleet's run time, s (DURATION: 30m, 90s, 1h).
+        users: phones of the fleet; spawn_rate: phones started per second; settle_s: the
+            read-back's limit after the run, s (make load's USERS, SPAWN_RATE, SETTLE).
+        interval_s: seconds between samples; 0 picks one from the duration (`sample_every_s`).
+        memory_goal: the most memory growth per hour after the warm-up, as a ratio (0.10).
+        p99_goal: the most the last window's p99 may exceed the first's, as a ratio (0.20).
+    """
+
+    duration_s: float = 1800.0
+    users: int = 50
+    spawn_rate: float = 10.0
+    settle_s: float = 60.0
+    interval_s: float = 0.0
+    memory_goal: float = 0.10
+    p99_goal: float = 0.20
+
+    @property
+    def warmup_s(self) -> float:
+        return window_s(self.duration_s)
+
+    @property
+    def sample_every_s(self) -> float:
+        """`interval_s`, else about 180 samples over the run, between 2 and 10 s apart."""
+        return self.interval_s or min(10.0, max(2.0, self.duration_s / 180))
+
+    @property
+    def ramp_s(self) -> float:
+        """Where the first latency window starts, s after the first operation: the phones'
+        arrival (users / spawn rate) and as long again for their first sessions (registration,
+        tokens, sockets: a burst on a small machine, no baseline)."""
+        return 2 * self.users / self.spawn_rate
+
+
+def window_s(span_s: float) -> float:
+    """The warm-up and each latency window for a run of `span_s` seconds: 5 minutes, or a fifth
+    of a run shorter than 25 minutes."""
+    return min(WINDOW_CAP_S, span_s / 5)
+
+
+def parse_args(argv: list[str] | None = None) -> SoakSettings:
+    """The command line, checked before anything starts.
+
+    Raises:
+        SystemExit(2): a bad value, with a message naming the make variable.
+    """
+    parser = argparse.ArgumentParser(
+        prog="bench-soak", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_fleet_arguments(parser, 1800.0, "30m, 90s, 1h")
+    parser.add_argument("--interval", type=float, default=0.0, help="s between samples (0: auto)")
+    ns = parser.parse_args(argv)
+    problems = []
+    if not 60 <= ns.duration <= 86_400:
+        problems.append(f"DURATION={ns.duration:g} s: a soak runs 1m to 24h")
+    if not 1 <= ns.users <= 100_000:
+        problems.append(f"USERS={ns.users}: 1 to 100000")
+    if not 0 < ns.spawn_rate <= 1000:
+        problems.append(f"SPAWN_RATE={ns.spawn_rate:g}: above 0, at most 1000 phones/s")
+    if not 1 <= ns.settle <= 3600:
+        problems.append(f"SETTLE={ns.settle:g}: 1 to 3600 seconds")
+    if ns.interval and not 0.5 <= ns.interval <= 60:
+        problems.append(f"--interval={ns.interval:g}: 0.5 to 60 s (0: from the duration)")
+    if problems:
+        parser.error("; ".join(problems))
+    return SoakSettings(
+        duration_s=ns.duration,
+        users=ns.users,
+        spawn_rate=ns.spawn_rate,
+        settle_s=ns.settle,
+        interval_s=ns.interval,
+    )
+
+
+# ---- analysis (pure) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Growth:
+    """A least-squares line through a series' samples.
+
+    Attributes:
+        samples: how many points the line went through.
+        start, end: the line's value at the first and the last point's time (the series' unit).
+        per_hour: its slope, in the series' unit per hour.
+        ratio_per_hour: `per_hour / start` (None when `start` is not above 0).
+        t_stat: the slope over its standard error: how far it stands out of the noise (0 for a
+            flat line, infinite for a rising line with no scatter).
+    """
+
+    samples: int
+    start: float
+    end: float
+    per_hour: float
+    ratio_per_hour: float | None
+    t_stat: float
+
+
+def fit_growth(points: Sequence[tuple[float, float]]) -> Growth | None:
+    """The least-squares line through (t_s, value) points; None for fewer than 3 points or
+    points that do not span any time."""
+    n = len(points)
+    if n < 3:
+        return None
+    ts = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    t_mean, y_mean = sum(ts) / n, sum(ys) / n
+    sxx = sum((t - t_mean) ** 2 for t in ts)
+    if sxx <= 0:
+        return None
+    slope = sum((t - t_mean) * (y - y_mean) for t, y in zip(ts, ys, strict=True)) / sxx
+    intercept = y_mean - slope * t_mean
+    residual = sum((y - (intercept + slope * t)) ** 2 for t, y in zip(ts, ys, strict=True))
+    stderr = math.sqrt(residual / (n - 2) / sxx)
+    # Relative to the slope's scale: float rounding leaves a tiny residual on a perfect line.
+    if stderr <= 1e-9 * max(abs(slope), 1e-12):
+        t_stat = 0.0 if slope == 0 else math.copysign(math.inf, slope)
+    else:
+        t_stat = slope / stderr
+    start, end = intercept + slope * ts[0], intercept + slope * ts[-1]
+    per_hour = slope * 3600
+    return Growth(
+        samples=n,
+        start=start,
+        end=end,
+        per_hour=per_hour,
+        ratio_per_hour=per_hour / start if start > 0 else None,
+        t_stat=t_stat,
+    )
+
+
+def memory_grows(g: Growth | None, goal: float) -> bool | None:
+    """Whether memory grows `goal` (a ratio) or more per hour, measurably; None: too few
+    samples to say."""
+    if g is None or g.ratio_per_hour is None:
+        return None
+    return g.ratio_per_hour >= goal and g.t_stat >= T_MIN
+
+
+def descriptors_grow(g: Growth | None) -> bool | None:
+    """Whether the descriptors grow: the line rises by one or more over the window, measurably;
+    None: too few samples to say."""
+    if g is None:
+        return None
+    return g.end - g.start >= 1.0 and g.t_stat >= T_MIN
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One service at one moment.
+
+    Attributes:
+        t_s: seconds since the sampling started (monotonic); wall: UTC, epoch seconds.
+        service: its name (the supervisor's component, `pg0/postgres` for a member's
+            postmaster and backends, `supervisor`); kind: the component's kind.
+        pid: the service's main process; procs: processes in its tree.
+        rss_bytes, pss_bytes: resident and proportional set sizes summed over the tree
+            (pss_bytes is rss_bytes where PSS could not be read); fds: open descriptors.
+    """
+
+    t_s: float
+    wall: float
+    service: str
+    kind: str
+    pid: int
+    procs: int
+    rss_bytes: int
+    pss_bytes: int
+    fds: int
+
+
+@dataclass(frozen=True)
+class ServiceFigures:
+    """A service's figures after the warm-up.
+
+    Attributes:
+        service, kind: as sampled. restarts: how often its pid changed during the load.
+        memory_start_mib, memory_end_mib: PSS at the first and last sample of the fit, MiB.
+        rss_end_mib: RSS at the last sample, MiB.
+        memory_growth_per_hour: the fitted PSS growth per hour as a ratio (None: not fitted).
+        memory_t: that slope's t statistic. memory_ok: below the goal (None: not judged).
+        fds_start, fds_end: descriptors at the first and last sample of the fit.
+        fds_per_hour: fitted descriptor growth per hour. fds_ok: no growth (None: not judged).
+    """
+
+    service: str
+    kind: str
+    restarts: int
+    samples: int
+    memory_start_mib: float
+    memory_end_mib: float
+    rss_end_mib: float
+    memory_growth_per_hour: float | None
+    memory_t: float | None
+    memory_ok: bool | None
+    fds_start: int
+    fds_end: int
+    fds_per_hour: float | None
+    fds_ok: bool | None
+
+
+def _finite(x: float | None, digits: int = 4) -> float | None:
+    """JSON has no infinity: a capped number instead."""
+    if x is None:
+        return None
+    return round(max(-1e9, min(1e9, x)), digits)
+
+
+def service_figures(
+    samples: Iterable[Sample], warmup_s: float, end_s: float, memory_goal: float
+) -> list[ServiceFigures]:
+    """Each service's growth over its samples from `warmup_s` to `end_s` (seconds since the
+    sampling started): the line through the samples of its last process (a restart starts the
+    series again; the restarts are counted over the whole load, warm-up included)."""
+    by_service: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.t_s <= end_s:
+            by_service.setdefault(s.service, []).append(s)
+    out = []
+    for name, series in sorted(by_service.items()):
+        series.sort(key=lambda s: s.t_s)
+        restarts = sum(1 for a, b in itertools.pairwise(series) if a.pid != b.pid)
+        last_pid = series[-1].pid
+        fit = [s for s in series if s.t_s >= warmup_s and s.pid == last_pid]
+        mem = fit_growth([(s.t_s, float(s.pss_bytes)) for s in fit])
+        fds = fit_growth([(s.t_s, float(s.fds)) for s in fit])
+        grows, fd_grows = memory_grows(mem, memory_goal), descriptors_grow(fds)
+        first, last = (fit[0], fit[-1]) if fit else (series[0], series[-1])
+        out.append(
+            ServiceFigures(
+                service=name,
+                kind=series[-1].kind,
+                restarts=restarts,
+                samples=len(fit),
+                memory_start_mib=round(first.pss_bytes / MIB, 2),
+                memory_end_mib=round(last.pss_bytes / MIB, 2),
+                rss_end_mib=round(last.rss_bytes / MIB, 2),
+                memory_growth_per_hour=_finite(mem.ratio_per_hour) if mem else None,
+                memory_t=_finite(mem.t_stat, 2) if mem else None,
+                memory_ok=None if grows is None else not grows,
+                fds_start=first.fds,
+                fds_end=last.fds,
+                fds_per_hour=_finite(fds.per_hour, 2) if fds else None,
+                fds_ok=None if fd_grows is None else not fd_grows,
+            )
+        )
+    return out
+
+
+def phone_ops(ops: Iterable[Operation], end_wall: float = math.inf) -> list[Operation]:
+    """The phones' own operations that completed (ok), whose latency is judged: those started
+    before `end_wall` (UTC, epoch seconds: the fleet's start plus its run time; after it the
+    phones are being stopped, and their last requests race their shutdown)."""
+    return [
+        o for o in ops if o.kind in PHONE_KINDS and o.outcome == "ok" and o.invoked_wall < end_wall
+    ]
+
+
+def load_end_wall(fleet: Mapping[str, Any] | None, ops: Sequence[Operation], run_s: float) -> float:
+    """When the load stopped being steady: the fleet's start (before Locust even started its
+    clock) plus its run time; without the fleet's summary (a run cut short), the first
+    operation's start plus the run time."""
+    window = (fleet or {}).get("window") or {}
+    if "start" in window:
+        return float(window["start"]) + run_s
+    return min((o.invoked_wall for o in ops), default=0.0) + run_s
+
+
+def nearest_rank(sorted_values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0 < q <= 100) of sorted values by the nearest-rank method: a value
+    that was measured, as HDR histograms report one."""
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def quantiles(ops: Iterable[Operation], kinds: Sequence[str] = PHONE_KINDS) -> dict[str, Any]:
+    """Count and p50 / p95 / p99 (ms) of `ops` per kind and for all of them ("all"): exact,
+    from the ledger's own latencies (the run's HDR histograms span the whole run only)."""
+    by_kind: dict[str, list[float]] = {}
+    for o in ops:
+        if o.kind in kinds:
+            ms = o.latency_s * 1000
+            by_kind.setdefault(o.kind, []).append(ms)
+            by_kind.setdefault("all", []).append(ms)
+    out = {}
+    for kind, values in sorted(by_kind.items()):
+        values.sort()
+        out[kind] = {
+            "count": len(values),
+            **{f"p{q}_ms": round(nearest_rank(values, q), 3) for q in (50, 95, 99)},
+        }
+    return out
+
+
+def latency_windows(ops: Sequence[Operation], ramp_s: float = 0.0) -> dict[str, Any]:
+    """Latency quantiles of `ops` (phone operations) in the first and last windows of the run
+    (`window_s` of the span of their start times), and the last as a ratio of the first.
+
+    The first window starts `ramp_s` after the first operation (the phones still arriving are
+    no baseline). Returns {"window_s", "first", "last", "ratio"}: `first` and `last` as
+    `quantiles`, `ratio` per kind {"p50", "p95", "p99"} (None where the first is 0), and where
+    the windows lie (`first_start_s`, `last_end_s`: seconds since the first operation); empty
+    windows when there are no operations."""
+    if not ops:
+        return {
+            "window_s": 0.0,
+            "first_start_s": 0.0,
+            "last_end_s": 0.0,
+            "first": {},
+            "last": {},
+            "ratio": {},
+        }
+    t0 = min(o.invoked_wall for o in ops)
+    t_end = max(o.invoked_wall for o in ops)
+    start = t0 + min(ramp_s, (t_end - t0) / 2)
+    w = window_s(t_end - start)
+    first = quantiles(o for o in ops if start <= o.invoked_wall < start + w)
+    last = quantiles(o for o in ops if t_end - w < o.invoked_wall <= t_end)
+    ratio = {}
+    for kind in first.keys() & last.keys():
+        ratio[kind] = {
+            q: round(last[kind][f"{q}_ms"] / first[kind][f"{q}_ms"], 3)
+            if first[kind][f"{q}_ms"]
+            else None
+            for q in ("p50", "p95", "p99")
+        }
+    return {
+        "window_s": round(w, 1),
+        # Seconds since the first operation, as `latency_series` counts them.
+        "first_start_s": round(start - t0, 1),
+        "last_end_s": round(t_end - t0, 1),
+        "first": first,
+        "last": last,
+        "ratio": ratio,
+    }
+
+
+def p99_ok(windows: Mapping[str, Any], goal: float) -> bool | None:
+    """Whether the last window's p99 of all phone operations is within `goal` (a ratio) of the
+    first's; None when either window has fewer than MIN_WINDOW_OPS operations."""
+    first, last = windows["first"].get("all"), windows["last"].get("all")
+    if not first or not last or min(first["count"], last["count"]) < MIN_WINDOW_OPS:
+        return None
+    ratio = windows["ratio"]["all"]["p99"]
+    return ratio is not None and ratio <= 1 + goal
+
+
+def latency_series(ops: Sequence[Operation], bin_s: float) -> list[dict[str, float]]:
+    """p50 / p95 / p99 (ms) of all phone operations per `bin_s` bin, by start time; `t_s` is
+    the bin's middle, in seconds since the first operation. Empty bins are left out."""
+    if not ops:
+        return []
+    t0 = min(o.invoked_wall for o in ops)
+    bins: dict[int, list[Operation]] = {}
+    for o in ops:
+        bins.setdefault(int((o.invoked_wall - t0) // bin_s), []).append(o)
+    out = []
+    for i, group in sorted(bins.items()):
+        q = quantiles(group)["all"]
+        out.append({"t_s": round((i + 0.5) * bin_s, 1), **q})
+    return out
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal's line: what it is, the figure measured, and whether it was met (None: could
+    not be judged)."""
+
+    name: str
+    goal: str
+    measured: str
+    ok: bool | None
+
+
+def goals(
+    figures: Sequence[ServiceFigures], windows: Mapping[str, Any], s: SoakSettings
+) -> list[Goal]:
+    """The soak's goals against its figures: memory, descriptors, restarts, p99."""
+    judged_mem = [f for f in figures if f.memory_ok is not None]
+    worst = max(judged_mem, key=lambda f: f.memory_growth_per_hour or 0.0, default=None)
+    mem_bad = [f.service for f in judged_mem if not f.memory_ok]
+    fd_bad = [f.service for f in figures if f.fds_ok is False]
+    restarted = [f.service for f in figures if f.restarts]
+    ratio = (windows.get("ratio", {}).get("all") or {}).get("p99")
+    out = [
+        Goal(
+            "memory growth after warm-up",
+            f"< {s.memory_goal:.0%} per hour, every service",
+            (
+                f"worst {worst.service} {_pct(worst.memory_growth_per_hour)}/h"
+                + (f"; over the goal: {', '.join(mem_bad)}" if mem_bad else "")
+                if worst
+                else "not measured"
+            ),
+            None if not judged_mem else not mem_bad,
+        ),
+        Goal(
+            "descriptor growth after warm-up",
+            "none, every service",
+            f"growing: {', '.join(fd_bad)}" if fd_bad else "none",
+            None if all(f.fds_ok is None for f in figures) else not fd_bad,
+        ),
+        Goal(
+            "service restarts during the load",
+            "none",
+            ", ".join(restarted) or "none",
+            None if not figures else not restarted,
+        ),
+        Goal(
+            "p99 of phone operations, last window / first",
+            f"<= {1 + s.p99_goal:.2f}",
+            f"{ratio:.2f}" if ratio is not None else "not measured",
+            p99_ok(windows, s.p99_goal),
+        ),
+    ]
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def verdict(goal_list: Sequence[Goal], fleet_verdict: str | None) -> str:
+    """ "fail": a goal missed or the fleet failed (lost, duplicated requests, a failed run);
+    "inconclusive": a goal could not be judged, or the fleet left requests unknown; else
+    "pass"."""
+    if any(g.ok is False for g in goal_list) or fleet_verdict == "fail":
+        return "fail"
+    if any(g.ok is None for g in goal_list) or fleet_verdict != "pass":
+        return "inconclusive"
+    return "pass"
+
+
+EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 2}
+
+
+# ---- sampling --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service process to sample: its name, kind and main pid (its tree is sampled)."""
+
+    name: str
+    kind: str
+    pid: int
+
+
+def services_of(
+    status: Mapping[str, Any], postmaster: Callable[[Mapping[str, Any]], int | None]
+) -> list[Service]:
+    """Every service process of the environment from the supervisor's `/status`: the
+    supervisor, each component with a running process, and for each Patroni component its
+    PostgreSQL postmaster (`postmaster(component)`: Patroni daemonizes it, so it is no child)."""
+    out = []
+    if status.get("pid"):
+        out.append(Service("supervisor", "supervisor", int(status["pid"])))
+    for comp in status.get("components", []):
+        if not comp.get("pid"):
+            continue
+        out.append(Service(comp["name"], comp["kind"], int(comp["pid"])))
+        if comp["kind"] == "patroni":
+            pid = postmaster(comp)
+            if pid:
+                out.append(Service(f"{comp['name']}/postgres", "postgres", pid))
+    return out
+
+
+class Sampler:
+    """Samples services' process trees; keeps the psutil objects so a reused pid is told
+    apart from the process it was (psutil compares start times, as Patroni does)."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, psutil.Process] = {}
+
+    def _process(self, pid: int) -> psutil.Process:
+        p = self.procs.get(pid)
+        if p is None or not p.is_running():
+            p = self.procs[pid] = psutil.Process(pid)
+        return p
+
+    def _tree(self, pid: int, others: set[int]) -> list[psutil.Process]:
+        """The process and its descendants, less other services' subtrees (the supervisor's
+        children are the components: they are theirs, not the supervisor's)."""
+        main = self._process(pid)
+        tree, todo = [main], [main]
+        while todo:
+            try:
+                kids = todo.pop().children()
+            except psutil.Error:
+                continue
+            kids = [k for k in kids if k.pid not in others]
+            tree += kids
+            todo += kids
+        return tree
+
+    def sample(self, services: Iterable[Service], t_s: float, wall: float) -> list[Sample]:
+        """One sample per service whose main process is alive, summed over its tree (other
+        services' subtrees excluded); a process that vanishes meanwhile is left out."""
+        services = list(services)
+        mains = {svc.pid for svc in services}
+        out = []
+        for svc in services:
+            try:
+                tree = self._tree(svc.pid, mains - {svc.pid})
+            except psutil.Error:
+                continue
+            rss = pss = fds = procs = 0
+            for p in tree:
+                try:
+                    with p.oneshot():
+                        try:
+                            full = p.memory_full_info()
+                            rss_p, pss_p = full.rss, getattr(full, "pss", full.rss)
+                        except psutil.AccessDenied:
+                            rss_p = pss_p = p.memory_info().rss
+                        fds += p.num_fds()
+                except psutil.Error:
+                    continue
+                rss, pss, procs = rss + rss_p, pss + pss_p, procs + 1
+            out.append(Sample(t_s, wall, svc.name, svc.kind, svc.pid, procs, rss, pss, fds))
+        return out
+
+
+def live_view(
+    samples: Sequence[Sample], t_s: float, s: SoakSettings, first: Mapping[str, Sample]
+) -> Group:
+    """The live view: time, and per kind of service the memory and descriptors now against
+    their first sample."""
+    by_kind: dict[str, list[Sample]] = {}
+    for x in samples:
+        by_kind.setdefault(x.kind, []).append(x)
+    table = Table(title=f"bench-soak: {len(samples)} service processes, sampled")
+    for col in ("kind", "n", "PSS MiB", "since start", "fds", "since start"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    for kind, xs in sorted(by_kind.items()):
+        pss = sum(x.pss_bytes for x in xs)
+        fds = sum(x.fds for x in xs)
+        pss0 = sum(first[x.service].pss_bytes for x in xs if x.service in first)
+        fds0 = sum(first[x.service].fds for x in xs if x.service in first)
+        table.add_row(
+            kind,
+            str(len(xs)),
+            f"{pss / MIB:.1f}",
+            f"{(pss - pss0) / pss0:+.1%}" if pss0 else "-",
+            str(fds),
+            f"{fds - fds0:+d}",
+        )
+    phase = "warm-up" if t_s < s.warmup_s else "load" if t_s <= s.duration_s else "read-back"
+    bar = ProgressBar(total=s.duration_s, completed=min(t_s, s.duration_s), width=50)
+    head = Table.grid(padding=(0, 1))
+    head.add_row(bar, f"{t_s:.0f} / {s.duration_s:.0f} s ({phase})")
+    return Group(head, table)
+
+
+class SamplingThread(threading.Thread):
+    """Samples every service every `settings.sample_every_s` into `samples.jsonl` and the live
+    view, until stopped or `limit_s` passed (bounded, whatever happens to the fleet). A failed
+    sample is logged and the loop goes on."""
+
+    def __init__(
+        self,
+        settings: SoakSettings,
+        discover: Callable[[], list[Service]],
+        out: Path,
+        live: Live,
+        limit_s: float,
+    ) -> None:
+        super().__init__(name="soak-sampler", daemon=True)
+        self.settings, self.discover, self.live, self.limit_s = settings, discover, live, limit_s
+        self.path = out / "samples.jsonl"
+        self.samples: list[Sample] = []
+        self.errors: list[str] = []
+        self.stop_event = threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        sampler = Sampler()
+        first: dict[str, Sample] = {}
+        every = self.settings.sample_every_s
+        with open(self.path, "a") as f:
+            while not self.stop_event.is_set():
+                tick = time.monotonic()
+                t_s = tick - self.t0
+                if t_s > self.limit_s:
+                    break
+                try:
+                    now = sampler.sample(self.discover(), round(t_s, 2), time.time())
+                    self.samples.extend(now)
+                    f.writelines(json.dumps(asdict(x)) + "\n" for x in now)
+                    f.flush()
+                    for x in now:
+                        first.setdefault(x.service, x)
+                    self.live.update(live_view(now, t_s, self.settings, first))
+                except Exception as exc:  # one bad sample must not end the soak's record
+                    if len(self.errors) < 20:
+                        self.errors.append(f"{t_s:.0f} s: {type(exc).__name__}: {exc}")
+                spent = time.monotonic() - tick
+                if spent > every:
+                    self.live.console.log(f"sampling took {spent:.1f} s, above {every:g} s")
+                self.stop_event.wait(max(0.0, every - spent))
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def plot_services(
+    samples: Sequence[Sample], field: str, ylabel: str, path: Path, s: SoakSettings
+) -> None:
+    """One panel per kind of service, a line per service: `field` over time, the warm-up and
+    the read-back after the load shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_kind: dict[str, dict[str, list[Sample]]] = {}
+    for x in samples:
+        by_kind.setdefault(x.kind, {}).setdefault(x.service, []).append(x)
+    kinds = sorted(by_kind)
+    cols = 4
+    rows = max(1, math.ceil(len(kinds) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(16, 2.6 * rows), squeeze=False)
+    scale = MIB if field.endswith("_bytes") else 1
+    for ax, kind in zip(axes.flat, kinds, strict=False):
+        for name, xs in sorted(by_kind[kind].items()):
+            ax.plot([x.t_s for x in xs], [getattr(x, field) / scale for x in xs], label=name)
+        ax.axvspan(0, s.warmup_s, color="grey", alpha=0.15)
+        last = max(x.t_s for xs in by_kind[kind].values() for x in xs)
+        if last > s.duration_s:
+            ax.axvspan(s.duration_s, last, color="tab:orange", alpha=0.1)
+        ax.set_title(kind, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if len(by_kind[kind]) > 1:
+            ax.legend(fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[len(kinds) :]:
+        ax.axis("off")
+    fig.supxlabel("seconds since the fleet started (grey: warm-up; orange: read-back)")
+    fig.supylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_latency(
+    series: Sequence[Mapping[str, float]], windows: Mapping[str, Any], path: Path
+) -> None:
+    """p50 / p95 / p99 of the phone operations over time, the two compared windows shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    t = [p["t_s"] for p in series]
+    for q in ("p50", "p95", "p99"):
+        ax.plot(t, [p[f"{q}_ms"] for p in series], label=q)
+    w, first, last = windows["window_s"], windows["first_start_s"], windows["last_end_s"]
+    if w:
+        ax.axvspan(first, first + w, color="tab:green", alpha=0.12, label="first window")
+        ax.axvspan(last - w, last, color="tab:red", alpha=0.12, label="last window")
+    ax.set_xlabel("seconds since the first operation")
+    ax.set_ylabel("latency, ms (submit, read, sync)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _ok(ok: bool | None) -> str:
+    return "not judged" if ok is None else "met" if ok else "MISSED"
+
+
+def _ms(q: Mapping[str, Any] | None, key: str) -> str:
+    return "-" if not q else f"{q[key]:.1f}"
+
+
+def latency_rows(windows: Mapping[str, Any]) -> list[list[str]]:
+    """Per kind (and all): count, p50, p95, p99 in the first window and the last, and the
+    ratios last / first."""
+    rows = []
+    for kind in (*PHONE_KINDS, "all"):
+        a, b = windows["first"].get(kind), windows["last"].get(kind)
+        r = windows["ratio"].get(kind) or {}
+        rows.append(
+            [
+                kind,
+                str(a["count"]) if a else "0",
+                *(_ms(a, f"{q}_ms") for q in ("p50", "p95", "p99")),
+                str(b["count"]) if b else "0",
+                *(_ms(b, f"{q}_ms") for q in ("p50", "p95", "p99")),
+                *("-" if r.get(q) is None else f"{r[q]:.2f}" for q in ("p50", "p95", "p99")),
+            ]
+        )
+    return rows
+
+
+LATENCY_COLUMNS = (
+    "kind", "first n", "p50 ms", "p95", "p99", "last n", "p50 ms", "p95", "p99",
+    "p50 ratio", "p95", "p99",
+)  # fmt: skip
+SERVICE_COLUMNS = (
+    "service", "kind", "PSS MiB", "at end", "RSS MiB at end", "growth / h", "t", "fds",
+    "at end", "fds / h", "restarts", "goals",
+)  # fmt: skip
+
+
+def service_row(f: ServiceFigures) -> list[str]:
+    oks = (f.memory_ok, f.fds_ok, not f.restarts)
+    return [
+        f.service,
+        f.kind,
+        f"{f.memory_start_mib:.1f}",
+        f"{f.memory_end_mib:.1f}",
+        f"{f.rss_end_mib:.1f}",
+        _pct(f.memory_growth_per_hour),
+        "-" if f.memory_t is None else f"{f.memory_t:.1f}",
+        str(f.fds_start),
+        str(f.fds_end),
+        "-" if f.fds_per_hour is None else f"{f.fds_per_hour:+.1f}",
+        str(f.restarts),
+        "not judged" if None in oks else "met" if all(oks) else "MISSED",
+    ]
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    """`summary.md`: the goals beside the figures, each service's memory and descriptors, the
+    latency windows, the fleet's reconciliation, the plots."""
+    s = summary["settings"]
+    lines = [
+        f"# Soak: {summary['verdict'].upper()}"
+        + (" (interrupted)" if summary["interrupted"] else ""),
+        "",
+        f"{s['users']} phones in the `soak` shape for {s['duration_s']:g} s against the local "
+        f"environment (base port {summary['base_port']}, autoscaler off: the replicas stay put), "
+        f"every service process sampled every {summary['sample_every_s']:g} s "
+        f"({summary['samples']} samples of {summary['services']} services). Warm-up: the first "
+        f"{summary['warmup_s']:g} s; latency windows: {summary['latency']['window_s']:g} s.",
+        "",
+        "| goal | target | measured | |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {g['name']} | {g['goal']} | {g['measured']} | {_ok(g['ok'])} |"
+        for g in summary["goals"]
+    ]
+    lines += [
+        "",
+        "Latency of the phones' operations that succeeded, first window then last, and the "
+        "ratios last / first:",
+        "",
+        "| " + " | ".join(LATENCY_COLUMNS) + " |",
+        "|" + "---|" * len(LATENCY_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in latency_rows(summary["latency"])]
+    lines += [
+        "",
+        "Memory is PSS summed over each service's processes (RSS counts shared pages once per "
+        "process: a PostgreSQL member's shared buffers once per backend). Growth per hour is the "
+        f"slope of the least-squares line through the samples after the warm-up, over the level "
+        f"at its start; t is the slope over its standard error (below {T_MIN:g}: not growth). "
+        "PSS MiB and fds: at the warm-up's end, and at the load's end.",
+        "",
+        "| " + " | ".join(SERVICE_COLUMNS) + " |",
+        "|" + "---|" * len(SERVICE_COLUMNS),
+    ]
+    lines += [
+        "| " + " | ".join(service_row(ServiceFigures(**f))) + " |" for f in summary["figures"]
+    ]
+    fleet = summary.get("fleet") or {}
+    if fleet:
+        rec = fleet.get("reconciliation", {})
+        lines += [
+            "",
+            f"Fleet: verdict {fleet.get('verdict')}, {rec.get('acknowledged')} acknowledged, "
+            f"{rec.get('lost')} lost, {rec.get('duplicated')} duplicated, {rec.get('unknown')} "
+            "unknown (its own report: `load/summary.md`).",
+        ]
+    for p in summary["problems"]:
+        lines += ["", f"**problem**: {p}"]
+    lines += [
+        "",
+        "![memory](memory.png)",
+        "",
+        "![descriptors](fds.png)",
+        "",
+        "![latency](latency.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _rich_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+# ---- measuring -------------------------------------------------------------------------------
+
+
+def load_ops(load_dir: Path) -> list[Operation]:
+    """The fleet's ledger: the merged one, else (a run cut short before merging) each phone
+    process's own."""
+    from slo.ledger import merge, read_jsonl
+
+    merged = load_dir / "ledger.jsonl"
+    if merged.exists():
+        return read_jsonl(merged)
+    return merge(read_jsonl(p) for p in sorted((load_dir / "fleet").glob("ledger-*.jsonl")))
+
+
+def run_soak(
+    s: SoakSettings, env: Any, out: Path, console: Console
+) -> tuple[list[Sample], dict[str, Any] | None, list[str]]:
+    """The fleet against `env` (a LocalEnvironment that is up) with the sampler beside it;
+    (samples, the fleet's summary or None, problems). Ctrl-C during the fleet is the fleet's to
+    handle (it reconciles what ran); a second one ends the read-back: the samples stand."""
+    from cwh.fleet import FleetOptions, run_fleet
+    from env.layout import Layout
+    from env.status import postgres_pid
+
+    state = env.state()
+    opts = FleetOptions(
+        target=state.urls["https"].rstrip("/"),
+        users=s.users,
+        duration_s=s.duration_s,
+        spawn_rate=s.spawn_rate,
+        shape="soak",
+        ca_file=state.tls_certificate or "",
+        registration_secret=state.registration_secret or "",
+        settle_s=s.settle_s,
+    )
+    layout = Layout(env.settings.run_dir)
+
+    def postmaster(comp: Mapping[str, Any]) -> int | None:
+        try:
+            member = int(str(comp["name"]).removeprefix("pg"))
+        except ValueError:
+            return None
+        return postgres_pid(env.settings, layout.pg_data(member), comp)
+
+    def discover() -> list[Service]:
+        return services_of(env.supervisor_status() or {}, postmaster)
+
+    load = out / "load"
+    load.mkdir(parents=True, exist_ok=True)
+    fleet: dict[str, Any] | None = None
+    # Bounded: the fleet's own limit is its run time + 180 s, then the read-back.
+    limit = s.duration_s + s.settle_s + 300
+    with Live(console=console, refresh_per_second=1, transient=False) as live:
+        sampler = SamplingThread(s, discover, out, live, limit)
+        sampler.start()
+        try:
+            _, _, fleet = run_fleet(opts, console, out=load, log=load / "locust.log")
+        except KeyboardInterrupt:
+            console.print(
+                "[yellow]interrupted during the read-back: what was sampled stands[/yellow]"
+            )
+        finally:
+            sampler.stop_event.set()
+            sampler.join(timeout=60)
+    return sampler.samples, fleet, sampler.errors
+
+
+def analyse(
+    s: SoakSettings, samples: list[Sample], ops: list[Operation], end_wall: float = math.inf
+) -> tuple[list[ServiceFigures], dict[str, Any], list[dict[str, float]], list[Goal]]:
+    """The figures, latency windows and series, and the goals, from what was recorded;
+    `end_wall`: the load's end (`load_end_wall`)."""
+    # The load's end in the samples' time: the fleet's run time, or the last sample if cut short.
+    end_s = min(s.duration_s, max((x.t_s for x in samples), default=0.0))
+    figures = service_figures(samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal)
+    phone = phone_ops(ops, end_wall)
+    windows = latency_windows(phone, s.ramp_s)
+    span = max((o.invoked_wall for o in phone), default=0.0) - min(
+        (o.invoked_wall for o in phone), default=0.0
+    )
+    series = latency_series(phone, max(5.0, span / 60))
+    return figures, windows, series, goals(figures, windows, s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cwh import signals
+    from cwh.report import try_write_html
+    from env.local import EnvironmentStartError, LocalEnvironment
+    from env.process import DeadlineExceeded
+    from env.settings import EnvSettings, SettingsError
+    from experiments.pg_failover import wait_healthy
+
+    s = parse_args(argv)
+    console = Console()
+    try:
+        # No autoscaler: a soak compares a service with itself over time; replicas that come
+        # and go would be other services.
+        base = int(os.environ.get("CWH_BENCH_BASE_PORT", str(BENCH_BASE_PORT)))
+        env_settings = dataclasses.replace(
+            EnvSettings.from_environ(),
+            base_port=base,
+            run_dir=Path(f"/var/tmp/cwh-bench-{base}"),
+            autoscale=False,
+            standby_of=0,  # a primary region of its own, whatever CWH_STANDBY_OF says
+        )
+    except (SettingsError, ValueError) as exc:  # a bad CWH_* value, a bad port
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    signals.install()  # SIGTERM as Ctrl-C: the fleet stops, the samples are written
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = (ROOT / "reports" / f"{stamp}-bench-soak").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = LocalEnvironment(env_settings)
+    samples: list[Sample] = []
+    fleet: dict[str, Any] | None = None
+    problems: list[str] = []
+    interrupted = False
+    try:
+        with console.status(f"bringing the bench's environment up ({env_settings.run_dir})…"):
+            # An earlier run's state (an interrupted experiment's, a bigger database) is no
+            # baseline for a soak: its own environment, started afresh.
+            env.reset()
+            env.up()
+            wait_healthy(env, timeout_s=180)
+        samples, fleet, errors = run_soak(s, env, out, console)
+        problems += [f"sampling: {e}" for e in errors]
+        interrupted = bool(fleet is None or fleet.get("interrupted"))
+    except (EnvironmentStartError, DeadlineExceeded) as exc:
+        problems.append(f"the environment did not come up: {exc}")
+    except Exception as exc:  # reported with what was sampled before it
+        problems.append(f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted[/yellow]")
+    finally:
+        try:
+            with console.status("bringing the bench's environment down…"):
+                env.down()
+        except KeyboardInterrupt:  # a second Ctrl-C: the report below is still written
+            interrupted = True
+            console.print("[yellow]interrupted while stopping: `make down` finishes it[/yellow]")
+    return report(
+        s,
+        env_settings.base_port,
+        out,
+        samples,
+        fleet,
+        problems,
+        interrupted,
+        console,
+        try_write_html,
+    )
+
+
+def report(
+    s: SoakSettings,
+    base_port: int,
+    out: Path,
+    samples: list[Sample],
+    fleet: Mapping[str, Any] | None,
+    problems: list[str],
+    interrupted: bool,
+    console: Console,
+    write_html: Callable[[Path, str, Console], Path | None],
+) -> int:
+    """Analyse, write the run folder, print the figures; the exit code."""
+    ops = load_ops(out / "load") if (out / "load").exists() else []
+    end_wall = load_end_wall(fleet, ops, s.duration_s)
+    figures, windows, series, goal_list = analyse(s, samples, ops, end_wall)
+    fleet_verdict = fleet.get("verdict") if fleet else None
+    if fleet_verdict == "fail":
+        problems.append(
+            "the fleet failed: see load/summary.md (lost or duplicated requests, or Locust)"
+        )
+    result = verdict(goal_list, fleet_verdict)
+    summary = {
+        # What report.html reads: a benchmark with goals says whether it met them.
+        "verdict": "inconclusive" if interrupted and result == "pass" else result,
+        "interrupted": interrupted,
+        "settings": asdict(s),
+        "base_port": base_port,
+        "warmup_s": s.warmup_s,
+        "sample_every_s": s.sample_every_s,
+        "samples": len({x.t_s for x in samples}),
+        "services": len({x.service for x in samples}),
+        "goals": [asdict(g) for g in goal_list],
+        "figures": [asdict(f) for f in figures],
+        "latency": windows,
+        "latency_series": series,
+        "fleet": {k: fleet[k] for k in ("verdict", "operations", "reconciliation") if k in fleet}
+        if fleet
+        else None,
+        "problems": problems,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "summary.md").write_text(render_markdown(summary))
+    if samples:
+        plot_services(
+            samples,
+            "pss_bytes",
+            "PSS, MiB (summed over the service's processes)",
+            out / "memory.png",
+            s,
+        )
+        plot_services(samples, "fds", "open file descriptors", out / "fds.png", s)
+    if series:
+        plot_latency(series, windows, out / "latency.png")
+    # The terminal's table: the Markdown's, less kind and RSS (summary.md has them).
+    keep = [i for i, c in enumerate(SERVICE_COLUMNS) if c not in ("kind", "RSS MiB at end")]
+    console.print(
+        _rich_table(
+            "services after the warm-up",
+            [SERVICE_COLUMNS[i] for i in keep],
+            ([service_row(f)[i] for i in keep] for f in figures),
+        )
+    )
+    console.print(
+        _rich_table(
+            f"latency, first and last {windows['window_s']:g} s",
+            LATENCY_COLUMNS,
+            latency_rows(windows),
+        )
+    )
+    console.print(
+        _rich_table(
+            f"bench-soak: {summary['verdict']}",
+            ("goal", "target", "measured", ""),
+            ([g.name, g.goal, g.measured, _ok(g.ok)] for g in goal_list),
+        )
+    )
+    for p in problems:
+        console.print(f"[red]problem:[/red] {p}")
+    write_html(out, "", console)
+    console.print(f"bench-soak: {out}")
+    if interrupted:
+        return 130
+    return EXIT_CODES[result]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

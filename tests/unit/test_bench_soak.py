@@ -1,0 +1,340 @@
+"""`make bench-soak`'s pure parts: DURATION's forms, the least-squares growth that tells a leak
+from noise and from a warm-up, descriptor growth, restarts, the latency windows of short and
+long runs, the goals and the exit code from samples and a ledger."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from bench.soak import (
+    MIB,
+    Sample,
+    Service,
+    SoakSettings,
+    descriptors_grow,
+    fit_growth,
+    goals,
+    latency_windows,
+    load_end_wall,
+    memory_grows,
+    p99_ok,
+    parse_args,
+    phone_ops,
+    report,
+    service_figures,
+    services_of,
+    verdict,
+    window_s,
+)
+from slo.ledger import Operation, write_jsonl
+
+HOUR = 3600.0
+
+
+def series(
+    name: str,
+    level_mib: float,
+    growth_per_hour: float,
+    duration_s: float = 1800,
+    every_s: float = 10,
+    noise: float = 0.0,
+    fds: int = 20,
+    fds_per_hour: float = 0.0,
+    pid: int = 100,
+    seed: int = 1,
+) -> list[Sample]:
+    """A service's samples: memory rising by `growth_per_hour` (a ratio) with gaussian noise
+    (`noise`, a ratio of the level), descriptors rising by `fds_per_hour`."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(int(duration_s / every_s) + 1):
+        t = i * every_s
+        mem = level_mib * MIB * (1 + growth_per_hour * t / HOUR + rng.gauss(0, noise))
+        fd = fds + int(fds_per_hour * t / HOUR)
+        out.append(Sample(t, 1e9 + t, name, "api", pid, 1, int(mem * 1.3), int(mem), fd))
+    return out
+
+
+# ---- DURATION ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("90s", 90), ("1h", 3600)])
+def test_duration_takes_the_forms_people_type(text, seconds):
+    assert parse_args(["--duration", text]).duration_s == seconds
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--duration", "soon"], "'soon' is not a duration"),
+        (["--duration", "30s"], "DURATION=30 s: a soak runs 1m to 24h"),
+        (["--duration", "2d"], "'2d' is not a duration"),
+        (["--users", "0"], "USERS=0"),
+        (["--spawn-rate", "0"], "SPAWN_RATE=0"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_variable(argv, named, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_warm_up_and_windows_are_five_minutes_or_a_fifth_of_a_short_run():
+    assert window_s(1800) == 300
+    assert window_s(180) == 36
+    assert SoakSettings(duration_s=180).warmup_s == 36
+    assert SoakSettings(duration_s=7200).warmup_s == 300
+    # About 180 samples, 2 to 10 s apart.
+    assert SoakSettings(duration_s=1800).sample_every_s == 10
+    assert SoakSettings(duration_s=180).sample_every_s == 2
+
+
+# ---- growth -----------------------------------------------------------------------------------
+
+
+def test_the_line_of_a_perfect_series_is_exact():
+    g = fit_growth([(t, 100 + 2 * t) for t in range(10)])
+    assert g is not None
+    assert g.per_hour == pytest.approx(7200)
+    assert (g.start, g.end) == (pytest.approx(100), pytest.approx(118))
+    assert g.ratio_per_hour == pytest.approx(72)
+    assert g.t_stat == math.inf
+    flat = fit_growth([(t, 5.0) for t in range(10)])
+    assert flat is not None
+    assert flat.t_stat == 0
+    assert flat.per_hour == 0
+
+
+def test_too_few_points_or_no_time_span_is_no_line():
+    assert fit_growth([(0, 1), (1, 2)]) is None
+    assert fit_growth([(5, 1), (5, 2), (5, 3)]) is None
+    assert memory_grows(None, 0.1) is None
+    assert descriptors_grow(None) is None
+
+
+def test_a_leaking_service_is_flagged_and_a_flat_noisy_one_is_not():
+    samples = series("api1", 60, growth_per_hour=0.25, noise=0.01) + series(
+        "api2", 60, growth_per_hour=0.0, noise=0.02, seed=2
+    )
+    figures = {f.service: f for f in service_figures(samples, 300, 1800, memory_goal=0.10)}
+    leak, flat = figures["api1"], figures["api2"]
+    assert leak.memory_ok is False
+    assert leak.memory_growth_per_hour == pytest.approx(0.25, rel=0.2)
+    assert flat.memory_ok is True
+    assert abs(flat.memory_growth_per_hour or 0) < 0.10
+    assert leak.samples == flat.samples == 151  # from the warm-up's end (300 s) to 1800 s
+
+
+def test_growth_below_the_goal_passes_however_clearly_it_is_measured():
+    # 5 % per hour with no noise at all: measurable, and within the goal.
+    [f] = service_figures(series("hub1", 60, 0.05), 300, 1800, memory_goal=0.10)
+    assert f.memory_ok is True
+    assert f.memory_growth_per_hour == pytest.approx(0.05, rel=0.1)
+
+
+def test_noise_on_a_short_run_is_not_growth():
+    # 3 minutes, 2 s apart, 5 % noise: per hour, the fitted slope swings far past 10 %, but it
+    # does not stand out of the noise.
+    for seed in range(20):
+        [f] = service_figures(
+            series("api1", 60, 0.0, duration_s=180, every_s=2, noise=0.05, seed=seed),
+            36,
+            180,
+            memory_goal=0.10,
+        )
+        assert f.memory_ok is True, seed
+
+
+def test_a_warm_up_is_not_a_leak():
+    # Caches filling for the first 5 minutes (+30 %), flat afterwards.
+    samples = [
+        Sample(t, 0, "worker1", "worker", 7, 1, 0, int(MIB * (50 + 15 * min(t, 300) / 300)), 12)
+        for t in range(0, 1801, 10)
+    ]
+    [f] = service_figures(samples, 300, 1800, memory_goal=0.10)
+    assert f.memory_ok is True
+    assert f.memory_growth_per_hour == 0
+    [g] = service_figures(samples, 0, 1800, memory_goal=0.10)  # counted from the start, it is
+    assert g.memory_ok is False
+
+
+def test_descriptor_growth_is_flagged_and_jitter_is_not():
+    leak = series("hub1", 60, 0.0, fds_per_hour=120)  # one more every 30 s
+    rng = random.Random(3)
+    jitter = [
+        Sample(t, 0, "pg0/postgres", "postgres", 9, 14, MIB, MIB, 230 + rng.choice((-8, 0, 8)))
+        for t in range(0, 1801, 10)
+    ]
+    figures = {f.service: f for f in service_figures(leak + jitter, 300, 1800, 0.10)}
+    assert figures["hub1"].fds_ok is False
+    assert figures["hub1"].fds_per_hour == pytest.approx(120, rel=0.05)
+    assert figures["pg0/postgres"].fds_ok is True
+
+
+def test_a_restart_is_counted_and_the_line_goes_through_the_last_process_only():
+    before = series("api3", 60, 2.0, duration_s=900, pid=1)
+    after = [
+        Sample(s.t_s + 910, 0, "api3", "api", 2, 1, 0, 60 * MIB, 20)
+        for s in series("api3", 60, 0, duration_s=890)
+    ]
+    [f] = service_figures(before + after, 300, 1800, 0.10)
+    assert f.restarts == 1
+    assert f.memory_ok is True  # the new process is flat
+    assert f.samples == len(after)
+
+
+def test_samples_after_the_load_do_not_count():
+    # The read-back after the fleet: memory released, descriptors closed.
+    load = series("api1", 60, 0.0)
+    after = [Sample(1800 + t, 0, "api1", "api", 100, 1, 0, 10 * MIB, 2) for t in range(10, 90, 10)]
+    [f] = service_figures(load + after, 300, 1800, 0.10)
+    assert f.memory_end_mib == pytest.approx(60, rel=0.01)
+    assert f.fds_end == 20
+
+
+# ---- latency windows --------------------------------------------------------------------------
+
+
+def ops(duration_s: float, per_s: float, latency_s, t0: float = 1e9) -> list[Operation]:
+    """Phone operations spread evenly over `duration_s`, each of latency `latency_s(t)`."""
+    out = []
+    n = int(duration_s * per_s)
+    for i in range(n):
+        t = i / per_s
+        lat = latency_s(t)
+        kind = ("submit", "read", "sync")[i % 3]
+        out.append(Operation(f"op{i}", kind, t, t + lat, t0 + t, "ok"))
+    return out
+
+
+def test_long_run_windows_are_the_first_and_last_five_minutes():
+    run = ops(1800, 2, lambda t: 0.010 if t < 900 else 0.030)
+    w = latency_windows(run)
+    assert w["window_s"] == 300
+    assert w["first"]["all"]["count"] == pytest.approx(600, abs=2)
+    assert w["first"]["all"]["p99_ms"] == pytest.approx(10, rel=0.01)
+    assert w["last"]["all"]["p99_ms"] == pytest.approx(30, rel=0.01)
+    assert w["ratio"]["all"]["p99"] == pytest.approx(3, rel=0.01)
+    assert p99_ok(w, 0.20) is False
+
+
+def test_short_run_windows_are_fifths_and_skip_the_phones_arrival():
+    # 180 s; the first 5 s are the phones arriving (slow), then steady.
+    run = ops(180, 5, lambda t: 0.5 if t < 5 else 0.020)
+    w = latency_windows(run, ramp_s=5)
+    assert w["window_s"] == pytest.approx(35, abs=0.1)  # a fifth of 175 s
+    assert w["first_start_s"] == 5
+    assert w["first"]["all"]["p99_ms"] == pytest.approx(20, rel=0.01)
+    assert w["ratio"]["all"]["p99"] == pytest.approx(1, rel=0.01)
+    assert p99_ok(w, 0.20) is True
+    # Counted from the first operation, the arrival would be the baseline.
+    assert latency_windows(run)["first"]["all"]["p99_ms"] == pytest.approx(500, rel=0.01)
+
+
+def test_only_the_phones_ok_operations_of_the_run_time_count():
+    run = ops(200, 1, lambda t: 0.01, t0=1e9 + 2)  # Locust took 2 s to start its phones
+    run.append(Operation("c", "connect", 0, 1, 1e9 + 3, "ok"))
+    run.append(Operation("f", "submit", 0, 1, 1e9 + 4, "fail"))
+    # From the fleet's start (before Locust's own clock), its run time.
+    end = load_end_wall({"window": {"start": 1e9, "end": 1e9 + 300}}, run, 180)
+    assert end == 1e9 + 180
+    got = phone_ops(run, end)
+    assert len(got) == 178  # the phones being stopped after it are no steady state
+    assert {o.kind for o in got} == {"submit", "read", "sync"}
+    assert phone_ops([]) == []
+    # No fleet summary (a run cut short): from the first operation.
+    assert load_end_wall(None, run, 180) == 1e9 + 182
+
+
+def test_too_few_operations_to_judge_a_p99():
+    w = latency_windows(ops(100, 0.2, lambda t: 0.01))
+    assert w["first"]["all"]["count"] < 50
+    assert p99_ok(w, 0.20) is None
+    empty = latency_windows([])
+    assert p99_ok(empty, 0.20) is None
+    assert empty["window_s"] == 0
+
+
+# ---- goals, verdict, the whole analysis -------------------------------------------------------
+
+
+def test_the_verdict_weighs_missed_unjudged_and_the_fleets_own():
+    s = SoakSettings(duration_s=1800)
+    good = goals(
+        service_figures(series("api1", 60, 0.0), 300, 1800, 0.1),
+        latency_windows(ops(1800, 2, lambda t: 0.01)),
+        s,
+    )
+    assert [g.ok for g in good] == [True, True, True, True]
+    assert verdict(good, "pass") == "pass"
+    assert verdict(good, "fail") == "fail"
+    assert verdict(good, "inconclusive") == "inconclusive"
+    assert verdict(good, None) == "inconclusive"  # no fleet summary: interrupted
+    bad = goals(service_figures(series("api1", 60, 1.0), 300, 1800, 0.1), latency_windows([]), s)
+    assert [g.ok for g in bad] == [False, True, True, None]
+    assert "api1" in bad[0].measured
+    assert verdict(bad, "pass") == "fail"
+
+
+def test_services_are_every_component_the_supervisor_runs_and_each_postmaster():
+    status = {
+        "pid": 10,
+        "components": [
+            {"name": "pg0", "kind": "patroni", "pid": 11},
+            {"name": "api1", "kind": "api", "pid": 12},
+            {"name": "hub1", "kind": "hub", "pid": None},  # restarting: nothing to sample
+        ],
+    }
+    got = services_of(status, lambda comp: 99 if comp["name"] == "pg0" else None)
+    assert got == [
+        Service("supervisor", "supervisor", 10),
+        Service("pg0", "patroni", 11),
+        Service("pg0/postgres", "postgres", 99),
+        Service("api1", "api", 12),
+    ]
+
+
+@pytest.mark.parametrize(("growth", "code"), [(0.0, 0), (0.5, 1)])
+def test_the_run_folder_and_the_exit_code(tmp_path: Path, growth, code):
+    s = SoakSettings(duration_s=1800)
+    (tmp_path / "load").mkdir()
+    write_jsonl(tmp_path / "load" / "ledger.jsonl", ops(1800, 1, lambda t: 0.01))
+    samples = series("api1", 60, growth) + series("redis0", 5, 0.0, seed=4)
+    fleet = {"verdict": "pass", "reconciliation": {"acknowledged": 1, "lost": 0}}
+    pages = []
+    got = report(
+        s, 21200, tmp_path, samples, fleet, [], False, Console(quiet=True),
+        lambda out, url, console: pages.append(out),
+    )  # fmt: skip
+    assert got == code
+    assert pages == [tmp_path]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["verdict"] == ("pass" if code == 0 else "fail")
+    assert {f["service"] for f in summary["figures"]} == {"api1", "redis0"}
+    for png in ("memory.png", "fds.png", "latency.png"):
+        assert (tmp_path / png).stat().st_size > 0
+    md = (tmp_path / "summary.md").read_text()
+    assert "< 10% per hour" in md
+    assert "p99 of phone operations" in md
+
+
+def test_an_interrupted_soak_still_writes_what_was_sampled(tmp_path: Path):
+    s = SoakSettings(duration_s=1800)
+    samples = series("api1", 60, 0.0, duration_s=600)
+    got = report(
+        s, 21200, tmp_path, samples, None, [], True, Console(quiet=True),
+        lambda out, url, console: None,
+    )  # fmt: skip
+    assert got == 130
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["interrupted"]
+    assert summary["verdict"] == "inconclusive"
+    # The load ended at the last sample: the warm-up is a fifth of what ran.
+    assert summary["figures"][0]["samples"] == len([x for x in samples if x.t_s >= 120])

@@ -1,0 +1,103 @@
+"""Patroni as the environment runs it (env/patroni_launch.py): a live postmaster whose pid
+file's start time is off by more than Patroni's 3 s (the wall clock stepped against the boot
+time psutil counts from) is still recognised, and only the right process is."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from env.patroni_launch import MAIN, PATCH, SYSTEM_PYTHON, patroni_argv
+
+#: What Patroni concludes from the data directory's postmaster.pid.
+ASK = """
+import sys
+from patroni.postgresql.postmaster import PostmasterProcess
+print(PostmasterProcess.from_pidfile(sys.argv[1]) is not None)
+"""
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _fake_postmaster(
+    tmp_path: Path, started: list[subprocess.Popen[bytes]], name: str, cwd: Path, drift_s: int
+) -> Path:
+    """A process named `name` running in `cwd`, and a data directory whose postmaster.pid
+    names it with a start time `drift_s` seconds off its creation time."""
+    exe = tmp_path / "bin" / name
+    exe.parent.mkdir(exist_ok=True)
+    shutil.copy("/bin/sleep", exe)
+    proc = subprocess.Popen([str(exe), "300"], cwd=cwd)
+    started.append(proc)
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    start = int(psutil.Process(proc.pid).create_time()) - drift_s
+    (data / "postmaster.pid").write_text(
+        f"{proc.pid}\n{data}\n{start}\n5432\n/tmp\n*\n0 0\nready\n"
+    )
+    return data
+
+
+def _recognised(data: Path, patched: bool) -> bool:
+    code = (PATCH if patched else "") + ASK
+    out = subprocess.run(
+        [SYSTEM_PYTHON, "-c", code, str(data)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_a_live_postmaster_is_recognised_whatever_the_clock_did(tmp_path, processes):
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_postmaster(tmp_path, processes, "postgres", data, drift_s=21)
+    # The defect (CI: 21 s of drift): Patroni 3.0.2 alone takes it for a stale pid file.
+    assert not _recognised(data, patched=False)
+    assert _recognised(data, patched=True)
+
+
+def test_without_drift_both_agree(tmp_path, processes):
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_postmaster(tmp_path, processes, "postgres", data, drift_s=0)
+    assert _recognised(data, patched=False)
+    assert _recognised(data, patched=True)
+
+
+@pytest.mark.parametrize(("name", "in_data_dir"), [("postgres", False), ("sleep", True)])
+def test_another_process_with_the_pid_is_not_taken_for_the_postmaster(
+    tmp_path, processes, name, in_data_dir
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_postmaster(tmp_path, processes, name, data if in_data_dir else tmp_path, drift_s=21)
+    assert not _recognised(data, patched=True)
+
+
+def test_patroni_starts_through_the_launcher():
+    out = subprocess.run(patroni_argv("--version"), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("patroni ")
+    assert patroni_argv("x")[1:] == ["-P", "-c", PATCH + MAIN, "x"]
+
+
+def test_the_working_directory_shadows_nothing(tmp_path):
+    """Patroni runs in its member's directory, which that member's user can write: a module
+    there must not be imported in place of Patroni's own (`-c` alone would put it first)."""
+    (tmp_path / "psutil.py").write_text("raise SystemExit('shadowed')\n")
+    argv = patroni_argv("--version")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("patroni ")
