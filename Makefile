@@ -9,7 +9,7 @@ ifdef RUNTIME
 export CWH_RUNTIME := $(RUNTIME)
 endif
 
-.PHONY: deps images manifests up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime bench-soak load slo slo-rules chaos gameday chaos-stop clean kind-up staging-load staging-chaos
+.PHONY: deps images manifests up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime bench-proxy bench-soak load slo slo-rules chaos gameday chaos-stop clean kind-up staging-load staging-chaos
 
 deps:
 	@./tools/deps.sh
@@ -92,6 +92,13 @@ bench-api: deps
 PHONES ?= 10000
 bench-load: deps
 	@$(PY) -m bench.load --phones $(PHONES)
+
+# The fault proxy with no toxic against a direct connection, same run: round trips/s of small
+# messages, bulk MB/s, connections/s, each a ratio beside the goal 0.8 (exit 1 when missed);
+# PROFILE=1 records the proxy with py-spy (reports/<UTC>-bench-proxy/).
+PROFILE ?=
+bench-proxy: deps
+	@$(PY) -m bench.proxy $(if $(PROFILE),--profile)
 
 # The SLO gate over the last run (RUN=reports/... for another, PROMETHEUS_URL for staging's).
 RUN ?= reports/latest

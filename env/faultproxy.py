@@ -15,7 +15,11 @@ exist (`toxiproxy-python`, `chaostoolkit-toxiproxy`, plain HTTP):
   per connection and toxic, as Toxiproxy does).
 
 Toxics apply to live connections too (a pooled database connection gets the latency when it is
-added). Errors are JSON `{"error": ..., "status": ...}` with Toxiproxy's status codes (400 bad
+added). Forwarding is protocol callbacks on the event loop: a chunk read on a stream with no toxic
+for that connection is written to the other side in the same callback; only a stream with a
+toxic (checked per chunk) queues its chunks for a pump that applies the toxics.
+
+Errors are JSON `{"error": ..., "status": ...}` with Toxiproxy's status codes (400 bad
 toxic, 404 missing, 409 exists). Run: `python -m env.faultproxy --port 8474 --config proxies.json`.
 """
 
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import gc
 import json
 import logging
 import random
@@ -34,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -55,7 +61,6 @@ TOXIC_TYPES: dict[str, dict[str, int]] = {
     "slicer": {"average_size": 0, "size_variation": 0, "delay": 0},
     "limit_data": {"bytes": 0},
 }
-CHUNK = 32 * 1024
 
 
 class ApiError(Exception):
@@ -117,18 +122,120 @@ def _split_hostport(text: str, what: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+class Side(asyncio.Protocol):
+    """One socket of a link: what it reads feeds its stream's `Pipe` (the client's side feeds
+    upstream, the upstream's side downstream); its writes are paced by its transport's flow
+    control (`drain`), and a side whose writes back up stops its peer from reading."""
+
+    def __init__(self, stream: str, on_made: Callable[[Side], None] | None = None) -> None:
+        self.stream = stream
+        self.on_made = on_made
+        self.transport: asyncio.Transport | None = None
+        self.pipe: Pipe | None = None  # set when the link is made
+        self.peer: Side | None = None
+        self.held: set[str] = set()  # why reading is paused: "start", "peer", "queue"
+        self.paused = False  # writes backed up past the transport's high-water mark
+        self.waiter: asyncio.Future[None] | None = None
+        self.lost = False
+        #: What arrived before the link was made (uvloop may start reading before
+        #: connection_made's pause takes effect); b"" for an early end.
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports do not derive from asyncio.Transport; they have its methods)
+        self.transport = cast(asyncio.Transport, transport)
+        self.hold("start", True)  # nothing is read before both sides are there
+        if self.on_made is not None:
+            self.on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.feed(data)
+        elif self.transport is not None and not self.transport.is_closing():  # (not after close)
+            self.early.append(data)
+            self.transport.pause_reading()  # ("start" holds it: resumed by Link.start)
+
+    def eof_received(self) -> bool:
+        if self.pipe is not None:
+            self.pipe.feed(b"")
+        else:
+            self.early.append(b"")
+        return True  # half-open until the pipe closes the link (slow_close waits first)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.wake()
+        if self.pipe is not None:
+            self.pipe.feed(b"")
+
+    def hold(self, reason: str, on: bool) -> None:
+        """Pause reading while any reason holds."""
+        was = bool(self.held)
+        if on:
+            self.held.add(reason)
+        else:
+            self.held.discard(reason)
+        if self.transport is None or was == bool(self.held) or self.transport.is_closing():
+            return
+        if self.held:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.peer is not None:
+            self.peer.hold("peer", True)
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.wake()
+        if self.peer is not None:
+            self.peer.hold("peer", False)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def drain(self) -> None:
+        """Until the transport's buffer is below its high-water mark (or the side is gone)."""
+        if self.paused and not self.lost:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+
+
 @dataclass(eq=False)  # identity: links live in a set
 class Link:
-    """One client connection and its upstream connection; two pumps, one per stream."""
+    """One client connection and its upstream connection; a pipe per stream."""
 
-    client: asyncio.StreamWriter
-    upstream: asyncio.StreamWriter
+    proxy: Proxy
+    client: Side
+    upstream: Side
     #: (toxic name, stream) -> whether this connection drew the toxic (toxicity).
     drawn: dict[tuple[str, str], bool] = field(default_factory=dict)
     timers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
     closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.client.peer, self.upstream.peer = self.upstream, self.client
+        self.pipes = (
+            Pipe(self, "upstream", self.client, self.upstream),
+            Pipe(self, "downstream", self.upstream, self.client),
+        )
+        self.client.pipe, self.upstream.pipe = self.pipes
+
+    def start(self) -> None:
+        for side in (self.client, self.upstream):
+            early, side.early = side.early, []
+            for data in early:
+                assert side.pipe is not None
+                side.pipe.feed(data)
+            side.hold("start", False)
 
     def affected(self, toxic: Toxic) -> bool:
         key = (toxic.name, toxic.stream)
@@ -137,24 +244,99 @@ class Link:
         return self.drawn[key]
 
     def close(self, reset: bool = False) -> None:
-        """Close both sides; `reset` sends an RST to the client (SO_LINGER 0), not a FIN."""
+        """Close both sides (what was written is still sent); `reset` sends an RST to both
+        (SO_LINGER 0), not a FIN."""
         if self.closed:
             return
         self.closed = True
+        self.proxy.links.discard(self)
         for timer in self.timers.values():
             timer.cancel()
-        for writer in (self.client, self.upstream):
-            sock = writer.get_extra_info("socket")
+        for side in (self.client, self.upstream):
+            transport = side.transport
+            assert transport is not None
+            sock = transport.get_extra_info("socket")
             if reset and sock is not None:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             if reset:
-                writer.transport.abort()
+                transport.abort()
             else:
-                writer.close()
-        for task in self.tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+                transport.close()
+            side.wake()
+        for pipe in self.pipes:
+            if pipe.task is not None and pipe.task is not asyncio.current_task():
+                pipe.task.cancel()
+        # Sides, pipes and the link refer to each other: undone here, they go as soon as the
+        # transports let go, not at the cyclic collector's next pass (a pass every few dozen
+        # connections showed in the profile).
+        for side in (self.client, self.upstream):
+            side.peer = None
+            side.pipe = None
+
+
+#: Chunks a stream holds for its toxics before its source stops reading.
+QUEUED = 64
+
+
+class Pipe:
+    """One stream of a link. With no toxic on it for this connection and nothing queued, a
+    chunk is written to the other side as it arrives (the check is per chunk: a toxic added to
+    a live connection takes the next one). Otherwise chunks are stamped with their arrival and
+    queued, and a pump applies the toxics in order: latency counts from arrival (as
+    Toxiproxy's does), so it delays chunks, it does not add up."""
+
+    def __init__(self, link: Link, stream: str, src: Side, dst: Side) -> None:
+        self.link, self.stream, self.src, self.dst = link, stream, src, dst
+        self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+
+    def feed(self, data: bytes) -> None:
+        """A chunk read from `src`; b"" for its end (EOF, error or close)."""
+        link = self.link
+        if link.closed:
+            return
+        if not self.queue and not link.proxy.toxics_of(self.stream, link):
+            if not data:
+                link.close()  # the end of either stream ends the link, as in Toxiproxy
+                return
+            assert self.dst.transport is not None
+            self.dst.transport.write(data)
+            link.sent[self.stream] += len(data)
+            return
+        self.queue.append((time.monotonic(), data))
+        if len(self.queue) >= QUEUED:
+            self.src.hold("queue", True)
+        if self.task is None:
+            self.task = asyncio.ensure_future(self.pump())
+
+    async def pump(self) -> None:
+        """Deliver the queue through the toxics; ends when the queue is empty (the next chunk
+        with no toxic goes straight through again)."""
+        link, proxy = self.link, self.link.proxy
+        try:
+            while self.queue and not link.closed:
+                arrived, data = self.queue[0]
+                toxics = proxy.toxics_of(self.stream, link)
+                if not data:
+                    for t in toxics:
+                        if t.type == "slow_close":
+                            await asyncio.sleep(t.attributes["delay"] / 1000)
+                    link.close()
+                    return
+                if not any(t.type in ("timeout", "reset_peer") for t in toxics):
+                    # (with those, the stream is stopped: data goes nowhere until the end)
+                    await proxy.deliver(link, self.dst, self.stream, arrived, data, toxics)
+                self.queue.popleft()
+                if len(self.queue) < QUEUED // 2:
+                    self.src.hold("queue", False)
+        except OSError:
+            link.close()
+        except Exception:  # a toxic's bug must not leave the link hanging half-served
+            log.exception("fault proxy %s: stream %s failed", proxy.name, self.stream)
+            link.close()
+        finally:
+            self.task = None
 
 
 class Proxy:
@@ -165,6 +347,7 @@ class Proxy:
         self.enabled = enabled
         self.toxics: dict[str, Toxic] = {}
         self.links: set[Link] = set()
+        self.connecting: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
 
     def to_json(self, with_toxics: bool = True) -> dict[str, Any]:
@@ -182,8 +365,11 @@ class Proxy:
         if self.server is not None:
             return
         host, port = _split_hostport(self.listen, "listen")
+        loop = asyncio.get_running_loop()
         try:
-            self.server = await asyncio.start_server(self.accept, host, port, reuse_address=True)
+            self.server = await loop.create_server(
+                lambda: Side("upstream", self.accept), host, port, reuse_address=True
+            )
         except OSError as exc:
             raise ApiError(500, f"listen {self.listen}: {exc.strerror}") from exc
         bound = self.server.sockets[0].getsockname()
@@ -195,6 +381,8 @@ class Proxy:
         if self.server is not None:
             self.server.close()
             self.server = None
+        for task in list(self.connecting):
+            task.cancel()
         for link in list(self.links):
             link.close()
         self.links.clear()
@@ -229,66 +417,38 @@ class Proxy:
 
             link.timers[name] = asyncio.ensure_future(fire())
 
-    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def accept(self, client: Side) -> None:
+        """A client connected (its side holds reading): connect upstream, then join them."""
+        task = asyncio.ensure_future(self.connect(client))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
+
+    async def connect(self, client: Side) -> None:
+        assert client.transport is not None
         host, port = _split_hostport(self.upstream, "upstream")
+        loop = asyncio.get_running_loop()
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), timeout=5
+            _, upstream = await asyncio.wait_for(
+                loop.create_connection(lambda: Side("downstream"), host, port), timeout=5
             )
         except (OSError, TimeoutError):
-            writer.close()  # upstream down: the client sees the connection close, as with Toxiproxy
+            client.transport.close()  # upstream down: the client sees the connection close
             return
-        link = Link(writer, up_writer)
+        except asyncio.CancelledError:  # the proxy stopped
+            client.transport.close()
+            raise
+        if client.lost:
+            upstream.transport.close()  # type: ignore[union-attr]
+            return
+        link = Link(self, client, upstream)
         self.links.add(link)
         self.arm_timers(link)
-        link.tasks = [
-            asyncio.ensure_future(self.pump(link, reader, up_writer, "upstream")),
-            asyncio.ensure_future(self.pump(link, up_reader, writer, "downstream")),
-        ]
-        await asyncio.gather(*link.tasks, return_exceptions=True)
-        link.close()
-        self.links.discard(link)
-
-    async def pump(
-        self, link: Link, src: asyncio.StreamReader, dst: asyncio.StreamWriter, stream: str
-    ) -> None:
-        """Read chunks, stamp their arrival, and let the writer apply the toxics: latency is
-        measured from arrival (as Toxiproxy does), so it delays chunks, it does not add up."""
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=64)
-
-        async def read() -> None:
-            try:
-                while data := await src.read(CHUNK):
-                    await queue.put((time.monotonic(), data))
-            except OSError:
-                pass
-            await queue.put((time.monotonic(), b""))
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while True:
-                arrived, data = await queue.get()
-                toxics = self.toxics_of(stream, link)
-                if not data:
-                    for t in toxics:
-                        if t.type == "slow_close":
-                            await asyncio.sleep(t.attributes["delay"] / 1000)
-                    break
-                if any(t.type in ("timeout", "reset_peer") for t in toxics):
-                    continue  # the stream is stopped: data goes nowhere until the end
-                await self.deliver(link, dst, stream, arrived, data, toxics)
-                if link.closed:
-                    return
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            reader.cancel()
-            link.close()
+        link.start()
 
     async def deliver(
         self,
         link: Link,
-        dst: asyncio.StreamWriter,
+        dst: Side,
         stream: str,
         arrived: float,
         data: bytes,
@@ -542,6 +702,7 @@ async def serve(host: str, port: int, config: Path | None) -> None:
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info("fault proxy API on %s:%d, %d proxies", host, port, len(proxy.proxies))
+    gc.freeze()  # what start-up made lives on: the collector's passes need not scan it again
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -556,9 +717,20 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8474)
     parser.add_argument("--config", type=Path, help="proxies to create at start (JSON list)")
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop (uvloop: libuv's, the default; asyncio: the standard library's)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(serve(args.host, args.port, args.config))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(args.host, args.port, args.config))
+    else:
+        asyncio.run(serve(args.host, args.port, args.config))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ SERVICE_REQUIREMENTS = (
     "prometheus-client",
     "psutil",
     "PyYAML",
+    "uvloop",  # the fault proxy's event loop
 )
 #: What `cwh load` adds (cwh/cli.py, cwh/fleet.py, scenarios/, slo/): Locust and the phones'
 #: clients, the CLI's console, HDR histograms, the gate's Prometheus client. The rest of the

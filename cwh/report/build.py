@@ -550,7 +550,7 @@ __all__ = ["FaultWindow", "read_run", "run_report"]
 # ---- the other benchmarks: their own figures, tables and plots ---------------------------------
 
 #: The folders of the benchmarks that hold their figures as Markdown, JSON and PNG plots.
-BENCH_FOLDER = re.compile(r"-bench-(api|load|dr|scale|runtime|soak)$")
+BENCH_FOLDER = re.compile(r"-bench-(api|load|dr|scale|runtime|proxy|soak)$")
 #: Their results files.
 BENCH_RESULTS = ("results.json", "bench.json", "bench-dr.json", "bench-scale.json", "summary.json")
 

@@ -4,6 +4,7 @@ server, each toxic's effect measured on the wire."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from chaostoxi.toxic import actions as toxic_actions
 from toxiproxy import Toxiproxy
 from toxiproxy.exceptions import ProxyExists
 
+from env.faultproxy import FaultProxy
 from env.process import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -282,3 +284,117 @@ def test_api_errors_are_toxiproxys(api: str, plain: tuple[str, int]) -> None:
     )
     assert r.status_code == 400
     assert "bad request body" in r.json()["error"]
+
+
+def recv_exactly(s: socket.socket, n: int, deadline_s: float = 5) -> bytes:
+    """`n` bytes, or fewer when the connection ends first; DeadlineExceeded-like failure when
+    they do not come within `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    got = b""
+    while len(got) < n:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = s.recv(n - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_limit_data_added_to_a_live_connection_counts_what_went_before(
+    api: str, plain: tuple[str, int]
+) -> None:
+    """The first 10 bytes took the path with no toxic; the limit added then still closes the
+    connection at 15 bytes downstream, counted from the connection's start."""
+    name, port = plain
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"a" * 10)
+        assert recv_exactly(s, 10) == b"a" * 10
+        assert _toxic(api, name, type="limit_data", attributes={"bytes": 15}).ok
+        s.sendall(b"b" * 10)
+        assert recv_exactly(s, 10) == b"b" * 5  # then the end
+
+
+def test_removing_a_toxic_keeps_the_order_of_what_it_still_holds(
+    api: str, plain: tuple[str, int]
+) -> None:
+    """Chunks queued behind a latency toxic go out before a chunk that arrives once the toxic
+    is gone: the direct path is taken only when nothing is queued."""
+    name, port = plain
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"0")
+        assert recv_exactly(s, 1) == b"0"
+        assert _toxic(api, name, name="slow", type="latency", attributes={"latency": 400}).ok
+        s.sendall(b"1")
+        s.sendall(b"2")
+        # The echo's answers to 1 and 2 reach the proxy within milliseconds and wait there.
+        assert requests.delete(f"{api}/proxies/{name}/toxics/slow", timeout=5).ok
+        s.sendall(b"3")
+        assert recv_exactly(s, 3) == b"123"
+
+
+def test_a_large_transfer_with_a_slow_reader_arrives_whole(
+    api: str, plain: tuple[str, int]
+) -> None:
+    """Flow control on the direct path: 16 MB echoed while the client reads slowly at first, so
+    both sides' buffers fill and the proxy pauses and resumes reading; every byte arrives in
+    order."""
+    _, port = plain
+    payload = os.urandom(16 << 20)
+    errors: list[BaseException] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+
+        def send() -> None:
+            try:
+                s.sendall(payload)
+            except OSError as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        got = bytearray()
+        deadline = time.monotonic() + 60
+        while len(got) < len(payload) and time.monotonic() < deadline:
+            chunk = s.recv(4096 if len(got) < (1 << 20) else 1 << 20)  # slow, then fast
+            if not chunk:
+                break
+            got += chunk
+        sender.join(10)
+    assert not errors
+    assert len(got) == len(payload)
+    assert bytes(got) == payload
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_what_a_client_sends_at_once_reaches_upstream_on_either_loop(loop: str, echo: Echo) -> None:
+    """A client that writes as soon as it is connected, before the proxy has its upstream
+    connection: uvloop starts reading the client before the proxy can hold it, and what it reads
+    then must wait for the link, not vanish (in-process, on each loop the proxy can run on).
+    Both of the proxy's sockets have TCP_NODELAY (each loop sets it; checked, not assumed)."""
+    import uvloop
+
+    async def clients() -> None:
+        proxy = FaultProxy()
+        made = await proxy.create(
+            {"name": "x", "listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{echo.port}"}
+        )
+        port = int(made.listen.rsplit(":", 1)[1])
+        try:
+            for i in range(20):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"hello %02d" % i)
+                assert await asyncio.wait_for(reader.readexactly(8), 5) == b"hello %02d" % i
+                # Small writes go out at once on both sides (Nagle off), as a query needs.
+                assert made.links
+                for link in made.links:
+                    for side in (link.client, link.upstream):
+                        assert side.transport is not None
+                        sock = side.transport.get_extra_info("socket")
+                        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                writer.close()
+                await writer.wait_closed()
+        finally:
+            await proxy.shutdown()
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(clients())
