@@ -27,6 +27,11 @@ Figures, each beside its goal:
   ratio of the first. Goal: p99 within 20 % of the start.
 - restarts of a service during the run (its pid changed): a soak with one proves nothing about
   that service's memory; counted as a miss.
+- spurious failovers: no fault is injected, so every PostgreSQL leader change, new timeline or
+  demotion and every Redis master change or epoch bump (`bench/roles.py`, sampled with the
+  services) is a failure detector's false alarm, the price of detecting real failures fast.
+  Goal: none. NOISE=N runs N busy processes beside the fleet (a noisy neighbour: `bench/noise.py`)
+  so the cores are contended; their CPU time is reported, to show the contention happened.
 
 Runs on an environment of its own (base port 22600 unless CWH_BENCH_BASE_PORT says otherwise,
 run directory /var/tmp/cwh-bench-<port>; the other CWH_* settings apply), started afresh and
@@ -67,6 +72,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from bench.fleet_args import add_fleet_arguments
+from bench.noise import cpu_seconds, noisy_neighbours
+from bench.roles import RoleChanges, RoleProbe, RoleSample, role_changes
 from slo.ledger import Operation
 
 #: The bench's own environment (CWH_BENCH_BASE_PORT): apart from the other benches' (21000,
@@ -99,6 +106,7 @@ class SoakSettings:
         interval_s: seconds between samples; 0 picks one from the duration (`sample_every_s`).
         memory_goal: the most memory growth per hour after the warm-up, as a ratio (0.10).
         p99_goal: the most the last window's p99 may exceed the first's, as a ratio (0.20).
+        noise: busy processes beside the fleet for its run time (NOISE; 0: none).
     """
 
     duration_s: float = 1800.0
@@ -108,6 +116,7 @@ class SoakSettings:
     interval_s: float = 0.0
     memory_goal: float = 0.10
     p99_goal: float = 0.20
+    noise: int = 0
 
     @property
     def warmup_s(self) -> float:
@@ -143,6 +152,9 @@ def parse_args(argv: list[str] | None = None) -> SoakSettings:
     )
     add_fleet_arguments(parser, 1800.0, "30m, 90s, 1h")
     parser.add_argument("--interval", type=float, default=0.0, help="s between samples (0: auto)")
+    parser.add_argument(
+        "--noise", type=int, default=0, help="busy processes beside the fleet (NOISE; 0: none)"
+    )
     ns = parser.parse_args(argv)
     problems = []
     if not 60 <= ns.duration <= 86_400:
@@ -155,6 +167,8 @@ def parse_args(argv: list[str] | None = None) -> SoakSettings:
         problems.append(f"SETTLE={ns.settle:g}: 1 to 3600 seconds")
     if ns.interval and not 0.5 <= ns.interval <= 60:
         problems.append(f"--interval={ns.interval:g}: 0.5 to 60 s (0: from the duration)")
+    if not 0 <= ns.noise <= 16:
+        problems.append(f"NOISE={ns.noise}: 0 to 16 busy processes")
     if problems:
         parser.error("; ".join(problems))
     return SoakSettings(
@@ -163,6 +177,7 @@ def parse_args(argv: list[str] | None = None) -> SoakSettings:
         spawn_rate=ns.spawn_rate,
         settle_s=ns.settle,
         interval_s=ns.interval,
+        noise=ns.noise,
     )
 
 
@@ -467,9 +482,13 @@ class Goal:
 
 
 def goals(
-    figures: Sequence[ServiceFigures], windows: Mapping[str, Any], s: SoakSettings
+    figures: Sequence[ServiceFigures],
+    windows: Mapping[str, Any],
+    s: SoakSettings,
+    roles: RoleChanges | None = None,
 ) -> list[Goal]:
-    """The soak's goals against its figures: memory, descriptors, restarts, p99."""
+    """The soak's goals against its figures: memory, descriptors, restarts, p99, and spurious
+    failovers (`roles`: None when no role was ever sampled, so not judged)."""
     judged_mem = [f for f in figures if f.memory_ok is not None]
     worst = max(judged_mem, key=lambda f: f.memory_growth_per_hour or 0.0, default=None)
     mem_bad = [f.service for f in judged_mem if not f.memory_ok]
@@ -505,6 +524,12 @@ def goals(
             f"<= {1 + s.p99_goal:.2f}",
             f"{ratio:.2f}" if ratio is not None else "not measured",
             p99_ok(windows, s.p99_goal),
+        ),
+        Goal(
+            "spurious failovers (no fault injected)",
+            "none",
+            roles.summary() if roles else "not measured",
+            None if roles is None or not roles.pg_samples else roles.total == 0,
         ),
     ]
     return out
@@ -617,10 +642,14 @@ class Sampler:
 
 
 def live_view(
-    samples: Sequence[Sample], t_s: float, s: SoakSettings, first: Mapping[str, Sample]
+    samples: Sequence[Sample],
+    t_s: float,
+    s: SoakSettings,
+    first: Mapping[str, Sample],
+    roles: RoleChanges | None = None,
 ) -> Group:
-    """The live view: time, and per kind of service the memory and descriptors now against
-    their first sample."""
+    """The live view: time, per kind of service the memory and descriptors now against their
+    first sample, and the failovers seen so far."""
     by_kind: dict[str, list[Sample]] = {}
     for x in samples:
         by_kind.setdefault(x.kind, []).append(x)
@@ -644,13 +673,15 @@ def live_view(
     bar = ProgressBar(total=s.duration_s, completed=min(t_s, s.duration_s), width=50)
     head = Table.grid(padding=(0, 1))
     head.add_row(bar, f"{t_s:.0f} / {s.duration_s:.0f} s ({phase})")
+    if roles is not None:
+        head.add_row("", f"failovers so far: {roles.total} ({roles.summary()})")
     return Group(head, table)
 
 
 class SamplingThread(threading.Thread):
-    """Samples every service every `settings.sample_every_s` into `samples.jsonl` and the live
-    view, until stopped or `limit_s` passed (bounded, whatever happens to the fleet). A failed
-    sample is logged and the loop goes on."""
+    """Samples every service, and who leads (`roles`), every `settings.sample_every_s` into
+    `samples.jsonl`, `roles.jsonl` and the live view, until stopped or `limit_s` passed
+    (bounded, whatever happens to the fleet). A failed sample is logged and the loop goes on."""
 
     def __init__(
         self,
@@ -659,11 +690,15 @@ class SamplingThread(threading.Thread):
         out: Path,
         live: Live,
         limit_s: float,
+        roles: RoleProbe | None = None,
     ) -> None:
         super().__init__(name="soak-sampler", daemon=True)
         self.settings, self.discover, self.live, self.limit_s = settings, discover, live, limit_s
+        self.roles = roles
         self.path = out / "samples.jsonl"
+        self.roles_path = out / "roles.jsonl"
         self.samples: list[Sample] = []
+        self.role_samples: list[RoleSample] = []
         self.errors: list[str] = []
         self.stop_event = threading.Event()
         self.t0 = time.monotonic()
@@ -672,20 +707,26 @@ class SamplingThread(threading.Thread):
         sampler = Sampler()
         first: dict[str, Sample] = {}
         every = self.settings.sample_every_s
-        with open(self.path, "a") as f:
+        with open(self.path, "a") as f, open(self.roles_path, "a") as rf:
             while not self.stop_event.is_set():
                 tick = time.monotonic()
                 t_s = tick - self.t0
                 if t_s > self.limit_s:
                     break
                 try:
+                    if self.roles is not None:
+                        role = self.roles.sample_now(round(t_s, 2))
+                        self.role_samples.append(role)
+                        rf.write(json.dumps(asdict(role)) + "\n")
+                        rf.flush()
                     now = sampler.sample(self.discover(), round(t_s, 2), time.time())
                     self.samples.extend(now)
                     f.writelines(json.dumps(asdict(x)) + "\n" for x in now)
                     f.flush()
                     for x in now:
                         first.setdefault(x.service, x)
-                    self.live.update(live_view(now, t_s, self.settings, first))
+                    changes = role_changes(self.role_samples) if self.roles else None
+                    self.live.update(live_view(now, t_s, self.settings, first, changes))
                 except Exception as exc:  # one bad sample must not end the soak's record
                     if len(self.errors) < 20:
                         self.errors.append(f"{t_s:.0f} s: {type(exc).__name__}: {exc}")
@@ -871,6 +912,22 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             f"{rec.get('lost')} lost, {rec.get('duplicated')} duplicated, {rec.get('unknown')} "
             "unknown (its own report: `load/summary.md`).",
         ]
+    roles = summary.get("roles")
+    if roles:
+        lines += [
+            "",
+            f"Failovers with no fault injected: {roles['total']} (who led was sampled "
+            f"{roles['samples']} times: PostgreSQL answered {roles['pg_samples']}, Redis "
+            f"{roles['redis_samples']}; every sample in `roles.jsonl`).",
+        ]
+        lines += [f"- {e}" for e in roles["events"][:50]]
+    noise = summary.get("noise") or {}
+    if noise.get("processes"):
+        lines += [
+            "",
+            f"Noisy neighbour: {noise['processes']:g} busy processes beside the fleet, "
+            f"{noise.get('cpu_s', 0):g} CPU seconds used.",
+        ]
     for p in summary["problems"]:
         lines += ["", f"**problem**: {p}"]
     lines += [
@@ -907,12 +964,22 @@ def load_ops(load_dir: Path) -> list[Operation]:
     return merge(read_jsonl(p) for p in sorted((load_dir / "fleet").glob("ledger-*.jsonl")))
 
 
-def run_soak(
-    s: SoakSettings, env: Any, out: Path, console: Console
-) -> tuple[list[Sample], dict[str, Any] | None, list[str]]:
-    """The fleet against `env` (a LocalEnvironment that is up) with the sampler beside it;
-    (samples, the fleet's summary or None, problems). Ctrl-C during the fleet is the fleet's to
-    handle (it reconciles what ran); a second one ends the read-back: the samples stand."""
+@dataclass
+class SoakRecord:
+    """What a soak recorded: the services' samples, who led, the fleet's summary (None: cut
+    short), the sampler's problems, and the noisy neighbours' processes and CPU seconds."""
+
+    samples: list[Sample]
+    roles: list[RoleSample]
+    fleet: dict[str, Any] | None
+    errors: list[str]
+    noise: dict[str, float]
+
+
+def run_soak(s: SoakSettings, env: Any, out: Path, console: Console) -> SoakRecord:
+    """The fleet against `env` (a LocalEnvironment that is up) with the sampler (and
+    `s.noise` busy neighbours) beside it. Ctrl-C during the fleet is the fleet's to handle (it
+    reconciles what ran); a second one ends the read-back: the samples stand."""
     from cwh.fleet import FleetOptions, run_fleet
     from env.layout import Layout
     from env.status import postgres_pid
@@ -940,16 +1007,23 @@ def run_soak(
     def discover() -> list[Service]:
         return services_of(env.supervisor_status() or {}, postmaster)
 
+    probe = RoleProbe.of(env.settings, state.urls, state.tls_certificate or "")
+
     load = out / "load"
     load.mkdir(parents=True, exist_ok=True)
     fleet: dict[str, Any] | None = None
     # Bounded: the fleet's own limit is its run time + 180 s, then the read-back.
     limit = s.duration_s + s.settle_s + 300
+    noise = {"processes": float(s.noise), "cpu_s": 0.0}
     with Live(console=console, refresh_per_second=1, transient=False) as live:
-        sampler = SamplingThread(s, discover, out, live, limit)
+        sampler = SamplingThread(s, discover, out, live, limit, probe)
         sampler.start()
         try:
-            _, _, fleet = run_fleet(opts, console, out=load, log=load / "locust.log")
+            with noisy_neighbours(s.noise) as spinners:
+                try:
+                    _, _, fleet = run_fleet(opts, console, out=load, log=load / "locust.log")
+                finally:
+                    noise["cpu_s"] = round(cpu_seconds(spinners), 1)
         except KeyboardInterrupt:
             console.print(
                 "[yellow]interrupted during the read-back: what was sampled stands[/yellow]"
@@ -957,14 +1031,18 @@ def run_soak(
         finally:
             sampler.stop_event.set()
             sampler.join(timeout=60)
-    return sampler.samples, fleet, sampler.errors
+    return SoakRecord(sampler.samples, sampler.role_samples, fleet, sampler.errors, noise)
 
 
 def analyse(
-    s: SoakSettings, samples: list[Sample], ops: list[Operation], end_wall: float = math.inf
+    s: SoakSettings,
+    samples: list[Sample],
+    ops: list[Operation],
+    end_wall: float = math.inf,
+    roles: RoleChanges | None = None,
 ) -> tuple[list[ServiceFigures], dict[str, Any], list[dict[str, float]], list[Goal]]:
     """The figures, latency windows and series, and the goals, from what was recorded;
-    `end_wall`: the load's end (`load_end_wall`)."""
+    `end_wall`: the load's end (`load_end_wall`); `roles`: the failovers seen."""
     # The load's end in the samples' time: the fleet's run time, or the last sample if cut short.
     end_s = min(s.duration_s, max((x.t_s for x in samples), default=0.0))
     figures = service_figures(samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal)
@@ -974,7 +1052,7 @@ def analyse(
         (o.invoked_wall for o in phone), default=0.0
     )
     series = latency_series(phone, max(5.0, span / 60))
-    return figures, windows, series, goals(figures, windows, s)
+    return figures, windows, series, goals(figures, windows, s, roles)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1006,8 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
     out = (ROOT / "reports" / f"{stamp}-bench-soak").resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = LocalEnvironment(env_settings)
-    samples: list[Sample] = []
-    fleet: dict[str, Any] | None = None
+    record = SoakRecord([], [], None, [], {"processes": float(s.noise), "cpu_s": 0.0})
     problems: list[str] = []
     interrupted = False
     try:
@@ -1017,9 +1094,9 @@ def main(argv: list[str] | None = None) -> int:
             env.reset()
             env.up()
             wait_healthy(env, timeout_s=180)
-        samples, fleet, errors = run_soak(s, env, out, console)
-        problems += [f"sampling: {e}" for e in errors]
-        interrupted = bool(fleet is None or fleet.get("interrupted"))
+        record = run_soak(s, env, out, console)
+        problems += [f"sampling: {e}" for e in record.errors]
+        interrupted = bool(record.fleet is None or record.fleet.get("interrupted"))
     except (EnvironmentStartError, DeadlineExceeded) as exc:
         problems.append(f"the environment did not come up: {exc}")
     except Exception as exc:  # reported with what was sampled before it
@@ -1038,12 +1115,14 @@ def main(argv: list[str] | None = None) -> int:
         s,
         env_settings.base_port,
         out,
-        samples,
-        fleet,
+        record.samples,
+        record.fleet,
         problems,
         interrupted,
         console,
         try_write_html,
+        roles=record.roles,
+        noise=record.noise,
     )
 
 
@@ -1057,11 +1136,14 @@ def report(
     interrupted: bool,
     console: Console,
     write_html: Callable[[Path, str, Console], Path | None],
+    roles: Sequence[RoleSample] = (),
+    noise: Mapping[str, float] | None = None,
 ) -> int:
     """Analyse, write the run folder, print the figures; the exit code."""
     ops = load_ops(out / "load") if (out / "load").exists() else []
     end_wall = load_end_wall(fleet, ops, s.duration_s)
-    figures, windows, series, goal_list = analyse(s, samples, ops, end_wall)
+    changes = role_changes(roles) if roles else None
+    figures, windows, series, goal_list = analyse(s, samples, ops, end_wall, changes)
     fleet_verdict = fleet.get("verdict") if fleet else None
     if fleet_verdict == "fail":
         problems.append(
@@ -1082,6 +1164,8 @@ def report(
         "figures": [asdict(f) for f in figures],
         "latency": windows,
         "latency_series": series,
+        "roles": {**asdict(changes), "total": changes.total} if changes else None,
+        "noise": dict(noise or {}),
         "fleet": {k: fleet[k] for k in ("verdict", "operations", "reconciliation") if k in fleet}
         if fleet
         else None,

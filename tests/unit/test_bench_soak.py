@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from bench.roles import RoleSample, role_changes
 from bench.soak import (
     MIB,
     Sample,
@@ -35,6 +36,8 @@ from bench.soak import (
 from slo.ledger import Operation, write_jsonl
 
 HOUR = 3600.0
+PG = {"pg0": "leader", "pg1": "sync_standby", "pg2": "replica"}
+STEADY = [RoleSample(float(t), PG, 1, ("7300", "7301", "7302"), 6) for t in range(0, 1800, 60)]
 
 
 def series(
@@ -271,14 +274,15 @@ def test_the_verdict_weighs_missed_unjudged_and_the_fleets_own():
         service_figures(series("api1", 60, 0.0), 300, 1800, 0.1),
         latency_windows(ops(1800, 2, lambda t: 0.01)),
         s,
+        role_changes(STEADY),
     )
-    assert [g.ok for g in good] == [True, True, True, True]
+    assert [g.ok for g in good] == [True, True, True, True, True]
     assert verdict(good, "pass") == "pass"
     assert verdict(good, "fail") == "fail"
     assert verdict(good, "inconclusive") == "inconclusive"
     assert verdict(good, None) == "inconclusive"  # no fleet summary: interrupted
     bad = goals(service_figures(series("api1", 60, 1.0), 300, 1800, 0.1), latency_windows([]), s)
-    assert [g.ok for g in bad] == [False, True, True, None]
+    assert [g.ok for g in bad] == [False, True, True, None, None]  # roles never sampled
     assert "api1" in bad[0].measured
     assert verdict(bad, "pass") == "fail"
 
@@ -311,7 +315,8 @@ def test_the_run_folder_and_the_exit_code(tmp_path: Path, growth, code):
     pages = []
     got = report(
         s, 21200, tmp_path, samples, fleet, [], False, Console(quiet=True),
-        lambda out, url, console: pages.append(out),
+        lambda out, url, console: pages.append(out), roles=STEADY,
+        noise={"processes": 1, "cpu_s": 1700.0},
     )  # fmt: skip
     assert got == code
     assert pages == [tmp_path]
@@ -323,6 +328,9 @@ def test_the_run_folder_and_the_exit_code(tmp_path: Path, growth, code):
     md = (tmp_path / "summary.md").read_text()
     assert "< 10% per hour" in md
     assert "p99 of phone operations" in md
+    assert "Failovers with no fault injected: 0" in md
+    assert "Noisy neighbour: 1 busy processes beside the fleet, 1700 CPU seconds used." in md
+    assert summary["roles"]["total"] == 0
 
 
 def test_an_interrupted_soak_still_writes_what_was_sampled(tmp_path: Path):
@@ -338,3 +346,22 @@ def test_an_interrupted_soak_still_writes_what_was_sampled(tmp_path: Path):
     assert summary["verdict"] == "inconclusive"
     # The load ended at the last sample: the warm-up is a fifth of what ran.
     assert summary["figures"][0]["samples"] == len([x for x in samples if x.t_s >= 120])
+
+
+def test_a_failover_during_a_soak_fails_it_and_is_written_down(tmp_path: Path):
+    s = SoakSettings(duration_s=1800)
+    (tmp_path / "load").mkdir()
+    write_jsonl(tmp_path / "load" / "ledger.jsonl", ops(1800, 1, lambda t: 0.01))
+    moved = {"pg0": "replica", "pg1": "leader", "pg2": "sync_standby"}
+    roles = STEADY[:10] + [RoleSample(x.t_s, moved, 2, x.redis_masters, 6) for x in STEADY[10:]]
+    got = report(
+        s, 21200, tmp_path, series("api1", 60, 0.0), {"verdict": "pass"}, [], False,
+        Console(quiet=True), lambda out, url, console: None, roles=roles,
+    )  # fmt: skip
+    assert got == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    spurious = summary["goals"][-1]
+    assert spurious["ok"] is False
+    assert "1 leader changes" in spurious["measured"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "- 600 s: PostgreSQL leader pg0 -> pg1" in md
