@@ -7,6 +7,11 @@ before its fault (CWH_CHAOS_BASELINE_S), so the fault lands at different points 
 cycles (Patroni's loop, HAProxy's checks, the Redis node timeout). Writes
 `reports/<UTC>-bench-chaos/` with every run's folder, `bench-chaos.json`, `bench-chaos.md` and
 `bench-chaos.png`.
+
+Fast detection has a price: false failovers. With `--soak DURATION` (SOAK=30m) the benchmark
+then runs a no-fault soak (`bench.soak`, its run folder `soak/`) under a fleet and `--noise`
+busy processes (CPU contention), and counts the failovers it sees: every one is spurious (goal:
+none), and one fails the benchmark.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from bench.fleet_args import duration_arg
 from env import failover_model
 from env.local import LocalEnvironment
 from env.settings import EnvSettings
@@ -217,9 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", default=",".join(FAILOVERS))
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--seed", type=int, default=None, help="for the jitter")
+    parser.add_argument(
+        "--soak",
+        type=duration_arg,
+        default=0.0,
+        help="then a no-fault soak this long (SOAK: 30m; 0: none), counting spurious failovers",
+    )
+    parser.add_argument("--noise", type=int, default=1, help="busy processes during the soak")
     args = parser.parse_args(argv)
     if not 1 <= args.repeats <= 20:
         parser.error("--repeats must be between 1 and 20")
+    if args.soak and not 60 <= args.soak <= 86_400:
+        parser.error(f"SOAK={args.soak:g} s: a soak runs 1m to 24h (0: none)")
     names = [n for n in args.experiments.split(",") if n]
     console = Console()
     rng = random.Random(args.seed)
@@ -252,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                 progress.advance(task)
     summary = summarize(runs)
     model = model_rows(summary)
+    soak = run_soak(args.soak, args.noise, args.users, out / "soak", console) if args.soak else None
     (out / "bench-chaos.json").write_text(
-        json.dumps({"runs": runs, "summary": summary, "model": model}, indent=2)
+        json.dumps({"runs": runs, "summary": summary, "model": model, "soak": soak}, indent=2)
     )
     table = Table(title=f"RTO and RPO over {args.repeats} jittered runs each (seconds)")
     cols = ["experiment"] + [f"RTO {p} p50/p95/max" for p in PATHS] + ["RPO max", "lost"]
@@ -270,13 +286,76 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print(_model_table(model))
     lines += ["", *model_markdown(model)]
+    if soak is not None:
+        line = soak_line(soak)
+        console.print(line)
+        lines += ["", line]
     (out / "bench-chaos.md").write_text("\n".join(lines) + "\n")
     _plot(summary, runs, out / "bench-chaos.png")
     from cwh.report import try_write_html
 
     try_write_html(out, "", console)
     console.print(f"bench-chaos: {out}")
-    return 0 if all(s["failed_runs"] == 0 for s in summary.values()) else 1
+    trials_ok = all(s["failed_runs"] == 0 for s in summary.values())
+    if soak is not None and soak["code"] == 130:
+        return 130
+    return 0 if trials_ok and (soak is None or soak.get("spurious") == 0) else 1
+
+
+def run_soak(
+    duration_s: float, noise: int, users: int, out: Path, console: Console
+) -> dict[str, Any]:
+    """The no-fault soak (`python -m bench.soak`, its own environment, run folder `out`):
+    {duration_s, noise, code, spurious: failovers seen or None when not measured, roles,
+    noise_cpu_s}."""
+    console.print(f"no-fault soak: {duration_s:g} s, {noise} busy processes beside the fleet")
+    cmd = [sys.executable, "-m", "bench.soak", "--duration", f"{duration_s:g}s"]
+    cmd += ["--noise", str(noise), "--users", str(users), "--out", str(out)]
+    try:
+        code = subprocess.call(cmd, cwd=ROOT)  # Ctrl-C: it writes what it sampled, exits 130
+    except KeyboardInterrupt:  # ours came while it stopped: its summary is written or not
+        code = 130
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    return soak_result(duration_s, noise, code, summary)
+
+
+def soak_result(
+    duration_s: float, noise: int, code: int, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """What bench-chaos keeps of the soak's summary.json (pure)."""
+    roles = summary.get("roles")
+    return {
+        "duration_s": duration_s,
+        "noise": noise,
+        "code": code,
+        "spurious": roles["total"] if roles and roles.get("pg_samples") else None,
+        "roles": roles,
+        "noise_cpu_s": (summary.get("noise") or {}).get("cpu_s"),
+    }
+
+
+def soak_line(soak: dict[str, Any]) -> str:
+    """The soak's line in bench-chaos's report."""
+    roles = soak.get("roles") or {}
+    what = (
+        "not measured (see soak/summary.md)"
+        if soak["spurious"] is None
+        else f"{soak['spurious']} ({'met' if soak['spurious'] == 0 else 'MISSED'}: goal none)"
+    )
+    detail = (
+        f"; PostgreSQL {roles['pg_leader_changes']} leader changes, "
+        f"{roles['pg_timeline_changes']} timelines, {roles['pg_demotions']} demotions; Redis "
+        f"{roles['redis_master_changes']} master changes, {roles['redis_epoch_bumps']} epoch bumps"
+        if roles
+        else ""
+    )
+    return (
+        f"Spurious failovers in a {soak['duration_s']:g} s no-fault soak with {soak['noise']} "
+        f"busy processes ({soak.get('noise_cpu_s') or 0:g} CPU s): {what}{detail}."
+    )
 
 
 def _plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) -> None:

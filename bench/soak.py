@@ -107,6 +107,8 @@ class SoakSettings:
         memory_goal: the most memory growth per hour after the warm-up, as a ratio (0.10).
         p99_goal: the most the last window's p99 may exceed the first's, as a ratio (0.20).
         noise: busy processes beside the fleet for its run time (NOISE; 0: none).
+        out_dir: the run folder; empty: `reports/<UTC>-bench-soak` (bench-chaos's SOAK puts it
+            in its own).
     """
 
     duration_s: float = 1800.0
@@ -117,6 +119,7 @@ class SoakSettings:
     memory_goal: float = 0.10
     p99_goal: float = 0.20
     noise: int = 0
+    out_dir: str = ""
 
     @property
     def warmup_s(self) -> float:
@@ -155,6 +158,9 @@ def parse_args(argv: list[str] | None = None) -> SoakSettings:
     parser.add_argument(
         "--noise", type=int, default=0, help="busy processes beside the fleet (NOISE; 0: none)"
     )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="run folder (default reports/<UTC>-bench-soak)"
+    )
     ns = parser.parse_args(argv)
     problems = []
     if not 60 <= ns.duration <= 86_400:
@@ -178,6 +184,7 @@ def parse_args(argv: list[str] | None = None) -> SoakSettings:
         settle_s=ns.settle,
         interval_s=ns.interval,
         noise=ns.noise,
+        out_dir=str(ns.out or ""),
     )
 
 
@@ -1081,7 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signals.install()  # SIGTERM as Ctrl-C: the fleet stops, the samples are written
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = (ROOT / "reports" / f"{stamp}-bench-soak").resolve()
+    out = Path(s.out_dir or ROOT / "reports" / f"{stamp}-bench-soak").resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = LocalEnvironment(env_settings)
     record = SoakRecord([], [], None, [], {"processes": float(s.noise), "cpu_s": 0.0})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.chaos import distribution, model_markdown, model_rows
+from bench.chaos import distribution, model_markdown, model_rows, soak_line, soak_result
 from env import configs, failover_model
 
 
@@ -80,3 +80,22 @@ def test_the_redis_bound_counts_the_ping_phase_and_the_services_breaker():
     assert terms["cluster-node-timeout"] == configs.REDIS_NODE_TIMEOUT_MS / 1000
     assert terms["ping phase"] == configs.REDIS_NODE_TIMEOUT_MS / 2000
     assert terms["breaker cooldown"] == REDIS_COOLDOWN_S
+
+
+def test_the_no_fault_soaks_failovers_decide_bench_chaos_line() -> None:
+    roles = {
+        "pg_leader_changes": 1, "pg_timeline_changes": 1, "pg_demotions": 1,
+        "redis_master_changes": 0, "redis_epoch_bumps": 0, "pg_samples": 180, "total": 1,
+    }  # fmt: skip
+    bad = soak_result(1800, 1, 1, {"roles": roles, "noise": {"cpu_s": 1650.0}})
+    assert bad["spurious"] == 1
+    line = soak_line(bad)
+    assert "1800 s no-fault soak with 1 busy processes (1650 CPU s): 1 (MISSED" in line
+    assert "PostgreSQL 1 leader changes" in line
+    good = soak_result(1800, 1, 0, {"roles": {**roles, "pg_leader_changes": 0, "total": 0}})
+    assert good["spurious"] == 0
+    assert "0 (met: goal none)" in soak_line(good)
+    # No role ever sampled (the soak's environment did not come up): not measured, not zero.
+    none = soak_result(1800, 1, 2, {})
+    assert none["spurious"] is None
+    assert "not measured" in soak_line(none)
