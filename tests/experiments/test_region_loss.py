@@ -33,6 +33,9 @@ def test_the_second_region_takes_over_when_the_primary_region_is_lost(local_env,
     )
     (loss,) = injected(out)
     assert loss["fault"] == "lose-region"
+    # The region's network went with it: the link's end in the second region was cut, so what
+    # was still crossing it is lost (else the link's delay delivers it after the loss).
+    assert loss["link_cut"] == "cut", loss
     # The whole region really went: every component of it, its supervisor too (which is why
     # nothing restarted), and a new supervisor brought it back.
     names = {c["component"] for c in before["components"]}

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import requests
 
-from env import region
+from env import configs, region
 from env.configs import STANDBY_MEMBER_PREFIX
 from env.local import LocalEnvironment
 from env.process import pid_alive, processes_of, wait_until
@@ -169,7 +170,12 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
 
     Frozen first because a kill pass takes tens of milliseconds: a request acknowledged during
     it would be acknowledged after a loss time taken at its start, and its RPO measured to the
-    next event instead."""
+    next event instead.
+
+    The region's network goes with it: the second region's end of the region link is cut at
+    the freeze (`cut_region_link`), so the WAL the region had sent that had not yet crossed the
+    link (up to the link's delay of it) is lost, as it is when a region's edge goes down. A
+    link left up would go on delivering that last second after the loss: no tail to measure."""
     s = harness.settings_of(configuration)
     env = harness.environment(s)
     status = env.state()
@@ -184,6 +190,7 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                 os.kill(pid, signal.SIGSTOP)
+        link_cut = cut_region_link(second_region(s))
         entry = harness.mark(
             s,
             "inject",
@@ -191,11 +198,27 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
             processes=len(frozen),
             primary=status.primary,
             last_lsn=last_lsn,
+            link_cut=link_cut,
             components=sorted(c.name for c in status.components),
         )
     finally:  # frozen is never left so: whatever happened, the kill pass follows
         killed = kill_region(s.env)
     return {"killed_pids": killed, "primary": status.primary, "injected_wall": entry["wall"]}
+
+
+def cut_region_link(second: LocalEnvironment | None) -> str:
+    """Disable the region link in the second region's fault proxy (Toxiproxy's `enabled:
+    false`: every connection dropped with what it held, nothing accepted); what happened, for
+    the journal: "cut", "no second region", or the error (the loss goes on all the same)."""
+    if second is None:
+        return "no second region"
+    url = f"{second.settings.fault_api_url}/proxies/{configs.REGION_LINK}"
+    try:
+        resp = requests.post(url, json={"enabled": False}, timeout=5)
+        resp.raise_for_status()
+    except requests.RequestException as exc:
+        return f"not cut: {exc}"
+    return "cut"
 
 
 def kill_region(env: EnvSettings, timeout_s: float = 30) -> int:
