@@ -173,9 +173,10 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
     next event instead.
 
     The region's network goes with it: the second region's end of the region link is cut at
-    the freeze (`cut_region_link`), so the WAL the region had sent that had not yet crossed the
-    link (up to the link's delay of it) is lost, as it is when a region's edge goes down. A
-    link left up would go on delivering that last second after the loss: no tail to measure."""
+    the freeze (`set_region_link`; enabled again once the region is dead), so the WAL the
+    region had sent that had not yet crossed the link (up to the link's delay of it) is lost,
+    as it is when a region's edge goes down. A link left up would go on delivering that last
+    second after the loss: no tail to measure."""
     s = harness.settings_of(configuration)
     env = harness.environment(s)
     status = env.state()
@@ -190,7 +191,7 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                 os.kill(pid, signal.SIGSTOP)
-        link_cut = cut_region_link(second_region(s))
+        link_cut = set_region_link(second_region(s), enabled=False)
         entry = harness.mark(
             s,
             "inject",
@@ -203,22 +204,26 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
         )
     finally:  # frozen is never left so: whatever happened, the kill pass follows
         killed = kill_region(s.env)
+        # What the link held is gone with its connections; enabled again it leads to a dead
+        # region (refused), and the second region's status is not held unhealthy by it.
+        set_region_link(second_region(s), enabled=True)
     return {"killed_pids": killed, "primary": status.primary, "injected_wall": entry["wall"]}
 
 
-def cut_region_link(second: LocalEnvironment | None) -> str:
-    """Disable the region link in the second region's fault proxy (Toxiproxy's `enabled:
-    false`: every connection dropped with what it held, nothing accepted); what happened, for
-    the journal: "cut", "no second region", or the error (the loss goes on all the same)."""
+def set_region_link(second: LocalEnvironment | None, *, enabled: bool) -> str:
+    """Disable (cut) or enable the region link in the second region's fault proxy. Disabled
+    (Toxiproxy's `enabled: false`) it drops every connection with what it held and accepts
+    none. What happened, for the journal: "cut" / "enabled", "no second region", or the error
+    (the loss goes on all the same)."""
     if second is None:
         return "no second region"
     url = f"{second.settings.fault_api_url}/proxies/{configs.REGION_LINK}"
     try:
-        resp = requests.post(url, json={"enabled": False}, timeout=5)
+        resp = requests.post(url, json={"enabled": enabled}, timeout=5)
         resp.raise_for_status()
     except requests.RequestException as exc:
-        return f"not cut: {exc}"
-    return "cut"
+        return f"not {'enabled' if enabled else 'cut'}: {exc}"
+    return "enabled" if enabled else "cut"
 
 
 def kill_region(env: EnvSettings, timeout_s: float = 30) -> int:
