@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be between 1 and 20")
     if args.soak and not 60 <= args.soak <= 86_400:
         parser.error(f"SOAK={args.soak:g} s: a soak runs 1m to 24h (0: none)")
+    if not 0 <= args.noise <= 16:
+        parser.error(f"NOISE={args.noise}: 0 to 16 busy processes")
+    from cwh import signals
+
+    signals.install()  # SIGTERM as Ctrl-C: a running trial or soak is stopped the same way
     names = [n for n in args.experiments.split(",") if n]
     console = Console()
     rng = random.Random(args.seed)
@@ -267,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                 progress.advance(task)
     summary = summarize(runs)
     model = model_rows(summary)
-    soak = run_soak(args.soak, args.noise, args.users, out / "soak", console) if args.soak else None
+    soak = (
+        run_soak(settings, args.soak, args.noise, args.users, out / "soak", console)
+        if args.soak
+        else None
+    )
     (out / "bench-chaos.json").write_text(
         json.dumps({"runs": runs, "summary": summary, "model": model, "soak": soak}, indent=2)
     )
@@ -303,35 +312,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_soak(
-    duration_s: float, noise: int, users: int, out: Path, console: Console
+    settings: EnvSettings, duration_s: float, noise: int, users: int, out: Path, console: Console
 ) -> dict[str, Any]:
-    """The no-fault soak (`python -m bench.soak`, its own environment, run folder `out`):
-    {duration_s, noise, code, spurious: failovers seen or None when not measured, roles,
-    noise_cpu_s}."""
+    """The no-fault soak (`python -m bench.soak`, its own environment, run folder `out`, the
+    trials' CWH_* settings): {duration_s, noise, code, spurious: failovers seen or None when
+    not measured, roles, noise_cpu_s}. Ctrl-C or SIGTERM reaches it as Ctrl-C (its own
+    session, as a trial's): it stops its fleet, writes what it sampled and brings its
+    environment down; killed only past 300 s."""
     console.print(f"no-fault soak: {duration_s:g} s, {noise} busy processes beside the fleet")
     cmd = [sys.executable, "-m", "bench.soak", "--duration", f"{duration_s:g}s"]
     cmd += ["--noise", str(noise), "--users", str(users), "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, **settings.to_environ()}, start_new_session=True
+    )
     try:
-        code = subprocess.call(cmd, cwd=ROOT)  # Ctrl-C: it writes what it sampled, exits 130
-    except KeyboardInterrupt:  # ours came while it stopped: its summary is written or not
+        code: int | None = proc.wait()
+    except KeyboardInterrupt:
+        _interrupt(proc)
         code = 130
     try:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         summary = {}
-    return soak_result(duration_s, noise, code, summary)
+    return soak_result(duration_s, noise, code if code is not None else 130, summary)
+
+
+#: bench-soak's goal line that judges the failovers.
+SPURIOUS_GOAL = "spurious failovers (no fault injected)"
 
 
 def soak_result(
     duration_s: float, noise: int, code: int, summary: dict[str, Any]
 ) -> dict[str, Any]:
-    """What bench-chaos keeps of the soak's summary.json (pure)."""
+    """What bench-chaos keeps of the soak's summary.json (pure). `spurious` is the failovers
+    counted when the soak judged its goal (sampled over the whole run), the count when one was
+    seen whatever the coverage, else None (not measured)."""
     roles = summary.get("roles")
+    goals = summary.get("goals", [])
+    goal: dict[str, Any] = next((g for g in goals if g.get("name") == SPURIOUS_GOAL), {})
+    seen = roles["total"] if roles else 0
+    spurious = seen if (goal.get("ok") is not None or seen) else None
     return {
         "duration_s": duration_s,
         "noise": noise,
         "code": code,
-        "spurious": roles["total"] if roles and roles.get("pg_samples") else None,
+        "spurious": spurious,
+        "measured": goal.get("measured"),
         "roles": roles,
         "noise_cpu_s": (summary.get("noise") or {}).get("cpu_s"),
     }

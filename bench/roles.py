@@ -103,7 +103,8 @@ def role_changes(samples: Sequence[RoleSample]) -> RoleChanges:
                 leader = now
         if s.pg_timeline is not None:
             if timeline is not None and s.pg_timeline != timeline:
-                timeline_changes += 1
+                # Two promotions hidden by a probe's gap raise it by two.
+                timeline_changes += max(1, s.pg_timeline - timeline)
                 events.append(f"{s.t_s:.0f} s: timeline {timeline} -> {s.pg_timeline}")
             timeline = s.pg_timeline
         if s.redis_masters:
@@ -119,7 +120,9 @@ def role_changes(samples: Sequence[RoleSample]) -> RoleChanges:
             if epoch is not None and s.redis_epoch > epoch:
                 epoch_bumps += s.redis_epoch - epoch
                 events.append(f"{s.t_s:.0f} s: Redis epoch {epoch} -> {s.redis_epoch}")
-            epoch = s.redis_epoch
+            # The highest seen: a node that answers with an older epoch (it has not heard of a
+            # bump yet) must not make the same bump count twice.
+            epoch = s.redis_epoch if epoch is None else max(epoch, s.redis_epoch)
     return RoleChanges(
         pg_leader_changes=leader_changes,
         pg_timeline_changes=timeline_changes,

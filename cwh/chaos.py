@@ -532,6 +532,12 @@ def _region_lines(region: dict[str, Any] | None) -> list[str]:
                 if f.get("wal_not_carried_bytes") is not None
                 else ""
             )
+            + (
+                f" The region link was not cut at the loss ({f['link_cut']}): what it carried "
+                "after the loss is not the tail a lost region's network would lose."
+                if f.get("link_cut") not in (None, "cut")
+                else ""
+            )
         )
     if d := region.get("divergence"):
         tail = (

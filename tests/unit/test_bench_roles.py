@@ -115,3 +115,13 @@ def test_the_noisy_neighbour_never_outlives_its_parent() -> None:
     started = time.monotonic()
     wait_until(lambda: not pid_alive(child), 20, "the orphaned neighbour to exit")
     assert time.monotonic() - started < 20
+
+
+def test_two_promotions_hidden_by_a_gap_count_twice_and_a_stale_epoch_not_again() -> None:
+    got = role_changes([*steady(2), RoleSample(2, PG, 3, MASTERS, 6)])
+    assert got.pg_timeline_changes == 2
+    assert got.total == 2
+    # A node that has not heard of the bump yet answers 6 after another answered 7.
+    late = [*steady(2), RoleSample(2, PG, 1, MASTERS, 7), RoleSample(3, PG, 1, MASTERS, 6)]
+    late.append(RoleSample(4, PG, 1, MASTERS, 7))
+    assert role_changes(late).redis_epoch_bumps == 1

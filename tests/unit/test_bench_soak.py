@@ -37,7 +37,8 @@ from slo.ledger import Operation, write_jsonl
 
 HOUR = 3600.0
 PG = {"pg0": "leader", "pg1": "sync_standby", "pg2": "replica"}
-STEADY = [RoleSample(float(t), PG, 1, ("7300", "7301", "7302"), 6) for t in range(0, 1800, 60)]
+# Every 10 s over 30 minutes: the sampler's period for a 30-minute soak.
+STEADY = [RoleSample(float(t), PG, 1, ("7300", "7301", "7302"), 6) for t in range(0, 1800, 10)]
 
 
 def series(
@@ -364,4 +365,16 @@ def test_a_failover_during_a_soak_fails_it_and_is_written_down(tmp_path: Path):
     assert spurious["ok"] is False
     assert "1 leader changes" in spurious["measured"]
     md = (tmp_path / "summary.md").read_text()
-    assert "- 600 s: PostgreSQL leader pg0 -> pg1" in md
+    assert "- 100 s: PostgreSQL leader pg0 -> pg1" in md
+
+
+def test_no_failover_counts_only_for_a_soak_sampled_throughout() -> None:
+    s = SoakSettings(duration_s=1800)
+    figures = service_figures(series("api1", 60, 0.0), 300, 1800, 0.1)
+    windows = latency_windows(ops(1800, 2, lambda t: 0.01))
+    short = goals(figures, windows, s, role_changes(STEADY[:20]))[-1]  # the first 200 s only
+    assert short.ok is None
+    assert "sampled 11% of the run" in short.measured
+    no_redis = [RoleSample(x.t_s, x.pg_roles, x.pg_timeline) for x in STEADY]
+    assert goals(figures, windows, s, role_changes(no_redis))[-1].ok is None
+    assert goals(figures, windows, s, role_changes(STEADY))[-1].ok is True

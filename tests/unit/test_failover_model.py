@@ -87,14 +87,20 @@ def test_the_no_fault_soaks_failovers_decide_bench_chaos_line() -> None:
         "pg_leader_changes": 1, "pg_timeline_changes": 1, "pg_demotions": 1,
         "redis_master_changes": 0, "redis_epoch_bumps": 0, "pg_samples": 180, "total": 1,
     }  # fmt: skip
-    bad = soak_result(1800, 1, 1, {"roles": roles, "noise": {"cpu_s": 1650.0}})
+    goal = {"name": "spurious failovers (no fault injected)", "ok": False, "measured": "..."}
+    bad = soak_result(1800, 1, 1, {"roles": roles, "goals": [goal], "noise": {"cpu_s": 1650.0}})
     assert bad["spurious"] == 1
     line = soak_line(bad)
     assert "1800 s no-fault soak with 1 busy processes (1650 CPU s): 1 (MISSED" in line
     assert "PostgreSQL 1 leader changes" in line
-    good = soak_result(1800, 1, 0, {"roles": {**roles, "pg_leader_changes": 0, "total": 0}})
+    calm = {**roles, "pg_leader_changes": 0, "total": 0}
+    good = soak_result(1800, 1, 0, {"roles": calm, "goals": [{**goal, "ok": True}]})
     assert good["spurious"] == 0
     assert "0 (met: goal none)" in soak_line(good)
+    # None seen, but the soak was not sampled throughout (cut short): not measured, not zero.
+    short = soak_result(1800, 1, 1, {"roles": calm, "goals": [{**goal, "ok": None}]})
+    assert short["spurious"] is None
+    assert "not measured" in soak_line(short)
     # No role ever sampled (the soak's environment did not come up): not measured, not zero.
     none = soak_result(1800, 1, 2, {})
     assert none["spurious"] is None

@@ -203,11 +203,19 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
             components=sorted(c.name for c in status.components),
         )
     finally:  # frozen is never left so: whatever happened, the kill pass follows
-        killed = kill_region(s.env)
-        # What the link held is gone with its connections; enabled again it leads to a dead
-        # region (refused), and the second region's status is not held unhealthy by it.
-        set_region_link(second_region(s), enabled=True)
-    return {"killed_pids": killed, "primary": status.primary, "injected_wall": entry["wall"]}
+        try:
+            killed = kill_region(s.env)
+        finally:
+            # What the link held is gone with its connections; enabled again it leads to a
+            # dead region (refused), and the second region's status is not held unhealthy.
+            enabled = set_region_link(second_region(s), enabled=True)
+    return {
+        "killed_pids": killed,
+        "primary": status.primary,
+        "injected_wall": entry["wall"],
+        "link_cut": entry.get("link_cut"),
+        "link_enabled_again": enabled,  # "enabled", else why not (the journal shows it)
+    }
 
 
 def set_region_link(second: LocalEnvironment | None, *, enabled: bool) -> str:
@@ -314,9 +322,11 @@ def await_region_failover(
         "timeline": failover.get("timeline"),
         "last_lsn": loss.get("last_lsn"),
         "received_lsn": failover.get("received_lsn"),
-        "wal_not_carried_bytes": wal_not_carried(
-            loss.get("last_lsn"), failover.get("received_lsn")
-        ),
+        # The tail is only the link's to lose when the link went with the region.
+        "link_cut": loss.get("link_cut"),
+        "wal_not_carried_bytes": wal_not_carried(loss.get("last_lsn"), failover.get("received_lsn"))
+        if loss.get("link_cut") == "cut"
+        else None,
     }
     write_atomic(s.run_dir / "region-failover.json", json.dumps(timeline, indent=2))
     return {**timeline, "restored_wall": entry["wall"]}
