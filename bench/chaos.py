@@ -326,7 +326,7 @@ def run_soak(
         cmd, cwd=ROOT, env={**os.environ, **settings.to_environ()}, start_new_session=True
     )
     try:
-        code: int | None = proc.wait()
+        code = proc.wait()
     except KeyboardInterrupt:
         _interrupt(proc)
         code = 130
@@ -334,7 +334,7 @@ def run_soak(
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         summary = {}
-    return soak_result(duration_s, noise, code if code is not None else 130, summary)
+    return soak_result(duration_s, noise, code, summary)
 
 
 #: bench-soak's goal line that judges the failovers.

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-
-import psutil
 
 from bench.noise import cpu_seconds, noisy_neighbours
 from bench.roles import RoleSample, role_changes
@@ -85,8 +82,7 @@ def test_the_noisy_neighbour_burns_cpu_and_is_stopped_on_leaving() -> None:
         assert len(pids) == 2
         wait_until(lambda: cpu_seconds(pids) > 0.3, 20, "the neighbours to burn CPU")
         assert all(pid_alive(p) for p in pids)
-    for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert not any(pid_alive(p) for p in pids)
 
 
 def test_the_noisy_neighbour_never_outlives_its_parent() -> None:
@@ -112,9 +108,7 @@ def test_the_noisy_neighbour_never_outlives_its_parent() -> None:
         parent.wait(10)
         if parent.stdout is not None:
             parent.stdout.close()
-    started = time.monotonic()
     wait_until(lambda: not pid_alive(child), 20, "the orphaned neighbour to exit")
-    assert time.monotonic() - started < 20
 
 
 def test_two_promotions_hidden_by_a_gap_count_twice_and_a_stale_epoch_not_again() -> None:

@@ -175,14 +175,15 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
     The region's network goes with it: the second region's end of the region link is cut at
     the freeze (`set_region_link`; enabled again once the region is dead), so the WAL the
     region had sent that had not yet crossed the link (up to the link's delay of it) is lost,
-    as it is when a region's edge goes down. A link left up would go on delivering that last
-    second after the loss: no tail to measure."""
+    as it is when a region's edge goes down. A link left up would go on delivering what it
+    held after the loss: no tail to measure."""
     s = harness.settings_of(configuration)
     env = harness.environment(s)
     status = env.state()
     # The primary's WAL position a moment before: what the second region must have received
     # for nothing to be lost (a lower bound: it may write a little more before the freeze).
     last_lsn = _current_lsn(status.urls["members"].get(status.primary or ""))
+    second = second_region(s)  # read before the freeze: the cut follows it at once
     supervisor = env.supervisor_pid()
     frozen = ([supervisor] if supervisor is not None else []) + [
         p.pid for p in processes_of(s.env.run_dir) if p.pid != supervisor
@@ -191,7 +192,7 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                 os.kill(pid, signal.SIGSTOP)
-        link_cut = set_region_link(second_region(s), enabled=False)
+        link_cut = set_region_link(second, enabled=False)
         entry = harness.mark(
             s,
             "inject",
@@ -208,7 +209,7 @@ def lose_primary_region(*, configuration: Configuration) -> dict[str, Any]:
         finally:
             # What the link held is gone with its connections; enabled again it leads to a
             # dead region (refused), and the second region's status is not held unhealthy.
-            enabled = set_region_link(second_region(s), enabled=True)
+            enabled = set_region_link(second, enabled=True)
     return {
         "killed_pids": killed,
         "primary": status.primary,
