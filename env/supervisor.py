@@ -46,6 +46,7 @@ from env import (
     readiness,
     region,
     rundir,
+    startgraph,
     topology,
 )
 from env.admin import admin_app, metrics_app
@@ -136,6 +137,11 @@ class Component:
         }
 
 
+async def always() -> bool:
+    """The readiness of a stage that is only a job: done when the job returns."""
+    return True
+
+
 class Supervisor:
     """Starts, watches and stops the components of one local environment."""
 
@@ -161,6 +167,8 @@ class Supervisor:
         #: The containers runtime's side (None: replicas are processes here).
         self.containers: ContainersRuntime | None = None
         self.metrics_runner: web.AppRunner | None = None
+        #: `start_all` while it runs (`run`): `shutdown` cancels it before stopping anything.
+        self.starting: asyncio.Task[None] | None = None
 
     @functools.cached_property
     def run_as(self) -> RunAs:
@@ -217,8 +225,9 @@ class Supervisor:
             await self.containers.remove(comp.proc)
 
     def define(self, secrets: Secrets) -> list[tuple[str, list[Component]]]:
-        """The topology's stages, in start order, with a process for each replica that runs
-        at start; each stage's start together."""
+        """The stages in `topology.STAGES`' order, each with a process for every replica that
+        runs at start (started together); a stage with nothing to start is there for its
+        check (`start_all`)."""
         commands = self.commands = Commands(
             self.settings,
             self.layout,
@@ -233,11 +242,16 @@ class Supervisor:
             (stage, [self.component(w, r, commands) for w in workloads for r in w.initial])
             for stage, workloads in self.topology.stages()
         ]
+        # Stages with nothing to start, only a check to wait for.
         if self.settings.fault_proxy and self.settings.toxiproxy_url:
-            # A Toxiproxy of the user's: nothing to start, but the stage's check creates its
-            # proxies, before PostgreSQL's replicas stream through them.
-            stages.insert(1, ("faultproxy", []))
-        return stages
+            # A Toxiproxy of the user's: the stage's check creates its proxies, before
+            # PostgreSQL's replicas stream through them.
+            stages.append(("faultproxy", []))
+        # Patroni's synchronous standby, which only the end of the start waits for.
+        stages.append(("sync_standby", []))
+        if self.settings.backups and not self.settings.standby:  # a standby's is the primary's
+            stages.append(("backup_stanza", []))
+        return sorted(stages, key=lambda stage: topology.STAGES.index(stage[0]))
 
     def component(self, w: Workload, r: Replica, commands: Commands) -> Component:
         """The supervised process of replica `r` (registered under its name)."""
@@ -464,10 +478,13 @@ class Supervisor:
         self.metrics_runner = runner
 
     async def start_all(self) -> None:
+        """Start every stage as soon as the stages it waits for are ready
+        (`topology.STAGE_PREREQUISITES`), several at once; the first that fails ends the start,
+        the others cancelled (their processes stay for `shutdown` to stop)."""
         if network.containers(self.settings):
             await self.open_containers()
         secrets = self.prepare()
-        stages = self.define(secrets)
+        stages = dict(self.define(secrets))
         for warning in self.privileges()["warnings"]:
             log.warning("%s", warning)
         s = self.settings
@@ -478,7 +495,13 @@ class Supervisor:
             "backup": (ready.backup, 20),
             # A second region's first member is cloned across the region link (up to 1 s each
             # way): the copy takes as long as the database's size needs, not a local clone's.
-            "postgresql": (ready.postgresql, 300 if s.standby else 90),
+            "postgresql": (
+                functools.partial(ready.pg_streaming, sync=False),
+                300 if s.standby else 90,
+            ),
+            "sync_standby": (ready.postgresql, 60),
+            # Nothing to wait for: the stage is the job it runs (`run_stage`).
+            "backup_stanza": (always, 1),
             "haproxy": (ready.haproxy, 20),
             "pgbouncer": (ready.pgbouncer, 20),
             "redis": (ready.redis, 30),
@@ -487,9 +510,10 @@ class Supervisor:
             "prometheus": (ready.prometheus, 30),
             "services": (self.services_ready, 90),
         }
-        for stage, comps in stages:
-            if self.stopping:
-                return
+        began = time.monotonic()
+
+        async def run(stage: str) -> None:
+            comps = stages[stage]
             if stage == "services" and s.standby:
                 if await region.promoted(s, secrets, tls):
                     await self.take_entry()  # promoted before this start: the phones are its
@@ -499,11 +523,22 @@ class Supervisor:
                     for comp in comps:  # not started, so not reported as down either
                         self.components.pop(comp.name, None)
                     self.control("region-watch", lambda: self.start_services_when_promoted(secrets))
-                    continue
-            await self.run_stage(stage, comps, secrets, tls)
+                    return
+            try:
+                await self.run_stage(stage, comps, secrets, tls)
+            except StartupError:
+                raise
+            except Exception as exc:  # named after its stage: several run at once
+                log.exception("stage %s failed", stage)
+                raise StartupError(stage, self.layout.log("supervisor"), repr(exc)) from exc
+
+        def running(now: list[str]) -> None:
+            self.stage = ", ".join(now)
+
+        await startgraph.run_graph(list(stages), topology.STAGE_PREREQUISITES, run, running)
         self.stage = ""
         self.phase = "ready"
-        log.info("environment ready")
+        log.info("environment ready in %.2f s", time.monotonic() - began)
 
     async def run_stage(
         self, stage: str, comps: list[Component], secrets: Secrets, tls: ssl.SSLContext
@@ -511,7 +546,7 @@ class Supervisor:
         """Start one stage's components and wait until the stage is ready, with what must
         happen around it (forming the Redis cluster, joining the load balancer, ...)."""
         s, ports = self.settings, self.settings.ports
-        self.stage = stage
+        began = time.monotonic()
         log.info("stage %s: starting %s", stage, ", ".join(c.name for c in comps))
         for comp in comps:
             await self.spawn(comp)
@@ -526,14 +561,15 @@ class Supervisor:
         if stage == "postgresql" and not s.standby:  # a standby's database is a copy
             patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
             await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
-            if s.backups:
-                await bootstrap.create_backup_stanza(self.settings, self.run_as.python)
+        if stage == "backup_stanza":
+            await bootstrap.create_backup_stanza(self.settings, self.run_as.python)
         if stage == "faultproxy" and s.standby:
             await region.add_link_latency(s)
         if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
             log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
         if stage == "services":
             self.start_service_controllers()
+        log.info("stage %s: ready in %.2f s", stage, time.monotonic() - began)
 
     def start_service_controllers(self) -> None:
         """The loops that keep the services in the load balancer and at the HPA's size."""
@@ -588,6 +624,7 @@ class Supervisor:
             self.services_started = True
             log.info("the region was promoted: taking the phones, starting its services")
             await self.take_entry()
+            self.stage = "services"
             try:
                 comps = [
                     self.component(w, r, commands)
@@ -767,6 +804,10 @@ class Supervisor:
             return
         self.stopping = True
         self.phase = "stopping"
+        if self.starting is not None and not self.starting.done():
+            # Stopped during start-up (Ctrl-C, `down`): no stage may start anything more.
+            self.starting.cancel()
+            await asyncio.wait([self.starting])
         for task in self.controllers.values():
             task.cancel()
         # The start order backwards: services first (a draining worker still needs the
@@ -833,8 +874,13 @@ async def run(settings: EnvSettings) -> int:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.ports.supervisor)
     await site.start()
+    sup.starting = asyncio.create_task(sup.start_all(), name="start")
     try:
-        await sup.start_all()
+        await sup.starting
+    except asyncio.CancelledError:
+        if not sup.stopping:
+            raise
+        log.info("stopped during start-up")
     except StartupError as exc:
         log.error("%s", exc)
         sup.phase = "failed"
