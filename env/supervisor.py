@@ -72,6 +72,13 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 #: A component that stayed up this long starts again from the first backoff step.
 BACKOFF_RESET_AFTER_S = 60.0
+#: How often a starting stage's readiness is asked: often in its first seconds, when most
+#: stages become ready (each poll is a connection or two), less after.
+READY_POLL_FIRST_S = 0.05
+READY_POLL_FIRST_FOR_S = 2.0
+READY_POLL_S = 0.2
+#: How often a starting API or hub replica is asked whether it may join the load balancer.
+JOIN_POLL_S = 0.1
 
 
 @dataclass
@@ -442,7 +449,8 @@ class Supervisor:
         timeout_s: float,
     ) -> None:
         """Poll `check` until it holds; fail naming the first component that died or the stage."""
-        deadline = time.monotonic() + self.settings.timeout(timeout_s)
+        began = time.monotonic()
+        deadline = began + self.settings.timeout(timeout_s)
         last_error = "not ready"
         while True:
             for comp in comps:
@@ -464,7 +472,8 @@ class Supervisor:
                 if culprit is None:  # nothing of ours: an external server (Toxiproxy's URL)
                     raise StartupError(stage, self.layout.log(stage), f"{stage}: {last_error}")
                 raise StartupError(culprit.name, culprit.log_path, f"{stage}: {last_error}")
-            await asyncio.sleep(0.2)
+            early = time.monotonic() - began < READY_POLL_FIRST_FOR_S
+            await asyncio.sleep(READY_POLL_FIRST_S if early else READY_POLL_S)
 
     async def open_containers(self) -> None:
         """The containers runtime's network, and the supervisor's metrics on its bridge."""
@@ -554,10 +563,23 @@ class Supervisor:
             redis_ports = [ports.redis(n) for n in range(s.redis_nodes)]
             redis_creds = configs.redis_admin_credentials(self.layout, secrets)
             await self.form_redis_cluster(comps, redis_ports, redis_creds)
+        joins: list[asyncio.Task[None]] = []
         if stage == "services":
-            await self.register_services()
+            await self.publish_services()
+            # Each API and hub replica joins HAProxy once it is ready, as a scaled-out one does:
+            # one that joined before it listened would be marked down by its first checks and
+            # need `rise` more at `downinter` to come back.
+            joins = [
+                asyncio.create_task(self.join_when_ready(c), name=f"join-{c.name}")
+                for c in comps
+                if c.kind in ("api", "hub")
+            ]
         check, timeout_s = self.checks[stage]
-        await self.wait_ready(stage, comps, check, timeout_s)
+        try:
+            await self.wait_ready(stage, comps, check, timeout_s)
+        finally:
+            for task in joins:
+                task.cancel()
         if stage == "postgresql" and not s.standby:  # a standby's database is a copy
             patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
             await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
@@ -730,24 +752,33 @@ class Supervisor:
             and set(probes.haproxy_servers_up(rows, "hub")) == want_hub
         )
 
-    async def register_services(self) -> None:
-        """Put API and hub replicas into HAProxy's server-template slots, and tell Prometheus.
-
-        Slots are named like the replicas (api1 is the api1 slot), so a restarted replica, on
-        the same port, needs nothing new.
-        """
-        for comp in self.service_components("api", "hub"):
-            slot = f"{comp.kind}/{comp.name}"
-            port = comp.ports["http"]
-            await probes.haproxy_command(
-                self.layout, f"set server {slot} addr {comp.host} port {port}"
-            )
-            await probes.haproxy_command(self.layout, f"set server {slot} state ready")
-            comp.joined = True
+    async def publish_services(self) -> None:
+        """Tell Prometheus which service replicas to scrape."""
         for _, workloads in self.topology.stages():
             for w in workloads:
                 if w.kind in SERVICE_ROLES:
                     await self.scaler.publish(w)
+
+    async def join_when_ready(self, comp: Component) -> None:
+        """Put an API or hub replica into its HAProxy server-template slot once its readiness
+        probe passes (slots are named like the replicas: api1 is the api1 slot, so a restarted
+        replica, on the same port, needs nothing new). Tried again until it is done, or the
+        caller cancels it."""
+        w = self.topology.owner(comp.name)
+        slot = f"{comp.kind}/{comp.name}"
+        while True:
+            try:
+                if await readiness.replica_ready(w, comp):
+                    port = comp.ports["http"]
+                    await probes.haproxy_command(
+                        self.layout, f"set server {slot} addr {comp.host} port {port}"
+                    )
+                    await probes.haproxy_command(self.layout, f"set server {slot} state ready")
+                    comp.joined = True
+                    return
+            except Exception as exc:  # starting, or HAProxy restarting: next turn
+                log.debug("%s not joined yet: %r", comp.name, exc)
+            await asyncio.sleep(JOIN_POLL_S)
 
     async def keep_lb_registered(self) -> None:
         """Put back, within a second, the API and hub servers HAProxy lost.
