@@ -517,21 +517,30 @@ class Supervisor:
             "faultproxy": (self.fault_proxy_ready, 20),
             "exporters": (ready.exporters, 20),
             "prometheus": (ready.prometheus, 30),
-            "services": (self.services_ready, 90),
+            # The service stages' checks are their replicas' (`services_ready`).
         }
         began = time.monotonic()
+        promoted: asyncio.Task[bool] | None = None
 
         async def run(stage: str) -> None:
+            nonlocal promoted
             comps = stages[stage]
-            if stage == "services" and s.standby:
-                if await region.promoted(s, secrets, tls):
-                    await self.take_entry()  # promoted before this start: the phones are its
+            if stage in topology.SERVICE_STAGES and s.standby:
+                # Asked once for every service stage: they all start, or none does.
+                if promoted is None:
+                    promoted = asyncio.create_task(region.promoted(s, secrets, tls))
+                if await promoted:
+                    if "entry-keeper" not in self.controllers:
+                        await self.take_entry()  # promoted before this start: the phones are its
                 else:
                     # Its services would start against a read-only database: they start when
                     # it is promoted (pilot light), which the region watch sees.
                     for comp in comps:  # not started, so not reported as down either
                         self.components.pop(comp.name, None)
-                    self.control("region-watch", lambda: self.start_services_when_promoted(secrets))
+                    if "region-watch" not in self.controllers:
+                        self.control(
+                            "region-watch", lambda: self.start_services_when_promoted(secrets)
+                        )
                     return
             try:
                 await self.run_stage(stage, comps, secrets, tls)
@@ -545,6 +554,8 @@ class Supervisor:
             self.stage = ", ".join(now)
 
         await startgraph.run_graph(list(stages), topology.STAGE_PREREQUISITES, run, running)
+        if "services" in stages and "region-watch" not in self.controllers:
+            self.start_service_controllers()
         self.stage = ""
         self.phase = "ready"
         log.info("environment ready in %.2f s", time.monotonic() - began)
@@ -564,7 +575,8 @@ class Supervisor:
             redis_creds = configs.redis_admin_credentials(self.layout, secrets)
             await self.form_redis_cluster(comps, redis_ports, redis_creds)
         joins: list[asyncio.Task[None]] = []
-        if stage == "services":
+        check: Callable[[], Awaitable[bool]]
+        if stage in topology.SERVICE_STAGES:
             await self.publish_services()
             # Each API and hub replica joins HAProxy once it is ready, as a scaled-out one does:
             # one that joined before it listened would be marked down by its first checks and
@@ -574,7 +586,9 @@ class Supervisor:
                 for c in comps
                 if c.kind in ("api", "hub")
             ]
-        check, timeout_s = self.checks[stage]
+            check, timeout_s = functools.partial(self.services_ready, comps), 90.0
+        else:
+            check, timeout_s = self.checks[stage]
         try:
             await self.wait_ready(stage, comps, check, timeout_s)
         finally:
@@ -589,8 +603,6 @@ class Supervisor:
             await region.add_link_latency(s)
         if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
             log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
-        if stage == "services":
-            self.start_service_controllers()
         log.info("stage %s: ready in %.2f s", stage, time.monotonic() - began)
 
     def start_service_controllers(self) -> None:
@@ -646,16 +658,17 @@ class Supervisor:
             self.services_started = True
             log.info("the region was promoted: taking the phones, starting its services")
             await self.take_entry()
-            self.stage = "services"
             try:
-                comps = [
-                    self.component(w, r, commands)
-                    for stage, workloads in self.topology.stages()
-                    if stage == "services"
-                    for w in workloads
-                    for r in w.initial
-                ]
-                await self.run_stage("services", comps, secrets, tls)
+                for service_stage in topology.SERVICE_STAGES:
+                    self.stage = service_stage
+                    comps = [
+                        self.component(w, r, commands)
+                        for stage, workloads in self.topology.stages()
+                        if stage == service_stage
+                        for w in workloads
+                        for r in w.initial
+                    ]
+                    await self.run_stage(service_stage, comps, secrets, tls)
             except Exception as exc:  # whatever it was, it must be seen, not end the watch
                 log.exception("the promoted region's services did not start")
                 log_path = exc.log_path if isinstance(exc, StartupError) else self.layout.logs
@@ -736,20 +749,25 @@ class Supervisor:
     def service_components(self, *roles: str) -> list[Component]:
         return [c for c in self.components.values() if c.kind in roles]
 
-    async def services_ready(self) -> bool:
-        comps = self.service_components(*SERVICE_ROLES)
+    async def services_ready(self, comps: list[Component]) -> bool:
+        """Every replica of `comps` (one service stage's) ready, and those behind HAProxy
+        (API, hub) marked UP there."""
         oks = await asyncio.gather(
             *(readiness.replica_ready(self.topology.owner(c.name), c) for c in comps)
         )
         if not all(oks):
             return False
-        # Behind HAProxy, every API and hub replica must be marked UP (checks every 5 s).
+        balanced: dict[str, set[str]] = {}
+        for c in comps:
+            backend = self.topology.owner(c.name).load_balancer
+            if backend is not None:
+                balanced.setdefault(backend, set()).add(c.name)
+        if not balanced:
+            return True
         rows = await probes.haproxy_stat(self.layout)
-        want_api = {c.name for c in self.service_components("api")}
-        want_hub = {c.name for c in self.service_components("hub")}
-        return (
-            set(probes.haproxy_servers_up(rows, "api")) == want_api
-            and set(probes.haproxy_servers_up(rows, "hub")) == want_hub
+        return all(
+            set(probes.haproxy_servers_up(rows, backend)) == names
+            for backend, names in balanced.items()
         )
 
     async def publish_services(self) -> None:

@@ -37,6 +37,7 @@ STAGES = (
     "exporters",
     "prometheus",
     "services",
+    "scheduler",
 )
 
 #: What each stage waits for before it starts: the stages whose readiness it really needs.
@@ -68,11 +69,18 @@ STAGE_PREREQUISITES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "exporters": ("postgresql", "redis"),
         "prometheus": ("exporters",),
         # Their database and cache addresses are the load balancer's, pgBouncer's and the
-        # nodes' (through the fault proxy); the API and hub replicas join HAProxy; the scheduler
-        # takes its first backup at once; Prometheus learns of each replica as it starts.
-        "services": ("faultproxy", "backup_stanza", "haproxy", "pgbouncer", "redis", "prometheus"),
+        # nodes' (through the fault proxy); the API and hub replicas join HAProxy; Prometheus
+        # learns of each replica as it starts.
+        "services": ("faultproxy", "haproxy", "pgbouncer", "redis", "prometheus"),
+        # The same, and its leader takes the first backup at once: into the stanza. Apart from
+        # the other services so that they need not wait for the stanza too.
+        "scheduler": ("faultproxy", "backup_stanza", "haproxy", "pgbouncer", "redis", "prometheus"),
     }
 )
+
+#: The stages of the reference implementation's services (a standby region starts them when it
+#: is promoted).
+SERVICE_STAGES = ("services", "scheduler")
 
 #: The reference implementation's roles: each replica is `python -m reference_impl`.
 SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
@@ -318,7 +326,7 @@ def _services(settings: EnvSettings, hpas: Mapping[str, HPASpec]) -> list[Worklo
             Workload(
                 name,
                 name,
-                "services",
+                "scheduler" if name == "scheduler" else "services",
                 _numbered(name, range(1, n_slots + 1), {"http": port}),
                 # As a Deployment's `replicas` beside its HPA: the start count is the settings',
                 # and the autoscaler, when it runs, brings it within the bounds (a benchmark

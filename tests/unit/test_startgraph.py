@@ -23,7 +23,10 @@ def test_the_true_dependencies_are_kept():
     waits = topology.waits_for
     assert {"etcd", "faultproxy", "backup"} <= waits("postgresql")
     assert "postgresql" in waits("pgbouncer")
-    assert {"pgbouncer", "redis", "prometheus", "backup_stanza"} <= waits("services")
+    assert {"pgbouncer", "redis", "prometheus"} <= waits("services")
+    # Only the scheduler, which takes the first backup, waits for pgBackRest's stanza.
+    assert {"pgbouncer", "redis", "prometheus", "backup_stanza"} <= waits("scheduler")
+    assert "backup_stanza" not in waits("services")
     # Redis and PostgreSQL start side by side; nothing waits for the synchronous standby.
     assert "postgresql" not in waits("redis")
     assert "redis" not in waits("postgresql")
