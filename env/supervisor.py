@@ -1,8 +1,9 @@
 """The local environment's supervisor: starts every component in order, restarts what crashes.
 
 It plays the kubelet's part for processes on one machine. `cwh env up` starts it detached; it
-renders configs, starts the components stage by stage (each stage must be ready before the next
-starts), then watches them: a component that exits is restarted with exponential backoff, the way
+renders configs, starts the components stage by stage (each stage once the stages it waits for
+are ready, several at once: `topology.STAGE_PREREQUISITES`, `env/startgraph.py`), then watches
+them: a component that exits is restarted with exponential backoff, the way
 Kubernetes restarts a crashed container. Fault injection needs a crashed process to *stay* down for
 a while (so that a failover really happens), so restarts can be held through the admin API.
 

@@ -154,7 +154,8 @@ class Workload:
         liveness: failing it restarts the replica (None: only its exit does).
         readiness: while it fails the replica takes no traffic (None: readiness is the
             workload's own check, e.g. Patroni's cluster view).
-        depends_on: workloads that must be ready before this one starts (earlier stages).
+        depends_on: workloads that must be ready before this one starts (in stages its stage
+            waits for: `STAGE_PREREQUISITES`).
         load_balancer: the HAProxy backend its replicas join once ready (None: not behind it).
     """
 
