@@ -590,8 +590,10 @@ class Supervisor:
             check, timeout_s = functools.partial(self.services_ready, comps), 90.0
         else:
             check, timeout_s = self.checks[stage]
+        # A stage with nothing of its own to start watches what its check is about.
+        watched = self.running("pg") if stage == "sync_standby" else comps
         try:
-            await self.wait_ready(stage, comps, check, timeout_s)
+            await self.wait_ready(stage, watched, check, timeout_s)
         finally:
             for task in joins:
                 task.cancel()
