@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import time
 from pathlib import Path
 
 import asyncpg
@@ -15,6 +16,7 @@ from env import backup, configs, network, probes
 from env.layout import Layout
 from env.secrets import Secrets
 from env.settings import EnvSettings
+from reference_impl.backups import LOCK_HELD
 
 
 class StartupError(RuntimeError):
@@ -89,9 +91,31 @@ async def create_app_database(
 async def create_backup_stanza(settings: EnvSettings, repo_user: tuple[int, int] | None) -> None:
     """pgBackRest's stanza for the cluster, created on the repository host once the primary
     runs (idempotent: a stanza that matches the cluster is left as it is). Until it exists the
-    primary's archive command fails and PostgreSQL keeps the segments to push them again."""
+    primary's archive command fails and PostgreSQL keeps the segments to push them again.
+
+    Those pushes hold the stanza's archive lock for a moment, about once a second for the first
+    seconds of a new primary: a stanza-create that meets one ([050] lock held) is tried again
+    after `STANZA_LOCK_RETRY_S`, within the same 120 s (scaled)."""
     layout = Layout(settings.run_dir)
     log_path = layout.log("backup-stanza-create")
+    deadline = time.monotonic() + settings.timeout(120)
+    while True:
+        code = await _stanza_create(layout, log_path, repo_user, deadline - time.monotonic())
+        if code != LOCK_HELD or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(STANZA_LOCK_RETRY_S)
+    if code != 0:
+        raise StartupError("backup-stanza-create", log_path, f"exit code {code}")
+
+
+#: The wait before a stanza-create that found the stanza's lock held tries again.
+STANZA_LOCK_RETRY_S = 0.5
+
+
+async def _stanza_create(
+    layout: Layout, log_path: Path, repo_user: tuple[int, int] | None, timeout_s: float
+) -> int:
+    """One `pgbackrest stanza-create` on the repository host: its exit code."""
     with open(log_path, "ab") as logf:
         proc = await asyncio.create_subprocess_exec(
             *backup.repo_command(layout, "stanza-create"),
@@ -104,10 +128,8 @@ async def create_backup_stanza(settings: EnvSettings, repo_user: tuple[int, int]
             extra_groups=[] if repo_user else None,
         )
         try:
-            code = await asyncio.wait_for(proc.wait(), settings.timeout(120))
+            return await asyncio.wait_for(proc.wait(), max(timeout_s, 1.0))
         except TimeoutError:
             proc.kill()  # it would hold the stanza's lock
             await proc.wait()
             raise StartupError("backup-stanza-create", log_path, "no answer in 120 s") from None
-    if code != 0:
-        raise StartupError("backup-stanza-create", log_path, f"exit code {code}")

@@ -185,6 +185,10 @@ def patroni_config(
                         # Replicas report their replay position every second, so replay lag in
                         # pg_stat_replication is fresh enough to compare with a 1 s objective.
                         "wal_receiver_status_interval": "1s",
+                        # A new replica asks for its slot before the leader's next loop has
+                        # made it ("replication slot does not exist"); it asks again after
+                        # this, 5 s by default: half of a cold start's wait, one time in two.
+                        "wal_retrieve_retry_interval": "1s",
                         "shared_buffers": "128MB",
                         "track_commit_timestamp": "on",
                     },

@@ -106,8 +106,9 @@ async def patroni_cluster(patroni_ports: list[int]) -> list[PgMember]:
     raise ConnectionError(f"no Patroni answered /cluster: {last!r}")
 
 
-def pg_cluster_ready(members: list[PgMember], expected: int) -> bool:
-    """One running leader, every other member streaming, and a sync standby when there is one."""
+def pg_cluster_ready(members: list[PgMember], expected: int, sync: bool = True) -> bool:
+    """One running leader, every other member streaming, and (`sync`) a sync standby when
+    there is one."""
     if len(members) != expected:
         return False
     leaders = [m for m in members if m.role == "leader" and m.state == "running"]
@@ -118,7 +119,7 @@ def pg_cluster_ready(members: list[PgMember], expected: int) -> bool:
     # really streams is checked on the primary (`pg_replication`).
     if not all(m.state in ("running", "streaming") for m in replicas):
         return False
-    return expected == 1 or any(m.role == "sync_standby" for m in replicas)
+    return expected == 1 or not sync or any(m.role == "sync_standby" for m in replicas)
 
 
 async def superuser(
@@ -154,11 +155,12 @@ async def pg_replication(port: int, password: str, tls: ssl.SSLContext) -> list[
     return [dict(r) for r in rows]
 
 
-def pg_streaming_ready(rows: list[dict[str, Any]], replicas: int) -> bool:
-    """Every replica streams, and one of them is synchronous (when there are replicas)."""
+def pg_streaming_ready(rows: list[dict[str, Any]], replicas: int, sync: bool = True) -> bool:
+    """Every replica streams, and (`sync`) one of them is synchronous (when there are
+    replicas)."""
     streaming = [r for r in rows if r["state"] == "streaming"]
     return len(streaming) == replicas and (
-        replicas == 0 or any(r["sync_state"] == "sync" for r in streaming)
+        replicas == 0 or not sync or any(r["sync_state"] == "sync" for r in streaming)
     )
 
 

@@ -118,12 +118,20 @@ class Checks:
         return await probes.etcd_healthy(self.settings.ports.etcd_client)
 
     async def postgresql(self) -> bool:
-        """Every member in Patroni's cluster view, one leader, every replica streaming to it."""
+        """Every member in Patroni's cluster view, one leader, every replica streaming to it,
+        one of them synchronous."""
+        return await self.pg_streaming(sync=True)
+
+    async def pg_streaming(self, sync: bool) -> bool:
+        """As `postgresql`; without `sync`, not yet waiting for the synchronous standby (Patroni
+        names it two of its loops after the replicas stream). A standby region has none."""
         members = await probes.patroni_cluster(self.patroni_ports)
         n = self.settings.pg_members
         if self.settings.standby:
             return await self._standby_postgresql(members)
-        if self.secrets is None or self.tls is None or not probes.pg_cluster_ready(members, n):
+        if self.secrets is None or self.tls is None:
+            return False
+        if not probes.pg_cluster_ready(members, n, sync=sync):
             return False
         leader = next(m for m in members if m.role == "leader")
         rows = await probes.pg_replication(
@@ -133,7 +141,8 @@ class Checks:
         )
         # Its own members only: a second region's standby leader streams from it too.
         own = {configs.member_name(self.settings, m) for m in range(n)}
-        return probes.pg_streaming_ready([r for r in rows if r["application_name"] in own], n - 1)
+        own_rows = [r for r in rows if r["application_name"] in own]
+        return probes.pg_streaming_ready(own_rows, n - 1, sync=sync)
 
     async def _standby_postgresql(self, members: list[probes.PgMember]) -> bool:
         """A standby region: its leader runs and its other members cascade from it; or, once

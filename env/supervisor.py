@@ -1,8 +1,9 @@
 """The local environment's supervisor: starts every component in order, restarts what crashes.
 
 It plays the kubelet's part for processes on one machine. `cwh env up` starts it detached; it
-renders configs, starts the components stage by stage (each stage must be ready before the next
-starts), then watches them: a component that exits is restarted with exponential backoff, the way
+renders configs, starts the components stage by stage (each stage once the stages it waits for
+are ready, several at once: `topology.STAGE_PREREQUISITES`, `env/startgraph.py`), then watches
+them: a component that exits is restarted with exponential backoff, the way
 Kubernetes restarts a crashed container. Fault injection needs a crashed process to *stay* down for
 a while (so that a failover really happens), so restarts can be held through the admin API.
 
@@ -46,6 +47,7 @@ from env import (
     readiness,
     region,
     rundir,
+    startgraph,
     topology,
 )
 from env.admin import admin_app, metrics_app
@@ -71,6 +73,13 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 #: A component that stayed up this long starts again from the first backoff step.
 BACKOFF_RESET_AFTER_S = 60.0
+#: How often a starting stage's readiness is asked: often in its first seconds, when most
+#: stages become ready (each poll is a connection or two), less after.
+READY_POLL_FIRST_S = 0.05
+READY_POLL_FIRST_FOR_S = 2.0
+READY_POLL_S = 0.2
+#: How often a starting API or hub replica is asked whether it may join the load balancer.
+JOIN_POLL_S = 0.1
 
 
 @dataclass
@@ -136,6 +145,11 @@ class Component:
         }
 
 
+async def always() -> bool:
+    """The readiness of a stage that is only a job: done when the job returns."""
+    return True
+
+
 class Supervisor:
     """Starts, watches and stops the components of one local environment."""
 
@@ -161,6 +175,8 @@ class Supervisor:
         #: The containers runtime's side (None: replicas are processes here).
         self.containers: ContainersRuntime | None = None
         self.metrics_runner: web.AppRunner | None = None
+        #: `start_all` while it runs (`run`): `shutdown` cancels it before stopping anything.
+        self.starting: asyncio.Task[None] | None = None
 
     @functools.cached_property
     def run_as(self) -> RunAs:
@@ -217,8 +233,9 @@ class Supervisor:
             await self.containers.remove(comp.proc)
 
     def define(self, secrets: Secrets) -> list[tuple[str, list[Component]]]:
-        """The topology's stages, in start order, with a process for each replica that runs
-        at start; each stage's start together."""
+        """The stages in `topology.STAGES`' order, each with a process for every replica that
+        runs at start (started together); a stage with nothing to start is there for its
+        check (`start_all`)."""
         commands = self.commands = Commands(
             self.settings,
             self.layout,
@@ -233,11 +250,16 @@ class Supervisor:
             (stage, [self.component(w, r, commands) for w in workloads for r in w.initial])
             for stage, workloads in self.topology.stages()
         ]
+        # Stages with nothing to start, only a check to wait for.
         if self.settings.fault_proxy and self.settings.toxiproxy_url:
-            # A Toxiproxy of the user's: nothing to start, but the stage's check creates its
-            # proxies, before PostgreSQL's replicas stream through them.
-            stages.insert(1, ("faultproxy", []))
-        return stages
+            # A Toxiproxy of the user's: the stage's check creates its proxies, before
+            # PostgreSQL's replicas stream through them.
+            stages.append(("faultproxy", []))
+        # Patroni's synchronous standby, which only the end of the start waits for.
+        stages.append(("sync_standby", []))
+        if self.settings.backups and not self.settings.standby:  # a standby's is the primary's
+            stages.append(("backup_stanza", []))
+        return sorted(stages, key=lambda stage: topology.STAGES.index(stage[0]))
 
     def component(self, w: Workload, r: Replica, commands: Commands) -> Component:
         """The supervised process of replica `r` (registered under its name)."""
@@ -428,7 +450,8 @@ class Supervisor:
         timeout_s: float,
     ) -> None:
         """Poll `check` until it holds; fail naming the first component that died or the stage."""
-        deadline = time.monotonic() + self.settings.timeout(timeout_s)
+        began = time.monotonic()
+        deadline = began + self.settings.timeout(timeout_s)
         last_error = "not ready"
         while True:
             for comp in comps:
@@ -450,7 +473,8 @@ class Supervisor:
                 if culprit is None:  # nothing of ours: an external server (Toxiproxy's URL)
                     raise StartupError(stage, self.layout.log(stage), f"{stage}: {last_error}")
                 raise StartupError(culprit.name, culprit.log_path, f"{stage}: {last_error}")
-            await asyncio.sleep(0.2)
+            early = time.monotonic() - began < READY_POLL_FIRST_FOR_S
+            await asyncio.sleep(READY_POLL_FIRST_S if early else READY_POLL_S)
 
     async def open_containers(self) -> None:
         """The containers runtime's network, and the supervisor's metrics on its bridge."""
@@ -464,10 +488,13 @@ class Supervisor:
         self.metrics_runner = runner
 
     async def start_all(self) -> None:
+        """Start every stage as soon as the stages it waits for are ready
+        (`topology.STAGE_PREREQUISITES`), several at once; the first that fails ends the start,
+        the others cancelled (their processes stay for `shutdown` to stop)."""
         if network.containers(self.settings):
             await self.open_containers()
         secrets = self.prepare()
-        stages = self.define(secrets)
+        stages = dict(self.define(secrets))
         for warning in self.privileges()["warnings"]:
             log.warning("%s", warning)
         s = self.settings
@@ -478,32 +505,61 @@ class Supervisor:
             "backup": (ready.backup, 20),
             # A second region's first member is cloned across the region link (up to 1 s each
             # way): the copy takes as long as the database's size needs, not a local clone's.
-            "postgresql": (ready.postgresql, 300 if s.standby else 90),
+            "postgresql": (
+                functools.partial(ready.pg_streaming, sync=False),
+                300 if s.standby else 90,
+            ),
+            "sync_standby": (ready.postgresql, 60),
+            # Nothing to wait for: the stage is the job it runs (`run_stage`).
+            "backup_stanza": (always, 1),
             "haproxy": (ready.haproxy, 20),
             "pgbouncer": (ready.pgbouncer, 20),
             "redis": (ready.redis, 30),
             "faultproxy": (self.fault_proxy_ready, 20),
             "exporters": (ready.exporters, 20),
             "prometheus": (ready.prometheus, 30),
-            "services": (self.services_ready, 90),
+            # The service stages' checks are their replicas' (`services_ready`).
         }
-        for stage, comps in stages:
-            if self.stopping:
-                return
-            if stage == "services" and s.standby:
-                if await region.promoted(s, secrets, tls):
-                    await self.take_entry()  # promoted before this start: the phones are its
+        began = time.monotonic()
+        promoted: asyncio.Task[bool] | None = None
+
+        async def run(stage: str) -> None:
+            nonlocal promoted
+            comps = stages[stage]
+            if stage in topology.SERVICE_STAGES and s.standby:
+                # Asked once for every service stage: they all start, or none does.
+                if promoted is None:
+                    promoted = asyncio.create_task(region.promoted(s, secrets, tls))
+                if await promoted:
+                    if "entry-keeper" not in self.controllers:
+                        await self.take_entry()  # promoted before this start: the phones are its
                 else:
                     # Its services would start against a read-only database: they start when
                     # it is promoted (pilot light), which the region watch sees.
                     for comp in comps:  # not started, so not reported as down either
                         self.components.pop(comp.name, None)
-                    self.control("region-watch", lambda: self.start_services_when_promoted(secrets))
-                    continue
-            await self.run_stage(stage, comps, secrets, tls)
+                    if "region-watch" not in self.controllers:
+                        self.control(
+                            "region-watch", lambda: self.start_services_when_promoted(secrets)
+                        )
+                    return
+            try:
+                await self.run_stage(stage, comps, secrets, tls)
+            except StartupError:
+                raise
+            except Exception as exc:  # named after its stage: several run at once
+                log.exception("stage %s failed", stage)
+                raise StartupError(stage, self.layout.log("supervisor"), repr(exc)) from exc
+
+        def running(now: list[str]) -> None:
+            self.stage = ", ".join(now)
+
+        await startgraph.run_graph(list(stages), topology.STAGE_PREREQUISITES, run, running)
+        if "services" in stages and "region-watch" not in self.controllers:
+            self.start_service_controllers()
         self.stage = ""
         self.phase = "ready"
-        log.info("environment ready")
+        log.info("environment ready in %.2f s", time.monotonic() - began)
 
     async def run_stage(
         self, stage: str, comps: list[Component], secrets: Secrets, tls: ssl.SSLContext
@@ -511,7 +567,7 @@ class Supervisor:
         """Start one stage's components and wait until the stage is ready, with what must
         happen around it (forming the Redis cluster, joining the load balancer, ...)."""
         s, ports = self.settings, self.settings.ports
-        self.stage = stage
+        began = time.monotonic()
         log.info("stage %s: starting %s", stage, ", ".join(c.name for c in comps))
         for comp in comps:
             await self.spawn(comp)
@@ -519,21 +575,38 @@ class Supervisor:
             redis_ports = [ports.redis(n) for n in range(s.redis_nodes)]
             redis_creds = configs.redis_admin_credentials(self.layout, secrets)
             await self.form_redis_cluster(comps, redis_ports, redis_creds)
-        if stage == "services":
-            await self.register_services()
-        check, timeout_s = self.checks[stage]
-        await self.wait_ready(stage, comps, check, timeout_s)
+        joins: list[asyncio.Task[None]] = []
+        check: Callable[[], Awaitable[bool]]
+        if stage in topology.SERVICE_STAGES:
+            await self.publish_services()
+            # Each API and hub replica joins HAProxy once it is ready, as a scaled-out one does:
+            # one that joined before it listened would be marked down by its first checks and
+            # need `rise` more at `downinter` to come back.
+            joins = [
+                asyncio.create_task(self.join_when_ready(c), name=f"join-{c.name}")
+                for c in comps
+                if c.kind in ("api", "hub")
+            ]
+            check, timeout_s = functools.partial(self.services_ready, comps), 90.0
+        else:
+            check, timeout_s = self.checks[stage]
+        # A stage with nothing of its own to start watches what its check is about.
+        watched = self.running("pg") if stage == "sync_standby" else comps
+        try:
+            await self.wait_ready(stage, watched, check, timeout_s)
+        finally:
+            for task in joins:
+                task.cancel()
         if stage == "postgresql" and not s.standby:  # a standby's database is a copy
             patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
             await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
-            if s.backups:
-                await bootstrap.create_backup_stanza(self.settings, self.run_as.python)
+        if stage == "backup_stanza":
+            await bootstrap.create_backup_stanza(self.settings, self.run_as.python)
         if stage == "faultproxy" and s.standby:
             await region.add_link_latency(s)
         if stage == "etcd" and await etcd.enable_auth(ports.etcd_client, secrets.etcd_root):
             log.info("etcd: authentication enabled (user %s)", etcd.ROOT_USER)
-        if stage == "services":
-            self.start_service_controllers()
+        log.info("stage %s: ready in %.2f s", stage, time.monotonic() - began)
 
     def start_service_controllers(self) -> None:
         """The loops that keep the services in the load balancer and at the HPA's size."""
@@ -589,14 +662,16 @@ class Supervisor:
             log.info("the region was promoted: taking the phones, starting its services")
             await self.take_entry()
             try:
-                comps = [
-                    self.component(w, r, commands)
-                    for stage, workloads in self.topology.stages()
-                    if stage == "services"
-                    for w in workloads
-                    for r in w.initial
-                ]
-                await self.run_stage("services", comps, secrets, tls)
+                for service_stage in topology.SERVICE_STAGES:
+                    self.stage = service_stage
+                    comps = [
+                        self.component(w, r, commands)
+                        for stage, workloads in self.topology.stages()
+                        if stage == service_stage
+                        for w in workloads
+                        for r in w.initial
+                    ]
+                    await self.run_stage(service_stage, comps, secrets, tls)
             except Exception as exc:  # whatever it was, it must be seen, not end the watch
                 log.exception("the promoted region's services did not start")
                 log_path = exc.log_path if isinstance(exc, StartupError) else self.layout.logs
@@ -677,40 +752,54 @@ class Supervisor:
     def service_components(self, *roles: str) -> list[Component]:
         return [c for c in self.components.values() if c.kind in roles]
 
-    async def services_ready(self) -> bool:
-        comps = self.service_components(*SERVICE_ROLES)
+    async def services_ready(self, comps: list[Component]) -> bool:
+        """Every replica of `comps` (one service stage's) ready, and those behind HAProxy
+        (API, hub) marked UP there."""
         oks = await asyncio.gather(
             *(readiness.replica_ready(self.topology.owner(c.name), c) for c in comps)
         )
         if not all(oks):
             return False
-        # Behind HAProxy, every API and hub replica must be marked UP (checks every 5 s).
+        balanced: dict[str, set[str]] = {}
+        for c in comps:
+            backend = self.topology.owner(c.name).load_balancer
+            if backend is not None:
+                balanced.setdefault(backend, set()).add(c.name)
+        if not balanced:
+            return True
         rows = await probes.haproxy_stat(self.layout)
-        want_api = {c.name for c in self.service_components("api")}
-        want_hub = {c.name for c in self.service_components("hub")}
-        return (
-            set(probes.haproxy_servers_up(rows, "api")) == want_api
-            and set(probes.haproxy_servers_up(rows, "hub")) == want_hub
+        return all(
+            set(probes.haproxy_servers_up(rows, backend)) == names
+            for backend, names in balanced.items()
         )
 
-    async def register_services(self) -> None:
-        """Put API and hub replicas into HAProxy's server-template slots, and tell Prometheus.
-
-        Slots are named like the replicas (api1 is the api1 slot), so a restarted replica, on
-        the same port, needs nothing new.
-        """
-        for comp in self.service_components("api", "hub"):
-            slot = f"{comp.kind}/{comp.name}"
-            port = comp.ports["http"]
-            await probes.haproxy_command(
-                self.layout, f"set server {slot} addr {comp.host} port {port}"
-            )
-            await probes.haproxy_command(self.layout, f"set server {slot} state ready")
-            comp.joined = True
+    async def publish_services(self) -> None:
+        """Tell Prometheus which service replicas to scrape."""
         for _, workloads in self.topology.stages():
             for w in workloads:
                 if w.kind in SERVICE_ROLES:
                     await self.scaler.publish(w)
+
+    async def join_when_ready(self, comp: Component) -> None:
+        """Put an API or hub replica into its HAProxy server-template slot once its readiness
+        probe passes (slots are named like the replicas: api1 is the api1 slot, so a restarted
+        replica, on the same port, needs nothing new). Tried again until it is done, or the
+        caller cancels it."""
+        w = self.topology.owner(comp.name)
+        slot = f"{comp.kind}/{comp.name}"
+        while True:
+            try:
+                if await readiness.replica_ready(w, comp):
+                    port = comp.ports["http"]
+                    await probes.haproxy_command(
+                        self.layout, f"set server {slot} addr {comp.host} port {port}"
+                    )
+                    await probes.haproxy_command(self.layout, f"set server {slot} state ready")
+                    comp.joined = True
+                    return
+            except Exception as exc:  # starting, or HAProxy restarting: next turn
+                log.debug("%s not joined yet: %r", comp.name, exc)
+            await asyncio.sleep(JOIN_POLL_S)
 
     async def keep_lb_registered(self) -> None:
         """Put back, within a second, the API and hub servers HAProxy lost.
@@ -767,6 +856,10 @@ class Supervisor:
             return
         self.stopping = True
         self.phase = "stopping"
+        if self.starting is not None and not self.starting.done():
+            # Stopped during start-up (Ctrl-C, `down`): no stage may start anything more.
+            self.starting.cancel()
+            await asyncio.wait([self.starting])
         for task in self.controllers.values():
             task.cancel()
         # The start order backwards: services first (a draining worker still needs the
@@ -833,8 +926,13 @@ async def run(settings: EnvSettings) -> int:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.ports.supervisor)
     await site.start()
+    sup.starting = asyncio.create_task(sup.start_all(), name="start")
     try:
-        await sup.start_all()
+        await sup.starting
+    except asyncio.CancelledError:
+        if not sup.stopping:
+            raise
+        log.info("stopped during start-up")
     except StartupError as exc:
         log.error("%s", exc)
         sup.phase = "failed"

@@ -17,24 +17,70 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from env.hpa import HPASpec
 from env.settings import SERVICE_SLOTS, EnvSettings
 
-#: Start order. A workload depends only on workloads of earlier stages, each stage is ready
-#: before the next starts, and stopping goes the other way.
+#: The stages, in an order that respects `STAGE_PREREQUISITES` (stopping goes the other way).
+#: A workload depends only on workloads of the stages its stage waits for.
 STAGES = (
     "etcd",
     "faultproxy",
     "backup",
     "postgresql",
+    "sync_standby",
+    "backup_stanza",
     "haproxy",
     "pgbouncer",
     "redis",
     "exporters",
     "prometheus",
     "services",
+    "scheduler",
 )
+
+#: What each stage waits for before it starts: the stages whose readiness it really needs.
+#: Everything else starts at once, side by side (`env/startgraph.py`); a stage an environment
+#: does not have (no backups, no fault proxy, a user's Toxiproxy) is skipped over. The start is
+#: over when every stage is ready.
+STAGE_PREREQUISITES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "etcd": (),
+        # Its proxies listen whether or not their upstreams run yet.
+        "faultproxy": (),
+        "backup": (),
+        # Patroni keeps its leader lock in etcd (with the credentials `etcd.enable_auth` sets
+        # when etcd is ready); the members stream from each other through the fault proxy; the
+        # primary's archive command pushes to the backup servers from its first segment.
+        "postgresql": ("etcd", "faultproxy", "backup"),
+        # Patroni names the synchronous standby two of its loops after the replicas stream;
+        # nothing but the end of the start needs it, so nothing else waits for it.
+        "sync_standby": ("postgresql",),
+        # pgBackRest's stanza, created on the repository host from the running primary.
+        "backup_stanza": ("postgresql", "backup"),
+        # Routes to the members Patroni names: ready once it routes to the leader and replicas.
+        "haproxy": ("postgresql",),
+        # Forwards to HAProxy's write path: ready once a query reaches the primary through it.
+        "pgbouncer": ("haproxy",),
+        # The nodes announce the fault proxy's ports: replicas replicate through it.
+        "redis": ("faultproxy",),
+        # Each exporter scrapes its member or the Redis nodes.
+        "exporters": ("postgresql", "redis"),
+        "prometheus": ("exporters",),
+        # Their database and cache addresses are the load balancer's, pgBouncer's and the
+        # nodes' (through the fault proxy); the API and hub replicas join HAProxy; Prometheus
+        # learns of each replica as it starts.
+        "services": ("faultproxy", "haproxy", "pgbouncer", "redis", "prometheus"),
+        # The same, and its leader takes the first backup at once: into the stanza. Apart from
+        # the other services so that they need not wait for the stanza too.
+        "scheduler": ("faultproxy", "backup_stanza", "haproxy", "pgbouncer", "redis", "prometheus"),
+    }
+)
+
+#: The stages of the reference implementation's services (a standby region starts them when it
+#: is promoted).
+SERVICE_STAGES = ("services", "scheduler")
 
 #: The reference implementation's roles: each replica is `python -m reference_impl`.
 SERVICE_ROLES = ("llm", "sharepoint", "gdrive", "gateway", "api", "hub", "worker", "scheduler")
@@ -108,7 +154,8 @@ class Workload:
         liveness: failing it restarts the replica (None: only its exit does).
         readiness: while it fails the replica takes no traffic (None: readiness is the
             workload's own check, e.g. Patroni's cluster view).
-        depends_on: workloads that must be ready before this one starts (earlier stages).
+        depends_on: workloads that must be ready before this one starts (in stages its stage
+            waits for: `STAGE_PREREQUISITES`).
         load_balancer: the HAProxy backend its replicas join once ready (None: not behind it).
     """
 
@@ -280,7 +327,7 @@ def _services(settings: EnvSettings, hpas: Mapping[str, HPASpec]) -> list[Worklo
             Workload(
                 name,
                 name,
-                "services",
+                "scheduler" if name == "scheduler" else "services",
                 _numbered(name, range(1, n_slots + 1), {"http": port}),
                 # As a Deployment's `replicas` beside its HPA: the start count is the settings',
                 # and the autoscaler, when it runs, brings it within the bounds (a benchmark
@@ -408,6 +455,18 @@ def build(settings: EnvSettings, hpas: Mapping[str, HPASpec] | None = None) -> T
     return topo
 
 
+def waits_for(stage: str) -> set[str]:
+    """Every stage `stage` waits for, directly or through another (`STAGE_PREREQUISITES`)."""
+    out: set[str] = set()
+    todo = list(STAGE_PREREQUISITES[stage])
+    while todo:
+        dep = todo.pop()
+        if dep not in out:
+            out.add(dep)
+            todo += STAGE_PREREQUISITES[dep]
+    return out
+
+
 def check(topo: Topology) -> None:
     """Raise TopologyError when a bound, a dependency or a port contradicts the rest."""
     order = {s: i for i, s in enumerate(STAGES)}
@@ -434,7 +493,7 @@ def check(topo: Topology) -> None:
         for dep in w.depends_on:
             if dep not in by_name:
                 raise TopologyError(f"{w.name} depends on {dep!r}, which is not in the topology")
-            if order[by_name[dep].stage] >= order[w.stage]:
+            if by_name[dep].stage not in waits_for(w.stage):
                 raise TopologyError(f"{w.name} depends on {dep}, which does not start before it")
         for r in w.slots:
             for port in r.ports.values():

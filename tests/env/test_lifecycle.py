@@ -42,14 +42,16 @@ def test_a_component_that_cannot_start_is_named_and_everything_is_stopped(
         run_dir=Path(f"/var/tmp/cwh-test-{base}"),
         timeout_scale=env_settings.timeout_scale,
     )
-    # Redis starts after etcd, PostgreSQL, HAProxy and pgBouncer: take one of its ports once
-    # start-up is under way (taken before, the port check refuses to start at all: tested below).
+    # pgBouncer starts once etcd, PostgreSQL and HAProxy are ready (Redis, the exporters and
+    # the backup stanza meanwhile, side by side): take its port once start-up is under way
+    # (taken before, the port check refuses to start at all: tested below). Its failure must
+    # also stop what runs beside it.
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
     def take_port(event: str, status: dict) -> None:
         if event == "stage" and blocker.getsockname()[1] == 0:
-            blocker.bind(("127.0.0.1", settings.ports.redis(2)))
+            blocker.bind(("127.0.0.1", settings.ports.pgbouncer))
             blocker.listen()
 
     env = LocalEnvironment(settings, progress=take_port)
@@ -58,13 +60,14 @@ def test_a_component_that_cannot_start_is_named_and_everything_is_stopped(
         with pytest.raises(EnvironmentStartError) as info:
             env.up(timeout_s=120)
         err = info.value
-        assert err.component == "redis2"
-        assert err.log.endswith("logs/redis2.log")
+        assert err.component == "pgbouncer"
+        assert err.log.endswith("logs/pgbouncer.log")
         assert "Address already in use" in Path(err.log).read_text()
-        # Everything started before it (etcd, Patroni, postgres, HAProxy, pgBouncer) is gone.
+        # Everything started before it or beside it (etcd, Patroni, postgres, HAProxy, Redis,
+        # the exporters, ...) is gone.
         assert processes_of(settings.run_dir) == []
         assert env.supervisor_status() is None
-        assert blocker.getsockname()[1] == settings.ports.redis(2), "the port was taken"
+        assert blocker.getsockname()[1] == settings.ports.pgbouncer, "the port was taken"
     finally:
         blocker.close()
         env.reset()

@@ -3,6 +3,7 @@ of backup due, and the pgBackRest hosts' configs (`env/backup.py`)."""
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 from pathlib import Path
 
@@ -172,3 +173,22 @@ def test_the_backup_hosts_start_before_postgresql_and_only_with_backups(tmp_path
 def test_backup_settings_out_of_range_name_their_variable(tmp_path, field, value, names):
     with pytest.raises(SettingsError, match=names):
         EnvSettings(base_port=24000, run_dir=tmp_path, **{field: value})
+
+
+def test_a_stanza_create_that_meets_the_archive_lock_is_tried_again(tmp_path, monkeypatch):
+    """A new primary's archive pushes hold the stanza's lock now and then: [050], not a
+    failure of the start."""
+    from env import bootstrap
+
+    codes = [50, 50, 0]
+    monkeypatch.setattr(bootstrap, "STANZA_LOCK_RETRY_S", 0.0)
+
+    async def stanza_create(*_: object) -> int:
+        return codes.pop(0)
+
+    monkeypatch.setattr(bootstrap, "_stanza_create", stanza_create)
+    asyncio.run(bootstrap.create_backup_stanza(EnvSettings(run_dir=tmp_path), None))
+    assert codes == []
+    codes[:] = [50, 31]  # another error ends it at once
+    with pytest.raises(bootstrap.StartupError, match="exit code 31"):
+        asyncio.run(bootstrap.create_backup_stanza(EnvSettings(run_dir=tmp_path), None))

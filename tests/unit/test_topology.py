@@ -20,7 +20,8 @@ def specs() -> dict[str, hpa.HPASpec]:
 def test_the_default_environment_is_the_seeds_topology(specs):
     topo = topology.build(EnvSettings(), specs)
     stages = [s for s, _ in topo.stages()]
-    assert stages == list(STAGES)
+    # Every stage but those with only a check or a job to run (`Supervisor.define`).
+    assert stages == [s for s in STAGES if s not in ("sync_standby", "backup_stanza")]
     api, worker, hub = topo.workload("api"), topo.workload("worker"), topo.workload("hub")
     # The seed: API 3-10 on CPU, workers 3-20 on queue depth, PDB min available 2.
     assert (api.min_replicas, api.max_replicas, api.autoscaled) == (3, 10, True)
@@ -45,9 +46,12 @@ def test_every_port_is_one_the_port_check_knows(specs):
 def test_dependencies_start_first(specs):
     topo = topology.build(EnvSettings(), specs)
     started: set[str] = set()
-    for _, workloads in topo.stages():
+    for stage, workloads in topo.stages():
         for w in workloads:
             assert set(w.depends_on) <= started, (w.name, w.depends_on)
+            # Its dependencies' stages are ones its stage waits for, not merely earlier ones.
+            deps = {topo.workload(d).stage for d in w.depends_on}
+            assert deps <= topology.waits_for(stage), (w.name, deps)
         started |= {w.name for w in workloads}
 
 
@@ -83,6 +87,19 @@ def test_contradictions_are_refused(specs):
         topology.check(with_api(replace(api, min_available=4)))
     with pytest.raises(TopologyError, match="does not start before it"):
         topology.check(with_api(replace(api, depends_on=("worker",))))
+    # Earlier in STAGES is not enough: the stage must wait for it.
+    redis_exporter = topo.workload("redis-exporter")
+    with pytest.raises(TopologyError, match="redis depends on haproxy"):
+        topology.check(
+            replace(
+                topo,
+                workloads=tuple(
+                    replace(w, depends_on=("haproxy",)) if w.name == "redis" else w
+                    for w in topo.workloads
+                ),
+            )
+        )
+    assert "redis" in redis_exporter.depends_on
     with pytest.raises(TopologyError, match="not in the topology"):
         topology.check(with_api(replace(api, depends_on=("kafka",))))
     with pytest.raises(TopologyError, match="do not fit its 10 slots"):
