@@ -77,15 +77,23 @@ class PhoneStore:
 
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # WAL without a sync per commit: the outbox survives the phone app being killed (what
-        # offline-first needs); surviving power loss of the load generator does not matter, and
-        # an fsync per queued request made the phone a fifth as fast as a plain Locust user.
+        # WAL without a sync: the outbox survives the phone app being killed (each commit is
+        # written to the WAL, in the page cache, before the request goes out: what offline-first
+        # needs); surviving power loss of the load generator does not matter, and an fsync per
+        # queued request made the phone a fifth as fast as a plain Locust user. The file is this
+        # process's alone, so it holds its lock for good (EXCLUSIVE: no lock calls and no
+        # shared-memory index per commit), and the outbox is keyed by its key alone (WITHOUT
+        # ROWID: one b-tree, not a table and an index). Together: 20 -> 8 us of CPU per request
+        # queued and sent. The partial index finds a free identity without a scan of the used
+        # ones (quadratic over a ramp of 10,000 phones).
         self.db.executescript(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+            "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;"
             "CREATE TABLE IF NOT EXISTS identities (device_id TEXT PRIMARY KEY, platform TEXT,"
             " client_id TEXT, client_secret TEXT, in_use INTEGER DEFAULT 0);"
+            "CREATE INDEX IF NOT EXISTS free_identities ON identities (platform)"
+            " WHERE in_use = 0;"
             "CREATE TABLE IF NOT EXISTS outbox (key TEXT PRIMARY KEY, device_id TEXT,"
-            " body TEXT, queued_at REAL);"
+            " body TEXT, queued_at REAL) WITHOUT ROWID;"
             "UPDATE identities SET in_use = 0;"
         )
 
@@ -225,6 +233,9 @@ class PhoneUser(FastHttpUser):
         # says nothing of the system's time to result.
         self.offline_until = -1.0
         self.acked: dict[str, float] = {}  # request id -> monotonic time of the acknowledgement
+        # The same ids in a list, for read's random choice: a list of the dict's keys made on
+        # every read grew with the phone's age (O(acknowledged) per read).
+        self.acked_ids: list[str] = []
         self.notified: set[str] = set()
         # Sessions of the open model waiting for their result: request id -> its event.
         self.waiting: dict[str, gevent.event.Event] = {}
@@ -499,7 +510,9 @@ class PhoneUser(FastHttpUser):
                     rid = r.json()["request_id"]
                     outcome = "ok"
                     detail["request_id"] = rid
-                    self.acked.setdefault(rid, time.monotonic())
+                    if rid not in self.acked:
+                        self.acked[rid] = time.monotonic()
+                        self.acked_ids.append(rid)
                     r.success()
                 elif 400 <= r.status_code < 500:
                     outcome, error = "fail", f"{r.status_code}"  # certainly not created
@@ -560,7 +573,7 @@ class PhoneUser(FastHttpUser):
     def read(self) -> None:
         if self.offline or not self.acked:
             return
-        rid = self.rng.choice(list(self.acked))
+        rid = self.rng.choice(self.acked_ids)
         started, wall = time.monotonic(), time.time()
         for attempt in range(1 + TRANSPORT_RETRIES):
             with self.client.get(
@@ -571,10 +584,10 @@ class PhoneUser(FastHttpUser):
                     r.failure(str(r.status_code))
             if r.status_code != 0 or attempt == TRANSPORT_RETRIES:
                 break
-        if r.status_code == 404:
-            # The system says it never had it (lost in a restore): the app drops it, as a real
-            # one would, rather than ask again forever. Reconciliation counts it.
-            self.acked.pop(rid, None)
+        # 404: the system says it never had it (lost in a restore): the app drops it, as a real
+        # one would, rather than ask again forever. Reconciliation counts it.
+        if r.status_code == 404 and self.acked.pop(rid, None) is not None:
+            self.acked_ids.remove(rid)
         with _LOCK:
             LEDGER.append(
                 Operation(
