@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import socket
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ import uuid
 import weakref
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
@@ -31,6 +33,15 @@ from scenarios.arrivals import ArrivalSchedule, per_process_rate
 from scenarios.backoff import Backoff
 from scenarios.fleet_link import Link
 from scenarios.latency import LatencyRecorder, latency_kind
+from scenarios.sockets import (
+    bind_http_client,
+    close_idle_connections,
+    connect_from,
+    fds_needed,
+    parse_sources,
+    raise_fd_limit,
+    rotation,
+)
 from slo.ledger import Operation, Outcome
 
 #: Per process: every user of this worker records here; shipped every FLUSH_EVERY_S.
@@ -51,10 +62,20 @@ FLUSH_EVERY_S = 1.0
 #: Think times between a phone's actions (the benchmark idles phones with a long mean).
 THINK_MEAN_S = float(os.environ.get("CWH_THINK_MEAN_S", "2.0"))
 THINK_CAP_S = float(os.environ.get("CWH_THINK_CAP_S", "10.0"))
+#: How long the server keeps an idle HTTP connection (HAProxy's `timeout http-keep-alive`,
+#: env/configs.py): a phone about to think longer closes its own (scenarios/sockets.py).
+HTTP_KEEPALIVE_S = 10.0
 #: Open arrivals: sessions per second over the whole fleet (0: the closed model), split over
 #: CWH_WORKERS processes; a session not notified within SESSION_TIMEOUT_S counts as failed.
 ARRIVAL_RATE = float(os.environ.get("CWH_ARRIVAL_RATE", "0"))
 WORKERS = int(os.environ.get("CWH_WORKERS", "1"))
+#: The fleet's size (what this process's descriptor limit is raised for, with WORKERS).
+USERS = int(os.environ.get("CWH_USERS", "0") or 0)
+#: Local addresses the phones' connections leave from, in turn (CWH_SOURCE_ADDRESSES, comma-
+#: separated; none: the kernel's choice). One source address reaches one destination through
+#: at most the ephemeral port range's 28,232 connections: scenarios/sockets.py.
+SOURCES = parse_sources(os.environ.get("CWH_SOURCE_ADDRESSES", ""))
+_next_source = rotation(SOURCES)
 SESSION_TIMEOUT_S = 60.0
 #: The hub's close codes (reference_impl/hub.py): the socket's token expired (renew it), and
 #: "resume now" (more events than one replay held, or the phone fell behind).
@@ -222,7 +243,12 @@ class PhoneUser(FastHttpUser):
     ssl_context_factory = staticmethod(lambda: gevent.ssl.create_default_context(cafile=CA_FILE))
 
     def wait_time(self) -> float:  # type: ignore[override]
-        return think_time_s()
+        think_s = think_time_s()
+        if think_s > HTTP_KEEPALIVE_S:
+            # The server closes an idle connection meanwhile: close it now and free its
+            # descriptor, which the HTTP client would otherwise hold until the next request.
+            close_idle_connections(self.client, str(self.host))
+        return think_s
 
     # ---- set-up ----------------------------------------------------------------------------
 
@@ -245,6 +271,10 @@ class PhoneUser(FastHttpUser):
         self.token, self.token_expires = "", 0.0
         self.hub_cookie = ""
         self.ws: websocket.WebSocket | None = None
+        # Every connection of this phone leaves from one source address (HTTP and socket).
+        self.source = _next_source()
+        if self.source is not None:
+            bind_http_client(self.client, str(self.host), self.source)
         PHONES.add(self)
         start_background(self.environment)
         ident = store().take_identity(self.platform)
@@ -338,11 +368,13 @@ class PhoneUser(FastHttpUser):
         if self.hub_cookie:
             headers.append(f"Cookie: {self.hub_cookie}")  # stick to our hub
         try:
+            url = self.ws_url()
             ws = websocket.create_connection(
-                self.ws_url(),
+                url,
                 header=headers,
                 timeout=10,
                 sslopt={"ca_certs": CA_FILE} if CA_FILE else {},
+                socket=None if self.source is None else ws_socket(url, self.source, 10),
             )
             for name, value in (ws.getheaders() or {}).items():
                 if name.lower() == "set-cookie" and value.startswith("CWHUB="):
@@ -654,6 +686,33 @@ class PhoneUser(FastHttpUser):
         self.sync()
 
 
+_WS_TLS: gevent.ssl.SSLContext | None = None
+
+
+def ws_socket(url: str, source: str, timeout_s: float) -> socket.socket:
+    """The connected socket (TLS for wss://) a phone's WebSocket runs on, leaving from
+    `source`; websocket-client does the rest (the handshake, frames) on it, with its own socket
+    options."""
+    global _WS_TLS
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or ""
+    sock = connect_from(
+        source, host, parts.port or (443 if secure else 80), timeout_s,
+        websocket.DEFAULT_SOCKET_OPTION,
+    )  # fmt: skip
+    if not secure:
+        return sock
+    if _WS_TLS is None:
+        _WS_TLS = gevent.ssl.create_default_context(cafile=CA_FILE)
+    try:
+        tls: socket.socket = _WS_TLS.wrap_socket(sock, server_hostname=host)
+    except OSError:
+        sock.close()
+        raise
+    return tls
+
+
 #: How long a phone back online waits for its socket before it syncs anyway.
 RECONNECT_WAIT_S = 5.0
 
@@ -799,6 +858,13 @@ LINK = Link(_take, FLEET_DIR, lambda: quiesce())
 @events.init.add_listener
 def _on_init(environment: Any, **_: Any) -> None:
     LINK.attach(environment)
+    # Each process (the master and every worker: Locust forks before this event) for its share
+    # of the fleet.
+    # Phones that mostly think longer than the server's keep-alive hold their socket alone.
+    per_phone = 1 if THINK_MEAN_S > HTTP_KEEPALIVE_S else 2
+    limit = raise_fd_limit(fds_needed(USERS, WORKERS, per_phone))
+    log = logging.getLogger("cwh.fleet")
+    (log.info if limit.enough else log.warning)("pid %d: %s", os.getpid(), limit.describe())
 
 
 def write_records() -> None:
