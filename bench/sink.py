@@ -24,6 +24,7 @@ from aiohttp import web
 from scenarios.sockets import raise_fd_limit
 
 STARTED = time.monotonic()
+HEARTBEAT_S = web.AppKey("heartbeat_s", float)  # the period the phones are told to beat at
 LAST_PING: dict[int, float] = {}  # open socket -> monotonic time of its last heartbeat
 BY_SOURCE: collections.Counter[str] = collections.Counter()  # open sockets by source address
 COUNTS = {"http": 0, "ws_connects": 0, "pings": 0}
@@ -61,7 +62,7 @@ async def updates(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=4096)
     await ws.prepare(request)
     COUNTS["ws_connects"] += 1
-    heartbeat_s = request.app["heartbeat_s"]
+    heartbeat_s = request.app[HEARTBEAT_S]
     await ws.send_json({"type": "hello", "server": "sink", "heartbeat_s": heartbeat_s})
     key = id(ws)
     LAST_PING[key] = time.monotonic()  # connected counts as a first sign of life
@@ -80,7 +81,7 @@ async def updates(request: web.Request) -> web.WebSocketResponse:
 
 
 async def stats(request: web.Request) -> web.Response:
-    now, window = time.monotonic(), request.app["heartbeat_s"] * 1.5
+    now, window = time.monotonic(), request.app[HEARTBEAT_S] * 1.5
     return web.json_response(
         {
             "open_sockets": len(LAST_PING),
@@ -93,7 +94,7 @@ async def stats(request: web.Request) -> web.Response:
 
 def create_app(heartbeat_s: float) -> web.Application:
     app = web.Application()
-    app["heartbeat_s"] = heartbeat_s
+    app[HEARTBEAT_S] = heartbeat_s
     app.router.add_post("/v1/devices", register)
     app.router.add_post("/oauth/token", token)
     app.router.add_post("/v1/requests", submit)
@@ -113,7 +114,7 @@ async def serve(port: int, admin_port: int, heartbeat_s: float) -> None:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, reuse_port=True, backlog=4096).start()
     admin = web.Application()
-    admin["heartbeat_s"] = heartbeat_s
+    admin[HEARTBEAT_S] = heartbeat_s
     admin.router.add_get("/stats", stats)
     admin_runner = web.AppRunner(admin, access_log=None)
     await admin_runner.setup()
