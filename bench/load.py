@@ -251,7 +251,7 @@ LIVE_COLUMNS = ("s", "live", "open", "beats", "gen CPU %", "gen MB", "gen fds", 
 def live_table(s: Sample, phones: int, workers: int, sources: int) -> Table:
     table = Table(
         title=f"connected phones: aim {phones}, goal {PHONES_GOAL} "
-        f"({workers} generator processes, {sources} source addresses)"
+        f"({workers} generator processes, {sources} source address(es))"
     )
     for name in LIVE_COLUMNS:
         table.add_column(name)

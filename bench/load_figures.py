@@ -250,7 +250,7 @@ def report_lines(tp: dict[str, Any] | None, conn: dict[str, Any] | None, hb: flo
         hold = conn["hold"] or {}
         lines += [
             f"Connected phones (aimed at {conn['goal']}, {conn['workers']} generator processes, "
-            f"{len(conn['sources'])} source addresses {', '.join(conn['sources'])}, "
+            f"{len(conn['sources'])} source address(es) {', '.join(conn['sources'])}, "
             f"{conn['sinks']} sink processes, heartbeat every {hb:g} s): "
             f"**{conn['max_live_phones']}** at most with heartbeats flowing, counted by the sink "
             f"(goal {PHONES_GOAL}); aim reached at {conn['reached_goal_at_s']} s, held "
