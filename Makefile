@@ -88,10 +88,14 @@ bench-api: deps
 	@$(PY) -m bench.api
 
 # The load generator itself against a trivial sink: our phone's requests per core against a plain
-# FastHttpUser (ratio), and the most connected phones one machine holds (goal PHONES).
-PHONES ?= 10000
+# FastHttpUser (goal 0.7), then PHONES connected phones with heartbeats over two generator
+# processes and loopback source addresses (goal 20,000), with memory per phone and CPU per 1,000
+# heartbeats/s; exit 1 when a goal is missed. LOAD_PORT: the sinks' port (their admin ports are
+# the next two; default CWH_BENCH_PORT or 21500).
+PHONES ?= 20000
+LOAD_PORT ?=
 bench-load: deps
-	@$(PY) -m bench.load --phones $(PHONES)
+	@$(PY) -m bench.load --phones $(PHONES) $(if $(LOAD_PORT),--port $(LOAD_PORT))
 
 # The fault proxy with no toxic against a direct connection, same run: round trips/s of small
 # messages, bulk MB/s, connections/s, each a ratio beside the goal 0.8 (exit 1 when missed);

@@ -13,16 +13,17 @@ import json
 import logging
 import os
 import random
+import socket
 import sqlite3
-import threading
 import time
-import uuid
 import weakref
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
+import gevent.monkey
 import gevent.ssl
 import websocket
 from locust import FastHttpUser, events, task
@@ -31,12 +32,34 @@ from scenarios.arrivals import ArrivalSchedule, per_process_rate
 from scenarios.backoff import Backoff
 from scenarios.fleet_link import Link
 from scenarios.latency import LatencyRecorder, latency_kind
+from scenarios.sockets import (
+    bind_http_client,
+    close_idle_connections,
+    connect_from,
+    fds_needed,
+    parse_sources,
+    raise_fd_limit,
+    rotation,
+)
 from slo.ledger import Operation, Outcome
 
 #: Per process: every user of this worker records here; shipped every FLUSH_EVERY_S.
 LEDGER: list[Operation] = []
 LATENCY = LatencyRecorder()
-_LOCK = threading.Lock()
+#: The OS's lock, not gevent's patched one (a Python-level lock, ~1 % of a flat-out phone's CPU):
+#: no greenlet switches while holding it (an append, a slice), so no greenlet ever waits on it.
+_LOCK = gevent.monkey.get_original("_thread", "allocate_lock")()
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as 32 hex digits, as `uuid.uuid4().hex` makes it, at a quarter
+    of its cost (it builds a UUID object and its integer first): ids and idempotency keys are
+    made for every operation."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # the version
+    b[8] = (b[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return b.hex()
+
 
 FLEET_DIR = Path(os.environ.get("CWH_FLEET_DIR", "."))
 CA_FILE = os.environ.get("CWH_CA_FILE") or None
@@ -51,10 +74,20 @@ FLUSH_EVERY_S = 1.0
 #: Think times between a phone's actions (the benchmark idles phones with a long mean).
 THINK_MEAN_S = float(os.environ.get("CWH_THINK_MEAN_S", "2.0"))
 THINK_CAP_S = float(os.environ.get("CWH_THINK_CAP_S", "10.0"))
+#: How long the server keeps an idle HTTP connection (HAProxy's `timeout http-keep-alive`,
+#: env/configs.py): a phone about to think longer closes its own (scenarios/sockets.py).
+HTTP_KEEPALIVE_S = 10.0
 #: Open arrivals: sessions per second over the whole fleet (0: the closed model), split over
 #: CWH_WORKERS processes; a session not notified within SESSION_TIMEOUT_S counts as failed.
 ARRIVAL_RATE = float(os.environ.get("CWH_ARRIVAL_RATE", "0"))
 WORKERS = int(os.environ.get("CWH_WORKERS", "1"))
+#: The fleet's size (what this process's descriptor limit is raised for, with WORKERS).
+USERS = int(os.environ.get("CWH_USERS", "0") or 0)
+#: Local addresses the phones' connections leave from, in turn (CWH_SOURCE_ADDRESSES, comma-
+#: separated; none: the kernel's choice). One source address reaches one destination through
+#: at most the ephemeral port range's 28,232 connections: scenarios/sockets.py.
+SOURCES = parse_sources(os.environ.get("CWH_SOURCE_ADDRESSES", ""))
+_next_source = rotation(SOURCES)
 SESSION_TIMEOUT_S = 60.0
 #: The hub's close codes (reference_impl/hub.py): the socket's token expired (renew it), and
 #: "resume now" (more events than one replay held, or the phone fell behind).
@@ -77,15 +110,23 @@ class PhoneStore:
 
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # WAL without a sync per commit: the outbox survives the phone app being killed (what
-        # offline-first needs); surviving power loss of the load generator does not matter, and
-        # an fsync per queued request made the phone a fifth as fast as a plain Locust user.
+        # WAL without a sync: the outbox survives the phone app being killed (each commit is
+        # written to the WAL, in the page cache, before the request goes out: what offline-first
+        # needs); surviving power loss of the load generator does not matter, and an fsync per
+        # queued request made the phone a fifth as fast as a plain Locust user. The file is this
+        # process's alone, so it holds its lock for good (EXCLUSIVE: no lock calls and no
+        # shared-memory index per commit), and the outbox is keyed by its key alone (WITHOUT
+        # ROWID: one b-tree, not a table and an index). Together: 20 -> 8 us of CPU per request
+        # queued and sent. The partial index finds a free identity without a scan of the used
+        # ones (quadratic over a ramp of 10,000 phones).
         self.db.executescript(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+            "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;"
             "CREATE TABLE IF NOT EXISTS identities (device_id TEXT PRIMARY KEY, platform TEXT,"
             " client_id TEXT, client_secret TEXT, in_use INTEGER DEFAULT 0);"
+            "CREATE INDEX IF NOT EXISTS free_identities ON identities (platform)"
+            " WHERE in_use = 0;"
             "CREATE TABLE IF NOT EXISTS outbox (key TEXT PRIMARY KEY, device_id TEXT,"
-            " body TEXT, queued_at REAL);"
+            " body TEXT, queued_at REAL) WITHOUT ROWID;"
             "UPDATE identities SET in_use = 0;"
         )
 
@@ -214,7 +255,12 @@ class PhoneUser(FastHttpUser):
     ssl_context_factory = staticmethod(lambda: gevent.ssl.create_default_context(cafile=CA_FILE))
 
     def wait_time(self) -> float:  # type: ignore[override]
-        return think_time_s()
+        think_s = think_time_s()
+        if think_s > HTTP_KEEPALIVE_S:
+            # The server closes an idle connection meanwhile: close it now and free its
+            # descriptor, which the HTTP client would otherwise hold until the next request.
+            close_idle_connections(self.client, str(self.host))
+        return think_s
 
     # ---- set-up ----------------------------------------------------------------------------
 
@@ -225,6 +271,9 @@ class PhoneUser(FastHttpUser):
         # says nothing of the system's time to result.
         self.offline_until = -1.0
         self.acked: dict[str, float] = {}  # request id -> monotonic time of the acknowledgement
+        # The same ids in a list, for read's random choice: a list of the dict's keys made on
+        # every read grew with the phone's age (O(acknowledged) per read).
+        self.acked_ids: list[str] = []
         self.notified: set[str] = set()
         # Sessions of the open model waiting for their result: request id -> its event.
         self.waiting: dict[str, gevent.event.Event] = {}
@@ -234,6 +283,10 @@ class PhoneUser(FastHttpUser):
         self.token, self.token_expires = "", 0.0
         self.hub_cookie = ""
         self.ws: websocket.WebSocket | None = None
+        # Every connection of this phone leaves from one source address (HTTP and socket).
+        self.source = _next_source()
+        if self.source is not None:
+            bind_http_client(self.client, str(self.host), self.source)
         PHONES.add(self)
         start_background(self.environment)
         ident = store().take_identity(self.platform)
@@ -316,9 +369,7 @@ class PhoneUser(FastHttpUser):
         server: str | None,
         error: str | None = None,
     ) -> None:
-        op = Operation(
-            uuid.uuid4().hex, "connect", started, time.monotonic(), wall, outcome, server, error
-        )
+        op = Operation(new_id(), "connect", started, time.monotonic(), wall, outcome, server, error)
         record(self.environment, op, "WS", "connect")
 
     def ws_connect(self) -> None:
@@ -327,11 +378,13 @@ class PhoneUser(FastHttpUser):
         if self.hub_cookie:
             headers.append(f"Cookie: {self.hub_cookie}")  # stick to our hub
         try:
+            url = self.ws_url()
             ws = websocket.create_connection(
-                self.ws_url(),
+                url,
                 header=headers,
                 timeout=10,
                 sslopt={"ca_certs": CA_FILE} if CA_FILE else {},
+                socket=None if self.source is None else ws_socket(url, self.source, 10),
             )
             for name, value in (ws.getheaders() or {}).items():
                 if name.lower() == "set-cookie" and value.startswith("CWHUB="):
@@ -499,7 +552,9 @@ class PhoneUser(FastHttpUser):
                     rid = r.json()["request_id"]
                     outcome = "ok"
                     detail["request_id"] = rid
-                    self.acked.setdefault(rid, time.monotonic())
+                    if rid not in self.acked:
+                        self.acked[rid] = time.monotonic()
+                        self.acked_ids.append(rid)
                     r.success()
                 elif 400 <= r.status_code < 500:
                     outcome, error = "fail", f"{r.status_code}"  # certainly not created
@@ -516,7 +571,7 @@ class PhoneUser(FastHttpUser):
         with _LOCK:
             LEDGER.append(
                 Operation(
-                    uuid.uuid4().hex,
+                    new_id(),
                     "submit",
                     started,
                     completed,
@@ -545,7 +600,7 @@ class PhoneUser(FastHttpUser):
         return rid
 
     def submit(self) -> None:
-        key = uuid.uuid4().hex
+        key = new_id()
         body = {
             "provider": self.rng.choice(["sharepoint", "gdrive"]),
             "document": self.rng.choice(DOCUMENTS),
@@ -560,7 +615,7 @@ class PhoneUser(FastHttpUser):
     def read(self) -> None:
         if self.offline or not self.acked:
             return
-        rid = self.rng.choice(list(self.acked))
+        rid = self.rng.choice(self.acked_ids)
         started, wall = time.monotonic(), time.time()
         for attempt in range(1 + TRANSPORT_RETRIES):
             with self.client.get(
@@ -571,14 +626,14 @@ class PhoneUser(FastHttpUser):
                     r.failure(str(r.status_code))
             if r.status_code != 0 or attempt == TRANSPORT_RETRIES:
                 break
-        if r.status_code == 404:
-            # The system says it never had it (lost in a restore): the app drops it, as a real
-            # one would, rather than ask again forever. Reconciliation counts it.
-            self.acked.pop(rid, None)
+        # 404: the system says it never had it (lost in a restore): the app drops it, as a real
+        # one would, rather than ask again forever. Reconciliation counts it.
+        if r.status_code == 404 and self.acked.pop(rid, None) is not None:
+            self.acked_ids.remove(rid)
         with _LOCK:
             LEDGER.append(
                 Operation(
-                    uuid.uuid4().hex,
+                    new_id(),
                     "read",
                     started,
                     time.monotonic(),
@@ -604,9 +659,7 @@ class PhoneUser(FastHttpUser):
             else:
                 outcome, body = "ok", r.json()
         with _LOCK:
-            LEDGER.append(
-                Operation(uuid.uuid4().hex, "sync", started, time.monotonic(), wall, outcome)
-            )
+            LEDGER.append(Operation(new_id(), "sync", started, time.monotonic(), wall, outcome))
         for event in body.get("events", []):
             self.on_event(event, "sync")
         self.cursor = body.get("next_cursor", self.cursor)
@@ -619,7 +672,7 @@ class PhoneUser(FastHttpUser):
         self.drop_socket()
         gevent.sleep(self.rng.uniform(5, min(15, self.background_limit_s)))
         for _ in range(self.rng.randint(1, 3)):
-            key = uuid.uuid4().hex
+            key = new_id()
             store().queue(
                 self.ident["device_id"],
                 key,
@@ -639,6 +692,33 @@ class PhoneUser(FastHttpUser):
         while self.ws is None and time.monotonic() < deadline:
             gevent.sleep(0.1)
         self.sync()
+
+
+_WS_TLS: gevent.ssl.SSLContext | None = None
+
+
+def ws_socket(url: str, source: str, timeout_s: float) -> socket.socket:
+    """The connected socket (TLS for wss://) a phone's WebSocket runs on, leaving from
+    `source`; websocket-client does the rest (the handshake, frames) on it, with its own socket
+    options."""
+    global _WS_TLS
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or ""
+    sock = connect_from(
+        source, host, parts.port or (443 if secure else 80), timeout_s,
+        websocket.DEFAULT_SOCKET_OPTION,
+    )  # fmt: skip
+    if not secure:
+        return sock
+    if _WS_TLS is None:
+        _WS_TLS = gevent.ssl.create_default_context(cafile=CA_FILE)
+    try:
+        tls: socket.socket = _WS_TLS.wrap_socket(sock, server_hostname=host)
+    except OSError:
+        sock.close()
+        raise
+    return tls
 
 
 #: How long a phone back online waits for its socket before it syncs anyway.
@@ -687,7 +767,7 @@ class ArrivalPhone(PhoneUser):
         intended = schedule().take()
         gevent.sleep(max(0.0, intended - time.monotonic()))
         started, wall = time.monotonic(), time.time()
-        key = uuid.uuid4().hex
+        key = new_id()
         body = {
             "provider": self.rng.choice(["sharepoint", "gdrive"]),
             "document": self.rng.choice(DOCUMENTS),
@@ -786,6 +866,13 @@ LINK = Link(_take, FLEET_DIR, lambda: quiesce())
 @events.init.add_listener
 def _on_init(environment: Any, **_: Any) -> None:
     LINK.attach(environment)
+    # Each process (the master and every worker: Locust forks before this event) for its share
+    # of the fleet.
+    # Phones that mostly think longer than the server's keep-alive hold their socket alone.
+    per_phone = 1 if THINK_MEAN_S > HTTP_KEEPALIVE_S else 2
+    limit = raise_fd_limit(fds_needed(USERS, WORKERS, per_phone))
+    log = logging.getLogger("cwh.fleet")
+    (log.info if limit.enough else log.warning)("pid %d: %s", os.getpid(), limit.describe())
 
 
 def write_records() -> None:
@@ -821,7 +908,7 @@ def _storm_watch(environment: Any) -> None:
     with _LOCK:
         LEDGER.append(
             Operation(
-                uuid.uuid4().hex,
+                new_id(),
                 "storm",
                 now,
                 now,
