@@ -154,12 +154,15 @@ chaos-stop: deps
 # Each failover experiment REPEATS times with jittered timing, on an environment of its own:
 # p50 / p95 / max of RTO per path and of RPO (reports/<UTC>-bench-chaos/).
 # SOAK=30m: then a no-fault soak that long under a fleet and NOISE busy processes (default 1),
-# counting spurious failovers (goal: none).
+# counting spurious failovers (goal: none). FAILOVER=fast: the environment runs with the fast
+# failure-detection timings (env/failover_timing.py); standard is the default.
 REPEATS ?= 3
 SOAK ?= 0
+FAILOVER ?= standard
 bench-chaos: NOISE ?= 1
 bench-chaos: deps
-	@$(PY) -m bench.chaos --repeats $(REPEATS) --soak $(SOAK) --noise $(NOISE)
+	@$(PY) -m bench.chaos --repeats $(REPEATS) --soak $(SOAK) --noise $(NOISE) \
+		--failover $(FAILOVER)
 
 # The API's HPA over REPEATS ramps: time to scale and time to drain beside the bounds its spec
 # implies (reports/<UTC>-bench-scale/). SPECS=fast shortens the scale-down window to 20 s.

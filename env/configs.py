@@ -17,6 +17,7 @@ import yaml
 
 from env import backup, network
 from env.etcd import ROOT_USER as ETCD_ROOT_USER
+from env.failover_timing import SLOWEST, FailoverTiming
 from env.layout import Layout
 from env.probes import RedisCredentials
 from env.secrets import Secrets
@@ -25,24 +26,22 @@ from reference_impl.stores import NOTIFY_CHANNEL
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
-#: Patroni's timing, chosen for fast failover (see README, "Failover time").
-#: Patroni requires loop_wait + 2 * retry_timeout <= ttl.
-PATRONI_TTL_S = 10
-PATRONI_LOOP_WAIT_S = 2
-PATRONI_RETRY_TIMEOUT_S = 4
-#: HAProxy's checks of Patroni's REST API on the write and read paths.
-HAPROXY_PG_CHECK_INTER_S = 1
-HAPROXY_PG_FALL = 2
-HAPROXY_PG_RISE = 1
+#: The failure-detection timings of the slowest profile (`env/failover_timing.py`): what every
+#: wait for a failover is bounded by, whatever `CWH_FAILOVER` an environment runs with. The
+#: configurations below render `settings.timing`, the environment's own profile.
+PATRONI_TTL_S = SLOWEST.ttl_s
+PATRONI_LOOP_WAIT_S = SLOWEST.loop_wait_s
+PATRONI_RETRY_TIMEOUT_S = SLOWEST.retry_timeout_s
+HAPROXY_PG_CHECK_INTER_S = SLOWEST.haproxy_inter_s
+HAPROXY_PG_FALL = SLOWEST.haproxy_fall
+HAPROXY_PG_RISE = SLOWEST.haproxy_rise
 #: The HTTPS frontend's checks of API and hub servers: the seed's "health checks every 5 s".
 HAPROXY_HTTP_CHECK_INTER_S = 5
 #: Slots for run-time servers behind the HTTPS frontend (server-template).
 HAPROXY_API_SLOTS = 10
 HAPROXY_HUB_SLOTS = 6
-REDIS_NODE_TIMEOUT_MS = 2000
-#: pgBouncer's wait before it tries a server again after a failed login or connection (a write
-#: path whose new primary is not up yet).
-PGBOUNCER_SERVER_LOGIN_RETRY_S = 1
+REDIS_NODE_TIMEOUT_MS = SLOWEST.redis_node_timeout_ms
+PGBOUNCER_SERVER_LOGIN_RETRY_S = SLOWEST.pgbouncer_login_retry_s
 #: TLS everywhere inside the environment: the same floor as the HTTPS frontend's.
 TLS_MIN_VERSION = "TLSv1.3"
 
@@ -76,7 +75,7 @@ REDIS_EXPORTER_COMMANDS = (
 PATRONI_REST_USER = "cwh"
 
 
-def worst_case_failover_s() -> float:
+def worst_case_failover_s(timing: FailoverTiming = SLOWEST) -> float:
     """Worst-case time from losing the primary node to writes flowing through HAProxy again.
 
     The leader key may have just been renewed when the node dies (ttl), replicas may have just
@@ -84,9 +83,8 @@ def worst_case_failover_s() -> float:
     `inter` to mark the new primary up.
     """
     promote_s = 1.0
-    return (
-        PATRONI_TTL_S + PATRONI_LOOP_WAIT_S + promote_s + HAPROXY_PG_RISE * HAPROXY_PG_CHECK_INTER_S
-    )
+    t = timing
+    return t.ttl_s + t.loop_wait_s + promote_s + t.haproxy_rise * t.haproxy_inter_s
 
 
 def cluster_name(settings: EnvSettings) -> str:
@@ -161,9 +159,7 @@ def patroni_config(
         },
         "bootstrap": {
             "dcs": {
-                "ttl": PATRONI_TTL_S,
-                "loop_wait": PATRONI_LOOP_WAIT_S,
-                "retry_timeout": PATRONI_RETRY_TIMEOUT_S,
+                **settings.timing.patroni_dynamic,
                 "maximum_lag_on_failover": 1048576,
                 # 0: a crashed primary fails over to its synchronous standby (which has every
                 # acknowledged commit) instead of being restarted in place for up to 300 s.
@@ -395,8 +391,9 @@ def haproxy_rate_tables() -> str:
 def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> str:
     """HAProxy 2.6: PostgreSQL write and read paths, the HTTPS frontend, stats and metrics."""
     ports = settings.ports
+    t = settings.timing
     pg_check = (
-        f"inter {HAPROXY_PG_CHECK_INTER_S}s fall {HAPROXY_PG_FALL} rise {HAPROXY_PG_RISE} "
+        f"inter {t.haproxy_inter_ms}ms fall {t.haproxy_fall} rise {t.haproxy_rise} "
         "on-marked-down shutdown-sessions"
     )
     http_check = (
@@ -614,7 +611,7 @@ reserve_pool_size = 10
 server_lifetime = 300
 server_idle_timeout = 30
 server_connect_timeout = 3
-server_login_retry = {PGBOUNCER_SERVER_LOGIN_RETRY_S}
+server_login_retry = {settings.timing.pgbouncer_login_retry_s:g}
 query_wait_timeout = 30
 ignore_startup_parameters = extra_float_digits,options
 logfile =
@@ -669,7 +666,7 @@ daemonize no
 dir {d}
 cluster-enabled yes
 cluster-config-file nodes.conf
-{announce}cluster-node-timeout {REDIS_NODE_TIMEOUT_MS}
+{announce}cluster-node-timeout {settings.timing.redis_node_timeout_ms}
 cluster-replica-validity-factor 0
 cluster-require-full-coverage no
 appendonly yes

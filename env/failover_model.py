@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from env import configs
+from env.failover_timing import STANDARD, FailoverTiming
 from reference_impl.stores import REDIS_COOLDOWN_S
 
 #: How long a promotion takes once a member has decided to promote (pg_ctl promote, the
@@ -44,11 +44,6 @@ DEMOTE_S = 1.0
 CLIENT_RETRY_S = 1.0
 #: Redis Cluster's replica election delay: 500 ms fixed + up to 500 ms random + rank x 1 s.
 REDIS_ELECTION_DELAY_S = 1.0
-#: A node pings each peer at least every half node timeout: the first unanswered ping after
-#: the kill may leave that long after it, and the timeout counts from that ping.
-REDIS_PING_PHASE_S = configs.REDIS_NODE_TIMEOUT_MS / 1000 / 2
-#: The failure report's spread through gossip, the same half timeout.
-REDIS_GOSSIP_S = configs.REDIS_NODE_TIMEOUT_MS / 1000 / 2
 
 
 @dataclass(frozen=True)
@@ -77,19 +72,23 @@ class Bound:
         return f"{parts} = {self.seconds:g} s"
 
 
-def _haproxy_up() -> Term:
-    return Term("rise x inter", configs.HAPROXY_PG_RISE * configs.HAPROXY_PG_CHECK_INTER_S)
+def _haproxy_up(t: FailoverTiming) -> Term:
+    return Term("rise x inter", t.haproxy_rise * t.haproxy_inter_s)
 
 
 def _retry() -> Term:
     return Term("phone retry", CLIENT_RETRY_S)
 
 
-def _redis_failover() -> tuple[Term, ...]:
+def _redis_failover(t: FailoverTiming) -> tuple[Term, ...]:
+    timeout_s = t.redis_node_timeout_ms / 1000
     return (
-        Term("ping phase", REDIS_PING_PHASE_S),
-        Term("cluster-node-timeout", configs.REDIS_NODE_TIMEOUT_MS / 1000),
-        Term("gossip", REDIS_GOSSIP_S),
+        # A node pings each peer at least every half node timeout: the first unanswered ping
+        # after the kill may leave that long after it, and the timeout counts from that ping.
+        Term("ping phase", timeout_s / 2),
+        Term("cluster-node-timeout", timeout_s),
+        # The failure report's spread through gossip, the same half timeout.
+        Term("gossip", timeout_s / 2),
         Term("election delay", REDIS_ELECTION_DELAY_S),
         # The services' breaker on the dead master lets a trial call through this often.
         Term("breaker cooldown", REDIS_COOLDOWN_S),
@@ -97,30 +96,31 @@ def _redis_failover() -> tuple[Term, ...]:
     )
 
 
-def _pgbouncer_retry() -> Term:
+def _pgbouncer_retry(t: FailoverTiming) -> Term:
     """Writes go through pgBouncer, which waits this long before it tries a server again."""
-    return Term("server_login_retry", configs.PGBOUNCER_SERVER_LOGIN_RETRY_S)
+    return Term("server_login_retry", t.pgbouncer_login_retry_s)
 
 
-def bounds() -> dict[str, dict[str, Bound]]:
-    """experiment -> path -> its predicted bound, for the paths the experiment interrupts."""
-    loop = Term("loop_wait", configs.PATRONI_LOOP_WAIT_S)
+def bounds(t: FailoverTiming = STANDARD) -> dict[str, dict[str, Bound]]:
+    """experiment -> path -> its predicted bound under timings `t`, for the paths the
+    experiment interrupts."""
+    loop = Term("loop_wait", t.loop_wait_s)
     node_loss = Bound(
         "pg-lose-primary-node",
         "write",
         (
-            Term("ttl", configs.PATRONI_TTL_S),
+            Term("ttl", t.ttl_s),
             loop,
             Term("promote", PROMOTE_S),
-            _haproxy_up(),
-            _pgbouncer_retry(),
+            _haproxy_up(t),
+            _pgbouncer_retry(t),
             _retry(),
         ),
     )
     crash = Bound(
         "pg-kill-primary",
         "write",
-        (loop, Term("promote", PROMOTE_S), _haproxy_up(), _pgbouncer_retry(), _retry()),
+        (loop, Term("promote", PROMOTE_S), _haproxy_up(t), _pgbouncer_retry(t), _retry()),
     )
     switchover = Bound(
         "pg-switchover",
@@ -130,10 +130,9 @@ def bounds() -> dict[str, dict[str, Bound]]:
             Term("promote", PROMOTE_S),
             Term(
                 "max(fall, rise) x inter",
-                max(configs.HAPROXY_PG_FALL, configs.HAPROXY_PG_RISE)
-                * configs.HAPROXY_PG_CHECK_INTER_S,
+                max(t.haproxy_fall, t.haproxy_rise) * t.haproxy_inter_s,
             ),
-            _pgbouncer_retry(),
+            _pgbouncer_retry(t),
             _retry(),
         ),
     )
@@ -141,7 +140,7 @@ def bounds() -> dict[str, dict[str, Bound]]:
         b.experiment: {b.path: b} for b in (node_loss, crash, switchover)
     }
     out["redis-kill-master"] = {
-        path: Bound("redis-kill-master", path, _redis_failover())
+        path: Bound("redis-kill-master", path, _redis_failover(t))
         for path in ("write", "notification")
     }
     return out

@@ -18,7 +18,6 @@ takes writes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import socket
@@ -31,7 +30,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from env import configs, probes
+from env import configs, patroni_api, probes
 from env.files import write_file
 from env.layout import Layout
 from env.secrets import Secrets
@@ -351,23 +350,10 @@ async def promoted(settings: EnvSettings, secrets: Secrets, tls: ssl.SSLContext)
 
 
 async def _patch_config(ports: list[int], secrets: Secrets, change: dict[str, Any]) -> None:
-    """PATCH the cluster's dynamic configuration through the first Patroni that answers."""
-    # Basic auth by hand: aiohttp deprecates its BasicAuth helper.
-    user = base64.b64encode(f"{configs.PATRONI_REST_USER}:{secrets.patroni_rest}".encode())
-    headers = {"Authorization": f"Basic {user.decode()}"}
-    last = ""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        for port in ports:
-            try:
-                async with http.patch(
-                    f"http://127.0.0.1:{port}/config", json=change, headers=headers
-                ) as resp:
-                    if resp.status == 200:
-                        return
-                    last = f"{resp.status} {await resp.text()}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                last = repr(exc)
-    raise RegionError(f"Patroni refused the change {change}: {last}")
+    try:
+        await patroni_api.patch_config(ports, secrets, change)
+    except patroni_api.PatroniConfigError as exc:
+        raise RegionError(str(exc)) from None
 
 
 def failed_over_marker(layout: Layout) -> Path:

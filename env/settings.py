@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from env.failover_timing import PROFILES, FailoverTiming
+
 #: Ports used above `base_port`. Redis Cluster also uses each node's port + 10000 for its bus.
 PORT_SPAN = 200
 PREFIX = "CWH_"
@@ -205,6 +207,10 @@ class EnvSettings:
         pg_sync_strict: Patroni's `synchronous_mode_strict`: the primary refuses to commit without a
             synchronous standby. Off by default (the seed's topology), which is what lets cascading
             failures lose acknowledged writes: the harness must be able to show that.
+        failover: the failure-detection timings (`env/failover_timing.py`): `standard` or
+            `fast` (Patroni ttl 5 s, HAProxy checks every 0.5 s, Redis node timeout 1 s).
+            Faster detection risks spurious failovers on a loaded machine; `make bench-chaos`
+            measures both sides.
         scrape_interval_s: Prometheus scrape and evaluation interval, in seconds.
         pg_os_user: the account PostgreSQL, Patroni and pgBouncer run as (they refuse root).
         service_os_user: the unprivileged account every other component runs as when the
@@ -287,6 +293,7 @@ class EnvSettings:
     redis_masters: int = 3
     redis_replicas_per_master: int = 1
     pg_sync_strict: bool = False
+    failover: str = "standard"
     scrape_interval_s: float = 2.0
     pg_os_user: str = "postgres"
     service_os_user: str = "cwh"
@@ -327,6 +334,8 @@ class EnvSettings:
                 f"{PREFIX}BASE_PORT={self.base_port}: must be between 1024 and "
                 f"{65535 - 10000 - PORT_SPAN} (Redis Cluster uses port + 10000 for its bus)"
             )
+        if self.failover not in PROFILES:
+            raise SettingsError(f"{PREFIX}FAILOVER={self.failover!r}: one of {', '.join(PROFILES)}")
         if self.timeout_scale <= 0:
             raise SettingsError(f"{PREFIX}TIMEOUT_SCALE={self.timeout_scale}: must be > 0")
         if not 1 <= self.pg_members <= 9:
@@ -465,6 +474,11 @@ class EnvSettings:
         return Path(self.standby_source_dir or f"/var/tmp/cwh-{self.standby_of}")
 
     @property
+    def timing(self) -> FailoverTiming:
+        """The failure-detection timings of `failover`."""
+        return PROFILES[self.failover]
+
+    @property
     def ports(self) -> Ports:
         return Ports(self.base_port)
 
@@ -571,6 +585,7 @@ class EnvSettings:
                 str(get("REDIS_REPLICAS_PER_MASTER", int, cls.redis_replicas_per_master))
             ),
             pg_sync_strict=bool(get("PG_SYNC_STRICT", bool, cls.pg_sync_strict)),
+            failover=str(get("FAILOVER", str, cls.failover)),
             scrape_interval_s=float(str(get("SCRAPE_INTERVAL_S", float, cls.scrape_interval_s))),
             pg_os_user=str(get("PG_OS_USER", str, cls.pg_os_user)),
             service_os_user=str(get("SERVICE_OS_USER", str, cls.service_os_user)),

@@ -43,6 +43,7 @@ from env import (
     images,
     liveness,
     network,
+    patroni_api,
     probes,
     readiness,
     region,
@@ -600,6 +601,15 @@ class Supervisor:
         if stage == "postgresql" and not s.standby:  # a standby's database is a copy
             patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
             await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
+            # A cluster created under another CWH_FAILOVER keeps that profile's timings in etcd.
+            try:
+                changed = await patroni_api.apply_timing(s.timing, patroni_ports, secrets)
+            except patroni_api.PatroniConfigError as exc:
+                raise bootstrap.StartupError(
+                    "patroni", self.layout.log("pg0"), f"its timings: {exc}"
+                ) from None
+            if changed:
+                log.info("Patroni's timings set to the %s profile's: %s", s.failover, changed)
         if stage == "backup_stanza":
             await bootstrap.create_backup_stanza(self.settings, self.run_as.python)
         if stage == "faultproxy" and s.standby:

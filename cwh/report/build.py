@@ -129,27 +129,23 @@ def _utc_full(t: float) -> str:
 
 
 def local_settings() -> list[tuple[str, str]]:
-    """What shapes recovery in the local environment: Patroni's timings, HAProxy's checks, the
-    failover bound they promise, Redis's node timeout and the HPA specs."""
+    """What shapes recovery in the local environment: its failure-detection timings (the
+    profile `CWH_FAILOVER` names where the report is written), HAProxy's HTTP checks, the
+    failover bound they promise and the HPA specs."""
     from env import configs
+    from env.settings import EnvSettings, SettingsError
 
+    try:
+        timing = EnvSettings.from_environ().timing
+    except SettingsError as exc:
+        return [("settings", f"not readable: {exc}")]
     out = [
-        (
-            "Patroni",
-            f"ttl {configs.PATRONI_TTL_S} s, loop_wait {configs.PATRONI_LOOP_WAIT_S} s, "
-            f"retry_timeout {configs.PATRONI_RETRY_TIMEOUT_S} s",
-        ),
-        (
-            "HAProxy checks",
-            f"PostgreSQL inter {configs.HAPROXY_PG_CHECK_INTER_S} s fall "
-            f"{configs.HAPROXY_PG_FALL} rise {configs.HAPROXY_PG_RISE}; HTTP inter "
-            f"{configs.HAPROXY_HTTP_CHECK_INTER_S} s",
-        ),
+        *timing.rows(),
+        ("HAProxy HTTP checks", f"inter {configs.HAPROXY_HTTP_CHECK_INTER_S} s"),
         (
             "failover bound",
-            f"{configs.worst_case_failover_s():g} s (ttl + loop_wait + 1 + rise * inter)",
+            f"{configs.worst_case_failover_s(timing):g} s (ttl + loop_wait + 1 + rise * inter)",
         ),
-        ("Redis cluster-node-timeout", f"{configs.REDIS_NODE_TIMEOUT_MS} ms"),
     ]
     try:
         from env import hpa

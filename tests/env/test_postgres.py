@@ -119,3 +119,32 @@ def test_heartbeat_lag_seen_by_the_application_under_one_second(local_env: Local
             )
             worst = max(worst, time.monotonic() - written)
     assert worst < 1.0, f"application-visible lag {worst:.3f} s"
+
+
+def test_a_cluster_created_under_another_failover_profile_takes_the_environments(
+    local_env: LocalEnvironment,
+):
+    """The cluster keeps its Patroni timings in etcd, so `up` must write the profile's over
+    whatever it was created with (`CWH_FAILOVER` changed between two `up`s)."""
+    import asyncio
+
+    from env import patroni_api
+    from env.failover_timing import PROFILES
+    from env.secrets import Secrets
+
+    settings = local_env.settings
+    ports = [settings.ports.patroni(m) for m in range(settings.pg_members)]
+    secrets = Secrets.load(local_env.layout.secrets)
+    other = next(t for name, t in PROFILES.items() if name != settings.failover)
+    try:
+        asyncio.run(patroni_api.patch_config(ports, secrets, other.patroni_dynamic))
+        before = asyncio.run(patroni_api.dynamic_config(ports))
+        assert before["ttl"] == other.ttl_s  # the DCS really held the other profile's
+        changed = asyncio.run(patroni_api.apply_timing(settings.timing, ports, secrets))
+        assert changed == settings.timing.patroni_dynamic
+        after = asyncio.run(patroni_api.dynamic_config(ports))
+        assert {k: after[k] for k in changed} == settings.timing.patroni_dynamic
+        # Applied once, nothing is left to change.
+        assert asyncio.run(patroni_api.apply_timing(settings.timing, ports, secrets)) == {}
+    finally:
+        asyncio.run(patroni_api.patch_config(ports, secrets, settings.timing.patroni_dynamic))

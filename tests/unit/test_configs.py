@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from env import configs
+from env.failover_timing import PROFILES
 from env.layout import Layout
 from env.process import wait_until
 from env.secrets import Secrets, ensure_environment_tls
@@ -50,8 +52,10 @@ def test_patroni_config_is_synchronous_and_fast(rendered):
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (make deps)")
-def test_haproxy_accepts_its_config(rendered):
+@pytest.mark.parametrize("failover", sorted(PROFILES))
+def test_haproxy_accepts_its_config(rendered, failover: str):
     settings, layout, secrets = rendered
+    settings = dataclasses.replace(settings, failover=failover)  # its checks' timing
     cfg = layout.haproxy_dir / "haproxy.cfg"
     cfg.write_text(configs.haproxy_config(settings, layout, secrets))
     result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
