@@ -301,8 +301,12 @@ def run_connected(sinks: Sinks, work: Path, plan: ConnectedPlan) -> list[Sample]
         with Live(console=console, refresh_per_second=2) as live:
             while proc.poll() is None and time.monotonic() - t0 < secs + 60:
                 time.sleep(2)  # the sampling period of the series, not a synchronisation
-                stats = sinks.stats() or {}
+                stats = sinks.stats()
                 u = usage.sample()
+                if stats is None:
+                    # The sinks' admin did not answer in time (a loaded machine): no sample,
+                    # rather than a zero that would split the hold window.
+                    continue
                 series.append(
                     Sample(
                         t_s=round(time.monotonic() - t0, 1),

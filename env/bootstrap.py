@@ -5,6 +5,7 @@ Helm hook) does once after the stores start, and what later starts find already 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import time
@@ -29,12 +30,35 @@ class StartupError(RuntimeError):
         self.reason = reason
 
 
+async def _wait_or_kill(proc: asyncio.subprocess.Process, timeout_s: float) -> int:
+    """The job's exit code. Killed and reaped when the wait times out or the start is cancelled
+    (a sibling stage failed, `down`): left running, it would hold its lock or go on forming a
+    cluster nobody waits for."""
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout_s)
+    except (TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+
+
 async def create_redis_cluster(
     settings: EnvSettings, ports: list[int], creds: probes.RedisCredentials
 ) -> None:
     """`redis-cli --cluster create` over the nodes, unless an earlier start formed it already."""
     info, _ = await probes.redis_cluster_view(ports[:1], creds)
-    if info.get("cluster_known_nodes") != "1" or info.get("cluster_slots_assigned") != "0":
+    log_path = Layout(settings.run_dir).log("redis-cluster-create")
+    assigned = info.get("cluster_slots_assigned")
+    if assigned is not None and assigned not in ("0", "16384"):
+        # A create stopped half-way (a start cancelled meanwhile): no create can finish it.
+        raise StartupError(
+            "redis-cluster-create",
+            log_path,
+            f"a half-formed cluster ({assigned} of 16384 slots assigned): `cwh env reset` "
+            "makes it again",
+        )
+    if info.get("cluster_known_nodes") != "1" or assigned != "0":
         return  # formed at an earlier start
     replicas = str(settings.redis_replicas_per_master)
     argv = [
@@ -48,7 +72,6 @@ async def create_redis_cluster(
         "--cluster-yes",
         *("--tls", "--cacert", creds.ca_file, "--user", creds.username),
     ]
-    log_path = Layout(settings.run_dir).log("redis-cluster-create")
     with open(log_path, "ab") as logf:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -58,7 +81,10 @@ async def create_redis_cluster(
             # The password through the environment: a command line is visible to `ps`.
             env={**os.environ, "REDISCLI_AUTH": creds.password},
         )
-        code = await asyncio.wait_for(proc.wait(), settings.timeout(60))
+        try:
+            code = await _wait_or_kill(proc, settings.timeout(60))
+        except TimeoutError:
+            raise StartupError("redis-cluster-create", log_path, "no answer in 60 s") from None
     if code != 0:
         raise StartupError("redis-cluster-create", log_path, f"exit code {code}")
 
@@ -128,8 +154,8 @@ async def _stanza_create(
             extra_groups=[] if repo_user else None,
         )
         try:
-            return await asyncio.wait_for(proc.wait(), max(timeout_s, 1.0))
-        except TimeoutError:
-            proc.kill()  # it would hold the stanza's lock
-            await proc.wait()
-            raise StartupError("backup-stanza-create", log_path, "no answer in 120 s") from None
+            return await _wait_or_kill(proc, max(timeout_s, 1.0))
+        except TimeoutError:  # it was killed: it would have held the stanza's lock
+            raise StartupError(
+                "backup-stanza-create", log_path, f"no answer in {max(timeout_s, 1.0):.0f} s"
+            ) from None

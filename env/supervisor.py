@@ -76,7 +76,7 @@ BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 60.0
 #: How often a starting stage's readiness is asked: often in its first seconds, when most
 #: stages become ready (each poll is a connection or two), less after.
-READY_POLL_FIRST_S = 0.05
+READY_POLL_FIRST_S = 0.1
 READY_POLL_FIRST_FOR_S = 2.0
 READY_POLL_S = 0.2
 #: How often a starting API or hub replica is asked whether it may join the load balancer.
@@ -526,6 +526,8 @@ class Supervisor:
 
         async def run(stage: str) -> None:
             nonlocal promoted
+            if self.stopping:  # the start is being cancelled: begin no stage more
+                return
             comps = stages[stage]
             if stage in topology.SERVICE_STAGES and s.standby:
                 # Asked once for every service stage: they all start, or none does.
@@ -936,9 +938,15 @@ async def run(settings: EnvSettings) -> int:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.ports.supervisor)
     await site.start()
-    sup.starting = asyncio.create_task(sup.start_all(), name="start")
+    if sup.stopping:
+        # Stopped (SIGTERM, `down`) before the start began: start nothing, or it would all run
+        # on with nobody to stop it.
+        log.info("stopped before start-up")
+    else:
+        sup.starting = asyncio.create_task(sup.start_all(), name="start")
     try:
-        await sup.starting
+        if sup.starting is not None:
+            await sup.starting
     except asyncio.CancelledError:
         if not sup.stopping:
             raise

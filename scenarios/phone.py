@@ -36,6 +36,7 @@ from scenarios.sockets import (
     bind_http_client,
     close_idle_connections,
     connect_from,
+    descriptors_per_phone,
     fds_needed,
     parse_sources,
     raise_fd_limit,
@@ -868,8 +869,8 @@ def _on_init(environment: Any, **_: Any) -> None:
     LINK.attach(environment)
     # Each process (the master and every worker: Locust forks before this event) for its share
     # of the fleet.
-    # Phones that mostly think longer than the server's keep-alive hold their socket alone.
-    per_phone = 1 if THINK_MEAN_S > HTTP_KEEPALIVE_S else 2
+    # Phones about to think longer than the server's keep-alive hold their socket alone.
+    per_phone = descriptors_per_phone(THINK_MEAN_S, THINK_CAP_S, HTTP_KEEPALIVE_S)
     limit = raise_fd_limit(fds_needed(USERS, WORKERS, per_phone))
     log = logging.getLogger("cwh.fleet")
     (log.info if limit.enough else log.warning)("pid %d: %s", os.getpid(), limit.describe())

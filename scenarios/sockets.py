@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import math
 import resource
 import socket
 from collections.abc import Callable, Iterator
@@ -154,11 +155,23 @@ def close_idle_connections(session: Any, base_url: str) -> int:
 # ---- descriptors -------------------------------------------------------------------------------
 
 
-def fds_needed(phones: int, processes: int = 1, per_phone: int = 2) -> int:
+def fds_needed(phones: int, processes: int = 1, per_phone: float = 2) -> int:
     """Descriptors one of `processes` processes needs for its share of `phones`, holding
     `per_phone` each (2: a socket and an HTTP connection; 1: the socket, idle phones closing
-    their connections), and SPARE_FDS."""
-    return -(-phones // max(1, processes)) * per_phone + SPARE_FDS
+    their connections; between: `descriptors_per_phone`), and SPARE_FDS."""
+    return math.ceil(-(-phones // max(1, processes)) * per_phone) + SPARE_FDS
+
+
+def descriptors_per_phone(think_mean_s: float, think_cap_s: float, keepalive_s: float) -> float:
+    """What a phone holds on average, with a margin: its socket, and its HTTP connection unless
+    it is about to think longer than the server keeps an idle one (it closes it then). Think
+    times are exponential with `think_mean_s`, drawn again above `think_cap_s`; the share of
+    them no longer than `keepalive_s` keep their connection, plus 5 % for requests in flight."""
+    if think_mean_s <= 0 or think_cap_s <= keepalive_s:
+        return 2.0  # no think outlasts the keep-alive: every phone keeps its connection
+    drawn = 1 - math.exp(-think_cap_s / think_mean_s)
+    short = (1 - math.exp(-keepalive_s / think_mean_s)) / drawn
+    return 1 + min(1.0, short + 0.05)
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,15 @@ def test_an_http_client_binds_and_drops_its_idle_connections() -> None:
         session.client.close()
         server.stop()
         gevent.sleep(0)
+
+
+def test_a_phone_is_budgeted_its_connection_unless_most_thinks_outlast_the_keepalive():
+    from scenarios.sockets import descriptors_per_phone
+
+    # The default fleet (mean 2 s, cap 10 s): no think outlasts a 10 s keep-alive.
+    assert descriptors_per_phone(2.0, 10.0, 10.0) == 2.0
+    # A mean just over the keep-alive: about half the thinks are shorter and keep it.
+    assert 1.5 < descriptors_per_phone(15.0, 60.0, 10.0) < 2.0
+    # bench-load's idle phones (mean 600 s): nearly all close it, a margin stays.
+    assert 1.05 < descriptors_per_phone(600.0, 6000.0, 10.0) < 1.1
+    assert fds_needed(20_000, 2, per_phone=1.07) == 10_700 + SPARE_FDS

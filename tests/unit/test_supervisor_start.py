@@ -107,3 +107,20 @@ def test_stopping_during_start_up_cancels_it_and_starts_nothing_more(tmp_path, m
     asyncio.run(asyncio.wait_for(scenario(), 10))
     assert sorted(events) == ["cancelled etcd", "cancelled redis", "start etcd", "start redis"]
     assert sup.phase == "stopping"
+
+
+def test_a_start_that_begins_after_a_stop_starts_no_stage(tmp_path, monkeypatch):
+    """A stop (SIGTERM, `down`) can land before the start task runs: nothing may start then,
+    for nobody would be left to stop it."""
+
+    async def work(stage: str) -> None:
+        return None
+
+    sup, events = recording_supervisor(tmp_path, monkeypatch, work)
+
+    async def scenario() -> None:
+        await sup.shutdown()
+        await sup.start_all()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert events == []
