@@ -86,6 +86,8 @@ SETTLE_S = 5.0
 #: and its length (`contract.RESUME_PATTERN` says the same to clients).
 TOKEN_MAX_IDS = contract.RESUME_MAX_IDS
 TOKEN_MAX_CHARS = contract.RESUME_MAX_LENGTH
+#: How long the database pool may take to close gracefully at shutdown before it is cut.
+POOL_CLOSE_S = 2.0
 CLOSE_DEADLINE_S = 2.0  # a peer that has not taken our close frame and answered by then is cut
 TOKEN_LEEWAY_S = LEEWAY_S  # what TokenIssuer.verify allows past `exp`
 CLOSE_TOKEN_EXPIRED = 4001
@@ -849,14 +851,34 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
     # Should the listener end anyway, the hub is deaf: supervise stops the process.
     listener = observability.supervise(app, listen(app), "pubsub-listener")
     yield
+    # Every step is bounded: a process told to stop must stop, whatever its peers do.
+    began = time.monotonic()
     listener.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await listener
+        await listener  # its own close of the pub/sub connection is bounded
     tasks: set[asyncio.Task[None]] = app[TASKS]
     for task in list(tasks):  # closes still running: each has its own deadline
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await app[POOL].close()
+    stopped = time.monotonic()
+    pool = app[POOL]
+    try:
+        # A graceful close waits for each connection's Terminate to be answered, with no
+        # deadline of its own (through pgBouncer and HAProxy on a loaded machine, or a server
+        # that went away): past this, the connections are cut.
+        async with asyncio.timeout(POOL_CLOSE_S):
+            await pool.close()
+    except TimeoutError:
+        log.warning("the database pool did not close in %.0f s: its connections cut", POOL_CLOSE_S)
+        pool.terminate()
+    took = time.monotonic() - began
+    if took > 1:
+        log.info(
+            "cleanup took %.2f s (listener and tasks %.2f s, pool %.2f s)",
+            took,
+            stopped - began,
+            time.monotonic() - stopped,
+        )
 
 
 async def _going_away(app: web.Application) -> None:
