@@ -158,7 +158,7 @@ chaos-stop: deps
 # failure-detection timings (env/failover_timing.py); standard is the default.
 REPEATS ?= 3
 SOAK ?= 0
-FAILOVER ?= standard
+FAILOVER ?= $(or $(CWH_FAILOVER),standard)
 bench-chaos: NOISE ?= 1
 bench-chaos: deps
 	@$(PY) -m bench.chaos --repeats $(REPEATS) --soak $(SOAK) --noise $(NOISE) \

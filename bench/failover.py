@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--kills must be between 1 and 20")
     console = Console()
     base = int(os.environ.get("CWH_BENCH_BASE_PORT", "21000"))
-    settings = EnvSettings(base_port=base, run_dir=Path(f"/var/tmp/cwh-bench-{base}"))
+    settings = EnvSettings(
+        base_port=base,
+        run_dir=Path(f"/var/tmp/cwh-bench-{base}"),
+        failover=os.environ.get("CWH_FAILOVER") or "standard",
+    )
     env = LocalEnvironment(settings)
     env.reset()
     results: list[dict[str, Any]] = []
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                     progress.advance(task)
     table = Table(
         title=f"PostgreSQL failover, {args.kills} kills each, {args.rate:g} writes/s "
-        f"(promised worst case {worst_case_failover_s():.0f} s)"
+        f"(promised worst case {worst_case_failover_s(settings.timing):g} s, "
+        f"{settings.failover} profile)"
     )
     table.add_column("fault")
     for col in ("RTO min s", "median s", "max s", "acked", "lost", "info"):

@@ -392,6 +392,7 @@ def haproxy_config(settings: EnvSettings, layout: Layout, secrets: Secrets) -> s
     """HAProxy 2.6: PostgreSQL write and read paths, the HTTPS frontend, stats and metrics."""
     ports = settings.ports
     t = settings.timing
+    pg_check_timeout = f"{t.haproxy_inter_ms}ms"
     pg_check = (
         f"inter {t.haproxy_inter_ms}ms fall {t.haproxy_fall} rise {t.haproxy_rise} "
         "on-marked-down shutdown-sessions"
@@ -453,6 +454,8 @@ listen pg_write
     # 60 s, replication streams for ever): TCP paths are not held to the HTTP deadlines.
     timeout client 1h
     timeout server 1h
+    # A check's answer is awaited one interval, as the failover model counts it.
+    timeout check {pg_check_timeout}
     option httpchk GET /primary
     http-check expect status 200
     default-server {pg_check}
@@ -464,6 +467,7 @@ listen pg_read
     bind {bind}:{ports.haproxy_read}
     timeout client 1h
     timeout server 1h
+    timeout check {pg_check_timeout}
     balance roundrobin
     option httpchk GET {read_check}
     http-check expect status 200

@@ -33,6 +33,11 @@ class Layout:
         return self.run_dir / "runtime"
 
     @property
+    def failover_record(self) -> Path:
+        """The failover profile `up` started the environment with, until `down`."""
+        return self.run_dir / "failover"
+
+    @property
     def dockerd_started(self) -> Path:
         """Present when this environment's `up` started the Docker engine (`down` stops it)."""
         return self.run_dir / "dockerd-started"

@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from env import backup, etcd, network, region
 from env.configs import PATRONI_REST_USER
+from env.failover_timing import PROFILES
 from env.files import ensure_run_dir
 from env.layout import Layout
 from env.process import (
@@ -121,17 +122,22 @@ class EnvironmentStartError(RuntimeError):
 
 
 def adopt_runtime(settings: EnvSettings, layout: Layout) -> EnvSettings:
-    """`settings` with the runtime the run directory records (what `up` started, until `down`
-    removed it), whatever the caller's `CWH_RUNTIME` says: a status, a `down` or an experiment
-    that took the other runtime would number pids wrongly and leave containers behind."""
-    try:
+    """`settings` with the runtime and the failover profile the run directory records (what
+    `up` started, until `down` removed it), whatever the caller's `CWH_RUNTIME` and
+    `CWH_FAILOVER` say: a status, a `down` or an experiment that took the other runtime would
+    number pids wrongly and leave containers behind, and a restore or a report that took the
+    other profile would configure or describe timings the environment does not run with."""
+    runtime, failover = settings.runtime, settings.failover
+    with contextlib.suppress(OSError):
         recorded = layout.runtime_record.read_text().strip()
-    except OSError:
+        # Only the runtime: backups (and the rest) are what was asked, on either runtime.
+        runtime = recorded if recorded in RUNTIMES else runtime
+    with contextlib.suppress(OSError):
+        profile = layout.failover_record.read_text().strip()
+        failover = profile if profile in PROFILES else failover
+    if (runtime, failover) == (settings.runtime, settings.failover):
         return settings
-    if recorded == settings.runtime or recorded not in RUNTIMES:
-        return settings
-    # Only the runtime: backups (and the rest) are what was asked, on either runtime.
-    return dataclasses.replace(settings, runtime=recorded)
+    return dataclasses.replace(settings, runtime=runtime, failover=failover)
 
 
 class LocalEnvironment:
@@ -345,6 +351,18 @@ class LocalEnvironment:
             )
         self._preflight()
         status = self.supervisor_status()
+        running = status is not None and status.get("phase") != "stopping"
+        if running and self.settings.failover != self.requested.failover:
+            raise EnvironmentStartError(
+                "failover",
+                "",
+                f"the environment in {self.settings.run_dir} runs with the "
+                f"{self.settings.failover} failover profile, not {self.requested.failover}: "
+                "bring it down first (cwh env down); its data is kept, and the next up writes "
+                "the new profile's timings into the cluster",
+            )
+        if not running:
+            self.settings = dataclasses.replace(self.settings, failover=self.requested.failover)
         if self.settings.runtime != self.requested.runtime:
             if status is not None and status.get("phase") != "stopping":
                 raise EnvironmentStartError(
@@ -461,6 +479,7 @@ class LocalEnvironment:
             self.layout.startup_error.unlink()
         env = {**os.environ, **self.settings.to_environ(), MARKER: str(self.settings.run_dir)}
         self.layout.runtime_record.write_text(self.settings.runtime + "\n")
+        self.layout.failover_record.write_text(self.settings.failover + "\n")
         # The supervisor imports this project: make sure it can, installed or not.
         project_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
@@ -518,6 +537,7 @@ class LocalEnvironment:
         with contextlib.suppress(FileNotFoundError):
             self.layout.supervisor_pid.unlink()
         self.layout.runtime_record.unlink(missing_ok=True)
+        self.layout.failover_record.unlink(missing_ok=True)
         if self._supervisor_proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._supervisor_proc.wait(timeout=5)

@@ -390,6 +390,8 @@ async def _collect(settings: EnvSettings, sup: dict[str, Any] | None) -> dict[st
         "run_dir": str(settings.run_dir),
         "base_port": settings.base_port,
         "runtime": settings.runtime,
+        # The failure-detection profile it runs with (env/failover_timing.py).
+        "failover": (sup or {}).get("failover", settings.failover),
         "healthy": bool(sup) and pg_sync_ok and all(r["healthy"] for r in rows),
         "pg_sync_standby": sync_standbys[0]["component"] if sync_standbys else None,
         "redis_cluster_state": info.get("cluster_state"),

@@ -492,6 +492,8 @@ class Supervisor:
         """Start every stage as soon as the stages it waits for are ready
         (`topology.STAGE_PREREQUISITES`), several at once; the first that fails ends the start,
         the others cancelled (their processes stay for `shutdown` to stop)."""
+        if self.stopping:  # stopped before the start began: nothing may start
+            return
         if network.containers(self.settings):
             await self.open_containers()
         secrets = self.prepare()
@@ -526,8 +528,6 @@ class Supervisor:
 
         async def run(stage: str) -> None:
             nonlocal promoted
-            if self.stopping:  # the start is being cancelled: begin no stage more
-                return
             comps = stages[stage]
             if stage in topology.SERVICE_STAGES and s.standby:
                 # Asked once for every service stage: they all start, or none does.
@@ -600,10 +600,12 @@ class Supervisor:
         finally:
             for task in joins:
                 task.cancel()
-        if stage == "postgresql" and not s.standby:  # a standby's database is a copy
+        if stage == "postgresql":
             patroni_ports = [ports.patroni(m) for m in range(s.pg_members)]
-            await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
-            # A cluster created under another CWH_FAILOVER keeps that profile's timings in etcd.
+            if not s.standby:  # a standby's database is a copy
+                await bootstrap.create_app_database(self.settings, secrets, patroni_ports, tls)
+            # A cluster created under another CWH_FAILOVER keeps that profile's timings in etcd
+            # (a standby region's too: its own etcd).
             try:
                 changed = await patroni_api.apply_timing(s.timing, patroni_ports, secrets)
             except patroni_api.PatroniConfigError as exc:
@@ -906,6 +908,7 @@ class Supervisor:
             "run_dir": str(self.settings.run_dir),
             "base_port": self.settings.base_port,
             "runtime": self.settings.runtime,
+            "failover": self.settings.failover,
             "components": [c.describe() for c in self.components.values()],
             **self.privileges(),
         }

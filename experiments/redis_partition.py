@@ -42,7 +42,6 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from env import containers
-from env.configs import REDIS_NODE_TIMEOUT_MS
 from env.local import LocalEnvironment
 from env.process import DeadlineExceeded, wait_until
 from env.state import EnvStatus
@@ -438,7 +437,7 @@ def measure_redis_partition(
         "hash_tag": tag,
         "slot": slot,
         "rate_per_s": rate_per_s,
-        "cluster_node_timeout_s": REDIS_NODE_TIMEOUT_MS / 1000,
+        "cluster_node_timeout_s": env.settings.timing.redis_node_timeout_ms / 1000,
         "promoted": watch.promoted,
         "slot_owner_during_cut": slot_owner,
         "role_after": nodes.role(name),

@@ -66,7 +66,7 @@ def make_report(folder: Path, prometheus_url: str = "") -> Report:
     problems: list[str] = []
     if kind == "bench-chaos":
         data = build.read_json(folder / "bench-chaos.json", problems) or {}
-        return build.bench_chaos_report(folder, data, build.bound_for)
+        return build.bench_chaos_report(folder, data, build.model_bound_for(data.get("failover")))
     if kind == "bench-failover":
         from env.configs import worst_case_failover_s
 

@@ -130,15 +130,19 @@ def _utc_full(t: float) -> str:
 
 def local_settings() -> list[tuple[str, str]]:
     """What shapes recovery in the local environment: its failure-detection timings (the
-    profile `CWH_FAILOVER` names where the report is written), HAProxy's HTTP checks, the
-    failover bound they promise and the HPA specs."""
+    profile the environment at `CWH_BASE_PORT` runs with, else the one `CWH_FAILOVER` names),
+    HAProxy's HTTP checks, the failover bound they promise and the HPA specs."""
     from env import configs
+    from env.failover_timing import STANDARD
+    from env.layout import Layout
+    from env.local import adopt_runtime
     from env.settings import EnvSettings, SettingsError
 
     try:
-        timing = EnvSettings.from_environ().timing
-    except SettingsError as exc:
-        return [("settings", f"not readable: {exc}")]
+        settings = EnvSettings.from_environ()
+        timing = adopt_runtime(settings, Layout(settings.run_dir)).timing
+    except SettingsError:  # the profile is all it needs: the default's, rather than no row
+        timing = STANDARD
     out = [
         *timing.rows(),
         ("HAProxy HTTP checks", f"inter {configs.HAPROXY_HTTP_CHECK_INTER_S} s"),
@@ -478,6 +482,9 @@ def bench_chaos_report(
         )
     r = _bench_verdict(f"Chaos benchmark {folder.name}", "bench-chaos", dists, rows)
     r.distributions = dists
+    timing = data.get("timing")
+    if isinstance(timing, Mapping):  # the failover profile the trials ran with
+        r.settings = [(str(k), str(v)) for k, v in timing.items()]
     r.lead.append(("Trials", _plain_table(("experiment", "trials", "failed", "lost"), rows)))
     return r
 
@@ -538,6 +545,21 @@ def bound_for(experiment: str, path: str) -> float | None:
 
         return worst_case_failover_s()
     return None
+
+
+def model_bound_for(profile: object) -> Callable[[str, str], float | None]:
+    """The config-to-RTO model's bound (env/failover_model.py) under the failover profile a
+    bench-chaos run recorded (`standard` when it recorded none: runs from before profiles)."""
+    from env import failover_model
+    from env.failover_timing import PROFILES, STANDARD
+
+    bounds = failover_model.bounds(PROFILES.get(str(profile), STANDARD))
+
+    def bound(experiment: str, path: str) -> float | None:
+        b = bounds.get(experiment, {}).get(path)
+        return None if b is None else b.seconds
+
+    return bound
 
 
 __all__ = ["FaultWindow", "read_run", "run_report"]

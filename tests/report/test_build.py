@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cwh.report import make_report, write_html
-from env.configs import worst_case_failover_s
+from env import failover_model
+from env.failover_timing import PROFILES
 from tests.report.runs import NO_PROMETHEUS, fault_pairs, ledger_span, run_folder
 
 CWH = str(Path(sys.executable).with_name("cwh"))
@@ -90,7 +93,7 @@ def test_a_planned_game_day_shows_its_resilience_score(tmp_path):
     )
 
 
-def _bench_chaos(folder: Path, write_rtos: list[float]) -> None:
+def _bench_chaos(folder: Path, write_rtos: list[float], failover: str = "standard") -> None:
     runs = [
         {
             "experiment": "pg-kill-primary",
@@ -105,20 +108,24 @@ def _bench_chaos(folder: Path, write_rtos: list[float]) -> None:
         for i, rto in enumerate(write_rtos)
     ]
     runs.append({"experiment": "redis-kill-master", "repeat": 1, "code": 1, "chaos": None})
-    (folder / "bench-chaos.json").write_text(json.dumps({"runs": runs, "summary": {}}))
+    timing = dict(PROFILES[failover].rows())
+    data = {"failover": failover, "timing": timing, "runs": runs, "summary": {}}
+    (folder / "bench-chaos.json").write_text(json.dumps(data))
 
 
-def test_bench_chaos_distributions_against_the_failover_bound(tmp_path):
+@pytest.mark.parametrize("failover", ["standard", "fast"])
+def test_bench_chaos_distributions_against_the_failover_bound(tmp_path, failover: str):
+    """Each trial against the config-to-RTO model's bound under the profile the run recorded."""
     folder = tmp_path / "20261202T060000Z-bench-chaos"
     folder.mkdir()
-    bound = worst_case_failover_s()
-    _bench_chaos(folder, [3.0, 5.5, bound + 6])
+    bound = failover_model.bounds(PROFILES[failover])["pg-kill-primary"]["write"].seconds
+    _bench_chaos(folder, [3.0, 3.5, bound + 6], failover)
     report = make_report(folder)
     assert report.verdict == "fail"
     write = next(d for d in report.distributions if d.label == "RTO write")
     assert (write.group, write.values, write.bound) == (
         "pg-kill-primary",
-        (3.0, 5.5, bound + 6),
+        (3.0, 3.5, bound + 6),
         bound,
     )
     assert next(d for d in report.distributions if d.label == "RTO read").bound is None
@@ -129,7 +136,9 @@ def test_bench_chaos_distributions_against_the_failover_bound(tmp_path):
     assert "redis-kill-master: 1 failed run(s), 0 lost" in report.reasons
     html = write_html(folder).read_text()
     assert html.count('class="trial"') == 3 + 3 + 3  # write, read and RPO of three trials
-    assert html.count('class="bound"') == 1
+    # The model bounds the crash's write path and the Redis master loss's write and notification.
+    assert html.count('class="bound"') == 3
+    assert ("failover profile", failover) in report.settings
 
 
 def test_bench_failover_page(tmp_path):

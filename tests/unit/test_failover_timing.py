@@ -26,7 +26,7 @@ def test_the_waits_use_the_slowest_profile_and_the_default_is_standard():
     for t in PROFILES.values():
         assert configs.worst_case_failover_s(t) <= configs.worst_case_failover_s()
         assert t.redis_node_timeout_ms <= configs.REDIS_NODE_TIMEOUT_MS
-    assert SLOWEST.ttl_s == configs.PATRONI_TTL_S
+    assert SLOWEST == STANDARD  # until a slower profile exists, the waits are the default's
 
 
 def test_an_unknown_profile_is_refused_by_name():
@@ -35,16 +35,23 @@ def test_an_unknown_profile_is_refused_by_name():
     assert EnvSettings.from_environ({"CWH_FAILOVER": "fast"}).failover == "fast"
 
 
-def test_the_fast_profile_brings_every_goal_within_its_bound():
-    """Its bounds are what #17's p95 goals need, up to the steps no setting shortens (the
-    promotion, the phone's retry after a 503)."""
+def test_the_fast_profile_lowers_every_goals_bound_toward_the_goal():
+    """Each #17 goal's bound, standard -> fast: crash 6 -> 4 s (goal 3), node loss 16 -> 9 s
+    (goal 8), Redis 8 -> 6 s (goal 2). What remains above a goal is steps no timing here
+    shortens: the promotion, the phone's next attempt, the services' breaker cooldown; the
+    measured p95 is what the goal is about (`make bench-chaos FAILOVER=fast`)."""
     fast, std = failover_model.bounds(PROFILES["fast"]), failover_model.bounds(STANDARD)
-    for experiment, path in failover_model.GOALS_P95_S:
-        assert fast[experiment][path].seconds < std[experiment][path].seconds
+    seconds = {
+        key: (std[key[0]][key[1]].seconds, fast[key[0]][key[1]].seconds)
+        for key in failover_model.GOALS_P95_S
+    }
+    assert seconds == {
+        ("pg-kill-primary", "write"): (6.0, 4.0),
+        ("pg-lose-primary-node", "write"): (16.0, 9.0),
+        ("redis-kill-master", "notification"): (8.0, 6.0),
+    }
     node = fast["pg-lose-primary-node"]["write"]
     assert node.formula().startswith("ttl 5 + loop_wait 1 + promote 1 + rise x inter 0.5")
-    crash = fast["pg-kill-primary"]["write"]
-    assert crash.seconds == 1 + 1 + 0.5 + 0.5 + failover_model.CLIENT_RETRY_S
 
 
 @pytest.fixture
@@ -64,3 +71,17 @@ def test_the_fast_profile_is_what_each_component_is_configured_with(fast_rendere
     assert "inter 500ms fall 2 rise 1" in configs.haproxy_config(settings, layout, secrets)
     assert "server_login_retry = 0.5\n" in configs.pgbouncer_config(settings, layout)
     assert "cluster-node-timeout 1000\n" in configs.redis_config(settings, layout, secrets, 0)
+
+
+def test_the_environment_keeps_the_profile_it_was_started_with(tmp_path: Path):
+    """A status, a restore or a report from a shell with another CWH_FAILOVER describes and
+    configures the timings the environment runs with: the run directory's record wins."""
+    from env.local import adopt_runtime
+
+    layout = Layout(tmp_path)
+    asked = EnvSettings(base_port=23000, run_dir=tmp_path)
+    assert adopt_runtime(asked, layout).failover == "standard"  # nothing recorded
+    layout.failover_record.write_text("fast\n")
+    assert adopt_runtime(asked, layout).failover == "fast"
+    layout.failover_record.write_text("bogus\n")  # a record no profile matches is ignored
+    assert adopt_runtime(asked, layout).failover == "standard"

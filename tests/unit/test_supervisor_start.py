@@ -124,3 +124,4 @@ def test_a_start_that_begins_after_a_stop_starts_no_stage(tmp_path, monkeypatch)
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
     assert events == []
+    assert sup.phase == "stopping"  # not "ready": nothing runs
