@@ -62,7 +62,7 @@ class FailoverTiming:
         }
 
     def rows(self) -> list[tuple[str, str]]:
-        """(setting, value) for reports and status."""
+        """(setting, value) for reports (run reports, bench-chaos.json)."""
         return [
             ("failover profile", self.name),
             (
