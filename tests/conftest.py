@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return 1 if item.get_closest_marker("teardown") is not None else 0
 
     items.sort(key=order)
+
+
+#: Seconds spent per test file (set-up, call and teardown): where the suite's time goes, by file
+#: and by directory, at the end of the run (issue #17 goal 3; `--durations` names single tests).
+_SECONDS_BY_FILE: Counter[str] = Counter()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _SECONDS_BY_FILE[report.nodeid.split("::", 1)[0]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _SECONDS_BY_FILE:
+        return
+    by_dir: Counter[str] = Counter()
+    for path, seconds in _SECONDS_BY_FILE.items():
+        by_dir[path.rsplit("/", 1)[0]] += seconds
+    write = terminalreporter.write_line
+    terminalreporter.section("seconds by directory and by file (slowest 25)")
+    for path, seconds in [*by_dir.most_common(), *_SECONDS_BY_FILE.most_common(25)]:
+        write(f"{seconds:8.1f}  {path}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
