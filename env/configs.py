@@ -456,6 +456,10 @@ listen pg_write
     timeout server 1h
     # A check's answer is awaited one interval, as the failover model counts it.
     timeout check {pg_check_timeout}
+    # A connection refused by a member that has just died (still UP until `fall` checks) is
+    # retried on another member at once: a retry on the same server waits min(timeout connect,
+    # 1 s) first, three times, and a failover's first connections sat out those seconds.
+    option redispatch 1
     option httpchk GET /primary
     http-check expect status 200
     default-server {pg_check}
@@ -468,6 +472,7 @@ listen pg_read
     timeout client 1h
     timeout server 1h
     timeout check {pg_check_timeout}
+    option redispatch 1
     balance roundrobin
     option httpchk GET {read_check}
     http-check expect status 200
