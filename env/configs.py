@@ -457,8 +457,8 @@ listen pg_write
     # A check's answer is awaited one interval, as the failover model counts it.
     timeout check {pg_check_timeout}
     # A connection refused by a member that has just died (still UP until `fall` checks) is
-    # retried on another member at once: a retry on the same server waits min(timeout connect,
-    # 1 s) first, three times, and a failover's first connections sat out those seconds.
+    # retried on another UP member at once, the new primary as soon as it is marked UP: a retry
+    # on the same server waits min(timeout connect, 1 s) first, up to three times.
     option redispatch 1
     option httpchk GET /primary
     http-check expect status 200

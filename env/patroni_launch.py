@@ -20,8 +20,9 @@ machine's init, and this VM's reaps orphans 1.0-1.8 s late (measured: SIGKILL to
 /proc). psutil calls a zombie running, so Patroni "fell back to the cached role" for one or two
 more loops and answered HAProxy's /primary check with 200 meanwhile: bench-chaos measured the
 crash's write RTO at 5.3-5.5 s against a model bound of 4 s under the fast profile, the extra
-1-2.5 s all in that wait. A zombie is not running, and not a postmaster: `PATCH` says so, as
-pg_auto_failover did for the same defect (its issue #1166).
+1-2.5 s all in that wait. A zombie is not running, and not a postmaster: `PATCH` says so where
+Patroni decides the member's state, as pg_auto_failover did for the same defect (its issue
+#1166).
 """
 
 from __future__ import annotations
@@ -34,18 +35,11 @@ from patroni.postgresql import postmaster as _pm
 _by_start_time = _pm.PostmasterProcess._is_postmaster_process
 
 
-_psutil_is_running = _pm.PostmasterProcess.is_running
-
-
 def _zombie(proc):
     try:
         return proc.status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _is_running(self):
-    return _psutil_is_running(self) and not _zombie(self)
 
 
 def _is_postmaster_process(self):
@@ -70,7 +64,24 @@ def _is_postmaster_process(self):
 
 
 _pm.PostmasterProcess._is_postmaster_process = _is_postmaster_process
-_pm.PostmasterProcess.is_running = _is_running
+
+# The member's state only (the HA loop, the REST API's role answers): Patroni's stop paths keep
+# psutil's view, where a zombie runs until reaped, so a clean stop still waits for the shutdown
+# checkpoint and releases the leader key with its location, as before.
+from patroni.postgresql import Postgresql as _Postgresql
+
+_state_is_running = _Postgresql.is_running
+
+
+def _is_running(self):
+    proc = _state_is_running(self)
+    if proc and _zombie(proc):
+        self._postmaster_proc = None
+        return None
+    return proc
+
+
+_Postgresql.is_running = _is_running
 """
 
 MAIN = """

@@ -104,13 +104,32 @@ def test_the_working_directory_shadows_nothing(tmp_path):
     assert out.stdout.startswith("patroni ")
 
 
-#: Patroni's two questions about a postmaster it found earlier: is the cached process still
+#: Patroni's two questions about a postmaster it found earlier: is the member's postgres
 #: running, and does the pid file still name a postmaster.
 ASK_RUNNING = """
 import sys
+from patroni.postgresql import Postgresql
 from patroni.postgresql.postmaster import PostmasterProcess
-proc = PostmasterProcess._from_pidfile(sys.argv[1])
-print(proc.is_running(), PostmasterProcess.from_pidfile(sys.argv[1]) is not None)
+pg = Postgresql.__new__(Postgresql)  # only what is_running() reads
+pg._data_dir = sys.argv[1]
+pg._postmaster_proc = PostmasterProcess._from_pidfile(sys.argv[1])
+pg.slots_handler = type("Slots", (), {"schedule": lambda self: None})()
+print(pg.is_running() is not None, PostmasterProcess.from_pidfile(sys.argv[1]) is not None)
+"""
+
+#: The zombie's parent: starts the fake postmaster, kills it on "kill", never reaps it. Not this
+#: process: the suite imports Locust, whose gevent reaps the children of every Popen at once.
+PARENT = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.chdir(sys.argv[2])
+    os.execv(sys.argv[1], [sys.argv[1], "300"])
+print(pid, flush=True)
+sys.stdin.readline()
+os.kill(pid, 9)
+print("killed", flush=True)
+sys.stdin.readline()  # until the test closes stdin; the zombie goes with this process
 """
 
 
@@ -123,19 +142,40 @@ def _answers(data: Path, patched: bool) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_a_killed_postmaster_not_yet_reaped_is_not_running(tmp_path, processes):
-    """A SIGKILLed postmaster is a zombie until its parent reaps it (here: this test, which
-    does not yet; in the environment: init, 1-2 s late). Patroni alone takes it for a running
-    postmaster, and so delays the failover; with the patch it is gone at once."""
+def test_a_killed_postmaster_not_yet_reaped_is_not_running(tmp_path):
+    """A SIGKILLed postmaster is a zombie until its parent reaps it (in the environment: init,
+    1-2 s late). Patroni alone takes it for a running postmaster, and so delays the failover;
+    with the patch it is gone at once."""
     data = tmp_path / "data"
     data.mkdir()
-    _fake_postmaster(tmp_path, processes, "postgres", data, drift_s=0)
-    fake = processes[-1]
-    # The live process first: both answers agree it runs.
-    assert _answers(data, patched=False) == "True True"
-    assert _answers(data, patched=True) == "True True"
-    fake.send_signal(9)
-    zombie = psutil.Process(fake.pid)
-    wait_until(lambda: zombie.status() == psutil.STATUS_ZOMBIE, 10, "the killed process a zombie")
-    assert _answers(data, patched=False) == "True True"  # the defect
-    assert _answers(data, patched=True) == "False False"
+    exe = tmp_path / "bin" / "postgres"
+    exe.parent.mkdir()
+    shutil.copy("/bin/sleep", exe)
+    parent = subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", PARENT, str(exe), str(data)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdin is not None
+    assert parent.stdout is not None
+    try:
+        pid = int(parent.stdout.readline())
+        fake = psutil.Process(pid)
+        wait_until(lambda: fake.name() == "postgres", 10, "the fake postmaster exec'd")
+        start = int(fake.create_time())
+        (data / "postmaster.pid").write_text(f"{pid}\n{data}\n{start}\n5432\n/tmp\n*\n0 0\nready\n")
+        # The live process first: both answers agree it runs.
+        assert _answers(data, patched=False) == "True True"
+        assert _answers(data, patched=True) == "True True"
+        parent.stdin.write("kill\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "killed"
+        wait_until(lambda: fake.status() == psutil.STATUS_ZOMBIE, 10, "the killed process a zombie")
+        assert _answers(data, patched=False) == "True True"  # the defect
+        assert _answers(data, patched=True) == "False False"
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        parent.stdin.close()
+        parent.stdout.close()
