@@ -44,20 +44,27 @@ def _fake_postmaster(
     started.append(proc)
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    start = int(psutil.Process(proc.pid).create_time()) - drift_s
-    (data / "postmaster.pid").write_text(
-        f"{proc.pid}\n{data}\n{start}\n5432\n/tmp\n*\n0 0\nready\n"
-    )
+    _write_pid_file(data, proc.pid, int(psutil.Process(proc.pid).create_time()) - drift_s)
     return data
 
 
-def _recognised(data: Path, patched: bool) -> bool:
-    code = (PATCH if patched else "") + ASK
+def _write_pid_file(data: Path, pid: int, start: int) -> None:
+    """postmaster.pid as PostgreSQL writes it: pid, data directory, start time, port, ..."""
+    (data / "postmaster.pid").write_text(f"{pid}\n{data}\n{start}\n5432\n/tmp\n*\n0 0\nready\n")
+
+
+def _ask(question: str, data: Path, patched: bool) -> str:
+    """The last line `question` prints about `data`, asked of Patroni with or without PATCH."""
+    code = (PATCH if patched else "") + question
     out = subprocess.run(
         [SYSTEM_PYTHON, "-c", code, str(data)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1] == "True"
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _recognised(data: Path, patched: bool) -> bool:
+    return _ask(ASK, data, patched) == "True"
 
 
 def test_a_live_postmaster_is_recognised_whatever_the_clock_did(tmp_path, processes):
@@ -134,12 +141,7 @@ sys.stdin.readline()  # until the test closes stdin; the zombie goes with this p
 
 
 def _answers(data: Path, patched: bool) -> str:
-    code = (PATCH if patched else "") + ASK_RUNNING
-    out = subprocess.run(
-        [SYSTEM_PYTHON, "-c", code, str(data)], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+    return _ask(ASK_RUNNING, data, patched)
 
 
 def test_a_killed_postmaster_not_yet_reaped_is_not_running(tmp_path):
@@ -163,8 +165,7 @@ def test_a_killed_postmaster_not_yet_reaped_is_not_running(tmp_path):
         pid = int(parent.stdout.readline())
         fake = psutil.Process(pid)
         wait_until(lambda: fake.name() == "postgres", 10, "the fake postmaster exec'd")
-        start = int(fake.create_time())
-        (data / "postmaster.pid").write_text(f"{pid}\n{data}\n{start}\n5432\n/tmp\n*\n0 0\nready\n")
+        _write_pid_file(data, pid, int(fake.create_time()))
         # The live process first: both answers agree it runs.
         assert _answers(data, patched=False) == "True True"
         assert _answers(data, patched=True) == "True True"
