@@ -165,3 +165,52 @@ def test_the_catch_up_reads_each_device_log_whole_and_leaves_out_what_it_cannot_
             await runner.cleanup()
 
     assert asyncio.run(go()) == {"r-b": True, "r-z": False}
+
+
+def test_the_devices_are_read_back_side_by_side(tmp_path):
+    """Each device's requests are read one after the other (its rate limit is per device), the
+    devices side by side: a read-back that ran devices in small waves left a soak's requests
+    unknown at the settle deadline. 48 devices, three requests each, a slow API: they overlap."""
+    in_flight: dict[str, int] = Counter()
+    peak = {"requests": 0, "per_device": 0}
+
+    async def token(request: web.Request) -> web.StreamResponse:
+        client = str((await request.post())["client_id"])
+        return web.json_response({"access_token": f"tok-{client}", "expires_in": 900})
+
+    async def get_request(request: web.Request) -> web.StreamResponse:
+        device = request.headers["Authorization"].removeprefix("Bearer tok-")
+        in_flight[device] += 1
+        peak["requests"] = max(peak["requests"], sum(in_flight.values()))
+        peak["per_device"] = max(peak["per_device"], in_flight[device])
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            in_flight[device] -= 1
+        return web.json_response({"request_id": request.match_info["rid"], "status": "completed"})
+
+    async def run() -> dict[str, str | None]:
+        app = web.Application()
+        app.router.add_post("/oauth/token", token)
+        app.router.add_get("/v1/requests/{rid}", get_request)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        devices = [f"dev-{i}" for i in range(48)]
+        rows = [[d, d, "s"] for d in devices]
+        (tmp_path / "identities-host_1.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+        acked = {f"{d}-r{n}": {"device_id": d} for d in devices for n in range(3)}
+        opts = FleetOptions(target=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        try:
+            return await settle(opts, tmp_path, acked, timeout_s=60, request_timeout_s=5)
+        finally:
+            await runner.cleanup()
+
+    statuses = asyncio.run(run())
+    assert len(statuses) == 48 * 3
+    assert set(statuses.values()) == {"completed"}
+    assert peak["per_device"] == 1  # one at a time per device
+    assert peak["requests"] > 32, peak  # the devices overlapped, beyond the old waves of 16
