@@ -33,6 +33,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from bench.cpu import snapshot, spent
 from cwh.report import try_write_html
 from env.layout import Layout
 from env.local import LocalEnvironment
@@ -198,6 +199,29 @@ async def time_to_result(
     }
 
 
+def cpu_table(*phases: dict[str, Any]) -> Table:
+    """CPU milliseconds per accepted request, by role, for each phase: where the time goes."""
+    titles = ("CloudWatcher API", "hello-world")
+    table = Table(title="CPU ms per accepted request, by role (the profile behind the ratio)")
+    table.add_column("role")
+    for title in titles[: len(phases)]:
+        table.add_column(title, justify="right")
+    totals = [sum(p["cpu_s"].values()) for p in phases]
+    roles = sorted(
+        {r for p in phases for r, s in p["cpu_s"].items() if s / p["seconds"] >= 0.02},
+        key=lambda r: -phases[0]["cpu_s"].get(r, 0.0),
+    )
+
+    def per_request(p: dict[str, Any], cpu: float) -> str:
+        accepted = p["accepted_per_s"] * p["seconds"]
+        return f"{cpu / accepted * 1000:.2f}" if accepted else "-"
+
+    for role in roles:
+        table.add_row(role, *(per_request(p, p["cpu_s"].get(role, 0.0)) for p in phases))
+    table.add_row("all", *(per_request(p, t) for p, t in zip(phases, totals, strict=True)))
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -222,9 +246,31 @@ def main(argv: list[str] | None = None) -> int:
         ctx = ssl.create_default_context(cafile=status.tls_certificate)
         # Enough devices that the per-device rate limit (20/s) does not cap the API.
         tokens = asyncio.run(devices(base, ctx, 64, status.registration_secret or ""))
+
+        def phase() -> dict[str, Any]:
+            before = snapshot()
+            result: dict[str, Any] = asyncio.run(
+                closed_loop(base, ctx, tokens, args.seconds, args.concurrency)
+            )
+            result["cpu_s"] = spent(before, snapshot())
+            return result
+
         console.log("API replicas behind HAProxy…")
-        api = asyncio.run(closed_loop(base, ctx, tokens, args.seconds, args.concurrency))
-        hello = subprocess.Popen([sys.executable, "-c", HELLO, str(hello_port)])
+        api = phase()
+        # The throughput phase queued thousands of jobs. The workers drain them first: the
+        # hello-world would otherwise share its cores with that backlog (a lower baseline, a
+        # kinder ratio), and time to result would measure the backlog, not the pipeline.
+        console.log("waiting for the workers to drain the queue…")
+        wait_until(
+            lambda: query_one(status.urls["write"], "SELECT count(*) FROM jobs") == 0,
+            300,
+            "job queue drained",
+            interval_s=1.0,
+        )
+        hello = subprocess.Popen(  # its role names it in the CPU table
+            [sys.executable, "-c", HELLO, str(hello_port)],
+            env={**os.environ, "CW_ROLE": "hello-world"},
+        )
         try:
             for i in range(1, settings.api_replicas + 1):
                 runtime(layout, f"set server api/api{i} state drain")
@@ -236,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise TimeoutError("hello-world never marked UP")
                 time.sleep(0.5)
             console.log("bare aiohttp hello-world behind the same HAProxy…")
-            base_line = asyncio.run(closed_loop(base, ctx, tokens, args.seconds, args.concurrency))
+            base_line = phase()
         finally:
             runtime(layout, "set server api/api10 state maint")
             for i in range(1, settings.api_replicas + 1):
@@ -244,15 +290,6 @@ def main(argv: list[str] | None = None) -> int:
             hello.terminate()
             hello.wait(10)
         wait_healthy(env)
-        # The throughput phase queued thousands of jobs: measuring time to result before the
-        # workers drained them would measure the backlog, not the pipeline.
-        console.log("waiting for the workers to drain the queue…")
-        wait_until(
-            lambda: query_one(status.urls["write"], "SELECT count(*) FROM jobs") == 0,
-            300,
-            "job queue drained",
-            interval_s=1.0,
-        )
         console.log(f"time to result at {args.rate:g} arrivals/s…")
         ttr = asyncio.run(time_to_result(base, ctx, tokens[:16], args.rate, args.seconds))
     ratio = api["accepted_per_s"] / base_line["accepted_per_s"]
@@ -284,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline",
     )
     console.print(table)
+    console.print(cpu_table(api, base_line))
     console.print(
         f"time to result at {args.rate:g}/s (zero-latency LLM): "
         f"p50 {ttr['p50_ms']:.0f} ms, p99 {ttr['p99_ms']:.0f} ms "
