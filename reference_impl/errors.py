@@ -81,10 +81,16 @@ def dependency_unavailable(exc: Exception) -> bool:
     """True for the errors of a dependency that went away, including asyncpg's InterfaceError
     when it says the connection closed under us (a transaction's exit after pgBouncer dropped
     the client): that one is not a PostgresError, and answered 500 in the kill-lb experiment.
-    Other InterfaceErrors are misuses of asyncpg: bugs of ours."""
+    Other InterfaceErrors (and InternalClientErrors) are misuses of asyncpg: bugs of ours."""
     if isinstance(exc, UNAVAILABLE):
         return True
     text = str(exc)
+    # asyncpg's protocol loses track of its state when the server side dies under a statement
+    # being prepared (asyncpg #1069; SQLAlchemy takes it for a disconnect, its #13241): seen when
+    # backends were terminated under one-statement submits. The pool terminates that connection
+    # on release (its reset fails), so the retry gets a fresh one.
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return "cannot switch to state" in text
     return isinstance(exc, asyncpg.InterfaceError) and (
         "connection is closed" in text or "connection was closed" in text
     )
