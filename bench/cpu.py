@@ -4,6 +4,8 @@ A phase's throughput on this 2-core machine is set by everything that shares the
 the part under test alone; this accounts every process's CPU time over the phase, grouped by what
 it is: a reference service by its `CW_ROLE` (api, worker, ...), the fault proxy, this benchmark's
 own load generator, and the rest by process name (postgres, pgbouncer, haproxy, redis-server).
+It counts the whole machine (PostgreSQL's processes are not the supervisor's descendants, so a
+process tree would miss them), so another environment or benchmark running meanwhile counts too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def group_of(proc: psutil.Process, own_pid: int) -> str:
         return name
     if "env.faultproxy" in cmdline:
         return "fault proxy"
+    if any("patroni" in arg for arg in cmdline):
+        return "patroni"
     try:
         role: str = proc.environ().get("CW_ROLE", "")
     except psutil.AccessDenied:

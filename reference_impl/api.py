@@ -294,7 +294,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     async with request.app[WRITE_POOL].acquire() as conn:
         # One statement, so one transaction and one round trip (two with pgBouncer's unnamed
         # statements) instead of BEGIN, two INSERTs and COMMIT: the submit path's largest cost
-        # after TLS was its round trips through pgBouncer (README "The data path").
+        # after TLS was its round trips through pgBouncer (README "Benchmarks", bench-api).
         inserted = await conn.fetchval(
             "WITH r AS ("
             " INSERT INTO requests (device_id, request_id, idempotency_key, body_hash, provider,"
@@ -324,7 +324,16 @@ async def submit(request: web.Request) -> web.StreamResponse:
             claims.device_id,
             key,
         )
-    assert existing is not None
+    if existing is None:
+        # The conflicting row was seen by the INSERT but not by this second statement, which
+        # pgBouncer may send to another server: a primary promoted meanwhile that never got
+        # the row. The outcome is unknown: the phone retries under its key.
+        raise ApiError(
+            503,
+            "the request's state is unknown, retry",
+            code="unavailable",
+            headers={"Retry-After": "1"},
+        )
     if bytes(existing["body_hash"]) != body_hash:
         request.app[SUBMITS].labels("conflict").inc()
         raise ApiError(409, "this Idempotency-Key was used with a different body")
