@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from env.commands import PROJECT_ROOT
+from env.commands import JEMALLOC, PROJECT_ROOT
 
 IMAGE_DIR = PROJECT_ROOT / "deploy" / "images"
 BASE = "debian:bookworm-slim"
@@ -84,7 +84,11 @@ GAMEDAY_REQUIREMENTS = (
 #: evaluated here, on the host's Python, when the wheels are downloaded.
 IMAGE_PYTHON_EXTRAS = ("async-timeout>=4.0.3",)
 #: Where the image has them (`env.commands.Commands` fields).
-IN_IMAGE: dict[str, Any] = {"python": "/opt/cwh/venv/bin/python", "code_root": Path("/opt/cwh/src")}
+IN_IMAGE: dict[str, Any] = {
+    "python": "/opt/cwh/venv/bin/python",
+    "code_root": Path("/opt/cwh/src"),
+    "malloc": JEMALLOC,  # the Dockerfile installs libjemalloc2
+}
 #: The official image's apt sources, which a minbase debootstrap lacks (updates, security).
 DEBIAN_SOURCES = """Types: deb
 URIs: http://deb.debian.org/debian

@@ -500,6 +500,11 @@ class Supervisor:
         stages = dict(self.define(secrets))
         for warning in self.privileges()["warnings"]:
             log.warning("%s", warning)
+        if self.commands is not None and self.commands.malloc is None:
+            log.warning(
+                "the services run on glibc's malloc, whose arenas fragment under a long soak: "
+                "apt-get install libjemalloc2 (or make deps)"
+            )
         s = self.settings
         tls = client_tls_context(self.layout.ca_cert)
         ready = readiness.Checks(s, secrets, tls)

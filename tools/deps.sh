@@ -22,6 +22,8 @@ PKGS=(
   prometheus-redis-exporter
   python3-venv
   procps
+  # The services' malloc (env/commands.py `allocator`): glibc's fragments under a long soak.
+  libjemalloc2
   # The containers runtime: Debian's Docker engine (started only when none answers) and what
   # builds the base image where no registry can be reached (env/engine.py, env/images.py).
   docker.io debootstrap

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from env.commands import allocator
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.process import processes_of
 from env.settings import EnvSettings
+from env.topology import SERVICE_ROLES
 
 pytestmark = pytest.mark.env
 
@@ -31,6 +33,28 @@ def test_up_again_finds_it_up(local_env: LocalEnvironment):
 
     assert procs(status) == procs(before)
     assert time.monotonic() - started < 5
+
+
+def test_the_services_run_on_jemalloc_and_the_datastores_on_their_own(
+    local_env: LocalEnvironment,
+) -> None:
+    # `make deps` installs libjemalloc2; without it the environment warns and runs on glibc.
+    jemalloc = allocator()
+    assert jemalloc is not None, "libjemalloc2 is not installed: make deps"
+    status = local_env.supervisor_status()
+    assert status is not None
+    mapped = {}
+    for comp in status["components"]:
+        if comp["pid"] is not None:
+            maps = Path(f"/proc/{comp['pid']}/maps").read_text()
+            mapped[comp["name"]] = (comp["kind"], "libjemalloc" in maps)
+    services = {n: on for n, (kind, on) in mapped.items() if kind in SERVICE_ROLES}
+    assert len(services) >= len(SERVICE_ROLES), mapped
+    assert all(services.values()), f"services without jemalloc: {services}"
+    # Only the services are told (Debian's Redis links jemalloc itself): Patroni and HAProxy keep
+    # glibc's.
+    others = {n: on for n, (kind, on) in mapped.items() if kind in ("patroni", "haproxy")}
+    assert others and not any(others.values()), others
 
 
 def test_a_component_that_cannot_start_is_named_and_everything_is_stopped(

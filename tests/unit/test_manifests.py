@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from env import configs, hpa, manifests, topology
+from env import configs, hpa, images, manifests, topology
 from env.layout import Layout
 from env.settings import EnvSettings
 from slo import definitions
@@ -583,6 +583,16 @@ def test_redis_cluster_nodes_are_reached_through_toxiproxy(
     # The write path through pgBouncer (pgbouncer.yaml), the read path to the replicas.
     assert by_listen[15432] == "pgbouncer:6432"
     assert by_listen[15433] == "cloudwatcher-pg-replicas:5432"
+
+
+def test_the_services_preload_the_malloc_the_image_installs(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    env = one(rendered["kind"], "ConfigMap", "cloudwatcher-services")["data"]
+    # The same library the containers runtime preloads (`images.IN_IMAGE`), installed by the
+    # Dockerfile: a path the image lacks would only make ld.so warn, and glibc's malloc return.
+    assert env["LD_PRELOAD"] == images.IN_IMAGE["malloc"]
+    assert "libjemalloc2" in (images.IMAGE_DIR / "Dockerfile").read_text()
 
 
 def _ini(text: str) -> dict[str, dict[str, str]]:
