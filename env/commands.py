@@ -26,7 +26,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 Ids = tuple[int, int] | None
 #: Where Debian's `libjemalloc2` puts the library (the image is built for this machine's
 #: architecture, so the same path holds inside it).
-JEMALLOC = f"/usr/lib/{sysconfig.get_config_var('MULTIARCH') or 'x86_64-linux-gnu'}/libjemalloc.so.2"
+JEMALLOC = (
+    f"/usr/lib/{sysconfig.get_config_var('MULTIARCH') or 'x86_64-linux-gnu'}/libjemalloc.so.2"
+)
 
 
 def allocator(path: str = JEMALLOC) -> str | None:

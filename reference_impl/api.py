@@ -388,6 +388,54 @@ async def get_request(request: web.Request) -> web.StreamResponse:
     return json_reply(request, view)
 
 
+def request_ids_field(body: dict[str, Any]) -> list[uuid.UUID]:
+    """`request_ids`: 1 to `contract.STATUS_BATCH_MAX` request ids, duplicates read once."""
+    ids = body.get("request_ids")
+    problem = f"required, a list of 1 to {contract.STATUS_BATCH_MAX} request ids (UUIDs)"
+    if (
+        not isinstance(ids, list)
+        or not 1 <= len(ids) <= contract.STATUS_BATCH_MAX
+        or not all(contract.is_uuid(i) for i in ids)
+    ):
+        raise ApiError(422, {"field": "request_ids", "problem": problem})
+    return list(dict.fromkeys(uuid.UUID(i) for i in ids))
+
+
+async def request_statuses(request: web.Request) -> web.StreamResponse:
+    """Many requests' statuses of this device in one call, one query: the harness's read-back
+    after a run (a 30-minute soak acknowledges 26,000 requests, which one GET each could not
+    read back within its settle) and a phone catching up after a long time offline. Statuses
+    only: no response to decrypt. Another device's ids are `missing`, as its GET is a 404."""
+    claims = authenticate(request)
+    await rate_limit(request, claims.device_id)
+    wanted = request_ids_field(await read_json_object(request))
+    query = (
+        "SELECT request_id, status, updated_at FROM requests"
+        " WHERE device_id = $1 AND request_id = ANY($2::uuid[])"
+    )
+    rows = await request.app[READ_POOL].fetch(query, claims.device_id, wanted)
+    found = {r["request_id"]: r for r in rows}
+    absent = [i for i in wanted if i not in found]
+    if absent:  # read-your-writes: the replica may not have what the primary just accepted
+        rows = await request.app[WRITE_POOL].fetch(query, claims.device_id, absent)
+        found.update((r["request_id"], r) for r in rows)
+    return json_reply(
+        request,
+        {
+            "requests": [
+                {
+                    "request_id": str(i),
+                    "status": found[i]["status"],
+                    "updated_at": iso(found[i]["updated_at"]),
+                }
+                for i in wanted
+                if i in found
+            ],
+            "missing": [str(i) for i in wanted if i not in found],
+        },
+    )
+
+
 async def sync(request: web.Request) -> web.StreamResponse:
     claims = authenticate(request)
     await rate_limit(request, claims.device_id)
@@ -479,6 +527,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app.router.add_get("/admin/keys", guarded(key_status(app[ISSUER])))
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/requests", submit)
+    app.router.add_post("/v1/request-statuses", request_statuses)
     app.router.add_get("/v1/requests/{request_id}", get_request)
     app.router.add_get("/v1/sync", sync)
     return app

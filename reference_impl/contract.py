@@ -41,10 +41,18 @@ DEVICE_NAME_PATTERN = r"^[^\u0000]{1,200}$"
 
 INSTRUCTION_MAX_LENGTH = 4000
 
+#: `/v1/request-statuses`: request ids read in one call (about 20 KB of body, within the API's
+#: 64 KB; a device's whole day of requests in a few calls).
+STATUS_BATCH_MAX = 500
+#: A request id as JSON Schema's `format: uuid` reads it (RFC 4122's hyphenated hex); Python's
+#: `uuid.UUID` would also take braces, a `urn:uuid:` prefix and bare hex.
+UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+
 _DOCUMENT = re.compile(DOCUMENT_PATTERN.strip("^$"))
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
 _CURSOR = re.compile(CURSOR_PATTERN.strip("^$"))
 _RESUME = re.compile(RESUME_PATTERN.strip("^$"))
+_UUID = re.compile(UUID_PATTERN.strip("^$"))
 
 
 def is_document_name(value: object) -> bool:
@@ -54,6 +62,10 @@ def is_document_name(value: object) -> bool:
 
 def is_idempotency_key(value: object) -> bool:
     return isinstance(value, str) and _IDEMPOTENCY_KEY.fullmatch(value) is not None
+
+
+def is_uuid(value: object) -> bool:
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 
 def is_cursor(value: object) -> bool:

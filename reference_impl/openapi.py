@@ -45,6 +45,8 @@ RATE_LIMITED = 429
 
 _no_nul = {"pattern": r"^[^\u0000]*$"}
 
+_status = _string(enum=["queued", "processing", "completed", "failed", "dead_lettered"])
+
 _request_body = {
     "type": "object",
     "required": ["provider", "document", "instruction"],
@@ -112,7 +114,7 @@ _websocket_handshake = [
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
-    "info": {"title": "CloudWatcher API (reference implementation)", "version": "1.1.0"},
+    "info": {"title": "CloudWatcher API (reference implementation)", "version": "1.2.0"},
     "components": {
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
@@ -134,9 +136,7 @@ OPENAPI: dict[str, Any] = {
                 "required": ["request_id", "status", "response", "created_at", "updated_at"],
                 "properties": {
                     "request_id": _string(format="uuid"),
-                    "status": _string(
-                        enum=["queued", "processing", "completed", "failed", "dead_lettered"]
-                    ),
+                    "status": _status,
                     "provider": _string(enum=["sharepoint", "gdrive"]),
                     "response": _string(nullable=True),
                     "error": _string(nullable=True),
@@ -296,6 +296,60 @@ OPENAPI: dict[str, Any] = {
                         **_json({"$ref": "#/components/schemas/Request"}),
                     },
                     **_errors(401, 404, RATE_LIMITED, 503),
+                },
+            }
+        },
+        "/v1/request-statuses": {
+            "post": {
+                "summary": "Statuses of many requests of this device in one call (another"
+                " device's ids are missing)",
+                "security": BEARER,
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["request_ids"],
+                            "properties": {
+                                "request_ids": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": contract.STATUS_BATCH_MAX,
+                                    "items": _string(format="uuid", pattern=contract.UUID_PATTERN),
+                                }
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": {
+                        "description": "the statuses found, and the ids not found",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["requests", "missing"],
+                                "properties": {
+                                    "requests": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["request_id", "status", "updated_at"],
+                                            "properties": {
+                                                "request_id": _string(format="uuid"),
+                                                "status": _status,
+                                                "updated_at": _string(format="date-time"),
+                                            },
+                                        },
+                                    },
+                                    "missing": {
+                                        "type": "array",
+                                        "items": _string(format="uuid"),
+                                    },
+                                },
+                            }
+                        ),
+                    },
+                    **_errors(400, 401, 413, 422, RATE_LIMITED, 503),
                 },
             }
         },

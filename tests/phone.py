@@ -85,6 +85,13 @@ class Phone:
         ) as r:
             return r.status, await r.json()
 
+    async def statuses(self, body: Any) -> tuple[int, dict[str, Any]]:
+        """`POST /v1/request-statuses` with `body` as sent (a test may send a wrong one)."""
+        async with self.session.post(
+            f"{self.base}/v1/request-statuses", json=body, headers=self.auth
+        ) as r:
+            return r.status, await r.json()
+
     async def sync(self, since: str = "0") -> dict[str, Any]:
         async with self.session.get(
             f"{self.base}/v1/sync", params={"since": since}, headers=self.auth

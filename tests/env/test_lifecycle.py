@@ -54,7 +54,8 @@ def test_the_services_run_on_jemalloc_and_the_datastores_on_their_own(
     # Only the services are told (Debian's Redis links jemalloc itself): Patroni and HAProxy keep
     # glibc's.
     others = {n: on for n, (kind, on) in mapped.items() if kind in ("patroni", "haproxy")}
-    assert others and not any(others.values()), others
+    assert others, mapped
+    assert not any(others.values()), others
 
 
 def test_a_component_that_cannot_start_is_named_and_everything_is_stopped(

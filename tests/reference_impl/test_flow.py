@@ -172,6 +172,50 @@ def test_another_devices_request_is_404_and_bad_tokens_are_401(local_env: LocalE
     run(flow())
 
 
+def test_statuses_are_read_in_bulk_and_only_the_devices_own(local_env: LocalEnvironment):
+    """The bulk read answers what one GET per request would: the device's own requests with
+    their status, another device's and unknown ids as missing (a 404 each), duplicates once;
+    what is not a list of request ids is a 422 with the reason, nothing read."""
+    status = wait_healthy(local_env)
+
+    async def flow() -> None:
+        async with Phone(status) as a, Phone(status) as b:
+            await a.register()
+            await b.register()
+            mine = []
+            for n in range(3):
+                code, accepted = await a.submit(document=f"doc-{n:03}.txt")
+                assert code == 202, accepted
+                mine.append(accepted["request_id"])
+            _, theirs = await b.submit()
+            # Submitted a moment ago: on the primary, perhaps not yet on the replica.
+            stranger = str(uuid.uuid4())
+            ids = [*mine, theirs["request_id"], stranger, mine[0]]
+            code, body = await a.statuses({"request_ids": ids})
+            assert code == 200, body
+            assert [r["request_id"] for r in body["requests"]] == mine
+            assert {r["status"] for r in body["requests"]} <= {"queued", "processing", "completed"}
+            assert sorted(body["missing"]) == sorted([theirs["request_id"], stranger])
+            final = await until_status(a, mine[2], {"completed"}, 30)
+            _, body = await a.statuses({"request_ids": [mine[2]]})
+            assert body["requests"] == [
+                {"request_id": mine[2], "status": "completed", "updated_at": final["updated_at"]}
+            ]
+            for wrong in (
+                {},
+                {"request_ids": []},
+                {"request_ids": mine[0]},
+                {"request_ids": [mine[0], 7]},
+                {"request_ids": [mine[0], "urn:uuid:" + mine[1]]},
+                {"request_ids": [str(uuid.uuid4()) for _ in range(501)]},
+            ):
+                code, body = await a.statuses(wrong)
+                assert code == 422, (wrong, body)
+                assert body["detail"]["field"] == "request_ids"
+
+    run(flow())
+
+
 def test_openapi_is_served_and_describes_the_api(local_env: LocalEnvironment):
     status = wait_healthy(local_env)
 

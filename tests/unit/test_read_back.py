@@ -13,8 +13,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cwh.fleet import FleetOptions, Tokens, catch_up, settle
+from cwh.fleet import READ_BACK_BATCH, FleetOptions, Tokens, catch_up, settle
 from cwh.fleet import identities as fleet_identities
+from reference_impl.contract import STATUS_BATCH_MAX
 
 #: request id -> what the fake API answers for it, in turn (the last answer repeats).
 SCRIPT = {
@@ -214,3 +215,74 @@ def test_the_devices_are_read_back_side_by_side(tmp_path):
     assert set(statuses.values()) == {"completed"}
     assert peak["per_device"] == 1  # one at a time per device
     assert peak["requests"] > 32, peak  # the devices overlapped, beyond the old waves of 16
+
+
+def test_the_api_reads_statuses_in_bulk_and_a_failed_batch_is_asked_again(tmp_path):
+    """1,200 requests of one device and 3 of another in a handful of bulk calls, none over the
+    API's limit, no GET; a batch answered 503 is unknown and asked again on the next pass; an
+    id the API does not have is lost (None); a refused token is asked anew."""
+    calls: Counter[str] = Counter()
+    sizes: list[int] = []
+    big = [f"big-{n}" for n in range(1200)]
+    acked = {rid: {"device_id": "dev-big"} for rid in big}
+    acked.update({f"small-{n}": {"device_id": "dev-small"} for n in range(3)})
+
+    async def token(request: web.Request) -> web.StreamResponse:
+        client = str((await request.post())["client_id"])
+        calls[f"token:{client}"] += 1
+        return web.json_response({"access_token": f"tok-{client}-{calls[f'token:{client}']}"})
+
+    async def statuses(request: web.Request) -> web.StreamResponse:
+        auth = request.headers["Authorization"].removeprefix("Bearer tok-")
+        device, _, nth = auth.rpartition("-")
+        calls[f"bulk:{device}"] += 1
+        if device == "dev-small" and nth == "1":  # the first token has expired
+            return web.json_response({"error": "unauthorized"}, status=401)
+        ids = (await request.json())["request_ids"]
+        sizes.append(len(ids))
+        if device == "dev-big" and calls["bulk:dev-big"] == 2:  # one batch fails once
+            return web.json_response({"error": "unavailable"}, status=503)
+        gone = {"big-7", "small-2"}
+        # big-9 is queued on the first answer, completed on a later pass
+        pending = {"big-9"} if calls["bulk:dev-big"] == 1 else set()
+        rows = [
+            {"request_id": i, "status": "queued" if i in pending else "completed"}
+            for i in ids
+            if i not in gone
+        ]
+        return web.json_response({"requests": rows, "missing": [i for i in ids if i in gone]})
+
+    async def get_request(request: web.Request) -> web.StreamResponse:
+        calls["get"] += 1
+        return web.json_response({"error": "not expected"}, status=500)
+
+    async def run() -> dict[str, str | None]:
+        app = web.Application()
+        app.router.add_post("/oauth/token", token)
+        app.router.add_post("/v1/request-statuses", statuses)
+        app.router.add_get("/v1/requests/{rid}", get_request)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        rows = [[d, d, "s"] for d in ("dev-big", "dev-small")]
+        (tmp_path / "identities-host_1.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+        opts = FleetOptions(target=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        try:
+            return await settle(opts, tmp_path, acked, timeout_s=30, request_timeout_s=5)
+        finally:
+            await runner.cleanup()
+
+    got = asyncio.run(run())
+    assert set(got) == set(acked)  # nothing unknown at the end
+    assert got["big-7"] is None
+    assert got["small-2"] is None
+    assert got["big-9"] == "completed"
+    assert got["big-1199"] == "completed"
+    assert sum(v == "completed" for v in got.values()) == 1200 - 1 + 3 - 1
+    assert calls["get"] == 0
+    assert max(sizes) <= READ_BACK_BATCH == STATUS_BATCH_MAX
+    # Pass 1: three batches (one failed); pass 2: the failed batch and the pending one.
+    assert calls["bulk:dev-big"] == 5, calls
+    assert calls["token:dev-small"] == 2  # the refused token was asked anew
