@@ -294,7 +294,11 @@ class ServiceFigures:
         memory_start_mib, memory_end_mib: PSS at the first and last sample of the fit, MiB.
         rss_end_mib: RSS at the last sample, MiB.
         memory_growth_per_hour: the fitted PSS growth per hour as a ratio (None: not fitted).
-        memory_t: that slope's t statistic. memory_ok: below the goal (None: not judged).
+        memory_t: that slope's t statistic.
+        memory_late_growth_per_hour, memory_late_t: the same over the last half of the fit's
+            time only. A leak keeps its slope there; a warm-up that outlasted the warm-up
+            window (a cache or an allocator's arenas still filling) loses it.
+        memory_ok: below the goal over the whole fit or over its last half (None: not judged).
         fds_start, fds_end: descriptors at the first and last sample of the fit.
         fds_per_hour: fitted descriptor growth per hour. fds_ok: no growth (None: not judged).
     """
@@ -309,6 +313,8 @@ class ServiceFigures:
     memory_growth_per_hour: float | None
     memory_t: float | None
     memory_ok: bool | None
+    memory_late_growth_per_hour: float | None
+    memory_late_t: float | None
     fds_start: int
     fds_end: int
     fds_per_hour: float | None
@@ -339,8 +345,14 @@ def service_figures(
         last_pid = series[-1].pid
         fit = [s for s in series if s.t_s >= warmup_s and s.pid == last_pid]
         mem = fit_growth([(s.t_s, float(s.pss_bytes)) for s in fit])
+        half = (fit[0].t_s + fit[-1].t_s) / 2 if fit else 0.0
+        late = fit_growth([(s.t_s, float(s.pss_bytes)) for s in fit if s.t_s >= half])
         fds = fit_growth([(s.t_s, float(s.fds)) for s in fit])
-        grows, fd_grows = memory_grows(mem, memory_goal), descriptors_grow(fds)
+        grows, late_grows = memory_grows(mem, memory_goal), memory_grows(late, memory_goal)
+        # Growing means over the whole fit and, where it can be told, still over its last half.
+        if grows and late_grows is False:
+            grows = False
+        fd_grows = descriptors_grow(fds)
         first, last = (fit[0], fit[-1]) if fit else (series[0], series[-1])
         out.append(
             ServiceFigures(
@@ -354,6 +366,8 @@ def service_figures(
                 memory_growth_per_hour=_finite(mem.ratio_per_hour) if mem else None,
                 memory_t=_finite(mem.t_stat, 2) if mem else None,
                 memory_ok=None if grows is None else not grows,
+                memory_late_growth_per_hour=_finite(late.ratio_per_hour) if late else None,
+                memory_late_t=_finite(late.t_stat, 2) if late else None,
                 fds_start=first.fds,
                 fds_end=last.fds,
                 fds_per_hour=_finite(fds.per_hour, 2) if fds else None,
@@ -867,7 +881,8 @@ LATENCY_COLUMNS = (
     "p50 ratio", "p95", "p99",
 )  # fmt: skip
 SERVICE_COLUMNS = (
-    "service", "kind", "PSS MiB", "at end", "RSS MiB at end", "growth / h", "t", "fds",
+    "service", "kind", "PSS MiB", "at end", "RSS MiB at end", "growth / h", "t",
+    "last half / h", "fds",
     "at end", "fds / h", "restarts", "goals",
 )  # fmt: skip
 
@@ -882,6 +897,7 @@ def service_row(f: ServiceFigures) -> list[str]:
         f"{f.rss_end_mib:.1f}",
         _pct(f.memory_growth_per_hour),
         "-" if f.memory_t is None else f"{f.memory_t:.1f}",
+        _pct(f.memory_late_growth_per_hour),
         str(f.fds_start),
         str(f.fds_end),
         "-" if f.fds_per_hour is None else f"{f.fds_per_hour:+.1f}",
@@ -926,6 +942,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "process: a PostgreSQL member's shared buffers once per backend). Growth per hour is the "
         f"slope of the least-squares line through the samples after the warm-up, over the level "
         f"at its start; t is the slope over its standard error (below {T_MIN:g}: not growth). "
+        "Last half / h is the same line through the last half of those samples only: memory "
+        "that rises over the goal there too is growing; memory that rose early and levels off "
+        "(a cache, an allocator's arenas) is not. "
         "PSS MiB and fds: at the warm-up's end, and at the load's end.",
         "",
         "| " + " | ".join(SERVICE_COLUMNS) + " |",

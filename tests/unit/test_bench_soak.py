@@ -165,7 +165,31 @@ def test_a_warm_up_is_not_a_leak():
     [f] = service_figures(samples, 300, 1800, memory_goal=0.10)
     assert f.memory_ok is True
     assert f.memory_growth_per_hour == 0
-    [g] = service_figures(samples, 0, 1800, memory_goal=0.10)  # counted from the start, it is
+    # Counted from the start, the line rises past the goal; its last half is flat, so the
+    # judgment still sees a warm-up.
+    [g] = service_figures(samples, 0, 1800, memory_goal=0.10)
+    assert (g.memory_growth_per_hour or 0) > 0.10
+    assert g.memory_late_growth_per_hour == 0
+    assert g.memory_ok is True
+
+
+def test_growth_that_levels_off_is_not_a_leak_and_a_steady_one_is():
+    """A worker whose arenas fill for 15 minutes (+20 % in all, levelling off): over the whole
+    window its line rises more than 10 % per hour, over the last half it is flat. A leak of the
+    same size keeps rising: missed, whatever half is looked at."""
+
+    def sample(t: int, mib: float) -> Sample:
+        return Sample(t, 0, "worker1", "worker", 7, 1, 0, int(MIB * mib), 12)
+
+    settling = [sample(t, 50 + 10 * (1 - math.exp(-t / 300))) for t in range(0, 1801, 10)]
+    [f] = service_figures(settling, 300, 1800, memory_goal=0.10)
+    assert (f.memory_growth_per_hour or 0) > 0.10  # the whole line alone would call it growth
+    assert abs(f.memory_late_growth_per_hour or 0) < 0.10
+    assert f.memory_ok is True
+    leak = [sample(t, 50 + 10 * t / 1800) for t in range(0, 1801, 10)]
+    [g] = service_figures(leak, 300, 1800, memory_goal=0.10)
+    # The same slope in MiB per hour, over a higher level: a slightly smaller ratio.
+    assert (g.memory_late_growth_per_hour or 0) > 0.30
     assert g.memory_ok is False
 
 
