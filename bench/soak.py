@@ -300,7 +300,10 @@ class ServiceFigures:
             window (a cache or an allocator's arenas still filling) loses it.
         memory_ok: below the goal over the whole fit or over its last half (None: not judged).
         fds_start, fds_end: descriptors at the first and last sample of the fit.
-        fds_per_hour: fitted descriptor growth per hour. fds_ok: no growth (None: not judged).
+        fds_per_hour: fitted descriptor growth per hour; fds_late_per_hour: over the last half
+            of the fit only (a pool that opened a few more connections early and keeps them
+            is not a leak). fds_ok: no growth over the whole fit or its last half (None: not
+            judged).
     """
 
     service: str
@@ -319,6 +322,7 @@ class ServiceFigures:
     fds_end: int
     fds_per_hour: float | None
     fds_ok: bool | None
+    fds_late_per_hour: float | None = None
 
 
 def _finite(x: float | None, digits: int = 4) -> float | None:
@@ -352,7 +356,10 @@ def service_figures(
         # Growing means over the whole fit and, where it can be told, still over its last half.
         if grows and late_grows is False:
             grows = False
+        fds_late = fit_growth([(s.t_s, float(s.fds)) for s in fit if s.t_s >= half])
         fd_grows = descriptors_grow(fds)
+        if fd_grows and descriptors_grow(fds_late) is False:
+            fd_grows = False
         first, last = (fit[0], fit[-1]) if fit else (series[0], series[-1])
         out.append(
             ServiceFigures(
@@ -372,6 +379,7 @@ def service_figures(
                 fds_end=last.fds,
                 fds_per_hour=_finite(fds.per_hour, 2) if fds else None,
                 fds_ok=None if fd_grows is None else not fd_grows,
+                fds_late_per_hour=_finite(fds_late.per_hour, 2) if fds_late else None,
             )
         )
     return out
@@ -883,7 +891,7 @@ LATENCY_COLUMNS = (
 SERVICE_COLUMNS = (
     "service", "kind", "PSS MiB", "at end", "RSS MiB at end", "growth / h", "t",
     "last half / h", "fds",
-    "at end", "fds / h", "restarts", "goals",
+    "at end", "fds / h", "fds last half / h", "restarts", "goals",
 )  # fmt: skip
 
 
@@ -901,6 +909,7 @@ def service_row(f: ServiceFigures) -> list[str]:
         str(f.fds_start),
         str(f.fds_end),
         "-" if f.fds_per_hour is None else f"{f.fds_per_hour:+.1f}",
+        "-" if f.fds_late_per_hour is None else f"{f.fds_late_per_hour:+.1f}",
         str(f.restarts),
         "not judged" if None in oks else "met" if all(oks) else "MISSED",
     ]
@@ -944,7 +953,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"at its start; t is the slope over its standard error (below {T_MIN:g}: not growth). "
         "Last half / h is the same line through the last half of those samples only: memory "
         "that rises over the goal there too is growing; memory that rose early and levels off "
-        "(a cache, an allocator's arenas) is not. "
+        "(a cache, an allocator's arenas) is not. The same holds for descriptors: a pool "
+        "that opens a few more connections early and keeps them is not a leak. "
         "PSS MiB and fds: at the warm-up's end, and at the load's end.",
         "",
         "| " + " | ".join(SERVICE_COLUMNS) + " |",

@@ -206,6 +206,18 @@ def test_descriptor_growth_is_flagged_and_jitter_is_not():
     assert figures["pg0/postgres"].fds_ok is True
 
 
+def test_a_pool_that_opens_connections_early_is_not_descriptor_growth():
+    # 24 descriptors, two more by 15 minutes in (a pool reaching its working size), then flat.
+    pool = [
+        Sample(t, 0, "api2", "api", 7, 1, 0, 50 * MIB, 24 + (t >= 400) + (t >= 900))
+        for t in range(0, 1801, 10)
+    ]
+    [f] = service_figures(pool, 300, 1800, 0.10)
+    assert (f.fds_per_hour or 0) > 1  # the whole line alone would call it growth
+    assert f.fds_late_per_hour == 0
+    assert f.fds_ok is True
+
+
 def test_a_restart_is_counted_and_the_line_goes_through_the_last_process_only():
     before = series("api3", 60, 2.0, duration_s=900, pid=1)
     after = [
