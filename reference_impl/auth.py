@@ -9,7 +9,6 @@ import logging
 import secrets
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +40,6 @@ class Claims:
 KEYSET_CHECK_S = 1.0
 #: Clock skew allowed between the issuer and a verifier.
 LEEWAY_S = 5
-#: Tokens a replica remembers as verified (least recently used dropped first; about 1 KB each).
-#: An RS256 verification was 11 % of an API replica's CPU under bench-api (py-spy), and a phone
-#: sends the same token for its whole lifetime (15 minutes).
-VERIFIED_TOKENS = 8192
 
 
 class TokenIssuer:
@@ -61,8 +56,6 @@ class TokenIssuer:
         self._keys = keyset.load(key_path)
         self._stamp = self._file_stamp()
         self._checked = time.monotonic()
-        #: token -> (its claims, the key that verified it).
-        self._verified: OrderedDict[str, tuple[Claims, keyset.SigningKey]] = OrderedDict()
 
     def _file_stamp(self) -> tuple[int, int, int]:
         st = self.path.stat()
@@ -143,24 +136,7 @@ class TokenIssuer:
         return key
 
     def verify(self, token: str) -> Claims:
-        """The token's claims; InvalidToken saying why not. A token verified before is not
-        verified again while it lasts, but its key is looked at every time (`_key_for`): a
-        key retired or removed since refuses its tokens at once."""
         key = self._key_for(token)
-        seen = self._verified.get(token)
-        if seen is not None:
-            claims, by = seen
-            if by is key and time.time() <= claims.expires_at + LEEWAY_S:
-                self._verified.move_to_end(token)
-                return claims
-            del self._verified[token]
-        claims = self._decode(token, key)
-        self._verified[token] = (claims, key)
-        if len(self._verified) > VERIFIED_TOKENS:
-            self._verified.popitem(last=False)
-        return claims
-
-    def _decode(self, token: str, key: keyset.SigningKey) -> Claims:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,

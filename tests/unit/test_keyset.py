@@ -3,7 +3,6 @@ replicas picking up a changed set without a restart."""
 
 from __future__ import annotations
 
-import datetime
 import os
 import stat
 import time
@@ -15,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from reference_impl import auth, keyset
+from reference_impl import keyset
 from reference_impl.auth import InvalidToken, TokenIssuer
 from reference_impl.keys import ensure_keys
 
@@ -133,41 +132,3 @@ def test_a_retired_or_unknown_key_cannot_become_current(path):
     assert keyset.load(path).signing.retire_at is None
     with pytest.raises(keyset.KeySetError):
         keyset.make_current(path, new.kid)
-
-
-def test_a_verified_token_is_not_verified_again_until_it_expires(path, monkeypatch):
-    keyset.ensure(path)
-    issuer = TokenIssuer(path, 900)
-    token, _ = issuer.issue(DEVICE, "cw_x")
-    decoded = []
-    real_decode = jwt.decode
-    monkeypatch.setattr(jwt, "decode", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
-    for _ in range(5):
-        assert issuer.verify(token).device_id == DEVICE
-    assert len(decoded) == 1  # one RSA verification for five requests
-    # A tampered copy is not the same token: verified, and refused.
-    head, body, sig = token.split(".")
-    with pytest.raises(InvalidToken):
-        issuer.verify(f"{head}.{body}.{sig[:-4]}AAAA")
-    # Past its expiry (and the leeway) the remembered token is refused like any other.
-    later = time.time() + 900 + auth.LEEWAY_S + 1
-
-    class Later(datetime.datetime):  # PyJWT's clock, moved on as ours is
-        @classmethod
-        def now(cls, tz: datetime.tzinfo | None = None) -> Later:  # type: ignore[override]
-            return cls.fromtimestamp(later, tz)
-
-    monkeypatch.setattr(time, "time", lambda: later)
-    monkeypatch.setattr(jwt.api_jwt, "datetime", Later)
-    with pytest.raises(InvalidToken, match="expired"):
-        issuer.verify(token)
-
-
-def test_the_verified_tokens_are_bounded(path, monkeypatch):
-    keyset.ensure(path)
-    monkeypatch.setattr(auth, "VERIFIED_TOKENS", 3)
-    issuer = TokenIssuer(path, 900)
-    tokens = [issuer.issue(DEVICE, f"cw_{n}")[0] for n in range(5)]
-    for t in tokens:
-        issuer.verify(t)
-    assert list(issuer._verified) == tokens[-3:]
