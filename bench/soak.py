@@ -253,6 +253,16 @@ def memory_grows(g: Growth | None, goal: float) -> bool | None:
     return g.ratio_per_hour >= goal and g.t_stat >= T_MIN
 
 
+def levels_off(late: Growth | None, goal: float) -> bool:
+    """Whether a last half's line is below `goal` (a ratio per hour) beyond doubt: its slope
+    plus `T_MIN` standard errors. False when it cannot be told."""
+    if late is None or late.ratio_per_hour is None:
+        return False
+    ratio, t = late.ratio_per_hour, late.t_stat
+    stderr = 0.0 if t == 0 or math.isinf(t) else abs(ratio / t)
+    return ratio + T_MIN * stderr < goal
+
+
 def descriptors_grow(g: Growth | None) -> bool | None:
     """Whether the descriptors grow: the line rises by one or more over the window, measurably;
     None: too few samples to say."""
@@ -316,13 +326,13 @@ class ServiceFigures:
     memory_growth_per_hour: float | None
     memory_t: float | None
     memory_ok: bool | None
-    memory_late_growth_per_hour: float | None
-    memory_late_t: float | None
     fds_start: int
     fds_end: int
     fds_per_hour: float | None
     fds_ok: bool | None
     fds_late_per_hour: float | None = None
+    memory_late_growth_per_hour: float | None = None
+    memory_late_t: float | None = None
 
 
 def _finite(x: float | None, digits: int = 4) -> float | None:
@@ -352,14 +362,12 @@ def service_figures(
         half = (fit[0].t_s + fit[-1].t_s) / 2 if fit else 0.0
         late = fit_growth([(s.t_s, float(s.pss_bytes)) for s in fit if s.t_s >= half])
         fds = fit_growth([(s.t_s, float(s.fds)) for s in fit])
-        grows, late_grows = memory_grows(mem, memory_goal), memory_grows(late, memory_goal)
-        # Growing means over the whole fit and, where it can be told, still over its last half.
-        if grows and late_grows is False:
-            grows = False
         fds_late = fit_growth([(s.t_s, float(s.fds)) for s in fit if s.t_s >= half])
-        fd_grows = descriptors_grow(fds)
-        if fd_grows and descriptors_grow(fds_late) is False:
-            fd_grows = False
+        # Growth over the whole fit is excused only when its last half is surely below the goal
+        # (memory) or exactly flat (descriptors): half the samples over half the time measure a
+        # slope far less precisely, and a real leak must not pass on that noise.
+        grows = memory_grows(mem, memory_goal) and not levels_off(late, memory_goal)
+        fd_grows = descriptors_grow(fds) and not (fds_late is not None and fds_late.per_hour == 0)
         first, last = (fit[0], fit[-1]) if fit else (series[0], series[-1])
         out.append(
             ServiceFigures(
@@ -951,10 +959,11 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "process: a PostgreSQL member's shared buffers once per backend). Growth per hour is the "
         f"slope of the least-squares line through the samples after the warm-up, over the level "
         f"at its start; t is the slope over its standard error (below {T_MIN:g}: not growth). "
-        "Last half / h is the same line through the last half of those samples only: memory "
-        "that rises over the goal there too is growing; memory that rose early and levels off "
-        "(a cache, an allocator's arenas) is not. The same holds for descriptors: a pool "
-        "that opens a few more connections early and keeps them is not a leak. "
+        "Last half / h is the same line through the last half of those samples only: growth "
+        "is excused when that line is below the goal by more than three standard errors "
+        "(memory that rose early and levels off: a cache, an allocator's arenas) or, for "
+        "descriptors, exactly flat (a pool that opened a few connections early and keeps "
+        "them). "
         "PSS MiB and fds: at the warm-up's end, and at the load's end.",
         "",
         "| " + " | ".join(SERVICE_COLUMNS) + " |",

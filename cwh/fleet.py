@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,9 +318,6 @@ class Tokens:
     def __init__(self, target: str, idents: dict[str, tuple[str, str]]) -> None:
         self.target, self.idents = target, idents
         self.tokens: dict[str, str] = {}
-        #: Whether the API reads statuses in bulk; an API without that route answers 404 or
-        #: 405, and the read-back goes on with one GET per request.
-        self.bulk = True
 
     async def get(self, s: aiohttp.ClientSession, device_id: str, deadline: float) -> str | None:
         ident = self.idents.get(device_id)
@@ -362,6 +360,14 @@ async def _status(
     return False, None
 
 
+def _same_id(rid: str) -> str:
+    """A request id in one form whatever its case or hyphens (as a UUID), else as it is."""
+    try:
+        return str(uuid.UUID(rid))
+    except ValueError:
+        return rid
+
+
 async def _statuses(
     s: aiohttp.ClientSession, target: str, token: str, rids: list[str], deadline: float
 ) -> tuple[str, dict[str, str | None]]:
@@ -381,19 +387,25 @@ async def _statuses(
                 if r.status == 429:
                     await _retry_after(r, deadline)
                     continue
-                if r.status in (404, 405):
+                # No such route (an older API), or a batch larger than this API takes.
+                if r.status in (404, 405, 413, 422):
                     return "absent", {}
                 if r.status == 401:
                     return "unauthorized", {}
                 if r.status != 200:
                     return "unknown", {}
                 body = await r.json()
-                wanted = set(rids)
-                got: dict[str, str | None] = {
-                    str(row["request_id"]): str(row["status"]) for row in body["requests"]
-                }
-                got.update((str(rid), None) for rid in body["missing"])
-                return "ok", {rid: v for rid, v in got.items() if rid in wanted}
+                # Matched as UUIDs: the API answers in its canonical form, whatever form the
+                # ledger holds.
+                ours = {_same_id(rid): rid for rid in rids}
+                got: dict[str, str | None] = {}
+                for row in body["requests"]:
+                    if (rid := ours.get(_same_id(str(row["request_id"])))) is not None:
+                        got[rid] = str(row["status"])
+                for missing in body["missing"]:
+                    if (rid := ours.get(_same_id(str(missing)))) is not None:
+                        got[rid] = None
+                return "ok", got
         # TypeError: a 200 whose JSON is not as documented (null, a list): no answer, not a crash.
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             return "unknown", {}
@@ -422,21 +434,24 @@ async def read_back(
         timeout=aiohttp.ClientTimeout(total=request_timeout_s),
     ) as s:
         sem = asyncio.Semaphore(READ_BACK_DEVICES)
+        # Whether this pass reads in bulk: off for the rest of the pass at the first answer that
+        # the API has no bulk read (a proxy's passing 404 only costs this pass that speed).
+        bulk = {"on": True}
 
         async def device(device_id: str, rids: list[str]) -> None:
             async with sem:
                 token = await tokens.get(s, device_id, deadline)
                 if token is None:  # its requests stay unknown this pass
                     return
-                if tokens.bulk:
+                if bulk["on"]:
                     for at in range(0, len(rids), READ_BACK_BATCH):
                         chunk = rids[at : at + READ_BACK_BATCH]
                         outcome, got = await _statuses(s, opts.target, token, chunk, deadline)
                         if outcome == "unauthorized":
                             tokens.forget(device_id)
                             return
-                        if outcome == "absent":
-                            tokens.bulk = False
+                        if outcome == "absent":  # asked again on the next pass
+                            bulk["on"] = False
                             break
                         statuses.update(got)  # "unknown": this chunk is asked again next pass
                     else:

@@ -24,19 +24,23 @@ from env.topology import SERVICE_ROLES, Replica, Workload
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 Ids = tuple[int, int] | None
-#: Where Debian's `libjemalloc2` puts the library (the image is built for this machine's
-#: architecture, so the same path holds inside it).
-JEMALLOC = (
-    f"/usr/lib/{sysconfig.get_config_var('MULTIARCH') or 'x86_64-linux-gnu'}/libjemalloc.so.2"
-)
+#: Where the image links Debian's `libjemalloc2` (deploy/images/Dockerfile), whatever the
+#: architecture's directory.
+IMAGE_JEMALLOC = "/usr/local/lib/libjemalloc.so.2"
 
 
-def allocator(path: str = JEMALLOC) -> str | None:
-    """The malloc the service replicas preload: jemalloc when it is installed here, else None
-    (glibc's). Under a long soak glibc's arenas fragment with the TLS connections' churn: the
-    workers grew 15-28 %/h on glibc against 1-4 %/h on jemalloc with the same Python heap
-    (README, "Benchmarks")."""
-    return path if Path(path).is_file() else None
+def allocator() -> str | None:
+    """The malloc the service replicas preload: jemalloc when Debian's `libjemalloc2` is
+    installed here (in this architecture's library directory), else None (glibc's). Under a
+    long soak glibc's arenas fragment with the TLS connections' churn: the workers grew
+    15-28 %/h on glibc against 1-4 %/h on jemalloc with the same Python heap (README,
+    "Benchmarks")."""
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    here = [Path(f"/usr/lib/{multiarch}/libjemalloc.so.2")] if multiarch else []
+    found = [
+        p for p in (*here, *sorted(Path("/usr/lib").glob("*/libjemalloc.so.2"))) if p.is_file()
+    ]
+    return str(found[0]) if found else None
 
 
 @dataclass(frozen=True)

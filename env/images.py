@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from env.commands import JEMALLOC, PROJECT_ROOT
+from env.commands import IMAGE_JEMALLOC, PROJECT_ROOT
 
 IMAGE_DIR = PROJECT_ROOT / "deploy" / "images"
 BASE = "debian:bookworm-slim"
@@ -87,7 +87,7 @@ IMAGE_PYTHON_EXTRAS = ("async-timeout>=4.0.3",)
 IN_IMAGE: dict[str, Any] = {
     "python": "/opt/cwh/venv/bin/python",
     "code_root": Path("/opt/cwh/src"),
-    "malloc": JEMALLOC,  # the Dockerfile installs libjemalloc2
+    "malloc": IMAGE_JEMALLOC,  # the Dockerfile installs libjemalloc2 and links it there
 }
 #: The official image's apt sources, which a minbase debootstrap lacks (updates, security).
 DEBIAN_SOURCES = """Types: deb

@@ -206,6 +206,28 @@ def test_descriptor_growth_is_flagged_and_jitter_is_not():
     assert figures["pg0/postgres"].fds_ok is True
 
 
+def test_a_noisy_leak_is_flagged_however_its_last_half_looks():
+    """The last half measures its slope less precisely: a real leak must not be excused by that
+    noise. 15 %/h and 1 MiB of noise on a 50 MiB worker, and a descriptor every 15 minutes;
+    while a settling curve with a little noise is still excused."""
+    for seed in range(50):
+        [f] = service_figures(
+            series("worker1", 50, 0.15, noise=0.02, seed=seed), 300, 1800, memory_goal=0.10
+        )
+        assert f.memory_ok is False, (seed, f)
+    rng = random.Random(5)
+    settling = [
+        Sample(
+            t, 0, "worker1", "worker", 7, 1, 0,
+            int(MIB * (50 + 10 * (1 - math.exp(-t / 300)) + rng.gauss(0, 0.05))), 20 + t // 900,
+        )
+        for t in range(0, 1801, 10)
+    ]  # fmt: skip
+    [g] = service_figures(settling, 300, 1800, memory_goal=0.10)
+    assert g.memory_ok is True
+    assert g.fds_ok is False  # one more descriptor at 900 s and at 1800 s: not flat
+
+
 def test_a_pool_that_opens_connections_early_is_not_descriptor_growth():
     # 24 descriptors, two more by 15 minutes in (a pool reaching its working size), then flat.
     pool = [

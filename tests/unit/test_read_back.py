@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -286,3 +287,46 @@ def test_the_api_reads_statuses_in_bulk_and_a_failed_batch_is_asked_again(tmp_pa
     # Pass 1: three batches (one failed); pass 2: the failed batch and the pending one.
     assert calls["bulk:dev-big"] == 5, calls
     assert calls["token:dev-small"] == 2  # the refused token was asked anew
+
+
+def test_ids_are_matched_as_uuids_and_a_refused_batch_is_read_one_by_one(tmp_path):
+    """The API answers ids in its canonical form (lower case), whatever the ledger holds; an
+    API that refuses a batch this large (422) is read one GET at a time, for that pass."""
+    upper = str(uuid.UUID(int=1)).upper()
+    others = [str(uuid.UUID(int=n)) for n in range(2, 4)]
+    gets: list[str] = []
+
+    async def token(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"access_token": "tok"})
+
+    async def statuses(request: web.Request) -> web.StreamResponse:
+        ids = (await request.json())["request_ids"]
+        if len(ids) > 1:
+            return web.json_response({"error": "too many"}, status=422)
+        rows = [{"request_id": i.lower(), "status": "completed"} for i in ids]
+        return web.json_response({"requests": rows, "missing": []})
+
+    async def get_request(request: web.Request) -> web.StreamResponse:
+        gets.append(request.match_info["rid"])
+        return web.json_response({"request_id": request.match_info["rid"], "status": "failed"})
+
+    async def run(acked: dict[str, dict[str, str]]) -> dict[str, str | None]:
+        app = web.Application()
+        app.router.add_post("/oauth/token", token)
+        app.router.add_post("/v1/request-statuses", statuses)
+        app.router.add_get("/v1/requests/{rid}", get_request)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        (tmp_path / "identities-host_1.jsonl").write_text(json.dumps(["d", "d", "s"]) + "\n")
+        opts = FleetOptions(target=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        try:
+            return await settle(opts, tmp_path, acked, timeout_s=10, request_timeout_s=5)
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(run({upper: {"device_id": "d"}})) == {upper: "completed"}
+    assert gets == []
+    got = asyncio.run(run({rid: {"device_id": "d"} for rid in others}))
+    assert got == dict.fromkeys(others, "failed")  # what the GETs said
+    assert sorted(gets) == others
