@@ -128,7 +128,7 @@ load: deps
 		--settle-s $(SETTLE); $(keep_exit_code)
 
 clean: down
-	@rm -rf $(VENV) .deps-stamp
+	@rm -rf $(VENV) .deps-stamp  # .deps-stamp: where older checkouts kept the stamp
 
 # Chaos experiments (experiments/*.yaml) with a fleet in the background: no EXPERIMENT lists
 # them. Each run writes reports/<UTC>-chaos-<name>/ (journal, ledger, chaos.json with RTO and

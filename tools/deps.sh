@@ -81,7 +81,9 @@ if [[ ! -x $VENV/bin/python ]]; then
   echo "deps: creating $VENV" >&2
   "$PYTHON" -m venv "$VENV"
 fi
-stamp=.deps-stamp
+# Inside the venv: a venv made afresh (deleted, or replaced) is installed into whatever the stamp
+# of the one before said.
+stamp=$VENV/.deps-stamp
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   echo "deps: installing the project into $VENV" >&2
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
