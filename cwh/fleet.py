@@ -436,14 +436,15 @@ async def read_back(
         sem = asyncio.Semaphore(READ_BACK_DEVICES)
         # Whether this pass reads in bulk: off for the rest of the pass at the first answer that
         # the API has no bulk read (a proxy's passing 404 only costs this pass that speed).
-        bulk = {"on": True}
+        bulk = True
 
         async def device(device_id: str, rids: list[str]) -> None:
+            nonlocal bulk
             async with sem:
                 token = await tokens.get(s, device_id, deadline)
                 if token is None:  # its requests stay unknown this pass
                     return
-                if bulk["on"]:
+                if bulk:
                     for at in range(0, len(rids), READ_BACK_BATCH):
                         chunk = rids[at : at + READ_BACK_BATCH]
                         outcome, got = await _statuses(s, opts.target, token, chunk, deadline)
@@ -451,7 +452,7 @@ async def read_back(
                             tokens.forget(device_id)
                             return
                         if outcome == "absent":  # asked again on the next pass
-                            bulk["on"] = False
+                            bulk = False
                             break
                         statuses.update(got)  # "unknown": this chunk is asked again next pass
                     else:

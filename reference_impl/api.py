@@ -131,8 +131,8 @@ def authenticate(request: web.Request) -> Claims:
 async def rate_limit(request: web.Request, device_id: uuid.UUID, cost: int = 1) -> None:
     """A fixed one-second window per device, a call counting `cost` requests (at most the
     limit, so any call fits an empty window); fails open when Redis is down."""
-    cost = max(1, min(cost, request.app[SETTINGS].rate_limit_per_s))
     settings = request.app[SETTINGS]
+    cost = max(1, min(cost, settings.rate_limit_per_s))
     redis = request.app[REDIS]
     window = int(time.time())
     key = f"rl:{{{device_id}}}:{window}"
@@ -408,7 +408,8 @@ def request_ids_field(body: dict[str, Any]) -> list[uuid.UUID]:
 
 
 async def request_statuses(request: web.Request) -> web.StreamResponse:
-    """Many requests' statuses of this device in one call, one query: the harness's read-back
+    """Many requests' statuses of this device in one call (one query on a replica, one on the
+    primary for the ids the replica lacks): the harness's read-back
     after a run (a 30-minute soak acknowledges 26,000 requests, which one GET each could not
     read back within its settle) and a phone catching up after a long time offline. Statuses
     only: no response to decrypt. Another device's ids are `missing`, as its GET is a 404."""

@@ -6,10 +6,12 @@ ephemeral port stands for the API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -85,6 +87,25 @@ def fake_api(calls: Counter[str]) -> web.Application:
 def identities(folder: Path) -> None:
     """As the fleet's collector writes them (scenarios/shipping.py)."""
     rows = [[device, device, "s"] for device in sorted(set(DEVICE_OF.values()))]
+    (folder / "identities-host_1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[FleetOptions]:
+    """`app` on an ephemeral loopback port, for as long as the block runs: the fleet's options
+    pointing at it."""
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield FleetOptions(target=f"http://127.0.0.1:{runner.addresses[0][1]}")
+    finally:
+        await runner.cleanup()
+
+
+def device_identities(folder: Path, devices: list[str]) -> None:
+    """Each device's identity (its id as client id), as the fleet's collector writes them."""
+    rows = [[d, d, "s"] for d in devices]
     (folder / "identities-host_1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -195,21 +216,11 @@ def test_the_devices_are_read_back_side_by_side(tmp_path):
         app = web.Application()
         app.router.add_post("/oauth/token", token)
         app.router.add_get("/v1/requests/{rid}", get_request)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
         devices = [f"dev-{i}" for i in range(48)]
-        rows = [[d, d, "s"] for d in devices]
-        (tmp_path / "identities-host_1.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in rows)
-        )
+        device_identities(tmp_path, devices)
         acked = {f"{d}-r{n}": {"device_id": d} for d in devices for n in range(3)}
-        opts = FleetOptions(target=f"http://127.0.0.1:{runner.addresses[0][1]}")
-        try:
+        async with served(app) as opts:
             return await settle(opts, tmp_path, acked, timeout_s=60, request_timeout_s=5)
-        finally:
-            await runner.cleanup()
 
     statuses = asyncio.run(run())
     assert len(statuses) == 48 * 3
@@ -262,18 +273,9 @@ def test_the_api_reads_statuses_in_bulk_and_a_failed_batch_is_asked_again(tmp_pa
         app.router.add_post("/oauth/token", token)
         app.router.add_post("/v1/request-statuses", statuses)
         app.router.add_get("/v1/requests/{rid}", get_request)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        rows = [[d, d, "s"] for d in ("dev-big", "dev-small")]
-        (tmp_path / "identities-host_1.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in rows)
-        )
-        opts = FleetOptions(target=f"http://127.0.0.1:{runner.addresses[0][1]}")
-        try:
+        device_identities(tmp_path, ["dev-big", "dev-small"])
+        async with served(app) as opts:
             return await settle(opts, tmp_path, acked, timeout_s=30, request_timeout_s=5)
-        finally:
-            await runner.cleanup()
 
     got = asyncio.run(run())
     assert set(got) == set(acked)  # nothing unknown at the end
@@ -315,15 +317,9 @@ def test_ids_are_matched_as_uuids_and_a_refused_batch_is_read_one_by_one(tmp_pat
         app.router.add_post("/oauth/token", token)
         app.router.add_post("/v1/request-statuses", statuses)
         app.router.add_get("/v1/requests/{rid}", get_request)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        (tmp_path / "identities-host_1.jsonl").write_text(json.dumps(["d", "d", "s"]) + "\n")
-        opts = FleetOptions(target=f"http://127.0.0.1:{runner.addresses[0][1]}")
-        try:
+        device_identities(tmp_path, ["d"])
+        async with served(app) as opts:
             return await settle(opts, tmp_path, acked, timeout_s=10, request_timeout_s=5)
-        finally:
-            await runner.cleanup()
 
     assert asyncio.run(run({upper: {"device_id": "d"}})) == {upper: "completed"}
     assert gets == []
