@@ -27,7 +27,7 @@ from rich.console import Console
 from cwh import signals
 from env.local import free_port
 from scenarios.latency import LatencyRecorder
-from scenarios.profiles import SHAPE_NAMES
+from scenarios.profiles import FINISH_FILE, SHAPE_NAMES
 from scenarios.shipping import problems, read_manifest
 from slo.ledger import Operation, merge, read_jsonl, write_atomic, write_jsonl
 from slo.reconcile import EXIT_CODES, acknowledged, notified_ids, reconcile
@@ -239,6 +239,27 @@ def _wait_locust(opts: FleetOptions, proc: subprocess.Popen[bytes], console: Con
         signals.pass_on(proc)
         interrupted_wait(proc, LOCUST_STOP_TIMEOUT_S + 30)
         return INTERRUPTED
+
+
+def request_finish(out: Path, reason: str) -> bool:
+    """Ask the fleet running into `out` to end its run now, as if its duration were up: its
+    phones stop and the run is reconciled and judged as any other (no interrupt). The reason
+    goes into the summary (`finished_early`). False when it was asked already."""
+    path = out / "fleet" / FINISH_FILE
+    if path.exists():
+        return False
+    write_atomic(path, json.dumps({"reason": reason, "wall": time.time()}))
+    return True
+
+
+def finished_early(out: Path, before: float) -> dict[str, Any] | None:
+    """Why and when the run in `out` was ended before its duration (`request_finish`), if it
+    was asked to before the wall time `before` (its duration's end), else None."""
+    path = out / "fleet" / FINISH_FILE
+    if not path.exists():
+        return None
+    asked: dict[str, Any] = json.loads(path.read_text())
+    return asked if asked["wall"] < before else None
 
 
 def interrupted_wait(
@@ -644,6 +665,7 @@ def run_fleet(
         "window": {"start": started, "end": ended},
         "locust_exit_code": code,
         "interrupted": code == INTERRUPTED,
+        "finished_early": finished_early(out, before=started + opts.duration_s),
         "verdict": verdict,
         "operations": kinds,
         "latency": hdr,
@@ -672,6 +694,11 @@ def summary_markdown(opts: FleetOptions, summary: dict[str, Any]) -> str:
         f"{opts.duration_s:g} s, {opts.workers} worker process(es)",
         "",
     ]
+    if early := summary.get("finished_early"):
+        lines[-1:-1] = [
+            f"- ended {summary['window']['end'] - summary['window']['start']:.0f} s in, before "
+            f"its {opts.duration_s:g} s: {early['reason']}"
+        ]
     if opts.arrival_rate:
         lines[-1:-1] = [
             f"- open arrivals: {opts.arrival_rate:g} sessions/s scheduled; latencies marked "

@@ -11,6 +11,7 @@ import os
 
 from scenarios import phone
 from scenarios.locust_shapes import SHAPES
+from scenarios.profiles import FINISH_FILE, Tick
 
 
 def _mix(spec: str) -> tuple[int, int]:
@@ -25,11 +26,17 @@ else:
     IOSPhone, AndroidPhone = phone.IOSPhone, phone.AndroidPhone
 IOSPhone.weight, AndroidPhone.weight = _mix(os.environ.get("CWH_MIX", "ios=60,android=40"))
 
-_shape = SHAPES[os.environ.get("CWH_SHAPE", "steady")]
 
+# No module-level name for the chosen shape's class: Locust runs the first shape class it finds
+# among the module's names, and that would be it, not FleetShape (the finish file went unread).
+class FleetShape(SHAPES[os.environ.get("CWH_SHAPE", "steady")]):  # type: ignore[misc]
+    """The shape chosen for this run (Locust picks up one shape class from the locustfile),
+    ended early when the fleet's finish file appears (only the master, or a lone process, ticks)."""
 
-class FleetShape(_shape):  # type: ignore[valid-type, misc]
-    """The shape chosen for this run (Locust picks up one shape class from the locustfile)."""
+    def tick(self) -> Tick:
+        if (phone.FLEET_DIR / FINISH_FILE).exists():
+            return None
+        return super().tick()  # type: ignore[no-any-return]
 
 
 __all__ = ["AndroidPhone", "FleetShape", "IOSPhone"]

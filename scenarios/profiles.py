@@ -16,6 +16,11 @@ Tick = tuple[int, float] | None
 #: free of Locust, so the fleet runner can validate a name without being monkey-patched.
 SHAPE_NAMES = ("steady", "ramp", "spike", "soak", "diurnal", "storm")
 
+#: In the fleet's folder (CWH_FLEET_DIR), the file that ends a run before its duration: the
+#: shape returns None once it exists, and Locust stops its phones as at the end of the run
+#: time. A chaos experiment writes it once every path has recovered (`stop_fleet`).
+FINISH_FILE = "finish"
+
 
 @dataclass(frozen=True)
 class Profile:

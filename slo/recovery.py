@@ -154,6 +154,30 @@ def path_ops(ops: Iterable[Operation], ttr_bound_s: float = 5.0) -> dict[str, li
     return out
 
 
+def recovered_at(
+    ops: Iterable[Operation],
+    since: float,
+    consecutive: int = 5,
+    ttr_bound_s: float = 5.0,
+    bounds_s: Mapping[str, float] | None = None,
+) -> float | None:
+    """The wall time from which every path in use has recovered from what happened at `since`
+    (wall clock): the latest of their recoveries as `rto_s` finds them, or None while one has
+    not, or has had fewer than `consecutive` operations since. A path in use had operations
+    before `since`. Judged as `recovery_report` judges (`bounds_s` per path, the notification
+    path by `ttr_bound_s`); asked again as the ledger grows, a later failure moves it on."""
+    bounds = {**(bounds_s or {}), "notification": ttr_bound_s}
+    latest = None
+    for path, mine in path_ops(ops, ttr_bound_s).items():
+        if not any(o.invoked_s < since for o in mine):
+            continue
+        value = rto_s(mine, since, consecutive, bound_s=bounds.get(path))
+        if value is None:
+            return None
+        latest = max(latest or 0.0, since + value)
+    return latest
+
+
 def longest_silence(ops: Iterable[Operation], since: float) -> dict[str, float] | None:
     """The longest window from `since` on in which none of `ops` completed (whatever its
     outcome): {"s", "from", "to"}, or None when none completed after `since`. The window from

@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slo.ledger import Operation
-from slo.recovery import longest_wait_unanswered, reconcile_writes, rto_s, stalled
+from slo.recovery import (
+    longest_wait_unanswered,
+    reconcile_writes,
+    recovered_at,
+    rto_s,
+    stalled,
+)
 
 
 def op(i: int, t: float, outcome: str, wall: float | None = None) -> Operation:
@@ -148,3 +154,30 @@ def test_a_result_that_waited_for_an_offline_phone_is_not_a_late_notification():
         "notification"
     ]
     assert [(o.op_id, o.outcome) for o in notified] == [("ttr:1", "ok"), ("ttr:3", "fail")]
+
+
+def path_op(i: int, kind: str, wall: float, outcome: str, latency_s: float = 0.05) -> Operation:
+    return Operation(f"{kind}{i}", kind, wall, wall + latency_s, wall, outcome)  # type: ignore[arg-type]
+
+
+def test_recovered_at_waits_for_every_path_in_use_and_moves_on_with_a_later_failure():
+    """What ends a chaos fleet early (`stop_fleet`): every path in use recovered after the
+    fault, as `rto_s` counts it; a path nobody used before the fault is not waited for."""
+    fault = 100.0
+    writes = [path_op(i, "submit", 90 + i, "ok") for i in range(5)]
+    writes += [path_op(10 + i, "submit", 101 + i, "fail") for i in range(3)]
+    writes += [path_op(20 + i, "submit", 104 + i, "ok") for i in range(5)]
+    reads = [path_op(i, "read", 95 + i * 2, "ok") for i in range(5)]
+    # Reads were in use and have only two operations after the fault: not yet known.
+    assert recovered_at(writes + reads, fault, consecutive=5) is None
+    reads += [path_op(10 + i, "read", 106 + i, "ok") for i in range(3)]
+    # Writes recovered at their first good answer after the last failure (104.05); reads never
+    # failed, so theirs is the fault itself: the later of the two counts.
+    assert recovered_at(writes + reads, fault, consecutive=5) == pytest.approx(104.05)
+    # One more failure: recovery starts again after it, and needs five good writes.
+    late = [path_op(30, "submit", 110, "fail")]
+    assert recovered_at(writes + reads + late, fault, consecutive=5) is None
+    late += [path_op(40 + i, "submit", 111 + i, "ok") for i in range(5)]
+    assert recovered_at(writes + reads + late, fault, consecutive=5) == pytest.approx(111.05)
+    # A path with no operation before the fault (no results were awaited) is not in use.
+    assert recovered_at(writes, fault, consecutive=5) == pytest.approx(104.05)

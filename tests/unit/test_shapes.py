@@ -1,15 +1,26 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scenarios.profiles import SHAPE_NAMES, Profile, diurnal, ramp, spike, steady, storm_due
+from scenarios.profiles import (
+    FINISH_FILE,
+    SHAPE_NAMES,
+    Profile,
+    diurnal,
+    ramp,
+    spike,
+    steady,
+    storm_due,
+)
 
 profiles = st.builds(
     Profile,
@@ -58,27 +69,48 @@ def test_storm_is_due_from_half_way():
     assert storm_due(p, 50)
 
 
-def test_every_locust_shape_ticks_through_its_profile():
-    """In a process of its own: importing Locust monkey-patches the interpreter (gevent)."""
-    script = (
-        "import json\n"
-        "from scenarios.locust_shapes import SHAPES\n"
-        "print(json.dumps({name: shape().tick() for name, shape in SHAPES.items()}))\n"
-    )
+def in_locust_process(script: str, **environ: str) -> Any:
+    """What `script` prints last, as JSON, run in a process of its own: importing Locust
+    monkey-patches the interpreter (gevent)."""
     out = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, **environ},
         check=True,
     )
-    ticks = json.loads(out.stdout)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_every_locust_shape_ticks_through_its_profile():
+    script = (
+        "import json\n"
+        "from scenarios.locust_shapes import SHAPES\n"
+        "print(json.dumps({name: shape().tick() for name, shape in SHAPES.items()}))\n"
+    )
+    ticks = in_locust_process(script)
     assert set(ticks) == set(SHAPE_NAMES)  # the Locust table and the names agree
     assert ticks["steady"] == [50, 50.0]
     assert ticks["ramp"] == [5, 50.0]
     assert ticks["spike"] == [10, 50.0]
     assert ticks["diurnal"] == [5, 50.0]
+
+
+def test_locust_runs_the_fleet_shape_and_it_ends_when_the_finish_file_appears(tmp_path):
+    """Locust runs the first shape class among the locustfile's names: it must be FleetShape,
+    the one that reads the finish file (a module-level alias of its base once shadowed it)."""
+    script = (
+        "import json, os, pathlib\n"
+        "from locust.util.load_locustfile import load_locustfile\n"
+        "_, shapes = load_locustfile('scenarios/locustfile.py')\n"
+        "before = shapes[0].tick()\n"
+        f"pathlib.Path(os.environ['CWH_FLEET_DIR'], '{FINISH_FILE}').touch()\n"
+        "print(json.dumps([[type(s).__name__ for s in shapes], before, shapes[0].tick()]))\n"
+    )
+    found = in_locust_process(script, CWH_FLEET_DIR=str(tmp_path), CWH_SHAPE="steady")
+    assert found == [["FleetShape"], [50, 50.0], None]
 
 
 def test_profile_refuses_nonsense():

@@ -9,13 +9,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from cwh.fleet import request_finish
 from env.process import pid_alive, wait_until
 from experiments import harness
-from experiments.activities.fleet.probes import ledger_ops
+from experiments.activities.fleet.probes import LedgerTail, ledger_ops
+from experiments.activities.measure.probes import latency_bounds_s
 from experiments.settings import ChaosSettings, Configuration
+from slo.ledger import Operation
+from slo.recovery import recovered_at
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -140,19 +145,40 @@ def _through_ingress(s: ChaosSettings) -> dict[str, str]:
 
 
 def stop_fleet(
-    timeout_s: float = 240, interrupt: bool = False, *, configuration: Configuration
+    timeout_s: float = 240,
+    interrupt: bool = False,
+    end_when_recovered: bool = True,
+    recovered_for_s: float = 15,
+    consecutive: int = 5,
+    *,
+    configuration: Configuration,
 ) -> dict[str, Any]:
-    """Wait for the fleet to finish its run and reconcile (or interrupt it at once); always
-    leaves no fleet process behind. Returns its summary's reconciliation."""
+    """Let the fleet finish its run and reconcile (or interrupt it at once); always leaves no
+    fleet process behind. Returns its summary's reconciliation.
+
+    `end_when_recovered`: once every path the phones use has recovered from the fault
+    journal's last event (`consecutive` good operations in a row, as the RTO probe counts
+    them) and stayed so for `recovered_for_s`, the fleet ends its run there, not at the end of
+    its duration, which stays the bound: what follows a recovery adds nothing to RTO or RPO
+    but minutes to every trial. A later failure starts the wait again."""
     s = harness.settings_of(configuration)
     path = s.run_dir / "fleet.pid"
     if not path.exists():
         return {"running": False}
     pid = int(path.read_text())
+    deadline = time.monotonic() + timeout_s
+    early = None
     if interrupt and pid_alive(pid):
         os.killpg(pid, signal.SIGINT)
+    elif end_when_recovered:
+        early = _finish_when_recovered(s, pid, recovered_for_s, consecutive, deadline)
     try:
-        wait_until(lambda: not pid_alive(pid), timeout_s, "the fleet finished", interval_s=0.5)
+        wait_until(
+            lambda: not pid_alive(pid),
+            max(0.0, deadline - time.monotonic()),
+            "the fleet finished",
+            interval_s=0.5,
+        )
     except TimeoutError:
         os.killpg(pid, signal.SIGKILL)
     finally:
@@ -163,4 +189,50 @@ def stop_fleet(
     summary = s.run_dir / "summary.json"
     if not summary.exists():
         return {"running": False, "summary": None}
-    return {"running": False, "reconciliation": json.loads(summary.read_text())["reconciliation"]}
+    return {
+        "running": False,
+        "finished_early": early,
+        "reconciliation": json.loads(summary.read_text())["reconciliation"],
+    }
+
+
+def _finish_when_recovered(
+    s: ChaosSettings, pid: int, hold_s: float, consecutive: int, deadline: float
+) -> str | None:
+    """Ask the fleet to finish once every path has held its recovery from the last fault event
+    for `hold_s`; the reason, or None when the fleet ended first (or nothing was injected: then
+    the whole run is the measurement)."""
+    journal = harness.fault_journal(s)
+    if not journal:
+        return None
+    since = max(e["wall"] for e in journal)
+    bounds = latency_bounds_s()
+    ttr = bounds.pop("notification")
+    tail = LedgerTail(s.run_dir / "fleet")
+    ops: list[Operation] = []
+    reason: list[str] = []
+
+    def recovered_long_enough() -> bool:
+        ops.extend(tail.read())
+        at = recovered_at(ops, since, consecutive, ttr, bounds)
+        if at is None or time.time() - at < hold_s:
+            return False
+        reason.append(
+            f"every path had recovered {at - since:.1f} s after the last fault event and held "
+            f"for {hold_s:g} s"
+        )
+        return True
+
+    try:
+        wait_until(
+            lambda: not pid_alive(pid) or recovered_long_enough(),
+            max(0.0, deadline - time.monotonic()),
+            "every path recovered",
+            interval_s=1.0,
+        )
+    except TimeoutError:
+        return None
+    if not reason or not pid_alive(pid):
+        return None
+    request_finish(s.run_dir, reason[0])
+    return reason[0]
