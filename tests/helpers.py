@@ -14,13 +14,15 @@ import psycopg
 import requests
 from rich.console import Console
 
-from cwh.fleet import FleetOptions, run_fleet
+from cwh.fleet import FleetOptions, request_finish, run_fleet
 from cwh.gate import GateOptions, check
 from env.local import LocalEnvironment
 from env.probes import RedisCredentials
 from env.process import wait_until
+from experiments.activities.fleet.probes import LedgerTail
 from experiments.pg_failover import wait_healthy as wait_healthy_state
 from slo.definitions import DEFAULT_DIR as SLO_DIR
+from slo.ledger import Operation
 from slo.sources import Window
 
 T = TypeVar("T")
@@ -180,6 +182,35 @@ class Background:
         if "error" in self.got:
             raise self.got["error"]
         return self.got["value"]
+
+
+def finish_fleet(
+    reports: Path,
+    reason: str,
+    when: Callable[[list[Operation]], bool] = lambda ops: True,
+    timeout_s: float = 120,
+) -> Path:
+    """End the one fleet running under `reports` before its duration (`request_finish`: its
+    phones stop and it is reconciled as a whole run) once its live ledger satisfies `when`:
+    a test's fleet runs as long as the test needs it, its duration only a bound."""
+    out = poll(lambda: next(reports.glob("*-load"), None), 30, "the fleet's run folder")
+    tail = LedgerTail(out / "fleet")
+    ops: list[Operation] = []
+
+    def ready() -> bool:
+        ops.extend(tail.read())
+        return when(ops)
+
+    poll(ready, timeout_s, f"the fleet's ledger: {reason}", interval_s=0.5)
+    request_finish(out, reason)
+    return out
+
+
+def served_after(wall: float) -> Callable[[list[Operation]], bool]:
+    """`finish_fleet`'s condition: a phone's submit, sent after `wall`, was acknowledged."""
+    return lambda ops: any(
+        o.kind == "submit" and o.outcome == "ok" and o.invoked_wall > wall for o in ops
+    )
 
 
 def fleet_in_background(status: dict[str, Any], reports: Path, **options: Any) -> Background:

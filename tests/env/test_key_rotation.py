@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import requests
 
 from env.rotation import keyset_path, retire_old_keys, rotate_keys
 from slo.ledger import read_jsonl
-from tests.helpers import fleet, poll, wait_healthy
+from tests.helpers import finish_fleet, fleet, poll, served_after, wait_healthy
 from tests.phone import Phone
 
 pytestmark = pytest.mark.env
@@ -79,6 +80,8 @@ def test_rotation_fails_no_request_and_the_retired_key_is_refused(local_env, tmp
             fresh = loop.run_until_complete(holder())
             assert kid(fresh.token) == rotated["kid"]
             assert set(loop.run_until_complete(answers(old_phone, 6))) == {200}
+            # Phones served 10 s past the rotation, then the fleet ends (40 s is its bound).
+            finish_fleet(tmp_path, "rotated, and serving", served_after(time.time() + 10))
             code, _, summary = run.result(timeout=300)
         assert code == 0, summary
         failed = {k: v["fail"] for k, v in summary["operations"].items() if v["fail"]}

@@ -18,7 +18,14 @@ from env import probes
 from env.layout import Layout
 from env.local import LocalEnvironment
 from experiments.harness import scrape_sum
-from tests.helpers import fleet_in_background, knobs, poll, wait_healthy
+from tests.helpers import (
+    finish_fleet,
+    fleet_in_background,
+    knobs,
+    poll,
+    served_after,
+    wait_healthy,
+)
 from tests.phone import Phone
 
 pytestmark = pytest.mark.env
@@ -62,6 +69,8 @@ def test_api_scales_out_and_in_under_a_fleet_without_a_failed_request(
             assert not psutil.pid_exists(pids["api5"])
             names = {c["name"] for c in local_env.supervisor_status()["components"]}
             assert not names & {"api4", "api5"}
+            # Phones served on three replicas again, then the fleet ends (70 s is its bound).
+            finish_fleet(tmp_path, "scaled in and serving", served_after(time.time() + 10))
     finally:
         local_env.scale("api", 3)  # whatever happened above
     code, _, summary = running.result()
@@ -169,6 +178,8 @@ def test_a_rolling_update_of_the_api_under_a_fleet_fails_nothing(
     with fleet_in_background(status, tmp_path, users=10, duration_s=90) as running:
         poll(lambda: api_sessions(layout)["BACKEND"] > started + 50, 60, "the fleet under way")
         out = local_env.rollout("api")
+        # Phones served by the new replicas, then the fleet ends (90 s is its bound).
+        finish_fleet(tmp_path, "rolled out and serving", served_after(time.time() + 10))
     assert out["refused"] == "", out
     assert out["removed"] == out["added"] == ["api1", "api2", "api3"], out
     assert out["after"] == 3

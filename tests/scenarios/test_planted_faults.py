@@ -19,7 +19,7 @@ from env.local import LocalEnvironment
 from experiments.pg_failover import KILL_POSTGRES
 from slo.ledger import read_jsonl
 from slo.recovery import recovery_report
-from tests.helpers import fleet, poll, port_of, wait_healthy
+from tests.helpers import finish_fleet, fleet, poll, port_of, served_after, wait_healthy
 
 pytestmark = [pytest.mark.env, pytest.mark.fault]
 
@@ -124,8 +124,14 @@ def assert_exactly_what_was_planted(rec: dict[str, Any], found: dict[str, list[s
 @pytest.mark.usefixtures("retrying_phones")
 def test_a_fleet_reports_exactly_the_planted_faults(local_env: LocalEnvironment, tmp_path):
     status = wait_healthy(local_env)
+
+    def finish() -> None:
+        # Every fault planted: the fleet has done its part (its phones stop gracefully, so
+        # every acknowledgement in flight still reaches its phone).
+        finish_fleet(tmp_path, "every fault planted")
+
     (code, out, summary), found = plant_during(
-        status, lambda: fleet(status, tmp_path, users=10, duration_s=75)
+        status, lambda: fleet(status, tmp_path, users=10, duration_s=75), then=finish
     )
     rec = summary["reconciliation"]
     assert_exactly_what_was_planted(rec, found)
@@ -155,6 +161,10 @@ def test_planted_faults_are_counted_exactly_across_a_failover(
             interval_s=0.2,
         )
         fault["killed"] = killed
+        # Phones keep working well after the failover, then the fleet finishes (120 s bound).
+        finish_fleet(
+            tmp_path, "phones served 20 s after the failover", served_after(fault["wall"] + 20)
+        )
 
     (_, out, summary), found = plant_during(
         status, lambda: fleet(status, tmp_path, users=10, duration_s=120), then=failover
