@@ -529,6 +529,13 @@ def goals(
     judged_mem = [f for f in figures if f.memory_ok is not None]
     worst = max(judged_mem, key=lambda f: f.memory_growth_per_hour or 0.0, default=None)
     mem_bad = [f.service for f in judged_mem if not f.memory_ok]
+    # Over the goal on the whole window but excused by a level last half (`levels_off`): said,
+    # so a reader of the worst figure knows why it still meets the goal.
+    settled = [
+        f"{f.service} ({_pct(f.memory_late_growth_per_hour)}/h)"
+        for f in judged_mem
+        if f.memory_ok and (f.memory_growth_per_hour or 0.0) >= s.memory_goal
+    ]
     fd_bad = [f.service for f in figures if f.fds_ok is False]
     restarted = [f.service for f in figures if f.restarts]
     ratio = (windows.get("ratio", {}).get("all") or {}).get("p99")
@@ -540,6 +547,7 @@ def goals(
             (
                 f"worst {worst.service} {_pct(worst.memory_growth_per_hour)}/h"
                 + (f"; over the goal: {', '.join(mem_bad)}" if mem_bad else "")
+                + (f"; levelled off in the last half: {', '.join(settled)}" if settled else "")
                 if worst
                 else "not measured"
             ),

@@ -186,6 +186,11 @@ def test_growth_that_levels_off_is_not_a_leak_and_a_steady_one_is():
     assert (f.memory_growth_per_hour or 0) > 0.10  # the whole line alone would call it growth
     assert abs(f.memory_late_growth_per_hour or 0) < 0.10
     assert f.memory_ok is True
+    # The goals line shows the whole window's figure, and says the last half excused it.
+    memory = goals([f], latency_windows([]), SoakSettings(duration_s=1800))[0]
+    assert memory.ok is True
+    assert "worst worker1 +" in memory.measured
+    assert "levelled off in the last half: worker1 (" in memory.measured
     leak = [sample(t, 50 + 10 * t / 1800) for t in range(0, 1801, 10)]
     [g] = service_figures(leak, 300, 1800, memory_goal=0.10)
     # The same slope in MiB per hour, over a higher level: a slightly smaller ratio.
