@@ -9,7 +9,7 @@ ifdef RUNTIME
 export CWH_RUNTIME := $(RUNTIME)
 endif
 
-.PHONY: deps images manifests up status down test lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime bench-proxy bench-soak load slo slo-rules chaos gameday chaos-stop clean kind-up staging-load staging-chaos
+.PHONY: deps images manifests up status down test test-dr test-containers test-all lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime bench-proxy bench-soak load slo slo-rules chaos gameday chaos-stop clean kind-up staging-load staging-chaos
 
 deps:
 	@./tools/deps.sh
@@ -68,8 +68,21 @@ down: deps
 	@$(CWH) env down
 
 # Lint and types first: they take seconds, the environment tests take minutes.
+# `make test` is the local runtime's tests; the other runtimes' subsets run on their own:
+# test-dr (backups, the restore and point-in-time drills, a second region) and test-containers
+# (Docker), each in a session of its own; test-all is all three, as CI runs them. TESTS picks
+# the subset by marker expression (TESTS= runs every test collected, e.g. one file's).
+TESTS ?= not containers and not dr
 test: deps lint typecheck
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest $(if $(strip $(TESTS)),-m "$(TESTS)") $(PYTEST_ARGS)
+
+test-dr: deps
+	@$(PY) -m pytest -m dr $(PYTEST_ARGS)
+
+test-containers: deps
+	@$(PY) -m pytest -m containers $(PYTEST_ARGS)
+
+test-all: test test-dr test-containers
 
 lint: deps
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

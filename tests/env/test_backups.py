@@ -28,7 +28,7 @@ from tests.helpers import (
     wait_healthy,
 )
 
-pytestmark = pytest.mark.env
+pytestmark = [pytest.mark.env, pytest.mark.dr]
 
 CWH = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "cwh")
 

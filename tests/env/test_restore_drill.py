@@ -15,7 +15,7 @@ from env.restore import lose_cluster, restore_cluster
 from tests.env.test_backups import archived_max, full_backups, switch_wal
 from tests.helpers import members, poll, primary_of, query, wait_healthy
 
-pytestmark = [pytest.mark.env, pytest.mark.fault]
+pytestmark = [pytest.mark.env, pytest.mark.fault, pytest.mark.dr]
 
 TABLE = "drill_marks"
 

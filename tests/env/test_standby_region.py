@@ -21,7 +21,7 @@ from env.process import processes_of
 from env.settings import EnvSettings
 from tests.helpers import members, poll, query, wait_healthy
 
-pytestmark = pytest.mark.env
+pytestmark = [pytest.mark.env, pytest.mark.dr]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from experiments.settings import ChaosSettings
 from tests.experiments.test_chaos import cwh_chaos, injected, load
 from tests.helpers import members, primary_of, wait_healthy
 
-pytestmark = [pytest.mark.env, pytest.mark.fault]
+pytestmark = [pytest.mark.env, pytest.mark.fault, pytest.mark.dr]
 
 
 def test_a_bad_migration_is_undone_by_a_point_in_time_restore(local_env, tmp_path):

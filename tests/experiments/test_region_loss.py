@@ -15,7 +15,7 @@ from env.process import pid_alive, processes_of
 from tests.experiments.test_chaos import cwh_chaos, injected, load
 from tests.helpers import wait_healthy
 
-pytestmark = [pytest.mark.env, pytest.mark.fault]
+pytestmark = [pytest.mark.env, pytest.mark.fault, pytest.mark.dr]
 
 #: The cross-region link's delay each way in this test.
 LINK_MS = 1000
