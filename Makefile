@@ -70,8 +70,9 @@ down: deps
 # Lint and types first: they take seconds, the environment tests take minutes.
 # `make test` is the local runtime's tests; the other runtimes' subsets run on their own:
 # test-dr (backups, the restore and point-in-time drills, a second region) and test-containers
-# (Docker), each in a session of its own; test-all is all three, as CI runs them. TESTS picks
-# the subset by marker expression (TESTS= runs every test collected, e.g. one file's).
+# (Docker), each in a session of its own; test-all is all three, as CI runs them. TESTS is the
+# marker expression that picks the subset: a file of another subset needs TESTS= (every test
+# collected), e.g. `make test TESTS= PYTEST_ARGS=tests/containers/test_runtime.py`.
 TESTS ?= not containers and not dr
 test: deps lint typecheck
 	@$(PY) -m pytest $(if $(strip $(TESTS)),-m "$(TESTS)") $(PYTEST_ARGS)
@@ -82,7 +83,11 @@ test-dr: deps
 test-containers: deps
 	@$(PY) -m pytest -m containers $(PYTEST_ARGS)
 
-test-all: test test-dr test-containers
+# One after the other whatever make's -j (the sessions share the test environment's ports and
+# run directory), each run even when one before it failed; the worst exit code wins.
+test-all:
+	@status=0; for t in test test-dr test-containers; do \
+		$(MAKE) --no-print-directory $$t || status=1; done; exit $$status
 
 lint: deps
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -625,6 +625,8 @@ def run_fleet(
     own_folder = out is None
     out = (out or reports / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # An earlier run's finish in the same folder would end this one at its first tick.
+    (out / "fleet" / FINISH_FILE).unlink(missing_ok=True)
     started = time.time()
     code = run_locust(opts, out, console, log)
     ended = time.time()

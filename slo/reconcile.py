@@ -65,6 +65,18 @@ def notified_ids(ops: Iterable[Operation]) -> set[str]:
     }
 
 
+def awaiting_results(ops: Iterable[Operation], acked_before: float) -> list[str]:
+    """Request ids acknowledged before `acked_before` (wall clock) whose result has not reached
+    a phone yet: work the system still owes (a killed worker's job waits for its claim to
+    expire). A request it lost stays here for good."""
+    done = notified_ids(ops)
+    return [
+        rid
+        for rid, ack in acknowledged(ops).items()
+        if ack["acked_wall"] < acked_before and rid not in done
+    ]
+
+
 def reconcile(
     ops: list[Operation],
     statuses: Mapping[str, str | None],

@@ -165,10 +165,13 @@ def recovered_at(
     (wall clock): the latest of their recoveries as `rto_s` finds them, or None while one has
     not, or has had fewer than `consecutive` operations since. A path in use had operations
     before `since`. Judged as `recovery_report` judges (`bounds_s` per path, the notification
-    path by `ttr_bound_s`); asked again as the ledger grows, a later failure moves it on."""
+    path by `ttr_bound_s`); asked again as the ledger grows, a later failure moves it on. A
+    read answered 404 is an answer (what `read_of_lost` leaves out once the losses are known:
+    a run that lost data would otherwise never count as recovered before its end)."""
     bounds = {**(bounds_s or {}), "notification": ttr_bound_s}
+    answered = [o for o in ops if not (o.kind == "read" and o.error == "404")]
     latest = None
-    for path, mine in path_ops(ops, ttr_bound_s).items():
+    for path, mine in path_ops(answered, ttr_bound_s).items():
         if not any(o.invoked_s < since for o in mine):
             continue
         value = rto_s(mine, since, consecutive, bound_s=bounds.get(path))

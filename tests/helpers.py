@@ -192,17 +192,21 @@ def finish_fleet(
 ) -> Path:
     """End the one fleet running under `reports` before its duration (`request_finish`: its
     phones stop and it is reconciled as a whole run) once its live ledger satisfies `when`:
-    a test's fleet runs as long as the test needs it, its duration only a bound."""
+    a test's fleet runs as long as the test needs it, its duration only a bound. A fleet that
+    reached its bound first is left alone (its merged ledger marks the end of its phones): the
+    test judges what it ran, as it did before."""
     out = poll(lambda: next(reports.glob("*-load"), None), 30, "the fleet's run folder")
     tail = LedgerTail(out / "fleet")
     ops: list[Operation] = []
 
-    def ready() -> bool:
+    def ended_or_ready() -> str | None:
+        if (out / "ledger.jsonl").exists():
+            return "ended"
         ops.extend(tail.read())
-        return when(ops)
+        return "ready" if when(ops) else None
 
-    poll(ready, timeout_s, f"the fleet's ledger: {reason}", interval_s=0.5)
-    request_finish(out, reason)
+    if poll(ended_or_ready, timeout_s, f"the fleet's ledger: {reason}", interval_s=0.5) == "ready":
+        request_finish(out, reason)
     return out
 
 

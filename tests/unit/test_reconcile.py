@@ -6,7 +6,7 @@ from pathlib import Path
 from slo.definitions import load
 from slo.gate import Context, evaluate
 from slo.ledger import Operation
-from slo.reconcile import reconcile
+from slo.reconcile import awaiting_results, reconcile
 from slo.sources import RunData, Window
 
 
@@ -171,3 +171,13 @@ def test_a_completed_request_never_notified_fails_the_gate(tmp_path: Path):
         )
         verdict = evaluate(slo, Context(Window(0, 60), None, RunData(tmp_path)))
         assert verdict.status == status, verdict
+
+
+def test_results_owed_are_the_acknowledged_requests_older_than_the_cut_without_a_result():
+    """What keeps a chaos fleet running after its paths recovered (`stop_fleet`): a job the
+    system still owes a phone (a killed worker's, until its claim expires)."""
+    ops = [submit("k1", "r1"), submit("k2", "r2"), submit("k3", "r3", "fail"), note("r1")]
+    # Acknowledged at 1000.1 (invoked_wall 1000 + 0.1 s): owed when the cut is later.
+    assert awaiting_results(ops, acked_before=1001.0) == ["r2"]
+    assert awaiting_results(ops, acked_before=1000.0) == []  # acknowledged too recently to owe
+    assert awaiting_results([*ops, note("r2")], acked_before=1001.0) == []

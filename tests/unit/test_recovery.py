@@ -181,3 +181,15 @@ def test_recovered_at_waits_for_every_path_in_use_and_moves_on_with_a_later_fail
     assert recovered_at(writes + reads + late, fault, consecutive=5) == pytest.approx(111.05)
     # A path with no operation before the fault (no results were awaited) is not in use.
     assert recovered_at(writes, fault, consecutive=5) == pytest.approx(104.05)
+
+
+def test_recovered_at_takes_a_read_answered_404_for_an_answer():
+    """A read of a request the system lost is answered 404: the read path is up (the RTO probe
+    leaves such reads out once the losses are known), so it must not hold the fleet."""
+    fault = 100.0
+    writes = [path_op(i, "submit", 95 + i, "ok") for i in range(10)]
+    reads = [path_op(i, "read", 95 + i, "ok") for i in range(10)]
+    lost = Operation("read-lost", "read", 106.5, 106.6, 106.5, "fail", None, "404")
+    assert recovered_at([*writes, *reads, lost], fault, consecutive=5) == pytest.approx(100.0)
+    refused = Operation("read-503", "read", 106.5, 106.6, 106.5, "fail", None, "503")
+    assert recovered_at([*writes, *reads, refused], fault, consecutive=5) is None

@@ -20,6 +20,7 @@ from experiments.activities.fleet.probes import LedgerTail, ledger_ops
 from experiments.activities.measure.probes import latency_bounds_s
 from experiments.settings import ChaosSettings, Configuration
 from slo.ledger import Operation
+from slo.reconcile import awaiting_results
 from slo.recovery import recovered_at
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -156,22 +157,23 @@ def stop_fleet(
     """Let the fleet finish its run and reconcile (or interrupt it at once); always leaves no
     fleet process behind. Returns its summary's reconciliation.
 
-    `end_when_recovered`: once every path the phones use has recovered from the fault
-    journal's last event (`consecutive` good operations in a row, as the RTO probe counts
-    them) and stayed so for `recovered_for_s`, the fleet ends its run there, not at the end of
-    its duration, which stays the bound: what follows a recovery adds nothing to RTO or RPO
-    but minutes to every trial. A later failure starts the wait again."""
+    `end_when_recovered`: a steady fleet ends its run early once every path the phones use has
+    recovered from the fault journal's last event (`consecutive` good operations in a row, as
+    the RTO probe counts them), has stayed so for `recovered_for_s`, and owes no phone a result
+    acknowledged longer ago than that (a killed worker's job comes back when its claim
+    expires). What follows adds nothing to RTO or RPO but minutes to every trial. Its duration
+    stays the bound; a later failure starts the wait again; a game day's storm, spike, ramp or
+    diurnal shape runs whole (timed on the duration)."""
     s = harness.settings_of(configuration)
     path = s.run_dir / "fleet.pid"
     if not path.exists():
         return {"running": False}
     pid = int(path.read_text())
     deadline = time.monotonic() + timeout_s
-    early = None
     if interrupt and pid_alive(pid):
         os.killpg(pid, signal.SIGINT)
-    elif end_when_recovered:
-        early = _finish_when_recovered(s, pid, recovered_for_s, consecutive, deadline)
+    elif end_when_recovered and fleet_shape(s.run_dir) == "steady":
+        _finish_when_recovered(s, pid, recovered_for_s, consecutive, deadline)
     try:
         wait_until(
             lambda: not pid_alive(pid),
@@ -186,53 +188,46 @@ def stop_fleet(
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         path.unlink(missing_ok=True)
-    summary = s.run_dir / "summary.json"
-    if not summary.exists():
+    summary_path = s.run_dir / "summary.json"
+    if not summary_path.exists():
         return {"running": False, "summary": None}
+    summary = json.loads(summary_path.read_text())
     return {
         "running": False,
-        "finished_early": early,
-        "reconciliation": json.loads(summary.read_text())["reconciliation"],
+        "finished_early": summary.get("finished_early"),
+        "reconciliation": summary["reconciliation"],
     }
 
 
 def _finish_when_recovered(
     s: ChaosSettings, pid: int, hold_s: float, consecutive: int, deadline: float
-) -> str | None:
+) -> None:
     """Ask the fleet to finish once every path has held its recovery from the last fault event
-    for `hold_s`; the reason, or None when the fleet ended first (or nothing was injected: then
-    the whole run is the measurement)."""
+    for `hold_s` and nothing older than that is owed (`stop_fleet`). Returns when it asked, or
+    when the fleet ended or the deadline came first (or nothing was injected: then the whole
+    run is the measurement). Polls its own loop, not `wait_until`: an error or an interrupt
+    (Chaos Toolkit's, an exception) must not be taken for "not yet"."""
     journal = harness.fault_journal(s)
     if not journal:
-        return None
+        return
     since = max(e["wall"] for e in journal)
     bounds = latency_bounds_s()
     ttr = bounds.pop("notification")
     tail = LedgerTail(s.run_dir / "fleet")
     ops: list[Operation] = []
-    reason: list[str] = []
-
-    def recovered_long_enough() -> bool:
+    # The fleet's process outlives its phones while it reads back: the merged ledger marks
+    # their end, and a finish asked then would be no finish.
+    while (
+        pid_alive(pid) and not (s.run_dir / "ledger.jsonl").exists() and time.monotonic() < deadline
+    ):
         ops.extend(tail.read())
         at = recovered_at(ops, since, consecutive, ttr, bounds)
-        if at is None or time.time() - at < hold_s:
-            return False
-        reason.append(
-            f"every path had recovered {at - since:.1f} s after the last fault event and held "
-            f"for {hold_s:g} s"
-        )
-        return True
-
-    try:
-        wait_until(
-            lambda: not pid_alive(pid) or recovered_long_enough(),
-            max(0.0, deadline - time.monotonic()),
-            "every path recovered",
-            interval_s=1.0,
-        )
-    except TimeoutError:
-        return None
-    if not reason or not pid_alive(pid):
-        return None
-    request_finish(s.run_dir, reason[0])
-    return reason[0]
+        now = time.time()
+        if at is not None and now - at >= hold_s and not awaiting_results(ops, now - hold_s):
+            request_finish(
+                s.run_dir,
+                f"every path had recovered {at - since:.1f} s after the last fault event, "
+                f"held for {hold_s:g} s, and no result was owed",
+            )
+            return
+        time.sleep(1.0)
