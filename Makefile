@@ -84,7 +84,8 @@ test-containers: deps
 	@$(PY) -m pytest -m containers $(PYTEST_ARGS)
 
 # One after the other whatever make's -j (the sessions share the test environment's ports and
-# run directory), each run even when one before it failed; the worst exit code wins.
+# run directory), each run even when one before it failed, failing when any did. PYTEST_ARGS
+# goes to all three: a path of one subset leaves the others nothing to collect (pytest's 5).
 test-all:
 	@status=0; for t in test test-dr test-containers; do \
 		$(MAKE) --no-print-directory $$t || status=1; done; exit $$status

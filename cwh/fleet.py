@@ -625,8 +625,10 @@ def run_fleet(
     own_folder = out is None
     out = (out or reports / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # An earlier run's finish in the same folder would end this one at its first tick.
+    # An earlier run's finish in the same folder would end this one at its first tick, and its
+    # merged ledger would say this one's phones had ended (what `stop_fleet` watches for).
     (out / "fleet" / FINISH_FILE).unlink(missing_ok=True)
+    (out / "ledger.jsonl").unlink(missing_ok=True)
     started = time.time()
     code = run_locust(opts, out, console, log)
     ended = time.time()

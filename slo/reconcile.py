@@ -68,8 +68,13 @@ def notified_ids(ops: Iterable[Operation]) -> set[str]:
 def awaiting_results(ops: Iterable[Operation], acked_before: float) -> list[str]:
     """Request ids acknowledged before `acked_before` (wall clock) whose result has not reached
     a phone yet: work the system still owes (a killed worker's job waits for its claim to
-    expire). A request it lost stays here for good."""
-    done = notified_ids(ops)
+    expire). A request a read was answered 404 for is owed nothing more: the system says it
+    does not have it (lost, for the reconciliation to count), and no result will come."""
+    done = notified_ids(ops) | {
+        op.detail["request_id"]
+        for op in ops
+        if op.kind == "read" and op.error == "404" and op.detail and "request_id" in op.detail
+    }
     return [
         rid
         for rid, ack in acknowledged(ops).items()

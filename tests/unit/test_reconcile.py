@@ -181,3 +181,6 @@ def test_results_owed_are_the_acknowledged_requests_older_than_the_cut_without_a
     assert awaiting_results(ops, acked_before=1001.0) == ["r2"]
     assert awaiting_results(ops, acked_before=1000.0) == []  # acknowledged too recently to owe
     assert awaiting_results([*ops, note("r2")], acked_before=1001.0) == []
+    # Lost: a read of it was answered 404, and no result will ever come.
+    gone = Operation("read-r2", "read", 2, 2.1, 1002.0, "fail", "api1", "404", {"request_id": "r2"})
+    assert awaiting_results([*ops, gone], acked_before=1001.0) == []
