@@ -160,8 +160,9 @@ def stop_fleet(
     fleet process behind. Returns its summary's reconciliation.
 
     `end_when_recovered`: a steady fleet ends its run early once every path the phones use has
-    recovered from the fault journal's last event (`consecutive` good operations in a row, as
-    the RTO probe counts them), has stayed so for `recovered_for_s`, and owes no phone a result
+    recovered (`consecutive` good operations in a row, as the RTO probe counts them, from the
+    first injection and since the journal's last event), has stayed so for `recovered_for_s`,
+    and owes no phone a result
     acknowledged longer ago than that (a killed worker's job comes back when its claim
     expires). What follows adds nothing to RTO or RPO but minutes to every trial. Its duration
     stays the bound; a later failure starts the wait again; a game day's storm, spike, ramp or
@@ -211,8 +212,9 @@ def stop_fleet(
 def _finish_when_recovered(
     s: ChaosSettings, pid: int, hold_s: float, consecutive: int, deadline: float
 ) -> None:
-    """Ask the fleet to finish once every path has held its recovery from the last fault event
-    for `hold_s` and nothing older than that is owed (`stop_fleet`). Returns when it asked, or
+    """Ask the fleet to finish once every path has held its recovery (from the first injection
+    and since the last fault event) for `hold_s` and nothing older than that is owed
+    (`stop_fleet`). Returns when it asked, or
     when the fleet ended or the deadline came first (or nothing was injected: then the whole
     run is the measurement). Polls its own loop, not `wait_until`: an error or an interrupt
     (Chaos Toolkit's, an exception) must not be taken for "not yet"."""
