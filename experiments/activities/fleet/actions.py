@@ -153,6 +153,7 @@ def stop_fleet(
     end_when_recovered: bool = True,
     recovered_for_s: float = 15,
     consecutive: int = 5,
+    owed_for_s: float = 60,
     *,
     configuration: Configuration,
 ) -> dict[str, Any]:
@@ -164,7 +165,10 @@ def stop_fleet(
     first injection and since the journal's last event), has stayed so for `recovered_for_s`,
     and owes no phone a result
     acknowledged longer ago than that (a killed worker's job comes back when its claim
-    expires). What follows adds nothing to RTO or RPO but minutes to every trial. Its duration
+    expires). Owed results hold the finish for `owed_for_s` past the recovery at most: by then
+    every claim has expired (30 s) and a result still owed is a lost request, which the
+    fleet's read-back finds and the reconciliation counts whether the phones run on or not.
+    What follows adds nothing to RTO or RPO but minutes to every trial. Its duration
     stays the bound; a later failure starts the wait again; a game day's storm, spike, ramp or
     diurnal shape runs whole (timed on the duration)."""
     s = harness.settings_of(configuration)
@@ -178,7 +182,7 @@ def stop_fleet(
         os.killpg(pid, signal.SIGINT)
     elif end_when_recovered and fleet_shape(s.run_dir) == "steady":
         try:
-            _finish_when_recovered(s, pid, recovered_for_s, consecutive, deadline)
+            _finish_when_recovered(s, pid, recovered_for_s, consecutive, owed_for_s, deadline)
         except InterruptExecution:
             raise  # Ctrl-C, SIGTERM, `cwh chaos stop`: the rollbacks interrupt the fleet
         except Exception as exc:  # the fleet runs to its bound; said in the journal, not lost
@@ -210,11 +214,11 @@ def stop_fleet(
 
 
 def _finish_when_recovered(
-    s: ChaosSettings, pid: int, hold_s: float, consecutive: int, deadline: float
+    s: ChaosSettings, pid: int, hold_s: float, consecutive: int, owed_s: float, deadline: float
 ) -> None:
     """Ask the fleet to finish once every path has held its recovery (from the first injection
-    and since the last fault event) for `hold_s` and nothing older than that is owed
-    (`stop_fleet`). Returns when it asked, or
+    and since the last fault event) for `hold_s` and nothing older than that is owed, or for
+    `owed_s` whatever is owed (`stop_fleet`). Returns when it asked, or
     when the fleet ended or the deadline came first (or nothing was injected: then the whole
     run is the measurement). Polls its own loop, not `wait_until`: an error or an interrupt
     (Chaos Toolkit's, an exception) must not be taken for "not yet"."""
@@ -239,12 +243,23 @@ def _finish_when_recovered(
         ats = [recovered_at(ops, since, consecutive, ttr, bounds) for since in (first, last)]
         now = time.time()
         at = None if None in ats else max(a for a in ats if a is not None)
-        if at is not None and now - at >= hold_s and not awaiting_results(ops, now - hold_s):
-            request_finish(
-                s.run_dir,
-                f"every path had recovered {at - first:.1f} s after the first fault "
-                f"({at - last:.1f} s after the last fault event), held for {hold_s:g} s, "
-                "and no result was owed",
-            )
-            return
+        if at is not None and now - at >= hold_s:
+            owed = awaiting_results(ops, now - hold_s)
+            if not owed or now - at >= owed_s:
+                request_finish(s.run_dir, _finish_reason(at, first, last, now, owed))
+                return
         time.sleep(1.0)
+
+
+def _finish_reason(at: float, first: float, last: float, now: float, owed: list[str]) -> str:
+    """Why `_finish_when_recovered` asked the fleet to finish, for its summary."""
+    recovered = (
+        f"every path had recovered {at - first:.1f} s after the first fault "
+        f"({at - last:.1f} s after the last fault event), held for {now - at:.0f} s"
+    )
+    if not owed:
+        return f"{recovered}, and no result was owed"
+    return (
+        f"{recovered}; {len(owed)} result(s) still owed, left to the read-back "
+        "(every claim had expired)"
+    )
