@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunner
+from locust.runners import (
+    STATE_MISSING,
+    LocalRunner,
+    MasterRunner,
+    WorkerNode,
+    WorkerNodes,
+    WorkerRunner,
+)
 
 from scenarios.shipping import ACK, BATCH, BYE, DRAIN, REFUSE, Collector, Outbox
 
@@ -51,6 +58,20 @@ RUN_SETTINGS = (
 #: Beyond Locust's stop timeout (phones finishing their task), how long the master waits for
 #: every worker's final batch, and a worker for the acknowledgement of its own.
 DRAIN_MARGIN_S = 20.0
+
+
+def _workers_now(nodes: WorkerNodes) -> list[WorkerNode]:
+    """The master's workers as they are now: a list, not Locust's live view of them."""
+    return [n for n in (nodes.get(k) for k in nodes) if n is not None]
+
+
+# Locust's master walks `clients.all`, a live view, in its heartbeat loop, and rebalances when
+# it finds a worker missing, which yields to the other greenlets; a worker quitting meanwhile
+# is deleted, and the loop dies on its id with KeyError, an unhandled greenlet exception that
+# makes Locust exit 2 and fails the run (seen: a worker stopped a quarter second after the
+# master noticed another one was lost). Walking the workers of the loop's start instead, a
+# worker removed meanwhile only has its heartbeat counted down once more.
+WorkerNodes.all = property(_workers_now)  # type: ignore[assignment]
 
 
 def run_config() -> dict[str, Any]:

@@ -265,3 +265,44 @@ def test_a_finishing_worker_starts_no_phone_from_a_late_spawn_message(tmp_path: 
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["spawn", "stop", "quit"]
+
+
+#: The master's heartbeat loop, reduced: it walks the workers, and a rebalance in the middle
+#: yields to the greenlet that deletes a worker that quit.
+WALK_WHILE_ONE_QUITS = """
+import json, sys
+from locust.runners import WorkerNode, WorkerNodes
+if sys.argv[1] == "patched":
+    import scenarios.fleet_link
+nodes = WorkerNodes()
+for name in ("lost", "stopping"):
+    nodes[name] = WorkerNode(name)
+seen = []
+try:
+    for node in nodes.all:
+        seen.append(node.id)
+        if node.id == "lost":
+            del nodes["stopping"]
+except KeyError as exc:
+    seen.append(f"KeyError {exc}")
+print(json.dumps(seen))
+"""
+
+
+def test_a_worker_quitting_while_the_master_walks_its_workers_breaks_nothing() -> None:
+    """Locust's own live view dies on the deleted worker's id (an unhandled greenlet exception:
+    Locust exits 2 and the run fails); with the fleet's link loaded the walk goes on."""
+
+    def walk(how: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", WALK_WHILE_ONE_QUITS, how],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert walk("as shipped") == ["lost", "KeyError 'stopping'"]
+    assert walk("patched") == ["lost", "stopping"]
