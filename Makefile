@@ -73,9 +73,22 @@ down: deps
 # (Docker), each in a session of its own; test-all is all three, as CI runs them. TESTS is the
 # marker expression that picks the subset: a file of another subset needs TESTS= (every test
 # collected), e.g. `make test TESTS= PYTEST_ARGS=tests/containers/test_runtime.py`.
+# Without PYTEST_ARGS, the unit tests (tests/unit: no environment, nothing shared) run first
+# on UNIT_WORKERS processes (pytest-xdist: 2 halve their time on 2 cores), then the rest in one
+# session with one environment; a marker expression that leaves no unit test is no failure.
+# With PYTEST_ARGS, one session runs what they name.
 TESTS ?= not containers and not dr
+UNIT_WORKERS ?= 2
+MARKERS = $(if $(strip $(TESTS)),-m "$(TESTS)")
 test: deps lint typecheck
-	@$(PY) -m pytest $(if $(strip $(TESTS)),-m "$(TESTS)") $(PYTEST_ARGS)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@status=0; \
+	$(PY) -m pytest -n $(UNIT_WORKERS) $(MARKERS) tests/unit || [ $$? -eq 5 ] || status=1; \
+	$(PY) -m pytest $(MARKERS) --ignore=tests/unit || status=1; \
+	exit $$status
+else
+	@$(PY) -m pytest $(MARKERS) $(PYTEST_ARGS)
+endif
 
 test-dr: deps
 	@$(PY) -m pytest -m dr $(PYTEST_ARGS)
