@@ -25,7 +25,7 @@ from env.process import wait_until
 from scenarios.latency import LatencyRecorder
 from scenarios.shipping import file_part
 from slo.ledger import read_jsonl
-from tests.helpers import fleet_in_background, wait_healthy
+from tests.helpers import finish_fleet, fleet_in_background, wait_healthy
 from tests.netns import Namespace, namespaces
 
 pytestmark = pytest.mark.env
@@ -151,6 +151,9 @@ def distributed_run(local_env: LocalEnvironment, tmp_path_factory: pytest.TempPa
                 workers["w2"].terminate()
                 assert workers["w2"].wait(timeout=90) == 130
                 events.update(stopped=_source(root / "w2"))
+                # The test has what it needs: the run ends now, not at its bound (the master's
+                # shape stops the phones and the run is reconciled whole).
+                finish_fleet(master, "w2 stopped, the restarted worker shipping")
             code, out, summary = run.result()
             # The last worker ends when the master tells it to quit.
             workers["w1-again"].wait(timeout=60)
