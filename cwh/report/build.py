@@ -109,7 +109,7 @@ def run_facts(files: RunFiles, span: tuple[float, float] | None) -> list[tuple[s
     if fleet:
         out.append(("fleet", ", ".join(map(str, fleet))))
     if opts.get("duration_s") is not None:
-        out.append(("fleet duration", x.fmt(opts["duration_s"], " s")))
+        out.append(("fleet duration", _fleet_duration(files.summary, opts["duration_s"])))
     if x.number(opts.get("arrival_rate")):
         out.append(("open arrivals", f"{opts['arrival_rate']:g} sessions/s"))
     if opts.get("mix"):
@@ -122,6 +122,18 @@ def run_facts(files: RunFiles, span: tuple[float, float] | None) -> list[tuple[s
     for problem in files.problems:
         out.append(("could not read", problem))
     return out
+
+
+def _fleet_duration(summary: Any, bound: Any) -> str:
+    """The fleet's duration, and when and why it ended before it (`finished_early`): a
+    chaos fleet's duration is a bound, and a reader comparing runs must see which ran whole."""
+    text = x.fmt(bound, " s")
+    ended = x.number(x.dig(summary, "finished_early.wall"))
+    began = x.number(x.dig(summary, "window.start"))
+    if ended is None or began is None:
+        return text
+    reason = x.dig(summary, "finished_early.reason", "?")
+    return f"{text} bound; ended {ended - began:.0f} s in: {reason}"
 
 
 def _utc_full(t: float) -> str:

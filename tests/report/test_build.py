@@ -285,3 +285,17 @@ def test_two_game_days_compare_trial_by_trial(tmp_path):
     (change,) = [c for c in compare(fa, fb) if c.figure == "RTO write (kill-api) median"]
     assert change.worse is True
     assert change.beyond_noise is True
+
+
+def test_a_fleet_that_ended_early_says_when_and_why_beside_its_bound(tmp_path):
+    folder = run_folder("chaos-kill-lb", tmp_path)
+    summary = json.loads((folder / "summary.json").read_text())
+    bound = summary["options"]["duration_s"]
+    whole = write_html(folder, NO_PROMETHEUS).read_text()
+    assert "bound; ended" not in whole  # the recorded run went its whole duration
+    start = summary["window"]["start"]
+    reason = "every path had recovered 2.1 s after the first fault, held for 15 s"
+    summary["finished_early"] = {"reason": reason, "wall": start + 33.4}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    html = write_html(folder, NO_PROMETHEUS).read_text()
+    assert f"{bound:.4g} s bound; ended 33 s in: {reason}" in html
