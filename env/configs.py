@@ -40,6 +40,11 @@ HAPROXY_HTTP_CHECK_INTER_S = 5
 #: Slots for run-time servers behind the HTTPS frontend (server-template).
 HAPROXY_API_SLOTS = 10
 HAPROXY_HUB_SLOTS = 6
+#: What each datastore's configuration lets it hold, MiB: Redis's `maxmemory` (least recently
+#: used keys evicted beyond it) and PostgreSQL's `shared_buffers`. A soak judges their memory
+#: growth against these (bench/soak.py): data filling what it is allowed is not a leak.
+REDIS_MAXMEMORY_MIB = 128
+PG_SHARED_BUFFERS_MIB = 128
 REDIS_NODE_TIMEOUT_MS = SLOWEST.redis_node_timeout_ms
 PGBOUNCER_SERVER_LOGIN_RETRY_S = SLOWEST.pgbouncer_login_retry_s
 #: TLS everywhere inside the environment: the same floor as the HTTPS frontend's.
@@ -185,7 +190,7 @@ def patroni_config(
                         # made it ("replication slot does not exist"); it asks again after
                         # this, 5 s by default: half of a cold start's wait, one time in two.
                         "wal_retrieve_retry_interval": "1s",
-                        "shared_buffers": "128MB",
+                        "shared_buffers": f"{PG_SHARED_BUFFERS_MIB}MB",
                         "track_commit_timestamp": "on",
                     },
                 },
@@ -682,7 +687,7 @@ appendonly yes
 appendfsync everysec
 save 60 1000
 save 300 10
-maxmemory 128mb
+maxmemory {REDIS_MAXMEMORY_MIB}mb
 maxmemory-policy allkeys-lru
 loglevel notice
 logfile ""

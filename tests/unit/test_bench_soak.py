@@ -4,6 +4,7 @@ long runs, the goals and the exit code from samples and a ledger."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from bench.roles import RoleSample, role_changes
 from bench.soak import (
+    MEMORY_CAPS_MIB,
     MIB,
     T_MIN,
     Sample,
@@ -449,3 +451,35 @@ def test_no_failover_counts_only_for_a_soak_sampled_throughout() -> None:
     no_redis = [RoleSample(x.t_s, x.pg_roles, x.pg_timeline) for x in STEADY]
     assert goals(figures, windows, s, role_changes(no_redis))[-1].ok is None
     assert goals(figures, windows, s, role_changes(STEADY))[-1].ok is True
+
+
+def test_a_datastore_filling_its_cap_is_met_and_one_growing_past_it_is_not():
+    """Redis holds 30 minutes of responses and a PostgreSQL member's backends touch more of its
+    shared buffers as the run goes on: their slope is data filling what their configuration
+    allows. Growth within the cap is met (and said); growth past it is missed; without a cap
+    the same slope is missed."""
+
+    def kind(samples: list[Sample], k: str) -> list[Sample]:
+        return [dataclasses.replace(x, kind=k) for x in samples]
+
+    redis = kind(series("redis-7001", 8, 0.95, noise=0.005), "redis")
+    pg = kind(series("pg0/postgres", 60, 6.0, noise=0.005, seed=4), "postgres")
+    api = series("api1", 50, 0.02, noise=0.005, seed=5)
+    figures = {
+        f.service: f for f in service_figures(redis + pg + api, 300, 1800, 0.10, MEMORY_CAPS_MIB)
+    }
+    filling, leaking = figures["redis-7001"], figures["pg0/postgres"]
+    assert (filling.memory_growth_per_hour or 0) > 0.5  # over the goal on its slope alone
+    assert (filling.memory_ok, filling.memory_excused) == (True, "within its cap")
+    assert filling.memory_cap_mib == MEMORY_CAPS_MIB["redis"]
+    assert leaking.memory_end_mib - leaking.memory_start_mib > MEMORY_CAPS_MIB["postgres"]
+    assert (leaking.memory_ok, leaking.memory_excused) == (False, None)
+    # Without the caps, the filling one is judged on its slope, and missed.
+    [alone] = service_figures(redis, 300, 1800, 0.10)
+    assert alone.memory_ok is False
+    memory = goals(list(figures.values()), latency_windows([]), SoakSettings(duration_s=1800))[0]
+    assert memory.ok is False
+    assert "over the goal: pg0/postgres" in memory.measured
+    assert "datastores within their caps: redis-7001 (+" in memory.measured
+    assert "of 128 MiB; the whole cap in " in memory.measured
+    assert "worst redis" not in memory.measured  # the worst is of those judged on their slope
