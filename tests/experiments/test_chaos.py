@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +161,21 @@ def test_postgres_primary_kill(local_env, tmp_path):
     assert not pid_alive(kill["output"]["pid"])
     chaos = load(out, "chaos.json")
     # The fault reached the phones: writes failed, or waited it out (pgBouncer holds them
-    # while Patroni promotes: slow, not failed, when the failover is quick).
+    # while Patroni promotes: slow, not failed, when the failover is quick), or, when the
+    # promotion took less than the 1 s a write may, acknowledged writes were in flight between
+    # the kill and the new primary (seen: the longest write held 0.71 s, none failed or was
+    # slow): the phones wrote through the failover, and nothing they did failed.
     hurt = chaos["not_ok_after_fault"]["write"] + chaos["slow_after_fault"]["write"]
-    assert hurt > 0, ("the fault never reached the phones", chaos)
+    promoted_by = datetime.fromisoformat(kill["end"]).timestamp()
+    through = [
+        o
+        for o in map(json.loads, (out / "ledger.jsonl").read_text().splitlines())
+        if o["kind"] == "submit"
+        and o["outcome"] == "ok"
+        and o["invoked_wall"] <= promoted_by
+        and o["invoked_wall"] + o["completed_s"] - o["invoked_s"] >= chaos["fault_wall"]
+    ]
+    assert hurt > 0 or through, ("the fault never reached the phones", chaos)
     assert chaos["recovered"]["write"] is True
     assert chaos["rto_s"]["write"] <= worst_case_failover_s(), chaos["rto_s"]
     assert (chaos["lost"], chaos["duplicated"], chaos["rpo_s"]["max"]) == (0, 0, 0.0)
