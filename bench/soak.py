@@ -246,15 +246,30 @@ def fit_growth(points: Sequence[tuple[float, float]]) -> Growth | None:
     )
 
 
-#: By kind, the data a datastore's configuration lets it hold (MiB): a Redis node's `maxmemory`,
-#: and a PostgreSQL member's `shared_buffers`, which its processes' PSS counts as their backends
-#: touch more of them. Their memory grows for as long as the data fills what they are allowed
-#: (Redis holds responses for 30 minutes), so a slope says nothing on a 30-minute run; growth
-#: after the warm-up within the cap is what they were configured to hold. A leak outside it
-#: (buffers, fragmentation) still shows once the growth passes the cap, on a longer run.
-MEMORY_CAPS_MIB: dict[str, float] = {
-    "redis": float(REDIS_MAXMEMORY_MIB),
-    "postgres": float(PG_SHARED_BUFFERS_MIB),
+@dataclass(frozen=True)
+class MemoryCap:
+    """What a datastore's configuration lets it hold.
+
+    Attributes:
+        mib: the cap, MiB.
+        shared: the cap bounds the tree's shared memory (PSS less USS: a PostgreSQL member's
+            shared buffers, which its processes' PSS counts as their backends touch more of
+            them), and its private memory (USS) is judged on its slope as any service's; False:
+            it bounds the whole (a Redis node's `maxmemory`: its data is its own memory).
+    """
+
+    mib: float
+    shared: bool
+
+
+#: By kind, the datastores' caps. Their memory grows for as long as their data fills what they
+#: are allowed (Redis holds responses for 30 minutes), so on a 30-minute run a slope cannot tell
+#: that from a leak. Growth within the cap is therefore not judged ("filling its cap", listed
+#: with how much of the cap it took); growth past it is missed. A Redis node's own leak smaller
+#: than its cap goes unseen by its memory alone: a run long enough to fill the cap shows it.
+MEMORY_CAPS: dict[str, MemoryCap] = {
+    "redis": MemoryCap(float(REDIS_MAXMEMORY_MIB), shared=False),
+    "postgres": MemoryCap(float(PG_SHARED_BUFFERS_MIB), shared=True),
 }
 
 
@@ -295,6 +310,9 @@ class Sample:
         pid: the service's main process; procs: processes in its tree.
         rss_bytes, pss_bytes: resident and proportional set sizes summed over the tree
             (pss_bytes is rss_bytes where PSS could not be read); fds: open descriptors.
+        uss_bytes: unique set size summed over the tree, the memory no other process maps
+            (0 where it could not be read); pss_bytes less it is the tree's share of
+            shared memory (a PostgreSQL member's shared buffers).
     """
 
     t_s: float
@@ -306,6 +324,7 @@ class Sample:
     rss_bytes: int
     pss_bytes: int
     fds: int
+    uss_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -321,11 +340,14 @@ class ServiceFigures:
         memory_late_growth_per_hour, memory_late_t: the same over the last half of the fit's
             time only. A leak keeps its slope there; a warm-up that outlasted the warm-up
             window (a cache or an allocator's arenas still filling) loses it.
-        memory_ok: below the goal over the whole fit or over its last half, or grown by no
-            more than its cap (None: not judged).
-        memory_cap_mib: a datastore's cap (`MEMORY_CAPS_MIB`), None for the others.
-        memory_excused: why growth over the goal on the whole fit was met: "levelled off" (the
-            last half is below the goal) or "within its cap"; None when it was not excused.
+        memory_ok: below the goal over the whole fit or over its last half (None: not judged,
+            also for a datastore filling its cap).
+        memory_cap_mib: a datastore's cap (`MEMORY_CAPS`), None for the others.
+        memory_capped_growth_mib: a datastore's growth in what its cap bounds, from its
+            process's first sample (warm-up included) to the last; None for the others.
+        memory_excused: why growth over the goal on the whole fit was not missed: "levelled
+            off" (the last half is below the goal: met) or "filling its cap" (not judged);
+            None when it was not excused.
         fds_start, fds_end: descriptors at the first and last sample of the fit.
         fds_per_hour: fitted descriptor growth per hour; fds_late_per_hour: over the last half
             of the fit only (a pool that opened a few more connections early and keeps them
@@ -351,6 +373,7 @@ class ServiceFigures:
     memory_late_growth_per_hour: float | None = None
     memory_late_t: float | None = None
     memory_cap_mib: float | None = None
+    memory_capped_growth_mib: float | None = None
     memory_excused: str | None = None
 
 
@@ -366,12 +389,12 @@ def service_figures(
     warmup_s: float,
     end_s: float,
     memory_goal: float,
-    caps_mib: Mapping[str, float] | None = None,
+    caps: Mapping[str, MemoryCap] | None = None,
 ) -> list[ServiceFigures]:
     """Each service's growth over its samples from `warmup_s` to `end_s` (seconds since the
     sampling started): the line through the samples of its last process (a restart starts the
-    series again; the restarts are counted over the whole load, warm-up included). `caps_mib`:
-    by kind, how much a datastore may grow (`MEMORY_CAPS_MIB`)."""
+    series again; the restarts are counted over the whole load, warm-up included). `caps`: by
+    kind, what a datastore may hold (`MEMORY_CAPS`)."""
     by_service: dict[str, list[Sample]] = {}
     for s in samples:
         if s.t_s <= end_s:
@@ -391,12 +414,18 @@ def service_figures(
         # (memory) or exactly flat (descriptors): half the samples over half the time measure a
         # slope far less precisely, and a real leak must not pass on that noise.
         first, last = (fit[0], fit[-1]) if fit else (series[0], series[-1])
-        cap = (caps_mib or {}).get(series[-1].kind)
         excused = None
         if (grows := memory_grows(mem, memory_goal)) and levels_off(late, memory_goal):
             grows, excused = False, "levelled off"
-        elif grows and cap is not None and (last.pss_bytes - first.pss_bytes) / MIB <= cap:
-            grows, excused = False, "within its cap"
+        cap = (caps or {}).get(series[-1].kind)
+        capped = None
+        if cap is not None:
+            own = [s for s in series if s.pid == last_pid]
+            capped = _capped_growth_mib(own[0], last, cap)
+            if grows and capped is not None and capped <= cap.mib:
+                private = cap.shared and _private_grows(fit, memory_goal)
+                if private is False or not cap.shared:
+                    grows, excused = None, "filling its cap"
         fd_grows = descriptors_grow(fds) and not (fds_late is not None and fds_late.per_hour == 0)
         out.append(
             ServiceFigures(
@@ -417,11 +446,35 @@ def service_figures(
                 fds_per_hour=_finite(fds.per_hour, 2) if fds else None,
                 fds_ok=None if fd_grows is None else not fd_grows,
                 fds_late_per_hour=_finite(fds_late.per_hour, 2) if fds_late else None,
-                memory_cap_mib=cap,
+                memory_cap_mib=cap.mib if cap else None,
+                memory_capped_growth_mib=None if capped is None else round(capped, 2),
                 memory_excused=excused,
             )
         )
     return out
+
+
+def _capped_growth_mib(first: Sample, last: Sample, cap: MemoryCap) -> float | None:
+    """A datastore's growth in what its cap bounds, MiB: its shared memory (PSS less USS) or
+    the whole (PSS); None when its USS could not be read."""
+    if not cap.shared:
+        return (last.pss_bytes - first.pss_bytes) / MIB
+    if not first.uss_bytes or not last.uss_bytes:
+        return None
+    shared = [s.pss_bytes - s.uss_bytes for s in (first, last)]
+    return (shared[1] - shared[0]) / MIB
+
+
+def _private_grows(fit: Sequence[Sample], goal: float) -> bool | None:
+    """Whether a tree's private memory (USS) grows as `memory_grows` judges it, levelling off
+    excused; None when its USS could not be read."""
+    if not fit or not all(s.uss_bytes for s in fit):
+        return None
+    half = (fit[0].t_s + fit[-1].t_s) / 2
+    whole = fit_growth([(s.t_s, float(s.uss_bytes)) for s in fit])
+    late = fit_growth([(s.t_s, float(s.uss_bytes)) for s in fit if s.t_s >= half])
+    grows = memory_grows(whole, goal)
+    return None if grows is None else grows and not levels_off(late, goal)
 
 
 def phone_ops(ops: Iterable[Operation], end_wall: float = math.inf) -> list[Operation]:
@@ -558,9 +611,7 @@ def goals(
     """The soak's goals against its figures: memory, descriptors, restarts, p99, and spurious
     failovers (`roles`: None when no role was ever sampled, so not judged)."""
     judged_mem = [f for f in figures if f.memory_ok is not None]
-    # The worst of the services judged on their slope: a datastore's within its cap is said apart.
-    sloped = [f for f in judged_mem if f.memory_excused != "within its cap"] or judged_mem
-    worst = max(sloped, key=lambda f: f.memory_growth_per_hour or 0.0, default=None)
+    worst = max(judged_mem, key=lambda f: f.memory_growth_per_hour or 0.0, default=None)
     mem_bad = [f.service for f in judged_mem if not f.memory_ok]
     # Measurably over the goal on the whole window (`memory_grows`), yet met: its last half
     # levelled off (`levels_off`). Said, so a reader of the worst figure knows why it passes;
@@ -570,12 +621,15 @@ def goals(
         for f in judged_mem
         if f.memory_excused == "levelled off"
     ]
-    # A datastore filling what its configuration lets it hold: how much of its cap it took.
+    # A datastore filling what its configuration lets it hold: not judged, and how much of its
+    # cap it took.
     capped = [
-        f"{f.service} (+{f.memory_end_mib - f.memory_start_mib:.1f} of {f.memory_cap_mib:.0f} MiB"
+        f"{f.service} (+{f.memory_capped_growth_mib:.1f} of {f.memory_cap_mib:.0f} MiB"
         f"{_cap_reached_in(f)})"
-        for f in judged_mem
-        if f.memory_excused == "within its cap" and f.memory_cap_mib is not None
+        for f in figures
+        if f.memory_excused == "filling its cap"
+        and f.memory_cap_mib is not None
+        and f.memory_capped_growth_mib is not None
     ]
     fd_bad = [f.service for f in figures if f.fds_ok is False]
     restarted = [f.service for f in figures if f.restarts]
@@ -589,7 +643,7 @@ def goals(
                 f"worst {worst.service} {_pct(worst.memory_growth_per_hour)}/h"
                 + (f"; over the goal: {', '.join(mem_bad)}" if mem_bad else "")
                 + (f"; levelled off in the last half: {', '.join(settled)}" if settled else "")
-                + (f"; datastores within their caps: {', '.join(capped)}" if capped else "")
+                + (f"; not judged, filling their caps: {', '.join(capped)}" if capped else "")
                 if worst
                 else "not measured"
             ),
@@ -624,12 +678,12 @@ def goals(
 
 
 def _cap_reached_in(f: ServiceFigures) -> str:
-    """When a datastore growing as it did would have grown by its whole cap: a leak outside its
-    data shows only on a run longer than that."""
+    """When a datastore growing as it did would have grown by its whole cap: the run that
+    would judge it is at least that much longer."""
     per_hour_mib = (f.memory_growth_per_hour or 0.0) * f.memory_start_mib
-    if f.memory_cap_mib is None or per_hour_mib <= 0:
+    if f.memory_cap_mib is None or f.memory_capped_growth_mib is None or per_hour_mib <= 0:
         return ""
-    left = f.memory_cap_mib - (f.memory_end_mib - f.memory_start_mib)
+    left = f.memory_cap_mib - f.memory_capped_growth_mib
     return f"; the whole cap in {left / per_hour_mib:.1f} h more at this slope"
 
 
@@ -745,20 +799,25 @@ class Sampler:
                 tree = self._tree(svc.pid, mains - {svc.pid})
             except psutil.Error:
                 continue
-            rss = pss = fds = procs = 0
+            rss = pss = uss = fds = procs = 0
             for p in tree:
                 try:
                     with p.oneshot():
                         try:
                             full = p.memory_full_info()
                             rss_p, pss_p = full.rss, getattr(full, "pss", full.rss)
+                            uss_p = full.uss
                         except psutil.AccessDenied:
                             rss_p = pss_p = p.memory_info().rss
+                            uss_p = 0
                         fds += p.num_fds()
                 except psutil.Error:
                     continue
                 rss, pss, procs = rss + rss_p, pss + pss_p, procs + 1
-            out.append(Sample(t_s, wall, svc.name, svc.kind, svc.pid, procs, rss, pss, fds))
+                uss = uss + uss_p if uss_p and uss >= 0 else -1  # -1: unknown for the tree
+            out.append(
+                Sample(t_s, wall, svc.name, svc.kind, svc.pid, procs, rss, pss, fds, max(0, uss))
+            )
         return out
 
 
@@ -979,10 +1038,12 @@ def service_row(f: ServiceFigures) -> list[str]:
         "-" if f.fds_per_hour is None else f"{f.fds_per_hour:+.1f}",
         "-" if f.fds_late_per_hour is None else f"{f.fds_late_per_hour:+.1f}",
         str(f.restarts),
-        "not judged"
+        "MISSED"
+        if False in oks
+        else f"not judged ({f.memory_excused})"
+        if f.memory_excused == "filling its cap"
+        else "not judged"
         if None in oks
-        else "MISSED"
-        if not all(oks)
         else f"met ({f.memory_excused})"
         if f.memory_excused
         else "met",
@@ -1181,7 +1242,7 @@ def analyse(
     # The load's end in the samples' time: the fleet's run time, or the last sample if cut short.
     end_s = min(s.duration_s, max((x.t_s for x in samples), default=0.0))
     figures = service_figures(
-        samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal, MEMORY_CAPS_MIB
+        samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal, MEMORY_CAPS
     )
     phone = phone_ops(ops, end_wall)
     windows = latency_windows(phone, s.ramp_s)
