@@ -75,15 +75,17 @@ down: deps
 # collected), e.g. `make test TESTS= PYTEST_ARGS=tests/containers/test_runtime.py`.
 # Without PYTEST_ARGS, the unit tests (tests/unit: no environment, nothing shared) run first
 # on UNIT_WORKERS processes (pytest-xdist: 2 halve their time on 2 cores), then the rest in one
-# session with one environment; a marker expression that leaves no unit test is no failure.
-# With PYTEST_ARGS, one session runs what they name.
+# session with one environment; a marker expression that leaves no unit test is no failure, and
+# Ctrl-C during the unit tests (pytest's 2) stops there. With PYTEST_ARGS, one session runs
+# what they name.
 TESTS ?= not containers and not dr
 UNIT_WORKERS ?= 2
 MARKERS = $(if $(strip $(TESTS)),-m "$(TESTS)")
 test: deps lint typecheck
 ifeq ($(strip $(PYTEST_ARGS)),)
 	@status=0; \
-	$(PY) -m pytest -n $(UNIT_WORKERS) $(MARKERS) tests/unit || [ $$? -eq 5 ] || status=1; \
+	$(PY) -m pytest -n $(UNIT_WORKERS) $(MARKERS) tests/unit || { rc=$$?; \
+		[ $$rc -eq 2 ] && exit 2; [ $$rc -eq 5 ] || status=1; }; \
 	$(PY) -m pytest $(MARKERS) --ignore=tests/unit || status=1; \
 	exit $$status
 else
