@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from bench.soak import (
     MIB,
     T_MIN,
     Sample,
+    Sampler,
     Service,
     SoakSettings,
     descriptors_grow,
@@ -508,3 +512,16 @@ def test_a_datastore_filling_its_cap_is_not_judged_and_one_growing_past_it_is_mi
     assert "not judged, filling their caps: pg0/postgres (+" in memory.measured
     assert "redis-7001 (+3.8 of 128 MiB; the whole cap in " in memory.measured
     assert "worst redis" not in memory.measured  # the worst of those judged
+
+
+def test_the_sampler_reads_a_tree_s_private_memory_apart_from_its_share_of_the_rest():
+    """USS (what no other process maps) is what a PostgreSQL member's figures judge on their
+    slope; PSS less USS, its share of shared memory, what its cap bounds."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        [me] = Sampler().sample([Service("pytest", "test", os.getpid())], 0.0, 0.0)
+    finally:
+        child.kill()
+        child.wait()
+    assert me.procs >= 2  # the child is in its tree
+    assert 0 < me.uss_bytes <= me.pss_bytes <= me.rss_bytes
