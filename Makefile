@@ -76,8 +76,8 @@ down: deps
 # Without PYTEST_ARGS, the unit tests (tests/unit: no environment, nothing shared) run first
 # on UNIT_WORKERS processes (pytest-xdist: 2 halve their time on 2 cores), then the rest in one
 # session with one environment; a marker expression that leaves no unit test is no failure, and
-# Ctrl-C during the unit tests (pytest's 2) stops there. With PYTEST_ARGS, one session runs
-# what they name.
+# an interrupted unit session (pytest's 2: Ctrl-C, a collection error, pytest.exit) stops there.
+# With PYTEST_ARGS, one session runs what they name.
 TESTS ?= not containers and not dr
 UNIT_WORKERS ?= 2
 MARKERS = $(if $(strip $(TESTS)),-m "$(TESTS)")

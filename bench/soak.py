@@ -246,30 +246,16 @@ def fit_growth(points: Sequence[tuple[float, float]]) -> Growth | None:
     )
 
 
-@dataclass(frozen=True)
-class MemoryCap:
-    """What a datastore's configuration lets it hold.
-
-    Attributes:
-        mib: the cap, MiB.
-        shared: the cap bounds the tree's shared memory (PSS less USS: a PostgreSQL member's
-            shared buffers, which its processes' PSS counts as their backends touch more of
-            them), and its private memory (USS) is judged on its slope as any service's; False:
-            it bounds the whole (a Redis node's `maxmemory`: its data is its own memory).
-    """
-
-    mib: float
-    shared: bool
-
-
-#: By kind, the datastores' caps. Their memory grows for as long as their data fills what they
-#: are allowed (Redis holds responses for 30 minutes), so on a 30-minute run a slope cannot tell
-#: that from a leak. Growth within the cap is therefore not judged ("filling its cap", listed
-#: with how much of the cap it took); growth past it is missed. A Redis node's own leak smaller
-#: than its cap goes unseen by its memory alone: a run long enough to fill the cap shows it.
-MEMORY_CAPS: dict[str, MemoryCap] = {
-    "redis": MemoryCap(float(REDIS_MAXMEMORY_MIB), shared=False),
-    "postgres": MemoryCap(float(PG_SHARED_BUFFERS_MIB), shared=True),
+#: By kind, what a datastore's configuration lets it hold, MiB: a Redis node's `maxmemory`, a
+#: PostgreSQL member's `shared_buffers` (its processes' PSS counts them as their backends touch
+#: more). Their memory grows for as long as their data fills what they are allowed (Redis holds
+#: responses for 30 minutes), and their memory alone cannot tell that from a leak: growth over
+#: the goal that neither levels off nor passes the cap is not judged, and leaves the memory goal
+#: inconclusive (a run long enough for the data to stop growing levels off, and is judged);
+#: growth past the cap is missed.
+MEMORY_CAPS_MIB: dict[str, float] = {
+    "redis": float(REDIS_MAXMEMORY_MIB),
+    "postgres": float(PG_SHARED_BUFFERS_MIB),
 }
 
 
@@ -310,9 +296,9 @@ class Sample:
         pid: the service's main process; procs: processes in its tree.
         rss_bytes, pss_bytes: resident and proportional set sizes summed over the tree
             (pss_bytes is rss_bytes where PSS could not be read); fds: open descriptors.
-        uss_bytes: unique set size summed over the tree, the memory no other process maps
-            (0 where it could not be read); pss_bytes less it is the tree's share of
-            shared memory (a PostgreSQL member's shared buffers).
+        uss_bytes: unique set size summed over the tree (0 where it could not be read), in
+            samples.jsonl for a reader; not judged (a shared-memory page only one process has
+            touched counts as that process's own).
     """
 
     t_s: float
@@ -342,9 +328,9 @@ class ServiceFigures:
             window (a cache or an allocator's arenas still filling) loses it.
         memory_ok: below the goal over the whole fit or over its last half (None: not judged,
             also for a datastore filling its cap).
-        memory_cap_mib: a datastore's cap (`MEMORY_CAPS`), None for the others.
-        memory_capped_growth_mib: a datastore's growth in what its cap bounds, from its
-            process's first sample (warm-up included) to the last; None for the others.
+        memory_cap_mib: a datastore's cap (`MEMORY_CAPS_MIB`), None for the others.
+        memory_capped_growth_mib: a datastore's PSS growth from its process's first sample
+            (warm-up included) to the last, MiB; None for the others.
         memory_excused: why growth over the goal on the whole fit was not missed: "levelled
             off" (the last half is below the goal: met) or "filling its cap" (not judged);
             None when it was not excused.
@@ -389,12 +375,12 @@ def service_figures(
     warmup_s: float,
     end_s: float,
     memory_goal: float,
-    caps: Mapping[str, MemoryCap] | None = None,
+    caps_mib: Mapping[str, float] | None = None,
 ) -> list[ServiceFigures]:
     """Each service's growth over its samples from `warmup_s` to `end_s` (seconds since the
     sampling started): the line through the samples of its last process (a restart starts the
-    series again; the restarts are counted over the whole load, warm-up included). `caps`: by
-    kind, what a datastore may hold (`MEMORY_CAPS`)."""
+    series again; the restarts are counted over the whole load, warm-up included). `caps_mib`:
+    by kind, what a datastore may hold (`MEMORY_CAPS_MIB`)."""
     by_service: dict[str, list[Sample]] = {}
     for s in samples:
         if s.t_s <= end_s:
@@ -417,15 +403,14 @@ def service_figures(
         excused = None
         if (grows := memory_grows(mem, memory_goal)) and levels_off(late, memory_goal):
             grows, excused = False, "levelled off"
-        cap = (caps or {}).get(series[-1].kind)
+        cap = (caps_mib or {}).get(series[-1].kind)
         capped = None
         if cap is not None:
-            own = [s for s in series if s.pid == last_pid]
-            capped = _capped_growth_mib(own[0], last, cap)
-            if grows and capped is not None and capped <= cap.mib:
-                private = cap.shared and _private_grows(fit, memory_goal)
-                if private is False or not cap.shared:
-                    grows, excused = None, "filling its cap"
+            # From its process's first sample, warm-up included: all the data it took on.
+            own = next(s for s in series if s.pid == last_pid)
+            capped = (last.pss_bytes - own.pss_bytes) / MIB
+            if grows and capped <= cap:
+                grows, excused = None, "filling its cap"
         fd_grows = descriptors_grow(fds) and not (fds_late is not None and fds_late.per_hour == 0)
         out.append(
             ServiceFigures(
@@ -446,35 +431,12 @@ def service_figures(
                 fds_per_hour=_finite(fds.per_hour, 2) if fds else None,
                 fds_ok=None if fd_grows is None else not fd_grows,
                 fds_late_per_hour=_finite(fds_late.per_hour, 2) if fds_late else None,
-                memory_cap_mib=cap.mib if cap else None,
+                memory_cap_mib=cap,
                 memory_capped_growth_mib=None if capped is None else round(capped, 2),
                 memory_excused=excused,
             )
         )
     return out
-
-
-def _capped_growth_mib(first: Sample, last: Sample, cap: MemoryCap) -> float | None:
-    """A datastore's growth in what its cap bounds, MiB: its shared memory (PSS less USS) or
-    the whole (PSS); None when its USS could not be read."""
-    if not cap.shared:
-        return (last.pss_bytes - first.pss_bytes) / MIB
-    if not first.uss_bytes or not last.uss_bytes:
-        return None
-    shared = [s.pss_bytes - s.uss_bytes for s in (first, last)]
-    return (shared[1] - shared[0]) / MIB
-
-
-def _private_grows(fit: Sequence[Sample], goal: float) -> bool | None:
-    """Whether a tree's private memory (USS) grows as `memory_grows` judges it, levelling off
-    excused; None when its USS could not be read."""
-    if not fit or not all(s.uss_bytes for s in fit):
-        return None
-    half = (fit[0].t_s + fit[-1].t_s) / 2
-    whole = fit_growth([(s.t_s, float(s.uss_bytes)) for s in fit])
-    late = fit_growth([(s.t_s, float(s.uss_bytes)) for s in fit if s.t_s >= half])
-    grows = memory_grows(whole, goal)
-    return None if grows is None else grows and not levels_off(late, goal)
 
 
 def phone_ops(ops: Iterable[Operation], end_wall: float = math.inf) -> list[Operation]:
@@ -643,11 +605,12 @@ def goals(
                 f"worst {worst.service} {_pct(worst.memory_growth_per_hour)}/h"
                 + (f"; over the goal: {', '.join(mem_bad)}" if mem_bad else "")
                 + (f"; levelled off in the last half: {', '.join(settled)}" if settled else "")
-                + (f"; not judged, filling their caps: {', '.join(capped)}" if capped else "")
+                + (f"; not judged, still filling their caps: {', '.join(capped)}" if capped else "")
                 if worst
                 else "not measured"
             ),
-            None if not judged_mem else not mem_bad,
+            # A datastore not judged leaves the goal open unless another service missed it.
+            None if not judged_mem or (capped and not mem_bad) else not mem_bad,
         ),
         Goal(
             "descriptor growth after warm-up",
@@ -678,8 +641,8 @@ def goals(
 
 
 def _cap_reached_in(f: ServiceFigures) -> str:
-    """When a datastore growing as it did would have grown by its whole cap: the run that
-    would judge it is at least that much longer."""
+    """When a datastore growing as it did would have grown by its whole cap: a run that long
+    judges it whether its data stops growing first or not."""
     per_hour_mib = (f.memory_growth_per_hour or 0.0) * f.memory_start_mib
     if f.memory_cap_mib is None or f.memory_capped_growth_mib is None or per_hour_mib <= 0:
         return ""
@@ -1242,7 +1205,7 @@ def analyse(
     # The load's end in the samples' time: the fleet's run time, or the last sample if cut short.
     end_s = min(s.duration_s, max((x.t_s for x in samples), default=0.0))
     figures = service_figures(
-        samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal, MEMORY_CAPS
+        samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal, MEMORY_CAPS_MIB
     )
     phone = phone_ops(ops, end_wall)
     windows = latency_windows(phone, s.ramp_s)
