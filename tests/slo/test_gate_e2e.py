@@ -34,7 +34,9 @@ def load_and_gate(
 
 
 def test_a_default_load_run_passes_the_gate(local_env, tmp_path):
-    code, out, verdicts = load_and_gate(local_env, tmp_path, users=20)
+    # read-availability needs 50 reads, and 20 phones read about once a second: 40 s once gave
+    # 47 and a verdict of "no data" (CI). 75 s leaves the minimum three standard deviations off.
+    code, out, verdicts = load_and_gate(local_env, tmp_path, users=20, duration_s=75)
     failing = {n: v["reason"] for n, v in verdicts.items() if v["status"] in ("fail", "no_data")}
     assert code == 0, failing
     for name in ("submit-availability", "time-to-result-p99", "requests-lost", "replication-lag"):
