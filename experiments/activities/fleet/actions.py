@@ -246,12 +246,14 @@ def _finish_when_recovered(
         if at is not None and now - at >= hold_s:
             owed = awaiting_results(ops, now - hold_s)
             if not owed or now - at >= owed_s:
-                request_finish(s.run_dir, _finish_reason(at, first, last, now, owed))
+                request_finish(s.run_dir, _finish_reason(at, first, last, now, owed, owed_s))
                 return
         time.sleep(1.0)
 
 
-def _finish_reason(at: float, first: float, last: float, now: float, owed: list[str]) -> str:
+def _finish_reason(
+    at: float, first: float, last: float, now: float, owed: list[str], owed_s: float
+) -> str:
     """Why `_finish_when_recovered` asked the fleet to finish, for its summary."""
     recovered = (
         f"every path had recovered {at - first:.1f} s after the first fault "
@@ -261,5 +263,5 @@ def _finish_reason(at: float, first: float, last: float, now: float, owed: list[
         return f"{recovered}, and no result was owed"
     return (
         f"{recovered}; {len(owed)} result(s) still owed, left to the read-back "
-        "(every claim had expired)"
+        f"(owed results hold the finish {owed_s:g} s past the recovery at most)"
     )
