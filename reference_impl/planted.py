@@ -108,6 +108,13 @@ class PlantedFaults:
         self.planted[fault].append(ident)
         return True
 
+    def give_back(self, fault: str, ident: str) -> None:
+        """Undo `take(fault, ident)`: the caller could not plant it after all (its job was
+        claimed again meanwhile), so it stays armed and off the record."""
+        if ident in self.planted.get(fault, []):
+            self.planted[fault].remove(ident)
+            self.armed[fault] = self.armed.get(fault, 0) + 1
+
     async def wedge_point(self, loop: str) -> None:
         """Called by background loops once per cycle: never returns while `loop` is wedged, as
         a loop stuck on a call without a deadline would not."""
