@@ -64,8 +64,6 @@ class PlantedFaults:
     leak_mb_per_s: int = 0
     leaked_mb: float = 0.0
     _hoard: list[mmap.mmap] = field(default_factory=list, repr=False)
-    #: Changes with every update: a reservation made before one is not given back after it.
-    _generation: int = field(default=0, repr=False)
 
     def view(self) -> dict[str, Any]:
         """What GET shows: everything but the leaked memory itself."""
@@ -104,28 +102,11 @@ class PlantedFaults:
 
     def take(self, fault: str, ident: str) -> bool:
         """True (and record `ident`) when `fault` is armed: the caller plants it once now."""
-        if self.reserve(fault) is None:
-            return False
-        self.record(fault, ident)
-        return True
-
-    def reserve(self, fault: str) -> int | None:
-        """Hold one of `fault`'s armed count for a caller that learns only later whether it
-        planted it: `record` then, or `release`. None when it is not armed; else a token."""
         if not self.enabled or self.armed.get(fault, 0) <= 0:
-            return None
+            return False
         self.armed[fault] -= 1
-        return self._generation
-
-    def record(self, fault: str, ident: str) -> None:
-        """`ident` was planted (a reservation that came true)."""
         self.planted[fault].append(ident)
-
-    def release(self, fault: str, token: int) -> None:
-        """A reservation that did not come true goes back to the armed count, unless the
-        faults were updated since (a reset or a disarm must not be undone by it)."""
-        if token == self._generation:
-            self.armed[fault] += 1
+        return True
 
     async def wedge_point(self, loop: str) -> None:
         """Called by background loops once per cycle: never returns while `loop` is wedged, as
@@ -138,14 +119,12 @@ class PlantedFaults:
             if verb in body and len(body) > 1:
                 raise ApiError(422, {"field": verb, "problem": "takes no other field"})
         if body.get("reset") is True:
-            self._generation += 1
             self.armed = dict.fromkeys(COUNTED, 0)
             self.planted = {k: [] for k in COUNTED}
             self.wedge_loop = ""
             self.free_leak()
             return
         if body.get("disarm") is True:  # plant no more; what was planted stays on record
-            self._generation += 1
             self.armed = dict.fromkeys(COUNTED, 0)
             self.leak_mb_per_s = 0  # the leak grows no more; what it holds stays, as a record
             return
@@ -166,7 +145,6 @@ class PlantedFaults:
                 raise ApiError(422, {"field": name, "problem": f"one of {', '.join(COUNTED)}"})
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
                 raise ApiError(422, {"field": name, "problem": "an integer 0..10000"})
-        self._generation += 1
         for name, value in body.items():
             if name == "wedge_loop":
                 self.wedge_loop = value

@@ -227,18 +227,39 @@ class WorkerState:
         )
         return self._event_view(job, event_id, kind, status)
 
+    async def _complete_in_steps(self, job: Job, sealed_response: bytes) -> dict[str, Any] | None:
+        """The completion while the planted fault `swallow_notifications` is armed (test
+        environments only): statement by statement, so the fault is taken after the fence
+        has passed and before the commit, and the record says exactly which completions
+        stored no event (none published: the phone never hears of them). An empty event: the
+        job still counts as completed."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await self._finish(conn, job):
+                return None
+            await conn.execute(
+                "UPDATE requests SET status = 'completed', response_enc = $3, error = NULL,"
+                " updated_at = now() WHERE device_id = $1 AND request_id = $2",
+                job.device_id,
+                job.request_id,
+                sealed_response,
+            )
+            if self.app[PLANTED].take(SWALLOW, str(job.request_id)):
+                return {}
+            return await self._event(conn, job, "completed", "completed")
+
     async def complete(self, job: Job, response: str) -> dict[str, Any] | None:
-        ctx = f"{job.device_id}/{job.request_id}/response"
-        sealed_response = self.cipher.encrypt(response, ctx)
-        # With the planted fault `swallow_notifications` armed (test environments only) no
-        # event is stored, and none published: the phone never hears of it, and the job still
-        # counts as completed. It is on the record only once the completion has happened.
+        """Store the response and its event if the job still carries this claim (the fence);
+        the event to publish, or None when another claim took the job over."""
+        sealed_response = self.cipher.encrypt(
+            response, f"{job.device_id}/{job.request_id}/response"
+        )
         planted = self.app[PLANTED]
-        held = planted.reserve(SWALLOW)
-        try:
-            # One statement, as the claim: the fence (the job still carries this claim), the
-            # response and the event in one transaction and two round trips, where BEGIN,
-            # three statements and COMMIT took eight.
+        if planted.enabled and planted.armed.get(SWALLOW, 0) > 0:
+            event = await self._complete_in_steps(job, sealed_response)
+        else:
+            # One statement, as the claim: the fence, the response and the event in one
+            # transaction and two round trips, where BEGIN, three statements and COMMIT took
+            # eight.
             row = await self.pool.fetchrow(
                 "WITH d AS (DELETE FROM jobs"
                 "   WHERE job_id = $1 AND claimed_by = $2 AND attempts = $3"
@@ -247,32 +268,22 @@ class WorkerState:
                 "   error = NULL, updated_at = now() FROM d"
                 "   WHERE r.device_id = d.device_id AND r.request_id = d.request_id),"
                 " e AS (INSERT INTO events (device_id, request_id, type, payload)"
-                "   SELECT device_id, request_id, 'completed', $5 FROM d WHERE NOT $6"
-                "   RETURNING event_id)"
-                " SELECT d.request_id, e.event_id FROM d LEFT JOIN e ON true",
+                "   SELECT device_id, request_id, 'completed', $5 FROM d RETURNING event_id)"
+                " SELECT e.event_id FROM e",
                 job.job_id,
                 self.settings.name,
                 job.attempts,
                 sealed_response,
                 json.dumps({"status": "completed"}),
-                held is not None,
             )
-        except BaseException:
-            # Most likely nothing was committed. A statement cut off by a failover may have
-            # been, as a COMMIT whose answer was lost could be before: the record's blind spot.
-            if held is not None:
-                planted.release(SWALLOW, held)
-            raise
-        if row is None:
-            if held is not None:  # nothing was completed, so nothing was swallowed
-                planted.release(SWALLOW, held)
+            event = (
+                None
+                if row is None
+                else self._event_view(job, row["event_id"], "completed", "completed")
+            )
+        if event is None:
             log.warning("job %s was claimed again meanwhile: not completing", job.job_id)
             return None
-        if held is not None:
-            planted.record(SWALLOW, str(job.request_id))
-            event: dict[str, Any] = {}
-        else:
-            event = self._event_view(job, row["event_id"], "completed", "completed")
         key = f"resp:{job.request_id}"
         sealed = self.cipher.seal(response, key)  # Redis holds ciphertext only
         await redis_or_none(

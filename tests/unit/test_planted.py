@@ -90,44 +90,6 @@ def test_disarm_stops_planting_and_keeps_the_record():
     assert planted.armed["lose_acks"] == 0
 
 
-def test_a_reservation_is_recorded_when_it_comes_true_and_released_when_not():
-    planted = PlantedFaults(enabled=True)
-    planted.update({"swallow_notifications": 2})
-    first = planted.reserve("swallow_notifications")
-    second = planted.reserve("swallow_notifications")
-    assert first is not None
-    assert second is not None
-    assert planted.reserve("swallow_notifications") is None  # both held: none left
-    assert planted.planted["swallow_notifications"] == []  # held is not planted
-    planted.record("swallow_notifications", "r1")
-    planted.release("swallow_notifications", second)
-    assert planted.planted["swallow_notifications"] == ["r1"]
-    assert planted.armed["swallow_notifications"] == 1
-    assert PlantedFaults(enabled=False).reserve("swallow_notifications") is None
-
-
-def test_a_release_after_a_disarm_or_a_new_arming_arms_nothing():
-    planted = PlantedFaults(enabled=True)
-    planted.update({"swallow_notifications": 1})
-    held = planted.reserve("swallow_notifications")
-    assert held is not None
-    planted.update({"disarm": True})
-    planted.release("swallow_notifications", held)
-    assert planted.armed["swallow_notifications"] == 0
-    planted.update({"swallow_notifications": 2})
-    held = planted.reserve("swallow_notifications")
-    assert held is not None
-    planted.update({"swallow_notifications": 1})  # armed again meanwhile: 2 - 1 + 1
-    planted.release("swallow_notifications", held)
-    assert planted.armed["swallow_notifications"] == 2
-    held = planted.reserve("swallow_notifications")
-    assert held is not None
-    with pytest.raises(ApiError):
-        planted.update({"swallow_notifications": -1})  # refused: changes nothing
-    planted.release("swallow_notifications", held)
-    assert planted.armed["swallow_notifications"] == 2
-
-
 def rss_mb() -> float:
     """This process's resident memory (MB), as the kernel counts it for a memory limit."""
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
