@@ -59,8 +59,6 @@ DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 #: that hangs despite its own timeout fails the attempt instead of holding the loop (and its
 #: claim, which the keeper would otherwise extend for ever).
 JOB_DEADLINE_S = 90.0
-#: The planted fault that completes a job without its event (`reference_impl/planted.py`).
-SWALLOW = "swallow_notifications"
 
 
 class PermanentError(Exception):
@@ -124,10 +122,6 @@ class Job:
     correlation_id: str
     attempts: int
     max_attempts: int
-    #: The request's, read by the claim: None when its row is missing.
-    provider: str | None = None
-    document_enc: bytes | None = None
-    instruction_enc: bytes | None = None
 
 
 class WorkerState:
@@ -167,29 +161,25 @@ class WorkerState:
     # ---- the queue -------------------------------------------------------------------------
 
     async def claim(self) -> Job | None:
-        """Claim the next visible job, mark its request processing, and bring the request's
-        fields along: one statement, so one transaction and two round trips through pgBouncer
-        (its unnamed statements), where BEGIN, two UPDATEs, COMMIT and then reading the request
-        took eight. With the completion's, those round trips (each through the fault proxy and
-        pgBouncer) were 55 of the 74 ms of a job's median time to result in bench-api."""
-        row = await self.pool.fetchrow(
-            "WITH j AS ("
-            " UPDATE jobs SET attempts = attempts + 1, claimed_by = $1, claimed_at = now(),"
-            " visible_at = now() + make_interval(secs => $2)"
-            " WHERE job_id = (SELECT job_id FROM jobs WHERE visible_at <= now()"
-            "   ORDER BY visible_at, job_id FOR UPDATE SKIP LOCKED LIMIT 1)"
-            " RETURNING job_id, device_id, request_id, correlation_id, attempts, max_attempts),"
-            " s AS (UPDATE requests r SET status = 'processing', updated_at = now() FROM j"
-            "   WHERE r.device_id = j.device_id AND r.request_id = j.request_id"
-            "   AND r.status = 'queued')"
-            # The statement's snapshot: the request as it was, which is what the job needs
-            # (its provider and sealed fields never change); none when its row is missing.
-            " SELECT j.*, r.provider, r.document_enc, r.instruction_enc FROM j"
-            " LEFT JOIN requests r ON r.device_id = j.device_id AND r.request_id = j.request_id",
-            self.settings.name,
-            self.settings.visibility_timeout_s,
-        )
-        return None if row is None else Job(**dict(row))
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE jobs SET attempts = attempts + 1, claimed_by = $1, claimed_at = now(),"
+                " visible_at = now() + make_interval(secs => $2)"
+                " WHERE job_id = (SELECT job_id FROM jobs WHERE visible_at <= now()"
+                "   ORDER BY visible_at, job_id FOR UPDATE SKIP LOCKED LIMIT 1)"
+                " RETURNING job_id, device_id, request_id, correlation_id, attempts, max_attempts",
+                self.settings.name,
+                self.settings.visibility_timeout_s,
+            )
+            if row is None:
+                return None
+            await conn.execute(
+                "UPDATE requests SET status = 'processing', updated_at = now()"
+                " WHERE device_id = $1 AND request_id = $2 AND status = 'queued'",
+                row["device_id"],
+                row["request_id"],
+            )
+        return Job(**dict(row))
 
     async def _finish(self, conn: asyncpg.Connection, job: Job) -> bool:
         """Delete the job if it still carries this claim (the fence); False when it does not."""
@@ -204,86 +194,48 @@ class WorkerState:
             is not None
         )
 
-    def _event_view(self, job: Job, event_id: int, kind: str, status: str) -> dict[str, Any]:
-        """An event as the hub sends it to the phone."""
-        return {
-            "event_id": event_id,
-            "type": kind,
-            "request_id": str(job.request_id),
-            "device_id": str(job.device_id),
-            "status": status,
-        }
-
     async def _event(
         self, conn: asyncpg.Connection, job: Job, kind: str, status: str
     ) -> dict[str, Any]:
+        payload = {"status": status}
         event_id = await conn.fetchval(
             "INSERT INTO events (device_id, request_id, type, payload) VALUES ($1, $2, $3, $4)"
             " RETURNING event_id",
             job.device_id,
             job.request_id,
             kind,
-            json.dumps({"status": status}),
+            json.dumps(payload),
         )
-        return self._event_view(job, event_id, kind, status)
+        return {
+            "event_id": event_id,
+            "type": kind,
+            "request_id": str(job.request_id),
+            "device_id": str(job.device_id),
+            **payload,
+        }
 
-    async def _complete_in_steps(self, job: Job, sealed_response: bytes) -> dict[str, Any] | None:
-        """The completion while the planted fault `swallow_notifications` is armed (test
-        environments only): statement by statement, so the fault is taken after the fence
-        has passed and before the commit, and the record says exactly which completions
-        stored no event (none published: the phone never hears of them). An empty event: the
-        job still counts as completed."""
+    async def _completed_event(self, conn: asyncpg.Connection, job: Job) -> dict[str, Any]:
+        """The completion's event; with the planted fault `swallow_notifications` armed (test
+        environments only), none: no event stored or published, the phone never hears of it
+        (an empty event, so the job still counts as completed)."""
+        if self.app[PLANTED].take("swallow_notifications", str(job.request_id)):
+            return {}
+        return await self._event(conn, job, "completed", "completed")
+
+    async def complete(self, job: Job, response: str) -> dict[str, Any] | None:
+        ctx = f"{job.device_id}/{job.request_id}/response"
         async with self.pool.acquire() as conn, conn.transaction():
             if not await self._finish(conn, job):
+                log.warning("job %s was claimed again meanwhile: not completing", job.job_id)
                 return None
             await conn.execute(
                 "UPDATE requests SET status = 'completed', response_enc = $3, error = NULL,"
                 " updated_at = now() WHERE device_id = $1 AND request_id = $2",
                 job.device_id,
                 job.request_id,
-                sealed_response,
+                self.cipher.encrypt(response, ctx),
             )
-            if self.app[PLANTED].take(SWALLOW, str(job.request_id)):
-                return {}
-            return await self._event(conn, job, "completed", "completed")
-
-    async def complete(self, job: Job, response: str) -> dict[str, Any] | None:
-        """Store the response and its event if the job still carries this claim (the fence);
-        the event to publish, or None when another claim took the job over."""
-        sealed_response = self.cipher.encrypt(
-            response, f"{job.device_id}/{job.request_id}/response"
-        )
-        planted = self.app[PLANTED]
-        if planted.enabled and planted.armed.get(SWALLOW, 0) > 0:
-            event = await self._complete_in_steps(job, sealed_response)
-        else:
-            # One statement, as the claim: the fence, the response and the event in one
-            # transaction and two round trips, where BEGIN, three statements and COMMIT took
-            # eight.
-            row = await self.pool.fetchrow(
-                "WITH d AS (DELETE FROM jobs"
-                "   WHERE job_id = $1 AND claimed_by = $2 AND attempts = $3"
-                "   RETURNING device_id, request_id),"
-                " u AS (UPDATE requests r SET status = 'completed', response_enc = $4,"
-                "   error = NULL, updated_at = now() FROM d"
-                "   WHERE r.device_id = d.device_id AND r.request_id = d.request_id),"
-                " e AS (INSERT INTO events (device_id, request_id, type, payload)"
-                "   SELECT device_id, request_id, 'completed', $5 FROM d RETURNING event_id)"
-                " SELECT e.event_id FROM e",
-                job.job_id,
-                self.settings.name,
-                job.attempts,
-                sealed_response,
-                json.dumps({"status": "completed"}),
-            )
-            event = (
-                None
-                if row is None
-                else self._event_view(job, row["event_id"], "completed", "completed")
-            )
-        if event is None:
-            log.warning("job %s was claimed again meanwhile: not completing", job.job_id)
-            return None
+            event = await self._completed_event(conn, job)
         key = f"resp:{job.request_id}"
         sealed = self.cipher.seal(response, key)  # Redis holds ciphertext only
         await redis_or_none(
@@ -342,16 +294,21 @@ class WorkerState:
 
     # ---- the work --------------------------------------------------------------------------
 
-    def load_request(self, job: Job) -> tuple[str, str, str]:
-        """The request's provider, document and instruction, as the claim read them."""
-        if job.provider is None or job.document_enc is None or job.instruction_enc is None:
+    async def load_request(self, job: Job) -> tuple[str, str, str]:
+        row = await self.pool.fetchrow(
+            "SELECT provider, document_enc, instruction_enc FROM requests"
+            " WHERE device_id = $1 AND request_id = $2",
+            job.device_id,
+            job.request_id,
+        )
+        if row is None:
             raise PermanentError("request row missing")
         ctx = f"{job.device_id}/{job.request_id}"
         try:
             return (
-                job.provider,
-                self.cipher.decrypt(bytes(job.document_enc), ctx + "/document"),
-                self.cipher.decrypt(bytes(job.instruction_enc), ctx + "/instruction"),
+                row["provider"],
+                self.cipher.decrypt(bytes(row["document_enc"]), ctx + "/document"),
+                self.cipher.decrypt(bytes(row["instruction_enc"]), ctx + "/instruction"),
             )
         except (InvalidTag, ValueError, TypeError):
             # Retrying cannot help: the key that sealed these fields is not ours (or they were
@@ -474,7 +431,7 @@ class WorkerState:
         if job.attempts > job.max_attempts:
             # Claimed again and again by workers that died mid-job.
             raise TransientError(f"gave up after {job.max_attempts} attempts")
-        provider, document, instruction = self.load_request(job)
+        provider, document, instruction = await self.load_request(job)
         text = await self.fetch_document(provider, document)
         response = await self.call_llm(text, instruction)
         return await self.complete(job, response)
