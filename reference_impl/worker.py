@@ -66,13 +66,24 @@ class PermanentError(Exception):
 
 
 class TransientError(Exception):
-    """Retrying later may help: the job goes back to the queue with backoff."""
+    """Retrying later may help: the job goes back to the queue with backoff, and not sooner
+    than `retry_after_s` (what refused it knows when trying again can help)."""
+
+    def __init__(self, reason: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
 
 
 def backoff_s(attempt: int) -> float:
     """Exponential backoff with equal jitter: half fixed, half random, capped."""
     step: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, attempt - 1))
     return step / 2 + random.uniform(0, step / 2)
+
+
+def retry_delay_s(attempt: int, not_before_s: float = 0.0) -> float:
+    """How long a failed attempt waits in the queue: its backoff, or longer when what refused
+    it (an open circuit breaker) can say when trying again could help."""
+    return max(backoff_s(attempt), not_before_s)
 
 
 def llm_content(raw: bytes) -> str | None:
@@ -104,6 +115,12 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         return self.state != "open"
+
+    def remaining_s(self) -> float:
+        """How long the breaker stays open: 0 unless it is."""
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.cooldown_s - (time.monotonic() - self.opened_at))
 
     def record(self, ok: bool) -> None:
         if ok:
@@ -247,8 +264,11 @@ class WorkerState:
         )
         return event
 
-    async def fail(self, job: Job, error: str, permanent: bool) -> dict[str, Any] | None:
-        """Back to the queue with backoff, or out of it (failed, or dead-lettered)."""
+    async def fail(
+        self, job: Job, error: str, permanent: bool, not_before_s: float = 0.0
+    ) -> dict[str, Any] | None:
+        """Back to the queue with backoff (`not_before_s` at least), or out of it (failed, or
+        dead-lettered)."""
         async with self.pool.acquire() as conn, conn.transaction():
             if not permanent and job.attempts < job.max_attempts:
                 await conn.execute(
@@ -258,7 +278,7 @@ class WorkerState:
                     job.job_id,
                     self.settings.name,
                     job.attempts,
-                    backoff_s(job.attempts),
+                    retry_delay_s(job.attempts, not_before_s),
                     error[:500],
                 )
                 return None
@@ -350,7 +370,13 @@ class WorkerState:
         for attempt in range(1, 4):
             if not self.breaker.allow():
                 self.llm_calls.labels("circuit_open").inc()
-                raise TransientError(f"LLM circuit open (last failure: {self.breaker.last})")
+                # Back no sooner than the breaker lets a trial call through: five attempts
+                # with backoff (0.25 + 0.5 + 1 + 2 s at least) fit inside one cooldown, and a
+                # job refused each time was dead-lettered without one call to the LLM.
+                raise TransientError(
+                    f"LLM circuit open (last failure: {self.breaker.last})",
+                    retry_after_s=self.breaker.remaining_s(),
+                )
             try:
                 content, outcome, wait = await self._llm_attempt(payload, attempt)
             finally:
@@ -442,6 +468,7 @@ class WorkerState:
         that names no request content (a database error too, when the database can record it);
         only a database that cannot record it propagates."""
         deadline = asyncio.timeout(JOB_DEADLINE_S)
+        not_before_s = 0.0
         try:
             async with deadline:
                 event = await self._work(job)
@@ -450,6 +477,7 @@ class WorkerState:
             return await self.fail(job, str(exc), permanent=True), "failed"
         except TransientError as exc:
             reason = str(exc)
+            not_before_s = exc.retry_after_s
         except TimeoutError:
             if not deadline.expired():
                 raise  # a database call timed out: the loop's business
@@ -476,7 +504,7 @@ class WorkerState:
             )
             reason = f"unexpected {type(exc).__name__} in the worker"
         log.info("job %s attempt %d: %s", job.job_id, job.attempts, reason)
-        event = await self.fail(job, reason, permanent=False)
+        event = await self.fail(job, reason, permanent=False, not_before_s=not_before_s)
         return event, "dead_lettered" if event else "retry"
 
     async def _process(self, job: Job) -> None:
