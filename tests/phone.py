@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -117,3 +123,78 @@ async def next_event(ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -> d
         if msg.get("type") == "batch":
             return msg["events"][0]
         return msg
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One write of `probe_writes`: when it was sent (wall clock), how long it took, its
+    HTTP status (0: no answer)."""
+
+    wall: float
+    took_s: float
+    status: int
+
+
+@contextlib.contextmanager
+def probe_writes(
+    status: dict[str, Any], phones: int = 2, period_s: float = 0.1, bound_s: float = 600
+) -> Iterator[list[Probe]]:
+    """Phones of the test's own that write without pause while the body runs, in a thread.
+
+    Each phone submits once, then replays that submit (same Idempotency-Key and body) every
+    `period_s`, the phones offset from one another: a replay is the API's write path (an
+    INSERT ... ON CONFLICT on the primary, through pgBouncer) and makes no job, so the probes
+    load no worker. A write is sent every `period_s / phones`, so a write-path outage of a few
+    tenths of a second holds one of them; a fleet's writes, seconds apart per phone, can all
+    miss it. Each phone keeps under the API's per-device rate limit (20/s). Stops at the end
+    of the body, or after `bound_s`."""
+    probes: list[Probe] = []
+    stop = threading.Event()
+    ready = threading.Event()
+
+    async def one(phone: Phone, offset_s: float) -> None:
+        key = uuid.uuid4().hex
+        code, body = await phone.submit(key=key)
+        assert code == 202, body
+        await asyncio.sleep(offset_s)
+        deadline = time.monotonic() + bound_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            wall, started = time.time(), time.monotonic()
+            try:
+                code, _ = await phone.submit(key=key)
+            except (TimeoutError, aiohttp.ClientError):
+                code = 0
+            took = time.monotonic() - started
+            probes.append(Probe(wall, took, code))
+            await asyncio.sleep(max(0.0, period_s - took))
+
+    async def run() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            fleet = [await stack.enter_async_context(Phone(status)) for _ in range(phones)]
+            for phone in fleet:
+                await phone.register()
+            ready.set()
+            await asyncio.gather(*(one(p, i * period_s / phones) for i, p in enumerate(fleet)))
+
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as e:  # reported in the test's thread
+            errors.append(e)
+            ready.set()
+
+    thread = threading.Thread(target=main, name="probe-writes", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(60), "the probing phones never registered"
+        if errors:
+            raise errors[0]
+        yield probes
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "the probing phones did not stop"
+    if errors:
+        raise errors[0]
