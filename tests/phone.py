@@ -8,7 +8,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,61 +127,83 @@ async def next_event(ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -> d
 
 @dataclass(frozen=True)
 class Probe:
-    """One write of `probe_writes`: when it was sent (wall clock), how long it took, its
-    HTTP status (0: no answer)."""
+    """One write of `probe_writes`: when it was sent (wall clock), how long it took, its HTTP
+    status (0: no answer; `error` says why)."""
 
     wall: float
     took_s: float
     status: int
+    error: str = ""
 
 
 @contextlib.contextmanager
 def probe_writes(
-    status: dict[str, Any], phones: int = 2, period_s: float = 0.1, bound_s: float = 600
+    status: dict[str, Any],
+    start: Callable[[], bool],
+    stop: Callable[[list[Probe]], bool],
+    phones: int = 2,
+    period_s: float = 0.1,
+    bound_s: float = 300,
 ) -> Iterator[list[Probe]]:
-    """Phones of the test's own that write without pause while the body runs, in a thread.
+    """Phones of the test's own that write on a fixed schedule, in a thread, from when `start()`
+    holds until `stop(probes)` does (checked before each write), the end of the body, or
+    `bound_s`.
 
-    Each phone submits once, then replays that submit (same Idempotency-Key and body) every
-    `period_s`, the phones offset from one another: a replay is the API's write path (an
-    INSERT ... ON CONFLICT on the primary, through pgBouncer) and makes no job, so the probes
-    load no worker. A write is sent every `period_s / phones`, so a write-path outage of a few
-    tenths of a second holds one of them; a fleet's writes, seconds apart per phone, can all
-    miss it. Each phone keeps under the API's per-device rate limit (20/s). Stops at the end
-    of the body, or after `bound_s`."""
+    Each phone submits once (one job each), then replays that submit (same Idempotency-Key and
+    body): a replay is the API's write path (an INSERT ... ON CONFLICT on the primary, through
+    pgBouncer) and makes no job, so the probes load no worker. Phone i writes at
+    `i * period_s / phones + k * period_s` (a slot missed while a write was held is skipped):
+    a write goes out every `period_s / phones`, so a write-path outage of a few tenths of a
+    second holds one, where a fleet's writes, seconds apart per phone, can all miss it. Each
+    phone stays under the API's per-device rate limit (20/s). `start` and `stop` keep the
+    probes to the moments a test needs: their requests count in the SLOs a run checks too."""
     probes: list[Probe] = []
-    stop = threading.Event()
+    done = threading.Event()
     ready = threading.Event()
 
-    async def one(phone: Phone, offset_s: float) -> None:
-        key = uuid.uuid4().hex
-        code, body = await phone.submit(key=key)
-        assert code == 202, body
-        await asyncio.sleep(offset_s)
-        deadline = time.monotonic() + bound_s
-        while not stop.is_set() and time.monotonic() < deadline:
-            wall, started = time.time(), time.monotonic()
+    async def one(phone: Phone, key: str, t0: float, offset_s: float) -> None:
+        deadline = t0 + bound_s
+        slot = t0 + offset_s
+        while not done.is_set() and time.monotonic() < deadline and not stop(probes):
+            await asyncio.sleep(max(0.0, slot - time.monotonic()))
+            wall, sent = time.time(), time.monotonic()
+            code, error = 0, ""
             try:
                 code, _ = await phone.submit(key=key)
-            except (TimeoutError, aiohttp.ClientError):
-                code = 0
-            took = time.monotonic() - started
-            probes.append(Probe(wall, took, code))
-            await asyncio.sleep(max(0.0, period_s - took))
+            except aiohttp.ClientResponseError as e:  # an answer that was not JSON
+                code, error = e.status, repr(e)
+            except Exception as e:  # recorded: a probe that got no answer is evidence too
+                error = repr(e)
+            probes.append(Probe(wall, time.monotonic() - sent, code, error))
+            slot += period_s * (1 + (time.monotonic() - slot) // period_s)
 
     async def run() -> None:
         async with contextlib.AsyncExitStack() as stack:
             fleet = [await stack.enter_async_context(Phone(status)) for _ in range(phones)]
+            keys = []
             for phone in fleet:
                 await phone.register()
+                keys.append(uuid.uuid4().hex)
+                code, body = await phone.submit(key=keys[-1])
+                assert code == 202, body
             ready.set()
-            await asyncio.gather(*(one(p, i * period_s / phones) for i, p in enumerate(fleet)))
+            deadline = time.monotonic() + bound_s
+            while not (done.is_set() or start() or time.monotonic() > deadline):
+                await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            await asyncio.gather(
+                *(
+                    one(p, k, t0, i * period_s / phones)
+                    for i, (p, k) in enumerate(zip(fleet, keys, strict=True))
+                )
+            )
 
     errors: list[BaseException] = []
 
     def main() -> None:
         try:
             asyncio.run(run())
-        except BaseException as e:  # reported in the test's thread
+        except BaseException as e:  # raised again in the test's thread
             errors.append(e)
             ready.set()
 
@@ -193,7 +215,7 @@ def probe_writes(
             raise errors[0]
         yield probes
     finally:
-        stop.set()
+        done.set()
         thread.join(30)
     assert not thread.is_alive(), "the probing phones did not stop"
     if errors:

@@ -4,14 +4,14 @@ nothing stayed injected afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from datetime import datetime
+import time
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from env.configs import worst_case_failover_s
 from env.local import LocalEnvironment
 from env.process import pid_alive
 from tests.helpers import poll, wait_healthy
-from tests.phone import probe_writes
+from tests.phone import Probe, probe_writes
 from tests.report.chromium import assert_report_complete
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,9 +153,36 @@ def test_api_replica_kill(local_env, tmp_path):
     assert_report_complete(out)
 
 
+def _journal_injects(tmp_path: Path) -> list[float]:
+    """When the run under `tmp_path` injected its faults, read while it runs (a line being
+    written is skipped)."""
+    walls = []
+    for path in tmp_path.glob("*-chaos-*/faults.jsonl"):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("event") == "inject":
+                    walls.append(entry["wall"])
+    return walls
+
+
 def test_postgres_primary_kill(local_env, tmp_path):
-    # Two phones of the test's own write every 50 ms between them (replays: no job made).
-    with probe_writes(wait_healthy(local_env)) as probes:
+    # Two phones of the test's own write every 50 ms between them (replays: no job made), from
+    # the fleet's start (its pid file: its ledger shows up only later) until 3 s after a write
+    # sent after the kill came back: their requests count in the SLOs the run checks after
+    # the fault, which must stay the fleet's.
+    def recovered(probes: list[Probe]) -> bool:
+        injects = _journal_injects(tmp_path)
+        return bool(injects) and any(
+            p.status == 202 and p.wall > injects[0] and p.wall + p.took_s + 3 < time.time()
+            for p in probes
+        )
+
+    with probe_writes(
+        wait_healthy(local_env),
+        start=lambda: any(tmp_path.glob("*-chaos-*/fleet.pid")),
+        stop=recovered,
+    ) as probes:
         out = cwh_chaos(local_env, tmp_path, "pg-kill-primary", fleet_s=90)
     journal = load(out, "journal.json")
     kill = next(r for r in journal["run"] if r["activity"]["name"] == "kill-primary-postgres")
@@ -168,18 +195,26 @@ def test_postgres_primary_kill(local_env, tmp_path):
     # while Patroni promotes: slow, not failed, when the failover is quick). A failover may
     # take a few tenths of a second (the leader's Patroni loop noticing at once, the standby
     # woken by its etcd watch, HAProxy's check due): the fleet's writes, ~5 a second, can all
-    # miss it (seen: the longest held 0.24 s, none failed or was slow). The probing phones
-    # write every 50 ms: one in flight between the kill and the new primary (the kill
-    # activity's end) failed or was held, at least 0.1 s and 4 times their median before.
+    # miss it (seen: the longest held 0.24 s, none failed or was slow; another run's first
+    # write after the kill went 1.4 s later). Of the probes, one goes out every 50 ms: those
+    # in flight at the kill or sent in the 0.1 s after it must have failed or been held until
+    # the new primary served, longer than 0.15 s and twice the p99 of the probes before
+    # (their first 2 s left out: cold connections). Only those few: a probe among the many
+    # sent while the kill activity waits may stall for a tenth of a second on a busy machine.
     hurt = chaos["not_ok_after_fault"]["write"] + chaos["slow_after_fault"]["write"]
-    fault, promoted_by = chaos["fault_wall"], datetime.fromisoformat(kill["end"]).timestamp()
-    before = sorted(p.took_s for p in probes if p.status == 202 and p.wall + p.took_s < fault)
-    across = [p for p in probes if p.wall <= promoted_by and p.wall + p.took_s >= fault]
-    assert len(before) > 50, len(before)
-    assert across, probes[-5:]
-    held = max(p.took_s for p in across)
-    felt = [p for p in across if p.status != 202] or held > max(0.1, 4 * median(before))
-    assert hurt > 0 or felt, ("the fault never reached the phones", held, median(before), chaos)
+    fault = chaos["fault_wall"]
+    first = min((p.wall for p in probes), default=fault)
+    before = sorted(
+        p.took_s
+        for p in probes
+        if p.status == 202 and first + 2 <= p.wall and p.wall + p.took_s < fault
+    )
+    assert len(before) > 50, (len(before), probes[:5])
+    p99 = before[int(0.99 * (len(before) - 1))]
+    at_kill = [p for p in probes if p.wall <= fault + 0.1 and p.wall + p.took_s >= fault]
+    assert at_kill, [p for p in probes if abs(p.wall - fault) < 1]
+    felt = any(p.status != 202 or p.took_s > max(0.15, 2 * p99) for p in at_kill)
+    assert hurt > 0 or felt, ("the fault never reached the phones", at_kill, p99, chaos)
     assert chaos["recovered"]["write"] is True
     assert chaos["rto_s"]["write"] <= worst_case_failover_s(), chaos["rto_s"]
     assert (chaos["lost"], chaos["duplicated"], chaos["rpo_s"]["max"]) == (0, 0, 0.0)
@@ -191,8 +226,8 @@ def test_postgres_primary_kill(local_env, tmp_path):
     window = summary["window"]["end"] - summary["window"]["start"]
     assert window < 90 - 5, window
     # Not before the writes had recovered and held it for 15 s.
-    held = summary["finished_early"]["wall"] - chaos["fault_wall"] - chaos["rto_s"]["write"]
-    assert held >= 15, (held, chaos["rto_s"])
+    kept = summary["finished_early"]["wall"] - chaos["fault_wall"] - chaos["rto_s"]["write"]
+    assert kept >= 15, (kept, chaos["rto_s"])
 
 
 def test_redis_master_kill(local_env, tmp_path):
