@@ -133,7 +133,7 @@ class Commands:
             *("--auto-compaction-mode", "periodic", "--auto-compaction-retention", "5m"),
             # etcd also keeps its raft log in memory: `--snapshot-count` entries (3.4's default,
             # 100,000, is ~12 h of Patroni's ~2.3 writes a second) plus 5,000 after each
-            # snapshot. 10,000, etcd 3.5's default, bounds it at ~15,000 (a few MiB).
+            # snapshot. 10,000, etcd 3.6's default, bounds it at ~15,000 (a few MiB).
             *("--snapshot-count", "10000"),
         ]
         return ProcessSpec(argv, as_user=self.service_user)

@@ -190,6 +190,8 @@ def probe_writes(
             deadline = time.monotonic() + bound_s
             while not (done.is_set() or start() or time.monotonic() > deadline):
                 await asyncio.sleep(0.1)
+            if not start():  # the body ended first, or the bound passed: no probe is due
+                return
             t0 = time.monotonic()
             await asyncio.gather(
                 *(
