@@ -108,6 +108,12 @@ class PlantedFaults:
         self.planted[fault].append(ident)
         return True
 
+    def give_back(self, fault: str, ident: str) -> None:
+        """Undo a `take` whose planting did not happen after all (the job's completion was
+        fenced): armed once more, and off the record, so the record stays exact."""
+        self.planted[fault].remove(ident)
+        self.armed[fault] = self.armed.get(fault, 0) + 1
+
     async def wedge_point(self, loop: str) -> None:
         """Called by background loops once per cycle: never returns while `loop` is wedged, as
         a loop stuck on a call without a deadline would not."""

@@ -7,7 +7,12 @@ only what may be lost (caches, rate-limit counters, notification fan-out).
 
 from __future__ import annotations
 
+import hashlib
+import logging
+
 import asyncpg
+
+log = logging.getLogger(__name__)
 
 PARTITIONS = 8
 
@@ -126,9 +131,60 @@ def settled(settle_param: str, alias: str = "") -> str:
 #: because session locks do not survive pgBouncer's transaction pooling.
 LOCK_ID = 0x6377_0001
 
+#: What the DDL above amounts to. A service starts by comparing it with the one the database
+#: records, and runs the DDL only when they differ: `CREATE INDEX IF NOT EXISTS` locks its table
+#: before it finds the index there, and `ALTER TABLE events` locks `events` outright, so a
+#: service starting beside running workers took those locks in the reverse of a worker's order
+#: (jobs, then requests, then events) and one of the two died with "deadlock detected".
+DIGEST = hashlib.sha256("\n;\n".join(DDL).encode()).hexdigest()
 
-async def ensure_schema(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
-        for statement in DDL:
-            await conn.execute(statement)
+MARKER_DDL = """CREATE TABLE IF NOT EXISTS schema_applied (
+    id int PRIMARY KEY CHECK (id = 1),
+    digest text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+#: A schema change racing running services can still deadlock (a new release's DDL beside the
+#: old release's workers); PostgreSQL aborts one side, and this side tries again.
+DEADLOCK_RETRIES = 5
+
+
+async def applied_digest(conn: asyncpg.Connection) -> str | None:
+    """The digest of the DDL last applied, None on a database that never recorded one."""
+    try:
+        value = await conn.fetchval("SELECT digest FROM schema_applied WHERE id = 1")
+    except asyncpg.UndefinedTableError:
+        return None
+    return str(value) if value is not None else None
+
+
+async def ensure_schema(pool: asyncpg.Pool) -> bool:
+    """Bring the schema to `DDL`; True when the DDL ran, False when it was already current."""
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            return await _ensure_schema(pool)
+        except asyncpg.DeadlockDetectedError:
+            if attempt == DEADLOCK_RETRIES:
+                raise
+            log.warning("schema: deadlock with running services (attempt %d), again", attempt)
+    raise AssertionError("unreachable")
+
+
+async def _ensure_schema(pool: asyncpg.Pool) -> bool:
+    async with pool.acquire() as conn:
+        if await applied_digest(conn) == DIGEST:  # the common case: no lock taken at all
+            return False
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
+            await conn.execute(MARKER_DDL)
+            # Another service may have applied it while this one waited for the lock.
+            if await applied_digest(conn) == DIGEST:
+                return False
+            for statement in DDL:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_applied (id, digest) VALUES (1, $1)"
+                " ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, applied_at = now()",
+                DIGEST,
+            )
+        return True

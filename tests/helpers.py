@@ -36,6 +36,7 @@ __all__ = [
     "query",
     "redis_credentials",
     "redis_options",
+    "service_settings",
     "toxic",
     "wait_healthy",
 ]
@@ -260,3 +261,24 @@ def assert_postgres_kill_recovered(result: dict[str, Any]) -> None:
     rec = result["reconciliation"]
     assert rec["acknowledged"] > 0
     assert rec["lost"] == 0, rec
+
+
+def service_settings(status: dict[str, Any], role: str, name: str) -> Any:
+    """Settings of a service run in the test's process against the environment: its database
+    through pgBouncer, Redis as the services' ACL user, the environment's keys (`state_dir`)."""
+    from reference_impl.settings import ServiceSettings
+
+    redis_app = urlsplit(status["urls"]["redis_app"])
+    return ServiceSettings(
+        role=role,
+        name=name,
+        port=1,  # unused: a test binds an ephemeral port, or none
+        state_dir=Path(status["run_dir"]) / "services",
+        pg_write_url=status["urls"]["pgbouncer"],
+        redis_nodes=",".join(
+            f"{u.hostname}:{u.port}" for u in map(urlsplit, status["urls"]["redis_nodes"])
+        ),
+        redis_user=redis_app.username or "",
+        redis_password=redis_app.password or "",
+        tls_ca_file=status["tls_certificate"],
+    )

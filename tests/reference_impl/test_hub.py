@@ -21,7 +21,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,7 +36,7 @@ from reference_impl import hub
 from reference_impl.auth import LEEWAY_S, TokenIssuer
 from reference_impl.settings import ServiceSettings
 from reference_impl.stores import NOTIFY_CHANNEL
-from tests.helpers import redis_options, wait_healthy
+from tests.helpers import redis_options, service_settings, wait_healthy
 from tests.phone import Phone
 
 pytestmark = pytest.mark.env
@@ -55,20 +54,8 @@ def run(coro: Awaitable[Any]) -> Any:
 
 
 def hub_settings(status: dict[str, Any]) -> ServiceSettings:
-    app = urlsplit(status["urls"]["redis_app"])  # the services' own Redis user
-    return ServiceSettings(
-        role="hub",
-        name="hub-test",
-        port=1,  # unused: the test binds an ephemeral port
-        state_dir=Path(status["run_dir"]) / "services",
-        pg_write_url=status["urls"]["pgbouncer"],
-        redis_nodes=",".join(
-            f"{u.hostname}:{u.port}" for u in map(urlsplit, status["urls"]["redis_nodes"])
-        ),
-        redis_user=app.username or "",
-        redis_password=app.password or "",
-        tls_ca_file=status["tls_certificate"],
-    )
+    settings: ServiceSettings = service_settings(status, "hub", "hub-test")
+    return settings
 
 
 @dataclass

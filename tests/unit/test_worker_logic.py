@@ -1,9 +1,11 @@
-"""The worker's retry logic: backoff with jitter, and the LLM circuit breaker."""
+"""The worker's retry logic (backoff with jitter, the LLM circuit breaker) and its idle polls."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -11,9 +13,13 @@ from reference_impl import worker
 from reference_impl.worker import (
     BACKOFF_BASE_S,
     BACKOFF_CAP_S,
+    CONCURRENCY,
+    IDLE_POLL_S,
     CircuitBreaker,
     backoff_s,
+    poll_offset_s,
     retry_delay_s,
+    until_poll_s,
 )
 
 
@@ -74,3 +80,38 @@ def test_a_job_refused_by_an_open_breaker_comes_back_once_a_trial_call_may_go(mo
         now[0] += delay
         assert breaker.allow(), f"attempt {attempt + 1} would be refused again"
         breaker.record(False)  # the trial call fails too: open again, for a full cooldown
+
+
+def largest_gap(offsets: list[float]) -> float:
+    xs = sorted(offsets)
+    return max([b - a for a, b in itertools.pairwise(xs)] + [IDLE_POLL_S - xs[-1] + xs[0]])
+
+
+def test_idle_polls_are_spread_over_the_period_for_any_number_of_workers():
+    """A job waits for the next poll of any loop: the polls of 1 to 10 workers' loops leave no
+    gap longer than 1.66 times an even spacing's (3 workers: 19 ms of the 200 ms, where loops
+    polling in clumps left 80-100 ms)."""
+    for workers in range(1, 11):
+        names = [f"worker{k}" for k in range(1, workers + 1)]
+        offsets = [poll_offset_s(name, i) for name in names for i in range(CONCURRENCY)]
+        assert all(0 <= o < IDLE_POLL_S for o in offsets)
+        even = IDLE_POLL_S / len(offsets)
+        assert largest_gap(offsets) <= 1.66 * even, workers
+
+
+def test_a_pod_name_places_its_loops_too():
+    offsets = [poll_offset_s("worker-7d9f8c-x2kq", i) for i in range(CONCURRENCY)]
+    assert all(0 <= o < IDLE_POLL_S for o in offsets)
+    assert largest_gap(offsets) == pytest.approx(IDLE_POLL_S / CONCURRENCY)
+
+
+@given(
+    st.floats(min_value=1.7e9, max_value=2.0e9),
+    st.integers(min_value=1, max_value=10),
+    st.integers(min_value=0, max_value=CONCURRENCY - 1),
+)
+def test_a_loop_waits_for_its_own_slot_and_never_longer_than_a_period(now, k, index):
+    wait = until_poll_s(f"worker{k}", index, now)
+    assert 0 < wait <= IDLE_POLL_S
+    phase = (now + wait - poll_offset_s(f"worker{k}", index)) % IDLE_POLL_S
+    assert min(phase, IDLE_POLL_S - phase) < 1e-6  # it wakes on its slot

@@ -1,0 +1,187 @@
+"""The schema's DDL runs once per change, never beside running services for nothing; and the
+worker's one-statement completion keeps its fence.
+
+Both run in the test's process against the environment's database (through pgBouncer, as the
+services reach it) while the environment's own services keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from reference_impl import schema, worker
+from reference_impl.planted import PLANTED
+from reference_impl.stores import create_pool, create_redis
+from tests.helpers import service_settings
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_current_schema_is_left_alone_even_when_its_tables_are_locked(
+    status: dict[str, Any],
+) -> None:
+    """`ALTER TABLE events` took `events`'s strongest lock at every service start: a service
+    starting beside busy workers waited for (or deadlocked with) them. Now a service whose
+    schema is current reads one row and goes on, whoever holds what."""
+    write = status["urls"]["write"]
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_events() -> None:
+        with psycopg.connect(write, connect_timeout=5) as conn:
+            conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_events)
+    holder.start()
+    try:
+        assert locked.wait(10), "the lock was never taken"
+
+        async def flow() -> tuple[bool, str | None]:
+            pool = await create_pool(status["urls"]["pgbouncer"], ca_file=status["tls_certificate"])
+            try:
+                # Far within the 30 s the lock is held: the old DDL would wait all of it.
+                ran = await asyncio.wait_for(schema.ensure_schema(pool), 10)
+                async with pool.acquire() as conn:
+                    return ran, await schema.applied_digest(conn)
+            finally:
+                await pool.close()
+
+        ran, digest = run(flow())
+        assert holder.is_alive(), "the lock was released before the schema check returned"
+    finally:
+        release.set()
+        holder.join(30)
+    assert ran is False
+    assert digest == schema.DIGEST
+
+
+def test_a_changed_schema_is_applied_once_by_services_starting_together(
+    status: dict[str, Any],
+) -> None:
+    """A database that records an older schema gets the DDL from exactly one of two services
+    starting at once (the advisory lock, then a second look), and records the new digest."""
+    write = status["urls"]["write"]
+    with psycopg.connect(write, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("UPDATE schema_applied SET digest = 'an older release' WHERE id = 1")
+
+    async def flow() -> list[bool]:
+        pools = [
+            await create_pool(status["urls"]["pgbouncer"], ca_file=status["tls_certificate"])
+            for _ in range(2)
+        ]
+        try:
+            return list(await asyncio.gather(*(schema.ensure_schema(p) for p in pools)))
+        finally:
+            for pool in pools:
+                await pool.close()
+
+    try:
+        assert sorted(run(flow())) == [False, True]
+        with psycopg.connect(write, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT digest FROM schema_applied WHERE id = 1").fetchone()
+        assert row == (schema.DIGEST,)
+    finally:  # whatever failed above, the environment keeps a current schema
+        run(_ensure(status))
+
+
+async def _ensure(status: dict[str, Any]) -> None:
+    pool = await create_pool(status["urls"]["pgbouncer"], ca_file=status["tls_certificate"])
+    try:
+        await schema.ensure_schema(pool)
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def claimed_job(status: dict[str, Any]) -> Any:
+    """A request and its job, claimed by "worker-test" (attempt 1) and out of the running
+    workers' sight for an hour, as a claim leaves it; removed afterwards."""
+    device, request = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(status["urls"]["write"], autocommit=True, connect_timeout=5) as conn:
+        conn.execute(
+            "INSERT INTO requests (device_id, request_id, idempotency_key, body_hash, provider,"
+            " document_enc, instruction_enc, status, correlation_id)"
+            " VALUES (%s, %s, 'k', '\\x00', 'gdrive', '\\x00', '\\x00', 'processing', 'c')",
+            (device, request),
+        )
+        job_id = conn.execute(
+            "INSERT INTO jobs (device_id, request_id, correlation_id, attempts, max_attempts,"
+            " visible_at, claimed_by, claimed_at)"
+            " VALUES (%s, %s, 'c', 1, 5, now() + interval '1 hour', 'worker-test', now())"
+            " RETURNING job_id",
+            (device, request),
+        ).fetchone()[0]
+    yield worker.Job(job_id, device, request, "c", attempts=1, max_attempts=5)
+    with psycopg.connect(status["urls"]["write"], autocommit=True, connect_timeout=5) as conn:
+        conn.execute("DELETE FROM jobs WHERE job_id = %s", (job_id,))
+        conn.execute("DELETE FROM events WHERE request_id = %s", (request,))
+        conn.execute("DELETE FROM requests WHERE device_id = %s", (device,))
+
+
+def test_a_completion_is_fenced_and_all_or_nothing(
+    status: dict[str, Any], claimed_job: worker.Job
+) -> None:
+    """A completion carrying a stale claim (another attempt took the job over) changes
+    nothing: no response, no event, the job still queued, and a planted fault it took is
+    handed back. The claim's own completion does all three in its one statement."""
+    job = claimed_job
+    app = worker.create_app(service_settings(status, "worker", "worker-test"))
+    state: worker.WorkerState = app[worker.STATE]  # type: ignore[assignment]
+    planted = app[PLANTED]
+    planted.enabled = True
+    planted.update({"swallow_notifications": 1})
+
+    async def flow() -> tuple[Any, Any, Any]:
+        state.pool = await create_pool(
+            status["urls"]["pgbouncer"], ca_file=status["tls_certificate"]
+        )
+        state.redis = create_redis(state.settings)
+        try:
+            stale = dataclasses.replace(job, attempts=job.attempts + 1)
+            fenced = await state.complete(stale, "too late")
+            seen = await state.pool.fetchrow(
+                "SELECT r.status, r.response_enc IS NULL AS empty,"
+                " (SELECT count(*) FROM events e WHERE e.request_id = r.request_id) AS events,"
+                " (SELECT count(*) FROM jobs j WHERE j.job_id = $3) AS jobs"
+                " FROM requests r WHERE r.device_id = $1 AND r.request_id = $2",
+                job.device_id,
+                job.request_id,
+                job.job_id,
+            )
+            assert planted.armed["swallow_notifications"] == 1  # armed again
+            planted.update({"disarm": True})  # the real completion publishes its event
+            done = await state.complete(job, "the answer")
+            return fenced, dict(seen), done
+        finally:
+            await state.redis.aclose()
+            await state.pool.close()
+
+    fenced, seen, done = run(flow())
+    assert fenced is None
+    assert seen == {"status": "processing", "empty": True, "events": 0, "jobs": 1}
+    assert planted.planted["swallow_notifications"] == []  # given back, not counted
+    assert done is not None
+    assert done["type"] == "completed", done
+    assert done["request_id"] == str(job.request_id)
+    with psycopg.connect(status["urls"]["write"], autocommit=True, connect_timeout=5) as conn:
+        events = conn.execute(
+            "SELECT event_id, payload FROM events WHERE request_id = %s", (job.request_id,)
+        ).fetchall()
+        request = conn.execute(
+            "SELECT status, response_enc IS NOT NULL FROM requests WHERE request_id = %s",
+            (job.request_id,),
+        ).fetchone()
+        jobs = conn.execute("SELECT count(*) FROM jobs WHERE job_id = %s", (job.job_id,))
+        assert jobs.fetchone() == (0,)
+    assert events == [(done["event_id"], {"status": "completed"})], events
+    assert request == ("completed", True)
