@@ -117,9 +117,10 @@ bench-failover: deps
 	@$(PY) -m bench.failover --kills $(KILLS)
 
 # The API's accepted requests/s against a bare aiohttp baseline behind the same HAProxy, and
-# time to result at a fixed arrival rate.
+# time to result at a fixed arrival rate. TTR_ONLY=1 measures time to result alone (TTR_SECONDS
+# long), to compare changes to the job path in alternated runs.
 bench-api: deps
-	@$(PY) -m bench.api
+	@$(PY) -m bench.api $(if $(TTR_ONLY),--ttr-only) $(if $(TTR_SECONDS),--ttr-seconds $(TTR_SECONDS))
 
 # The load generator itself against a trivial sink: our phone's requests per core against a plain
 # FastHttpUser (goal 0.7), then PHONES connected phones with heartbeats over two generator
