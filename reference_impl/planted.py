@@ -55,6 +55,7 @@ class PlantedFaults:
     planted: fault name -> the ids it was planted on (request ids, idempotency keys), in order.
     wedge_loop: a background loop whose name matches stops making progress (liveness tests).
     leak_mb_per_s: how fast the planted leak grows (0: it does not). leaked_mb: what it holds.
+    epoch: bumped by every reset and disarm (`give_back` re-arms only within the same epoch).
     """
 
     enabled: bool
@@ -63,6 +64,7 @@ class PlantedFaults:
     wedge_loop: str = ""
     leak_mb_per_s: int = 0
     leaked_mb: float = 0.0
+    epoch: int = 0
     _hoard: list[mmap.mmap] = field(default_factory=list, repr=False)
 
     def view(self) -> dict[str, Any]:
@@ -108,11 +110,15 @@ class PlantedFaults:
         self.planted[fault].append(ident)
         return True
 
-    def give_back(self, fault: str, ident: str) -> None:
-        """Undo a `take` whose planting did not happen after all (the job's completion was
-        fenced): armed once more, and off the record, so the record stays exact."""
-        self.planted[fault].remove(ident)
-        self.armed[fault] = self.armed.get(fault, 0) + 1
+    def give_back(self, fault: str, ident: str, epoch: int) -> None:
+        """Undo a `take` (made in `epoch`) whose planting did not happen after all (the job's
+        completion was fenced, or failed): off the record and armed once more, so the record
+        stays exact. A reset since has cleared the record already, and a disarm since must not
+        be undone, so after either only the record is touched."""
+        with contextlib.suppress(ValueError):  # not on the record: a reset came in between
+            self.planted[fault].remove(ident)
+            if epoch == self.epoch:
+                self.armed[fault] = self.armed.get(fault, 0) + 1
 
     async def wedge_point(self, loop: str) -> None:
         """Called by background loops once per cycle: never returns while `loop` is wedged, as
@@ -125,12 +131,14 @@ class PlantedFaults:
             if verb in body and len(body) > 1:
                 raise ApiError(422, {"field": verb, "problem": "takes no other field"})
         if body.get("reset") is True:
+            self.epoch += 1
             self.armed = dict.fromkeys(COUNTED, 0)
             self.planted = {k: [] for k in COUNTED}
             self.wedge_loop = ""
             self.free_leak()
             return
         if body.get("disarm") is True:  # plant no more; what was planted stays on record
+            self.epoch += 1
             self.armed = dict.fromkeys(COUNTED, 0)
             self.leak_mb_per_s = 0  # the leak grows no more; what it holds stays, as a record
             return

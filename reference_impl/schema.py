@@ -7,8 +7,10 @@ only what may be lost (caches, rate-limit counters, notification fan-out).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import random
 
 import asyncpg
 
@@ -131,60 +133,86 @@ def settled(settle_param: str, alias: str = "") -> str:
 #: because session locks do not survive pgBouncer's transaction pooling.
 LOCK_ID = 0x6377_0001
 
-#: What the DDL above amounts to. A service starts by comparing it with the one the database
-#: records, and runs the DDL only when they differ: `CREATE INDEX IF NOT EXISTS` locks its table
-#: before it finds the index there, and `ALTER TABLE events` locks `events` outright, so a
-#: service starting beside running workers took those locks in the reverse of a worker's order
-#: (jobs, then requests, then events) and one of the two died with "deadlock detected".
+#: What the DDL above amounts to. A service starts by looking for it among the digests the
+#: database records, and runs the DDL only when it is not there: `CREATE INDEX IF NOT EXISTS`
+#: locks its table before it finds the index there, and `ALTER TABLE events` locks `events`
+#: outright, so at every start the DDL took locks that running services hold in their own orders
+#: (the submit `requests` then `jobs`, the claim `jobs` then `requests`), and one side died with
+#: "deadlock detected". A set rather than one value: in a rolling release the old release's
+#: services, restarted, must not take the new one's recorded schema for a change.
 DIGEST = hashlib.sha256("\n;\n".join(DDL).encode()).hexdigest()
 
 MARKER_DDL = """CREATE TABLE IF NOT EXISTS schema_applied (
-    id int PRIMARY KEY CHECK (id = 1),
-    digest text NOT NULL,
+    digest text PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()
 )"""
 
-#: A schema change racing running services can still deadlock (a new release's DDL beside the
-#: old release's workers); PostgreSQL aborts one side, and this side tries again.
-DEADLOCK_RETRIES = 5
+#: The tables the DDL may lock, all taken at once before it runs (the order cannot match every
+#: running statement's, so the statement waits at most LOCK_TIMEOUT_MS and starts over). Below
+#: PostgreSQL's `deadlock_timeout` (1 s): in a cycle this side gives up first, and the running
+#: services wait for it no longer than that.
+TABLES = (
+    "devices",
+    "requests",
+    "jobs",
+    "dead_letters",
+    "events",
+    "leases",
+    "periodic_runs",
+    "replication_heartbeat",
+)
+LOCK_TIMEOUT_MS = 200
+#: How many times a schema change is tried before the service's start fails (with the backoff
+#: below, about 20 s of trying).
+LOCK_ATTEMPTS = 40
 
 
-async def applied_digest(conn: asyncpg.Connection) -> str | None:
-    """The digest of the DDL last applied, None on a database that never recorded one."""
+async def is_applied(conn: asyncpg.Connection, digest: str = DIGEST) -> bool:
+    """Whether the database records `digest` as applied (False on one that records none)."""
     try:
-        value = await conn.fetchval("SELECT digest FROM schema_applied WHERE id = 1")
+        return bool(
+            await conn.fetchval("SELECT true FROM schema_applied WHERE digest = $1", digest)
+        )
     except asyncpg.UndefinedTableError:
-        return None
-    return str(value) if value is not None else None
+        return False
 
 
 async def ensure_schema(pool: asyncpg.Pool) -> bool:
-    """Bring the schema to `DDL`; True when the DDL ran, False when it was already current."""
-    for attempt in range(1, DEADLOCK_RETRIES + 1):
+    """Bring the schema to `DDL`; True when the DDL ran, False when it was already applied."""
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return await _ensure_schema(pool)
-        except asyncpg.DeadlockDetectedError:
-            if attempt == DEADLOCK_RETRIES:
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+            if attempt >= LOCK_ATTEMPTS:
                 raise
-            log.warning("schema: deadlock with running services (attempt %d), again", attempt)
-    raise AssertionError("unreachable")
+            log.info("schema: %s beside running services (attempt %d)", type(exc).__name__, attempt)
+            await asyncio.sleep(min(1.0, 0.05 * attempt) * random.uniform(0.5, 1.0))
 
 
 async def _ensure_schema(pool: asyncpg.Pool) -> bool:
     async with pool.acquire() as conn:
-        if await applied_digest(conn) == DIGEST:  # the common case: no lock taken at all
+        if await is_applied(conn):  # the common case: one row read, no lock taken
             return False
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
             await conn.execute(MARKER_DDL)
             # Another service may have applied it while this one waited for the lock.
-            if await applied_digest(conn) == DIGEST:
+            if await is_applied(conn):
                 return False
+            await conn.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+            existing = await conn.fetch(
+                "SELECT name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, i)"
+                " WHERE to_regclass(name) IS NOT NULL ORDER BY i",
+                list(TABLES),
+            )
+            if existing:
+                names = ", ".join(row["name"] for row in existing)
+                await conn.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
             for statement in DDL:
                 await conn.execute(statement)
             await conn.execute(
-                "INSERT INTO schema_applied (id, digest) VALUES (1, $1)"
-                " ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, applied_at = now()",
-                DIGEST,
+                "INSERT INTO schema_applied (digest) VALUES ($1) ON CONFLICT DO NOTHING", DIGEST
             )
         return True

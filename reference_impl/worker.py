@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
 import uuid
 import zlib
@@ -93,10 +94,10 @@ def poll_offset_s(worker: str, index: int) -> float:
     twelve evenly spread loops would leave it at most 17. A worker's loops sit a CONCURRENCY-th
     of the period apart; worker k's comb is shifted by k * PHI of that gap (a low-discrepancy
     sequence: for 1 to 10 workers the largest gap between polls is at most 1.66 times an even
-    spacing's, with no need to know how many workers there are). A name without a trailing
-    number (a pod's) is placed by its hash."""
-    digits = worker[len(worker.rstrip("0123456789")) :]
-    k = int(digits) if digits else zlib.crc32(worker.encode())
+    spacing's, with no need to know how many workers there are). Any other name (a pod's, whose
+    random suffix may end in digits too) is placed by its hash: spread at random, not evenly."""
+    numbered = re.fullmatch(r"[a-z]+([0-9]{1,6})", worker)
+    k = int(numbered.group(1)) if numbered else zlib.crc32(worker.encode())
     gap = IDLE_POLL_S / CONCURRENCY
     return index * gap + (k * PHI % 1.0) * gap
 
@@ -306,20 +307,28 @@ class WorkerState:
         only), no event is stored or published: the phone never hears of it (an empty event,
         so the job still counts as completed)."""
         planted = self.app[PLANTED]
+        epoch = planted.epoch
         swallow = planted.take("swallow_notifications", str(job.request_id))
         payload = {"status": "completed"}
-        row = await self.pool.fetchrow(
-            COMPLETE_SQL,
-            job.job_id,
-            self.settings.name,
-            job.attempts,
-            self.cipher.encrypt(response, f"{job.device_id}/{job.request_id}/response"),
-            json.dumps(payload),
-            not swallow,
-        )
+        try:
+            row = await self.pool.fetchrow(
+                COMPLETE_SQL,
+                job.job_id,
+                self.settings.name,
+                job.attempts,
+                self.cipher.encrypt(response, f"{job.device_id}/{job.request_id}/response"),
+                json.dumps(payload),
+                not swallow,
+            )
+        except BaseException:
+            # Most likely not committed (the job will be retried, and planted again or not):
+            # the record must not count it. A commit whose answer was lost is the rarer case.
+            if swallow:
+                planted.give_back("swallow_notifications", str(job.request_id), epoch)
+            raise
         if row is None or not row["finished"]:
             if swallow:  # nothing was completed, so nothing was swallowed
-                planted.give_back("swallow_notifications", str(job.request_id))
+                planted.give_back("swallow_notifications", str(job.request_id), epoch)
             log.warning("job %s was claimed again meanwhile: not completing", job.job_id)
             return None
         event = {} if swallow else self._event_of(row["event_id"], job, "completed", payload)

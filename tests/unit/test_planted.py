@@ -146,3 +146,34 @@ def test_a_leak_rate_out_of_bounds_is_422_and_a_served_leak_grows():
     assert reason["detail"]["field"] == "leak_mb_per_s"
     assert view["leak_mb_per_s"] == 20
     assert 2 <= view["leaked_mb"] <= LEAK_CAP_MB
+
+
+def test_a_planting_given_back_is_off_the_record_and_armed_again() -> None:
+    planted = PlantedFaults(enabled=True)
+    planted.update({"swallow_notifications": 1})
+    epoch = planted.epoch
+    assert planted.take("swallow_notifications", "r1")
+    assert not planted.take("swallow_notifications", "r2")  # armed once only
+    planted.give_back("swallow_notifications", "r1", epoch)
+    assert planted.planted["swallow_notifications"] == []
+    assert planted.armed["swallow_notifications"] == 1
+    assert planted.take("swallow_notifications", "r2")
+    assert planted.planted["swallow_notifications"] == ["r2"]
+
+
+def test_a_give_back_after_a_disarm_or_a_reset_arms_nothing() -> None:
+    """A completion in flight across a disarm must not arm the fault again, and one in flight
+    across a reset finds its planting gone from the record: neither raises."""
+    planted = PlantedFaults(enabled=True)
+    planted.update({"swallow_notifications": 2})
+    epoch = planted.epoch
+    assert planted.take("swallow_notifications", "r1")
+    assert planted.take("swallow_notifications", "r2")
+    planted.update({"disarm": True})
+    planted.give_back("swallow_notifications", "r1", epoch)
+    assert planted.planted["swallow_notifications"] == ["r2"]
+    assert planted.armed["swallow_notifications"] == 0
+    planted.update({"reset": True})
+    planted.give_back("swallow_notifications", "r2", epoch)
+    assert planted.planted["swallow_notifications"] == []
+    assert planted.armed["swallow_notifications"] == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import time
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -99,10 +98,13 @@ def test_idle_polls_are_spread_over_the_period_for_any_number_of_workers():
         assert largest_gap(offsets) <= 1.66 * even, workers
 
 
-def test_a_pod_name_places_its_loops_too():
-    offsets = [poll_offset_s("worker-7d9f8c-x2kq", i) for i in range(CONCURRENCY)]
-    assert all(0 <= o < IDLE_POLL_S for o in offsets)
-    assert largest_gap(offsets) == pytest.approx(IDLE_POLL_S / CONCURRENCY)
+def test_pod_names_are_placed_by_their_hash_even_when_they_end_in_digits():
+    """A Deployment's pods are named `worker-<hash>-<suffix>`, and a suffix may end in digits:
+    two such pods must not share their slots because their last digits match."""
+    pods = ["worker-7d9f8c-x2kq9", "worker-7d9f8c-ab9", "worker-7d9f8c-bc9", "worker-5f6-zzzzz"]
+    offsets = {poll_offset_s(pod, 0) for pod in pods}
+    assert len(offsets) == len(pods)
+    assert all(0 <= o < IDLE_POLL_S for pod in pods for o in [poll_offset_s(pod, 3)])
 
 
 @given(
