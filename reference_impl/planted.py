@@ -55,7 +55,7 @@ class PlantedFaults:
     planted: fault name -> the ids it was planted on (request ids, idempotency keys), in order.
     wedge_loop: a background loop whose name matches stops making progress (liveness tests).
     leak_mb_per_s: how fast the planted leak grows (0: it does not). leaked_mb: what it holds.
-    epoch: bumped by every reset and disarm (`give_back` re-arms only within the same epoch).
+    resets, disarms: how many of each so far (`epoch`, which `give_back` is handed).
     """
 
     enabled: bool
@@ -64,7 +64,8 @@ class PlantedFaults:
     wedge_loop: str = ""
     leak_mb_per_s: int = 0
     leaked_mb: float = 0.0
-    epoch: int = 0
+    resets: int = 0
+    disarms: int = 0
     _hoard: list[mmap.mmap] = field(default_factory=list, repr=False)
 
     def view(self) -> dict[str, Any]:
@@ -110,15 +111,23 @@ class PlantedFaults:
         self.planted[fault].append(ident)
         return True
 
-    def give_back(self, fault: str, ident: str, epoch: int) -> None:
-        """Undo a `take` (made in `epoch`) whose planting did not happen after all (the job's
+    @property
+    def epoch(self) -> tuple[int, int]:
+        """Taken with a `take`, handed back to `give_back`."""
+        return self.resets, self.disarms
+
+    def give_back(self, fault: str, ident: str, epoch: tuple[int, int]) -> None:
+        """Undo a `take` (made at `epoch`) whose planting did not happen after all (the job's
         completion was fenced, or failed): off the record and armed once more, so the record
-        stays exact. A reset since has cleared the record already, and a disarm since must not
-        be undone, so after either only the record is touched."""
-        with contextlib.suppress(ValueError):  # not on the record: a reset came in between
-            self.planted[fault].remove(ident)
-            if epoch == self.epoch:
-                self.armed[fault] = self.armed.get(fault, 0) + 1
+        stays exact. After a reset the record no longer holds it (and may hold a later take of
+        the same id), so nothing is touched; after a disarm it comes off the record, but the
+        fault stays disarmed."""
+        resets, disarms = epoch
+        if resets != self.resets:
+            return
+        self.planted[fault].remove(ident)
+        if disarms == self.disarms:
+            self.armed[fault] = self.armed.get(fault, 0) + 1
 
     async def wedge_point(self, loop: str) -> None:
         """Called by background loops once per cycle: never returns while `loop` is wedged, as
@@ -131,14 +140,14 @@ class PlantedFaults:
             if verb in body and len(body) > 1:
                 raise ApiError(422, {"field": verb, "problem": "takes no other field"})
         if body.get("reset") is True:
-            self.epoch += 1
+            self.resets += 1
             self.armed = dict.fromkeys(COUNTED, 0)
             self.planted = {k: [] for k in COUNTED}
             self.wedge_loop = ""
             self.free_leak()
             return
         if body.get("disarm") is True:  # plant no more; what was planted stays on record
-            self.epoch += 1
+            self.disarms += 1
             self.armed = dict.fromkeys(COUNTED, 0)
             self.leak_mb_per_s = 0  # the leak grows no more; what it holds stays, as a record
             return

@@ -147,10 +147,12 @@ MARKER_DDL = """CREATE TABLE IF NOT EXISTS schema_applied (
     applied_at timestamptz NOT NULL DEFAULT now()
 )"""
 
-#: The tables the DDL may lock, all taken at once before it runs (the order cannot match every
-#: running statement's, so the statement waits at most LOCK_TIMEOUT_MS and starts over). Below
-#: PostgreSQL's `deadlock_timeout` (1 s): in a cycle this side gives up first, and the running
-#: services wait for it no longer than that.
+#: The tables the DDL may lock, all taken at once before it runs: the order cannot match every
+#: running statement's (the submit locks `requests` then `jobs`, the claim the reverse), so the
+#: LOCK is bounded as a whole by LOCK_TIMEOUT_MS and starts over. That is below PostgreSQL's
+#: `deadlock_timeout` (1 s): a service queued behind it is let go before its own deadlock check
+#: runs, so in a cycle this side gives up first. (`lock_timeout` would bound each of its sixteen
+#: lock waits apart, eight tables and the partitions, not the statement.)
 TABLES = (
     "devices",
     "requests",
@@ -161,10 +163,15 @@ TABLES = (
     "periodic_runs",
     "replication_heartbeat",
 )
-LOCK_TIMEOUT_MS = 200
+LOCK_TIMEOUT_MS = 500
 #: How many times a schema change is tried before the service's start fails (with the backoff
-#: below, about 20 s of trying).
+#: below and the LOCK's own wait, up to about 40 s of trying; the supervisor then restarts it).
 LOCK_ATTEMPTS = 40
+RETRIED = (
+    asyncpg.LockNotAvailableError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.QueryCanceledError,  # the LOCK's statement_timeout
+)
 
 
 async def is_applied(conn: asyncpg.Connection, digest: str = DIGEST) -> bool:
@@ -184,7 +191,7 @@ async def ensure_schema(pool: asyncpg.Pool) -> bool:
         attempt += 1
         try:
             return await _ensure_schema(pool)
-        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+        except RETRIED as exc:
             if attempt >= LOCK_ATTEMPTS:
                 raise
             log.info("schema: %s beside running services (attempt %d)", type(exc).__name__, attempt)
@@ -201,7 +208,6 @@ async def _ensure_schema(pool: asyncpg.Pool) -> bool:
             # Another service may have applied it while this one waited for the lock.
             if await is_applied(conn):
                 return False
-            await conn.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
             existing = await conn.fetch(
                 "SELECT name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, i)"
                 " WHERE to_regclass(name) IS NOT NULL ORDER BY i",
@@ -209,7 +215,10 @@ async def _ensure_schema(pool: asyncpg.Pool) -> bool:
             )
             if existing:
                 names = ", ".join(row["name"] for row in existing)
+                await conn.execute(f"SET LOCAL statement_timeout = {LOCK_TIMEOUT_MS}")
                 await conn.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
+                # Back to the configured bound: an index build on a large table may take long.
+                await conn.execute("SET LOCAL statement_timeout TO DEFAULT")
             for statement in DDL:
                 await conn.execute(statement)
             await conn.execute(

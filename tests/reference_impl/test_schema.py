@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,25 +74,45 @@ def test_a_changed_schema_is_applied_once_by_services_starting_together(
     status: dict[str, Any],
 ) -> None:
     """A database that does not record this schema (an older release's) gets the DDL from
-    exactly one of two services starting at once (the advisory lock, then a second look), beside
-    the environment's running services, and records it."""
+    exactly one of two services starting at once, beside the environment's running services,
+    and records it. Both are held at the advisory lock until both wait there, so both have
+    passed the first look: the second look, under the lock, is what keeps the second from
+    running the DDL again."""
     write = status["urls"]["write"]
     with psycopg.connect(write, autocommit=True, connect_timeout=5) as conn:
         conn.execute("DELETE FROM schema_applied WHERE digest = %s", (schema.DIGEST,))
 
-    async def flow() -> list[bool]:
+    def waiting_at_the_lock(conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND objid = %s",
+            (schema.LOCK_ID & 0xFFFF_FFFF,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    async def flow(gate: psycopg.Connection[Any]) -> list[bool]:
         pools = [
             await create_pool(status["urls"]["pgbouncer"], ca_file=status["tls_certificate"])
             for _ in range(2)
         ]
         try:
-            return list(await asyncio.gather(*(schema.ensure_schema(p) for p in pools)))
+            starts = [asyncio.create_task(schema.ensure_schema(p)) for p in pools]
+            deadline = time.monotonic() + 20
+            while waiting_at_the_lock(gate) < 2:
+                assert time.monotonic() < deadline, "the two never both waited at the lock"
+                assert not any(t.done() for t in starts), [t.result() for t in starts if t.done()]
+                await asyncio.sleep(0.05)
+            gate.execute("SELECT pg_advisory_unlock(%s)", (schema.LOCK_ID,))
+            return list(await asyncio.wait_for(asyncio.gather(*starts), 60))
         finally:
             for pool in pools:
                 await pool.close()
 
     try:
-        assert sorted(run(flow())) == [False, True]
+        with psycopg.connect(write, autocommit=True, connect_timeout=5) as gate:
+            gate.execute("SELECT pg_advisory_lock(%s)", (schema.LOCK_ID,))
+            ran = run(flow(gate))
+        assert sorted(ran) == [False, True]
         with psycopg.connect(write, autocommit=True, connect_timeout=5) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM schema_applied WHERE digest = %s", (schema.DIGEST,)

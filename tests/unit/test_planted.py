@@ -162,8 +162,8 @@ def test_a_planting_given_back_is_off_the_record_and_armed_again() -> None:
 
 
 def test_a_give_back_after_a_disarm_or_a_reset_arms_nothing() -> None:
-    """A completion in flight across a disarm must not arm the fault again, and one in flight
-    across a reset finds its planting gone from the record: neither raises."""
+    """A completion in flight across a disarm comes off the record but must not arm the fault
+    again; one in flight across a reset finds the record cleared and touches nothing."""
     planted = PlantedFaults(enabled=True)
     planted.update({"swallow_notifications": 2})
     epoch = planted.epoch
@@ -176,4 +176,19 @@ def test_a_give_back_after_a_disarm_or_a_reset_arms_nothing() -> None:
     planted.update({"reset": True})
     planted.give_back("swallow_notifications", "r2", epoch)
     assert planted.planted["swallow_notifications"] == []
+    assert planted.armed["swallow_notifications"] == 0
+
+
+def test_a_give_back_from_before_a_reset_leaves_a_later_take_of_the_same_id() -> None:
+    """Attempt 1 of a request takes the fault; a reset and a new arming follow; attempt 2 of the
+    same request takes it and really plants it. Attempt 1's give-back must not erase that."""
+    planted = PlantedFaults(enabled=True)
+    planted.update({"swallow_notifications": 1})
+    first = planted.epoch
+    assert planted.take("swallow_notifications", "r1")
+    planted.update({"reset": True})
+    planted.update({"swallow_notifications": 1})
+    assert planted.take("swallow_notifications", "r1")
+    planted.give_back("swallow_notifications", "r1", first)
+    assert planted.planted["swallow_notifications"] == ["r1"]
     assert planted.armed["swallow_notifications"] == 0

@@ -15,7 +15,8 @@ def test_every_table_the_ddl_names_is_locked_before_it_runs() -> None:
         for pattern in (
             r"CREATE TABLE IF NOT EXISTS (\w+) \(",
             r"PARTITION OF (\w+)",
-            r" ON (\w+) \(",
+            r"\bON (?:ONLY )?(\w+)",
+            r"REFERENCES (\w+)",
             r"ALTER TABLE (\w+)",
         ):
             named.update(re.findall(pattern, statement))
