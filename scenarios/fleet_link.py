@@ -29,6 +29,8 @@ from typing import Any
 import gevent
 from locust.runners import (
     STATE_MISSING,
+    STATE_RUNNING,
+    STATE_SPAWNING,
     LocalRunner,
     MasterRunner,
     WorkerNode,
@@ -100,6 +102,8 @@ class Link:
         #: that delivers workers' messages (blocking that one would stop the messages awaited).
         self.known: set[str] = set()
         self.present_at_stop: set[str] | None = None
+        #: Master: workers that connected while a spawn was being dispatched (`_on_connect`).
+        self.joined_while_spawning: set[str] = set()
         self._delivery: Any = None
         #: Worker: its phones are stopping for good (drained, or quitting); from then on a
         #: spawn message the master sent meanwhile (a rebalance) starts no phone.
@@ -113,6 +117,7 @@ class Link:
             runner.register_message(BATCH, self._on_batch)
             runner.register_message(BYE, self._on_bye)
             environment.events.worker_connect.add_listener(self._on_connect)
+            environment.events.spawning_complete.add_listener(self._rebalance_late_joiners)
         elif isinstance(runner, WorkerRunner):
             self.source = runner.client_id
             runner.register_message(ACK, self._on_ack)
@@ -221,6 +226,37 @@ class Link:
 
     def _on_connect(self, client_id: str, **_: Any) -> None:
         self.known.add(client_id)
+        # Locust's master gives a worker that connects mid-run its share of the phones only
+        # when no spawn is being dispatched at that moment, and nothing gives it one later: a
+        # worker restarted just as the master rebalanced a lost one's phones sat idle until
+        # the shape's next change (seen in CI: connected 62 ms after that rebalance began, no
+        # phone in the next 60 s). Such a worker is rebalanced in once the spawn completes.
+        dispatcher = getattr(self.runner, "_users_dispatcher", None)
+        if dispatcher is not None and (
+            self.runner.state == STATE_SPAWNING or dispatcher.dispatch_in_progress
+        ):
+            self.joined_while_spawning.add(client_id)
+
+    def _rebalance_late_joiners(self, **_: Any) -> None:
+        """At the end of a spawn: a worker that joined during it gets its share, once the
+        master runs (it fires this before the workers' reports may have made it RUNNING)."""
+        if not self.joined_while_spawning or not self.runner.rebalancing_enabled():
+            return
+        joined = sorted(self.joined_while_spawning)
+        self.joined_while_spawning.clear()
+        # Not from inside the event: the master fires it from the greenlet that dispatched.
+        gevent.spawn(self._rebalance_when_running, joined)
+
+    def _rebalance_when_running(self, joined: list[str], wait_s: float = 10.0) -> None:
+        runner = self.runner
+        deadline = time.monotonic() + wait_s
+        while runner.state == STATE_SPAWNING and time.monotonic() < deadline:
+            gevent.sleep(0.1)  # the workers' spawn reports arrive meanwhile
+        dispatcher = getattr(runner, "_users_dispatcher", None)
+        if runner.state != STATE_RUNNING or dispatcher is None or dispatcher.dispatch_in_progress:
+            return  # stopping (nothing to give), or a newer dispatch that includes them
+        log.info("worker(s) %s joined while phones were being spawned: rebalancing", joined)
+        runner.start(runner.target_user_count, runner.spawn_rate)
 
     def _on_batch(self, environment: Any, msg: Any, **_: Any) -> None:
         self._delivery = gevent.getcurrent()

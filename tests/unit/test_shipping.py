@@ -306,3 +306,59 @@ def test_a_worker_quitting_while_the_master_walks_its_workers_breaks_nothing() -
 
     assert walk("as shipped") == ["lost", "KeyError 'stopping'"]
     assert walk("patched") == ["lost", "stopping"]
+
+
+#: A master whose spawn is being dispatched when a worker connects, reduced to what the link
+#: reads: its state, its dispatcher, and the `start` that rebalances.
+LATE_JOINER = """
+import json, sys
+from pathlib import Path
+from types import SimpleNamespace
+import gevent
+from locust.runners import STATE_RUNNING, STATE_SPAWNING
+from scenarios.fleet_link import Link
+
+starts = []
+runner = SimpleNamespace(
+    state=STATE_SPAWNING,
+    _users_dispatcher=SimpleNamespace(dispatch_in_progress=True),
+    rebalancing_enabled=lambda: True,
+    target_user_count=12,
+    spawn_rate=6.0,
+    start=lambda users, rate: starts.append([users, rate]),
+)
+link = Link(lambda: ([], {}), Path(sys.argv[1]))
+link.runner = runner
+link._on_connect(client_id="late")             # joins mid-dispatch: Locust gives it nothing
+runner._users_dispatcher.dispatch_in_progress = False
+link._rebalance_late_joiners(user_count=12)     # the spawn completes, reports still due
+gevent.sleep(0.3)
+before_running = list(starts)
+runner.state = STATE_RUNNING                    # the workers' reports arrive
+gevent.sleep(0.3)
+after = list(starts)
+link._on_connect(client_id="calm")              # joins with no dispatch: Locust's own case
+link._rebalance_late_joiners(user_count=12)
+gevent.sleep(0.3)
+print(json.dumps([before_running, after, starts]))
+"""
+
+
+def test_a_worker_joining_while_phones_are_spawned_gets_its_share_once_the_master_runs(
+    tmp_path: Path,
+) -> None:
+    """Locust's master rebalances a joining worker only when no spawn is being dispatched;
+    one that joins during a dispatch is rebalanced in by the link once the master runs, and
+    exactly once. One that joins otherwise is left to Locust."""
+    out = subprocess.run(
+        [sys.executable, "-c", LATE_JOINER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr
+    before_running, after, final = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before_running == []  # not while the master is still spawning
+    assert after == [[12, 6.0]]
+    assert final == [[12, 6.0]]  # the calm joiner triggered nothing of ours
