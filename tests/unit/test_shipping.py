@@ -233,6 +233,20 @@ def test_flushes_after_the_end_send_nothing_new() -> None:
     assert box.batches({}, now=2.0, final=True) == []
 
 
+def in_own_process(script: str, arg: str) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a process of its own (Locust patches the process for gevent when it is
+    imported), from the project's root; it must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, arg],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 #: Run in a process of its own: Locust patches the process for gevent when it is imported.
 LATE_SPAWN = """
 import json, sys
@@ -256,14 +270,7 @@ print(json.dumps(handled))
 def test_a_finishing_worker_starts_no_phone_from_a_late_spawn_message(tmp_path: Path) -> None:
     """A rebalance that reaches a worker after it began to finish (its final batch goes next)
     starts nothing; the other messages (stop, quit, acknowledgements) still reach Locust."""
-    out = subprocess.run(
-        [sys.executable, "-c", LATE_SPAWN, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert out.returncode == 0, out.stderr
+    out = in_own_process(LATE_SPAWN, str(tmp_path))
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["spawn", "stop", "quit"]
 
 
@@ -294,14 +301,7 @@ def test_a_worker_quitting_while_the_master_walks_its_workers_breaks_nothing() -
     Locust exits 2 and the run fails); with the fleet's link loaded the walk goes on."""
 
     def walk(how: str) -> list[str]:
-        out = subprocess.run(
-            [sys.executable, "-c", WALK_WHILE_ONE_QUITS, how],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        assert out.returncode == 0, out.stderr
+        out = in_own_process(WALK_WHILE_ONE_QUITS, how)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     assert walk("as shipped") == ["lost", "KeyError 'stopping'"]
@@ -350,14 +350,7 @@ def test_a_worker_joining_while_phones_are_spawned_gets_its_share_once_the_maste
     """Locust's master rebalances a joining worker only when no spawn is being dispatched;
     one that joins during a dispatch is rebalanced in by the link once the master runs, and
     exactly once. One that joins otherwise is left to Locust."""
-    out = subprocess.run(
-        [sys.executable, "-c", LATE_JOINER, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert out.returncode == 0, out.stderr
+    out = in_own_process(LATE_JOINER, str(tmp_path))
     before_running, after, final = json.loads(out.stdout.strip().splitlines()[-1])
     assert before_running == []  # not while the master is still spawning
     assert after == [[12, 6.0]]
