@@ -249,8 +249,8 @@ class WorkerState:
 
     async def claim(self) -> Job | None:
         """The next visible job, claimed, its request marked processing and its fields read:
-        one statement, so one round trip through pgBouncer and no BEGIN/COMMIT (it was four
-        statements' worth: half of a job's time in the database went to round trips). Its
+        one statement, so two round trips through pgBouncer (its unnamed statements) and no
+        BEGIN/COMMIT, where it took eight. Its
         locks (jobs, then requests) are a running worker's order; the schema's DDL, which took
         them the other way, runs only when the schema changed (`ensure_schema`)."""
         row = await self.pool.fetchrow(
@@ -310,6 +310,7 @@ class WorkerState:
         epoch = planted.epoch
         swallow = planted.take("swallow_notifications", str(job.request_id))
         payload = {"status": "completed"}
+        finished = False
         try:
             row = await self.pool.fetchrow(
                 COMPLETE_SQL,
@@ -320,15 +321,14 @@ class WorkerState:
                 json.dumps(payload),
                 not swallow,
             )
-        except BaseException:
-            # Most likely not committed (the job will be retried, and planted again or not):
-            # the record must not count it. A commit whose answer was lost is the rarer case.
-            if swallow:
+            finished = bool(row["finished"])
+        finally:
+            # Fenced, or (most likely) not committed when the statement raised: nothing was
+            # swallowed, and the record must not count it. A commit whose answer was lost is
+            # the rarer case, which this under-counts.
+            if swallow and not finished:
                 planted.give_back("swallow_notifications", str(job.request_id), epoch)
-            raise
-        if row is None or not row["finished"]:
-            if swallow:  # nothing was completed, so nothing was swallowed
-                planted.give_back("swallow_notifications", str(job.request_id), epoch)
+        if not finished:
             log.warning("job %s was claimed again meanwhile: not completing", job.job_id)
             return None
         event = {} if swallow else self._event_of(row["event_id"], job, "completed", payload)
