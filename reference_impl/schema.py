@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import re
 
 import asyncpg
 
@@ -142,6 +143,12 @@ LOCK_ID = 0x6377_0001
 #: services, restarted, must not take the new one's recorded schema for a change.
 DIGEST = hashlib.sha256("\n;\n".join(DDL).encode()).hexdigest()
 
+#: Every table, partition and index the DDL creates. A recorded digest counts only while they all
+#: exist: one dropped by hand (or by a restore of part of the database) is made again at the
+#: next start, as it was before the digest. `to_regclass` looks a name up without locking it, so
+#: the check still takes no lock.
+RELATIONS = tuple(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", "\n".join(DDL)))
+
 MARKER_DDL = """CREATE TABLE IF NOT EXISTS schema_applied (
     digest text PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()
@@ -174,11 +181,20 @@ RETRIED = (
 )
 
 
-async def is_applied(conn: asyncpg.Connection, digest: str = DIGEST) -> bool:
-    """Whether the database records `digest` as applied (False on one that records none)."""
+async def is_applied(
+    conn: asyncpg.Connection, digest: str = DIGEST, relations: tuple[str, ...] = RELATIONS
+) -> bool:
+    """Whether the database records `digest` as applied and still has every relation it made
+    (False on one that records none)."""
     try:
         return bool(
-            await conn.fetchval("SELECT true FROM schema_applied WHERE digest = $1", digest)
+            await conn.fetchval(
+                "SELECT EXISTS (SELECT FROM schema_applied WHERE digest = $1)"
+                " AND NOT EXISTS (SELECT FROM unnest($2::text[]) AS r(name)"
+                " WHERE to_regclass(name) IS NULL)",
+                digest,
+                list(relations),
+            )
         )
     except asyncpg.UndefinedTableError:
         return False

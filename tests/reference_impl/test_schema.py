@@ -122,6 +122,38 @@ def test_a_changed_schema_is_applied_once_by_services_starting_together(
         run(_ensure(status))
 
 
+def test_a_relation_dropped_by_hand_is_made_again_at_the_next_start(
+    status: dict[str, Any],
+) -> None:
+    """The recorded digest is not trusted over the catalog: with an index of the schema
+    dropped, the next service to start runs the DDL (it makes the index again) and the one
+    after it finds everything there and runs nothing."""
+    write = status["urls"]["write"]
+    index = "periodic_runs_job"
+    assert index in schema.RELATIONS
+
+    def exists() -> bool:
+        with psycopg.connect(write, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone()
+        return bool(row and row[0])
+
+    async def two_starts() -> list[bool]:
+        pool = await create_pool(status["urls"]["pgbouncer"], ca_file=status["tls_certificate"])
+        try:
+            return [await schema.ensure_schema(pool), await schema.ensure_schema(pool)]
+        finally:
+            await pool.close()
+
+    try:
+        with psycopg.connect(write, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"DROP INDEX {index}")
+        assert not exists()
+        assert run(two_starts()) == [True, False]
+        assert exists()
+    finally:  # whatever failed above, the environment keeps a whole schema
+        run(_ensure(status))
+
+
 async def _ensure(status: dict[str, Any]) -> None:
     pool = await create_pool(status["urls"]["pgbouncer"], ca_file=status["tls_certificate"])
     try:

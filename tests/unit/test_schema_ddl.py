@@ -22,3 +22,15 @@ def test_every_table_the_ddl_names_is_locked_before_it_runs() -> None:
             named.update(re.findall(pattern, statement))
     assert named, "the patterns found no table: they no longer match the DDL"
     assert named == set(schema.TABLES)
+
+
+def test_the_check_of_an_applied_schema_looks_for_every_relation_the_ddl_makes() -> None:
+    """A relation the DDL makes but the check misses would stay dropped once dropped."""
+    made = set()
+    for statement in schema.DDL:
+        made.update(
+            re.findall(r"CREATE (?:UNIQUE )?(?:TABLE|INDEX)\s+IF NOT EXISTS\s+(\w+)", statement)
+        )
+    assert set(schema.TABLES) <= made
+    assert {f"requests_p{i}" for i in range(schema.PARTITIONS)} <= made
+    assert set(schema.RELATIONS) == made
