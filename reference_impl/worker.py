@@ -211,6 +211,22 @@ SELECT EXISTS (SELECT FROM finished) AS finished, (SELECT event_id FROM event) A
 """
 
 
+#: After a completion statement that raised while it swallowed its event: did it commit all the
+#: same (its reply lost with the connection, as a primary killed right after the synchronous
+#: standby confirmed the commit does)? Then the job is gone, the request completed and no
+#: completion event exists. Not committed, the job is still there (or another attempt completed
+#: it, with its event).
+SWALLOW_COMMITTED_SQL = """
+SELECT NOT EXISTS (SELECT FROM jobs WHERE job_id = $1)
+    AND EXISTS (SELECT FROM requests
+        WHERE device_id = $2 AND request_id = $3 AND status = 'completed')
+    AND NOT EXISTS (SELECT FROM events
+        WHERE device_id = $2 AND request_id = $3 AND type = 'completed')
+"""
+#: How long that question is asked for: past a failover of the standard profile (14 s worst).
+SETTLE_SWALLOW_S = 20.0
+
+
 class WorkerState:
     def __init__(self, app: web.Application, settings: ServiceSettings) -> None:
         self.app = app
@@ -300,6 +316,31 @@ class WorkerState:
             **payload,
         }
 
+    async def _swallow_committed(self, job: Job) -> bool:
+        """Whether a swallowing completion whose statement raised committed all the same
+        (`SWALLOW_COMMITTED_SQL`), asked of the primary until it answers, within
+        SETTLE_SWALLOW_S; False when it never does (then the record may under-count by one)."""
+        deadline = time.monotonic() + SETTLE_SWALLOW_S
+        while not self.stopping.is_set():  # a worker shutting down does not wait for it
+            try:
+                return bool(
+                    await self.pool.fetchval(
+                        SWALLOW_COMMITTED_SQL,
+                        job.job_id,
+                        job.device_id,
+                        job.request_id,
+                        timeout=2.0,
+                    )
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "job %s: whether its completion committed is unknown: %s", job.job_id, exc
+                    )
+                    return False
+                await asyncio.sleep(0.5)
+        return False
+
     async def complete(self, job: Job, response: str) -> dict[str, Any] | None:
         """Fenced completion in one statement: the job deleted if it still carries this claim,
         the response stored, the completion's event inserted. None when another claim took
@@ -310,7 +351,7 @@ class WorkerState:
         epoch = planted.epoch
         swallow = planted.take("swallow_notifications", str(job.request_id))
         payload = {"status": "completed"}
-        finished = False
+        finished = swallowed = False
         try:
             row = await self.pool.fetchrow(
                 COMPLETE_SQL,
@@ -321,12 +362,16 @@ class WorkerState:
                 json.dumps(payload),
                 not swallow,
             )
-            finished = bool(row["finished"])
+            finished = swallowed = bool(row["finished"])
+        except Exception:
+            # A statement that raised may have committed all the same: only the database can
+            # say whether the event was swallowed. (The error still goes to the job loop.)
+            swallowed = swallow and await self._swallow_committed(job)
+            raise
         finally:
-            # Fenced, or (most likely) not committed when the statement raised: nothing was
-            # swallowed, and the record must not count it. A commit whose answer was lost is
-            # the rarer case, which this under-counts.
-            if swallow and not finished:
+            # Fenced, not committed, or cancelled: nothing was swallowed, and the record must
+            # not count it.
+            if swallow and not swallowed:
                 planted.give_back("swallow_notifications", str(job.request_id), epoch)
         if not finished:
             log.warning("job %s was claimed again meanwhile: not completing", job.job_id)

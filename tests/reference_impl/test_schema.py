@@ -188,6 +188,32 @@ def claimed_job(status: dict[str, Any]) -> Any:
         conn.execute("DELETE FROM requests WHERE device_id = %s", (device,))
 
 
+async def job_state(pool: Any, job: worker.Job) -> dict[str, Any]:
+    """What the database holds for `job`: its request's status, whether it has no response,
+    its events, and whether the job is still queued (1) or gone (0)."""
+    row = await pool.fetchrow(
+        "SELECT r.status, r.response_enc IS NULL AS empty,"
+        " (SELECT count(*) FROM events e WHERE e.request_id = r.request_id) AS events,"
+        " (SELECT count(*) FROM jobs j WHERE j.job_id = $3) AS jobs"
+        " FROM requests r WHERE r.device_id = $1 AND r.request_id = $2",
+        job.device_id,
+        job.request_id,
+        job.job_id,
+    )
+    return dict(row)
+
+
+def swallowing_worker(status: dict[str, Any]) -> tuple[worker.WorkerState, Any]:
+    """A worker "worker-test" (not started: the test gives it its pool and Redis) with one
+    `swallow_notifications` planted fault armed; its state and its planted faults."""
+    app = worker.create_app(service_settings(status, "worker", "worker-test"))
+    state: worker.WorkerState = app[worker.STATE]  # type: ignore[assignment]
+    planted = app[PLANTED]
+    planted.enabled = True
+    planted.update({"swallow_notifications": 1})
+    return state, planted
+
+
 def test_a_completion_is_fenced_and_all_or_nothing(
     status: dict[str, Any], claimed_job: worker.Job
 ) -> None:
@@ -195,11 +221,7 @@ def test_a_completion_is_fenced_and_all_or_nothing(
     nothing: no response, no event, the job still queued, and a planted fault it took is
     handed back. The claim's own completion does all three in its one statement."""
     job = claimed_job
-    app = worker.create_app(service_settings(status, "worker", "worker-test"))
-    state: worker.WorkerState = app[worker.STATE]  # type: ignore[assignment]
-    planted = app[PLANTED]
-    planted.enabled = True
-    planted.update({"swallow_notifications": 1})
+    state, planted = swallowing_worker(status)
 
     async def flow() -> tuple[Any, Any, Any]:
         state.pool = await create_pool(
@@ -209,19 +231,11 @@ def test_a_completion_is_fenced_and_all_or_nothing(
         try:
             stale = dataclasses.replace(job, attempts=job.attempts + 1)
             fenced = await state.complete(stale, "too late")
-            seen = await state.pool.fetchrow(
-                "SELECT r.status, r.response_enc IS NULL AS empty,"
-                " (SELECT count(*) FROM events e WHERE e.request_id = r.request_id) AS events,"
-                " (SELECT count(*) FROM jobs j WHERE j.job_id = $3) AS jobs"
-                " FROM requests r WHERE r.device_id = $1 AND r.request_id = $2",
-                job.device_id,
-                job.request_id,
-                job.job_id,
-            )
+            seen = await job_state(state.pool, job)
             assert planted.armed["swallow_notifications"] == 1  # armed again
             planted.update({"disarm": True})  # the real completion publishes its event
             done = await state.complete(job, "the answer")
-            return fenced, dict(seen), done
+            return fenced, seen, done
         finally:
             await state.redis.aclose()
             await state.pool.close()
@@ -251,3 +265,60 @@ def test_a_completion_is_fenced_and_all_or_nothing(
         assert admin.delete(f"resp:{job.request_id}") == 1
     finally:
         admin.close()
+
+
+class LostReply:
+    """The environment's pool, whose `fetchrow` (the completion's statement) loses its reply:
+    after the statement ran and committed (`commits`), or before it was sent."""
+
+    def __init__(self, pool: Any, commits: bool) -> None:
+        self.pool, self.commits = pool, commits
+
+    async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
+        if self.commits:
+            await self.pool.fetchrow(*args, **kwargs)
+        raise ConnectionResetError("the connection was lost before the reply")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
+
+
+def test_a_swallowed_event_stays_on_record_when_the_reply_to_its_commit_is_lost(
+    status: dict[str, Any], claimed_job: worker.Job
+) -> None:
+    """The planted record is exact whichever way a completion's statement fails: one that
+    never ran gives its swallow back (armed again, not on record); one that committed and lost
+    its reply, as a primary killed right after the commit leaves it, keeps it on record, since
+    the phone never hears of that request."""
+    job = claimed_job
+    state, planted = swallowing_worker(status)
+
+    async def flow() -> tuple[list[str], int, list[str], int, Any]:
+        pool = await create_pool(status["urls"]["pgbouncer"], ca_file=status["tls_certificate"])
+        state.redis = create_redis(state.settings)
+        try:
+            state.pool = LostReply(pool, commits=False)
+            with pytest.raises(ConnectionResetError):
+                await state.complete(job, "never sent")
+            before = (
+                list(planted.planted["swallow_notifications"]),
+                planted.armed["swallow_notifications"],
+            )
+            state.pool = LostReply(pool, commits=True)
+            with pytest.raises(ConnectionResetError):
+                await state.complete(job, "the answer")
+            seen = await job_state(pool, job)
+            after = (
+                list(planted.planted["swallow_notifications"]),
+                planted.armed["swallow_notifications"],
+            )
+            return (*before, *after, seen)
+        finally:
+            await state.redis.aclose()
+            await pool.close()
+
+    never_ran, armed_again, kept, armed_after, seen = run(flow())
+    assert (never_ran, armed_again) == ([], 1)
+    # It committed: the request completed with no event, and the record holds exactly that id.
+    assert seen == {"status": "completed", "empty": False, "events": 0, "jobs": 0}
+    assert (kept, armed_after) == ([str(job.request_id)], 0)
