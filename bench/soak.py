@@ -60,7 +60,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +299,10 @@ class Sample:
         uss_bytes: unique set size summed over the tree (0 where it could not be read), in
             samples.jsonl for a reader; not judged (a shared-memory page only one process has
             touched counts as that process's own).
+        sockets: the TCP and UDP sockets among `fds`; half_closed: those in CLOSE_WAIT (the
+            peer closed the connection and this side kept it: how a leaked connection looks);
+        peers: established connections this service opened (its local port is none of the
+            tree's listening ports), by the peer's port: a pool's size per peer.
     """
 
     t_s: float
@@ -311,6 +315,9 @@ class Sample:
     pss_bytes: int
     fds: int
     uss_bytes: int = 0
+    sockets: int = 0
+    half_closed: int = 0
+    peers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -338,7 +345,8 @@ class ServiceFigures:
         fds_per_hour: fitted descriptor growth per hour; fds_late_per_hour: over the last half
             of the fit only (a pool that opened a few more connections early and keeps them
             is not a leak). fds_ok: no growth over the whole fit or its last half (None: not
-            judged).
+            judged). fds_change: where the descriptors went between the fit's first and last
+            sample (`descriptor_change`), when their number changed; said, not judged.
     """
 
     service: str
@@ -361,6 +369,7 @@ class ServiceFigures:
     memory_cap_mib: float | None = None
     memory_capped_growth_mib: float | None = None
     memory_excused: str | None = None
+    fds_change: str | None = None
 
 
 def _finite(x: float | None, digits: int = 4) -> float | None:
@@ -376,11 +385,13 @@ def service_figures(
     end_s: float,
     memory_goal: float,
     caps_mib: Mapping[str, float] | None = None,
+    peer_names: Mapping[int, str] | None = None,
 ) -> list[ServiceFigures]:
     """Each service's growth over its samples from `warmup_s` to `end_s` (seconds since the
     sampling started): the line through the samples of its last process (a restart starts the
     series again; the restarts are counted over the whole load, warm-up included). `caps_mib`:
-    by kind, what a datastore may hold (`MEMORY_CAPS_MIB`)."""
+    by kind, what a datastore may hold (`MEMORY_CAPS_MIB`); `peer_names`: who listens on a port
+    (`peer_names`), for where the descriptors went."""
     by_service: dict[str, list[Sample]] = {}
     for s in samples:
         if s.t_s <= end_s:
@@ -434,8 +445,82 @@ def service_figures(
                 memory_cap_mib=cap,
                 memory_capped_growth_mib=None if capped is None else round(capped, 2),
                 memory_excused=excused,
+                fds_change=descriptor_change(first, last, peer_names or {})
+                if last.fds != first.fds
+                else None,
             )
         )
+    return out
+
+
+def descriptor_change(first: Sample, last: Sample, names: Mapping[int, str]) -> str:
+    """Where a service's descriptors went from `first` to `last`, and what that looks like:
+    connections it opened, by peer; sockets the peer closed and it kept (CLOSE_WAIT); and the
+    descriptors that are no sockets (files, pipes, event descriptors). A pool that opened more
+    connections to peers it already used is one thing; half-closed sockets, descriptors that
+    are no sockets, or connections to new peers are what a leak looks like."""
+    others = (last.fds - last.sockets) - (first.fds - first.sockets)
+    grew = {
+        port: last.peers.get(port, 0) - first.peers.get(port, 0)
+        for port in sorted(set(first.peers) | set(last.peers), key=int)
+        if last.peers.get(port, 0) != first.peers.get(port, 0)
+    }
+    peers = ", ".join(f"{names.get(int(port), 'port ' + port)} {n:+d}" for port, n in grew.items())
+    signs = []
+    if last.half_closed:
+        signs.append(f"{last.half_closed} half-closed (CLOSE_WAIT)")
+    if others > 0:
+        signs.append("more descriptors that are no sockets")
+    if any(n > 0 and not first.peers.get(port) for port, n in grew.items()):
+        signs.append("connections to peers it had none to")
+    looks = (
+        "fewer than at the start"
+        if last.fds <= first.fds
+        else "looks like a leak: " + "; ".join(signs)
+        if signs
+        else "connection pools to peers already in use"
+        if any(n > 0 for n in grew.values())
+        else "no sign of a leak"
+    )
+    return (
+        f"{last.fds - first.fds:+d}: sockets {last.sockets - first.sockets:+d}"
+        + (f" (opened: {peers})" if peers else "")
+        + f", other descriptors {others:+d}; {looks}"
+    )
+
+
+def peer_names(base_port: int, replicas: int = 10) -> dict[int, str]:
+    """Who listens on each port of an environment at `base_port` (`env.settings.Ports`), the
+    fault proxy's listeners named by what they lead to."""
+    from env.settings import Ports
+
+    ports = Ports(base_port)
+    out = {
+        ports.etcd_client: "etcd",
+        ports.haproxy_write: "haproxy-write",
+        ports.haproxy_read: "haproxy-read",
+        ports.haproxy_https: "haproxy-https",
+        ports.pgbouncer: "pgbouncer",
+        ports.prometheus: "prometheus",
+        ports.fault_api: "faultproxy-api",
+        ports.proxy_pg_write: "pg-write via the fault proxy",
+        ports.proxy_pg_read: "pg-read via the fault proxy",
+        ports.proxy_llm: "llm via the fault proxy",
+        ports.proxy_sharepoint: "sharepoint via the fault proxy",
+        ports.proxy_gdrive: "gdrive via the fault proxy",
+        ports.llm: "llm",
+        ports.sharepoint: "sharepoint",
+        ports.gdrive: "gdrive",
+        ports.gateway: "gateway",
+    }
+    for i in range(replicas):
+        out[ports.postgres(i)] = f"pg{i}"
+        out[ports.patroni(i)] = f"patroni{i}"
+        out[ports.proxy_pg_link(i)] = f"pg{i} via the fault proxy"
+        out[ports.redis(i)] = f"redis{i}"
+        out[ports.proxy_redis(i)] = f"redis{i} via the fault proxy"
+    for i in range(1, replicas + 1):
+        out |= {ports.api(i): f"api{i}", ports.hub(i): f"hub{i}", ports.worker(i): f"worker{i}"}
     return out
 
 
@@ -593,7 +678,11 @@ def goals(
         and f.memory_cap_mib is not None
         and f.memory_capped_growth_mib is not None
     ]
-    fd_bad = [f.service for f in figures if f.fds_ok is False]
+    fd_bad = [
+        f"{f.service} ({f.fds_change})" if f.fds_change else f.service
+        for f in figures
+        if f.fds_ok is False
+    ]
     restarted = [f.service for f in figures if f.restarts]
     ratio = (windows.get("ratio", {}).get("all") or {}).get("p99")
     covered = role_coverage(roles, s)
@@ -615,7 +704,7 @@ def goals(
         Goal(
             "descriptor growth after warm-up",
             "none, every service",
-            f"growing: {', '.join(fd_bad)}" if fd_bad else "none",
+            f"growing: {'; '.join(fd_bad)}" if fd_bad else "none",
             None if all(f.fds_ok is None for f in figures) else not fd_bad,
         ),
         Goal(
@@ -756,6 +845,15 @@ class Sampler:
         services' subtrees excluded); a process that vanishes meanwhile is left out."""
         services = list(services)
         mains = {svc.pid for svc in services}
+        # One read of the kernel's socket tables for all of them (per process, psutil reads
+        # the whole tables again each time).
+        sockets: dict[int, list[Any]] = {}
+        try:
+            for c in psutil.net_connections(kind="inet"):
+                if c.pid:
+                    sockets.setdefault(c.pid, []).append(c)
+        except psutil.Error:
+            pass
         out = []
         for svc in services:
             try:
@@ -778,8 +876,33 @@ class Sampler:
                     continue
                 rss, pss, procs = rss + rss_p, pss + pss_p, procs + 1
                 uss = uss + uss_p if uss_p and uss >= 0 else -1  # -1: unknown for the tree
+            socks = [c for p in tree for c in sockets.get(p.pid, [])]
+            listening = {c.laddr.port for c in socks if c.status == psutil.CONN_LISTEN}
+            peers: dict[str, int] = {}
+            for c in socks:
+                if (
+                    c.status == psutil.CONN_ESTABLISHED
+                    and c.raddr
+                    and c.laddr.port not in listening
+                ):
+                    peers[str(c.raddr.port)] = peers.get(str(c.raddr.port), 0) + 1
+            half_closed = sum(c.status == psutil.CONN_CLOSE_WAIT for c in socks)
             out.append(
-                Sample(t_s, wall, svc.name, svc.kind, svc.pid, procs, rss, pss, fds, max(0, uss))
+                Sample(
+                    t_s,
+                    wall,
+                    svc.name,
+                    svc.kind,
+                    svc.pid,
+                    procs,
+                    rss,
+                    pss,
+                    fds,
+                    max(0, uss),
+                    sockets=len(socks),
+                    half_closed=half_closed,
+                    peers=peers,
+                )
             )
         return out
 
@@ -1062,6 +1185,17 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     lines += [
         "| " + " | ".join(service_row(ServiceFigures(**f))) + " |" for f in summary["figures"]
     ]
+    changed = [f for f in summary["figures"] if f.get("fds_change")]
+    if changed:
+        lines += [
+            "",
+            "Where the descriptors went, from the warm-up's end to the load's end (connections "
+            "a service opened, by whom they lead to; sockets whose peer closed them, which it "
+            "kept; descriptors that are no sockets). Said, not judged: the goal above counts "
+            "them all.",
+            "",
+        ]
+        lines += [f"- {f['service']}: {f['fds_change']}" for f in changed]
     fleet = summary.get("fleet") or {}
     if fleet:
         rec = fleet.get("reconciliation", {})
@@ -1199,13 +1333,15 @@ def analyse(
     ops: list[Operation],
     end_wall: float = math.inf,
     roles: RoleChanges | None = None,
+    names: Mapping[int, str] | None = None,
 ) -> tuple[list[ServiceFigures], dict[str, Any], list[dict[str, float]], list[Goal]]:
     """The figures, latency windows and series, and the goals, from what was recorded;
-    `end_wall`: the load's end (`load_end_wall`); `roles`: the failovers seen."""
+    `end_wall`: the load's end (`load_end_wall`); `roles`: the failovers seen; `names`: who
+    listens on each port (`peer_names`)."""
     # The load's end in the samples' time: the fleet's run time, or the last sample if cut short.
     end_s = min(s.duration_s, max((x.t_s for x in samples), default=0.0))
     figures = service_figures(
-        samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal, MEMORY_CAPS_MIB
+        samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal, MEMORY_CAPS_MIB, names
     )
     phone = phone_ops(ops, end_wall)
     windows = latency_windows(phone, s.ramp_s)
@@ -1304,7 +1440,9 @@ def report(
     ops = load_ops(out / "load") if (out / "load").exists() else []
     end_wall = load_end_wall(fleet, ops, s.duration_s)
     changes = role_changes(roles) if roles else None
-    figures, windows, series, goal_list = analyse(s, samples, ops, end_wall, changes)
+    figures, windows, series, goal_list = analyse(
+        s, samples, ops, end_wall, changes, peer_names(base_port)
+    )
     fleet_verdict = fleet.get("verdict") if fleet else None
     if fleet_verdict == "fail":
         problems.append(

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from bench.soak import (
     Sampler,
     Service,
     SoakSettings,
+    descriptor_change,
     descriptors_grow,
     fit_growth,
     goals,
@@ -33,6 +35,7 @@ from bench.soak import (
     memory_grows,
     p99_ok,
     parse_args,
+    peer_names,
     phone_ops,
     report,
     service_figures,
@@ -41,6 +44,7 @@ from bench.soak import (
     window_s,
 )
 from slo.ledger import Operation, write_jsonl
+from tests.helpers import poll
 
 HOUR = 3600.0
 PG = {"pg0": "leader", "pg1": "sync_standby", "pg2": "replica"}
@@ -513,3 +517,63 @@ def test_the_sampler_reads_a_process_tree_s_memory_and_descriptors():
         child.wait()
     assert me.procs >= 2  # the child is in its tree
     assert 0 < me.uss_bytes <= me.pss_bytes <= me.rss_bytes
+
+
+def test_the_sampler_counts_a_tree_s_sockets_by_what_they_are():
+    """Connections the process opened are counted by the peer's port; a connection it
+    accepted is not one of them; a socket whose peer closed it, kept open, is half-closed."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    opened = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    accepted = [server.accept()[0] for _ in opened]
+    try:
+        accepted[0].close()  # the peer of opened[0] closes; opened[0] keeps its end
+        sampler, me_svc = Sampler(), Service("pytest", "test", os.getpid())
+        me = poll(
+            lambda: (x := sampler.sample([me_svc], 0.0, 0.0)[0]).half_closed and x,
+            5,
+            "the closed end's FIN to arrive",
+            0.01,
+        )
+        # The two opened to `port`; the accepted one still open leads back to an ephemeral
+        # port but is local to the listening port, so it is no connection this side opened.
+        assert me.peers.get(str(port)) == 1  # opened[1]; opened[0] is in CLOSE_WAIT
+        assert str(opened[1].getsockname()[1]) not in me.peers  # accepted[1]'s peer
+        assert me.half_closed == 1
+        assert me.sockets >= 4  # the listener, two opened, one accepted still open
+        assert me.sockets <= me.fds
+    finally:
+        for sock in [*opened, *accepted, server]:
+            sock.close()
+
+
+def test_where_the_descriptors_went_tells_a_pool_from_a_leak():
+    names = peer_names(17000)
+    redis = 17000 + 184 + 1  # redis1 through the fault proxy
+    first = Sample(0, 0, "api2", "api", 7, 1, 0, MIB, 24, sockets=14, peers={str(redis): 2})
+    pool = dataclasses.replace(first, fds=26, sockets=16, peers={str(redis): 4})
+    line = descriptor_change(first, pool, names)
+    assert line.startswith("+2: sockets +2 (opened: redis1 via the fault proxy +2)")
+    assert line.endswith("connection pools to peers already in use")
+    kept = dataclasses.replace(pool, half_closed=2)
+    assert "looks like a leak: 2 half-closed (CLOSE_WAIT)" in descriptor_change(first, kept, names)
+    files = dataclasses.replace(first, fds=30)
+    files_line = descriptor_change(first, files, names)
+    assert "other descriptors +6" in files_line
+    assert "more descriptors that are no sockets" in files_line
+    fewer = dataclasses.replace(first, fds=20, sockets=8, peers={})
+    assert descriptor_change(first, fewer, names).endswith("; fewer than at the start")
+    new_peer = dataclasses.replace(pool, peers={str(redis): 2, "40000": 2})
+    assert "connections to peers it had none to" in descriptor_change(first, new_peer, names)
+    assert "port 40000 +2" in descriptor_change(first, new_peer, names)
+    # service_figures says it for a service whose count changed, and the goal line carries it.
+    series = [
+        dataclasses.replace(first, t_s=t, fds=24 + t // 300, sockets=14 + t // 300)
+        for t in range(0, 1801, 10)
+    ]
+    [f] = service_figures(series, 300, 1800, 0.10, peer_names=names)
+    assert f.fds_ok is False
+    assert f.fds_change is not None
+    assert f.fds_change.startswith("+5: sockets +5")
+    line = goals([f], latency_windows([]), SoakSettings(duration_s=1800))[1].measured
+    assert line.startswith("growing: api2 (+5: sockets +5")
