@@ -454,73 +454,98 @@ def service_figures(
 
 
 def descriptor_change(first: Sample, last: Sample, names: Mapping[int, str]) -> str:
-    """Where a service's descriptors went from `first` to `last`, and what that looks like:
-    connections it opened, by peer; sockets the peer closed and it kept (CLOSE_WAIT); and the
-    descriptors that are no sockets (files, pipes, event descriptors). A pool that opened more
-    connections to peers it already used is one thing; half-closed sockets, descriptors that
-    are no sockets, or connections to new peers are what a leak looks like."""
-    others = (last.fds - last.sockets) - (first.fds - first.sockets)
+    """Where a service's descriptors went from `first` to `last`, and what that looks like.
+    Connections it opened, by peer; the rest of its TCP and UDP sockets (accepted, listening,
+    half-closed: CLOSE_WAIT, the peer closed and the service kept its end); and the
+    descriptors that are no TCP or UDP sockets (files, pipes, Unix sockets, event descriptors).
+    It is a pool when connections opened to peers it already used account for all of the
+    growth; half-closed sockets added, other descriptors added, or connections to new peers
+    are what a leak looks like; growth elsewhere (sockets it accepted, other states) is not
+    told apart."""
+    total = last.fds - first.fds
+    sockets = last.sockets - first.sockets
+    others = total - sockets
     grew = {
         port: last.peers.get(port, 0) - first.peers.get(port, 0)
         for port in sorted(set(first.peers) | set(last.peers), key=int)
         if last.peers.get(port, 0) != first.peers.get(port, 0)
     }
-    peers = ", ".join(f"{names.get(int(port), 'port ' + port)} {n:+d}" for port, n in grew.items())
+    opened = sum(grew.values())
+    half = last.half_closed - first.half_closed
+    by_peer = ", ".join(
+        f"{names.get(int(port), 'port ' + port)} {n:+d}" for port, n in grew.items()
+    )
     signs = []
-    if last.half_closed:
-        signs.append(f"{last.half_closed} half-closed (CLOSE_WAIT)")
+    if half > 0:
+        signs.append(f"{half} more half-closed (CLOSE_WAIT)")
     if others > 0:
-        signs.append("more descriptors that are no sockets")
+        signs.append("more descriptors that are no TCP/UDP sockets")
     if any(n > 0 and not first.peers.get(port) for port, n in grew.items()):
         signs.append("connections to peers it had none to")
-    looks = (
-        "fewer than at the start"
-        if last.fds <= first.fds
-        else "looks like a leak: " + "; ".join(signs)
-        if signs
-        else "connection pools to peers already in use"
-        if any(n > 0 for n in grew.values())
-        else "no sign of a leak"
-    )
+    if total <= 0:
+        looks = "no more than at the start"
+    elif signs:
+        looks = "looks like a leak: " + "; ".join(signs)
+    elif opened >= total:
+        looks = "connection pools to peers already in use"
+    else:
+        looks = "not told apart: sockets it accepted, or in other states"
     return (
-        f"{last.fds - first.fds:+d}: sockets {last.sockets - first.sockets:+d}"
-        + (f" (opened: {peers})" if peers else "")
+        f"{total:+d}: connections opened {opened:+d}"
+        + (f" ({by_peer})" if by_peer else "")
+        + f", other TCP/UDP sockets {sockets - opened:+d}"
+        + (f" (half-closed {half:+d})" if half else "")
         + f", other descriptors {others:+d}; {looks}"
     )
 
 
-def peer_names(base_port: int, replicas: int = 10) -> dict[int, str]:
-    """Who listens on each port of an environment at `base_port` (`env.settings.Ports`), the
-    fault proxy's listeners named by what they lead to."""
+def peer_names(
+    base_port: int, members: int = 3, redis_nodes: int = 6, replicas: int = 10
+) -> dict[int, str]:
+    """Who listens on each port of an environment at `base_port` (`env.settings.Ports`) with
+    `members` PostgreSQL members and `redis_nodes` Redis nodes, the fault proxy's listeners
+    named by what they lead to. A port two listeners would share keeps the first name."""
     from env.settings import Ports
 
     ports = Ports(base_port)
-    out = {
-        ports.etcd_client: "etcd",
-        ports.haproxy_write: "haproxy-write",
-        ports.haproxy_read: "haproxy-read",
-        ports.haproxy_https: "haproxy-https",
-        ports.pgbouncer: "pgbouncer",
-        ports.prometheus: "prometheus",
-        ports.fault_api: "faultproxy-api",
-        ports.proxy_pg_write: "pg-write via the fault proxy",
-        ports.proxy_pg_read: "pg-read via the fault proxy",
-        ports.proxy_llm: "llm via the fault proxy",
-        ports.proxy_sharepoint: "sharepoint via the fault proxy",
-        ports.proxy_gdrive: "gdrive via the fault proxy",
-        ports.llm: "llm",
-        ports.sharepoint: "sharepoint",
-        ports.gdrive: "gdrive",
-        ports.gateway: "gateway",
-    }
-    for i in range(replicas):
-        out[ports.postgres(i)] = f"pg{i}"
-        out[ports.patroni(i)] = f"patroni{i}"
-        out[ports.proxy_pg_link(i)] = f"pg{i} via the fault proxy"
-        out[ports.redis(i)] = f"redis{i}"
-        out[ports.proxy_redis(i)] = f"redis{i} via the fault proxy"
+    named = [
+        (ports.etcd_client, "etcd"),
+        (ports.haproxy_write, "haproxy-write"),
+        (ports.haproxy_read, "haproxy-read"),
+        (ports.haproxy_https, "haproxy-https"),
+        (ports.pgbouncer, "pgbouncer"),
+        (ports.prometheus, "prometheus"),
+        (ports.fault_api, "faultproxy-api"),
+        (ports.proxy_pg_write, "pg-write via the fault proxy"),
+        (ports.proxy_pg_read, "pg-read via the fault proxy"),
+        (ports.proxy_llm, "llm via the fault proxy"),
+        (ports.proxy_sharepoint, "sharepoint via the fault proxy"),
+        (ports.proxy_gdrive, "gdrive via the fault proxy"),
+        (ports.llm, "llm"),
+        (ports.sharepoint, "sharepoint"),
+        (ports.gdrive, "gdrive"),
+        (ports.gateway, "gateway"),
+    ]
+    for i in range(members):
+        named += [
+            (ports.postgres(i), f"pg{i}"),
+            (ports.patroni(i), f"patroni{i}"),
+            (ports.proxy_pg_link(i), f"pg{i} via the fault proxy"),
+        ]
+    for i in range(redis_nodes):
+        named += [
+            (ports.redis(i), f"redis{i}"),
+            (ports.proxy_redis(i), f"redis{i} via the fault proxy"),
+        ]
     for i in range(1, replicas + 1):
-        out |= {ports.api(i): f"api{i}", ports.hub(i): f"hub{i}", ports.worker(i): f"worker{i}"}
+        named += [
+            (ports.api(i), f"api{i}"),
+            (ports.hub(i), f"hub{i}"),
+            (ports.worker(i), f"worker{i}"),
+        ]
+    out: dict[int, str] = {}
+    for port, name in named:
+        out.setdefault(port, name)
     return out
 
 
@@ -845,15 +870,15 @@ class Sampler:
         services' subtrees excluded); a process that vanishes meanwhile is left out."""
         services = list(services)
         mains = {svc.pid for svc in services}
-        # One read of the kernel's socket tables for all of them (per process, psutil reads
-        # the whole tables again each time).
+        # One system-wide read for all of them (the kernel's socket tables and every process's
+        # descriptors): per process, psutil would read the whole tables again each time.
         sockets: dict[int, list[Any]] = {}
         try:
             for c in psutil.net_connections(kind="inet"):
                 if c.pid:
                     sockets.setdefault(c.pid, []).append(c)
-        except psutil.Error:
-            pass
+        except (psutil.Error, OSError, RuntimeError):  # a process gone or changed meanwhile
+            sockets = {}  # this sample without its sockets; memory and descriptors still count
         out = []
         for svc in services:
             try:
@@ -1189,9 +1214,10 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     if changed:
         lines += [
             "",
-            "Where the descriptors went, from the warm-up's end to the load's end (connections "
-            "a service opened, by whom they lead to; sockets whose peer closed them, which it "
-            "kept; descriptors that are no sockets). Said, not judged: the goal above counts "
+            "Where the descriptors went, from the warm-up's end to the load's end: connections "
+            "a service opened, by whom they lead to; its other TCP and UDP sockets (accepted, "
+            "listening, half-closed: the peer closed and it kept its end); its other "
+            "descriptors (files, pipes, Unix sockets). Said, not judged: the goal above counts "
             "them all.",
             "",
         ]
@@ -1420,6 +1446,7 @@ def main(argv: list[str] | None = None) -> int:
         try_write_html,
         roles=record.roles,
         noise=record.noise,
+        names=peer_names(env_settings.base_port, env_settings.pg_members, env_settings.redis_nodes),
     )
 
 
@@ -1435,13 +1462,15 @@ def report(
     write_html: Callable[[Path, str, Console], Path | None],
     roles: Sequence[RoleSample] = (),
     noise: Mapping[str, float] | None = None,
+    names: Mapping[int, str] | None = None,
 ) -> int:
-    """Analyse, write the run folder, print the figures; the exit code."""
+    """Analyse, write the run folder, print the figures; the exit code. `names`: who listens
+    on each port (`peer_names`; the default topology's at `base_port` when not given)."""
     ops = load_ops(out / "load") if (out / "load").exists() else []
     end_wall = load_end_wall(fleet, ops, s.duration_s)
     changes = role_changes(roles) if roles else None
     figures, windows, series, goal_list = analyse(
-        s, samples, ops, end_wall, changes, peer_names(base_port)
+        s, samples, ops, end_wall, changes, names or peer_names(base_port)
     )
     fleet_verdict = fleet.get("verdict") if fleet else None
     if fleet_verdict == "fail":

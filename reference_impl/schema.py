@@ -147,7 +147,9 @@ DIGEST = hashlib.sha256("\n;\n".join(DDL).encode()).hexdigest()
 #: exist: one dropped by hand (or by a restore of part of the database) is made again at the
 #: next start, as it was before the digest. `to_regclass` looks a name up without locking it, so
 #: the check still takes no lock.
-RELATIONS = tuple(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", "\n".join(DDL)))
+RELATIONS = tuple(
+    re.findall(r"CREATE (?:UNIQUE )?(?:TABLE|INDEX) IF NOT EXISTS ([\w.\"]+)", "\n".join(DDL))
+)
 
 MARKER_DDL = """CREATE TABLE IF NOT EXISTS schema_applied (
     digest text PRIMARY KEY,

@@ -521,30 +521,44 @@ def test_the_sampler_reads_a_process_tree_s_memory_and_descriptors():
 
 def test_the_sampler_counts_a_tree_s_sockets_by_what_they_are():
     """Connections the process opened are counted by the peer's port; a connection it
-    accepted is not one of them; a socket whose peer closed it, kept open, is half-closed."""
+    accepted is not one of them; a socket whose peer closed it, kept open, is half-closed.
+    Counted as changes from a sample before, whatever else this process holds."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
-    opened = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
-    accepted = [server.accept()[0] for _ in opened]
+    sampler, me_svc = Sampler(), Service("pytest", "test", os.getpid())
+    opened: list[socket.socket] = []
+    accepted: list[socket.socket] = []
     try:
+        [before] = sampler.sample([me_svc], 0.0, 0.0)
+        opened += [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        accepted += [server.accept()[0] for _ in opened]
+        [both] = sampler.sample([me_svc], 0.0, 0.0)
+        assert both.peers.get(str(port)) == 2  # the two opened, not the two accepted
+        assert str(opened[1].getsockname()[1]) not in both.peers  # accepted[1]'s peer
+        assert both.sockets - before.sockets == 4
         accepted[0].close()  # the peer of opened[0] closes; opened[0] keeps its end
-        sampler, me_svc = Sampler(), Service("pytest", "test", os.getpid())
         me = poll(
-            lambda: (x := sampler.sample([me_svc], 0.0, 0.0)[0]).half_closed and x,
+            lambda: (
+                (x := sampler.sample([me_svc], 0.0, 0.0)[0]).half_closed > before.half_closed and x
+            ),
             5,
             "the closed end's FIN to arrive",
             0.01,
         )
-        # The two opened to `port`; the accepted one still open leads back to an ephemeral
-        # port but is local to the listening port, so it is no connection this side opened.
-        assert me.peers.get(str(port)) == 1  # opened[1]; opened[0] is in CLOSE_WAIT
-        assert str(opened[1].getsockname()[1]) not in me.peers  # accepted[1]'s peer
-        assert me.half_closed == 1
-        assert me.sockets >= 4  # the listener, two opened, one accepted still open
+        assert me.half_closed - before.half_closed == 1
+        assert me.peers.get(str(port)) == 1  # opened[0] is no longer established
         assert me.sockets <= me.fds
     finally:
         for sock in [*opened, *accepted, server]:
             sock.close()
+
+
+def test_peer_names_give_every_port_of_the_topology_one_name():
+    names = peer_names(17000, members=3, redis_nodes=6)
+    assert names[17000 + 184] == "redis0 via the fault proxy"  # proxy_redis(0), not a pg link
+    assert names[17000 + 175 + 2] == "pg2 via the fault proxy"
+    assert names[17000 + 50 + 5] == "redis5"
+    assert len(set(names.values())) == len(names)  # no listener named twice, none lost
 
 
 def test_where_the_descriptors_went_tells_a_pool_from_a_leak():
@@ -553,19 +567,31 @@ def test_where_the_descriptors_went_tells_a_pool_from_a_leak():
     first = Sample(0, 0, "api2", "api", 7, 1, 0, MIB, 24, sockets=14, peers={str(redis): 2})
     pool = dataclasses.replace(first, fds=26, sockets=16, peers={str(redis): 4})
     line = descriptor_change(first, pool, names)
-    assert line.startswith("+2: sockets +2 (opened: redis1 via the fault proxy +2)")
+    assert line.startswith("+2: connections opened +2 (redis1 via the fault proxy +2)")
     assert line.endswith("connection pools to peers already in use")
     kept = dataclasses.replace(pool, half_closed=2)
-    assert "looks like a leak: 2 half-closed (CLOSE_WAIT)" in descriptor_change(first, kept, names)
+    assert "looks like a leak: 2 more half-closed (CLOSE_WAIT)" in descriptor_change(
+        first, kept, names
+    )
+    # Half-closed sockets that were there from the start are no new sign.
+    steady = dataclasses.replace(first, half_closed=1)
+    assert descriptor_change(steady, dataclasses.replace(pool, half_closed=1), names).endswith(
+        "connection pools to peers already in use"
+    )
     files = dataclasses.replace(first, fds=30)
     files_line = descriptor_change(first, files, names)
     assert "other descriptors +6" in files_line
-    assert "more descriptors that are no sockets" in files_line
+    assert "more descriptors that are no TCP/UDP sockets" in files_line
     fewer = dataclasses.replace(first, fds=20, sockets=8, peers={})
-    assert descriptor_change(first, fewer, names).endswith("; fewer than at the start")
+    assert descriptor_change(first, fewer, names).endswith("; no more than at the start")
     new_peer = dataclasses.replace(pool, peers={str(redis): 2, "40000": 2})
     assert "connections to peers it had none to" in descriptor_change(first, new_peer, names)
     assert "port 40000 +2" in descriptor_change(first, new_peer, names)
+    # Fifty accepted sockets and one pooled connection: not a pool, and not called one.
+    accepted = dataclasses.replace(first, fds=74, sockets=64, peers={str(redis): 3})
+    mixed = descriptor_change(first, accepted, names)
+    assert "other TCP/UDP sockets +49" in mixed
+    assert mixed.endswith("not told apart: sockets it accepted, or in other states")
     # service_figures says it for a service whose count changed, and the goal line carries it.
     series = [
         dataclasses.replace(first, t_s=t, fds=24 + t // 300, sockets=14 + t // 300)
@@ -574,6 +600,6 @@ def test_where_the_descriptors_went_tells_a_pool_from_a_leak():
     [f] = service_figures(series, 300, 1800, 0.10, peer_names=names)
     assert f.fds_ok is False
     assert f.fds_change is not None
-    assert f.fds_change.startswith("+5: sockets +5")
+    assert f.fds_change.startswith("+5: connections opened +0, other TCP/UDP sockets +5")
     line = goals([f], latency_windows([]), SoakSettings(duration_s=1800))[1].measured
-    assert line.startswith("growing: api2 (+5: sockets +5")
+    assert line.startswith("growing: api2 (+5: connections opened +0")
