@@ -213,16 +213,21 @@ SELECT EXISTS (SELECT FROM finished) AS finished, (SELECT event_id FROM event) A
 
 #: After a completion statement that raised while it swallowed its event: did it commit all the
 #: same (its reply lost with the connection, as a primary killed right after the synchronous
-#: standby confirmed the commit does)? Then the job is gone, the request completed and no
-#: completion event exists. Not committed, the job is still there (or another attempt completed
-#: it, with its event).
-SWALLOW_COMMITTED_SQL = """
-SELECT NOT EXISTS (SELECT FROM jobs WHERE job_id = $1)
-    AND EXISTS (SELECT FROM requests
-        WHERE device_id = $2 AND request_id = $3 AND status = 'completed')
-    AND NOT EXISTS (SELECT FROM events
-        WHERE device_id = $2 AND request_id = $3 AND type = 'completed')
-"""
+#: standby confirmed the commit leaves it)? Two statements, in this order:
+#: - the job's row with this claim, locked (FOR UPDATE): a completion still running on the server
+#:   (its client gone, or waiting for the standby) holds that row's lock until it ends, so this
+#:   waits for it; the row still there means it did not commit, and now cannot;
+#: - the row gone, the request's response is the very ciphertext this attempt sent (a random
+#:   nonce makes it one of a kind), read afterwards, with a snapshot that sees the commit: then
+#:   this attempt's statement committed, and its event was swallowed. Another attempt that took
+#:   the job over and completed it left its own response.
+SWALLOW_CLAIM_HELD_SQL = (
+    "SELECT true FROM jobs WHERE job_id = $1 AND claimed_by = $2 AND attempts = $3 FOR UPDATE"
+)
+SWALLOW_RESPONSE_SQL = (
+    "SELECT EXISTS (SELECT FROM requests WHERE device_id = $1 AND request_id = $2"
+    " AND status = 'completed' AND response_enc = $3)"
+)
 #: How long that question is asked for: past a failover of the standard profile (14 s worst).
 SETTLE_SWALLOW_S = 20.0
 
@@ -316,29 +321,33 @@ class WorkerState:
             **payload,
         }
 
-    async def _swallow_committed(self, job: Job) -> bool:
+    async def _swallow_committed(self, job: Job, sent: bytes) -> bool:
         """Whether a swallowing completion whose statement raised committed all the same
-        (`SWALLOW_COMMITTED_SQL`), asked of the primary until it answers, within
-        SETTLE_SWALLOW_S; False when it never does (then the record may under-count by one)."""
+        (`SWALLOW_CLAIM_HELD_SQL`, then `SWALLOW_RESPONSE_SQL`; `sent`: the response's
+        ciphertext it sent), asked of the primary until it answers, each attempt and the whole
+        bounded by SETTLE_SWALLOW_S. False when it cannot tell (no answer in time, or the worker
+        stopping): the record may then under-count by one."""
         deadline = time.monotonic() + SETTLE_SWALLOW_S
         while not self.stopping.is_set():  # a worker shutting down does not wait for it
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             try:
-                return bool(
-                    await self.pool.fetchval(
-                        SWALLOW_COMMITTED_SQL,
-                        job.job_id,
-                        job.device_id,
-                        job.request_id,
-                        timeout=2.0,
+                async with asyncio.timeout(min(3.0, left)):  # the pool's acquire included
+                    held = await self.pool.fetchval(
+                        SWALLOW_CLAIM_HELD_SQL, job.job_id, self.settings.name, job.attempts
                     )
-                )
+                    if held:
+                        return False
+                    return bool(
+                        await self.pool.fetchval(
+                            SWALLOW_RESPONSE_SQL, job.device_id, job.request_id, sent
+                        )
+                    )
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-                if time.monotonic() >= deadline:
-                    log.warning(
-                        "job %s: whether its completion committed is unknown: %s", job.job_id, exc
-                    )
-                    return False
-                await asyncio.sleep(0.5)
+                log.info("job %s: asking whether its completion committed: %s", job.job_id, exc)
+                await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        log.warning("job %s: whether its completion committed is unknown", job.job_id)
         return False
 
     async def complete(self, job: Job, response: str) -> dict[str, Any] | None:
@@ -352,13 +361,14 @@ class WorkerState:
         swallow = planted.take("swallow_notifications", str(job.request_id))
         payload = {"status": "completed"}
         finished = swallowed = False
+        sent = self.cipher.encrypt(response, f"{job.device_id}/{job.request_id}/response")
         try:
             row = await self.pool.fetchrow(
                 COMPLETE_SQL,
                 job.job_id,
                 self.settings.name,
                 job.attempts,
-                self.cipher.encrypt(response, f"{job.device_id}/{job.request_id}/response"),
+                sent,
                 json.dumps(payload),
                 not swallow,
             )
@@ -366,11 +376,11 @@ class WorkerState:
         except Exception:
             # A statement that raised may have committed all the same: only the database can
             # say whether the event was swallowed. (The error still goes to the job loop.)
-            swallowed = swallow and await self._swallow_committed(job)
+            swallowed = swallow and await self._swallow_committed(job, sent)
             raise
         finally:
-            # Fenced, not committed, or cancelled: nothing was swallowed, and the record must
-            # not count it.
+            # Fenced or not committed: nothing was swallowed, and the record must not count it.
+            # Cancelled (the job's deadline, the worker stopping): not known, and counted so.
             if swallow and not swallowed:
                 planted.give_back("swallow_notifications", str(job.request_id), epoch)
         if not finished:

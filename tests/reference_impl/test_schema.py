@@ -289,36 +289,47 @@ def test_a_swallowed_event_stays_on_record_when_the_reply_to_its_commit_is_lost(
     """The planted record is exact whichever way a completion's statement fails: one that
     never ran gives its swallow back (armed again, not on record); one that committed and lost
     its reply, as a primary killed right after the commit leaves it, keeps it on record, since
-    the phone never hears of that request."""
+    the phone never hears of that request; and a late attempt whose statement failed after
+    another attempt had completed the job without an event is not taken for that completion."""
     job = claimed_job
+    retry = dataclasses.replace(job, attempts=job.attempts + 1)
     state, planted = swallowing_worker(status)
 
-    async def flow() -> tuple[list[str], int, list[str], int, Any]:
+    def record() -> tuple[list[str], int]:
+        return list(planted.planted["swallow_notifications"]), planted.armed[
+            "swallow_notifications"
+        ]
+
+    async def flow() -> list[Any]:
         pool = await create_pool(status["urls"]["pgbouncer"], ca_file=status["tls_certificate"])
         state.redis = create_redis(state.settings)
+        seen: list[Any] = []
         try:
             state.pool = LostReply(pool, commits=False)
             with pytest.raises(ConnectionResetError):
                 await state.complete(job, "never sent")
-            before = (
-                list(planted.planted["swallow_notifications"]),
-                planted.armed["swallow_notifications"],
-            )
+            seen.append(record())
+            # The claim expired and a second attempt took the job over, as a re-claim does.
+            await pool.execute("UPDATE jobs SET attempts = $2 WHERE job_id = $1", job.job_id, 2)
             state.pool = LostReply(pool, commits=True)
             with pytest.raises(ConnectionResetError):
-                await state.complete(job, "the answer")
-            seen = await job_state(pool, job)
-            after = (
-                list(planted.planted["swallow_notifications"]),
-                planted.armed["swallow_notifications"],
-            )
-            return (*before, *after, seen)
+                await state.complete(retry, "the answer")
+            seen += [record(), await job_state(pool, job)]
+            # The first attempt, late, with a swallow armed again: its statement fails too.
+            planted.update({"swallow_notifications": 1})
+            state.pool = LostReply(pool, commits=False)
+            with pytest.raises(ConnectionResetError):
+                await state.complete(job, "too late")
+            seen.append(record())
+            return seen
         finally:
             await state.redis.aclose()
             await pool.close()
 
-    never_ran, armed_again, kept, armed_after, seen = run(flow())
-    assert (never_ran, armed_again) == ([], 1)
-    # It committed: the request completed with no event, and the record holds exactly that id.
-    assert seen == {"status": "completed", "empty": False, "events": 0, "jobs": 0}
-    assert (kept, armed_after) == ([str(job.request_id)], 0)
+    never_ran, kept, db, late = run(flow())
+    assert never_ran == ([], 1)  # handed back: armed again, not on record
+    # The retry committed: the request completed with no event, and the record holds its id.
+    assert db == {"status": "completed", "empty": False, "events": 0, "jobs": 0}
+    assert kept == ([str(job.request_id)], 0)
+    # The late attempt's failure is not that completion: handed back, the id on record once.
+    assert late == ([str(job.request_id)], 1)
