@@ -303,6 +303,8 @@ class Sample:
             peer closed the connection and this side kept it: how a leaked connection looks);
         peers: established connections this service opened (its local port is none of the
             tree's listening ports), by the peer's port: a pool's size per peer.
+        sockets_read: False when the system's socket tables could not be read for this
+            sample (its sockets, half_closed and peers then say nothing).
     """
 
     t_s: float
@@ -318,6 +320,7 @@ class Sample:
     sockets: int = 0
     half_closed: int = 0
     peers: dict[str, int] = field(default_factory=dict)
+    sockets_read: bool = True
 
 
 @dataclass(frozen=True)
@@ -463,6 +466,8 @@ def descriptor_change(first: Sample, last: Sample, names: Mapping[int, str]) -> 
     are what a leak looks like; growth elsewhere (sockets it accepted, other states) is not
     told apart."""
     total = last.fds - first.fds
+    if not (first.sockets_read and last.sockets_read):
+        return f"{total:+d}: sockets not read in the first or the last sample"
     sockets = last.sockets - first.sockets
     others = total - sockets
     grew = {
@@ -499,13 +504,11 @@ def descriptor_change(first: Sample, last: Sample, names: Mapping[int, str]) -> 
     )
 
 
-def peer_names(
-    base_port: int, members: int = 3, redis_nodes: int = 6, replicas: int = 10
-) -> dict[int, str]:
+def peer_names(base_port: int, members: int = 3, redis_nodes: int = 6) -> dict[int, str]:
     """Who listens on each port of an environment at `base_port` (`env.settings.Ports`) with
     `members` PostgreSQL members and `redis_nodes` Redis nodes, the fault proxy's listeners
     named by what they lead to. A port two listeners would share keeps the first name."""
-    from env.settings import Ports
+    from env.settings import SERVICE_SLOTS, Ports
 
     ports = Ports(base_port)
     named = [
@@ -537,12 +540,14 @@ def peer_names(
             (ports.redis(i), f"redis{i}"),
             (ports.proxy_redis(i), f"redis{i} via the fault proxy"),
         ]
-    for i in range(1, replicas + 1):
-        named += [
-            (ports.api(i), f"api{i}"),
-            (ports.hub(i), f"hub{i}"),
-            (ports.worker(i), f"worker{i}"),
-        ]
+    roles = {
+        "api": ports.api,
+        "hub": ports.hub,
+        "worker": ports.worker,
+        "scheduler": ports.scheduler,
+    }
+    for role, port_of in roles.items():
+        named += [(port_of(i), f"{role}{i}") for i in range(1, SERVICE_SLOTS[role] + 1)]
     out: dict[int, str] = {}
     for port, name in named:
         out.setdefault(port, name)
@@ -873,12 +878,13 @@ class Sampler:
         # One system-wide read for all of them (the kernel's socket tables and every process's
         # descriptors): per process, psutil would read the whole tables again each time.
         sockets: dict[int, list[Any]] = {}
+        read = True
         try:
             for c in psutil.net_connections(kind="inet"):
                 if c.pid:
                     sockets.setdefault(c.pid, []).append(c)
         except (psutil.Error, OSError, RuntimeError):  # a process gone or changed meanwhile
-            sockets = {}  # this sample without its sockets; memory and descriptors still count
+            sockets, read = {}, False  # memory and descriptors still count
         out = []
         for svc in services:
             try:
@@ -927,6 +933,7 @@ class Sampler:
                     sockets=len(socks),
                     half_closed=half_closed,
                     peers=peers,
+                    sockets_read=read,
                 )
             )
         return out
