@@ -269,14 +269,29 @@ def test_a_completion_is_fenced_and_all_or_nothing(
 
 class LostReply:
     """The environment's pool, whose `fetchrow` (the completion's statement) loses its reply:
-    after the statement ran and committed (`commits`), or before it was sent."""
+    before the statement was sent (`commits_after_s` None), or while it is still committing on
+    the server: it runs in a transaction of its own connection, which commits `commits_after_s`
+    after the reply was lost (a client gone while its commit waits, for the standby say)."""
 
-    def __init__(self, pool: Any, commits: bool) -> None:
-        self.pool, self.commits = pool, commits
+    def __init__(self, pool: Any, commits_after_s: float | None = None) -> None:
+        self.pool, self.commits_after_s = pool, commits_after_s
+        self.committed: asyncio.Task[None] | None = None
 
     async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
-        if self.commits:
-            await self.pool.fetchrow(*args, **kwargs)
+        if self.commits_after_s is not None:
+            conn = await self.pool.acquire()
+            tx = conn.transaction()
+            await tx.start()
+            await conn.fetchrow(*args, **kwargs)
+
+            async def commit_later(delay_s: float) -> None:
+                try:
+                    await asyncio.sleep(delay_s)  # the window the check must wait through
+                    await tx.commit()
+                finally:
+                    await self.pool.release(conn)
+
+            self.committed = asyncio.create_task(commit_later(self.commits_after_s))
         raise ConnectionResetError("the connection was lost before the reply")
 
     def __getattr__(self, name: str) -> Any:
@@ -287,10 +302,11 @@ def test_a_swallowed_event_stays_on_record_when_the_reply_to_its_commit_is_lost(
     status: dict[str, Any], claimed_job: worker.Job
 ) -> None:
     """The planted record is exact whichever way a completion's statement fails: one that
-    never ran gives its swallow back (armed again, not on record); one that committed and lost
-    its reply, as a primary killed right after the commit leaves it, keeps it on record, since
-    the phone never hears of that request; and a late attempt whose statement failed after
-    another attempt had completed the job without an event is not taken for that completion."""
+    never ran gives its swallow back (armed again, not on record); one that lost its reply while
+    still committing (its client gone while the commit waited) keeps it on record once the
+    commit lands, since the phone never hears of that request; and a late attempt whose
+    statement failed after another attempt had completed the job without an event is not taken
+    for that completion."""
     job = claimed_job
     retry = dataclasses.replace(job, attempts=job.attempts + 1)
     state, planted = swallowing_worker(status)
@@ -305,19 +321,25 @@ def test_a_swallowed_event_stays_on_record_when_the_reply_to_its_commit_is_lost(
         state.redis = create_redis(state.settings)
         seen: list[Any] = []
         try:
-            state.pool = LostReply(pool, commits=False)
+            state.pool = LostReply(pool)
             with pytest.raises(ConnectionResetError):
                 await state.complete(job, "never sent")
             seen.append(record())
             # The claim expired and a second attempt took the job over, as a re-claim does.
-            await pool.execute("UPDATE jobs SET attempts = $2 WHERE job_id = $1", job.job_id, 2)
-            state.pool = LostReply(pool, commits=True)
+            await pool.execute(
+                "UPDATE jobs SET attempts = $2 WHERE job_id = $1", job.job_id, retry.attempts
+            )
+            # Its statement loses its reply while still committing: the check must wait for
+            # the commit (a read of the job at once would find it queued, and hand back).
+            state.pool = lost = LostReply(pool, commits_after_s=1.0)
             with pytest.raises(ConnectionResetError):
                 await state.complete(retry, "the answer")
+            assert lost.committed is not None
+            await lost.committed  # the record below shows the check waited for it
             seen += [record(), await job_state(pool, job)]
             # The first attempt, late, with a swallow armed again: its statement fails too.
             planted.update({"swallow_notifications": 1})
-            state.pool = LostReply(pool, commits=False)
+            state.pool = LostReply(pool)
             with pytest.raises(ConnectionResetError):
                 await state.complete(job, "too late")
             seen.append(record())
