@@ -372,7 +372,8 @@ class WorkerState:
                 json.dumps(payload),
                 not swallow,
             )
-            finished = swallowed = bool(row["finished"])
+            finished = bool(row["finished"])
+            swallowed = swallow and finished
         except Exception:
             # A statement that raised may have committed all the same: only the database can
             # say whether the event was swallowed. (The error still goes to the job loop.)
