@@ -90,7 +90,8 @@ class Ports:
 
     @property
     def redis_exporter(self) -> int:
-        return self.base + 65
+        # After the ninth member's PostgreSQL exporter (base+68).
+        return self.base + 69
 
     @property
     def prometheus(self) -> int:
@@ -155,7 +156,8 @@ class Ports:
     def proxy_region_link(self) -> int:
         """A standby region's replication link: its standby leader streams from the primary
         region's database entry through this listener (latency and cuts are applied here)."""
-        return self.base + 190
+        # After the tenth Redis node's proxy (base+193).
+        return self.base + 194
 
     def service(self, index: int) -> int:
         """Ports handed to the reference implementation's services (base+100 onwards)."""

@@ -15,10 +15,20 @@ from env.local import (
 from env.settings import PORT_SPAN, EnvSettings, SettingsError
 
 
-def test_defaults_and_derived_ports_do_not_collide():
+def test_defaults():
     s = EnvSettings.from_environ({})
     assert s.base_port == 17000
     assert s.run_dir == Path("/var/tmp/cwh-17000")
+
+
+def test_derived_ports_do_not_collide_at_the_largest_topology():
+    # The most members and Redis nodes the settings accept: a port shared by two listeners
+    # (one exporter answering for another, a region link bound by a Redis proxy) breaks only
+    # the environments that grow that far, so the check is made there.
+    s = EnvSettings.from_environ(
+        {"CWH_PG_MEMBERS": "9", "CWH_REDIS_MASTERS": "5", "CWH_REDIS_REPLICAS_PER_MASTER": "1"}
+    )
+    assert s.redis_nodes == 10
     p = s.ports
     used = [
         p.supervisor,
@@ -31,6 +41,11 @@ def test_defaults_and_derived_ports_do_not_collide():
         p.pgbouncer,
         p.redis_exporter,
         p.prometheus,
+        p.global_https,
+        p.backup_scratch,
+        p.backup_repo,
+        p.backup_pg,
+        p.proxy_region_link,
     ]
     used += [p.postgres(m) for m in range(s.pg_members)]
     used += [p.patroni(m) for m in range(s.pg_members)]
@@ -38,10 +53,10 @@ def test_defaults_and_derived_ports_do_not_collide():
     used += [p.redis(n) for n in range(s.redis_nodes)]
     used += [p.fault_api, p.proxy_pg_write, p.proxy_pg_read, p.proxy_llm]
     used += [p.proxy_sharepoint, p.proxy_gdrive]
-    used += [p.proxy_pg_link(m) for m in range(9)]  # the most members
-    used += [p.proxy_redis(n) for n in range(10)]  # the most nodes
+    used += [p.proxy_pg_link(m) for m in range(s.pg_members)]
+    used += [p.proxy_redis(n) for n in range(s.redis_nodes)]
     used += [p.service(i) for i in range(70)]  # services: base+100 .. base+169
-    assert len(used) == len(set(used))
+    assert len(used) == len(set(used)), sorted(port - s.base_port for port in used)
     assert all(s.base_port <= port < s.base_port + PORT_SPAN for port in used)
 
 
