@@ -134,10 +134,12 @@ bench-load: deps
 
 # The fault proxy with no toxic against a direct connection, same run: round trips/s of small
 # messages, bulk MB/s, connections/s, each a ratio beside the goal 0.8 (exit 1 when missed);
-# PROFILE=1 records the proxy with py-spy (reports/<UTC>-bench-proxy/).
+# PROFILE=1 records the proxy with py-spy (reports/<UTC>-bench-proxy/). KERNEL=1 adds the
+# kernel's eBPF redirect as a third side, the ceiling of any forwarder here (needs root).
 PROFILE ?=
+KERNEL ?=
 bench-proxy: deps
-	@$(PY) -m bench.proxy $(if $(PROFILE),--profile)
+	@$(PY) -m bench.proxy $(if $(PROFILE),--profile) $(if $(KERNEL),--kernel)
 
 # The SLO gate over the last run (RUN=reports/... for another, PROMETHEUS_URL for staging's).
 RUN ?= reports/latest

@@ -1,0 +1,195 @@
+"""The cheapest TCP forwarding the kernel offers, as bench-proxy's reference: bytes that never
+reach user space.
+
+An eBPF `sk_skb` verdict program (BPF_SK_SKB_VERDICT, on a SOCKHASH) redirects every segment a
+forwarded socket receives to its peer's send side: the map holds each socket's peer under the
+socket's own cookie, and the program looks the receiving socket's cookie up. The user-space
+loop here only accepts, connects upstream, pairs the two sockets and closes them at an end of
+stream. Loaded through the `bpf(2)` system call with ctypes (no compiler, no libbpf): root, or
+CAP_BPF and CAP_NET_ADMIN, and a kernel with CONFIG_BPF_STREAM_PARSER.
+
+It is **not** the fault proxy's forwarding, and cannot be without losing bytes (README, "The
+fault proxy"): a redirect to a peer's send side is sent later from a kernel work queue, so when
+an end of stream arrives the bytes before it may not have gone out yet, and nothing tells user
+space when they have. Closing (or half-closing) the peer then drops them: in 13 of 20 trials of
+4 MiB followed by a half-close, the upstream got less than was sent. The same unknown stands
+between redirected bytes and the first chunk a toxic would write from user space. bench-proxy
+uses it for what it can show without an end of stream (round trips and bulk), as the ceiling of
+any forwarder in a process of its own on this machine.
+
+Run: `python -m bench.kernel_forward LISTEN_PORT UPSTREAM_PORT` (prints `ready` once listening).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import selectors
+import socket
+import struct
+import sys
+
+_libc = ctypes.CDLL(None, use_errno=True)
+#: x86-64's number of the bpf(2) system call (the only architecture this project runs on).
+NR_BPF = 321
+BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD, BPF_PROG_ATTACH = 0, 2, 5, 8
+BPF_MAP_TYPE_SOCKHASH = 18
+BPF_PROG_TYPE_SK_SKB = 14
+BPF_SK_SKB_VERDICT = 38
+#: Helper numbers of <linux/bpf.h>.
+FUNC_GET_SOCKET_COOKIE, FUNC_SK_REDIRECT_HASH = 46, 72
+SO_COOKIE = 57
+#: sizeof(union bpf_attr) the calls pass: larger than every field used, zero-filled.
+ATTR_SIZE = 128
+
+
+class KernelForwardError(OSError):
+    """The kernel refused a bpf(2) call; the message says what to check."""
+
+
+def bpf(cmd: int, attr: bytes) -> int:
+    buf = ctypes.create_string_buffer(attr, ATTR_SIZE)
+    r = int(_libc.syscall(NR_BPF, cmd, buf, ATTR_SIZE))
+    if r < 0:
+        e = ctypes.get_errno()
+        hint = {
+            errno.EPERM: "needs root (or CAP_BPF and CAP_NET_ADMIN)",
+            errno.EINVAL: "the kernel lacks sockmap support (CONFIG_BPF_STREAM_PARSER)",
+            errno.ENOSYS: "the kernel has no bpf(2) (CONFIG_BPF_SYSCALL)",
+        }.get(e, "")
+        raise KernelForwardError(e, f"bpf(cmd {cmd}): {os.strerror(e)}; {hint}".rstrip("; "))
+    return r
+
+
+def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    """One eBPF instruction (struct bpf_insn)."""
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def verdict_program(map_fd: int) -> bytes:
+    """Redirect the segment to the socket stored under the receiving socket's cookie; pass it
+    (to this socket's own reader) when none is stored yet."""
+    return b"".join(
+        [
+            insn(0xBF, 6, 1),  # r6 = ctx
+            insn(0x85, imm=FUNC_GET_SOCKET_COOKIE),  # r0 = bpf_get_socket_cookie(ctx)
+            insn(0x7B, 10, 0, -8),  # *(u64 *)(r10 - 8) = r0
+            insn(0xBF, 1, 6),  # r1 = ctx
+            insn(0x18, 2, 1, imm=map_fd),  # r2 = the map (BPF_PSEUDO_MAP_FD)
+            insn(0x00),  # (the wide load's second half)
+            insn(0xBF, 3, 10),  # r3 = r10
+            insn(0x07, 3, imm=-8),  # r3 += -8: the key
+            insn(0xB7, 4, imm=0),  # r4 = 0: the peer's send side
+            insn(0x85, imm=FUNC_SK_REDIRECT_HASH),  # bpf_sk_redirect_hash(ctx, map, &key, 0)
+            # SK_PASS either way: with a redirect set it is taken, without one the segment
+            # stays with this socket (SK_DROP would lose the bytes of a socket not yet paired).
+            insn(0xB7, 0, imm=1),
+            insn(0x95),  # exit
+        ]
+    )
+
+
+class Redirect:
+    """The map and its verdict program; `pair(a, b)` makes each forward to the other."""
+
+    def __init__(self, entries: int = 65536) -> None:
+        self.map_fd = bpf(
+            BPF_MAP_CREATE, struct.pack("<IIIII", BPF_MAP_TYPE_SOCKHASH, 8, 4, entries, 0)
+        )
+        prog = verdict_program(self.map_fd)
+        insns = ctypes.create_string_buffer(prog, len(prog))
+        lic = ctypes.create_string_buffer(b"GPL")  # sk_redirect_hash is a GPL-only helper
+        log = ctypes.create_string_buffer(1 << 16)
+        attr = struct.pack(
+            "<IIQQIIQ",
+            BPF_PROG_TYPE_SK_SKB,
+            len(prog) // 8,
+            ctypes.addressof(insns),
+            ctypes.addressof(lic),
+            1,
+            len(log),
+            ctypes.addressof(log),
+        )
+        try:
+            self.prog_fd = bpf(BPF_PROG_LOAD, attr)
+        except KernelForwardError as exc:
+            raise KernelForwardError(exc.errno, f"{exc}; verifier: {log.value.decode()}") from None
+        bpf(BPF_PROG_ATTACH, struct.pack("<IIII", self.map_fd, self.prog_fd, BPF_SK_SKB_VERDICT, 0))
+
+    def _put(self, key_sock: socket.socket, value_sock: socket.socket) -> None:
+        key = ctypes.create_string_buffer(key_sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), 8)
+        value = ctypes.create_string_buffer(struct.pack("<I", value_sock.fileno()), 4)
+        attr = struct.pack(
+            "<IIQQQ", self.map_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0
+        )
+        bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+    def pair(self, a: socket.socket, b: socket.socket) -> None:
+        self._put(a, b)  # what a receives goes out of b
+        self._put(b, a)
+        # Bytes that arrived before a socket joined the map wait in its receive queue until
+        # the next segment wakes the verdict, which never comes to a client waiting for its
+        # answer. Setting SO_RCVLOWAT runs the socket's data-ready callback (tcp_set_rcvlowat),
+        # now the verdict's, which sends them on in order.
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+    def close(self) -> None:
+        os.close(self.prog_fd)
+        os.close(self.map_fd)
+
+
+def serve(listen_port: int, upstream_port: int) -> None:
+    """Forward 127.0.0.1:`listen_port` to 127.0.0.1:`upstream_port` until killed."""
+    redirect = Redirect()
+    server = socket.create_server(("127.0.0.1", listen_port), backlog=1024)
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ)
+    peers: dict[socket.socket, socket.socket] = {}
+    print("ready", flush=True)
+    while True:
+        for key, _ in sel.select():
+            s = key.fileobj
+            assert isinstance(s, socket.socket)
+            if s is server:
+                a, _ = server.accept()
+                try:
+                    b = socket.create_connection(("127.0.0.1", upstream_port), timeout=5)
+                except OSError:
+                    a.close()
+                    continue
+                for x in (a, b):
+                    x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    x.setblocking(False)
+                redirect.pair(a, b)
+                peers[a], peers[b] = b, a
+                sel.register(a, selectors.EVENT_READ)
+                sel.register(b, selectors.EVENT_READ)
+                continue
+            try:
+                data = s.recv(1 << 16)
+            except BlockingIOError:
+                continue  # a socket in the map can poll readable for bytes the verdict took
+            except OSError:
+                data = b""
+            if data:  # passed rather than redirected: forward it here
+                peers[s].setblocking(True)
+                peers[s].sendall(data)
+                peers[s].setblocking(False)
+                continue
+            other = peers.pop(s)
+            peers.pop(other, None)
+            for x in (s, other):
+                sel.unregister(x)
+                x.close()
+
+
+if __name__ == "__main__":
+    try:
+        serve(int(sys.argv[1]), int(sys.argv[2]))
+    except KernelForwardError as exc:
+        print(f"kernel forwarding unavailable: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        pass
