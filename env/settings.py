@@ -33,6 +33,9 @@ RUNTIMES = ("local", "containers", "kubernetes")
 #: A namespace's name: an RFC 1123 label, as the API server checks it.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
+#: The largest topology the settings accept (`Ports` has a port for each of these).
+MAX_PG_MEMBERS, MAX_REDIS_NODES = 9, 10
+
 #: Replica slots of the scalable services: each has its ports (`Ports.api(1..10)`, ...).
 SERVICE_SLOTS = {"api": 10, "hub": 6, "worker": 20, "scheduler": 2}
 
@@ -86,12 +89,14 @@ class Ports:
         return self.base + 50 + node
 
     def postgres_exporter(self, member: int) -> int:
-        return self.base + 60 + member
+        # Members 5 to 8 step over the Redis exporter's port: a topology that fitted before
+        # keeps every port it had, so a running environment and a standby region's recorded
+        # link (in its DCS) stay right across an upgrade.
+        return self.base + 60 + member + (1 if member >= 5 else 0)
 
     @property
     def redis_exporter(self) -> int:
-        # After the ninth member's PostgreSQL exporter (base+68).
-        return self.base + 69
+        return self.base + 65
 
     @property
     def prometheus(self) -> int:
@@ -144,7 +149,8 @@ class Ports:
 
     def proxy_redis(self, node: int) -> int:
         """The address Redis node `node` announces to cluster clients (and its replicas)."""
-        return self.base + 184 + node
+        # Nodes 6 to 9 step over the region link's port, for the same reason.
+        return self.base + 184 + node + (1 if node >= 6 else 0)
 
     @property
     def global_https(self) -> int:
@@ -156,8 +162,7 @@ class Ports:
     def proxy_region_link(self) -> int:
         """A standby region's replication link: its standby leader streams from the primary
         region's database entry through this listener (latency and cuts are applied here)."""
-        # After the tenth Redis node's proxy (base+193).
-        return self.base + 194
+        return self.base + 190
 
     def service(self, index: int) -> int:
         """Ports handed to the reference implementation's services (base+100 onwards)."""
@@ -340,8 +345,10 @@ class EnvSettings:
             raise SettingsError(f"{PREFIX}FAILOVER={self.failover!r}: one of {', '.join(PROFILES)}")
         if self.timeout_scale <= 0:
             raise SettingsError(f"{PREFIX}TIMEOUT_SCALE={self.timeout_scale}: must be > 0")
-        if not 1 <= self.pg_members <= 9:
-            raise SettingsError(f"{PREFIX}PG_MEMBERS={self.pg_members}: must be 1 to 9")
+        if not 1 <= self.pg_members <= MAX_PG_MEMBERS:
+            raise SettingsError(
+                f"{PREFIX}PG_MEMBERS={self.pg_members}: must be 1 to {MAX_PG_MEMBERS}"
+            )
         if not 3 <= self.redis_masters <= 5:
             raise SettingsError(
                 f"{PREFIX}REDIS_MASTERS={self.redis_masters}: must be 3 to 5 "
@@ -524,7 +531,7 @@ class EnvSettings:
             out[p.global_https] = "global entry point (https)"
         if self.fault_proxy and not self.toxiproxy_url:
             out[p.fault_api] = "fault proxy API"
-            out |= {p.base + 170 + i: "fault proxy listener" for i in range(24)}
+            out |= {port: "fault proxy listener" for port in self.fault_proxy_listeners()}
         if self.services:
             out |= {p.service(i): "reference implementation" for i in range(4)}
             # Every slot scaling may fill, not only the replicas that start: a port taken
@@ -533,6 +540,15 @@ class EnvSettings:
                 port = getattr(p, name)
                 out |= {port(i): f"{name}{i}" for i in range(1, slots + 1)}
         return out
+
+    def fault_proxy_listeners(self) -> list[int]:
+        """Every port the fault proxy may listen on: the most members and Redis nodes the
+        settings accept, whatever this topology uses (the start's port check covers them)."""
+        p = self.ports
+        out = [p.proxy_pg_write, p.proxy_pg_read, p.proxy_llm, p.proxy_sharepoint, p.proxy_gdrive]
+        out += [p.proxy_pg_link(m) for m in range(MAX_PG_MEMBERS)]
+        out += [p.proxy_redis(n) for n in range(MAX_REDIS_NODES)]
+        return [*out, p.proxy_region_link]
 
     def timeout(self, seconds: float) -> float:
         """A deadline of `seconds`, scaled for this machine."""

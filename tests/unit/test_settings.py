@@ -25,9 +25,8 @@ def test_derived_ports_do_not_collide_at_the_largest_topology():
     # The most members and Redis nodes the settings accept: a port shared by two listeners
     # (one exporter answering for another, a region link bound by a Redis proxy) breaks only
     # the environments that grow that far, so the check is made there.
-    s = EnvSettings.from_environ(
-        {"CWH_PG_MEMBERS": "9", "CWH_REDIS_MASTERS": "5", "CWH_REDIS_REPLICAS_PER_MASTER": "1"}
-    )
+    big = {"CWH_PG_MEMBERS": "9", "CWH_REDIS_MASTERS": "5", "CWH_REDIS_REPLICAS_PER_MASTER": "1"}
+    s = EnvSettings.from_environ(big)
     assert s.redis_nodes == 10
     p = s.ports
     used = [
@@ -58,6 +57,30 @@ def test_derived_ports_do_not_collide_at_the_largest_topology():
     used += [p.service(i) for i in range(70)]  # services: base+100 .. base+169
     assert len(used) == len(set(used)), sorted(port - s.base_port for port in used)
     assert all(s.base_port <= port < s.base_port + PORT_SPAN for port in used)
+    # The start's port check covers every listener of a standby region this large.
+    standby = EnvSettings.from_environ(
+        {**big, "CWH_BASE_PORT": "18000", "CWH_STANDBY_OF": "17000", "CWH_BACKUPS": "1"}
+    )
+    checked = standby.listening_ports()
+    q = standby.ports
+    missing = [
+        port - standby.base_port
+        for port in [q.proxy_region_link, q.global_https, *standby.fault_proxy_listeners()]
+        + [q.redis(n) for n in range(standby.redis_nodes)]
+        + [q.postgres_exporter(m) for m in range(standby.pg_members)]
+        if port not in checked
+    ]
+    assert not missing, missing
+
+
+def test_the_default_topology_keeps_the_ports_it_always_had():
+    # A running environment, and a standby region's link recorded in its DCS at bootstrap,
+    # outlive an upgrade of the harness: the ports of a topology that fitted never move.
+    p = EnvSettings(base_port=17000).ports
+    assert [p.postgres_exporter(m) for m in range(3)] == [17060, 17061, 17062]
+    assert p.redis_exporter == 17065
+    assert [p.proxy_redis(n) for n in range(6)] == list(range(17184, 17190))
+    assert p.proxy_region_link == 17190
 
 
 def test_two_bases_a_span_apart_share_no_port():
