@@ -135,7 +135,7 @@ bench-load: deps
 # The fault proxy with no toxic against a direct connection, same run: round trips/s of small
 # messages, bulk MB/s, connections/s, each a ratio beside the goal 0.8 (exit 1 when missed);
 # PROFILE=1 records the proxy with py-spy (reports/<UTC>-bench-proxy/). KERNEL=1 adds the
-# kernel's eBPF redirect as a third side, the ceiling of any forwarder here (needs root).
+# kernel's eBPF sockmap redirect as a third side, forwarding with no byte in user space (root).
 PROFILE ?=
 KERNEL ?=
 bench-proxy: deps

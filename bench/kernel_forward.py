@@ -1,23 +1,30 @@
 """The cheapest TCP forwarding the kernel offers, as bench-proxy's reference: bytes that never
 reach user space.
 
-An eBPF `sk_skb` verdict program (BPF_SK_SKB_VERDICT, on a SOCKHASH) redirects every segment a
-forwarded socket receives to its peer's send side: the map holds each socket's peer under the
-socket's own cookie, and the program looks the receiving socket's cookie up. The user-space
-loop here only accepts, connects upstream, pairs the two sockets and closes them at an end of
-stream. Loaded through the `bpf(2)` system call with ctypes (no compiler, no libbpf): root, or
-CAP_BPF and CAP_NET_ADMIN, and a kernel with CONFIG_BPF_STREAM_PARSER.
+An eBPF `sk_skb` verdict program (BPF_SK_SKB_VERDICT, Linux 5.13 or later) redirects every
+segment a forwarded socket receives to its peer's send side. Two SOCKHASH maps: `peers` holds
+each socket's peer under the socket's own cookie, and the program, attached to `forwarded`,
+looks the receiving socket's cookie up in `peers`. A pair enters `peers` before either socket
+enters `forwarded`, so no segment ever finds its socket forwarded and its peer unknown (which
+would hand it to user space, out of order with the redirected ones). The user-space loop here
+only accepts, connects upstream, pairs the two sockets and closes them at an end of stream.
+Loaded through the `bpf(2)` system call with ctypes (no compiler, no libbpf): root, or CAP_BPF
+and CAP_NET_ADMIN.
 
-It is **not** the fault proxy's forwarding, and cannot be without losing bytes (README, "The
-fault proxy"): a redirect to a peer's send side is sent later from a kernel work queue, so when
-an end of stream arrives the bytes before it may not have gone out yet, and nothing tells user
-space when they have. Closing (or half-closing) the peer then drops them: in 13 of 20 trials of
-4 MiB followed by a half-close, the upstream got less than was sent. The same unknown stands
-between redirected bytes and the first chunk a toxic would write from user space. bench-proxy
-uses it for what it can show without an end of stream (round trips and bulk), as the ceiling of
-any forwarder in a process of its own on this machine.
+It is **not** the fault proxy's forwarding as it stands (README, "Benchmarks": bench-proxy): a
+redirect to a peer's send side is sent later, from a kernel work queue, so at an end of stream
+the bytes before it may not have gone out yet. Closing (or half-closing) the peer then drops
+them: in 13 of 20 trials of 4 MiB followed by a half-close, the upstream got less than was sent.
+Waiting first until the peer's acknowledged bytes (TCP_INFO `tcpi_bytes_acked`) reach what this
+side received (`tcpi_bytes_received`) delivered every byte in 20 of 20; the proxy would need the
+same wait before a toxic's first chunk, and a switch to user space for toxics. It would not pay
+here either: bench-proxy runs it for what it shows without an end of stream (round trips and
+bulk), and on this machine it moved fewer round trips and MB/s than the fault proxy, for as much
+or more of the machine's CPU per operation (the redirect to a send side runs in a kernel worker,
+woken per segment).
 
-Run: `python -m bench.kernel_forward LISTEN_PORT UPSTREAM_PORT` (prints `ready` once listening).
+Run: `python -m bench.kernel_forward UPSTREAM_PORT [LISTEN_PORT]` (prints `ready PORT` once
+listening; port 0 or none: one the kernel picks).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import struct
 import sys
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
 #: x86-64's number of the bpf(2) system call (the only architecture this project runs on).
 NR_BPF = 321
 BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD, BPF_PROG_ATTACH = 0, 2, 5, 8
@@ -44,18 +52,22 @@ SO_COOKIE = 57
 ATTR_SIZE = 128
 
 
-class KernelForwardError(OSError):
+class KernelForwardError(Exception):
     """The kernel refused a bpf(2) call; the message says what to check."""
+
+    def __init__(self, errno_: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno_
 
 
 def bpf(cmd: int, attr: bytes) -> int:
     buf = ctypes.create_string_buffer(attr, ATTR_SIZE)
-    r = int(_libc.syscall(NR_BPF, cmd, buf, ATTR_SIZE))
+    r = int(_libc.syscall(ctypes.c_long(NR_BPF), ctypes.c_long(cmd), buf, ctypes.c_uint(ATTR_SIZE)))
     if r < 0:
         e = ctypes.get_errno()
         hint = {
             errno.EPERM: "needs root (or CAP_BPF and CAP_NET_ADMIN)",
-            errno.EINVAL: "the kernel lacks sockmap support (CONFIG_BPF_STREAM_PARSER)",
+            errno.EINVAL: "needs Linux 5.13 or later (BPF_SK_SKB_VERDICT)",
             errno.ENOSYS: "the kernel has no bpf(2) (CONFIG_BPF_SYSCALL)",
         }.get(e, "")
         raise KernelForwardError(e, f"bpf(cmd {cmd}): {os.strerror(e)}; {hint}".rstrip("; "))
@@ -68,8 +80,8 @@ def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> b
 
 
 def verdict_program(map_fd: int) -> bytes:
-    """Redirect the segment to the socket stored under the receiving socket's cookie; pass it
-    (to this socket's own reader) when none is stored yet."""
+    """Redirect the segment to the socket stored under the receiving socket's cookie in map
+    `map_fd`; pass it (to this socket's own reader) when none is stored."""
     return b"".join(
         [
             insn(0xBF, 6, 1),  # r6 = ctx
@@ -83,21 +95,34 @@ def verdict_program(map_fd: int) -> bytes:
             insn(0xB7, 4, imm=0),  # r4 = 0: the peer's send side
             insn(0x85, imm=FUNC_SK_REDIRECT_HASH),  # bpf_sk_redirect_hash(ctx, map, &key, 0)
             # SK_PASS either way: with a redirect set it is taken, without one the segment
-            # stays with this socket (SK_DROP would lose the bytes of a socket not yet paired).
+            # stays with this socket (SK_DROP would lose it).
             insn(0xB7, 0, imm=1),
             insn(0x95),  # exit
         ]
     )
 
 
+def _sockhash(entries: int) -> int:
+    return bpf(BPF_MAP_CREATE, struct.pack("<IIIII", BPF_MAP_TYPE_SOCKHASH, 8, 4, entries, 0))
+
+
 class Redirect:
-    """The map and its verdict program; `pair(a, b)` makes each forward to the other."""
+    """The maps and the verdict program; `pair(a, b)` makes each forward to the other."""
 
     def __init__(self, entries: int = 65536) -> None:
-        self.map_fd = bpf(
-            BPF_MAP_CREATE, struct.pack("<IIIII", BPF_MAP_TYPE_SOCKHASH, 8, 4, entries, 0)
-        )
-        prog = verdict_program(self.map_fd)
+        self.fds: list[int] = []
+        try:
+            self._load(entries)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, entries: int) -> None:
+        self.peers_fd = _sockhash(entries)
+        self.fds.append(self.peers_fd)
+        self.forwarded_fd = _sockhash(entries)
+        self.fds.append(self.forwarded_fd)
+        prog = verdict_program(self.peers_fd)
         insns = ctypes.create_string_buffer(prog, len(prog))
         lic = ctypes.create_string_buffer(b"GPL")  # sk_redirect_hash is a GPL-only helper
         log = ctypes.create_string_buffer(1 << 16)
@@ -112,23 +137,27 @@ class Redirect:
             ctypes.addressof(log),
         )
         try:
-            self.prog_fd = bpf(BPF_PROG_LOAD, attr)
+            prog_fd = bpf(BPF_PROG_LOAD, attr)
         except KernelForwardError as exc:
             raise KernelForwardError(exc.errno, f"{exc}; verifier: {log.value.decode()}") from None
-        bpf(BPF_PROG_ATTACH, struct.pack("<IIII", self.map_fd, self.prog_fd, BPF_SK_SKB_VERDICT, 0))
+        self.fds.append(prog_fd)
+        attach = struct.pack("<IIII", self.forwarded_fd, prog_fd, BPF_SK_SKB_VERDICT, 0)
+        bpf(BPF_PROG_ATTACH, attach)
 
-    def _put(self, key_sock: socket.socket, value_sock: socket.socket) -> None:
+    def _put(self, map_fd: int, key_sock: socket.socket, value_sock: socket.socket) -> None:
         key = ctypes.create_string_buffer(key_sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), 8)
         value = ctypes.create_string_buffer(struct.pack("<I", value_sock.fileno()), 4)
-        attr = struct.pack(
-            "<IIQQQ", self.map_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0
-        )
+        attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
         bpf(BPF_MAP_UPDATE_ELEM, attr)
 
     def pair(self, a: socket.socket, b: socket.socket) -> None:
-        self._put(a, b)  # what a receives goes out of b
-        self._put(b, a)
-        # Bytes that arrived before a socket joined the map wait in its receive queue until
+        """Raises KernelForwardError for a socket the kernel will not take (one no longer
+        established: a client that connected and closed at once)."""
+        self._put(self.peers_fd, a, b)  # what a receives goes out of b
+        self._put(self.peers_fd, b, a)
+        self._put(self.forwarded_fd, a, a)  # from here on, the verdict runs on a's segments
+        self._put(self.forwarded_fd, b, b)
+        # Bytes that arrived before a socket was forwarded wait in its receive queue until
         # the next segment wakes the verdict, which never comes to a client waiting for its
         # answer. Setting SO_RCVLOWAT runs the socket's data-ready callback (tcp_set_rcvlowat),
         # now the verdict's, which sends them on in order.
@@ -136,48 +165,61 @@ class Redirect:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
     def close(self) -> None:
-        os.close(self.prog_fd)
-        os.close(self.map_fd)
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
 
 
-def serve(listen_port: int, upstream_port: int) -> None:
+def _accept(server: socket.socket, upstream_port: int, redirect: Redirect) -> list[socket.socket]:
+    """The client's connection and its upstream one, paired; none when either failed."""
+    a, _ = server.accept()
+    made = [a]
+    try:
+        made.append(socket.create_connection(("127.0.0.1", upstream_port), timeout=5))
+        for x in made:
+            x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            x.setblocking(False)
+        redirect.pair(*made)
+    except (OSError, KernelForwardError) as exc:
+        print(f"connection dropped: {exc}", file=sys.stderr, flush=True)
+        for x in made:
+            x.close()
+        return []
+    return made
+
+
+def serve(upstream_port: int, listen_port: int = 0) -> None:
     """Forward 127.0.0.1:`listen_port` to 127.0.0.1:`upstream_port` until killed."""
     redirect = Redirect()
     server = socket.create_server(("127.0.0.1", listen_port), backlog=1024)
     sel = selectors.DefaultSelector()
     sel.register(server, selectors.EVENT_READ)
     peers: dict[socket.socket, socket.socket] = {}
-    print("ready", flush=True)
+    print(f"ready {server.getsockname()[1]}", flush=True)
     while True:
         for key, _ in sel.select():
             s = key.fileobj
             assert isinstance(s, socket.socket)
             if s is server:
-                a, _ = server.accept()
-                try:
-                    b = socket.create_connection(("127.0.0.1", upstream_port), timeout=5)
-                except OSError:
-                    a.close()
-                    continue
-                for x in (a, b):
-                    x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    x.setblocking(False)
-                redirect.pair(a, b)
-                peers[a], peers[b] = b, a
-                sel.register(a, selectors.EVENT_READ)
-                sel.register(b, selectors.EVENT_READ)
+                pair = _accept(server, upstream_port, redirect)
+                if pair:
+                    a, b = pair
+                    peers[a], peers[b] = b, a
+                    sel.register(a, selectors.EVENT_READ)
+                    sel.register(b, selectors.EVENT_READ)
                 continue
+            if s not in peers:
+                continue  # closed with its peer earlier in this batch of events
             try:
                 data = s.recv(1 << 16)
             except BlockingIOError:
-                continue  # a socket in the map can poll readable for bytes the verdict took
+                continue  # a forwarded socket can poll readable for bytes the verdict took
             except OSError:
                 data = b""
-            if data:  # passed rather than redirected: forward it here
-                peers[s].setblocking(True)
-                peers[s].sendall(data)
-                peers[s].setblocking(False)
-                continue
+            if data:
+                # Passed, not redirected: its peer was unknown, which pairing in order rules
+                # out. Forwarding it from here could put it behind later, redirected bytes.
+                print(f"{len(data)} bytes reached user space: pair closed", file=sys.stderr)
             other = peers.pop(s)
             peers.pop(other, None)
             for x in (s, other):
@@ -187,7 +229,7 @@ def serve(listen_port: int, upstream_port: int) -> None:
 
 if __name__ == "__main__":
     try:
-        serve(int(sys.argv[1]), int(sys.argv[2]))
+        serve(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)
     except KernelForwardError as exc:
         print(f"kernel forwarding unavailable: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -16,10 +16,10 @@ operation (microseconds of its process per round trip, per MB, per connection: s
 rate on a busy machine, and what a change to the proxy moves) and the whole machine's busy CPU
 per operation. Exit 1 when a ratio misses the goal. `--kernel` (KERNEL=1) adds a third side in
 the same alternation, the kernel's own redirect (bench/kernel_forward.py: an eBPF sockmap, no
-byte in user space) for round trips and bulk: the ceiling of a forwarder in a process of its own
-here, beside the proxy, not judged. `--profile` records the proxy with py-spy during its rounds
-and writes the hottest frames of each phase (profile-<phase>.txt: collapsed stacks; profile.md:
-the top frames).
+byte in user space) for round trips and bulk: whether forwarding inside the kernel would be
+cheaper here than the proxy's, beside it, not judged. `--profile` records the proxy with py-spy
+during its rounds and writes the hottest frames of each phase (profile-<phase>.txt: collapsed
+stacks; profile.md: the top frames).
 
 Writes reports/<UTC timestamp>-bench-proxy/ (bench.json, bench.md, report.html).
 """
@@ -305,7 +305,9 @@ class Bench:
         )
         ports = {"direct": self.direct_port, "proxy": self.proxy_port, "kernel": self.kernel_port}
         for i in range(self.args.rounds):
-            order = sides[i % len(sides) :] + sides[: i % len(sides)]
+            # Mirrored every other round (d p k, k p d), so that drift over the rounds falls
+            # evenly on every side.
+            order = sides if i % 2 == 0 else sides[::-1]
             for side in order:
                 tally = self.tallies.setdefault((phase, side), Tally())
                 port = ports[side]
@@ -456,25 +458,23 @@ def report_lines(args: argparse.Namespace, figures: dict[str, dict[str, Any]]) -
             f"{GOAL} | {f['proxy_cpu_us_per_op']} | {f['proxy_cpu_percent']} | "
             f"{f['ends_cpu_us_per_op']} | {f['cpu_bound_ratio']} |"
         )
-    lines += [
-        "",
-        "Machine CPU per operation (every core's busy time over the rounds' operations):",
-        "",
-    ]
-    lines += ["| phase | direct us/op | proxy us/op | kernel redirect us/op |", "|---|---|---|---|"]
+    if figures:
+        lines += ["", "Machine CPU per operation (every core's busy time over the rounds' "]
+        lines[-1] += "operations; py-spy's own, with PROFILE=1, in the proxy's rounds):"
+        lines += ["", "| phase | direct us/op | proxy us/op | kernel redirect us/op |"]
+        lines += ["|---|---|---|---|"]
     for phase, f in figures.items():
         m = f.get("machine_cpu_us_per_op", {})
-        lines.append(
-            f"| {phase} | {m.get('direct', '')} | {m.get('proxy', '')} | {m.get('kernel', '-')} |"
-        )
+        cells = " | ".join(str(m.get(side, "-")) for side in ("direct", "proxy", "kernel"))
+        lines.append(f"| {phase} | {cells} |")
     kernel = {phase: f for phase, f in figures.items() if "kernel" in f}
     if kernel:
         lines += [
             "",
             "The kernel's redirect (an eBPF sockmap, bench/kernel_forward.py), in the same "
-            "alternation: the ceiling of a forwarder in a process of its own on this machine, "
-            "not judged. It loses bytes at an end of stream, so it is no fault proxy, and the "
-            "connects phase is not run through it.",
+            "alternation: forwarding with no byte in user space, beside the proxy's, not judged. "
+            "It loses bytes at an end of stream, so it is no fault proxy, and the connects phase "
+            "is not run through it.",
             "",
             "| phase | unit | direct | kernel redirect | ratio | fault proxy ratio |",
             "|---|---|---|---|---|---|",
@@ -544,14 +544,10 @@ async def run(args: argparse.Namespace, out: Path) -> dict[str, dict[str, Any]]:
             out / "faultproxy.log",
         ),
     ]  # fmt: skip
-    if args.kernel:
-        log = out / "kernel-forward.log"
-        procs.append(
-            start(
-                [sys.executable, "-m", "bench.kernel_forward", str(kernel_port), str(up_port)], log
-            )
-        )
     try:
+        if args.kernel:
+            cmd = [sys.executable, "-m", "bench.kernel_forward", str(up_port), str(kernel_port)]
+            procs.append(start(cmd, out / "kernel-forward.log"))
         wait_until(lambda: listening(up_port), 15, "the upstream to listen")
         api = f"http://127.0.0.1:{api_port}"
         wait_until(lambda: proxy_ready(api, "bench"), 15, "the fault proxy's API")
@@ -559,8 +555,9 @@ async def run(args: argparse.Namespace, out: Path) -> dict[str, dict[str, Any]]:
             forwarder = procs[2]
 
             def kernel_up() -> bool:
-                if forwarder.poll() is not None:  # refused: say why, from its own words
-                    raise SystemExit(f"bench-proxy: {(out / 'kernel-forward.log').read_text()}")
+                if forwarder.poll() is not None:  # refused: say why, in its own words
+                    console.print(f"bench-proxy: {(out / 'kernel-forward.log').read_text()}")
+                    raise SystemExit(2)
                 return listening(kernel_port)
 
             wait_until(kernel_up, 15, "the kernel redirect to listen")
