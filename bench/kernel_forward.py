@@ -32,7 +32,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import selectors
+import platform
+import select
 import socket
 import struct
 import sys
@@ -61,6 +62,10 @@ class KernelForwardError(Exception):
 
 
 def bpf(cmd: int, attr: bytes) -> int:
+    if platform.machine() != "x86_64":
+        raise KernelForwardError(
+            errno.ENOSYS, f"bpf(2) is called by x86-64's number, not on {platform.machine()}"
+        )
     buf = ctypes.create_string_buffer(attr, ATTR_SIZE)
     r = int(_libc.syscall(ctypes.c_long(NR_BPF), ctypes.c_long(cmd), buf, ctypes.c_uint(ATTR_SIZE)))
     if r < 0:
@@ -170,9 +175,18 @@ class Redirect:
         self.fds.clear()
 
 
-def _accept(server: socket.socket, upstream_port: int, redirect: Redirect) -> list[socket.socket]:
-    """The client's connection and its upstream one, paired; none when either failed."""
-    a, _ = server.accept()
+def _accept(
+    server: socket.socket, upstream_port: int, redirect: Redirect
+) -> list[socket.socket] | None:
+    """The client's connection and its upstream one, paired; [] when this connection was
+    dropped; None when none could be accepted (out of descriptors)."""
+    try:
+        a, _ = server.accept()
+    except BlockingIOError:
+        return []
+    except OSError as exc:
+        print(f"accept: {exc}", file=sys.stderr, flush=True)
+        return None
     made = [a]
     try:
         made.append(socket.create_connection(("127.0.0.1", upstream_port), timeout=5))
@@ -192,39 +206,42 @@ def serve(upstream_port: int, listen_port: int = 0) -> None:
     """Forward 127.0.0.1:`listen_port` to 127.0.0.1:`upstream_port` until killed."""
     redirect = Redirect()
     server = socket.create_server(("127.0.0.1", listen_port), backlog=1024)
-    sel = selectors.DefaultSelector()
-    sel.register(server, selectors.EVENT_READ)
-    peers: dict[socket.socket, socket.socket] = {}
+    server.setblocking(False)
+    ep = select.epoll()
+    ep.register(server.fileno(), select.EPOLLIN)
+    listening = True
+    socks: dict[int, socket.socket] = {}
+    peers: dict[int, int] = {}
     print(f"ready {server.getsockname()[1]}", flush=True)
     while True:
-        for key, _ in sel.select():
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
-            if s is server:
+        for fd, _ in ep.poll():
+            if fd == server.fileno():
                 pair = _accept(server, upstream_port, redirect)
+                if pair is None:  # out of descriptors: a listener left readable would spin
+                    ep.unregister(fd)
+                    listening = False
+                for x in pair or []:
+                    socks[x.fileno()] = x
+                    # The end of stream only (hang-ups and errors always come): a forwarded
+                    # socket still wakes readers after each segment the verdict took, and
+                    # watching for input would wake this loop per segment for nothing.
+                    ep.register(x.fileno(), select.EPOLLRDHUP)
                 if pair:
-                    a, b = pair
-                    peers[a], peers[b] = b, a
-                    sel.register(a, selectors.EVENT_READ)
-                    sel.register(b, selectors.EVENT_READ)
+                    peers[pair[0].fileno()], peers[pair[1].fileno()] = (
+                        pair[1].fileno(),
+                        pair[0].fileno(),
+                    )
                 continue
-            if s not in peers:
+            if fd not in peers:
                 continue  # closed with its peer earlier in this batch of events
-            try:
-                data = s.recv(1 << 16)
-            except BlockingIOError:
-                continue  # a forwarded socket can poll readable for bytes the verdict took
-            except OSError:
-                data = b""
-            if data:
-                # Passed, not redirected: its peer was unknown, which pairing in order rules
-                # out. Forwarding it from here could put it behind later, redirected bytes.
-                print(f"{len(data)} bytes reached user space: pair closed", file=sys.stderr)
-            other = peers.pop(s)
+            other = peers.pop(fd)
             peers.pop(other, None)
-            for x in (s, other):
-                sel.unregister(x)
-                x.close()
+            for closing in (fd, other):
+                ep.unregister(closing)
+                socks.pop(closing).close()
+            if not listening:
+                ep.register(server.fileno(), select.EPOLLIN)
+                listening = True
 
 
 if __name__ == "__main__":

@@ -556,7 +556,9 @@ async def run(args: argparse.Namespace, out: Path) -> dict[str, dict[str, Any]]:
 
             def kernel_up() -> bool:
                 if forwarder.poll() is not None:  # refused: say why, in its own words
-                    console.print(f"bench-proxy: {(out / 'kernel-forward.log').read_text()}")
+                    console.print(
+                        f"bench-proxy: {(out / 'kernel-forward.log').read_text()}", markup=False
+                    )
                     raise SystemExit(2)
                 return listening(kernel_port)
 

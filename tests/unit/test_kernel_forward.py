@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from bench.kernel_forward import KernelForwardError, Redirect
@@ -118,11 +119,32 @@ def test_the_forwarder_process_outlives_clients_that_leave_at_once(tmp_path) -> 
             u.settimeout(5)
             assert u.recv(1) == b""
         exchange(port, upstream, b"again", b"served")
-        # Both ends closing together: both sockets of the pair report in one batch.
+        # Both ends of a pair closing together: both sockets report in one batch of events.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
             u, _ = upstream.accept()
+            u.settimeout(5)
+            client.sendall(b"paired")  # a round trip first: the pair certainly exists
+            assert recv_exactly(u, 6) == b"paired"
+            u.sendall(b"yes")
+            assert recv_exactly(client, 3) == b"yes"
             client.close()
             u.close()
+        # The forwarder is not woken per segment: the verdict takes them, and it watches the
+        # pair only for its end (its voluntary context switches count its wake-ups).
+        forwarder = psutil.Process(proc.pid)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            u, _ = upstream.accept()
+            with u:
+                u.settimeout(5)
+                client.sendall(b"x")
+                assert recv_exactly(u, 1) == b"x"
+                before = forwarder.num_ctx_switches().voluntary
+                for _ in range(500):
+                    client.sendall(b"q" * 100)
+                    u.sendall(recv_exactly(u, 100))
+                    assert recv_exactly(client, 100) == b"q" * 100
+                woken = forwarder.num_ctx_switches().voluntary - before
+        assert woken < 50, f"{woken} wake-ups of the forwarder for 1,000 forwarded segments"
         exchange(port, upstream, b"still", b"there")
         assert proc.poll() is None, log.read_text()
     finally:
