@@ -244,9 +244,12 @@ class Tally:
     #: Every core's busy time: what the kernel spends forwarding is in no process's account.
     machine_cpu_s: float = 0.0
 
+    def units(self, phase: str) -> float:
+        """Operations in the phase's unit: round trips, MB (from bytes), connections."""
+        return self.ops / 1e6 if phase == "bulk" else float(self.ops)
+
     def rate(self, phase: str) -> float:
-        scale = 1e6 if phase == "bulk" else 1.0  # bytes to MB
-        return self.ops / scale / self.seconds if self.seconds else 0.0
+        return self.units(phase) / self.seconds if self.seconds else 0.0
 
 
 def cpu_s(proc: psutil.Process) -> float:
@@ -364,8 +367,7 @@ class Bench:
             d, p = self.tallies.get((phase, "direct")), self.tallies.get((phase, "proxy"))
             if not d or not p or not d.rate(phase) or not p.seconds:
                 continue
-            per = p.ops / 1e6 if phase == "bulk" else p.ops  # per MB, per round trip, per conn
-            per_d = d.ops / 1e6 if phase == "bulk" else d.ops
+            per, per_d = p.units(phase), d.units(phase)  # per MB, round trip, connection
             machine: dict[str, float] = {}  # every core's busy time per operation, by side
             out[phase] = {
                 "unit": UNITS[phase],
@@ -390,9 +392,8 @@ class Bench:
             }
             for side in ("direct", "proxy", "kernel"):
                 t = self.tallies.get((phase, side))
-                n = (t.ops / 1e6 if phase == "bulk" else t.ops) if t else 0
-                if t and n:
-                    machine[side] = round(t.machine_cpu_s / n * 1e6, 1)
+                if t and t.ops:
+                    machine[side] = round(t.machine_cpu_s / t.units(phase) * 1e6, 1)
             k = self.tallies.get((phase, "kernel"))
             if k and k.seconds:
                 out[phase]["kernel"] = round(k.rate(phase), 1)

@@ -33,8 +33,10 @@ RUNTIMES = ("local", "containers", "kubernetes")
 #: A namespace's name: an RFC 1123 label, as the API server checks it.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
-#: The largest topology the settings accept (`Ports` has a port for each of these).
-MAX_PG_MEMBERS, MAX_REDIS_NODES = 9, 10
+#: The largest topology the settings accept (`Ports` has a port for each of these): PostgreSQL
+#: members, Redis masters, and Redis nodes (each master with its one replica at most).
+MAX_PG_MEMBERS, MAX_REDIS_MASTERS = 9, 5
+MAX_REDIS_NODES = MAX_REDIS_MASTERS * 2
 
 #: Replica slots of the scalable services: each has its ports (`Ports.api(1..10)`, ...).
 SERVICE_SLOTS = {"api": 10, "hub": 6, "worker": 20, "scheduler": 2}
@@ -349,9 +351,9 @@ class EnvSettings:
             raise SettingsError(
                 f"{PREFIX}PG_MEMBERS={self.pg_members}: must be 1 to {MAX_PG_MEMBERS}"
             )
-        if not 3 <= self.redis_masters <= 5:
+        if not 3 <= self.redis_masters <= MAX_REDIS_MASTERS:
             raise SettingsError(
-                f"{PREFIX}REDIS_MASTERS={self.redis_masters}: must be 3 to 5 "
+                f"{PREFIX}REDIS_MASTERS={self.redis_masters}: must be 3 to {MAX_REDIS_MASTERS} "
                 "(Redis Cluster needs 3 masters to elect)"
             )
         if not 0 <= self.redis_replicas_per_master <= 1:
