@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+from locust.dispatch import UsersDispatcher
 from locust.runners import (
     STATE_MISSING,
     STATE_RUNNING,
@@ -74,6 +75,27 @@ def _workers_now(nodes: WorkerNodes) -> list[WorkerNode]:
 # master noticed another one was lost). Walking the workers of the loop's start instead, a
 # worker removed meanwhile only has its heartbeat counted down once more.
 WorkerNodes.all = property(_workers_now)  # type: ignore[assignment]
+
+
+# Locust's dispatcher says a dispatch is in progress until its generator passes its last line,
+# and the generator of a dispatch that only rebalances (a worker lost or joined, the user count
+# already at its target) returns before it: the flag stays set until the next ramp. Every
+# master path that rebalances checks it (a worker joining, quitting or healing) and did nothing
+# meanwhile. Seen: a worker restarted 40 ms into the rebalance of a lost one's phones got none
+# for 60 s, until Locust removed the dead worker and dispatched again. The flag is cleared
+# when the current dispatch's generator is exhausted, whichever way it ended.
+_locust_next = UsersDispatcher.__next__
+
+
+def _next_dispatch(self: UsersDispatcher) -> dict[str, dict[str, int]]:
+    try:
+        return _locust_next(self)
+    except StopIteration:
+        self._dispatch_in_progress = False
+        raise
+
+
+UsersDispatcher.__next__ = _next_dispatch  # type: ignore[method-assign]
 
 
 def run_config() -> dict[str, Any]:

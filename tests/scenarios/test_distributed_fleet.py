@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from env.local import LocalEnvironment
-from env.process import wait_until
+from env.process import DeadlineExceeded, wait_until
 from scenarios.latency import LatencyRecorder
 from scenarios.shipping import file_part
 from slo.ledger import read_jsonl
@@ -93,6 +93,35 @@ def _shipped(reports: Path, folder: Path) -> int:
     return _ledgers(reports).get(file_part(source), 0) if source else 0
 
 
+def _await_records(
+    master: Path, root: Path, workers: dict[str, subprocess.Popen[bytes]], names: tuple[str, ...],
+    least: int, what: str,
+) -> None:  # fmt: skip
+    """Until every worker in `names` has `least` records at the master; a worker that exits
+    meanwhile fails at once. Either failure shows the workers' own logs (the master's output is
+    captured by pytest; theirs would otherwise be lost with the temporary folder)."""
+
+    def done() -> list[str] | bool:
+        exited = [name for name in names if workers[name].poll() is not None]
+        return exited or min(_shipped(master, root / name) for name in names) >= least
+
+    def logs() -> str:
+        counts = {name: _shipped(master, root / name) for name in names}
+        tails = "".join(
+            f"\n--- {name} (exit {workers[name].poll()}), worker.log:\n"
+            + "\n".join((root / name / "worker.log").read_text(errors="replace").splitlines()[-30:])
+            for name in names
+        )
+        return f"records at the master: {counts}{tails}"
+
+    try:
+        result = wait_until(done, FIRST_RECORDS_S, what)
+    except DeadlineExceeded as exc:
+        raise AssertionError(f"{exc}; {logs()}") from exc
+    if isinstance(result, list):
+        pytest.fail(f"{what}: {', '.join(result)} exited first; {logs()}")
+
+
 @pytest.fixture(scope="module")
 def distributed_run(local_env: LocalEnvironment, tmp_path_factory: pytest.TempPathFactory):
     status = wait_healthy(local_env)
@@ -123,12 +152,11 @@ def distributed_run(local_env: LocalEnvironment, tmp_path_factory: pytest.TempPa
                 started = time.time()
                 workers["w1"] = _worker(first, first, master_port, root / "w1", status)
                 workers["w2"] = _worker(second, first, master_port, root / "w2", status)
-                wait_until(
-                    # Mid-run: both have shipped several batches.
-                    lambda: min(_shipped(master, root / w) for w in ("w1", "w2")) >= 20,
-                    FIRST_RECORDS_S,
+                # Mid-run: both have shipped several batches.
+                _await_records(
+                    master, root, workers, ("w1", "w2"), 20,
                     "both workers' first records at the master",
-                )
+                )  # fmt: skip
                 # w1 dies (SIGKILL: no goodbye, its last second of records with it).
                 victim = workers["w1"]
                 os.killpg(victim.pid, signal.SIGKILL)
@@ -141,11 +169,10 @@ def distributed_run(local_env: LocalEnvironment, tmp_path_factory: pytest.TempPa
                 # Early enough that the restarted worker has most of the run left.
                 assert events["killed_at"] - started < DURATION_S / 2
                 workers["w1-again"] = _worker(first, first, master_port, root / "w1-again", status)
-                wait_until(
-                    lambda: _shipped(master, root / "w1-again") >= 10,
-                    FIRST_RECORDS_S,
+                _await_records(
+                    master, root, workers, ("w1-again",), 10,
                     "the restarted worker's records at the master",
-                )
+                )  # fmt: skip
                 # w2 is stopped as a pod is deleted (SIGTERM): its phones stop, its last records
                 # arrive, it says goodbye; nothing of it may be lost.
                 workers["w2"].terminate()

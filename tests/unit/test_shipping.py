@@ -308,6 +308,55 @@ def test_a_worker_quitting_while_the_master_walks_its_workers_breaks_nothing() -
     assert walk("patched") == ["lost", "stopping"]
 
 
+#: Locust's own dispatcher through what the test's fleet did: a ramp to 12 phones on two
+#: workers, one worker lost (its phones rebalanced onto the other, the count already at target),
+#: then a worker joining.
+DISPATCH_FLAG = """
+import json, sys
+from locust import User, task
+from locust.dispatch import UsersDispatcher
+from locust.runners import WorkerNode
+if sys.argv[1] == "patched":
+    import scenarios.fleet_link
+
+class Phone(User):
+    @task
+    def nothing(self):
+        pass
+
+lost, kept, joined = WorkerNode("lost"), WorkerNode("kept"), WorkerNode("joined")
+dispatcher = UsersDispatcher(worker_nodes=[lost, kept], user_classes=[Phone])
+flags = []
+for change in (None, lambda: dispatcher.remove_worker(lost), lambda: dispatcher.add_worker(joined)):
+    if change:
+        change()
+    dispatcher.new_dispatch(target_user_count=12, spawn_rate=12)
+    steps = [users for users in dispatcher]  # as the master's start() walks it
+    flags.append(dispatcher.dispatch_in_progress)
+print(json.dumps([flags, steps[-1]]))
+"""
+
+
+def test_a_dispatch_that_only_rebalances_is_over_when_it_ends() -> None:
+    """As shipped, Locust's dispatcher still says a dispatch is in progress after one that only
+    moved a lost worker's phones, so its master rebalanced nobody who joined later; with the
+    fleet's link loaded the flag ends with the dispatch, and a joining worker gets its share."""
+
+    def run(how: str) -> tuple[list[bool], dict[str, dict[str, int]]]:
+        out = in_own_process(DISPATCH_FLAG, how)
+        flags, last = json.loads(out.stdout.strip().splitlines()[-1])
+        return flags, last
+
+    shipped, _ = run("as shipped")
+    assert shipped[:2] == [False, True]  # the upstream defect this guards against
+    flags, last = run("patched")
+    assert flags == [False, False, False]
+    assert {worker: sum(users.values()) for worker, users in last.items()} == {
+        "kept": 6,
+        "joined": 6,
+    }
+
+
 #: A master whose spawn is being dispatched when a worker connects, reduced to what the link
 #: reads: its state, its dispatcher, and the `start` that rebalances.
 LATE_JOINER = """
