@@ -20,7 +20,8 @@ Figures, each beside its goal:
   least-squares line through the samples from the warm-up's end to the fleet's end. Goal: below
   10 % per hour. A slope the samples cannot tell from noise (t below 3) is not growth.
 - descriptor growth after the warm-up, from the same line. Goal: none (the line rises by less
-  than one descriptor, or not measurably).
+  than one descriptor, or not measurably, or the growth levelled off: no new high in the last
+  half of the window, what a pool that reached its size looks like and a steady leak does not).
 - latency p50 / p95 / p99 of the phones' operations (submit, read, sync: exact, from the
   run's own ledger, whose HDR histograms span the whole run) in the first and the last 5 minutes (a
   fifth of a short run; the first window starts once every phone has arrived), the last as a
@@ -277,6 +278,18 @@ def levels_off(late: Growth | None, goal: float) -> bool:
     return ratio + T_MIN * stderr < goal
 
 
+def high_water_held(series: Sequence[tuple[float, int]], half_s: float) -> bool:
+    """Whether a count made no new high from `half_s` on: the most it reached at or after
+    that time is no more than the most before it. What tells a pool or a cache from a leak
+    under a steady load: a pool grows while the load finds it short (a ratchet to the busiest
+    moment so far) and stops once it is large enough; a leak takes one more descriptor every so
+    often, so a steady one faster than one per half-window sets a new high in the last half.
+    False when either part has no sample."""
+    before = [n for t, n in series if t < half_s]
+    after = [n for t, n in series if t >= half_s]
+    return bool(before and after) and max(after) <= max(before)
+
+
 def descriptors_grow(g: Growth | None) -> bool | None:
     """Whether the descriptors grow: the line rises by one or more over the window, measurably;
     None: too few samples to say."""
@@ -346,10 +359,12 @@ class ServiceFigures:
             None when it was not excused.
         fds_start, fds_end: descriptors at the first and last sample of the fit.
         fds_per_hour: fitted descriptor growth per hour; fds_late_per_hour: over the last half
-            of the fit only (a pool that opened a few more connections early and keeps them
-            is not a leak). fds_ok: no growth over the whole fit or its last half (None: not
-            judged). fds_change: where the descriptors went between the fit's first and last
-            sample (`descriptor_change`), when their number changed; said, not judged.
+            of the fit only, said. fds_ok: no growth over the whole fit, or growth that
+            levelled off: no new high in the fit's last half (`high_water_held`: a pool that
+            reached its size is not a leak); None: not judged. fds_excused: "levelled off"
+            when growth on the whole fit was excused so, else None. fds_change: where the
+            descriptors went between the fit's first and last sample (`descriptor_change`),
+            when their number changed; said, not judged.
     """
 
     service: str
@@ -373,6 +388,7 @@ class ServiceFigures:
     memory_capped_growth_mib: float | None = None
     memory_excused: str | None = None
     fds_change: str | None = None
+    fds_excused: str | None = None
 
 
 def _finite(x: float | None, digits: int = 4) -> float | None:
@@ -411,8 +427,8 @@ def service_figures(
         fds = fit_growth([(s.t_s, float(s.fds)) for s in fit])
         fds_late = fit_growth([(s.t_s, float(s.fds)) for s in fit if s.t_s >= half])
         # Growth over the whole fit is excused only when its last half is surely below the goal
-        # (memory) or exactly flat (descriptors): half the samples over half the time measure a
-        # slope far less precisely, and a real leak must not pass on that noise.
+        # (memory) or made no new high (descriptors): half the samples over half the time
+        # measure a slope far less precisely, and a real leak must not pass on that noise.
         first, last = (fit[0], fit[-1]) if fit else (series[0], series[-1])
         excused = None
         if (grows := memory_grows(mem, memory_goal)) and levels_off(late, memory_goal):
@@ -425,7 +441,10 @@ def service_figures(
             capped = (last.pss_bytes - own.pss_bytes) / MIB
             if grows and capped <= cap:
                 grows, excused = None, "filling its cap"
-        fd_grows = descriptors_grow(fds) and not (fds_late is not None and fds_late.per_hour == 0)
+        fd_grows = descriptors_grow(fds)
+        fd_excused = None
+        if fd_grows and high_water_held([(s.t_s, s.fds) for s in fit], half):
+            fd_grows, fd_excused = False, "levelled off"
         out.append(
             ServiceFigures(
                 service=name,
@@ -448,6 +467,7 @@ def service_figures(
                 memory_cap_mib=cap,
                 memory_capped_growth_mib=None if capped is None else round(capped, 2),
                 memory_excused=excused,
+                fds_excused=fd_excused,
                 fds_change=descriptor_change(first, last, peer_names or {})
                 if last.fds != first.fds
                 else None,
@@ -713,6 +733,13 @@ def goals(
         for f in figures
         if f.fds_ok is False
     ]
+    # Grew after the warm-up but made no new high in the last half: met, and said with where
+    # the descriptors went (a pool's connections, by the breakdown, or something else).
+    fd_levelled = [
+        f"{f.service} ({f.fds_change})" if f.fds_change else f.service
+        for f in figures
+        if f.fds_excused == "levelled off"
+    ]
     restarted = [f.service for f in figures if f.restarts]
     ratio = (windows.get("ratio", {}).get("all") or {}).get("p99")
     covered = role_coverage(roles, s)
@@ -734,7 +761,11 @@ def goals(
         Goal(
             "descriptor growth after warm-up",
             "none, every service",
-            f"growing: {'; '.join(fd_bad)}" if fd_bad else "none",
+            "; ".join(
+                [f"growing: {'; '.join(fd_bad)}"] * bool(fd_bad)
+                + [f"levelled off in the last half: {'; '.join(fd_levelled)}"] * bool(fd_levelled)
+            )
+            or "none",
             None if all(f.fds_ok is None for f in figures) else not fd_bad,
         ),
         Goal(
@@ -1140,8 +1171,24 @@ SERVICE_COLUMNS = (
 )  # fmt: skip
 
 
-def service_row(f: ServiceFigures) -> list[str]:
+def _goals_cell(f: ServiceFigures) -> str:
+    """A service's row's verdict: missed, not judged, or met, with what was excused."""
     oks = (f.memory_ok, f.fds_ok, not f.restarts)
+    if False in oks:
+        return "MISSED"
+    if f.memory_excused == "filling its cap":
+        return f"not judged ({f.memory_excused})"
+    if None in oks:
+        return "not judged"
+    excused = [
+        f"{what} {why}"
+        for what, why in (("memory", f.memory_excused), ("descriptors", f.fds_excused))
+        if why
+    ]
+    return f"met ({', '.join(excused)})" if excused else "met"
+
+
+def service_row(f: ServiceFigures) -> list[str]:
     return [
         f.service,
         f.kind,
@@ -1156,15 +1203,7 @@ def service_row(f: ServiceFigures) -> list[str]:
         "-" if f.fds_per_hour is None else f"{f.fds_per_hour:+.1f}",
         "-" if f.fds_late_per_hour is None else f"{f.fds_late_per_hour:+.1f}",
         str(f.restarts),
-        "MISSED"
-        if False in oks
-        else f"not judged ({f.memory_excused})"
-        if f.memory_excused == "filling its cap"
-        else "not judged"
-        if None in oks
-        else f"met ({f.memory_excused})"
-        if f.memory_excused
-        else "met",
+        _goals_cell(f),
     ]
 
 

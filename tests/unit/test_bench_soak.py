@@ -264,6 +264,45 @@ def test_a_pool_that_opens_connections_early_is_not_descriptor_growth():
     assert f.fds_ok is True
 
 
+def test_a_pool_that_made_no_new_high_in_the_last_half_is_met_and_a_steady_leak_is_not():
+    """Judged by the high-water mark: a pool that ratcheted up to its size in the first half
+    of the fit, then closed an idle connection and opened it again (never above its size), is
+    met and said to have levelled off; a leak of one descriptor every 10 minutes, hidden in
+    jitter of two either way, sets a new high in the last half and is missed, in every draw."""
+
+    def size(t: int) -> int:
+        # 24 at the warm-up's end, 27 by 15 minutes in; one idle connection closed for
+        # 5 minutes in the last half, then opened again.
+        return 24 + (t >= 500) + (t >= 700) + (t >= 900) - (1200 <= t < 1500)
+
+    pool = [
+        Sample(
+            t, 0, "api2", "api", 7, 1, 0, 50 * MIB, size(t),
+            sockets=size(t) - 10, peers={"6432": size(t) - 14},
+        )
+        for t in range(0, 1801, 10)
+    ]  # fmt: skip
+    [f] = service_figures(pool, 300, 1800, 0.10)
+    assert descriptors_grow(fit_growth([(s.t_s, float(s.fds)) for s in pool if s.t_s >= 300]))
+    assert (f.fds_late_per_hour or 0) != 0  # not flat: the rule before this one missed it
+    assert (f.fds_ok, f.fds_excused) == (True, "levelled off")
+    line = goals([f], latency_windows([]), SoakSettings(duration_s=1800))[1]
+    assert line.ok is True
+    assert line.measured == (
+        "levelled off in the last half: api2 (+3: connections opened +3 (port 6432 +3), "
+        "other TCP/UDP sockets +0, other descriptors +0; connection pools to peers already in use)"
+    )
+    for seed in range(50):
+        rng = random.Random(seed)
+        leak = [
+            Sample(t, 0, "hub1", "hub", 7, 1, 0, 50 * MIB, 40 + t // 600 + rng.randint(-2, 2))
+            for t in range(0, 1801, 10)
+        ]
+        [g] = service_figures(leak, 300, 1800, 0.10)
+        assert descriptors_grow(fit_growth([(s.t_s, float(s.fds)) for s in leak if s.t_s >= 300]))
+        assert (g.fds_ok, g.fds_excused) == (False, None), seed
+
+
 def test_a_restart_is_counted_and_the_line_goes_through_the_last_process_only():
     before = series("api3", 60, 2.0, duration_s=900, pid=1)
     after = [
