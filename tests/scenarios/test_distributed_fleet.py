@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 
 from env.local import LocalEnvironment
@@ -25,7 +26,7 @@ from env.process import DeadlineExceeded, wait_until
 from scenarios.latency import LatencyRecorder
 from scenarios.shipping import file_part
 from slo.ledger import read_jsonl
-from tests.helpers import finish_fleet, fleet_in_background, wait_healthy
+from tests.helpers import Background, finish_fleet, fleet_in_background, wait_healthy
 from tests.netns import Namespace, namespaces
 
 pytestmark = pytest.mark.env
@@ -94,32 +95,52 @@ def _shipped(reports: Path, folder: Path) -> int:
 
 
 def _await_records(
-    master: Path, root: Path, workers: dict[str, subprocess.Popen[bytes]], names: tuple[str, ...],
-    least: int, what: str,
+    master: Path, root: Path, run: Background, workers: dict[str, subprocess.Popen[bytes]],
+    names: tuple[str, ...], least: int, what: str,
 ) -> None:  # fmt: skip
-    """Until every worker in `names` has `least` records at the master; a worker that exits
-    meanwhile fails at once. Either failure shows the workers' own logs (the master's output is
-    captured by pytest; theirs would otherwise be lost with the temporary folder)."""
+    """Until every worker in `names` has `least` records at the master; a worker or the master
+    that ends meanwhile fails at once. Either failure shows the workers' own logs (the master's
+    output is captured by pytest; theirs would otherwise be lost with the temporary folder)."""
+
+    def ended() -> list[str]:
+        gone = [name for name in names if workers[name].poll() is not None]
+        return gone + ["the master"] * (not run.thread.is_alive())
 
     def done() -> list[str] | bool:
-        exited = [name for name in names if workers[name].poll() is not None]
-        return exited or min(_shipped(master, root / name) for name in names) >= least
+        return ended() or min(_shipped(master, root / name) for name in names) >= least
 
     def logs() -> str:
-        counts = {name: _shipped(master, root / name) for name in names}
-        tails = "".join(
-            f"\n--- {name} (exit {workers[name].poll()}), worker.log:\n"
-            + "\n".join((root / name / "worker.log").read_text(errors="replace").splitlines()[-30:])
-            for name in names
-        )
-        return f"records at the master: {counts}{tails}"
+        try:
+            counts = {name: _shipped(master, root / name) for name in names}
+            tails = "".join(
+                f"\n--- {name} (exit {workers[name].poll()}), worker.log:\n"
+                + "\n".join(
+                    (root / name / "worker.log").read_text(errors="replace").splitlines()[-30:]
+                )
+                for name in names
+            )
+        except OSError as exc:  # the failure being reported matters more than its logs
+            return f"(logs not read: {exc!r})"
+        master_error = f"; the master's error: {run.got['error']!r}" if "error" in run.got else ""
+        return f"records at the master: {counts}{master_error}{tails}"
 
     try:
-        result = wait_until(done, FIRST_RECORDS_S, what)
+        wait_until(done, FIRST_RECORDS_S, what)
     except DeadlineExceeded as exc:
         raise AssertionError(f"{exc}; {logs()}") from exc
-    if isinstance(result, list):
-        pytest.fail(f"{what}: {', '.join(result)} exited first; {logs()}")
+    if gone := ended():
+        pytest.fail(f"{what}: {', '.join(gone)} ended first; {logs()}")
+
+
+def _stop_master(master: Path) -> None:
+    """The master's Locust, stopped (SIGTERM: it quits, and its run is reconciled), so that a
+    test that failed does not wait for it to give up on its workers (300 s) when it leaves the
+    fleet's block."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "locust" in cmd and any(str(master) in arg for arg in cmd):
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
 
 
 @pytest.fixture(scope="module")
@@ -149,38 +170,44 @@ def distributed_run(local_env: LocalEnvironment, tmp_path_factory: pytest.TempPa
                 spawn_rate=SPAWN_RATE,
                 shape="steady",
             ) as run:
-                started = time.time()
-                workers["w1"] = _worker(first, first, master_port, root / "w1", status)
-                workers["w2"] = _worker(second, first, master_port, root / "w2", status)
-                # Mid-run: both have shipped several batches.
-                _await_records(
-                    master, root, workers, ("w1", "w2"), 20,
-                    "both workers' first records at the master",
-                )  # fmt: skip
-                # w1 dies (SIGKILL: no goodbye, its last second of records with it).
-                victim = workers["w1"]
-                os.killpg(victim.pid, signal.SIGKILL)
-                # The fault really happened: the worker and its Locust process are gone.
-                assert victim.wait(timeout=10) == -signal.SIGKILL
-                wait_until(
-                    lambda: _group_gone(victim.pid), 10, "the killed worker's processes gone"
-                )
-                events.update(killed_at=time.time(), killed=_source(root / "w1"))
-                # Early enough that the restarted worker has most of the run left.
-                assert events["killed_at"] - started < DURATION_S / 2
-                workers["w1-again"] = _worker(first, first, master_port, root / "w1-again", status)
-                _await_records(
-                    master, root, workers, ("w1-again",), 10,
-                    "the restarted worker's records at the master",
-                )  # fmt: skip
-                # w2 is stopped as a pod is deleted (SIGTERM): its phones stop, its last records
-                # arrive, it says goodbye; nothing of it may be lost.
-                workers["w2"].terminate()
-                assert workers["w2"].wait(timeout=90) == 130
-                events.update(stopped=_source(root / "w2"))
-                # The test has what it needs: the run ends now, not at its bound (the master's
-                # shape stops the phones and the run is reconciled whole).
-                finish_fleet(master, "w2 stopped, the restarted worker shipping")
+                try:
+                    started = time.time()
+                    workers["w1"] = _worker(first, first, master_port, root / "w1", status)
+                    workers["w2"] = _worker(second, first, master_port, root / "w2", status)
+                    # Mid-run: both have shipped several batches.
+                    _await_records(
+                        master, root, run, workers, ("w1", "w2"), 20,
+                        "both workers' first records at the master",
+                    )  # fmt: skip
+                    # w1 dies (SIGKILL: no goodbye, its last second of records with it).
+                    victim = workers["w1"]
+                    os.killpg(victim.pid, signal.SIGKILL)
+                    # The fault really happened: the worker and its Locust process are gone.
+                    assert victim.wait(timeout=10) == -signal.SIGKILL
+                    wait_until(
+                        lambda: _group_gone(victim.pid), 10, "the killed worker's processes gone"
+                    )
+                    events.update(killed_at=time.time(), killed=_source(root / "w1"))
+                    # Early enough that the restarted worker has most of the run left.
+                    assert events["killed_at"] - started < DURATION_S / 2
+                    workers["w1-again"] = _worker(
+                        first, first, master_port, root / "w1-again", status
+                    )
+                    _await_records(
+                        master, root, run, workers, ("w1-again",), 10,
+                        "the restarted worker's records at the master",
+                    )  # fmt: skip
+                    # w2 is stopped as a pod is deleted (SIGTERM): its phones stop, its last
+                    # records arrive, it says goodbye; nothing of it may be lost.
+                    workers["w2"].terminate()
+                    assert workers["w2"].wait(timeout=90) == 130
+                    events.update(stopped=_source(root / "w2"))
+                    # The test has what it needs: the run ends now, not at its bound (the
+                    # master's shape stops the phones and the run is reconciled whole).
+                    finish_fleet(master, "w2 stopped, the restarted worker shipping")
+                except BaseException:
+                    _stop_master(master)  # else leaving the block waits for it up to 300 s
+                    raise
             code, out, summary = run.result()
             # The last worker ends when the master tells it to quit.
             workers["w1-again"].wait(timeout=60)

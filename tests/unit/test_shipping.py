@@ -357,6 +357,79 @@ def test_a_dispatch_that_only_rebalances_is_over_when_it_ends() -> None:
     }
 
 
+#: A real master (its RPC server replaced: no network here), Locust's own dispatcher and the
+#: link attached, through the distributed test's sequence: two workers ramped to 12 phones, one
+#: lost (as the master's heartbeat loop handles it), and a new worker joining 20 ms into the
+#: rebalance of its phones. Prints how many phones each worker ended with.
+MASTER_LATE_JOINER = """
+import argparse, json, os, sys, tempfile, time
+from pathlib import Path
+os.environ["LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP"] = "0.2"
+import gevent
+import locust.runners as R
+from locust import User, events, task
+from locust.env import Environment
+from locust.rpc import Message
+
+class FakeServer:
+    def __init__(self, *a, **k):
+        pass
+    def send_to_client(self, msg):
+        if msg.type == "spawn":
+            gevent.sleep(0.04)  # the network; the worker starts its phones and reports
+            node = runner.clients.get(msg.node_id)
+            if node is not None:
+                node.user_classes_count = dict(msg.data["user_classes_count"])
+                node.state = R.STATE_RUNNING
+    def recv_from_client(self):
+        gevent.sleep(1e6)
+    def close(self, linger=None):
+        pass
+
+R.rpc.Server = FakeServer
+from scenarios import fleet_link
+if sys.argv[1] == "as shipped":
+    fleet_link.UsersDispatcher.__next__ = fleet_link._locust_next
+
+class Phone(User):
+    @task
+    def nothing(self):
+        pass
+
+env = Environment(user_classes=[Phone], events=events,
+                  parsed_options=argparse.Namespace(enable_rebalancing=True))
+runner = env.create_master_runner("127.0.0.1", 5557)
+runner.greenlet.kill(block=True)  # its heartbeat and listener loops are played by hand
+fleet_link.Link(lambda: ([], {}), Path(tempfile.mkdtemp())).attach(env)
+ready = lambda cid: runner.handle_message(cid, Message("client_ready", R.__version__, cid))
+ready("a"); ready("b")
+runner.start(12, 12)
+lost = runner.clients["a"]  # what heartbeat_worker does with a worker gone quiet
+lost.state, lost.user_classes_count = R.STATE_MISSING, {}
+runner._users_dispatcher.remove_worker(lost)
+rebalance = gevent.spawn(runner.start, runner.target_user_count, runner.spawn_rate)
+gevent.sleep(0.02)
+ready("c")
+rebalance.join()
+deadline = time.monotonic() + 3
+while runner.clients["c"].user_count == 0 and time.monotonic() < deadline:
+    gevent.sleep(0.05)
+print(json.dumps({c.id: c.user_count for c in runner.clients.values()}))
+"""
+
+
+def test_a_master_gives_a_worker_that_joined_during_a_rebalance_its_phones() -> None:
+    """Locust's own master: as shipped, the joining worker is left with no phone (the bug that
+    failed the distributed test); with the fleet's link loaded it gets half of them."""
+
+    def phones(how: str) -> dict[str, int]:
+        out = in_own_process(MASTER_LATE_JOINER, how)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert phones("as shipped") == {"a": 0, "b": 12, "c": 0}
+    assert phones("patched") == {"a": 0, "b": 6, "c": 6}
+
+
 #: A master whose spawn is being dispatched when a worker connects, reduced to what the link
 #: reads: its state, its dispatcher, and the `start` that rebalances.
 LATE_JOINER = """
