@@ -278,16 +278,25 @@ def levels_off(late: Growth | None, goal: float) -> bool:
     return ratio + T_MIN * stderr < goal
 
 
+#: The high of a half-window, for `high_water_held`: a quantile, not the maximum, so that one
+#: sample (a burst of connections, backends coming and going) does not set the bar.
+HIGH_QUANTILE = 0.9
+
+
+def _high(counts: Sequence[int]) -> int:
+    ordered = sorted(counts)
+    return ordered[min(len(ordered) - 1, int(HIGH_QUANTILE * len(ordered)))]
+
+
 def high_water_held(series: Sequence[tuple[float, int]], half_s: float) -> bool:
-    """Whether a count made no new high from `half_s` on: the most it reached at or after
-    that time is no more than the most before it. What tells a pool or a cache from a leak
-    under a steady load: a pool grows while the load finds it short (a ratchet to the busiest
-    moment so far) and stops once it is large enough; a leak takes one more descriptor every so
-    often, so a steady one faster than one per half-window sets a new high in the last half.
-    False when either part has no sample."""
+    """Whether a count made no new high from `half_s` on: its high (`HIGH_QUANTILE` of the
+    samples) at or after that time is no more than its high before. A pool bounded by its
+    service's concurrency ratchets up to the busiest moment so far and stops once it is large
+    enough for the load; a leak under the same steady load keeps taking descriptors. False when
+    either part has no sample."""
     before = [n for t, n in series if t < half_s]
     after = [n for t, n in series if t >= half_s]
-    return bool(before and after) and max(after) <= max(before)
+    return bool(before and after) and _high(after) <= _high(before)
 
 
 def descriptors_grow(g: Growth | None) -> bool | None:
@@ -443,7 +452,18 @@ def service_figures(
                 grows, excused = None, "filling its cap"
         fd_grows = descriptors_grow(fds)
         fd_excused = None
-        if fd_grows and high_water_held([(s.t_s, s.fds) for s in fit], half):
+        # Excused when the last half is exactly flat, or as a pool that reached its size, on
+        # three counts: its growth was connections opened to peers it already used (files,
+        # half-closed sockets or new peers are no pool), the last half's line does not rise
+        # measurably, and the last half made no new high.
+        flat_late = fds_late is not None and fds_late.per_hour == 0
+        pool_levelled = (
+            pool_growth(first, last)
+            and fds_late is not None
+            and not (fds_late.per_hour > 0 and fds_late.t_stat >= T_MIN)
+            and high_water_held([(s.t_s, s.fds) for s in fit], half)
+        )
+        if fd_grows and (flat_late or pool_levelled):
             fd_grows, fd_excused = False, "levelled off"
         out.append(
             ServiceFigures(
@@ -476,52 +496,71 @@ def service_figures(
     return out
 
 
+#: What `descriptor_change` calls growth made only of connections to peers already in use.
+POOL_GROWTH = "connection pools to peers already in use"
+
+
 def descriptor_change(first: Sample, last: Sample, names: Mapping[int, str]) -> str:
     """Where a service's descriptors went from `first` to `last`, and what that looks like.
     Connections it opened, by peer; the rest of its TCP and UDP sockets (accepted, listening,
     half-closed: CLOSE_WAIT, the peer closed and the service kept its end); and the
     descriptors that are no TCP or UDP sockets (files, pipes, Unix sockets, event descriptors).
-    It is a pool when connections opened to peers it already used account for all of the
-    growth; half-closed sockets added, other descriptors added, or connections to new peers
-    are what a leak looks like; growth elsewhere (sockets it accepted, other states) is not
-    told apart."""
+    It is a pool (`POOL_GROWTH`) when connections opened to peers it already used account for
+    all of the growth; half-closed sockets added, other descriptors added, or connections to
+    new peers are what a leak looks like; growth elsewhere (sockets it accepted, other states)
+    is not told apart."""
     total = last.fds - first.fds
     if not (first.sockets_read and last.sockets_read):
         return f"{total:+d}: sockets not read in the first or the last sample"
     sockets = last.sockets - first.sockets
-    others = total - sockets
-    grew = {
-        port: last.peers.get(port, 0) - first.peers.get(port, 0)
-        for port in sorted(set(first.peers) | set(last.peers), key=int)
-        if last.peers.get(port, 0) != first.peers.get(port, 0)
-    }
+    grew = _peers_grown(first, last)
     opened = sum(grew.values())
     half = last.half_closed - first.half_closed
     by_peer = ", ".join(
         f"{names.get(int(port), 'port ' + port)} {n:+d}" for port, n in grew.items()
     )
-    signs = []
-    if half > 0:
-        signs.append(f"{half} more half-closed (CLOSE_WAIT)")
-    if others > 0:
-        signs.append("more descriptors that are no TCP/UDP sockets")
-    if any(n > 0 and not first.peers.get(port) for port, n in grew.items()):
-        signs.append("connections to peers it had none to")
-    if total <= 0:
-        looks = "no more than at the start"
-    elif signs:
-        looks = "looks like a leak: " + "; ".join(signs)
-    elif opened >= total:
-        looks = "connection pools to peers already in use"
-    else:
-        looks = "not told apart: sockets it accepted, or in other states"
     return (
         f"{total:+d}: connections opened {opened:+d}"
         + (f" ({by_peer})" if by_peer else "")
         + f", other TCP/UDP sockets {sockets - opened:+d}"
         + (f" (half-closed {half:+d})" if half else "")
-        + f", other descriptors {others:+d}; {looks}"
+        + f", other descriptors {total - sockets:+d}; {_looks(first, last)}"
     )
+
+
+def _peers_grown(first: Sample, last: Sample) -> dict[str, int]:
+    return {
+        port: last.peers.get(port, 0) - first.peers.get(port, 0)
+        for port in sorted(set(first.peers) | set(last.peers), key=int)
+        if last.peers.get(port, 0) != first.peers.get(port, 0)
+    }
+
+
+def _looks(first: Sample, last: Sample) -> str:
+    """What the change from `first` to `last` looks like (both samples' sockets read)."""
+    total = last.fds - first.fds
+    grew = _peers_grown(first, last)
+    half = last.half_closed - first.half_closed
+    signs = []
+    if half > 0:
+        signs.append(f"{half} more half-closed (CLOSE_WAIT)")
+    if total - (last.sockets - first.sockets) > 0:
+        signs.append("more descriptors that are no TCP/UDP sockets")
+    if any(n > 0 and not first.peers.get(port) for port, n in grew.items()):
+        signs.append("connections to peers it had none to")
+    if total <= 0:
+        return "no more than at the start"
+    if signs:
+        return "looks like a leak: " + "; ".join(signs)
+    if sum(grew.values()) >= total:
+        return POOL_GROWTH
+    return "not told apart: sockets it accepted, or in other states"
+
+
+def pool_growth(first: Sample, last: Sample) -> bool:
+    """Whether the growth from `first` to `last` was connections opened to peers already in
+    use and nothing else (`descriptor_change`'s `POOL_GROWTH`)."""
+    return first.sockets_read and last.sockets_read and _looks(first, last) == POOL_GROWTH
 
 
 def peer_names(base_port: int, members: int = 3, redis_nodes: int = 6) -> dict[int, str]:
