@@ -278,25 +278,28 @@ def levels_off(late: Growth | None, goal: float) -> bool:
     return ratio + T_MIN * stderr < goal
 
 
-#: The high of a half-window, for `high_water_held`: a quantile, not the maximum, so that one
-#: sample (a burst of connections, backends coming and going) does not set the bar.
-HIGH_QUANTILE = 0.9
+#: How many samples in a row a count must hold a level for that level to be a pool's size in
+#: `high_water_held`: one sample (a burst of connections) does not set the bar.
+HOLD_SAMPLES = 3
 
 
-def _high(counts: Sequence[int]) -> int:
-    ordered = sorted(counts)
-    return ordered[min(len(ordered) - 1, int(HIGH_QUANTILE * len(ordered)))]
+def _held_level(counts: Sequence[int]) -> int:
+    """The highest level `counts` held for `HOLD_SAMPLES` samples in a row (their maximum when
+    there are fewer)."""
+    if len(counts) < HOLD_SAMPLES:
+        return max(counts)
+    return max(min(counts[i : i + HOLD_SAMPLES]) for i in range(len(counts) - HOLD_SAMPLES + 1))
 
 
 def high_water_held(series: Sequence[tuple[float, int]], half_s: float) -> bool:
-    """Whether a count made no new high from `half_s` on: its high (`HIGH_QUANTILE` of the
-    samples) at or after that time is no more than its high before. A pool bounded by its
-    service's concurrency ratchets up to the busiest moment so far and stops once it is large
-    enough for the load; a leak under the same steady load keeps taking descriptors. False when
-    either part has no sample."""
+    """Whether a count made no new high from `half_s` on: the most it reached at or after that
+    time is no more than the highest level it held before (`_held_level`). A pool bounded by
+    its service's concurrency ratchets up to the busiest moment so far and stops once it is
+    large enough for the load; a leak under the same steady load keeps taking descriptors.
+    False when either part has no sample. `series` in time order."""
     before = [n for t, n in series if t < half_s]
     after = [n for t, n in series if t >= half_s]
-    return bool(before and after) and _high(after) <= _high(before)
+    return bool(before and after) and max(after) <= _held_level(before)
 
 
 def descriptors_grow(g: Growth | None) -> bool | None:
@@ -452,16 +455,19 @@ def service_figures(
                 grows, excused = None, "filling its cap"
         fd_grows = descriptors_grow(fds)
         fd_excused = None
-        # Excused when the last half is exactly flat, or as a pool that reached its size, on
-        # three counts: its growth was connections opened to peers it already used (files,
-        # half-closed sockets or new peers are no pool), the last half's line does not rise
-        # measurably, and the last half made no new high.
-        flat_late = fds_late is not None and fds_late.per_hour == 0
-        pool_levelled = (
-            pool_growth(first, last)
-            and fds_late is not None
-            and not (fds_late.per_hour > 0 and fds_late.t_stat >= T_MIN)
-            and high_water_held([(s.t_s, s.fds) for s in fit], half)
+        # Excused when the last half is exactly flat and the growth does not look like a leak
+        # (half-closed sockets, files, new peers: a leak tied to events stops with them), or as
+        # a pool that reached its size: its growth was connections opened to peers it already
+        # used and nothing else, and the last half made no new high. (No test of the last
+        # half's slope: a pool's count is autocorrelated, which inflates its t statistic.)
+        leak_like = (
+            first.sockets_read
+            and last.sockets_read
+            and _looks(first, last).startswith("looks like a leak")
+        )
+        flat_late = fds_late is not None and fds_late.per_hour == 0 and not leak_like
+        pool_levelled = pool_growth(first, last) and high_water_held(
+            [(s.t_s, s.fds) for s in fit], half
         )
         if fd_grows and (flat_late or pool_levelled):
             fd_grows, fd_excused = False, "levelled off"

@@ -109,18 +109,19 @@ def _await_records(
     def done() -> list[str] | bool:
         return ended() or min(_shipped(master, root / name) for name in names) >= least
 
-    def logs() -> str:
+    def tail(name: str) -> str:
         try:
-            counts = {name: _shipped(master, root / name) for name in names}
-            tails = "".join(
-                f"\n--- {name} (exit {workers[name].poll()}), worker.log:\n"
-                + "\n".join(
-                    (root / name / "worker.log").read_text(errors="replace").splitlines()[-30:]
-                )
-                for name in names
-            )
-        except OSError as exc:  # the failure being reported matters more than its logs
-            return f"(logs not read: {exc!r})"
+            lines = (root / name / "worker.log").read_text(errors="replace").splitlines()
+        except OSError as exc:  # the failure being reported matters more than one log
+            return f"(not read: {exc!r})"
+        return "\n".join(lines[-30:])
+
+    def logs() -> str:
+        counts = {name: _shipped(master, root / name) for name in names}
+        tails = "".join(
+            f"\n--- {name} (exit {workers[name].poll()}), worker.log:\n{tail(name)}"
+            for name in names
+        )
         master_error = f"; the master's error: {run.got['error']!r}" if "error" in run.got else ""
         return f"records at the master: {counts}{master_error}{tails}"
 

@@ -362,7 +362,7 @@ def test_a_dispatch_that_only_rebalances_is_over_when_it_ends() -> None:
 #: lost (as the master's heartbeat loop handles it), and a new worker joining 20 ms into the
 #: rebalance of its phones. Prints how many phones each worker ended with.
 MASTER_LATE_JOINER = """
-import argparse, json, os, sys, tempfile, time
+import argparse, json, os, shutil, sys, tempfile, time
 from pathlib import Path
 os.environ["LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP"] = "0.2"
 import gevent
@@ -400,7 +400,8 @@ env = Environment(user_classes=[Phone], events=events,
                   parsed_options=argparse.Namespace(enable_rebalancing=True))
 runner = env.create_master_runner("127.0.0.1", 5557)
 runner.greenlet.kill(block=True)  # its heartbeat and listener loops are played by hand
-fleet_link.Link(lambda: ([], {}), Path(tempfile.mkdtemp())).attach(env)
+folder = Path(tempfile.mkdtemp())
+fleet_link.Link(lambda: ([], {}), folder).attach(env)
 ready = lambda cid: runner.handle_message(cid, Message("client_ready", R.__version__, cid))
 ready("a"); ready("b")
 runner.start(12, 12)
@@ -415,6 +416,7 @@ deadline = time.monotonic() + 3
 while runner.clients["c"].user_count == 0 and time.monotonic() < deadline:
     gevent.sleep(0.05)
 print(json.dumps({c.id: c.user_count for c in runner.clients.values()}))
+shutil.rmtree(folder)
 """
 
 
@@ -426,6 +428,8 @@ def test_a_master_gives_a_worker_that_joined_during_a_rebalance_its_phones() -> 
         out = in_own_process(MASTER_LATE_JOINER, how)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    # Locust's defect, as pinned (2.47.0): a release that fixes it fails this line, and the
+    # patch in scenarios/fleet_link.py may then go.
     assert phones("as shipped") == {"a": 0, "b": 12, "c": 0}
     assert phones("patched") == {"a": 0, "b": 6, "c": 6}
 
