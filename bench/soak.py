@@ -302,6 +302,24 @@ def high_water_held(series: Sequence[tuple[float, int]], half_s: float) -> bool:
     return bool(before and after) and max(after) <= _held_level(before)
 
 
+#: How many blocks `blocks_rise` averages a series into.
+BLOCKS = 5
+
+
+def blocks_rise(points: Sequence[tuple[float, float]]) -> bool:
+    """Whether a series rises measurably, judged on the means of `BLOCKS` consecutive blocks of
+    its samples (a line through them, t of 3 or more): a pool's count is autocorrelated (it
+    stays at a level for minutes), which makes the t statistic of a line through every sample
+    far larger than the evidence; block means are close to independent. False with fewer
+    samples than blocks."""
+    n = len(points)
+    if n < BLOCKS:
+        return False
+    blocks = [points[i * n // BLOCKS : (i + 1) * n // BLOCKS] for i in range(BLOCKS)]
+    g = fit_growth([(sum(t for t, _ in b) / len(b), sum(v for _, v in b) / len(b)) for b in blocks])
+    return g is not None and g.per_hour > 0 and g.t_stat >= T_MIN
+
+
 def descriptors_grow(g: Growth | None) -> bool | None:
     """Whether the descriptors grow: the line rises by one or more over the window, measurably;
     None: too few samples to say."""
@@ -455,19 +473,19 @@ def service_figures(
                 grows, excused = None, "filling its cap"
         fd_grows = descriptors_grow(fds)
         fd_excused = None
-        # Excused when the last half is exactly flat and the growth does not look like a leak
-        # (half-closed sockets, files, new peers: a leak tied to events stops with them), or as
-        # a pool that reached its size: its growth was connections opened to peers it already
-        # used and nothing else, and the last half made no new high. (No test of the last
-        # half's slope: a pool's count is autocorrelated, which inflates its t statistic.)
-        leak_like = (
-            first.sockets_read
-            and last.sockets_read
-            and _looks(first, last).startswith("looks like a leak")
-        )
+        # Excused when the last half is exactly flat and the breakdown was read and does not
+        # look like a leak (half-closed sockets, files, new peers: a leak tied to events stops
+        # with them), or as a pool that reached its size: its growth was connections opened to
+        # peers it already used and nothing else, the last half made no new high, and its
+        # block means do not rise (a surge early on must not set a bar a leak grows into).
+        readable = first.sockets_read and last.sockets_read
+        leak_like = not readable or _looks(first, last).startswith("looks like a leak")
         flat_late = fds_late is not None and fds_late.per_hour == 0 and not leak_like
-        pool_levelled = pool_growth(first, last) and high_water_held(
-            [(s.t_s, s.fds) for s in fit], half
+        late_points = [(s.t_s, float(s.fds)) for s in fit if s.t_s >= half]
+        pool_levelled = (
+            pool_growth(first, last)
+            and high_water_held([(s.t_s, s.fds) for s in fit], half)
+            and not blocks_rise(late_points)
         )
         if fd_grows and (flat_late or pool_levelled):
             fd_grows, fd_excused = False, "levelled off"
