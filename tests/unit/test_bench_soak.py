@@ -274,10 +274,7 @@ def test_a_pool_that_opens_connections_early_is_not_descriptor_growth():
     assert (f.fds_per_hour or 0) > 1  # the whole line alone would call it growth
     assert f.fds_late_per_hour == 0
     assert (f.fds_ok, f.fds_excused) == (True, "levelled off")
-    files = [
-        dataclasses.replace(x, sockets=14, peers={"6432": 4})
-        for x, (_, n) in zip(pooled("api2", counts), counts, strict=True)
-    ]
+    files = [dataclasses.replace(x, sockets=14, peers={"6432": 4}) for x in pooled("api2", counts)]
     [g] = service_figures(files, 300, 1800, 0.10)
     assert g.fds_late_per_hour == 0
     assert "no TCP/UDP sockets" in (g.fds_change or "")
