@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -39,6 +40,55 @@ def test_https_frontend_negotiates_tls13_only(local_env: LocalEnvironment):
         pytest.raises(ssl.SSLError),
     ):
         old.wrap_socket(sock, server_hostname="127.0.0.1")
+
+
+def shared_kib(pid: int) -> int:
+    """Resident KiB of `pid`'s shared writable mappings (where HAProxy's SSL session cache
+    would live: one `/dev/zero` mapping shared by its processes)."""
+    total, shared = 0, False
+    for line in (Path("/proc") / str(pid) / "smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: range perms offset ...
+            shared = fields[1].startswith("rw") and fields[1].endswith("s")
+        elif shared and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+def handshake(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None) -> ssl.SSLSocket:
+    """A TLS connection to the HTTPS frontend that has had an answer (TLS 1.3 sends its
+    tickets after the handshake: they have arrived once a response has)."""
+    tls = ctx.wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=5),
+        server_hostname="127.0.0.1",
+        session=session,
+    )
+    tls.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert tls.recv(64).startswith(b"HTTP/1.1 "), "the frontend did not answer"
+    return tls
+
+
+def test_phones_resume_tls_sessions_and_new_ones_cost_haproxy_no_memory(
+    local_env: LocalEnvironment,
+):
+    """A reconnecting phone resumes its session from a ticket (no full handshake); and a
+    stream of phones' first handshakes leaves HAProxy's shared memory as it was: its session
+    cache, which TLS 1.3's tickets never read, took 4.7 MiB as it filled (a soak's growth)."""
+    status = wait_healthy(local_env)
+    port = local_env.settings.ports.haproxy_https
+    ctx = ssl.create_default_context(cafile=status["tls_certificate"])
+    with handshake(port, ctx, None) as first:
+        session = first.session
+    with handshake(port, ctx, session) as again:
+        assert again.session_reused, "a reconnect with a ticket made a full handshake"
+
+    worker = worker_pid(Layout(local_env.settings.run_dir))
+    assert worker is not None, "HAProxy's stats socket named no worker"
+    before = shared_kib(worker)
+    for _ in range(200):  # with the cache, 200 new sessions took about 100 KiB of it
+        handshake(port, ctx, None).close()
+    grown = shared_kib(worker) - before
+    assert grown < 32, f"200 new TLS sessions grew HAProxy's shared memory by {grown} KiB"
 
 
 def runtime(layout: Layout, command: str) -> str:
