@@ -9,7 +9,7 @@ ifdef RUNTIME
 export CWH_RUNTIME := $(RUNTIME)
 endif
 
-.PHONY: deps images manifests up status down test test-dr test-containers test-all lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime bench-proxy bench-soak load slo slo-rules chaos gameday chaos-stop clean kind-up staging-load staging-chaos
+.PHONY: deps images manifests up status down test test-dr test-containers test-all lint typecheck bench-failover bench-api bench-load bench-chaos bench-scale bench-dr bench-runtime bench-proxy bench-etcd bench-soak load slo slo-rules chaos gameday chaos-stop clean kind-up staging-load staging-chaos
 
 deps:
 	@./tools/deps.sh
@@ -140,6 +140,15 @@ PROFILE ?=
 KERNEL ?=
 bench-proxy: deps
 	@$(PY) -m bench.proxy $(if $(PROFILE),--profile) $(if $(KERNEL),--kernel)
+
+# etcd's memory under hours of Patroni's writes played in minutes, on a lone etcd per
+# snapshot count with the environment's memory flags (reports/<UTC>-bench-etcd/). Exit 1 when
+# the environment's snapshot count does not level off.
+RATE ?= 200
+WRITES ?= 30000
+SNAPSHOTS ?= 1000,10000
+bench-etcd: deps
+	@$(PY) -m bench.etcd_memory --rate $(RATE) --writes $(WRITES) --snapshot-counts $(SNAPSHOTS)
 
 # The SLO gate over the last run (RUN=reports/... for another, PROMETHEUS_URL for staging's).
 RUN ?= reports/latest

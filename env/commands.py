@@ -43,6 +43,39 @@ def allocator() -> str | None:
     return str(found[0]) if found else None
 
 
+#: Patroni's writes to etcd a second, measured on the environment's etcd (its revision over a
+#: minute of a quiet soak: 2.28): what `bench/etcd_memory.py` scales its retention by.
+PATRONI_WRITES_PER_S = 2.3
+#: How much history etcd keeps (periodic compaction) and how many raft entries between
+#: snapshots: the two settings that bound its memory (`etcd_memory_flags`).
+ETCD_RETENTION_S = 300
+ETCD_SNAPSHOT_COUNT = 1000
+
+
+def etcd_memory_flags(
+    retention_s: float = ETCD_RETENTION_S, snapshot_count: int = ETCD_SNAPSHOT_COUNT
+) -> list[str]:
+    """etcd's flags that bound its memory under Patroni's writes (`make bench-etcd` measures
+    them at an accelerated rate: it passes a retention scaled by the acceleration).
+
+    Patroni renews its keys every loop: etcd keeps every revision unless told to compact,
+    and grew linearly through a 30-minute soak (28 -> 33 MiB). Patroni reads no history (a
+    watch that falls behind re-reads), so five minutes of it is plenty (Patroni's own image
+    keeps an hour).
+
+    etcd also keeps its raft log in memory: `--snapshot-count` entries (3.4's default,
+    100,000, is ~12 h of Patroni's writes) plus the 5,000 it keeps after each snapshot. On a
+    lone etcd under Patroni-sized puts at 200/s, with 10,000 its memory swung between 25 and
+    34 MiB and its Go heap still grew after 33,000 writes (4 h of Patroni); with 1,000 it
+    levelled at 24-25 MiB after about 9,000 (an hour). A snapshot of a store this small is
+    cheap (under 2 MB, about every 7 minutes)."""
+    return [
+        *("--auto-compaction-mode", "periodic"),
+        *("--auto-compaction-retention", f"{retention_s:.3g}s"),
+        *("--snapshot-count", str(snapshot_count)),
+    ]
+
+
 @dataclass(frozen=True)
 class ProcessSpec:
     """One replica's process.
@@ -126,15 +159,7 @@ class Commands:
             *("--initial-advertise-peer-urls", f"http://{self.at(r.name, peer)}"),
             *("--initial-cluster", f"cwh=http://{self.at(r.name, peer)}"),
             *("--listen-metrics-urls", "", "--log-level", "warn"),
-            # Patroni renews its keys every loop: etcd keeps every revision unless told to
-            # compact, and grew linearly through a 30-minute soak (28 -> 33 MiB). Patroni
-            # reads no history (a watch that falls behind re-reads), so five minutes of it is
-            # plenty (Patroni's own image keeps an hour) and a soak sees the plateau early.
-            *("--auto-compaction-mode", "periodic", "--auto-compaction-retention", "5m"),
-            # etcd also keeps its raft log in memory: `--snapshot-count` entries (3.4's default,
-            # 100,000, is ~12 h of Patroni's ~2.3 writes a second) plus 5,000 after each
-            # snapshot. 10,000, etcd 3.6's default, bounds it at ~15,000 (a few MiB).
-            *("--snapshot-count", "10000"),
+            *etcd_memory_flags(),
         ]
         return ProcessSpec(argv, as_user=self.service_user)
 

@@ -1,0 +1,330 @@
+"""bench-etcd: does etcd's memory level off under Patroni's writes, and after how many?
+
+A soak sees etcd's memory rise for as long as it lasts (+15 to +19 %/h in 30- and 75-minute
+soaks): Patroni writes about 2.3 times a second, and what etcd holds for them (its raft log up to
+a snapshot, the revisions until a compaction, its Go heap's high-water) fills over hours. This
+benchmark plays hours of those writes in minutes, on a lone etcd per configuration started with
+the environment's own memory flags (`env.commands.etcd_memory_flags`), its compaction retention
+scaled by the acceleration so it keeps as many revisions as at Patroni's pace. Puts the size of
+Patroni's keys (measured on the environment's etcd: members 185 B, status 20 B), paced at
+`--rate` a second per configuration, PSS and the Go heap sampled as it goes.
+
+Per configuration (snapshot count): memory at the first sample and at the end, the peak, the
+**high-water growth** (the highest PSS of the second half of the writes against the highest of
+the first half: a snapshot's sawtooth counts by its peaks) beside the goal, and the writes
+after which the peak never rose by more than 5 % again, in hours of Patroni's pace. Exit 1 when
+the environment's snapshot count misses the goal; the others are there to compare against.
+
+Writes reports/<UTC timestamp>-bench-etcd/ (bench.json, bench.md, memory.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import requests
+from rich.console import Console
+from rich.progress import Progress
+
+from env.commands import (
+    ETCD_RETENTION_S,
+    ETCD_SNAPSHOT_COUNT,
+    PATRONI_WRITES_PER_S,
+    etcd_memory_flags,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+console = Console()
+#: The most the high-water may grow from the first half of the writes to the second.
+GOAL = 0.05
+#: Patroni's keys and their values' sizes on the environment's etcd; members are most writes.
+KEYS = (("members/pg0", 185), ("members/pg1", 185), ("members/pg2", 185), ("status", 20))
+MIB = 1024 * 1024
+
+
+@dataclass
+class Point:
+    writes: int
+    pss_mib: float
+    heap_mib: float
+
+
+@dataclass
+class Run:
+    snapshot_count: int
+    points: list[Point] = field(default_factory=list)
+    error: str | None = None
+
+
+def high_water_growth(points: Sequence[tuple[int, float]]) -> float | None:
+    """The highest memory of the second half of the writes over the first half's, less 1;
+    None without a sample in each half."""
+    if not points:
+        return None
+    half = points[-1][0] / 2
+    first = [m for w, m in points if w <= half]
+    last = [m for w, m in points if w > half]
+    if not first or not last:
+        return None
+    return max(last) / max(first) - 1
+
+
+def levelled_at(points: Sequence[tuple[int, float]], tolerance: float = GOAL) -> int | None:
+    """The fewest writes after which memory never exceeds the peak so far by more than
+    `tolerance`; None when no such point leaves at least half the writes after it (a slow
+    rise stays within the tolerance of any of its last few samples: not a level)."""
+    for i, (writes, _) in enumerate(points[:-1]):
+        if writes > points[-1][0] / 2:
+            return None
+        peak = max(m for _, m in points[: i + 1])
+        if all(m <= peak * (1 + tolerance) for _, m in points[i + 1 :]):
+            return writes
+    return None
+
+
+def memory(pid: int, url: str) -> tuple[float, float]:
+    """(PSS, Go heap in use) of etcd, MiB."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        pss = next(int(ln.split()[1]) for ln in f if ln.startswith("Pss:")) / 1024
+    metrics = requests.get(f"{url}/metrics", timeout=5).text.splitlines()
+    heap = next(ln for ln in metrics if ln.startswith("go_memstats_heap_inuse_bytes "))
+    return pss, float(heap.split()[1]) / MIB
+
+
+def start_etcd(data: Path, port: int, flags: list[str]) -> subprocess.Popen[bytes]:
+    if not shutil.which("etcd"):
+        raise SystemExit("etcd is not installed: apt-get install etcd-server (or `make deps`)")
+    client, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+    argv = [
+        "etcd",
+        *("--name", "bench", "--data-dir", str(data), "--log-level", "warn"),
+        *("--listen-client-urls", client, "--advertise-client-urls", client),
+        *("--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer),
+        *("--initial-cluster", f"bench={peer}", *flags),
+    ]
+    log = open(data.parent / f"etcd-{port}.log", "wb")  # noqa: SIM115 (the child's, closed below)
+    try:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"etcd on {port} exited: {(data.parent / f'etcd-{port}.log')}")
+        try:
+            if requests.get(f"{client}/health", timeout=1).ok:
+                return proc
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)  # polled with a deadline
+    proc.kill()
+    raise RuntimeError(f"etcd on {port} did not answer /health within 30 s")
+
+
+def drive(run: Run, pid: int, url: str, args: argparse.Namespace, advance: threading.Event) -> None:
+    """Puts at `args.rate` a second until `args.writes`, a sample every `args.sample_every`."""
+    http = requests.Session()
+    keys = itertools.cycle(KEYS)  # members three times in four, as Patroni's loop
+    period, next_at = 1 / args.rate, time.monotonic()
+    try:
+        for n in range(1, args.writes + 1):
+            key, size = next(keys)
+            value = (f"{n}:" + "x" * size)[:size]
+            http.post(
+                f"{url}/v3/kv/put",
+                json={
+                    "key": base64.b64encode(f"/service/bench/{key}".encode()).decode(),
+                    "value": base64.b64encode(value.encode()).decode(),
+                },
+                timeout=10,
+            ).raise_for_status()
+            if n % args.sample_every == 0 or n == args.writes:
+                run.points.append(Point(n, *memory(pid, url)))
+                advance.set()
+            next_at += period
+            if (wait := next_at - time.monotonic()) > 0:
+                time.sleep(wait)  # pacing the writes, not a synchronization
+    except (requests.RequestException, OSError) as exc:
+        run.error = str(exc)
+        advance.set()
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> list[Run]:
+    acceleration = args.rate / PATRONI_WRITES_PER_S
+    runs = [Run(c) for c in args.snapshot_counts]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        threads = []
+        advance = threading.Event()
+        for i, run in enumerate(runs):
+            port = args.port + 10 * i
+            flags = etcd_memory_flags(ETCD_RETENTION_S / acceleration, run.snapshot_count)
+            procs.append(start_etcd(workdir / f"data-{port}", port, flags))
+            url = f"http://127.0.0.1:{port}"
+            threads.append(
+                threading.Thread(
+                    target=drive, args=(run, procs[-1].pid, url, args, advance), daemon=True
+                )
+            )
+        for t in threads:
+            t.start()
+        hours = args.writes / PATRONI_WRITES_PER_S / 3600
+        with Progress(console=console, transient=True) as bar:
+            tasks = {
+                r.snapshot_count: bar.add_task(
+                    f"snapshot-count {r.snapshot_count} ({hours:.1f} h of Patroni)",
+                    total=args.writes,
+                )
+                for r in runs
+            }
+            while any(t.is_alive() for t in threads):
+                advance.wait(timeout=1.0)
+                advance.clear()
+                for r in runs:
+                    done = r.points[-1].writes if r.points else 0
+                    bar.update(tasks[r.snapshot_count], completed=done)
+        for t in threads:
+            t.join()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return runs
+
+
+def figures(run: Run) -> dict[str, object]:
+    pts = [(p.writes, p.pss_mib) for p in run.points]
+    growth = high_water_growth(pts)
+    level = levelled_at(pts)
+    return {
+        "snapshot_count": run.snapshot_count,
+        "environment": run.snapshot_count == ETCD_SNAPSHOT_COUNT,
+        "first_pss_mib": pts[0][1] if pts else None,
+        "last_pss_mib": pts[-1][1] if pts else None,
+        "peak_pss_mib": max(m for _, m in pts) if pts else None,
+        "peak_heap_mib": max(p.heap_mib for p in run.points) if pts else None,
+        "high_water_growth": growth,
+        "met": run.error is None and growth is not None and growth <= GOAL,
+        "levelled_at_writes": level,
+        "levelled_at_patroni_h": None if level is None else level / PATRONI_WRITES_PER_S / 3600,
+        "error": run.error,
+    }
+
+
+def report_lines(args: argparse.Namespace, rows: list[dict[str, object]]) -> list[str]:
+    hours = args.writes / PATRONI_WRITES_PER_S / 3600
+    lines = [
+        f"# bench-etcd: {args.writes:,} puts at {args.rate:g}/s per configuration "
+        f"({hours:.1f} h of Patroni's {PATRONI_WRITES_PER_S} a second)",
+        "",
+        "| snapshot-count | PSS first / last / peak, MiB | Go heap peak | high-water growth "
+        f"(goal <= {GOAL:.0%}) | levelled after |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mark = " (the environment's)" if r["environment"] else ""
+        if r["first_pss_mib"] is None:
+            lines.append(f"| {r['snapshot_count']:,}{mark} | no sample: {r['error']} | | | |")
+            continue
+        growth, level = r["high_water_growth"], r["levelled_at_writes"]
+        grew = "-" if growth is None else f"{growth:+.1%}"
+        if level is None:
+            levelled = "not levelled"
+        else:
+            levelled = f"{level:,} writes ({r['levelled_at_patroni_h']:.1f} h of Patroni)"
+        error = f" error: {r['error']}" if r["error"] else ""
+        lines.append(
+            f"| {r['snapshot_count']:,}{mark} "
+            f"| {r['first_pss_mib']:.1f} / {r['last_pss_mib']:.1f} / {r['peak_pss_mib']:.1f} "
+            f"| {r['peak_heap_mib']:.1f} | {grew} {'met' if r['met'] else 'missed'} "
+            f"| {levelled}{error} |"
+        )
+    return lines
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for r in runs:
+        hours = [p.writes / PATRONI_WRITES_PER_S / 3600 for p in r.points]
+        ax.plot(hours, [p.pss_mib for p in r.points], label=f"snapshot-count {r.snapshot_count}")
+    ax.set_xlabel("hours of Patroni's writes")
+    ax.set_ylabel("etcd PSS, MiB")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("CWH_BENCH_ETCD_PORT", "21570")),
+        help="the first etcd's client port (+1 its peer port; the next etcd +10)",
+    )
+    parser.add_argument("--rate", type=float, default=200.0, help="puts a second per etcd")
+    parser.add_argument("--writes", type=int, default=30000, help="puts per etcd")
+    parser.add_argument("--sample-every", type=int, default=1000, help="puts between samples")
+    parser.add_argument(
+        "--snapshot-counts",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[ETCD_SNAPSHOT_COUNT, 10000],
+        help="comma-separated; each its own etcd, at once",
+    )
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.writes < 2 * args.sample_every or args.sample_every < 1:
+        parser.error("--rate must be > 0 and --writes at least two samples' worth")
+    out = ROOT / "reports" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-bench-etcd"
+    out.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="cwh-bench-etcd-") as tmp:
+        runs = measure(args, Path(tmp))
+    rows = [figures(r) for r in runs]
+    ours = next((r for r in rows if r["environment"]), None)
+    verdict = "pass" if ours is not None and ours["met"] else "fail"
+    (out / "bench.json").write_text(
+        json.dumps(
+            {
+                "verdict": verdict,
+                "goal": GOAL,
+                "options": vars(args),
+                "figures": rows,
+                "samples": {r.snapshot_count: [asdict(p) for p in r.points] for r in runs},
+            },
+            indent=2,
+        )
+    )
+    lines = report_lines(args, rows)
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    plot(runs, out / "memory.png")
+    console.print("\n".join(lines))
+    console.print(f"report: {out}  verdict: {verdict}")
+    raise SystemExit(0 if verdict == "pass" else 1)
+
+
+if __name__ == "__main__":
+    main()
