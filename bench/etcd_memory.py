@@ -7,15 +7,23 @@ benchmark plays hours of those writes in minutes, on a lone etcd per configurati
 the environment's own memory flags (`env.commands.etcd_memory_flags`), its compaction retention
 scaled by the acceleration so it keeps as many revisions as at Patroni's pace. Puts the size of
 Patroni's keys (measured on the environment's etcd: members 185 B, status 20 B), paced at
-`--rate` a second per configuration, PSS and the Go heap sampled as it goes.
+`--rate` a second per configuration, its memory and Go heap sampled as it goes.
+
+The memory judged is etcd's anonymous memory (its heap, its stacks), not its PSS: two thirds of
+a lone etcd's PSS is its executable's pages, whose share moves with how many etcd processes run
+on the machine (a soak's etcd lost 12 MiB of PSS while this benchmark's two ran).
 
 Per configuration (snapshot count): memory at the first sample and at the end, the peak, the
-**high-water growth** (the highest PSS of the second half of the writes against the highest of
-the first half: a snapshot's sawtooth counts by its peaks) beside the goal, and the writes
-after which the peak never rose by more than 5 % again, in hours of Patroni's pace. Exit 1 when
-the environment's snapshot count misses the goal; the others are there to compare against.
+**high-water growth** (the highest memory of the second half of the writes against the highest
+of the first half: a snapshot's sawtooth counts by its peaks) beside the goal, and the writes
+after which the peak never rose by more than 5 % again, in hours of Patroni's pace: how long a
+soak must run before etcd's memory is level. Exit 1 when the environment's snapshot count
+misses the goal or was not measured; the others are there to compare against.
 
-Writes reports/<UTC timestamp>-bench-etcd/ (bench.json, bench.md, memory.png).
+Time-bound behaviour is not accelerated (the Go runtime's forced collection every 2 minutes,
+etcd's batching of commits), and Patroni's pace is counted in revisions, not raft entries.
+
+Writes reports/<UTC timestamp>-bench-etcd/ (bench.json, bench.md, memory.png, report.html).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -38,6 +47,8 @@ import requests
 from rich.console import Console
 from rich.progress import Progress
 
+from cwh import signals
+from cwh.report import try_write_html
 from env.commands import (
     ETCD_RETENTION_S,
     ETCD_SNAPSHOT_COUNT,
@@ -57,6 +68,7 @@ MIB = 1024 * 1024
 @dataclass
 class Point:
     writes: int
+    anon_mib: float
     pss_mib: float
     heap_mib: float
 
@@ -66,6 +78,7 @@ class Run:
     snapshot_count: int
     points: list[Point] = field(default_factory=list)
     error: str | None = None
+    elapsed_s: float = 0.0
 
 
 def high_water_growth(points: Sequence[tuple[int, float]]) -> float | None:
@@ -94,18 +107,29 @@ def levelled_at(points: Sequence[tuple[int, float]], tolerance: float = GOAL) ->
     return None
 
 
-def memory(pid: int, url: str) -> tuple[float, float]:
-    """(PSS, Go heap in use) of etcd, MiB."""
+def memory(pid: int, url: str) -> tuple[float, float, float]:
+    """(anonymous memory, PSS, Go heap in use) of etcd, MiB; OSError when it is gone."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        pss = next(int(ln.split()[1]) for ln in f if ln.startswith("Pss:")) / 1024
+        kib = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.endswith("kB\n")}
+    if "Anonymous" not in kib:  # an exited child not yet reaped has an empty rollup
+        raise OSError(f"etcd (pid {pid}) has exited")
     metrics = requests.get(f"{url}/metrics", timeout=5).text.splitlines()
     heap = next(ln for ln in metrics if ln.startswith("go_memstats_heap_inuse_bytes "))
-    return pss, float(heap.split()[1]) / MIB
+    return kib["Anonymous"] / 1024, kib["Pss"] / 1024, float(heap.split()[1]) / MIB
 
 
-def start_etcd(data: Path, port: int, flags: list[str]) -> subprocess.Popen[bytes]:
-    if not shutil.which("etcd"):
-        raise SystemExit("etcd is not installed: apt-get install etcd-server (or `make deps`)")
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_etcd(
+    data: Path, port: int, flags: list[str], procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """An etcd on `port` (and `port` + 1), added to `procs` at once (the caller stops it
+    whatever happens next), answering /health within 30 s."""
+    if busy := [p for p in (port, port + 1) if port_in_use(p)]:
+        raise RuntimeError(f"port {busy[0]} is in use (an earlier run's etcd? --port moves it)")
     client, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
     argv = [
         "etcd",
@@ -116,20 +140,20 @@ def start_etcd(data: Path, port: int, flags: list[str]) -> subprocess.Popen[byte
     ]
     log = open(data.parent / f"etcd-{port}.log", "wb")  # noqa: SIM115 (the child's, closed below)
     try:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
     finally:
         log.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"etcd on {port} exited: {(data.parent / f'etcd-{port}.log')}")
+        if procs[-1].poll() is not None:
+            tail = (data.parent / f"etcd-{port}.log").read_text()[-500:]
+            raise RuntimeError(f"etcd on {port} exited: {tail}")
         try:
             if requests.get(f"{client}/health", timeout=1).ok:
-                return proc
+                return
         except requests.RequestException:
             pass
         time.sleep(0.1)  # polled with a deadline
-    proc.kill()
     raise RuntimeError(f"etcd on {port} did not answer /health within 30 s")
 
 
@@ -138,6 +162,7 @@ def drive(run: Run, pid: int, url: str, args: argparse.Namespace, advance: threa
     http = requests.Session()
     keys = itertools.cycle(KEYS)  # members three times in four, as Patroni's loop
     period, next_at = 1 / args.rate, time.monotonic()
+    started = next_at
     try:
         for n in range(1, args.writes + 1):
             key, size = next(keys)
@@ -156,8 +181,10 @@ def drive(run: Run, pid: int, url: str, args: argparse.Namespace, advance: threa
             next_at += period
             if (wait := next_at - time.monotonic()) > 0:
                 time.sleep(wait)  # pacing the writes, not a synchronization
-    except (requests.RequestException, OSError) as exc:
-        run.error = str(exc)
+    except Exception as exc:
+        run.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        run.elapsed_s = time.monotonic() - started
         advance.set()
 
 
@@ -171,7 +198,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[Run]:
         for i, run in enumerate(runs):
             port = args.port + 10 * i
             flags = etcd_memory_flags(ETCD_RETENTION_S / acceleration, run.snapshot_count)
-            procs.append(start_etcd(workdir / f"data-{port}", port, flags))
+            start_etcd(workdir / f"data-{port}", port, flags, procs)
             url = f"http://127.0.0.1:{port}"
             threads.append(
                 threading.Thread(
@@ -182,19 +209,18 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[Run]:
             t.start()
         hours = args.writes / PATRONI_WRITES_PER_S / 3600
         with Progress(console=console, transient=True) as bar:
-            tasks = {
-                r.snapshot_count: bar.add_task(
+            tasks = [
+                bar.add_task(
                     f"snapshot-count {r.snapshot_count} ({hours:.1f} h of Patroni)",
                     total=args.writes,
                 )
                 for r in runs
-            }
+            ]
             while any(t.is_alive() for t in threads):
                 advance.wait(timeout=1.0)
                 advance.clear()
-                for r in runs:
-                    done = r.points[-1].writes if r.points else 0
-                    bar.update(tasks[r.snapshot_count], completed=done)
+                for task, r in zip(tasks, runs, strict=True):
+                    bar.update(task, completed=r.points[-1].writes if r.points else 0)
         for t in threads:
             t.join()
     finally:
@@ -210,15 +236,18 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[Run]:
 
 
 def figures(run: Run) -> dict[str, object]:
-    pts = [(p.writes, p.pss_mib) for p in run.points]
+    pts = [(p.writes, p.anon_mib) for p in run.points]
     growth = high_water_growth(pts)
     level = levelled_at(pts)
+    done = pts[-1][0] if pts else 0
     return {
         "snapshot_count": run.snapshot_count,
         "environment": run.snapshot_count == ETCD_SNAPSHOT_COUNT,
-        "first_pss_mib": pts[0][1] if pts else None,
-        "last_pss_mib": pts[-1][1] if pts else None,
-        "peak_pss_mib": max(m for _, m in pts) if pts else None,
+        "writes_per_s": round(done / run.elapsed_s, 1) if run.elapsed_s > 0 else None,
+        "first_mib": pts[0][1] if pts else None,
+        "last_mib": pts[-1][1] if pts else None,
+        "peak_mib": max(m for _, m in pts) if pts else None,
+        "peak_pss_mib": max(p.pss_mib for p in run.points) if pts else None,
         "peak_heap_mib": max(p.heap_mib for p in run.points) if pts else None,
         "high_water_growth": growth,
         "met": run.error is None and growth is not None and growth <= GOAL,
@@ -234,14 +263,14 @@ def report_lines(args: argparse.Namespace, rows: list[dict[str, object]]) -> lis
         f"# bench-etcd: {args.writes:,} puts at {args.rate:g}/s per configuration "
         f"({hours:.1f} h of Patroni's {PATRONI_WRITES_PER_S} a second)",
         "",
-        "| snapshot-count | PSS first / last / peak, MiB | Go heap peak | high-water growth "
-        f"(goal <= {GOAL:.0%}) | levelled after |",
-        "|---|---|---|---|---|",
+        "| snapshot-count | anonymous memory first / last / peak, MiB | Go heap peak "
+        f"| writes/s reached | high-water growth (goal <= {GOAL:.0%}) | levelled after |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = " (the environment's)" if r["environment"] else ""
-        if r["first_pss_mib"] is None:
-            lines.append(f"| {r['snapshot_count']:,}{mark} | no sample: {r['error']} | | | |")
+        if r["first_mib"] is None:
+            lines.append(f"| {r['snapshot_count']:,}{mark} | no sample: {r['error']} | | | | |")
             continue
         growth, level = r["high_water_growth"], r["levelled_at_writes"]
         grew = "-" if growth is None else f"{growth:+.1%}"
@@ -252,8 +281,9 @@ def report_lines(args: argparse.Namespace, rows: list[dict[str, object]]) -> lis
         error = f" error: {r['error']}" if r["error"] else ""
         lines.append(
             f"| {r['snapshot_count']:,}{mark} "
-            f"| {r['first_pss_mib']:.1f} / {r['last_pss_mib']:.1f} / {r['peak_pss_mib']:.1f} "
-            f"| {r['peak_heap_mib']:.1f} | {grew} {'met' if r['met'] else 'missed'} "
+            f"| {r['first_mib']:.1f} / {r['last_mib']:.1f} / {r['peak_mib']:.1f} "
+            f"| {r['peak_heap_mib']:.1f} | {r['writes_per_s']} "
+            f"| {grew} {'met' if r['met'] else 'missed'} "
             f"| {levelled}{error} |"
         )
     return lines
@@ -268,9 +298,9 @@ def plot(runs: list[Run], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for r in runs:
         hours = [p.writes / PATRONI_WRITES_PER_S / 3600 for p in r.points]
-        ax.plot(hours, [p.pss_mib for p in r.points], label=f"snapshot-count {r.snapshot_count}")
+        ax.plot(hours, [p.anon_mib for p in r.points], label=f"snapshot-count {r.snapshot_count}")
     ax.set_xlabel("hours of Patroni's writes")
-    ax.set_ylabel("etcd PSS, MiB")
+    ax.set_ylabel("etcd anonymous memory, MiB")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -297,12 +327,20 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated; each its own etcd, at once",
     )
     args = parser.parse_args(argv)
-    if args.rate <= 0 or args.writes < 2 * args.sample_every or args.sample_every < 1:
+    if args.rate <= 0 or args.sample_every < 1 or args.writes < 2 * args.sample_every:
         parser.error("--rate must be > 0 and --writes at least two samples' worth")
+    if len(set(args.snapshot_counts)) != len(args.snapshot_counts) or min(args.snapshot_counts) < 1:
+        parser.error("--snapshot-counts: distinct counts, each at least 1")
+    if not shutil.which("etcd"):
+        raise SystemExit("etcd is not installed: apt-get install etcd-server (or `make deps`)")
+    signals.install()  # SIGTERM as Ctrl-C: the etcds are stopped either way
+    with tempfile.TemporaryDirectory(prefix="cwh-bench-etcd-") as tmp:
+        try:
+            runs = measure(args, Path(tmp))
+        except RuntimeError as exc:
+            raise SystemExit(f"bench-etcd: {exc}") from None
     out = ROOT / "reports" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-bench-etcd"
     out.mkdir(parents=True)
-    with tempfile.TemporaryDirectory(prefix="cwh-bench-etcd-") as tmp:
-        runs = measure(args, Path(tmp))
     rows = [figures(r) for r in runs]
     ours = next((r for r in rows if r["environment"]), None)
     verdict = "pass" if ours is not None and ours["met"] else "fail"
@@ -313,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
                 "goal": GOAL,
                 "options": vars(args),
                 "figures": rows,
-                "samples": {r.snapshot_count: [asdict(p) for p in r.points] for r in runs},
+                "samples": {str(r.snapshot_count): [asdict(p) for p in r.points] for r in runs},
             },
             indent=2,
         )
@@ -321,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = report_lines(args, rows)
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     plot(runs, out / "memory.png")
+    try_write_html(out, "", console)
     console.print("\n".join(lines))
     console.print(f"report: {out}  verdict: {verdict}")
     raise SystemExit(0 if verdict == "pass" else 1)

@@ -71,7 +71,8 @@ def etcd_memory_flags(
     cheap (under 2 MB, about every 7 minutes)."""
     return [
         *("--auto-compaction-mode", "periodic"),
-        *("--auto-compaction-retention", f"{retention_s:.3g}s"),
+        # Whole milliseconds: Go's durations take no exponent, and a bare number means hours.
+        *("--auto-compaction-retention", f"{round(retention_s * 1000)}ms"),
         *("--snapshot-count", str(snapshot_count)),
     ]
 

@@ -580,13 +580,13 @@ __all__ = ["FaultWindow", "read_run", "run_report"]
 # ---- the other benchmarks: their own figures, tables and plots ---------------------------------
 
 #: The folders of the benchmarks that hold their figures as Markdown, JSON and PNG plots.
-BENCH_FOLDER = re.compile(r"-bench-(api|load|dr|scale|runtime|proxy|soak)$")
+BENCH_FOLDER = re.compile(r"-bench-(api|load|dr|scale|runtime|proxy|soak|etcd)$")
 #: Their results files.
 BENCH_RESULTS = ("results.json", "bench.json", "bench-dr.json", "bench-scale.json", "summary.json")
 
 
 def bench_report(folder: Path) -> Report:
-    """`make bench-api|load|dr|scale|runtime|soak`: what the benchmark wrote
+    """`make bench-api|load|dr|scale|runtime|proxy|soak|etcd`: what the benchmark wrote
     for people (its Markdown: figures beside goals, ratios against the baseline measured in the
     same run) and its plots, in one page. A benchmark measures rather than judges: the page
     passes when the results are there, and is inconclusive when they are not."""
