@@ -435,9 +435,9 @@ global
     ssl-default-bind-options ssl-min-ver TLSv1.3
     tune.ssl.default-dh-param 2048
     # No shared TLS session cache: with TLS 1.3 only, clients resume from stateless tickets
-    # (sealed with the worker's ticket keys), so the cache served no resumption, and it took
-    # a page for every ~8 new sessions until its 20,000 entries were full: 4.7 MiB that a
-    # soak read as HAProxy's memory growing (+1 MiB per 2,000 phones' first handshakes).
+    # (sealed with the worker's ticket keys), so the cache served no resumption; yet every
+    # ticket issued was stored in it, page by page until its 20,000 entries were full: 4.7
+    # MiB that a soak read as HAProxy's memory growing (+1 MiB per 2,000 full handshakes).
     tune.ssl.cachesize 0
 
 defaults

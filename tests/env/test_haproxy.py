@@ -42,15 +42,15 @@ def test_https_frontend_negotiates_tls13_only(local_env: LocalEnvironment):
         old.wrap_socket(sock, server_hostname="127.0.0.1")
 
 
-def shared_kib(pid: int) -> int:
-    """Resident KiB of `pid`'s shared writable mappings (where HAProxy's SSL session cache
-    would live: one `/dev/zero` mapping shared by its processes)."""
+def shared_writable_kib(pid: int) -> int:
+    """KiB of `pid`'s shared writable mappings, as mapped (touched or not): where HAProxy's
+    SSL session cache lives (one `/dev/zero` mapping of 4.7 MiB shared by its processes)."""
     total, shared = 0, False
     for line in (Path("/proc") / str(pid) / "smaps").read_text().splitlines():
         fields = line.split()
         if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: range perms offset ...
             shared = fields[1].startswith("rw") and fields[1].endswith("s")
-        elif shared and fields[0] == "Rss:":
+        elif shared and fields[0] == "Size:":
             total += int(fields[1])
     return total
 
@@ -58,22 +58,23 @@ def shared_kib(pid: int) -> int:
 def handshake(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None) -> ssl.SSLSocket:
     """A TLS connection to the HTTPS frontend that has had an answer (TLS 1.3 sends its
     tickets after the handshake: they have arrived once a response has)."""
-    tls = ctx.wrap_socket(
-        socket.create_connection(("127.0.0.1", port), timeout=5),
-        server_hostname="127.0.0.1",
-        session=session,
-    )
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        tls = ctx.wrap_socket(sock, server_hostname="127.0.0.1", session=session)
+    except BaseException:
+        sock.close()
+        raise
     tls.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert tls.recv(64).startswith(b"HTTP/1.1 "), "the frontend did not answer"
     return tls
 
 
-def test_phones_resume_tls_sessions_and_new_ones_cost_haproxy_no_memory(
+def test_phones_resume_tls_sessions_and_haproxy_keeps_no_session_cache(
     local_env: LocalEnvironment,
 ):
-    """A reconnecting phone resumes its session from a ticket (no full handshake); and a
-    stream of phones' first handshakes leaves HAProxy's shared memory as it was: its session
-    cache, which TLS 1.3's tickets never read, took 4.7 MiB as it filled (a soak's growth)."""
+    """A reconnecting phone resumes its session from a ticket (no full handshake), and
+    HAProxy maps no shared session cache: TLS 1.3's tickets never read it, yet it stored
+    every ticket issued and took its 4.7 MiB page by page (a soak's memory growth)."""
     status = wait_healthy(local_env)
     port = local_env.settings.ports.haproxy_https
     ctx = ssl.create_default_context(cafile=status["tls_certificate"])
@@ -81,14 +82,13 @@ def test_phones_resume_tls_sessions_and_new_ones_cost_haproxy_no_memory(
         session = first.session
     with handshake(port, ctx, session) as again:
         assert again.session_reused, "a reconnect with a ticket made a full handshake"
+    for _ in range(20):  # new sessions: a cache made lazily would exist by now
+        handshake(port, ctx, None).close()
 
     worker = worker_pid(Layout(local_env.settings.run_dir))
     assert worker is not None, "HAProxy's stats socket named no worker"
-    before = shared_kib(worker)
-    for _ in range(200):  # with the cache, 200 new sessions took about 100 KiB of it
-        handshake(port, ctx, None).close()
-    grown = shared_kib(worker) - before
-    assert grown < 32, f"200 new TLS sessions grew HAProxy's shared memory by {grown} KiB"
+    mapped = shared_writable_kib(worker)
+    assert mapped < 1024, f"HAProxy's worker maps {mapped} KiB of shared memory: a session cache"
 
 
 def runtime(layout: Layout, command: str) -> str:
