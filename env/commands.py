@@ -277,11 +277,6 @@ class Commands:
             # CORS header for any origin but its own, so other sites cannot read them.
             f"--web.cors.origin=http://127\\.0\\.0\\.1:{port}",
             "--storage.tsdb.retention.time=7d",
-            # The head block holds every sample until it spans 1.5 blocks: with the default
-            # 2 h blocks, memory grows for 3 h before the first compaction (+15 %/h in a
-            # 75-minute soak). 30-minute blocks bound it at 45 minutes of samples; the
-            # compactor merges them into larger ones (prombench ran with 15 m).
-            "--storage.tsdb.min-block-duration=30m",
             "--log.level=warn",
         ]
         return ProcessSpec(argv, as_user=self.service_user)
