@@ -64,11 +64,11 @@ def etcd_memory_flags(
     keeps an hour).
 
     etcd also keeps its raft log in memory: `--snapshot-count` entries (3.4's default,
-    100,000, is ~12 h of Patroni's writes) plus the 5,000 it keeps after each snapshot. On a
-    lone etcd under Patroni-sized puts at 200/s, with 10,000 its memory swung between 25 and
-    34 MiB and its Go heap still grew after 33,000 writes (4 h of Patroni); with 1,000 it
-    levelled at 24-25 MiB after about 9,000 (an hour). A snapshot of a store this small is
-    cheap (under 2 MB, about every 7 minutes)."""
+    100,000, is ~12 h of Patroni's writes) plus the 5,000 it keeps after each snapshot (not a
+    setting in 3.4). `make bench-etcd` (30,000 puts, 3.6 h of Patroni): with 1,000 its
+    anonymous memory levelled at 14.7-15.2 MiB after 8,000 writes (an hour of Patroni); with
+    10,000 it was still rising at the end (20.3 MiB, its peaks +21 % from the first half to the
+    second). A snapshot of a store this small is cheap (under 2 MB, about every 7 minutes)."""
     return [
         *("--auto-compaction-mode", "periodic"),
         # Whole milliseconds: Go's durations take no exponent, and a bare number means hours.
