@@ -66,9 +66,10 @@ def etcd_memory_flags(
     etcd also keeps its raft log in memory: `--snapshot-count` entries (3.4's default,
     100,000, is ~12 h of Patroni's writes) plus the 5,000 it keeps after each snapshot (not a
     setting in 3.4). `make bench-etcd` (30,000 puts, 3.6 h of Patroni): with 1,000 its
-    anonymous memory levelled at 14.7-15.2 MiB after 8,000 writes (an hour of Patroni); with
-    10,000 it was still rising at the end (20.3 MiB, its peaks +21 % from the first half to the
-    second). A snapshot of a store this small is cheap (under 2 MB, about every 7 minutes)."""
+    anonymous memory levelled after 8,000 writes (an hour of Patroni), at 13.2-15.2 MiB; with
+    10,000 it swung in a larger sawtooth (peaks 16.7, 20.3, 19.7 MiB at each snapshot), level
+    only from the second (2.4 h of Patroni). A snapshot of a store this small is cheap (under
+    2 MB, about every 7 minutes)."""
     return [
         *("--auto-compaction-mode", "periodic"),
         # Whole milliseconds: Go's durations take no exponent, and a bare number means hours.
