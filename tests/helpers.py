@@ -255,8 +255,11 @@ def assert_postgres_kill_recovered(result: dict[str, Any]) -> None:
     # The fault happened: that postmaster is gone, and a promotion moved the timeline on.
     assert not pid_alive(killed["pid"])
     assert result["timeline_after"] > killed["timeline"]
-    # Writes stopped for a while (the fault hurt) and came back within the promise.
-    assert result["not_ok_after_fault"] > 0
+    # Writes stopped for a while (the fault hurt) and came back within the promise. Stopped:
+    # a write failed, or waited out the failover unanswered, which `rto_s` counts as downtime
+    # (it is 0 when no write after the fault was either). A quick promotion can hold every
+    # write rather than fail one: containers CI once measured 1.04 s of RTO, no write failed.
+    assert result["rto_s"] > 0, result
     assert result["rto_s"] <= worst_case_failover_s(), result
     rec = result["reconciliation"]
     assert rec["acknowledged"] > 0
