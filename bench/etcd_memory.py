@@ -55,6 +55,7 @@ from env.commands import (
     PATRONI_WRITES_PER_S,
     etcd_memory_flags,
 )
+from env.process import DeadlineExceeded, terminate_then_kill, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
@@ -81,6 +82,11 @@ class Run:
     elapsed_s: float = 0.0
 
 
+def patroni_hours(writes: float) -> float:
+    """How long Patroni takes to write `writes` times, hours."""
+    return writes / PATRONI_WRITES_PER_S / 3600
+
+
 def high_water_growth(points: Sequence[tuple[int, float]]) -> float | None:
     """The highest memory of the second half of the writes over the first half's, less 1;
     None without a sample in each half."""
@@ -98,10 +104,11 @@ def levelled_at(points: Sequence[tuple[int, float]], tolerance: float = GOAL) ->
     """The fewest writes after which memory never exceeds the peak so far by more than
     `tolerance`; None when no such point leaves at least half the writes after it (a slow
     rise stays within the tolerance of any of its last few samples: not a level)."""
-    for i, (writes, _) in enumerate(points[:-1]):
+    peak = 0.0
+    for i, (writes, mib) in enumerate(points[:-1]):
         if writes > points[-1][0] / 2:
             return None
-        peak = max(m for _, m in points[: i + 1])
+        peak = max(peak, mib)
         if all(m <= peak * (1 + tolerance) for _, m in points[i + 1 :]):
             return writes
     return None
@@ -143,18 +150,15 @@ def start_etcd(
         procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
     finally:
         log.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if procs[-1].poll() is not None:
-            tail = (data.parent / f"etcd-{port}.log").read_text()[-500:]
-            raise RuntimeError(f"etcd on {port} exited: {tail}")
-        try:
-            if requests.get(f"{client}/health", timeout=1).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)  # polled with a deadline
-    raise RuntimeError(f"etcd on {port} did not answer /health within 30 s")
+    proc = procs[-1]
+    wait_until(
+        lambda: proc.poll() is not None or requests.get(f"{client}/health", timeout=1).ok,
+        30,
+        f"etcd on {port} answering /health",
+    )
+    if proc.poll() is not None:
+        tail = (data.parent / f"etcd-{port}.log").read_text()[-500:]
+        raise RuntimeError(f"etcd on {port} exited: {tail}")
 
 
 def drive(run: Run, pid: int, url: str, args: argparse.Namespace, advance: threading.Event) -> None:
@@ -207,7 +211,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[Run]:
             )
         for t in threads:
             t.start()
-        hours = args.writes / PATRONI_WRITES_PER_S / 3600
+        hours = patroni_hours(args.writes)
         with Progress(console=console, transient=True) as bar:
             tasks = [
                 bar.add_task(
@@ -224,14 +228,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[Run]:
         for t in threads:
             t.join()
     finally:
+        terminate_then_kill([p.pid for p in procs], grace_s=10)
         for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            p.wait(timeout=5)  # reaped: terminate_then_kill saw them exit
     return runs
 
 
@@ -252,13 +251,13 @@ def figures(run: Run) -> dict[str, object]:
         "high_water_growth": growth,
         "met": run.error is None and growth is not None and growth <= GOAL,
         "levelled_at_writes": level,
-        "levelled_at_patroni_h": None if level is None else level / PATRONI_WRITES_PER_S / 3600,
+        "levelled_at_patroni_h": None if level is None else patroni_hours(level),
         "error": run.error,
     }
 
 
 def report_lines(args: argparse.Namespace, rows: list[dict[str, object]]) -> list[str]:
-    hours = args.writes / PATRONI_WRITES_PER_S / 3600
+    hours = patroni_hours(args.writes)
     lines = [
         f"# bench-etcd: {args.writes:,} puts at {args.rate:g}/s per configuration "
         f"({hours:.1f} h of Patroni's {PATRONI_WRITES_PER_S} a second)",
@@ -297,7 +296,7 @@ def plot(runs: list[Run], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for r in runs:
-        hours = [p.writes / PATRONI_WRITES_PER_S / 3600 for p in r.points]
+        hours = [patroni_hours(p.writes) for p in r.points]
         ax.plot(hours, [p.anon_mib for p in r.points], label=f"snapshot-count {r.snapshot_count}")
     ax.set_xlabel("hours of Patroni's writes")
     ax.set_ylabel("etcd anonymous memory, MiB")
@@ -337,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="cwh-bench-etcd-") as tmp:
         try:
             runs = measure(args, Path(tmp))
-        except RuntimeError as exc:
+        except (RuntimeError, DeadlineExceeded) as exc:
             raise SystemExit(f"bench-etcd: {exc}") from None
     out = ROOT / "reports" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-bench-etcd"
     out.mkdir(parents=True)
