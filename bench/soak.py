@@ -346,6 +346,9 @@ class Sample:
             peer closed the connection and this side kept it: how a leaked connection looks);
         peers: established connections this service opened (its local port is none of the
             tree's listening ports), by the peer's port: a pool's size per peer.
+        accepted: established connections this service accepted (its local port is one of the
+            tree's listening ports), by the service holding the other end (`OUTSIDE` when no
+            sampled service does: phones, the harness): a client's pool seen from the server.
         sockets_read: False when the system's socket tables could not be read for this
             sample (its sockets, half_closed and peers then say nothing).
     """
@@ -364,6 +367,7 @@ class Sample:
     half_closed: int = 0
     peers: dict[str, int] = field(default_factory=dict)
     sockets_read: bool = True
+    accepted: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -478,13 +482,17 @@ def service_figures(
         # with them), or as a pool that reached its size: its growth was connections opened to
         # peers it already used and nothing else, the last half made no new high, and its
         # block means do not rise (a surge early on must not set a bar a leak grows into).
+        # A pool's level is counted in sockets: a pipe a process holds for a moment (Redis's
+        # to a snapshotting child) must not make a new high, and the growth of every other
+        # descriptor from the first sample to the last is a leak's sign that `pool_growth`
+        # already refuses.
         readable = first.sockets_read and last.sockets_read
         leak_like = not readable or _looks(first, last).startswith(LEAK_LIKE)
         flat_late = fds_late is not None and fds_late.per_hour == 0 and not leak_like
-        late_points = [(s.t_s, float(s.fds)) for s in fit if s.t_s >= half]
+        late_points = [(s.t_s, float(s.sockets)) for s in fit if s.t_s >= half]
         pool_levelled = (
             pool_growth(first, last)
-            and high_water_held([(s.t_s, s.fds) for s in fit], half)
+            and high_water_held([(s.t_s, s.sockets) for s in fit], half)
             and not blocks_rise(late_points)
         )
         if fd_grows and (flat_late or pool_levelled):
@@ -520,52 +528,63 @@ def service_figures(
     return out
 
 
-#: What `descriptor_change` calls growth made only of connections to peers already in use,
-#: and how it begins the growth that has a leak's signs.
+#: What `descriptor_change` calls growth made only of connections to peers already in use
+#: (opened to them, or accepted from clients already connected), and how it begins the growth
+#: that has a leak's signs.
 POOL_GROWTH = "connection pools to peers already in use"
 LEAK_LIKE = "looks like a leak"
+#: Who `Sample.accepted` says holds the other end when no sampled service does.
+OUTSIDE = "outside"
 
 
 def descriptor_change(first: Sample, last: Sample, names: Mapping[int, str]) -> str:
     """Where a service's descriptors went from `first` to `last`, and what that looks like.
-    Connections it opened, by peer; the rest of its TCP and UDP sockets (accepted, listening,
-    half-closed: CLOSE_WAIT, the peer closed and the service kept its end); and the
-    descriptors that are no TCP or UDP sockets (files, pipes, Unix sockets, event descriptors).
-    It is a pool (`POOL_GROWTH`) when connections opened to peers it already used account for
-    all of the growth; half-closed sockets added, other descriptors added, or connections to
-    new peers are what a leak looks like; growth elsewhere (sockets it accepted, other states)
-    is not told apart."""
+    Connections it opened, by peer; connections it accepted, by the client service holding
+    the other end; the rest of its TCP and UDP sockets (listening, half-closed: CLOSE_WAIT, the
+    peer closed and the service kept its end, other states); and the descriptors that are no
+    TCP or UDP sockets (files, pipes, Unix sockets, event descriptors). It is a pool
+    (`POOL_GROWTH`) when connections opened to peers it already used, or accepted from
+    services already connected to it, account for all of the growth: an established
+    connection a server accepted is held at the other end too, so it is the client's pool,
+    not the server's leak (a server that keeps what its clients closed shows half-closed
+    sockets). Half-closed sockets added, other descriptors added, or connections opened to new
+    peers are what a leak looks like; growth elsewhere (connections from outside or from new
+    clients, other states) is not told apart."""
     total = last.fds - first.fds
     if not (first.sockets_read and last.sockets_read):
         return f"{total:+d}: sockets not read in the first or the last sample"
     sockets = last.sockets - first.sockets
-    grew = _peers_grown(first, last)
-    opened = sum(grew.values())
+    grew = _grown(first.peers, last.peers)
+    came = _grown(first.accepted, last.accepted)
+    opened, accepted = sum(grew.values()), sum(came.values())
     half = last.half_closed - first.half_closed
     by_peer = ", ".join(
         f"{names.get(int(port), 'port ' + port)} {n:+d}" for port, n in grew.items()
     )
+    by_client = ", ".join(f"{client} {n:+d}" for client, n in came.items())
     return (
         f"{total:+d}: connections opened {opened:+d}"
         + (f" ({by_peer})" if by_peer else "")
-        + f", other TCP/UDP sockets {sockets - opened:+d}"
+        + (f", accepted {accepted:+d} ({by_client})" if by_client else "")
+        + f", other TCP/UDP sockets {sockets - opened - accepted:+d}"
         + (f" (half-closed {half:+d})" if half else "")
         + f", other descriptors {total - sockets:+d}; {_looks(first, last)}"
     )
 
 
-def _peers_grown(first: Sample, last: Sample) -> dict[str, int]:
+def _grown(first: Mapping[str, int], last: Mapping[str, int]) -> dict[str, int]:
+    """Each key's change from `first` to `last`, where it changed, in a stable order."""
     return {
-        port: last.peers.get(port, 0) - first.peers.get(port, 0)
-        for port in sorted(set(first.peers) | set(last.peers), key=int)
-        if last.peers.get(port, 0) != first.peers.get(port, 0)
+        key: last.get(key, 0) - first.get(key, 0)
+        for key in sorted(set(first) | set(last), key=lambda k: (not k.isdigit(), k.zfill(9)))
+        if last.get(key, 0) != first.get(key, 0)
     }
 
 
 def _looks(first: Sample, last: Sample) -> str:
     """What the change from `first` to `last` looks like (both samples' sockets read)."""
     total = last.fds - first.fds
-    grew = _peers_grown(first, last)
+    grew = _grown(first.peers, last.peers)
     half = last.half_closed - first.half_closed
     signs = []
     if half > 0:
@@ -578,14 +597,20 @@ def _looks(first: Sample, last: Sample) -> str:
         return "no more than at the start"
     if signs:
         return f"{LEAK_LIKE}: " + "; ".join(signs)
-    if sum(grew.values()) >= total:
+    pooled = sum(grew.values()) + sum(
+        n
+        for client, n in _grown(first.accepted, last.accepted).items()
+        if client != OUTSIDE and first.accepted.get(client)
+    )
+    if pooled >= total:
         return POOL_GROWTH
-    return "not told apart: sockets it accepted, or in other states"
+    return "not told apart: sockets accepted from outside or from new clients, or in other states"
 
 
 def pool_growth(first: Sample, last: Sample) -> bool:
     """Whether the growth from `first` to `last` was connections opened to peers already in
-    use and nothing else (`descriptor_change`'s `POOL_GROWTH`)."""
+    use, or accepted from services already connected, and nothing else (`descriptor_change`'s
+    `POOL_GROWTH`)."""
     return first.sockets_read and last.sockets_read and _looks(first, last) == POOL_GROWTH
 
 
@@ -982,12 +1007,22 @@ class Sampler:
                     sockets.setdefault(c.pid, []).append(c)
         except (psutil.Error, OSError, RuntimeError):  # a process gone or changed meanwhile
             sockets, read = {}, False  # memory and descriptors still count
-        out = []
+        trees: dict[Service, list[psutil.Process]] = {}
         for svc in services:
             try:
-                tree = self._tree(svc.pid, mains - {svc.pid})
+                trees[svc] = self._tree(svc.pid, mains - {svc.pid})
             except psutil.Error:
                 continue
+        # Who holds each end of a connection, for the server side's view of its clients' pools.
+        owner = {p.pid: svc.name for svc, tree in trees.items() for p in tree}
+        ends = {
+            (c.laddr.ip, c.laddr.port): owner.get(c.pid, OUTSIDE)
+            for pid, conns in sockets.items()
+            for c in conns
+            if c.status == psutil.CONN_ESTABLISHED
+        }
+        out = []
+        for svc, tree in trees.items():
             rss = pss = uss = fds = procs = 0
             for p in tree:
                 try:
@@ -1007,13 +1042,15 @@ class Sampler:
             socks = [c for p in tree for c in sockets.get(p.pid, [])]
             listening = {c.laddr.port for c in socks if c.status == psutil.CONN_LISTEN}
             peers: dict[str, int] = {}
+            accepted: dict[str, int] = {}
             for c in socks:
-                if (
-                    c.status == psutil.CONN_ESTABLISHED
-                    and c.raddr
-                    and c.laddr.port not in listening
-                ):
+                if c.status != psutil.CONN_ESTABLISHED or not c.raddr:
+                    continue
+                if c.laddr.port not in listening:
                     peers[str(c.raddr.port)] = peers.get(str(c.raddr.port), 0) + 1
+                else:
+                    client = ends.get((c.raddr.ip, c.raddr.port), OUTSIDE)
+                    accepted[client] = accepted.get(client, 0) + 1
             half_closed = sum(c.status == psutil.CONN_CLOSE_WAIT for c in socks)
             out.append(
                 Sample(
@@ -1031,6 +1068,7 @@ class Sampler:
                     half_closed=half_closed,
                     peers=peers,
                     sockets_read=read,
+                    accepted=accepted,
                 )
             )
         return out
@@ -1314,9 +1352,10 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "(memory that rose early and levels off: a cache, an allocator's arenas); descriptors "
         "that grew are excused when that line is exactly flat and the growth has no sign of "
         "a leak (half-closed sockets, files, new peers), or when the growth was connections "
-        "to peers already in use that made no new high in the last half (over the highest "
-        "level held for three samples before it) and whose block means do not rise: a pool "
-        "that reached its size. "
+        "to peers already in use (opened to them, or accepted from services already "
+        "connected: a server's view of its clients' pools) whose sockets made no new high in "
+        "the last half (over the highest level held for three samples before it) and whose "
+        "block means do not rise: a pool that reached its size. "
         "PSS MiB and fds: at the warm-up's end, and at the load's end.",
         "",
         "| " + " | ".join(SERVICE_COLUMNS) + " |",
