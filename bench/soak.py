@@ -350,7 +350,7 @@ class Sample:
             tree's listening ports), by the service holding the other end (`OUTSIDE` when no
             sampled service does: phones, the harness): a client's pool seen from the server.
         sockets_read: False when the system's socket tables could not be read for this
-            sample (its sockets, half_closed and peers then say nothing).
+            sample (its sockets, half_closed, peers and accepted then say nothing).
     """
 
     t_s: float
@@ -480,19 +480,21 @@ def service_figures(
         # Excused when the last half is exactly flat and the breakdown was read and does not
         # look like a leak (half-closed sockets, files, new peers: a leak tied to events stops
         # with them), or as a pool that reached its size: its growth was connections opened to
-        # peers it already used and nothing else, the last half made no new high, and its
-        # block means do not rise (a surge early on must not set a bar a leak grows into).
-        # A pool's level is counted in sockets: a pipe a process holds for a moment (Redis's
-        # to a snapshotting child) must not make a new high, and the growth of every other
-        # descriptor from the first sample to the last is a leak's sign that `pool_growth`
-        # already refuses.
+        # peers it already used or accepted from clients already connected and nothing else,
+        # the last half made no new high, and its block means do not rise (a surge early on
+        # must not set a bar a leak grows into). A pool's level is counted in sockets (of the
+        # samples whose socket tables were read): a pipe a process holds for a moment (Redis's
+        # to a snapshotting child) must not make a new high. The other descriptors' growth is
+        # judged by the levels held at both ends (`held_other_growth`), for the same pipe.
         readable = first.sockets_read and last.sockets_read
-        leak_like = not readable or _looks(first, last).startswith(LEAK_LIKE)
+        read = [s for s in fit if s.sockets_read]
+        other = held_other_growth(read) if readable else None
+        leak_like = not readable or _looks(first, last, other).startswith(LEAK_LIKE)
         flat_late = fds_late is not None and fds_late.per_hour == 0 and not leak_like
-        late_points = [(s.t_s, float(s.sockets)) for s in fit if s.t_s >= half]
+        late_points = [(s.t_s, float(s.sockets)) for s in read if s.t_s >= half]
         pool_levelled = (
-            pool_growth(first, last)
-            and high_water_held([(s.t_s, s.sockets) for s in fit], half)
+            pool_growth(first, last, other)
+            and high_water_held([(s.t_s, s.sockets) for s in read], half)
             and not blocks_rise(late_points)
         )
         if fd_grows and (flat_late or pool_levelled):
@@ -520,7 +522,7 @@ def service_figures(
                 memory_capped_growth_mib=None if capped is None else round(capped, 2),
                 memory_excused=excused,
                 fds_excused=fd_excused,
-                fds_change=descriptor_change(first, last, peer_names or {})
+                fds_change=descriptor_change(first, last, peer_names or {}, other)
                 if last.fds != first.fds
                 else None,
             )
@@ -537,19 +539,35 @@ LEAK_LIKE = "looks like a leak"
 OUTSIDE = "outside"
 
 
-def descriptor_change(first: Sample, last: Sample, names: Mapping[int, str]) -> str:
+def held_other_growth(read: Sequence[Sample]) -> int | None:
+    """How many more descriptors that are no TCP or UDP sockets a service held at the end of
+    `read` (samples whose socket tables were read, in time order) than at its start: the
+    fewest over the last `HOLD_SAMPLES` samples against the fewest over the first ones. A
+    descriptor held for a moment at either end (a pipe to a child) is no growth, and none at
+    the start masks a leak; a leak keeps what it took. None without samples."""
+    others = [s.fds - s.sockets for s in read]
+    if not others:
+        return None
+    return min(others[-HOLD_SAMPLES:]) - min(others[:HOLD_SAMPLES])
+
+
+def descriptor_change(
+    first: Sample, last: Sample, names: Mapping[int, str], other: int | None = None
+) -> str:
     """Where a service's descriptors went from `first` to `last`, and what that looks like.
     Connections it opened, by peer; connections it accepted, by the client service holding
     the other end; the rest of its TCP and UDP sockets (listening, half-closed: CLOSE_WAIT, the
     peer closed and the service kept its end, other states); and the descriptors that are no
-    TCP or UDP sockets (files, pipes, Unix sockets, event descriptors). It is a pool
-    (`POOL_GROWTH`) when connections opened to peers it already used, or accepted from
-    services already connected to it, account for all of the growth: an established
-    connection a server accepted is held at the other end too, so it is the client's pool,
-    not the server's leak (a server that keeps what its clients closed shows half-closed
-    sockets). Half-closed sockets added, other descriptors added, or connections opened to new
-    peers are what a leak looks like; growth elsewhere (connections from outside or from new
-    clients, other states) is not told apart."""
+    TCP or UDP sockets (files, pipes, Unix sockets, event descriptors): `other` when the
+    caller judged them over more samples (`held_other_growth`), else the two samples'
+    difference. It is a pool (`POOL_GROWTH`) when it grew by connections opened to peers it
+    already used, or accepted from services already connected to it, and by nothing else:
+    an established connection a server accepted is held open at the client's end too, so it
+    is the client's pool seen from the server (the client's own row judges it; a server that
+    keeps what its clients closed shows half-closed sockets). Half-closed sockets added, other
+    descriptors added, or connections opened to new peers are what a leak looks like; growth
+    elsewhere (connections from outside or from new clients, other states) is not told
+    apart."""
     total = last.fds - first.fds
     if not (first.sockets_read and last.sockets_read):
         return f"{total:+d}: sockets not read in the first or the last sample"
@@ -558,6 +576,7 @@ def descriptor_change(first: Sample, last: Sample, names: Mapping[int, str]) -> 
     came = _grown(first.accepted, last.accepted)
     opened, accepted = sum(grew.values()), sum(came.values())
     half = last.half_closed - first.half_closed
+    others = total - sockets if other is None else other
     by_peer = ", ".join(
         f"{names.get(int(port), 'port ' + port)} {n:+d}" for port, n in grew.items()
     )
@@ -568,50 +587,59 @@ def descriptor_change(first: Sample, last: Sample, names: Mapping[int, str]) -> 
         + (f", accepted {accepted:+d} ({by_client})" if by_client else "")
         + f", other TCP/UDP sockets {sockets - opened - accepted:+d}"
         + (f" (half-closed {half:+d})" if half else "")
-        + f", other descriptors {total - sockets:+d}; {_looks(first, last)}"
+        + f", other descriptors {others:+d}"
+        + (" (held at both ends)" if other is not None and other != total - sockets else "")
+        + f"; {_looks(first, last, other)}"
     )
 
 
 def _grown(first: Mapping[str, int], last: Mapping[str, int]) -> dict[str, int]:
-    """Each key's change from `first` to `last`, where it changed, in a stable order."""
+    """Each key's change from `first` to `last`, where it changed: ports in numeric order,
+    then names."""
     return {
         key: last.get(key, 0) - first.get(key, 0)
-        for key in sorted(set(first) | set(last), key=lambda k: (not k.isdigit(), k.zfill(9)))
+        for key in sorted(
+            set(first) | set(last), key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k)
+        )
         if last.get(key, 0) != first.get(key, 0)
     }
 
 
-def _looks(first: Sample, last: Sample) -> str:
-    """What the change from `first` to `last` looks like (both samples' sockets read)."""
+def _looks(first: Sample, last: Sample, other: int | None = None) -> str:
+    """What the change from `first` to `last` looks like (both samples' sockets read; `other`
+    as for `descriptor_change`). A pool only when each part that grew is a pool's: a part
+    that fell (phones that left) does not make room for another that grew."""
     total = last.fds - first.fds
+    sockets = last.sockets - first.sockets
+    others = total - sockets if other is None else other
     grew = _grown(first.peers, last.peers)
+    came = _grown(first.accepted, last.accepted)
     half = last.half_closed - first.half_closed
     signs = []
     if half > 0:
         signs.append(f"{half} more half-closed (CLOSE_WAIT)")
-    if total - (last.sockets - first.sockets) > 0:
+    if others > 0:
         signs.append("more descriptors that are no TCP/UDP sockets")
     if any(n > 0 and not first.peers.get(port) for port, n in grew.items()):
         signs.append("connections to peers it had none to")
-    if total <= 0:
+    if total <= 0 or (sockets <= 0 and others <= 0):
         return "no more than at the start"
     if signs:
         return f"{LEAK_LIKE}: " + "; ".join(signs)
-    pooled = sum(grew.values()) + sum(
-        n
-        for client, n in _grown(first.accepted, last.accepted).items()
-        if client != OUTSIDE and first.accepted.get(client)
-    )
-    if pooled >= total:
+    known = {c: n for c, n in came.items() if c != OUTSIDE and first.accepted.get(c)}
+    pooled = sum(n for n in grew.values() if n > 0) + sum(n for n in known.values() if n > 0)
+    unknown = [n for c, n in came.items() if c not in known]
+    rest = sockets - sum(grew.values()) - sum(came.values())
+    if pooled > 0 and rest <= 0 and all(n <= 0 for n in unknown):
         return POOL_GROWTH
     return "not told apart: sockets accepted from outside or from new clients, or in other states"
 
 
-def pool_growth(first: Sample, last: Sample) -> bool:
+def pool_growth(first: Sample, last: Sample, other: int | None = None) -> bool:
     """Whether the growth from `first` to `last` was connections opened to peers already in
     use, or accepted from services already connected, and nothing else (`descriptor_change`'s
     `POOL_GROWTH`)."""
-    return first.sockets_read and last.sockets_read and _looks(first, last) == POOL_GROWTH
+    return first.sockets_read and last.sockets_read and _looks(first, last, other) == POOL_GROWTH
 
 
 def peer_names(base_port: int, members: int = 3, redis_nodes: int = 6) -> dict[int, str]:
@@ -1014,12 +1042,14 @@ class Sampler:
             except psutil.Error:
                 continue
         # Who holds each end of a connection, for the server side's view of its clients' pools.
+        # Keyed by both addresses: Linux gives one local port to connections to different
+        # destinations, so a client's address alone may name two sockets.
         owner = {p.pid: svc.name for svc, tree in trees.items() for p in tree}
         ends = {
-            (c.laddr.ip, c.laddr.port): owner.get(c.pid, OUTSIDE)
+            (_addr(c.laddr), _addr(c.raddr)): owner.get(c.pid, OUTSIDE)
             for pid, conns in sockets.items()
             for c in conns
-            if c.status == psutil.CONN_ESTABLISHED
+            if c.status == psutil.CONN_ESTABLISHED and c.raddr
         }
         out = []
         for svc, tree in trees.items():
@@ -1049,7 +1079,7 @@ class Sampler:
                 if c.laddr.port not in listening:
                     peers[str(c.raddr.port)] = peers.get(str(c.raddr.port), 0) + 1
                 else:
-                    client = ends.get((c.raddr.ip, c.raddr.port), OUTSIDE)
+                    client = ends.get((_addr(c.raddr), _addr(c.laddr)), OUTSIDE)
                     accepted[client] = accepted.get(client, 0) + 1
             half_closed = sum(c.status == psutil.CONN_CLOSE_WAIT for c in socks)
             out.append(
@@ -1072,6 +1102,12 @@ class Sampler:
                 )
             )
         return out
+
+
+def _addr(a: Any) -> tuple[str, int]:
+    """A socket address as one form for IPv4 and IPv4-mapped IPv6 (a dual-stack listener's
+    peers are `::ffff:127.0.0.1`)."""
+    return a.ip.removeprefix("::ffff:"), a.port
 
 
 def live_view(

@@ -664,6 +664,69 @@ def test_the_sampler_names_the_client_of_each_connection_a_service_accepted():
             c.close()
 
 
+def test_two_clients_sharing_a_local_port_are_told_apart():
+    """Linux gives one local port to connections to different destinations: the client's
+    address alone names two sockets, and each accepted connection must still be credited to
+    the process that holds its own other end."""
+    server_code = (
+        "import socket, time\n"
+        "ls = [socket.create_server(('127.0.0.1', 0)) for _ in range(2)]\n"
+        "print(*[l.getsockname()[1] for l in ls], flush=True)\n"
+        "held = [l.accept()[0] for l in ls]\n"
+        "time.sleep(60)\n"
+    )
+    client_code = (
+        "import socket, sys, time\n"
+        "c = socket.socket()\n"
+        "c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "c.bind(('127.0.0.1', int(sys.argv[1])))\n"
+        "c.connect(('127.0.0.1', int(sys.argv[2])))\n"
+        "print('connected', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    procs: list[subprocess.Popen[str]] = []
+    mine = socket.socket()
+    try:
+        procs.append(
+            subprocess.Popen([sys.executable, "-c", server_code], stdout=subprocess.PIPE, text=True)
+        )
+        assert procs[0].stdout is not None
+        first, second = map(int, procs[0].stdout.readline().split())
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        mine.bind(("127.0.0.1", 0))
+        shared = mine.getsockname()[1]
+        mine.connect(("127.0.0.1", first))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", client_code, str(shared), str(second)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+        assert procs[1].stdout is not None
+        assert procs[1].stdout.readline().strip() == "connected"
+        services = [
+            Service("server", "redis", procs[0].pid),
+            Service("pytest", "test", os.getpid()),
+            Service("client2", "worker", procs[1].pid),
+        ]
+        sampler = Sampler()
+
+        def accepted_both() -> Sample | None:
+            server = sampler.sample(services, 0.0, 0.0)[0]
+            return server if sum(server.accepted.values()) == 2 else None
+
+        server = poll(accepted_both, 10, "the server to accept both connections", 0.02)
+        assert server.accepted == {"pytest": 1, "client2": 1}
+    finally:
+        mine.close()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
 def test_a_server_whose_clients_pools_grew_is_met_and_one_accepting_a_leak_is_not():
     """A Redis node whose accepted connections from the fault proxy (already connected) rose
     by six early on and then held, with a pipe open for a moment at some samples (Redis's to a
@@ -701,6 +764,47 @@ def test_a_server_whose_clients_pools_grew_is_met_and_one_accepting_a_leak_is_no
     assert "not told apart" in (g.fds_change or "")
     [h] = service_figures(node(lambda t: 24 + t // 600, pipe), 300, 3600, 0.10)
     assert (h.fds_ok, h.fds_excused) == (False, None)
+    # A client that had no connection at the window's start is no pool already in use.
+    fresh = [
+        dataclasses.replace(x, accepted={"faultproxy": 24, "worker9": x.sockets - 5 - 24})
+        for x in node(pool, pipe)
+    ]
+    [n] = service_figures(fresh, 300, 3600, 0.10)
+    assert "worker9 +6" in (n.fds_change or "")
+    assert (n.fds_ok, n.fds_excused) == (False, None)
+    # The pipe held at the last samples is no growth; held at the first sample, it does not
+    # hide a file kept from the 2000th second on.
+    [e] = service_figures(node(pool, lambda t: int(t >= 3590)), 300, 3600, 0.10)
+    assert (e.fds_ok, e.fds_excused) == (True, "levelled off")
+    masked = node(pool, lambda t: int(300 <= t < 310) + int(t >= 2000))
+    assert masked[30].fds - masked[30].sockets == masked[-1].fds - masked[-1].sockets
+    [m] = service_figures(masked, 300, 3600, 0.10)
+    assert "more descriptors that are no TCP/UDP sockets" in (m.fds_change or "")
+    assert (m.fds_ok, m.fds_excused) == (False, None)
+    # Samples whose socket tables could not be read (sockets 0) set no level and no mean.
+    unread = [
+        dataclasses.replace(x, sockets=0, peers={}, accepted={}, sockets_read=False)
+        if x.t_s in (1200, 1210, 1220, 2500, 3000)
+        else x
+        for x in node(pool, pipe)
+    ]
+    [u] = service_figures(unread, 300, 3600, 0.10)
+    assert (u.fds_ok, u.fds_excused) == (True, "levelled off")
+
+
+def test_phones_that_left_make_no_room_for_sockets_not_told_apart():
+    """A gateway that lost two phones, took two pooled connections from worker1 and two
+    sockets in other states: the fall of one part does not pay for another's growth."""
+    first = Sample(
+        0, 0, "gateway", "gateway", 9, 1, 0, MIB, 40, sockets=30,
+        accepted={OUTSIDE: 20, "worker1": 2},
+    )  # fmt: skip
+    last = dataclasses.replace(first, fds=42, sockets=32, accepted={OUTSIDE: 18, "worker1": 4})
+    line = descriptor_change(first, last, {})
+    assert "accepted +0 (outside -2, worker1 +2), other TCP/UDP sockets +2" in line
+    assert not line.endswith(POOL_GROWTH)
+    pooled = dataclasses.replace(last, accepted={OUTSIDE: 20, "worker1": 4})  # phones stayed
+    assert descriptor_change(first, pooled, {}).endswith(POOL_GROWTH)
 
 
 def test_peer_names_give_every_port_of_the_topology_one_name():
