@@ -78,6 +78,15 @@ def etcd_memory_flags(
     ]
 
 
+def prometheus_memory_env(settings: EnvSettings) -> dict[str, str]:
+    """Prometheus's Go memory limit (`EnvSettings.prometheus_memory_mib`), as its environment.
+    The Go runtime returns freed memory to the system only slowly and keeps the high-water
+    mark of its busiest moments (a compaction, a burst of queries); a limit makes it collect
+    and return memory before passing it, so resident memory levels off at the limit."""
+    mib = settings.prometheus_memory_mib
+    return {"GOMEMLIMIT": f"{mib}MiB"} if mib else {}
+
+
 @dataclass(frozen=True)
 class ProcessSpec:
     """One replica's process.
@@ -280,7 +289,9 @@ class Commands:
             "--storage.tsdb.retention.time=7d",
             "--log.level=warn",
         ]
-        return ProcessSpec(argv, as_user=self.service_user)
+        return ProcessSpec(
+            argv, env=prometheus_memory_env(self.settings), as_user=self.service_user
+        )
 
     # ---- the reference implementation ------------------------------------------------------
 

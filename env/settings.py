@@ -221,6 +221,11 @@ class EnvSettings:
             Faster detection risks spurious failovers on a loaded machine; `make bench-chaos`
             measures both sides.
         scrape_interval_s: Prometheus scrape and evaluation interval, in seconds.
+        prometheus_memory_mib: the soft limit on Prometheus's Go runtime memory (GOMEMLIMIT),
+            MiB; 0: none. Without it the Go runtime keeps memory it freed after its busiest
+            moments, and Prometheus's resident memory ratchets up for hours under the same
+            series (README, "Prometheus's memory"). Soft: a compaction may pass it for a
+            moment; above it the collector runs more often, within half the CPU at most.
         pg_os_user: the account PostgreSQL, Patroni and pgBouncer run as (they refuse root).
         service_os_user: the unprivileged account every other component runs as when the
             supervisor is root (`tools/deps.sh` creates it; see `env/users.py`).
@@ -304,6 +309,7 @@ class EnvSettings:
     pg_sync_strict: bool = False
     failover: str = "standard"
     scrape_interval_s: float = 2.0
+    prometheus_memory_mib: int = 80
     pg_os_user: str = "postgres"
     service_os_user: str = "cwh"
     services: bool = True
@@ -347,6 +353,11 @@ class EnvSettings:
             raise SettingsError(f"{PREFIX}FAILOVER={self.failover!r}: one of {', '.join(PROFILES)}")
         if self.timeout_scale <= 0:
             raise SettingsError(f"{PREFIX}TIMEOUT_SCALE={self.timeout_scale}: must be > 0")
+        if self.prometheus_memory_mib != 0 and not 32 <= self.prometheus_memory_mib <= 65536:
+            raise SettingsError(
+                f"{PREFIX}PROMETHEUS_MEMORY_MIB={self.prometheus_memory_mib}: 0 (no limit) or "
+                "32 to 65536"
+            )
         if not 1 <= self.pg_members <= MAX_PG_MEMBERS:
             raise SettingsError(
                 f"{PREFIX}PG_MEMBERS={self.pg_members}: must be 1 to {MAX_PG_MEMBERS}"
@@ -607,6 +618,9 @@ class EnvSettings:
             pg_sync_strict=bool(get("PG_SYNC_STRICT", bool, cls.pg_sync_strict)),
             failover=str(get("FAILOVER", str, cls.failover)),
             scrape_interval_s=float(str(get("SCRAPE_INTERVAL_S", float, cls.scrape_interval_s))),
+            prometheus_memory_mib=int(
+                str(get("PROMETHEUS_MEMORY_MIB", int, cls.prometheus_memory_mib))
+            ),
             pg_os_user=str(get("PG_OS_USER", str, cls.pg_os_user)),
             service_os_user=str(get("SERVICE_OS_USER", str, cls.service_os_user)),
             services=bool(get("SERVICES", bool, cls.services)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from prometheus_api_client import PrometheusConnect
 
@@ -60,3 +62,12 @@ def test_replication_and_cluster_metrics_are_scraped(local_env: LocalEnvironment
         1.0,
     )
     assert len(ok_nodes) == settings.redis_nodes
+
+
+def test_prometheus_is_started_with_its_go_memory_limit(local_env: LocalEnvironment):
+    """The running Prometheus was given the Go memory limit its settings name. Its effect, a
+    resident size that levels off under the same series, is what `make bench-soak` measures."""
+    wait_healthy(local_env)
+    pid = local_env.component("prometheus")["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"GOMEMLIMIT={local_env.settings.prometheus_memory_mib}MiB".encode() in environ

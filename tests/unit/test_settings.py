@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from env.commands import prometheus_memory_env
 from env.local import (
     bindable,
     busy_ports,
@@ -105,11 +106,20 @@ def test_roundtrip_through_environment_variables():
         ({"CWH_PG_SYNC_STRICT": "maybe"}, "CWH_PG_SYNC_STRICT"),
         ({"CWH_RUN_DIR": "relative/dir"}, "CWH_RUN_DIR"),
         ({"CWH_REDIS_MASTERS": "2"}, "CWH_REDIS_MASTERS"),
+        ({"CWH_PROMETHEUS_MEMORY_MIB": "16"}, "CWH_PROMETHEUS_MEMORY_MIB"),
     ],
 )
 def test_bad_values_name_the_variable(env, names):
     with pytest.raises(SettingsError, match=names):
         EnvSettings.from_environ(env)
+
+
+def test_prometheus_gets_its_go_memory_limit_unless_it_is_none():
+    assert prometheus_memory_env(EnvSettings()) == {"GOMEMLIMIT": "80MiB"}
+    assert prometheus_memory_env(EnvSettings(prometheus_memory_mib=0)) == {}
+    s = EnvSettings.from_environ({"CWH_PROMETHEUS_MEMORY_MIB": "256"})
+    assert prometheus_memory_env(s) == {"GOMEMLIMIT": "256MiB"}
+    assert EnvSettings.from_environ(s.to_environ()) == s
 
 
 def test_timeouts_scale():
