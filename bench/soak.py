@@ -497,6 +497,7 @@ def service_figures(
             and high_water_held([(s.t_s, s.sockets) for s in read], half)
             and not blocks_rise(late_points)
         )
+        change = descriptor_change(first, last, peer_names or {}, other)
         if fd_grows and (flat_late or pool_levelled):
             fd_grows, fd_excused = False, "levelled off"
         out.append(
@@ -522,9 +523,7 @@ def service_figures(
                 memory_capped_growth_mib=None if capped is None else round(capped, 2),
                 memory_excused=excused,
                 fds_excused=fd_excused,
-                fds_change=descriptor_change(first, last, peer_names or {}, other)
-                if last.fds != first.fds
-                else None,
+                fds_change=change if last.fds != first.fds or LEAK_LIKE in change else None,
             )
         )
     return out
@@ -548,7 +547,10 @@ def held_other_growth(read: Sequence[Sample]) -> int | None:
     others = [s.fds - s.sockets for s in read]
     if not others:
         return None
-    return min(others[-HOLD_SAMPLES:]) - min(others[:HOLD_SAMPLES])
+    k = min(HOLD_SAMPLES, len(others) // 2)  # the two ends never share a sample
+    if k == 0:
+        return others[-1] - others[0]
+    return min(others[-k:]) - min(others[:k])
 
 
 def descriptor_change(
@@ -588,7 +590,11 @@ def descriptor_change(
         + f", other TCP/UDP sockets {sockets - opened - accepted:+d}"
         + (f" (half-closed {half:+d})" if half else "")
         + f", other descriptors {others:+d}"
-        + (" (held at both ends)" if other is not None and other != total - sockets else "")
+        + (
+            f" held ({total - sockets:+d} at the two samples)"
+            if other is not None and other != total - sockets
+            else ""
+        )
         + f"; {_looks(first, last, other)}"
     )
 
@@ -622,10 +628,11 @@ def _looks(first: Sample, last: Sample, other: int | None = None) -> str:
         signs.append("more descriptors that are no TCP/UDP sockets")
     if any(n > 0 and not first.peers.get(port) for port, n in grew.items()):
         signs.append("connections to peers it had none to")
-    if total <= 0 or (sockets <= 0 and others <= 0):
-        return "no more than at the start"
+    # A sign is said whatever else fell: phones that left make no room for kept sockets.
     if signs:
         return f"{LEAK_LIKE}: " + "; ".join(signs)
+    if sockets + others <= 0:
+        return "no more than at the start"
     known = {c: n for c, n in came.items() if c != OUTSIDE and first.accepted.get(c)}
     pooled = sum(n for n in grew.values() if n > 0) + sum(n for n in known.values() if n > 0)
     unknown = [n for c, n in came.items() if c not in known]
