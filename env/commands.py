@@ -14,13 +14,13 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from env import backup, configs, network
+from env import backup, configs, hpa, network, topology
 from env.layout import Layout
 from env.liveness import LivenessProbe
 from env.patroni_launch import patroni_argv
 from env.secrets import Secrets
 from env.settings import EnvSettings
-from env.topology import SERVICE_ROLES, Replica, Workload
+from env.topology import SERVICE_ROLES, Replica, Topology, Workload
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 Ids = tuple[int, int] | None
@@ -78,13 +78,48 @@ def etcd_memory_flags(
     ]
 
 
-def prometheus_memory_env(settings: EnvSettings) -> dict[str, str]:
-    """Prometheus's Go memory limit (`EnvSettings.prometheus_memory_mib`), as its environment.
-    The Go runtime returns freed memory to the system only slowly and keeps the high-water
-    mark of its busiest moments (a compaction, a burst of queries); a limit makes it collect
-    and return memory before passing it, so resident memory levels off at the limit."""
-    mib = settings.prometheus_memory_mib
-    return {"GOMEMLIMIT": f"{mib}MiB"} if mib else {}
+#: Prometheus's series per replica by the replica's kind, counted on the default topology
+#: (7,871 in all): a PostgreSQL member (its exporter's 569 and Patroni's 25), a Redis node, a
+#: replica of each service (its own, plus HAProxy's lines for a server behind it); and the
+#: rest (HAProxy's frontends and backends, Prometheus itself, the gateway, the stubs, the
+#: supervisor).
+PROMETHEUS_SERIES = {"patroni": 594, "redis": 356, "api": 219, "hub": 172, "worker": 82}
+PROMETHEUS_SERIES_PER_SCHEDULER, PROMETHEUS_SERIES_REST = 82, 2540
+#: What a series costs Prometheus's Go heap at most, KiB: 4.5 live at the start (the live heap,
+#: half the collector's goal, was 32 MiB at 7,125 series), 1.8 more once its head holds 3 hours
+#: (a 40-byte reference per chunk mapped to disk, a chunk every 120 scrapes), and a quarter
+#: over that as room for the collector to work in.
+PROMETHEUS_KIB_PER_SERIES = 8
+#: The Go runtime's own memory beside the heap (stacks, its structures), MiB; and the least
+#: limit: what held the default topology flat in the side-by-side measurement (README).
+PROMETHEUS_RUNTIME_MIB, PROMETHEUS_MIN_MEMORY_MIB = 12, 80
+
+
+def prometheus_series(topo: Topology) -> int:
+    """How many series Prometheus may hold for `topo`: each workload at the most replicas its
+    bounds allow (what an autoscaler or `cwh env scale` may add), by `PROMETHEUS_SERIES`."""
+    per = {**PROMETHEUS_SERIES, "scheduler": PROMETHEUS_SERIES_PER_SCHEDULER}
+    return PROMETHEUS_SERIES_REST + sum(
+        w.max_replicas * per[w.kind] for w in topo.workloads if w.kind in per
+    )
+
+
+def prometheus_memory_mib(settings: EnvSettings, topo: Topology) -> int:
+    """Prometheus's Go memory limit, MiB: the setting, or (0) derived from the topology: the
+    runtime's own memory plus `PROMETHEUS_KIB_PER_SERIES` for each series it may hold, at
+    least `PROMETHEUS_MIN_MEMORY_MIB`."""
+    if settings.prometheus_memory_mib:
+        return settings.prometheus_memory_mib
+    heap = -(-prometheus_series(topo) * PROMETHEUS_KIB_PER_SERIES // 1024)
+    return max(PROMETHEUS_MIN_MEMORY_MIB, PROMETHEUS_RUNTIME_MIB + heap)
+
+
+def prometheus_memory_env(settings: EnvSettings, topo: Topology) -> dict[str, str]:
+    """Prometheus's Go memory limit (`prometheus_memory_mib`), as its environment. The Go
+    runtime returns freed memory to the system only slowly and keeps the high-water mark of
+    its busiest moments (a compaction, a burst of queries); a limit makes it collect and
+    return memory before passing it, so resident memory levels off at the limit."""
+    return {"GOMEMLIMIT": f"{prometheus_memory_mib(settings, topo)}MiB"}
 
 
 @dataclass(frozen=True)
@@ -131,6 +166,9 @@ class Commands:
     code_root: Path = PROJECT_ROOT
     #: The malloc preloaded into the service replicas (`allocator`), None for glibc's.
     malloc: str | None = field(default_factory=allocator)
+    #: The topology being run (the supervisor's), whose bounds size Prometheus's memory;
+    #: None: the settings' with the HPAs of `settings.hpa_dir`.
+    topo: Topology | None = None
 
     def at(self, name: str, port: int) -> str:
         """`host:port` of replica `name`'s `port`, as the other replicas reach it."""
@@ -289,9 +327,9 @@ class Commands:
             "--storage.tsdb.retention.time=7d",
             "--log.level=warn",
         ]
-        return ProcessSpec(
-            argv, env=prometheus_memory_env(self.settings), as_user=self.service_user
-        )
+        topo = self.topo or topology.build(self.settings, hpa.load(self.settings.hpa_dir))
+        env = prometheus_memory_env(self.settings, topo)
+        return ProcessSpec(argv, env=env, as_user=self.service_user)
 
     # ---- the reference implementation ------------------------------------------------------
 

@@ -222,10 +222,11 @@ class EnvSettings:
             measures both sides.
         scrape_interval_s: Prometheus scrape and evaluation interval, in seconds.
         prometheus_memory_mib: the soft limit on Prometheus's Go runtime memory (GOMEMLIMIT),
-            MiB; 0: none. Without it the Go runtime keeps memory it freed after its busiest
-            moments, and Prometheus's resident memory ratchets up for hours under the same
-            series (README, "Prometheus's memory"). Soft: a compaction may pass it for a
-            moment; above it the collector runs more often, within half the CPU at most.
+            MiB; 0: derived from the topology (`env.commands.prometheus_memory_mib`). Without
+            a limit the Go runtime keeps memory it freed after its busiest moments, and
+            Prometheus's resident memory ratchets up for hours under the same series (README,
+            "Prometheus's memory"). Soft: a compaction may pass it for a moment; near it the
+            collector runs more often (Go caps that at half of the CPUs it uses).
         pg_os_user: the account PostgreSQL, Patroni and pgBouncer run as (they refuse root).
         service_os_user: the unprivileged account every other component runs as when the
             supervisor is root (`tools/deps.sh` creates it; see `env/users.py`).
@@ -309,7 +310,7 @@ class EnvSettings:
     pg_sync_strict: bool = False
     failover: str = "standard"
     scrape_interval_s: float = 2.0
-    prometheus_memory_mib: int = 80
+    prometheus_memory_mib: int = 0
     pg_os_user: str = "postgres"
     service_os_user: str = "cwh"
     services: bool = True
@@ -355,8 +356,8 @@ class EnvSettings:
             raise SettingsError(f"{PREFIX}TIMEOUT_SCALE={self.timeout_scale}: must be > 0")
         if self.prometheus_memory_mib != 0 and not 32 <= self.prometheus_memory_mib <= 65536:
             raise SettingsError(
-                f"{PREFIX}PROMETHEUS_MEMORY_MIB={self.prometheus_memory_mib}: 0 (no limit) or "
-                "32 to 65536"
+                f"{PREFIX}PROMETHEUS_MEMORY_MIB={self.prometheus_memory_mib}: 0 (derived from "
+                "the topology) or 32 to 65536"
             )
         if not 1 <= self.pg_members <= MAX_PG_MEMBERS:
             raise SettingsError(

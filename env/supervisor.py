@@ -245,6 +245,7 @@ class Supervisor:
             service_user=self.run_as.service,
             python_user=self.run_as.python,
             exporter_queries=rundir.exporter_queries(self.layout),
+            topo=self.topology,
             **(images.IN_IMAGE if self.containers is not None else {}),
         )
         stages = [

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from prometheus_api_client import PrometheusConnect
 
+from env import hpa, topology
+from env.commands import prometheus_memory_mib
 from env.local import LocalEnvironment
 from tests.helpers import poll, wait_healthy
 
@@ -70,4 +72,6 @@ def test_prometheus_is_started_with_its_go_memory_limit(local_env: LocalEnvironm
     wait_healthy(local_env)
     pid = local_env.component("prometheus")["pid"]
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    assert f"GOMEMLIMIT={local_env.settings.prometheus_memory_mib}MiB".encode() in environ
+    settings = local_env.settings
+    limit = prometheus_memory_mib(settings, topology.build(settings, hpa.load(settings.hpa_dir)))
+    assert f"GOMEMLIMIT={limit}MiB".encode() in environ

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from env.commands import prometheus_memory_env
+from env import hpa, topology
+from env.commands import prometheus_memory_env, prometheus_memory_mib, prometheus_series
 from env.local import (
     bindable,
     busy_ports,
@@ -114,12 +115,20 @@ def test_bad_values_name_the_variable(env, names):
         EnvSettings.from_environ(env)
 
 
-def test_prometheus_gets_its_go_memory_limit_unless_it_is_none():
-    assert prometheus_memory_env(EnvSettings()) == {"GOMEMLIMIT": "80MiB"}
-    assert prometheus_memory_env(EnvSettings(prometheus_memory_mib=0)) == {}
-    s = EnvSettings.from_environ({"CWH_PROMETHEUS_MEMORY_MIB": "256"})
-    assert prometheus_memory_env(s) == {"GOMEMLIMIT": "256MiB"}
-    assert EnvSettings.from_environ(s.to_environ()) == s
+def test_prometheus_s_go_memory_limit_follows_the_series_the_topology_may_hold():
+    s = EnvSettings()
+    fixed = topology.build(s)  # no HPA: each workload at its start
+    assert prometheus_series(fixed) == 7869  # the default topology, counted: 7,871
+    assert prometheus_memory_env(s, fixed) == {"GOMEMLIMIT": "80MiB"}  # the least
+    # With the HPAs' bounds (API 3-10, workers 3-20) it may hold 10,796: 12 + 85 MiB.
+    bounded = topology.build(s, hpa.load(s.hpa_dir))
+    assert prometheus_series(bounded) == 10796
+    assert prometheus_memory_mib(s, bounded) == 97
+    big = EnvSettings(pg_members=9, redis_masters=5)
+    assert prometheus_memory_mib(big, topology.build(big)) > 97
+    explicit = EnvSettings.from_environ({"CWH_PROMETHEUS_MEMORY_MIB": "256"})
+    assert prometheus_memory_env(explicit, bounded) == {"GOMEMLIMIT": "256MiB"}
+    assert EnvSettings.from_environ(explicit.to_environ()) == explicit
 
 
 def test_timeouts_scale():
