@@ -486,16 +486,24 @@ def service_figures(
         # samples whose socket tables were read): a pipe a process holds for a moment (Redis's
         # to a snapshotting child) must not make a new high. The other descriptors' growth is
         # judged by the levels held at both ends (`held_other_growth`), for the same pipe.
+        # Both excuses look at the parts that grew, each and together, not at the totals:
+        # phones leaving as fast as a pool leaks would keep a total flat.
         readable = first.sockets_read and last.sockets_read
         read = [s for s in fit if s.sockets_read]
         other = held_other_growth(read) if readable else None
         leak_like = not readable or _looks(first, last, other).startswith(LEAK_LIKE)
-        flat_late = fds_late is not None and fds_late.per_hour == 0 and not leak_like
-        late_points = [(s.t_s, float(s.sockets)) for s in read if s.t_s >= half]
+        grown = grown_parts(first, last)
+        parts_quiet = all(
+            high_water_held([(s.t_s, _parts(s).get(k, 0)) for s in read], half) for k in grown
+        )
+        flat_late = (
+            fds_late is not None and fds_late.per_hour == 0 and not leak_like and parts_quiet
+        )
+        pool = [(s.t_s, sum(_parts(s).get(k, 0) for k in grown)) for s in read]
         pool_levelled = (
             pool_growth(first, last, other)
-            and high_water_held([(s.t_s, s.sockets) for s in read], half)
-            and not blocks_rise(late_points)
+            and high_water_held(pool, half)
+            and not blocks_rise([(t, float(n)) for t, n in pool if t >= half])
         )
         change = descriptor_change(first, last, peer_names or {}, other)
         if fd_grows and (flat_late or pool_levelled):
@@ -536,6 +544,20 @@ POOL_GROWTH = "connection pools to peers already in use"
 LEAK_LIKE = "looks like a leak"
 #: Who `Sample.accepted` says holds the other end when no sampled service does.
 OUTSIDE = "outside"
+
+
+def _parts(s: Sample) -> dict[str, int]:
+    """A sample's connections by part: opened, by the peer's port; accepted, by the client."""
+    return {
+        **{f"to {p}": n for p, n in s.peers.items()},
+        **{f"from {c}": n for c, n in s.accepted.items()},
+    }
+
+
+def grown_parts(first: Sample, last: Sample) -> list[str]:
+    """The parts (`_parts`) that hold more connections at `last` than at `first`."""
+    a, b = _parts(first), _parts(last)
+    return sorted(k for k in b if b[k] > a.get(k, 0))
 
 
 def held_other_growth(read: Sequence[Sample]) -> int | None:
