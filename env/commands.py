@@ -8,6 +8,7 @@ containers runtime maps the same replicas to containers instead. Pure: nothing i
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import sysconfig
@@ -84,34 +85,42 @@ def etcd_memory_flags(
 #: rest (HAProxy's frontends and backends, Prometheus itself, the gateway, the stubs, the
 #: supervisor).
 PROMETHEUS_SERIES = {"patroni": 594, "redis": 356, "api": 219, "hub": 172, "worker": 82}
-PROMETHEUS_SERIES_PER_SCHEDULER, PROMETHEUS_SERIES_REST = 82, 2540
-#: What a series costs Prometheus's Go heap at most, KiB: 4.5 live at the start (the live heap,
-#: half the collector's goal, was 32 MiB at 7,125 series), 1.8 more once its head holds 3 hours
-#: (a 40-byte reference per chunk mapped to disk, a chunk every 120 scrapes), and a quarter
-#: over that as room for the collector to work in.
-PROMETHEUS_KIB_PER_SERIES = 8
-#: The Go runtime's own memory beside the heap (stacks, its structures), MiB; and the least
-#: limit: what held the default topology flat in the side-by-side measurement (README).
-PROMETHEUS_RUNTIME_MIB, PROMETHEUS_MIN_MEMORY_MIB = 12, 80
+PROMETHEUS_SERIES_PER_SCHEDULER, PROMETHEUS_SERIES_REST = 82, 2542
+#: The measured point the limit scales from: 80 MiB held Prometheus flat at the default
+#: topology's 7,871 series, scraped every 2 s, with its live heap (half the collector's goal,
+#: about 35 MiB) at less than half of it (README, "Prometheus's memory").
+PROMETHEUS_MEASURED_MIB, PROMETHEUS_MEASURED_SERIES, PROMETHEUS_MEASURED_SCRAPE_S = 80, 7871, 2.0
+#: A series' live heap, KiB: at the start (32 MiB at 7,125 series), and what a full 3-hour
+#: head adds at a 2 s scrape (a 40-byte reference per chunk mapped to disk, one chunk per 120
+#: scrapes); the second scales with the scrape rate.
+PROMETHEUS_LIVE_KIB, PROMETHEUS_HEAD_KIB = 4.5, 1.8
 
 
-def prometheus_series(topo: Topology) -> int:
-    """How many series Prometheus may hold for `topo`: each workload at the most replicas its
-    bounds allow (what an autoscaler or `cwh env scale` may add), by `PROMETHEUS_SERIES`."""
+def prometheus_series(settings: EnvSettings, topo: Topology) -> int:
+    """How many series Prometheus may hold for `topo` (`PROMETHEUS_SERIES`): each workload at
+    every slot it has when the autoscaler runs (it, or `cwh env scale`, may fill them), at its
+    replicas otherwise (the autoscaler switched on later, or a manual scale beyond the start,
+    takes from the limit's room: set `CWH_PROMETHEUS_MEMORY_MIB` for that)."""
     per = {**PROMETHEUS_SERIES, "scheduler": PROMETHEUS_SERIES_PER_SCHEDULER}
     return PROMETHEUS_SERIES_REST + sum(
-        w.max_replicas * per[w.kind] for w in topo.workloads if w.kind in per
+        (len(w.slots) if settings.autoscale else w.replicas) * per[w.kind]
+        for w in topo.workloads
+        if w.kind in per
     )
 
 
 def prometheus_memory_mib(settings: EnvSettings, topo: Topology) -> int:
     """Prometheus's Go memory limit, MiB: the setting, or (0) derived from the topology: the
-    runtime's own memory plus `PROMETHEUS_KIB_PER_SERIES` for each series it may hold, at
-    least `PROMETHEUS_MIN_MEMORY_MIB`."""
+    measured point scaled by the series it may hold and by what a series costs at the
+    settings' scrape interval against the measured one; at least the measured point."""
     if settings.prometheus_memory_mib:
         return settings.prometheus_memory_mib
-    heap = -(-prometheus_series(topo) * PROMETHEUS_KIB_PER_SERIES // 1024)
-    return max(PROMETHEUS_MIN_MEMORY_MIB, PROMETHEUS_RUNTIME_MIB + heap)
+    at = PROMETHEUS_MEASURED_SCRAPE_S / settings.scrape_interval_s
+    per_series = (PROMETHEUS_LIVE_KIB + PROMETHEUS_HEAD_KIB * at) / (
+        PROMETHEUS_LIVE_KIB + PROMETHEUS_HEAD_KIB
+    )
+    scale = prometheus_series(settings, topo) / PROMETHEUS_MEASURED_SERIES * per_series
+    return max(PROMETHEUS_MEASURED_MIB, math.ceil(PROMETHEUS_MEASURED_MIB * scale))
 
 
 def prometheus_memory_env(settings: EnvSettings, topo: Topology) -> dict[str, str]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -116,18 +117,21 @@ def test_bad_values_name_the_variable(env, names):
 
 
 def test_prometheus_s_go_memory_limit_follows_the_series_the_topology_may_hold():
-    s = EnvSettings()
-    fixed = topology.build(s)  # no HPA: each workload at its start
-    assert prometheus_series(fixed) == 7869  # the default topology, counted: 7,871
-    assert prometheus_memory_env(s, fixed) == {"GOMEMLIMIT": "80MiB"}  # the least
-    # With the HPAs' bounds (API 3-10, workers 3-20) it may hold 10,796: 12 + 85 MiB.
-    bounded = topology.build(s, hpa.load(s.hpa_dir))
-    assert prometheus_series(bounded) == 10796
-    assert prometheus_memory_mib(s, bounded) == 97
+    fixed = EnvSettings(autoscale=False)  # the replicas stay as they start
+    topo = topology.build(fixed, hpa.load(fixed.hpa_dir))
+    assert prometheus_series(fixed, topo) == 7871  # the default topology, counted
+    assert prometheus_memory_env(fixed, topo) == {"GOMEMLIMIT": "80MiB"}  # the measured point
+    # Scraped twice as often, a full head holds twice the chunks: 80 * (4.5 + 3.6) / 6.3.
+    faster = dataclasses.replace(fixed, scrape_interval_s=1.0)
+    assert prometheus_memory_mib(faster, topo) == 103
+    # With the autoscaler every slot may fill (API 10, hubs 6, workers 20): 80 * 11,486 / 7,871.
+    scaled = EnvSettings()
+    assert prometheus_series(scaled, topology.build(scaled)) == 11486
+    assert prometheus_memory_mib(scaled, topology.build(scaled)) == 117
     big = EnvSettings(pg_members=9, redis_masters=5)
-    assert prometheus_memory_mib(big, topology.build(big)) > 97
+    assert prometheus_memory_mib(big, topology.build(big)) > 117
     explicit = EnvSettings.from_environ({"CWH_PROMETHEUS_MEMORY_MIB": "256"})
-    assert prometheus_memory_env(explicit, bounded) == {"GOMEMLIMIT": "256MiB"}
+    assert prometheus_memory_env(explicit, topo) == {"GOMEMLIMIT": "256MiB"}
     assert EnvSettings.from_environ(explicit.to_environ()) == explicit
 
 
