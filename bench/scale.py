@@ -27,6 +27,7 @@ Writes `reports/<UTC>-bench-scale/` (bench-scale.json, .md, .png).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -50,6 +51,7 @@ from bench.chaos import distribution, quantile
 from cwh.report import try_write_html
 from env import hpa, topology
 from env.autoscaler import ControllerConfig, ScaleEvent, scale_down_limit
+from env.commands import prometheus_memory_mib
 from env.hpa import HPASpec
 from env.local import LocalEnvironment
 from env.settings import EnvSettings
@@ -442,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         autoscale=False,  # on for each ramp only: between ramps the count is reset by hand
         autoscale_sync_s=args.sync,
         hpa_dir=hpa_dir,
+    )
+    # Prometheus's memory limit for what the ramps reach (the autoscaler's), not the start's.
+    on = dataclasses.replace(settings, autoscale=True)
+    settings = dataclasses.replace(
+        settings,
+        prometheus_memory_mib=prometheus_memory_mib(on, topology.build(on, hpa.load(hpa_dir))),
     )
     spec = hpa.load(hpa_dir)[WORKLOAD]
     cfg = ControllerConfig(sync_period_s=args.sync)

@@ -502,8 +502,13 @@ def service_figures(
         pool = [(s.t_s, sum(_parts(s).get(k, 0) for k in grown)) for s in read]
         pool_levelled = (
             pool_growth(first, last, other)
+            and parts_quiet
             and high_water_held(pool, half)
             and not blocks_rise([(t, float(n)) for t, n in pool if t >= half])
+            and not any(
+                blocks_rise([(s.t_s, float(_parts(s).get(k, 0))) for s in read if s.t_s >= half])
+                for k in grown
+            )
         )
         change = descriptor_change(first, last, peer_names or {}, other)
         if fd_grows and (flat_late or pool_levelled):

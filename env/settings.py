@@ -354,6 +354,8 @@ class EnvSettings:
             raise SettingsError(f"{PREFIX}FAILOVER={self.failover!r}: one of {', '.join(PROFILES)}")
         if self.timeout_scale <= 0:
             raise SettingsError(f"{PREFIX}TIMEOUT_SCALE={self.timeout_scale}: must be > 0")
+        if not 0.1 <= self.scrape_interval_s <= 300:  # also refuses nan
+            raise SettingsError(f"{PREFIX}SCRAPE_INTERVAL_S={self.scrape_interval_s}: 0.1 to 300")
         if self.prometheus_memory_mib != 0 and not 32 <= self.prometheus_memory_mib <= 65536:
             raise SettingsError(
                 f"{PREFIX}PROMETHEUS_MEMORY_MIB={self.prometheus_memory_mib}: 0 (derived from "

@@ -845,6 +845,22 @@ def test_phones_leaving_as_fast_as_a_pool_leaks_do_not_hide_the_leak():
     assert (f.fds_ok, f.fds_excused) == (False, None)
     [g] = service_figures(api(False), 300, 3900, 0.10)  # a pool that stopped at 15
     assert (g.fds_ok, g.fds_excused) == (True, "levelled off")
+    # The third review's case: one pool (Redis) leaks from 5 to 25 over the hour while another
+    # (PostgreSQL), which rose from 10 to 40 early, eases back to 20 in the last half: both grew,
+    # and their sum makes no new high, but the leaking one does.
+    two = []
+    for t in range(300, 3901, 10):
+        redis = 5 + round(20 * (t - 300) / 3600)
+        pg = min(40, 10 + (t - 300) // 20) if t < 2100 else 40 - round(20 * (t - 2100) / 1800)
+        sockets = redis + pg + 45
+        two.append(
+            Sample(
+                t, 0, "api1", "api", 9, 1, 0, 40 * MIB, 10 + sockets, sockets=sockets,
+                peers={"7000": redis, "5432": pg}, accepted={OUTSIDE: 40},
+            )
+        )  # fmt: skip
+    [h] = service_figures(two, 300, 3900, 0.10)
+    assert (h.fds_ok, h.fds_excused) == (False, None)
 
 
 def test_phones_that_left_make_no_room_for_sockets_not_told_apart():

@@ -109,6 +109,8 @@ def test_roundtrip_through_environment_variables():
         ({"CWH_RUN_DIR": "relative/dir"}, "CWH_RUN_DIR"),
         ({"CWH_REDIS_MASTERS": "2"}, "CWH_REDIS_MASTERS"),
         ({"CWH_PROMETHEUS_MEMORY_MIB": "16"}, "CWH_PROMETHEUS_MEMORY_MIB"),
+        ({"CWH_SCRAPE_INTERVAL_S": "0"}, "CWH_SCRAPE_INTERVAL_S"),
+        ({"CWH_SCRAPE_INTERVAL_S": "nan"}, "CWH_SCRAPE_INTERVAL_S"),
     ],
 )
 def test_bad_values_name_the_variable(env, names):
