@@ -446,14 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         hpa_dir=hpa_dir,
     )
     # Prometheus's memory limit for what the ramps reach (the autoscaler's), not the start's.
+    hpas = hpa.load(hpa_dir)
     on = dataclasses.replace(settings, autoscale=True)
     settings = dataclasses.replace(
-        settings,
-        prometheus_memory_mib=prometheus_memory_mib(on, topology.build(on, hpa.load(hpa_dir))),
+        settings, prometheus_memory_mib=prometheus_memory_mib(on, topology.build(on, hpas))
     )
-    spec = hpa.load(hpa_dir)[WORKLOAD]
+    spec = hpas[WORKLOAD]
     cfg = ControllerConfig(sync_period_s=args.sync)
-    workload = topology.build(settings, hpa.load(hpa_dir)).workload(WORKLOAD)
+    workload = topology.build(settings, hpas).workload(WORKLOAD)
     probe_s = workload.readiness.period_s if workload.readiness else 0.0
     scrape_s = settings.scrape_interval_s
     up_bound = predicted_scale_up_s(spec, cfg, probe_s, scrape_s)

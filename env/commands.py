@@ -84,8 +84,10 @@ def etcd_memory_flags(
 #: replica of each service (its own, plus HAProxy's lines for a server behind it); and the
 #: rest (HAProxy's frontends and backends, Prometheus itself, the gateway, the stubs, the
 #: supervisor).
-PROMETHEUS_SERIES = {"patroni": 594, "redis": 356, "api": 219, "hub": 172, "worker": 82}
-PROMETHEUS_SERIES_PER_SCHEDULER, PROMETHEUS_SERIES_REST = 82, 2542
+PROMETHEUS_SERIES = {
+    "patroni": 594, "redis": 356, "api": 219, "hub": 172, "worker": 82, "scheduler": 82,
+}  # fmt: skip
+PROMETHEUS_SERIES_REST = 2542
 #: The measured point the limit scales from: 80 MiB held Prometheus flat at the default
 #: topology's 7,871 series, scraped every 2 s, with its live heap (half the collector's goal,
 #: about 35 MiB) at less than half of it (README, "Prometheus's memory").
@@ -101,11 +103,10 @@ def prometheus_series(settings: EnvSettings, topo: Topology) -> int:
     every slot it has when the autoscaler runs (it, or `cwh env scale`, may fill them), at its
     replicas otherwise (the autoscaler switched on later, or a manual scale beyond the start,
     takes from the limit's room: set `CWH_PROMETHEUS_MEMORY_MIB` for that)."""
-    per = {**PROMETHEUS_SERIES, "scheduler": PROMETHEUS_SERIES_PER_SCHEDULER}
     return PROMETHEUS_SERIES_REST + sum(
-        (len(w.slots) if settings.autoscale else w.replicas) * per[w.kind]
+        (len(w.slots) if settings.autoscale else w.replicas) * PROMETHEUS_SERIES[w.kind]
         for w in topo.workloads
-        if w.kind in per
+        if w.kind in PROMETHEUS_SERIES
     )
 
 
