@@ -242,8 +242,11 @@ bench-runtime: deps
 # reports/<UTC>-bench-soak/. Exit code 1 when a goal is missed (EXIT_CODE_FILE as for load).
 # Who leads is sampled too: with no fault injected every failover is a false alarm (goal:
 # none), under NOISE busy processes beside the fleet (CPU contention; NOISE=0 for none).
+# WARMUP (auto: about 45 minutes, until Redis holds its 30 minutes of responses and etcd its
+# raft log; or a time, 0 for the first fifth of DURATION) runs before the judged DURATION.
 bench-soak: DURATION = 30m
 bench-soak: NOISE ?= 1
+bench-soak: WARMUP ?= auto
 bench-soak: deps
 	@$(PY) -m bench.soak --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
-		--settle $(SETTLE) --noise $(NOISE); $(keep_exit_code)
+		--settle $(SETTLE) --noise $(NOISE) --warmup $(WARMUP); $(keep_exit_code)

@@ -75,7 +75,9 @@ from rich.table import Table
 from bench.fleet_args import add_fleet_arguments
 from bench.noise import cpu_seconds, noisy_neighbours
 from bench.roles import RoleChanges, RoleProbe, RoleSample, role_changes
-from env.configs import PG_SHARED_BUFFERS_MIB, REDIS_MAXMEMORY_MIB
+from cwh.durations import parse_duration
+from env.commands import ETCD_SNAPSHOT_COUNT, PATRONI_WRITES_PER_S
+from env.configs import REDIS_MAXMEMORY_MIB
 from slo.ledger import Operation
 
 #: The bench's own environment (CWH_BENCH_BASE_PORT): apart from the other benches' (21000,
@@ -102,7 +104,13 @@ class SoakSettings:
     """The soak's parameters, validated (`parse_args`).
 
     Attributes:
-        duration_s: the fleet's run time, s (DURATION: 30m, 90s, 1h).
+        duration_s: the judged part of the fleet's run, s (DURATION: 30m, 90s, 1h); the whole
+            run when there is no `lead_s`.
+        lead_s: a warm-up run before `duration_s` (WARMUP), s; 0: none, the warm-up is then
+            the first fifth of `duration_s`, at most 5 minutes. `make bench-soak` takes it from
+            the environment (`auto_warmup_s`): a soak judges a system whose stores have
+            filled what they hold by design, which a fresh environment's have not.
+        auto_warmup: `lead_s` is to be taken from the environment once it is up (WARMUP=auto).
         users: phones of the fleet; spawn_rate: phones started per second; settle_s: the
             read-back's limit after the run, s (make load's USERS, SPAWN_RATE, SETTLE).
         interval_s: seconds between samples; 0 picks one from the duration (`sample_every_s`).
@@ -122,15 +130,28 @@ class SoakSettings:
     p99_goal: float = 0.20
     noise: int = 0
     out_dir: str = ""
+    lead_s: float = 0.0
+    auto_warmup: bool = False
 
     @property
     def warmup_s(self) -> float:
-        return window_s(self.duration_s)
+        return self.lead_s or window_s(self.duration_s)
+
+    @property
+    def run_s(self) -> float:
+        """The fleet's run time: the warm-up before the judged part, and that part."""
+        return self.lead_s + self.duration_s
 
     @property
     def sample_every_s(self) -> float:
         """`interval_s`, else about 180 samples over the run, between 2 and 10 s apart."""
-        return self.interval_s or min(10.0, max(2.0, self.duration_s / 180))
+        return self.interval_s or min(10.0, max(2.0, self.run_s / 180))
+
+    @property
+    def latency_start_s(self) -> float:
+        """Where the first latency window starts, s after the first operation: after the
+        warm-up when it runs before the judged part, else once the phones arrived."""
+        return max(self.ramp_s, self.lead_s)
 
     @property
     def ramp_s(self) -> float:
@@ -144,6 +165,92 @@ def window_s(span_s: float) -> float:
     """The warm-up and each latency window for a run of `span_s` seconds: 5 minutes, or a fifth
     of a run shorter than 25 minutes."""
     return min(WINDOW_CAP_S, span_s / 5)
+
+
+#: Raft entries etcd 3.4 keeps in memory after each snapshot (`SnapshotCatchUpEntries`: a
+#: constant there, a flag only from 3.5's experimental ones).
+ETCD_CATCHUP_ENTRIES = 5000
+#: How long the API and the workers keep a response in Redis (the seed's "Response: 30 min";
+#: `reference_impl.api.RESPONSE_TTL_S`, which a unit test holds equal): Redis's data grows
+#: for that long under a steady fleet, then expires as fast as it comes.
+RESPONSE_TTL_S = 1800.0
+#: Past the last store's filling, for what follows it (expiry's cycles, a last snapshot).
+WARMUP_MARGIN_S = 120.0
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """The warm-up `auto_warmup_s` chose, and why (summary.json's `warmup`).
+
+    Attributes:
+        lead_s: the warm-up, s. redis_s: until Redis holds a full `RESPONSE_TTL_S` of
+            responses. etcd_s: until etcd's raft log holds what it keeps (`etcd_full_index`)
+            at the rate Patroni writes. etcd_index: its applied index when measured;
+            etcd_writes_per_s: that rate (None: not measured, PATRONI_WRITES_PER_S taken).
+    """
+
+    lead_s: float
+    redis_s: float
+    etcd_s: float
+    etcd_index: int | None
+    etcd_full_index: int
+    etcd_writes_per_s: float | None
+
+
+def auto_warmup_s(
+    etcd_index: int | None,
+    writes_per_s: float | None,
+    snapshot_count: int = ETCD_SNAPSHOT_COUNT,
+    response_ttl_s: float = RESPONSE_TTL_S,
+) -> Warmup:
+    """The warm-up before a soak's judged part: until the stores that fill by design are
+    full, so that what still grows after it is growth. Redis holds every response for
+    `response_ttl_s` (its memory rises for that long, then levels: a 30-minute soak from a
+    fresh start saw nothing else); etcd keeps its raft log in memory up to `snapshot_count`
+    entries plus the `ETCD_CATCHUP_ENTRIES` kept after each snapshot, filled at Patroni's rate
+    (about 2.3 a second: 43 minutes from a fresh start; soaks saw etcd rise for about 40). At
+    least `WINDOW_CAP_S` (the allocators' and pools' own warm-up), plus `WARMUP_MARGIN_S`."""
+    full = snapshot_count + ETCD_CATCHUP_ENTRIES
+    rate = writes_per_s if writes_per_s and writes_per_s > 0 else PATRONI_WRITES_PER_S
+    etcd_s = max(0.0, (full - (etcd_index or 0)) / rate)
+    lead = max(WINDOW_CAP_S, response_ttl_s, etcd_s) + WARMUP_MARGIN_S
+    return Warmup(
+        lead_s=round(lead),
+        redis_s=response_ttl_s,
+        etcd_s=round(etcd_s, 1),
+        etcd_index=etcd_index,
+        etcd_full_index=full,
+        etcd_writes_per_s=None if writes_per_s is None else round(writes_per_s, 3),
+    )
+
+
+def etcd_applied_index(port: int, timeout_s: float = 5.0) -> int | None:
+    """etcd's applied raft index (its `etcd_server_proposals_applied_total` gauge), None when
+    it does not answer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+            text = r.read().decode()
+    except (OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("etcd_server_proposals_applied_total "):
+            return int(float(line.split()[1]))
+    return None
+
+
+def measure_warmup(etcd_port: int, console: Console, over_s: float = 30.0) -> Warmup:
+    """`auto_warmup_s` from etcd's applied index now and its rate over `over_s` seconds at
+    rest (Patroni's writes do not depend on the load: its loop renews its keys)."""
+    with console.status(f"measuring Patroni's write rate to etcd for the warm-up ({over_s:g} s)…"):
+        first, t0 = etcd_applied_index(etcd_port), time.monotonic()
+        deadline = t0 + over_s
+        while time.monotonic() < deadline:  # a measurement window: the rate over it
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        last, t1 = etcd_applied_index(etcd_port), time.monotonic()
+    rate = (last - first) / (t1 - t0) if first is not None and last is not None else None
+    return auto_warmup_s(last, rate)
 
 
 def parse_args(argv: list[str] | None = None) -> SoakSettings:
@@ -163,8 +270,22 @@ def parse_args(argv: list[str] | None = None) -> SoakSettings:
     parser.add_argument(
         "--out", type=Path, default=None, help="run folder (default reports/<UTC>-bench-soak)"
     )
+    parser.add_argument(
+        "--warmup",
+        default="",
+        help="a warm-up before DURATION (WARMUP): `auto` (until the stores are full: "
+        "`auto_warmup_s`), or a time (45m); none: the first fifth of DURATION, at most 5m",
+    )
     ns = parser.parse_args(argv)
     problems = []
+    lead_s, auto = 0.0, ns.warmup.strip().lower() == "auto"
+    if ns.warmup.strip() and not auto:
+        try:
+            lead_s = parse_duration(ns.warmup)
+        except ValueError as exc:
+            problems.append(f"WARMUP={ns.warmup}: {exc} (or `auto`)")
+        if not 0 <= lead_s <= 86_400:
+            problems.append(f"WARMUP={ns.warmup}: 0 to 24h (or `auto`)")
     if not 60 <= ns.duration <= 86_400:
         problems.append(f"DURATION={ns.duration:g} s: a soak runs 1m to 24h")
     if not 1 <= ns.users <= 100_000:
@@ -187,6 +308,8 @@ def parse_args(argv: list[str] | None = None) -> SoakSettings:
         interval_s=ns.interval,
         noise=ns.noise,
         out_dir=str(ns.out or ""),
+        lead_s=lead_s,
+        auto_warmup=auto,
     )
 
 
@@ -247,17 +370,14 @@ def fit_growth(points: Sequence[tuple[float, float]]) -> Growth | None:
     )
 
 
-#: By kind, what a datastore's configuration lets it hold, MiB: a Redis node's `maxmemory`, a
-#: PostgreSQL member's `shared_buffers` (its processes' PSS counts them as their backends touch
-#: more). Their memory grows for as long as their data fills what they are allowed (Redis holds
-#: responses for 30 minutes), and their memory alone cannot tell that from a leak: growth over
-#: the goal that neither levels off nor passes the cap is not judged, and leaves the memory goal
+#: By kind, what a datastore's configuration lets it hold, MiB: a Redis node's `maxmemory`.
+#: Its memory grows for as long as its data fills what it is allowed (Redis holds responses
+#: for 30 minutes), and its memory alone cannot tell that from a leak: growth over the goal
+#: that neither levels off nor passes the cap is not judged, and leaves the memory goal
 #: inconclusive (a run long enough for the data to stop growing levels off, and is judged);
-#: growth past the cap is missed.
-MEMORY_CAPS_MIB: dict[str, float] = {
-    "redis": float(REDIS_MAXMEMORY_MIB),
-    "postgres": float(PG_SHARED_BUFFERS_MIB),
-}
+#: growth past the cap is missed. A PostgreSQL member's shared buffers need no cap here: they
+#: are a shared-memory segment, judged by its size (`Sample.judged_bytes`).
+MEMORY_CAPS_MIB: dict[str, float] = {"redis": float(REDIS_MAXMEMORY_MIB)}
 
 
 def memory_grows(g: Growth | None, goal: float) -> bool | None:
@@ -351,6 +471,9 @@ class Sample:
             sampled service does: phones, the harness): a client's pool seen from the server.
         sockets_read: False when the system's socket tables could not be read for this
             sample (its sockets, half_closed, peers and accepted then say nothing).
+        shm_pss_bytes: the part of `pss_bytes` in shared-memory segments (`shared_segments`:
+            PostgreSQL's shared buffers); shm_bytes: those segments' sizes, each counted once
+            for the tree.
     """
 
     t_s: float
@@ -368,6 +491,16 @@ class Sample:
     peers: dict[str, int] = field(default_factory=dict)
     sockets_read: bool = True
     accepted: dict[str, int] = field(default_factory=dict)
+    shm_pss_bytes: int = 0
+    shm_bytes: int = 0
+
+    def judged_bytes(self, shm_base: int) -> int:
+        """The memory judged: PSS outside shared-memory segments, plus what the segments'
+        sizes grew by since `shm_base` (their size at the fit's first sample). A segment's
+        size is fixed when it is made: touching more of it (a backend reading more of the
+        shared buffers, as the data grows) allocates nothing, yet raises the PSS until the
+        whole segment is touched; a new segment is memory taken, and counts whole."""
+        return self.pss_bytes - self.shm_pss_bytes + self.shm_bytes - shm_base
 
 
 @dataclass(frozen=True)
@@ -376,7 +509,10 @@ class ServiceFigures:
 
     Attributes:
         service, kind: as sampled. restarts: how often its pid changed during the load.
-        memory_start_mib, memory_end_mib: PSS at the first and last sample of the fit, MiB.
+        memory_start_mib, memory_end_mib: the memory judged (`Sample.judged_bytes`: PSS, less
+            what shared-memory segments hold) at the first and last sample of the fit, MiB.
+        shared_mib: the shared-memory segments' size at the last sample (PostgreSQL's shared
+            buffers), MiB; None when it maps none.
         rss_end_mib: RSS at the last sample, MiB.
         memory_growth_per_hour: the fitted PSS growth per hour as a ratio (None: not fitted).
         memory_t: that slope's t statistic.
@@ -423,6 +559,7 @@ class ServiceFigures:
     memory_excused: str | None = None
     fds_change: str | None = None
     fds_excused: str | None = None
+    shared_mib: float | None = None
 
 
 def _finite(x: float | None, digits: int = 4) -> float | None:
@@ -455,9 +592,10 @@ def service_figures(
         restarts = sum(1 for a, b in itertools.pairwise(series) if a.pid != b.pid)
         last_pid = series[-1].pid
         fit = [s for s in series if s.t_s >= warmup_s and s.pid == last_pid]
-        mem = fit_growth([(s.t_s, float(s.pss_bytes)) for s in fit])
+        shm = fit[0].shm_bytes if fit else 0
+        mem = fit_growth([(s.t_s, float(s.judged_bytes(shm))) for s in fit])
         half = (fit[0].t_s + fit[-1].t_s) / 2 if fit else 0.0
-        late = fit_growth([(s.t_s, float(s.pss_bytes)) for s in fit if s.t_s >= half])
+        late = fit_growth([(s.t_s, float(s.judged_bytes(shm))) for s in fit if s.t_s >= half])
         fds = fit_growth([(s.t_s, float(s.fds)) for s in fit])
         fds_late = fit_growth([(s.t_s, float(s.fds)) for s in fit if s.t_s >= half])
         # Growth over the whole fit is excused only when its last half is surely below the goal
@@ -519,8 +657,9 @@ def service_figures(
                 kind=series[-1].kind,
                 restarts=restarts,
                 samples=len(fit),
-                memory_start_mib=round(first.pss_bytes / MIB, 2),
-                memory_end_mib=round(last.pss_bytes / MIB, 2),
+                memory_start_mib=round(first.judged_bytes(shm) / MIB, 2),
+                memory_end_mib=round(last.judged_bytes(shm) / MIB, 2),
+                shared_mib=round(last.shm_bytes / MIB, 2) if last.shm_bytes else None,
                 rss_end_mib=round(last.rss_bytes / MIB, 2),
                 memory_growth_per_hour=_finite(mem.ratio_per_hour) if mem else None,
                 memory_t=_finite(mem.t_stat, 2) if mem else None,
@@ -962,7 +1101,7 @@ def role_coverage(roles: RoleChanges | None, s: SoakSettings) -> float:
     a soak cut short, or whose probes failed, has not shown that nothing failed over."""
     if roles is None:
         return 0.0
-    expected = max(1.0, s.duration_s / s.sample_every_s)
+    expected = max(1.0, s.run_s / s.sample_every_s)
     return min(1.0, min(roles.pg_samples, roles.redis_samples) / expected)
 
 
@@ -1026,6 +1165,44 @@ def services_of(
     return out
 
 
+#: How a shared-memory segment's mapping is named (`/proc/<pid>/maps`): an anonymous shared
+#: mapping (PostgreSQL's main segment, its shared buffers), a System V segment, a POSIX one.
+SHM_PATHS = ("/dev/zero", "/SYSV", "/dev/shm/")
+
+
+def _shm_mapping(fields: Sequence[str]) -> bool:
+    """Whether a `maps`/`smaps` header line, split, is a shared-memory segment's mapping."""
+    return len(fields) > 5 and fields[1][3:4] == "s" and fields[5].startswith(SHM_PATHS)
+
+
+def shared_segments(pid: int) -> tuple[int, dict[tuple[str, str], int]]:
+    """The PSS a process holds in shared-memory segments, bytes, and each segment's size by
+    its (device, inode), so that a segment every process of a tree maps counts once. (0, {})
+    for a process that maps none or cannot be read: `maps` is read first (no page walk), and
+    `smaps` only when a segment is there."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            if not any(_shm_mapping(line.split(maxsplit=5)) for line in f):
+                return 0, {}
+        with open(f"/proc/{pid}/smaps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0, {}
+    pss, sizes, inside = 0, {}, False
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if not fields:
+            continue
+        if not fields[0].endswith(":"):  # a mapping's header: address range, perms, ...
+            inside = _shm_mapping(fields)
+            if inside:
+                lo, _, hi = fields[0].partition("-")
+                sizes[(fields[3], fields[4])] = int(hi, 16) - int(lo, 16)
+        elif inside and fields[0] == "Pss:":
+            pss += int(fields[1]) * 1024
+    return pss, sizes
+
+
 class Sampler:
     """Samples services' process trees; keeps the psutil objects so a reused pid is told
     apart from the process it was (psutil compares start times, as Patroni does)."""
@@ -1087,7 +1264,8 @@ class Sampler:
         }
         out = []
         for svc, tree in trees.items():
-            rss = pss = uss = fds = procs = 0
+            rss = pss = uss = fds = procs = shm_pss = 0
+            segments: dict[tuple[str, str], int] = {}
             for p in tree:
                 try:
                     with p.oneshot():
@@ -1102,6 +1280,8 @@ class Sampler:
                 except psutil.Error:
                     continue
                 rss, pss, procs = rss + rss_p, pss + pss_p, procs + 1
+                shm_p, sizes = shared_segments(p.pid)
+                shm_pss, segments = shm_pss + min(shm_p, pss_p), segments | sizes
                 uss = uss + uss_p if uss_p and uss >= 0 else -1  # -1: unknown for the tree
             socks = [c for p in tree for c in sockets.get(p.pid, [])]
             listening = {c.laddr.port for c in socks if c.status == psutil.CONN_LISTEN}
@@ -1133,6 +1313,8 @@ class Sampler:
                     peers=peers,
                     sockets_read=read,
                     accepted=accepted,
+                    shm_pss_bytes=shm_pss,
+                    shm_bytes=sum(segments.values()),
                 )
             )
         return out
@@ -1172,10 +1354,10 @@ def live_view(
             str(fds),
             f"{fds - fds0:+d}",
         )
-    phase = "warm-up" if t_s < s.warmup_s else "load" if t_s <= s.duration_s else "read-back"
-    bar = ProgressBar(total=s.duration_s, completed=min(t_s, s.duration_s), width=50)
+    phase = "warm-up" if t_s < s.warmup_s else "load" if t_s <= s.run_s else "read-back"
+    bar = ProgressBar(total=s.run_s, completed=min(t_s, s.run_s), width=50)
     head = Table.grid(padding=(0, 1))
-    head.add_row(bar, f"{t_s:.0f} / {s.duration_s:.0f} s ({phase})")
+    head.add_row(bar, f"{t_s:.0f} / {s.run_s:.0f} s ({phase})")
     if roles is not None:
         head.add_row("", f"failovers so far: {roles.total} ({roles.summary()})")
     return Group(head, table)
@@ -1265,8 +1447,8 @@ def plot_services(
             ax.plot([x.t_s for x in xs], [getattr(x, field) / scale for x in xs], label=name)
         ax.axvspan(0, s.warmup_s, color="grey", alpha=0.15)
         last = max(x.t_s for xs in by_kind[kind].values() for x in xs)
-        if last > s.duration_s:
-            ax.axvspan(s.duration_s, last, color="tab:orange", alpha=0.1)
+        if last > s.run_s:
+            ax.axvspan(s.run_s, last, color="tab:orange", alpha=0.1)
         ax.set_title(kind, fontsize=9)
         ax.tick_params(labelsize=7)
         if len(by_kind[kind]) > 1:
@@ -1347,6 +1529,11 @@ SERVICE_COLUMNS = (
 
 def _goals_cell(f: ServiceFigures) -> str:
     """A service's row's verdict: missed, not judged, or met, with what was excused."""
+    shared = f" ({f.shared_mib:g} MiB in shared segments)" if f.shared_mib else ""
+    return _goals_verdict(f) + shared
+
+
+def _goals_verdict(f: ServiceFigures) -> str:
     oks = (f.memory_ok, f.fds_ok, not f.restarts)
     if False in oks:
         return "MISSED"
@@ -1389,11 +1576,23 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"# Soak: {summary['verdict'].upper()}"
         + (" (interrupted)" if summary["interrupted"] else ""),
         "",
-        f"{s['users']} phones in the `soak` shape for {s['duration_s']:g} s against the local "
+        f"{s['users']} phones in the `soak` shape for {s.get('lead_s', 0) + s['duration_s']:g} s "
+        "against the local "
         f"environment (base port {summary['base_port']}, autoscaler off: the replicas stay put), "
         f"every service process sampled every {summary['sample_every_s']:g} s "
         f"({summary['samples']} samples of {summary['services']} services). Warm-up: the first "
         f"{summary['warmup_s']:g} s; latency windows: {summary['latency']['window_s']:g} s.",
+    ]
+    if w := summary.get("warmup"):
+        lines += [
+            "",
+            f"The warm-up (WARMUP=auto) ran until the stores that fill by design were full: "
+            f"Redis's responses ({w['redis_s']:g} s of them) and etcd's raft log (index "
+            f"{w['etcd_full_index']} from {w['etcd_index']}, at "
+            f"{w['etcd_writes_per_s'] or 'an assumed'} writes/s: {w['etcd_s']:g} s), and "
+            f"{WARMUP_MARGIN_S:g} s more; the first latency window starts after it.",
+        ]
+    lines += [
         "",
         "| goal | target | measured | |",
         "|---|---|---|---|",
@@ -1426,7 +1625,10 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "connected: a server's view of its clients' pools) whose sockets made no new high in "
         "the last half (over the highest level held for three samples before it) and whose "
         "block means do not rise: a pool that reached its size. "
-        "PSS MiB and fds: at the warm-up's end, and at the load's end.",
+        "PSS MiB and fds: at the warm-up's end, and at the load's end. A service that maps "
+        "shared-memory segments (a PostgreSQL member's shared buffers) is judged on its PSS "
+        "outside them, plus any growth of their size: a fixed segment's pages touched by more "
+        "backends allocate nothing; its goals cell gives the segments' size.",
         "",
         "| " + " | ".join(SERVICE_COLUMNS) + " |",
         "|" + "---|" * len(SERVICE_COLUMNS),
@@ -1531,7 +1733,7 @@ def run_soak(s: SoakSettings, env: Any, out: Path, console: Console) -> SoakReco
     opts = FleetOptions(
         target=state.urls["https"].rstrip("/"),
         users=s.users,
-        duration_s=s.duration_s,
+        duration_s=s.run_s,
         spawn_rate=s.spawn_rate,
         shape="soak",
         ca_file=state.tls_certificate or "",
@@ -1556,7 +1758,7 @@ def run_soak(s: SoakSettings, env: Any, out: Path, console: Console) -> SoakReco
     load.mkdir(parents=True, exist_ok=True)
     fleet: dict[str, Any] | None = None
     # Bounded: the fleet's own limit is its run time + 180 s, then the read-back.
-    limit = s.duration_s + s.settle_s + 300
+    limit = s.run_s + s.settle_s + 300
     noise = {"processes": float(s.noise), "cpu_s": 0.0}
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         sampler = SamplingThread(s, discover, out, live, limit, probe)
@@ -1589,12 +1791,12 @@ def analyse(
     `end_wall`: the load's end (`load_end_wall`); `roles`: the failovers seen; `names`: who
     listens on each port (`peer_names`)."""
     # The load's end in the samples' time: the fleet's run time, or the last sample if cut short.
-    end_s = min(s.duration_s, max((x.t_s for x in samples), default=0.0))
+    end_s = min(s.run_s, max((x.t_s for x in samples), default=0.0))
     figures = service_figures(
         samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal, MEMORY_CAPS_MIB, names
     )
     phone = phone_ops(ops, end_wall)
-    windows = latency_windows(phone, s.ramp_s)
+    windows = latency_windows(phone, s.latency_start_s)
     span = max((o.invoked_wall for o in phone), default=0.0) - min(
         (o.invoked_wall for o in phone), default=0.0
     )
@@ -1632,6 +1834,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = LocalEnvironment(env_settings)
     record = SoakRecord([], [], None, [], {"processes": float(s.noise), "cpu_s": 0.0})
+    warm: Warmup | None = None
     problems: list[str] = []
     interrupted = False
     try:
@@ -1641,6 +1844,14 @@ def main(argv: list[str] | None = None) -> int:
             env.reset()
             env.up()
             wait_healthy(env, timeout_s=180)
+        if s.auto_warmup:
+            warm = measure_warmup(env_settings.ports.etcd_client, console)
+            s = dataclasses.replace(s, lead_s=warm.lead_s)
+            console.print(
+                f"warm-up: {warm.lead_s:g} s before the judged {s.duration_s:g} s (Redis's "
+                f"responses {warm.redis_s:g} s; etcd's raft log to index {warm.etcd_full_index} "
+                f"from {warm.etcd_index} at {warm.etcd_writes_per_s} writes/s: {warm.etcd_s:g} s)"
+            )
         record = run_soak(s, env, out, console)
         problems += [f"sampling: {e}" for e in record.errors]
         interrupted = bool(record.fleet is None or record.fleet.get("interrupted"))
@@ -1671,6 +1882,7 @@ def main(argv: list[str] | None = None) -> int:
         roles=record.roles,
         noise=record.noise,
         names=peer_names(env_settings.base_port, env_settings.pg_members, env_settings.redis_nodes),
+        warmup=warm,
     )
 
 
@@ -1687,11 +1899,13 @@ def report(
     roles: Sequence[RoleSample] = (),
     noise: Mapping[str, float] | None = None,
     names: Mapping[int, str] | None = None,
+    warmup: Warmup | None = None,
 ) -> int:
     """Analyse, write the run folder, print the figures; the exit code. `names`: who listens
-    on each port (`peer_names`; the default topology's at `base_port` when not given)."""
+    on each port (`peer_names`; the default topology's at `base_port` when not given);
+    `warmup`: how WARMUP=auto chose the warm-up."""
     ops = load_ops(out / "load") if (out / "load").exists() else []
-    end_wall = load_end_wall(fleet, ops, s.duration_s)
+    end_wall = load_end_wall(fleet, ops, s.run_s)
     changes = role_changes(roles) if roles else None
     figures, windows, series, goal_list = analyse(
         s, samples, ops, end_wall, changes, names or peer_names(base_port)
@@ -1709,6 +1923,7 @@ def report(
         "settings": asdict(s),
         "base_port": base_port,
         "warmup_s": s.warmup_s,
+        "warmup": asdict(warmup) if warmup else None,
         "sample_every_s": s.sample_every_s,
         "samples": len({x.t_s for x in samples}),
         "services": len({x.service for x in samples}),
