@@ -249,4 +249,4 @@ bench-soak: NOISE ?= 1
 bench-soak: WARMUP ?= auto
 bench-soak: deps
 	@$(PY) -m bench.soak --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
-		--settle $(SETTLE) --noise $(NOISE) --warmup $(WARMUP); $(keep_exit_code)
+		--settle $(SETTLE) --noise $(NOISE) --warmup "$(WARMUP)"; $(keep_exit_code)

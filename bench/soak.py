@@ -15,10 +15,13 @@ where nothing was allocated. For a single process without shared mappings the tw
 
 Figures, each beside its goal:
 
-- memory growth per hour after the warm-up (the first 5 minutes, or the first fifth of a run
-  shorter than 25 minutes), as a ratio of the level at the end of the warm-up: the slope of a
-  least-squares line through the samples from the warm-up's end to the fleet's end. Goal: below
-  10 % per hour. A slope the samples cannot tell from noise (t below 3) is not growth.
+- memory growth per hour after the warm-up, as a ratio of the level at the end of the warm-up:
+  the slope of a least-squares line through the samples from the warm-up's end to the fleet's
+  end. Goal: below 10 % per hour. A slope the samples cannot tell from noise (t below 3) is
+  not growth. The warm-up runs before DURATION (WARMUP=auto: until Redis holds its 30 minutes
+  of responses and etcd its raft log, `auto_warmup_s`; or a time), or is the first fifth of
+  DURATION, at most 5 minutes (WARMUP=0, bench-chaos's soak). A service mapping shared-memory
+  segments is judged on its memory outside them (`Sample.judged_bytes`).
 - descriptor growth after the warm-up, from the same line. Goal: none (the line rises by less
   than one descriptor, or not measurably, or the growth levelled off: a last half exactly flat
   that does not look like a leak, or a pool that reached its size, `service_figures`).
@@ -111,6 +114,8 @@ class SoakSettings:
             the environment (`auto_warmup_s`): a soak judges a system whose stores have
             filled what they hold by design, which a fresh environment's have not.
         auto_warmup: `lead_s` is to be taken from the environment once it is up (WARMUP=auto).
+        reanalyse: a run folder to judge again from what it recorded (`reanalyse`); nothing
+            runs.
         users: phones of the fleet; spawn_rate: phones started per second; settle_s: the
             read-back's limit after the run, s (make load's USERS, SPAWN_RATE, SETTLE).
         interval_s: seconds between samples; 0 picks one from the duration (`sample_every_s`).
@@ -132,6 +137,7 @@ class SoakSettings:
     out_dir: str = ""
     lead_s: float = 0.0
     auto_warmup: bool = False
+    reanalyse: str = ""
 
     @property
     def warmup_s(self) -> float:
@@ -176,6 +182,8 @@ ETCD_CATCHUP_ENTRIES = 5000
 RESPONSE_TTL_S = 1800.0
 #: Past the last store's filling, for what follows it (expiry's cycles, a last snapshot).
 WARMUP_MARGIN_S = 120.0
+#: The longest automatic warm-up: a rate measured absurdly low must not make a day-long run.
+MAX_AUTO_WARMUP_S = 7200.0
 
 
 @dataclass(frozen=True)
@@ -185,8 +193,9 @@ class Warmup:
     Attributes:
         lead_s: the warm-up, s. redis_s: until Redis holds a full `RESPONSE_TTL_S` of
             responses. etcd_s: until etcd's raft log holds what it keeps (`etcd_full_index`)
-            at the rate Patroni writes. etcd_index: its applied index when measured;
-            etcd_writes_per_s: that rate (None: not measured, PATRONI_WRITES_PER_S taken).
+            at the rate Patroni writes, s. etcd_index: its applied index when measured;
+            etcd_writes_per_s: that rate (None: not measured); assumed_writes_per_s: the rate
+            taken instead (PATRONI_WRITES_PER_S), None when the measured one was used.
     """
 
     lead_s: float
@@ -195,6 +204,24 @@ class Warmup:
     etcd_index: int | None
     etcd_full_index: int
     etcd_writes_per_s: float | None
+    assumed_writes_per_s: float | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        """What the run's report must say about how the warm-up was chosen."""
+        out = []
+        if self.etcd_index is None or self.assumed_writes_per_s is not None:
+            out.append(
+                f"warm-up: etcd's raft index could not be measured; assumed "
+                f"{self.assumed_writes_per_s or PATRONI_WRITES_PER_S} writes/s from index "
+                f"{self.etcd_index or 0}"
+            )
+        if self.lead_s < self.etcd_s:
+            out.append(
+                f"warm-up: capped at {self.lead_s:g} s, before etcd's raft log is full "
+                f"({self.etcd_s:g} s): etcd is judged while it still fills"
+            )
+        return out
 
 
 def auto_warmup_s(
@@ -213,9 +240,10 @@ def auto_warmup_s(
     full = snapshot_count + ETCD_CATCHUP_ENTRIES
     rate = writes_per_s if writes_per_s and writes_per_s > 0 else PATRONI_WRITES_PER_S
     etcd_s = max(0.0, (full - (etcd_index or 0)) / rate)
-    lead = max(WINDOW_CAP_S, response_ttl_s, etcd_s) + WARMUP_MARGIN_S
+    lead = min(MAX_AUTO_WARMUP_S, max(WINDOW_CAP_S, response_ttl_s, etcd_s) + WARMUP_MARGIN_S)
     return Warmup(
         lead_s=round(lead),
+        assumed_writes_per_s=None if rate == writes_per_s else rate,
         redis_s=response_ttl_s,
         etcd_s=round(etcd_s, 1),
         etcd_index=etcd_index,
@@ -276,8 +304,17 @@ def parse_args(argv: list[str] | None = None) -> SoakSettings:
         help="a warm-up before DURATION (WARMUP): `auto` (until the stores are full: "
         "`auto_warmup_s`), or a time (45m); none: the first fifth of DURATION, at most 5m",
     )
+    parser.add_argument(
+        "--reanalyse",
+        type=Path,
+        default=None,
+        help="judge a run folder again from its samples.jsonl, roles.jsonl and load/ with "
+        "these settings (its warm-up unless --warmup says); starts nothing",
+    )
     ns = parser.parse_args(argv)
     problems = []
+    if ns.reanalyse and not (ns.reanalyse / "samples.jsonl").is_file():
+        problems.append(f"--reanalyse {ns.reanalyse}: no samples.jsonl there")
     lead_s, auto = 0.0, ns.warmup.strip().lower() == "auto"
     if ns.warmup.strip() and not auto:
         try:
@@ -310,6 +347,7 @@ def parse_args(argv: list[str] | None = None) -> SoakSettings:
         out_dir=str(ns.out or ""),
         lead_s=lead_s,
         auto_warmup=auto,
+        reanalyse=str(ns.reanalyse or ""),
     )
 
 
@@ -592,7 +630,9 @@ def service_figures(
         restarts = sum(1 for a, b in itertools.pairwise(series) if a.pid != b.pid)
         last_pid = series[-1].pid
         fit = [s for s in series if s.t_s >= warmup_s and s.pid == last_pid]
-        shm = fit[0].shm_bytes if fit else 0
+        # The segments' smallest size over the fit: a transient one (a parallel query's) at
+        # the first sample must not lower every later value.
+        shm = min((s.shm_bytes for s in fit), default=0)
         mem = fit_growth([(s.t_s, float(s.judged_bytes(shm))) for s in fit])
         half = (fit[0].t_s + fit[-1].t_s) / 2 if fit else 0.0
         late = fit_growth([(s.t_s, float(s.judged_bytes(shm))) for s in fit if s.t_s >= half])
@@ -930,7 +970,9 @@ def latency_windows(ops: Sequence[Operation], ramp_s: float = 0.0) -> dict[str, 
         }
     t0 = min(o.invoked_wall for o in ops)
     t_end = max(o.invoked_wall for o in ops)
-    start = t0 + min(ramp_s, (t_end - t0) / 2)
+    # A window's room is kept after the start: a warm-up of most of the run still leaves
+    # the first window after it, and a short run's ramp at most half of it.
+    start = t0 + min(ramp_s, max((t_end - t0) / 2, t_end - t0 - WINDOW_CAP_S))
     w = window_s(t_end - start)
     first = quantiles(o for o in ops if start <= o.invoked_wall < start + w)
     last = quantiles(o for o in ops if t_end - w < o.invoked_wall <= t_end)
@@ -1167,7 +1209,7 @@ def services_of(
 
 #: How a shared-memory segment's mapping is named (`/proc/<pid>/maps`): an anonymous shared
 #: mapping (PostgreSQL's main segment, its shared buffers), a System V segment, a POSIX one.
-SHM_PATHS = ("/dev/zero", "/SYSV", "/dev/shm/")
+SHM_PATHS = ("/dev/zero", "/SYSV", "/dev/shm/", "/anon_hugepage")
 
 
 def _shm_mapping(fields: Sequence[str]) -> bool:
@@ -1175,9 +1217,10 @@ def _shm_mapping(fields: Sequence[str]) -> bool:
     return len(fields) > 5 and fields[1][3:4] == "s" and fields[5].startswith(SHM_PATHS)
 
 
-def shared_segments(pid: int) -> tuple[int, dict[tuple[str, str], int]]:
-    """The PSS a process holds in shared-memory segments, bytes, and each segment's size by
-    its (device, inode), so that a segment every process of a tree maps counts once. (0, {})
+def shared_segments(pid: int) -> tuple[int, dict[tuple[str, str, str], int]]:
+    """The PSS a process holds in shared-memory segments, bytes, and each mapping's size by
+    its segment's (device, inode) and offset, so that a segment every process of a tree maps
+    counts once, and one mapped in parts counts every part. (0, {})
     for a process that maps none or cannot be read: `maps` is read first (no page walk), and
     `smaps` only when a segment is there."""
     try:
@@ -1197,7 +1240,7 @@ def shared_segments(pid: int) -> tuple[int, dict[tuple[str, str], int]]:
             inside = _shm_mapping(fields)
             if inside:
                 lo, _, hi = fields[0].partition("-")
-                sizes[(fields[3], fields[4])] = int(hi, 16) - int(lo, 16)
+                sizes[(fields[3], fields[4], fields[2])] = int(hi, 16) - int(lo, 16)
         elif inside and fields[0] == "Pss:":
             pss += int(fields[1]) * 1024
     return pss, sizes
@@ -1265,7 +1308,7 @@ class Sampler:
         out = []
         for svc, tree in trees.items():
             rss = pss = uss = fds = procs = shm_pss = 0
-            segments: dict[tuple[str, str], int] = {}
+            segments: dict[tuple[str, str, str], int] = {}
             for p in tree:
                 try:
                     with p.oneshot():
@@ -1427,7 +1470,8 @@ class SamplingThread(threading.Thread):
 def plot_services(
     samples: Sequence[Sample], field: str, ylabel: str, path: Path, s: SoakSettings
 ) -> None:
-    """One panel per kind of service, a line per service: `field` over time, the warm-up and
+    """One panel per kind of service, a line per service: `field` over time (`judged`: the
+    memory judged, `Sample.judged_bytes` from the segments' smallest size), the warm-up and
     the read-back after the load shaded."""
     import matplotlib
 
@@ -1441,10 +1485,12 @@ def plot_services(
     cols = 4
     rows = max(1, math.ceil(len(kinds) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(16, 2.6 * rows), squeeze=False)
-    scale = MIB if field.endswith("_bytes") else 1
+    scale = MIB if field.endswith("_bytes") or field == "judged" else 1
     for ax, kind in zip(axes.flat, kinds, strict=False):
         for name, xs in sorted(by_kind[kind].items()):
-            ax.plot([x.t_s for x in xs], [getattr(x, field) / scale for x in xs], label=name)
+            base = min(x.shm_bytes for x in xs)
+            ys = [x.judged_bytes(base) if field == "judged" else getattr(x, field) for x in xs]
+            ax.plot([x.t_s for x in xs], [y / scale for y in ys], label=name)
         ax.axvspan(0, s.warmup_s, color="grey", alpha=0.15)
         last = max(x.t_s for xs in by_kind[kind].values() for x in xs)
         if last > s.run_s:
@@ -1589,7 +1635,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             f"The warm-up (WARMUP=auto) ran until the stores that fill by design were full: "
             f"Redis's responses ({w['redis_s']:g} s of them) and etcd's raft log (index "
             f"{w['etcd_full_index']} from {w['etcd_index']}, at "
-            f"{w['etcd_writes_per_s'] or 'an assumed'} writes/s: {w['etcd_s']:g} s), and "
+            f"{w['etcd_writes_per_s'] or w.get('assumed_writes_per_s')} writes/s"
+            f"{'' if w['etcd_writes_per_s'] else ' (assumed, not measured)'}: "
+            f"{w['etcd_s']:g} s), and "
             f"{WARMUP_MARGIN_S:g} s more; the first latency window starts after it.",
         ]
     lines += [
@@ -1792,9 +1840,10 @@ def analyse(
     listens on each port (`peer_names`)."""
     # The load's end in the samples' time: the fleet's run time, or the last sample if cut short.
     end_s = min(s.run_s, max((x.t_s for x in samples), default=0.0))
-    figures = service_figures(
-        samples, min(s.warmup_s, end_s / 5), end_s, s.memory_goal, MEMORY_CAPS_MIB, names
-    )
+    # After a warm-up run before the judged part, from its end (a run cut short in it leaves
+    # nothing to judge); else from the first fifth, at most 5 minutes.
+    fit_start = s.lead_s if s.lead_s else min(s.warmup_s, end_s / 5)
+    figures = service_figures(samples, fit_start, end_s, s.memory_goal, MEMORY_CAPS_MIB, names)
     phone = phone_ops(ops, end_wall)
     windows = latency_windows(phone, s.latency_start_s)
     span = max((o.invoked_wall for o in phone), default=0.0) - min(
@@ -1814,6 +1863,8 @@ def main(argv: list[str] | None = None) -> int:
 
     s = parse_args(argv)
     console = Console()
+    if s.reanalyse:
+        return reanalyse(s, Path(s.reanalyse), console)
     try:
         # No autoscaler: a soak compares a service with itself over time; replicas that come
         # and go would be other services.
@@ -1847,6 +1898,7 @@ def main(argv: list[str] | None = None) -> int:
         if s.auto_warmup:
             warm = measure_warmup(env_settings.ports.etcd_client, console)
             s = dataclasses.replace(s, lead_s=warm.lead_s)
+            problems += warm.problems
             console.print(
                 f"warm-up: {warm.lead_s:g} s before the judged {s.duration_s:g} s (Redis's "
                 f"responses {warm.redis_s:g} s; etcd's raft log to index {warm.etcd_full_index} "
@@ -1882,6 +1934,66 @@ def main(argv: list[str] | None = None) -> int:
         roles=record.roles,
         noise=record.noise,
         names=peer_names(env_settings.base_port, env_settings.pg_members, env_settings.redis_nodes),
+        warmup=warm,
+    )
+
+
+def reanalyse(s: SoakSettings, folder: Path, console: Console) -> int:
+    """Judge a run folder again from what it recorded (its samples, the roles sampled, the
+    fleet's ledger and summary; the noise, the warm-up chosen and the problems from its
+    summary.json), with the settings it ran with (its summary.json's; `s`'s when it has none):
+    after a change to the analysis, a long run need not be run again. A warm-up given in `s`
+    cuts the same run again: that warm-up, and the rest of the run judged. Rewrites the
+    folder's summaries and plots; the exit code as `report`'s."""
+    from cwh.report import try_write_html
+
+    def jsonl(name: str) -> list[dict[str, Any]]:
+        path = folder / name
+        lines = path.read_text().splitlines() if path.is_file() else []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    samples = [Sample(**d) for d in jsonl("samples.jsonl")]
+    roles = [
+        RoleSample(
+            **{
+                **d,
+                "redis_masters": tuple(d.get("redis_masters") or ()),
+                "errors": tuple(d.get("errors") or ()),
+            }
+        )
+        for d in jsonl("roles.jsonl")
+    ]
+    old_path, fleet_path = folder / "summary.json", folder / "load" / "summary.json"
+    old = json.loads(old_path.read_text()) if old_path.is_file() else {}
+    fleet = json.loads(fleet_path.read_text()) if fleet_path.is_file() else None
+    warm = Warmup(**old["warmup"]) if old.get("warmup") else None
+    known = {f.name for f in dataclasses.fields(SoakSettings)}
+    ran = {k: v for k, v in old.get("settings", {}).items() if k in known}
+    if ran:
+        before = SoakSettings(**ran)
+        s = dataclasses.replace(
+            before,
+            lead_s=s.lead_s or before.lead_s,
+            duration_s=before.run_s - s.lead_s if s.lead_s else before.duration_s,
+            reanalyse=s.reanalyse,
+        )
+        if s.duration_s < 60:
+            console.print(f"[red]error:[/red] WARMUP leaves {s.duration_s:g} s of the run")
+            return 2
+    elif warm and not s.lead_s:
+        s = dataclasses.replace(s, lead_s=warm.lead_s)
+    return report(
+        s,
+        int(old.get("base_port", BENCH_BASE_PORT)),
+        folder,
+        samples,
+        fleet,
+        [p for p in old.get("problems", []) if not p.startswith("the fleet failed")],
+        bool(old.get("interrupted")),
+        console,
+        try_write_html,
+        roles=roles,
+        noise=old.get("noise"),
         warmup=warm,
     )
 
@@ -1943,8 +2055,8 @@ def report(
     if samples:
         plot_services(
             samples,
-            "pss_bytes",
-            "PSS, MiB (summed over the service's processes)",
+            "judged",
+            "PSS, MiB (summed over the service's processes; less shared-memory segments)",
             out / "memory.png",
             s,
         )

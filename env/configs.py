@@ -41,8 +41,9 @@ HAPROXY_HTTP_CHECK_INTER_S = 5
 HAPROXY_API_SLOTS = 10
 HAPROXY_HUB_SLOTS = 6
 #: What each datastore's configuration lets it hold, MiB: Redis's `maxmemory` (least recently
-#: used keys evicted beyond it) and PostgreSQL's `shared_buffers`. A soak judges their memory
-#: growth against these (bench/soak.py): data filling what it is allowed is not a leak.
+#: used keys evicted beyond it) and PostgreSQL's `shared_buffers`. A soak judges Redis's memory
+#: growth against the first (bench/soak.py): data filling what it is allowed is not a leak; a
+#: PostgreSQL member's shared buffers it reads as a shared-memory segment of fixed size.
 REDIS_MAXMEMORY_MIB = 128
 PG_SHARED_BUFFERS_MIB = 128
 REDIS_NODE_TIMEOUT_MS = SLOWEST.redis_node_timeout_ms

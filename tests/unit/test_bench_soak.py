@@ -29,9 +29,11 @@ from bench.soak import (
     Service,
     SoakSettings,
     _goals_cell,
+    analyse,
     auto_warmup_s,
     descriptor_change,
     descriptors_grow,
+    etcd_applied_index,
     fit_growth,
     goals,
     latency_windows,
@@ -149,6 +151,47 @@ def test_the_automatic_warm_up_lasts_until_redis_and_etcd_are_full():
     assert auto_warmup_s(0, 4.6, 1000, 600).etcd_s == pytest.approx(6000 / 4.6, abs=0.1)
     assert auto_warmup_s(None, None, 1000, 600).etcd_s == pytest.approx(6000 / 2.3, abs=0.1)
     assert auto_warmup_s(9000, 2.3, 1000, 60).lead_s == 300 + 120  # never under 5 minutes
+
+
+def test_an_automatic_warm_up_is_bounded_and_says_what_it_assumed():
+    slow = auto_warmup_s(0, 0.05, 1000, 1800)  # a rate measured absurdly low
+    assert slow.lead_s == 7200
+    assert any("capped at 7200 s" in p for p in slow.problems)
+    blind = auto_warmup_s(None, None, 1000, 1800)
+    assert blind.assumed_writes_per_s == 2.3
+    assert any("could not be measured" in p for p in blind.problems)
+    assert auto_warmup_s(300, 2.3, 1000, 1800).problems == []
+
+
+def test_etcds_applied_index_is_read_from_its_metrics():
+    import http.server
+    import threading
+
+    body = b"# HELP x\netcd_server_proposals_applied_total 4217\netcd_other 1\n"
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert etcd_applied_index(server.server_address[1]) == 4217
+        body = b"etcd_other 1\n"
+        assert etcd_applied_index(server.server_address[1]) is None  # no such gauge
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert etcd_applied_index(port, timeout_s=1) is None  # nothing listening
 
 
 def test_the_response_ttl_the_warm_up_waits_for_is_the_services_own():
@@ -472,6 +515,35 @@ def test_long_run_windows_are_the_first_and_last_five_minutes():
     assert p99_ok(w, 0.20) is False
 
 
+def test_a_warm_up_before_the_judged_part_is_left_out_of_every_figure():
+    """With WARMUP, the growth lines start at the warm-up's end and the first latency window
+    after it: a store filling and a slow start during the warm-up count for nothing, and what
+    grows after it still counts."""
+    s = SoakSettings(duration_s=1800, lead_s=2820)
+    # etcd rising by a third until 2,800 s, flat after; api1 leaking only after the warm-up.
+    etcd = [
+        dataclasses.replace(x, kind="etcd", pss_bytes=int(30 * MIB * (1 + min(x.t_s, 2800) / 8400)))
+        for x in series("etcd", 30, 0.0, duration_s=4620)
+    ]
+    api = [
+        dataclasses.replace(x, pss_bytes=int(50 * MIB * (1 + max(0, x.t_s - 2820) / 3600 * 0.3)))
+        for x in series("api1", 50, 0.0, duration_s=4620, seed=2)
+    ]
+    run = ops(4620, 2, lambda t: 0.200 if t < 2820 else 0.020)
+    figures, windows, _, _ = analyse(s, etcd + api, run)
+    by = {f.service: f for f in figures}
+    assert by["etcd"].memory_ok is True
+    assert by["etcd"].memory_start_mib == pytest.approx(40, abs=0.1)  # full at the warm-up's end
+    assert by["etcd"].samples == pytest.approx(181, abs=1)  # 2,820 to 4,620 s every 10 s
+    assert by["api1"].memory_ok is False
+    assert by["api1"].memory_growth_per_hour == pytest.approx(0.3, rel=0.05)
+    assert windows["first_start_s"] == pytest.approx(2820)
+    assert windows["first"]["all"]["p99_ms"] == pytest.approx(20, rel=0.01)
+    # Without the warm-up before it, the same run's slow start is the baseline.
+    plain = analyse(SoakSettings(duration_s=4620), etcd + api, run)[1]
+    assert plain["first"]["all"]["p99_ms"] == pytest.approx(200, rel=0.01)
+
+
 def test_short_run_windows_are_fifths_and_skip_the_phones_arrival():
     # 180 s; the first 5 s are the phones arriving (slow), then steady.
     run = ops(180, 5, lambda t: 0.5 if t < 5 else 0.020)
@@ -575,6 +647,44 @@ def test_the_run_folder_and_the_exit_code(tmp_path: Path, growth, code):
     assert "Failovers with no fault injected: 0" in md
     assert "Noisy neighbour: 1 busy processes beside the fleet, 1700 CPU seconds used." in md
     assert summary["roles"]["total"] == 0
+
+
+def test_a_run_folder_is_judged_again_with_another_warm_up(tmp_path: Path):
+    """`--reanalyse DIR`: the same run, recorded, judged again; with `--warmup` the warm-up is
+    cut there and the rest judged. Here the phones' operations took 20 ms until 2,820 s and
+    40 ms after: from the start that is a p99 twice the first window's (missed); after a
+    warm-up of 2,820 s, a steady 40 ms (met)."""
+    from bench.soak import main
+
+    (tmp_path / "load").mkdir()
+    write_jsonl(
+        tmp_path / "load" / "ledger.jsonl", ops(4620, 1, lambda t: 0.02 if t < 2820 else 0.04)
+    )
+    fleet = {"verdict": "pass"}
+    (tmp_path / "load" / "summary.json").write_text(json.dumps(fleet))
+    samples = series("api1", 60, 0.0, duration_s=4620)
+    roles = [RoleSample(float(t), PG, 1, ("7300", "7301", "7302"), 6) for t in range(0, 4630, 10)]
+    with (tmp_path / "samples.jsonl").open("w") as f:
+        f.writelines(json.dumps(dataclasses.asdict(x)) + "\n" for x in samples)
+    with (tmp_path / "roles.jsonl").open("w") as f:
+        f.writelines(json.dumps(dataclasses.asdict(x)) + "\n" for x in roles)
+    got = report(
+        SoakSettings(duration_s=4620), 21200, tmp_path, samples, fleet, [], False,
+        Console(quiet=True), lambda out, url, console: None, roles=roles,
+    )  # fmt: skip
+    assert got == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["latency"]["ratio"]["all"][
+        "p99"
+    ] == pytest.approx(2, rel=0.01)
+    assert main(["--reanalyse", str(tmp_path)]) == 1  # the same settings: the same verdict
+    assert main(["--reanalyse", str(tmp_path), "--warmup", "2820s"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["settings"]["lead_s"], summary["settings"]["duration_s"]) == (2820, 1800)
+    assert summary["latency"]["first_start_s"] == pytest.approx(2820)
+    assert summary["figures"][0]["samples"] == 181  # 2,820 to 4,620 s every 10 s
+    assert summary["roles"]["total"] == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--reanalyse", str(tmp_path / "nowhere")])
 
 
 def test_an_interrupted_soak_still_writes_what_was_sampled(tmp_path: Path):
