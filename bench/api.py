@@ -35,6 +35,7 @@ from rich.table import Table
 
 from bench.cpu import snapshot, spent
 from cwh.report import try_write_html
+from cwh.report.versions import stamp_versions
 from env.layout import Layout
 from env.local import LocalEnvironment
 from env.process import wait_until
@@ -377,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = Path("reports") / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-bench-api"
     out.mkdir(parents=True, exist_ok=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     (out / "results.json").write_text(
         json.dumps(
             {

@@ -31,6 +31,8 @@ from typing import Any
 
 import matplotlib
 
+from cwh.report.versions import stamp_versions
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from rich.console import Console
@@ -260,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = (ROOT / "reports" / f"{stamp}-bench-chaos").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     env = LocalEnvironment(settings)
     env.reset()
     runs: list[dict[str, Any]] = []

@@ -26,6 +26,8 @@ from typing import Any
 
 import matplotlib
 
+from cwh.report.versions import stamp_versions
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import psycopg
@@ -233,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = (ROOT / "reports" / f"{stamp}-bench-dr").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     env = LocalEnvironment(settings)
     env.reset()
     results: list[dict[str, Any]] = []

@@ -49,6 +49,7 @@ from rich.progress import Progress
 
 from cwh import signals
 from cwh.report import try_write_html
+from cwh.report.versions import stamp_versions
 from env.commands import (
     ETCD_RETENTION_S,
     ETCD_SNAPSHOT_COUNT,
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"bench-etcd: {exc}") from None
     out = ROOT / "reports" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-bench-etcd"
     out.mkdir(parents=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     rows = [figures(r) for r in runs]
     ours = next((r for r in rows if r["environment"]), None)
     verdict = "pass" if ours is not None and ours["met"] else "fail"

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cwh.report.versions import stamp_versions
 from env.configs import worst_case_failover_s
 from env.local import LocalEnvironment
 from env.settings import EnvSettings
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     out = Path("reports") / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-bench-failover"
     out.mkdir(parents=True, exist_ok=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     (out / "results.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
     console.print(f"results: {out / 'results.json'}")
     from cwh.report import try_write_html

@@ -49,6 +49,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cwh.report import try_write_html
+from cwh.report.versions import stamp_versions
 from env.process import terminate_then_kill, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -605,6 +606,7 @@ def main() -> None:
         return
     out = ROOT / "reports" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-bench-proxy"
     out.mkdir(parents=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     tw, ports = time_wait()
     if tw > ports // 3:
         console.print(

@@ -38,6 +38,8 @@ from typing import Any
 
 import matplotlib
 
+from cwh.report.versions import stamp_versions
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from rich.console import Console
@@ -450,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = (ROOT / "reports" / f"{stamp}-bench-runtime").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     figures: dict[str, dict[str, Any]] = {}
     failovers: dict[str, list[dict[str, Any]]] = {}
     problems: dict[str, list[str]] = {}

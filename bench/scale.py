@@ -42,6 +42,8 @@ from typing import Any
 
 import matplotlib
 
+from cwh.report.versions import stamp_versions
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from rich.console import Console
@@ -465,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = (ROOT / "reports" / f"{stamp}-bench-scale").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     params = reaction_params()
     request = (workload.resources.cpu_request_m or 1000) / 1000
     # Three scrapes: short, so the crossing is seen when it happens (a rate over a sync period

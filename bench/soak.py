@@ -79,6 +79,7 @@ from bench.fleet_args import add_fleet_arguments
 from bench.noise import cpu_seconds, noisy_neighbours
 from bench.roles import RoleChanges, RoleProbe, RoleSample, role_changes
 from cwh.durations import parse_duration
+from cwh.report.versions import stamp_versions
 from env.commands import ETCD_SNAPSHOT_COUNT, PATRONI_WRITES_PER_S
 from env.configs import REDIS_MAXMEMORY_MIB
 from slo.ledger import Operation
@@ -1883,6 +1884,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(s.out_dir or ROOT / "reports" / f"{stamp}-bench-soak").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     env = LocalEnvironment(env_settings)
     record = SoakRecord([], [], None, [], {"processes": float(s.noise), "cpu_s": 0.0})
     warm: Warmup | None = None

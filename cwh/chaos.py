@@ -35,6 +35,7 @@ from cwh.fleet import INTERRUPTED as INTERRUPTED_EXIT
 from cwh.fleet import point_latest
 from cwh.gameday import DONE, STATE, Day, Plan, Trial, score, trials
 from cwh.gate import GateOptions, check
+from cwh.report.versions import stamp_versions
 from env.local import EnvironmentStartError, LocalEnvironment
 from env.process import wait_until
 from env.settings import EnvSettings
@@ -171,6 +172,7 @@ def run(opts: ChaosOptions, console: Console, settings: EnvSettings) -> tuple[in
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = (opts.reports / f"{stamp}-chaos-{opts.experiment}").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     chaos_settings = ChaosSettings(env=settings, run_dir=out)
     console.print(f"[bold]chaos[/bold] {opts.experiment}: {exp['summary']}")
     console.print(f"  run folder {out}")
@@ -856,6 +858,7 @@ def new_day(plan: Plan, reports: Path) -> Day:
     suffix = "" if plan.name == "gameday" else f"-{plan.name}"
     folder = (reports / f"{stamp}-gameday{suffix}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    stamp_versions(folder)  # the versions that run, before anything changes
     day = Day(folder, plan, trials(plan))
     day.save()
     return day

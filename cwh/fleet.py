@@ -25,6 +25,7 @@ import aiohttp
 from rich.console import Console
 
 from cwh import signals
+from cwh.report.versions import stamp_versions
 from env.local import free_port
 from scenarios.latency import LatencyRecorder
 from scenarios.profiles import FINISH_FILE, SHAPE_NAMES
@@ -625,6 +626,7 @@ def run_fleet(
     own_folder = out is None
     out = (out or reports / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-load").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    stamp_versions(out)  # the versions that run, before anything changes
     # An earlier run's finish in the same folder would end this one at its first tick, and its
     # merged ledger would say this one's phones had ended (what `stop_fleet` watches for).
     (out / "fleet" / FINISH_FILE).unlink(missing_ok=True)

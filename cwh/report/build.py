@@ -190,17 +190,9 @@ def _hpa_text(spec: Any) -> str:
 def versions(folder: Path) -> list[tuple[str, str]]:
     """The versions of what ran, recorded once in `versions.json` (a report made again later
     must not claim today's versions)."""
-    path = folder / "versions.json"
-    if path.exists():
-        try:
-            return [(str(k), str(v)) for k, v in json.loads(path.read_text()).items()]
-        except ValueError:
-            pass
-    from cwh.report.versions import collect
+    from cwh.report.versions import stamp_versions
 
-    found = collect()
-    path.write_text(json.dumps(found, indent=2))
-    return list(found.items())
+    return list(stamp_versions(folder).items())
 
 
 # ---- load and chaos runs -------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""The versions of what a run ran on, recorded in its folder when its report is first made."""
+"""The versions of what a run ran on, recorded in its folder when the run starts (`stamp`), or
+when its report is first made for a folder that has none."""
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from importlib import metadata
@@ -19,6 +21,21 @@ PACKAGES = (
     "prometheus",
 )
 PYTHON_PACKAGES = ("locust", "chaostoolkit", "aiohttp", "asyncpg", "redis")
+
+
+def stamp_versions(folder: Path) -> dict[str, str]:
+    """The versions in `folder`'s `versions.json`, written now when it has none: called as a
+    run starts, so a report written at its end (or made again later) names the code that ran,
+    not what was checked out meanwhile."""
+    path = folder / "versions.json"
+    if path.exists():
+        try:
+            return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+        except ValueError:
+            pass
+    found = collect()
+    path.write_text(json.dumps(found, indent=2))
+    return found
 
 
 def collect() -> dict[str, str]:
