@@ -43,6 +43,7 @@ from bench.soak import (
     parse_args,
     peer_names,
     phone_ops,
+    relation_files,
     report,
     service_figures,
     services_of,
@@ -213,6 +214,66 @@ def test_shared_memory_segments_are_found_with_their_size_and_pss():
     finally:
         seg.close()
     assert shared_segments(2**22 + 12345) == (0, {})  # no such process
+
+
+def test_postgresql_relation_files_are_told_from_other_descriptors(tmp_path: Path, monkeypatch):
+    data = tmp_path / "data"  # PostgreSQL's working directory is its data directory
+    for d in ("base/16387", "global", "pg_wal", "base/pgsql_tmp"):
+        (data / d).mkdir(parents=True)
+    elsewhere = tmp_path / "repo" / "base" / "16387"  # a backup repository's copy
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(data)
+    relations = ["base/16387/16456", "base/16387/16456_fsm", "base/16387/16537.1", "global/1262"]
+    others = [
+        "base/16387/t3_16460",  # a temporary relation: judged
+        "base/16387/16456_fsmx",
+        "base/16387/pg_filenode.map",
+        "base/pgsql_tmp/pgsql_tmp123.0",
+        "pg_wal/000000010000000000000003",
+    ]
+    files = [(data / n).open("w") for n in relations + others]
+    files.append((elsewhere / "16456").open("w"))
+    dropped = data / "base/16387/16999"
+    files.append(dropped.open("w"))
+    dropped.unlink()  # a dropped relation still held open: "(deleted)", judged
+    try:
+        counted = relation_files(os.getpid())
+        assert counted is not None
+        total, rel = counted
+        assert rel == len(relations)
+        assert total >= len(relations) + len(others) + 2
+    finally:
+        for f in files:
+            f.close()
+    assert relation_files(2**22 + 12345) is None  # no such process
+
+
+def test_relation_files_a_member_keeps_open_are_not_descriptor_growth():
+    """A standby's startup process keeps open each relation file it replays into (its file
+    cache bounds them at max_files_per_process): growth made of them is not judged; the same
+    growth in other descriptors (pipes, files of no relation) is still a leak."""
+
+    def member(relations_per_h: float, others_per_h: float = 0.0) -> list[Sample]:
+        out = []
+        for x in series("pg0/postgres", 30, 0.0, seed=4):
+            grown = int(relations_per_h * x.t_s / HOUR)
+            others = int(others_per_h * x.t_s / HOUR)
+            out.append(
+                dataclasses.replace(
+                    x, kind="postgres", fds=700 + grown + others, relation_files=400 + grown
+                )
+            )
+        return out
+
+    [files] = service_figures(member(200.0), 300, 1800, 0.10)
+    assert files.fds_ok is True
+    assert (files.fds_start, files.fds_end, files.relation_files) == (300, 300, 500)
+    assert "416->500 relation files not counted" in _goals_cell(files)
+    [leak] = service_figures(member(200.0, others_per_h=60.0), 300, 1800, 0.10)
+    assert leak.fds_ok is False
+    # The same samples counted whole: a miss, as the 2026-12-07 soak's standbys were.
+    whole = [dataclasses.replace(x, relation_files=0) for x in member(200.0)]
+    assert service_figures(whole, 300, 1800, 0.10)[0].fds_ok is False
 
 
 def test_shared_buffers_touched_are_not_growth_but_a_new_segment_and_private_memory_are():

@@ -12,7 +12,8 @@ from cwh.report.versions import stamp_versions
 
 def test_versions_are_recorded_once_and_kept(tmp_path: Path) -> None:
     first = stamp_versions(tmp_path)
-    assert first["harness"] and first["python"]
+    assert first["harness"]
+    assert first["python"]
     # What a later checkout would say is not what the run recorded: the file is kept.
     recorded = {**first, "harness": "abc1234"}
     (tmp_path / "versions.json").write_text(json.dumps(recorded))
