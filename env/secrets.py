@@ -74,9 +74,7 @@ class Secrets:
         """Read the secrets file, creating it (private from the start) or adding new fields:
         first start, or a secret this version added; the ones there are kept."""
         known = json.loads(path.read_text()) if path.exists() else {}
-        values = {
-            name: known.get(name) or secrets.token_urlsafe(18) for name in cls.__dataclass_fields__
-        }
+        values = {name: known.get(name) or _draw() for name in cls.__dataclass_fields__}
         made = cls(**values)
         if values != known:
             write_file(path, json.dumps(asdict(made), indent=2))
@@ -276,3 +274,12 @@ def covers(cert: x509.Certificate, ips: tuple[str, ...], dns_names: tuple[str, .
 def client_tls_context(ca_file: Path | str) -> ssl.SSLContext:
     """A client context that trusts only `ca_file` and checks the host name (verify-full)."""
     return ssl.create_default_context(cafile=str(ca_file))
+
+
+def _draw() -> str:
+    """A new secret: URL-safe, and never starting with "-". A command line takes a value that
+    starts with one for an option (`--registration-secret -x...`: "expected one argument"), and
+    one secret in 64 did; CI's distributed-fleet tests failed so."""
+    while (value := secrets.token_urlsafe(18)).startswith("-"):
+        continue
+    return value

@@ -62,7 +62,9 @@ def _worker(
         "--workers", "2", "--users", str(USERS), "--duration", str(DURATION_S),
         "--spawn-rate", str(SPAWN_RATE), "--shape", "steady",
         "--ca-file", status["tls_certificate"],
-        "--registration-secret", status.get("registration_secret") or "",
+        # One argument with its value: a secret may start with "-" (one in 64 did before
+        # secrets were drawn without), which argparse takes for an option.
+        f"--registration-secret={status.get('registration_secret') or ''}",
         "--out", str(out),
     )  # fmt: skip
     with open(out / "worker.log", "ab") as log:  # the process keeps its own descriptor
