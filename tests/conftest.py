@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from cwh import signals
 from env.hpa import write_fast_scale_down
 from env.local import LocalEnvironment
 from env.process import processes_of
@@ -26,6 +27,10 @@ from env.settings import EnvSettings
 # would see it run to its end. A Python handler is reset to the default action in each child at
 # exec, so installing Python's own here gives every child the SIGINT a terminal would.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+# SIGTERM (a CI runner's timeout, `kill`) ends the session as Ctrl-C does, so its fixtures'
+# teardown runs: a containers session stopped so on 2026-12-07 left the dockerd it had started
+# running (and its environment up) for the next session to find.
+signals.install()
 
 # Timing on this machine is noisy; speed is measured by the benchmarks, not by test deadlines.
 settings.register_profile("harness", deadline=None)
