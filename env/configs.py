@@ -218,6 +218,11 @@ def patroni_config(
             "parameters": {
                 "unix_socket_directories": str(layout.pg_member(member)),
                 "log_line_prefix": "%m [%p] %q%u@%d ",
+                # Every autovacuum run and every lock wait over deadlock_timeout (1 s) is in the
+                # member's log: a soak's latency window that slows for a minute is otherwise
+                # unexplained (a 2-minute stall, pgBouncer waits x10, had no cause on record).
+                "log_autovacuum_min_duration": 0,
+                "log_lock_waits": "on",
                 **postgres_tls_parameters(layout),
                 **(archive_parameters(settings, layout, member) if settings.backups else {}),
             },
