@@ -4,16 +4,20 @@ long runs, the goals and the exit code from samples and a ledger."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import random
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from rich.console import Console
 
@@ -31,12 +35,14 @@ from bench.soak import (
     _goals_cell,
     analyse,
     auto_warmup_s,
+    children_by_parent,
     descriptor_change,
     descriptors_grow,
     etcd_applied_index,
     fit_growth,
     goals,
     latency_windows,
+    live_view,
     load_end_wall,
     memory_grows,
     p99_ok,
@@ -854,6 +860,33 @@ def test_the_sampler_reads_a_process_tree_s_memory_and_descriptors():
     assert 0 < me.uss_bytes <= me.pss_bytes <= me.rss_bytes
 
 
+def test_a_tree_takes_grandchildren_and_leaves_another_service_s_subtree(tmp_path: Path):
+    """The tree is read from one pass over /proc (`children_by_parent`), which must survive a
+    command named with ") (", and another service's process under this one stays its own."""
+    odd = tmp_path / "odd) (name"
+    odd.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    script = f"import subprocess, sys, time; subprocess.Popen([{str(odd)!r}, '30']); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", script])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    grandchild: list[int] = []
+    try:
+        grandchild = poll(lambda: children_by_parent().get(child.pid), 10, "the grandchild")
+        assert psutil.Process(grandchild[0]).name() == "odd) (name"
+        assert other.pid in children_by_parent()[os.getpid()]
+        services = [Service("pytest", "test", os.getpid()), Service("other", "test", other.pid)]
+        samples = {x.service: x for x in Sampler().sample(services, 0.0, 0.0)}
+    finally:
+        for p in (child, other):
+            p.kill()
+            p.wait()
+        for pid in grandchild:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    # Itself, the child and the grandchild at least; the other service's process not.
+    assert samples["pytest"].procs >= 3
+    assert samples["other"].procs == 1
+
+
 def test_the_sampler_counts_a_tree_s_sockets_by_what_they_are():
     """Connections the process opened are counted by the peer's port; a connection it
     accepted is not one of them; a socket whose peer closed it, kept open, is half-closed.
@@ -1206,3 +1239,45 @@ def test_where_the_descriptors_went_tells_a_pool_from_a_leak():
     assert f.fds_change.startswith("+5: connections opened +0, other TCP/UDP sockets +5")
     line = goals([f], latency_windows([]), SoakSettings(duration_s=1800))[1].measured
     assert line.startswith("growing: api2 (+5: connections opened +0")
+
+
+def test_the_live_view_shows_what_is_judged_from_the_judged_part_on():
+    """The live view shows a PostgreSQL member's memory outside its shared buffers and its
+    descriptors without relation files, against its first sample of the phase: a standby
+    touching buffers and opening relation files reads flat, as the figures will judge it."""
+    s = SoakSettings(duration_s=1800, lead_s=600)
+
+    def pg(t: float, touched_mib: int, relations: int) -> Sample:
+        return Sample(
+            t,
+            1e9 + t,
+            "pg1/postgres",
+            "postgres",
+            7,
+            9,
+            200 * MIB,
+            (30 + touched_mib) * MIB,
+            100 + relations,
+            shm_pss_bytes=touched_mib * MIB,
+            shm_bytes=144 * MIB,
+            relation_files=relations,
+        )
+
+    def shown(now: Sample, first: Sample, t_s: float) -> str:
+        console = Console(width=140, record=True)
+        console.print(live_view([now], t_s, s, {now.service: first}))
+        return console.export_text()
+
+    def cells(text: str) -> list[str]:
+        row = next(line for line in text.splitlines() if "postgres" in line)
+        return [c.strip() for c in row.split("│")][2:-1]
+
+    flat = shown(pg(1200, 90, 400), pg(600, 20, 100), 1200)
+    assert cells(flat) == ["1", "30.0", "+0.0%", "100", "+0"]
+    assert "since judged" in flat
+    assert "(load)" in flat
+    # A leak of its own memory and of other descriptors still shows.
+    leak = pg(1200, 90, 400)
+    leak = dataclasses.replace(leak, pss_bytes=leak.pss_bytes + 3 * MIB, fds=leak.fds + 5)
+    assert cells(shown(leak, pg(600, 20, 100), 1200)) == ["1", "33.0", "+10.0%", "105", "+5"]
+    assert "since warm-up" in shown(pg(300, 20, 100), pg(0, 0, 0), 300)
