@@ -1296,9 +1296,20 @@ def relation_files(pid: int) -> tuple[int, int] | None:
     return len(names), count
 
 
-def children_by_parent() -> dict[int, list[int]]:
-    """Every process's children by its parent's pid, from one pass over /proc/<pid>/stat."""
+@dataclass(frozen=True)
+class ProcessTable:
+    """Every process's children by its parent's pid, and each one's start time in clock ticks
+    since boot (`/proc/<pid>/stat`'s field 22: immune to steps of the wall clock, which
+    psutil's `create_time` follows), from one pass over /proc (`process_table`)."""
+
+    children: dict[int, list[int]]
+    started: dict[int, int]
+
+
+def process_table() -> ProcessTable:
+    """The `ProcessTable` as /proc says now."""
     kids: dict[int, list[int]] = {}
+    started: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -1307,10 +1318,13 @@ def children_by_parent() -> dict[int, list[int]]:
                 stat = f.read()
         except OSError:  # ended meanwhile
             continue
-        # The command may hold spaces and parentheses: the fields follow its last ')'.
-        ppid = int(stat[stat.rfind(b")") + 2 :].split(maxsplit=2)[1])
-        kids.setdefault(ppid, []).append(int(name))
-    return kids
+        # The command may hold spaces and parentheses: the fields follow its last ')', from
+        # the state (field 3): the parent is field 4, the start time field 22.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        pid = int(name)
+        kids.setdefault(int(fields[1]), []).append(pid)
+        started[pid] = int(fields[19])
+    return ProcessTable(kids, started)
 
 
 class Sampler:
@@ -1326,27 +1340,25 @@ class Sampler:
             p = self.procs[pid] = psutil.Process(pid)
         return p
 
-    def _tree(
-        self, pid: int, others: set[int], children: Mapping[int, list[int]]
-    ) -> list[psutil.Process]:
-        """The process and its descendants (`children`: `children_by_parent`, read once per
-        sample), less other services' subtrees (the supervisor's children are the components:
-        they are theirs, not the supervisor's)."""
+    def _tree(self, pid: int, others: set[int], table: ProcessTable) -> list[psutil.Process]:
+        """The process and its descendants (`table`: read once per sample), less other
+        services' subtrees (the supervisor's children are the components: they are theirs,
+        not the supervisor's)."""
         main = self._process(pid)
-        tree, todo = [main], [main]
+        tree, todo, seen = [main], [pid], {pid}
         while todo:
             parent = todo.pop()
-            for kid in children.get(parent.pid, []):
-                if kid in others:
+            for kid in table.children.get(parent, []):
+                # A child started before its parent names a parent pid reused while the table
+                # was read (one pass, not one instant): it is not this parent's.
+                if kid in others or kid in seen or table.started[kid] < table.started[parent]:
                     continue
                 try:
-                    p = self._process(kid)
+                    tree.append(self._process(kid))
                 except psutil.Error:  # gone meanwhile
                     continue
-                # A pid reused since the table was read is not the parent's child.
-                if p.create_time() >= parent.create_time():
-                    tree.append(p)
-                    todo.append(p)
+                todo.append(kid)
+                seen.add(kid)
         return tree
 
     def sample(self, services: Iterable[Service], t_s: float, wall: float) -> list[Sample]:
@@ -1366,10 +1378,10 @@ class Sampler:
             sockets, read = {}, False  # memory and descriptors still count
         trees: dict[Service, list[psutil.Process]] = {}
         # One read of every process's parent: psutil's children() reads them all per call.
-        children = children_by_parent()
+        table = process_table()
         for svc in services:
             try:
-                trees[svc] = self._tree(svc.pid, mains - {svc.pid}, children)
+                trees[svc] = self._tree(svc.pid, mains - {svc.pid}, table)
             except psutil.Error:
                 continue
         # Who holds each end of a connection, for the server side's view of its clients' pools.
@@ -1473,8 +1485,10 @@ def live_view(
         table.add_column(col, justify="left" if col == "kind" else "right")
     for kind, xs in sorted(by_kind.items()):
         base = [(x, first[x.service]) for x in xs if x.service in first]
-        mem = sum(x.judged_bytes(x0.shm_bytes) for x, x0 in base)
-        mem0 = sum(x0.judged_bytes(x0.shm_bytes) for _, x0 in base)
+        # Segments against the smaller size of the two samples, as the figures take the
+        # smallest over the fit: a passing segment at the baseline is no lasting drop.
+        mem = sum(x.judged_bytes(min(x.shm_bytes, x0.shm_bytes)) for x, x0 in base)
+        mem0 = sum(x0.judged_bytes(min(x.shm_bytes, x0.shm_bytes)) for x, x0 in base)
         fds = sum(x.judged().fds for x, _ in base)
         fds0 = sum(x0.judged().fds for _, x0 in base)
         table.add_row(

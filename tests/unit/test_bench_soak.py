@@ -35,7 +35,6 @@ from bench.soak import (
     _goals_cell,
     analyse,
     auto_warmup_s,
-    children_by_parent,
     descriptor_change,
     descriptors_grow,
     etcd_applied_index,
@@ -49,6 +48,7 @@ from bench.soak import (
     parse_args,
     peer_names,
     phone_ops,
+    process_table,
     relation_files,
     report,
     service_figures,
@@ -861,7 +861,7 @@ def test_the_sampler_reads_a_process_tree_s_memory_and_descriptors():
 
 
 def test_a_tree_takes_grandchildren_and_leaves_another_service_s_subtree(tmp_path: Path):
-    """The tree is read from one pass over /proc (`children_by_parent`), which must survive a
+    """The tree is read from one pass over /proc (`process_table`), which must survive a
     command named with ") (", and another service's process under this one stays its own."""
     odd = tmp_path / "odd) (name"
     odd.symlink_to(shutil.which("sleep") or "/bin/sleep")
@@ -870,9 +870,13 @@ def test_a_tree_takes_grandchildren_and_leaves_another_service_s_subtree(tmp_pat
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     grandchild: list[int] = []
     try:
-        grandchild = poll(lambda: children_by_parent().get(child.pid), 10, "the grandchild")
+        grandchild = poll(lambda: process_table().children.get(child.pid), 10, "the grandchild")
         assert psutil.Process(grandchild[0]).name() == "odd) (name"
-        assert other.pid in children_by_parent()[os.getpid()]
+        table = process_table()
+        assert other.pid in table.children[os.getpid()]
+        # Start times in clock ticks since boot, as the kernel keeps them: the clock's steps
+        # leave them be, and a child never starts before its parent.
+        assert table.started[grandchild[0]] >= table.started[child.pid] >= table.started[1]
         services = [Service("pytest", "test", os.getpid()), Service("other", "test", other.pid)]
         samples = {x.service: x for x in Sampler().sample(services, 0.0, 0.0)}
     finally:
